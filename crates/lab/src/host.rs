@@ -1,0 +1,180 @@
+//! A host: one network namespace with interfaces, addresses and routes.
+
+use std::ffi::OsStr;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnet::IpNet;
+
+use crate::command::{run, run_with_input};
+use crate::error::{LabError, Result};
+use crate::namespace;
+use crate::process::LabProcess;
+
+/// A host of the lab (a network namespace). Cheap to clone; the [`crate::Lab`]
+/// that made it owns the namespace and removes it on drop.
+#[derive(Clone, Debug)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+#[derive(Debug)]
+struct HostInner {
+    name: String,
+    namespace: String,
+    log_dir: PathBuf,
+    next_interface: AtomicU32,
+    next_process: AtomicU32,
+}
+
+/// An interface of a host, with the addresses the lab gave it.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub host: Host,
+    pub name: String,
+    pub addresses: Vec<IpNet>,
+}
+
+impl Interface {
+    /// The first IPv4 address, if any.
+    pub fn ipv4(&self) -> Option<IpAddr> {
+        self.addresses.iter().map(IpNet::addr).find(IpAddr::is_ipv4)
+    }
+
+    /// The first IPv6 address, if any.
+    pub fn ipv6(&self) -> Option<IpAddr> {
+        self.addresses.iter().map(IpNet::addr).find(IpAddr::is_ipv6)
+    }
+}
+
+impl Host {
+    pub(crate) fn new(name: &str, namespace: String, log_dir: PathBuf) -> Self {
+        Host {
+            inner: Arc::new(HostInner {
+                name: name.to_string(),
+                namespace,
+                log_dir,
+                next_interface: AtomicU32::new(0),
+                next_process: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// The name given in the lab (`client`, `nat-home`, ...).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The network namespace (`plab-<pid>-<seq>-<name>`), for `ip netns exec`.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    pub(crate) fn next_interface_name(&self) -> String {
+        format!(
+            "eth{}",
+            self.inner.next_interface.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Runs `ip <args>` inside this host.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.namespace()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Adds addresses to an interface of this host (IPv6 without DAD).
+    pub(crate) fn add_addresses(&self, interface: &str, addresses: &[IpNet]) -> Result<()> {
+        for address in addresses {
+            let text = address.to_string();
+            let mut args = vec!["addr", "add", text.as_str(), "dev", interface];
+            if address.addr().is_ipv6() {
+                args.push("nodad");
+            }
+            self.ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// Routes `destination` (a prefix, or `default`) via a next hop.
+    pub fn add_route(&self, destination: &str, via: IpAddr) -> Result<()> {
+        let family = if via.is_ipv4() { "-4" } else { "-6" };
+        let via = via.to_string();
+        self.ip(&[family, "route", "replace", destination, "via", &via])?;
+        Ok(())
+    }
+
+    /// Sets the default route of the address family of `via`.
+    pub fn set_default_route(&self, via: IpAddr) -> Result<()> {
+        self.add_route("default", via)
+    }
+
+    /// Sets a sysctl inside this host (`net.ipv4.ip_forward`, ...).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        namespace::sysctl(self.namespace(), key, value)
+    }
+
+    /// Loads an nftables ruleset (`nft -f -`) inside this host.
+    pub fn nft(&self, ruleset: &str) -> Result<()> {
+        run_with_input(
+            "ip",
+            &["netns", "exec", self.namespace(), "nft", "-f", "-"],
+            Some(ruleset),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `program args...` inside this host to completion and returns its
+    /// stdout; a non-zero exit is an error carrying its stderr.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", self.namespace(), program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A command that runs `program` inside this host; add arguments and
+    /// environment, then pass it to [`Host::spawn`] (or run it yourself).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", self.namespace()])
+            .arg(program);
+        command
+    }
+
+    /// Starts a command made by [`Host::command`] in its own process group,
+    /// with stdout and stderr captured to files in the lab's log directory.
+    /// The process (and its children) are killed when the handle drops.
+    pub fn spawn(&self, command: Command) -> Result<LabProcess> {
+        let program = command
+            .get_args()
+            .nth(3)
+            .map(|p| {
+                std::path::Path::new(p)
+                    .file_name()
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .ok_or_else(|| LabError::Invalid("spawn needs a command from Host::command".into()))?;
+        let n = self.inner.next_process.fetch_add(1, Ordering::Relaxed);
+        let stem = self
+            .inner
+            .log_dir
+            .join(format!("{}-{program}-{n}", self.name()));
+        LabProcess::spawn(command, format!("{}:{program}", self.name()), &stem)
+    }
+
+    /// Runs `f` inside this host's network namespace (see the crate docs).
+    pub fn enter<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce() -> T + Send,
+    {
+        namespace::enter(self.namespace(), f)
+    }
+}
