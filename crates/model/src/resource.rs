@@ -1,0 +1,237 @@
+//! Resource addresses and their validation (SPEC F9, F11).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::dns::{DnsPattern, PatternError};
+use crate::plan;
+
+/// The kinds of resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceType {
+    /// An IPv4 or IPv6 prefix.
+    Cidr,
+    /// One address.
+    Ip,
+    /// A DNS name pattern.
+    Dns,
+    /// Everything (full tunnel).
+    Internet,
+}
+
+/// A validated resource address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ResourceAddress {
+    /// Host bits are cleared: `10.1.2.3/8` is stored as `10.0.0.0/8`.
+    Cidr(IpNet),
+    Ip(IpAddr),
+    Dns(DnsPattern),
+    Internet,
+}
+
+/// Why an address was refused; the API reports it against the `address` field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("an address is required for a {0:?} resource")]
+    Missing(ResourceType),
+    #[error("an internet resource has no address")]
+    InternetWithAddress,
+    #[error("{0:?} is not a CIDR prefix like 10.0.0.0/8 or 2001:db8::/32")]
+    NotCidr(String),
+    #[error("{0:?} is not an IPv4 or IPv6 address")]
+    NotIp(String),
+    #[error("{0} covers every address; use the internet resource instead")]
+    WholeInternet(String),
+    #[error("{0} is a loopback address")]
+    Loopback(String),
+    #[error("{0} is unspecified, multicast or otherwise not routable")]
+    NotRoutable(String),
+    #[error("{0} overlaps Postern's own addresses (100.64.0.0/10, fd7e:5057:6e00::/48)")]
+    Reserved(String),
+    #[error("invalid DNS name: {0}")]
+    Dns(#[from] PatternError),
+}
+
+impl ResourceAddress {
+    /// Validates `address` for a resource of type `kind`.
+    pub fn parse(kind: ResourceType, address: Option<&str>) -> Result<Self, AddressError> {
+        let address = address.map(str::trim).filter(|a| !a.is_empty());
+        match (kind, address) {
+            (ResourceType::Internet, None) => Ok(ResourceAddress::Internet),
+            (ResourceType::Internet, Some(_)) => Err(AddressError::InternetWithAddress),
+            (kind, None) => Err(AddressError::Missing(kind)),
+            (ResourceType::Cidr, Some(text)) => parse_cidr(text).map(ResourceAddress::Cidr),
+            (ResourceType::Ip, Some(text)) => parse_ip(text).map(ResourceAddress::Ip),
+            (ResourceType::Dns, Some(text)) => Ok(ResourceAddress::Dns(text.parse()?)),
+        }
+    }
+
+    pub fn kind(&self) -> ResourceType {
+        match self {
+            ResourceAddress::Cidr(_) => ResourceType::Cidr,
+            ResourceAddress::Ip(_) => ResourceType::Ip,
+            ResourceAddress::Dns(_) => ResourceType::Dns,
+            ResourceAddress::Internet => ResourceType::Internet,
+        }
+    }
+
+    /// The address as the API shows it (`None` for the internet resource).
+    pub fn to_text(&self) -> Option<String> {
+        match self {
+            ResourceAddress::Cidr(net) => Some(net.to_string()),
+            ResourceAddress::Ip(ip) => Some(ip.to_string()),
+            ResourceAddress::Dns(pattern) => Some(pattern.to_string()),
+            ResourceAddress::Internet => None,
+        }
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, AddressError> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| AddressError::NotCidr(text.to_string()))?;
+    let net = net.trunc();
+    if net.prefix_len() == 0 {
+        return Err(AddressError::WholeInternet(net.to_string()));
+    }
+    check_routable(net.network(), &net.to_string())?;
+    if plan::overlaps_reserved(&net) {
+        return Err(AddressError::Reserved(net.to_string()));
+    }
+    Ok(net)
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, AddressError> {
+    let ip: IpAddr = text
+        .parse()
+        .map_err(|_| AddressError::NotIp(text.to_string()))?;
+    check_routable(ip, text)?;
+    if plan::is_reserved(ip) {
+        return Err(AddressError::Reserved(ip.to_string()));
+    }
+    Ok(ip)
+}
+
+fn check_routable(ip: IpAddr, text: &str) -> Result<(), AddressError> {
+    if ip.is_loopback() {
+        return Err(AddressError::Loopback(text.to_string()));
+    }
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(AddressError::NotRoutable(text.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(kind: ResourceType, text: &str) -> Result<ResourceAddress, AddressError> {
+        ResourceAddress::parse(kind, Some(text))
+    }
+
+    #[test]
+    fn valid_addresses_are_normalized() {
+        assert_eq!(
+            parse(ResourceType::Cidr, "10.1.2.3/8")
+                .unwrap()
+                .to_text()
+                .as_deref(),
+            Some("10.0.0.0/8")
+        );
+        assert_eq!(
+            parse(ResourceType::Cidr, "2001:db8::1/32")
+                .unwrap()
+                .to_text()
+                .as_deref(),
+            Some("2001:db8::/32")
+        );
+        assert_eq!(
+            parse(ResourceType::Ip, " 192.168.1.5 ").unwrap().kind(),
+            ResourceType::Ip
+        );
+        assert_eq!(
+            parse(ResourceType::Dns, "*.Corp.Test.")
+                .unwrap()
+                .to_text()
+                .as_deref(),
+            Some("*.corp.test")
+        );
+        assert_eq!(
+            ResourceAddress::parse(ResourceType::Internet, None),
+            Ok(ResourceAddress::Internet)
+        );
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_with_reasons() {
+        use AddressError::*;
+        let cases = [
+            (
+                ResourceType::Cidr,
+                "10.0.0.0/33",
+                NotCidr("10.0.0.0/33".into()),
+            ),
+            (ResourceType::Cidr, "10.0.0.0", NotCidr("10.0.0.0".into())),
+            (
+                ResourceType::Cidr,
+                "0.0.0.0/0",
+                WholeInternet("0.0.0.0/0".into()),
+            ),
+            (ResourceType::Cidr, "::/0", WholeInternet("::/0".into())),
+            (
+                ResourceType::Cidr,
+                "127.0.0.0/8",
+                Loopback("127.0.0.0/8".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "100.64.0.0/16",
+                Reserved("100.64.0.0/16".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "100.0.0.0/8",
+                Reserved("100.0.0.0/8".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "224.0.0.0/4",
+                NotRoutable("224.0.0.0/4".into()),
+            ),
+            (ResourceType::Ip, "::1", Loopback("::1".into())),
+            (
+                ResourceType::Ip,
+                "100.100.111.1",
+                Reserved("100.100.111.1".into()),
+            ),
+            (
+                ResourceType::Ip,
+                "fd7e:5057:6e00::5",
+                Reserved("fd7e:5057:6e00::5".into()),
+            ),
+            (
+                ResourceType::Ip,
+                "255.255.255.255",
+                NotRoutable("255.255.255.255".into()),
+            ),
+            (ResourceType::Ip, "10.0.0.0/8", NotIp("10.0.0.0/8".into())),
+            (ResourceType::Dns, "*.com", Dns(PatternError::WholeTld)),
+        ];
+        for (kind, text, expected) in cases {
+            assert_eq!(parse(kind, text), Err(expected), "{kind:?} {text}");
+        }
+        assert_eq!(
+            ResourceAddress::parse(ResourceType::Cidr, Some("  ")),
+            Err(Missing(ResourceType::Cidr))
+        );
+        assert_eq!(
+            ResourceAddress::parse(ResourceType::Internet, Some("0.0.0.0/0")),
+            Err(InternetWithAddress)
+        );
+    }
+}
