@@ -1,0 +1,280 @@
+//! The command line of SPEC.md section 3. Every daemon flag can also come from
+//! a `POSTERN_*` environment variable (`--portal` = `POSTERN_PORTAL`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::values::{PortRange, parse_port_range, parse_portal_url};
+
+/// Postern: zero-trust access to private resources over WireGuard.
+///
+/// One binary runs every part: the portal (control plane), gateways next to
+/// resources, relays for peers that cannot reach each other, and the client.
+#[derive(Debug, Parser)]
+#[command(name = "postern", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the portal (control plane), or set up its database
+    Portal(PortalArgs),
+    /// Run a gateway: connects out to the portal and forwards authorized traffic
+    Gateway(GatewayArgs),
+    /// Run a STUN/TURN relay, registered with a portal or standalone
+    Relay(RelayArgs),
+    /// Run and control the client on this machine
+    Client(ClientArgs),
+    /// Show the whole system in network namespaces on this machine (root)
+    Demo(DemoArgs),
+    /// Administer an account from files
+    Admin(AdminArgs),
+}
+
+/// How daemons write their logs to stderr.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines
+    #[default]
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+/// Flags every daemon has.
+#[derive(Debug, Args)]
+pub struct DaemonOptions {
+    /// Log format on stderr
+    #[arg(long, env = "POSTERN_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, env = "POSTERN_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PortalArgs {
+    #[command(subcommand)]
+    pub command: Option<PortalCommand>,
+    /// Database URL: sqlite://PATH (created if missing) or postgres://...
+    #[arg(
+        long,
+        env = "POSTERN_DATABASE",
+        value_name = "URL",
+        default_value = "sqlite://./postern-data/postern.db"
+    )]
+    pub database: String,
+    /// Address to serve the UI, REST API, SCIM and the channels on
+    #[arg(
+        long,
+        env = "POSTERN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// The URL users and daemons reach the portal at (links, OIDC redirects)
+    #[arg(long, env = "POSTERN_EXTERNAL_URL", value_parser = parse_portal_url, value_name = "URL")]
+    pub external_url: Option<String>,
+    /// MaxMind-format GeoIP database for country conditions
+    #[arg(long, env = "POSTERN_GEOIP_DB", value_name = "PATH")]
+    pub geoip_db: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: DaemonOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortalCommand {
+    /// Create an account and its first admin; prints an admin API token
+    Init {
+        #[arg(
+            long,
+            env = "POSTERN_DATABASE",
+            value_name = "URL",
+            default_value = "sqlite://./postern-data/postern.db"
+        )]
+        database: String,
+        /// Short name of the account, used in URLs
+        #[arg(long, value_name = "SLUG")]
+        account: String,
+        /// Email address of the first admin
+        #[arg(long, value_name = "EMAIL")]
+        admin_email: String,
+    },
+    /// Print a token that a relay uses to register with this portal
+    RelayToken {
+        #[arg(
+            long,
+            env = "POSTERN_DATABASE",
+            value_name = "URL",
+            default_value = "sqlite://./postern-data/postern.db"
+        )]
+        database: String,
+    },
+}
+
+/// A bearer token given inline or in a file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TokenSource {
+    /// Token to authenticate with (prefer --token-file: arguments are visible in ps)
+    #[arg(
+        long,
+        env = "POSTERN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File holding the token
+    #[arg(long, env = "POSTERN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Portal URL (http:// or https://)
+    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+    pub portal: String,
+    #[command(flatten)]
+    pub token: TokenSource,
+    /// Name shown in the portal (default: the host name)
+    #[arg(long, env = "POSTERN_NAME")]
+    pub name: Option<String>,
+    /// UDP port for WireGuard and ICE (0 = any)
+    #[arg(
+        long,
+        env = "POSTERN_PORT",
+        value_name = "PORT",
+        default_value_t = 51820
+    )]
+    pub port: u16,
+    #[command(flatten)]
+    pub daemon: DaemonOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["portal", "auth_secret"])))]
+pub struct RelayArgs {
+    /// Portal to register with (portal mode; needs --token)
+    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL", requires = "token")]
+    pub portal: Option<String>,
+    /// Relay token from `postern portal relay-token`
+    #[arg(
+        long,
+        env = "POSTERN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "portal"
+    )]
+    pub token: Option<String>,
+    /// Shared secret for TURN REST credentials (standalone mode)
+    #[arg(
+        long,
+        env = "POSTERN_AUTH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "portal"
+    )]
+    pub auth_secret: Option<String>,
+    /// UDP address for STUN/TURN
+    #[arg(
+        long,
+        env = "POSTERN_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:3478"
+    )]
+    pub listen: SocketAddr,
+    /// Public address that relayed candidates advertise
+    #[arg(long, env = "POSTERN_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: IpAddr,
+    /// UDP port range for allocations, LO-HI
+    #[arg(long, env = "POSTERN_PORTS", value_parser = parse_port_range, value_name = "LO-HI", default_value = "49152-65535")]
+    pub ports: PortRange,
+    #[command(flatten)]
+    pub daemon: DaemonOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Connect: bring up the tunnel interface and the DNS resolver (root)
+    Up {
+        /// Portal URL (http:// or https://)
+        #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+        portal: String,
+        #[command(flatten)]
+        token: TokenSource,
+        /// UDP port for WireGuard and ICE (0 = any)
+        #[arg(
+            long,
+            env = "POSTERN_PORT",
+            value_name = "PORT",
+            default_value_t = 51820
+        )]
+        port: u16,
+        #[command(flatten)]
+        daemon: DaemonOptions,
+    },
+    /// Sign in through the browser and store the token for `client up`
+    SignIn {
+        /// Portal URL (http:// or https://)
+        #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+        portal: String,
+        /// Account slug
+        #[arg(long, env = "POSTERN_ACCOUNT", value_name = "SLUG")]
+        account: String,
+        /// Print the sign-in URL instead of opening a browser
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Delete the stored token and revoke it at the portal
+    SignOut,
+    /// Show resources, connections and paths (direct or relayed)
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run the scenario once, print what was verified, exit 0 or 1
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make the account's sites, resources, groups and policies match a YAML file
+    Apply {
+        /// The declarative configuration
+        file: PathBuf,
+        /// Portal URL (http:// or https://)
+        #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+        portal: String,
+        /// Admin API token
+        #[arg(
+            long,
+            env = "POSTERN_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+    },
+}

@@ -1,0 +1,79 @@
+//! `postern`: the one binary (SPEC.md section 3).
+//!
+//! Exit codes: 0 success; 1 bad configuration or failure (one line on
+//! stderr); 2 the command exists but is not available in this build yet.
+
+mod args;
+mod values;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use args::{AdminCommand, Cli, ClientCommand, Command, PortalCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    match cli.command {
+        Command::Portal(portal) => match portal.command {
+            Some(PortalCommand::Init { .. }) => unavailable("portal init", "the portal"),
+            Some(PortalCommand::RelayToken { .. }) => {
+                unavailable("portal relay-token", "the portal")
+            }
+            None => unavailable("portal", "the portal"),
+        },
+        Command::Gateway(_) => unavailable("gateway", "the gateway daemon"),
+        Command::Relay(_) => unavailable("relay", "the relay"),
+        Command::Client(client) => match client.command {
+            ClientCommand::Up { .. } => unavailable("client up", "the client daemon"),
+            ClientCommand::SignIn { .. } => unavailable("client sign-in", "client sign-in"),
+            ClientCommand::SignOut => unavailable("client sign-out", "client sign-in"),
+            ClientCommand::Status { .. } => unavailable("client status", "the client daemon"),
+        },
+        Command::Demo(_) => unavailable("demo", "the demo"),
+        Command::Admin(admin) => match admin.command {
+            AdminCommand::Apply { .. } => unavailable("admin apply", "declarative configuration"),
+        },
+    }
+}
+
+/// Says in one line that a command has not landed yet; exit code 2.
+fn unavailable(command: &str, part: &str) -> ExitCode {
+    eprintln!("postern {command}: not available in this build ({part} is not built yet)");
+    ExitCode::from(2)
+}
+
+/// Help and version go to stdout with exit 0. A usage error becomes one line
+/// on stderr (clap's message without its usage block) and exit code 1.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(1)
+        }
+        _ => {
+            eprintln!("{} (see --help)", one_line(&error.render().to_string()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Clap's message up to its usage block, folded onto one line.
+fn one_line(rendered: &str) -> String {
+    let message = rendered
+        .split("\n\nUsage:")
+        .next()
+        .unwrap_or(rendered)
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(rendered);
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}

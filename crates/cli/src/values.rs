@@ -1,0 +1,80 @@
+//! Parsers for flag values, so bad input fails at the command line with a
+//! message naming what is wrong.
+
+use std::ops::RangeInclusive;
+
+/// An inclusive UDP port range (`LO-HI`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a range like 49152-65535"))?;
+    let port = |part: &str| -> Result<u16, String> {
+        match part.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{part:?} is not a port number (1-65535)")),
+            Ok(port) => Ok(port),
+        }
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!(
+            "the range {lo}-{hi} is empty: the low port comes first"
+        ));
+    }
+    Ok(PortRange(lo..=hi))
+}
+
+/// A portal URL: `http://` or `https://` with a host, no query or fragment.
+pub fn parse_portal_url(text: &str) -> Result<String, String> {
+    if !text.contains("://") {
+        return Err(format!("{text:?} has no scheme: write https://{text}"));
+    }
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?}: the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text:?}: a portal URL has no query or fragment"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(
+            parse_port_range("49152-65535"),
+            Ok(PortRange(49152..=65535))
+        );
+        assert_eq!(parse_port_range("5000-5000"), Ok(PortRange(5000..=5000)));
+        for bad in ["", "5000", "0-10", "10-5", "a-b", "1-70000", "-", "1--2"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn portal_urls() {
+        assert_eq!(
+            parse_portal_url("https://portal.example.com/"),
+            Ok("https://portal.example.com".to_string())
+        );
+        assert!(parse_portal_url("http://198.18.0.2:8080").is_ok());
+        for bad in [
+            "portal.example.com",
+            "ftp://x",
+            "http://",
+            "https://x/?a=b",
+            "https://x/#f",
+        ] {
+            assert!(parse_portal_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The command-line contract: help, exit codes, one-line errors, environment
+//! variables, and honest "not available" answers for parts not built yet.
+
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+
+use std::process::{Command, Output};
+
+fn postern(args: &[&str]) -> Output {
+    postern_env(args, &[])
+}
+
+fn postern_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
+    command.args(args);
+    // The caller's environment must not leak flags into the test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("POSTERN_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run postern")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts exit code `code` and exactly one line on stderr containing `needle`.
+fn assert_one_line(output: &Output, code: i32, needle: &str) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text:?}");
+    assert!(
+        text.contains(needle),
+        "{text:?} does not mention {needle:?}"
+    );
+}
+
+#[test]
+fn help_lists_every_part() {
+    let output = postern(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for part in ["portal", "gateway", "relay", "client", "demo", "admin"] {
+        assert!(
+            help.lines().any(|line| line.trim_start().starts_with(part)),
+            "--help does not list {part}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = postern(&["--version"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("postern {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn no_command_prints_help_and_fails() {
+    let output = postern(&[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("Usage: postern <COMMAND>"));
+}
+
+#[test]
+fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
+    let cases: &[&[&str]] = &[
+        &["portal"],
+        &[
+            "portal",
+            "init",
+            "--account",
+            "acme",
+            "--admin-email",
+            "a@acme.test",
+        ],
+        &["portal", "relay-token"],
+        &["gateway", "--portal", "https://portal.test", "--token", "t"],
+        &["relay", "--auth-secret", "s", "--public-ip", "198.18.0.3"],
+        &[
+            "relay",
+            "--portal",
+            "https://portal.test",
+            "--token",
+            "t",
+            "--public-ip",
+            "198.18.0.3",
+        ],
+        &[
+            "client",
+            "up",
+            "--portal",
+            "https://portal.test",
+            "--token-file",
+            "/tmp/t",
+        ],
+        &[
+            "client",
+            "sign-in",
+            "--portal",
+            "https://portal.test",
+            "--account",
+            "acme",
+        ],
+        &["client", "sign-out"],
+        &["client", "status", "--json"],
+        &["demo"],
+        &["demo", "--check"],
+        &[
+            "admin",
+            "apply",
+            "acme.yaml",
+            "--portal",
+            "https://portal.test",
+            "--token",
+            "t",
+        ],
+    ];
+    for args in cases {
+        let output = postern(args);
+        assert_one_line(&output, 2, "not available in this build");
+        assert!(
+            stderr(&output).starts_with(&format!("postern {}", args[0])),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_fail_with_one_line_and_exit_code_1() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["relay", "--auth-secret", "s", "--public-ip", "nope"],
+            "--public-ip",
+        ),
+        (
+            &[
+                "relay",
+                "--auth-secret",
+                "s",
+                "--public-ip",
+                "198.18.0.3",
+                "--ports",
+                "6000-5000",
+            ],
+            "--ports",
+        ),
+        (&["relay", "--public-ip", "198.18.0.3"], "--portal"),
+        (
+            &[
+                "relay",
+                "--auth-secret",
+                "s",
+                "--portal",
+                "https://p.test",
+                "--token",
+                "t",
+                "--public-ip",
+                "198.18.0.3",
+            ],
+            "--auth-secret",
+        ),
+        (&["gateway", "--token", "t"], "--portal"),
+        (
+            &["gateway", "--portal", "portal.test", "--token", "t"],
+            "scheme",
+        ),
+        (&["gateway", "--portal", "https://p.test"], "--token"),
+        (
+            &[
+                "gateway",
+                "--portal",
+                "https://p.test",
+                "--token",
+                "t",
+                "--token-file",
+                "f",
+            ],
+            "--token-file",
+        ),
+        (
+            &[
+                "gateway",
+                "--portal",
+                "https://p.test",
+                "--token",
+                "t",
+                "--port",
+                "70000",
+            ],
+            "--port",
+        ),
+        (&["portal", "--listen", "localhost"], "--listen"),
+        (&["client", "up", "--portal", "https://p.test"], "--token"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        assert_one_line(&postern(args), 1, needle);
+    }
+}
+
+#[test]
+fn daemon_flags_come_from_the_environment_too() {
+    let output = postern_env(
+        &["gateway"],
+        &[
+            ("POSTERN_PORTAL", "https://portal.test"),
+            ("POSTERN_TOKEN", "t"),
+        ],
+    );
+    assert_one_line(&output, 2, "not available in this build");
+
+    let output = postern_env(
+        &["relay", "--auth-secret", "s"],
+        &[("POSTERN_PUBLIC_IP", "not-an-ip")],
+    );
+    assert_one_line(&output, 1, "--public-ip");
+}
+
+#[test]
+fn secrets_from_the_environment_are_not_shown_in_help() {
+    let output = postern_env(&["gateway", "--help"], &[("POSTERN_TOKEN", "s3cret-value")]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret-value"));
+}
