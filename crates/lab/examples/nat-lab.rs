@@ -126,7 +126,12 @@ fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::
     if !options.delay.is_zero() {
         // Both directions of each site's internet link: out via the WAN
         // interface, in via the LAN interface.
-        for interface in [&nat_home.wan, &nat_home.lan, &nat_office.wan, &nat_office.lan] {
+        for interface in [
+            &nat_home.wan,
+            &nat_home.lan,
+            &nat_office.wan,
+            &nat_office.lan,
+        ] {
             lab.impair(interface, Impairment::delay(options.delay))?;
         }
     }
