@@ -117,9 +117,7 @@ fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::
         lab.connect(&host, &office, &[address])?;
         office_hosts.push(host);
     }
-    for host in [&client] {
-        host.set_default_route(nat_home.lan.ipv4().ok_or("no lan address")?)?;
-    }
+    client.set_default_route(nat_home.lan.ipv4().ok_or("no lan address")?)?;
     for host in &office_hosts {
         host.set_default_route(nat_office.lan.ipv4().ok_or("no lan address")?)?;
     }
