@@ -1,0 +1,9 @@
+//! STUN/TURN for Postern: the wire format (RFC 8489, RFC 8656), TURN REST
+//! credentials, and sans-IO cores for the relay server and the TURN client.
+//! No I/O and no clock: time and bytes come in, replies and events go out.
+
+pub mod channel;
+pub mod client;
+pub mod credentials;
+pub mod server;
+pub mod stun;

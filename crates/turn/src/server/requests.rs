@@ -1,0 +1,496 @@
+//! STUN/TURN requests: authentication and the methods of RFC 8656.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, MAX_PEERS, TokenBucket};
+use super::{Now, RelaySockets, Server};
+use crate::channel::{CHANNEL_MAX, CHANNEL_MIN};
+use crate::credentials::{NonceState, long_term_key, rest_expiry, rest_password};
+use crate::stun::{
+    Class, FAMILY_IPV4, FAMILY_IPV6, Integrity, Message, MessageWriter, attr, code, method,
+};
+
+/// Attributes this server understands in requests; any other
+/// comprehension-required one earns a 420.
+const KNOWN: &[u16] = &[
+    attr::USERNAME,
+    attr::MESSAGE_INTEGRITY,
+    attr::MESSAGE_INTEGRITY_SHA256,
+    attr::REALM,
+    attr::NONCE,
+    attr::LIFETIME,
+    attr::REQUESTED_TRANSPORT,
+    attr::XOR_PEER_ADDRESS,
+    attr::CHANNEL_NUMBER,
+    attr::DATA,
+    attr::REQUESTED_ADDRESS_FAMILY,
+    attr::PRIORITY,
+    attr::USE_CANDIDATE,
+];
+
+const UDP: u8 = 17;
+
+/// The authenticated caller of a request.
+struct Caller {
+    username: String,
+    key: [u8; 16],
+    integrity: Integrity,
+}
+
+impl Server {
+    pub(super) fn request(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        sockets: &mut impl RelaySockets,
+    ) -> Option<Vec<u8>> {
+        match message.method() {
+            method::BINDING => Some(self.binding(client, message)),
+            method::ALLOCATE => Some(self.authenticated(now, client, message, |server, caller| {
+                server.allocate(now, client, message, caller, sockets)
+            })),
+            method::REFRESH => Some(self.authenticated(now, client, message, |server, caller| {
+                server.refresh(now, client, message, caller, sockets)
+            })),
+            method::CREATE_PERMISSION => {
+                Some(self.authenticated(now, client, message, |server, caller| {
+                    server.create_permission(now, client, message, caller)
+                }))
+            }
+            method::CHANNEL_BIND => {
+                Some(self.authenticated(now, client, message, |server, caller| {
+                    server.channel_bind(now, client, message, caller)
+                }))
+            }
+            _ => Some(self.error(message, None, code::BAD_REQUEST)),
+        }
+    }
+
+    fn binding(&mut self, client: SocketAddr, message: &Message<'_>) -> Vec<u8> {
+        let unknown = message.unknown_required(KNOWN);
+        if !unknown.is_empty() {
+            return self.unknown_attributes(message, None, &unknown);
+        }
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            method::BINDING,
+            Class::Success,
+            message.transaction_id(),
+        )
+        .xor_address(attr::XOR_MAPPED_ADDRESS, client);
+        self.finish(buf, message, None)
+    }
+
+    /// Runs `handler` for an authenticated caller, or answers 400/401/438.
+    fn authenticated(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        handler: impl FnOnce(&mut Server, &Caller) -> Vec<u8>,
+    ) -> Vec<u8> {
+        // A retransmitted Allocate gets its original answer before anything
+        // else (its nonce may have gone stale since).
+        if message.method() == method::ALLOCATE
+            && let Some(allocation) = self.allocations.get(&client)
+            && allocation.transaction == message.transaction_id()
+        {
+            return allocation.response.clone();
+        }
+        if !message.has_integrity() {
+            return self.challenge(now, message, code::UNAUTHORIZED);
+        }
+        let (Some(username), Some(realm), Some(nonce)) = (
+            message.get_str(attr::USERNAME),
+            message.get_str(attr::REALM),
+            message.get_str(attr::NONCE),
+        ) else {
+            return self.error(message, None, code::BAD_REQUEST);
+        };
+        match self.nonces.check(nonce, now.unix_secs) {
+            NonceState::Valid => {}
+            NonceState::Stale | NonceState::Invalid => {
+                return self.challenge(now, message, code::STALE_NONCE);
+            }
+        }
+        let expired = rest_expiry(username).is_none_or(|expiry| expiry <= now.unix_secs);
+        if expired || realm != self.config.realm {
+            return self.challenge(now, message, code::UNAUTHORIZED);
+        }
+        let password = rest_password(&self.config.auth_secret, username);
+        let key = long_term_key(username, realm, &password);
+        let integrity = message.verify_integrity(&key);
+        if !matches!(integrity, Integrity::Sha1 | Integrity::Sha256) {
+            return self.challenge(now, message, code::UNAUTHORIZED);
+        }
+        let caller = Caller {
+            username: username.to_string(),
+            key,
+            integrity,
+        };
+        if let Some(allocation) = self.allocations.get(&client)
+            && allocation.username != caller.username
+        {
+            return self.error(message, Some(&caller), code::WRONG_CREDENTIALS);
+        }
+        let unknown = message.unknown_required(KNOWN);
+        if !unknown.is_empty() {
+            return self.unknown_attributes(message, Some(&caller), &unknown);
+        }
+        handler(self, &caller)
+    }
+
+    fn allocate(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        caller: &Caller,
+        sockets: &mut impl RelaySockets,
+    ) -> Vec<u8> {
+        if self.allocations.contains_key(&client) {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        }
+        match message.get(attr::REQUESTED_TRANSPORT) {
+            None => return self.error(message, Some(caller), code::BAD_REQUEST),
+            Some(value) if value.first() != Some(&UDP) => {
+                return self.error(message, Some(caller), code::UNSUPPORTED_TRANSPORT);
+            }
+            Some(_) => {}
+        }
+        let relay_ip: IpAddr = match message
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .map(|v| v.first().copied())
+        {
+            None | Some(Some(FAMILY_IPV4)) => match self.config.relay_ipv4 {
+                Some(ip) => ip.into(),
+                None => {
+                    return self.error(message, Some(caller), code::ADDRESS_FAMILY_NOT_SUPPORTED);
+                }
+            },
+            Some(Some(FAMILY_IPV6)) => match self.config.relay_ipv6 {
+                Some(ip) => ip.into(),
+                None => {
+                    return self.error(message, Some(caller), code::ADDRESS_FAMILY_NOT_SUPPORTED);
+                }
+            },
+            Some(_) => {
+                return self.error(message, Some(caller), code::ADDRESS_FAMILY_NOT_SUPPORTED);
+            }
+        };
+        if self.per_user.get(&caller.username).copied().unwrap_or(0)
+            >= self.config.max_allocations_per_user
+        {
+            return self.error(message, Some(caller), code::ALLOCATION_QUOTA_REACHED);
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+        }
+        let Some(port) = self.take_port(relay_ip, sockets) else {
+            return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+        };
+        let lifetime = self.lifetime(message.get_u32(attr::LIFETIME));
+        let relayed = SocketAddr::new(relay_ip, port);
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            method::ALLOCATE,
+            Class::Success,
+            message.transaction_id(),
+        )
+        .xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+        .u32(attr::LIFETIME, lifetime.as_secs() as u32)
+        .xor_address(attr::XOR_MAPPED_ADDRESS, client);
+        let response = self.finish(buf, message, Some(caller));
+        let expires = now.instant + lifetime;
+        self.allocations.insert(
+            client,
+            Allocation {
+                username: caller.username.clone(),
+                relayed,
+                expires,
+                transaction: message.transaction_id(),
+                response: response.clone(),
+                permissions: Vec::new(),
+                channels: Vec::new(),
+                bucket: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
+            },
+        );
+        self.by_port.insert(port, client);
+        *self.per_user.entry(caller.username.clone()).or_default() += 1;
+        self.expiries.push(std::cmp::Reverse((expires, client)));
+        self.stats.allocations_created += 1;
+        tracing::debug!(%client, %relayed, lifetime_s = lifetime.as_secs(), "allocation created");
+        response
+    }
+
+    fn take_port(&mut self, ip: IpAddr, sockets: &mut impl RelaySockets) -> Option<u16> {
+        // Try a handful of random free ports: one in use by another process
+        // is skipped (and kept out of the pool until an allocation frees one).
+        for _ in 0..16 {
+            if self.free_ports.is_empty() {
+                return None;
+            }
+            let index = (self.rng_next() % self.free_ports.len() as u64) as usize;
+            let port = self.free_ports.swap_remove(index);
+            if sockets.open(ip, port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// RFC 8656 section 7.2: min(requested, maximum), but never below the
+    /// default.
+    fn lifetime(&self, requested: Option<u32>) -> Duration {
+        let requested = requested.map_or(self.config.default_lifetime, |s| {
+            Duration::from_secs(u64::from(s))
+        });
+        requested
+            .min(self.config.max_lifetime)
+            .max(self.config.default_lifetime)
+    }
+
+    fn refresh(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        caller: &Caller,
+        sockets: &mut impl RelaySockets,
+    ) -> Vec<u8> {
+        let Some(allocation) = self.allocations.get(&client) else {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        };
+        if let Some(family) = message
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .map(|v| v.first().copied())
+        {
+            let ours = if allocation.relayed.is_ipv4() {
+                FAMILY_IPV4
+            } else {
+                FAMILY_IPV6
+            };
+            if family != Some(ours) {
+                return self.error(message, Some(caller), code::PEER_ADDRESS_FAMILY_MISMATCH);
+            }
+        }
+        let requested = message.get_u32(attr::LIFETIME);
+        let lifetime = if requested == Some(0) {
+            self.remove_allocation(client, sockets);
+            Duration::ZERO
+        } else {
+            let lifetime = self.lifetime(requested);
+            let expires = now.instant + lifetime;
+            if let Some(allocation) = self.allocations.get_mut(&client) {
+                allocation.expires = expires;
+            }
+            self.expiries.push(std::cmp::Reverse((expires, client)));
+            lifetime
+        };
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            method::REFRESH,
+            Class::Success,
+            message.transaction_id(),
+        )
+        .u32(attr::LIFETIME, lifetime.as_secs() as u32);
+        self.finish(buf, message, Some(caller))
+    }
+
+    /// The peer addresses of a request, checked for family and policy.
+    fn peers(&self, message: &Message<'_>, relayed: SocketAddr) -> Result<Vec<SocketAddr>, u16> {
+        let mut peers = Vec::new();
+        for peer in message.xor_addresses(attr::XOR_PEER_ADDRESS) {
+            let peer = peer.ok_or(code::BAD_REQUEST)?;
+            if peer.is_ipv4() != relayed.is_ipv4() {
+                return Err(code::PEER_ADDRESS_FAMILY_MISMATCH);
+            }
+            if !self.peer_allowed(peer.ip()) {
+                return Err(code::FORBIDDEN);
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err(code::BAD_REQUEST);
+        }
+        Ok(peers)
+    }
+
+    fn peer_allowed(&self, ip: IpAddr) -> bool {
+        let loopback = ip.is_loopback()
+            || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+        !(ip.is_unspecified()
+            || ip.is_multicast()
+            || (loopback && !self.config.allow_loopback_peers))
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        caller: &Caller,
+    ) -> Vec<u8> {
+        let Some(relayed) = self.allocations.get(&client).map(|a| a.relayed) else {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        };
+        let peers = match self.peers(message, relayed) {
+            Ok(peers) => peers,
+            Err(error) => return self.error(message, Some(caller), error),
+        };
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        };
+        if !peers
+            .iter()
+            .all(|peer| allocation.permit(peer.ip(), now.instant))
+        {
+            return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+        }
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            method::CREATE_PERMISSION,
+            Class::Success,
+            message.transaction_id(),
+        );
+        self.finish(buf, message, Some(caller))
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Now,
+        client: SocketAddr,
+        message: &Message<'_>,
+        caller: &Caller,
+    ) -> Vec<u8> {
+        let Some(relayed) = self.allocations.get(&client).map(|a| a.relayed) else {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        };
+        let number = match message.get(attr::CHANNEL_NUMBER) {
+            Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
+            _ => return self.error(message, Some(caller), code::BAD_REQUEST),
+        };
+        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+            return self.error(message, Some(caller), code::BAD_REQUEST);
+        }
+        let peer = match self.peers(message, relayed).as_deref() {
+            Ok([peer]) => *peer,
+            Ok(_) => return self.error(message, Some(caller), code::BAD_REQUEST),
+            Err(error) => return self.error(message, Some(caller), *error),
+        };
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return self.error(message, Some(caller), code::ALLOCATION_MISMATCH);
+        };
+        let now_instant = now.instant;
+        allocation.channels.retain(|c| c.expires > now_instant);
+        let conflict = allocation
+            .channels
+            .iter()
+            .any(|c| (c.number == number) != (c.peer == peer));
+        if conflict {
+            return self.error(message, Some(caller), code::BAD_REQUEST);
+        }
+        if !allocation.permit(peer.ip(), now_instant) {
+            return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+        }
+        let expires = now_instant + CHANNEL_LIFETIME;
+        let full = allocation.channels.len() >= MAX_PEERS;
+        match allocation.channels.iter_mut().find(|c| c.number == number) {
+            Some(existing) => existing.expires = expires,
+            None if full => return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY),
+            None => allocation.channels.push(Channel {
+                number,
+                peer,
+                expires,
+            }),
+        }
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            method::CHANNEL_BIND,
+            Class::Success,
+            message.transaction_id(),
+        );
+        self.finish(buf, message, Some(caller))
+    }
+
+    /// Adds SOFTWARE, the integrity of the request's kind when it was
+    /// authenticated, and FINGERPRINT when the request had one.
+    fn finish(&self, mut buf: Vec<u8>, request: &Message<'_>, caller: Option<&Caller>) -> Vec<u8> {
+        let mut writer = MessageWriter::resume(&mut buf, 0);
+        if let Some(software) = &self.config.software {
+            writer.attr(attr::SOFTWARE, software.as_bytes());
+        }
+        match caller {
+            Some(Caller {
+                key,
+                integrity: Integrity::Sha256,
+                ..
+            }) => {
+                writer.integrity_sha256(key);
+            }
+            Some(Caller { key, .. }) => {
+                writer.integrity_sha1(key);
+            }
+            None => {}
+        }
+        if request.verify_fingerprint().is_some() {
+            writer.fingerprint();
+        }
+        buf
+    }
+
+    fn error(&self, request: &Message<'_>, caller: Option<&Caller>, error: u16) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            request.method(),
+            Class::Error,
+            request.transaction_id(),
+        )
+        .error_code(error);
+        self.finish(buf, request, caller)
+    }
+
+    fn unknown_attributes(
+        &self,
+        request: &Message<'_>,
+        caller: Option<&Caller>,
+        unknown: &[u16],
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            request.method(),
+            Class::Error,
+            request.transaction_id(),
+        )
+        .error_code(code::UNKNOWN_ATTRIBUTE)
+        .unknown_attributes(unknown);
+        self.finish(buf, request, caller)
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, unsigned.
+    fn challenge(&self, now: Now, request: &Message<'_>, error: u16) -> Vec<u8> {
+        let nonce = self
+            .nonces
+            .mint(now.unix_secs + self.config.nonce_lifetime.as_secs());
+        let mut buf = Vec::with_capacity(128);
+        MessageWriter::new(
+            &mut buf,
+            request.method(),
+            Class::Error,
+            request.transaction_id(),
+        )
+        .error_code(error)
+        .attr(attr::REALM, self.config.realm.as_bytes())
+        .attr(attr::NONCE, nonce.as_bytes());
+        self.finish(buf, request, None)
+    }
+}
