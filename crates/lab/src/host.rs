@@ -100,6 +100,29 @@ impl Host {
         Ok(())
     }
 
+    /// Waits until the kernel reports the interface operationally up. Link
+    /// state changes are applied by the kernel's linkwatch, batched up to a
+    /// second, and IPv6 does not send (not even neighbour solicitations) on
+    /// an interface before that: a test that started at once could lose its
+    /// first packets.
+    pub(crate) fn wait_until_up(&self, interface: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let state = self.ip(&["-o", "link", "show", "dev", interface])?;
+            if state.contains(" state UP ") {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!(
+                    "{interface} in {} did not come up within 3 s: {}",
+                    self.name(),
+                    state.trim()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Routes `destination` (a prefix, or `default`) via a next hop.
     pub fn add_route(&self, destination: &str, via: IpAddr) -> Result<()> {
         let family = if via.is_ipv4() { "-4" } else { "-6" };

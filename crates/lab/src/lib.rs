@@ -179,6 +179,7 @@ impl Lab {
         switch.host.ip(&["link", "set", "dev", &port, "up"])?;
         host.add_addresses(&name, &addresses)?;
         host.ip(&["link", "set", "dev", &name, "up"])?;
+        host.wait_until_up(&name)?;
         Ok(Interface {
             host: host.clone(),
             name,
@@ -215,6 +216,8 @@ impl Lab {
         b.add_addresses(&b_name, &b_addresses)?;
         a.ip(&["link", "set", "dev", &a_name, "up"])?;
         b.ip(&["link", "set", "dev", &b_name, "up"])?;
+        a.wait_until_up(&a_name)?;
+        b.wait_until_up(&b_name)?;
         Ok((
             Interface {
                 host: a.clone(),
