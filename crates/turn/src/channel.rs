@@ -1,9 +1,12 @@
 //! ChannelData framing (RFC 8656 section 12.4): a 4-byte header (channel
 //! number, length) before the application data. The hot path of a relay.
 
-/// Channel numbers a client may bind.
+/// Channel numbers our client binds (RFC 8656).
 pub const CHANNEL_MIN: u16 = 0x4000;
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Channel numbers the server accepts: RFC 5766 allowed up to 0x7FFF and
+/// clients of that era (coturn's own among them) still use the whole range.
+pub const CHANNEL_MAX_ACCEPTED: u16 = 0x7FFF;
 /// ChannelData header size.
 pub const HEADER_LEN: usize = 4;
 
@@ -20,7 +23,7 @@ pub fn parse(bytes: &[u8]) -> Option<(u16, &[u8])> {
     }
     let channel = u16::from_be_bytes([bytes[0], bytes[1]]);
     let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-    if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+    if !(CHANNEL_MIN..=CHANNEL_MAX_ACCEPTED).contains(&channel) {
         return None;
     }
     let data = bytes.get(HEADER_LEN..HEADER_LEN + len)?;
@@ -49,7 +52,11 @@ mod tests {
             "padding ignored"
         );
         assert_eq!(parse(&frame[..6]), None, "truncated data");
-        assert_eq!(parse(&header(0x5000, 0)), None, "reserved channel range");
+        assert_eq!(
+            parse(&header(0x7FFF, 0)),
+            Some((0x7FFF, &b""[..])),
+            "RFC 5766 range"
+        );
         assert_eq!(parse(&header(0x3FFF, 0)), None, "not channel data");
         assert_eq!(parse(&[0x40, 0x00]), None, "short header");
         assert_eq!(parse(&header(0x4FFF, 0)), Some((0x4FFF, &b""[..])));

@@ -44,9 +44,10 @@ pub struct ServerConfig {
     /// refused with 440.
     pub relay_ipv4: Option<Ipv4Addr>,
     pub relay_ipv6: Option<Ipv6Addr>,
-    /// Ports for relayed sockets, of which this core uses every
-    /// `shards`-th starting at `shard` (cores on several threads split the
-    /// range without talking to each other).
+    /// Ports for relayed sockets. Cores on several threads split the range
+    /// without talking to each other: this one uses the ports whose pair
+    /// number (`port / 2`) is `shard` modulo `shards`, so every shard holds
+    /// whole even/odd pairs for EVEN-PORT.
     pub ports: RangeInclusive<u16>,
     pub shard: u16,
     pub shards: u16,
@@ -180,6 +181,8 @@ pub struct Server {
     by_port: HashMap<u16, SocketAddr>,
     per_user: HashMap<String, usize>,
     free_ports: Vec<u16>,
+    /// Ports held for a later Allocate with RESERVATION-TOKEN.
+    reservations: HashMap<[u8; 8], (u16, Instant)>,
     expiries: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     rng: u64,
     stats: Stats,
@@ -193,7 +196,7 @@ impl Server {
         let free_ports = config
             .ports
             .clone()
-            .filter(|port| (port - config.ports.start()) % shards == config.shard % shards)
+            .filter(|port| (port / 2) % shards == config.shard % shards)
             .collect();
         let rng = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])) | 1;
         Server {
@@ -203,6 +206,7 @@ impl Server {
             by_port: HashMap::new(),
             per_user: HashMap::new(),
             free_ports,
+            reservations: HashMap::new(),
             expiries: BinaryHeap::new(),
             rng,
             stats: Stats::default(),
@@ -381,8 +385,16 @@ impl Server {
         PeerAction::ToClient { client, range }
     }
 
-    /// Expires allocations; call at [`Server::poll_timeout`].
+    /// Expires allocations and reservations; call at [`Server::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant, sockets: &mut impl RelaySockets) {
+        let free_ports = &mut self.free_ports;
+        self.reservations.retain(|_, (port, expires)| {
+            let keep = *expires > now;
+            if !keep {
+                free_ports.push(*port);
+            }
+            keep
+        });
         while let Some(Reverse((due, client))) = self.expiries.peek().copied() {
             if due > now {
                 break;
@@ -400,7 +412,9 @@ impl Server {
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.peek().map(|Reverse((due, _))| *due)
+        let allocation = self.expiries.peek().map(|Reverse((due, _))| *due);
+        let reservation = self.reservations.values().map(|(_, due)| *due).min();
+        allocation.into_iter().chain(reservation).min()
     }
 
     fn remove_allocation(&mut self, client: SocketAddr, sockets: &mut impl RelaySockets) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, MAX_PEERS, TokenBucket};
 use super::{Now, RelaySockets, Server};
-use crate::channel::{CHANNEL_MAX, CHANNEL_MIN};
+use crate::channel::{CHANNEL_MAX_ACCEPTED, CHANNEL_MIN};
 use crate::credentials::{NonceState, long_term_key, rest_expiry, rest_password};
 use crate::stun::{
     Class, FAMILY_IPV4, FAMILY_IPV6, Integrity, Message, MessageWriter, attr, code, method,
@@ -25,11 +25,15 @@ const KNOWN: &[u16] = &[
     attr::CHANNEL_NUMBER,
     attr::DATA,
     attr::REQUESTED_ADDRESS_FAMILY,
+    attr::EVEN_PORT,
+    attr::RESERVATION_TOKEN,
     attr::PRIORITY,
     attr::USE_CANDIDATE,
 ];
 
 const UDP: u8 = 17;
+/// How long a port reserved by EVEN-PORT with the R bit is held.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The authenticated caller of a request.
 struct Caller {
@@ -138,6 +142,7 @@ impl Server {
         }
         let unknown = message.unknown_required(KNOWN);
         if !unknown.is_empty() {
+            tracing::debug!(%client, ?unknown, "request with unknown comprehension-required attributes");
             return self.unknown_attributes(message, Some(&caller), &unknown);
         }
         handler(self, &caller)
@@ -189,21 +194,60 @@ impl Server {
         if self.allocations.len() >= self.config.max_allocations {
             return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
         }
-        let Some(port) = self.take_port(relay_ip, sockets) else {
-            return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+        // EVEN-PORT asks for an even port and, with the R bit, for the next
+        // port to be held for a second allocation (RTP/RTCP style).
+        let even_port = message
+            .get(attr::EVEN_PORT)
+            .map(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let token = message.get(attr::RESERVATION_TOKEN);
+        if even_port.is_some() && token.is_some() {
+            return self.error(message, Some(caller), code::BAD_REQUEST);
+        }
+        let port = match token {
+            Some(token) => {
+                let reserved = <[u8; 8]>::try_from(token)
+                    .ok()
+                    .and_then(|token| self.reservations.remove(&token))
+                    .filter(|(_, expires)| *expires > now.instant);
+                match reserved {
+                    Some((port, _)) if sockets.open(relay_ip, port) => port,
+                    Some((port, _)) => {
+                        self.free_ports.push(port);
+                        return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
+                    }
+                    None => return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY),
+                }
+            }
+            None => match self.take_port(relay_ip, sockets, even_port) {
+                Some(port) => port,
+                None => return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY),
+            },
+        };
+        let reservation = if even_port == Some(true) {
+            let token = self.rng_next().to_be_bytes();
+            self.free_ports.retain(|p| *p != port + 1);
+            self.reservations
+                .insert(token, (port + 1, now.instant + RESERVATION_LIFETIME));
+            Some(token)
+        } else {
+            None
         };
         let lifetime = self.lifetime(message.get_u32(attr::LIFETIME));
         let relayed = SocketAddr::new(relay_ip, port);
         let mut buf = Vec::with_capacity(128);
-        MessageWriter::new(
+        let mut writer = MessageWriter::new(
             &mut buf,
             method::ALLOCATE,
             Class::Success,
             message.transaction_id(),
-        )
-        .xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
-        .u32(attr::LIFETIME, lifetime.as_secs() as u32)
-        .xor_address(attr::XOR_MAPPED_ADDRESS, client);
+        );
+        writer
+            .xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+            .u32(attr::LIFETIME, lifetime.as_secs() as u32)
+            .xor_address(attr::XOR_MAPPED_ADDRESS, client);
+        if let Some(token) = reservation {
+            writer.attr(attr::RESERVATION_TOKEN, &token);
+        }
         let response = self.finish(buf, message, Some(caller));
         let expires = now.instant + lifetime;
         self.allocations.insert(
@@ -227,14 +271,34 @@ impl Server {
         response
     }
 
-    fn take_port(&mut self, ip: IpAddr, sockets: &mut impl RelaySockets) -> Option<u16> {
-        // Try a handful of random free ports: one in use by another process
-        // is skipped (and kept out of the pool until an allocation frees one).
+    /// A free port the shell could bind: random, even when `even` is set,
+    /// with a free successor too when `even` is `Some(true)` (a
+    /// reservation). A port in use by another process is skipped and kept
+    /// out of the pool until an allocation frees one.
+    fn take_port(
+        &mut self,
+        ip: IpAddr,
+        sockets: &mut impl RelaySockets,
+        even: Option<bool>,
+    ) -> Option<u16> {
         for _ in 0..16 {
-            if self.free_ports.is_empty() {
+            let count = self.free_ports.len();
+            if count == 0 {
                 return None;
             }
-            let index = (self.rng_next() % self.free_ports.len() as u64) as usize;
+            let start = (self.rng_next() % count as u64) as usize;
+            let fits = |port: u16| match even {
+                None => true,
+                Some(false) => port.is_multiple_of(2),
+                Some(true) => {
+                    port.is_multiple_of(2)
+                        && port < u16::MAX
+                        && self.free_ports.contains(&(port + 1))
+                }
+            };
+            let index = (0..count)
+                .map(|i| (start + i) % count)
+                .find(|&i| fits(self.free_ports[i]))?;
             let port = self.free_ports.swap_remove(index);
             if sockets.open(ip, port) {
                 return Some(port);
@@ -376,7 +440,7 @@ impl Server {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             _ => return self.error(message, Some(caller), code::BAD_REQUEST),
         };
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+        if !(CHANNEL_MIN..=CHANNEL_MAX_ACCEPTED).contains(&number) {
             return self.error(message, Some(caller), code::BAD_REQUEST);
         }
         let peer = match self.peers(message, relayed).as_deref() {
@@ -447,6 +511,12 @@ impl Server {
     }
 
     fn error(&self, request: &Message<'_>, caller: Option<&Caller>, error: u16) -> Vec<u8> {
+        tracing::debug!(
+            method = request.method(),
+            error,
+            user = caller.map(|c| c.username.as_str()),
+            "request refused"
+        );
         let mut buf = Vec::with_capacity(128);
         MessageWriter::new(
             &mut buf,

@@ -656,3 +656,131 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn even_port_with_reservation_holds_the_next_port() {
+    let mut h = Harness::new(config());
+    let even = |reserve: bool| {
+        move |w: &mut MessageWriter<'_>| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attr(attr::EVEN_PORT, &[if reserve { 0x80 } else { 0 }, 0, 0, 0]);
+        }
+    };
+    let request = signed(&mut h, alice(), method::ALLOCATE, [1; 12], even(true));
+    let reply = h.send(alice(), &request).unwrap();
+    let message = Message::parse(&reply).unwrap();
+    let relayed = message
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(relayed.port() % 2, 0, "EVEN-PORT gives an even port");
+    let token = message
+        .get(attr::RESERVATION_TOKEN)
+        .expect("a reservation token")
+        .to_vec();
+
+    // A second client claims the reserved port with the token.
+    let bob: SocketAddr = "198.18.0.11:7".parse().unwrap();
+    let claim = signed(&mut h, bob, method::ALLOCATE, [2; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    let reply = h.send(bob, &claim).unwrap();
+    let claimed = Message::parse(&reply)
+        .unwrap()
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.port(), relayed.port() + 1);
+
+    // A token works once; EVEN-PORT with a token is contradictory.
+    let carol: SocketAddr = "198.18.0.12:7".parse().unwrap();
+    let again = signed(&mut h, carol, method::ALLOCATE, [3; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(
+        error_of(&h.send(carol, &again).unwrap()),
+        code::INSUFFICIENT_CAPACITY
+    );
+    let both = signed(&mut h, carol, method::ALLOCATE, [4; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(error_of(&h.send(carol, &both).unwrap()), code::BAD_REQUEST);
+    let plain_even = signed(&mut h, carol, method::ALLOCATE, [5; 12], even(false));
+    let reply = h.send(carol, &plain_even).unwrap();
+    let message = Message::parse(&reply).unwrap();
+    assert_eq!(
+        message
+            .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .unwrap()
+            .port()
+            % 2,
+        0
+    );
+    assert!(message.get(attr::RESERVATION_TOKEN).is_none());
+}
+
+#[test]
+fn unclaimed_reservations_return_their_port_after_30_seconds() {
+    let mut config = config();
+    config.ports = 50000..=50001;
+    let mut h = Harness::new(config);
+    let request = signed(&mut h, alice(), method::ALLOCATE, [1; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+    });
+    assert_eq!(
+        Message::parse(&h.send(alice(), &request).unwrap())
+            .unwrap()
+            .class(),
+        Class::Success
+    );
+    let (username, password) = credentials(3600, "bob");
+    let server = "198.18.0.3:3478".parse().unwrap();
+    let bob: SocketAddr = "198.18.0.11:1".parse().unwrap();
+    let mut early = Client::new(server, &username, &password, 5, h.now().instant);
+    h.exchange(&mut early, bob);
+    assert!(
+        matches!(
+            early.poll_event(),
+            Some(ClientEvent::Failed { code: 508, .. })
+        ),
+        "50001 is reserved"
+    );
+    h.advance(Duration::from_secs(31));
+    let carol: SocketAddr = "198.18.0.12:1".parse().unwrap();
+    let mut late = Client::new(server, &username, &password, 6, h.now().instant);
+    h.exchange(&mut late, carol);
+    assert!(
+        matches!(late.poll_event(), Some(ClientEvent::Allocated { relayed, .. }) if relayed.port() == 50001)
+    );
+}
+
+#[test]
+fn shards_split_the_port_range_by_pairs() {
+    let mut ports = Vec::new();
+    for shard in 0..3 {
+        let mut config = config();
+        config.shard = shard;
+        config.shards = 3;
+        let server = Server::new(config, [1; 32]);
+        ports.extend(server.free_ports.iter().copied());
+        assert!(
+            server
+                .free_ports
+                .iter()
+                .all(|p| server.free_ports.contains(&(p ^ 1))),
+            "whole pairs per shard"
+        );
+    }
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        (50000..=50099).collect::<Vec<_>>(),
+        "every port in exactly one shard"
+    );
+}
