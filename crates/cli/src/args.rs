@@ -194,6 +194,26 @@ pub struct RelayArgs {
     /// UDP port range for allocations, LO-HI
     #[arg(long, env = "POSTERN_PORTS", value_parser = parse_port_range, value_name = "LO-HI", default_value = "49152-65535")]
     pub ports: PortRange,
+    /// Realm of the long-term credentials
+    #[arg(long, env = "POSTERN_REALM", default_value = "postern")]
+    pub realm: String,
+    /// Worker threads (default: one per CPU)
+    #[arg(long, env = "POSTERN_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+    /// Allocations one username may hold at once
+    #[arg(
+        long,
+        env = "POSTERN_MAX_ALLOCATIONS_PER_USER",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub max_allocations_per_user: usize,
+    /// Bits per second one allocation may relay each way (0: no limit)
+    #[arg(long, env = "POSTERN_MAX_BPS", value_name = "BPS", default_value_t = 0)]
+    pub max_bps: u64,
+    /// Allow relaying to 127.0.0.0/8 and ::1 (test setups only)
+    #[arg(long, env = "POSTERN_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: bool,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }

@@ -4,6 +4,8 @@
 //! stderr); 2 the command exists but is not available in this build yet.
 
 mod args;
+mod daemon;
+mod relay;
 mod values;
 
 use std::process::ExitCode;
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
             None => unavailable("portal", "the portal"),
         },
         Command::Gateway(_) => unavailable("gateway", "the gateway daemon"),
-        Command::Relay(_) => unavailable("relay", "the relay"),
+        Command::Relay(args) => finish("relay", relay::run(args)),
         Command::Client(client) => match client.command {
             ClientCommand::Up { .. } => unavailable("client up", "the client daemon"),
             ClientCommand::SignIn { .. } => unavailable("client sign-in", "client sign-in"),
@@ -38,6 +40,18 @@ fn main() -> ExitCode {
         Command::Admin(admin) => match admin.command {
             AdminCommand::Apply { .. } => unavailable("admin apply", "declarative configuration"),
         },
+    }
+}
+
+/// Turns a command's outcome into an exit code: an error is one line on
+/// stderr (with its causes) and exit code 1.
+fn finish(command: &str, outcome: anyhow::Result<ExitCode>) -> ExitCode {
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("postern {command}: {error:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -81,7 +81,6 @@ fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
         ],
         &["portal", "relay-token"],
         &["gateway", "--portal", "https://portal.test", "--token", "t"],
-        &["relay", "--auth-secret", "s", "--public-ip", "198.18.0.3"],
         &[
             "relay",
             "--portal",
@@ -227,4 +226,58 @@ fn secrets_from_the_environment_are_not_shown_in_help() {
     let output = postern_env(&["gateway", "--help"], &[("POSTERN_TOKEN", "s3cret-value")]);
     assert_eq!(output.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret-value"));
+}
+
+#[test]
+fn relay_configuration_errors_are_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["relay", "--auth-secret", "", "--public-ip", "127.0.0.1"],
+            "--auth-secret must not be empty",
+        ),
+        (
+            &[
+                "relay",
+                "--auth-secret",
+                "s",
+                "--public-ip",
+                "::1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "same address family",
+        ),
+        (
+            &[
+                "relay",
+                "--auth-secret",
+                "s",
+                "--public-ip",
+                "127.0.0.1",
+                "--listen",
+                "127.0.0.1:1",
+                "--ports",
+                "5000-5000",
+                "--workers",
+                "2",
+            ],
+            "leaves no port",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_one_line(&postern(args), 1, needle);
+    }
+    // The port is held by another socket: a clear error, not a shared port.
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().to_string();
+    let output = postern(&[
+        "relay",
+        "--auth-secret",
+        "s",
+        "--public-ip",
+        "127.0.0.1",
+        "--listen",
+        &listen,
+    ]);
+    assert_one_line(&output, 1, "Address already in use");
 }

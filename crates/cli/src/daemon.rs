@@ -1,0 +1,34 @@
+//! What every daemon shares: logging to stderr and waiting for a signal.
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::args::LogFormat;
+
+/// Logs to stderr in the chosen format; `RUST_LOG` refines the level
+/// (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts
+/// afterwards), so that [`wait_for_stop`] can take them synchronously.
+pub fn block_stop_signals() -> nix::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block()?;
+    Ok(signals)
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub fn wait_for_stop(signals: &SigSet) -> nix::Result<Signal> {
+    signals.wait()
+}

@@ -1,0 +1,354 @@
+//! `postern relay` against coturn's own tools, and our TURN client against
+//! both coturn's `turnserver` and `postern relay`, over real UDP sockets on
+//! loopback. Needs the Debian package `coturn` (installed by .ci/run).
+
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postern_turn::client::{Client, ClientEvent};
+use postern_turn::credentials::{rest_password, rest_username};
+
+const SECRET: &str = "interop-secret";
+
+/// Kills the process when the test ends, passing or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).exists()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package coturn (see .ci/run)"
+    );
+}
+
+/// Waits until something answers STUN Binding on `port`.
+fn wait_for_stun(port: u16) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut request = Vec::new();
+    postern_turn::stun::MessageWriter::new(
+        &mut request,
+        1,
+        postern_turn::stun::Class::Request,
+        [1; 12],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        let _ = socket.send_to(&request, ("127.0.0.1", port));
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("nothing answers STUN on port {port}");
+}
+
+fn postern_relay(port: u16, ports: &str) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args([
+            "relay",
+            "--auth-secret",
+            SECRET,
+            "--public-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--ports", ports])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    wait_for_stun(port);
+    running
+}
+
+fn coturn(port: u16, min_port: u16, max_port: u16) -> Running {
+    require("turnserver");
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--use-auth-secret",
+            "--allow-loopback-peers",
+        ])
+        .args([
+            "--static-auth-secret",
+            SECRET,
+            "--realm",
+            "postern",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args([
+            "--listening-port",
+            &port.to_string(),
+            "--min-port",
+            &min_port.to_string(),
+            "--max-port",
+            &max_port.to_string(),
+        ])
+        .args([
+            "--pidfile",
+            &format!("/tmp/postern-test-turnserver-{port}.pid"),
+            "--log-file",
+            "stdout",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    wait_for_stun(port);
+    running
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    require(tool);
+    let Output { stdout, stderr, .. } = Command::new("timeout")
+        .arg("60")
+        .arg(tool)
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    )
+}
+
+/// The numbers of uclient's summary line `tot_send_msgs=N, tot_recv_msgs=M`.
+fn uclient_totals(output: &str) -> (u64, u64) {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("bytes"))
+        .unwrap_or_else(|| panic!("no summary in uclient output:\n{output}"));
+    let number = |key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap() + key.len()..];
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    (number("tot_send_msgs="), number("tot_recv_msgs="))
+}
+
+#[test]
+fn coturn_stunclient_learns_its_address() {
+    let _relay = postern_relay(23478, "23500-23599");
+    let output = run("turnutils_stunclient", &["-p", "23478", "127.0.0.1"]);
+    assert!(
+        output.contains("UDP reflexive addr: 127.0.0.1:"),
+        "{output}"
+    );
+}
+
+#[test]
+fn coturn_uclient_relays_to_a_peer_without_loss() {
+    let _relay = postern_relay(23578, "23600-23699");
+    require("turnutils_peer");
+    let _peer = Running(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", "23580"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let output = run(
+        "turnutils_uclient",
+        &[
+            "-W",
+            SECRET,
+            "-p",
+            "23578",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            "23580",
+            "-n",
+            "200",
+            "-l",
+            "1000",
+            "-c",
+            "-z",
+            "2",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(uclient_totals(&output), (200, 200), "{output}");
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}
+
+#[test]
+fn coturn_uclient_client_to_client() {
+    let _relay = postern_relay(23678, "23700-23799");
+    let output = run(
+        "turnutils_uclient",
+        &[
+            "-y",
+            "-W",
+            SECRET,
+            "-p",
+            "23678",
+            "-n",
+            "100",
+            "-l",
+            "500",
+            "-c",
+            "-z",
+            "2",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(uclient_totals(&output), (200, 200), "{output}");
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}
+
+#[test]
+fn coturn_uclient_with_a_wrong_secret_is_refused() {
+    let _relay = postern_relay(23778, "23800-23899");
+    let output = run(
+        "turnutils_uclient",
+        &[
+            "-W",
+            "not-the-secret",
+            "-p",
+            "23778",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            "23780",
+            "-n",
+            "5",
+            "-c",
+            "127.0.0.1",
+        ],
+    );
+    assert!(output.contains("Cannot complete Allocation"), "{output}");
+}
+
+/// Drives our sans-IO client over a real socket: allocate, bind a channel to
+/// a UDP peer on loopback, and send data both ways through the relay.
+fn round_trip_through(server: SocketAddr) {
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let username = rest_username(expiry, "interop");
+    let password = rest_password(SECRET.as_bytes(), &username);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut client = Client::new(server, &username, &password, 99, Instant::now());
+    let step = |client: &mut Client| -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut buf = [0u8; 2048];
+        while let Some(datagram) = client.poll_transmit() {
+            socket.send_to(&datagram, server).unwrap();
+        }
+        let mut data = Vec::new();
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            assert_eq!(from, server);
+            if let Some((peer, payload)) = client.handle_packet(&buf[..n], Instant::now()) {
+                data.push((peer, payload.to_vec()));
+            }
+        }
+        client.handle_timeout(Instant::now());
+        data
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut bound = false;
+    let mut relayed = None;
+    while !bound {
+        assert!(
+            Instant::now() < deadline,
+            "no allocation and channel within 10 s"
+        );
+        step(&mut client);
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::Allocated {
+                    relayed: address, ..
+                } => {
+                    relayed = Some(address);
+                    client.bind_channel(peer_addr, Instant::now());
+                }
+                ClientEvent::ChannelBound { peer, .. } => bound = peer == peer_addr,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let relayed = relayed.unwrap();
+    // Client -> peer, as ChannelData.
+    let mut buf = [0u8; 2048];
+    let mut frame = Vec::new();
+    assert!(client.encode_to_peer(peer_addr, b"to the peer", &mut frame));
+    socket.send_to(&frame, server).unwrap();
+    let (n, from) = peer.recv_from(&mut buf).expect("the peer got nothing");
+    assert_eq!(&buf[..n], b"to the peer");
+    assert_eq!(
+        from.port(),
+        relayed.port(),
+        "data arrives from the relayed address"
+    );
+    // Peer -> client.
+    peer.send_to(b"back to the client", from).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "nothing came back through the relay"
+        );
+        if let Some((from_peer, payload)) = step(&mut client).pop() {
+            assert_eq!(from_peer, peer_addr);
+            assert_eq!(payload, b"back to the client");
+            break;
+        }
+    }
+    client.deallocate(Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.poll_event() != Some(ClientEvent::Deallocated) {
+        assert!(Instant::now() < deadline, "no answer to deallocation");
+        step(&mut client);
+    }
+}
+
+#[test]
+fn our_client_works_with_coturn() {
+    let _coturn = coturn(23878, 23900, 23999);
+    round_trip_through("127.0.0.1:23878".parse().unwrap());
+}
+
+#[test]
+fn our_client_works_with_our_relay() {
+    let _relay = postern_relay(23978, "24000-24099");
+    round_trip_through("127.0.0.1:23978".parse().unwrap());
+}

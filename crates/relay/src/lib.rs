@@ -1,0 +1,122 @@
+//! The relay daemon: the sans-IO TURN core of `postern-turn` behind UDP
+//! sockets.
+//!
+//! One worker thread per core. Each has its own listening socket on the same
+//! address (SO_REUSEPORT: the kernel hashes each client's address to one
+//! worker, so one client's packets are never reordered), its own core with a
+//! disjoint slice of the port range (no shared state, no locks), and a mio
+//! event loop that receives in batches (recvmmsg, GRO) and coalesces
+//! consecutive same-size datagrams to one destination into one GSO send.
+
+mod metrics;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+
+use postern_turn::server::ServerConfig;
+
+pub use metrics::{Metrics, serve_metrics};
+
+/// Startup failures; once running, the relay logs and counts errors instead.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a worker thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the port range {0:?} leaves no port for {1} workers")]
+    TooFewPorts(RangeInclusive<u16>, usize),
+    #[error("cannot read randomness from /dev/urandom")]
+    Random(#[source] std::io::Error),
+}
+
+/// How to run the relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    pub public_ip: IpAddr,
+    pub ports: RangeInclusive<u16>,
+    pub realm: String,
+    pub auth_secret: Vec<u8>,
+    pub workers: usize,
+    pub max_allocations_per_user: usize,
+    pub max_bps_per_allocation: u64,
+    pub allow_loopback_peers: bool,
+}
+
+/// A running relay: its workers and their counters.
+pub struct Relay {
+    workers: Vec<JoinHandle<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Relay {
+    /// Binds every worker's sockets, then starts them. Returns once all
+    /// listen, so a caller can print "ready".
+    pub fn start(config: &RelayConfig, stop: Arc<AtomicBool>) -> Result<Relay, RelayError> {
+        let workers = config.workers.max(1);
+        let port_count = usize::from(config.ports.end() - config.ports.start()) + 1;
+        if config.ports.is_empty() || port_count < workers {
+            return Err(RelayError::TooFewPorts(config.ports.clone(), workers));
+        }
+        // SO_REUSEPORT would let this relay silently share its port with
+        // another process of the same user (a second relay, say) and split
+        // the traffic. A plain bind first makes that an "in use" error.
+        drop(
+            std::net::UdpSocket::bind(config.listen).map_err(|source| RelayError::Listen {
+                addr: config.listen,
+                source,
+            })?,
+        );
+        let seed = random_seed().map_err(RelayError::Random)?;
+        let metrics = Arc::new(Metrics::new(workers));
+        let mut handles = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let mut core = ServerConfig::new(&config.realm, &config.auth_secret, None);
+            match config.public_ip {
+                IpAddr::V4(ip) => core.relay_ipv4 = Some(ip),
+                IpAddr::V6(ip) => core.relay_ipv6 = Some(ip),
+            }
+            core.ports = config.ports.clone();
+            core.shard = u16::try_from(index).unwrap_or(u16::MAX);
+            core.shards = u16::try_from(workers).unwrap_or(u16::MAX);
+            core.max_allocations_per_user = config.max_allocations_per_user;
+            core.max_bps_per_allocation = config.max_bps_per_allocation;
+            core.allow_loopback_peers = config.allow_loopback_peers;
+            let worker =
+                worker::Worker::bind(config.listen, core, seed, index, Arc::clone(&metrics))?;
+            let stop = Arc::clone(&stop);
+            let handle = std::thread::Builder::new()
+                .name(format!("relay-{index}"))
+                .spawn(move || worker.run(&stop))
+                .map_err(RelayError::Thread)?;
+            handles.push(handle);
+        }
+        Ok(Relay {
+            workers: handles,
+            metrics,
+        })
+    }
+
+    /// Waits for the workers to stop (after the stop flag is set).
+    pub fn join(self) {
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn random_seed() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}

@@ -1,0 +1,447 @@
+//! One relay worker: a listening socket, the relayed sockets of its
+//! allocations, and one shard of the TURN core, driven by a mio loop.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Registry, Token};
+use postern_turn::server::{
+    ClientAction, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelaySockets, Server, ServerConfig,
+};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::RelayError;
+use crate::metrics::{Metrics, SendDrop};
+
+/// Datagrams per receive call (recvmmsg).
+const BATCH: usize = 32;
+/// Room per received datagram: a GRO batch is at most 64 KiB.
+const SLOT: usize = 65_536;
+/// Socket buffers asked for; the kernel caps them at net.core.[rw]mem_max.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// The listening socket's token; relayed sockets use their port number.
+const MAIN: Token = Token(0);
+
+struct RelaySocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+/// The relayed sockets, opened and closed at the core's request.
+struct RelayTable {
+    registry: Registry,
+    sockets: HashMap<u16, RelaySocket>,
+}
+
+impl RelaySockets for RelayTable {
+    fn open(&mut self, ip: IpAddr, port: u16) -> bool {
+        let any: IpAddr = if ip.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        let opened =
+            open_socket(SocketAddr::new(any, port), false).and_then(|(mut socket, state)| {
+                self.registry.register(
+                    &mut socket,
+                    Token(usize::from(port)),
+                    Interest::READABLE,
+                )?;
+                Ok(RelaySocket { socket, state })
+            });
+        match opened {
+            Ok(relay) => {
+                self.sockets.insert(port, relay);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(port, %error, "relayed port unavailable");
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, port: u16) {
+        if let Some(mut relay) = self.sockets.remove(&port) {
+            let _ = self.registry.deregister(&mut relay.socket);
+        }
+    }
+}
+
+fn open_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<(UdpSocket, UdpSocketState)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let socket = UdpSocket::from_std(socket.into());
+    let state = UdpSocketState::new((&socket).into())?;
+    let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    Ok((socket, state))
+}
+
+/// Consecutive same-size datagrams for one destination, sent with one GSO
+/// system call.
+struct Batch {
+    buf: Vec<u8>,
+    /// `None` for the listening socket, else the relayed port.
+    from_port: Option<u16>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+}
+
+impl Batch {
+    fn fits(
+        &self,
+        from_port: Option<u16>,
+        to: SocketAddr,
+        len: usize,
+        max_segments: usize,
+    ) -> bool {
+        self.count == 0
+            || (self.from_port == from_port
+                && self.to == Some(to)
+                && self.segment == len
+                && self.count < max_segments
+                && self.buf.len() + len <= SLOT - 1024)
+    }
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    core: Server,
+    poll: Poll,
+    main: UdpSocket,
+    main_state: UdpSocketState,
+    relays: RelayTable,
+    metrics: Arc<Metrics>,
+    recv_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    batch: Batch,
+    send_drops: [u64; SendDrop::COUNT],
+}
+
+impl Worker {
+    pub(crate) fn bind(
+        listen: SocketAddr,
+        config: ServerConfig,
+        seed: [u8; 32],
+        index: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Worker, RelayError> {
+        let listen_error = |source| RelayError::Listen {
+            addr: listen,
+            source,
+        };
+        let poll = Poll::new().map_err(listen_error)?;
+        let (mut main, main_state) = open_socket(listen, true).map_err(listen_error)?;
+        poll.registry()
+            .register(&mut main, MAIN, Interest::READABLE)
+            .map_err(listen_error)?;
+        let registry = poll.registry().try_clone().map_err(listen_error)?;
+        if index == 0 {
+            let effective = main_state.recv_buffer_size((&main).into()).unwrap_or(0);
+            if effective < SOCKET_BUFFER {
+                tracing::warn!(
+                    asked = SOCKET_BUFFER,
+                    effective,
+                    "UDP receive buffer capped by the kernel; raise net.core.rmem_max and net.core.wmem_max for high rates"
+                );
+            }
+        }
+        Ok(Worker {
+            index,
+            core: Server::new(config, seed),
+            poll,
+            main,
+            main_state,
+            relays: RelayTable {
+                registry,
+                sockets: HashMap::new(),
+            },
+            metrics,
+            recv_buf: vec![0; BATCH * SLOT],
+            scratch: vec![0; PEER_HEADROOM + SLOT + PEER_TAILROOM],
+            batch: Batch {
+                buf: Vec::with_capacity(SLOT),
+                from_port: None,
+                to: None,
+                segment: 0,
+                count: 0,
+            },
+            send_drops: [0; SendDrop::COUNT],
+        })
+    }
+
+    pub(crate) fn run(mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(1024);
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = self
+                .core
+                .poll_timeout()
+                .map(|due| due.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_millis(200));
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout))
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(%error, "poll failed; worker stops");
+                return;
+            }
+            for event in &events {
+                match event.token() {
+                    MAIN => self.drain_main(),
+                    Token(port) => self.drain_relay(u16::try_from(port).unwrap_or(0)),
+                }
+            }
+            self.core.handle_timeout(Instant::now(), &mut self.relays);
+            self.metrics.record(
+                self.index,
+                self.core.stats(),
+                self.core.allocation_count(),
+                &self.send_drops,
+            );
+        }
+        tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    fn now() -> Now {
+        Now {
+            instant: Instant::now(),
+            unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// Datagrams from clients: requests are answered, data is relayed.
+    fn drain_main(&mut self) {
+        loop {
+            let mut metas = [RecvMeta::default(); BATCH];
+            let mut chunks = self.recv_buf.chunks_exact_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let received = match self
+                .main_state
+                .recv((&self.main).into(), &mut slices, &mut metas)
+            {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    tracing::debug!(%error, "receive failed");
+                    break;
+                }
+            };
+            let now = Self::now();
+            for (meta, slice) in metas.iter().zip(slices.iter()).take(received) {
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                for datagram in slice[..meta.len].chunks(stride.max(1)) {
+                    match self
+                        .core
+                        .handle_client(now, meta.addr, datagram, &mut self.relays)
+                    {
+                        ClientAction::Reply(reply) => {
+                            flush(
+                                &mut self.batch,
+                                &self.main,
+                                &self.main_state,
+                                &self.relays,
+                                &mut self.send_drops,
+                            );
+                            push(
+                                &mut self.batch,
+                                None,
+                                meta.addr,
+                                &reply,
+                                1,
+                                &self.main,
+                                &self.main_state,
+                                &self.relays,
+                                &mut self.send_drops,
+                            );
+                            flush(
+                                &mut self.batch,
+                                &self.main,
+                                &self.main_state,
+                                &self.relays,
+                                &mut self.send_drops,
+                            );
+                        }
+                        ClientAction::Relay {
+                            port,
+                            peer,
+                            payload,
+                        } => {
+                            let max = self
+                                .relays
+                                .sockets
+                                .get(&port)
+                                .map_or(1, |r| r.state.max_gso_segments());
+                            push(
+                                &mut self.batch,
+                                Some(port),
+                                peer,
+                                payload,
+                                max,
+                                &self.main,
+                                &self.main_state,
+                                &self.relays,
+                                &mut self.send_drops,
+                            );
+                        }
+                        ClientAction::None => {}
+                    }
+                }
+            }
+            flush(
+                &mut self.batch,
+                &self.main,
+                &self.main_state,
+                &self.relays,
+                &mut self.send_drops,
+            );
+        }
+    }
+
+    /// Datagrams from peers to a relayed port: framed and sent to the client.
+    fn drain_relay(&mut self, port: u16) {
+        let max_segments = self.main_state.max_gso_segments();
+        loop {
+            let Some(relay) = self.relays.sockets.get(&port) else {
+                return;
+            };
+            let mut metas = [RecvMeta::default(); BATCH];
+            let mut chunks = self.recv_buf.chunks_exact_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let received = match relay
+                .state
+                .recv((&relay.socket).into(), &mut slices, &mut metas)
+            {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    tracing::debug!(port, %error, "receive failed");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            for (meta, slice) in metas.iter().zip(slices.iter()).take(received) {
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                for datagram in slice[..meta.len].chunks(stride.max(1)) {
+                    let len = datagram.len();
+                    self.scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(datagram);
+                    if let PeerAction::ToClient { client, range } = self.core.handle_peer(
+                        now,
+                        port,
+                        meta.addr,
+                        &mut self.scratch,
+                        PEER_HEADROOM,
+                        len,
+                    ) {
+                        push(
+                            &mut self.batch,
+                            None,
+                            client,
+                            &self.scratch[range],
+                            max_segments,
+                            &self.main,
+                            &self.main_state,
+                            &self.relays,
+                            &mut self.send_drops,
+                        );
+                    }
+                }
+            }
+            flush(
+                &mut self.batch,
+                &self.main,
+                &self.main_state,
+                &self.relays,
+                &mut self.send_drops,
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push(
+    batch: &mut Batch,
+    from_port: Option<u16>,
+    to: SocketAddr,
+    data: &[u8],
+    max_segments: usize,
+    main: &UdpSocket,
+    main_state: &UdpSocketState,
+    relays: &RelayTable,
+    drops: &mut [u64; SendDrop::COUNT],
+) {
+    if !batch.fits(from_port, to, data.len(), max_segments) {
+        flush(batch, main, main_state, relays, drops);
+    }
+    if batch.count == 0 {
+        batch.from_port = from_port;
+        batch.to = Some(to);
+        batch.segment = data.len();
+    }
+    batch.buf.extend_from_slice(data);
+    batch.count += 1;
+}
+
+fn flush(
+    batch: &mut Batch,
+    main: &UdpSocket,
+    main_state: &UdpSocketState,
+    relays: &RelayTable,
+    drops: &mut [u64; SendDrop::COUNT],
+) {
+    let Some(to) = batch.to.take() else {
+        return;
+    };
+    if batch.count > 0 {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &batch.buf,
+            segment_size: (batch.count > 1).then_some(batch.segment),
+            src_ip: None,
+        };
+        let result = match batch.from_port {
+            None => main_state.try_send(main.into(), &transmit),
+            Some(port) => match relays.sockets.get(&port) {
+                Some(relay) => relay.state.try_send((&relay.socket).into(), &transmit),
+                None => Ok(()),
+            },
+        };
+        if let Err(error) = result {
+            let reason = if error.kind() == io::ErrorKind::WouldBlock {
+                SendDrop::BufferFull
+            } else {
+                SendDrop::Error
+            };
+            drops[reason as usize] += batch.count as u64;
+        }
+    }
+    batch.buf.clear();
+    batch.count = 0;
+}
