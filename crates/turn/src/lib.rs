@@ -5,5 +5,7 @@
 pub mod channel;
 pub mod client;
 pub mod credentials;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod stun;
