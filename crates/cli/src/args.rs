@@ -188,9 +188,16 @@ pub struct RelayArgs {
         default_value = "0.0.0.0:3478"
     )]
     pub listen: SocketAddr,
-    /// Public address that relayed candidates advertise
-    #[arg(long, env = "POSTERN_PUBLIC_IP", value_name = "IP")]
-    pub public_ip: IpAddr,
+    /// Public address that relayed candidates advertise; give it twice (an
+    /// IPv4 and an IPv6 address) to relay both families
+    #[arg(
+        long,
+        env = "POSTERN_PUBLIC_IP",
+        value_name = "IP",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub public_ip: Vec<IpAddr>,
     /// UDP port range for allocations, LO-HI
     #[arg(long, env = "POSTERN_PORTS", value_parser = parse_port_range, value_name = "LO-HI", default_value = "49152-65535")]
     pub ports: PortRange,

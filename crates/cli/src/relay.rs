@@ -1,5 +1,6 @@
 //! `postern relay`: the STUN/TURN relay daemon.
 
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +25,16 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     if args.realm.is_empty() {
         bail!("--realm must not be empty");
     }
-    if args.listen.is_ipv4() != args.public_ip.is_ipv4() {
-        bail!(
-            "--listen {} and --public-ip {} must be of the same address family",
-            args.listen,
-            args.public_ip
-        );
+    let mut public_ipv4 = None;
+    let mut public_ipv6 = None;
+    for ip in &args.public_ip {
+        let slot_taken = match ip {
+            IpAddr::V4(v4) => public_ipv4.replace(*v4).is_some(),
+            IpAddr::V6(v6) => public_ipv6.replace(*v6).is_some(),
+        };
+        if slot_taken {
+            bail!("--public-ip takes at most one IPv4 and one IPv6 address");
+        }
     }
     let workers = args
         .workers
@@ -37,7 +42,8 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let config = RelayConfig {
         listen: args.listen,
-        public_ip: args.public_ip,
+        public_ipv4,
+        public_ipv6,
         ports: args.ports.0.clone(),
         realm: args.realm,
         auth_secret: secret.into_bytes(),
@@ -56,7 +62,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(
         listen = %config.listen,
-        public_ip = %config.public_ip,
+        public_ip = ?args.public_ip,
         ports = ?config.ports,
         workers,
         metrics = ?args.daemon.metrics,

@@ -19,7 +19,22 @@ fn postern_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     command.envs(env.iter().copied());
-    command.output().expect("run postern")
+    // Every case here must end on its own; a daemon that starts by mistake
+    // is killed and fails the test instead of hanging the suite.
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run postern");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait for postern").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("postern {args:?} did not exit within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect postern output")
 }
 
 fn stderr(output: &Output) -> String {
@@ -242,10 +257,10 @@ fn relay_configuration_errors_are_one_line() {
                 "s",
                 "--public-ip",
                 "::1",
-                "--listen",
-                "127.0.0.1:0",
+                "--public-ip",
+                "::2",
             ],
-            "same address family",
+            "at most one IPv4 and one IPv6",
         ),
         (
             &[

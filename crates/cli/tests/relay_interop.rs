@@ -65,6 +65,8 @@ fn postern_relay(port: u16, ports: &str) -> Running {
             SECRET,
             "--public-ip",
             "127.0.0.1",
+            "--public-ip",
+            "::1",
             "--allow-loopback-peers",
         ])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--ports", ports])
@@ -199,6 +201,46 @@ fn coturn_uclient_relays_to_a_peer_without_loss() {
         ],
     );
     assert_eq!(uclient_totals(&output), (200, 200), "{output}");
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}
+
+#[test]
+fn coturn_uclient_gets_an_ipv6_relay_when_it_asks() {
+    let _relay = postern_relay(24178, "24200-24299");
+    require("turnutils_peer");
+    let _peer = Running(
+        Command::new("turnutils_peer")
+            .args(["-L", "::1", "-p", "24180"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // -x: REQUESTED-ADDRESS-FAMILY IPv6 from an IPv4 client.
+    let output = run(
+        "turnutils_uclient",
+        &[
+            "-x",
+            "-W",
+            SECRET,
+            "-p",
+            "24178",
+            "-e",
+            "::1",
+            "-r",
+            "24180",
+            "-n",
+            "100",
+            "-l",
+            "500",
+            "-c",
+            "-z",
+            "2",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(uclient_totals(&output), (100, 100), "{output}");
     assert!(output.contains("Total lost packets 0 "), "{output}");
 }
 

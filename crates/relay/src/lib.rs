@@ -11,7 +11,7 @@
 mod metrics;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -42,7 +42,9 @@ pub enum RelayError {
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     pub listen: SocketAddr,
-    pub public_ip: IpAddr,
+    /// Advertised relayed addresses; a family without one is refused (440).
+    pub public_ipv4: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
     pub ports: RangeInclusive<u16>,
     pub realm: String,
     pub auth_secret: Vec<u8>,
@@ -80,11 +82,9 @@ impl Relay {
         let metrics = Arc::new(Metrics::new(workers));
         let mut handles = Vec::with_capacity(workers);
         for index in 0..workers {
-            let mut core = ServerConfig::new(&config.realm, &config.auth_secret, None);
-            match config.public_ip {
-                IpAddr::V4(ip) => core.relay_ipv4 = Some(ip),
-                IpAddr::V6(ip) => core.relay_ipv6 = Some(ip),
-            }
+            let mut core =
+                ServerConfig::new(&config.realm, &config.auth_secret, config.public_ipv4);
+            core.relay_ipv6 = config.public_ipv6;
             core.ports = config.ports.clone();
             core.shard = u16::try_from(index).unwrap_or(u16::MAX);
             core.shards = u16::try_from(workers).unwrap_or(u16::MAX);

@@ -784,3 +784,50 @@ fn shards_split_the_port_range_by_pairs() {
         "every port in exactly one shard"
     );
 }
+
+#[test]
+fn ipv6_allocations_when_asked_and_configured() {
+    let mut config = config();
+    config.relay_ipv6 = Some("2001:db8::3".parse().unwrap());
+    let mut h = Harness::new(config);
+    let request = signed(&mut h, alice(), method::ALLOCATE, [1; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    let reply = h.send(alice(), &request).unwrap();
+    let relayed = Message::parse(&reply)
+        .unwrap()
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        relayed.ip(),
+        "2001:db8::3".parse::<IpAddr>().unwrap(),
+        "an IPv4 client may relay over IPv6"
+    );
+    // Peers must be of the allocation's family.
+    let v4_peer = signed(&mut h, alice(), method::CREATE_PERMISSION, [2; 12], |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer());
+    });
+    assert_eq!(
+        error_of(&h.send(alice(), &v4_peer).unwrap()),
+        code::PEER_ADDRESS_FAMILY_MISMATCH
+    );
+    let v6_peer = signed(&mut h, alice(), method::CREATE_PERMISSION, [3; 12], |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, "[2001:db8::20]:5".parse().unwrap());
+    });
+    assert_eq!(
+        Message::parse(&h.send(alice(), &v6_peer).unwrap())
+            .unwrap()
+            .class(),
+        Class::Success
+    );
+    // A refresh asking for the other family is a mismatch.
+    let refresh = signed(&mut h, alice(), method::REFRESH, [4; 12], |w| {
+        w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+    });
+    assert_eq!(
+        error_of(&h.send(alice(), &refresh).unwrap()),
+        code::PEER_ADDRESS_FAMILY_MISMATCH
+    );
+}
