@@ -123,6 +123,21 @@ fn coturn(port: u16, min_port: u16, max_port: u16) -> Running {
     running
 }
 
+/// coturn's UDP echo peer on `ip`:`port`.
+fn turn_peer(ip: &str, port: u16) -> Running {
+    require("turnutils_peer");
+    let peer = Running(
+        Command::new("turnutils_peer")
+            .args(["-L", ip, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    peer
+}
+
 fn run(tool: &str, args: &[&str]) -> String {
     require(tool);
     let Output { stdout, stderr, .. } = Command::new("timeout")
@@ -169,16 +184,7 @@ fn coturn_stunclient_learns_its_address() {
 #[test]
 fn coturn_uclient_relays_to_a_peer_without_loss() {
     let _relay = postern_relay(23578, "23600-23699");
-    require("turnutils_peer");
-    let _peer = Running(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", "23580"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _peer = turn_peer("127.0.0.1", 23580);
     let output = run(
         "turnutils_uclient",
         &[
@@ -207,16 +213,7 @@ fn coturn_uclient_relays_to_a_peer_without_loss() {
 #[test]
 fn coturn_uclient_gets_an_ipv6_relay_when_it_asks() {
     let _relay = postern_relay(24178, "24200-24299");
-    require("turnutils_peer");
-    let _peer = Running(
-        Command::new("turnutils_peer")
-            .args(["-L", "::1", "-p", "24180"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _peer = turn_peer("::1", 24180);
     // -x: REQUESTED-ADDRESS-FAMILY IPv6 from an IPv4 client.
     let output = run(
         "turnutils_uclient",

@@ -228,85 +228,66 @@ impl Worker {
 
     /// Datagrams from clients: requests are answered, data is relayed.
     fn drain_main(&mut self) {
-        loop {
-            let mut metas = [RecvMeta::default(); BATCH];
-            let mut chunks = self.recv_buf.chunks_exact_mut(SLOT);
-            let mut slices: [IoSliceMut<'_>; BATCH] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            let received = match self
-                .main_state
-                .recv((&self.main).into(), &mut slices, &mut metas)
-            {
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => {
-                    tracing::debug!(%error, "receive failed");
-                    break;
-                }
-            };
+        let mut metas = [RecvMeta::default(); BATCH];
+        while let Some(received) =
+            recv_batch(&self.main_state, &self.main, &mut self.recv_buf, &mut metas)
+        {
             let now = Self::now();
-            for (meta, slice) in metas.iter().zip(slices.iter()).take(received) {
-                let stride = if meta.stride == 0 {
-                    meta.len
-                } else {
-                    meta.stride
-                };
-                for datagram in slice[..meta.len].chunks(stride.max(1)) {
-                    match self
-                        .core
-                        .handle_client(now, meta.addr, datagram, &mut self.relays)
-                    {
-                        ClientAction::Reply(reply) => {
-                            flush(
-                                &mut self.batch,
-                                &self.main,
-                                &self.main_state,
-                                &self.relays,
-                                &mut self.send_drops,
-                            );
-                            push(
-                                &mut self.batch,
-                                None,
-                                meta.addr,
-                                &reply,
-                                1,
-                                &self.main,
-                                &self.main_state,
-                                &self.relays,
-                                &mut self.send_drops,
-                            );
-                            flush(
-                                &mut self.batch,
-                                &self.main,
-                                &self.main_state,
-                                &self.relays,
-                                &mut self.send_drops,
-                            );
-                        }
-                        ClientAction::Relay {
-                            port,
+            for (from, datagram) in datagrams(&self.recv_buf, &metas[..received]) {
+                match self
+                    .core
+                    .handle_client(now, from, datagram, &mut self.relays)
+                {
+                    ClientAction::Reply(reply) => {
+                        flush(
+                            &mut self.batch,
+                            &self.main,
+                            &self.main_state,
+                            &self.relays,
+                            &mut self.send_drops,
+                        );
+                        push(
+                            &mut self.batch,
+                            None,
+                            from,
+                            &reply,
+                            1,
+                            &self.main,
+                            &self.main_state,
+                            &self.relays,
+                            &mut self.send_drops,
+                        );
+                        flush(
+                            &mut self.batch,
+                            &self.main,
+                            &self.main_state,
+                            &self.relays,
+                            &mut self.send_drops,
+                        );
+                    }
+                    ClientAction::Relay {
+                        port,
+                        peer,
+                        payload,
+                    } => {
+                        let max = self
+                            .relays
+                            .sockets
+                            .get(&port)
+                            .map_or(1, |r| r.state.max_gso_segments());
+                        push(
+                            &mut self.batch,
+                            Some(port),
                             peer,
                             payload,
-                        } => {
-                            let max = self
-                                .relays
-                                .sockets
-                                .get(&port)
-                                .map_or(1, |r| r.state.max_gso_segments());
-                            push(
-                                &mut self.batch,
-                                Some(port),
-                                peer,
-                                payload,
-                                max,
-                                &self.main,
-                                &self.main_state,
-                                &self.relays,
-                                &mut self.send_drops,
-                            );
-                        }
-                        ClientAction::None => {}
+                            max,
+                            &self.main,
+                            &self.main_state,
+                            &self.relays,
+                            &mut self.send_drops,
+                        );
                     }
+                    ClientAction::None => {}
                 }
             }
             flush(
@@ -322,55 +303,35 @@ impl Worker {
     /// Datagrams from peers to a relayed port: framed and sent to the client.
     fn drain_relay(&mut self, port: u16) {
         let max_segments = self.main_state.max_gso_segments();
+        let mut metas = [RecvMeta::default(); BATCH];
         loop {
             let Some(relay) = self.relays.sockets.get(&port) else {
                 return;
             };
-            let mut metas = [RecvMeta::default(); BATCH];
-            let mut chunks = self.recv_buf.chunks_exact_mut(SLOT);
-            let mut slices: [IoSliceMut<'_>; BATCH] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            let received = match relay
-                .state
-                .recv((&relay.socket).into(), &mut slices, &mut metas)
-            {
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => {
-                    tracing::debug!(port, %error, "receive failed");
-                    break;
-                }
+            let Some(received) =
+                recv_batch(&relay.state, &relay.socket, &mut self.recv_buf, &mut metas)
+            else {
+                return;
             };
             let now = Instant::now();
-            for (meta, slice) in metas.iter().zip(slices.iter()).take(received) {
-                let stride = if meta.stride == 0 {
-                    meta.len
-                } else {
-                    meta.stride
-                };
-                for datagram in slice[..meta.len].chunks(stride.max(1)) {
-                    let len = datagram.len();
-                    self.scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(datagram);
-                    if let PeerAction::ToClient { client, range } = self.core.handle_peer(
-                        now,
-                        port,
-                        meta.addr,
-                        &mut self.scratch,
-                        PEER_HEADROOM,
-                        len,
-                    ) {
-                        push(
-                            &mut self.batch,
-                            None,
-                            client,
-                            &self.scratch[range],
-                            max_segments,
-                            &self.main,
-                            &self.main_state,
-                            &self.relays,
-                            &mut self.send_drops,
-                        );
-                    }
+            for (from, datagram) in datagrams(&self.recv_buf, &metas[..received]) {
+                let len = datagram.len();
+                self.scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(datagram);
+                if let PeerAction::ToClient { client, range } =
+                    self.core
+                        .handle_peer(now, port, from, &mut self.scratch, PEER_HEADROOM, len)
+                {
+                    push(
+                        &mut self.batch,
+                        None,
+                        client,
+                        &self.scratch[range],
+                        max_segments,
+                        &self.main,
+                        &self.main_state,
+                        &self.relays,
+                        &mut self.send_drops,
+                    );
                 }
             }
             flush(
@@ -382,6 +343,45 @@ impl Worker {
             );
         }
     }
+}
+
+/// Receives up to [`BATCH`] datagrams (or GRO batches) into `buf`, slot `i`
+/// at `i * SLOT`; `None` once the socket is drained.
+fn recv_batch(
+    state: &UdpSocketState,
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    metas: &mut [RecvMeta; BATCH],
+) -> Option<usize> {
+    let mut chunks = buf.chunks_exact_mut(SLOT);
+    let mut slices: [IoSliceMut<'_>; BATCH] =
+        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+    match state.recv(socket.into(), &mut slices, metas) {
+        Ok(received) => Some(received),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+        Err(error) => {
+            tracing::debug!(%error, "receive failed");
+            None
+        }
+    }
+}
+
+/// The datagrams of a received batch, GRO batches split at their stride.
+fn datagrams<'a>(
+    buf: &'a [u8],
+    metas: &'a [RecvMeta],
+) -> impl Iterator<Item = (SocketAddr, &'a [u8])> + 'a {
+    metas.iter().enumerate().flat_map(move |(slot, meta)| {
+        let start = slot * SLOT;
+        let data = buf.get(start..start + meta.len).unwrap_or_default();
+        let stride = if meta.stride == 0 {
+            meta.len
+        } else {
+            meta.stride
+        };
+        data.chunks(stride.max(1))
+            .map(move |datagram| (meta.addr, datagram))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
