@@ -297,6 +297,9 @@ impl Worker {
                 &self.relays,
                 &mut self.send_drops,
             );
+            if received < BATCH {
+                break;
+            }
         }
     }
 
@@ -341,12 +344,18 @@ impl Worker {
                 &self.relays,
                 &mut self.send_drops,
             );
+            if received < BATCH {
+                return;
+            }
         }
     }
 }
 
 /// Receives up to [`BATCH`] datagrams (or GRO batches) into `buf`, slot `i`
-/// at `i * SLOT`; `None` once the socket is drained.
+/// at `i * SLOT`; `None` once the socket is drained. A short batch means the
+/// queue was empty when read: the callers stop there rather than pay one
+/// more system call for EAGAIN, since with edge-triggered polling any later
+/// arrival raises a new event.
 fn recv_batch(
     state: &UdpSocketState,
     socket: &UdpSocket,
