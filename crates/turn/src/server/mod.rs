@@ -8,6 +8,7 @@
 //! allocate nothing.
 
 mod allocation;
+mod auth;
 mod requests;
 
 use std::cmp::Reverse;

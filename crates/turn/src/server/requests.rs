@@ -1,46 +1,18 @@
-//! STUN/TURN requests: authentication and the methods of RFC 8656.
+//! The TURN methods of RFC 8656 (and Binding): Allocate, Refresh,
+//! CreatePermission and ChannelBind, after `auth` has let the caller in.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, MAX_PEERS, TokenBucket};
+use super::auth::{Caller, KNOWN};
 use super::{Now, RelaySockets, Server};
 use crate::channel::{CHANNEL_MAX_ACCEPTED, CHANNEL_MIN};
-use crate::credentials::{NonceState, long_term_key, rest_expiry, rest_password};
-use crate::stun::{
-    Class, FAMILY_IPV4, FAMILY_IPV6, Integrity, Message, MessageWriter, attr, code, method,
-};
-
-/// Attributes this server understands in requests; any other
-/// comprehension-required one earns a 420.
-const KNOWN: &[u16] = &[
-    attr::USERNAME,
-    attr::MESSAGE_INTEGRITY,
-    attr::MESSAGE_INTEGRITY_SHA256,
-    attr::REALM,
-    attr::NONCE,
-    attr::LIFETIME,
-    attr::REQUESTED_TRANSPORT,
-    attr::XOR_PEER_ADDRESS,
-    attr::CHANNEL_NUMBER,
-    attr::DATA,
-    attr::REQUESTED_ADDRESS_FAMILY,
-    attr::EVEN_PORT,
-    attr::RESERVATION_TOKEN,
-    attr::PRIORITY,
-    attr::USE_CANDIDATE,
-];
+use crate::stun::{Class, FAMILY_IPV4, FAMILY_IPV6, Message, MessageWriter, attr, code, method};
 
 const UDP: u8 = 17;
 /// How long a port reserved by EVEN-PORT with the R bit is held.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
-
-/// The authenticated caller of a request.
-struct Caller {
-    username: String,
-    key: [u8; 16],
-    integrity: Integrity,
-}
 
 impl Server {
     pub(super) fn request(
@@ -86,66 +58,6 @@ impl Server {
         )
         .xor_address(attr::XOR_MAPPED_ADDRESS, client);
         self.finish(buf, message, None)
-    }
-
-    /// Runs `handler` for an authenticated caller, or answers 400/401/438.
-    fn authenticated(
-        &mut self,
-        now: Now,
-        client: SocketAddr,
-        message: &Message<'_>,
-        handler: impl FnOnce(&mut Server, &Caller) -> Vec<u8>,
-    ) -> Vec<u8> {
-        // A retransmitted Allocate gets its original answer before anything
-        // else (its nonce may have gone stale since).
-        if message.method() == method::ALLOCATE
-            && let Some(allocation) = self.allocations.get(&client)
-            && allocation.transaction == message.transaction_id()
-        {
-            return allocation.response.clone();
-        }
-        if !message.has_integrity() {
-            return self.challenge(now, message, code::UNAUTHORIZED);
-        }
-        let (Some(username), Some(realm), Some(nonce)) = (
-            message.get_str(attr::USERNAME),
-            message.get_str(attr::REALM),
-            message.get_str(attr::NONCE),
-        ) else {
-            return self.error(message, None, code::BAD_REQUEST);
-        };
-        match self.nonces.check(nonce, now.unix_secs) {
-            NonceState::Valid => {}
-            NonceState::Stale | NonceState::Invalid => {
-                return self.challenge(now, message, code::STALE_NONCE);
-            }
-        }
-        let expired = rest_expiry(username).is_none_or(|expiry| expiry <= now.unix_secs);
-        if expired || realm != self.config.realm {
-            return self.challenge(now, message, code::UNAUTHORIZED);
-        }
-        let password = rest_password(&self.config.auth_secret, username);
-        let key = long_term_key(username, realm, &password);
-        let integrity = message.verify_integrity(&key);
-        if !matches!(integrity, Integrity::Sha1 | Integrity::Sha256) {
-            return self.challenge(now, message, code::UNAUTHORIZED);
-        }
-        let caller = Caller {
-            username: username.to_string(),
-            key,
-            integrity,
-        };
-        if let Some(allocation) = self.allocations.get(&client)
-            && allocation.username != caller.username
-        {
-            return self.error(message, Some(&caller), code::WRONG_CREDENTIALS);
-        }
-        let unknown = message.unknown_required(KNOWN);
-        if !unknown.is_empty() {
-            tracing::debug!(%client, ?unknown, "request with unknown comprehension-required attributes");
-            return self.unknown_attributes(message, Some(&caller), &unknown);
-        }
-        handler(self, &caller)
     }
 
     fn allocate(
@@ -482,85 +394,5 @@ impl Server {
             message.transaction_id(),
         );
         self.finish(buf, message, Some(caller))
-    }
-
-    /// Adds SOFTWARE, the integrity of the request's kind when it was
-    /// authenticated, and FINGERPRINT when the request had one.
-    fn finish(&self, mut buf: Vec<u8>, request: &Message<'_>, caller: Option<&Caller>) -> Vec<u8> {
-        let mut writer = MessageWriter::resume(&mut buf, 0);
-        if let Some(software) = &self.config.software {
-            writer.attr(attr::SOFTWARE, software.as_bytes());
-        }
-        match caller {
-            Some(Caller {
-                key,
-                integrity: Integrity::Sha256,
-                ..
-            }) => {
-                writer.integrity_sha256(key);
-            }
-            Some(Caller { key, .. }) => {
-                writer.integrity_sha1(key);
-            }
-            None => {}
-        }
-        if request.verify_fingerprint().is_some() {
-            writer.fingerprint();
-        }
-        buf
-    }
-
-    fn error(&self, request: &Message<'_>, caller: Option<&Caller>, error: u16) -> Vec<u8> {
-        tracing::debug!(
-            method = request.method(),
-            error,
-            user = caller.map(|c| c.username.as_str()),
-            "request refused"
-        );
-        let mut buf = Vec::with_capacity(128);
-        MessageWriter::new(
-            &mut buf,
-            request.method(),
-            Class::Error,
-            request.transaction_id(),
-        )
-        .error_code(error);
-        self.finish(buf, request, caller)
-    }
-
-    fn unknown_attributes(
-        &self,
-        request: &Message<'_>,
-        caller: Option<&Caller>,
-        unknown: &[u16],
-    ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(128);
-        MessageWriter::new(
-            &mut buf,
-            request.method(),
-            Class::Error,
-            request.transaction_id(),
-        )
-        .error_code(code::UNKNOWN_ATTRIBUTE)
-        .unknown_attributes(unknown);
-        self.finish(buf, request, caller)
-    }
-
-    /// 401 or 438 with REALM and a fresh NONCE, unsigned.
-    fn challenge(&self, now: Now, request: &Message<'_>, error: u16) -> Vec<u8> {
-        let nonce = self
-            .nonces
-            .mint(now.unix_secs + self.config.nonce_lifetime.as_secs());
-        let mut buf = Vec::with_capacity(128);
-        MessageWriter::new(
-            &mut buf,
-            request.method(),
-            Class::Error,
-            request.transaction_id(),
-        )
-        .error_code(error)
-        .attr(attr::REALM, self.config.realm.as_bytes())
-        .attr(attr::NONCE, nonce.as_bytes());
-        self.finish(buf, request, None)
     }
 }
