@@ -228,42 +228,21 @@ impl Worker {
 
     /// Datagrams from clients: requests are answered, data is relayed.
     fn drain_main(&mut self) {
+        // The buffer leaves `self` while its datagrams are handled, so the
+        // send methods can borrow the worker (a pointer swap, no copy).
+        let mut buf = std::mem::take(&mut self.recv_buf);
         let mut metas = [RecvMeta::default(); BATCH];
-        while let Some(received) =
-            recv_batch(&self.main_state, &self.main, &mut self.recv_buf, &mut metas)
-        {
+        while let Some(received) = recv_batch(&self.main_state, &self.main, &mut buf, &mut metas) {
             let now = Self::now();
-            for (from, datagram) in datagrams(&self.recv_buf, &metas[..received]) {
+            for (from, datagram) in datagrams(&buf, &metas[..received]) {
                 match self
                     .core
                     .handle_client(now, from, datagram, &mut self.relays)
                 {
                     ClientAction::Reply(reply) => {
-                        flush(
-                            &mut self.batch,
-                            &self.main,
-                            &self.main_state,
-                            &self.relays,
-                            &mut self.send_drops,
-                        );
-                        push(
-                            &mut self.batch,
-                            None,
-                            from,
-                            &reply,
-                            1,
-                            &self.main,
-                            &self.main_state,
-                            &self.relays,
-                            &mut self.send_drops,
-                        );
-                        flush(
-                            &mut self.batch,
-                            &self.main,
-                            &self.main_state,
-                            &self.relays,
-                            &mut self.send_drops,
-                        );
+                        self.flush();
+                        self.push(None, from, &reply, 1);
+                        self.flush();
                     }
                     ClientAction::Relay {
                         port,
@@ -275,79 +254,99 @@ impl Worker {
                             .sockets
                             .get(&port)
                             .map_or(1, |r| r.state.max_gso_segments());
-                        push(
-                            &mut self.batch,
-                            Some(port),
-                            peer,
-                            payload,
-                            max,
-                            &self.main,
-                            &self.main_state,
-                            &self.relays,
-                            &mut self.send_drops,
-                        );
+                        self.push(Some(port), peer, payload, max);
                     }
                     ClientAction::None => {}
                 }
             }
-            flush(
-                &mut self.batch,
-                &self.main,
-                &self.main_state,
-                &self.relays,
-                &mut self.send_drops,
-            );
+            self.flush();
             if received < BATCH {
                 break;
             }
         }
+        self.recv_buf = buf;
     }
 
     /// Datagrams from peers to a relayed port: framed and sent to the client.
     fn drain_relay(&mut self, port: u16) {
         let max_segments = self.main_state.max_gso_segments();
+        let mut buf = std::mem::take(&mut self.recv_buf);
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut metas = [RecvMeta::default(); BATCH];
-        loop {
-            let Some(relay) = self.relays.sockets.get(&port) else {
-                return;
-            };
-            let Some(received) =
-                recv_batch(&relay.state, &relay.socket, &mut self.recv_buf, &mut metas)
+        while let Some(relay) = self.relays.sockets.get(&port) {
+            let Some(received) = recv_batch(&relay.state, &relay.socket, &mut buf, &mut metas)
             else {
-                return;
+                break;
             };
             let now = Instant::now();
-            for (from, datagram) in datagrams(&self.recv_buf, &metas[..received]) {
+            for (from, datagram) in datagrams(&buf, &metas[..received]) {
                 let len = datagram.len();
-                self.scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(datagram);
+                scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(datagram);
                 if let PeerAction::ToClient { client, range } =
                     self.core
-                        .handle_peer(now, port, from, &mut self.scratch, PEER_HEADROOM, len)
+                        .handle_peer(now, port, from, &mut scratch, PEER_HEADROOM, len)
                 {
-                    push(
-                        &mut self.batch,
-                        None,
-                        client,
-                        &self.scratch[range],
-                        max_segments,
-                        &self.main,
-                        &self.main_state,
-                        &self.relays,
-                        &mut self.send_drops,
-                    );
+                    self.push(None, client, &scratch[range], max_segments);
                 }
             }
-            flush(
-                &mut self.batch,
-                &self.main,
-                &self.main_state,
-                &self.relays,
-                &mut self.send_drops,
-            );
+            self.flush();
             if received < BATCH {
-                return;
+                break;
             }
         }
+        self.recv_buf = buf;
+        self.scratch = scratch;
+    }
+
+    /// Adds a datagram to the pending GSO batch, sending the batch first if
+    /// the datagram does not fit it (other socket, destination or size).
+    fn push(&mut self, from_port: Option<u16>, to: SocketAddr, data: &[u8], max_segments: usize) {
+        if !self.batch.fits(from_port, to, data.len(), max_segments) {
+            self.flush();
+        }
+        let batch = &mut self.batch;
+        if batch.count == 0 {
+            batch.from_port = from_port;
+            batch.to = Some(to);
+            batch.segment = data.len();
+        }
+        batch.buf.extend_from_slice(data);
+        batch.count += 1;
+    }
+
+    /// Sends the pending batch in one system call; a full send buffer or an
+    /// error drops it and counts the datagrams.
+    fn flush(&mut self) {
+        let batch = &mut self.batch;
+        let Some(to) = batch.to.take() else {
+            return;
+        };
+        if batch.count > 0 {
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents: &batch.buf,
+                segment_size: (batch.count > 1).then_some(batch.segment),
+                src_ip: None,
+            };
+            let result = match batch.from_port {
+                None => self.main_state.try_send((&self.main).into(), &transmit),
+                Some(port) => match self.relays.sockets.get(&port) {
+                    Some(relay) => relay.state.try_send((&relay.socket).into(), &transmit),
+                    None => Ok(()),
+                },
+            };
+            if let Err(error) = result {
+                let reason = if error.kind() == io::ErrorKind::WouldBlock {
+                    SendDrop::BufferFull
+                } else {
+                    SendDrop::Error
+                };
+                self.send_drops[reason as usize] += batch.count as u64;
+            }
+        }
+        batch.buf.clear();
+        batch.count = 0;
     }
 }
 
@@ -391,66 +390,4 @@ fn datagrams<'a>(
         data.chunks(stride.max(1))
             .map(move |datagram| (meta.addr, datagram))
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn push(
-    batch: &mut Batch,
-    from_port: Option<u16>,
-    to: SocketAddr,
-    data: &[u8],
-    max_segments: usize,
-    main: &UdpSocket,
-    main_state: &UdpSocketState,
-    relays: &RelayTable,
-    drops: &mut [u64; SendDrop::COUNT],
-) {
-    if !batch.fits(from_port, to, data.len(), max_segments) {
-        flush(batch, main, main_state, relays, drops);
-    }
-    if batch.count == 0 {
-        batch.from_port = from_port;
-        batch.to = Some(to);
-        batch.segment = data.len();
-    }
-    batch.buf.extend_from_slice(data);
-    batch.count += 1;
-}
-
-fn flush(
-    batch: &mut Batch,
-    main: &UdpSocket,
-    main_state: &UdpSocketState,
-    relays: &RelayTable,
-    drops: &mut [u64; SendDrop::COUNT],
-) {
-    let Some(to) = batch.to.take() else {
-        return;
-    };
-    if batch.count > 0 {
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: &batch.buf,
-            segment_size: (batch.count > 1).then_some(batch.segment),
-            src_ip: None,
-        };
-        let result = match batch.from_port {
-            None => main_state.try_send(main.into(), &transmit),
-            Some(port) => match relays.sockets.get(&port) {
-                Some(relay) => relay.state.try_send((&relay.socket).into(), &transmit),
-                None => Ok(()),
-            },
-        };
-        if let Err(error) = result {
-            let reason = if error.kind() == io::ErrorKind::WouldBlock {
-                SendDrop::BufferFull
-            } else {
-                SendDrop::Error
-            };
-            drops[reason as usize] += batch.count as u64;
-        }
-    }
-    batch.buf.clear();
-    batch.count = 0;
 }
