@@ -141,6 +141,12 @@ pub struct Stats {
     pub allocations_created: u64,
 }
 
+impl Stats {
+    fn dropped(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
 /// What to do with a datagram from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientAction<'a> {
@@ -227,10 +233,6 @@ impl Server {
         self.allocations.len()
     }
 
-    fn drop_packet(&mut self, reason: DropReason) {
-        self.stats.drops[reason as usize] += 1;
-    }
-
     /// A datagram from `client` on the listening socket.
     pub fn handle_client<'a>(
         &mut self,
@@ -245,7 +247,7 @@ impl Server {
         let message = match Message::parse(packet) {
             Ok(message) => message,
             Err(_) => {
-                self.drop_packet(DropReason::Malformed);
+                self.stats.dropped(DropReason::Malformed);
                 return ClientAction::None;
             }
         };
@@ -260,7 +262,7 @@ impl Server {
             // Binding indications are keepalives; responses are not ours.
             (Class::Indication, method::BINDING) => ClientAction::None,
             _ => {
-                self.drop_packet(DropReason::Unexpected);
+                self.stats.dropped(DropReason::Unexpected);
                 ClientAction::None
             }
         }
@@ -273,18 +275,18 @@ impl Server {
         packet: &'a [u8],
     ) -> ClientAction<'a> {
         let Some((number, payload)) = channel::parse(packet) else {
-            self.drop_packet(DropReason::Malformed);
+            self.stats.dropped(DropReason::Malformed);
             return ClientAction::None;
         };
         let Some(allocation) = self.allocations.get_mut(&client) else {
-            self.drop_packet(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation);
             return ClientAction::None;
         };
         let Some(peer) = allocation.channel_peer(number, now) else {
-            self.drop_packet(DropReason::NoChannel);
+            self.stats.dropped(DropReason::NoChannel);
             return ClientAction::None;
         };
-        self.relay_to_peer(now, client, peer, payload)
+        relay_to_peer(allocation, &mut self.stats, now, peer, payload)
     }
 
     fn send_indication<'a>(
@@ -297,43 +299,14 @@ impl Server {
             message.get_xor_address(attr::XOR_PEER_ADDRESS),
             message.get(attr::DATA),
         ) else {
-            self.drop_packet(DropReason::Malformed);
+            self.stats.dropped(DropReason::Malformed);
             return ClientAction::None;
         };
-        if !self.allocations.contains_key(&client) {
-            self.drop_packet(DropReason::NoAllocation);
-            return ClientAction::None;
-        }
-        self.relay_to_peer(now, client, peer, data)
-    }
-
-    fn relay_to_peer<'a>(
-        &mut self,
-        now: Instant,
-        client: SocketAddr,
-        peer: SocketAddr,
-        payload: &'a [u8],
-    ) -> ClientAction<'a> {
         let Some(allocation) = self.allocations.get_mut(&client) else {
-            self.drop_packet(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation);
             return ClientAction::None;
         };
-        if !allocation.has_permission(peer.ip(), now) {
-            self.drop_packet(DropReason::NoPermission);
-            return ClientAction::None;
-        }
-        if !allocation.bucket.take(payload.len(), now) {
-            self.drop_packet(DropReason::RateLimited);
-            return ClientAction::None;
-        }
-        let port = allocation.port();
-        self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += payload.len() as u64;
-        ClientAction::Relay {
-            port,
-            peer,
-            payload,
-        }
+        relay_to_peer(allocation, &mut self.stats, now, peer, data)
     }
 
     /// A datagram from `peer` on the relayed socket of `port`. The data is
@@ -354,23 +327,23 @@ impl Server {
             || buf.len() < start + len + PEER_TAILROOM
             || len > usize::from(u16::MAX) - 64
         {
-            self.drop_packet(DropReason::Malformed);
+            self.stats.dropped(DropReason::Malformed);
             return PeerAction::Drop;
         }
         let Some(&client) = self.by_port.get(&port) else {
-            self.drop_packet(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation);
             return PeerAction::Drop;
         };
         let Some(allocation) = self.allocations.get_mut(&client) else {
-            self.drop_packet(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation);
             return PeerAction::Drop;
         };
         if !allocation.has_permission(peer.ip(), now) {
-            self.drop_packet(DropReason::NoPermission);
+            self.stats.dropped(DropReason::NoPermission);
             return PeerAction::Drop;
         }
         if !allocation.bucket.take(len, now) {
-            self.drop_packet(DropReason::RateLimited);
+            self.stats.dropped(DropReason::RateLimited);
             return PeerAction::Drop;
         }
         let range = match allocation.channel_for(peer, now) {
@@ -441,6 +414,32 @@ impl Server {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Checks permission and rate for data from the client to `peer` and says
+/// where to send it; the caller has found the allocation once.
+fn relay_to_peer<'a>(
+    allocation: &mut Allocation,
+    stats: &mut Stats,
+    now: Instant,
+    peer: SocketAddr,
+    payload: &'a [u8],
+) -> ClientAction<'a> {
+    if !allocation.has_permission(peer.ip(), now) {
+        stats.dropped(DropReason::NoPermission);
+        return ClientAction::None;
+    }
+    if !allocation.bucket.take(payload.len(), now) {
+        stats.dropped(DropReason::RateLimited);
+        return ClientAction::None;
+    }
+    stats.to_peer_packets += 1;
+    stats.to_peer_bytes += payload.len() as u64;
+    ClientAction::Relay {
+        port: allocation.port(),
+        peer,
+        payload,
     }
 }
 
