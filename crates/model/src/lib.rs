@@ -2,11 +2,13 @@
 //! addresses and their validation, DNS name patterns, and traffic filters.
 //! The portal validates with it, the client and gateway match with it.
 
+pub mod condition;
 pub mod dns;
 pub mod filter;
 pub mod plan;
 pub mod resource;
 
+pub use condition::{Condition, ConditionOperator, ConditionProperty};
 pub use dns::{DnsPattern, PatternError, Specificity, best_match};
 pub use filter::{Filter, FilterError, PortRange, Protocol, filters_allow};
 pub use resource::{AddressError, ResourceAddress, ResourceType};
