@@ -1,0 +1,204 @@
+//! `/actors`: users, admins and service accounts. The account always keeps at
+//! least one enabled admin.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jiff::Timestamp;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use crate::domain::{Actor, Role};
+use crate::setup::validate_email;
+use crate::state::Change;
+use crate::store::{Tx, actors};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActorInput {
+    pub name: String,
+    /// Required for users and admins (it is how they sign in).
+    pub email: Option<String>,
+    pub role: Role,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActorPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+pub(crate) async fn actor_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Actor> {
+    actors::get(tx, admin.account_id, parse_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)
+}
+
+fn check_email(actor: &mut Actor) -> ApiResult<()> {
+    if let Some(email) = &actor.email {
+        let email = email.trim().to_ascii_lowercase();
+        if !validate_email(&email) {
+            return Err(Problem::invalid(
+                "email",
+                format!("{email:?} is not an email address"),
+            ));
+        }
+        actor.email = Some(email);
+    } else if actor.role != Role::ServiceAccount {
+        return Err(Problem::invalid(
+            "email",
+            "users and admins need an email address",
+        ));
+    }
+    Ok(())
+}
+
+fn enabled_admin(actor: &Actor) -> bool {
+    actor.role == Role::Admin && !actor.disabled
+}
+
+/// Refuses a change that would leave the account without an enabled admin.
+async fn keep_an_admin(
+    tx: &mut Tx,
+    admin: &Admin,
+    before: &Actor,
+    after: Option<&Actor>,
+) -> ApiResult<()> {
+    if enabled_admin(before)
+        && !after.is_some_and(enabled_admin)
+        && actors::count_enabled_admins(tx, admin.account_id).await? <= 1
+    {
+        return Err(Problem::conflict(
+            "this is the account's last enabled admin",
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/actors", tag = "actors", responses((status = 200, body = List<Actor>)))]
+pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let all = actors::list(&mut tx, admin.account_id).await?;
+    tx.commit().await?;
+    Ok(List::of(all))
+}
+
+#[utoipa::path(post, path = "/actors", tag = "actors", request_body = ActorInput,
+    responses((status = 201, body = Actor), (status = 409, description = "email taken"), (status = 422)))]
+pub async fn create(
+    state: Shared,
+    admin: Admin,
+    Json(input): Json<ActorInput>,
+) -> ApiResult<impl IntoResponse> {
+    let mut actor = Actor {
+        id: Uuid::new_v4(),
+        name: valid_name("name", &input.name)?,
+        email: input.email,
+        role: input.role,
+        disabled: input.disabled,
+        created_at: Timestamp::now(),
+    };
+    check_email(&mut actor)?;
+    let mut tx = state.store.write().await?;
+    actors::insert(&mut tx, admin.account_id, &actor).await?;
+    record(
+        &mut tx,
+        &admin,
+        "actor.create",
+        actor.id,
+        None::<&Actor>,
+        Some(&actor),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Actors(vec![actor.id]));
+    Ok((StatusCode::CREATED, axum::Json(actor)))
+}
+
+#[utoipa::path(get, path = "/actors/{id}", tag = "actors", responses((status = 200, body = Actor), (status = 404)))]
+pub async fn get(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let actor = actor_of(&mut tx, &admin, &id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(actor))
+}
+
+#[utoipa::path(patch, path = "/actors/{id}", tag = "actors", request_body = ActorPatch,
+    description = "Disabling an actor closes its clients' channels at once.",
+    responses((status = 200, body = Actor), (status = 404), (status = 409), (status = 422)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(patch): Json<ActorPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let before = actor_of(&mut tx, &admin, &id).await?;
+    let mut after = before.clone();
+    if let Some(name) = &patch.name {
+        after.name = valid_name("name", name)?;
+    }
+    if patch.email.is_some() {
+        after.email = patch.email;
+    }
+    if let Some(role) = patch.role {
+        after.role = role;
+    }
+    if let Some(disabled) = patch.disabled {
+        after.disabled = disabled;
+    }
+    check_email(&mut after)?;
+    keep_an_admin(&mut tx, &admin, &before, Some(&after)).await?;
+    actors::update(&mut tx, admin.account_id, &after, now_ms()).await?;
+    record(
+        &mut tx,
+        &admin,
+        "actor.update",
+        after.id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Actors(vec![after.id]));
+    Ok(axum::Json(after))
+}
+
+#[utoipa::path(delete, path = "/actors/{id}", tag = "actors",
+    description = "Deletes the actor with its tokens and devices; its channels close at once.",
+    responses((status = 204), (status = 404), (status = 409)))]
+pub async fn remove(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let actor = actor_of(&mut tx, &admin, &id).await?;
+    keep_an_admin(&mut tx, &admin, &actor, None).await?;
+    actors::delete(&mut tx, admin.account_id, actor.id).await?;
+    record(
+        &mut tx,
+        &admin,
+        "actor.delete",
+        actor.id,
+        Some(&actor),
+        None::<&Actor>,
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Actors(vec![actor.id]));
+    Ok(StatusCode::NO_CONTENT)
+}

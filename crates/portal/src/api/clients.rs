@@ -1,0 +1,103 @@
+//! `/clients`: devices of actors; admins can mark them verified or delete them.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, List, Shared, parse_id, record};
+use crate::domain::{Device, DeviceKind};
+use crate::state::Change;
+use crate::store::devices;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPatch {
+    pub verified: Option<bool>,
+}
+
+/// A client with its presence.
+#[derive(Serialize, ToSchema)]
+pub struct ClientView {
+    #[serde(flatten)]
+    pub device: Device,
+    pub online: bool,
+}
+
+#[utoipa::path(get, path = "/clients", tag = "clients", responses((status = 200, body = List<ClientView>)))]
+pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let all = devices::list(&mut tx, admin.account_id, DeviceKind::Client, None).await?;
+    tx.commit().await?;
+    let views = all
+        .into_iter()
+        .map(|device| ClientView {
+            online: state.client_online(admin.account_id, device.id),
+            device,
+        })
+        .collect();
+    Ok(List::of(views))
+}
+
+#[utoipa::path(patch, path = "/clients/{id}", tag = "clients", request_body = ClientPatch,
+    responses((status = 200, body = Device), (status = 404)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(patch): Json<ClientPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id)?;
+    let mut tx = state.store.write().await?;
+    let before = devices::get(&mut tx, admin.account_id, DeviceKind::Client, id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let mut after = before.clone();
+    if let Some(verified) = patch.verified {
+        after.verified = verified;
+        devices::set_verified(&mut tx, admin.account_id, id, verified).await?;
+    }
+    record(
+        &mut tx,
+        &admin,
+        "client.update",
+        id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Client(id));
+    Ok(axum::Json(after))
+}
+
+#[utoipa::path(delete, path = "/clients/{id}", tag = "clients",
+    description = "Forgets the device and closes its channel; it gets new addresses if it returns.",
+    responses((status = 204), (status = 404)))]
+pub async fn remove(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id)?;
+    let mut tx = state.store.write().await?;
+    let before = devices::get(&mut tx, admin.account_id, DeviceKind::Client, id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    devices::delete(&mut tx, admin.account_id, DeviceKind::Client, id).await?;
+    record(
+        &mut tx,
+        &admin,
+        "client.delete",
+        id,
+        Some(&before),
+        None::<&Device>,
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::ClientDeleted(id));
+    Ok(StatusCode::NO_CONTENT)
+}

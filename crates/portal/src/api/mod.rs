@@ -1,0 +1,245 @@
+//! The REST API (SPEC section 4): `/api/v1`, bearer API tokens of admins,
+//! JSON in and out, RFC 7807 errors, a rate limit per token, an audit entry
+//! for every change, and the OpenAPI document at `/api/v1/openapi.json`.
+
+pub mod actors;
+pub mod body;
+pub mod clients;
+pub mod groups;
+pub mod logs;
+pub mod openapi;
+pub mod policies;
+pub mod problem;
+pub mod rate_limit;
+pub mod resources;
+pub mod sites;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, patch};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{Role, TokenKind};
+use crate::state::AppState;
+use crate::store::audit::{self, Author, Change};
+use crate::store::{Tx, actors as actor_store};
+use problem::{ApiResult, Problem};
+
+pub type Shared = State<Arc<AppState>>;
+
+/// A list response: `{"data": [...]}`.
+#[derive(Serialize, ToSchema)]
+pub struct List<T> {
+    pub data: Vec<T>,
+}
+
+/// A page of a log, newest first; pass `next_cursor` as `?cursor=` for more.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<i64>,
+}
+
+/// `?cursor=&limit=` of the log endpoints.
+#[derive(Deserialize, Debug, utoipa::IntoParams)]
+pub struct PageQuery {
+    pub cursor: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl<T> List<T> {
+    pub fn of(data: Vec<T>) -> axum::Json<Self> {
+        axum::Json(List { data })
+    }
+}
+
+/// An authenticated admin calling the API.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin {
+    pub account_id: Uuid,
+    pub actor_id: Uuid,
+    pub token_id: Uuid,
+}
+
+impl Admin {
+    pub fn author(&self) -> Author {
+        Author {
+            actor_id: Some(self.actor_id),
+            token_id: Some(self.token_id),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                Problem::unauthorized("send an admin API token as Authorization: Bearer <token>")
+            })?;
+        let invalid = || Problem::unauthorized("the token is invalid, expired or revoked");
+        let record = crate::auth::authenticate(&state.store, presented, Timestamp::now())
+            .await?
+            .ok_or_else(invalid)?;
+        let (TokenKind::Api, Some(account_id), Some(actor_id)) =
+            (record.kind, record.account_id, record.actor_id)
+        else {
+            return Err(invalid());
+        };
+        let mut tx = state.store.read().await?;
+        let actor = actor_store::get(&mut tx, account_id, actor_id).await?;
+        tx.commit().await?;
+        if !actor.is_some_and(|a| a.role == Role::Admin && !a.disabled) {
+            return Err(invalid());
+        }
+        if let Err(wait) = state.api_limiter.check(record.id, Instant::now()) {
+            let mut problem = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests with this token; retry later",
+            );
+            problem.retry_after = Some(wait.as_secs().max(1));
+            return Err(problem);
+        }
+        Ok(Admin {
+            account_id,
+            actor_id,
+            token_id: record.id,
+        })
+    }
+}
+
+/// Path ids that are not UUIDs name nothing: 404, like an id of another account.
+pub fn parse_id(text: &str) -> ApiResult<Uuid> {
+    Uuid::try_parse(text).map_err(|_| Problem::not_found())
+}
+
+/// A display name: trimmed, 1-255 characters, no control characters.
+pub fn valid_name(field: &str, value: &str) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Problem::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > 255 {
+        return Err(Problem::invalid(field, "must be at most 255 characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Problem::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// Records a change in the request's transaction.
+pub async fn record(
+    tx: &mut Tx,
+    admin: &Admin,
+    action: &str,
+    object_id: Uuid,
+    before: Option<&impl Serialize>,
+    after: Option<&impl Serialize>,
+) -> ApiResult<()> {
+    let object_type = action.split('.').next().unwrap_or(action);
+    audit::record(
+        tx,
+        admin.account_id,
+        admin.author(),
+        Change {
+            action,
+            object_type,
+            object_id: object_id.to_string(),
+            before: before.and_then(|b| serde_json::to_value(b).ok()),
+            after: after.and_then(|a| serde_json::to_value(a).ok()),
+        },
+        Timestamp::now().as_millisecond(),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+/// The `/api/v1` routes.
+pub fn router() -> Router<Arc<AppState>> {
+    let v1 = Router::new()
+        .route("/sites", get(sites::list).post(sites::create))
+        .route(
+            "/sites/{id}",
+            get(sites::get).patch(sites::update).delete(sites::remove),
+        )
+        .route(
+            "/sites/{id}/gateway_tokens",
+            axum::routing::post(sites::create_gateway_token),
+        )
+        .route("/sites/{id}/gateways", get(sites::gateways))
+        .route("/resources", get(resources::list).post(resources::create))
+        .route(
+            "/resources/{id}",
+            get(resources::get)
+                .patch(resources::update)
+                .delete(resources::remove),
+        )
+        .route("/groups", get(groups::list).post(groups::create))
+        .route(
+            "/groups/{id}",
+            get(groups::get)
+                .patch(groups::update)
+                .delete(groups::remove),
+        )
+        .route(
+            "/groups/{id}/members",
+            get(groups::members).put(groups::set_members),
+        )
+        .route("/actors", get(actors::list).post(actors::create))
+        .route(
+            "/actors/{id}",
+            get(actors::get)
+                .patch(actors::update)
+                .delete(actors::remove),
+        )
+        .route("/actors/{id}/tokens", axum::routing::post(tokens::create))
+        .route("/tokens/{id}", delete(tokens::revoke))
+        .route("/policies", get(policies::list).post(policies::create))
+        .route(
+            "/policies/{id}",
+            get(policies::get)
+                .patch(policies::update)
+                .delete(policies::remove),
+        )
+        .route("/clients", get(clients::list))
+        .route(
+            "/clients/{id}",
+            patch(clients::update).delete(clients::remove),
+        )
+        .route("/audit_log", get(logs::audit_log))
+        .route("/sessions", get(logs::sessions))
+        .route("/flows", get(logs::flows))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found);
+    Router::new().nest("/api/v1", v1)
+}
+
+async fn not_found(_admin: Admin) -> impl IntoResponse {
+    Problem::new(StatusCode::NOT_FOUND, "no such endpoint")
+}

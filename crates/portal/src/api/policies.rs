@@ -1,0 +1,203 @@
+//! `/policies`: group -> resource with conditions (SPEC F14).
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jiff::Timestamp;
+use postern_model::Condition;
+use postern_policy::CompiledCondition;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, List, Shared, now_ms, parse_id, record};
+use crate::domain::PolicyRecord;
+use crate::state::Change;
+use crate::store::{Tx, groups, policies, resources};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInput {
+    pub group_id: Uuid,
+    pub resource_id: Uuid,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPatch {
+    pub group_id: Option<Uuid>,
+    pub resource_id: Option<Uuid>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub conditions: Option<Vec<Condition>>,
+    pub description: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+async fn policy_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<PolicyRecord> {
+    policies::get(tx, admin.account_id, parse_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)
+}
+
+async fn validate(tx: &mut Tx, admin: &Admin, policy: &mut PolicyRecord) -> ApiResult<()> {
+    if groups::get(tx, admin.account_id, policy.group_id)
+        .await?
+        .is_none()
+    {
+        return Err(Problem::invalid("group_id", "no such group"));
+    }
+    if resources::get(tx, admin.account_id, policy.resource_id)
+        .await?
+        .is_none()
+    {
+        return Err(Problem::invalid("resource_id", "no such resource"));
+    }
+    for (index, condition) in policy.conditions.iter().enumerate() {
+        CompiledCondition::compile(condition)
+            .map_err(|e| Problem::invalid(format!("conditions[{index}]"), e))?;
+    }
+    if policy.conditions.len() > 32 {
+        return Err(Problem::invalid("conditions", "at most 32 conditions"));
+    }
+    let description = policy.description.trim();
+    if description.chars().count() > 1024 {
+        return Err(Problem::invalid(
+            "description",
+            "must be at most 1024 characters",
+        ));
+    }
+    policy.description = description.to_string();
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/policies", tag = "policies", responses((status = 200, body = List<PolicyRecord>)))]
+pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let all = policies::list(&mut tx, admin.account_id).await?;
+    tx.commit().await?;
+    Ok(List::of(all))
+}
+
+#[utoipa::path(post, path = "/policies", tag = "policies", request_body = PolicyInput,
+    responses((status = 201, body = PolicyRecord), (status = 422)))]
+pub async fn create(
+    state: Shared,
+    admin: Admin,
+    Json(input): Json<PolicyInput>,
+) -> ApiResult<impl IntoResponse> {
+    let mut policy = PolicyRecord {
+        id: Uuid::new_v4(),
+        group_id: input.group_id,
+        resource_id: input.resource_id,
+        conditions: input.conditions,
+        description: input.description,
+        disabled: input.disabled,
+        created_at: Timestamp::now(),
+    };
+    let mut tx = state.store.write().await?;
+    validate(&mut tx, &admin, &mut policy).await?;
+    policies::insert(&mut tx, admin.account_id, &policy).await?;
+    record(
+        &mut tx,
+        &admin,
+        "policy.create",
+        policy.id,
+        None::<&PolicyRecord>,
+        Some(&policy),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Groups(vec![policy.group_id]));
+    Ok((StatusCode::CREATED, axum::Json(policy)))
+}
+
+#[utoipa::path(get, path = "/policies/{id}", tag = "policies", responses((status = 200, body = PolicyRecord), (status = 404)))]
+pub async fn get(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let policy = policy_of(&mut tx, &admin, &id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}
+
+#[utoipa::path(patch, path = "/policies/{id}", tag = "policies", request_body = PolicyPatch,
+    responses((status = 200, body = PolicyRecord), (status = 404), (status = 422)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(patch): Json<PolicyPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let before = policy_of(&mut tx, &admin, &id).await?;
+    let mut after = before.clone();
+    if let Some(group_id) = patch.group_id {
+        after.group_id = group_id;
+    }
+    if let Some(resource_id) = patch.resource_id {
+        after.resource_id = resource_id;
+    }
+    if let Some(conditions) = patch.conditions {
+        after.conditions = conditions;
+    }
+    if let Some(description) = patch.description {
+        after.description = description;
+    }
+    if let Some(disabled) = patch.disabled {
+        after.disabled = disabled;
+    }
+    validate(&mut tx, &admin, &mut after).await?;
+    policies::update(&mut tx, admin.account_id, &after, now_ms()).await?;
+    record(
+        &mut tx,
+        &admin,
+        "policy.update",
+        after.id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(
+        admin.account_id,
+        Change::Groups(vec![before.group_id, after.group_id]),
+    );
+    Ok(axum::Json(after))
+}
+
+#[utoipa::path(delete, path = "/policies/{id}", tag = "policies",
+    description = "Access it granted is revoked at once.",
+    responses((status = 204), (status = 404)))]
+pub async fn remove(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let policy = policy_of(&mut tx, &admin, &id).await?;
+    policies::delete(&mut tx, admin.account_id, policy.id).await?;
+    record(
+        &mut tx,
+        &admin,
+        "policy.delete",
+        policy.id,
+        Some(&policy),
+        None::<&PolicyRecord>,
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Groups(vec![policy.group_id]));
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,217 @@
+//! `/resources`: addresses validated per SPEC F9-F11, filters per F12.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jiff::Timestamp;
+use postern_model::{Filter, ResourceAddress, ResourceType};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use crate::domain::Resource;
+use crate::state::Change;
+use crate::store::{Tx, resources, sites};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceInput {
+    pub name: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "cidr")]
+    pub kind: ResourceType,
+    /// A CIDR prefix, an IP address or a DNS name pattern; none for `internet`.
+    pub address: Option<String>,
+    pub site_id: Uuid,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub filters: Vec<Filter>,
+    pub address_description: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePatch {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    #[schema(value_type = Option<String>)]
+    pub kind: Option<ResourceType>,
+    pub address: Option<String>,
+    pub site_id: Option<Uuid>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub filters: Option<Vec<Filter>>,
+    /// An empty string removes it.
+    pub address_description: Option<String>,
+}
+
+pub(crate) async fn resource_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Resource> {
+    resources::get(tx, admin.account_id, parse_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)
+}
+
+/// Validates the parts of a resource that depend on each other and on the
+/// account, and puts the address in canonical form.
+async fn validate(tx: &mut Tx, admin: &Admin, resource: &mut Resource) -> ApiResult<()> {
+    let address = ResourceAddress::parse(resource.kind, resource.address.as_deref())
+        .map_err(|e| Problem::invalid("address", e))?;
+    resource.address = address.to_text();
+    if sites::get(tx, admin.account_id, resource.site_id)
+        .await?
+        .is_none()
+    {
+        return Err(Problem::invalid("site_id", "no such site"));
+    }
+    if let Some(description) = &resource.address_description {
+        let description = description.trim();
+        if description.chars().count() > 512 || description.chars().any(char::is_control) {
+            return Err(Problem::invalid(
+                "address_description",
+                "must be at most 512 characters without control characters",
+            ));
+        }
+        resource.address_description = (!description.is_empty()).then(|| description.to_string());
+    }
+    if resource.kind == ResourceType::Internet {
+        let others = resources::list(tx, admin.account_id).await?;
+        if others
+            .iter()
+            .any(|r| r.kind == ResourceType::Internet && r.id != resource.id)
+        {
+            return Err(Problem::conflict(
+                "the account already has its internet resource",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/resources", tag = "resources", responses((status = 200, body = List<Resource>)))]
+pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let all = resources::list(&mut tx, admin.account_id).await?;
+    tx.commit().await?;
+    Ok(List::of(all))
+}
+
+#[utoipa::path(post, path = "/resources", tag = "resources", request_body = ResourceInput,
+    responses((status = 201, body = Resource), (status = 422, description = "invalid field")))]
+pub async fn create(
+    state: Shared,
+    admin: Admin,
+    Json(input): Json<ResourceInput>,
+) -> ApiResult<impl IntoResponse> {
+    let mut resource = Resource {
+        id: Uuid::new_v4(),
+        site_id: input.site_id,
+        name: valid_name("name", &input.name)?,
+        kind: input.kind,
+        address: input.address,
+        address_description: input.address_description,
+        filters: input.filters,
+        created_at: Timestamp::now(),
+    };
+    let mut tx = state.store.write().await?;
+    validate(&mut tx, &admin, &mut resource).await?;
+    resources::insert(&mut tx, admin.account_id, &resource).await?;
+    record(
+        &mut tx,
+        &admin,
+        "resource.create",
+        resource.id,
+        None::<&Resource>,
+        Some(&resource),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Resource(resource.id));
+    Ok((StatusCode::CREATED, axum::Json(resource)))
+}
+
+#[utoipa::path(get, path = "/resources/{id}", tag = "resources", responses((status = 200, body = Resource), (status = 404)))]
+pub async fn get(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let resource = resource_of(&mut tx, &admin, &id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(resource))
+}
+
+#[utoipa::path(patch, path = "/resources/{id}", tag = "resources", request_body = ResourcePatch,
+    responses((status = 200, body = Resource), (status = 404), (status = 422)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(patch): Json<ResourcePatch>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let before = resource_of(&mut tx, &admin, &id).await?;
+    let mut after = before.clone();
+    if let Some(name) = &patch.name {
+        after.name = valid_name("name", name)?;
+    }
+    if let Some(kind) = patch.kind {
+        after.kind = kind;
+        if kind == ResourceType::Internet && patch.address.is_none() {
+            after.address = None;
+        }
+    }
+    if patch.address.is_some() {
+        after.address = patch.address;
+    }
+    if let Some(site_id) = patch.site_id {
+        after.site_id = site_id;
+    }
+    if let Some(filters) = patch.filters {
+        after.filters = filters;
+    }
+    if patch.address_description.is_some() {
+        after.address_description = patch.address_description;
+    }
+    validate(&mut tx, &admin, &mut after).await?;
+    resources::update(&mut tx, admin.account_id, &after, now_ms()).await?;
+    record(
+        &mut tx,
+        &admin,
+        "resource.update",
+        after.id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Resource(after.id));
+    Ok(axum::Json(after))
+}
+
+#[utoipa::path(delete, path = "/resources/{id}", tag = "resources",
+    description = "Deletes the resource and its policies; clients lose it at once.",
+    responses((status = 204), (status = 404)))]
+pub async fn remove(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let resource = resource_of(&mut tx, &admin, &id).await?;
+    resources::delete(&mut tx, admin.account_id, resource.id).await?;
+    record(
+        &mut tx,
+        &admin,
+        "resource.delete",
+        resource.id,
+        Some(&resource),
+        None::<&Resource>,
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Resource(resource.id));
+    Ok(StatusCode::NO_CONTENT)
+}

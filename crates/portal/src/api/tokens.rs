@@ -1,0 +1,132 @@
+//! `/actors/{id}/tokens` and `/tokens/{id}`: client tokens for service
+//! accounts, API tokens for admins; revocation closes channels at once.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::problem::{ApiResult, Problem};
+use super::sites::NewSecret;
+use super::{Admin, Shared, now_ms, parse_id, record};
+use crate::auth::token;
+use crate::domain::{Role, TokenKind};
+use crate::state::Change;
+use crate::store::tokens::{self, NewToken};
+use axum::body::Bytes;
+
+/// Service-account tokens live a year unless told otherwise (SPEC F4).
+const SERVICE_ACCOUNT_LIFETIME: SignedDuration = SignedDuration::from_hours(365 * 24);
+/// API tokens live 90 days unless told otherwise.
+const API_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(90 * 24);
+const MAX_LIFETIME: SignedDuration = SignedDuration::from_hours(10 * 365 * 24);
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInput {
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[utoipa::path(post, path = "/actors/{id}/tokens", tag = "tokens", request_body = TokenInput,
+    description = "A service account gets a client token, an admin an API token. Shown once.",
+    responses((status = 201, body = NewSecret), (status = 404), (status = 422)))]
+pub async fn create(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    // The body is optional: none means the default lifetime.
+    let input: TokenInput = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenInput::default()
+    } else {
+        super::body::parse(&body)?
+    };
+    let now = Timestamp::now();
+    let mut tx = state.store.write().await?;
+    let actor = super::actors::actor_of(&mut tx, &admin, &id).await?;
+    let (kind, default_lifetime) = match actor.role {
+        Role::ServiceAccount => (TokenKind::Client, SERVICE_ACCOUNT_LIFETIME),
+        Role::Admin => (TokenKind::Api, API_TOKEN_LIFETIME),
+        Role::User => {
+            return Err(Problem::conflict(
+                "users get client tokens by signing in with `postern client sign-in`",
+            ));
+        }
+    };
+    if actor.disabled {
+        return Err(Problem::conflict("the actor is disabled"));
+    }
+    let expires_at = input.expires_at.unwrap_or(now + default_lifetime);
+    if expires_at <= now {
+        return Err(Problem::invalid("expires_at", "must be in the future"));
+    }
+    if expires_at > now + MAX_LIFETIME {
+        return Err(Problem::invalid("expires_at", "must be within ten years"));
+    }
+    let minted = token::mint("")
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let new = NewToken {
+        account_id: Some(admin.account_id),
+        kind,
+        actor_id: Some(actor.id),
+        site_id: None,
+        identity_provider_id: None,
+        expires_at_ms: Some(expires_at.as_millisecond()),
+    };
+    tokens::insert(&mut tx, &minted, &new, now_ms()).await?;
+    let shown = serde_json::json!({"kind": kind, "actor_id": actor.id, "expires_at": expires_at});
+    record(
+        &mut tx,
+        &admin,
+        "token.create",
+        minted.id,
+        None::<&()>,
+        Some(&shown),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(NewSecret {
+            id: minted.id,
+            token: minted.token,
+            expires_at: Some(expires_at),
+        }),
+    ))
+}
+
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens",
+    description = "Revokes at once: every channel using the token is closed with `token_revoked`.",
+    responses((status = 204), (status = 404)))]
+pub async fn revoke(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id)?;
+    let mut tx = state.store.write().await?;
+    let record_before = tokens::delete(&mut tx, admin.account_id, id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let before = serde_json::json!({
+        "kind": record_before.kind,
+        "actor_id": record_before.actor_id,
+        "site_id": record_before.site_id,
+    });
+    record(
+        &mut tx,
+        &admin,
+        "token.revoke",
+        id,
+        Some(&before),
+        None::<&()>,
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::TokenRevoked(id));
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,34 @@
+//! Authentication: bearer tokens now; email codes, OIDC and web sessions plug
+//! in here later.
+
+pub mod token;
+
+use jiff::Timestamp;
+
+use crate::domain::TokenRecord;
+use crate::store::{Store, StoreError, tokens};
+
+/// The token row a presented bearer token stands for, if it is genuine and not
+/// expired; `None` for anything else (the caller answers 401 without saying
+/// which check failed).
+pub async fn authenticate(
+    store: &Store,
+    presented: &str,
+    now: Timestamp,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let Some((secret, id)) = token::parse(presented.trim()) else {
+        return Ok(None);
+    };
+    let mut tx = store.read().await?;
+    let Some((record, salt, hash)) = tokens::get_with_hash(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    tx.commit().await?;
+    if !token::verify(&salt, &hash, secret) {
+        return Ok(None);
+    }
+    if record.expires_at.is_some_and(|at| at <= now) {
+        return Ok(None);
+    }
+    Ok(Some(record))
+}

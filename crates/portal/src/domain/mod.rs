@@ -1,0 +1,227 @@
+//! The portal's objects as the API shows them and the store keeps them. Rules
+//! that span objects (who may see what, what a change affects) live with the
+//! code that applies them; these are the nouns.
+
+pub mod address;
+
+use jiff::Timestamp;
+use postern_model::{Condition, Filter, ResourceType};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch, as the store keeps times.
+pub fn to_millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+pub fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Admin,
+    ServiceAccount,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::ServiceAccount => "service_account",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            "service_account" => Some(Role::ServiceAccount),
+            _ => None,
+        }
+    }
+
+    /// Users and admins belong to `Everyone`; service accounts do not.
+    pub fn in_everyone(self) -> bool {
+        self != Role::ServiceAccount
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Actor {
+    pub id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub disabled: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    /// Members set by admins (or later by a directory).
+    Static,
+    /// Every user and admin of the account, implicitly.
+    Everyone,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Group {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: GroupKind,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Site {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Resource {
+    pub id: Uuid,
+    pub site_id: Uuid,
+    pub name: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "cidr")]
+    pub kind: ResourceType,
+    pub address: Option<String>,
+    pub address_description: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub filters: Vec<Filter>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct PolicyRecord {
+    pub id: Uuid,
+    pub group_id: Uuid,
+    pub resource_id: Uuid,
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<Condition>,
+    pub description: String,
+    pub disabled: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// REST API access for an admin.
+    Api,
+    /// A client device's channel, for a user or service account.
+    Client,
+    /// Gateways of one site.
+    Gateway,
+    /// A relay registering with the portal (no account).
+    Relay,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Client => "client",
+            TokenKind::Gateway => "gateway",
+            TokenKind::Relay => "relay",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TokenKind> {
+        match text {
+            "api" => Some(TokenKind::Api),
+            "client" => Some(TokenKind::Client),
+            "gateway" => Some(TokenKind::Gateway),
+            "relay" => Some(TokenKind::Relay),
+            _ => None,
+        }
+    }
+}
+
+/// A token row without its secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub account_id: Option<Uuid>,
+    pub kind: TokenKind,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub identity_provider_id: Option<Uuid>,
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Client,
+    Gateway,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Client => "client",
+            DeviceKind::Gateway => "gateway",
+        }
+    }
+}
+
+/// A client or gateway with its stable tunnel addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Device {
+    pub id: Uuid,
+    pub kind: DeviceKind,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    /// The id the device chose for itself (stable per installation).
+    pub device_id: String,
+    pub name: String,
+    pub os: Option<String>,
+    pub version: Option<String>,
+    #[schema(value_type = String, example = "100.64.0.1")]
+    pub ipv4: std::net::Ipv4Addr,
+    #[schema(value_type = String, example = "fd7e:5057:6e00::1")]
+    pub ipv6: std::net::Ipv6Addr,
+    pub verified: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen_at: Option<Timestamp>,
+    pub last_seen_ip: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub cursor: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub actor_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
+}

@@ -1,0 +1,13 @@
+//! Postern's control plane (DESIGN.md section 2): `store` (queries and
+//! migrations), `domain` (the objects), `auth` (tokens; sign-in flows later),
+//! `api` (REST + OpenAPI), `setup` (`portal init` and `portal relay-token`).
+//! The channels, SCIM and the web UI plug in beside `api`.
+
+pub mod api;
+pub mod auth;
+pub mod domain;
+pub mod setup;
+pub mod state;
+pub mod store;
+
+pub use store::{Store, StoreError};

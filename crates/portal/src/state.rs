@@ -1,0 +1,101 @@
+//! What every request handler and channel shares.
+
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::api::rate_limit::RateLimiter;
+use crate::store::Store;
+
+/// What a committed change touched, so continuous evaluation (F15)
+/// re-evaluates only the clients it can affect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A resource was created, changed or deleted.
+    Resource(Uuid),
+    /// Policies of these groups changed (members of them are affected).
+    Groups(Vec<Uuid>),
+    /// These actors' memberships, role or enabled state changed (or they
+    /// were deleted with their tokens).
+    Actors(Vec<Uuid>),
+    /// A client's verification changed.
+    Client(Uuid),
+    /// A client device was deleted.
+    ClientDeleted(Uuid),
+    /// A token was revoked.
+    TokenRevoked(Uuid),
+}
+
+pub struct AppState {
+    pub store: Store,
+    /// Per API token.
+    pub api_limiter: RateLimiter,
+    changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
+    presence: Mutex<Presence>,
+}
+
+/// Who is connected right now, for the API's `online` fields.
+#[derive(Default)]
+struct Presence {
+    /// Gateway device id -> clients it serves.
+    gateways: std::collections::HashMap<Uuid, u64>,
+    clients: std::collections::HashSet<Uuid>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        AppState {
+            store,
+            api_limiter: RateLimiter::new(100, 20),
+            changes: Mutex::new(None),
+            presence: Mutex::new(Presence::default()),
+        }
+    }
+
+    /// Where committed changes go (the channel hub).
+    pub fn subscribe_changes(&self) -> mpsc::UnboundedReceiver<(Uuid, Change)> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        receiver
+    }
+
+    /// Called after a change is committed.
+    pub fn changed(&self, account: Uuid, change: Change) {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = changes.as_ref() {
+            // The hub gone means the portal is shutting down.
+            let _ = sender.send((account, change));
+        }
+    }
+
+    pub fn gateway_presence(&self, _account: Uuid, gateway: Uuid) -> (bool, u64) {
+        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        match presence.gateways.get(&gateway) {
+            Some(load) => (true, *load),
+            None => (false, 0),
+        }
+    }
+
+    pub fn client_online(&self, _account: Uuid, client: Uuid) -> bool {
+        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        presence.clients.contains(&client)
+    }
+
+    pub fn set_gateway_presence(&self, gateway: Uuid, load: Option<u64>) {
+        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        match load {
+            Some(load) => presence.gateways.insert(gateway, load),
+            None => presence.gateways.remove(&gateway),
+        };
+    }
+
+    pub fn set_client_presence(&self, client: Uuid, online: bool) {
+        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        if online {
+            presence.clients.insert(client);
+        } else {
+            presence.clients.remove(&client);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Accounts (tenants).
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Conn, Result, classify, uuid_column};
+use crate::domain::Account;
+
+pub async fn insert(conn: &mut Conn, slug: &str, name: &str, now_ms: i64) -> Result<Account> {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO accounts (id, slug, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(id.to_string())
+        .bind(slug)
+        .bind(name)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(Account {
+        id,
+        slug: slug.to_string(),
+        name: name.to_string(),
+    })
+}
+
+pub async fn by_slug(conn: &mut Conn, slug: &str) -> Result<Option<Account>> {
+    let row = sqlx::query("SELECT id, slug, name FROM accounts WHERE slug = $1")
+        .bind(slug)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        Ok(Account {
+            id: uuid_column(&row, "accounts", "id")?,
+            slug: row.try_get("slug")?,
+            name: row.try_get("name")?,
+        })
+    })
+    .transpose()
+}

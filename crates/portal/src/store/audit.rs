@@ -1,0 +1,87 @@
+//! The audit log: who changed what, with the object before and after, written
+//! in the same transaction as the change itself.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Conn, Result, opt_uuid_column};
+use crate::domain::{AuditEntry, from_millis};
+
+/// Who made a change.
+#[derive(Clone, Copy, Debug)]
+pub struct Author {
+    pub actor_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+}
+
+/// The change being recorded.
+#[derive(Debug)]
+pub struct Change<'a> {
+    pub action: &'a str,
+    pub object_type: &'a str,
+    pub object_id: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+pub async fn record(
+    conn: &mut Conn,
+    account: Uuid,
+    author: Author,
+    change: Change<'_>,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (account_id, at, actor_id, token_id, action, object_type, object_id, \
+         before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(account.to_string())
+    .bind(now_ms)
+    .bind(author.actor_id.map(|id| id.to_string()))
+    .bind(author.token_id.map(|id| id.to_string()))
+    .bind(change.action)
+    .bind(change.object_type)
+    .bind(change.object_id)
+    .bind(change.before.map(|v| v.to_string()))
+    .bind(change.after.map(|v| v.to_string()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Entries newest first, older than `before_cursor` if given.
+pub async fn list(
+    conn: &mut Conn,
+    account: Uuid,
+    before_cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditEntry>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor_id, token_id, action, object_type, object_id, before_json, \
+         after_json FROM audit_log WHERE account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+    )
+    .bind(account.to_string())
+    .bind(before_cursor.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let json = |column: &str| -> Result<Option<serde_json::Value>> {
+                let text: Option<String> = row.try_get(column)?;
+                Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+            };
+            Ok(AuditEntry {
+                cursor: row.try_get("seq")?,
+                at: from_millis(row.try_get("at")?),
+                actor_id: opt_uuid_column(row, "audit_log", "actor_id")?,
+                token_id: opt_uuid_column(row, "audit_log", "token_id")?,
+                action: row.try_get("action")?,
+                object_type: row.try_get("object_type")?,
+                object_id: row.try_get("object_id")?,
+                before: json("before_json")?,
+                after: json("after_json")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Groups and memberships. `Everyone` is a real row (so policies can point at
+//! it) whose members are implicit: every user and admin of the account.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Conn, Result, StoreError, classify, uuid_column};
+use crate::domain::{Group, GroupKind, from_millis};
+
+pub const EVERYONE: &str = "Everyone";
+
+fn from_row(row: &AnyRow) -> Result<Group> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Group {
+        id: uuid_column(row, "groups", "id")?,
+        name: row.try_get("name")?,
+        kind: match kind.as_str() {
+            "static" => GroupKind::Static,
+            "everyone" => GroupKind::Everyone,
+            other => {
+                return Err(StoreError::Corrupt {
+                    table: "groups",
+                    detail: format!("unknown kind {other:?}"),
+                });
+            }
+        },
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
+pub async fn insert(conn: &mut Conn, account: Uuid, group: &Group) -> Result<()> {
+    let kind = match group.kind {
+        GroupKind::Static => "static",
+        GroupKind::Everyone => "everyone",
+    };
+    sqlx::query(
+        "INSERT INTO groups (id, account_id, name, kind, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $5)",
+    )
+    .bind(group.id.to_string())
+    .bind(account.to_string())
+    .bind(&group.name)
+    .bind(kind)
+    .bind(group.created_at.as_millisecond())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Group>> {
+    let row = sqlx::query(
+        "SELECT id, name, kind, created_at FROM groups WHERE account_id = $1 AND id = $2",
+    )
+    .bind(account.to_string())
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Group>> {
+    let rows = sqlx::query(
+        "SELECT id, name, kind, created_at FROM groups WHERE account_id = $1 ORDER BY created_at, id",
+    )
+    .bind(account.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn rename(
+    conn: &mut Conn,
+    account: Uuid,
+    id: Uuid,
+    name: &str,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE groups SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
+        .bind(name)
+        .bind(now_ms)
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM groups WHERE account_id = $1 AND id = $2")
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Members of a group; for `Everyone`, every user and admin.
+pub async fn members(conn: &mut Conn, account: Uuid, group: &Group) -> Result<Vec<Uuid>> {
+    let rows = match group.kind {
+        GroupKind::Everyone => {
+            sqlx::query(
+                "SELECT id AS actor_id FROM actors WHERE account_id = $1 \
+                 AND role <> 'service_account' ORDER BY id",
+            )
+            .bind(account.to_string())
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        GroupKind::Static => {
+            sqlx::query(
+                "SELECT actor_id FROM memberships WHERE account_id = $1 AND group_id = $2 \
+                 ORDER BY actor_id",
+            )
+            .bind(account.to_string())
+            .bind(group.id.to_string())
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    rows.iter()
+        .map(|row| uuid_column(row, "memberships", "actor_id"))
+        .collect()
+}
+
+/// Replaces a static group's members. The caller checked that every actor
+/// belongs to the account.
+pub async fn set_members(
+    conn: &mut Conn,
+    account: Uuid,
+    group: Uuid,
+    actors: &[Uuid],
+) -> Result<()> {
+    sqlx::query("DELETE FROM memberships WHERE account_id = $1 AND group_id = $2")
+        .bind(account.to_string())
+        .bind(group.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for actor in actors {
+        sqlx::query(
+            "INSERT INTO memberships (account_id, group_id, actor_id) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(account.to_string())
+        .bind(group.to_string())
+        .bind(actor.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// The groups an actor is in, `Everyone` included when the role belongs there.
+pub async fn of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    in_everyone: bool,
+) -> Result<Vec<Uuid>> {
+    let rows = sqlx::query(
+        "SELECT g.id AS id FROM groups g WHERE g.account_id = $1 AND ( \
+           (g.kind = 'everyone' AND $3 = 1) OR \
+           EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = g.id AND m.actor_id = $2)) \
+         ORDER BY g.id",
+    )
+    .bind(account.to_string())
+    .bind(actor.to_string())
+    .bind(i64::from(in_everyone))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| uuid_column(row, "groups", "id"))
+        .collect()
+}

@@ -1,0 +1,271 @@
+//! The store: one `sqlx` Any pool over SQLite (default, embedded) or
+//! PostgreSQL, with one set of migrations per engine. The queries are written
+//! once in the subset both engines share (`$n` parameters, TEXT ids, BIGINT
+//! times and flags). Every query takes the request's transaction, so one API
+//! request is one transaction.
+
+pub mod accounts;
+pub mod actors;
+pub mod audit;
+pub mod devices;
+pub mod groups;
+pub mod logs;
+pub mod policies;
+pub mod resources;
+pub mod sites;
+pub mod tokens;
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use uuid::Uuid;
+
+/// The open transaction every query runs in.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which database engine the URL named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
+    UnsupportedUrl(String),
+    #[error("cannot create the directory for the SQLite database {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the database was migrated by a newer Postern (it has migration {0}, which this \
+         version does not know); run the newer version or restore a backup"
+    )]
+    NewerSchema(i64),
+    #[error("database migration failed: {0}")]
+    Migrate(#[source] MigrateError),
+    /// A uniqueness rule was broken (a duplicate name, say).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row this one refers to does not exist.
+    #[error("a referenced object does not exist")]
+    MissingReference,
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The portal's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Store {
+    /// Opens (creating an SQLite file and its directory if missing) and
+    /// migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (engine, url) = normalize_url(url)?;
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|_| StoreError::UnsupportedUrl(url.clone()))?;
+        let pool_options = match engine {
+            // Writers take the lock up front (BEGIN IMMEDIATE) and wait for
+            // each other; WAL lets readers go on meanwhile.
+            // Each connection to `:memory:` is a database of its own.
+            Engine::Sqlite => AnyPoolOptions::new()
+                .max_connections(if url.contains(":memory:") { 1 } else { 4 })
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA synchronous = FULL",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                        Ok(())
+                    })
+                }),
+            Engine::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = pool_options.connect_with(options).await?;
+        let store = Store { pool, engine };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrator = Migrator::with_migrations(migrations(self.engine));
+        match migrator.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            Err(MigrateError::VersionMissing(version)) => Err(StoreError::NewerSchema(version)),
+            Err(error) => Err(StoreError::Migrate(error)),
+        }
+    }
+
+    /// A transaction for a request that only reads.
+    pub async fn read(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction for a request that writes: on SQLite it takes the write
+    /// lock at once, so two writers queue instead of failing half way.
+    pub async fn write(&self) -> Result<Tx> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn migrations(engine: Engine) -> Vec<Migration> {
+    let initial = match engine {
+        Engine::Sqlite => include_str!("../../migrations/sqlite/0001_initial.sql"),
+        Engine::Postgres => include_str!("../../migrations/postgres/0001_initial.sql"),
+    };
+    vec![Migration::new(
+        1,
+        Cow::Borrowed("initial"),
+        MigrationType::Simple,
+        sqlx::SqlStr::from_static(initial),
+        false,
+    )]
+}
+
+/// Accepts `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` and
+/// `postgres://...`/`postgresql://...`; creates the SQLite file's directory.
+fn normalize_url(url: &str) -> Result<(Engine, String)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Engine::Postgres, url.to_string()));
+    }
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Err(StoreError::UnsupportedUrl(url.to_string()));
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(StoreError::UnsupportedUrl(url.to_string()));
+    }
+    if path == ":memory:" {
+        return Ok((Engine::Sqlite, "sqlite::memory:".to_string()));
+    }
+    if let Some(dir) = Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let mode = if query.contains("mode=") {
+        ""
+    } else {
+        "mode=rwc"
+    };
+    let separator = if query.is_empty() || mode.is_empty() {
+        ""
+    } else {
+        "&"
+    };
+    Ok((
+        Engine::Sqlite,
+        format!("sqlite://{path}?{query}{separator}{mode}"),
+    ))
+}
+
+/// Maps a database error on a write to what the caller should report.
+pub(crate) fn classify(error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        match db.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => {
+                return StoreError::Conflict(db.message().to_string());
+            }
+            sqlx::error::ErrorKind::ForeignKeyViolation => return StoreError::MissingReference,
+            _ => {}
+        }
+    }
+    StoreError::Database(error)
+}
+
+/// Reads a UUID column kept as text.
+pub(crate) fn uuid_column(
+    row: &sqlx::any::AnyRow,
+    table: &'static str,
+    column: &str,
+) -> Result<Uuid> {
+    use sqlx::Row;
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("{column} is not a UUID: {text:?}"),
+    })
+}
+
+pub(crate) fn opt_uuid_column(
+    row: &sqlx::any::AnyRow,
+    table: &'static str,
+    column: &str,
+) -> Result<Option<Uuid>> {
+    use sqlx::Row;
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| {
+        Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt {
+            table,
+            detail: format!("{column} is not a UUID: {text:?}"),
+        })
+    })
+    .transpose()
+}
+
+/// For queries generic over the connection.
+pub type Conn = AnyConnection;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(
+            normalize_url("sqlite::memory:").unwrap(),
+            (Engine::Sqlite, "sqlite::memory:".to_string())
+        );
+        let dir = std::env::temp_dir().join(format!("postern-url-{}", std::process::id()));
+        let url = format!("sqlite://{}/x/p.db", dir.display());
+        let (engine, normalized) = normalize_url(&url).unwrap();
+        assert_eq!(engine, Engine::Sqlite);
+        assert!(normalized.ends_with("/x/p.db?mode=rwc"), "{normalized}");
+        assert!(dir.join("x").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            normalize_url("mysql://x"),
+            Err(StoreError::UnsupportedUrl(_))
+        ));
+        assert_eq!(
+            normalize_url("postgres://u@h/d").unwrap().0,
+            Engine::Postgres
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Policies: group -> resource with conditions (a JSON array).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Conn, Result, StoreError, classify, uuid_column};
+use crate::domain::{PolicyRecord, from_millis};
+
+const COLUMNS: &str = "id, group_id, resource_id, conditions, description, disabled, created_at";
+
+fn from_row(row: &AnyRow) -> Result<PolicyRecord> {
+    let conditions: String = row.try_get("conditions")?;
+    Ok(PolicyRecord {
+        id: uuid_column(row, "policies", "id")?,
+        group_id: uuid_column(row, "policies", "group_id")?,
+        resource_id: uuid_column(row, "policies", "resource_id")?,
+        conditions: serde_json::from_str(&conditions).map_err(|e| StoreError::Corrupt {
+            table: "policies",
+            detail: format!("conditions: {e}"),
+        })?,
+        description: row.try_get("description")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn conditions_json(policy: &PolicyRecord) -> Result<String> {
+    serde_json::to_string(&policy.conditions).map_err(|e| StoreError::Corrupt {
+        table: "policies",
+        detail: e.to_string(),
+    })
+}
+
+pub async fn insert(conn: &mut Conn, account: Uuid, policy: &PolicyRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO policies (id, account_id, group_id, resource_id, conditions, description, \
+         disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(policy.id.to_string())
+    .bind(account.to_string())
+    .bind(policy.group_id.to_string())
+    .bind(policy.resource_id.to_string())
+    .bind(conditions_json(policy)?)
+    .bind(&policy.description)
+    .bind(i64::from(policy.disabled))
+    .bind(policy.created_at.as_millisecond())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<PolicyRecord>> {
+    let sql = format!("SELECT {COLUMNS} FROM policies WHERE account_id = $1 AND id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<PolicyRecord>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM policies WHERE account_id = $1 ORDER BY created_at, id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn update(
+    conn: &mut Conn,
+    account: Uuid,
+    policy: &PolicyRecord,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE policies SET group_id = $1, resource_id = $2, conditions = $3, description = $4, \
+         disabled = $5, updated_at = $6 WHERE account_id = $7 AND id = $8",
+    )
+    .bind(policy.group_id.to_string())
+    .bind(policy.resource_id.to_string())
+    .bind(conditions_json(policy)?)
+    .bind(&policy.description)
+    .bind(i64::from(policy.disabled))
+    .bind(now_ms)
+    .bind(account.to_string())
+    .bind(policy.id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM policies WHERE account_id = $1 AND id = $2")
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,123 @@
+//! Resources. The address is validated before it gets here and stored in its
+//! canonical text form; filters are a JSON array.
+
+use postern_model::ResourceType;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Conn, Result, StoreError, classify, uuid_column};
+use crate::domain::{Resource, from_millis};
+
+const COLUMNS: &str = "id, site_id, name, type, address, address_description, filters, created_at";
+
+fn kind_text(kind: ResourceType) -> &'static str {
+    match kind {
+        ResourceType::Cidr => "cidr",
+        ResourceType::Ip => "ip",
+        ResourceType::Dns => "dns",
+        ResourceType::Internet => "internet",
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<Resource> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        table: "resources",
+        detail,
+    };
+    let kind: String = row.try_get("type")?;
+    let filters: String = row.try_get("filters")?;
+    Ok(Resource {
+        id: uuid_column(row, "resources", "id")?,
+        site_id: uuid_column(row, "resources", "site_id")?,
+        name: row.try_get("name")?,
+        kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
+            .map_err(|_| corrupt(format!("unknown type {kind:?}")))?,
+        address: row.try_get("address")?,
+        address_description: row.try_get("address_description")?,
+        filters: serde_json::from_str(&filters).map_err(|e| corrupt(format!("filters: {e}")))?,
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn filters_json(resource: &Resource) -> Result<String> {
+    serde_json::to_string(&resource.filters).map_err(|e| StoreError::Corrupt {
+        table: "resources",
+        detail: e.to_string(),
+    })
+}
+
+pub async fn insert(conn: &mut Conn, account: Uuid, resource: &Resource) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO resources (id, account_id, site_id, name, type, address, address_description, \
+         filters, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+    )
+    .bind(resource.id.to_string())
+    .bind(account.to_string())
+    .bind(resource.site_id.to_string())
+    .bind(&resource.name)
+    .bind(kind_text(resource.kind))
+    .bind(resource.address.clone())
+    .bind(resource.address_description.clone())
+    .bind(filters_json(resource)?)
+    .bind(resource.created_at.as_millisecond())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Resource>> {
+    let sql = format!("SELECT {COLUMNS} FROM resources WHERE account_id = $1 AND id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Resource>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM resources WHERE account_id = $1 ORDER BY created_at, id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn update(
+    conn: &mut Conn,
+    account: Uuid,
+    resource: &Resource,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE resources SET site_id = $1, name = $2, type = $3, address = $4, \
+         address_description = $5, filters = $6, updated_at = $7 WHERE account_id = $8 AND id = $9",
+    )
+    .bind(resource.site_id.to_string())
+    .bind(&resource.name)
+    .bind(kind_text(resource.kind))
+    .bind(resource.address.clone())
+    .bind(resource.address_description.clone())
+    .bind(filters_json(resource)?)
+    .bind(now_ms)
+    .bind(account.to_string())
+    .bind(resource.id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM resources WHERE account_id = $1 AND id = $2")
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(done.rows_affected() > 0)
+}

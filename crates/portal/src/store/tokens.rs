@@ -1,0 +1,86 @@
+//! Tokens: only the salt and hash of each secret are stored.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Conn, Result, StoreError, classify, opt_uuid_column, uuid_column};
+use crate::auth::token::Minted;
+use crate::domain::{TokenKind, TokenRecord, from_millis};
+
+/// What a new token is for.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub account_id: Option<Uuid>,
+    pub kind: TokenKind,
+    pub actor_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub identity_provider_id: Option<Uuid>,
+    pub expires_at_ms: Option<i64>,
+}
+
+pub async fn insert(conn: &mut Conn, minted: &Minted, token: &NewToken, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, identity_provider_id, salt, \
+         hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(minted.id.to_string())
+    .bind(token.account_id.map(|id| id.to_string()))
+    .bind(token.kind.as_str())
+    .bind(token.actor_id.map(|id| id.to_string()))
+    .bind(token.site_id.map(|id| id.to_string()))
+    .bind(token.identity_provider_id.map(|id| id.to_string()))
+    .bind(&minted.salt)
+    .bind(&minted.hash)
+    .bind(now_ms)
+    .bind(token.expires_at_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// The token row with its salt and hash, for verification.
+pub async fn get_with_hash(
+    conn: &mut Conn,
+    id: Uuid,
+) -> Result<Option<(TokenRecord, String, String)>> {
+    let row = sqlx::query(
+        "SELECT id, account_id, kind, actor_id, site_id, identity_provider_id, salt, hash, \
+         expires_at FROM tokens WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let kind: String = row.try_get("kind")?;
+    let record = TokenRecord {
+        id: uuid_column(&row, "tokens", "id")?,
+        account_id: opt_uuid_column(&row, "tokens", "account_id")?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+            table: "tokens",
+            detail: format!("unknown kind {kind:?}"),
+        })?,
+        actor_id: opt_uuid_column(&row, "tokens", "actor_id")?,
+        site_id: opt_uuid_column(&row, "tokens", "site_id")?,
+        identity_provider_id: opt_uuid_column(&row, "tokens", "identity_provider_id")?,
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(from_millis),
+    };
+    Ok(Some((record, row.try_get("salt")?, row.try_get("hash")?)))
+}
+
+/// Deletes a token of the account; returns what it was.
+pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<TokenRecord>> {
+    let Some((record, _, _)) = get_with_hash(conn, id).await? else {
+        return Ok(None);
+    };
+    if record.account_id != Some(account) {
+        return Ok(None);
+    }
+    sqlx::query("DELETE FROM tokens WHERE id = $1")
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(record))
+}

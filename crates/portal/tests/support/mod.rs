@@ -1,0 +1,177 @@
+//! Shared test helpers: an in-process portal driven through its router, and a
+//! throwaway PostgreSQL server.
+#![allow(dead_code)]
+
+pub mod postgres;
+pub mod scenario;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use postern_portal::state::AppState;
+use postern_portal::{Store, setup};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A portal with one account, called through its router without sockets.
+pub struct TestApp {
+    pub router: Router,
+    pub state: Arc<AppState>,
+    pub token: String,
+    pub account_id: uuid::Uuid,
+    pub admin_id: uuid::Uuid,
+}
+
+/// A unique SQLite file under the temp directory, removed at drop.
+pub struct TempDb {
+    pub dir: std::path::PathBuf,
+}
+
+impl TempDb {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "postern-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        TempDb { dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}/portal.db", self.dir.display())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl TestApp {
+    pub async fn open(url: &str, slug: &str) -> TestApp {
+        let store = Store::open(url).await.expect("open the store");
+        let init = setup::init_account(&store, slug, "admin@example.test")
+            .await
+            .expect("init the account");
+        let state = Arc::new(AppState::new(store));
+        let router = postern_portal::api::router().with_state(state.clone());
+        TestApp {
+            router,
+            state,
+            token: init.token,
+            account_id: init.account.id,
+            admin_id: init.admin_id,
+        }
+    }
+
+    /// Another account in the same portal, with its own admin token.
+    pub async fn second_account(&self, slug: &str) -> String {
+        setup::init_account(&self.state.store, slug, "other@example.test")
+            .await
+            .expect("init the second account")
+            .token
+    }
+
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                content_type, "application/problem+json",
+                "{status} {bytes:?}"
+            );
+        }
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let token = self.token.clone();
+        self.call_as(Some(&token), method, path, body).await
+    }
+
+    /// A new API token of the account's first admin.
+    pub async fn expect_as_fresh_admin_token(&self) -> String {
+        let path = format!("/actors/{}/tokens", self.admin_id);
+        // Mint it with a token that is not rate limited: a fresh one made
+        // directly in the store.
+        let minted = postern_portal::auth::token::mint("").unwrap();
+        let mut tx = self.state.store.write().await.unwrap();
+        postern_portal::store::tokens::insert(
+            &mut tx,
+            &minted,
+            &postern_portal::store::tokens::NewToken {
+                account_id: Some(self.account_id),
+                kind: postern_portal::domain::TokenKind::Api,
+                actor_id: Some(self.admin_id),
+                site_id: None,
+                identity_provider_id: None,
+                expires_at_ms: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let _ = path;
+        minted.token
+    }
+
+    /// Calls and asserts the status; returns the body.
+    pub async fn expect(
+        &self,
+        status: StatusCode,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let (got, value) = self.call(method, path, body).await;
+        assert_eq!(got, status, "{method} {path}: {value}");
+        value
+    }
+}
+
+/// The id field of a JSON object.
+pub fn id(value: &Value) -> String {
+    value["id"].as_str().expect("an id").to_string()
+}

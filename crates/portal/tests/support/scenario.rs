@@ -1,0 +1,727 @@
+//! The store suite: every endpoint, good and bad input, account isolation and
+//! cascades, run against each database engine.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{TestApp, id};
+
+pub async fn crud_scenario(app: &TestApp) {
+    // --- authentication
+    let (status, body) = app.call_as(None, "GET", "/sites", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = app.call_as(Some("garbage"), "GET", "/sites", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let tampered = format!("x{}", &app.token[1..]);
+    let (status, _) = app.call_as(Some(&tampered), "GET", "/sites", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // --- sites
+    let site = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/sites",
+            Some(json!({"name": " Office "})),
+        )
+        .await;
+    assert_eq!(site["name"], "Office");
+    let site_id = id(&site);
+    app.expect(
+        StatusCode::CONFLICT,
+        "POST",
+        "/sites",
+        Some(json!({"name": "Office"})),
+    )
+    .await;
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST",
+            "/sites",
+            Some(json!({"name": "  "})),
+        )
+        .await;
+    assert_eq!(problem["field"], "name");
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST",
+            "/sites",
+            Some(json!({"name": 7})),
+        )
+        .await;
+    assert_eq!(problem["field"], "name");
+    app.expect(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "POST",
+        "/sites",
+        Some(json!({"name": "x", "color": "red"})),
+    )
+    .await;
+    let renamed = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/sites/{site_id}"),
+            Some(json!({"name": "HQ"})),
+        )
+        .await;
+    assert_eq!(renamed["name"], "HQ");
+    let sites = app.expect(StatusCode::OK, "GET", "/sites", None).await;
+    assert_eq!(sites["data"].as_array().unwrap().len(), 1);
+    app.expect(
+        StatusCode::NOT_FOUND,
+        "GET",
+        &format!("/sites/{}", uuid::Uuid::new_v4()),
+        None,
+    )
+    .await;
+    app.expect(StatusCode::NOT_FOUND, "GET", "/sites/not-a-uuid", None)
+        .await;
+    let gateway_token = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/sites/{site_id}/gateway_tokens"),
+            None,
+        )
+        .await;
+    assert!(gateway_token["token"].as_str().unwrap().len() > 40);
+    let gateways = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/sites/{site_id}/gateways"),
+            None,
+        )
+        .await;
+    assert_eq!(gateways["data"], json!([]));
+
+    // --- resources
+    let cidr = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/resources",
+            Some(json!({
+                "name": "Office LAN", "type": "cidr", "address": "10.1.2.3/8", "site_id": site_id,
+                "filters": [{"protocol": "tcp", "ports": "80"}, {"protocol": "icmp"}]
+            })),
+        )
+        .await;
+    assert_eq!(cidr["address"], "10.0.0.0/8", "stored in canonical form");
+    assert_eq!(cidr["filters"][0]["ports"], "80");
+    let cidr_id = id(&cidr);
+    for (body, field, needle) in [
+        (
+            json!({"name": "r", "type": "cidr", "address": "10.0.0.0/33", "site_id": site_id}),
+            "address",
+            "CIDR",
+        ),
+        (
+            json!({"name": "r", "type": "cidr", "address": "100.64.0.0/10", "site_id": site_id}),
+            "address",
+            "Postern",
+        ),
+        (
+            json!({"name": "r", "type": "ip", "address": "127.0.0.1", "site_id": site_id}),
+            "address",
+            "loopback",
+        ),
+        (
+            json!({"name": "r", "type": "dns", "address": "*.com", "site_id": site_id}),
+            "address",
+            "",
+        ),
+        (
+            json!({"name": "r", "type": "dns", "address": format!("{}.test", "a".repeat(64)), "site_id": site_id}),
+            "address",
+            "",
+        ),
+        (
+            json!({"name": "r", "type": "bogus", "address": "x", "site_id": site_id}),
+            "type",
+            "unknown variant",
+        ),
+        (
+            json!({"name": "r", "type": "cidr", "address": "10.0.0.0/8", "site_id": site_id,
+                "filters": [{"protocol": "tcp", "ports": "90-80"}]}),
+            "filters[0]",
+            "",
+        ),
+        (
+            json!({"name": "r", "type": "cidr", "address": "10.0.0.0/8", "site_id": uuid::Uuid::new_v4()}),
+            "site_id",
+            "no such site",
+        ),
+        (
+            json!({"name": "r", "type": "cidr", "address": "10.0.0.0/8", "site_id": "nope"}),
+            "site_id",
+            "",
+        ),
+    ] {
+        let problem = app
+            .expect(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "POST",
+                "/resources",
+                Some(body.clone()),
+            )
+            .await;
+        assert!(
+            problem["field"].as_str().unwrap().starts_with(field),
+            "{body}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{body}: {problem}"
+        );
+    }
+    let dns = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/resources",
+            Some(json!({
+                "name": "Apps", "type": "dns", "address": "**.Apps.Corp.Test", "site_id": site_id,
+                "address_description": "internal web apps"
+            })),
+        )
+        .await;
+    assert_eq!(dns["address"], "**.apps.corp.test");
+    app.expect(
+        StatusCode::CREATED,
+        "POST",
+        "/resources",
+        Some(json!({"name": "Internet", "type": "internet", "site_id": site_id})),
+    )
+    .await;
+    app.expect(
+        StatusCode::CONFLICT,
+        "POST",
+        "/resources",
+        Some(json!({"name": "Internet 2", "type": "internet", "site_id": site_id})),
+    )
+    .await;
+    let patched = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/resources/{cidr_id}"),
+            Some(json!({"filters": [{"protocol": "udp", "ports": "53"}]})),
+        )
+        .await;
+    assert_eq!(
+        patched["filters"],
+        json!([{"protocol": "udp", "ports": "53"}])
+    );
+    assert_eq!(patched["address"], "10.0.0.0/8");
+    app.expect(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "PATCH",
+        &format!("/resources/{cidr_id}"),
+        Some(json!({"address": "nonsense"})),
+    )
+    .await;
+    let unchanged = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/resources/{cidr_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        unchanged["address"], "10.0.0.0/8",
+        "a refused PATCH writes nothing"
+    );
+
+    // --- actors
+    let alice = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "Alice", "email": "Alice@Example.Test", "role": "user"})),
+        )
+        .await;
+    assert_eq!(alice["email"], "alice@example.test");
+    let alice_id = id(&alice);
+    app.expect(
+        StatusCode::CONFLICT,
+        "POST",
+        "/actors",
+        Some(json!({"name": "Alice 2", "email": "alice@example.test", "role": "user"})),
+    )
+    .await;
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST",
+            "/actors",
+            Some(json!({"name": "Bob", "role": "user"})),
+        )
+        .await;
+    assert_eq!(problem["field"], "email");
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST",
+            "/actors",
+            Some(json!({"name": "Bob", "role": "root"})),
+        )
+        .await;
+    assert_eq!(problem["field"], "role");
+    let robot = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "CI runner", "role": "service_account"})),
+        )
+        .await;
+    let robot_id = id(&robot);
+    let robot_token = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{robot_id}/tokens"),
+            None,
+        )
+        .await;
+    assert!(robot_token["expires_at"].as_str().is_some());
+    app.expect(
+        StatusCode::CONFLICT,
+        "POST",
+        &format!("/actors/{alice_id}/tokens"),
+        None,
+    )
+    .await;
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST",
+            &format!("/actors/{robot_id}/tokens"),
+            Some(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(problem["field"], "expires_at");
+    // The account keeps an enabled admin.
+    let admin_id = app.admin_id;
+    app.expect(
+        StatusCode::CONFLICT,
+        "PATCH",
+        &format!("/actors/{admin_id}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    app.expect(
+        StatusCode::CONFLICT,
+        "DELETE",
+        &format!("/actors/{admin_id}"),
+        None,
+    )
+    .await;
+
+    // --- groups
+    let groups = app.expect(StatusCode::OK, "GET", "/groups", None).await;
+    let everyone = groups["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "everyone")
+        .cloned()
+        .expect("Everyone exists");
+    let everyone_id = id(&everyone);
+    let members = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/groups/{everyone_id}/members"),
+            None,
+        )
+        .await;
+    let members: Vec<&str> = members["actor_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        members.contains(&alice_id.as_str()) && members.contains(&admin_id.to_string().as_str())
+    );
+    assert!(
+        !members.contains(&robot_id.as_str()),
+        "service accounts are not in Everyone"
+    );
+    app.expect(
+        StatusCode::CONFLICT,
+        "PATCH",
+        &format!("/groups/{everyone_id}"),
+        Some(json!({"name": "All"})),
+    )
+    .await;
+    app.expect(
+        StatusCode::CONFLICT,
+        "DELETE",
+        &format!("/groups/{everyone_id}"),
+        None,
+    )
+    .await;
+    let engineering = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/groups",
+            Some(json!({"name": "Engineering"})),
+        )
+        .await;
+    let engineering_id = id(&engineering);
+    let set = app
+        .expect(
+            StatusCode::OK,
+            "PUT",
+            &format!("/groups/{engineering_id}/members"),
+            Some(json!({"actor_ids": [alice_id, robot_id, alice_id]})),
+        )
+        .await;
+    assert_eq!(set["actor_ids"].as_array().unwrap().len(), 2);
+    let problem = app
+        .expect(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PUT",
+            &format!("/groups/{engineering_id}/members"),
+            Some(json!({"actor_ids": [uuid::Uuid::new_v4()]})),
+        )
+        .await;
+    assert_eq!(problem["field"], "actor_ids[0]");
+    let members = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/groups/{engineering_id}/members"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        members["actor_ids"].as_array().unwrap().len(),
+        2,
+        "a refused PUT changes nothing"
+    );
+
+    // --- policies
+    let policy = app
+        .expect(StatusCode::CREATED, "POST", "/policies", Some(json!({
+            "group_id": engineering_id, "resource_id": cidr_id, "description": "engineers reach the LAN",
+            "conditions": [
+                {"property": "time", "values": ["MTWRF/09:00-17:00/Europe/Berlin"]},
+                {"property": "remote_ip", "operator": "not_in", "values": ["198.18.0.0/15"]}
+            ]
+        })))
+        .await;
+    let policy_id = id(&policy);
+    assert_eq!(policy["conditions"][0]["operator"], "in");
+    for (body, field) in [
+        (
+            json!({"group_id": engineering_id, "resource_id": cidr_id, "conditions": [{"property": "time", "values": ["MTWRF/09:00-17:00/Mars/Base"]}]}),
+            "conditions[0]",
+        ),
+        (
+            json!({"group_id": engineering_id, "resource_id": cidr_id, "conditions": [{"property": "country", "values": ["Germany"]}]}),
+            "conditions[0]",
+        ),
+        (
+            json!({"group_id": engineering_id, "resource_id": cidr_id, "conditions": [{"property": "astrology", "values": []}]}),
+            "conditions[0].property",
+        ),
+        (
+            json!({"group_id": uuid::Uuid::new_v4(), "resource_id": cidr_id}),
+            "group_id",
+        ),
+        (
+            json!({"group_id": engineering_id, "resource_id": uuid::Uuid::new_v4()}),
+            "resource_id",
+        ),
+    ] {
+        let problem = app
+            .expect(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "POST",
+                "/policies",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    let disabled = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/policies/{policy_id}"),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(disabled["disabled"], true);
+    app.expect(
+        StatusCode::CREATED,
+        "POST",
+        "/policies",
+        Some(json!({"group_id": everyone_id, "resource_id": id(&dns)})),
+    )
+    .await;
+
+    // --- malformed requests
+    let (status, _) = app
+        .send(
+            axum::http::Request::builder()
+                .method("POST")
+                .uri("/api/v1/sites")
+                .header("authorization", format!("Bearer {}", app.token))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from("{\"name\": "))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = app
+        .send(
+            axum::http::Request::builder()
+                .method("POST")
+                .uri("/api/v1/sites")
+                .header("authorization", format!("Bearer {}", app.token))
+                .header("content-type", "text/plain")
+                .body(axum::body::Body::from("{\"name\": \"x\"}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    app.expect(StatusCode::NOT_FOUND, "GET", "/no/such/endpoint", None)
+        .await;
+
+    // --- isolation: another account sees none of this, and gets 404, not 403
+    let other = app.second_account("othercorp").await;
+    let other_call = |method: &'static str, path: String, body: Option<Value>| {
+        let other = other.clone();
+        async move { app.call_as(Some(&other), method, &path, body).await }
+    };
+    let (status, sites) = other_call("GET", "/sites".into(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sites["data"], json!([]));
+    for (method, path, body) in [
+        ("GET", format!("/sites/{site_id}"), None),
+        (
+            "PATCH",
+            format!("/sites/{site_id}"),
+            Some(json!({"name": "mine"})),
+        ),
+        ("DELETE", format!("/sites/{site_id}"), None),
+        ("POST", format!("/sites/{site_id}/gateway_tokens"), None),
+        ("GET", format!("/resources/{cidr_id}"), None),
+        ("DELETE", format!("/policies/{policy_id}"), None),
+        ("GET", format!("/groups/{engineering_id}/members"), None),
+        (
+            "PATCH",
+            format!("/actors/{alice_id}"),
+            Some(json!({"disabled": true})),
+        ),
+        ("POST", format!("/actors/{robot_id}/tokens"), None),
+        (
+            "DELETE",
+            format!("/tokens/{}", robot_token["id"].as_str().unwrap()),
+            None,
+        ),
+    ] {
+        let (status, problem) = other_call(method, path.clone(), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {problem}");
+    }
+    let (status, problem) = other_call(
+        "POST",
+        "/resources".into(),
+        Some(json!({"name": "r", "type": "cidr", "address": "10.0.0.0/8", "site_id": site_id})),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("site_id"))
+    );
+    let (_, log) = other_call("GET", "/audit_log".into(), None).await;
+    assert!(
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] == "account.init"),
+        "{log}"
+    );
+
+    // --- API token revocation
+    let second = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{admin_id}/tokens"),
+            None,
+        )
+        .await;
+    let second_token = second["token"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .call_as(Some(&second_token), "GET", "/sites", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.expect(
+        StatusCode::NO_CONTENT,
+        "DELETE",
+        &format!("/tokens/{}", id(&second)),
+        None,
+    )
+    .await;
+    let (status, _) = app
+        .call_as(Some(&second_token), "GET", "/sites", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked token is refused at once"
+    );
+    app.expect(
+        StatusCode::NOT_FOUND,
+        "DELETE",
+        &format!("/tokens/{}", id(&second)),
+        None,
+    )
+    .await;
+
+    // --- cascades: deleting the site takes its resources and their policies
+    app.expect(
+        StatusCode::NO_CONTENT,
+        "DELETE",
+        &format!("/sites/{site_id}"),
+        None,
+    )
+    .await;
+    app.expect(
+        StatusCode::NOT_FOUND,
+        "GET",
+        &format!("/resources/{cidr_id}"),
+        None,
+    )
+    .await;
+    let policies = app.expect(StatusCode::OK, "GET", "/policies", None).await;
+    assert_eq!(policies["data"], json!([]));
+    app.expect(
+        StatusCode::NO_CONTENT,
+        "DELETE",
+        &format!("/actors/{alice_id}"),
+        None,
+    )
+    .await;
+    let members = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/groups/{engineering_id}/members"),
+            None,
+        )
+        .await;
+    assert_eq!(members["actor_ids"], json!([robot_id]));
+
+    // --- audit log: every change, newest first, with before and after
+    let log = app
+        .expect(StatusCode::OK, "GET", "/audit_log?limit=1000", None)
+        .await;
+    let entries = log["data"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "site.create",
+        "site.update",
+        "site.delete",
+        "resource.create",
+        "resource.update",
+        "actor.create",
+        "actor.delete",
+        "group.members",
+        "policy.create",
+        "policy.update",
+        "token.create",
+        "token.revoke",
+        "account.init",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    assert_eq!(actions.last(), Some(&"account.init"), "oldest last");
+    let update = entries
+        .iter()
+        .find(|e| e["action"] == "site.update")
+        .unwrap();
+    assert_eq!(
+        (
+            update["before"]["name"].as_str(),
+            update["after"]["name"].as_str()
+        ),
+        (Some("Office"), Some("HQ"))
+    );
+    assert_eq!(update["actor_id"], json!(admin_id));
+    assert!(
+        entries
+            .iter()
+            .all(|e| !e.to_string().contains(second_token.as_str())),
+        "no secret in the audit log"
+    );
+    // Paging: two at a time walks the same entries.
+    let mut walked = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let path = match cursor {
+            Some(c) => format!("/audit_log?limit=2&cursor={c}"),
+            None => "/audit_log?limit=2".to_string(),
+        };
+        let page = app.expect(StatusCode::OK, "GET", &path, None).await;
+        walked.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["cursor"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let all: Vec<i64> = entries
+        .iter()
+        .map(|e| e["cursor"].as_i64().unwrap())
+        .collect();
+    assert_eq!(walked, all);
+    app.expect(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "GET",
+        "/audit_log?limit=0",
+        None,
+    )
+    .await;
+
+    // --- OpenAPI document
+    let (status, doc) = app.call_as(None, "GET", "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/sites",
+        "/resources/{id}",
+        "/groups/{id}/members",
+        "/tokens/{id}",
+        "/audit_log",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
