@@ -6,6 +6,7 @@ pub mod condition;
 pub mod dns;
 pub mod filter;
 pub mod plan;
+pub mod protocol;
 pub mod resource;
 
 pub use condition::{Condition, ConditionOperator, ConditionProperty};

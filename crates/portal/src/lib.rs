@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod channels;
 pub mod domain;
+pub mod serve;
 pub mod setup;
 pub mod state;
 pub mod store;

@@ -1,6 +1,7 @@
 //! What every request handler and channel shares.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -31,8 +32,12 @@ pub struct AppState {
     pub store: Store,
     /// Per API token.
     pub api_limiter: RateLimiter,
+    /// How long a gateway has to confirm an authorization (SPEC: 15 s).
+    pub authorize_timeout: std::time::Duration,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
     presence: Mutex<Presence>,
+    hub: OnceLock<mpsc::Sender<crate::channels::hub::HubEvent>>,
+    next_conn: AtomicU64,
 }
 
 /// Who is connected right now, for the API's `online` fields.
@@ -48,9 +53,25 @@ impl AppState {
         AppState {
             store,
             api_limiter: RateLimiter::new(100, 20),
+            authorize_timeout: crate::channels::hub::AUTHORIZE_TIMEOUT,
             changes: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
+            hub: OnceLock::new(),
+            next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Where connections send their events; set once when serving starts.
+    pub fn set_hub(&self, sender: mpsc::Sender<crate::channels::hub::HubEvent>) -> bool {
+        self.hub.set(sender).is_ok()
+    }
+
+    pub fn hub(&self) -> Option<&mpsc::Sender<crate::channels::hub::HubEvent>> {
+        self.hub.get()
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Where committed changes go (the channel hub).

@@ -176,3 +176,19 @@ pub async fn of_actor(
         .map(|row| uuid_column(row, "groups", "id"))
         .collect()
 }
+
+/// Every explicit membership of the account as (group, actor).
+pub async fn all_memberships(conn: &mut Conn, account: Uuid) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = sqlx::query("SELECT group_id, actor_id FROM memberships WHERE account_id = $1")
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                uuid_column(row, "memberships", "group_id")?,
+                uuid_column(row, "memberships", "actor_id")?,
+            ))
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! throwaway PostgreSQL server.
 #![allow(dead_code)]
 
+pub mod channel;
 pub mod postgres;
 pub mod scenario;
 
@@ -55,11 +56,21 @@ impl Drop for TempDb {
 
 impl TestApp {
     pub async fn open(url: &str, slug: &str) -> TestApp {
+        TestApp::open_with(url, slug, |_| {}).await
+    }
+
+    pub async fn open_with(
+        url: &str,
+        slug: &str,
+        configure: impl FnOnce(&mut AppState),
+    ) -> TestApp {
         let store = Store::open(url).await.expect("open the store");
         let init = setup::init_account(&store, slug, "admin@example.test")
             .await
             .expect("init the account");
-        let state = Arc::new(AppState::new(store));
+        let mut state = AppState::new(store);
+        configure(&mut state);
+        let state = Arc::new(state);
         let router = postern_portal::api::router().with_state(state.clone());
         TestApp {
             router,

@@ -1,0 +1,140 @@
+//! An account's policy graph in memory (F15): actors, group memberships,
+//! resources and the indexed policies. The hub reloads it when a change is
+//! committed and then re-evaluates only the clients the change can affect.
+
+use std::collections::HashMap;
+
+use postern_model::protocol::ResourceDescription;
+use postern_policy::{CompiledCondition, Policy, Snapshot};
+use uuid::Uuid;
+
+use crate::domain::{GroupKind, Role};
+use crate::store::{Store, StoreError, actors, groups, policies, resources};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActorFacts {
+    pub role: Role,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct AccountGraph {
+    pub actors: HashMap<Uuid, ActorFacts>,
+    /// Actor -> its groups, `Everyone` included.
+    pub groups_of: HashMap<Uuid, Vec<Uuid>>,
+    pub everyone: Option<Uuid>,
+    pub resources: HashMap<Uuid, ResourceDescription>,
+    pub policies: Snapshot,
+}
+
+impl AccountGraph {
+    pub async fn load(store: &Store, account: Uuid) -> Result<AccountGraph, StoreError> {
+        let mut tx = store.read().await?;
+        let actor_rows = actors::list(&mut tx, account).await?;
+        let group_rows = groups::list(&mut tx, account).await?;
+        let memberships = groups::all_memberships(&mut tx, account).await?;
+        let resource_rows = resources::list(&mut tx, account).await?;
+        let policy_rows = policies::list(&mut tx, account).await?;
+        tx.commit().await?;
+
+        let everyone = group_rows
+            .iter()
+            .find(|g| g.kind == GroupKind::Everyone)
+            .map(|g| g.id);
+        let mut groups_of: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut actors = HashMap::new();
+        for actor in &actor_rows {
+            actors.insert(
+                actor.id,
+                ActorFacts {
+                    role: actor.role,
+                    disabled: actor.disabled,
+                },
+            );
+            let groups = groups_of.entry(actor.id).or_default();
+            if let Some(everyone) = everyone
+                && actor.role.in_everyone()
+            {
+                groups.push(everyone);
+            }
+        }
+        for (group, actor) in memberships {
+            groups_of.entry(actor).or_default().push(group);
+        }
+        let resources = resource_rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.id,
+                    ResourceDescription {
+                        id: r.id,
+                        name: r.name,
+                        kind: r.kind,
+                        address: r.address,
+                        address_description: r.address_description,
+                        filters: r.filters,
+                        site_id: r.site_id,
+                    },
+                )
+            })
+            .collect();
+        let mut snapshot = Snapshot::default();
+        for record in policy_rows {
+            let mut conditions = Vec::with_capacity(record.conditions.len());
+            let mut valid = true;
+            for condition in &record.conditions {
+                match CompiledCondition::compile(condition) {
+                    Ok(compiled) => conditions.push(compiled),
+                    Err(error) => {
+                        // Validated on write; a row that no longer compiles
+                        // (a zone removed from the database, say) grants
+                        // nothing rather than everything.
+                        tracing::warn!(policy = %record.id, %error, "policy condition does not compile; the policy is ignored");
+                        valid = false;
+                    }
+                }
+            }
+            snapshot.upsert(Policy {
+                id: record.id,
+                group_id: record.group_id,
+                resource_id: record.resource_id,
+                conditions,
+                disabled: record.disabled || !valid,
+            });
+        }
+        Ok(AccountGraph {
+            actors,
+            groups_of,
+            everyone,
+            resources,
+            policies: snapshot,
+        })
+    }
+
+    pub fn groups(&self, actor: Uuid) -> &[Uuid] {
+        self.groups_of.get(&actor).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether an actor may hold a channel at all.
+    pub fn actor_active(&self, actor: Uuid) -> bool {
+        self.actors.get(&actor).is_some_and(|a| !a.disabled)
+    }
+
+    /// The resources offered to an actor, as clients see them.
+    pub fn visible(&self, actor: Uuid) -> Vec<&ResourceDescription> {
+        self.policies
+            .visible_resources(self.groups(actor))
+            .into_iter()
+            .filter_map(|id| self.resources.get(&id))
+            .collect()
+    }
+
+    /// Actors that are members of any of `groups`.
+    pub fn members_of(&self, groups: &[Uuid]) -> Vec<Uuid> {
+        self.groups_of
+            .iter()
+            .filter(|(_, theirs)| theirs.iter().any(|g| groups.contains(g)))
+            .map(|(actor, _)| *actor)
+            .collect()
+    }
+}

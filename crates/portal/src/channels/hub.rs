@@ -1,0 +1,380 @@
+//! The hub: one task that owns every connected channel and the account graphs,
+//! so the protocol logic runs without locks, one event at a time. Each
+//! connection has a bounded outbound queue; a connection that cannot keep up
+//! is disconnected instead of slowing everyone else down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use postern_model::protocol::{
+    Authorization, DisconnectReason, Interface, PortalToClient, PortalToGateway, PortalToRelay,
+    ResourceDescription,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::graph::AccountGraph;
+use super::keys::PairSecrets;
+use crate::domain::{Device, TokenRecord};
+use crate::state::{AppState, Change};
+
+/// Connection ids are process-local counters.
+pub type ConnId = u64;
+
+/// What the socket task writes.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(String),
+    /// Close the socket (after the text frames queued before it).
+    Close,
+}
+
+/// Per-connection queue depth: a client far behind this is broken or
+/// malicious, and is disconnected.
+pub const OUTBOUND_QUEUE: usize = 1024;
+/// How long a gateway has to confirm an authorization (SPEC section 5).
+pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(15);
+/// TURN credentials handed out live this long and are renewed at half-life.
+pub const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Who is on the other end of a new channel.
+#[derive(Debug)]
+pub enum Party {
+    Client {
+        account: Uuid,
+        actor_id: Uuid,
+        device: Device,
+        country: Option<String>,
+    },
+    Gateway {
+        account: Uuid,
+        site_id: Uuid,
+        device: Device,
+    },
+    Relay,
+}
+
+#[derive(Debug)]
+pub struct NewConnection {
+    pub id: ConnId,
+    pub party: Party,
+    pub token: TokenRecord,
+    /// Base64 X25519 key of the device's current process (empty for relays).
+    pub public_key: String,
+    pub remote_ip: IpAddr,
+    pub sender: mpsc::Sender<Outbound>,
+}
+
+#[derive(Debug)]
+pub enum HubEvent {
+    Connected(Box<NewConnection>),
+    Message { id: ConnId, text: String },
+    Closed { id: ConnId },
+}
+
+/// A connected channel.
+pub(super) struct Conn {
+    pub account: Option<Uuid>,
+    pub token_id: Uuid,
+    pub token_expires: Option<Timestamp>,
+    pub public_key: String,
+    pub remote_ip: IpAddr,
+    pub sender: mpsc::Sender<Outbound>,
+    pub kind: ConnKind,
+    /// When the relay credentials it holds were issued.
+    pub relays_issued: Instant,
+}
+
+pub(super) enum ConnKind {
+    Client(ClientConn),
+    Gateway(GatewayConn),
+    Relay(RelayConn),
+}
+
+pub(super) struct ClientConn {
+    pub actor_id: Uuid,
+    pub device: Device,
+    pub country: Option<String>,
+    pub identity_provider: Option<Uuid>,
+    /// What the client was told it has.
+    pub visible: BTreeMap<Uuid, ResourceDescription>,
+}
+
+pub(super) struct GatewayConn {
+    pub site_id: Uuid,
+    pub device: Device,
+}
+
+pub(super) struct RelayConn {
+    pub relay_id: Uuid,
+    pub addresses: Vec<SocketAddr>,
+}
+
+/// A granted (client device, resource) pair, kept while the client or the
+/// gateway reconnects, until it is revoked or expires.
+#[derive(Clone, Debug)]
+pub(super) struct Grant {
+    pub account: Uuid,
+    pub actor_id: Uuid,
+    pub client_device: Uuid,
+    pub gateway_device: Uuid,
+    pub gateway_key: String,
+    pub authorization: Authorization,
+    /// The facts the decision used, kept for re-evaluation while the client
+    /// is away.
+    pub remote_ip: IpAddr,
+    pub country: Option<String>,
+    pub identity_provider: Option<Uuid>,
+    pub client_verified: bool,
+    pub client_os: Option<String>,
+    pub token_id: Uuid,
+    pub token_expires: Option<Timestamp>,
+}
+
+/// An access request waiting for the gateway's `authorized`.
+pub(super) struct Pending {
+    pub client_conn: ConnId,
+    pub client_ref: String,
+    pub gateway_conn: ConnId,
+    pub deadline: Instant,
+    pub grant: Grant,
+}
+
+pub struct Hub {
+    pub(super) state: Arc<AppState>,
+    pub(super) accounts: HashMap<Uuid, AccountGraph>,
+    pub(super) conns: HashMap<ConnId, Conn>,
+    pub(super) clients: HashMap<Uuid, ConnId>,
+    pub(super) gateways: HashMap<Uuid, ConnId>,
+    pub(super) grants: HashMap<(Uuid, Uuid), Grant>,
+    pub(super) pending: HashMap<String, Pending>,
+    pub(super) pair_secrets: PairSecrets,
+    pub(super) turn_secret: String,
+    next_ref: u64,
+    rng: u64,
+    /// Connections to close after the current event.
+    doomed: Vec<(ConnId, Option<DisconnectReason>)>,
+}
+
+impl Hub {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let mut seed = [0u8; 8];
+        let mut secret = [0u8; 32];
+        let mut turn = [0u8; 24];
+        for buf in [&mut seed[..], &mut secret[..], &mut turn[..]] {
+            if let Err(error) = crate::auth::token::random_bytes(buf) {
+                // Without randomness the portal must not hand out secrets.
+                panic!("cannot seed the channel hub: {error}");
+            }
+        }
+        use base64::Engine as _;
+        Hub {
+            state,
+            accounts: HashMap::new(),
+            conns: HashMap::new(),
+            clients: HashMap::new(),
+            gateways: HashMap::new(),
+            grants: HashMap::new(),
+            pending: HashMap::new(),
+            pair_secrets: PairSecrets::new(secret),
+            turn_secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(turn),
+            next_ref: 0,
+            rng: u64::from_le_bytes(seed) | 1,
+            doomed: Vec::new(),
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<HubEvent>,
+        mut changes: mpsc::UnboundedReceiver<(Uuid, Change)>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event).await,
+                    None => break,
+                },
+                change = changes.recv() => match change {
+                    Some(first) => {
+                        // Apply every change queued so far in one pass.
+                        let mut batch = vec![first];
+                        while let Ok(more) = changes.try_recv() {
+                            batch.push(more);
+                        }
+                        self.apply_changes(batch).await;
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(Instant::now(), Timestamp::now()).await,
+            }
+            self.reap();
+        }
+    }
+
+    async fn handle(&mut self, event: HubEvent) {
+        match event {
+            HubEvent::Connected(connection) => self.connected(*connection).await,
+            HubEvent::Message { id, text } => self.message(id, &text).await,
+            HubEvent::Closed { id } => self.closed(id),
+        }
+    }
+
+    pub(super) fn next_ref(&mut self) -> String {
+        self.next_ref += 1;
+        format!("p{}", self.next_ref)
+    }
+
+    /// xorshift64*: picks among equally good gateways; needs no quality.
+    pub(super) fn random(&mut self, bound: usize) -> usize {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1) as u64) as usize
+    }
+
+    /// Queues a message; a full or closed queue dooms the connection.
+    pub(super) fn send(&mut self, id: ConnId, message: &impl Serialize) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let text = match serde_json::to_string(message) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a channel message");
+                return;
+            }
+        };
+        if conn.sender.try_send(Outbound::Text(text)).is_err() {
+            tracing::warn!(conn = id, "channel cannot keep up; disconnecting it");
+            self.doomed.push((id, Some(DisconnectReason::Overloaded)));
+        }
+    }
+
+    pub(super) fn send_client(&mut self, id: ConnId, message: PortalToClient) {
+        self.send(id, &message);
+    }
+
+    pub(super) fn send_gateway(&mut self, id: ConnId, message: PortalToGateway) {
+        self.send(id, &message);
+    }
+
+    /// Closes a connection after this event, telling it why.
+    pub(super) fn disconnect(&mut self, id: ConnId, reason: DisconnectReason) {
+        self.doomed.push((id, Some(reason)));
+    }
+
+    fn reap(&mut self) {
+        while let Some((id, reason)) = self.doomed.pop() {
+            let Some(conn) = self.conns.get(&id) else {
+                continue;
+            };
+            if let Some(reason) = reason {
+                let frame = match conn.kind {
+                    ConnKind::Client(_) => {
+                        serde_json::to_string(&PortalToClient::Disconnect { reason })
+                    }
+                    ConnKind::Gateway(_) => {
+                        serde_json::to_string(&PortalToGateway::Disconnect { reason })
+                    }
+                    ConnKind::Relay(_) => {
+                        serde_json::to_string(&PortalToRelay::Disconnect { reason })
+                    }
+                };
+                if let Ok(frame) = frame {
+                    let _ = conn.sender.try_send(Outbound::Text(frame));
+                }
+            }
+            let _ = conn.sender.try_send(Outbound::Close);
+            self.closed(id);
+        }
+    }
+
+    /// Forgets a connection (its socket closed or it was disconnected).
+    fn closed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        match conn.kind {
+            ConnKind::Client(client) => {
+                if self.clients.get(&client.device.id) == Some(&id) {
+                    self.clients.remove(&client.device.id);
+                    self.state.set_client_presence(client.device.id, false);
+                }
+                self.pending.retain(|_, p| p.client_conn != id);
+            }
+            ConnKind::Gateway(gateway) => {
+                if self.gateways.get(&gateway.device.id) == Some(&id) {
+                    self.gateways.remove(&gateway.device.id);
+                    self.state.set_gateway_presence(gateway.device.id, None);
+                }
+                // Requests waiting on it fail closed now rather than in 15 s.
+                let waiting: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.gateway_conn == id)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                for reference in waiting {
+                    self.fail_pending(&reference);
+                }
+            }
+            ConnKind::Relay(relay) => self.relay_gone(relay.relay_id),
+        }
+        tracing::debug!(conn = id, "channel closed");
+    }
+
+    /// The interface of a device.
+    pub(super) fn interface(device: &Device) -> Interface {
+        Interface {
+            ipv4: device.ipv4,
+            ipv6: device.ipv6,
+            dns_upstreams: Vec::new(),
+            search_domain: None,
+        }
+    }
+
+    /// Loads an account's graph if it is not in memory yet.
+    pub(super) async fn ensure_account(&mut self, account: Uuid) -> bool {
+        if self.accounts.contains_key(&account) {
+            return true;
+        }
+        match AccountGraph::load(&self.state.store, account).await {
+            Ok(graph) => {
+                self.accounts.insert(account, graph);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%account, %error, "cannot load the account's policy graph");
+                false
+            }
+        }
+    }
+
+    /// Clients the gateway serves now, for presence and load balancing.
+    pub(super) fn gateway_load(&self, gateway_device: Uuid) -> u64 {
+        let mut clients: Vec<Uuid> = self
+            .grants
+            .values()
+            .filter(|g| g.gateway_device == gateway_device)
+            .map(|g| g.client_device)
+            .collect();
+        clients.sort_unstable();
+        clients.dedup();
+        clients.len() as u64
+    }
+
+    pub(super) fn refresh_gateway_presence(&self, gateway_device: Uuid) {
+        if self.gateways.contains_key(&gateway_device) {
+            self.state
+                .set_gateway_presence(gateway_device, Some(self.gateway_load(gateway_device)));
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The WebSocket end of a channel: authenticate before the upgrade (so a bad
+//! token is an HTTP 401 the daemon never retries), register the device, then
+//! pump frames between the socket and the hub. Pings every 10 s; 30 s of
+//! silence or a peer that stops reading ends the connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use jiff::Timestamp;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::connect::MAX_MESSAGE;
+use super::hub::{HubEvent, NewConnection, OUTBOUND_QUEUE, Outbound, Party};
+use crate::api::problem::Problem;
+use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
+use crate::state::AppState;
+use crate::store::actors;
+use crate::store::devices::{self, Connecting};
+use crate::store::logs::{self, NewSession};
+
+const PING_EVERY: Duration = Duration::from_secs(10);
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize, Debug, Default)]
+pub struct ConnectParams {
+    device_id: Option<String>,
+    public_key: Option<String>,
+    name: Option<String>,
+    os: Option<String>,
+    version: Option<String>,
+}
+
+type Shared = State<Arc<AppState>>;
+
+pub async fn client(
+    state: Shared,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<ConnectParams>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    join(state, peer, headers, params, ws, TokenKind::Client)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn gateway(
+    state: Shared,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<ConnectParams>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    join(state, peer, headers, params, ws, TokenKind::Gateway)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn relay(
+    state: Shared,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    join(
+        state,
+        peer,
+        headers,
+        ConnectParams::default(),
+        ws,
+        TokenKind::Relay,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn bad_request(field: &str, detail: &str) -> Problem {
+    let mut problem = Problem::new(StatusCode::BAD_REQUEST, format!("{field}: {detail}"));
+    problem.field = Some(field.to_string());
+    problem
+}
+
+/// A printable parameter of bounded length.
+fn text_param(
+    field: &str,
+    value: Option<&str>,
+    required: bool,
+    max: usize,
+) -> Result<Option<String>, Problem> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None if required => Err(bad_request(field, "required")),
+        None => Ok(None),
+        Some(v) if v.chars().count() > max || v.chars().any(char::is_control) => Err(bad_request(
+            field,
+            &format!("at most {max} printable characters"),
+        )),
+        Some(v) => Ok(Some(v.to_string())),
+    }
+}
+
+async fn join(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: ConnectParams,
+    ws: WebSocketUpgrade,
+    kind: TokenKind,
+) -> Result<Response, Problem> {
+    let Some(hub) = state.hub().cloned() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the portal is starting",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| Problem::unauthorized("send the token as Authorization: Bearer <token>"))?;
+    let invalid =
+        || Problem::unauthorized("the token is invalid, expired or revoked: sign in again");
+    let token = crate::auth::authenticate(&state.store, presented, Timestamp::now())
+        .await?
+        .filter(|t| t.kind == kind)
+        .ok_or_else(invalid)?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect::<String>());
+    let remote_ip = peer.ip();
+
+    let (party, public_key) = match kind {
+        TokenKind::Relay => (Party::Relay, String::new()),
+        TokenKind::Client | TokenKind::Gateway => {
+            let device_id = text_param("device_id", params.device_id.as_deref(), true, 128)?
+                .unwrap_or_default();
+            let public_key = params
+                .public_key
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or_default();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(public_key)
+                .map_err(|_| bad_request("public_key", "base64 of a 32-byte X25519 key"))?;
+            if decoded.len() != 32 {
+                return Err(bad_request("public_key", "base64 of a 32-byte X25519 key"));
+            }
+            let name = text_param("name", params.name.as_deref(), false, 255)?
+                .unwrap_or_else(|| device_id.clone());
+            let os = text_param("os", params.os.as_deref(), false, 64)?;
+            let version = text_param("version", params.version.as_deref(), false, 64)?;
+            let party = register(
+                &state,
+                &token,
+                kind,
+                &device_id,
+                &name,
+                os.as_deref(),
+                version.as_deref(),
+                remote_ip,
+                user_agent.as_deref(),
+            )
+            .await?
+            .ok_or_else(invalid)?;
+            (party, public_key.to_string())
+        }
+        TokenKind::Api => return Err(invalid()),
+    };
+
+    let id = state.next_connection_id();
+    let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+    let connection = NewConnection {
+        id,
+        party,
+        token,
+        public_key,
+        remote_ip,
+        sender,
+    };
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| pump(socket, hub, connection, outbound)))
+}
+
+/// Records the device (new ones get their addresses) and the session.
+#[allow(clippy::too_many_arguments)]
+async fn register(
+    state: &AppState,
+    token: &TokenRecord,
+    kind: TokenKind,
+    device_id: &str,
+    name: &str,
+    os: Option<&str>,
+    version: Option<&str>,
+    remote_ip: std::net::IpAddr,
+    user_agent: Option<&str>,
+) -> Result<Option<Party>, Problem> {
+    let Some(account) = token.account_id else {
+        return Ok(None);
+    };
+    let now_ms = Timestamp::now().as_millisecond();
+    let mut tx = state.store.write().await?;
+    let (device_kind, actor_id, site_id) = match kind {
+        TokenKind::Client => {
+            let Some(actor_id) = token.actor_id else {
+                return Ok(None);
+            };
+            let actor = actors::get(&mut tx, account, actor_id).await?;
+            if !actor.is_some_and(|a| {
+                !a.disabled && (a.role == Role::ServiceAccount || a.role.in_everyone())
+            }) {
+                return Ok(None);
+            }
+            (DeviceKind::Client, Some(actor_id), None)
+        }
+        TokenKind::Gateway => {
+            let Some(site_id) = token.site_id else {
+                return Ok(None);
+            };
+            (DeviceKind::Gateway, None, Some(site_id))
+        }
+        _ => return Ok(None),
+    };
+    let device = devices::upsert_on_connect(
+        &mut tx,
+        account,
+        &Connecting {
+            kind: device_kind,
+            actor_id,
+            site_id,
+            device_id,
+            name,
+            os,
+            version,
+            remote_ip: Some(remote_ip.to_string()),
+        },
+        now_ms,
+    )
+    .await?;
+    logs::record_session(
+        &mut tx,
+        account,
+        &NewSession {
+            actor_id,
+            device_id: Some(device.id),
+            kind: match device_kind {
+                DeviceKind::Client => "client_connect",
+                DeviceKind::Gateway => "gateway_connect",
+            },
+            remote_ip: Some(remote_ip.to_string()),
+            user_agent,
+        },
+        now_ms,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(match kind {
+        TokenKind::Client => Party::Client {
+            account,
+            actor_id: actor_id.unwrap_or_default(),
+            device,
+            country: None,
+        },
+        _ => Party::Gateway {
+            account,
+            site_id: site_id.unwrap_or_default(),
+            device,
+        },
+    }))
+}
+
+async fn pump(
+    mut socket: WebSocket,
+    hub: mpsc::Sender<HubEvent>,
+    connection: NewConnection,
+    mut outbound: mpsc::Receiver<Outbound>,
+) {
+    let id = connection.id;
+    if hub
+        .send(HubEvent::Connected(Box::new(connection)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    let event = HubEvent::Message { id, text: text.as_str().to_string() };
+                    if hub.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => {
+                    last_heard = Instant::now();
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            out = outbound.recv() => match out {
+                Some(Outbound::Text(text)) => {
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                Some(Outbound::Close) | None => {
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
+                    break;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    tracing::debug!(conn = id, "channel silent for too long");
+                    break;
+                }
+                let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = hub.send(HubEvent::Closed { id }).await;
+}

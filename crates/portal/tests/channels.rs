@@ -1,0 +1,601 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! Channel tests: test WebSocket peers play client and gateway against a real
+//! portal on loopback.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use support::channel::{Peer, key};
+use support::{TempDb, TestApp, id};
+
+/// An account with a site, a resource, a group with a service account in it,
+/// a policy, a client token for the service account and a gateway token.
+struct World {
+    app: TestApp,
+    addr: SocketAddr,
+    site: String,
+    resource: String,
+    group: String,
+    robot: String,
+    policy: String,
+    client_token: String,
+    client_token_id: String,
+    gateway_token: String,
+    _db: TempDb,
+}
+
+async fn world(tag: &str) -> World {
+    world_with(tag, |_| {}).await
+}
+
+async fn world_with(
+    tag: &str,
+    configure: impl FnOnce(&mut postern_portal::state::AppState),
+) -> World {
+    let db = TempDb::new(tag);
+    let app = TestApp::open_with(&db.url(), "acme", configure).await;
+    let addr = app.serve().await;
+    let site = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/sites",
+            Some(json!({"name": "Office"})),
+        )
+        .await);
+    let resource = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/resources",
+            Some(json!({
+                "name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site,
+                "filters": [{"protocol": "tcp", "ports": "80"}]
+            })),
+        )
+        .await);
+    let group = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/groups",
+            Some(json!({"name": "Robots"})),
+        )
+        .await);
+    let robot = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "CI", "role": "service_account"})),
+        )
+        .await);
+    app.expect(
+        StatusCode::OK,
+        "PUT",
+        &format!("/groups/{group}/members"),
+        Some(json!({"actor_ids": [robot]})),
+    )
+    .await;
+    let policy = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/policies",
+            Some(json!({"group_id": group, "resource_id": resource})),
+        )
+        .await);
+    let token = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{robot}/tokens"),
+            None,
+        )
+        .await;
+    let gateway = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/sites/{site}/gateway_tokens"),
+            None,
+        )
+        .await;
+    World {
+        addr,
+        site,
+        resource,
+        group,
+        robot,
+        policy,
+        client_token: token["token"].as_str().unwrap().to_string(),
+        client_token_id: id(&token),
+        gateway_token: gateway["token"].as_str().unwrap().to_string(),
+        app,
+        _db: db,
+    }
+}
+
+impl World {
+    async fn gateway(&self, device: &str, seed: u8) -> (Peer, Value) {
+        let mut peer = Peer::connect(
+            self.addr,
+            "/v1/gateway",
+            &self.gateway_token,
+            device,
+            &key(seed),
+        )
+        .await
+        .unwrap();
+        let init = peer.next().await;
+        assert_eq!(init["type"], "init", "{init}");
+        (peer, init)
+    }
+
+    async fn client(&self, device: &str, seed: u8) -> (Peer, Value) {
+        let mut peer = Peer::connect(
+            self.addr,
+            "/v1/client",
+            &self.client_token,
+            device,
+            &key(seed),
+        )
+        .await
+        .unwrap();
+        let init = peer.next().await;
+        assert_eq!(init["type"], "init", "{init}");
+        (peer, init)
+    }
+
+    /// Requests access and plays the gateway's part; returns (authorize, granted).
+    async fn grant(
+        &self,
+        client: &mut Peer,
+        gateway: &mut Peer,
+        reference: &str,
+    ) -> (Value, Value) {
+        client
+            .send(json!({"type": "request_access", "ref": reference, "resource_id": self.resource}))
+            .await;
+        let authorize = gateway.next_of("authorize").await;
+        gateway
+            .send(json!({"type": "authorized", "ref": authorize["ref"]}))
+            .await;
+        let granted = client.next().await;
+        assert_eq!(granted["type"], "access_granted", "{granted}");
+        (authorize, granted)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_granted_through_the_gateway_and_candidates_are_relayed() {
+    let w = world("grant").await;
+    let (mut gateway, gateway_init) = w.gateway("gw-1", 1).await;
+    assert_eq!(gateway_init["authorizations"], json!([]));
+    let gateway_ip = gateway_init["interface"]["ipv4"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(gateway_ip.starts_with("100.64."), "{gateway_ip}");
+    let (mut client, init) = w.client("laptop", 2).await;
+    let resources = init["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 1);
+    assert_eq!(resources[0]["address"], "10.0.0.0/24");
+    assert_eq!(
+        resources[0]["filters"],
+        json!([{"protocol": "tcp", "ports": "80"}])
+    );
+    let client_ip = init["interface"]["ipv4"].as_str().unwrap();
+    assert_ne!(
+        client_ip, gateway_ip,
+        "devices get distinct tunnel addresses"
+    );
+
+    let (authorize, granted) = w.grant(&mut client, &mut gateway, "r1").await;
+    assert_eq!(granted["ref"], "r1");
+    assert_eq!(granted["resource_id"], json!(w.resource));
+    assert_eq!(granted["gateway"]["public_key"], json!(key(1)));
+    assert_eq!(granted["gateway"]["ipv4"], json!(gateway_ip));
+    assert_eq!(authorize["client"]["public_key"], json!(key(2)));
+    assert_eq!(authorize["client"]["ipv4"], json!(client_ip));
+    assert_eq!(
+        authorize["resource"]["filters"],
+        json!([{"protocol": "tcp", "ports": "80"}])
+    );
+    // Both sides hold the same pair secrets.
+    assert_eq!(authorize["preshared_key"], granted["preshared_key"]);
+    assert_eq!(authorize["ice"], granted["ice"]);
+    assert_ne!(granted["ice"]["client"], granted["ice"]["gateway"]);
+
+    let gateway_id = granted["gateway"]["id"].as_str().unwrap().to_string();
+    let client_id = authorize["client"]["id"].as_str().unwrap().to_string();
+    client
+        .send(json!({"type": "ice_candidates", "peer_id": gateway_id, "candidates": ["candidate:1 1 udp 2130706431 198.18.0.10 51820 typ host"]}))
+        .await;
+    let relayed = gateway.next().await;
+    assert_eq!(relayed["type"], "ice_candidates");
+    assert_eq!(relayed["peer_id"], json!(client_id));
+    assert_eq!(
+        relayed["candidates"][0],
+        "candidate:1 1 udp 2130706431 198.18.0.10 51820 typ host"
+    );
+    gateway
+        .send(json!({"type": "ice_candidates_removed", "peer_id": client_id, "candidates": ["candidate:2"]}))
+        .await;
+    let relayed = client.next().await;
+    assert_eq!(
+        (relayed["type"].as_str(), relayed["peer_id"].as_str()),
+        (Some("ice_candidates_removed"), Some(gateway_id.as_str()))
+    );
+
+    // Presence and load in the API.
+    let gateways = w
+        .app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/sites/{}/gateways", w.site),
+            None,
+        )
+        .await;
+    assert_eq!(gateways["data"][0]["online"], true);
+    assert_eq!(gateways["data"][0]["load"], 1);
+    let clients = w.app.expect(StatusCode::OK, "GET", "/clients", None).await;
+    assert_eq!(clients["data"][0]["online"], true);
+    assert_eq!(clients["data"][0]["os"], "Linux");
+
+    // A gateway reconnecting with the same key gets its authorizations back.
+    drop(gateway);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_gateway, again) = w.gateway("gw-1", 1).await;
+    assert_eq!(again["authorizations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        again["authorizations"][0]["preshared_key"],
+        authorize["preshared_key"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_carry_their_reasons() {
+    let w = world("deny").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    // Not offered to this client at all.
+    let unknown = uuid::Uuid::new_v4();
+    client
+        .send(json!({"type": "request_access", "ref": "a", "resource_id": unknown}))
+        .await;
+    let denied = client.next().await;
+    assert_eq!(
+        (
+            denied["type"].as_str(),
+            denied["reason"].as_str(),
+            denied["ref"].as_str()
+        ),
+        (Some("access_denied"), Some("not_found"), Some("a"))
+    );
+    // A condition that does not hold: client not verified.
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/policies/{}", w.policy),
+            Some(json!({"conditions": [
+                {"property": "client_verified", "values": ["true"]},
+                {"property": "client_os", "values": ["linux"]}
+            ]})),
+        )
+        .await;
+    client
+        .send(json!({"type": "request_access", "ref": "b", "resource_id": w.resource}))
+        .await;
+    let denied = client.next_of("access_denied").await;
+    assert_eq!(denied["reason"], "forbidden");
+    assert_eq!(denied["violated"], json!(["client_verified"]));
+    // An admin verifies the client: now it is granted.
+    let clients = w.app.expect(StatusCode::OK, "GET", "/clients", None).await;
+    let client_id = id(&clients["data"][0]);
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/clients/{client_id}"),
+            Some(json!({"verified": true})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.grant(&mut client, &mut gateway, "c").await;
+    // Unknown or malformed messages get an error frame, with the ref.
+    client.send(json!({"type": "teleport", "ref": "t1"})).await;
+    let error = client.next().await;
+    assert_eq!(
+        (error["type"].as_str(), error["ref"].as_str()),
+        (Some("error"), Some("t1"))
+    );
+    client.send_raw("{not json").await;
+    assert_eq!(client.next().await["type"], "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_closed_when_no_gateway_answers() {
+    let w = world_with("timeout", |state| {
+        state.authorize_timeout = Duration::from_millis(800)
+    })
+    .await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    // No gateway online at all: offline at once.
+    client
+        .send(json!({"type": "request_access", "ref": "1", "resource_id": w.resource}))
+        .await;
+    let denied = client.next().await;
+    assert_eq!(
+        (denied["type"].as_str(), denied["reason"].as_str()),
+        (Some("access_denied"), Some("offline"))
+    );
+    // A gateway that never confirms: offline after the timeout.
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let started = Instant::now();
+    client
+        .send(json!({"type": "request_access", "ref": "2", "resource_id": w.resource}))
+        .await;
+    gateway.next_of("authorize").await;
+    let denied = client.next().await;
+    assert_eq!(
+        (denied["reason"].as_str(), denied["ref"].as_str()),
+        (Some("offline"), Some("2"))
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A gateway that disconnects while a request waits: offline at once.
+    client
+        .send(json!({"type": "request_access", "ref": "3", "resource_id": w.resource}))
+        .await;
+    gateway.next_of("authorize").await;
+    let started = Instant::now();
+    drop(gateway);
+    let denied = client.next().await;
+    assert_eq!(
+        (denied["reason"].as_str(), denied["ref"].as_str()),
+        (Some("offline"), Some("3"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    let gateways = w
+        .app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/sites/{}/gateways", w.site),
+            None,
+        )
+        .await;
+    assert_eq!(
+        gateways["data"][0]["online"], false,
+        "a gateway that disconnects is offline at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_policy_revokes_within_a_second() {
+    let w = world("revoke").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    w.grant(&mut client, &mut gateway, "r").await;
+    let started = Instant::now();
+    w.app
+        .expect(
+            StatusCode::NO_CONTENT,
+            "DELETE",
+            &format!("/policies/{}", w.policy),
+            None,
+        )
+        .await;
+    let revoke = gateway.next_of("revoke").await;
+    let gateway_latency = started.elapsed();
+    assert_eq!(revoke["resource_id"], json!(w.resource));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = client.next().await;
+        seen.push(message["type"].as_str().unwrap().to_string());
+    }
+    let client_latency = started.elapsed();
+    seen.sort();
+    assert_eq!(seen, ["access_revoked", "resource_removed"]);
+    println!("revocation latency: gateway {gateway_latency:?}, client {client_latency:?}");
+    assert!(
+        client_latency < Duration::from_secs(1),
+        "{client_latency:?}"
+    );
+    // A new policy brings the resource back.
+    w.app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/policies",
+            Some(json!({"group_id": w.group, "resource_id": w.resource})),
+        )
+        .await;
+    let upserted = client.next().await;
+    assert_eq!(upserted["type"], "resource_upserted");
+    // Removing the robot from the group takes it away again.
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PUT",
+            &format!("/groups/{}/members", w.group),
+            Some(json!({"actor_ids": []})),
+        )
+        .await;
+    assert_eq!(client.next().await["type"], "resource_removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_changes_reach_the_gateway_live() {
+    let w = world("filters").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    w.grant(&mut client, &mut gateway, "r").await;
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/resources/{}", w.resource),
+            Some(json!({"filters": [{"protocol": "tcp", "ports": "443"}]})),
+        )
+        .await;
+    let updated = gateway.next_of("resource_updated").await;
+    assert_eq!(
+        updated["resource"]["filters"],
+        json!([{"protocol": "tcp", "ports": "443"}])
+    );
+    let upserted = client.next_of("resource_upserted").await;
+    assert_eq!(
+        upserted["resource"]["filters"],
+        json!([{"protocol": "tcp", "ports": "443"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_disconnect_and_cannot_reconnect() {
+    let w = world("token").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    w.grant(&mut client, &mut gateway, "r").await;
+    let started = Instant::now();
+    w.app
+        .expect(
+            StatusCode::NO_CONTENT,
+            "DELETE",
+            &format!("/tokens/{}", w.client_token_id),
+            None,
+        )
+        .await;
+    let disconnect = client.next_of("disconnect").await;
+    assert_eq!(disconnect["reason"], "token_revoked");
+    assert!(client.closed_within(Duration::from_secs(2)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The gateway stops forwarding for it too.
+    assert_eq!(
+        gateway.next_of("revoke").await["resource_id"],
+        json!(w.resource)
+    );
+    let refused = Peer::connect(w.addr, "/v1/client", &w.client_token, "laptop", &key(2))
+        .await
+        .err();
+    assert_eq!(refused, Some(401));
+    // Disabling the actor does the same to a fresh token.
+    let token = w
+        .app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{}/tokens", w.robot),
+            None,
+        )
+        .await;
+    let token = token["token"].as_str().unwrap();
+    let mut client = Peer::connect(w.addr, "/v1/client", token, "laptop", &key(3))
+        .await
+        .unwrap();
+    assert_eq!(client.next().await["type"], "init");
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/actors/{}", w.robot),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(
+        client.next_of("disconnect").await["reason"],
+        "token_revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_handshakes_are_refused_with_http_errors() {
+    let w = world("handshake").await;
+    assert_eq!(
+        Peer::connect(w.addr, "/v1/client", "nonsense", "d", &key(1))
+            .await
+            .err(),
+        Some(401)
+    );
+    // A gateway token is not a client token.
+    assert_eq!(
+        Peer::connect(w.addr, "/v1/client", &w.gateway_token, "d", &key(1))
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(
+        Peer::connect(w.addr, "/v1/client", &w.client_token, "d", "c2hvcnQ=")
+            .await
+            .err(),
+        Some(400)
+    );
+    assert_eq!(
+        Peer::connect(w.addr, "/v1/client", &w.client_token, "", &key(1))
+            .await
+            .err(),
+        Some(400)
+    );
+    assert_eq!(
+        Peer::connect(w.addr, "/v1/relay", &w.client_token, "d", &key(1))
+            .await
+            .err(),
+        Some(401)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_register_and_clients_get_turn_credentials() {
+    let w = world("relay").await;
+    let relay_token = postern_portal::setup::relay_token(&w.app.state.store)
+        .await
+        .unwrap();
+    let (mut client, init) = w.client("laptop", 2).await;
+    assert_eq!(init["relays"], json!([]));
+    let mut relay = Peer::connect(w.addr, "/v1/relay", &relay_token, "", "")
+        .await
+        .unwrap();
+    assert_eq!(relay.next().await["type"], "init");
+    relay
+        .send(json!({"type": "register", "public_addresses": ["198.18.0.3"], "port": 3478}))
+        .await;
+    let registered = relay.next().await;
+    assert_eq!(registered["type"], "registered");
+    let secret = registered["auth_secret"].as_str().unwrap().to_string();
+    let changed = client.next_of("relays_changed").await;
+    let info = &changed["added"][0];
+    assert_eq!(info["addresses"], json!(["198.18.0.3:3478"]));
+    // The credentials are TURN REST credentials under the relay's secret.
+    let username = info["username"].as_str().unwrap();
+    assert_eq!(
+        info["password"].as_str().unwrap(),
+        postern_turn::credentials::rest_password(secret.as_bytes(), username)
+    );
+    let expiry = postern_turn::credentials::rest_expiry(username).unwrap();
+    let now = jiff::Timestamp::now().as_second() as u64;
+    assert!(
+        expiry > now + 3600 && expiry <= now + 24 * 3600 + 5,
+        "{expiry} vs {now}"
+    );
+    drop(relay);
+    let changed = client.next_of("relays_changed").await;
+    assert_eq!(changed["removed"], json!([registered["relay_id"]]));
+}

@@ -1,0 +1,145 @@
+//! A test WebSocket peer playing a client, gateway or relay against a real
+//! portal listening on loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::TestApp;
+
+impl TestApp {
+    /// Serves the portal (API and channels) on a loopback port.
+    pub async fn serve(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            postern_portal::serve::serve(listener, state, std::future::pending())
+                .await
+                .unwrap();
+        });
+        addr
+    }
+}
+
+pub struct Peer {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub public_key: String,
+}
+
+/// A random-looking but valid 32-byte key, base64.
+pub fn key(seed: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([seed; 32])
+}
+
+impl Peer {
+    /// Connects; `Err(status)` if the portal refused the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        device_id: &str,
+        public_key: &str,
+    ) -> Result<Peer, u16> {
+        let url = format!(
+            "ws://{addr}{path}?device_id={device_id}&public_key={}&name={device_id}&os=Linux",
+            urlencode(public_key)
+        );
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Peer {
+                socket,
+                public_key: public_key.to_string(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("websocket connect failed: {other}"),
+        }
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.socket
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message, within `wait`; `None` on timeout; panics if
+    /// the socket closed.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match frame {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    }
+
+    /// The next message; it must arrive within 5 s.
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(5))
+            .await
+            .expect("no message within 5 s")
+    }
+
+    /// Skips messages until one of `kind` arrives (within 5 s).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self
+                .next_within(left)
+                .await
+                .unwrap_or_else(|| panic!("no {kind} within 5 s"));
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+
+    /// Whether the portal closes the socket within `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
