@@ -5,6 +5,7 @@
 
 mod args;
 mod daemon;
+mod portal;
 mod relay;
 mod values;
 
@@ -22,11 +23,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Portal(portal) => match portal.command {
-            Some(PortalCommand::Init { .. }) => unavailable("portal init", "the portal"),
-            Some(PortalCommand::RelayToken { .. }) => {
-                unavailable("portal relay-token", "the portal")
+            Some(PortalCommand::Init {
+                ref database,
+                ref account,
+                ref admin_email,
+            }) => finish("portal init", portal::init(database, account, admin_email)),
+            Some(PortalCommand::RelayToken { ref database }) => {
+                finish("portal relay-token", portal::relay_token(database))
             }
-            None => unavailable("portal", "the portal"),
+            None => finish("portal", portal::serve(portal)),
         },
         Command::Gateway(_) => unavailable("gateway", "the gateway daemon"),
         Command::Relay(args) => finish("relay", relay::run(args)),

@@ -85,16 +85,6 @@ fn no_command_prints_help_and_fails() {
 #[test]
 fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
     let cases: &[&[&str]] = &[
-        &["portal"],
-        &[
-            "portal",
-            "init",
-            "--account",
-            "acme",
-            "--admin-email",
-            "a@acme.test",
-        ],
-        &["portal", "relay-token"],
         &["gateway", "--portal", "https://portal.test", "--token", "t"],
         &[
             "relay",

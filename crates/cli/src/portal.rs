@@ -1,0 +1,106 @@
+//! `postern portal`, `postern portal init` and `postern portal relay-token`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use postern_portal::state::AppState;
+use postern_portal::{Store, setup};
+
+use crate::args::PortalArgs;
+use crate::daemon;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn open(database: &str) -> anyhow::Result<Store> {
+    Store::open(database)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(database)))
+}
+
+/// Database URLs may carry a password: never print it.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub fn init(database: &str, account: &str, admin_email: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let store = open(database).await?;
+        let initialized = setup::init_account(&store, account, admin_email).await?;
+        store.close().await;
+        eprintln!(
+            "created account {} with admin {}; the admin API token follows (shown once)",
+            initialized.account.slug, admin_email
+        );
+        println!("{}", initialized.token);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn relay_token(database: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let store = open(database).await?;
+        let token = setup::relay_token(&store).await?;
+        store.close().await;
+        println!("{token}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
+    daemon::init_logging(args.daemon.log_format);
+    if args.geoip_db.is_some() {
+        anyhow::bail!(
+            "--geoip-db is not supported by this build yet; country conditions fail closed without it"
+        );
+    }
+    if args.daemon.metrics.is_some() {
+        anyhow::bail!("--metrics is not supported by the portal in this build yet");
+    }
+    runtime()?.block_on(async {
+        let store = open(&args.database).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let state = Arc::new(AppState::new(store.clone()));
+        tracing::info!(
+            listen = %args.listen,
+            external_url = args.external_url.as_deref().unwrap_or("(not set)"),
+            database = %redact(&args.database),
+            "portal serving the REST API at /api/v1 and the channels at /v1/{{client,gateway,relay}}"
+        );
+        postern_portal::serve::serve(listener, state, stop_signal())
+            .await
+            .context("serving failed")?;
+        store.close().await;
+        tracing::info!("portal stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the portal with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
