@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use postern_portal::geoip::GeoIp;
 use postern_portal::state::AppState;
 use postern_portal::{Store, setup};
 
@@ -60,11 +61,6 @@ pub fn relay_token(database: &str) -> anyhow::Result<ExitCode> {
 
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
-    if args.geoip_db.is_some() {
-        anyhow::bail!(
-            "--geoip-db is not supported by this build yet; country conditions fail closed without it"
-        );
-    }
     if args.daemon.metrics.is_some() {
         anyhow::bail!("--metrics is not supported by the portal in this build yet");
     }
@@ -73,7 +69,12 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let state = Arc::new(AppState::new(store.clone()));
+        let mut state = AppState::new(store.clone());
+        match &args.geoip_db {
+            Some(path) => state.geoip = Some(GeoIp::open(path)?),
+            None => tracing::info!("no --geoip-db: country conditions fail closed"),
+        }
+        let state = Arc::new(state);
         tracing::info!(
             listen = %args.listen,
             external_url = args.external_url.as_deref().unwrap_or("(not set)"),

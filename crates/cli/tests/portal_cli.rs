@@ -122,6 +122,30 @@ fn init_prints_one_token_and_refuses_a_second_run() {
         text(&bad_url.stderr)
     );
 
+    let no_geoip = postern(&[
+        "portal",
+        "--database",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--geoip-db",
+        "/nonexistent/country.mmdb",
+    ]);
+    assert_eq!(no_geoip.status.code(), Some(1));
+    let stderr = text(&no_geoip.stderr);
+    assert!(
+        stderr.contains("cannot read the GeoIP database /nonexistent/country.mmdb"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("postern portal:"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+
     let relay = postern(&["portal", "relay-token", "--database", &url]);
     assert_eq!(relay.status.code(), Some(0), "{}", text(&relay.stderr));
     assert_eq!(text(&relay.stdout).lines().count(), 1);

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod channels;
 pub mod domain;
+pub mod geoip;
 pub mod serve;
 pub mod setup;
 pub mod state;

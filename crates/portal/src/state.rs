@@ -34,6 +34,8 @@ pub struct AppState {
     pub api_limiter: RateLimiter,
     /// How long a gateway has to confirm an authorization (SPEC: 15 s).
     pub authorize_timeout: std::time::Duration,
+    /// Countries for the `country` condition; without it they are unknown.
+    pub geoip: Option<crate::geoip::GeoIp>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
     presence: Mutex<Presence>,
     hub: OnceLock<mpsc::Sender<crate::channels::hub::HubEvent>>,
@@ -54,6 +56,7 @@ impl AppState {
             store,
             api_limiter: RateLimiter::new(100, 20),
             authorize_timeout: crate::channels::hub::AUTHORIZE_TIMEOUT,
+            geoip: None,
             changes: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
             hub: OnceLock::new(),

@@ -599,3 +599,69 @@ async fn relays_register_and_clients_get_turn_credentials() {
     let changed = client.next_of("relays_changed").await;
     assert_eq!(changed["removed"], json!([registered["relay_id"]]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn country_conditions_use_the_geoip_database_and_fail_closed() {
+    use postern_portal::geoip::{GeoIp, write_country_db};
+    // The test peers connect from 127.0.0.1, which this database puts in Germany.
+    let database = write_country_db(&[("127.0.0.0/8".parse().unwrap(), "DE")]);
+    let w = world_with("country", |state| {
+        state.geoip = Some(GeoIp::from_bytes(database).unwrap())
+    })
+    .await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    let set_countries = |operator: &'static str, countries: Vec<&'static str>| {
+        let path = format!("/policies/{}", w.policy);
+        let app = &w.app;
+        async move {
+            app.expect(
+                StatusCode::OK,
+                "PATCH",
+                &path,
+                Some(json!({"conditions": [
+                    {"property": "country", "operator": operator, "values": countries}
+                ]})),
+            )
+            .await;
+        }
+    };
+    set_countries("in", vec!["de", "AT"]).await;
+    w.grant(&mut client, &mut gateway, "de").await;
+    set_countries("not_in", vec!["DE"]).await;
+    // The grant made from Germany is revoked at once.
+    assert_eq!(
+        client.next_of("access_revoked").await["resource_id"],
+        json!(w.resource)
+    );
+    client
+        .send(json!({"type": "request_access", "ref": "x", "resource_id": w.resource}))
+        .await;
+    let denied = client.next_of("access_denied").await;
+    assert_eq!(
+        (denied["reason"].as_str(), denied["violated"].clone()),
+        (Some("forbidden"), json!(["country"]))
+    );
+
+    // Without a database the country is unknown: both operators deny.
+    let w = world("nocountry").await;
+    let (_gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    for operator in ["in", "not_in"] {
+        w.app
+            .expect(
+                StatusCode::OK,
+                "PATCH",
+                &format!("/policies/{}", w.policy),
+                Some(json!({"conditions": [
+                    {"property": "country", "operator": operator, "values": ["DE"]}
+                ]})),
+            )
+            .await;
+        client
+            .send(json!({"type": "request_access", "ref": operator, "resource_id": w.resource}))
+            .await;
+        let denied = client.next_of("access_denied").await;
+        assert_eq!(denied["violated"], json!(["country"]), "{operator}");
+    }
+}

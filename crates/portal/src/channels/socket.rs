@@ -270,7 +270,7 @@ async fn register(
             account,
             actor_id: actor_id.unwrap_or_default(),
             device,
-            country: None,
+            country: state.geoip.as_ref().and_then(|g| g.country(remote_ip)),
         },
         _ => Party::Gateway {
             account,
