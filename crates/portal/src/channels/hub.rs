@@ -252,9 +252,14 @@ impl Hub {
                 return;
             }
         };
-        if conn.sender.try_send(Outbound::Text(text)).is_err() {
-            tracing::warn!(conn = id, "channel cannot keep up; disconnecting it");
-            self.doomed.push((id, Some(DisconnectReason::Overloaded)));
+        match conn.sender.try_send(Outbound::Text(text)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn = id, "channel cannot keep up; disconnecting it");
+                self.doomed.push((id, Some(DisconnectReason::Overloaded)));
+            }
+            // The socket is gone; its close event is on the way.
+            Err(mpsc::error::TrySendError::Closed(_)) => self.doomed.push((id, None)),
         }
     }
 

@@ -28,6 +28,8 @@ use crate::store::logs::{self, NewSession};
 const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_BUFFER: usize = 4 * 1024;
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Deserialize, Debug, Default)]
 pub struct ConnectParams {
@@ -188,7 +190,11 @@ async fn join(
         remote_ip,
         sender,
     };
+    // Small buffers: ten thousand idle channels must not cost a gigabyte.
     Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| pump(socket, hub, connection, outbound)))
 }
@@ -294,7 +300,7 @@ async fn pump(
     {
         return;
     }
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
