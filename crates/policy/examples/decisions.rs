@@ -90,7 +90,10 @@ fn main() {
     let started = Instant::now();
     let mut allowed = 0usize;
     for (actor, resource) in &queries {
-        if snapshot.decide(&actors[*actor], *resource, &facts).is_allow() {
+        if snapshot
+            .decide(&actors[*actor], *resource, &facts)
+            .is_allow()
+        {
             allowed += 1;
         }
     }

@@ -28,29 +28,52 @@ fn args() -> Args {
     let mut map = HashMap::new();
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
-        let value = raw.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let value = raw
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         map.insert(flag, value);
     }
-    let get = |name: &str| map.get(name).cloned().unwrap_or_else(|| usage(&format!("{name} is required")));
+    let get = |name: &str| {
+        map.get(name)
+            .cloned()
+            .unwrap_or_else(|| usage(&format!("{name} is required")))
+    };
     Args {
-        portal: get("--portal").parse().unwrap_or_else(|_| usage("--portal takes IP:PORT")),
+        portal: get("--portal")
+            .parse()
+            .unwrap_or_else(|_| usage("--portal takes IP:PORT")),
         token: get("--token"),
-        pid: get("--pid").parse().unwrap_or_else(|_| usage("--pid takes a process id")),
+        pid: get("--pid")
+            .parse()
+            .unwrap_or_else(|_| usage("--pid takes a process id")),
         clients: map
             .get("--clients")
-            .map(|n| n.parse().unwrap_or_else(|_| usage("--clients takes a number")))
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| usage("--clients takes a number"))
+            })
             .unwrap_or(10_000),
     }
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("fanout: {problem}\nusage: fanout --portal IP:PORT --token TOKEN --pid PID [--clients N]");
+    eprintln!(
+        "fanout: {problem}\nusage: fanout --portal IP:PORT --token TOKEN --pid PID [--clients N]"
+    );
     std::process::exit(1)
 }
 
 /// One JSON request over HTTP/1.1 (no client library needed for a benchmark).
-async fn api(portal: SocketAddr, token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let mut stream = tokio::net::TcpStream::connect(portal).await.expect("connect to the portal");
+async fn api(
+    portal: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut stream = tokio::net::TcpStream::connect(portal)
+        .await
+        .expect("connect to the portal");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} /api/v1{path} HTTP/1.1\r\nHost: portal\r\nAuthorization: Bearer {token}\r\n\
@@ -62,7 +85,10 @@ async fn api(portal: SocketAddr, token: &str, method: &str, path: &str, body: Op
     stream.read_to_string(&mut response).await.expect("read");
     let status = response.split(' ').nth(1).unwrap_or("?");
     let payload = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    assert!(status.starts_with('2'), "{method} {path}: {status} {payload}");
+    assert!(
+        status.starts_with('2'),
+        "{method} {path}: {status} {payload}"
+    );
     serde_json::from_str(payload).unwrap_or(Value::Null)
 }
 
@@ -85,14 +111,70 @@ fn id(value: &Value) -> String {
 async fn main() {
     let args = args();
     let (portal, token) = (args.portal, args.token.as_str());
-    let site = id(&api(portal, token, "POST", "/sites", Some(json!({"name": "bench"}))).await);
-    let first = id(&api(portal, token, "POST", "/resources", Some(json!({"name": "a", "type": "cidr", "address": "10.0.0.0/24", "site_id": site}))).await);
-    let second = id(&api(portal, token, "POST", "/resources", Some(json!({"name": "b", "type": "cidr", "address": "10.0.1.0/24", "site_id": site}))).await);
-    let group = id(&api(portal, token, "POST", "/groups", Some(json!({"name": "fleet"}))).await);
-    let robot = id(&api(portal, token, "POST", "/actors", Some(json!({"name": "fleet", "role": "service_account"}))).await);
-    api(portal, token, "PUT", &format!("/groups/{group}/members"), Some(json!({"actor_ids": [robot]}))).await;
-    api(portal, token, "POST", "/policies", Some(json!({"group_id": group, "resource_id": first}))).await;
-    let client_token = api(portal, token, "POST", &format!("/actors/{robot}/tokens"), None).await["token"]
+    let site = id(&api(
+        portal,
+        token,
+        "POST",
+        "/sites",
+        Some(json!({"name": "bench"})),
+    )
+    .await);
+    let first = id(&api(
+        portal,
+        token,
+        "POST",
+        "/resources",
+        Some(json!({"name": "a", "type": "cidr", "address": "10.0.0.0/24", "site_id": site})),
+    )
+    .await);
+    let second = id(&api(
+        portal,
+        token,
+        "POST",
+        "/resources",
+        Some(json!({"name": "b", "type": "cidr", "address": "10.0.1.0/24", "site_id": site})),
+    )
+    .await);
+    let group = id(&api(
+        portal,
+        token,
+        "POST",
+        "/groups",
+        Some(json!({"name": "fleet"})),
+    )
+    .await);
+    let robot = id(&api(
+        portal,
+        token,
+        "POST",
+        "/actors",
+        Some(json!({"name": "fleet", "role": "service_account"})),
+    )
+    .await);
+    api(
+        portal,
+        token,
+        "PUT",
+        &format!("/groups/{group}/members"),
+        Some(json!({"actor_ids": [robot]})),
+    )
+    .await;
+    api(
+        portal,
+        token,
+        "POST",
+        "/policies",
+        Some(json!({"group_id": group, "resource_id": first})),
+    )
+    .await;
+    let client_token = api(
+        portal,
+        token,
+        "POST",
+        &format!("/actors/{robot}/tokens"),
+        None,
+    )
+    .await["token"]
         .as_str()
         .expect("a token")
         .to_string();
@@ -109,9 +191,17 @@ async fn main() {
         let permits = permits.clone();
         tokio::spawn(async move {
             let key = base64::engine::general_purpose::STANDARD.encode([(n % 251) as u8; 32]);
-            let url = format!("ws://{portal}/v1/client?device_id=bench-{n}&public_key={}&name=bench-{n}", key.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"));
+            let url = format!(
+                "ws://{portal}/v1/client?device_id=bench-{n}&public_key={}&name=bench-{n}",
+                key.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D")
+            );
             let mut request = url.into_client_request().expect("a request");
-            request.headers_mut().insert("authorization", format!("Bearer {client_token}").parse().expect("a header"));
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {client_token}").parse().expect("a header"),
+            );
             let permit = permits.acquire().await.expect("semaphore");
             let mut socket = match tokio_tungstenite::connect_async(request).await {
                 Ok((socket, _)) => socket,
@@ -124,7 +214,10 @@ async fn main() {
             loop {
                 match socket.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        assert!(text.contains("\"init\""), "client {n}: first message is not init: {text}");
+                        assert!(
+                            text.contains("\"init\""),
+                            "client {n}: first message is not init: {text}"
+                        );
                         break;
                     }
                     Some(Ok(_)) => continue,
@@ -147,7 +240,10 @@ async fn main() {
         });
     }
     drop(arrivals);
-    if tokio::time::timeout(Duration::from_secs(600), connected.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(600), connected.wait())
+        .await
+        .is_err()
+    {
         eprintln!("fanout: the clients did not all connect within 10 minutes");
         std::process::exit(1);
     }
@@ -169,7 +265,14 @@ async fn main() {
     );
 
     let change = Instant::now();
-    api(portal, token, "POST", "/policies", Some(json!({"group_id": group, "resource_id": second}))).await;
+    api(
+        portal,
+        token,
+        "POST",
+        "/policies",
+        Some(json!({"group_id": group, "resource_id": second})),
+    )
+    .await;
     let api_done = change.elapsed();
     let mut last = change;
     let mut count = 0;

@@ -164,3 +164,107 @@ async fn the_sqlite_file_and_its_directory_are_created_in_wal_mode() {
     store.close().await;
     postern_portal::Store::open(&db.url()).await.unwrap();
 }
+
+/// Hostile bodies never get a 5xx: any JSON at any writing endpoint is a
+/// 2xx or a 4xx problem.
+#[test]
+fn arbitrary_json_never_gets_a_server_error() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = TempDb::new("fuzzjson");
+    let (app, site, group) = runtime.block_on(async {
+        let app = TestApp::open_with(&db.url(), "acme", |state| {
+            state.api_limiter =
+                postern_portal::api::rate_limit::RateLimiter::new(1_000_000, 1_000_000);
+        })
+        .await;
+        let site = id(&app
+            .expect(
+                StatusCode::CREATED,
+                "POST",
+                "/sites",
+                Some(json!({"name": "s"})),
+            )
+            .await);
+        let group = id(&app
+            .expect(
+                StatusCode::CREATED,
+                "POST",
+                "/groups",
+                Some(json!({"name": "g"})),
+            )
+            .await);
+        (app, site, group)
+    });
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just("tcp".to_string()),
+            Just("cidr".to_string()),
+            Just("dns".to_string()),
+            Just("10.0.0.0/8".to_string()),
+            Just("*.example.test".to_string()),
+            Just(site.clone()),
+            Just(group.clone()),
+            Just("MTWRF/09:00-17:00/UTC".to_string()),
+            ".{0,40}",
+        ]
+        .prop_map(serde_json::Value::from),
+    ];
+    let keys = prop_oneof![
+        Just("name".to_string()),
+        Just("type".to_string()),
+        Just("address".to_string()),
+        Just("site_id".to_string()),
+        Just("filters".to_string()),
+        Just("protocol".to_string()),
+        Just("ports".to_string()),
+        Just("group_id".to_string()),
+        Just("resource_id".to_string()),
+        Just("conditions".to_string()),
+        Just("property".to_string()),
+        Just("values".to_string()),
+        Just("email".to_string()),
+        Just("role".to_string()),
+        Just("actor_ids".to_string()),
+        Just("expires_at".to_string()),
+        Just("verified".to_string()),
+        "[a-z_]{1,10}",
+    ];
+    let value = leaf.prop_recursive(4, 32, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map(keys.clone(), inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let endpoints = [
+        ("POST", "/sites".to_string()),
+        ("POST", "/resources".to_string()),
+        ("POST", "/groups".to_string()),
+        ("POST", "/actors".to_string()),
+        ("POST", "/policies".to_string()),
+        ("PATCH", format!("/sites/{site}")),
+        ("PUT", format!("/groups/{group}/members")),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(400));
+    runner
+        .run(&(0..endpoints.len(), value), |(index, body)| {
+            let (method, path) = &endpoints[index];
+            let (status, problem) = runtime.block_on(app.call(method, path, Some(body.clone())));
+            prop_assert!(
+                status.as_u16() < 500,
+                "{method} {path} {body} -> {status} {problem}"
+            );
+            Ok(())
+        })
+        .unwrap();
+}
