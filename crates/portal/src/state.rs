@@ -34,6 +34,8 @@ pub struct AppState {
     pub api_limiter: RateLimiter,
     /// How long a gateway has to confirm an authorization (SPEC: 15 s).
     pub authorize_timeout: std::time::Duration,
+    /// Messages a channel may have queued before it counts as too slow.
+    pub outbound_queue: usize,
     /// Countries for the `country` condition; without it they are unknown.
     pub geoip: Option<crate::geoip::GeoIp>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
@@ -57,6 +59,7 @@ impl AppState {
             api_limiter: RateLimiter::new(100, 20),
             authorize_timeout: crate::channels::hub::AUTHORIZE_TIMEOUT,
             geoip: None,
+            outbound_queue: crate::channels::hub::OUTBOUND_QUEUE,
             changes: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
             hub: OnceLock::new(),

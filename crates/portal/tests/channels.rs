@@ -665,3 +665,260 @@ async fn country_conditions_use_the_geoip_database_and_fail_closed() {
         assert_eq!(denied["violated"], json!(["country"]), "{operator}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_ends_when_the_time_window_closes() {
+    use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+    let w = world("window").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    // Stay clear of midnight, where a window cannot span the day change.
+    let mut now = Timestamp::now().to_zoned_datetime(TimeZone::UTC);
+    let second_of_day = |z: &jiff::ZonedDateTime| {
+        let t = z.time();
+        t.hour() as i64 * 3600 + t.minute() as i64 * 60 + t.second() as i64
+    };
+    if second_of_day(&now) > 86_400 - 15 {
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        now = Timestamp::now().to_zoned_datetime(TimeZone::UTC);
+    }
+    let day = ['M', 'T', 'W', 'R', 'F', 'S', 'U'][now.weekday().to_monday_zero_offset() as usize];
+    let start = (second_of_day(&now) - 60).max(0);
+    let end = second_of_day(&now) + 3;
+    let hms = |s: i64| format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    let window = format!("{day}/{}-{}/UTC", hms(start), hms(end));
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/policies/{}", w.policy),
+            Some(json!({"conditions": [
+                {"property": "time", "values": [window]}
+            ]})),
+        )
+        .await;
+    let (authorize, granted) = w.grant(&mut client, &mut gateway, "w").await;
+    let expires: Timestamp = granted["expires_at"].as_str().unwrap().parse().unwrap();
+    let window_end = now
+        .date()
+        .at(0, 0, 0, 0)
+        .to_zoned_datetime(TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+        + SignedDuration::from_secs(end);
+    assert_eq!(
+        expires, window_end,
+        "access expires exactly at the window's end"
+    );
+    assert_eq!(authorize["expires_at"], granted["expires_at"]);
+    let revoked = client.next_of("access_revoked").await;
+    let late = Timestamp::now().duration_since(window_end);
+    assert!(
+        late < SignedDuration::from_secs(1),
+        "revoked {late:?} after the window closed"
+    );
+    assert_eq!(revoked["resource_id"], json!(w.resource));
+    assert_eq!(
+        gateway.next_of("revoke").await["resource_id"],
+        json!(w.resource)
+    );
+    client
+        .send(json!({"type": "request_access", "ref": "late", "resource_id": w.resource}))
+        .await;
+    assert_eq!(
+        client.next_of("access_denied").await["violated"],
+        json!(["time"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_tokens_bound_access_and_end_the_channel() {
+    let w = world("tokenexp").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    let token = w
+        .app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{}/tokens", w.robot),
+            Some(json!({"expires_at": expires})),
+        )
+        .await;
+    let mut client = Peer::connect(
+        w.addr,
+        "/v1/client",
+        token["token"].as_str().unwrap(),
+        "laptop",
+        &key(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.next().await["type"], "init");
+    let (_, granted) = w.grant(&mut client, &mut gateway, "t").await;
+    let granted_until: jiff::Timestamp = granted["expires_at"].as_str().unwrap().parse().unwrap();
+    let gap = (granted_until - expires).abs();
+    assert!(
+        gap < jiff::SignedDuration::from_millis(1),
+        "no access outlives its token: {granted_until} vs {expires}"
+    );
+    assert_eq!(
+        client.next_of("disconnect").await["reason"],
+        "token_expired"
+    );
+    assert_eq!(
+        gateway.next_of("revoke").await["resource_id"],
+        json!(w.resource)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_are_chosen_by_use_then_load() {
+    let w = world("select").await;
+    let (mut first, first_init) = w.gateway("gw-a", 1).await;
+    let (mut second, second_init) = w.gateway("gw-b", 2).await;
+    let first_ip = first_init["interface"]["ipv4"].clone();
+    let second_ip = second_init["interface"]["ipv4"].clone();
+    let (mut alice, _) = w.client("alice", 3).await;
+    let (mut bob, _) = w.client("bob", 4).await;
+    // Alice goes to whichever; Bob then goes to the other (least loaded).
+    alice
+        .send(json!({"type": "request_access", "ref": "a", "resource_id": w.resource}))
+        .await;
+    let (alice_gateway, alice_gateway_ip) = tokio::select! {
+        m = first.next_of("authorize") => { first.send(json!({"type": "authorized", "ref": m["ref"]})).await; ("a", first_ip.clone()) }
+        m = second.next_of("authorize") => { second.send(json!({"type": "authorized", "ref": m["ref"]})).await; ("b", second_ip.clone()) }
+    };
+    let granted = alice.next_of("access_granted").await;
+    assert_eq!(granted["gateway"]["ipv4"], alice_gateway_ip);
+    bob.send(json!({"type": "request_access", "ref": "b", "resource_id": w.resource}))
+        .await;
+    let bob_on = if alice_gateway == "a" {
+        &mut second
+    } else {
+        &mut first
+    };
+    let authorize = bob_on.next_of("authorize").await;
+    bob_on
+        .send(json!({"type": "authorized", "ref": authorize["ref"]}))
+        .await;
+    let granted = bob.next_of("access_granted").await;
+    assert_ne!(
+        granted["gateway"]["ipv4"], alice_gateway_ip,
+        "the less loaded gateway serves Bob"
+    );
+    // A gateway the client already uses wins over load.
+    let alice_gateway_id = {
+        let gateways = w
+            .app
+            .expect(
+                StatusCode::OK,
+                "GET",
+                &format!("/sites/{}/gateways", w.site),
+                None,
+            )
+            .await;
+        gateways["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["ipv4"] == alice_gateway_ip)
+            .unwrap()["id"]
+            .clone()
+    };
+    for n in 0..4 {
+        bob.send(json!({"type": "request_access", "ref": format!("again{n}"), "resource_id": w.resource, "connected_gateway_ids": [alice_gateway_id]})).await;
+        let on = if alice_gateway == "a" {
+            &mut first
+        } else {
+            &mut second
+        };
+        let authorize = on.next_of("authorize").await;
+        on.send(json!({"type": "authorized", "ref": authorize["ref"]}))
+            .await;
+        assert_eq!(
+            bob.next_of("access_granted").await["gateway"]["id"],
+            alice_gateway_id
+        );
+    }
+    // Every connection is in the session log.
+    let sessions = w.app.expect(StatusCode::OK, "GET", "/sessions", None).await;
+    let kinds: Vec<&str> = sessions["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "client_connect").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "gateway_connect").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(sessions["data"][0]["remote_ip"], "127.0.0.1");
+}
+
+/// On a single-threaded runtime the hub queues a whole change before the
+/// socket task can drain anything, so a queue of two overflows for sure.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_that_cannot_keep_up_is_dropped_alone() {
+    let w = world_with("slow", |state| state.outbound_queue = 2).await;
+    // Three more resources behind three more policies for the robots.
+    let mut policies = Vec::new();
+    for n in 1..=3 {
+        let resource = id(&w.app
+            .expect(StatusCode::CREATED, "POST", "/resources", Some(json!({
+                "name": format!("r{n}"), "type": "ip", "address": format!("10.9.0.{n}"), "site_id": w.site
+            })))
+            .await);
+        policies.push(id(&w
+            .app
+            .expect(
+                StatusCode::CREATED,
+                "POST",
+                "/policies",
+                Some(json!({"group_id": w.group, "resource_id": resource})),
+            )
+            .await));
+    }
+    let (mut slow, init) = w.client("slow", 2).await;
+    assert_eq!(init["resources"].as_array().unwrap().len(), 4);
+    let (mut _gateway, _) = w.gateway("gw-1", 1).await;
+    // Deleting the group removes four resources at once: more than fit.
+    w.app
+        .expect(
+            StatusCode::NO_CONTENT,
+            "DELETE",
+            &format!("/groups/{}", w.group),
+            None,
+        )
+        .await;
+    assert!(
+        slow.closed_within(Duration::from_secs(5)).await,
+        "the overloaded channel is closed"
+    );
+    // Others are not affected, and the device may come back.
+    let (_again, init) = w.client("slow", 2).await;
+    assert_eq!(init["resources"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_site_removes_its_resources_from_clients() {
+    let w = world("sitedelete").await;
+    let (mut client, init) = w.client("laptop", 2).await;
+    assert_eq!(init["resources"].as_array().unwrap().len(), 1);
+    w.app
+        .expect(
+            StatusCode::NO_CONTENT,
+            "DELETE",
+            &format!("/sites/{}", w.site),
+            None,
+        )
+        .await;
+    let removed = client.next_of("resource_removed").await;
+    assert_eq!(removed["id"], json!(w.resource));
+}

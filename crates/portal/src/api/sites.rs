@@ -13,8 +13,9 @@ use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
 use crate::auth::token;
 use crate::domain::{Device, DeviceKind, Site, TokenKind};
+use crate::state::Change;
 use crate::store::tokens::NewToken;
-use crate::store::{Tx, devices, sites, tokens};
+use crate::store::{Tx, devices, resources, sites, tokens};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +144,13 @@ pub async fn remove(
 ) -> ApiResult<impl IntoResponse> {
     let mut tx = state.store.write().await?;
     let site = site_of(&mut tx, &admin, &id).await?;
+    // Its resources go with it: their clients and gateways must hear.
+    let resource_ids: Vec<Uuid> = resources::list(&mut tx, admin.account_id)
+        .await?
+        .into_iter()
+        .filter(|r| r.site_id == site.id)
+        .map(|r| r.id)
+        .collect();
     sites::delete(&mut tx, admin.account_id, site.id).await?;
     record(
         &mut tx,
@@ -154,6 +162,9 @@ pub async fn remove(
     )
     .await?;
     tx.commit().await?;
+    for resource_id in resource_ids {
+        state.changed(admin.account_id, Change::Resource(resource_id));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

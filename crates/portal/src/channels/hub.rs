@@ -198,10 +198,9 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.handle(event).await,
-                    None => break,
-                },
+                // Committed changes first: a request that follows an admin's
+                // change must be decided on the changed graph.
+                biased;
                 change = changes.recv() => match change {
                     Some(first) => {
                         // Apply every change queued so far in one pass.
@@ -211,6 +210,10 @@ impl Hub {
                         }
                         self.apply_changes(batch).await;
                     }
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event).await,
                     None => break,
                 },
                 _ = tick.tick() => self.tick(Instant::now(), Timestamp::now()).await,

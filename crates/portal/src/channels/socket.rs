@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::connect::MAX_MESSAGE;
-use super::hub::{HubEvent, NewConnection, OUTBOUND_QUEUE, Outbound, Party};
+use super::hub::{HubEvent, NewConnection, Outbound, Party};
 use crate::api::problem::Problem;
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
 use crate::state::AppState;
@@ -181,7 +181,7 @@ async fn join(
     };
 
     let id = state.next_connection_id();
-    let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+    let (sender, outbound) = mpsc::channel(state.outbound_queue.max(1));
     let connection = NewConnection {
         id,
         party,
