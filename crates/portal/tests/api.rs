@@ -268,3 +268,10 @@ fn arbitrary_json_never_gets_a_server_error() {
         })
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_sqlite_allocate_distinct_addresses() {
+    let db = TempDb::new("concurrent");
+    let app = TestApp::open(&db.url(), "acme").await;
+    support::concurrent_devices(&app).await;
+}

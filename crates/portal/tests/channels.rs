@@ -353,6 +353,11 @@ async fn requests_fail_closed_when_no_gateway_answers() {
         waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+    // What the gateway never confirmed is taken back.
+    assert_eq!(
+        gateway.next_of("revoke").await["resource_id"],
+        json!(w.resource)
+    );
     // A gateway that disconnects while a request waits: offline at once.
     client
         .send(json!({"type": "request_access", "ref": "3", "resource_id": w.resource}))

@@ -270,12 +270,36 @@ impl Hub {
     pub(super) fn fail_pending(&mut self, reference: &str) {
         if let Some(pending) = self.pending.remove(reference) {
             let resource_id = pending.grant.authorization.resource.id;
+            self.withdraw_pending(&pending.grant);
             self.deny(
                 pending.client_conn,
                 pending.client_ref,
                 resource_id,
                 DenyReason::Offline,
                 vec![],
+            );
+        }
+    }
+
+    /// The gateway may have applied an authorization it never confirmed (or
+    /// confirmed too late): take it back, unless a grant on that same
+    /// gateway still covers the pair.
+    pub(super) fn withdraw_pending(&mut self, grant: &Grant) {
+        let key = (grant.client_device, grant.authorization.resource.id);
+        if self
+            .grants
+            .get(&key)
+            .is_some_and(|g| g.gateway_device == grant.gateway_device)
+        {
+            return;
+        }
+        if let Some(&gateway) = self.gateways.get(&grant.gateway_device) {
+            self.send_gateway(
+                gateway,
+                PortalToGateway::Revoke {
+                    client_id: key.0,
+                    resource_id: key.1,
+                },
             );
         }
     }

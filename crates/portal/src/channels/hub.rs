@@ -316,7 +316,17 @@ impl Hub {
                     self.clients.remove(&client.device.id);
                     self.state.set_client_presence(client.device.id, false);
                 }
-                self.pending.retain(|_, p| p.client_conn != id);
+                let abandoned: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.client_conn == id)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                for reference in abandoned {
+                    if let Some(pending) = self.pending.remove(&reference) {
+                        self.withdraw_pending(&pending.grant);
+                    }
+                }
             }
             ConnKind::Gateway(gateway) => {
                 if self.gateways.get(&gateway.device.id) == Some(&id) {

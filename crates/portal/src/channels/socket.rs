@@ -162,18 +162,29 @@ async fn join(
                 .unwrap_or_else(|| device_id.clone());
             let os = text_param("os", params.os.as_deref(), false, 64)?;
             let version = text_param("version", params.version.as_deref(), false, 64)?;
-            let party = register(
-                &state,
-                &token,
-                kind,
-                &device_id,
-                &name,
-                os.as_deref(),
-                version.as_deref(),
-                remote_ip,
-                user_agent.as_deref(),
-            )
-            .await?
+            // Two devices joining at once may pick the same address index; the
+            // unique index refuses one, which tries again.
+            let mut attempts = 0;
+            let party = loop {
+                match register(
+                    &state,
+                    &token,
+                    kind,
+                    &device_id,
+                    &name,
+                    os.as_deref(),
+                    version.as_deref(),
+                    remote_ip,
+                    user_agent.as_deref(),
+                )
+                .await
+                {
+                    Err(problem) if problem.status == StatusCode::CONFLICT && attempts < 3 => {
+                        attempts += 1
+                    }
+                    other => break other,
+                }
+            }?
             .ok_or_else(invalid)?;
             (party, public_key.to_string())
         }

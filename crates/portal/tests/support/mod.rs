@@ -186,3 +186,56 @@ impl TestApp {
 pub fn id(value: &Value) -> String {
     value["id"].as_str().expect("an id").to_string()
 }
+
+/// Many devices connecting at once each get their own tunnel addresses.
+pub async fn concurrent_devices(app: &TestApp) {
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = app.state.store.clone();
+        let admin = app.admin_id;
+        let account = app.account_id;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let mut tx = store.write().await.unwrap();
+                let name = format!("device-{n}");
+                let connecting = postern_portal::store::devices::Connecting {
+                    kind: postern_portal::domain::DeviceKind::Client,
+                    actor_id: Some(admin),
+                    site_id: None,
+                    device_id: &name,
+                    name: &name,
+                    os: Some("linux"),
+                    version: None,
+                    remote_ip: None,
+                };
+                match postern_portal::store::devices::upsert_on_connect(
+                    &mut tx,
+                    account,
+                    &connecting,
+                    0,
+                )
+                .await
+                {
+                    Ok(device) => match tx.commit().await {
+                        Ok(()) => return device,
+                        Err(_) => continue,
+                    },
+                    // Two writers picked the same index: the unique index
+                    // refused one, which retries.
+                    Err(postern_portal::StoreError::Conflict(_)) => continue,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }));
+    }
+    let mut v4 = std::collections::BTreeSet::new();
+    for task in tasks {
+        let device = task.await.unwrap();
+        assert!(
+            v4.insert(device.ipv4),
+            "address {} given twice",
+            device.ipv4
+        );
+    }
+    assert_eq!(v4.len(), 20);
+}
