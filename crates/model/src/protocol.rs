@@ -278,6 +278,30 @@ pub enum PortalToRelay {
     },
 }
 
+/// The fuzz entry point (crates/model/fuzz): every message kind is parsed
+/// from `data`; what parses must serialize and parse back to itself. Returns
+/// how many kinds parsed it.
+pub fn fuzz_one(data: &[u8]) -> usize {
+    fn round_trip<T>(data: &[u8]) -> usize
+    where
+        T: serde::de::DeserializeOwned + Serialize + PartialEq + std::fmt::Debug,
+    {
+        let Ok(message) = serde_json::from_slice::<T>(data) else {
+            return 0;
+        };
+        let text = serde_json::to_vec(&message).expect("a parsed message serializes");
+        let again: T = serde_json::from_slice(&text).expect("a serialized message parses");
+        assert_eq!(again, message);
+        1
+    }
+    round_trip::<PortalToClient>(data)
+        + round_trip::<ClientToPortal>(data)
+        + round_trip::<PortalToGateway>(data)
+        + round_trip::<GatewayToPortal>(data)
+        + round_trip::<RelayToPortal>(data)
+        + round_trip::<PortalToRelay>(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -927,3 +927,62 @@ async fn deleting_a_site_removes_its_resources_from_clients() {
     let removed = client.next_of("resource_removed").await;
     assert_eq!(removed["id"], json!(w.resource));
 }
+
+/// Random and hostile frames on a live channel get error frames (or are
+/// ignored), never take the portal down, and the channel keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_do_not_break_the_channel() {
+    let w = world("hostile").await;
+    let (mut gateway, _) = w.gateway("gw-1", 1).await;
+    let (mut client, _) = w.client("laptop", 2).await;
+    let mut frames: Vec<String> = vec![
+        String::new(),
+        "null".into(),
+        "[]".into(),
+        "\"text\"".into(),
+        "{\"type\": 7}".into(),
+        "{\"type\": \"request_access\"}".into(),
+        "{\"type\": \"request_access\", \"ref\": 1, \"resource_id\": \"x\"}".into(),
+        format!(
+            "{{\"type\": \"request_access\", \"ref\": \"{}\", \"resource_id\": \"{}\"}}",
+            "r".repeat(60_000),
+            w.resource
+        ),
+        format!(
+            "{{\"type\": \"ice_candidates\", \"peer_id\": \"{}\", \"candidates\": [{}]}}",
+            uuid::Uuid::new_v4(),
+            vec!["\"c\""; 1000].join(",")
+        ),
+        "{\"type\": \"authorized\", \"ref\": \"p999\"}".into(),
+        "{".repeat(10_000),
+        "\u{0}\u{1}\u{2}".into(),
+    ];
+    // A little deterministic noise too.
+    let mut seed = 0x2545_f491u32;
+    for _ in 0..50 {
+        let length = (seed % 200) as usize;
+        let mut frame = String::new();
+        for _ in 0..length {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            frame.push(b"{}[]\":,0123abc truelnul\\"[(seed % 24) as usize] as char);
+        }
+        frames.push(frame);
+    }
+    for frame in &frames {
+        client.send_raw(frame).await;
+        gateway.send_raw(frame).await;
+    }
+    // Both channels still work: a request goes through.
+    client
+        .send(json!({"type": "request_access", "ref": "after", "resource_id": w.resource}))
+        .await;
+    let authorize = gateway.next_of("authorize").await;
+    gateway
+        .send(json!({"type": "authorized", "ref": authorize["ref"]}))
+        .await;
+    let granted = client.next_of("access_granted").await;
+    // (Compared as a bool: a failure must not print a 60 KB ref.)
+    assert!(granted["ref"] == "after", "an oversized ref was honoured");
+}

@@ -17,6 +17,9 @@ use super::evaluation::earliest;
 use super::hub::{ConnId, ConnKind, Grant, Hub, Pending};
 use super::keys::PairIds;
 
+/// Refs are the sender's labels; a long one is abuse, not a label.
+const MAX_REF: usize = 128;
+
 impl Hub {
     pub(super) fn client_message(&mut self, id: ConnId, message: ClientToPortal) {
         match message {
@@ -24,7 +27,17 @@ impl Hub {
                 reference,
                 resource_id,
                 connected_gateway_ids,
-            } => self.request_access(id, reference, resource_id, &connected_gateway_ids),
+            } => {
+                if reference.len() > MAX_REF || connected_gateway_ids.len() > 64 {
+                    self.error(
+                        id,
+                        None,
+                        format!("ref longer than {MAX_REF} bytes or too many gateway ids"),
+                    );
+                    return;
+                }
+                self.request_access(id, reference, resource_id, &connected_gateway_ids)
+            }
             ClientToPortal::IceCandidates {
                 peer_id,
                 candidates,
@@ -38,7 +51,12 @@ impl Hub {
 
     pub(super) fn gateway_message(&mut self, id: ConnId, message: GatewayToPortal) {
         match message {
-            GatewayToPortal::Authorized { reference } => self.authorized(id, &reference),
+            GatewayToPortal::Authorized { reference } if reference.len() <= MAX_REF => {
+                self.authorized(id, &reference)
+            }
+            GatewayToPortal::Authorized { .. } => {
+                self.error(id, None, format!("ref longer than {MAX_REF} bytes"))
+            }
             GatewayToPortal::IceCandidates {
                 peer_id,
                 candidates,
