@@ -81,13 +81,7 @@ pub async fn update(conn: &mut Conn, account: Uuid, actor: &Actor, now_ms: i64) 
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM actors WHERE account_id = $1 AND id = $2")
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(done.rows_affected() > 0)
+    super::delete_scoped(conn, "actors", account, id).await
 }
 
 /// Enabled admins of the account: the API refuses to remove the last one.

@@ -89,13 +89,7 @@ pub async fn rename(
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM groups WHERE account_id = $1 AND id = $2")
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(done.rows_affected() > 0)
+    super::delete_scoped(conn, "groups", account, id).await
 }
 
 /// Members of a group; for `Everyone`, every user and admin.

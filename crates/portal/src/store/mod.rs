@@ -195,6 +195,24 @@ fn normalize_url(url: &str) -> Result<(Engine, String)> {
     ))
 }
 
+/// Deletes one row of an account-scoped table; `table` is one of ours,
+/// never input. Whether a row was deleted.
+pub(crate) async fn delete_scoped(
+    conn: &mut Conn,
+    table: &'static str,
+    account: Uuid,
+    id: Uuid,
+) -> Result<bool> {
+    let sql = format!("DELETE FROM {table} WHERE account_id = $1 AND id = $2");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// Maps a database error on a write to what the caller should report.
 pub(crate) fn classify(error: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &error {

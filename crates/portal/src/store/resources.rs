@@ -113,11 +113,5 @@ pub async fn update(
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM resources WHERE account_id = $1 AND id = $2")
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(done.rows_affected() > 0)
+    super::delete_scoped(conn, "resources", account, id).await
 }
