@@ -33,7 +33,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::channels::start(state.clone());
+    crate::channels::start(state.clone())
+        .await
+        .map_err(std::io::Error::other)?;
     // Channel messages are small and latency matters (revocations): no Nagle.
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {

@@ -11,7 +11,8 @@ use crate::store::Store;
 
 /// What a committed change touched, so continuous evaluation (F15)
 /// re-evaluates only the clients it can affect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "ids", rename_all = "snake_case")]
 pub enum Change {
     /// A resource was created, changed or deleted.
     Resource(Uuid),
@@ -26,6 +27,9 @@ pub enum Change {
     ClientDeleted(Uuid),
     /// A token was revoked.
     TokenRevoked(Uuid),
+    /// Anything may have changed (a node missed cluster messages):
+    /// re-evaluate every client of the account.
+    Everything,
 }
 
 pub struct AppState {

@@ -47,6 +47,9 @@ pub struct ResourcePatch {
     pub address_description: Option<String>,
 }
 
+/// Filters travel in every authorization; keep them a list, not a novel.
+const MAX_FILTERS: usize = 32;
+
 pub(crate) async fn resource_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Resource> {
     resources::get(tx, admin.account_id, parse_id(id)?)
         .await?
@@ -59,6 +62,12 @@ async fn validate(tx: &mut Tx, admin: &Admin, resource: &mut Resource) -> ApiRes
     let address = ResourceAddress::parse(resource.kind, resource.address.as_deref())
         .map_err(|e| Problem::invalid("address", e))?;
     resource.address = address.to_text();
+    if resource.filters.len() > MAX_FILTERS {
+        return Err(Problem::invalid(
+            "filters",
+            format!("at most {MAX_FILTERS} filters"),
+        ));
+    }
     if sites::get(tx, admin.account_id, resource.site_id)
         .await?
         .is_none()

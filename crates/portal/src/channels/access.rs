@@ -1,7 +1,8 @@
 //! Access on first packet (F16, F20): `request_access` -> policy decision ->
 //! gateway selection -> `authorize` -> the gateway's `authorized` ->
 //! `access_granted`; 15 s without an answer fails closed. Also relays ICE
-//! candidates between the two ends of a pair.
+//! candidates between the two ends of a pair. The gateway may be connected to
+//! another portal node: `routing` carries the messages there.
 
 use std::time::Instant;
 
@@ -14,11 +15,17 @@ use postern_policy::{Decision, Denial, Facts};
 use uuid::Uuid;
 
 use super::evaluation::earliest;
-use super::hub::{ConnId, ConnKind, Grant, Hub, Pending};
+use super::hub::{ConnId, ConnKind, GatewayRoute, Grant, Hub, Pending};
 use super::keys::PairIds;
 
 /// Refs are the sender's labels; a long one is abuse, not a label.
 const MAX_REF: usize = 128;
+
+/// A gateway picked for a request.
+pub(super) struct Chosen {
+    pub route: GatewayRoute,
+    pub peer: Peer,
+}
 
 impl Hub {
     pub(super) fn client_message(&mut self, id: ConnId, message: ClientToPortal) {
@@ -52,7 +59,7 @@ impl Hub {
     pub(super) fn gateway_message(&mut self, id: ConnId, message: GatewayToPortal) {
         match message {
             GatewayToPortal::Authorized { reference } if reference.len() <= MAX_REF => {
-                self.authorized(id, &reference)
+                self.local_authorized(id, &reference)
             }
             GatewayToPortal::Authorized { .. } => {
                 self.error(id, None, format!("ref longer than {MAX_REF} bytes"))
@@ -134,7 +141,7 @@ impl Hub {
         };
         // Token expiry bounds every authorization made under the token.
         let expires_at = earliest(expires_at, conn.token_expires);
-        let Some(gateway_conn) = self.select_gateway(account, resource.site_id, connected) else {
+        let Some(chosen) = self.select_gateway(account, resource.site_id, connected) else {
             self.deny(id, reference, resource_id, DenyReason::Offline, vec![]);
             return;
         };
@@ -142,15 +149,11 @@ impl Hub {
         let ConnKind::Client(client) = &conn.kind else {
             return;
         };
-        let gateway = &self.conns[&gateway_conn];
-        let ConnKind::Gateway(gateway_kind) = &gateway.kind else {
-            return;
-        };
         let pair = PairIds {
             client: client.device.id,
             client_key: &conn.public_key,
-            gateway: gateway_kind.device.id,
-            gateway_key: &gateway.public_key,
+            gateway: chosen.peer.id,
+            gateway_key: &chosen.peer.public_key,
         };
         let authorization = Authorization {
             client: Peer {
@@ -168,8 +171,8 @@ impl Hub {
             account,
             actor_id: client.actor_id,
             client_device: client.device.id,
-            gateway_device: gateway_kind.device.id,
-            gateway_key: gateway.public_key.clone(),
+            gateway_device: chosen.peer.id,
+            gateway_key: chosen.peer.public_key.clone(),
             authorization: authorization.clone(),
             remote_ip: conn.remote_ip,
             country: client.country.clone(),
@@ -179,19 +182,21 @@ impl Hub {
             token_id: conn.token_id,
             token_expires: conn.token_expires,
         };
+        let gateway_device = chosen.peer.id;
         let portal_ref = self.next_ref();
         self.pending.insert(
             portal_ref.clone(),
             Pending {
                 client_conn: id,
                 client_ref: reference,
-                gateway_conn,
+                gateway: chosen.route,
+                gateway_peer: chosen.peer,
                 deadline: Instant::now() + self.state.authorize_timeout,
                 grant,
             },
         );
-        self.send_gateway(
-            gateway_conn,
+        self.deliver_to_gateway(
+            gateway_device,
             PortalToGateway::Authorize {
                 reference: portal_ref,
                 authorization: Box::new(authorization),
@@ -199,74 +204,105 @@ impl Hub {
         );
     }
 
-    /// Among the site's online gateways: one the client already uses, else
-    /// the least loaded, ties broken at random (F20).
-    fn select_gateway(&mut self, account: Uuid, site: Uuid, connected: &[Uuid]) -> Option<ConnId> {
-        let mut candidates: Vec<(ConnId, Uuid)> = self
-            .gateways
-            .iter()
-            .filter_map(|(device, conn_id)| {
-                let conn = self.conns.get(conn_id)?;
-                match &conn.kind {
-                    ConnKind::Gateway(g) if conn.account == Some(account) && g.site_id == site => {
-                        Some((*conn_id, *device))
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
-        candidates.sort_unstable();
-        if let Some(preferred) = candidates
-            .iter()
-            .find(|(_, device)| connected.contains(device))
-        {
-            return Some(preferred.0);
+    /// Among the site's online gateways (on any portal node): one the client
+    /// already uses, else the least loaded, ties broken at random (F20).
+    fn select_gateway(&mut self, account: Uuid, site: Uuid, connected: &[Uuid]) -> Option<Chosen> {
+        let mut candidates: Vec<(Chosen, u64)> = Vec::new();
+        for conn_id in self.gateways.values() {
+            let Some(conn) = self.conns.get(conn_id) else {
+                continue;
+            };
+            if let ConnKind::Gateway(g) = &conn.kind
+                && conn.account == Some(account)
+                && g.site_id == site
+            {
+                let peer = Peer {
+                    id: g.device.id,
+                    public_key: conn.public_key.clone(),
+                    ipv4: g.device.ipv4,
+                    ipv6: g.device.ipv6,
+                };
+                candidates.push((
+                    Chosen {
+                        route: GatewayRoute::Local(*conn_id),
+                        peer,
+                    },
+                    self.gateway_load(g.device.id),
+                ));
+            }
         }
-        let loads: Vec<u64> = candidates
+        for remote in self.remote_gateways.values() {
+            let info = &remote.info;
+            if info.account == account
+                && info.site_id == site
+                && !self.gateways.contains_key(&info.device)
+            {
+                candidates.push((
+                    Chosen {
+                        route: GatewayRoute::Remote(remote.node),
+                        peer: Peer {
+                            id: info.device,
+                            public_key: info.public_key.clone(),
+                            ipv4: info.ipv4,
+                            ipv6: info.ipv6,
+                        },
+                    },
+                    info.load.max(self.gateway_load(info.device)),
+                ));
+            }
+        }
+        candidates.sort_by_key(|(chosen, _)| chosen.peer.id);
+        if let Some(index) = candidates
             .iter()
-            .map(|(_, d)| self.gateway_load(*d))
-            .collect();
-        let least = *loads.iter().min()?;
-        let tied: Vec<ConnId> = candidates
-            .iter()
-            .zip(&loads)
-            .filter(|(_, load)| **load == least)
-            .map(|((conn, _), _)| *conn)
+            .position(|(chosen, _)| connected.contains(&chosen.peer.id))
+        {
+            return Some(candidates.swap_remove(index).0);
+        }
+        let least = candidates.iter().map(|(_, load)| *load).min()?;
+        let mut tied: Vec<Chosen> = candidates
+            .into_iter()
+            .filter(|(_, load)| *load == least)
+            .map(|(chosen, _)| chosen)
             .collect();
         let pick = self.random(tied.len());
-        tied.get(pick).copied()
+        Some(tied.swap_remove(pick))
     }
 
-    fn authorized(&mut self, gateway_conn: ConnId, reference: &str) {
-        let Some(pending) = self.pending.get(reference) else {
-            // Late (already timed out) or unknown: nothing to do.
+    /// `authorized` from a gateway connected here: for a request of this
+    /// node, or of the node that forwarded it.
+    fn local_authorized(&mut self, gateway_conn: ConnId, reference: &str) {
+        if let Some(origin) = self.remote_pending.remove(reference) {
+            self.publish(super::cluster::ClusterMessage::Authorized {
+                from: self.node,
+                to: origin,
+                reference: reference.to_string(),
+            });
             return;
-        };
-        if pending.gateway_conn != gateway_conn {
-            self.error(
+        }
+        match self.pending.get(reference) {
+            // Late (already timed out) or a resync: nothing to do.
+            None => {}
+            Some(pending) if pending.gateway == GatewayRoute::Local(gateway_conn) => {
+                self.authorized(reference)
+            }
+            Some(_) => self.error(
                 gateway_conn,
                 Some(reference.to_string()),
                 "unknown ref".to_string(),
-            );
-            return;
+            ),
         }
+    }
+
+    /// The gateway confirmed: the client hears `access_granted`.
+    pub(super) fn authorized(&mut self, reference: &str) {
         let Some(pending) = self.pending.remove(reference) else {
             return;
         };
         let grant = pending.grant;
-        let gateway = &self.conns[&gateway_conn];
-        let ConnKind::Gateway(gateway_kind) = &gateway.kind else {
-            return;
-        };
         let granted = PortalToClient::AccessGranted {
             reference: pending.client_ref,
             resource_id: grant.authorization.resource.id,
-            gateway: Peer {
-                id: gateway_kind.device.id,
-                public_key: gateway.public_key.clone(),
-                ipv4: gateway_kind.device.ipv4,
-                ipv6: gateway_kind.device.ipv6,
-            },
+            gateway: pending.gateway_peer,
             preshared_key: grant.authorization.preshared_key.clone(),
             ice: grant.authorization.ice.clone(),
             expires_at: grant.authorization.expires_at,
@@ -311,19 +347,18 @@ impl Hub {
         {
             return;
         }
-        if let Some(&gateway) = self.gateways.get(&grant.gateway_device) {
-            self.send_gateway(
-                gateway,
-                PortalToGateway::Revoke {
-                    client_id: key.0,
-                    resource_id: key.1,
-                },
-            );
-        }
+        self.deliver_to_gateway(
+            grant.gateway_device,
+            PortalToGateway::Revoke {
+                client_id: key.0,
+                resource_id: key.1,
+            },
+        );
     }
 
     /// Passes candidates to the peer, only between the two ends of a grant
-    /// or a pending request.
+    /// or a pending request (or, for a gateway here, of a pair another node
+    /// made).
     fn forward_candidates(
         &mut self,
         from: ConnId,
@@ -344,9 +379,6 @@ impl Hub {
                 if !self.paired(me, peer_device) {
                     return;
                 }
-                let Some(&target) = self.gateways.get(&peer_device) else {
-                    return;
-                };
                 let message = if removed {
                     PortalToGateway::IceCandidatesRemoved {
                         peer_id: me,
@@ -358,16 +390,10 @@ impl Hub {
                         candidates,
                     }
                 };
-                self.send_gateway(target, message);
+                self.deliver_to_gateway(peer_device, message);
             }
             ConnKind::Gateway(gateway) => {
                 let me = gateway.device.id;
-                if !self.paired(peer_device, me) {
-                    return;
-                }
-                let Some(&target) = self.clients.get(&peer_device) else {
-                    return;
-                };
                 let message = if removed {
                     PortalToClient::IceCandidatesRemoved {
                         peer_id: me,
@@ -379,7 +405,13 @@ impl Hub {
                         candidates,
                     }
                 };
-                self.send_client(target, message);
+                if self.paired(peer_device, me) {
+                    if let Some(&target) = self.clients.get(&peer_device) {
+                        self.send_client(target, message);
+                    }
+                } else if let Some(&node) = self.remote_pairs.get(&(peer_device, me)) {
+                    self.deliver_to_remote_client(node, peer_device, message);
+                }
             }
             ConnKind::Relay(_) => {}
         }

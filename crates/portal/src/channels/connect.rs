@@ -154,7 +154,14 @@ impl Hub {
                     },
                 );
                 self.gateways.insert(device_id, id);
+                self.remote_gateways.remove(&device_id);
                 self.refresh_gateway_presence(device_id);
+                if let Some(gateway) = self.announcement(device_id) {
+                    self.publish(super::cluster::ClusterMessage::GatewayUp {
+                        from: self.node,
+                        gateway,
+                    });
+                }
                 self.send_gateway(
                     id,
                     PortalToGateway::Init {

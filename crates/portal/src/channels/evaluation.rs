@@ -93,6 +93,24 @@ impl Hub {
                     self.resource_updated(after);
                 }
             }
+            Change::Everything => {
+                let actors: Vec<Uuid> = self.accounts[&account].actors.keys().copied().collect();
+                self.devices_of_actors(account, &actors, affected);
+                // Actors gone from the graph still hold connections and grants.
+                for conn in self.conns.values() {
+                    if let ConnKind::Client(client) = &conn.kind
+                        && conn.account == Some(account)
+                    {
+                        affected.insert(client.device.id);
+                    }
+                }
+                affected.extend(
+                    self.grants
+                        .values()
+                        .filter(|g| g.account == account)
+                        .map(|g| g.client_device),
+                );
+            }
             Change::Groups(groups) => {
                 let actors = self.accounts[&account].members_of(groups);
                 self.devices_of_actors(account, &actors, affected);
@@ -184,14 +202,12 @@ impl Hub {
         gateways.sort_unstable();
         gateways.dedup();
         for gateway in gateways {
-            if let Some(&conn) = self.gateways.get(&gateway) {
-                self.send_gateway(
-                    conn,
-                    PortalToGateway::ResourceUpdated {
-                        resource: resource.clone(),
-                    },
-                );
-            }
+            self.deliver_to_gateway(
+                gateway,
+                PortalToGateway::ResourceUpdated {
+                    resource: resource.clone(),
+                },
+            );
         }
     }
 
@@ -277,16 +293,14 @@ impl Hub {
         }
         // The gateway enforces expiry too: give it the new one.
         for (gateway, authorization) in extended {
-            if let Some(&conn) = self.gateways.get(&gateway) {
-                let reference = self.next_ref();
-                self.send_gateway(
-                    conn,
-                    PortalToGateway::Authorize {
-                        reference,
-                        authorization: Box::new(authorization),
-                    },
-                );
-            }
+            let reference = self.next_ref();
+            self.deliver_to_gateway(
+                gateway,
+                PortalToGateway::Authorize {
+                    reference,
+                    authorization: Box::new(authorization),
+                },
+            );
         }
     }
 
@@ -296,15 +310,13 @@ impl Hub {
             return;
         };
         let (client_device, resource_id) = key;
-        if let Some(&gateway) = self.gateways.get(&grant.gateway_device) {
-            self.send_gateway(
-                gateway,
-                PortalToGateway::Revoke {
-                    client_id: client_device,
-                    resource_id,
-                },
-            );
-        }
+        self.deliver_to_gateway(
+            grant.gateway_device,
+            PortalToGateway::Revoke {
+                client_id: client_device,
+                resource_id,
+            },
+        );
         if let Some(&client) = self.clients.get(&client_device) {
             self.send_client(client, PortalToClient::AccessRevoked { resource_id });
         }
@@ -325,6 +337,7 @@ impl Hub {
 
     /// Timeouts, expiries and credential renewal.
     pub(super) async fn tick(&mut self, now: Instant, wall: Timestamp) {
+        self.cluster_tick(now);
         let overdue: Vec<String> = self
             .pending
             .iter()

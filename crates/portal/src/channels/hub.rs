@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::cluster::{ClusterMessage, GatewayAnnouncement, RelayAnnouncement};
 use super::graph::AccountGraph;
 use super::keys::PairSecrets;
 use crate::domain::{Device, TokenRecord};
@@ -72,8 +73,17 @@ pub struct NewConnection {
 #[derive(Debug)]
 pub enum HubEvent {
     Connected(Box<NewConnection>),
-    Message { id: ConnId, text: String },
-    Closed { id: ConnId },
+    Message {
+        id: ConnId,
+        text: String,
+    },
+    Closed {
+        id: ConnId,
+    },
+    /// From another portal node.
+    Cluster(Box<ClusterMessage>),
+    /// The cluster listener reconnected: messages may have been lost.
+    ClusterResync,
 }
 
 /// A connected channel.
@@ -135,13 +145,42 @@ pub(super) struct Grant {
     pub token_expires: Option<Timestamp>,
 }
 
+/// Where a gateway is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GatewayRoute {
+    Local(ConnId),
+    /// On another portal node.
+    Remote(Uuid),
+}
+
 /// An access request waiting for the gateway's `authorized`.
 pub(super) struct Pending {
     pub client_conn: ConnId,
     pub client_ref: String,
-    pub gateway_conn: ConnId,
+    pub gateway: GatewayRoute,
+    pub gateway_peer: postern_model::protocol::Peer,
     pub deadline: Instant,
     pub grant: Grant,
+}
+
+/// A gateway another portal node serves.
+pub(super) struct RemoteGateway {
+    pub node: Uuid,
+    pub info: GatewayAnnouncement,
+}
+
+/// A relay registered with another portal node.
+pub(super) struct RemoteRelay {
+    pub node: Uuid,
+    pub relay: RelayAnnouncement,
+}
+
+/// Secrets every portal node shares (from the store's settings).
+pub struct HubSecrets {
+    /// Key for the pair secrets (preshared keys, ICE credentials).
+    pub pair_secret: [u8; 32],
+    /// The TURN REST shared secret relays get.
+    pub turn_secret: String,
 }
 
 pub struct Hub {
@@ -154,6 +193,17 @@ pub struct Hub {
     pub(super) pending: HashMap<String, Pending>,
     pub(super) pair_secrets: PairSecrets,
     pub(super) turn_secret: String,
+    /// This portal node.
+    pub(super) node: Uuid,
+    pub(super) cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+    pub(super) remote_gateways: HashMap<Uuid, RemoteGateway>,
+    pub(super) remote_relays: HashMap<Uuid, RemoteRelay>,
+    /// Authorizations forwarded to a gateway here: ref -> the asking node.
+    pub(super) remote_pending: HashMap<String, Uuid>,
+    /// (client, gateway here) -> the client's node, for its candidates.
+    pub(super) remote_pairs: HashMap<(Uuid, Uuid), Uuid>,
+    pub(super) nodes_seen: HashMap<Uuid, Instant>,
+    pub(super) last_heartbeat: Instant,
     next_ref: u64,
     rng: u64,
     /// Connections to close after the current event.
@@ -161,17 +211,17 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(
+        state: Arc<AppState>,
+        secrets: HubSecrets,
+        node: Uuid,
+        cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+    ) -> Self {
         let mut seed = [0u8; 8];
-        let mut secret = [0u8; 32];
-        let mut turn = [0u8; 24];
-        for buf in [&mut seed[..], &mut secret[..], &mut turn[..]] {
-            if let Err(error) = crate::auth::token::random_bytes(buf) {
-                // Without randomness the portal must not hand out secrets.
-                panic!("cannot seed the channel hub: {error}");
-            }
+        if let Err(error) = crate::auth::token::random_bytes(&mut seed) {
+            // Only gateway tie-breaking uses it; a fixed seed still works.
+            tracing::warn!(%error, "no randomness for gateway selection");
         }
-        use base64::Engine as _;
         Hub {
             state,
             accounts: HashMap::new(),
@@ -180,8 +230,16 @@ impl Hub {
             gateways: HashMap::new(),
             grants: HashMap::new(),
             pending: HashMap::new(),
-            pair_secrets: PairSecrets::new(secret),
-            turn_secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(turn),
+            pair_secrets: PairSecrets::new(secrets.pair_secret),
+            turn_secret: secrets.turn_secret,
+            node,
+            cluster,
+            remote_gateways: HashMap::new(),
+            remote_relays: HashMap::new(),
+            remote_pending: HashMap::new(),
+            remote_pairs: HashMap::new(),
+            nodes_seen: HashMap::new(),
+            last_heartbeat: Instant::now(),
             next_ref: 0,
             rng: u64::from_le_bytes(seed) | 1,
             doomed: Vec::new(),
@@ -208,6 +266,13 @@ impl Hub {
                         while let Ok(more) = changes.try_recv() {
                             batch.push(more);
                         }
+                        for (account, change) in &batch {
+                            self.publish(ClusterMessage::Change {
+                                from: self.node,
+                                account: *account,
+                                change: change.clone(),
+                            });
+                        }
                         self.apply_changes(batch).await;
                     }
                     None => break,
@@ -227,12 +292,15 @@ impl Hub {
             HubEvent::Connected(connection) => self.connected(*connection).await,
             HubEvent::Message { id, text } => self.message(id, &text).await,
             HubEvent::Closed { id } => self.closed(id),
+            HubEvent::Cluster(message) => self.cluster_message(*message).await,
+            HubEvent::ClusterResync => self.resync().await,
         }
     }
 
     pub(super) fn next_ref(&mut self) -> String {
         self.next_ref += 1;
-        format!("p{}", self.next_ref)
+        // Unique across portal nodes: replies may come back through another.
+        format!("{}-{}", &self.node.simple().to_string()[..8], self.next_ref)
     }
 
     /// xorshift64*: picks among equally good gateways; needs no quality.
@@ -332,12 +400,18 @@ impl Hub {
                 if self.gateways.get(&gateway.device.id) == Some(&id) {
                     self.gateways.remove(&gateway.device.id);
                     self.state.set_gateway_presence(gateway.device.id, None);
+                    self.publish(ClusterMessage::GatewayDown {
+                        from: self.node,
+                        device: gateway.device.id,
+                    });
+                    self.remote_pairs
+                        .retain(|(_, g), _| *g != gateway.device.id);
                 }
                 // Requests waiting on it fail closed now rather than in 15 s.
                 let waiting: Vec<String> = self
                     .pending
                     .iter()
-                    .filter(|(_, p)| p.gateway_conn == id)
+                    .filter(|(_, p)| p.gateway == GatewayRoute::Local(id))
                     .map(|(r, _)| r.clone())
                     .collect();
                 for reference in waiting {

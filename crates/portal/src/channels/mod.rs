@@ -4,12 +4,14 @@
 //! selection, ICE candidate relay, presence and continuous evaluation.
 
 mod access;
+pub mod cluster;
 mod connect;
 mod evaluation;
 pub mod graph;
 pub mod hub;
 pub mod keys;
 mod relays;
+mod routing;
 mod socket;
 
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use axum::routing::get;
 use tokio::sync::mpsc;
 
 use crate::state::AppState;
+use crate::store::{Engine, Store, StoreError, settings};
+use uuid::Uuid;
 
 /// Events from all sockets to the hub; a full queue slows the readers, not
 /// the hub.
@@ -31,12 +35,53 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/relay", get(socket::relay))
 }
 
-/// Starts the hub task (once per state).
-pub fn start(state: Arc<AppState>) {
+/// Starts the hub task (once per state). On PostgreSQL the node also joins
+/// the cluster of portal nodes sharing the database.
+pub async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
     let (sender, receiver) = mpsc::channel(HUB_QUEUE);
-    if !state.set_hub(sender) {
-        return;
+    if !state.set_hub(sender.clone()) {
+        return Ok(());
     }
+    let secrets = shared_secrets(&state.store).await?;
+    let node = Uuid::new_v4();
+    let cluster = match state.store.engine() {
+        Engine::Postgres => Some(cluster::connect(state.store.url(), node, sender).await?),
+        Engine::Sqlite => None,
+    };
+    tracing::info!(%node, clustered = cluster.is_some(), "channel hub started");
     let changes = state.subscribe_changes();
-    tokio::spawn(hub::Hub::new(state).run(receiver, changes));
+    tokio::spawn(hub::Hub::new(state, secrets, node, cluster).run(receiver, changes));
+    Ok(())
+}
+
+/// The secrets all nodes must agree on, created by whichever node starts first.
+async fn shared_secrets(store: &Store) -> Result<hub::HubSecrets, StoreError> {
+    use base64::Engine as _;
+    let encoding = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let random = |length: usize| {
+        let mut bytes = vec![0u8; length];
+        crate::auth::token::random_bytes(&mut bytes)
+            .map_err(|e| StoreError::Corrupt {
+                table: "settings",
+                detail: e.to_string(),
+            })
+            .map(|()| encoding.encode(bytes))
+    };
+    let (pair, turn) = (random(32)?, random(24)?);
+    let mut tx = store.write().await?;
+    let pair = settings::get_or_create(&mut tx, "pair_secret", || pair).await?;
+    let turn = settings::get_or_create(&mut tx, "turn_secret", || turn).await?;
+    tx.commit().await?;
+    let pair: [u8; 32] = encoding
+        .decode(&pair)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(StoreError::Corrupt {
+            table: "settings",
+            detail: "pair_secret is not 32 bytes of base64".to_string(),
+        })?;
+    Ok(hub::HubSecrets {
+        pair_secret: pair,
+        turn_secret: turn,
+    })
 }

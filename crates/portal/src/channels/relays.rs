@@ -9,6 +9,7 @@ use postern_model::protocol::{PortalToClient, PortalToGateway, PortalToRelay, Re
 use postern_turn::credentials::{rest_password, rest_username};
 use uuid::Uuid;
 
+use super::cluster::{ClusterMessage, RelayAnnouncement};
 use super::hub::{ConnId, ConnKind, Hub, RELAY_CREDENTIAL_LIFETIME};
 
 impl Hub {
@@ -49,10 +50,38 @@ impl Hub {
         if first {
             self.broadcast_relays(&[relay_id], &[]);
         }
+        self.publish(ClusterMessage::RelayUp {
+            from: self.node,
+            relay: RelayAnnouncement {
+                id: relay_id,
+                addresses: public_addresses
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect(),
+            },
+        });
     }
 
     pub(super) fn relay_gone(&mut self, relay_id: Uuid) {
         self.broadcast_relays(&[], &[relay_id]);
+        self.publish(ClusterMessage::RelayDown {
+            from: self.node,
+            id: relay_id,
+        });
+    }
+
+    /// The relays registered with this node.
+    pub(super) fn local_relays(&self) -> Vec<RelayAnnouncement> {
+        self.conns
+            .values()
+            .filter_map(|conn| match &conn.kind {
+                ConnKind::Relay(relay) if !relay.addresses.is_empty() => Some(RelayAnnouncement {
+                    id: relay.relay_id,
+                    addresses: relay.addresses.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Credentials for every registered relay, for one device.
@@ -67,16 +96,13 @@ impl Hub {
         let username = rest_username(expiry_unix, &device.to_string());
         let password = rest_password(self.turn_secret.as_bytes(), &username);
         let mut relays: Vec<RelayInfo> = self
-            .conns
-            .values()
-            .filter_map(|conn| match &conn.kind {
-                ConnKind::Relay(relay) if !relay.addresses.is_empty() => Some(relay),
-                _ => None,
-            })
-            .filter(|relay| only.is_none_or(|ids| ids.contains(&relay.relay_id)))
+            .local_relays()
+            .into_iter()
+            .chain(self.remote_relays.values().map(|r| r.relay.clone()))
+            .filter(|relay| only.is_none_or(|ids| ids.contains(&relay.id)))
             .map(|relay| RelayInfo {
-                id: relay.relay_id,
-                addresses: relay.addresses.clone(),
+                id: relay.id,
+                addresses: relay.addresses,
                 username: username.clone(),
                 password: password.clone(),
                 expires_at,
@@ -86,7 +112,7 @@ impl Hub {
         relays
     }
 
-    fn broadcast_relays(&mut self, added: &[Uuid], removed: &[Uuid]) {
+    pub(super) fn broadcast_relays(&mut self, added: &[Uuid], removed: &[Uuid]) {
         let targets: Vec<(ConnId, Uuid, bool)> = self
             .conns
             .iter()

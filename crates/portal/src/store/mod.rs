@@ -12,6 +12,7 @@ pub mod groups;
 pub mod logs;
 pub mod policies;
 pub mod resources;
+pub mod settings;
 pub mod sites;
 pub mod tokens;
 
@@ -65,10 +66,20 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The portal's database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// For the PostgreSQL cluster listener; may hold a password.
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -101,13 +112,18 @@ impl Store {
             Engine::Postgres => AnyPoolOptions::new().max_connections(16),
         };
         let pool = pool_options.connect_with(options).await?;
-        let store = Store { pool, engine };
+        let store = Store { pool, engine, url };
         store.migrate().await?;
         Ok(store)
     }
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The connection URL (PostgreSQL LISTEN needs its own connection).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -139,17 +155,36 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let initial = match engine {
-        Engine::Sqlite => include_str!("../../migrations/sqlite/0001_initial.sql"),
-        Engine::Postgres => include_str!("../../migrations/postgres/0001_initial.sql"),
-    };
-    vec![Migration::new(
-        1,
-        Cow::Borrowed("initial"),
-        MigrationType::Simple,
-        sqlx::SqlStr::from_static(initial),
-        false,
-    )]
+    let steps: [(i64, &'static str, &'static str, &'static str); 2] = [
+        (
+            1,
+            "initial",
+            include_str!("../../migrations/sqlite/0001_initial.sql"),
+            include_str!("../../migrations/postgres/0001_initial.sql"),
+        ),
+        (
+            2,
+            "settings",
+            include_str!("../../migrations/sqlite/0002_settings.sql"),
+            include_str!("../../migrations/postgres/0002_settings.sql"),
+        ),
+    ];
+    steps
+        .into_iter()
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = match engine {
+                Engine::Sqlite => sqlite,
+                Engine::Postgres => postgres,
+            };
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect()
 }
 
 /// Accepts `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` and

@@ -81,6 +81,21 @@ impl TestApp {
         }
     }
 
+    /// A second portal node on the same database (PostgreSQL), acting for
+    /// the same account and admin.
+    pub async fn another_node(&self, url: &str) -> TestApp {
+        let store = Store::open(url).await.expect("open the store");
+        let state = Arc::new(AppState::new(store));
+        let router = postern_portal::api::router().with_state(state.clone());
+        TestApp {
+            router,
+            state,
+            token: self.token.clone(),
+            account_id: self.account_id,
+            admin_id: self.admin_id,
+        }
+    }
+
     /// Another account in the same portal, with its own admin token.
     pub async fn second_account(&self, slug: &str) -> String {
         setup::init_account(&self.state.store, slug, "other@example.test")
