@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use support::channel::{Peer, key};
 use support::{TempDb, TestApp, id};
 
-/// An account with a site, a resource, a group with a service account in it,
-/// a policy, a client token for the service account and a gateway token.
+/// A portal on loopback with the seeded account of `support::Seeded`.
 struct World {
     app: TestApp,
     addr: SocketAddr,
@@ -39,82 +38,17 @@ async fn world_with(
     let db = TempDb::new(tag);
     let app = TestApp::open_with(&db.url(), "acme", configure).await;
     let addr = app.serve().await;
-    let site = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/sites",
-            Some(json!({"name": "Office"})),
-        )
-        .await);
-    let resource = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/resources",
-            Some(json!({
-                "name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site,
-                "filters": [{"protocol": "tcp", "ports": "80"}]
-            })),
-        )
-        .await);
-    let group = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/groups",
-            Some(json!({"name": "Robots"})),
-        )
-        .await);
-    let robot = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/actors",
-            Some(json!({"name": "CI", "role": "service_account"})),
-        )
-        .await);
-    app.expect(
-        StatusCode::OK,
-        "PUT",
-        &format!("/groups/{group}/members"),
-        Some(json!({"actor_ids": [robot]})),
-    )
-    .await;
-    let policy = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/policies",
-            Some(json!({"group_id": group, "resource_id": resource})),
-        )
-        .await);
-    let token = app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/actors/{robot}/tokens"),
-            None,
-        )
-        .await;
-    let gateway = app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/sites/{site}/gateway_tokens"),
-            None,
-        )
-        .await;
+    let seeded = support::seed(&app).await;
     World {
         addr,
-        site,
-        resource,
-        group,
-        robot,
-        policy,
-        client_token: token["token"].as_str().unwrap().to_string(),
-        client_token_id: id(&token),
-        gateway_token: gateway["token"].as_str().unwrap().to_string(),
+        site: seeded.site,
+        resource: seeded.resource,
+        group: seeded.group,
+        robot: seeded.robot,
+        policy: seeded.policy,
+        client_token: seeded.client_token,
+        client_token_id: seeded.client_token_id,
+        gateway_token: seeded.gateway_token,
         app,
         _db: db,
     }

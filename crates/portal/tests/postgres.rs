@@ -58,7 +58,6 @@ async fn two_portal_nodes_serve_one_account() {
     use axum::http::StatusCode;
     use serde_json::json;
     use support::channel::{Peer, key};
-    use support::id;
 
     let server = TempPostgres::start_named("cluster");
     let url = server.database("cluster").await;
@@ -67,80 +66,18 @@ async fn two_portal_nodes_serve_one_account() {
     let second = first.another_node(&url).await;
     let second_addr = second.serve().await;
 
-    let site = id(&first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/sites",
-            Some(json!({"name": "Office"})),
-        )
-        .await);
-    let resource = id(&first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/resources",
-            Some(json!({"name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site})),
-        )
-        .await);
-    let group = id(&first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/groups",
-            Some(json!({"name": "Robots"})),
-        )
-        .await);
-    let robot = id(&first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/actors",
-            Some(json!({"name": "CI", "role": "service_account"})),
-        )
-        .await);
-    first
-        .expect(
-            StatusCode::OK,
-            "PUT",
-            &format!("/groups/{group}/members"),
-            Some(json!({"actor_ids": [robot]})),
-        )
-        .await;
-    let policy = id(&first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/policies",
-            Some(json!({"group_id": group, "resource_id": resource})),
-        )
-        .await);
-    let client_token = first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/actors/{robot}/tokens"),
-            None,
-        )
-        .await;
-    let gateway_token = first
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/sites/{site}/gateway_tokens"),
-            None,
-        )
-        .await;
+    let support::Seeded {
+        site,
+        resource,
+        policy,
+        client_token,
+        gateway_token,
+        ..
+    } = support::seed(&first).await;
 
-    let mut gateway = Peer::connect(
-        first_addr,
-        "/v1/gateway",
-        gateway_token["token"].as_str().unwrap(),
-        "gw-1",
-        &key(1),
-    )
-    .await
-    .unwrap();
+    let mut gateway = Peer::connect(first_addr, "/v1/gateway", &gateway_token, "gw-1", &key(1))
+        .await
+        .unwrap();
     assert_eq!(gateway.next().await["type"], "init");
     // The second node learns of the gateway from the first.
     let started = Instant::now();
@@ -163,15 +100,9 @@ async fn two_portal_nodes_serve_one_account() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut client = Peer::connect(
-        second_addr,
-        "/v1/client",
-        client_token["token"].as_str().unwrap(),
-        "laptop",
-        &key(2),
-    )
-    .await
-    .unwrap();
+    let mut client = Peer::connect(second_addr, "/v1/client", &client_token, "laptop", &key(2))
+        .await
+        .unwrap();
     let init = client.next().await;
     assert_eq!(init["resources"][0]["id"], json!(resource));
     client

@@ -254,3 +254,99 @@ pub async fn concurrent_devices(app: &TestApp) {
     }
     assert_eq!(v4.len(), 20);
 }
+
+/// What [`seed`] made, by id (and the tokens).
+pub struct Seeded {
+    pub site: String,
+    pub resource: String,
+    pub group: String,
+    pub robot: String,
+    pub policy: String,
+    pub client_token: String,
+    pub client_token_id: String,
+    pub gateway_token: String,
+}
+
+/// An account with a site, a resource (10.0.0.0/24, tcp/80), a group with a
+/// service account in it, a policy, a client token for the service account
+/// and a gateway token.
+pub async fn seed(app: &TestApp) -> Seeded {
+    use axum::http::StatusCode;
+    use serde_json::json;
+    let site = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/sites",
+            Some(json!({"name": "Office"})),
+        )
+        .await);
+    let resource = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/resources",
+            Some(json!({
+                "name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site,
+                "filters": [{"protocol": "tcp", "ports": "80"}]
+            })),
+        )
+        .await);
+    let group = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/groups",
+            Some(json!({"name": "Robots"})),
+        )
+        .await);
+    let robot = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "CI", "role": "service_account"})),
+        )
+        .await);
+    app.expect(
+        StatusCode::OK,
+        "PUT",
+        &format!("/groups/{group}/members"),
+        Some(json!({"actor_ids": [robot]})),
+    )
+    .await;
+    let policy = id(&app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/policies",
+            Some(json!({"group_id": group, "resource_id": resource})),
+        )
+        .await);
+    let token = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{robot}/tokens"),
+            None,
+        )
+        .await;
+    let gateway = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/sites/{site}/gateway_tokens"),
+            None,
+        )
+        .await;
+    Seeded {
+        site,
+        resource,
+        group,
+        robot,
+        policy,
+        client_token: token["token"].as_str().unwrap().to_string(),
+        client_token_id: id(&token),
+        gateway_token: gateway["token"].as_str().unwrap().to_string(),
+    }
+}
