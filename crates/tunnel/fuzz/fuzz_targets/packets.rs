@@ -1,0 +1,8 @@
+#![no_main]
+//! Raw packets into the client and the gateway (DESIGN.md section 6).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    postern_tunnel::fuzzing::fuzz_one(data);
+});

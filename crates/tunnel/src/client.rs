@@ -1,0 +1,416 @@
+//! The client's decisions about packets from its apps (SPEC F9, F12, F16,
+//! F20): route the destination to a resource, pre-check the resource's
+//! filters, and ask the portal for access on the first packet, keeping the
+//! first packets (bounded) until the answer comes. Granted packets go to the
+//! gateway; denied ones get an ICMP reply and the reason is kept for
+//! `postern client status`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use postern_model::ResourceType;
+use postern_model::filters_allow;
+use postern_model::protocol::{DenyReason, ResourceDescription};
+use uuid::Uuid;
+
+use crate::icmp::{Unreachable, unreachable};
+use crate::packet::Packet;
+use crate::router::Router;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Packets kept per resource while access is requested.
+    pub max_buffered_packets: usize,
+    /// Bytes kept per resource while access is requested.
+    pub max_buffered_bytes: usize,
+    /// How long to wait for the portal's answer before giving up (and
+    /// answering the buffered packets with ICMP host unreachable).
+    pub request_timeout: Duration,
+    /// After a denial, packets are answered at once for this long before the
+    /// portal is asked again.
+    pub deny_hold: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_buffered_packets: 64,
+            max_buffered_bytes: 128 * 1024,
+            request_timeout: Duration::from_secs(20),
+            deny_hold: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a resource stands for this client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Not asked for yet (or revoked, or expired).
+    Idle,
+    Requested {
+        reference: String,
+        since: Instant,
+    },
+    Granted {
+        gateway: Uuid,
+        expires: Option<Instant>,
+    },
+    Denied {
+        reason: DenyReason,
+        violated: Vec<String>,
+        until: Instant,
+    },
+}
+
+/// What to do with one packet from an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Encrypt and send to this gateway.
+    ToGateway(Uuid),
+    /// Kept until access is decided.
+    Buffered,
+    /// Write this packet back to the app (an ICMP error).
+    Reply(Vec<u8>),
+    Dropped(DropReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed,
+    /// No resource covers the destination.
+    NoRoute,
+    /// Access is being requested and the buffer is full.
+    BufferFull,
+    /// Refused, but an ICMP error is never answered with another.
+    Refused,
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Send `request_access` to the portal.
+    RequestAccess {
+        reference: String,
+        resource_id: Uuid,
+        connected_gateway_ids: Vec<Uuid>,
+    },
+    /// Send a buffered packet to the gateway now that access is granted.
+    Deliver { gateway: Uuid, packet: Vec<u8> },
+    /// Write this packet to the app.
+    Reply(Vec<u8>),
+}
+
+/// One line of `postern client status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceStatus {
+    pub resource: ResourceDescription,
+    pub access: Access,
+}
+
+struct Entry {
+    description: ResourceDescription,
+    access: Access,
+    buffer: VecDeque<Vec<u8>>,
+    buffered_bytes: usize,
+}
+
+pub struct ClientState {
+    config: ClientConfig,
+    router: Router,
+    resources: HashMap<Uuid, Entry>,
+    events: VecDeque<ClientEvent>,
+    next_ref: u64,
+}
+
+/// The prefixes a resource routes (DNS resources route their proxy
+/// addresses, assigned by the DNS stub).
+fn prefixes(resource: &ResourceDescription) -> Vec<IpNet> {
+    let Some(address) = resource.address.as_deref() else {
+        return match resource.kind {
+            // Default nets are 0.0.0.0/0 and ::/0.
+            ResourceType::Internet => vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+            _ => vec![],
+        };
+    };
+    match resource.kind {
+        ResourceType::Cidr => address.parse().into_iter().collect(),
+        ResourceType::Ip => address
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .into_iter()
+            .collect(),
+        ResourceType::Dns | ResourceType::Internet => vec![],
+    }
+}
+
+impl ClientState {
+    pub fn new(config: ClientConfig) -> Self {
+        ClientState {
+            config,
+            router: Router::default(),
+            resources: HashMap::new(),
+            events: VecDeque::new(),
+            next_ref: 0,
+        }
+    }
+
+    /// Replaces the resource list (the portal's `init`); access to resources
+    /// that stay is kept.
+    pub fn set_resources(&mut self, resources: Vec<ResourceDescription>) {
+        let keep: Vec<Uuid> = resources.iter().map(|r| r.id).collect();
+        let gone: Vec<Uuid> = self
+            .resources
+            .keys()
+            .filter(|id| !keep.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.remove_resource(id);
+        }
+        for resource in resources {
+            self.upsert_resource(resource);
+        }
+    }
+
+    pub fn upsert_resource(&mut self, resource: ResourceDescription) {
+        let id = resource.id;
+        self.router.remove_resource(id);
+        for net in prefixes(&resource) {
+            self.router.insert(net, id);
+        }
+        match self.resources.get_mut(&id) {
+            Some(entry) => entry.description = resource,
+            None => {
+                self.resources.insert(
+                    id,
+                    Entry {
+                        description: resource,
+                        access: Access::Idle,
+                        buffer: VecDeque::new(),
+                        buffered_bytes: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The resource is gone: its buffered packets are answered, its routes
+    /// removed.
+    pub fn remove_resource(&mut self, id: Uuid) {
+        self.router.remove_resource(id);
+        if let Some(mut entry) = self.resources.remove(&id) {
+            self.answer_buffered(&mut entry, Unreachable::Prohibited);
+        }
+    }
+
+    /// Decides about one packet from an app.
+    pub fn handle_packet(&mut self, bytes: &[u8], now: Instant) -> Verdict {
+        let Ok(packet) = Packet::parse(bytes) else {
+            return Verdict::Dropped(DropReason::Malformed);
+        };
+        let Some(id) = self.router.lookup(packet.destination()) else {
+            return Verdict::Dropped(DropReason::NoRoute);
+        };
+        let Some(entry) = self.resources.get_mut(&id) else {
+            return Verdict::Dropped(DropReason::NoRoute);
+        };
+        let refuse = |why| match unreachable(&packet, why) {
+            Some(reply) => Verdict::Reply(reply),
+            None => Verdict::Dropped(DropReason::Refused),
+        };
+        // The gateway enforces the filters; checking here spares the trip.
+        if !filters_allow(
+            &entry.description.filters,
+            packet.protocol(),
+            packet.destination_port(),
+        ) {
+            return refuse(Unreachable::Prohibited);
+        }
+        if let Access::Granted {
+            expires: Some(at), ..
+        } = entry.access
+            && at <= now
+        {
+            entry.access = Access::Idle;
+        }
+        if let Access::Denied { until, .. } = entry.access
+            && until <= now
+        {
+            entry.access = Access::Idle;
+        }
+        match &entry.access {
+            Access::Granted { gateway, .. } => Verdict::ToGateway(*gateway),
+            Access::Denied { .. } => refuse(Unreachable::Prohibited),
+            Access::Requested { .. } => self.buffer(id, bytes),
+            Access::Idle => {
+                self.next_ref += 1;
+                let reference = self.next_ref.to_string();
+                entry.access = Access::Requested {
+                    reference: reference.clone(),
+                    since: now,
+                };
+                let connected_gateway_ids = self.connected_gateways();
+                self.events.push_back(ClientEvent::RequestAccess {
+                    reference,
+                    resource_id: id,
+                    connected_gateway_ids,
+                });
+                self.buffer(id, bytes)
+            }
+        }
+    }
+
+    fn buffer(&mut self, id: Uuid, bytes: &[u8]) -> Verdict {
+        let (max_packets, max_bytes) = (
+            self.config.max_buffered_packets,
+            self.config.max_buffered_bytes,
+        );
+        let Some(entry) = self.resources.get_mut(&id) else {
+            return Verdict::Dropped(DropReason::NoRoute);
+        };
+        // The first packets matter most (a SYN, a DNS query): keep them and
+        // drop what comes after the buffer is full.
+        if entry.buffer.len() >= max_packets || entry.buffered_bytes + bytes.len() > max_bytes {
+            return Verdict::Dropped(DropReason::BufferFull);
+        }
+        entry.buffered_bytes += bytes.len();
+        entry.buffer.push_back(bytes.to_vec());
+        Verdict::Buffered
+    }
+
+    /// Gateways this client already has access through (the portal prefers
+    /// them, F20).
+    fn connected_gateways(&self) -> Vec<Uuid> {
+        let mut gateways: Vec<Uuid> = self
+            .resources
+            .values()
+            .filter_map(|e| match e.access {
+                Access::Granted { gateway, .. } => Some(gateway),
+                _ => None,
+            })
+            .collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        gateways
+    }
+
+    /// The portal's `access_granted`: buffered packets go to the gateway.
+    pub fn access_granted(&mut self, resource_id: Uuid, gateway: Uuid, expires: Option<Instant>) {
+        let Some(entry) = self.resources.get_mut(&resource_id) else {
+            return;
+        };
+        entry.access = Access::Granted { gateway, expires };
+        entry.buffered_bytes = 0;
+        for packet in entry.buffer.drain(..) {
+            self.events
+                .push_back(ClientEvent::Deliver { gateway, packet });
+        }
+    }
+
+    /// The portal's `access_denied`: buffered packets are answered, and the
+    /// reason is kept for a while.
+    pub fn access_denied(
+        &mut self,
+        resource_id: Uuid,
+        reason: DenyReason,
+        violated: Vec<String>,
+        now: Instant,
+    ) {
+        let hold = self.config.deny_hold;
+        let Some(mut entry) = self.resources.remove(&resource_id) else {
+            return;
+        };
+        let why = match reason {
+            DenyReason::Offline => Unreachable::Host,
+            DenyReason::Forbidden | DenyReason::NotFound => Unreachable::Prohibited,
+        };
+        self.answer_buffered(&mut entry, why);
+        entry.access = Access::Denied {
+            reason,
+            violated,
+            until: now + hold,
+        };
+        self.resources.insert(resource_id, entry);
+    }
+
+    /// The portal's `access_revoked` (or a gateway that went away, F20): the
+    /// next packet asks again.
+    pub fn access_revoked(&mut self, resource_id: Uuid) {
+        if let Some(entry) = self.resources.get_mut(&resource_id) {
+            entry.access = Access::Idle;
+        }
+    }
+
+    /// A gateway is gone (its tunnel died): every resource through it asks
+    /// again on its next packet.
+    pub fn gateway_lost(&mut self, gateway: Uuid) {
+        for entry in self.resources.values_mut() {
+            if matches!(entry.access, Access::Granted { gateway: g, .. } if g == gateway) {
+                entry.access = Access::Idle;
+            }
+        }
+    }
+
+    fn answer_buffered(&mut self, entry: &mut Entry, why: Unreachable) {
+        entry.buffered_bytes = 0;
+        for bytes in entry.buffer.drain(..) {
+            if let Ok(packet) = Packet::parse(&bytes)
+                && let Some(reply) = unreachable(&packet, why)
+            {
+                self.events.push_back(ClientEvent::Reply(reply));
+            }
+        }
+    }
+
+    /// Requests the portal never answered fail (host unreachable).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.request_timeout;
+        let overdue: Vec<Uuid> = self
+            .resources
+            .iter()
+            .filter(|(_, e)| matches!(e.access, Access::Requested { since, .. } if now.duration_since(since) >= timeout))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some(mut entry) = self.resources.remove(&id) {
+                self.answer_buffered(&mut entry, Unreachable::Host);
+                entry.access = Access::Idle;
+                self.resources.insert(id, entry);
+            }
+        }
+    }
+
+    /// When [`ClientState::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.resources
+            .values()
+            .filter_map(|e| match e.access {
+                Access::Requested { since, .. } => Some(since + self.config.request_timeout),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every resource with its access, sorted by name.
+    pub fn status(&self) -> Vec<ResourceStatus> {
+        let mut lines: Vec<ResourceStatus> = self
+            .resources
+            .values()
+            .map(|e| ResourceStatus {
+                resource: e.description.clone(),
+                access: e.access.clone(),
+            })
+            .collect();
+        lines.sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
+        lines
+    }
+}

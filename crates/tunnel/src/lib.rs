@@ -1,0 +1,17 @@
+//! Postern's data plane without I/O (DESIGN.md sections 1, 2 and 7): what the
+//! client and the gateway decide about every packet. Bytes, time and events
+//! come in as arguments; verdicts and events go out. The peer layer (ICE and
+//! WireGuard) and the simulation harness build on these sub-machines.
+//!
+//! - [`packet`]: a zero-copy IP header view;
+//! - [`icmp`]: unreachable replies for refused packets;
+//! - [`router`]: longest-prefix routing of destinations to resources;
+//! - [`client`]: per-resource access on first packet, with bounded buffering;
+//! - [`gateway`]: the authorization table with filters and source checks.
+
+pub mod client;
+pub mod fuzzing;
+pub mod gateway;
+pub mod icmp;
+pub mod packet;
+pub mod router;

@@ -1,0 +1,476 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! Client and gateway decisions about packets, driven with a controllable clock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use postern_model::filter::{IPPROTO_TCP, IPPROTO_UDP};
+use postern_model::protocol::{DenyReason, ResourceDescription};
+use postern_model::{Filter, ResourceType};
+use postern_tunnel::client::{Access, ClientConfig, ClientEvent, ClientState, DropReason, Verdict};
+use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
+use postern_tunnel::packet::Packet;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const CLIENT_V4: [u8; 4] = [100, 64, 0, 7];
+
+fn packet(source: [u8; 4], destination: [u8; 4], protocol: u8, port: u16) -> Vec<u8> {
+    let mut bytes = vec![0u8; 28];
+    bytes[0] = 0x45;
+    bytes[2..4].copy_from_slice(&28u16.to_be_bytes());
+    bytes[8] = 64;
+    bytes[9] = protocol;
+    bytes[12..16].copy_from_slice(&source);
+    bytes[16..20].copy_from_slice(&destination);
+    bytes[20..22].copy_from_slice(&50000u16.to_be_bytes());
+    bytes[22..24].copy_from_slice(&port.to_be_bytes());
+    bytes
+}
+
+fn tcp(destination: [u8; 4], port: u16) -> Vec<u8> {
+    packet(CLIENT_V4, destination, IPPROTO_TCP, port)
+}
+
+fn resource(id: u128, kind: ResourceType, address: &str, filters: &str) -> ResourceDescription {
+    ResourceDescription {
+        id: Uuid::from_u128(id),
+        name: format!("r{id}"),
+        kind,
+        address: Some(address.to_string()),
+        address_description: None,
+        filters: serde_json_filters(filters),
+        site_id: Uuid::from_u128(99),
+    }
+}
+
+fn serde_json_filters(text: &str) -> Vec<Filter> {
+    if text.is_empty() {
+        return vec![];
+    }
+    text.split(',')
+        .map(|f| {
+            let (protocol, ports) = f.split_once('/').unwrap_or((f, ""));
+            let json = if ports.is_empty() {
+                format!(r#"{{"protocol": "{protocol}"}}"#)
+            } else {
+                format!(r#"{{"protocol": "{protocol}", "ports": "{ports}"}}"#)
+            };
+            serde_json_from(&json)
+        })
+        .collect()
+}
+
+fn serde_json_from(json: &str) -> Filter {
+    // The model's own JSON form, as the portal sends it.
+    postern_model_json(json)
+}
+
+fn postern_model_json(json: &str) -> Filter {
+    serde_json::from_str(json).unwrap()
+}
+
+fn events(client: &mut ClientState) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+#[test]
+fn the_first_packets_wait_for_access_and_are_delivered() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig::default());
+    client.set_resources(vec![resource(
+        1,
+        ResourceType::Cidr,
+        "10.0.0.0/24",
+        "tcp/80",
+    )]);
+    let syn = tcp([10, 0, 0, 5], 80);
+    assert_eq!(client.handle_packet(&syn, start), Verdict::Buffered);
+    let retransmit = tcp([10, 0, 0, 5], 80);
+    assert_eq!(client.handle_packet(&retransmit, start), Verdict::Buffered);
+    let requests = events(&mut client);
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request for the resource, not one per packet"
+    );
+    let ClientEvent::RequestAccess {
+        resource_id,
+        connected_gateway_ids,
+        ..
+    } = &requests[0]
+    else {
+        panic!("{requests:?}");
+    };
+    assert_eq!(
+        (*resource_id, connected_gateway_ids.len()),
+        (Uuid::from_u128(1), 0)
+    );
+    let gateway = Uuid::from_u128(50);
+    client.access_granted(Uuid::from_u128(1), gateway, None);
+    assert_eq!(
+        events(&mut client),
+        vec![
+            ClientEvent::Deliver {
+                gateway,
+                packet: syn
+            },
+            ClientEvent::Deliver {
+                gateway,
+                packet: retransmit
+            },
+        ]
+    );
+    assert_eq!(
+        client.handle_packet(&tcp([10, 0, 0, 5], 80), start),
+        Verdict::ToGateway(gateway)
+    );
+    // The client-side filter pre-check answers at once, without asking.
+    let Verdict::Reply(reply) = client.handle_packet(&tcp([10, 0, 0, 5], 22), start) else {
+        panic!("a filtered port must be answered");
+    };
+    let reply = Packet::parse(&reply).unwrap();
+    assert_eq!(reply.destination(), IpAddr::V4(Ipv4Addr::from(CLIENT_V4)));
+    assert!(reply.is_icmp_error());
+    assert!(events(&mut client).is_empty());
+    // Not ours at all.
+    assert_eq!(
+        client.handle_packet(&tcp([192, 0, 2, 1], 80), start),
+        Verdict::Dropped(DropReason::NoRoute)
+    );
+    assert_eq!(
+        client.handle_packet(&[0x45, 0, 1], start),
+        Verdict::Dropped(DropReason::Malformed)
+    );
+}
+
+#[test]
+fn buffering_is_bounded_and_keeps_the_first_packets() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig {
+        max_buffered_packets: 3,
+        ..ClientConfig::default()
+    });
+    client.set_resources(vec![resource(1, ResourceType::Ip, "10.0.0.5", "")]);
+    let sent: Vec<Vec<u8>> = (0..5).map(|n| tcp([10, 0, 0, 5], 1000 + n)).collect();
+    let verdicts: Vec<Verdict> = sent
+        .iter()
+        .map(|p| client.handle_packet(p, start))
+        .collect();
+    assert_eq!(
+        verdicts[..3],
+        [Verdict::Buffered, Verdict::Buffered, Verdict::Buffered]
+    );
+    assert_eq!(
+        verdicts[3..],
+        [
+            Verdict::Dropped(DropReason::BufferFull),
+            Verdict::Dropped(DropReason::BufferFull)
+        ]
+    );
+    events(&mut client);
+    client.access_granted(Uuid::from_u128(1), Uuid::from_u128(50), None);
+    let delivered: Vec<Vec<u8>> = events(&mut client)
+        .into_iter()
+        .map(|e| match e {
+            ClientEvent::Deliver { packet, .. } => packet,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(delivered, sent[..3]);
+}
+
+#[test]
+fn denial_answers_the_app_and_is_remembered_for_a_while() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig::default());
+    client.set_resources(vec![resource(1, ResourceType::Cidr, "10.0.0.0/24", "")]);
+    client.handle_packet(&tcp([10, 0, 0, 5], 80), start);
+    events(&mut client);
+    client.access_denied(
+        Uuid::from_u128(1),
+        DenyReason::Forbidden,
+        vec!["time".into()],
+        start,
+    );
+    let replies = events(&mut client);
+    assert!(
+        matches!(&replies[..], [ClientEvent::Reply(r)] if Packet::parse(r).unwrap().is_icmp_error()),
+        "{replies:?}"
+    );
+    let status = client.status();
+    assert!(
+        matches!(&status[0].access, Access::Denied { violated, .. } if violated == &vec!["time".to_string()])
+    );
+    // Within the hold: answered at once, no new request.
+    assert!(matches!(
+        client.handle_packet(&tcp([10, 0, 0, 5], 80), start + Duration::from_secs(1)),
+        Verdict::Reply(_)
+    ));
+    assert!(events(&mut client).is_empty());
+    // After it: asked again.
+    assert_eq!(
+        client.handle_packet(&tcp([10, 0, 0, 5], 80), start + Duration::from_secs(6)),
+        Verdict::Buffered
+    );
+    assert!(matches!(
+        events(&mut client)[..],
+        [ClientEvent::RequestAccess { .. }]
+    ));
+}
+
+#[test]
+fn unanswered_requests_time_out_with_host_unreachable() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig::default());
+    client.set_resources(vec![resource(1, ResourceType::Cidr, "10.0.0.0/24", "")]);
+    client.handle_packet(&tcp([10, 0, 0, 5], 80), start);
+    events(&mut client);
+    let deadline = client.poll_timeout().unwrap();
+    assert_eq!(deadline, start + Duration::from_secs(20));
+    client.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(events(&mut client).is_empty());
+    client.handle_timeout(deadline);
+    let replies = events(&mut client);
+    let [ClientEvent::Reply(reply)] = &replies[..] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((reply[20], reply[21]), (3, 1), "ICMP host unreachable");
+    assert_eq!(client.poll_timeout(), None);
+}
+
+#[test]
+fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig::default());
+    client.set_resources(vec![
+        resource(1, ResourceType::Cidr, "10.0.0.0/8", ""),
+        resource(2, ResourceType::Cidr, "10.1.0.0/16", ""),
+    ]);
+    client.handle_packet(&tcp([10, 1, 2, 3], 80), start);
+    client.handle_packet(&tcp([10, 2, 2, 3], 80), start);
+    let asked: Vec<Uuid> = events(&mut client)
+        .into_iter()
+        .map(|e| match e {
+            ClientEvent::RequestAccess { resource_id, .. } => resource_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(asked, [Uuid::from_u128(2), Uuid::from_u128(1)]);
+    let (first, second) = (Uuid::from_u128(50), Uuid::from_u128(51));
+    client.access_granted(Uuid::from_u128(1), first, None);
+    client.access_granted(Uuid::from_u128(2), second, None);
+    events(&mut client);
+    client.gateway_lost(second);
+    client.handle_packet(&tcp([10, 1, 2, 3], 80), start);
+    let requests = events(&mut client);
+    let [
+        ClientEvent::RequestAccess {
+            resource_id,
+            connected_gateway_ids,
+            ..
+        },
+    ] = &requests[..]
+    else {
+        panic!("{requests:?}")
+    };
+    assert_eq!(*resource_id, Uuid::from_u128(2));
+    assert_eq!(
+        connected_gateway_ids,
+        &vec![first],
+        "the portal hears which gateway still works"
+    );
+    // Removing a resource answers what waited for it.
+    client.remove_resource(Uuid::from_u128(2));
+    assert!(matches!(events(&mut client)[..], [ClientEvent::Reply(_)]));
+    assert_eq!(
+        client.handle_packet(&tcp([10, 1, 2, 3], 80), start),
+        Verdict::ToGateway(first)
+    );
+}
+
+fn addresses() -> ClientAddresses {
+    ClientAddresses {
+        id: Uuid::from_u128(7),
+        ipv4: Ipv4Addr::from(CLIENT_V4),
+        ipv6: "fd7e:5057:6e00::7".parse().unwrap(),
+    }
+}
+
+#[test]
+fn the_gateway_enforces_source_filters_revocation_and_expiry() {
+    let start = Instant::now();
+    let mut gateway = GatewayState::new();
+    let client = addresses();
+    gateway.authorize(
+        client,
+        resource(1, ResourceType::Cidr, "10.0.0.0/24", "tcp/80,icmp"),
+        Some(start + Duration::from_secs(60)),
+    );
+    assert_eq!(
+        gateway.handle_from_client(client.id, &tcp([10, 0, 0, 5], 80), start),
+        GatewayVerdict::Forward
+    );
+    let GatewayVerdict::Reply(reply) =
+        gateway.handle_from_client(client.id, &tcp([10, 0, 0, 5], 22), start)
+    else {
+        panic!("a filtered port gets ICMP administratively prohibited");
+    };
+    assert_eq!((reply[20], reply[21]), (3, 13));
+    assert!(matches!(
+        gateway.handle_from_client(client.id, &tcp([10, 0, 1, 5], 80), start),
+        GatewayVerdict::Reply(_)
+    ));
+    // Spoofed sources are dropped silently.
+    let spoofed = packet([100, 64, 0, 8], [10, 0, 0, 5], IPPROTO_TCP, 80);
+    assert_eq!(
+        gateway.handle_from_client(client.id, &spoofed, start),
+        GatewayVerdict::Drop(GatewayDrop::Spoofed)
+    );
+    assert_eq!(
+        gateway.handle_from_client(Uuid::from_u128(8), &tcp([10, 0, 0, 5], 80), start),
+        GatewayVerdict::Drop(GatewayDrop::UnknownClient)
+    );
+    // Return traffic finds its client.
+    assert_eq!(gateway.client_for(IpAddr::V4(client.ipv4)), Some(client.id));
+    // Live filter change.
+    gateway.update_resource(resource(1, ResourceType::Cidr, "10.0.0.0/24", "tcp/22"));
+    assert_eq!(
+        gateway.handle_from_client(client.id, &tcp([10, 0, 0, 5], 22), start),
+        GatewayVerdict::Forward
+    );
+    assert!(matches!(
+        gateway.handle_from_client(client.id, &tcp([10, 0, 0, 5], 80), start),
+        GatewayVerdict::Reply(_)
+    ));
+    // Expiry.
+    assert_eq!(
+        gateway.poll_timeout(),
+        Some(start + Duration::from_secs(60))
+    );
+    assert!(matches!(
+        gateway.handle_from_client(
+            client.id,
+            &tcp([10, 0, 0, 5], 22),
+            start + Duration::from_secs(60)
+        ),
+        GatewayVerdict::Reply(_)
+    ));
+    assert!(!gateway.is_authorized(client.id, Uuid::from_u128(1)));
+    // Revocation.
+    gateway.authorize(client, resource(2, ResourceType::Ip, "10.9.9.9", ""), None);
+    assert_eq!(
+        gateway.handle_from_client(
+            client.id,
+            &packet(CLIENT_V4, [10, 9, 9, 9], IPPROTO_UDP, 53),
+            start
+        ),
+        GatewayVerdict::Forward
+    );
+    gateway.revoke(client.id, Uuid::from_u128(2));
+    assert_eq!(
+        gateway.handle_from_client(client.id, &tcp([10, 9, 9, 9], 80), start),
+        GatewayVerdict::Drop(GatewayDrop::UnknownClient)
+    );
+    assert_eq!(gateway.client_for(IpAddr::V4(client.ipv4)), None);
+}
+
+/// What the gateway must do, computed the slow and obvious way.
+#[derive(Clone, Debug)]
+struct Grant {
+    net: ipnet::Ipv4Net,
+    port: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Authorize(u128, Grant),
+    Revoke(u128),
+    Send([u8; 4], [u8; 4], u16),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let grant = (
+        0u8..4,
+        8u8..=32,
+        proptest::option::of(prop_oneof![Just(80u16), Just(443u16)]),
+    )
+        .prop_map(|(third, len, port)| Grant {
+            net: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 0, third, 0), len)
+                .unwrap()
+                .trunc(),
+            port,
+        });
+    prop_oneof![
+        3 => (0u128..4, grant).prop_map(|(id, g)| Action::Authorize(id, g)),
+        1 => (0u128..4).prop_map(Action::Revoke),
+        6 => (prop_oneof![Just(CLIENT_V4), Just([100, 64, 0, 9])], (0u8..4, any::<u8>()), prop_oneof![Just(80u16), Just(443u16), Just(22u16)])
+            .prop_map(|(source, (third, fourth), port)| Action::Send(source, [10, 0, third, fourth], port)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Random authorizations, revocations and packets against a reference
+    /// model of what must be forwarded.
+    #[test]
+    fn gateway_matches_the_reference_model(actions in proptest::collection::vec(action(), 1..60)) {
+        let now = Instant::now();
+        let client = addresses();
+        let mut gateway = GatewayState::new();
+        let mut model: HashMap<u128, Grant> = HashMap::new();
+        for action in actions {
+            match action {
+                Action::Authorize(id, grant) => {
+                    let filters = grant.port.map(|p| format!("tcp/{p}")).unwrap_or_default();
+                    gateway.authorize(client, resource(id, ResourceType::Cidr, &grant.net.to_string(), &filters), None);
+                    model.insert(id, grant);
+                }
+                Action::Revoke(id) => {
+                    gateway.revoke(client.id, Uuid::from_u128(id));
+                    model.remove(&id);
+                }
+                Action::Send(source, destination, port) => {
+                    let verdict = gateway.handle_from_client(client.id, &packet(source, destination, IPPROTO_TCP, port), now);
+                    let address = Ipv4Addr::from(destination);
+                    let best = model
+                        .iter()
+                        .filter(|(_, g)| g.net.contains(&address))
+                        .max_by_key(|(_, g)| g.net.prefix_len())
+                        .map(|(_, g)| g.net.prefix_len());
+                    // Every grant of the longest matching prefix counts.
+                    let expected_forward = source == CLIENT_V4 && best.is_some_and(|len| {
+                        model.values().any(|g| g.net.prefix_len() == len && g.net.contains(&address) && g.port.is_none_or(|p| p == port))
+                    });
+                    if model.is_empty() {
+                        prop_assert_eq!(verdict, GatewayVerdict::Drop(GatewayDrop::UnknownClient));
+                    } else if source != CLIENT_V4 {
+                        prop_assert_eq!(verdict, GatewayVerdict::Drop(GatewayDrop::Spoofed));
+                    } else if expected_forward {
+                        prop_assert_eq!(verdict, GatewayVerdict::Forward);
+                    } else {
+                        prop_assert!(matches!(verdict, GatewayVerdict::Reply(_)), "{:?}", verdict);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hostile bytes never panic either side.
+    #[test]
+    fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), first in prop_oneof![Just(0x45u8), Just(0x60u8), any::<u8>()]) {
+        let mut bytes = bytes;
+        if let Some(b) = bytes.first_mut() {
+            *b = first;
+        }
+        let now = Instant::now();
+        let mut client = ClientState::new(ClientConfig::default());
+        client.set_resources(vec![resource(1, ResourceType::Internet, "", "")]);
+        let _ = client.handle_packet(&bytes, now);
+        let mut gateway = GatewayState::new();
+        gateway.authorize(addresses(), resource(1, ResourceType::Cidr, "0.0.0.0/1", ""), None);
+        let _ = gateway.handle_from_client(addresses().id, &bytes, now);
+    }
+}
