@@ -7,7 +7,8 @@
 //! - [`icmp`]: unreachable replies for refused packets;
 //! - [`router`]: longest-prefix routing of destinations to resources;
 //! - [`client`]: per-resource access on first packet, with bounded buffering;
-//! - [`gateway`]: the authorization table with filters and source checks.
+//! - [`gateway`]: the authorization table with filters and source checks;
+//! - [`wireguard`]: one WireGuard peer with the pair's preshared key.
 
 pub mod client;
 pub mod fuzzing;
@@ -15,3 +16,4 @@ pub mod gateway;
 pub mod icmp;
 pub mod packet;
 pub mod router;
+pub mod wireguard;

@@ -1,0 +1,152 @@
+//! One WireGuard peer (SPEC F19): boringtun's Noise_IKpsk2 `Tunn` with the
+//! portal-issued preshared key, encrypting straight into the caller's buffer.
+//! Both ends keep a one-second persistent keepalive while a peer is in use, so
+//! each hears the other at least once a second and a peer silent for two
+//! seconds is dead (F20 failover).
+//!
+//! boringtun reads the system's monotonic clock for its handshake timers; its
+//! `mock-instant` feature would freeze that clock for every crate built in the
+//! same test run (features unify), daemons included, so it is not used. The
+//! liveness decision here uses the time the caller passes in.
+
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+/// Silence after which a peer counts as dead.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Seconds between keepalives when nothing else is sent.
+pub const KEEPALIVE_SECONDS: u16 = 1;
+/// WireGuard adds 32 bytes to a packet; handshakes need 148.
+pub const OVERHEAD: usize = 32;
+pub const MIN_BUFFER: usize = 148;
+
+/// What the caller must do with its buffer after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Send `buffer[..n]` to the peer.
+    Network(usize),
+    /// Write `buffer[..n]` (an IP packet) to the tunnel interface.
+    Tunnel(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("the buffer is too small (at least {MIN_BUFFER} bytes and packet + {OVERHEAD})")]
+    BufferTooSmall,
+    /// WireGuard's reason (wrong key, bad MAC, replay...).
+    #[error("WireGuard refused the datagram: {0}")]
+    Refused(String),
+    #[error("the session expired without a new handshake")]
+    Expired,
+}
+
+/// The X25519 public key of a secret, for the portal's `public_key`.
+pub fn public_key(secret: [u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(secret)).to_bytes()
+}
+
+pub struct WireguardPeer {
+    tunn: Tunn,
+    last_received: Option<Instant>,
+}
+
+impl WireguardPeer {
+    /// A peer talking to `peer_public` with our `local_secret` and the pair's
+    /// preshared key; `index` tells this peer's sessions apart from others'.
+    pub fn new(
+        local_secret: [u8; 32],
+        peer_public: [u8; 32],
+        preshared_key: [u8; 32],
+        index: u32,
+    ) -> Self {
+        WireguardPeer {
+            tunn: Tunn::new(
+                StaticSecret::from(local_secret),
+                PublicKey::from(peer_public),
+                Some(preshared_key),
+                Some(KEEPALIVE_SECONDS),
+                index,
+                None,
+            ),
+            last_received: None,
+        }
+    }
+
+    fn action(result: TunnResult<'_>) -> Result<Action, PeerError> {
+        match result {
+            TunnResult::Done => Ok(Action::Nothing),
+            TunnResult::WriteToNetwork(bytes) => Ok(Action::Network(bytes.len())),
+            TunnResult::WriteToTunnelV4(bytes, _) | TunnResult::WriteToTunnelV6(bytes, _) => {
+                Ok(Action::Tunnel(bytes.len()))
+            }
+            TunnResult::Err(WireGuardError::ConnectionExpired) => Err(PeerError::Expired),
+            TunnResult::Err(WireGuardError::DestinationBufferTooSmall) => {
+                Err(PeerError::BufferTooSmall)
+            }
+            TunnResult::Err(error) => Err(PeerError::Refused(format!("{error:?}"))),
+        }
+    }
+
+    /// Encrypts an IP packet into `buffer` (or, before the first handshake,
+    /// queues it and writes the handshake initiation instead).
+    pub fn send(&mut self, packet: &[u8], buffer: &mut [u8]) -> Result<Action, PeerError> {
+        if buffer.len() < MIN_BUFFER.max(packet.len() + OVERHEAD) {
+            return Err(PeerError::BufferTooSmall);
+        }
+        Self::action(self.tunn.encapsulate(packet, buffer))
+    }
+
+    /// Handles a datagram from the peer. After `Action::Network`, call
+    /// [`WireguardPeer::flush`] until it returns `Nothing`: packets queued
+    /// during the handshake follow.
+    pub fn receive(
+        &mut self,
+        datagram: &[u8],
+        now: Instant,
+        buffer: &mut [u8],
+    ) -> Result<Action, PeerError> {
+        if datagram.is_empty() {
+            return Ok(Action::Nothing);
+        }
+        if buffer.len() < MIN_BUFFER.max(datagram.len()) {
+            return Err(PeerError::BufferTooSmall);
+        }
+        let action = Self::action(self.tunn.decapsulate(None, datagram, buffer))?;
+        self.last_received = Some(now);
+        Ok(action)
+    }
+
+    /// The next queued datagram after a handshake, if any.
+    pub fn flush(&mut self, buffer: &mut [u8]) -> Result<Action, PeerError> {
+        Self::action(self.tunn.decapsulate(None, &[], buffer))
+    }
+
+    /// Timers: handshake retries, rekeying, keepalives. Call a few times a
+    /// second.
+    pub fn tick(&mut self, buffer: &mut [u8]) -> Result<Action, PeerError> {
+        if buffer.len() < MIN_BUFFER {
+            return Err(PeerError::BufferTooSmall);
+        }
+        Self::action(self.tunn.update_timers(buffer))
+    }
+
+    /// Whether the peer was heard from within [`LIVENESS_TIMEOUT`].
+    pub fn is_alive(&self, now: Instant) -> bool {
+        self.last_received
+            .is_some_and(|at| now.saturating_duration_since(at) < LIVENESS_TIMEOUT)
+    }
+
+    pub fn last_received(&self) -> Option<Instant> {
+        self.last_received
+    }
+
+    /// Bytes sent and received through the tunnel.
+    pub fn traffic(&self) -> (usize, usize) {
+        let (_, sent, received, _, _) = self.tunn.stats();
+        (sent, received)
+    }
+}

@@ -1,0 +1,201 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! Two WireGuard peers on an in-memory link: the handshake with the pair's
+//! preshared key, data both ways, refusal of wrong keys, liveness.
+
+use std::time::{Duration, Instant};
+
+use postern_tunnel::wireguard::{Action, PeerError, WireguardPeer, public_key};
+use proptest::prelude::*;
+
+const CLIENT_SECRET: [u8; 32] = [1; 32];
+const GATEWAY_SECRET: [u8; 32] = [2; 32];
+const PSK: [u8; 32] = [9; 32];
+
+fn pair(client_psk: [u8; 32], gateway_psk: [u8; 32]) -> (WireguardPeer, WireguardPeer) {
+    (
+        WireguardPeer::new(CLIENT_SECRET, public_key(GATEWAY_SECRET), client_psk, 1),
+        WireguardPeer::new(GATEWAY_SECRET, public_key(CLIENT_SECRET), gateway_psk, 2),
+    )
+}
+
+/// An IPv4/UDP packet with a recognizable payload.
+fn ip_packet(tag: u8) -> Vec<u8> {
+    let mut packet = vec![0u8; 60];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&60u16.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = 17;
+    packet[12..16].copy_from_slice(&[100, 64, 0, 1]);
+    packet[16..20].copy_from_slice(&[10, 0, 0, 1]);
+    packet[28..].fill(tag);
+    packet
+}
+
+/// Delivers `datagram` to `to`, and everything it answers back and forth,
+/// until both sides are quiet; returns what reached each tunnel.
+fn exchange(
+    from: &mut WireguardPeer,
+    to: &mut WireguardPeer,
+    datagram: Vec<u8>,
+    now: Instant,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut buffer = vec![0u8; 2048];
+    let mut tunnels = (Vec::new(), Vec::new());
+    // (datagram, towards `to`?)
+    let mut queue = vec![(datagram, true)];
+    while let Some((datagram, towards_to)) = queue.pop() {
+        let peer = if towards_to { &mut *to } else { &mut *from };
+        let mut action = match peer.receive(&datagram, now, &mut buffer) {
+            Ok(action) => action,
+            Err(_) => continue,
+        };
+        loop {
+            match action {
+                Action::Nothing => break,
+                Action::Network(n) => queue.push((buffer[..n].to_vec(), !towards_to)),
+                Action::Tunnel(n) => {
+                    let received = buffer[..n].to_vec();
+                    if towards_to {
+                        tunnels.1.push(received)
+                    } else {
+                        tunnels.0.push(received)
+                    }
+                    break;
+                }
+            }
+            action = peer.flush(&mut buffer).unwrap();
+        }
+    }
+    tunnels
+}
+
+#[test]
+fn the_handshake_uses_the_preshared_key_and_data_flows_both_ways() {
+    let now = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let mut buffer = vec![0u8; 2048];
+    // Before a session the packet waits and a handshake goes out.
+    let Action::Network(n) = client.send(&ip_packet(7), &mut buffer).unwrap() else {
+        panic!()
+    };
+    assert_eq!(n, 148, "a handshake initiation");
+    let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
+    assert_eq!(
+        at_gateway,
+        vec![ip_packet(7)],
+        "the queued packet follows the handshake"
+    );
+    // And back.
+    let Action::Network(n) = gateway.send(&ip_packet(8), &mut buffer).unwrap() else {
+        panic!()
+    };
+    assert_eq!(n, 60 + 32, "a data packet: payload plus 32 bytes");
+    let (_, at_client) = exchange(&mut gateway, &mut client, buffer[..n].to_vec(), now);
+    assert_eq!(at_client, vec![ip_packet(8)]);
+    let mut plain = vec![0u8; 2048];
+    let Action::Network(n) = gateway.send(&ip_packet(9), &mut buffer).unwrap() else {
+        panic!()
+    };
+    let Action::Tunnel(m) = client.receive(&buffer[..n], now, &mut plain).unwrap() else {
+        panic!()
+    };
+    assert_eq!(&plain[..m], &ip_packet(9)[..]);
+    assert!(client.is_alive(now) && gateway.is_alive(now));
+    let (sent, received) = client.traffic();
+    assert!(sent > 0 && received >= 120, "{sent} {received}");
+}
+
+#[test]
+fn a_different_preshared_key_or_peer_key_gets_no_session() {
+    let now = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, [10; 32]);
+    let mut buffer = vec![0u8; 2048];
+    let Action::Network(n) = client.send(&ip_packet(7), &mut buffer).unwrap() else {
+        panic!()
+    };
+    let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
+    assert!(
+        at_gateway.is_empty(),
+        "nothing gets through with a wrong preshared key"
+    );
+
+    // A gateway expecting another client refuses the handshake outright.
+    let mut stranger = WireguardPeer::new([3; 32], public_key(GATEWAY_SECRET), PSK, 3);
+    let mut gateway = WireguardPeer::new(GATEWAY_SECRET, public_key(CLIENT_SECRET), PSK, 2);
+    let Action::Network(n) = stranger.send(&ip_packet(7), &mut buffer).unwrap() else {
+        panic!()
+    };
+    let mut out = vec![0u8; 2048];
+    assert!(matches!(
+        gateway.receive(&buffer[..n], now, &mut out),
+        Err(PeerError::Refused(_))
+    ));
+    assert!(!gateway.is_alive(now) || gateway.last_received().is_none());
+}
+
+#[test]
+fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
+    let start = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let mut buffer = vec![0u8; 2048];
+    let Action::Network(n) = client.send(&ip_packet(1), &mut buffer).unwrap() else {
+        panic!()
+    };
+    exchange(&mut client, &mut gateway, buffer[..n].to_vec(), start);
+    assert!(client.is_alive(start));
+    // Nothing more arrives: dead once two seconds have passed (our clock).
+    assert!(client.is_alive(start + Duration::from_millis(1900)));
+    assert!(!client.is_alive(start + Duration::from_millis(2000)));
+    // With both sides ticking, keepalives keep both alive (real time: the
+    // WireGuard timers read the system clock).
+    let mut out = vec![0u8; 2048];
+    let deadline = Instant::now() + Duration::from_millis(2600);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        if let Ok(Action::Network(n)) = client.tick(&mut buffer) {
+            let _ = gateway.receive(&buffer[..n], now, &mut out);
+        }
+        if let Ok(Action::Network(n)) = gateway.tick(&mut buffer) {
+            let _ = client.receive(&buffer[..n], now, &mut out);
+        }
+    }
+    let now = Instant::now();
+    assert!(
+        client.is_alive(now),
+        "keepalives from the gateway keep it alive"
+    );
+    assert!(
+        gateway.is_alive(now),
+        "keepalives from the client keep it alive"
+    );
+}
+
+#[test]
+fn small_buffers_are_refused_not_overrun() {
+    let (mut client, _) = pair(PSK, PSK);
+    let mut tiny = vec![0u8; 100];
+    assert_eq!(
+        client.send(&ip_packet(1), &mut tiny),
+        Err(PeerError::BufferTooSmall)
+    );
+    assert_eq!(client.tick(&mut tiny), Err(PeerError::BufferTooSmall));
+}
+
+proptest! {
+    /// Hostile datagrams are refused without panics or state damage: a real
+    /// handshake still works afterwards.
+    #[test]
+    fn garbage_datagrams_are_refused(garbage in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..20)) {
+        let now = Instant::now();
+        let (mut client, mut gateway) = pair(PSK, PSK);
+        let mut out = vec![0u8; 2048];
+        for datagram in &garbage {
+            let _ = gateway.receive(datagram, now, &mut out);
+        }
+        let mut buffer = vec![0u8; 2048];
+        let Action::Network(n) = client.send(&ip_packet(5), &mut buffer).unwrap() else { panic!() };
+        let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
+        prop_assert_eq!(at_gateway, vec![ip_packet(5)]);
+    }
+}
