@@ -5,6 +5,7 @@
 //!
 //! - [`packet`]: a zero-copy IP header view;
 //! - [`icmp`]: unreachable replies for refused packets;
+//! - [`ice`]: ICE checks and nomination for one pair (str0m's agent);
 //! - [`router`]: longest-prefix routing of destinations to resources;
 //! - [`client`]: per-resource access on first packet, with bounded buffering;
 //! - [`gateway`]: the authorization table with filters and source checks;
@@ -13,6 +14,7 @@
 pub mod client;
 pub mod fuzzing;
 pub mod gateway;
+pub mod ice;
 pub mod icmp;
 pub mod packet;
 pub mod router;

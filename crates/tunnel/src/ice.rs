@@ -1,0 +1,193 @@
+//! The ICE half of a connection (SPEC F17): str0m's sans-IO agent (crate `is`)
+//! set up with the credentials the portal derived for the pair, candidates
+//! carried as SDP `candidate:` strings (what `ice_candidates` messages hold),
+//! and the nominated path reported as an event. The client is the controlling
+//! side. Relayed and server-reflexive candidates come from the caller (TURN
+//! allocations, STUN to relays); this type only checks and nominates.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use is::stun::{StunMessage, StunPacket};
+use is::{Candidate, IceAgent, IceAgentEvent, IceConnectionState, IceCreds, Protocol};
+use postern_model::protocol::IceCredentials;
+
+/// STUN's magic cookie (RFC 8489), how STUN is told apart from WireGuard and
+/// TURN channel data on the one socket.
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// Whether a datagram is STUN (first two bits zero and the magic cookie).
+pub fn is_stun(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[0] & 0xc0 == 0 && datagram[4..8] == MAGIC_COOKIE
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IceEvent {
+    /// Send WireGuard datagrams from `local` to `remote` from now on.
+    Nominated {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// Every path failed: the peer is unreachable until new candidates come.
+    Disconnected,
+}
+
+/// One STUN datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IceTransmit {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CandidateError {
+    #[error("not an ICE candidate: {0}")]
+    Parse(String),
+}
+
+pub struct IceSession {
+    agent: IceAgent,
+    nominated: Option<(SocketAddr, SocketAddr)>,
+    events: VecDeque<IceEvent>,
+}
+
+fn creds(c: &IceCredentials) -> IceCreds {
+    IceCreds {
+        ufrag: c.username_fragment.clone(),
+        pass: c.password.clone(),
+    }
+}
+
+impl IceSession {
+    /// `local` and `remote` are this side's and the peer's credentials from
+    /// the portal; the client controls.
+    pub fn new(local: &IceCredentials, remote: &IceCredentials, controlling: bool) -> Self {
+        let mut agent = IceAgent::new(creds(local));
+        agent.set_remote_credentials(creds(remote));
+        agent.set_controlling(controlling);
+        IceSession {
+            agent,
+            nominated: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    fn add_local(&mut self, candidate: Result<Candidate, is::IceError>) -> Option<String> {
+        let candidate = candidate.ok()?;
+        self.agent
+            .add_local_candidate(candidate)
+            .map(|c| c.to_sdp_string())
+    }
+
+    /// A local socket; returns the candidate to send to the peer.
+    pub fn add_host(&mut self, address: SocketAddr) -> Option<String> {
+        self.add_local(Candidate::host(address, Protocol::Udp))
+    }
+
+    /// Our public mapping of `base`, learnt from a relay's STUN answer.
+    pub fn add_server_reflexive(
+        &mut self,
+        address: SocketAddr,
+        base: SocketAddr,
+    ) -> Option<String> {
+        self.add_local(Candidate::server_reflexive(address, base, Protocol::Udp))
+    }
+
+    /// A TURN allocation made from `base`.
+    pub fn add_relayed(&mut self, address: SocketAddr, base: SocketAddr) -> Option<String> {
+        self.add_local(Candidate::relayed(address, base, Protocol::Udp))
+    }
+
+    /// A candidate from the peer's `ice_candidates`.
+    pub fn add_remote(&mut self, sdp: &str) -> Result<(), CandidateError> {
+        let candidate = Candidate::from_sdp_string(sdp.trim().trim_start_matches("a="))
+            .map_err(|e| CandidateError::Parse(e.to_string()))?;
+        self.agent.add_remote_candidate(candidate);
+        Ok(())
+    }
+
+    /// Feeds a STUN datagram received on `destination` from `source`; false if
+    /// it is not for this session.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let Ok(message) = StunMessage::parse(datagram) else {
+            return false;
+        };
+        if !self.agent.accepts_message(&message) {
+            return false;
+        }
+        let handled = self.agent.handle_packet(
+            now,
+            StunPacket {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                message,
+            },
+        );
+        self.drain_events();
+        handled
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.agent.handle_timeout(now);
+        self.drain_events();
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.agent.poll_timeout()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<IceTransmit> {
+        self.agent.poll_transmit().map(|t| IceTransmit {
+            source: t.source,
+            destination: t.destination,
+            payload: t.contents.into(),
+        })
+    }
+
+    pub fn poll_event(&mut self) -> Option<IceEvent> {
+        self.events.pop_front()
+    }
+
+    /// The path WireGuard uses now.
+    pub fn nominated(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.nominated
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.agent.state().is_connected()
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.agent.poll_event() {
+            match event {
+                IceAgentEvent::NominatedSend {
+                    source,
+                    destination,
+                    ..
+                } => {
+                    if self.nominated != Some((source, destination)) {
+                        self.nominated = Some((source, destination));
+                        self.events.push_back(IceEvent::Nominated {
+                            local: source,
+                            remote: destination,
+                        });
+                    }
+                }
+                IceAgentEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    self.nominated = None;
+                    self.events.push_back(IceEvent::Disconnected);
+                }
+                _ => {}
+            }
+        }
+    }
+}
