@@ -173,14 +173,12 @@ impl IceSession {
                     source,
                     destination,
                     ..
-                } => {
-                    if self.nominated != Some((source, destination)) {
-                        self.nominated = Some((source, destination));
-                        self.events.push_back(IceEvent::Nominated {
-                            local: source,
-                            remote: destination,
-                        });
-                    }
+                } if self.nominated != Some((source, destination)) => {
+                    self.nominated = Some((source, destination));
+                    self.events.push_back(IceEvent::Nominated {
+                        local: source,
+                        remote: destination,
+                    });
                 }
                 IceAgentEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                     self.nominated = None;
