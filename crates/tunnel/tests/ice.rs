@@ -20,12 +20,15 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
 
+/// A datagram on its way: to the client?, source, destination, payload.
+type InFlight = (bool, SocketAddr, SocketAddr, Vec<u8>);
+
 struct Sim {
     client: IceSession,
     gateway: IceSession,
     now: Instant,
-    /// (arrival, sequence) -> (to the client?, source, destination, payload)
-    in_flight: BTreeMap<(Instant, u64), (bool, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// (arrival, sequence) -> the datagram.
+    in_flight: BTreeMap<(Instant, u64), InFlight>,
     sequence: u64,
     latency: Duration,
 }
