@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod ice;
 pub mod icmp;
+pub mod node;
 pub mod packet;
 pub mod router;
 pub mod wireguard;

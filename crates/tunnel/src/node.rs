@@ -1,0 +1,474 @@
+//! A device's connections (SPEC F17, F19): one UDP socket, any number of
+//! peers, each an ICE session plus a WireGuard peer, and TURN allocations on
+//! the relays the portal named. Datagrams on the socket are told apart by
+//! their first bytes: from a relay server they are TURN (and may carry a
+//! peer's datagram), STUN with the magic cookie goes to ICE, the rest is
+//! WireGuard. WireGuard runs over the pair ICE nominated, through the relay
+//! when that pair's local side is a relayed candidate.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use postern_model::protocol::IceCredentials;
+use postern_turn::client::{Client as TurnClient, ClientEvent as TurnEvent};
+use uuid::Uuid;
+
+use crate::ice::{IceEvent, IceSession, is_stun};
+use crate::wireguard::{Action, WireguardPeer};
+
+/// How often WireGuard's timers run.
+const WIREGUARD_TICK: Duration = Duration::from_millis(250);
+/// Packets kept for a peer while its path is found.
+const MAX_WAITING: usize = 32;
+const BUFFER: usize = 65_535 + 64;
+
+/// A datagram to send from the node's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// Send this candidate to the peer (through the portal).
+    Candidate { peer: Uuid, candidate: String },
+    /// WireGuard runs over a nominated path.
+    Connected { peer: Uuid, relayed: bool },
+    /// An IP packet from the peer, for the tunnel interface.
+    Packet { peer: Uuid, packet: Vec<u8> },
+    /// Nothing heard for two seconds, or every path failed.
+    Dead { peer: Uuid },
+}
+
+/// A relay the portal handed out.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+/// What the portal said about a peer.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub public_key: [u8; 32],
+    pub preshared_key: [u8; 32],
+    pub local_ice: IceCredentials,
+    pub remote_ice: IceCredentials,
+}
+
+struct Relay {
+    client: TurnClient,
+    /// Announced candidates (relayed, server-reflexive), once allocated.
+    candidates: Option<(SocketAddr, SocketAddr)>,
+}
+
+struct Peer {
+    ice: IceSession,
+    wireguard: WireguardPeer,
+    path: Option<(SocketAddr, SocketAddr)>,
+    waiting: VecDeque<Vec<u8>>,
+    alive: bool,
+}
+
+pub struct Node {
+    local: SocketAddr,
+    secret: [u8; 32],
+    controlling: bool,
+    relays: Vec<Relay>,
+    peers: HashMap<Uuid, Peer>,
+    next_index: u32,
+    next_tick: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+    buffer: Vec<u8>,
+    framed: Vec<u8>,
+    seed: u64,
+}
+
+impl Node {
+    /// A node on the socket bound to `local`, with this process's WireGuard
+    /// secret; the client controls ICE.
+    pub fn new(local: SocketAddr, secret: [u8; 32], controlling: bool, seed: u64) -> Self {
+        Node {
+            local,
+            secret,
+            controlling,
+            relays: Vec::new(),
+            peers: HashMap::new(),
+            next_index: 1,
+            next_tick: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            buffer: vec![0; BUFFER],
+            framed: Vec::new(),
+            seed,
+        }
+    }
+
+    /// Allocates on a relay; its candidates reach every peer when ready.
+    pub fn add_relay(&mut self, relay: RelayConfig, now: Instant) {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let client = TurnClient::new(
+            relay.server,
+            &relay.username,
+            &relay.password,
+            self.seed,
+            now,
+        );
+        self.relays.push(Relay {
+            client,
+            candidates: None,
+        });
+        self.flush_relays(now);
+    }
+
+    /// Starts connecting to a peer the portal paired us with.
+    pub fn add_peer(&mut self, id: Uuid, config: PeerConfig, now: Instant) {
+        let mut ice = IceSession::new(&config.local_ice, &config.remote_ice, self.controlling);
+        let mut candidates = Vec::new();
+        candidates.extend(ice.add_host(self.local));
+        for relay in &self.relays {
+            if let Some((relayed, mapped)) = relay.candidates {
+                candidates.extend(ice.add_server_reflexive(mapped, self.local));
+                candidates.extend(ice.add_relayed(relayed, self.local));
+            }
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        let wireguard =
+            WireguardPeer::new(self.secret, config.public_key, config.preshared_key, index);
+        self.peers.insert(
+            id,
+            Peer {
+                ice,
+                wireguard,
+                path: None,
+                waiting: VecDeque::new(),
+                alive: false,
+            },
+        );
+        for candidate in candidates {
+            self.events.push_back(NodeEvent::Candidate {
+                peer: id,
+                candidate,
+            });
+        }
+        self.next_tick.get_or_insert(now);
+        self.drive(now);
+    }
+
+    pub fn remove_peer(&mut self, id: Uuid) {
+        self.peers.remove(&id);
+    }
+
+    /// A candidate from the peer; the relays let its address in.
+    pub fn add_remote_candidate(&mut self, id: Uuid, candidate: &str, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.ice.add_remote(candidate).is_err() {
+            return;
+        }
+        if let Some(address) = candidate_address(candidate) {
+            for relay in &mut self.relays {
+                relay.client.create_permission(address.ip(), now);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Sends an IP packet to a peer (queued until a path is nominated).
+    pub fn send(&mut self, id: Uuid, packet: &[u8], now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.path.is_none() {
+            if peer.waiting.len() < MAX_WAITING {
+                peer.waiting.push_back(packet.to_vec());
+            }
+            return;
+        }
+        if let Ok(Action::Network(n)) = peer.wireguard.send(packet, &mut self.buffer) {
+            let datagram = self.buffer[..n].to_vec();
+            self.send_on_path(id, datagram, now);
+        }
+    }
+
+    /// A datagram that arrived on the socket from `source`.
+    pub fn handle_datagram(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) {
+        if let Some(index) = self.relays.iter().position(|r| r.client.server() == source) {
+            let relay = &mut self.relays[index];
+            let relayed = relay.client.relayed_address();
+            let inner = relay
+                .client
+                .handle_packet(datagram, now)
+                .map(|(peer, data)| (peer, data.to_vec()));
+            if let (Some((peer, data)), Some(relayed)) = (inner, relayed) {
+                self.handle_inner(peer, relayed, &data, now);
+            }
+            self.flush_relays(now);
+        } else {
+            self.handle_inner(source, self.local, datagram, now);
+        }
+        self.drive(now);
+    }
+
+    fn handle_inner(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) {
+        if is_stun(datagram) {
+            for peer in self.peers.values_mut() {
+                if peer.ice.handle_stun(now, source, destination, datagram) {
+                    break;
+                }
+            }
+            return;
+        }
+        // WireGuard: the peer on that path first, then anyone (a handshake
+        // from a new path).
+        let mut order: Vec<Uuid> = self.peers.keys().copied().collect();
+        order.sort_by_key(|id| self.peers[id].path.map(|p| p.1) != Some(source));
+        for id in order {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let Ok(mut action) = peer.wireguard.receive(datagram, now, &mut self.buffer) else {
+                continue;
+            };
+            loop {
+                match action {
+                    Action::Nothing => break,
+                    Action::Tunnel(n) => {
+                        self.events.push_back(NodeEvent::Packet {
+                            peer: id,
+                            packet: self.buffer[..n].to_vec(),
+                        });
+                        break;
+                    }
+                    Action::Network(n) => {
+                        let reply = self.buffer[..n].to_vec();
+                        self.send_on_path(id, reply, now);
+                    }
+                }
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    break;
+                };
+                action = peer
+                    .wireguard
+                    .flush(&mut self.buffer)
+                    .unwrap_or(Action::Nothing);
+            }
+            return;
+        }
+    }
+
+    /// Sends a WireGuard datagram on the peer's nominated path.
+    fn send_on_path(&mut self, id: Uuid, datagram: Vec<u8>, _now: Instant) {
+        let Some((local, remote)) = self.peers.get(&id).and_then(|p| p.path) else {
+            return;
+        };
+        self.send_from(local, remote, datagram);
+    }
+
+    /// Sends `payload` as if from local address `local` (our socket, or a
+    /// relayed address, which means through that relay).
+    fn send_from(&mut self, local: SocketAddr, remote: SocketAddr, payload: Vec<u8>) {
+        if local == self.local
+            || !self
+                .relays
+                .iter()
+                .any(|r| r.client.relayed_address() == Some(local))
+        {
+            self.transmits.push_back(Transmit {
+                destination: remote,
+                payload,
+            });
+            return;
+        }
+        for relay in &mut self.relays {
+            if relay.client.relayed_address() == Some(local) {
+                if relay
+                    .client
+                    .encode_to_peer(remote, &payload, &mut self.framed)
+                {
+                    self.transmits.push_back(Transmit {
+                        destination: relay.client.server(),
+                        payload: self.framed.clone(),
+                    });
+                }
+                return;
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for relay in &mut self.relays {
+            relay.client.handle_timeout(now);
+        }
+        self.flush_relays(now);
+        for peer in self.peers.values_mut() {
+            peer.ice.handle_timeout(now);
+        }
+        if self.next_tick.is_some_and(|at| at <= now) {
+            self.next_tick = Some(now + WIREGUARD_TICK);
+            let ids: Vec<Uuid> = self.peers.keys().copied().collect();
+            for id in ids {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                if peer.path.is_none() {
+                    continue;
+                }
+                if let Ok(Action::Network(n)) = peer.wireguard.tick(&mut self.buffer) {
+                    let datagram = self.buffer[..n].to_vec();
+                    self.send_on_path(id, datagram, now);
+                }
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                let alive = peer.wireguard.is_alive(now);
+                if peer.alive && !alive {
+                    self.events.push_back(NodeEvent::Dead { peer: id });
+                }
+                peer.alive = alive;
+            }
+        }
+        self.drive(now);
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let ice = self
+            .peers
+            .values_mut()
+            .filter_map(|p| p.ice.poll_timeout())
+            .min();
+        let turn = self
+            .relays
+            .iter()
+            .filter_map(|r| r.client.poll_timeout())
+            .min();
+        [ice, turn, self.next_tick].into_iter().flatten().min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The nominated path to a peer and whether it is relayed.
+    pub fn path(&self, id: Uuid) -> Option<(SocketAddr, SocketAddr, bool)> {
+        let (local, remote) = self.peers.get(&id)?.path?;
+        Some((local, remote, local != self.local))
+    }
+
+    /// Moves ICE's output along: STUN transmits (through relays where the
+    /// local side is relayed), nominations, waiting packets.
+    fn drive(&mut self, now: Instant) {
+        let ids: Vec<Uuid> = self.peers.keys().copied().collect();
+        for id in ids {
+            let mut outgoing = Vec::new();
+            let mut nominated = None;
+            let mut dead = false;
+            if let Some(peer) = self.peers.get_mut(&id) {
+                while let Some(transmit) = peer.ice.poll_transmit() {
+                    outgoing.push(transmit);
+                }
+                while let Some(event) = peer.ice.poll_event() {
+                    match event {
+                        IceEvent::Nominated { local, remote } => nominated = Some((local, remote)),
+                        IceEvent::Disconnected => dead = true,
+                    }
+                }
+            }
+            for transmit in outgoing {
+                self.send_from(transmit.source, transmit.destination, transmit.payload);
+            }
+            if dead {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.path = None;
+                }
+                self.events.push_back(NodeEvent::Dead { peer: id });
+            }
+            if let Some((local, remote)) = nominated {
+                let relayed = local != self.local;
+                let waiting: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
+                    Some(peer) => {
+                        peer.path = Some((local, remote));
+                        peer.waiting.drain(..).collect()
+                    }
+                    None => continue,
+                };
+                if relayed {
+                    for relay in &mut self.relays {
+                        if relay.client.relayed_address() == Some(local) {
+                            relay.client.bind_channel(remote, now);
+                        }
+                    }
+                }
+                self.events
+                    .push_back(NodeEvent::Connected { peer: id, relayed });
+                for packet in waiting {
+                    self.send(id, &packet, now);
+                }
+            }
+        }
+        self.flush_relays(now);
+    }
+
+    /// TURN requests out, allocations in (new candidates for every peer).
+    fn flush_relays(&mut self, _now: Instant) {
+        let mut announced = Vec::new();
+        for relay in &mut self.relays {
+            while let Some(bytes) = relay.client.poll_transmit() {
+                self.transmits.push_back(Transmit {
+                    destination: relay.client.server(),
+                    payload: bytes,
+                });
+            }
+            while let Some(event) = relay.client.poll_event() {
+                if let TurnEvent::Allocated { relayed, mapped } = event {
+                    relay.candidates = Some((relayed, mapped));
+                    announced.push((relayed, mapped));
+                }
+            }
+        }
+        for (relayed, mapped) in announced {
+            let ids: Vec<Uuid> = self.peers.keys().copied().collect();
+            for id in ids {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                let mut fresh = Vec::new();
+                fresh.extend(peer.ice.add_server_reflexive(mapped, self.local));
+                fresh.extend(peer.ice.add_relayed(relayed, self.local));
+                for candidate in fresh {
+                    self.events.push_back(NodeEvent::Candidate {
+                        peer: id,
+                        candidate,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The address of an SDP candidate (`candidate:F C udp P ADDR PORT typ ...`).
+fn candidate_address(candidate: &str) -> Option<SocketAddr> {
+    let mut fields = candidate.split_whitespace().skip(4);
+    let ip = fields.next()?.parse().ok()?;
+    let port = fields.next()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
