@@ -194,7 +194,7 @@ impl Node {
             }
             return;
         }
-        if let Ok(Action::Network(n)) = peer.wireguard.send(packet, &mut self.buffer) {
+        if let Ok(Action::Network(n)) = peer.wireguard.send(packet, now, &mut self.buffer) {
             let datagram = self.buffer[..n].to_vec();
             self.send_on_path(id, datagram, now);
         }
@@ -329,7 +329,7 @@ impl Node {
                 if peer.path.is_none() {
                     continue;
                 }
-                if let Ok(Action::Network(n)) = peer.wireguard.tick(&mut self.buffer) {
+                if let Ok(Action::Network(n)) = peer.wireguard.tick(now, &mut self.buffer) {
                     let datagram = self.buffer[..n].to_vec();
                     self.send_on_path(id, datagram, now);
                 }

@@ -1,13 +1,14 @@
 //! One WireGuard peer (SPEC F19): boringtun's Noise_IKpsk2 `Tunn` with the
 //! portal-issued preshared key, encrypting straight into the caller's buffer.
-//! Both ends keep a one-second persistent keepalive while a peer is in use, so
-//! each hears the other at least once a second and a peer silent for two
-//! seconds is dead (F20 failover).
+//! Both ends send a keepalive after a second without sending anything, so each
+//! hears the other at least once a second and a peer silent for two seconds is
+//! dead (F20 failover).
 //!
 //! boringtun reads the system's monotonic clock for its handshake timers; its
 //! `mock-instant` feature would freeze that clock for every crate built in the
-//! same test run (features unify), daemons included, so it is not used. The
-//! liveness decision here uses the time the caller passes in.
+//! same test run (features unify), daemons included, so it is not used.
+//! Keepalives and liveness run on the time the caller passes in instead, which
+//! also keeps them deterministic in simulations.
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 /// Silence after which a peer counts as dead.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Seconds between keepalives when nothing else is sent.
-pub const KEEPALIVE_SECONDS: u16 = 1;
+/// Quiet time after which a keepalive is sent.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// WireGuard adds 32 bytes to a packet; handshakes need 148.
 pub const OVERHEAD: usize = 32;
 pub const MIN_BUFFER: usize = 148;
@@ -52,6 +53,7 @@ pub fn public_key(secret: [u8; 32]) -> [u8; 32] {
 pub struct WireguardPeer {
     tunn: Tunn,
     last_received: Option<Instant>,
+    last_sent: Option<Instant>,
 }
 
 impl WireguardPeer {
@@ -68,11 +70,12 @@ impl WireguardPeer {
                 StaticSecret::from(local_secret),
                 PublicKey::from(peer_public),
                 Some(preshared_key),
-                Some(KEEPALIVE_SECONDS),
+                None,
                 index,
                 None,
             ),
             last_received: None,
+            last_sent: None,
         }
     }
 
@@ -93,11 +96,20 @@ impl WireguardPeer {
 
     /// Encrypts an IP packet into `buffer` (or, before the first handshake,
     /// queues it and writes the handshake initiation instead).
-    pub fn send(&mut self, packet: &[u8], buffer: &mut [u8]) -> Result<Action, PeerError> {
+    pub fn send(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        buffer: &mut [u8],
+    ) -> Result<Action, PeerError> {
         if buffer.len() < MIN_BUFFER.max(packet.len() + OVERHEAD) {
             return Err(PeerError::BufferTooSmall);
         }
-        Self::action(self.tunn.encapsulate(packet, buffer))
+        let action = Self::action(self.tunn.encapsulate(packet, buffer))?;
+        if matches!(action, Action::Network(_)) {
+            self.last_sent = Some(now);
+        }
+        Ok(action)
     }
 
     /// Handles a datagram from the peer. After `Action::Network`, call
@@ -125,13 +137,26 @@ impl WireguardPeer {
         Self::action(self.tunn.decapsulate(None, &[], buffer))
     }
 
-    /// Timers: handshake retries, rekeying, keepalives. Call a few times a
-    /// second.
-    pub fn tick(&mut self, buffer: &mut [u8]) -> Result<Action, PeerError> {
+    /// Timers: handshake retries and rekeying (boringtun's), and a keepalive
+    /// once a second of quiet has passed since we last sent. Call a few
+    /// times a second.
+    pub fn tick(&mut self, now: Instant, buffer: &mut [u8]) -> Result<Action, PeerError> {
         if buffer.len() < MIN_BUFFER {
             return Err(PeerError::BufferTooSmall);
         }
-        Self::action(self.tunn.update_timers(buffer))
+        let action = Self::action(self.tunn.update_timers(buffer))?;
+        if action != Action::Nothing {
+            return Ok(action);
+        }
+        let quiet = self
+            .last_sent
+            .is_none_or(|at| now.saturating_duration_since(at) >= KEEPALIVE);
+        // Only once the peer has been heard: before that, the handshake is
+        // what goes out.
+        if quiet && self.last_received.is_some() {
+            return self.send(&[], now, buffer);
+        }
+        Ok(Action::Nothing)
     }
 
     /// Whether the peer was heard from within [`LIVENESS_TIMEOUT`].

@@ -87,6 +87,13 @@ struct Sim {
     latency: Duration,
     ids: [Uuid; 2],
     connected: [Option<(bool, Duration)>; 2],
+    /// When each side's node said the other is dead.
+    dead: [Option<Instant>; 2],
+    /// A side that is down sends and receives nothing.
+    down: [bool; 2],
+    /// Percent of datagrams lost, decided by a seeded generator.
+    loss_percent: u64,
+    dice: u64,
     /// Packets that reached each side, with when.
     received: [Vec<(Instant, Vec<u8>)>; 2],
     started: Instant,
@@ -171,12 +178,22 @@ impl Sim {
             latency: Duration::from_millis(10),
             ids,
             connected: [None, None],
+            dead: [None, None],
+            down: [false, false],
+            loss_percent: 0,
+            dice: 0x9e37_79b9_7f4a_7c15,
             received: [Vec::new(), Vec::new()],
             started: now,
         }
     }
 
     fn emit(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        self.dice ^= self.dice << 13;
+        self.dice ^= self.dice >> 7;
+        self.dice ^= self.dice << 17;
+        if self.dice % 100 < self.loss_percent {
+            return;
+        }
         self.sequence += 1;
         self.in_flight.insert(
             (self.now + self.latency, self.sequence),
@@ -231,7 +248,8 @@ impl Sim {
             return;
         }
         for side in 0..2 {
-            if to.ip() == IpAddr::V4(self.routers[side].public)
+            if !self.down[side]
+                && to.ip() == IpAddr::V4(self.routers[side].public)
                 && self.routers[side].admits(from, to.port())
             {
                 self.nodes[side].handle_datagram(from, &payload, self.now);
@@ -252,6 +270,9 @@ impl Sim {
         for side in 0..2 {
             self.nodes[side].handle_timeout(self.now);
             while let Some(transmit) = self.nodes[side].poll_transmit() {
+                if self.down[side] {
+                    continue;
+                }
                 let from = self.routers[side].outbound(transmit.destination);
                 self.emit(from, transmit.destination, transmit.payload);
             }
@@ -269,7 +290,9 @@ impl Sim {
                     NodeEvent::Packet { packet, .. } => {
                         self.received[side].push((self.now, packet))
                     }
-                    NodeEvent::Dead { .. } => {}
+                    NodeEvent::Dead { .. } => {
+                        self.dead[side].get_or_insert(self.now);
+                    }
                 }
             }
         }
@@ -373,4 +396,81 @@ fn symmetric_nats_fall_back_to_the_relay() {
     println!("relayed: first packet {first:?}, then {next:?} and {again:?}");
     // Through the relay a packet takes two 10 ms hops.
     assert!(again >= Duration::from_millis(20), "{again:?}");
+}
+
+#[test]
+fn a_dead_gateway_is_noticed_within_two_seconds() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    assert!(
+        sim.run_until(Duration::from_secs(20), |s| s.connected[0].is_some()
+            && s.connected[1].is_some())
+    );
+    sim.ping(0, 1).expect("traffic flows");
+    // Idle but alive for a while: keepalives, no false alarm.
+    sim.run_until(Duration::from_secs(10), |_| false);
+    assert_eq!(sim.dead, [None, None], "an idle peer is not dead");
+    // The gateway dies.
+    sim.down[1] = true;
+    let died = sim.now;
+    assert!(
+        sim.run_until(Duration::from_secs(10), |s| s.dead[0].is_some()),
+        "never noticed"
+    );
+    let noticed = sim.dead[0].unwrap() - died;
+    println!("dead gateway noticed after {noticed:?} of simulated time");
+    assert!(noticed <= Duration::from_millis(2300), "{noticed:?}");
+}
+
+/// A tiny go-back-N stream over the tunnel: every segment arrives, in order,
+/// across a lossy network.
+#[test]
+fn ten_percent_loss_still_delivers_a_stream() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    sim.loss_percent = 10;
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| s.connected[0].is_some()
+            && s.connected[1].is_some()),
+        "ICE must get through 10% loss"
+    );
+    const SEGMENTS: u8 = 200;
+    const WINDOW: u8 = 8;
+    let (client, gateway) = (sim.ids[0], sim.ids[1]);
+    let mut acked: u8 = 0;
+    let mut delivered: Vec<u8> = Vec::new();
+    let mut sent_at = sim.now;
+    let mut next: u8 = 0;
+    let deadline = sim.now + Duration::from_secs(120);
+    while acked < SEGMENTS {
+        assert!(sim.now < deadline, "stream stalled at {acked}");
+        // Send what the window allows; after a timeout, go back.
+        if sim.now - sent_at > Duration::from_millis(200) {
+            next = acked;
+        }
+        while next < acked.saturating_add(WINDOW).min(SEGMENTS) {
+            sim.nodes[0].send(gateway, &ip_packet(next), sim.now);
+            sent_at = sim.now;
+            next += 1;
+        }
+        sim.step();
+        // The gateway takes the next in-order segment and acks cumulatively
+        // (again for duplicates: the last ack may have been lost).
+        let arrived: Vec<u8> = sim.received[1].drain(..).map(|(_, p)| p[30]).collect();
+        for segment in &arrived {
+            if usize::from(*segment) == delivered.len() {
+                delivered.push(*segment);
+            }
+        }
+        if !arrived.is_empty() {
+            let ack = delivered.len() as u8;
+            sim.nodes[1].send(client, &ip_packet(ack), sim.now);
+        }
+        for (_, ack) in sim.received[0].drain(..) {
+            acked = acked.max(ack[30]);
+        }
+    }
+    assert_eq!(delivered, (0..SEGMENTS).collect::<Vec<_>>());
+    println!(
+        "{SEGMENTS} segments through 10% loss in {:?} of simulated time",
+        sim.now - sim.started
+    );
 }

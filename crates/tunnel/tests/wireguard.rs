@@ -75,7 +75,7 @@ fn the_handshake_uses_the_preshared_key_and_data_flows_both_ways() {
     let (mut client, mut gateway) = pair(PSK, PSK);
     let mut buffer = vec![0u8; 2048];
     // Before a session the packet waits and a handshake goes out.
-    let Action::Network(n) = client.send(&ip_packet(7), &mut buffer).unwrap() else {
+    let Action::Network(n) = client.send(&ip_packet(7), now, &mut buffer).unwrap() else {
         panic!()
     };
     assert_eq!(n, 148, "a handshake initiation");
@@ -86,14 +86,14 @@ fn the_handshake_uses_the_preshared_key_and_data_flows_both_ways() {
         "the queued packet follows the handshake"
     );
     // And back.
-    let Action::Network(n) = gateway.send(&ip_packet(8), &mut buffer).unwrap() else {
+    let Action::Network(n) = gateway.send(&ip_packet(8), now, &mut buffer).unwrap() else {
         panic!()
     };
     assert_eq!(n, 60 + 32, "a data packet: payload plus 32 bytes");
     let (_, at_client) = exchange(&mut gateway, &mut client, buffer[..n].to_vec(), now);
     assert_eq!(at_client, vec![ip_packet(8)]);
     let mut plain = vec![0u8; 2048];
-    let Action::Network(n) = gateway.send(&ip_packet(9), &mut buffer).unwrap() else {
+    let Action::Network(n) = gateway.send(&ip_packet(9), now, &mut buffer).unwrap() else {
         panic!()
     };
     let Action::Tunnel(m) = client.receive(&buffer[..n], now, &mut plain).unwrap() else {
@@ -110,7 +110,7 @@ fn a_different_preshared_key_or_peer_key_gets_no_session() {
     let now = Instant::now();
     let (mut client, mut gateway) = pair(PSK, [10; 32]);
     let mut buffer = vec![0u8; 2048];
-    let Action::Network(n) = client.send(&ip_packet(7), &mut buffer).unwrap() else {
+    let Action::Network(n) = client.send(&ip_packet(7), now, &mut buffer).unwrap() else {
         panic!()
     };
     let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
@@ -122,7 +122,7 @@ fn a_different_preshared_key_or_peer_key_gets_no_session() {
     // A gateway expecting another client refuses the handshake outright.
     let mut stranger = WireguardPeer::new([3; 32], public_key(GATEWAY_SECRET), PSK, 3);
     let mut gateway = WireguardPeer::new(GATEWAY_SECRET, public_key(CLIENT_SECRET), PSK, 2);
-    let Action::Network(n) = stranger.send(&ip_packet(7), &mut buffer).unwrap() else {
+    let Action::Network(n) = stranger.send(&ip_packet(7), now, &mut buffer).unwrap() else {
         panic!()
     };
     let mut out = vec![0u8; 2048];
@@ -142,37 +142,50 @@ fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
     let start = Instant::now();
     let (mut client, mut gateway) = pair(PSK, PSK);
     let mut buffer = vec![0u8; 2048];
-    let Action::Network(n) = client.send(&ip_packet(1), &mut buffer).unwrap() else {
+    let Action::Network(n) = client.send(&ip_packet(1), start, &mut buffer).unwrap() else {
         panic!()
     };
     exchange(&mut client, &mut gateway, buffer[..n].to_vec(), start);
     assert!(client.is_alive(start));
-    // Nothing more arrives: dead once two seconds have passed (our clock).
+    // Nothing more arrives: dead once two seconds have passed.
     assert!(client.is_alive(start + Duration::from_millis(1900)));
     assert!(!client.is_alive(start + Duration::from_millis(2000)));
-    // With both sides ticking, keepalives keep both alive (real time: the
-    // WireGuard timers read the system clock).
+    // With both sides ticking every 100 ms (simulated), keepalives keep both
+    // alive for a minute; each side sends about one a second.
     let mut out = vec![0u8; 2048];
-    let deadline = Instant::now() + Duration::from_millis(2600);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = Instant::now();
-        if let Ok(Action::Network(n)) = client.tick(&mut buffer) {
+    let mut keepalives = 0;
+    for step in 1..=600 {
+        let now = start + Duration::from_millis(100 * step);
+        if let Ok(Action::Network(n)) = client.tick(now, &mut buffer) {
+            keepalives += 1;
             let _ = gateway.receive(&buffer[..n], now, &mut out);
         }
-        if let Ok(Action::Network(n)) = gateway.tick(&mut buffer) {
+        if let Ok(Action::Network(n)) = gateway.tick(now, &mut buffer) {
+            keepalives += 1;
             let _ = client.receive(&buffer[..n], now, &mut out);
         }
+        assert!(
+            client.is_alive(now) && gateway.is_alive(now),
+            "dead at {step}"
+        );
     }
-    let now = Instant::now();
     assert!(
-        client.is_alive(now),
-        "keepalives from the gateway keep it alive"
+        (100..=130).contains(&keepalives),
+        "{keepalives} keepalives in 60 s for two sides"
     );
-    assert!(
-        gateway.is_alive(now),
-        "keepalives from the client keep it alive"
-    );
+    // The gateway goes quiet: the client notices within two seconds.
+    let quiet = start + Duration::from_secs(60);
+    let mut noticed = None;
+    for step in 1..=40 {
+        let now = quiet + Duration::from_millis(100 * step);
+        let _ = client.tick(now, &mut buffer);
+        if !client.is_alive(now) {
+            noticed = Some(now - quiet);
+            break;
+        }
+    }
+    let noticed = noticed.expect("the silent gateway is noticed");
+    assert!(noticed <= Duration::from_secs(2), "{noticed:?}");
 }
 
 #[test]
@@ -180,10 +193,13 @@ fn small_buffers_are_refused_not_overrun() {
     let (mut client, _) = pair(PSK, PSK);
     let mut tiny = vec![0u8; 100];
     assert_eq!(
-        client.send(&ip_packet(1), &mut tiny),
+        client.send(&ip_packet(1), Instant::now(), &mut tiny),
         Err(PeerError::BufferTooSmall)
     );
-    assert_eq!(client.tick(&mut tiny), Err(PeerError::BufferTooSmall));
+    assert_eq!(
+        client.tick(Instant::now(), &mut tiny),
+        Err(PeerError::BufferTooSmall)
+    );
 }
 
 proptest! {
@@ -198,7 +214,7 @@ proptest! {
             let _ = gateway.receive(datagram, now, &mut out);
         }
         let mut buffer = vec![0u8; 2048];
-        let Action::Network(n) = client.send(&ip_packet(5), &mut buffer).unwrap() else { panic!() };
+        let Action::Network(n) = client.send(&ip_packet(5), now, &mut buffer).unwrap() else { panic!() };
         let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
         prop_assert_eq!(at_gateway, vec![ip_packet(5)]);
     }
