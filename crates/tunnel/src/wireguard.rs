@@ -1,8 +1,8 @@
 //! One WireGuard peer (SPEC F19): boringtun's Noise_IKpsk2 `Tunn` with the
 //! portal-issued preshared key, encrypting straight into the caller's buffer.
-//! Both ends send a keepalive after a second without sending anything, so each
-//! hears the other at least once a second and a peer silent for two seconds is
-//! dead (F20 failover).
+//! Both ends send a keepalive after half a second without sending anything,
+//! so each hears the other twice a second and a peer silent for one and a half
+//! seconds is dead (F20 failover within two seconds).
 //!
 //! boringtun reads the system's monotonic clock for its handshake timers; its
 //! `mock-instant` feature would freeze that clock for every crate built in the
@@ -16,10 +16,11 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-/// Silence after which a peer counts as dead.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Quiet time after which a keepalive is sent.
-pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Silence after which a peer counts as dead: three keepalive intervals, so
+/// two lost keepalives are no alarm, and failover (F20) fits in two seconds.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Quiet time after which a keepalive (32 bytes) is sent.
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
 /// WireGuard adds 32 bytes to a packet; handshakes need 148.
 pub const OVERHEAD: usize = 32;
 pub const MIN_BUFFER: usize = 148;

@@ -147,11 +147,11 @@ fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
     };
     exchange(&mut client, &mut gateway, buffer[..n].to_vec(), start);
     assert!(client.is_alive(start));
-    // Nothing more arrives: dead once two seconds have passed.
-    assert!(client.is_alive(start + Duration::from_millis(1900)));
-    assert!(!client.is_alive(start + Duration::from_millis(2000)));
+    // Nothing more arrives: dead once 1.5 seconds have passed.
+    assert!(client.is_alive(start + Duration::from_millis(1499)));
+    assert!(!client.is_alive(start + Duration::from_millis(1500)));
     // With both sides ticking every 100 ms (simulated), keepalives keep both
-    // alive for a minute; each side sends about one a second.
+    // alive for a minute; each side sends about two a second.
     let mut out = vec![0u8; 2048];
     let mut keepalives = 0;
     for step in 1..=600 {
@@ -170,7 +170,7 @@ fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
         );
     }
     assert!(
-        (100..=130).contains(&keepalives),
+        (200..=260).contains(&keepalives),
         "{keepalives} keepalives in 60 s for two sides"
     );
     // The gateway goes quiet: the client notices within two seconds.
@@ -185,7 +185,7 @@ fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
         }
     }
     let noticed = noticed.expect("the silent gateway is noticed");
-    assert!(noticed <= Duration::from_secs(2), "{noticed:?}");
+    assert!(noticed <= Duration::from_millis(1500), "{noticed:?}");
 }
 
 #[test]
