@@ -1,0 +1,247 @@
+//! A deterministic simulated network: hosts behind NAT routers on a "public"
+//! 198.18.0.0/15 segment, a relay running the real `postern-turn` server
+//! core, latency and seeded loss. Time is whatever the test says it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use postern_tunnel::node::RelayConfig;
+use postern_turn::credentials::{rest_password, rest_username};
+use postern_turn::server::{
+    ClientAction, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelaySockets, Server, ServerConfig,
+};
+use uuid::Uuid;
+
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const SECRET: &[u8] = b"simulation-secret";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping and filtering ("full cone").
+    Open,
+    /// Endpoint-independent mapping, address- and port-restricted filtering.
+    PortRestricted,
+    /// A new mapping per destination, port-restricted filtering.
+    Symmetric,
+}
+
+struct Router {
+    kind: Nat,
+    public: Ipv4Addr,
+    mappings: HashMap<Option<SocketAddr>, u16>,
+    contacted: HashMap<u16, Vec<SocketAddr>>,
+    next_port: u16,
+}
+
+impl Router {
+    fn outbound(&mut self, destination: SocketAddr) -> SocketAddr {
+        let key = match self.kind {
+            Nat::Symmetric => Some(destination),
+            _ => None,
+        };
+        let port = *self.mappings.entry(key).or_insert_with(|| {
+            self.next_port += 7;
+            self.next_port
+        });
+        self.contacted.entry(port).or_default().push(destination);
+        SocketAddr::new(IpAddr::V4(self.public), port)
+    }
+
+    fn admits(&self, source: SocketAddr, port: u16) -> bool {
+        let Some(contacted) = self.contacted.get(&port) else {
+            return false;
+        };
+        match self.kind {
+            Nat::Open => true,
+            Nat::PortRestricted | Nat::Symmetric => contacted.contains(&source),
+        }
+    }
+
+    /// A new public address (the host roamed to another network).
+    fn roam(&mut self, public: Ipv4Addr) {
+        self.public = public;
+        self.mappings.clear();
+        self.contacted.clear();
+    }
+}
+
+struct NoSockets;
+
+impl RelaySockets for NoSockets {
+    fn open(&mut self, _ip: IpAddr, _port: u16) -> bool {
+        true
+    }
+    fn close(&mut self, _port: u16) {}
+}
+
+/// A datagram in flight: (from, to, payload).
+type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
+
+pub struct Net {
+    pub now: Instant,
+    pub started: Instant,
+    routers: Vec<Router>,
+    relay: Server,
+    in_flight: BTreeMap<(Instant, u64), Datagram>,
+    sequence: u64,
+    pub latency: Duration,
+    /// Percent of datagrams lost, decided by a seeded generator.
+    pub loss_percent: u64,
+    dice: u64,
+    /// A host that is down sends and receives nothing.
+    pub down: Vec<bool>,
+}
+
+impl Net {
+    pub fn new(nats: &[Nat]) -> Net {
+        let now = Instant::now();
+        Net {
+            now,
+            started: now,
+            routers: nats
+                .iter()
+                .enumerate()
+                .map(|(n, kind)| Router {
+                    kind: *kind,
+                    public: Ipv4Addr::new(198, 18, 0, 10 + 10 * n as u8),
+                    mappings: HashMap::new(),
+                    contacted: HashMap::new(),
+                    next_port: 20000,
+                })
+                .collect(),
+            relay: Server::new(ServerConfig::new("sim", SECRET, Some(RELAY_IP)), [5; 32]),
+            in_flight: BTreeMap::new(),
+            sequence: 0,
+            latency: Duration::from_millis(10),
+            loss_percent: 0,
+            dice: 0x9e37_79b9_7f4a_7c15,
+            down: vec![false; nats.len()],
+        }
+    }
+
+    /// Host `n`'s socket address behind its NAT.
+    pub fn inside(n: usize) -> SocketAddr {
+        SocketAddr::from(([10, n as u8 + 1, 0, 2], 51820))
+    }
+
+    pub fn relay_config(device: Uuid) -> RelayConfig {
+        let expiry = unix_now() + 3600;
+        let username = rest_username(expiry, &device.to_string());
+        RelayConfig {
+            server: SocketAddr::new(IpAddr::V4(RELAY_IP), 3478),
+            password: rest_password(SECRET, &username),
+            username,
+        }
+    }
+
+    /// Host `n` moves to another network: a new public address and no NAT
+    /// state.
+    pub fn roam(&mut self, n: usize, public: Ipv4Addr) {
+        self.routers[n].roam(public);
+    }
+
+    fn emit(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        self.dice ^= self.dice << 13;
+        self.dice ^= self.dice >> 7;
+        self.dice ^= self.dice << 17;
+        if self.dice % 100 < self.loss_percent {
+            return;
+        }
+        self.sequence += 1;
+        self.in_flight.insert(
+            (self.now + self.latency, self.sequence),
+            (from, to, payload),
+        );
+    }
+
+    /// Host `n` sends a datagram from its socket.
+    pub fn send(&mut self, n: usize, destination: SocketAddr, payload: Vec<u8>) {
+        if self.down[n] {
+            return;
+        }
+        let from = self.routers[n].outbound(destination);
+        self.emit(from, destination, payload);
+    }
+
+    /// Datagrams due now for hosts: (host, source, payload). The relay's
+    /// share is handled here.
+    pub fn due(&mut self) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let (from, to, payload) = entry.remove();
+            if to.ip() == IpAddr::V4(RELAY_IP) {
+                self.relay_receive(from, to, payload);
+                continue;
+            }
+            for n in 0..self.routers.len() {
+                if !self.down[n]
+                    && to.ip() == IpAddr::V4(self.routers[n].public)
+                    && self.routers[n].admits(from, to.port())
+                {
+                    out.push((n, from, payload.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn relay_receive(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        let now = Now {
+            instant: self.now,
+            unix_secs: unix_now(),
+        };
+        if to.port() == 3478 {
+            match self
+                .relay
+                .handle_client(now, from, &payload, &mut NoSockets)
+            {
+                ClientAction::Reply(reply) => self.emit(to, from, reply),
+                ClientAction::Relay {
+                    port,
+                    peer,
+                    payload,
+                } => {
+                    let payload = payload.to_vec();
+                    self.emit(SocketAddr::new(IpAddr::V4(RELAY_IP), port), peer, payload)
+                }
+                ClientAction::None => {}
+            }
+        } else {
+            let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+            buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
+            if let PeerAction::ToClient { client, range } = self.relay.handle_peer(
+                self.now,
+                to.port(),
+                from,
+                &mut buf,
+                PEER_HEADROOM,
+                payload.len(),
+            ) {
+                let framed = buf[range].to_vec();
+                self.emit(SocketAddr::new(IpAddr::V4(RELAY_IP), 3478), client, framed);
+            }
+        }
+    }
+
+    /// When the next datagram arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.in_flight.keys().next().map(|k| k.0)
+    }
+
+    /// Moves the clock to `next` (at least a millisecond on).
+    pub fn advance(&mut self, next: Option<Instant>) {
+        let next = next.unwrap_or(self.now + Duration::from_millis(10));
+        self.now = next.max(self.now + Duration::from_millis(1));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
