@@ -13,6 +13,9 @@ use is::stun::{StunMessage, StunPacket};
 use is::{Candidate, IceAgent, IceAgentEvent, IceConnectionState, IceCreds, Protocol};
 use postern_model::protocol::IceCredentials;
 
+/// Time between connectivity checks.
+const CHECK_PACING: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// STUN's magic cookie (RFC 8489), how STUN is told apart from WireGuard and
 /// TURN channel data on the one socket.
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
@@ -67,6 +70,10 @@ impl IceSession {
         let mut agent = IceAgent::new(creds(local));
         agent.set_remote_credentials(creds(remote));
         agent.set_controlling(controlling);
+        // A pair has a handful of candidates, not a browser's dozens: pace
+        // checks at 10 ms rather than 50 (RFC 8445 allows down to 5 ms), so the
+        // first packet to a new resource waits less.
+        agent.set_timing_advance(CHECK_PACING);
         IceSession {
             agent,
             nominated: None,

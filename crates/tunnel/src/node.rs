@@ -245,6 +245,12 @@ impl Node {
             let Ok(mut action) = peer.wireguard.receive(datagram, now, &mut self.buffer) else {
                 continue;
             };
+            // The controlled side may hear the peer's handshake before ICE
+            // tells it the nominated pair: answer on the path it came by
+            // (a genuine handshake proves the peer), ICE may move it later.
+            if peer.path.is_none() {
+                peer.path = Some((destination, source));
+            }
             loop {
                 match action {
                     Action::Nothing => break,
