@@ -21,6 +21,9 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Quiet time after which a keepalive (32 bytes) is sent.
 pub const KEEPALIVE: Duration = Duration::from_millis(500);
+/// An unanswered handshake initiation is repeated after this long (on the
+/// caller's clock: boringtun's own 5 s retry runs on the system clock).
+pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 /// WireGuard adds 32 bytes to a packet; handshakes need 148.
 pub const OVERHEAD: usize = 32;
 pub const MIN_BUFFER: usize = 148;
@@ -55,6 +58,8 @@ pub struct WireguardPeer {
     tunn: Tunn,
     last_received: Option<Instant>,
     last_sent: Option<Instant>,
+    /// When the handshake initiation still unanswered was sent.
+    initiated: Option<Instant>,
 }
 
 impl WireguardPeer {
@@ -77,6 +82,7 @@ impl WireguardPeer {
             ),
             last_received: None,
             last_sent: None,
+            initiated: None,
         }
     }
 
@@ -107,9 +113,7 @@ impl WireguardPeer {
             return Err(PeerError::BufferTooSmall);
         }
         let action = Self::action(self.tunn.encapsulate(packet, buffer))?;
-        if matches!(action, Action::Network(_)) {
-            self.last_sent = Some(now);
-        }
+        self.sent(action, now, buffer);
         Ok(action)
     }
 
@@ -130,6 +134,7 @@ impl WireguardPeer {
         }
         let action = Self::action(self.tunn.decapsulate(None, datagram, buffer))?;
         self.last_received = Some(now);
+        self.initiated = None;
         Ok(action)
     }
 
@@ -147,6 +152,15 @@ impl WireguardPeer {
         }
         let action = Self::action(self.tunn.update_timers(buffer))?;
         if action != Action::Nothing {
+            self.sent(action, now, buffer);
+            return Ok(action);
+        }
+        if let Some(at) = self.initiated
+            && now.saturating_duration_since(at) >= HANDSHAKE_RETRY
+        {
+            self.initiated = None;
+            let action = Self::action(self.tunn.format_handshake_initiation(buffer, true))?;
+            self.sent(action, now, buffer);
             return Ok(action);
         }
         let quiet = self
@@ -158,6 +172,17 @@ impl WireguardPeer {
             return self.send(&[], now, buffer);
         }
         Ok(Action::Nothing)
+    }
+
+    /// Notes what went out: the time, and an initiation to retry if unanswered.
+    fn sent(&mut self, action: Action, now: Instant, buffer: &[u8]) {
+        if let Action::Network(n) = action {
+            self.last_sent = Some(now);
+            // Message type 1: a handshake initiation.
+            if n > 0 && buffer[0] == 1 && self.initiated.is_none() {
+                self.initiated = Some(now);
+            }
+        }
     }
 
     /// Whether the peer was heard from within [`LIVENESS_TIMEOUT`].

@@ -219,3 +219,38 @@ proptest! {
         prop_assert_eq!(at_gateway, vec![ip_packet(5)]);
     }
 }
+
+#[test]
+fn a_lost_handshake_is_repeated_after_a_second_of_our_clock() {
+    let start = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let mut buffer = vec![0u8; 2048];
+    let Action::Network(n) = client.send(&ip_packet(1), start, &mut buffer).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (n, buffer[0]),
+        (148, 1),
+        "an initiation, which the network loses"
+    );
+    assert_eq!(
+        client.tick(start + Duration::from_millis(900), &mut buffer),
+        Ok(Action::Nothing)
+    );
+    let Ok(Action::Network(n)) = client.tick(start + Duration::from_millis(1000), &mut buffer)
+    else {
+        panic!("no retry after a second")
+    };
+    assert_eq!((n, buffer[0]), (148, 1), "a fresh initiation");
+    let (_, at_gateway) = exchange(
+        &mut client,
+        &mut gateway,
+        buffer[..n].to_vec(),
+        start + Duration::from_secs(1),
+    );
+    assert_eq!(
+        at_gateway,
+        vec![ip_packet(1)],
+        "the queued packet follows the retried handshake"
+    );
+}
