@@ -1,16 +1,18 @@
 //! The fuzz entry point (crates/tunnel/fuzz): raw bytes as an app's packet
-//! into a client and as a tunnel packet into a gateway. Neither may panic,
-//! and every ICMP reply either side makes must itself parse.
+//! into a client, as a tunnel packet into a gateway, and as datagrams into a
+//! node (from its relay and from a peer). Nothing may panic, and every ICMP
+//! reply must itself parse.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use postern_model::ResourceType;
-use postern_model::protocol::ResourceDescription;
+use postern_model::protocol::{IceCredentials, ResourceDescription};
 use uuid::Uuid;
 
 use crate::client::{ClientConfig, ClientEvent, ClientState, Verdict};
 use crate::gateway::{ClientAddresses, GatewayState, GatewayVerdict};
+use crate::node::{Node, PeerConfig, RelayConfig};
 use crate::packet::Packet;
 
 pub fn fuzz_one(data: &[u8]) {
@@ -74,6 +76,40 @@ pub fn fuzz_one(data: &[u8]) {
             "the gateway made an unparsable reply"
         );
     }
+
+    // The same bytes as datagrams on a node's socket: from a relay (TURN),
+    // and from a peer (STUN, WireGuard, anything).
+    let local = SocketAddr::from(([10, 0, 0, 2], 51820));
+    let relay = SocketAddr::from(([198, 18, 0, 3], 3478));
+    let peer_address = SocketAddr::from(([198, 18, 0, 20], 20000));
+    let mut node = Node::new(local, [1; 32], true, 7);
+    node.add_relay(
+        RelayConfig {
+            server: relay,
+            username: "1:fuzz".into(),
+            password: "x".into(),
+        },
+        now,
+    );
+    let credentials = |tag: &str| IceCredentials {
+        username_fragment: format!("{tag}frag"),
+        password: format!("{tag}-password-0123456789"),
+    };
+    node.add_peer(
+        Uuid::from_u128(9),
+        PeerConfig {
+            public_key: crate::wireguard::public_key([2; 32]),
+            preshared_key: [3; 32],
+            local_ice: credentials("local"),
+            remote_ice: credentials("remote"),
+        },
+        now,
+    );
+    node.handle_datagram(relay, data, now);
+    node.handle_datagram(peer_address, data, now);
+    node.handle_timeout(now);
+    while node.poll_transmit().is_some() {}
+    while node.poll_event().is_some() {}
 }
 
 fn serde_like_tcp_80() -> postern_model::Filter {
