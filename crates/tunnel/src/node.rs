@@ -21,6 +21,13 @@ use crate::wireguard::{Action, WireguardPeer};
 const WIREGUARD_TICK: Duration = Duration::from_millis(250);
 /// Packets kept for a peer while its path is found.
 const MAX_WAITING: usize = 32;
+/// A peer without a path after this long is reported dead, so the client
+/// asks the portal again (perhaps for another gateway).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A failed relay allocation is tried again after this long, doubling up to
+/// [`RELAY_RETRY_MAX`].
+const RELAY_RETRY: Duration = Duration::from_secs(2);
+const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
 const BUFFER: usize = 65_535 + 64;
 
 /// A datagram to send from the node's socket.
@@ -60,9 +67,14 @@ pub struct PeerConfig {
 }
 
 struct Relay {
+    config: RelayConfig,
     client: TurnClient,
     /// Announced candidates (relayed, server-reflexive), once allocated.
     candidates: Option<(SocketAddr, SocketAddr)>,
+    /// After a failed allocation: when to try again.
+    retry_at: Option<Instant>,
+    /// The wait after the next failure.
+    backoff: Duration,
 }
 
 struct Peer {
@@ -71,6 +83,9 @@ struct Peer {
     path: Option<(SocketAddr, SocketAddr)>,
     waiting: VecDeque<Vec<u8>>,
     alive: bool,
+    added: Instant,
+    /// Dead was reported (once per peer).
+    reported: bool,
 }
 
 pub struct Node {
@@ -110,22 +125,29 @@ impl Node {
 
     /// Allocates on a relay; its candidates reach every peer when ready.
     pub fn add_relay(&mut self, relay: RelayConfig, now: Instant) {
+        let client = self.turn_client(&relay, now);
+        self.relays.push(Relay {
+            config: relay,
+            client,
+            candidates: None,
+            retry_at: None,
+            backoff: RELAY_RETRY,
+        });
+        self.flush_relays(now);
+    }
+
+    fn turn_client(&mut self, relay: &RelayConfig, now: Instant) -> TurnClient {
         self.seed = self
             .seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let client = TurnClient::new(
+        TurnClient::new(
             relay.server,
             &relay.username,
             &relay.password,
             self.seed,
             now,
-        );
-        self.relays.push(Relay {
-            client,
-            candidates: None,
-        });
-        self.flush_relays(now);
+        )
     }
 
     /// Starts connecting to a peer the portal paired us with.
@@ -151,6 +173,8 @@ impl Node {
                 path: None,
                 waiting: VecDeque::new(),
                 alive: false,
+                added: now,
+                reported: false,
             },
         );
         for candidate in candidates {
@@ -318,6 +342,17 @@ impl Node {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Relays whose allocation failed are tried again.
+        for index in 0..self.relays.len() {
+            if self.relays[index].retry_at.is_some_and(|at| at <= now) {
+                let config = self.relays[index].config.clone();
+                let client = self.turn_client(&config, now);
+                let relay = &mut self.relays[index];
+                relay.client = client;
+                relay.retry_at = None;
+                relay.candidates = None;
+            }
+        }
         for relay in &mut self.relays {
             relay.client.handle_timeout(now);
         }
@@ -349,6 +384,16 @@ impl Node {
                 peer.alive = alive;
             }
         }
+        // A peer that never got a path is as good as dead.
+        for (id, peer) in &mut self.peers {
+            if peer.path.is_none()
+                && !peer.reported
+                && now.saturating_duration_since(peer.added) >= CONNECT_TIMEOUT
+            {
+                peer.reported = true;
+                self.events.push_back(NodeEvent::Dead { peer: *id });
+            }
+        }
         self.drive(now);
     }
 
@@ -363,7 +408,17 @@ impl Node {
             .iter()
             .filter_map(|r| r.client.poll_timeout())
             .min();
-        [ice, turn, self.next_tick].into_iter().flatten().min()
+        let retry = self.relays.iter().filter_map(|r| r.retry_at).min();
+        let connect = self
+            .peers
+            .values()
+            .filter(|p| p.path.is_none() && !p.reported)
+            .map(|p| p.added + CONNECT_TIMEOUT)
+            .min();
+        [ice, turn, retry, connect, self.next_tick]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -435,7 +490,7 @@ impl Node {
     }
 
     /// TURN requests out, allocations in (new candidates for every peer).
-    fn flush_relays(&mut self, _now: Instant) {
+    fn flush_relays(&mut self, now: Instant) {
         let mut announced = Vec::new();
         for relay in &mut self.relays {
             while let Some(bytes) = relay.client.poll_transmit() {
@@ -445,9 +500,17 @@ impl Node {
                 });
             }
             while let Some(event) = relay.client.poll_event() {
-                if let TurnEvent::Allocated { relayed, mapped } = event {
-                    relay.candidates = Some((relayed, mapped));
-                    announced.push((relayed, mapped));
+                match event {
+                    TurnEvent::Allocated { relayed, mapped } => {
+                        relay.candidates = Some((relayed, mapped));
+                        relay.backoff = RELAY_RETRY;
+                        announced.push((relayed, mapped));
+                    }
+                    TurnEvent::Failed { .. } => {
+                        relay.retry_at = Some(now + relay.backoff);
+                        relay.backoff = (relay.backoff * 2).min(RELAY_RETRY_MAX);
+                    }
+                    _ => {}
                 }
             }
         }

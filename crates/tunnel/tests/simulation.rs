@@ -280,3 +280,16 @@ fn ten_percent_loss_still_delivers_a_stream() {
         sim.net.now - sim.net.started
     );
 }
+
+#[test]
+fn a_symmetric_gateway_is_reached_from_behind_a_port_restricted_nat() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Symmetric);
+    assert!(
+        sim.run_until(Duration::from_secs(30), |s| s.connected[0].is_some()
+            && s.connected[1].is_some()),
+        "no path: {:?}",
+        sim.connected
+    );
+    sim.ping(0, 1).expect("client -> gateway");
+    sim.ping(1, 2).expect("gateway -> client");
+}

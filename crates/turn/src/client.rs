@@ -47,9 +47,17 @@ pub enum ClientEvent {
 #[derive(Debug, Clone)]
 enum Request {
     Allocate,
-    Refresh { lifetime: u32 },
+    Refresh {
+        lifetime: u32,
+    },
+    /// Deletes an allocation our 5-tuple already has (its Allocate response
+    /// was lost and the client that asked gave up), so we can allocate anew.
+    ReleaseOrphan,
     CreatePermission(IpAddr),
-    ChannelBind { number: u16, peer: SocketAddr },
+    ChannelBind {
+        number: u16,
+        peer: SocketAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -95,6 +103,8 @@ pub struct Client {
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
     rng: u64,
+    /// An orphaned allocation was released once already.
+    released_orphan: bool,
 }
 
 impl Client {
@@ -128,6 +138,7 @@ impl Client {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng: seed | 1,
+            released_orphan: false,
         };
         client.send(Request::Allocate, now);
         client
@@ -298,6 +309,7 @@ impl Client {
                 self.state = State::Dead;
                 self.events.push_back(ClientEvent::Deallocated);
             }
+            Request::ReleaseOrphan => self.send(Request::Allocate, now),
             Request::Refresh { .. } => self.schedule_refresh(message.get_u32(attr::LIFETIME), now),
             Request::CreatePermission(peer) => {
                 let first = matches!(self.permissions.get(&peer), Some(None));
@@ -352,8 +364,18 @@ impl Client {
                 }
                 None => self.fail(error, "438 without a nonce".into()),
             },
+            // RFC 8656 7.3: our 5-tuple already holds an allocation, from an
+            // Allocate whose answer was lost. Release it once, then retry.
+            code::ALLOCATION_MISMATCH
+                if matches!(request, Request::Allocate) && !self.released_orphan =>
+            {
+                self.released_orphan = true;
+                self.send(Request::ReleaseOrphan, now);
+            }
             _ => match request {
-                Request::Allocate | Request::Refresh { .. } => self.fail(error, reason),
+                Request::Allocate | Request::Refresh { .. } | Request::ReleaseOrphan => {
+                    self.fail(error, reason)
+                }
                 Request::CreatePermission(peer) => {
                     self.permissions.remove(&peer);
                     tracing::debug!(%peer, error, "permission refused");
@@ -404,7 +426,7 @@ impl Client {
                 let request = pending.request.clone();
                 self.pending.remove(&transaction);
                 match request {
-                    Request::Allocate | Request::Refresh { .. } => {
+                    Request::Allocate | Request::Refresh { .. } | Request::ReleaseOrphan => {
                         self.fail(0, "the server did not answer".into())
                     }
                     Request::CreatePermission(_) | Request::ChannelBind { .. } => {}
@@ -490,7 +512,7 @@ impl Client {
         let mut bytes = Vec::with_capacity(128);
         let method = match request {
             Request::Allocate => method::ALLOCATE,
-            Request::Refresh { .. } => method::REFRESH,
+            Request::Refresh { .. } | Request::ReleaseOrphan => method::REFRESH,
             Request::CreatePermission(_) => method::CREATE_PERMISSION,
             Request::ChannelBind { .. } => method::CHANNEL_BIND,
         };
@@ -501,6 +523,9 @@ impl Client {
             }
             Request::Refresh { lifetime } => {
                 writer.u32(attr::LIFETIME, *lifetime);
+            }
+            Request::ReleaseOrphan => {
+                writer.u32(attr::LIFETIME, 0);
             }
             Request::CreatePermission(peer) => {
                 writer.xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(*peer, 0));

@@ -831,3 +831,24 @@ fn ipv6_allocations_when_asked_and_configured() {
         code::PEER_ADDRESS_FAMILY_MISMATCH
     );
 }
+
+#[test]
+fn a_client_recovers_an_allocation_whose_answer_was_lost() {
+    let mut h = Harness::new(config());
+    // The first client's allocation exists on the server, but pretend its
+    // answer never arrived and the client gave up.
+    let first = allocated(&mut h, alice());
+    let orphan = first.relayed_address().unwrap();
+    drop(first);
+    let (username, password) = credentials(3600, "alice");
+    let server = "198.18.0.3:3478".parse().unwrap();
+    let mut second = Client::new(server, &username, &password, 9, h.now().instant);
+    h.exchange(&mut second, alice());
+    match second.poll_event() {
+        Some(ClientEvent::Allocated { relayed, .. }) => {
+            assert_eq!(h.server.allocation_count(), 1, "the orphan was released");
+            assert!(!h.sockets.open.contains(&orphan.port()) || relayed == orphan);
+        }
+        other => panic!("expected a fresh allocation after the 437, got {other:?}"),
+    }
+}
