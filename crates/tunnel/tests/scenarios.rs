@@ -552,8 +552,8 @@ mod model {
         fn step_checked(&mut self) {
             let before: Vec<usize> = self.forwarded.iter().map(Vec::len).collect();
             self.step();
-            for host in 1..self.forwarded.len() {
-                for (_, packet) in &self.forwarded[host][before[host]..] {
+            for (host, (forwarded, seen)) in self.forwarded.iter().zip(before).enumerate().skip(1) {
+                for (_, packet) in &forwarded[seen..] {
                     let port = u16::from_be_bytes([packet[22], packet[23]]);
                     assert!(self.allowed, "forwarded while revoked");
                     assert_eq!(port, self.port, "forwarded a port the filter closes");
