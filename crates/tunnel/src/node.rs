@@ -269,10 +269,11 @@ impl Node {
             let Ok(mut action) = peer.wireguard.receive(datagram, now, &mut self.buffer) else {
                 continue;
             };
-            // The controlled side may hear the peer's handshake before ICE
-            // tells it the nominated pair: answer on the path it came by
-            // (a genuine handshake proves the peer), ICE may move it later.
-            if peer.path.is_none() {
+            // Authenticated WireGuard from the peer fixes where it is, as in
+            // WireGuard's own endpoint roaming: the controlled side may hear
+            // the handshake before ICE names the nominated pair, and a client
+            // that changed networks (F21) speaks from a new address.
+            if peer.path != Some((destination, source)) {
                 peer.path = Some((destination, source));
             }
             loop {

@@ -594,3 +594,27 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_client_that_changes_networks_keeps_its_traffic_flowing() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open]);
+    world.app_sends(&tcp(CLIENT_V4, 80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    // The laptop moves to another network: a new public address, no NAT
+    // state, the old path gone.
+    world.net.roam(CLIENT, Ipv4Addr::new(198, 18, 1, 10));
+    let moved = world.net.now;
+    let answers_before = world.at_app.len();
+    let mut resumed = None;
+    for tag in 2..100u8 {
+        world.app_sends(&tcp(CLIENT_V4, 80, tag));
+        world.run_for(Duration::from_millis(50));
+        if world.at_app.len() > answers_before {
+            resumed = Some(world.at_app[answers_before].0 - moved);
+            break;
+        }
+    }
+    let resumed = resumed.expect("traffic never resumed after roaming");
+    println!("traffic resumed {resumed:?} after the client changed networks");
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+}
