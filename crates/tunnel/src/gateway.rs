@@ -16,6 +16,7 @@ use postern_model::protocol::ResourceDescription;
 use uuid::Uuid;
 
 use crate::icmp::{Unreachable, unreachable};
+use crate::nat::ClientNat;
 use crate::packet::Packet;
 use crate::router::Router;
 
@@ -57,6 +58,42 @@ struct ClientEntry {
     addresses: ClientAddresses,
     resources: HashMap<Uuid, Authorized>,
     router: Router,
+    /// DNS resource -> the proxy addresses the client assigned for it.
+    proxies: HashMap<Uuid, Vec<IpAddr>>,
+    nat: ClientNat,
+}
+
+impl ClientEntry {
+    /// Routes a resource's prefixes and its proxy addresses to it.
+    fn route(&mut self, resource: &ResourceDescription) {
+        self.router.remove_resource(resource.id);
+        for net in prefixes(resource) {
+            self.router.insert(net, resource.id);
+        }
+        for proxy in self.proxies.get(&resource.id).into_iter().flatten() {
+            self.router.insert(IpNet::from(*proxy), resource.id);
+        }
+    }
+
+    /// Forgets a resource with its routes and proxy mappings.
+    fn drop_resource(&mut self, id: Uuid) {
+        self.resources.remove(&id);
+        self.router.remove_resource(id);
+        for proxy in self.proxies.remove(&id).into_iter().flatten() {
+            self.nat.unmap(proxy);
+        }
+    }
+}
+
+/// Why proxy addresses were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    #[error("the client is not authorized for that resource")]
+    NotAuthorized,
+    #[error("only DNS resources have proxy addresses")]
+    NotDns,
+    #[error("a proxy address must come from Postern's proxy ranges")]
+    NotProxy,
 }
 
 #[derive(Default)]
@@ -105,12 +142,11 @@ impl GatewayState {
                 addresses: client,
                 resources: HashMap::new(),
                 router: Router::default(),
+                proxies: HashMap::new(),
+                nat: ClientNat::default(),
             });
         entry.addresses = client;
-        entry.router.remove_resource(resource.id);
-        for net in prefixes(&resource) {
-            entry.router.insert(net, resource.id);
-        }
+        entry.route(&resource);
         entry
             .resources
             .insert(resource.id, Authorized { resource, expires });
@@ -121,8 +157,7 @@ impl GatewayState {
         let Some(entry) = self.clients.get_mut(&client) else {
             return;
         };
-        entry.resources.remove(&resource);
-        entry.router.remove_resource(resource);
+        entry.drop_resource(resource);
         if entry.resources.is_empty() {
             self.remove_client(client);
         }
@@ -132,11 +167,8 @@ impl GatewayState {
     pub fn update_resource(&mut self, resource: ResourceDescription) {
         for entry in self.clients.values_mut() {
             if let Some(authorized) = entry.resources.get_mut(&resource.id) {
-                entry.router.remove_resource(resource.id);
-                for net in prefixes(&resource) {
-                    entry.router.insert(net, resource.id);
-                }
                 authorized.resource = resource.clone();
+                entry.route(&resource);
             }
         }
     }
@@ -187,8 +219,7 @@ impl GatewayState {
             }
         }
         for resource_id in expired {
-            entry.resources.remove(&resource_id);
-            entry.router.remove_resource(resource_id);
+            entry.drop_resource(resource_id);
         }
         if allowed {
             return GatewayVerdict::Forward;
@@ -205,6 +236,84 @@ impl GatewayState {
         self.by_address.get(&destination).copied()
     }
 
+    /// Decides like [`GatewayState::handle_from_client`] and, for a packet to
+    /// a proxy address, rewrites it to the real address in place.
+    pub fn forward_from_client(
+        &mut self,
+        client: Uuid,
+        packet: &mut [u8],
+        now: Instant,
+    ) -> GatewayVerdict {
+        let verdict = self.handle_from_client(client, packet, now);
+        if verdict == GatewayVerdict::Forward
+            && let Some(entry) = self.clients.get_mut(&client)
+        {
+            entry.nat.outbound(packet, now);
+        }
+        verdict
+    }
+
+    /// A packet from a resource: the client it is for, with the source put
+    /// back to the proxy address the client used (DNS resources).
+    pub fn handle_to_client(&mut self, packet: &mut [u8], now: Instant) -> Option<Uuid> {
+        let destination = Packet::parse(packet).ok()?.destination();
+        let client = self.client_for(destination)?;
+        if let Some(entry) = self.clients.get_mut(&client) {
+            entry.nat.inbound(packet, now);
+        }
+        Some(client)
+    }
+
+    /// The client's proxy addresses for a DNS resource it is authorized for,
+    /// and the answers the gateway resolved: each proxy maps to an answer of
+    /// its family, round robin. Returns how many proxies got an address.
+    pub fn assign_proxies(
+        &mut self,
+        client: Uuid,
+        resource: Uuid,
+        proxies: &[IpAddr],
+        answers: &[IpAddr],
+    ) -> Result<usize, AssignError> {
+        let entry = self
+            .clients
+            .get_mut(&client)
+            .ok_or(AssignError::NotAuthorized)?;
+        let authorized = entry
+            .resources
+            .get(&resource)
+            .ok_or(AssignError::NotAuthorized)?;
+        if authorized.resource.kind != ResourceType::Dns {
+            return Err(AssignError::NotDns);
+        }
+        if !proxies.iter().all(|p| is_proxy_address(*p)) {
+            return Err(AssignError::NotProxy);
+        }
+        let description = authorized.resource.clone();
+        for old in entry.proxies.remove(&resource).into_iter().flatten() {
+            entry.nat.unmap(old);
+        }
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = answers.iter().partition(|a| a.is_ipv4());
+        let mut mapped = Vec::new();
+        let (mut next_v4, mut next_v6) = (0, 0);
+        for proxy in proxies {
+            let (pool, next) = if proxy.is_ipv4() {
+                (&v4, &mut next_v4)
+            } else {
+                (&v6, &mut next_v6)
+            };
+            if pool.is_empty() {
+                continue;
+            }
+            entry.nat.map(*proxy, pool[*next % pool.len()]);
+            *next += 1;
+            mapped.push(*proxy);
+        }
+        let count = mapped.len();
+        entry.proxies.insert(resource, mapped);
+        entry.route(&description);
+        Ok(count)
+    }
+
     /// Forgets expired authorizations (packets check expiry themselves; this
     /// keeps the table small).
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -217,8 +326,7 @@ impl GatewayState {
                 .map(|(id, _)| *id)
                 .collect();
             for id in expired {
-                entry.resources.remove(&id);
-                entry.router.remove_resource(id);
+                entry.drop_resource(id);
             }
             if entry.resources.is_empty() {
                 emptied.push(*client);
@@ -241,5 +349,13 @@ impl GatewayState {
         self.clients
             .get(&client)
             .is_some_and(|e| e.resources.contains_key(&resource))
+    }
+}
+
+/// Whether an address is one the client's DNS stub hands out.
+fn is_proxy_address(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => postern_model::plan::DNS_PROXY_V4.contains(&v4),
+        IpAddr::V6(v6) => postern_model::plan::DNS_PROXY_V6.contains(&v6),
     }
 }

@@ -7,6 +7,7 @@
 //! - [`icmp`]: unreachable replies for refused packets;
 //! - [`ice`]: ICE checks and nomination for one pair (str0m's agent);
 //! - [`router`]: longest-prefix routing of destinations to resources;
+//! - [`nat`]: proxy-to-real address rewriting for DNS resources;
 //! - [`client`]: per-resource access on first packet, with bounded buffering;
 //! - [`gateway`]: the authorization table with filters and source checks;
 //! - [`wireguard`]: one WireGuard peer with the pair's preshared key.
@@ -16,6 +17,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod ice;
 pub mod icmp;
+pub mod nat;
 pub mod node;
 pub mod packet;
 pub mod router;

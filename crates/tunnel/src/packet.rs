@@ -79,6 +79,77 @@ impl<'a> Packet<'a> {
         Some(u16::from_be_bytes([port[0], port[1]]))
     }
 
+    /// Where the transport header starts (absent in non-first fragments).
+    pub fn transport_offset(&self) -> Option<usize> {
+        self.transport
+    }
+
+    /// (source, destination) ports of TCP/UDP, or the identifier twice for
+    /// ICMP echo request/reply: what tells flows apart.
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        let at = self.transport?;
+        match self.protocol {
+            IPPROTO_TCP | IPPROTO_UDP => {
+                let ports = self.bytes.get(at..at + 4)?;
+                Some((
+                    u16::from_be_bytes([ports[0], ports[1]]),
+                    u16::from_be_bytes([ports[2], ports[3]]),
+                ))
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                let kind = *self.bytes.get(at)?;
+                let echo = matches!(kind, 0 | 8 | 128 | 129);
+                let id = self.bytes.get(at + 4..at + 6)?;
+                echo.then(|| {
+                    let id = u16::from_be_bytes([id[0], id[1]]);
+                    (id, id)
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Parses the packet an ICMP error quotes: usually cut short, so only the
+    /// IP header must be whole.
+    pub fn parse_quoted(bytes: &'a [u8]) -> Result<Packet<'a>, PacketError> {
+        let first = *bytes.first().ok_or(PacketError::Empty)?;
+        let needed = match first >> 4 {
+            4 => 20,
+            6 => 40,
+            other => return Err(PacketError::Version(other)),
+        };
+        if bytes.len() < needed {
+            return Err(PacketError::Truncated);
+        }
+        let address = |at: usize, len: usize| -> IpAddr {
+            if len == 4 {
+                IpAddr::V4(Ipv4Addr::new(
+                    bytes[at],
+                    bytes[at + 1],
+                    bytes[at + 2],
+                    bytes[at + 3],
+                ))
+            } else {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&bytes[at..at + 16]);
+                IpAddr::V6(Ipv6Addr::from(octets))
+            }
+        };
+        let (source, destination, protocol, transport) = if needed == 20 {
+            let header = usize::from(bytes[0] & 0x0f) * 4;
+            (address(12, 4), address(16, 4), bytes[9], Some(header))
+        } else {
+            (address(8, 16), address(24, 16), bytes[6], Some(40))
+        };
+        Ok(Packet {
+            bytes,
+            source,
+            destination,
+            protocol,
+            transport,
+        })
+    }
+
     /// The ICMP or ICMPv6 type, if this is one.
     pub fn icmp_type(&self) -> Option<u8> {
         if !matches!(self.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6) {
