@@ -110,6 +110,22 @@ pub fn fuzz_one(data: &[u8]) {
     node.handle_timeout(now);
     while node.poll_transmit().is_some() {}
     while node.poll_event().is_some() {}
+
+    // And through the DNS-resource NAT, both ways.
+    let mut nat = crate::nat::ClientNat::default();
+    nat.map(
+        std::net::IpAddr::V4(Ipv4Addr::new(100, 96, 0, 5)),
+        std::net::IpAddr::V4(Ipv4Addr::new(10, 9, 0, 7)),
+    );
+    let mut copy = data.to_vec();
+    if nat.outbound(&mut copy, now) {
+        assert!(
+            Packet::parse(&copy).is_ok(),
+            "a rewritten packet must parse"
+        );
+    }
+    let mut copy = data.to_vec();
+    let _ = nat.inbound(&mut copy, now);
 }
 
 fn serde_like_tcp_80() -> postern_model::Filter {
