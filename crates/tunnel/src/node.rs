@@ -233,14 +233,19 @@ impl Node {
                 .client
                 .handle_packet(datagram, now)
                 .map(|(peer, data)| (peer, data.to_vec()));
-            if let (Some((peer, data)), Some(relayed)) = (inner, relayed) {
-                self.handle_inner(peer, relayed, &data, now);
+            let touched = match (inner, relayed) {
+                (Some((peer, data)), Some(relayed)) => self.handle_inner(peer, relayed, &data, now),
+                _ => None,
+            };
+            if let Some(id) = touched {
+                self.drive_peer(id, now);
             }
             self.flush_relays(now);
-        } else {
-            self.handle_inner(source, self.local, datagram, now);
+        } else if let Some(id) = self.handle_inner(source, self.local, datagram, now) {
+            // Only the peer the datagram was for has news.
+            self.drive_peer(id, now);
+            self.flush_relays(now);
         }
-        self.drive(now);
     }
 
     fn handle_inner(
@@ -249,19 +254,24 @@ impl Node {
         destination: SocketAddr,
         datagram: &[u8],
         now: Instant,
-    ) {
+    ) -> Option<Uuid> {
         if is_stun(datagram) {
-            for peer in self.peers.values_mut() {
+            for (id, peer) in self.peers.iter_mut() {
                 if peer.ice.handle_stun(now, source, destination, datagram) {
-                    break;
+                    return Some(*id);
                 }
             }
-            return;
+            return None;
         }
         // WireGuard: the peer on that path first, then anyone (a handshake
         // from a new path).
-        let mut order: Vec<Uuid> = self.peers.keys().copied().collect();
-        order.sort_by_key(|id| self.peers[id].path.map(|p| p.1) != Some(source));
+        let on_path = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.path.map(|p| p.1) == Some(source))
+            .map(|(id, _)| *id);
+        let others = self.peers.keys().copied().filter(|id| Some(*id) != on_path);
+        let order: Vec<Uuid> = on_path.into_iter().chain(others).collect();
         for id in order {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
@@ -299,8 +309,9 @@ impl Node {
                     .flush(&mut self.buffer)
                     .unwrap_or(Action::Nothing);
             }
-            return;
+            return Some(id);
         }
+        None
     }
 
     /// Sends a WireGuard datagram on the peer's nominated path.
@@ -441,53 +452,60 @@ impl Node {
     fn drive(&mut self, now: Instant) {
         let ids: Vec<Uuid> = self.peers.keys().copied().collect();
         for id in ids {
-            let mut outgoing = Vec::new();
-            let mut nominated = None;
-            let mut dead = false;
-            if let Some(peer) = self.peers.get_mut(&id) {
-                while let Some(transmit) = peer.ice.poll_transmit() {
-                    outgoing.push(transmit);
-                }
-                while let Some(event) = peer.ice.poll_event() {
-                    match event {
-                        IceEvent::Nominated { local, remote } => nominated = Some((local, remote)),
-                        IceEvent::Disconnected => dead = true,
-                    }
-                }
-            }
-            for transmit in outgoing {
-                self.send_from(transmit.source, transmit.destination, transmit.payload);
-            }
-            if dead {
-                if let Some(peer) = self.peers.get_mut(&id) {
-                    peer.path = None;
-                }
-                self.events.push_back(NodeEvent::Dead { peer: id });
-            }
-            if let Some((local, remote)) = nominated {
-                let relayed = local != self.local;
-                let waiting: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
-                    Some(peer) => {
-                        peer.path = Some((local, remote));
-                        peer.waiting.drain(..).collect()
-                    }
-                    None => continue,
-                };
-                if relayed {
-                    for relay in &mut self.relays {
-                        if relay.client.relayed_address() == Some(local) {
-                            relay.client.bind_channel(remote, now);
-                        }
-                    }
-                }
-                self.events
-                    .push_back(NodeEvent::Connected { peer: id, relayed });
-                for packet in waiting {
-                    self.send(id, &packet, now);
-                }
-            }
+            self.drive_peer(id, now);
         }
         self.flush_relays(now);
+    }
+
+    /// One peer's ICE output: STUN transmits (through relays where the local
+    /// side is relayed), nomination (waiting packets go out), failure.
+    fn drive_peer(&mut self, id: Uuid, now: Instant) {
+        let mut outgoing = Vec::new();
+        let mut nominated = None;
+        let mut dead = false;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        while let Some(transmit) = peer.ice.poll_transmit() {
+            outgoing.push(transmit);
+        }
+        while let Some(event) = peer.ice.poll_event() {
+            match event {
+                IceEvent::Nominated { local, remote } => nominated = Some((local, remote)),
+                IceEvent::Disconnected => dead = true,
+            }
+        }
+        for transmit in outgoing {
+            self.send_from(transmit.source, transmit.destination, transmit.payload);
+        }
+        if dead {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.path = None;
+            }
+            self.events.push_back(NodeEvent::Dead { peer: id });
+        }
+        if let Some((local, remote)) = nominated {
+            let relayed = local != self.local;
+            let waiting: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
+                Some(peer) => {
+                    peer.path = Some((local, remote));
+                    peer.waiting.drain(..).collect()
+                }
+                None => return,
+            };
+            if relayed {
+                for relay in &mut self.relays {
+                    if relay.client.relayed_address() == Some(local) {
+                        relay.client.bind_channel(remote, now);
+                    }
+                }
+            }
+            self.events
+                .push_back(NodeEvent::Connected { peer: id, relayed });
+            for packet in waiting {
+                self.send(id, &packet, now);
+            }
+        }
     }
 
     /// TURN requests out, allocations in (new candidates for every peer).
