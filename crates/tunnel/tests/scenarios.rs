@@ -618,3 +618,48 @@ fn a_client_that_changes_networks_keeps_its_traffic_flowing() {
     println!("traffic resumed {resumed:?} after the client changed networks");
     assert!(resumed < Duration::from_secs(2), "{resumed:?}");
 }
+
+impl World {
+    /// A gateway process restarts: a new WireGuard key, nothing remembered.
+    /// The portal sees it reconnect with another key, so it voids the
+    /// client's grant there (`access_revoked`) and the client asks again.
+    fn restart_gateway(&mut self, host: usize) {
+        let now = self.net.now;
+        self.secrets[host] = [host as u8 + 100; 32];
+        self.nodes[host] = Node::new(
+            Net::inside(host),
+            self.secrets[host],
+            false,
+            host as u64 + 70,
+        );
+        self.nodes[host].add_relay(Net::relay_config(self.ids[host]), now);
+        self.gateways[host - 1] = GatewayState::new();
+        if self.peered.remove(&(CLIENT, host)) {
+            self.nodes[CLIENT].remove_peer(self.ids[host]);
+        }
+        self.client.gateway_lost(self.ids[host]);
+        self.client.access_revoked(resource().id);
+    }
+}
+
+#[test]
+fn a_restarted_gateway_with_a_new_key_serves_again() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open]);
+    world.app_sends(&tcp(CLIENT_V4, 80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    world.restart_gateway(1);
+    let restarted = world.net.now;
+    let answers_before = world.at_app.len();
+    let mut resumed = None;
+    for tag in 2..100u8 {
+        world.app_sends(&tcp(CLIENT_V4, 80, tag));
+        world.run_for(Duration::from_millis(50));
+        if world.at_app.len() > answers_before {
+            resumed = Some(world.at_app[answers_before].0 - restarted);
+            break;
+        }
+    }
+    let resumed = resumed.expect("traffic never resumed after the gateway restarted");
+    println!("traffic resumed {resumed:?} after the gateway restarted with a new key");
+    assert!(resumed < Duration::from_secs(1), "{resumed:?}");
+}
