@@ -224,6 +224,67 @@ impl Node {
         }
     }
 
+    /// The fast path for a connected peer on a direct path: encrypts straight
+    /// into `out` and says where to send `out[..n]`, with no allocation and
+    /// no queue. `None` means the slow path took it ([`Node::send`]: queued,
+    /// relayed, or not connected yet) and transmits follow as usual.
+    pub fn encrypt_into(
+        &mut self,
+        id: Uuid,
+        packet: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let direct = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.path)
+            .filter(|(local, _)| *local == self.local);
+        let Some((_, remote)) = direct else {
+            self.send(id, packet, now);
+            return None;
+        };
+        let peer = self.peers.get_mut(&id)?;
+        match peer.wireguard.send(packet, now, out) {
+            Ok(Action::Network(n)) => Some((remote, n)),
+            _ => None,
+        }
+    }
+
+    /// The fast path for WireGuard data from a peer's direct path: decrypts
+    /// straight into `out` and returns the peer and the packet's length.
+    /// Anything else (STUN, TURN, handshakes, keepalives, unknown sources)
+    /// goes through [`Node::handle_datagram`] and `None` is returned.
+    pub fn decrypt_into(
+        &mut self,
+        source: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(Uuid, usize)> {
+        // Message type 4: transport data.
+        let data = datagram.first() == Some(&4);
+        let on_path = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.path == Some((self.local, source)))
+            .map(|(id, _)| *id);
+        if let (true, Some(id)) = (data, on_path)
+            && let Some(peer) = self.peers.get_mut(&id)
+        {
+            match peer.wireguard.receive(datagram, now, out) {
+                Ok(Action::Tunnel(n)) => return Some((id, n)),
+                // A keepalive: nothing for the tunnel.
+                Ok(_) => return None,
+                // Not this peer's session after all: the slow path looks
+                // further.
+                Err(_) => {}
+            }
+        }
+        self.handle_datagram(source, datagram, now);
+        None
+    }
+
     /// A datagram that arrived on the socket from `source`.
     pub fn handle_datagram(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) {
         if let Some(index) = self.relays.iter().position(|r| r.client.server() == source) {

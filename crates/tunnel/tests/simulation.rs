@@ -293,3 +293,38 @@ fn a_symmetric_gateway_is_reached_from_behind_a_port_restricted_nat() {
     sim.ping(0, 1).expect("client -> gateway");
     sim.ping(1, 2).expect("gateway -> client");
 }
+
+#[test]
+fn the_fast_path_encrypts_and_decrypts_without_queues() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    assert!(
+        sim.run_until(Duration::from_secs(20), |s| s.connected[0].is_some()
+            && s.connected[1].is_some())
+    );
+    sim.ping(0, 1).expect("the session is up");
+    let now = sim.net.now;
+    let (client, gateway) = (sim.ids[0], sim.ids[1]);
+    let mut wire = vec![0u8; 2048];
+    let mut plain = vec![0u8; 2048];
+    for (from, to, tag) in [(0usize, 1usize, 7u8), (1, 0, 8)] {
+        let packet = ip_packet(tag);
+        let peer = if from == 0 { gateway } else { client };
+        let (destination, n) = sim.nodes[from]
+            .encrypt_into(peer, &packet, now, &mut wire)
+            .expect("a direct path");
+        // The receiving side sees it from the sender's public address.
+        let (_, source, _) = sim.nodes[to].path(sim.ids[from]).unwrap();
+        let expected_destination = sim.nodes[from].path(peer).unwrap().1;
+        assert_eq!(destination, expected_destination);
+        let (who, m) = sim.nodes[to]
+            .decrypt_into(source, &wire[..n], now, &mut plain)
+            .expect("decrypted on the fast path");
+        assert_eq!(who, sim.ids[from]);
+        assert_eq!(&plain[..m], &packet[..]);
+    }
+    // Anything that is not data from a known path goes the slow way.
+    assert_eq!(
+        sim.nodes[1].decrypt_into("198.18.9.9:1".parse().unwrap(), &[1, 2, 3], now, &mut plain),
+        None
+    );
+}
