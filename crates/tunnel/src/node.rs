@@ -94,6 +94,9 @@ pub struct Node {
     controlling: bool,
     relays: Vec<Relay>,
     peers: HashMap<Uuid, Peer>,
+    /// The remote address of each peer's path, so a datagram finds its peer
+    /// without a pass over all of them.
+    by_remote: HashMap<SocketAddr, Uuid>,
     next_index: u32,
     next_tick: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -113,6 +116,7 @@ impl Node {
             controlling,
             relays: Vec::new(),
             peers: HashMap::new(),
+            by_remote: HashMap::new(),
             next_index: 1,
             next_tick: None,
             transmits: VecDeque::new(),
@@ -188,7 +192,24 @@ impl Node {
     }
 
     pub fn remove_peer(&mut self, id: Uuid) {
+        self.set_path(id, None);
         self.peers.remove(&id);
+    }
+
+    /// Sets a peer's path, keeping the remote-address index in step.
+    fn set_path(&mut self, id: Uuid, path: Option<(SocketAddr, SocketAddr)>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some((_, old)) = peer.path
+            && self.by_remote.get(&old) == Some(&id)
+        {
+            self.by_remote.remove(&old);
+        }
+        peer.path = path;
+        if let Some((_, remote)) = path {
+            self.by_remote.insert(remote, id);
+        }
     }
 
     /// A candidate from the peer; the relays let its address in.
@@ -220,7 +241,7 @@ impl Node {
         }
         if let Ok(Action::Network(n)) = peer.wireguard.send(packet, now, &mut self.buffer) {
             let datagram = self.buffer[..n].to_vec();
-            self.send_on_path(id, datagram, now);
+            self.send_on_path(id, datagram);
         }
     }
 
@@ -265,10 +286,10 @@ impl Node {
         // Message type 4: transport data.
         let data = datagram.first() == Some(&4);
         let on_path = self
-            .peers
-            .iter()
-            .find(|(_, p)| p.path == Some((self.local, source)))
-            .map(|(id, _)| *id);
+            .by_remote
+            .get(&source)
+            .copied()
+            .filter(|id| self.peers.get(id).and_then(|p| p.path) == Some((self.local, source)));
         if let (true, Some(id)) = (data, on_path)
             && let Some(peer) = self.peers.get_mut(&id)
         {
@@ -326,11 +347,7 @@ impl Node {
         }
         // WireGuard: the peer on that path first, then anyone (a handshake
         // from a new path).
-        let on_path = self
-            .peers
-            .iter()
-            .find(|(_, p)| p.path.map(|p| p.1) == Some(source))
-            .map(|(id, _)| *id);
+        let on_path = self.by_remote.get(&source).copied();
         let others = self.peers.keys().copied().filter(|id| Some(*id) != on_path);
         let order: Vec<Uuid> = on_path.into_iter().chain(others).collect();
         for id in order {
@@ -345,7 +362,7 @@ impl Node {
             // the handshake before ICE names the nominated pair, and a client
             // that changed networks (F21) speaks from a new address.
             if peer.path != Some((destination, source)) {
-                peer.path = Some((destination, source));
+                self.set_path(id, Some((destination, source)));
             }
             loop {
                 match action {
@@ -359,7 +376,7 @@ impl Node {
                     }
                     Action::Network(n) => {
                         let reply = self.buffer[..n].to_vec();
-                        self.send_on_path(id, reply, now);
+                        self.send_on_path(id, reply);
                     }
                 }
                 let Some(peer) = self.peers.get_mut(&id) else {
@@ -376,7 +393,7 @@ impl Node {
     }
 
     /// Sends a WireGuard datagram on the peer's nominated path.
-    fn send_on_path(&mut self, id: Uuid, datagram: Vec<u8>, _now: Instant) {
+    fn send_on_path(&mut self, id: Uuid, datagram: Vec<u8>) {
         let Some((local, remote)) = self.peers.get(&id).and_then(|p| p.path) else {
             return;
         };
@@ -445,7 +462,7 @@ impl Node {
                 }
                 if let Ok(Action::Network(n)) = peer.wireguard.tick(now, &mut self.buffer) {
                     let datagram = self.buffer[..n].to_vec();
-                    self.send_on_path(id, datagram, now);
+                    self.send_on_path(id, datagram);
                 }
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
@@ -540,18 +557,14 @@ impl Node {
             self.send_from(transmit.source, transmit.destination, transmit.payload);
         }
         if dead {
-            if let Some(peer) = self.peers.get_mut(&id) {
-                peer.path = None;
-            }
+            self.set_path(id, None);
             self.events.push_back(NodeEvent::Dead { peer: id });
         }
         if let Some((local, remote)) = nominated {
             let relayed = local != self.local;
+            self.set_path(id, Some((local, remote)));
             let waiting: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
-                Some(peer) => {
-                    peer.path = Some((local, remote));
-                    peer.waiting.drain(..).collect()
-                }
+                Some(peer) => peer.waiting.drain(..).collect(),
                 None => return,
             };
             if relayed {
