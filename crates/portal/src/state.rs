@@ -100,7 +100,7 @@ impl AppState {
         }
     }
 
-    pub fn gateway_presence(&self, _account: Uuid, gateway: Uuid) -> (bool, u64) {
+    pub fn gateway_presence(&self, gateway: Uuid) -> (bool, u64) {
         let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
         match presence.gateways.get(&gateway) {
             Some(load) => (true, *load),
@@ -108,7 +108,7 @@ impl AppState {
         }
     }
 
-    pub fn client_online(&self, _account: Uuid, client: Uuid) -> bool {
+    pub fn client_online(&self, client: Uuid) -> bool {
         let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
         presence.clients.contains(&client)
     }

@@ -35,7 +35,7 @@ pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
     let views = all
         .into_iter()
         .map(|device| ClientView {
-            online: state.client_online(admin.account_id, device.id),
+            online: state.client_online(device.id),
             device,
         })
         .collect();

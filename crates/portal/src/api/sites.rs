@@ -230,7 +230,7 @@ pub async fn gateways(
     let views = gateways
         .into_iter()
         .map(|device| {
-            let (online, load) = state.gateway_presence(admin.account_id, device.id);
+            let (online, load) = state.gateway_presence(device.id);
             GatewayView {
                 device,
                 online,
