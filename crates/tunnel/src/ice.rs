@@ -54,6 +54,9 @@ pub struct IceSession {
     agent: IceAgent,
     nominated: Option<(SocketAddr, SocketAddr)>,
     events: VecDeque<IceEvent>,
+    /// Remote candidates given up on because traffic on them stopped; taken
+    /// back on the next [`IceSession::reprobe`].
+    abandoned: Vec<Candidate>,
 }
 
 fn creds(c: &IceCredentials) -> IceCreds {
@@ -78,6 +81,7 @@ impl IceSession {
             agent,
             nominated: None,
             events: VecDeque::new(),
+            abandoned: Vec::new(),
         }
     }
 
@@ -141,6 +145,39 @@ impl IceSession {
         );
         self.drain_events();
         handled
+    }
+
+    /// Traffic to `remote` stopped: drop its pairs so the agent nominates the
+    /// best other pair that still answers (direct -> relayed). STUN checks
+    /// alone would take some 20 s to give the pair up. False if `remote` is
+    /// not a candidate (a path WireGuard roamed to).
+    pub fn abandon(&mut self, remote: SocketAddr, now: Instant) -> bool {
+        let Some(candidate) = self.agent.remote_candidates().find(|c| c.addr() == remote) else {
+            return false;
+        };
+        if !self.agent.invalidate_candidate(&candidate) {
+            return false;
+        }
+        self.abandoned.push(candidate);
+        if self.nominated.is_some_and(|(_, r)| r == remote) {
+            self.nominated = None;
+        }
+        self.handle_timeout(now);
+        true
+    }
+
+    /// Checks every pair again, abandoned and failed ones included, so a
+    /// path that opened since (relayed -> direct) is found and, being
+    /// better, nominated. Credentials stay: both sides do this on their own
+    /// clocks, no signalling needed; the current path carries traffic
+    /// meanwhile.
+    pub fn reprobe(&mut self, now: Instant) {
+        for candidate in self.abandoned.drain(..) {
+            // Re-enables the discarded candidate.
+            self.agent.add_remote_candidate(candidate);
+        }
+        self.agent.recreate_candidate_pairs();
+        self.handle_timeout(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -29,6 +29,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RELAY_RETRY: Duration = Duration::from_secs(2);
 const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
 const BUFFER: usize = 65_535 + 64;
+/// A path quiet this long (two missed keepalives) is given up for the next
+/// best pair ICE still has, e.g. direct -> relayed; the peer is declared dead
+/// only at [`crate::wireguard::LIVENESS_TIMEOUT`] if that path is quiet too.
+const PATH_QUIET: Duration = Duration::from_secs(1);
+/// While relayed, every pair is checked again this often, so a direct path
+/// that opened since is found.
+pub const REPROBE: Duration = Duration::from_secs(30);
 
 /// A datagram to send from the node's socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +93,13 @@ struct Peer {
     added: Instant,
     /// Dead was reported (once per peer).
     reported: bool,
+    /// The peer's relayed candidates: a path to one of them goes through a
+    /// relay even though our end of it is our own socket.
+    remote_relayed: Vec<SocketAddr>,
+    /// Another path was tried in the current silence.
+    switched: bool,
+    /// While relayed: when to look for a direct path again.
+    next_reprobe: Option<Instant>,
 }
 
 pub struct Node {
@@ -179,6 +193,9 @@ impl Node {
                 alive: false,
                 added: now,
                 reported: false,
+                remote_relayed: Vec::new(),
+                switched: false,
+                next_reprobe: None,
             },
         );
         for candidate in candidates {
@@ -220,7 +237,14 @@ impl Node {
         if peer.ice.add_remote(candidate).is_err() {
             return;
         }
-        if let Some(address) = candidate_address(candidate) {
+        let address = candidate_address(candidate);
+        if let Some(address) = address
+            && candidate_type(candidate) == Some("relay")
+            && !peer.remote_relayed.contains(&address)
+        {
+            peer.remote_relayed.push(address);
+        }
+        if let Some(address) = address {
             for relay in &mut self.relays {
                 relay.client.create_permission(address.ip(), now);
             }
@@ -453,6 +477,9 @@ impl Node {
         if self.next_tick.is_some_and(|at| at <= now) {
             self.next_tick = Some(now + WIREGUARD_TICK);
             let ids: Vec<Uuid> = self.peers.keys().copied().collect();
+            for &id in &ids {
+                self.watch_path(id, now);
+            }
             for id in ids {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
@@ -487,6 +514,39 @@ impl Node {
         self.drive(now);
     }
 
+    /// Path upkeep on each tick: a quiet path is swapped for the next best
+    /// pair at once, and a relayed one is re-checked now and then for a
+    /// direct path.
+    fn watch_path(&mut self, id: Uuid, now: Instant) {
+        let local = self.local;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some((path_local, remote)) = peer.path else {
+            return;
+        };
+        let quiet = peer
+            .wireguard
+            .last_received()
+            .is_some_and(|at| now.saturating_duration_since(at) >= PATH_QUIET);
+        if !quiet {
+            peer.switched = false;
+        } else if !peer.switched {
+            peer.switched = true;
+            // A new nomination, if any, comes out of drive_peer below as
+            // `Connected`.
+            peer.ice.abandon(remote, now);
+        }
+        let relayed = path_local != local || peer.remote_relayed.contains(&remote);
+        if !relayed {
+            peer.next_reprobe = None;
+        } else if now >= *peer.next_reprobe.get_or_insert(now + REPROBE) {
+            peer.next_reprobe = Some(now + REPROBE);
+            peer.ice.reprobe(now);
+        }
+        self.drive_peer(id, now);
+    }
+
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let ice = self
             .peers
@@ -519,10 +579,16 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// The nominated path to a peer and whether it is relayed.
+    /// The nominated path to a peer and whether it is relayed (through our
+    /// relay allocation or the peer's).
     pub fn path(&self, id: Uuid) -> Option<(SocketAddr, SocketAddr, bool)> {
-        let (local, remote) = self.peers.get(&id)?.path?;
-        Some((local, remote, local != self.local))
+        let peer = self.peers.get(&id)?;
+        let (local, remote) = peer.path?;
+        Some((local, remote, self.is_relayed(peer, local, remote)))
+    }
+
+    fn is_relayed(&self, peer: &Peer, local: SocketAddr, remote: SocketAddr) -> bool {
+        local != self.local || peer.remote_relayed.contains(&remote)
     }
 
     /// Moves ICE's output along: STUN transmits (through relays where the
@@ -561,13 +627,16 @@ impl Node {
             self.events.push_back(NodeEvent::Dead { peer: id });
         }
         if let Some((local, remote)) = nominated {
-            let relayed = local != self.local;
+            let relayed = self
+                .peers
+                .get(&id)
+                .is_some_and(|peer| self.is_relayed(peer, local, remote));
             self.set_path(id, Some((local, remote)));
             let waiting: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
                 Some(peer) => peer.waiting.drain(..).collect(),
                 None => return,
             };
-            if relayed {
+            if local != self.local {
                 for relay in &mut self.relays {
                     if relay.client.relayed_address() == Some(local) {
                         relay.client.bind_channel(remote, now);
@@ -576,6 +645,15 @@ impl Node {
             }
             self.events
                 .push_back(NodeEvent::Connected { peer: id, relayed });
+            // An established session moving to a new path: a handshake the
+            // peer must answer moves its side too, within one round trip.
+            if let Some(peer) = self.peers.get_mut(&id)
+                && peer.wireguard.last_received().is_some()
+                && let Ok(Action::Network(n)) = peer.wireguard.probe(now, &mut self.buffer)
+            {
+                let probe = self.buffer[..n].to_vec();
+                self.send_on_path(id, probe);
+            }
             for packet in waiting {
                 self.send(id, &packet, now);
             }
@@ -633,4 +711,11 @@ fn candidate_address(candidate: &str) -> Option<SocketAddr> {
     let ip = fields.next()?.parse().ok()?;
     let port = fields.next()?.parse().ok()?;
     Some(SocketAddr::new(ip, port))
+}
+
+/// The `typ` of an SDP candidate (`host`, `srflx`, `prflx`, `relay`).
+fn candidate_type(candidate: &str) -> Option<&str> {
+    let mut fields = candidate.split_whitespace().skip_while(|f| *f != "typ");
+    fields.next()?;
+    fields.next()
 }

@@ -174,6 +174,17 @@ impl WireguardPeer {
         Ok(Action::Nothing)
     }
 
+    /// A fresh handshake initiation: the peer must answer it, so it proves a
+    /// new path both ways within one round trip (keepalives are one-way).
+    pub fn probe(&mut self, now: Instant, buffer: &mut [u8]) -> Result<Action, PeerError> {
+        if buffer.len() < MIN_BUFFER {
+            return Err(PeerError::BufferTooSmall);
+        }
+        let action = Self::action(self.tunn.format_handshake_initiation(buffer, true))?;
+        self.sent(action, now, buffer);
+        Ok(action)
+    }
+
     /// Notes what went out: the time, and an initiation to retry if unanswered.
     fn sent(&mut self, action: Action, now: Instant, buffer: &[u8]) {
         if let Action::Network(n) = action {

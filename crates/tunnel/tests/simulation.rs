@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use postern_model::protocol::IceCredentials;
-use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
+use postern_tunnel::node::{Node, NodeEvent, PeerConfig, REPROBE};
 use postern_tunnel::wireguard::public_key;
 use support::net::{Nat, Net};
 use uuid::Uuid;
@@ -327,4 +327,67 @@ fn the_fast_path_encrypts_and_decrypts_without_queues() {
         sim.nodes[1].decrypt_into("198.18.9.9:1".parse().unwrap(), &[1, 2, 3], now, &mut plain),
         None
     );
+}
+
+/// Waits for the client's path to the gateway to be (or not be) relayed and
+/// says how long that took.
+fn wait_for_path(sim: &mut Sim, relayed: bool, limit: Duration) -> Option<Duration> {
+    let started = sim.net.now;
+    let gateway = sim.ids[1];
+    sim.run_until(limit, |s| {
+        s.nodes[0].path(gateway).is_some_and(|p| p.2 == relayed)
+            && s.nodes[1].path(s.ids[0]).is_some()
+    })
+    .then(|| sim.net.now - started)
+}
+
+#[test]
+fn a_relayed_path_moves_to_a_direct_one_when_it_opens() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    // A firewall lets only the relay through at first.
+    sim.net.direct_blocked = true;
+    wait_for_path(&mut sim, true, Duration::from_secs(20)).expect("a relayed path");
+    sim.ping(0, 1).expect("traffic through the relay");
+    // Long enough for ICE to give up on the direct pairs.
+    sim.run_until(Duration::from_secs(60), |_| false);
+    sim.ping(0, 2).expect("still through the relay");
+    let stun_before = sim.net.stun_sent;
+    sim.run_until(Duration::from_secs(60), |_| false);
+    let stun_per_minute = sim.net.stun_sent - stun_before;
+    sim.net.direct_blocked = false;
+    let upgraded = wait_for_path(&mut sim, false, Duration::from_secs(60))
+        .expect("the path never became direct after the firewall opened");
+    assert!(upgraded <= REPROBE + Duration::from_secs(1), "{upgraded:?}");
+    println!(
+        "relayed -> direct {upgraded:?} after the firewall opened; \
+         {stun_per_minute} STUN datagrams per idle relayed minute"
+    );
+    let took = sim.ping(0, 3).expect("client -> gateway, directly");
+    assert!(took < Duration::from_millis(20), "one direct hop: {took:?}");
+    sim.ping(1, 4).expect("gateway -> client");
+    assert_eq!(sim.dead, [None, None], "the peer never looked dead");
+}
+
+#[test]
+fn a_direct_path_that_dies_falls_back_to_the_relay() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    wait_for_path(&mut sim, false, Duration::from_secs(20)).expect("a direct path");
+    sim.ping(0, 1).expect("traffic flows directly");
+    sim.run_until(Duration::from_secs(5), |_| false);
+    let stun_before = sim.net.stun_sent;
+    sim.run_until(Duration::from_secs(60), |_| false);
+    let stun_per_minute = sim.net.stun_sent - stun_before;
+    // The direct path breaks; the relay still gets through.
+    sim.net.direct_blocked = true;
+    let moved =
+        wait_for_path(&mut sim, true, Duration::from_secs(30)).expect("never moved to the relay");
+    assert!(moved <= Duration::from_millis(1500), "{moved:?}");
+    println!(
+        "direct -> relayed {moved:?} after the direct path broke; \
+         {stun_per_minute} STUN datagrams per idle direct minute"
+    );
+    let took = sim.ping(0, 2).expect("client -> gateway through the relay");
+    assert!(took >= Duration::from_millis(20), "two hops: {took:?}");
+    sim.ping(1, 3).expect("gateway -> client through the relay");
+    assert_eq!(sim.dead, [None, None], "the peer never looked dead");
 }

@@ -91,6 +91,10 @@ pub struct Net {
     dice: u64,
     /// A host that is down sends and receives nothing.
     pub down: Vec<bool>,
+    /// A firewall between the hosts' networks: only the relay gets through.
+    pub direct_blocked: bool,
+    /// STUN datagrams sent by hosts, to see what ICE costs on the wire.
+    pub stun_sent: usize,
 }
 
 impl Net {
@@ -117,6 +121,8 @@ impl Net {
             loss_percent: 0,
             dice: 0x9e37_79b9_7f4a_7c15,
             down: vec![false; nats.len()],
+            direct_blocked: false,
+            stun_sent: 0,
         }
     }
 
@@ -159,6 +165,12 @@ impl Net {
     pub fn send(&mut self, n: usize, destination: SocketAddr, payload: Vec<u8>) {
         if self.down[n] {
             return;
+        }
+        if self.direct_blocked && destination.ip() != IpAddr::V4(RELAY_IP) {
+            return;
+        }
+        if payload.len() >= 20 && payload[4..8] == [0x21, 0x12, 0xa4, 0x42] {
+            self.stun_sent += 1;
         }
         let from = self.routers[n].outbound(destination);
         self.emit(from, destination, payload);
