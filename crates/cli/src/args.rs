@@ -153,7 +153,31 @@ pub struct GatewayArgs {
     )]
     pub port: u16,
     #[command(flatten)]
+    pub device: DeviceOptions,
+    #[command(flatten)]
     pub daemon: DaemonOptions,
+}
+
+/// Where a device daemon keeps its one piece of state and names its
+/// interface.
+#[derive(Debug, Args)]
+pub struct DeviceOptions {
+    /// Directory for the device id (stable per installation)
+    #[arg(
+        long,
+        env = "POSTERN_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/postern"
+    )]
+    pub state_dir: PathBuf,
+    /// Name of the tunnel interface
+    #[arg(
+        long,
+        env = "POSTERN_INTERFACE",
+        value_name = "NAME",
+        default_value = "postern0"
+    )]
+    pub interface: String,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +272,19 @@ pub enum ClientCommand {
             default_value_t = 51820
         )]
         port: u16,
+        /// Name shown in the portal (default: the host name)
+        #[arg(long, env = "POSTERN_NAME")]
+        name: Option<String>,
+        /// Unix socket that `postern client status` asks
+        #[arg(
+            long,
+            env = "POSTERN_STATUS_SOCKET",
+            value_name = "PATH",
+            default_value = "/run/postern/client.sock"
+        )]
+        status_socket: PathBuf,
+        #[command(flatten)]
+        device: DeviceOptions,
         #[command(flatten)]
         daemon: DaemonOptions,
     },
@@ -270,6 +307,14 @@ pub enum ClientCommand {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Unix socket of the running daemon
+        #[arg(
+            long,
+            env = "POSTERN_STATUS_SOCKET",
+            value_name = "PATH",
+            default_value = "/run/postern/client.sock"
+        )]
+        status_socket: PathBuf,
     },
 }
 

@@ -5,6 +5,7 @@
 
 mod args;
 mod daemon;
+mod device;
 mod portal;
 mod relay;
 mod values;
@@ -33,13 +34,35 @@ fn main() -> ExitCode {
             }
             None => finish("portal", portal::serve(portal)),
         },
-        Command::Gateway(_) => unavailable("gateway", "the gateway daemon"),
+        Command::Gateway(args) => finish("gateway", device::gateway(args)),
         Command::Relay(args) => finish("relay", relay::run(args)),
         Command::Client(client) => match client.command {
-            ClientCommand::Up { .. } => unavailable("client up", "the client daemon"),
+            ClientCommand::Up {
+                portal,
+                token,
+                port,
+                name,
+                status_socket,
+                device,
+                daemon,
+            } => finish(
+                "client up",
+                device::client_up(device::ClientUp {
+                    portal,
+                    token,
+                    port,
+                    name,
+                    status_socket,
+                    device,
+                    daemon,
+                }),
+            ),
             ClientCommand::SignIn { .. } => unavailable("client sign-in", "client sign-in"),
             ClientCommand::SignOut => unavailable("client sign-out", "client sign-in"),
-            ClientCommand::Status { .. } => unavailable("client status", "the client daemon"),
+            ClientCommand::Status {
+                json,
+                ref status_socket,
+            } => finish("client status", device::client_status(json, status_socket)),
         },
         Command::Demo(_) => unavailable("demo", "the demo"),
         Command::Admin(admin) => match admin.command {

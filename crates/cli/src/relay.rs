@@ -12,14 +12,11 @@ use crate::args::RelayArgs;
 use crate::daemon;
 
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
-    if args.portal.is_some() {
-        eprintln!(
-            "postern relay --portal: not available in this build (the portal is not built yet); use --auth-secret"
-        );
-        return Ok(ExitCode::from(2));
+    if let Some(portal) = &args.portal {
+        postern_sys::channel::check_portal_url(portal)?;
     }
-    let secret = args.auth_secret.unwrap_or_default();
-    if secret.is_empty() {
+    let secret = args.auth_secret.clone().unwrap_or_default();
+    if args.portal.is_none() && secret.is_empty() {
         bail!("--auth-secret must not be empty");
     }
     if args.realm.is_empty() {
@@ -53,6 +50,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         allow_loopback_peers: args.allow_loopback_peers,
     };
     daemon::init_logging(args.daemon.log_format);
+    if let Some(portal) = &args.portal {
+        let token = args.token.clone().unwrap_or_default();
+        return portal_mode(portal, &token, config, &args.public_ip, args.daemon.metrics);
+    }
     let signals = daemon::block_stop_signals().context("cannot block signals")?;
     let stop = Arc::new(AtomicBool::new(false));
     let relay = Relay::start(&config, Arc::clone(&stop))?;
@@ -73,4 +74,87 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     relay.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Registers with the portal, takes the TURN secret it answers with, and
+/// serves; re-registers after every reconnect so the portal lists it again.
+fn portal_mode(
+    portal: &str,
+    token: &str,
+    mut config: RelayConfig,
+    public_ip: &[IpAddr],
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    use postern_model::protocol::{PortalToRelay, RelayToPortal};
+    use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let mut channel = channel::open(ChannelConfig {
+            portal: portal.to_string(),
+            party: Party::Relay,
+            token: token.to_string(),
+            query: Vec::new(),
+        })?;
+        let register = serde_json::to_string(&RelayToPortal::Register {
+            public_addresses: public_ip.to_vec(),
+            port: config.listen.port(),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut running: Option<(Relay, String)> = None;
+        let signal = crate::device::stop_signal();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                incoming = channel.incoming.recv() => match incoming {
+                    None => bail!("the portal channel stopped"),
+                    Some(Incoming::Unauthorized) => bail!(
+                        "the portal refused the relay token (401): make a new one with `postern portal relay-token`"
+                    ),
+                    Some(Incoming::Connected) => {
+                        tracing::info!("connected to the portal; registering");
+                        let _ = channel.outgoing.send(register.clone()).await;
+                    }
+                    Some(Incoming::Lost { error, retry_in }) => tracing::warn!(
+                        %error, retry_in_ms = retry_in.as_millis() as u64,
+                        "portal connection lost; relaying goes on"
+                    ),
+                    Some(Incoming::Text(text)) => match serde_json::from_str::<PortalToRelay>(&text) {
+                        Ok(PortalToRelay::Registered { relay_id, auth_secret }) => match &running {
+                            None => {
+                                config.auth_secret = auth_secret.clone().into_bytes();
+                                let relay = Relay::start(&config, Arc::clone(&stop))?;
+                                if let Some(addr) = metrics {
+                                    serve_metrics(addr, Arc::clone(&relay.metrics))
+                                        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+                                }
+                                tracing::info!(%relay_id, listen = %config.listen, public_ip = ?public_ip, "relay registered and ready");
+                                running = Some((relay, auth_secret));
+                            }
+                            Some((_, secret)) if *secret != auth_secret => tracing::warn!(
+                                "the portal's TURN secret changed; restart the relay to use it"
+                            ),
+                            Some(_) => tracing::info!(%relay_id, "registered again"),
+                        },
+                        Ok(PortalToRelay::Disconnect { reason }) => {
+                            tracing::warn!(?reason, "the portal disconnected this relay")
+                        }
+                        Ok(PortalToRelay::Error { message, .. }) => {
+                            tracing::warn!(%message, "the portal reported an error")
+                        }
+                        Ok(PortalToRelay::Init {}) | Err(_) => {}
+                    },
+                },
+            }
+        }
+        tracing::info!("stopping");
+        stop.store(true, Ordering::Relaxed);
+        if let Some((relay, _)) = running {
+            relay.join();
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -85,24 +85,6 @@ fn no_command_prints_help_and_fails() {
 #[test]
 fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
     let cases: &[&[&str]] = &[
-        &["gateway", "--portal", "https://portal.test", "--token", "t"],
-        &[
-            "relay",
-            "--portal",
-            "https://portal.test",
-            "--token",
-            "t",
-            "--public-ip",
-            "198.18.0.3",
-        ],
-        &[
-            "client",
-            "up",
-            "--portal",
-            "https://portal.test",
-            "--token-file",
-            "/tmp/t",
-        ],
         &[
             "client",
             "sign-in",
@@ -112,7 +94,6 @@ fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
             "acme",
         ],
         &["client", "sign-out"],
-        &["client", "status", "--json"],
         &["demo"],
         &["demo", "--check"],
         &[
@@ -213,11 +194,15 @@ fn daemon_flags_come_from_the_environment_too() {
     let output = postern_env(
         &["gateway"],
         &[
-            ("POSTERN_PORTAL", "https://portal.test"),
+            ("POSTERN_PORTAL", "https://198.18.0.2"),
             ("POSTERN_TOKEN", "t"),
         ],
     );
-    assert_one_line(&output, 2, "not available in this build");
+    assert_one_line(
+        &output,
+        1,
+        "https portals are not supported by this build yet",
+    );
 
     let output = postern_env(
         &["relay", "--auth-secret", "s"],
@@ -285,4 +270,55 @@ fn relay_configuration_errors_are_one_line() {
         &listen,
     ]);
     assert_one_line(&output, 1, "Address already in use");
+}
+
+#[test]
+fn device_daemons_refuse_https_portals_before_touching_anything() {
+    let cases: &[&[&str]] = &[
+        &["gateway", "--portal", "https://198.18.0.2", "--token", "t"],
+        &[
+            "relay",
+            "--portal",
+            "https://198.18.0.2",
+            "--token",
+            "t",
+            "--public-ip",
+            "198.18.0.3",
+        ],
+        &[
+            "client",
+            "up",
+            "--portal",
+            "https://198.18.0.2",
+            "--token",
+            "t",
+        ],
+    ];
+    for args in cases {
+        let output = postern(args);
+        assert_one_line(
+            &output,
+            1,
+            "https portals are not supported by this build yet",
+        );
+        assert!(
+            stderr(&output).starts_with(&format!("postern {}", args[0])),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn client_status_without_a_daemon_says_so() {
+    let output = postern(&[
+        "client",
+        "status",
+        "--status-socket",
+        "/nonexistent/postern.sock",
+    ]);
+    assert_one_line(
+        &output,
+        1,
+        "no client daemon answers on /nonexistent/postern.sock",
+    );
 }

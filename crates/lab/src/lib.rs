@@ -32,8 +32,10 @@
 //! ```
 
 mod command;
+pub mod demo;
 mod error;
 mod host;
+pub mod http;
 mod impair;
 mod names;
 mod namespace;

@@ -344,6 +344,17 @@ impl GatewayState {
             .min()
     }
 
+    /// Whether `client` holds any authorization (its tunnel peer is worth
+    /// keeping).
+    pub fn has_client(&self, client: Uuid) -> bool {
+        self.clients.contains_key(&client)
+    }
+
+    /// Clients with at least one authorization.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
     /// Whether `client` may reach `resource` now (for status and tests).
     pub fn is_authorized(&self, client: Uuid, resource: Uuid) -> bool {
         self.clients

@@ -579,6 +579,23 @@ impl Node {
         self.events.pop_front()
     }
 
+    /// The address the node's socket is known by (its host candidate).
+    pub fn local_address(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Whether the peer was heard from within the liveness timeout.
+    pub fn is_alive(&self, id: Uuid, now: Instant) -> bool {
+        self.peers
+            .get(&id)
+            .is_some_and(|peer| peer.wireguard.is_alive(now))
+    }
+
+    /// Bytes sent to and received from a peer through the tunnel.
+    pub fn traffic(&self, id: Uuid) -> Option<(usize, usize)> {
+        self.peers.get(&id).map(|peer| peer.wireguard.traffic())
+    }
+
     /// The nominated path to a peer and whether it is relayed (through our
     /// relay allocation or the peer's).
     pub fn path(&self, id: Uuid) -> Option<(SocketAddr, SocketAddr, bool)> {

@@ -1,0 +1,124 @@
+//! `postern gateway`, `postern client up` and `postern client status`: flag
+//! handling around the daemons of `postern-gateway` and `postern-client`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use crate::args::{DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
+use crate::daemon;
+
+/// The token from `--token` or `--token-file`.
+pub fn read_token(source: &TokenSource) -> anyhow::Result<String> {
+    let token = match (&source.token, &source.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        (None, None) => bail!("give --token or --token-file"),
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the token is empty");
+    }
+    Ok(token)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "postern-device".into())
+}
+
+fn need_root(command: &str) -> anyhow::Result<()> {
+    if !postern_sys::is_root() {
+        bail!("{command} needs root (it creates a TUN interface and routes)");
+    }
+    Ok(())
+}
+
+fn unsupported_metrics(daemon: &DaemonOptions) -> anyhow::Result<()> {
+    if daemon.metrics.is_some() {
+        bail!("--metrics is not supported by this daemon yet");
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    postern_sys::channel::check_portal_url(&args.portal)?;
+    unsupported_metrics(&args.daemon)?;
+    need_root("postern gateway")?;
+    let token = read_token(&args.token)?;
+    daemon::init_logging(args.daemon.log_format);
+    let config = postern_gateway::GatewayConfig {
+        portal: args.portal,
+        token,
+        name: args.name.unwrap_or_else(host_name),
+        port: args.port,
+        state_dir: args.device.state_dir,
+        interface: args.device.interface,
+    };
+    runtime()?.block_on(postern_gateway::run(config, stop_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct ClientUp {
+    pub portal: String,
+    pub token: TokenSource,
+    pub port: u16,
+    pub name: Option<String>,
+    pub status_socket: std::path::PathBuf,
+    pub device: DeviceOptions,
+    pub daemon: DaemonOptions,
+}
+
+pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
+    postern_sys::channel::check_portal_url(&args.portal)?;
+    unsupported_metrics(&args.daemon)?;
+    need_root("postern client up")?;
+    let token = read_token(&args.token)?;
+    daemon::init_logging(args.daemon.log_format);
+    let config = postern_client::ClientDaemonConfig {
+        portal: args.portal,
+        token,
+        name: args.name.unwrap_or_else(host_name),
+        port: args.port,
+        state_dir: args.device.state_dir,
+        interface: args.device.interface,
+        status_socket: args.status_socket,
+    };
+    runtime()?.block_on(postern_client::run(config, stop_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {
+    let status = runtime()?.block_on(postern_client::status::query(socket))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", postern_client::status::render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}

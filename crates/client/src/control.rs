@@ -1,0 +1,396 @@
+//! The client's half of the control protocol: portal messages become
+//! resources, routes, grants and tunnel peers; [`ClientState`] and node
+//! events become frames for the portal and packets for the TUN.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use postern_model::protocol::{
+    ClientToPortal, DisconnectReason, Interface, PortalToClient, RelayInfo, ResourceDescription,
+};
+use postern_model::resource::ResourceType;
+use postern_sys::device;
+use postern_sys::route::Routes;
+use postern_sys::tun::{Tun, TunAddresses};
+use postern_tunnel::client::{Access, ClientConfig, ClientEvent, ClientState};
+use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::status::{InterfaceStatus, ResourceLine, Status};
+
+#[derive(Clone, PartialEq, Eq)]
+struct PeerKeys {
+    public_key: [u8; 32],
+    preshared_key: [u8; 32],
+}
+
+pub struct Control {
+    pub node: Node,
+    pub state: ClientState,
+    tun: Option<Tun>,
+    routes: Option<Routes>,
+    routed: BTreeSet<IpNet>,
+    interface_name: String,
+    interface: Option<Interface>,
+    resources: Vec<ResourceDescription>,
+    relays: HashSet<Uuid>,
+    peers: HashMap<Uuid, PeerKeys>,
+}
+
+fn key(text: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+pub fn send(outgoing: &mpsc::Sender<String>, message: &ClientToPortal) {
+    match serde_json::to_string(message) {
+        Ok(text) => {
+            if outgoing.try_send(text).is_err() {
+                tracing::debug!("portal queue full or closed; frame dropped");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot encode a frame"),
+    }
+}
+
+/// The prefixes a resource needs routed through the tunnel.
+fn routes_of(resource: &ResourceDescription) -> Vec<IpNet> {
+    let address = resource.address.as_deref().unwrap_or_default();
+    match resource.kind {
+        ResourceType::Cidr => address.parse().into_iter().collect(),
+        ResourceType::Ip => address
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .into_iter()
+            .collect(),
+        // DNS resources route their proxy addresses (the DNS stub), the
+        // internet resource a default route: neither is wired yet.
+        ResourceType::Dns | ResourceType::Internet => vec![],
+    }
+}
+
+impl Control {
+    pub fn new(node: Node, interface_name: String) -> Self {
+        Control {
+            node,
+            state: ClientState::new(ClientConfig::default()),
+            tun: None,
+            routes: None,
+            routed: BTreeSet::new(),
+            interface_name,
+            interface: None,
+            resources: Vec::new(),
+            relays: HashSet::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn tun(&self) -> Option<&Tun> {
+        self.tun.as_ref()
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        [self.node.poll_timeout(), self.state.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        self.state.handle_timeout(now);
+    }
+
+    /// One frame from the portal; `Err` ends the daemon.
+    pub async fn handle_portal(&mut self, text: &str, now: Instant) -> Result<(), String> {
+        let message: PortalToClient = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring a frame this version does not know");
+                return Ok(());
+            }
+        };
+        match message {
+            PortalToClient::Init {
+                interface,
+                resources,
+                relays,
+            } => {
+                self.set_interface(&interface)?;
+                self.add_relays(&relays, now);
+                tracing::info!(
+                    ipv4 = %interface.ipv4, ipv6 = %interface.ipv6,
+                    resources = resources.len(), relays = relays.len(), "portal init"
+                );
+                self.resources = resources.clone();
+                self.state.set_resources(resources);
+                self.sync_routes().await;
+            }
+            PortalToClient::ResourceUpserted { resource } => {
+                tracing::info!(resource = %resource.id, name = %resource.name, "resource available");
+                self.resources.retain(|r| r.id != resource.id);
+                self.resources.push(resource.clone());
+                self.state.upsert_resource(resource);
+                self.sync_routes().await;
+            }
+            PortalToClient::ResourceRemoved { id } => {
+                tracing::info!(resource = %id, "resource removed");
+                self.resources.retain(|r| r.id != id);
+                self.state.remove_resource(id);
+                self.sync_routes().await;
+            }
+            PortalToClient::RelaysChanged { added, .. } => self.add_relays(&added, now),
+            PortalToClient::AccessGranted {
+                resource_id,
+                gateway,
+                preshared_key,
+                ice,
+                expires_at,
+                ..
+            } => {
+                let (Some(public_key), Some(preshared_key)) =
+                    (key(&gateway.public_key), key(&preshared_key))
+                else {
+                    tracing::warn!(gateway = %gateway.id, "grant with malformed keys ignored");
+                    return Ok(());
+                };
+                let keys = PeerKeys {
+                    public_key,
+                    preshared_key,
+                };
+                if self.peers.get(&gateway.id) != Some(&keys) {
+                    self.node.remove_peer(gateway.id);
+                    self.node.add_peer(
+                        gateway.id,
+                        PeerConfig {
+                            public_key,
+                            preshared_key,
+                            local_ice: ice.client,
+                            remote_ice: ice.gateway,
+                        },
+                        now,
+                    );
+                    self.peers.insert(gateway.id, keys);
+                }
+                tracing::info!(resource = %resource_id, gateway = %gateway.id, "access granted");
+                self.state.access_granted(
+                    resource_id,
+                    gateway.id,
+                    device::deadline(expires_at, now),
+                );
+            }
+            PortalToClient::AccessDenied {
+                resource_id,
+                reason,
+                violated,
+                ..
+            } => {
+                tracing::info!(resource = %resource_id, ?reason, ?violated, "access denied");
+                self.state.access_denied(resource_id, reason, violated, now);
+            }
+            PortalToClient::IceCandidates {
+                peer_id,
+                candidates,
+            } => {
+                for candidate in candidates {
+                    self.node.add_remote_candidate(peer_id, &candidate, now);
+                }
+            }
+            PortalToClient::IceCandidatesRemoved { .. } => {}
+            PortalToClient::AccessRevoked { resource_id } => {
+                tracing::info!(resource = %resource_id, "access revoked");
+                self.state.access_revoked(resource_id);
+            }
+            PortalToClient::Disconnect { reason } => {
+                if matches!(
+                    reason,
+                    DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired
+                ) {
+                    return Err(format!(
+                        "the portal disconnected this client: {reason:?}; sign in again"
+                    ));
+                }
+                tracing::warn!(?reason, "the portal disconnected this client");
+            }
+            PortalToClient::Error { message, .. } => {
+                tracing::warn!(%message, "the portal reported an error");
+            }
+        }
+        Ok(())
+    }
+
+    fn set_interface(&mut self, interface: &Interface) -> Result<(), String> {
+        if self.tun.is_none() {
+            let tun = Tun::create(
+                &self.interface_name,
+                TunAddresses {
+                    ipv4: interface.ipv4,
+                    ipv4_prefix: 32,
+                    ipv6: interface.ipv6,
+                    ipv6_prefix: 128,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            self.routes = Some(Routes::new(tun.index()).map_err(|e| e.to_string())?);
+            tracing::info!(interface = tun.name(), "tunnel interface up");
+            self.tun = Some(tun);
+        }
+        self.interface = Some(interface.clone());
+        Ok(())
+    }
+
+    /// Routes exactly the resources' prefixes through the tunnel.
+    async fn sync_routes(&mut self) {
+        let Some(routes) = &self.routes else { return };
+        let wanted: BTreeSet<IpNet> = self.resources.iter().flat_map(routes_of).collect();
+        for prefix in self.routed.difference(&wanted) {
+            if let Err(error) = routes.remove(*prefix).await {
+                tracing::warn!(%error, "cannot remove a route");
+            }
+        }
+        let mut routed = BTreeSet::new();
+        for prefix in &wanted {
+            match routes.add(*prefix).await {
+                Ok(()) => {
+                    routed.insert(*prefix);
+                }
+                Err(error) => tracing::warn!(%error, "cannot add a route"),
+            }
+        }
+        self.routed = routed;
+    }
+
+    fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
+        let ipv4 = self.node.local_address().is_ipv4();
+        for (id, config) in device::relay_configs(relays, ipv4) {
+            if self.relays.insert(id) {
+                tracing::info!(relay = %id, server = %config.server, "using relay");
+                self.node.add_relay(config, now);
+            }
+        }
+    }
+
+    /// What the client state asks for.
+    pub fn drain_state(&mut self, now: Instant, outgoing: &mpsc::Sender<String>) {
+        while let Some(event) = self.state.poll_event() {
+            match event {
+                ClientEvent::RequestAccess {
+                    reference,
+                    resource_id,
+                    connected_gateway_ids,
+                } => send(
+                    outgoing,
+                    &ClientToPortal::RequestAccess {
+                        reference,
+                        resource_id,
+                        connected_gateway_ids,
+                    },
+                ),
+                ClientEvent::Deliver { gateway, packet } => self.node.send(gateway, &packet, now),
+                ClientEvent::Reply(packet) => self.to_apps(&packet),
+            }
+        }
+    }
+
+    pub fn to_apps(&self, packet: &[u8]) {
+        if let Some(tun) = &self.tun
+            && let Err(error) = tun.send(packet)
+        {
+            tracing::debug!(%error, "TUN write failed");
+        }
+    }
+
+    pub fn handle_node_event(&mut self, event: NodeEvent, outgoing: &mpsc::Sender<String>) {
+        match event {
+            NodeEvent::Candidate { peer, candidate } => send(
+                outgoing,
+                &ClientToPortal::IceCandidates {
+                    peer_id: peer,
+                    candidates: vec![candidate],
+                },
+            ),
+            NodeEvent::Connected { peer, relayed } => {
+                tracing::info!(gateway = %peer, relayed, "tunnel up")
+            }
+            NodeEvent::Packet { packet, .. } => self.to_apps(&packet),
+            NodeEvent::Dead { peer } => {
+                tracing::info!(gateway = %peer, "gateway went quiet; asking the portal again");
+                self.state.gateway_lost(peer);
+                self.node.remove_peer(peer);
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    pub fn status(&self, portal: &str, connected: bool) -> Status {
+        let resources = self
+            .state
+            .status()
+            .into_iter()
+            .map(|line| {
+                let mut out = ResourceLine {
+                    id: line.resource.id.to_string(),
+                    name: line.resource.name.clone(),
+                    address: line.resource.address.clone(),
+                    access: "idle".into(),
+                    reason: None,
+                    gateway: None,
+                    path: None,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                };
+                match line.access {
+                    Access::Idle => {}
+                    Access::Requested { .. } => out.access = "requested".into(),
+                    Access::Granted { gateway, .. } => {
+                        out.access = "granted".into();
+                        out.gateway = Some(gateway.to_string());
+                        out.path = Some(
+                            match self.node.path(gateway) {
+                                Some((_, _, true)) => "relayed",
+                                Some((_, _, false)) => "direct",
+                                None => "connecting",
+                            }
+                            .into(),
+                        );
+                        if let Some((sent, received)) = self.node.traffic(gateway) {
+                            out.bytes_sent = sent as u64;
+                            out.bytes_received = received as u64;
+                        }
+                    }
+                    Access::Denied {
+                        reason, violated, ..
+                    } => {
+                        out.access = "denied".into();
+                        let mut why = format!("{reason:?}").to_lowercase();
+                        if !violated.is_empty() {
+                            why = format!("{why}: {}", violated.join(", "));
+                        }
+                        out.reason = Some(why);
+                    }
+                }
+                out
+            })
+            .collect();
+        Status {
+            portal: portal.to_string(),
+            connected,
+            interface: self
+                .tun
+                .as_ref()
+                .zip(self.interface.as_ref())
+                .map(|(tun, i)| InterfaceStatus {
+                    name: tun.name().to_string(),
+                    ipv4: i.ipv4.to_string(),
+                    ipv6: i.ipv6.to_string(),
+                }),
+            resources,
+        }
+    }
+}

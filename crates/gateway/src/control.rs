@@ -1,0 +1,313 @@
+//! The gateway's half of the control protocol: portal messages become
+//! changes to the node (peers, relays, candidates) and the authorization
+//! table, node events become frames for the portal and packets for the TUN.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use base64::Engine as _;
+use postern_model::plan::{DEVICE_V4, DEVICE_V6};
+use postern_model::protocol::{
+    Authorization, GatewayToPortal, Interface, PortalToGateway, RelayInfo,
+};
+use postern_sys::device;
+use postern_sys::masquerade::{self, Masquerade};
+use postern_sys::tun::{Tun, TunAddresses};
+use postern_tunnel::gateway::{ClientAddresses, GatewayState, GatewayVerdict};
+use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// A client's keys as the portal gave them; a change (the client restarted)
+/// means a new tunnel peer.
+#[derive(Clone, PartialEq, Eq)]
+struct PeerKeys {
+    public_key: [u8; 32],
+    preshared_key: [u8; 32],
+}
+
+pub struct Control {
+    pub node: Node,
+    pub state: GatewayState,
+    tun: Option<Tun>,
+    _masquerade: Option<Masquerade>,
+    interface: String,
+    relays: HashSet<Uuid>,
+    peers: HashMap<Uuid, PeerKeys>,
+}
+
+fn key(text: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+fn send(outgoing: &mpsc::Sender<String>, message: &GatewayToPortal) {
+    match serde_json::to_string(message) {
+        Ok(text) => {
+            if outgoing.try_send(text).is_err() {
+                tracing::debug!("portal queue full or closed; frame dropped");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot encode a frame"),
+    }
+}
+
+impl Control {
+    pub fn new(node: Node, interface: String) -> Self {
+        Control {
+            node,
+            state: GatewayState::new(),
+            tun: None,
+            _masquerade: None,
+            interface,
+            relays: HashSet::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn tun(&self) -> Option<&Tun> {
+        self.tun.as_ref()
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        [self.node.poll_timeout(), self.state.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        self.state.handle_timeout(now);
+    }
+
+    /// One frame from the portal; `Some(reason)` ends the daemon.
+    pub fn handle_portal(
+        &mut self,
+        text: &str,
+        now: Instant,
+        outgoing: &mpsc::Sender<String>,
+    ) -> Option<String> {
+        let message: PortalToGateway = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring a frame this version does not know");
+                return None;
+            }
+        };
+        match message {
+            PortalToGateway::Init {
+                interface,
+                relays,
+                authorizations,
+            } => {
+                if let Err(error) = self.set_interface(&interface) {
+                    return Some(error);
+                }
+                self.add_relays(&relays, now);
+                let count = authorizations.len();
+                for authorization in authorizations {
+                    self.authorize(&authorization, now);
+                }
+                tracing::info!(
+                    ipv4 = %interface.ipv4, ipv6 = %interface.ipv6, relays = relays.len(),
+                    authorizations = count, "portal init"
+                );
+            }
+            PortalToGateway::Authorize {
+                reference,
+                authorization,
+            } => {
+                if self.authorize(&authorization, now) {
+                    send(outgoing, &GatewayToPortal::Authorized { reference });
+                }
+            }
+            PortalToGateway::Revoke {
+                client_id,
+                resource_id,
+            } => {
+                self.state.revoke(client_id, resource_id);
+                tracing::info!(client = %client_id, resource = %resource_id, "access revoked");
+                if !self.state.has_client(client_id) {
+                    self.node.remove_peer(client_id);
+                    self.peers.remove(&client_id);
+                }
+            }
+            PortalToGateway::ResourceUpdated { resource } => {
+                tracing::info!(resource = %resource.id, "resource updated");
+                self.state.update_resource(resource);
+            }
+            PortalToGateway::IceCandidates {
+                peer_id,
+                candidates,
+            } => {
+                for candidate in candidates {
+                    self.node.add_remote_candidate(peer_id, &candidate, now);
+                }
+            }
+            PortalToGateway::IceCandidatesRemoved { .. } => {}
+            PortalToGateway::RelaysChanged { added, removed } => {
+                self.add_relays(&added, now);
+                if !removed.is_empty() {
+                    // The node keeps a removed relay's allocation until it
+                    // fails; peers move off it by themselves.
+                    tracing::info!(?removed, "relays removed");
+                }
+            }
+            PortalToGateway::Disconnect { reason } => {
+                tracing::warn!(?reason, "the portal disconnected this gateway");
+                if matches!(
+                    reason,
+                    postern_model::protocol::DisconnectReason::TokenRevoked
+                        | postern_model::protocol::DisconnectReason::TokenExpired
+                ) {
+                    return Some(format!("the portal disconnected this gateway: {reason:?}"));
+                }
+            }
+            PortalToGateway::Error { message, .. } => {
+                tracing::warn!(%message, "the portal reported an error");
+            }
+        }
+        None
+    }
+
+    /// The TUN interface with the gateway's tunnel addresses, the whole
+    /// device range routed into it, and masquerade for clients' traffic.
+    fn set_interface(&mut self, interface: &Interface) -> Result<(), String> {
+        if self.tun.is_some() {
+            return Ok(());
+        }
+        let tun = Tun::create(
+            &self.interface,
+            TunAddresses {
+                ipv4: interface.ipv4,
+                ipv4_prefix: DEVICE_V4.prefix_len(),
+                ipv6: interface.ipv6,
+                ipv6_prefix: DEVICE_V6.prefix_len(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        masquerade::enable_forwarding().map_err(|e| e.to_string())?;
+        let table = format!("postern_{}", tun.name().replace('-', "_"));
+        let masquerade =
+            Masquerade::install(&table, tun.name(), &[DEVICE_V4.into(), DEVICE_V6.into()])
+                .map_err(|e| e.to_string())?;
+        tracing::info!(interface = tun.name(), %table, "tunnel interface up, masquerade on");
+        self.tun = Some(tun);
+        self._masquerade = Some(masquerade);
+        Ok(())
+    }
+
+    fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
+        let ipv4 = self.node_is_ipv4();
+        for (id, config) in device::relay_configs(relays, ipv4) {
+            if self.relays.insert(id) {
+                tracing::info!(relay = %id, server = %config.server, "using relay");
+                self.node.add_relay(config, now);
+            }
+        }
+    }
+
+    fn node_is_ipv4(&self) -> bool {
+        self.node.local_address().is_ipv4()
+    }
+
+    /// Applies an authorization; false if it is malformed.
+    fn authorize(&mut self, authorization: &Authorization, now: Instant) -> bool {
+        let client = &authorization.client;
+        let (Some(public_key), Some(preshared_key)) =
+            (key(&client.public_key), key(&authorization.preshared_key))
+        else {
+            tracing::warn!(client = %client.id, "authorization with malformed keys ignored");
+            return false;
+        };
+        let keys = PeerKeys {
+            public_key,
+            preshared_key,
+        };
+        let known = self.peers.get(&client.id) == Some(&keys);
+        // A peer that went quiet is set up afresh: the client starts a new
+        // ICE session when it asks again.
+        if !known || !self.node.is_alive(client.id, now) {
+            self.node.remove_peer(client.id);
+            self.node.add_peer(
+                client.id,
+                PeerConfig {
+                    public_key,
+                    preshared_key,
+                    local_ice: authorization.ice.gateway.clone(),
+                    remote_ice: authorization.ice.client.clone(),
+                },
+                now,
+            );
+            self.peers.insert(client.id, keys);
+        }
+        self.state.authorize(
+            ClientAddresses {
+                id: client.id,
+                ipv4: client.ipv4,
+                ipv6: client.ipv6,
+            },
+            authorization.resource.clone(),
+            device::deadline(authorization.expires_at, now),
+        );
+        tracing::info!(
+            client = %client.id, resource = %authorization.resource.id,
+            name = %authorization.resource.name, "authorized"
+        );
+        true
+    }
+
+    /// A packet a client sent through its tunnel.
+    pub fn handle_from_client(&mut self, client: Uuid, packet: &mut [u8], now: Instant) {
+        match self.state.forward_from_client(client, packet, now) {
+            GatewayVerdict::Forward => {
+                if let Some(tun) = &self.tun
+                    && let Err(error) = tun.send(packet)
+                {
+                    tracing::debug!(%error, "TUN write failed");
+                }
+            }
+            GatewayVerdict::Reply(reply) => self.node.send(client, &reply, now),
+            GatewayVerdict::Drop(why) => tracing::debug!(%client, ?why, "packet dropped"),
+        }
+    }
+
+    pub fn handle_node_event(
+        &mut self,
+        event: NodeEvent,
+        now: Instant,
+        outgoing: &mpsc::Sender<String>,
+    ) {
+        match event {
+            NodeEvent::Candidate { peer, candidate } => send(
+                outgoing,
+                &GatewayToPortal::IceCandidates {
+                    peer_id: peer,
+                    candidates: vec![candidate],
+                },
+            ),
+            NodeEvent::Connected { peer, relayed } => {
+                tracing::info!(client = %peer, relayed, "client connected")
+            }
+            NodeEvent::Packet { peer, mut packet } => self.handle_from_client(peer, &mut packet, now),
+            NodeEvent::Dead { peer } => {
+                tracing::info!(client = %peer, "client went quiet; its tunnel is closed");
+                self.node.remove_peer(peer);
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    /// On SIGTERM: nothing more goes to clients; they notice within their
+    /// liveness timeout and move to another gateway.
+    pub fn goodbye(&mut self, _now: Instant) {
+        let clients: Vec<Uuid> = self.peers.keys().copied().collect();
+        for client in clients {
+            self.node.remove_peer(client);
+        }
+    }
+}

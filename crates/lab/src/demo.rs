@@ -1,0 +1,510 @@
+//! The whole system in one lab (SPEC F33): a portal and a relay on a public
+//! segment, a client behind a home NAT, gateways and a web server behind an
+//! office NAT, all real `postern` processes, configured through the REST
+//! API like an admin would. `postern demo` holds it up; the end-to-end tests
+//! drive it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::error::{LabError, Result};
+use crate::http::{self, Response, WebServer};
+use crate::{Host, Lab, LabProcess, NatKind, Router};
+
+pub const PORTAL: &str = "198.18.0.2:8080";
+pub const RELAY_IP: &str = "198.18.0.3";
+pub const WEB: &str = "10.0.1.80:80";
+pub const ACCOUNT: &str = "demo";
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// The `postern` binary to run in the hosts.
+    pub postern: PathBuf,
+    pub home_nat: NatKind,
+    pub office_nat: NatKind,
+    /// Gateways in the office (1 or 2).
+    pub gateways: usize,
+}
+
+/// The network: hosts and routers, nothing running yet.
+pub struct Topology {
+    pub lab: Lab,
+    pub portal: Host,
+    pub relay: Host,
+    pub client: Host,
+    pub gateways: Vec<Host>,
+    pub web: Host,
+    pub nat_home: Router,
+    pub nat_office: Router,
+}
+
+fn invalid(what: impl Into<String>) -> LabError {
+    LabError::Invalid(what.into())
+}
+
+/// Builds the demo's network.
+pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Result<Topology> {
+    let lab = Lab::new()?;
+    let internet = lab.add_switch("internet")?;
+    let portal = lab.add_host("portal")?;
+    lab.connect(&portal, &internet, &["198.18.0.2/24"])?;
+    let relay = lab.add_host("relay")?;
+    lab.connect(&relay, &internet, &["198.18.0.3/24"])?;
+    let home = lab.add_switch("home")?;
+    let nat_home = lab.add_nat_router(
+        "nat-home",
+        &internet,
+        "198.18.0.10/24",
+        &home,
+        "192.168.1.1/24",
+        home_nat,
+    )?;
+    let client = lab.add_host("client")?;
+    lab.connect(&client, &home, &["192.168.1.10/24"])?;
+    let office = lab.add_switch("office")?;
+    let nat_office = lab.add_nat_router(
+        "nat-office",
+        &internet,
+        "198.18.0.20/24",
+        &office,
+        "10.0.1.1/24",
+        office_nat,
+    )?;
+    let mut gateway_hosts = Vec::new();
+    for n in 1..=gateways.clamp(1, 9) {
+        let host = lab.add_host(&format!("gateway-{n}"))?;
+        lab.connect(&host, &office, &[&format!("10.0.1.{}/24", 10 + n)])?;
+        gateway_hosts.push(host);
+    }
+    let web = lab.add_host("web")?;
+    lab.connect(&web, &office, &["10.0.1.80/24"])?;
+    let home_lan = nat_home
+        .lan
+        .ipv4()
+        .ok_or_else(|| invalid("nat-home has no LAN address"))?;
+    let office_lan = nat_office
+        .lan
+        .ipv4()
+        .ok_or_else(|| invalid("nat-office has no LAN address"))?;
+    client.set_default_route(home_lan)?;
+    for host in gateway_hosts.iter().chain([&web]) {
+        host.set_default_route(office_lan)?;
+    }
+    Ok(Topology {
+        lab,
+        portal,
+        relay,
+        client,
+        gateways: gateway_hosts,
+        web,
+        nat_home,
+        nat_office,
+    })
+}
+
+/// What the admin configured.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub admin_token: String,
+    pub site_id: String,
+    pub resource_id: String,
+    pub group_id: String,
+    pub policy_id: String,
+    pub actor_id: String,
+    pub gateway_token: String,
+    pub client_token: String,
+}
+
+/// The running demo. Dropping it stops every process and removes the lab.
+pub struct Demo {
+    pub options: DemoOptions,
+    pub setup: Setup,
+    pub web_server: WebServer,
+    pub processes: Vec<LabProcess>,
+    pub gateway_processes: Vec<Option<LabProcess>>,
+    pub client_process: Option<LabProcess>,
+    data: PathBuf,
+    // Last: the lab goes after the processes in it.
+    pub net: Topology,
+}
+
+fn json_field(body: &str, field: &str) -> Option<String> {
+    // `"field":"value"`: ids and tokens have no quotes or escapes.
+    let key = format!("\"{field}\":\"");
+    let start = body.find(&key)? + key.len();
+    let end = body[start..].find('"')? + start;
+    Some(body[start..end].to_string())
+}
+
+impl Demo {
+    /// Builds the lab, starts portal, relay, gateways and client, and
+    /// configures the account; returns once the client has its resources.
+    pub fn start(options: DemoOptions) -> Result<Demo> {
+        let net = topology(options.home_nat, options.office_nat, options.gateways)?;
+        let data = net.lab.log_dir().join("data");
+        std::fs::create_dir_all(&data)?;
+        let web_server =
+            WebServer::start(&net.web, WEB.parse().map_err(|_| invalid("web address"))?)?;
+        let mut demo = Demo {
+            options,
+            setup: Setup::default(),
+            web_server,
+            processes: Vec::new(),
+            gateway_processes: Vec::new(),
+            client_process: None,
+            data,
+            net,
+        };
+        demo.start_portal()?;
+        demo.configure()?;
+        for n in 0..demo.net.gateways.len() {
+            let process = demo.spawn_gateway(n)?;
+            demo.gateway_processes.push(Some(process));
+        }
+        demo.wait_for_gateways(demo.net.gateways.len(), Duration::from_secs(20))?;
+        demo.client_process = Some(demo.spawn_client()?);
+        demo.wait_for_client(Duration::from_secs(20))?;
+        Ok(demo)
+    }
+
+    fn database(&self) -> String {
+        format!("sqlite://{}/postern.db", self.data.display())
+    }
+
+    fn postern(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(&self.options.postern)
+            .args(args)
+            .output()
+            .map_err(|source| LabError::Spawn {
+                command: format!("postern {}", args.join(" ")),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(LabError::CommandFailed {
+                command: format!("postern {}", args.join(" ")),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    fn command(&self, host: &Host, args: &[&str]) -> Command {
+        let mut command = host.command(&self.options.postern);
+        command.args(args).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        command
+    }
+
+    fn start_portal(&mut self) -> Result<()> {
+        let database = self.database();
+        self.setup.admin_token = self.postern(&[
+            "portal",
+            "init",
+            "--database",
+            &database,
+            "--account",
+            ACCOUNT,
+            "--admin-email",
+            "admin@demo.test",
+        ])?;
+        let relay_token = self.postern(&["portal", "relay-token", "--database", &database])?;
+        let portal = self.command(
+            &self.net.portal,
+            &["portal", "--database", &database, "--listen", PORTAL],
+        );
+        self.processes.push(self.net.portal.spawn(portal)?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.api("GET", "/api/v1/sites", None).map(|r| r.status) != Ok(200) {
+            if Instant::now() > deadline {
+                return Err(invalid(format!(
+                    "the portal did not come up; its log:\n{}",
+                    self.processes[0].stderr()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let url = format!("http://{PORTAL}");
+        let relay = self.command(
+            &self.net.relay,
+            &[
+                "relay",
+                "--portal",
+                &url,
+                "--token",
+                &relay_token,
+                "--listen",
+                &format!("{RELAY_IP}:3478"),
+                "--public-ip",
+                RELAY_IP,
+            ],
+        );
+        self.processes.push(self.net.relay.spawn(relay)?);
+        Ok(())
+    }
+
+    /// A REST call from inside the portal's host.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> std::result::Result<Response, String> {
+        let address: SocketAddr = PORTAL.parse().map_err(|_| "portal address".to_string())?;
+        let token = self.setup.admin_token.clone();
+        let (method, path, json) = (
+            method.to_string(),
+            path.to_string(),
+            json.map(str::to_string),
+        );
+        self.net
+            .portal
+            .enter(move || {
+                http::request(
+                    address,
+                    &method,
+                    &path,
+                    Some(&token),
+                    json.as_deref(),
+                    Duration::from_secs(10),
+                )
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// A REST call that must succeed; returns the body.
+    pub fn api_ok(&self, method: &str, path: &str, json: Option<&str>) -> Result<String> {
+        let response = self.api(method, path, json).map_err(invalid)?;
+        if !(200..300).contains(&response.status) {
+            return Err(invalid(format!(
+                "{method} {path} answered {}: {}",
+                response.status,
+                response.text()
+            )));
+        }
+        Ok(response.text())
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        let id =
+            |body: &str| json_field(body, "id").ok_or_else(|| invalid(format!("no id in {body}")));
+        let site = self.api_ok("POST", "/api/v1/sites", Some(r#"{"name":"Office"}"#))?;
+        self.setup.site_id = id(&site)?;
+        let token = self.api_ok(
+            "POST",
+            &format!("/api/v1/sites/{}/gateway_tokens", self.setup.site_id),
+            Some("{}"),
+        )?;
+        self.setup.gateway_token =
+            json_field(&token, "token").ok_or_else(|| invalid("no gateway token"))?;
+        let resource = self.api_ok(
+            "POST",
+            "/api/v1/resources",
+            Some(&format!(
+                r#"{{"name":"Office web server","type":"ip","address":"10.0.1.80","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}},{{"protocol":"icmp"}}]}}"#,
+                self.setup.site_id
+            )),
+        )?;
+        self.setup.resource_id = id(&resource)?;
+        let group = self.api_ok("POST", "/api/v1/groups", Some(r#"{"name":"Engineering"}"#))?;
+        self.setup.group_id = id(&group)?;
+        let actor = self.api_ok(
+            "POST",
+            "/api/v1/actors",
+            Some(r#"{"name":"demo laptop","role":"service_account"}"#),
+        )?;
+        self.setup.actor_id = id(&actor)?;
+        self.api_ok(
+            "PUT",
+            &format!("/api/v1/groups/{}/members", self.setup.group_id),
+            Some(&format!(r#"{{"actor_ids":["{}"]}}"#, self.setup.actor_id)),
+        )?;
+        let policy = self.api_ok(
+            "POST",
+            "/api/v1/policies",
+            Some(&format!(
+                r#"{{"group_id":"{}","resource_id":"{}","description":"Engineering reaches the web server"}}"#,
+                self.setup.group_id, self.setup.resource_id
+            )),
+        )?;
+        self.setup.policy_id = id(&policy)?;
+        let token = self.api_ok(
+            "POST",
+            &format!("/api/v1/actors/{}/tokens", self.setup.actor_id),
+            Some("{}"),
+        )?;
+        self.setup.client_token =
+            json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
+        Ok(())
+    }
+
+    /// Starts gateway `n` (0-based) in its host.
+    pub fn spawn_gateway(&self, n: usize) -> Result<LabProcess> {
+        let host = &self.net.gateways[n];
+        let state = self.data.join(host.name());
+        let url = format!("http://{PORTAL}");
+        let command = self.command(
+            host,
+            &[
+                "gateway",
+                "--portal",
+                &url,
+                "--token",
+                &self.setup.gateway_token,
+                "--name",
+                host.name(),
+                "--state-dir",
+                &state.to_string_lossy(),
+            ],
+        );
+        host.spawn(command)
+    }
+
+    pub fn status_socket(&self) -> PathBuf {
+        self.data.join("client.sock")
+    }
+
+    fn spawn_client(&self) -> Result<LabProcess> {
+        let state = self.data.join("client");
+        let url = format!("http://{PORTAL}");
+        let socket = self.status_socket();
+        let command = self.command(
+            &self.net.client,
+            &[
+                "client",
+                "up",
+                "--portal",
+                &url,
+                "--token",
+                &self.setup.client_token,
+                "--name",
+                "laptop",
+                "--state-dir",
+                &state.to_string_lossy(),
+                "--status-socket",
+                &socket.to_string_lossy(),
+            ],
+        );
+        self.net.client.spawn(command)
+    }
+
+    /// Waits until `count` gateways are online at the portal.
+    pub fn wait_for_gateways(&self, count: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let body = self.api_ok(
+                "GET",
+                &format!("/api/v1/sites/{}/gateways", self.setup.site_id),
+                None,
+            )?;
+            if body.matches("\"online\":true").count() >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .gateway_processes
+                    .iter()
+                    .flatten()
+                    .map(|p| format!("{}:\n{}", p.label(), p.stderr()))
+                    .collect();
+                return Err(invalid(format!(
+                    "{count} gateways never came online: {body}\n{}",
+                    logs.join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the client's status lists the web server.
+    pub fn wait_for_client(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(status) = self.client_status()
+                && status.contains(&self.setup.resource_id)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .client_process
+                    .as_ref()
+                    .map(|p| p.stderr())
+                    .unwrap_or_default();
+                return Err(invalid(format!(
+                    "the client never got its resources; its log:\n{log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `postern client status --json` of the demo's client.
+    pub fn client_status(&self) -> Result<String> {
+        self.postern(&[
+            "client",
+            "status",
+            "--json",
+            "--status-socket",
+            &self.status_socket().to_string_lossy(),
+        ])
+    }
+
+    /// Downloads `size` bytes from the web server through the tunnel and
+    /// checks every byte; returns how long it took.
+    pub fn download(&self, size: u64, limit: Duration) -> Result<Duration> {
+        let web: SocketAddr = WEB.parse().map_err(|_| invalid("web address"))?;
+        let started = Instant::now();
+        let response = self.net.client.enter(move || {
+            http::request(web, "GET", &format!("/bytes/{size}"), None, None, limit)
+        })??;
+        let took = started.elapsed();
+        if response.status != 200 {
+            return Err(invalid(format!("download answered {}", response.status)));
+        }
+        if response.body.len() as u64 != size {
+            return Err(invalid(format!(
+                "downloaded {} of {size} bytes",
+                response.body.len()
+            )));
+        }
+        if let Some(at) = response
+            .body
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != http::payload_byte(i as u64))
+        {
+            return Err(invalid(format!("the download differs at byte {at}")));
+        }
+        Ok(took)
+    }
+
+    /// A TCP connection from the client to `port` on the web server.
+    pub fn connect(&self, port: u16, limit: Duration) -> std::io::Result<()> {
+        let address = SocketAddr::new(IpAddr::from([10, 0, 1, 80]), port);
+        self.net
+            .client
+            .enter(move || std::net::TcpStream::connect_timeout(&address, limit).map(|_| ()))
+            .map_err(std::io::Error::other)?
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.processes
+            .iter()
+            .chain(self.gateway_processes.iter().flatten())
+            .chain(self.client_process.iter())
+            .map(|p| format!("--- {} ---\n{}", p.label(), p.stderr()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,262 @@
+//! The WebSocket to the portal (DESIGN.md section 5): bearer token, device
+//! identity in the query, JSON text frames. It runs as a task of its own and
+//! reconnects with jittered exponential backoff, so the data plane keeps
+//! forwarding while the portal is away (F22); a 401 means the token is no
+//! good and is never retried.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use url::Url;
+
+/// No frame at all (the portal pings every 10 s) for this long means the
+/// connection is dead.
+const SILENCE: Duration = Duration::from_secs(30);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Frames queued toward the portal before the loop is told to slow down.
+const QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error(
+        "portal URL {0:?}: https portals are not supported by this build yet; use http:// (behind a TLS proxy) for now"
+    )]
+    Tls(String),
+    #[error("portal URL {0:?} is not http://")]
+    Scheme(String),
+    #[error("cannot resolve the portal {0}: {1}")]
+    Resolve(String, String),
+}
+
+/// Who connects: the channel path on the portal.
+#[derive(Clone, Copy, Debug)]
+pub enum Party {
+    Client,
+    Gateway,
+    Relay,
+}
+
+impl Party {
+    fn path(self) -> &'static str {
+        match self {
+            Party::Client => "/v1/client",
+            Party::Gateway => "/v1/gateway",
+            Party::Relay => "/v1/relay",
+        }
+    }
+}
+
+/// What the connection says.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A (re)connection is up; the portal's `init` follows.
+    Connected,
+    /// A text frame.
+    Text(String),
+    /// The connection dropped; the next attempt is in `retry_in`.
+    Lost { error: String, retry_in: Duration },
+    /// The portal refused the token (HTTP 401): sign in again. Final.
+    Unauthorized,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    /// `http://host:port` (a path prefix is kept).
+    pub portal: String,
+    pub party: Party,
+    pub token: String,
+    /// Query parameters: device_id, public_key, name.
+    pub query: Vec<(String, String)>,
+}
+
+/// The two ends the daemon's loop holds.
+pub struct Channel {
+    pub incoming: mpsc::UnboundedReceiver<Incoming>,
+    pub outgoing: mpsc::Sender<String>,
+}
+
+/// The WebSocket URL for a portal URL and a party.
+pub fn channel_url(config: &ChannelConfig) -> Result<Url, ChannelError> {
+    let mut url =
+        Url::parse(&config.portal).map_err(|_| ChannelError::Scheme(config.portal.clone()))?;
+    match url.scheme() {
+        "http" => url
+            .set_scheme("ws")
+            .map_err(|_| ChannelError::Scheme(config.portal.clone()))?,
+        "https" => return Err(ChannelError::Tls(config.portal.clone())),
+        _ => return Err(ChannelError::Scheme(config.portal.clone())),
+    }
+    let base = url.path().trim_end_matches('/').to_string();
+    url.set_path(&format!("{base}{}", config.party.path()));
+    url.query_pairs_mut().clear().extend_pairs(&config.query);
+    Ok(url)
+}
+
+/// The portal's address (for the host candidate's interface).
+pub async fn portal_ip(portal: &str) -> Result<std::net::IpAddr, ChannelError> {
+    let url = url_host_port(portal)?;
+    let mut addresses = tokio::net::lookup_host(&url)
+        .await
+        .map_err(|e| ChannelError::Resolve(url.clone(), e.to_string()))?;
+    addresses
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| ChannelError::Resolve(url.clone(), "no address".into()))
+}
+
+/// `host:port` of an http URL.
+pub fn url_host_port(portal: &str) -> Result<String, ChannelError> {
+    let rest = portal
+        .strip_prefix("http://")
+        .map(|r| (r, 80))
+        .or_else(|| portal.strip_prefix("https://").map(|r| (r, 443)));
+    let Some((rest, default_port)) = rest else {
+        return Err(ChannelError::Scheme(portal.to_string()));
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| {
+        port.chars().all(|c| c.is_ascii_digit()) && !authority.ends_with(']')
+    });
+    Ok(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    })
+}
+
+/// Checks a portal URL as the daemons take it, before anything else runs.
+pub fn check_portal_url(portal: &str) -> Result<(), ChannelError> {
+    channel_url(&ChannelConfig {
+        portal: portal.to_string(),
+        party: Party::Client,
+        token: String::new(),
+        query: Vec::new(),
+    })
+    .map(|_| ())
+}
+
+/// Starts the connection task (needs a tokio runtime).
+pub fn open(config: ChannelConfig) -> Result<Channel, ChannelError> {
+    let url = channel_url(&config)?;
+    let (incoming_tx, incoming) = mpsc::unbounded_channel();
+    let (outgoing, outgoing_rx) = mpsc::channel(QUEUE);
+    tokio::spawn(run(url, config.token, incoming_tx, outgoing_rx));
+    Ok(Channel { incoming, outgoing })
+}
+
+enum Ended {
+    /// Nobody listens any more: stop.
+    Closed,
+    Unauthorized,
+    Lost(String),
+}
+
+async fn run(
+    url: Url,
+    token: String,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    mut outgoing: mpsc::Receiver<String>,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let started = tokio::time::Instant::now();
+        let ended = connect_and_pump(&url, &token, &incoming, &mut outgoing).await;
+        let error = match ended {
+            Ended::Closed => return,
+            Ended::Unauthorized => {
+                let _ = incoming.send(Incoming::Unauthorized);
+                return;
+            }
+            Ended::Lost(error) => error,
+        };
+        // A connection that lasted a while starts the backoff afresh.
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_FIRST;
+        }
+        let retry_in = jitter(backoff);
+        if incoming.send(Incoming::Lost { error, retry_in }).is_err() {
+            return;
+        }
+        // Frames for a connection that is gone are stale (refs, candidates
+        // of a session the portal forgot): drop them.
+        tokio::time::sleep(retry_in).await;
+        while outgoing.try_recv().is_ok() {}
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// 75-125 % of `base`.
+fn jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    base * (75 + u32::from(byte[0]) % 51) / 100
+}
+
+async fn connect_and_pump(
+    url: &Url,
+    token: &str,
+    incoming: &mpsc::UnboundedSender<Incoming>,
+    outgoing: &mut mpsc::Receiver<String>,
+) -> Ended {
+    let mut request = match url.as_str().into_client_request() {
+        Ok(request) => request,
+        Err(error) => return Ended::Lost(error.to_string()),
+    };
+    match format!("Bearer {token}").parse() {
+        Ok(value) => {
+            request.headers_mut().insert("authorization", value);
+        }
+        Err(_) => return Ended::Lost("the token has characters a header cannot carry".into()),
+    }
+    let connect = tokio::time::timeout(SILENCE, tokio_tungstenite::connect_async(request));
+    let mut socket = match connect.await {
+        Err(_) => return Ended::Lost("connecting timed out".into()),
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
+            return Ended::Unauthorized;
+        }
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            return Ended::Lost(format!("the portal answered HTTP {}", response.status()));
+        }
+        Ok(Err(error)) => return Ended::Lost(error.to_string()),
+        Ok(Ok((socket, _))) => socket,
+    };
+    if incoming.send(Incoming::Connected).is_err() {
+        return Ended::Closed;
+    }
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(SILENCE, socket.next()) => match frame {
+                Err(_) => return Ended::Lost(format!("nothing heard for {} s", SILENCE.as_secs())),
+                Ok(None) => return Ended::Lost("the portal closed the connection".into()),
+                Ok(Some(Err(error))) => return Ended::Lost(error.to_string()),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if incoming.send(Incoming::Text(text.to_string())).is_err() {
+                        return Ended::Closed;
+                    }
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Ended::Lost(format!("the portal closed the connection {why}").trim().to_string());
+                }
+                // Pings are answered by tungstenite; binary frames are not
+                // part of the protocol.
+                Ok(Some(Ok(_))) => {}
+            },
+            message = outgoing.recv() => match message {
+                None => {
+                    let _ = socket.close(None).await;
+                    return Ended::Closed;
+                }
+                Some(text) => {
+                    if let Err(error) = socket.send(Message::Text(text.into())).await {
+                        return Ended::Lost(error.to_string());
+                    }
+                }
+            },
+        }
+    }
+}

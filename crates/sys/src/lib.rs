@@ -1,0 +1,34 @@
+//! Linux I/O for the device daemons (DESIGN.md section 2): the only crate
+//! that talks to the kernel. The daemons (`postern-gateway`,
+//! `postern-client`) are thin loops that move bytes between what this crate
+//! opens and the sans-IO cores of `postern-tunnel`.
+//!
+//! - [`tun`]: the tunnel interface (`tun-rs`), MTU 1280, its addresses;
+//! - [`route`]: routes to the tunnel interface over netlink (`rtnetlink`);
+//! - [`udp`]: the one UDP socket for WireGuard, ICE and TURN, with large
+//!   buffers asked for explicitly;
+//! - [`masquerade`]: the gateway's nftables table, removed at exit;
+//! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
+//! - [`device`]: device id, keys, relays and the socket pump around the node.
+
+pub mod channel;
+pub mod device;
+pub mod masquerade;
+pub mod route;
+pub mod tun;
+pub mod udp;
+
+/// Whether this process runs as root (TUN devices, routes and nftables need
+/// it; the daemons say so in one line otherwise).
+pub fn is_root() -> bool {
+    // /proc/self/status has "Uid: real effective saved fs".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}

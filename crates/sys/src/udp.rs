@@ -1,0 +1,33 @@
+//! The one UDP socket a device uses for WireGuard, ICE and TURN (DESIGN.md
+//! section 7: large buffers asked for explicitly, so bursts are not dropped).
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// What each socket buffer is asked to hold.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds `address` non-blocking with large buffers; returns the socket and
+/// the receive/send buffer sizes the kernel granted.
+pub fn bind(address: SocketAddr) -> io::Result<(tokio::net::UdpSocket, usize, usize)> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // Root may go past net.core.rmem_max; others get what the limit allows.
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    let (receive, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    let socket = tokio::net::UdpSocket::from_std(socket.into())?;
+    Ok((socket, receive, send))
+}
