@@ -125,6 +125,8 @@ pub struct TokenSource {
     #[arg(
         long,
         env = "POSTERN_TOKEN",
+        // Tokens are base64url: they may start with "-".
+        allow_hyphen_values = true,
         value_name = "TOKEN",
         hide_env_values = true
     )]
@@ -190,6 +192,8 @@ pub struct RelayArgs {
     #[arg(
         long,
         env = "POSTERN_TOKEN",
+        // Tokens are base64url: they may start with "-".
+        allow_hyphen_values = true,
         value_name = "TOKEN",
         hide_env_values = true,
         requires = "portal"
@@ -344,6 +348,7 @@ pub enum AdminCommand {
         #[arg(
             long,
             env = "POSTERN_TOKEN",
+            allow_hyphen_values = true,
             value_name = "TOKEN",
             hide_env_values = true
         )]

@@ -85,6 +85,7 @@ pub async fn run(
     let mut udp_buffer = vec![0u8; BUFFER];
     let mut tun_buffer = vec![0u8; BUFFER];
     let mut out_buffer = vec![0u8; BUFFER];
+    let mut ever_connected = false;
     tokio::pin!(stop);
     loop {
         let now = Instant::now();
@@ -100,7 +101,11 @@ pub async fn run(
                 ),
                 Some(Incoming::Connected) => {
                     connected = true;
+                    ever_connected = true;
                     tracing::info!("connected to the portal");
+                }
+                Some(Incoming::Lost { error, .. }) if !ever_connected => {
+                    anyhow::bail!("cannot reach the portal at {}: {error}", config.portal);
                 }
                 Some(Incoming::Lost { error, retry_in }) => {
                     connected = false;

@@ -293,7 +293,9 @@ impl Control {
             NodeEvent::Connected { peer, relayed } => {
                 tracing::info!(client = %peer, relayed, "client connected")
             }
-            NodeEvent::Packet { peer, mut packet } => self.handle_from_client(peer, &mut packet, now),
+            NodeEvent::Packet { peer, mut packet } => {
+                self.handle_from_client(peer, &mut packet, now)
+            }
             NodeEvent::Dead { peer } => {
                 tracing::info!(client = %peer, "client went quiet; its tunnel is closed");
                 self.node.remove_peer(peer);

@@ -88,6 +88,7 @@ pub async fn run(
     let mut udp_buffer = vec![0u8; BUFFER];
     let mut tun_buffer = vec![0u8; BUFFER];
     let mut out_buffer = vec![0u8; BUFFER];
+    let mut ever_connected = false;
     tokio::pin!(stop);
     loop {
         let now = Instant::now();
@@ -102,7 +103,13 @@ pub async fn run(
                 Some(Incoming::Unauthorized) => anyhow::bail!(
                     "the portal refused the token (401): create a new gateway token"
                 ),
-                Some(Incoming::Connected) => tracing::info!("connected to the portal"),
+                Some(Incoming::Connected) => {
+                    ever_connected = true;
+                    tracing::info!("connected to the portal");
+                }
+                Some(Incoming::Lost { error, .. }) if !ever_connected => {
+                    anyhow::bail!("cannot reach the portal at {}: {error}", config.portal);
+                }
                 Some(Incoming::Lost { error, retry_in }) => tracing::warn!(
                     %error, retry_in_ms = retry_in.as_millis() as u64,
                     "portal connection lost; forwarding goes on"
@@ -157,7 +164,13 @@ struct Gateway {
 impl Gateway {
     /// A datagram from the network: data from a client goes straight to the
     /// TUN if the state allows it; everything else through the node.
-    fn handle_network(&mut self, source: SocketAddr, n: usize, datagram: &mut [u8], out: &mut [u8]) {
+    fn handle_network(
+        &mut self,
+        source: SocketAddr,
+        n: usize,
+        datagram: &mut [u8],
+        out: &mut [u8],
+    ) {
         self.counters.received += 1;
         let now = Instant::now();
         let Some((client, length)) =
@@ -167,7 +180,8 @@ impl Gateway {
         else {
             return;
         };
-        self.control.handle_from_client(client, &mut out[..length], now);
+        self.control
+            .handle_from_client(client, &mut out[..length], now);
     }
 
     /// Packets from resources back to their clients.

@@ -38,6 +38,8 @@ pub struct Topology {
     pub web: Host,
     pub nat_home: Router,
     pub nat_office: Router,
+    pub home: crate::Switch,
+    pub office: crate::Switch,
 }
 
 fn invalid(what: impl Into<String>) -> LabError {
@@ -101,6 +103,8 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         web,
         nat_home,
         nat_office,
+        home,
+        office,
     })
 }
 
@@ -130,12 +134,23 @@ pub struct Demo {
     pub net: Topology,
 }
 
+/// A string field of a JSON object.
 fn json_field(body: &str, field: &str) -> Option<String> {
-    // `"field":"value"`: ids and tokens have no quotes or escapes.
-    let key = format!("\"{field}\":\"");
-    let start = body.find(&key)? + key.len();
-    let end = body[start..].find('"')? + start;
-    Some(body[start..end].to_string())
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value.get(field)?.as_str().map(str::to_string)
+}
+
+/// The `data` array of a list answer (or the array itself).
+fn json_items(body: &str) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    match value {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(mut object) => match object.remove("data") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 impl Demo {
@@ -235,8 +250,7 @@ impl Demo {
                 "relay",
                 "--portal",
                 &url,
-                "--token",
-                &relay_token,
+                &format!("--token={relay_token}"),
                 "--listen",
                 &format!("{RELAY_IP}:3478"),
                 "--public-ip",
@@ -354,8 +368,7 @@ impl Demo {
                 "gateway",
                 "--portal",
                 &url,
-                "--token",
-                &self.setup.gateway_token,
+                &format!("--token={}", self.setup.gateway_token),
                 "--name",
                 host.name(),
                 "--state-dir",
@@ -380,8 +393,7 @@ impl Demo {
                 "up",
                 "--portal",
                 &url,
-                "--token",
-                &self.setup.client_token,
+                &format!("--token={}", self.setup.client_token),
                 "--name",
                 "laptop",
                 "--state-dir",
@@ -402,7 +414,11 @@ impl Demo {
                 &format!("/api/v1/sites/{}/gateways", self.setup.site_id),
                 None,
             )?;
-            if body.matches("\"online\":true").count() >= count {
+            let online = json_items(&body)
+                .iter()
+                .filter(|g| g["online"].as_bool() == Some(true))
+                .count();
+            if online >= count {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -493,6 +509,145 @@ impl Demo {
             .map_err(std::io::Error::other)?
     }
 
+    /// Another client on the home network, signed in as a new service
+    /// account that is (or is not) in the Engineering group.
+    pub fn add_client(&self, name: &str, in_group: bool) -> Result<ExtraClient> {
+        let number = 20 + self.net.lab.namespaces().len() as u8 % 200;
+        let host = self.net.lab.add_host(name)?;
+        self.net
+            .lab
+            .connect(&host, &self.net.home, &[&format!("192.168.1.{number}/24")])?;
+        let home_lan = self
+            .net
+            .nat_home
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-home has no LAN address"))?;
+        host.set_default_route(home_lan)?;
+        let actor = self.api_ok(
+            "POST",
+            "/api/v1/actors",
+            Some(&format!(r#"{{"name":"{name}","role":"service_account"}}"#)),
+        )?;
+        let actor_id = json_field(&actor, "id").ok_or_else(|| invalid("no actor id"))?;
+        if in_group {
+            let members = self.api_ok(
+                "GET",
+                &format!("/api/v1/groups/{}/members", self.setup.group_id),
+                None,
+            )?;
+            let mut ids: Vec<serde_json::Value> = json_items(&members)
+                .iter()
+                .filter_map(|m| m.get("id").cloned())
+                .collect();
+            ids.push(actor_id.clone().into());
+            let body = serde_json::json!({ "actor_ids": ids }).to_string();
+            self.api_ok(
+                "PUT",
+                &format!("/api/v1/groups/{}/members", self.setup.group_id),
+                Some(&body),
+            )?;
+        }
+        let token = self.api_ok(
+            "POST",
+            &format!("/api/v1/actors/{actor_id}/tokens"),
+            Some("{}"),
+        )?;
+        let token = json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
+        let socket = self.data.join(format!("{name}.sock"));
+        let state = self.data.join(name);
+        let url = format!("http://{PORTAL}");
+        let command = self.command(
+            &host,
+            &[
+                "client",
+                "up",
+                "--portal",
+                &url,
+                &format!("--token={token}"),
+                "--name",
+                name,
+                "--state-dir",
+                &state.to_string_lossy(),
+                "--status-socket",
+                &socket.to_string_lossy(),
+            ],
+        );
+        let process = host.spawn(command)?;
+        Ok(ExtraClient {
+            host,
+            process,
+            socket,
+        })
+    }
+
+    /// Kills gateway `n` (0-based) with SIGKILL.
+    pub fn kill_gateway(&mut self, n: usize) -> Result<()> {
+        if let Some(mut process) = self.gateway_processes.get_mut(n).and_then(Option::take) {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the portal (SIGKILL): the data plane must not notice.
+    pub fn kill_portal(&mut self) -> Result<()> {
+        if let Some(portal) = self.processes.first_mut() {
+            portal.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The client moves to another address on its network: its NAT maps it
+    /// to a new public port, as after changing networks.
+    pub fn roam_client(&self, address: &str) -> Result<()> {
+        let client = &self.net.client;
+        client.ip(&["addr", "flush", "dev", "eth0"])?;
+        client.ip(&["addr", "add", address, "dev", "eth0"])?;
+        let home_lan = self
+            .net
+            .nat_home
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-home has no LAN address"))?;
+        client.set_default_route(home_lan)?;
+        Ok(())
+    }
+
+    /// Index of the gateway the client's tunnel goes to, from the client's
+    /// status and the portal's gateway list.
+    pub fn serving_gateway(&self) -> Result<usize> {
+        let status = self.client_status()?;
+        let value: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+        let gateway_id = value["resources"][0]["gateway"]
+            .as_str()
+            .ok_or_else(|| invalid(format!("no gateway in the status: {status}")))?
+            .to_string();
+        let gateways = self.api_ok(
+            "GET",
+            &format!("/api/v1/sites/{}/gateways", self.setup.site_id),
+            None,
+        )?;
+        let name = json_items(&gateways)
+            .into_iter()
+            .find(|g| g["id"].as_str() == Some(gateway_id.as_str()))
+            .and_then(|g| g["name"].as_str().map(str::to_string))
+            .ok_or_else(|| invalid(format!("gateway {gateway_id} is not listed: {gateways}")))?;
+        self.net
+            .gateways
+            .iter()
+            .position(|h| h.name() == name)
+            .ok_or_else(|| invalid(format!("no lab host runs gateway {name}")))
+    }
+
+    /// Log lines at WARN or ERROR from every daemon.
+    pub fn problems(&self) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
@@ -507,4 +662,11 @@ impl Demo {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// A client added by [`Demo::add_client`].
+pub struct ExtraClient {
+    pub host: Host,
+    pub process: LabProcess,
+    pub socket: PathBuf,
 }

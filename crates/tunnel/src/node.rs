@@ -18,7 +18,7 @@ use crate::ice::{IceEvent, IceSession, is_stun};
 use crate::wireguard::{Action, WireguardPeer};
 
 /// How often WireGuard's timers run.
-const WIREGUARD_TICK: Duration = Duration::from_millis(250);
+const WIREGUARD_TICK: Duration = Duration::from_millis(100);
 /// Packets kept for a peer while its path is found.
 const MAX_WAITING: usize = 32;
 /// A peer without a path after this long is reported dead, so the client
@@ -32,7 +32,7 @@ const BUFFER: usize = 65_535 + 64;
 /// A path quiet this long (two missed keepalives) is given up for the next
 /// best pair ICE still has, e.g. direct -> relayed; the peer is declared dead
 /// only at [`crate::wireguard::LIVENESS_TIMEOUT`] if that path is quiet too.
-const PATH_QUIET: Duration = Duration::from_secs(1);
+const PATH_QUIET: Duration = Duration::from_millis(850);
 /// While relayed, every pair is checked again this often, so a direct path
 /// that opened since is found.
 pub const REPROBE: Duration = Duration::from_secs(30);

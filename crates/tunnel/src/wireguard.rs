@@ -18,9 +18,9 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 /// Silence after which a peer counts as dead: three keepalive intervals, so
 /// two lost keepalives are no alarm, and failover (F20) fits in two seconds.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1250);
 /// Quiet time after which a keepalive (32 bytes) is sent.
-pub const KEEPALIVE: Duration = Duration::from_millis(500);
+pub const KEEPALIVE: Duration = Duration::from_millis(400);
 /// An unanswered handshake initiation is repeated after this long (on the
 /// caller's clock: boringtun's own 5 s retry runs on the system clock).
 pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
