@@ -327,6 +327,9 @@ pub struct DemoArgs {
     /// Run the scenario once, print what was verified, exit 0 or 1
     #[arg(long)]
     pub check: bool,
+    /// Symmetric NATs on both sides: hole punching fails, the relay carries the traffic
+    #[arg(long)]
+    pub symmetric: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 mod args;
 mod daemon;
+mod demo;
 mod device;
 mod portal;
 mod relay;
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
                 ref status_socket,
             } => finish("client status", device::client_status(json, status_socket)),
         },
-        Command::Demo(_) => unavailable("demo", "the demo"),
+        Command::Demo(args) => finish("demo", demo::run(args)),
         Command::Admin(admin) => match admin.command {
             AdminCommand::Apply { .. } => unavailable("admin apply", "declarative configuration"),
         },

@@ -94,8 +94,6 @@ fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
             "acme",
         ],
         &["client", "sign-out"],
-        &["demo"],
-        &["demo", "--check"],
         &[
             "admin",
             "apply",
@@ -321,4 +319,59 @@ fn client_status_without_a_daemon_says_so() {
         1,
         "no client daemon answers on /nonexistent/postern.sock",
     );
+}
+
+#[test]
+fn an_unreachable_portal_at_start_is_one_line_and_exit_1() {
+    let state = std::env::temp_dir().join(format!("postern-cli-{}", std::process::id()));
+    // Nothing listens on port 1 of loopback.
+    let output = postern(&[
+        "gateway",
+        "--portal",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+        "--port",
+        "0",
+        "--state-dir",
+        &state.to_string_lossy(),
+    ]);
+    let _ = std::fs::remove_dir_all(&state);
+    if !is_root() {
+        assert_one_line(&output, 1, "needs root");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let last = stderr(&output)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with("postern gateway: cannot reach the portal at http://127.0.0.1:1"),
+        "{last}"
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+#[test]
+fn the_demo_says_in_one_line_that_it_needs_root() {
+    if !is_root() {
+        assert_one_line(&postern(&["demo"]), 1, "needs root");
+        return;
+    }
+    // As root, drop to nobody to see what a normal user gets.
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_postern"))
+        .arg("demo")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_one_line(&output, 1, "needs root");
 }

@@ -199,3 +199,20 @@ fn a_client_that_changes_address_keeps_working() {
     println!("traffic resumed {resumed:?} after the client changed address");
     download(&demo, 4 * MIB);
 }
+
+#[test]
+fn postern_demo_check_verifies_the_scenario() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["demo", "--check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("[ ok ]").count(), 5, "{stdout}");
+    assert!(stdout.contains("path between client and gateway: direct"));
+}
