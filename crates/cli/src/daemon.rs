@@ -35,3 +35,19 @@ pub fn block_stop_signals() -> nix::Result<SigSet> {
 pub fn wait_for_stop(signals: &SigSet) -> nix::Result<Signal> {
     signals.wait()
 }
+
+/// SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the portal with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}

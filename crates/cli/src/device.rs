@@ -3,8 +3,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
+
+use postern_sys::metrics::DeviceMetrics;
 
 use crate::args::{DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
 use crate::daemon;
@@ -39,24 +42,19 @@ fn need_root(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unsupported_metrics(daemon: &DaemonOptions) -> anyhow::Result<()> {
-    if daemon.metrics.is_some() {
-        bail!("--metrics is not supported by this daemon yet");
-    }
-    Ok(())
-}
-
-/// SIGINT or SIGTERM.
-pub async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
+/// Serves `/metrics` on `--metrics ADDR` for a device daemon.
+fn device_metrics(
+    daemon: &DaemonOptions,
+    role: &'static str,
+) -> anyhow::Result<Option<Arc<DeviceMetrics>>> {
+    let Some(address) = daemon.metrics else {
+        return Ok(None);
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let metrics = DeviceMetrics::new(role);
+    let published = Arc::clone(&metrics);
+    postern_sys::metrics::serve(address, move || published.render())
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    Ok(Some(metrics))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -68,10 +66,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     postern_sys::channel::check_portal_url(&args.portal)?;
-    unsupported_metrics(&args.daemon)?;
     need_root("postern gateway")?;
     let token = read_token(&args.token)?;
     daemon::init_logging(args.daemon.log_format);
+    let metrics = device_metrics(&args.daemon, "gateway")?;
     let config = postern_gateway::GatewayConfig {
         portal: args.portal,
         token,
@@ -79,8 +77,9 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         port: args.port,
         state_dir: args.device.state_dir,
         interface: args.device.interface,
+        metrics,
     };
-    runtime()?.block_on(postern_gateway::run(config, stop_signal()))?;
+    runtime()?.block_on(postern_gateway::run(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -96,10 +95,10 @@ pub struct ClientUp {
 
 pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
     postern_sys::channel::check_portal_url(&args.portal)?;
-    unsupported_metrics(&args.daemon)?;
     need_root("postern client up")?;
     let token = read_token(&args.token)?;
     daemon::init_logging(args.daemon.log_format);
+    let metrics = device_metrics(&args.daemon, "client")?;
     let config = postern_client::ClientDaemonConfig {
         portal: args.portal,
         token,
@@ -108,8 +107,9 @@ pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
         state_dir: args.device.state_dir,
         interface: args.device.interface,
         status_socket: args.status_socket,
+        metrics,
     };
-    runtime()?.block_on(postern_client::run(config, stop_signal()))?;
+    runtime()?.block_on(postern_client::run(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,9 +61,6 @@ pub fn relay_token(database: &str) -> anyhow::Result<ExitCode> {
 
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
-    if args.daemon.metrics.is_some() {
-        anyhow::bail!("--metrics is not supported by the portal in this build yet");
-    }
     runtime()?.block_on(async {
         let store = open(&args.database).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -75,33 +72,25 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             None => tracing::info!("no --geoip-db: country conditions fail closed"),
         }
         let state = Arc::new(state);
+        if let Some(address) = args.daemon.metrics {
+            let published = Arc::clone(&state);
+            postern_sys::metrics::serve(address, move || {
+                let (gateways, clients) = published.online_counts();
+                published.metrics.render(gateways, clients)
+            })
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        }
         tracing::info!(
             listen = %args.listen,
             external_url = args.external_url.as_deref().unwrap_or("(not set)"),
             database = %redact(&args.database),
             "portal serving the REST API at /api/v1 and the channels at /v1/{{client,gateway,relay}}"
         );
-        postern_portal::serve::serve(listener, state, stop_signal())
+        postern_portal::serve::serve(listener, state, daemon::stop_signal())
             .await
             .context("serving failed")?;
         store.close().await;
         tracing::info!("portal stopped");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the portal with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -104,7 +104,7 @@ fn portal_mode(
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut running: Option<(Relay, String)> = None;
-        let signal = crate::device::stop_signal();
+        let signal = daemon::stop_signal();
         tokio::pin!(signal);
         loop {
             tokio::select! {

@@ -69,6 +69,53 @@ fn cone_nats_give_a_direct_path_and_16_mib_arrive_intact() {
     );
     assert_eq!(path_of(&demo), "direct");
     assert_quiet_logs(&demo);
+    // Every daemon serves its counters; they saw the download. The loops
+    // publish on their timer tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let client = demo.scrape(&demo.net.client, "192.168.1.10:9100").unwrap();
+    let written = metric(
+        &client,
+        "postern_tun_bytes_total{role=\"client\",direction=\"written\"}",
+    );
+    assert!(
+        written >= 16 * MIB,
+        "client wrote {written} bytes to its TUN:\n{client}"
+    );
+    assert_eq!(
+        metric(&client, "postern_portal_connected{role=\"client\"}"),
+        1
+    );
+    let gateway = demo
+        .scrape(&demo.net.gateways[0], "10.0.1.11:9100")
+        .unwrap();
+    assert_eq!(
+        metric(&gateway, "postern_authorized_clients{role=\"gateway\"}"),
+        1,
+        "{gateway}"
+    );
+    let portal = demo.scrape(&demo.net.portal, "198.18.0.2:9100").unwrap();
+    assert!(
+        metric(
+            &portal,
+            "postern_portal_access_requests_total{outcome=\"granted\"}"
+        ) >= 1,
+        "{portal}"
+    );
+    assert_eq!(
+        metric(&portal, "postern_portal_online{party=\"gateway\"}"),
+        1,
+        "{portal}"
+    );
+    let relay = demo.scrape(&demo.net.relay, "198.18.0.3:9100").unwrap();
+    assert!(relay.contains("postern_relay_"), "{relay}");
+}
+
+/// The value of one sample in Prometheus text.
+fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).map(str::trim))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
 }
 
 #[test]
@@ -178,6 +225,29 @@ fn a_killed_gateway_hands_over_to_the_second_within_two_seconds() {
     );
     assert_ne!(demo.serving_gateway().unwrap(), serving);
     assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+}
+
+#[test]
+fn a_gateway_stopped_with_sigterm_sends_its_clients_on_at_once() {
+    let mut demo = demo(NatKind::Cone, NatKind::Cone, 2);
+    download(&demo, MIB);
+    let serving = demo.serving_gateway().unwrap();
+    let stopped = std::time::Instant::now();
+    let log = demo.stop_gateway(serving).unwrap();
+    assert!(log.contains("clients_told=1"), "{log}");
+    let resumed = until_downloads_work(&demo, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("never resumed\n{}", demo.logs()));
+    let total = stopped.elapsed();
+    println!(
+        "downloads work again {resumed:?} after gateway-{} said goodbye ({total:?} from SIGTERM)",
+        serving + 1
+    );
+    assert_ne!(demo.serving_gateway().unwrap(), serving);
+    assert!(
+        total < Duration::from_millis(600),
+        "{total:?}: the goodbye did not hand over at once"
+    );
+    assert_quiet_logs(&demo);
 }
 
 #[test]

@@ -12,9 +12,11 @@ use postern_model::protocol::{
 };
 use postern_model::resource::ResourceType;
 use postern_sys::device;
+use postern_sys::metrics::Tally;
 use postern_sys::route::Routes;
 use postern_sys::tun::{Tun, TunAddresses};
 use postern_tunnel::client::{Access, ClientConfig, ClientEvent, ClientState};
+use postern_tunnel::control::{self, TunnelMessage};
 use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -30,6 +32,7 @@ struct PeerKeys {
 pub struct Control {
     pub node: Node,
     pub state: ClientState,
+    pub tally: Tally,
     tun: Option<Tun>,
     routes: Option<Routes>,
     routed: BTreeSet<IpNet>,
@@ -38,6 +41,8 @@ pub struct Control {
     resources: Vec<ResourceDescription>,
     relays: HashSet<Uuid>,
     peers: HashMap<Uuid, PeerKeys>,
+    /// Each gateway's tunnel addresses: in-tunnel messages come from them.
+    gateway_addresses: HashMap<Uuid, [std::net::IpAddr; 2]>,
 }
 
 fn key(text: &str) -> Option<[u8; 32]> {
@@ -80,6 +85,7 @@ impl Control {
         Control {
             node,
             state: ClientState::new(ClientConfig::default()),
+            tally: Tally::default(),
             tun: None,
             routes: None,
             routed: BTreeSet::new(),
@@ -88,6 +94,7 @@ impl Control {
             resources: Vec::new(),
             relays: HashSet::new(),
             peers: HashMap::new(),
+            gateway_addresses: HashMap::new(),
         }
     }
 
@@ -178,6 +185,8 @@ impl Control {
                     );
                     self.peers.insert(gateway.id, keys);
                 }
+                self.gateway_addresses
+                    .insert(gateway.id, [gateway.ipv4.into(), gateway.ipv6.into()]);
                 tracing::info!(resource = %resource_id, gateway = %gateway.id, "access granted");
                 self.state.access_granted(
                     resource_id,
@@ -293,17 +302,26 @@ impl Control {
                     },
                 ),
                 ClientEvent::Deliver { gateway, packet } => self.node.send(gateway, &packet, now),
-                ClientEvent::Reply(packet) => self.to_apps(&packet),
+                ClientEvent::Reply(packet) => self.write_to_apps(&packet),
             }
         }
     }
 
-    pub fn to_apps(&self, packet: &[u8]) {
-        if let Some(tun) = &self.tun
-            && let Err(error) = tun.send(packet)
-        {
-            tracing::debug!(%error, "TUN write failed");
+    pub fn write_to_apps(&mut self, packet: &[u8]) {
+        if let Some(tun) = &self.tun {
+            match tun.send(packet) {
+                Ok(_) => {
+                    self.tally.tun_packets_written += 1;
+                    self.tally.tun_bytes_written += packet.len() as u64;
+                }
+                Err(error) => tracing::debug!(%error, "TUN write failed"),
+            }
         }
+    }
+
+    /// Tunnel peers (gateways with a tunnel) and resources, for metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.peers.len(), self.resources.len())
     }
 
     pub fn handle_node_event(&mut self, event: NodeEvent, outgoing: &mpsc::Sender<String>) {
@@ -318,14 +336,43 @@ impl Control {
             NodeEvent::Connected { peer, relayed } => {
                 tracing::info!(gateway = %peer, relayed, "tunnel up")
             }
-            NodeEvent::Packet { packet, .. } => self.to_apps(&packet),
+            NodeEvent::Packet { peer, packet } => self.handle_from_gateway(peer, &packet),
             NodeEvent::Dead { peer } => {
                 tracing::info!(gateway = %peer, "gateway went quiet; asking the portal again");
-                self.state.gateway_lost(peer);
-                self.node.remove_peer(peer);
-                self.peers.remove(&peer);
+                self.lose_gateway(peer);
             }
         }
+    }
+
+    /// A packet out of a gateway's tunnel: for the apps, unless it is a
+    /// message from the gateway itself.
+    pub fn handle_from_gateway(&mut self, gateway: Uuid, packet: &[u8]) {
+        // Only UDP can be a message: skip the parse for everything else.
+        let udp = match packet.first().map(|b| b >> 4) {
+            Some(4) => packet.get(9) == Some(&17),
+            Some(6) => packet.get(6) == Some(&17),
+            _ => false,
+        };
+        if udp
+            && let Some(addresses) = self.gateway_addresses.get(&gateway)
+            && let Some(message) = control::decode(packet, addresses)
+        {
+            match message {
+                TunnelMessage::Goodbye => {
+                    tracing::info!(%gateway, "the gateway is stopping; asking the portal again");
+                    self.lose_gateway(gateway);
+                }
+            }
+            return;
+        }
+        self.write_to_apps(packet);
+    }
+
+    fn lose_gateway(&mut self, gateway: Uuid) {
+        self.state.gateway_lost(gateway);
+        self.node.remove_peer(gateway);
+        self.peers.remove(&gateway);
+        self.gateway_addresses.remove(&gateway);
     }
 
     pub fn status(&self, portal: &str, connected: bool) -> Status {

@@ -11,13 +11,15 @@ pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
-use postern_sys::device::{self, SocketCounters};
+use postern_sys::device;
+use postern_sys::metrics::DeviceMetrics;
 use postern_sys::tun::Tun;
-use postern_tunnel::client::Verdict;
+use postern_tunnel::client::{DropReason, Verdict};
 use postern_tunnel::node::Node;
 use postern_tunnel::wireguard::public_key;
 use tokio::sync::mpsc;
@@ -33,6 +35,8 @@ pub struct ClientDaemonConfig {
     pub state_dir: PathBuf,
     pub interface: String,
     pub status_socket: PathBuf,
+    /// Where the loop publishes its counters (for `--metrics`).
+    pub metrics: Option<Arc<DeviceMetrics>>,
 }
 
 const BUFFER: usize = 65_536;
@@ -80,7 +84,6 @@ pub async fn run(
         config.interface.clone(),
     );
     let outgoing = channel.outgoing.clone();
-    let mut counters = SocketCounters::default();
     let mut connected = false;
     let mut udp_buffer = vec![0u8; BUFFER];
     let mut tun_buffer = vec![0u8; BUFFER];
@@ -125,25 +128,29 @@ pub async fn run(
             }
             received = socket.recv_from(&mut udp_buffer) => {
                 let (n, source) = received.context("UDP receive")?;
-                from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer, &mut counters);
+                from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer);
                 for _ in 1..BATCH {
                     match socket.try_recv_from(&mut udp_buffer) {
-                        Ok((n, source)) => from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer, &mut counters),
+                        Ok((n, source)) => from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer),
                         Err(_) => break,
                     }
                 }
             }
             _ = readable(control.tun()), if control.tun().is_some() => {
-                from_apps(&mut control, &socket, &mut tun_buffer, &mut out_buffer, &mut counters);
+                from_apps(&mut control, &socket, &mut tun_buffer, &mut out_buffer);
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 control.handle_timeout(Instant::now());
+                if let Some(metrics) = &config.metrics {
+                    let (peers, resources) = control.counts();
+                    metrics.publish(&control.tally, connected, peers, resources);
+                }
             }
         }
         let now = Instant::now();
         loop {
             control.drain_state(now, &outgoing);
-            device::flush_transmits(&mut control.node, &socket, &mut counters);
+            device::flush_transmits(&mut control.node, &socket, &mut control.tally);
             let Some(event) = control.node.poll_event() else {
                 break;
             };
@@ -161,19 +168,13 @@ async fn readable(tun: Option<&Tun>) -> std::io::Result<()> {
     }
 }
 
-fn from_network(
-    control: &mut Control,
-    source: SocketAddr,
-    datagram: &[u8],
-    out: &mut [u8],
-    counters: &mut SocketCounters,
-) {
-    counters.received += 1;
-    if let Some((_, n)) = control
+fn from_network(control: &mut Control, source: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+    control.tally.datagrams_received += 1;
+    if let Some((gateway, n)) = control
         .node
         .decrypt_into(source, datagram, Instant::now(), out)
     {
-        control.to_apps(&out[..n]);
+        control.handle_from_gateway(gateway, &out[..n]);
     }
 }
 
@@ -182,23 +183,33 @@ fn from_apps(
     socket: &tokio::net::UdpSocket,
     buffer: &mut [u8],
     out: &mut [u8],
-    counters: &mut SocketCounters,
 ) {
     let now = Instant::now();
     for _ in 0..BATCH {
         let Some(tun) = control.tun() else { return };
         let Ok(n) = tun.try_recv(buffer) else { return };
+        control.tally.tun_packets_read += 1;
+        control.tally.tun_bytes_read += n as u64;
         let packet = &buffer[..n];
         match control.state.handle_packet(packet, now) {
             Verdict::ToGateway(gateway) => {
                 if let Some((destination, length)) =
                     control.node.encrypt_into(gateway, packet, now, out)
                 {
-                    device::send(socket, &out[..length], destination, counters);
+                    device::send(socket, &out[..length], destination, &mut control.tally);
                 }
             }
-            Verdict::Reply(reply) => control.to_apps(&reply),
-            Verdict::Buffered | Verdict::Dropped(_) => {}
+            Verdict::Reply(reply) => {
+                control.tally.drop_reason("refused");
+                control.write_to_apps(&reply);
+            }
+            Verdict::Dropped(reason) => control.tally.drop_reason(match reason {
+                DropReason::Malformed => "malformed",
+                DropReason::NoRoute => "no_route",
+                DropReason::BufferFull => "buffer_full",
+                DropReason::Refused => "refused",
+            }),
+            Verdict::Buffered => {}
         }
     }
 }

@@ -12,8 +12,10 @@ use postern_model::protocol::{
 };
 use postern_sys::device;
 use postern_sys::masquerade::{self, Masquerade};
+use postern_sys::metrics::Tally;
 use postern_sys::tun::{Tun, TunAddresses};
-use postern_tunnel::gateway::{ClientAddresses, GatewayState, GatewayVerdict};
+use postern_tunnel::control::{self, TunnelMessage};
+use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
 use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -29,9 +31,12 @@ struct PeerKeys {
 pub struct Control {
     pub node: Node,
     pub state: GatewayState,
+    pub tally: Tally,
     tun: Option<Tun>,
     _masquerade: Option<Masquerade>,
     interface: String,
+    /// Our tunnel IPv4 address, once the portal said it.
+    tunnel_ipv4: Option<std::net::Ipv4Addr>,
     relays: HashSet<Uuid>,
     peers: HashMap<Uuid, PeerKeys>,
 }
@@ -60,9 +65,11 @@ impl Control {
         Control {
             node,
             state: GatewayState::new(),
+            tally: Tally::default(),
             tun: None,
             _masquerade: None,
             interface,
+            tunnel_ipv4: None,
             relays: HashSet::new(),
             peers: HashMap::new(),
         }
@@ -70,6 +77,11 @@ impl Control {
 
     pub fn tun(&self) -> Option<&Tun> {
         self.tun.as_ref()
+    }
+
+    /// Tunnel peers (clients with a tunnel).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
@@ -177,6 +189,7 @@ impl Control {
     /// The TUN interface with the gateway's tunnel addresses, the whole
     /// device range routed into it, and masquerade for clients' traffic.
     fn set_interface(&mut self, interface: &Interface) -> Result<(), String> {
+        self.tunnel_ipv4 = Some(interface.ipv4);
         if self.tun.is_some() {
             return Ok(());
         }
@@ -265,14 +278,29 @@ impl Control {
     pub fn handle_from_client(&mut self, client: Uuid, packet: &mut [u8], now: Instant) {
         match self.state.forward_from_client(client, packet, now) {
             GatewayVerdict::Forward => {
-                if let Some(tun) = &self.tun
-                    && let Err(error) = tun.send(packet)
-                {
-                    tracing::debug!(%error, "TUN write failed");
+                if let Some(tun) = &self.tun {
+                    match tun.send(packet) {
+                        Ok(_) => {
+                            self.tally.tun_packets_written += 1;
+                            self.tally.tun_bytes_written += packet.len() as u64;
+                        }
+                        Err(error) => tracing::debug!(%error, "TUN write failed"),
+                    }
                 }
             }
-            GatewayVerdict::Reply(reply) => self.node.send(client, &reply, now),
-            GatewayVerdict::Drop(why) => tracing::debug!(%client, ?why, "packet dropped"),
+            GatewayVerdict::Reply(reply) => {
+                self.tally.drop_reason("refused");
+                self.node.send(client, &reply, now);
+            }
+            GatewayVerdict::Drop(why) => {
+                self.tally.drop_reason(match why {
+                    GatewayDrop::Malformed => "malformed",
+                    GatewayDrop::UnknownClient => "unknown_client",
+                    GatewayDrop::Spoofed => "spoofed",
+                    GatewayDrop::Refused => "refused",
+                });
+                tracing::debug!(%client, ?why, "packet dropped");
+            }
         }
     }
 
@@ -304,12 +332,21 @@ impl Control {
         }
     }
 
-    /// On SIGTERM: nothing more goes to clients; they notice within their
-    /// liveness timeout and move to another gateway.
-    pub fn goodbye(&mut self, _now: Instant) {
+    /// On SIGTERM: every client hears a goodbye through its tunnel and asks
+    /// the portal for another gateway at once. Returns how many were told.
+    pub fn goodbye(&mut self, now: Instant) -> usize {
+        let Some(from) = self.tunnel_ipv4 else {
+            return 0;
+        };
+        let mut told = 0;
         let clients: Vec<Uuid> = self.peers.keys().copied().collect();
         for client in clients {
-            self.node.remove_peer(client);
+            if let Some(addresses) = self.state.client_addresses(client) {
+                let packet = control::encode(TunnelMessage::Goodbye, from, addresses.ipv4);
+                self.node.send(client, &packet, now);
+                told += 1;
+            }
         }
+        told
     }
 }

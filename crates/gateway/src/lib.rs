@@ -12,11 +12,13 @@ mod control;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
-use postern_sys::device::{self, SocketCounters};
+use postern_sys::device;
+use postern_sys::metrics::DeviceMetrics;
 use postern_sys::tun::Tun;
 use postern_tunnel::node::Node;
 use postern_tunnel::wireguard::public_key;
@@ -37,6 +39,8 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// Name of the TUN interface.
     pub interface: String,
+    /// Where the loop publishes its counters (for `--metrics`).
+    pub metrics: Option<Arc<DeviceMetrics>>,
 }
 
 /// Largest datagram or packet handled.
@@ -83,12 +87,12 @@ pub async fn run(
         control: Control::new(node, config.interface.clone()),
         socket,
         outgoing: channel.outgoing.clone(),
-        counters: SocketCounters::default(),
     };
     let mut udp_buffer = vec![0u8; BUFFER];
     let mut tun_buffer = vec![0u8; BUFFER];
     let mut out_buffer = vec![0u8; BUFFER];
     let mut ever_connected = false;
+    let mut connected = false;
     tokio::pin!(stop);
     loop {
         let now = Instant::now();
@@ -105,15 +109,19 @@ pub async fn run(
                 ),
                 Some(Incoming::Connected) => {
                     ever_connected = true;
+                    connected = true;
                     tracing::info!("connected to the portal");
                 }
                 Some(Incoming::Lost { error, .. }) if !ever_connected => {
                     anyhow::bail!("cannot reach the portal at {}: {error}", config.portal);
                 }
-                Some(Incoming::Lost { error, retry_in }) => tracing::warn!(
-                    %error, retry_in_ms = retry_in.as_millis() as u64,
-                    "portal connection lost; forwarding goes on"
-                ),
+                Some(Incoming::Lost { error, retry_in }) => {
+                    connected = false;
+                    tracing::warn!(
+                        %error, retry_in_ms = retry_in.as_millis() as u64,
+                        "portal connection lost; forwarding goes on"
+                    );
+                }
                 Some(Incoming::Text(text)) => {
                     if let Some(fatal) = gateway.control.handle_portal(&text, Instant::now(), &gateway.outgoing) {
                         anyhow::bail!(fatal);
@@ -136,13 +144,17 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 gateway.control.handle_timeout(Instant::now());
+                if let Some(metrics) = &config.metrics {
+                    let control = &gateway.control;
+                    metrics.publish(&control.tally, connected, control.peer_count(), control.state.client_count());
+                }
             }
         }
         gateway.flush().await;
     }
-    tracing::info!("stopping");
-    gateway.control.goodbye(Instant::now());
+    let told = gateway.control.goodbye(Instant::now());
     gateway.flush().await;
+    tracing::info!(clients_told = told, "stopping");
     Ok(())
 }
 
@@ -158,7 +170,6 @@ struct Gateway {
     control: Control,
     socket: tokio::net::UdpSocket,
     outgoing: mpsc::Sender<String>,
-    counters: SocketCounters,
 }
 
 impl Gateway {
@@ -171,7 +182,7 @@ impl Gateway {
         datagram: &mut [u8],
         out: &mut [u8],
     ) {
-        self.counters.received += 1;
+        self.control.tally.datagrams_received += 1;
         let now = Instant::now();
         let Some((client, length)) =
             self.control
@@ -195,8 +206,11 @@ impl Gateway {
                 Ok(n) => n,
                 Err(_) => return,
             };
+            self.control.tally.tun_packets_read += 1;
+            self.control.tally.tun_bytes_read += n as u64;
             let packet = &mut buffer[..n];
             let Some(client) = self.control.state.handle_to_client(packet, now) else {
+                self.control.tally.drop_reason("no_client");
                 continue;
             };
             if let Some((destination, length)) =
@@ -206,7 +220,7 @@ impl Gateway {
                     &self.socket,
                     &out[..length],
                     destination,
-                    &mut self.counters,
+                    &mut self.control.tally,
                 );
             }
         }
@@ -215,7 +229,11 @@ impl Gateway {
     /// Datagrams the node queued, node events, frames for the portal.
     async fn flush(&mut self) {
         loop {
-            device::flush_transmits(&mut self.control.node, &self.socket, &mut self.counters);
+            device::flush_transmits(
+                &mut self.control.node,
+                &self.socket,
+                &mut self.control.tally,
+            );
             let Some(event) = self.control.node.poll_event() else {
                 break;
             };

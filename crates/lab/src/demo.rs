@@ -230,7 +230,15 @@ impl Demo {
         let relay_token = self.postern(&["portal", "relay-token", "--database", &database])?;
         let portal = self.command(
             &self.net.portal,
-            &["portal", "--database", &database, "--listen", PORTAL],
+            &[
+                "portal",
+                "--database",
+                &database,
+                "--listen",
+                PORTAL,
+                "--metrics",
+                "198.18.0.2:9100",
+            ],
         );
         self.processes.push(self.net.portal.spawn(portal)?);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -255,6 +263,8 @@ impl Demo {
                 &format!("{RELAY_IP}:3478"),
                 "--public-ip",
                 RELAY_IP,
+                "--metrics",
+                &format!("{RELAY_IP}:9100"),
             ],
         );
         self.processes.push(self.net.relay.spawn(relay)?);
@@ -373,6 +383,8 @@ impl Demo {
                 host.name(),
                 "--state-dir",
                 &state.to_string_lossy(),
+                "--metrics",
+                &format!("10.0.1.{}:9100", 11 + n),
             ],
         );
         host.spawn(command)
@@ -400,6 +412,8 @@ impl Demo {
                 &state.to_string_lossy(),
                 "--status-socket",
                 &socket.to_string_lossy(),
+                "--metrics",
+                "192.168.1.10:9100",
             ],
         );
         self.net.client.spawn(command)
@@ -589,6 +603,19 @@ impl Demo {
         Ok(())
     }
 
+    /// Stops gateway `n` gracefully (SIGTERM) and waits for it to exit;
+    /// returns its log.
+    pub fn stop_gateway(&mut self, n: usize) -> Result<String> {
+        let Some(mut process) = self.gateway_processes.get_mut(n).and_then(Option::take) else {
+            return Err(invalid(format!("gateway {n} is not running")));
+        };
+        process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        if process.wait_timeout(Duration::from_secs(5))?.is_none() {
+            return Err(invalid("the gateway did not stop within 5 s of SIGTERM"));
+        }
+        Ok(process.stderr())
+    }
+
     /// Stops the portal (SIGKILL): the data plane must not notice.
     pub fn kill_portal(&mut self) -> Result<()> {
         if let Some(portal) = self.processes.first_mut() {
@@ -637,6 +664,30 @@ impl Demo {
             .iter()
             .position(|h| h.name() == name)
             .ok_or_else(|| invalid(format!("no lab host runs gateway {name}")))
+    }
+
+    /// The Prometheus text a daemon serves on `address` inside `host`.
+    pub fn scrape(&self, host: &Host, address: &str) -> Result<String> {
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| invalid(format!("{address} is not a socket address")))?;
+        let response = host.enter(move || {
+            http::request(
+                address,
+                "GET",
+                "/metrics",
+                None,
+                None,
+                Duration::from_secs(5),
+            )
+        })??;
+        if response.status != 200 {
+            return Err(invalid(format!(
+                "{address}/metrics answered {}",
+                response.status
+            )));
+        }
+        Ok(response.text())
     }
 
     /// Log lines at WARN or ERROR from every daemon.

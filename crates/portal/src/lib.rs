@@ -8,6 +8,7 @@ pub mod auth;
 pub mod channels;
 pub mod domain;
 pub mod geoip;
+pub mod metrics;
 pub mod serve;
 pub mod setup;
 pub mod state;

@@ -42,6 +42,8 @@ pub struct AppState {
     pub outbound_queue: usize,
     /// Countries for the `country` condition; without it they are unknown.
     pub geoip: Option<crate::geoip::GeoIp>,
+    /// Counters for `--metrics`.
+    pub metrics: crate::metrics::PortalMetrics,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
     presence: Mutex<Presence>,
     hub: OnceLock<mpsc::Sender<crate::channels::hub::HubEvent>>,
@@ -64,6 +66,7 @@ impl AppState {
             authorize_timeout: crate::channels::hub::AUTHORIZE_TIMEOUT,
             geoip: None,
             outbound_queue: crate::channels::hub::OUTBOUND_QUEUE,
+            metrics: crate::metrics::PortalMetrics::default(),
             changes: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
             hub: OnceLock::new(),
@@ -81,6 +84,7 @@ impl AppState {
     }
 
     pub fn next_connection_id(&self) -> u64 {
+        self.metrics.channels_opened.fetch_add(1, Ordering::Relaxed);
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -98,6 +102,12 @@ impl AppState {
             // The hub gone means the portal is shutting down.
             let _ = sender.send((account, change));
         }
+    }
+
+    /// Gateways and clients connected to this node.
+    pub fn online_counts(&self) -> (usize, usize) {
+        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        (presence.gateways.len(), presence.clients.len())
     }
 
     pub fn gateway_presence(&self, gateway: Uuid) -> (bool, u64) {

@@ -2,12 +2,10 @@
 //!
 //! Each worker publishes its core's counters into its own atomics once per
 //! loop turn (no sharing on the packet path); a scrape sums the workers. The
-//! endpoint is a few lines over std's TcpListener: the relay has no HTTP
-//! stack and a scrape needs nothing more than one GET.
+//! endpoint is `postern_sys::metrics::serve`.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
@@ -166,29 +164,10 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a background thread.
+/// Serves `GET /metrics` on `addr` from a thread of its own.
 pub fn serve_metrics(
     addr: SocketAddr,
     metrics: std::sync::Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).unwrap_or(0);
-            let first_line = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if first_line.starts_with("GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "only /metrics is served here\n".to_string())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    })
+    postern_sys::metrics::serve(addr, move || metrics.render())
 }

@@ -12,6 +12,8 @@ use postern_model::protocol::RelayInfo;
 use postern_tunnel::node::{Node, RelayConfig};
 use uuid::Uuid;
 
+use crate::metrics::Tally;
+
 /// The device id of this installation (`{state_dir}/{role}-device-id`),
 /// created on first start: the portal keeps the device's tunnel addresses
 /// under it.
@@ -81,23 +83,10 @@ pub fn deadline(at: Option<jiff::Timestamp>, now: Instant) -> Option<Instant> {
     Some(now + left)
 }
 
-/// Counters of the socket pump.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SocketCounters {
-    pub sent: u64,
-    pub received: u64,
-    /// Datagrams the kernel would not take (send buffer full).
-    pub send_dropped: u64,
-}
-
 /// Sends everything the node has queued.
-pub fn flush_transmits(
-    node: &mut Node,
-    socket: &tokio::net::UdpSocket,
-    counters: &mut SocketCounters,
-) {
+pub fn flush_transmits(node: &mut Node, socket: &tokio::net::UdpSocket, tally: &mut Tally) {
     while let Some(transmit) = node.poll_transmit() {
-        send(socket, &transmit.payload, transmit.destination, counters);
+        send(socket, &transmit.payload, transmit.destination, tally);
     }
 }
 
@@ -106,14 +95,14 @@ pub fn send(
     socket: &tokio::net::UdpSocket,
     payload: &[u8],
     destination: SocketAddr,
-    counters: &mut SocketCounters,
+    tally: &mut Tally,
 ) {
     match socket.try_send_to(payload, destination) {
-        Ok(_) => counters.sent += 1,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => counters.send_dropped += 1,
+        Ok(_) => tally.datagrams_sent += 1,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => tally.send_dropped += 1,
         Err(error) => {
             tracing::debug!(%destination, %error, "send failed");
-            counters.send_dropped += 1;
+            tally.send_dropped += 1;
         }
     }
 }

@@ -9,11 +9,13 @@
 //!   buffers asked for explicitly;
 //! - [`masquerade`]: the gateway's nftables table, removed at exit;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
+//! - [`metrics`]: Prometheus text for the daemons;
 //! - [`device`]: device id, keys, relays and the socket pump around the node.
 
 pub mod channel;
 pub mod device;
 pub mod masquerade;
+pub mod metrics;
 pub mod route;
 pub mod tun;
 pub mod udp;

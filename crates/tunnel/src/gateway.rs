@@ -350,6 +350,11 @@ impl GatewayState {
         self.clients.contains_key(&client)
     }
 
+    /// A client's tunnel addresses.
+    pub fn client_addresses(&self, client: Uuid) -> Option<ClientAddresses> {
+        self.clients.get(&client).map(|entry| entry.addresses)
+    }
+
     /// Clients with at least one authorization.
     pub fn client_count(&self) -> usize {
         self.clients.len()

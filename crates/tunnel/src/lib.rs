@@ -8,11 +8,13 @@
 //! - [`ice`]: ICE checks and nomination for one pair (str0m's agent);
 //! - [`router`]: longest-prefix routing of destinations to resources;
 //! - [`nat`]: proxy-to-real address rewriting for DNS resources;
+//! - [`control`]: messages between gateway and client inside their tunnel;
 //! - [`client`]: per-resource access on first packet, with bounded buffering;
 //! - [`gateway`]: the authorization table with filters and source checks;
 //! - [`wireguard`]: one WireGuard peer with the pair's preshared key.
 
 pub mod client;
+pub mod control;
 pub mod fuzzing;
 pub mod gateway;
 pub mod ice;

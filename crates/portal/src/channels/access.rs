@@ -83,6 +83,7 @@ impl Hub {
         reason: DenyReason,
         violated: Vec<String>,
     ) {
+        self.state.metrics.denied(reason);
         self.send_client(
             id,
             PortalToClient::AccessDenied {
@@ -317,6 +318,10 @@ impl Hub {
         }
         self.grants.insert(key, grant);
         self.refresh_gateway_presence(gateway_device);
+        self.state
+            .metrics
+            .access_granted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.send_client(pending.client_conn, granted);
     }
 

@@ -1,0 +1,140 @@
+//! Messages between a gateway and its client inside their tunnel (DESIGN.md
+//! section 5): UDP between the two tunnel addresses on a reserved port,
+//! typed and versioned. Only the goodbye exists yet: a gateway that is
+//! stopping tells its clients, so they ask the portal for another gateway at
+//! once instead of waiting out the liveness timeout (F20).
+//!
+//! Payload: `PSTN`, version 1, then a type byte. A receiver ignores versions
+//! and types it does not know.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::icmp::checksum;
+use crate::packet::Packet;
+
+/// UDP port on tunnel addresses reserved for these messages. Tunnel
+/// addresses are never resources, so nothing else uses it.
+pub const CONTROL_PORT: u16 = 51821;
+const MAGIC: &[u8; 4] = b"PSTN";
+const VERSION: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelMessage {
+    /// The gateway is stopping: move elsewhere now.
+    Goodbye,
+}
+
+impl TunnelMessage {
+    fn code(self) -> u8 {
+        match self {
+            TunnelMessage::Goodbye => 1,
+        }
+    }
+}
+
+/// The IPv4 packet carrying `message` from `from` to `to` (tunnel addresses).
+pub fn encode(message: TunnelMessage, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let payload = [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        VERSION,
+        message.code(),
+    ];
+    let udp_length = 8 + payload.len();
+    let total = 20 + udp_length;
+    let mut packet = Vec::with_capacity(total);
+    packet.extend_from_slice(&[0x45, 0]);
+    packet.extend_from_slice(&(total as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0x40, 0, 64, IPPROTO_UDP, 0, 0]);
+    packet.extend_from_slice(&from.octets());
+    packet.extend_from_slice(&to.octets());
+    let header = checksum(&[&packet[..20]]);
+    packet[10..12].copy_from_slice(&header.to_be_bytes());
+    packet.extend_from_slice(&CONTROL_PORT.to_be_bytes());
+    packet.extend_from_slice(&CONTROL_PORT.to_be_bytes());
+    packet.extend_from_slice(&(udp_length as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(&payload);
+    let pseudo = [
+        &from.octets()[..],
+        &to.octets()[..],
+        &[0, IPPROTO_UDP],
+        &(udp_length as u16).to_be_bytes()[..],
+        &packet[20..],
+    ];
+    let sum = match checksum(&pseudo) {
+        // UDP sends an all-zero checksum as all ones.
+        0 => 0xffff,
+        sum => sum,
+    };
+    packet[26..28].copy_from_slice(&sum.to_be_bytes());
+    packet
+}
+
+/// The message in a packet that came through the tunnel from a peer whose
+/// tunnel addresses are `peer`, if it is one.
+pub fn decode(bytes: &[u8], peer: &[IpAddr]) -> Option<TunnelMessage> {
+    let packet = Packet::parse(bytes).ok()?;
+    if packet.protocol() != IPPROTO_UDP
+        || packet.ports() != Some((CONTROL_PORT, CONTROL_PORT))
+        || !peer.contains(&packet.source())
+    {
+        return None;
+    }
+    let offset = packet.transport_offset()? + 8;
+    let payload = bytes.get(offset..)?;
+    if payload.len() < 6 || &payload[..4] != MAGIC || payload[4] != VERSION {
+        return None;
+    }
+    match payload[5] {
+        1 => Some(TunnelMessage::Goodbye),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+    #[test]
+    fn a_goodbye_round_trips_and_checks_out() {
+        let packet = encode(TunnelMessage::Goodbye, GATEWAY, CLIENT);
+        assert_eq!(checksum(&[&packet[..20]]), 0, "IPv4 header checksum");
+        let pseudo = [
+            &GATEWAY.octets()[..],
+            &CLIENT.octets()[..],
+            &[0, IPPROTO_UDP],
+            &((packet.len() - 20) as u16).to_be_bytes()[..],
+            &packet[20..],
+        ];
+        assert_eq!(checksum(&pseudo), 0, "UDP checksum");
+        assert_eq!(
+            decode(&packet, &[IpAddr::V4(GATEWAY)]),
+            Some(TunnelMessage::Goodbye)
+        );
+    }
+
+    #[test]
+    fn only_the_peer_may_say_goodbye_and_only_in_this_format() {
+        let packet = encode(TunnelMessage::Goodbye, GATEWAY, CLIENT);
+        // From another address: an app could send this; it is not the gateway.
+        assert_eq!(decode(&packet, &[IpAddr::V4(CLIENT)]), None);
+        let mut other_version = packet.clone();
+        let last = other_version.len() - 2;
+        other_version[last] = 2;
+        assert_eq!(decode(&other_version, &[IpAddr::V4(GATEWAY)]), None);
+        let mut unknown = packet.clone();
+        let last = unknown.len() - 1;
+        unknown[last] = 99;
+        assert_eq!(decode(&unknown, &[IpAddr::V4(GATEWAY)]), None);
+        for cut in 0..packet.len() {
+            assert_eq!(decode(&packet[..cut], &[IpAddr::V4(GATEWAY)]), None);
+        }
+    }
+}
