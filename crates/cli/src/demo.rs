@@ -118,11 +118,6 @@ fn check(demo: &Demo) -> bool {
             })
             .map_err(|e| e.to_string()),
     );
-    let status = demo.client_status().unwrap_or_default();
-    let path = serde_json::from_str::<serde_json::Value>(&status)
-        .ok()
-        .and_then(|v| v["resources"][0]["path"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into());
     let expected = if demo.net.nat_office.kind == NatKind::Cone {
         "direct"
     } else {
@@ -130,11 +125,9 @@ fn check(demo: &Demo) -> bool {
     };
     report(
         "path between client and gateway",
-        if path == expected {
-            Ok(path)
-        } else {
-            Err(format!("{path}, expected {expected}"))
-        },
+        demo.wait_for_path(expected, Duration::from_secs(5))
+            .map(|_| expected.to_string())
+            .map_err(|path| format!("{path}, expected {expected}")),
     );
     let started = Instant::now();
     report(

@@ -94,6 +94,25 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
     for host in gateway_hosts.iter().chain([&web]) {
         host.set_default_route(office_lan)?;
     }
+    // Plain routers: the internet learns the sites' prefixes.
+    let home_wan = nat_home
+        .wan
+        .ipv4()
+        .ok_or_else(|| invalid("nat-home has no WAN address"))?;
+    let office_wan = nat_office
+        .wan
+        .ipv4()
+        .ok_or_else(|| invalid("nat-office has no WAN address"))?;
+    if home_nat == NatKind::Routed {
+        for host in [&portal, &relay, &nat_office.host] {
+            host.add_route("192.168.1.0/24", home_wan)?;
+        }
+    }
+    if office_nat == NatKind::Routed {
+        for host in [&portal, &relay, &nat_home.host] {
+            host.add_route("10.0.1.0/24", office_wan)?;
+        }
+    }
     Ok(Topology {
         lab,
         portal,
@@ -688,6 +707,37 @@ impl Demo {
             )));
         }
         Ok(response.text())
+    }
+
+    /// The client's path to its gateway now: direct, relayed, connecting, or
+    /// none.
+    pub fn path(&self) -> String {
+        let status = self.client_status().unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| v["resources"][0]["path"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".into())
+    }
+
+    /// Waits until the client's path is `expected` (ICE may nominate the
+    /// relayed pair first and move to a direct one when its checks come
+    /// through); how long that took, or the last path seen.
+    pub fn wait_for_path(
+        &self,
+        expected: &str,
+        limit: Duration,
+    ) -> std::result::Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            let path = self.path();
+            if path == expected {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                return Err(path);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Log lines at WARN or ERROR from every daemon.

@@ -18,6 +18,10 @@ pub enum NatKind {
     /// fresh random outside port (masquerade `fully-random`, iptables'
     /// `--random-fully`). Hole punching fails; a relay is needed.
     Symmetric,
+    /// No translation and no filtering: a plain router (the LAN's prefix is
+    /// routed on the WAN side). For benchmarks that compare tunnels with
+    /// the bare path.
+    Routed,
 }
 
 /// A NAT router: a host forwarding between a LAN and a WAN interface.
@@ -55,6 +59,9 @@ fn ruleset(wan: &str, lan: &str, kind: NatKind) -> String {
     let flags = match kind {
         NatKind::Cone => "",
         NatKind::Symmetric => " fully-random",
+        NatKind::Routed => {
+            return "table inet plab_router {\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }\n}\n".to_string();
+        }
     };
     format!(
         "table inet plab_router {{
