@@ -247,7 +247,11 @@ impl Control {
             )
             .map_err(|e| e.to_string())?;
             self.routes = Some(Routes::new(tun.index()).map_err(|e| e.to_string())?);
-            tracing::info!(interface = tun.name(), "tunnel interface up");
+            tracing::info!(
+                interface = tun.name(),
+                offload = tun.offload(),
+                "tunnel interface up"
+            );
             self.tun = Some(tun);
         }
         self.interface = Some(interface.clone());
@@ -344,9 +348,17 @@ impl Control {
         }
     }
 
-    /// A packet out of a gateway's tunnel: for the apps, unless it is a
-    /// message from the gateway itself.
+    /// A packet out of a gateway's tunnel (slow path): to the apps unless
+    /// it is a message from the gateway itself.
     pub fn handle_from_gateway(&mut self, gateway: Uuid, packet: &[u8]) {
+        if self.is_for_apps(gateway, packet) {
+            self.write_to_apps(packet);
+        }
+    }
+
+    /// Whether a packet out of a gateway's tunnel is for the apps; a message
+    /// from the gateway itself is handled here instead.
+    pub fn is_for_apps(&mut self, gateway: Uuid, packet: &[u8]) -> bool {
         // Only UDP can be a message: skip the parse for everything else.
         let udp = match packet.first().map(|b| b >> 4) {
             Some(4) => packet.get(9) == Some(&17),
@@ -363,9 +375,9 @@ impl Control {
                     self.lose_gateway(gateway);
                 }
             }
-            return;
+            return false;
         }
-        self.write_to_apps(packet);
+        true
     }
 
     fn lose_gateway(&mut self, gateway: Uuid) {

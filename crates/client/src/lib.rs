@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
 use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
 use postern_sys::device;
 use postern_sys::metrics::DeviceMetrics;
-use postern_sys::tun::Tun;
+use postern_sys::tun::{Tun, TunReader, TunWriter};
 use postern_tunnel::client::{DropReason, Verdict};
 use postern_tunnel::node::Node;
 use postern_tunnel::wireguard::public_key;
@@ -40,7 +41,8 @@ pub struct ClientDaemonConfig {
 }
 
 const BUFFER: usize = 65_536;
-const BATCH: usize = 64;
+/// Batched reads from one ready source before the others get a turn.
+const READS_PER_TURN: usize = 8;
 
 /// Runs until `stop` resolves or the portal refuses the token.
 pub async fn run(
@@ -85,9 +87,14 @@ pub async fn run(
     );
     let outgoing = channel.outgoing.clone();
     let mut connected = false;
-    let mut udp_buffer = vec![0u8; BUFFER];
-    let mut tun_buffer = vec![0u8; BUFFER];
-    let mut out_buffer = vec![0u8; BUFFER];
+    let mut io = Io {
+        udp: UdpBatch::new(socket).context("UDP socket state")?,
+        received: RecvBuffers::default(),
+        gso: GsoQueue::default(),
+        reader: TunReader::default(),
+        writer: TunWriter::default(),
+        sealed: vec![0u8; BUFFER],
+    };
     let mut ever_connected = false;
     tokio::pin!(stop);
     loop {
@@ -126,18 +133,13 @@ pub async fn run(
             Some(reply) = status_rx.recv() => {
                 let _ = reply.send(control.status(&config.portal, connected));
             }
-            received = socket.recv_from(&mut udp_buffer) => {
-                let (n, source) = received.context("UDP receive")?;
-                from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer);
-                for _ in 1..BATCH {
-                    match socket.try_recv_from(&mut udp_buffer) {
-                        Ok((n, source)) => from_network(&mut control, source, &udp_buffer[..n], &mut out_buffer),
-                        Err(_) => break,
-                    }
-                }
+            ready = io.udp.readable() => {
+                ready.context("UDP socket")?;
+                io.receive_network(&mut control).await.context("UDP receive")?;
             }
-            _ = readable(control.tun()), if control.tun().is_some() => {
-                from_apps(&mut control, &socket, &mut tun_buffer, &mut out_buffer);
+            ready = readable(control.tun()), if control.tun().is_some() => {
+                ready.context("TUN interface")?;
+                io.receive_apps(&mut control).context("TUN read")?;
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 control.handle_timeout(Instant::now());
@@ -147,15 +149,7 @@ pub async fn run(
                 }
             }
         }
-        let now = Instant::now();
-        loop {
-            control.drain_state(now, &outgoing);
-            device::flush_transmits(&mut control.node, &socket, &mut control.tally);
-            let Some(event) = control.node.poll_event() else {
-                break;
-            };
-            control.handle_node_event(event, &outgoing);
-        }
+        io.flush(&mut control, &outgoing);
     }
     tracing::info!("stopping");
     Ok(())
@@ -168,48 +162,120 @@ async fn readable(tun: Option<&Tun>) -> std::io::Result<()> {
     }
 }
 
-fn from_network(control: &mut Control, source: SocketAddr, datagram: &[u8], out: &mut [u8]) {
-    control.tally.datagrams_received += 1;
-    if let Some((gateway, n)) = control
-        .node
-        .decrypt_into(source, datagram, Instant::now(), out)
-    {
-        control.handle_from_gateway(gateway, &out[..n]);
-    }
+/// The data path's sockets and buffers.
+struct Io {
+    udp: UdpBatch,
+    received: RecvBuffers,
+    gso: GsoQueue,
+    reader: TunReader,
+    writer: TunWriter,
+    /// Where a packet is encrypted on its way to a gateway.
+    sealed: Vec<u8>,
 }
 
-fn from_apps(
-    control: &mut Control,
-    socket: &tokio::net::UdpSocket,
-    buffer: &mut [u8],
-    out: &mut [u8],
-) {
-    let now = Instant::now();
-    for _ in 0..BATCH {
-        let Some(tun) = control.tun() else { return };
-        let Ok(n) = tun.try_recv(buffer) else { return };
-        control.tally.tun_packets_read += 1;
-        control.tally.tun_bytes_read += n as u64;
-        let packet = &buffer[..n];
-        match control.state.handle_packet(packet, now) {
-            Verdict::ToGateway(gateway) => {
-                if let Some((destination, length)) =
-                    control.node.encrypt_into(gateway, packet, now, out)
+impl Io {
+    /// Everything waiting on the socket: data from gateways is decrypted
+    /// straight into the TUN batch and written in one go; the rest goes
+    /// through the node.
+    async fn receive_network(&mut self, control: &mut Control) -> std::io::Result<()> {
+        for _ in 0..READS_PER_TURN {
+            let count = self.udp.try_recv(&mut self.received)?;
+            if count == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (source, datagram) in self.received.datagrams(count) {
+                control.tally.datagrams_received += 1;
+                if self.writer.is_full()
+                    && let Some(tun) = control.tun()
                 {
-                    device::send(socket, &out[..length], destination, &mut control.tally);
+                    tun.write(&mut self.writer).await?;
+                }
+                let Some(slot) = self.writer.slot() else {
+                    continue;
+                };
+                let Some((gateway, length)) =
+                    control.node.decrypt_into(source, datagram, now, slot)
+                else {
+                    continue;
+                };
+                let Some(packet) = slot.get(..length) else {
+                    continue;
+                };
+                if control.is_for_apps(gateway, packet) {
+                    control.tally.tun_packets_written += 1;
+                    control.tally.tun_bytes_written += length as u64;
+                    self.writer.commit(length);
                 }
             }
-            Verdict::Reply(reply) => {
-                control.tally.drop_reason("refused");
-                control.write_to_apps(&reply);
+        }
+        if let Some(tun) = control.tun() {
+            tun.write(&mut self.writer).await?;
+        }
+        Ok(())
+    }
+
+    /// Packets from apps, decided by the client state and encrypted into
+    /// GSO batches per gateway.
+    fn receive_apps(&mut self, control: &mut Control) -> std::io::Result<()> {
+        for _ in 0..READS_PER_TURN {
+            let Some(tun) = control.tun() else { break };
+            let count = tun.try_read(&mut self.reader)?;
+            if count == 0 {
+                break;
             }
-            Verdict::Dropped(reason) => control.tally.drop_reason(match reason {
-                DropReason::Malformed => "malformed",
-                DropReason::NoRoute => "no_route",
-                DropReason::BufferFull => "buffer_full",
-                DropReason::Refused => "refused",
-            }),
-            Verdict::Buffered => {}
+            let now = Instant::now();
+            for i in 0..count {
+                let packet = self.reader.packet_mut(i);
+                control.tally.tun_packets_read += 1;
+                control.tally.tun_bytes_read += packet.len() as u64;
+                match control.state.handle_packet(packet, now) {
+                    Verdict::ToGateway(gateway) => {
+                        if let Some((destination, length)) =
+                            control
+                                .node
+                                .encrypt_into(gateway, packet, now, &mut self.sealed)
+                        {
+                            self.udp.queue(
+                                &mut self.gso,
+                                destination,
+                                &self.sealed[..length],
+                                &mut control.tally,
+                            );
+                        }
+                    }
+                    Verdict::Reply(reply) => {
+                        control.tally.drop_reason("refused");
+                        control.write_to_apps(&reply);
+                    }
+                    Verdict::Dropped(reason) => control.tally.drop_reason(match reason {
+                        DropReason::Malformed => "malformed",
+                        DropReason::NoRoute => "no_route",
+                        DropReason::BufferFull => "buffer_full",
+                        DropReason::Refused => "refused",
+                    }),
+                    Verdict::Buffered => {}
+                }
+            }
+            self.udp.flush(&mut self.gso, &mut control.tally);
+        }
+        Ok(())
+    }
+
+    /// What the state and the node queued: frames, datagrams, events.
+    fn flush(&mut self, control: &mut Control, outgoing: &mpsc::Sender<String>) {
+        self.udp.flush(&mut self.gso, &mut control.tally);
+        let now = Instant::now();
+        loop {
+            control.drain_state(now, outgoing);
+            while let Some(transmit) = control.node.poll_transmit() {
+                self.udp
+                    .send_one(transmit.destination, &transmit.payload, &mut control.tally);
+            }
+            let Some(event) = control.node.poll_event() else {
+                break;
+            };
+            control.handle_node_event(event, outgoing);
         }
     }
 }

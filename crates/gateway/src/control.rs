@@ -208,7 +208,7 @@ impl Control {
         let masquerade =
             Masquerade::install(&table, tun.name(), &[DEVICE_V4.into(), DEVICE_V6.into()])
                 .map_err(|e| e.to_string())?;
-        tracing::info!(interface = tun.name(), %table, "tunnel interface up, masquerade on");
+        tracing::info!(interface = tun.name(), %table, offload = tun.offload(), "tunnel interface up, masquerade on");
         self.tun = Some(tun);
         self._masquerade = Some(masquerade);
         Ok(())
@@ -274,23 +274,20 @@ impl Control {
         true
     }
 
-    /// A packet a client sent through its tunnel.
-    pub fn handle_from_client(&mut self, client: Uuid, packet: &mut [u8], now: Instant) {
+    /// Whether a packet a client sent through its tunnel goes on to the
+    /// resources (DNS-resource proxies rewritten in place); refused ones are
+    /// answered or dropped here.
+    pub fn admit(&mut self, client: Uuid, packet: &mut [u8], now: Instant) -> bool {
         match self.state.forward_from_client(client, packet, now) {
             GatewayVerdict::Forward => {
-                if let Some(tun) = &self.tun {
-                    match tun.send(packet) {
-                        Ok(_) => {
-                            self.tally.tun_packets_written += 1;
-                            self.tally.tun_bytes_written += packet.len() as u64;
-                        }
-                        Err(error) => tracing::debug!(%error, "TUN write failed"),
-                    }
-                }
+                self.tally.tun_packets_written += 1;
+                self.tally.tun_bytes_written += packet.len() as u64;
+                true
             }
             GatewayVerdict::Reply(reply) => {
                 self.tally.drop_reason("refused");
                 self.node.send(client, &reply, now);
+                false
             }
             GatewayVerdict::Drop(why) => {
                 self.tally.drop_reason(match why {
@@ -300,6 +297,7 @@ impl Control {
                     GatewayDrop::Refused => "refused",
                 });
                 tracing::debug!(%client, ?why, "packet dropped");
+                false
             }
         }
     }
@@ -322,7 +320,12 @@ impl Control {
                 tracing::info!(client = %peer, relayed, "client connected")
             }
             NodeEvent::Packet { peer, mut packet } => {
-                self.handle_from_client(peer, &mut packet, now)
+                if self.admit(peer, &mut packet, now)
+                    && let Some(tun) = &self.tun
+                    && let Err(error) = tun.send(&packet)
+                {
+                    tracing::debug!(%error, "TUN write failed");
+                }
             }
             NodeEvent::Dead { peer } => {
                 tracing::info!(client = %peer, "client went quiet; its tunnel is closed");

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
 use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
 use postern_sys::device;
 use postern_sys::metrics::DeviceMetrics;
-use postern_sys::tun::Tun;
+use postern_sys::tun::{Tun, TunReader, TunWriter};
 use postern_tunnel::node::Node;
 use postern_tunnel::wireguard::public_key;
 use tokio::sync::mpsc;
@@ -45,8 +46,8 @@ pub struct GatewayConfig {
 
 /// Largest datagram or packet handled.
 const BUFFER: usize = 65_536;
-/// Packets taken from one ready source before the others get a turn.
-const BATCH: usize = 64;
+/// Batched reads from one ready source before the others get a turn.
+const READS_PER_TURN: usize = 8;
 
 /// Runs until `stop` resolves (then says goodbye) or the portal refuses the
 /// token.
@@ -85,12 +86,14 @@ pub async fn run(
     let node = Node::new(local, secret, false, seed);
     let mut gateway = Gateway {
         control: Control::new(node, config.interface.clone()),
-        socket,
+        udp: UdpBatch::new(socket).context("UDP socket state")?,
         outgoing: channel.outgoing.clone(),
+        received: RecvBuffers::default(),
+        gso: GsoQueue::default(),
+        reader: TunReader::default(),
+        writer: TunWriter::default(),
+        sealed: vec![0u8; BUFFER],
     };
-    let mut udp_buffer = vec![0u8; BUFFER];
-    let mut tun_buffer = vec![0u8; BUFFER];
-    let mut out_buffer = vec![0u8; BUFFER];
     let mut ever_connected = false;
     let mut connected = false;
     tokio::pin!(stop);
@@ -128,19 +131,13 @@ pub async fn run(
                     }
                 }
             },
-            received = gateway.socket.recv_from(&mut udp_buffer) => {
-                let (n, source) = received.context("UDP receive")?;
-                gateway.handle_network(source, n, &mut udp_buffer, &mut out_buffer);
-                for _ in 1..BATCH {
-                    match gateway.socket.try_recv_from(&mut udp_buffer) {
-                        Ok((n, source)) => gateway.handle_network(source, n, &mut udp_buffer, &mut out_buffer),
-                        Err(_) => break,
-                    }
-                }
+            ready = gateway.udp.readable() => {
+                ready.context("UDP socket")?;
+                gateway.receive_network().await.context("UDP receive")?;
             }
-            received = recv_tun(gateway.control.tun()) , if gateway.control.tun().is_some() => {
-                let _ = received;
-                gateway.handle_resources(&mut tun_buffer, &mut out_buffer);
+            ready = tun_readable(gateway.control.tun()), if gateway.control.tun().is_some() => {
+                ready.context("TUN interface")?;
+                gateway.receive_resources().context("TUN read")?;
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 gateway.control.handle_timeout(Instant::now());
@@ -150,16 +147,16 @@ pub async fn run(
                 }
             }
         }
-        gateway.flush().await;
+        gateway.flush();
     }
     let told = gateway.control.goodbye(Instant::now());
-    gateway.flush().await;
+    gateway.flush();
     tracing::info!(clients_told = told, "stopping");
     Ok(())
 }
 
 /// Waits until the TUN has a packet (the read happens in the handler).
-async fn recv_tun(tun: Option<&Tun>) -> std::io::Result<()> {
+async fn tun_readable(tun: Option<&Tun>) -> std::io::Result<()> {
     match tun {
         Some(tun) => tun.readable().await,
         None => std::future::pending().await,
@@ -168,72 +165,103 @@ async fn recv_tun(tun: Option<&Tun>) -> std::io::Result<()> {
 
 struct Gateway {
     control: Control,
-    socket: tokio::net::UdpSocket,
+    udp: UdpBatch,
     outgoing: mpsc::Sender<String>,
+    received: RecvBuffers,
+    gso: GsoQueue,
+    reader: TunReader,
+    writer: TunWriter,
+    /// Where a packet is encrypted on its way to a client.
+    sealed: Vec<u8>,
 }
 
 impl Gateway {
-    /// A datagram from the network: data from a client goes straight to the
-    /// TUN if the state allows it; everything else through the node.
-    fn handle_network(
-        &mut self,
-        source: SocketAddr,
-        n: usize,
-        datagram: &mut [u8],
-        out: &mut [u8],
-    ) {
-        self.control.tally.datagrams_received += 1;
-        let now = Instant::now();
-        let Some((client, length)) =
-            self.control
-                .node
-                .decrypt_into(source, &datagram[..n], now, out)
-        else {
-            return;
-        };
-        self.control
-            .handle_from_client(client, &mut out[..length], now);
-    }
-
-    /// Packets from resources back to their clients.
-    fn handle_resources(&mut self, buffer: &mut [u8], out: &mut [u8]) {
-        let now = Instant::now();
-        for _ in 0..BATCH {
-            let Some(tun) = self.control.tun() else {
-                return;
-            };
-            let n = match tun.try_recv(buffer) {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            self.control.tally.tun_packets_read += 1;
-            self.control.tally.tun_bytes_read += n as u64;
-            let packet = &mut buffer[..n];
-            let Some(client) = self.control.state.handle_to_client(packet, now) else {
-                self.control.tally.drop_reason("no_client");
-                continue;
-            };
-            if let Some((destination, length)) =
-                self.control.node.encrypt_into(client, packet, now, out)
-            {
-                device::send(
-                    &self.socket,
-                    &out[..length],
-                    destination,
-                    &mut self.control.tally,
-                );
+    /// Everything waiting on the socket: data from clients is decrypted
+    /// straight into the TUN batch and written in one go; the rest goes
+    /// through the node.
+    async fn receive_network(&mut self) -> std::io::Result<()> {
+        for _ in 0..READS_PER_TURN {
+            let count = self.udp.try_recv(&mut self.received)?;
+            if count == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (source, datagram) in self.received.datagrams(count) {
+                self.control.tally.datagrams_received += 1;
+                if self.writer.is_full()
+                    && let Some(tun) = self.control.tun()
+                {
+                    tun.write(&mut self.writer).await?;
+                }
+                let Some(slot) = self.writer.slot() else {
+                    continue;
+                };
+                let Some((client, length)) =
+                    self.control.node.decrypt_into(source, datagram, now, slot)
+                else {
+                    continue;
+                };
+                let Some(packet) = slot.get_mut(..length) else {
+                    continue;
+                };
+                if self.control.admit(client, packet, now) {
+                    self.writer.commit(length);
+                }
             }
         }
+        if let Some(tun) = self.control.tun() {
+            tun.write(&mut self.writer).await?;
+        }
+        Ok(())
+    }
+
+    /// Packets from resources back to their clients, encrypted into GSO
+    /// batches per client.
+    fn receive_resources(&mut self) -> std::io::Result<()> {
+        for _ in 0..READS_PER_TURN {
+            let Some(tun) = self.control.tun() else { break };
+            let count = tun.try_read(&mut self.reader)?;
+            if count == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for i in 0..count {
+                let packet = self.reader.packet_mut(i);
+                self.control.tally.tun_packets_read += 1;
+                self.control.tally.tun_bytes_read += packet.len() as u64;
+                let Some(client) = self.control.state.handle_to_client(packet, now) else {
+                    self.control.tally.drop_reason("no_client");
+                    continue;
+                };
+                if let Some((destination, length)) =
+                    self.control
+                        .node
+                        .encrypt_into(client, packet, now, &mut self.sealed)
+                {
+                    self.udp.queue(
+                        &mut self.gso,
+                        destination,
+                        &self.sealed[..length],
+                        &mut self.control.tally,
+                    );
+                }
+            }
+            self.udp.flush(&mut self.gso, &mut self.control.tally);
+        }
+        Ok(())
     }
 
     /// Datagrams the node queued, node events, frames for the portal.
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
+        self.udp.flush(&mut self.gso, &mut self.control.tally);
         loop {
-            device::flush_transmits(
-                &mut self.control.node,
-                &self.socket,
-                &mut self.control.tally,
-            );
+            while let Some(transmit) = self.control.node.poll_transmit() {
+                self.udp.send_one(
+                    transmit.destination,
+                    &transmit.payload,
+                    &mut self.control.tally,
+                );
+            }
             let Some(event) = self.control.node.poll_event() else {
                 break;
             };

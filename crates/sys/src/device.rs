@@ -1,7 +1,7 @@
 //! What a device daemon (client or gateway) needs around its
 //! [`postern_tunnel::node::Node`]: a stable device id, a fresh WireGuard
 //! key per process, the address its host candidate carries, relays from the
-//! portal's list, and the socket pump that sends the node's datagrams.
+//! portal's list.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -9,10 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use postern_model::protocol::RelayInfo;
-use postern_tunnel::node::{Node, RelayConfig};
+use postern_tunnel::node::RelayConfig;
 use uuid::Uuid;
-
-use crate::metrics::Tally;
 
 /// The device id of this installation (`{state_dir}/{role}-device-id`),
 /// created on first start: the portal keeps the device's tunnel addresses
@@ -81,28 +79,4 @@ pub fn deadline(at: Option<jiff::Timestamp>, now: Instant) -> Option<Instant> {
     let left = at.duration_since(jiff::Timestamp::now());
     let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
     Some(now + left)
-}
-
-/// Sends everything the node has queued.
-pub fn flush_transmits(node: &mut Node, socket: &tokio::net::UdpSocket, tally: &mut Tally) {
-    while let Some(transmit) = node.poll_transmit() {
-        send(socket, &transmit.payload, transmit.destination, tally);
-    }
-}
-
-/// One datagram, dropped (and counted) if the send buffer is full.
-pub fn send(
-    socket: &tokio::net::UdpSocket,
-    payload: &[u8],
-    destination: SocketAddr,
-    tally: &mut Tally,
-) {
-    match socket.try_send_to(payload, destination) {
-        Ok(_) => tally.datagrams_sent += 1,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => tally.send_dropped += 1,
-        Err(error) => {
-            tracing::debug!(%destination, %error, "send failed");
-            tally.send_dropped += 1;
-        }
-    }
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`tun`]: the tunnel interface (`tun-rs`), MTU 1280, its addresses;
 //! - [`route`]: routes to the tunnel interface over netlink (`rtnetlink`);
+//! - [`batch`]: recvmmsg/GRO and GSO batches on that socket;
 //! - [`udp`]: the one UDP socket for WireGuard, ICE and TURN, with large
 //!   buffers asked for explicitly;
 //! - [`masquerade`]: the gateway's nftables table, removed at exit;
@@ -12,6 +13,7 @@
 //! - [`metrics`]: Prometheus text for the daemons;
 //! - [`device`]: device id, keys, relays and the socket pump around the node.
 
+pub mod batch;
 pub mod channel;
 pub mod device;
 pub mod masquerade;

@@ -1,0 +1,227 @@
+//! Batched UDP for the data path (DESIGN.md section 7): one system call
+//! moves many datagrams. Receiving uses recvmmsg and UDP GRO (a "datagram"
+//! from the kernel may be several of the same size back to back, split at
+//! its stride); sending groups datagrams to one destination into a GSO
+//! batch, sent with one sendmsg. `quinn-udp` does the socket options and
+//! control messages; this module keeps the buffers.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+
+use crate::metrics::Tally;
+
+/// Receive slots per system call.
+pub const BATCH: usize = 16;
+/// Room per slot: a GRO batch is at most 64 KiB.
+pub const SLOT: usize = 65_536;
+/// A GSO batch stays below this many bytes (the kernel's limit is 64 KiB).
+const GSO_BYTES: usize = 60_000;
+
+/// The tunnel socket with its quinn-udp state.
+pub struct UdpBatch {
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+}
+
+/// Where received datagrams land.
+pub struct RecvBuffers {
+    buf: Vec<u8>,
+    metas: [RecvMeta; BATCH],
+}
+
+impl Default for RecvBuffers {
+    fn default() -> Self {
+        RecvBuffers {
+            buf: vec![0; BATCH * SLOT],
+            metas: [RecvMeta::default(); BATCH],
+        }
+    }
+}
+
+impl RecvBuffers {
+    /// The datagrams of the last `received` slots, GRO batches split at
+    /// their stride.
+    pub fn datagrams(&self, received: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.metas[..received.min(BATCH)]
+            .iter()
+            .enumerate()
+            .flat_map(move |(slot, meta)| {
+                let start = slot * SLOT;
+                let data = self.buf.get(start..start + meta.len).unwrap_or_default();
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                data.chunks(stride.max(1))
+                    .map(move |datagram| (meta.addr, datagram))
+            })
+    }
+}
+
+/// Datagrams to one destination, same size (the last may be shorter),
+/// waiting to leave in one GSO send.
+#[derive(Default)]
+pub struct GsoQueue {
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the batch.
+    closed: bool,
+    buf: Vec<u8>,
+}
+
+impl GsoQueue {
+    /// Appends `data` for `to`; false if it does not fit the pending batch
+    /// (send the queue, then push again).
+    pub fn push(&mut self, to: SocketAddr, data: &[u8], max_segments: usize) -> bool {
+        if self.count > 0
+            && (self.to != Some(to)
+                || self.closed
+                || data.len() > self.segment
+                || self.count >= max_segments
+                || self.buf.len() + data.len() > GSO_BYTES)
+        {
+            return false;
+        }
+        if self.count == 0 {
+            self.to = Some(to);
+            self.segment = data.len();
+        } else if data.len() < self.segment {
+            self.closed = true;
+        }
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn clear(&mut self) {
+        self.to = None;
+        self.count = 0;
+        self.closed = false;
+        self.buf.clear();
+    }
+}
+
+impl UdpBatch {
+    pub fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(UdpBatch { socket, state })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// How many datagrams one GSO send may carry (1 without GSO).
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Waits until datagrams are waiting.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Receives what is waiting (0 if nothing is).
+    pub fn try_recv(&self, buffers: &mut RecvBuffers) -> io::Result<usize> {
+        let RecvBuffers { buf, metas } = buffers;
+        let mut chunks = buf.chunks_exact_mut(SLOT);
+        let mut slices: [IoSliceMut<'_>; BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        match self.socket.try_io(Interest::READABLE, || {
+            self.state.recv((&self.socket).into(), &mut slices, metas)
+        }) {
+            Ok(received) => Ok(received),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Queues a datagram, sending the pending batch first if it does not
+    /// fit.
+    pub fn queue(&self, queue: &mut GsoQueue, to: SocketAddr, data: &[u8], tally: &mut Tally) {
+        let max = self.max_segments();
+        if !queue.push(to, data, max) {
+            self.flush(queue, tally);
+            queue.push(to, data, max);
+        }
+    }
+
+    /// Sends the pending batch in one system call; a full send buffer drops
+    /// it (counted), as a NIC would.
+    pub fn flush(&self, queue: &mut GsoQueue, tally: &mut Tally) {
+        let Some(to) = queue.to else {
+            return;
+        };
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &queue.buf,
+            segment_size: (queue.count > 1).then_some(queue.segment),
+            src_ip: None,
+        };
+        match self.state.try_send((&self.socket).into(), &transmit) {
+            Ok(()) => tally.datagrams_sent += queue.count as u64,
+            Err(error) => {
+                if error.kind() != io::ErrorKind::WouldBlock {
+                    tracing::debug!(%to, %error, "send failed");
+                }
+                tally.send_dropped += queue.count as u64;
+            }
+        }
+        queue.clear();
+    }
+
+    /// One datagram now (control traffic: STUN, TURN, handshakes).
+    pub fn send_one(&self, to: SocketAddr, data: &[u8], tally: &mut Tally) {
+        let mut queue = GsoQueue::default();
+        queue.push(to, data, 1);
+        self.flush(&mut queue, tally);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, 1], port))
+    }
+
+    #[test]
+    fn a_batch_takes_equal_sizes_to_one_destination_and_one_shorter_last() {
+        let mut queue = GsoQueue::default();
+        assert!(queue.push(addr(1), &[0; 100], 64));
+        assert!(queue.push(addr(1), &[0; 100], 64));
+        assert!(!queue.push(addr(2), &[0; 100], 64), "another destination");
+        assert!(!queue.push(addr(1), &[0; 101], 64), "a bigger datagram");
+        assert!(queue.push(addr(1), &[0; 40], 64), "a shorter last one");
+        assert!(
+            !queue.push(addr(1), &[0; 40], 64),
+            "nothing after the shorter one"
+        );
+        assert_eq!((queue.count, queue.segment, queue.buf.len()), (3, 100, 240));
+        queue.clear();
+        assert!(queue.is_empty());
+        assert!(queue.push(addr(2), &[0; 10], 1));
+        assert!(!queue.push(addr(2), &[0; 10], 1), "max segments");
+    }
+
+    #[test]
+    fn a_batch_stays_below_the_gso_limit() {
+        let mut queue = GsoQueue::default();
+        let mut pushed = 0;
+        while queue.push(addr(1), &[0; 1312], 1000) {
+            pushed += 1;
+        }
+        assert!(pushed * 1312 <= GSO_BYTES && (pushed + 1) * 1312 > GSO_BYTES);
+    }
+}
