@@ -125,7 +125,7 @@ fn check(demo: &Demo) -> bool {
     };
     report(
         "path between client and gateway",
-        demo.wait_for_path(expected, Duration::from_secs(5))
+        demo.wait_for_path(expected, Duration::from_secs(10))
             .map(|_| expected.to_string())
             .map_err(|path| format!("{path}, expected {expected}")),
     );

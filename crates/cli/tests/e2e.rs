@@ -27,11 +27,11 @@ fn download(demo: &Demo, size: u64) -> Duration {
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()))
 }
 
-/// The path once it settled on `expected` (within 5 s), else the last one:
+/// The path once it settled on `expected` (within 10 s), else the last one:
 /// ICE may nominate the relayed pair first and move to the direct one when
 /// its checks come through.
 fn path_of(demo: &Demo, expected: &str) -> String {
-    match demo.wait_for_path(expected, Duration::from_secs(5)) {
+    match demo.wait_for_path(expected, Duration::from_secs(10)) {
         Ok(_) => expected.to_string(),
         Err(path) => path,
     }

@@ -17,8 +17,7 @@ pub const MTU: u16 = 1280;
 /// goes there on writes).
 pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
 /// Room per packet buffer: one MTU-sized packet and then some (a packet
-/// bigger than this is not one of the tunnel's); GRO grows the buffer it
-/// coalesces into by itself.
+/// bigger than this is not one of the tunnel's).
 const PACKET_ROOM: usize = HEADROOM + 2048;
 /// Packets per batch buffer set.
 pub const TUN_BATCH: usize = IDEAL_BATCH_SIZE;
@@ -82,10 +81,20 @@ pub struct TunWriter {
     gro: GROTable,
 }
 
+/// Room a coalesced packet may grow to: GRO only coalesces into a buffer
+/// whose capacity already holds the result (it never reallocates).
+const COALESCED_ROOM: usize = HEADROOM + 65_535;
+
 impl Default for TunWriter {
     fn default() -> Self {
         TunWriter {
-            packets: vec![vec![0; PACKET_ROOM]; TUN_BATCH],
+            packets: (0..TUN_BATCH)
+                .map(|_| {
+                    let mut packet = Vec::with_capacity(2 * HEADROOM + COALESCED_ROOM);
+                    packet.resize(PACKET_ROOM, 0);
+                    packet
+                })
+                .collect(),
             used: 0,
             gro: GROTable::default(),
         }

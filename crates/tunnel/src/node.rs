@@ -382,10 +382,16 @@ impl Node {
                 continue;
             };
             // Authenticated WireGuard from the peer fixes where it is, as in
-            // WireGuard's own endpoint roaming: the controlled side may hear
-            // the handshake before ICE names the nominated pair, and a client
-            // that changed networks (F21) speaks from a new address.
-            if peer.path != Some((destination, source)) {
+            // WireGuard's own endpoint roaming, on the controlled side: it
+            // may hear the handshake before ICE names the nominated pair,
+            // and a client that changed networks (F21) speaks from a new
+            // address. The controlling side keeps what its ICE agent
+            // nominated: following the source there would let packets still
+            // in flight on the old (relayed) path pull it back after ICE
+            // moved it to a direct one, and both sides would stay relayed.
+            if peer.path.is_none()
+                || (!self.controlling && peer.path != Some((destination, source)))
+            {
                 self.set_path(id, Some((destination, source)));
             }
             loop {

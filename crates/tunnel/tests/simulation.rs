@@ -391,3 +391,43 @@ fn a_direct_path_that_dies_falls_back_to_the_relay() {
     sim.ping(1, 3).expect("gateway -> client through the relay");
     assert_eq!(sim.dead, [None, None], "the peer never looked dead");
 }
+
+/// Sends a packet each way every `every` for `duration`, stepping the sim.
+fn stream_both_ways(sim: &mut Sim, duration: Duration, every: Duration) {
+    let end = sim.net.now + duration;
+    let mut next = sim.net.now;
+    let (client, gateway) = (sim.ids[0], sim.ids[1]);
+    while sim.net.now < end {
+        if sim.net.now >= next {
+            let now = sim.net.now;
+            sim.nodes[0].send(gateway, &ip_packet(10), now);
+            sim.nodes[1].send(client, &ip_packet(11), now);
+            next = now + every;
+        }
+        sim.step();
+    }
+}
+
+#[test]
+fn traffic_still_in_flight_on_the_relay_does_not_pull_a_direct_path_back() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    sim.net.direct_blocked = true;
+    wait_for_path(&mut sim, true, Duration::from_secs(20)).expect("a relayed path");
+    sim.net.direct_blocked = false;
+    // Busy both ways while ICE finds the direct pair and after.
+    stream_both_ways(
+        &mut sim,
+        REPROBE + Duration::from_secs(5),
+        Duration::from_millis(5),
+    );
+    let (client, gateway) = (sim.ids[0], sim.ids[1]);
+    let client_path = sim.nodes[0].path(gateway).unwrap();
+    let gateway_path = sim.nodes[1].path(client).unwrap();
+    assert!(
+        !client_path.2 && !gateway_path.2,
+        "both sides must be direct: client {client_path:?}, gateway {gateway_path:?}"
+    );
+    stream_both_ways(&mut sim, Duration::from_secs(2), Duration::from_millis(5));
+    assert!(!sim.nodes[0].path(gateway).unwrap().2, "and stay direct");
+    assert!(!sim.nodes[1].path(client).unwrap().2, "and stay direct");
+}
