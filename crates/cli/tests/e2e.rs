@@ -143,6 +143,7 @@ fn five_percent_loss_still_delivers_intact() {
     }
     let took = download(&demo, 16 * MIB);
     println!("16 MiB through 5% loss in {took:?}");
+    assert_quiet_logs(&demo);
 }
 
 #[test]
@@ -172,6 +173,7 @@ fn the_filter_lets_port_80_through_but_not_22() {
 fn deleting_the_policy_blocks_traffic_within_a_second() {
     let demo = demo(NatKind::Cone, NatKind::Cone, 1);
     download(&demo, 1024);
+    assert_quiet_logs(&demo);
     let deleted = Instant::now();
     demo.api_ok(
         "DELETE",
@@ -270,6 +272,7 @@ fn a_client_that_changes_address_keeps_working() {
         .unwrap_or_else(|| panic!("never resumed after roaming\n{}", demo.logs()));
     println!("traffic resumed {resumed:?} after the client changed address");
     download(&demo, 4 * MIB);
+    assert_quiet_logs(&demo);
 }
 
 #[test]
