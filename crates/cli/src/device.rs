@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use postern_sys::device::DeviceConfig;
 use postern_sys::metrics::DeviceMetrics;
 
 use crate::args::{DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
@@ -64,21 +65,47 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    postern_sys::channel::check_portal_url(&args.portal)?;
-    need_root("postern gateway")?;
-    let token = read_token(&args.token)?;
-    daemon::init_logging(args.daemon.log_format);
-    let metrics = device_metrics(&args.daemon, "gateway")?;
-    let config = postern_gateway::GatewayConfig {
-        portal: args.portal,
+/// The checks and set-up both device daemons share: the portal URL, root,
+/// the token, logging and metrics.
+fn device_config(
+    role: &'static str,
+    portal: String,
+    token: &TokenSource,
+    name: Option<String>,
+    port: u16,
+    device: DeviceOptions,
+    daemon: &DaemonOptions,
+) -> anyhow::Result<DeviceConfig> {
+    postern_sys::channel::check_portal_url(&portal)?;
+    need_root(if role == "gateway" {
+        "postern gateway"
+    } else {
+        "postern client up"
+    })?;
+    let token = read_token(token)?;
+    daemon::init_logging(daemon.log_format);
+    let metrics = device_metrics(daemon, role)?;
+    Ok(DeviceConfig {
+        portal,
         token,
-        name: args.name.unwrap_or_else(host_name),
-        port: args.port,
-        state_dir: args.device.state_dir,
-        interface: args.device.interface,
+        name: name.unwrap_or_else(host_name),
+        port,
+        state_dir: device.state_dir,
+        interface: device.interface,
         metrics,
-    };
+    })
+}
+
+pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let config = device_config(
+        "gateway",
+        args.portal,
+        &args.token,
+        args.name,
+        args.port,
+        args.device,
+        &args.daemon,
+    )?;
     runtime()?.block_on(postern_gateway::run(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -94,20 +121,18 @@ pub struct ClientUp {
 }
 
 pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
-    postern_sys::channel::check_portal_url(&args.portal)?;
-    need_root("postern client up")?;
-    let token = read_token(&args.token)?;
-    daemon::init_logging(args.daemon.log_format);
-    let metrics = device_metrics(&args.daemon, "client")?;
+    let device = device_config(
+        "client",
+        args.portal,
+        &args.token,
+        args.name,
+        args.port,
+        args.device,
+        &args.daemon,
+    )?;
     let config = postern_client::ClientDaemonConfig {
-        portal: args.portal,
-        token,
-        name: args.name.unwrap_or_else(host_name),
-        port: args.port,
-        state_dir: args.device.state_dir,
-        interface: args.device.interface,
+        device,
         status_socket: args.status_socket,
-        metrics,
     };
     runtime()?.block_on(postern_client::run(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)

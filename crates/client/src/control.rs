@@ -5,13 +5,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use base64::Engine as _;
 use ipnet::IpNet;
 use postern_model::protocol::{
-    ClientToPortal, DisconnectReason, Interface, PortalToClient, RelayInfo, ResourceDescription,
+    ClientToPortal, DisconnectReason, Interface, PortalToClient, ResourceDescription,
 };
 use postern_model::resource::ResourceType;
-use postern_sys::device;
+use postern_sys::device::{self, PeerKeys, send_frame};
 use postern_sys::metrics::Tally;
 use postern_sys::route::Routes;
 use postern_sys::tun::{Tun, TunAddresses};
@@ -22,12 +21,6 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::status::{InterfaceStatus, ResourceLine, Status};
-
-#[derive(Clone, PartialEq, Eq)]
-struct PeerKeys {
-    public_key: [u8; 32],
-    preshared_key: [u8; 32],
-}
 
 pub struct Control {
     pub node: Node,
@@ -43,25 +36,6 @@ pub struct Control {
     peers: HashMap<Uuid, PeerKeys>,
     /// Each gateway's tunnel addresses: in-tunnel messages come from them.
     gateway_addresses: HashMap<Uuid, [std::net::IpAddr; 2]>,
-}
-
-fn key(text: &str) -> Option<[u8; 32]> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?
-        .try_into()
-        .ok()
-}
-
-pub fn send(outgoing: &mpsc::Sender<String>, message: &ClientToPortal) {
-    match serde_json::to_string(message) {
-        Ok(text) => {
-            if outgoing.try_send(text).is_err() {
-                tracing::debug!("portal queue full or closed; frame dropped");
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot encode a frame"),
-    }
 }
 
 /// The prefixes a resource needs routed through the tunnel.
@@ -130,7 +104,7 @@ impl Control {
                 relays,
             } => {
                 self.set_interface(&interface)?;
-                self.add_relays(&relays, now);
+                device::add_relays(&mut self.node, &mut self.relays, &relays, now);
                 tracing::info!(
                     ipv4 = %interface.ipv4, ipv6 = %interface.ipv6,
                     resources = resources.len(), relays = relays.len(), "portal init"
@@ -152,7 +126,9 @@ impl Control {
                 self.state.remove_resource(id);
                 self.sync_routes().await;
             }
-            PortalToClient::RelaysChanged { added, .. } => self.add_relays(&added, now),
+            PortalToClient::RelaysChanged { added, .. } => {
+                device::add_relays(&mut self.node, &mut self.relays, &added, now)
+            }
             PortalToClient::AccessGranted {
                 resource_id,
                 gateway,
@@ -161,23 +137,17 @@ impl Control {
                 expires_at,
                 ..
             } => {
-                let (Some(public_key), Some(preshared_key)) =
-                    (key(&gateway.public_key), key(&preshared_key))
-                else {
+                let Some(keys) = PeerKeys::decode(&gateway.public_key, &preshared_key) else {
                     tracing::warn!(gateway = %gateway.id, "grant with malformed keys ignored");
                     return Ok(());
-                };
-                let keys = PeerKeys {
-                    public_key,
-                    preshared_key,
                 };
                 if self.peers.get(&gateway.id) != Some(&keys) {
                     self.node.remove_peer(gateway.id);
                     self.node.add_peer(
                         gateway.id,
                         PeerConfig {
-                            public_key,
-                            preshared_key,
+                            public_key: keys.public_key,
+                            preshared_key: keys.preshared_key,
                             local_ice: ice.client,
                             remote_ice: ice.gateway,
                         },
@@ -279,16 +249,6 @@ impl Control {
         self.routed = routed;
     }
 
-    fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
-        let ipv4 = self.node.local_address().is_ipv4();
-        for (id, config) in device::relay_configs(relays, ipv4) {
-            if self.relays.insert(id) {
-                tracing::info!(relay = %id, server = %config.server, "using relay");
-                self.node.add_relay(config, now);
-            }
-        }
-    }
-
     /// What the client state asks for.
     pub fn drain_state(&mut self, now: Instant, outgoing: &mpsc::Sender<String>) {
         while let Some(event) = self.state.poll_event() {
@@ -297,7 +257,7 @@ impl Control {
                     reference,
                     resource_id,
                     connected_gateway_ids,
-                } => send(
+                } => send_frame(
                     outgoing,
                     &ClientToPortal::RequestAccess {
                         reference,
@@ -330,7 +290,7 @@ impl Control {
 
     pub fn handle_node_event(&mut self, event: NodeEvent, outgoing: &mpsc::Sender<String>) {
         match event {
-            NodeEvent::Candidate { peer, candidate } => send(
+            NodeEvent::Candidate { peer, candidate } => send_frame(
                 outgoing,
                 &ClientToPortal::IceCandidates {
                     peer_id: peer,

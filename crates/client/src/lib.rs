@@ -9,35 +9,26 @@
 mod control;
 pub mod status;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
-use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
-use postern_sys::device;
-use postern_sys::metrics::DeviceMetrics;
+use postern_sys::channel::Party;
+use postern_sys::device::{self, DeviceConfig, LinkEvent, PortalLink};
 use postern_sys::tun::{Tun, TunReader, TunWriter};
 use postern_tunnel::client::{DropReason, Verdict};
 use postern_tunnel::node::Node;
-use postern_tunnel::wireguard::public_key;
 use tokio::sync::mpsc;
 
 use control::Control;
 
+/// What `postern client up` was told.
 #[derive(Clone, Debug)]
 pub struct ClientDaemonConfig {
-    pub portal: String,
-    pub token: String,
-    pub name: String,
-    pub port: u16,
-    pub state_dir: PathBuf,
-    pub interface: String,
+    pub device: DeviceConfig,
+    /// Where `postern client status` asks.
     pub status_socket: PathBuf,
-    /// Where the loop publishes its counters (for `--metrics`).
-    pub metrics: Option<Arc<DeviceMetrics>>,
 }
 
 const BUFFER: usize = 65_536;
@@ -49,53 +40,32 @@ pub async fn run(
     config: ClientDaemonConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let device_id = device::device_id(&config.state_dir, "client")
-        .with_context(|| format!("device id in {}", config.state_dir.display()))?;
-    let secret = device::fresh_secret().context("random key")?;
-    let portal_ip = postern_sys::channel::portal_ip(&config.portal).await?;
-    let (socket, receive_buffer, send_buffer) =
-        postern_sys::udp::bind(SocketAddr::new([0, 0, 0, 0].into(), config.port))
-            .with_context(|| format!("cannot bind UDP port {}", config.port))?;
-    let local = SocketAddr::new(
-        device::outward_address(portal_ip).context("no route toward the portal")?,
-        socket.local_addr()?.port(),
-    );
-    let public = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        public_key(secret),
-    );
-    let mut channel = channel::open(ChannelConfig {
-        portal: config.portal.clone(),
-        party: Party::Client,
-        token: config.token.clone(),
-        query: vec![
-            ("device_id".into(), device_id.to_string()),
-            ("public_key".into(), public),
-            ("name".into(), config.name.clone()),
-            ("os".into(), "Linux".into()),
-        ],
-    })?;
+    let started = device::start(Party::Client, &config.device).await?;
+    let mut channel = started.channel;
     let (status_tx, mut status_rx) = mpsc::channel::<status::Request>(8);
     status::serve(&config.status_socket, status_tx)
         .with_context(|| format!("cannot serve status on {}", config.status_socket.display()))?;
     let _socket_file = status::SocketFile(config.status_socket.clone());
-    tracing::info!(%device_id, %local, receive_buffer, send_buffer, "client starting");
-    let seed = u64::from_le_bytes(secret[..8].try_into().unwrap_or_default());
+    let (receive_buffer, send_buffer) = started.buffers;
+    tracing::info!(
+        device_id = %started.device_id, local = %started.local, receive_buffer, send_buffer,
+        "client starting"
+    );
+    let seed = started.seed;
     let mut control = Control::new(
-        Node::new(local, secret, true, seed),
-        config.interface.clone(),
+        Node::new(started.local, started.secret, true, seed),
+        config.device.interface.clone(),
     );
     let outgoing = channel.outgoing.clone();
-    let mut connected = false;
+    let mut link = PortalLink::default();
     let mut io = Io {
-        udp: UdpBatch::new(socket).context("UDP socket state")?,
+        udp: started.udp,
         received: RecvBuffers::default(),
         gso: GsoQueue::default(),
         reader: TunReader::default(),
         writer: TunWriter::default(),
         sealed: vec![0u8; BUFFER],
     };
-    let mut ever_connected = false;
     tokio::pin!(stop);
     loop {
         let now = Instant::now();
@@ -104,34 +74,19 @@ pub async fn run(
             .unwrap_or(now + Duration::from_secs(1));
         tokio::select! {
             () = &mut stop => break,
-            incoming = channel.incoming.recv() => match incoming {
-                None => anyhow::bail!("the portal channel stopped"),
-                Some(Incoming::Unauthorized) => anyhow::bail!(
-                    "the portal refused the token (401): sign in again"
-                ),
-                Some(Incoming::Connected) => {
-                    connected = true;
-                    ever_connected = true;
-                    tracing::info!("connected to the portal");
-                }
-                Some(Incoming::Lost { error, .. }) if !ever_connected => {
-                    anyhow::bail!("cannot reach the portal at {}: {error}", config.portal);
-                }
-                Some(Incoming::Lost { error, retry_in }) => {
-                    connected = false;
-                    tracing::warn!(
-                        %error, retry_in_ms = retry_in.as_millis() as u64,
-                        "portal connection lost; established tunnels go on"
-                    );
-                }
-                Some(Incoming::Text(text)) => {
-                    if let Err(fatal) = control.handle_portal(&text, Instant::now()).await {
-                        anyhow::bail!(fatal);
+            incoming = channel.incoming.recv() => {
+                match link.on(incoming, &config.device.portal, "sign in again", "established tunnels go on") {
+                    LinkEvent::Fatal(error) => anyhow::bail!(error),
+                    LinkEvent::Frame(text) => {
+                        if let Err(fatal) = control.handle_portal(&text, Instant::now()).await {
+                            anyhow::bail!(fatal);
+                        }
                     }
+                    LinkEvent::Nothing => {}
                 }
-            },
+            }
             Some(reply) = status_rx.recv() => {
-                let _ = reply.send(control.status(&config.portal, connected));
+                let _ = reply.send(control.status(&config.device.portal, link.connected));
             }
             ready = io.udp.readable() => {
                 ready.context("UDP socket")?;
@@ -143,9 +98,9 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 control.handle_timeout(Instant::now());
-                if let Some(metrics) = &config.metrics {
+                if let Some(metrics) = &config.device.metrics {
                     let (peers, resources) = control.counts();
-                    metrics.publish(&control.tally, connected, peers, resources);
+                    metrics.publish(&control.tally, link.connected, peers, resources);
                 }
             }
         }

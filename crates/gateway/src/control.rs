@@ -5,12 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use base64::Engine as _;
 use postern_model::plan::{DEVICE_V4, DEVICE_V6};
-use postern_model::protocol::{
-    Authorization, GatewayToPortal, Interface, PortalToGateway, RelayInfo,
-};
-use postern_sys::device;
+use postern_model::protocol::{Authorization, GatewayToPortal, Interface, PortalToGateway};
+use postern_sys::device::{self, PeerKeys, send_frame};
 use postern_sys::masquerade::{self, Masquerade};
 use postern_sys::metrics::Tally;
 use postern_sys::tun::{Tun, TunAddresses};
@@ -19,14 +16,6 @@ use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, Gatewa
 use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
 use uuid::Uuid;
-
-/// A client's keys as the portal gave them; a change (the client restarted)
-/// means a new tunnel peer.
-#[derive(Clone, PartialEq, Eq)]
-struct PeerKeys {
-    public_key: [u8; 32],
-    preshared_key: [u8; 32],
-}
 
 pub struct Control {
     pub node: Node,
@@ -39,25 +28,6 @@ pub struct Control {
     tunnel_ipv4: Option<std::net::Ipv4Addr>,
     relays: HashSet<Uuid>,
     peers: HashMap<Uuid, PeerKeys>,
-}
-
-fn key(text: &str) -> Option<[u8; 32]> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?
-        .try_into()
-        .ok()
-}
-
-fn send(outgoing: &mpsc::Sender<String>, message: &GatewayToPortal) {
-    match serde_json::to_string(message) {
-        Ok(text) => {
-            if outgoing.try_send(text).is_err() {
-                tracing::debug!("portal queue full or closed; frame dropped");
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot encode a frame"),
-    }
 }
 
 impl Control {
@@ -119,7 +89,7 @@ impl Control {
                 if let Err(error) = self.set_interface(&interface) {
                     return Some(error);
                 }
-                self.add_relays(&relays, now);
+                device::add_relays(&mut self.node, &mut self.relays, &relays, now);
                 let count = authorizations.len();
                 for authorization in authorizations {
                     self.authorize(&authorization, now);
@@ -134,7 +104,7 @@ impl Control {
                 authorization,
             } => {
                 if self.authorize(&authorization, now) {
-                    send(outgoing, &GatewayToPortal::Authorized { reference });
+                    send_frame(outgoing, &GatewayToPortal::Authorized { reference });
                 }
             }
             PortalToGateway::Revoke {
@@ -162,7 +132,7 @@ impl Control {
             }
             PortalToGateway::IceCandidatesRemoved { .. } => {}
             PortalToGateway::RelaysChanged { added, removed } => {
-                self.add_relays(&added, now);
+                device::add_relays(&mut self.node, &mut self.relays, &added, now);
                 if !removed.is_empty() {
                     // The node keeps a removed relay's allocation until it
                     // fails; peers move off it by themselves.
@@ -214,32 +184,12 @@ impl Control {
         Ok(())
     }
 
-    fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
-        let ipv4 = self.node_is_ipv4();
-        for (id, config) in device::relay_configs(relays, ipv4) {
-            if self.relays.insert(id) {
-                tracing::info!(relay = %id, server = %config.server, "using relay");
-                self.node.add_relay(config, now);
-            }
-        }
-    }
-
-    fn node_is_ipv4(&self) -> bool {
-        self.node.local_address().is_ipv4()
-    }
-
     /// Applies an authorization; false if it is malformed.
     fn authorize(&mut self, authorization: &Authorization, now: Instant) -> bool {
         let client = &authorization.client;
-        let (Some(public_key), Some(preshared_key)) =
-            (key(&client.public_key), key(&authorization.preshared_key))
-        else {
+        let Some(keys) = PeerKeys::decode(&client.public_key, &authorization.preshared_key) else {
             tracing::warn!(client = %client.id, "authorization with malformed keys ignored");
             return false;
-        };
-        let keys = PeerKeys {
-            public_key,
-            preshared_key,
         };
         let known = self.peers.get(&client.id) == Some(&keys);
         // A peer that went quiet is set up afresh: the client starts a new
@@ -249,8 +199,8 @@ impl Control {
             self.node.add_peer(
                 client.id,
                 PeerConfig {
-                    public_key,
-                    preshared_key,
+                    public_key: keys.public_key,
+                    preshared_key: keys.preshared_key,
                     local_ice: authorization.ice.gateway.clone(),
                     remote_ice: authorization.ice.client.clone(),
                 },
@@ -309,7 +259,7 @@ impl Control {
         outgoing: &mpsc::Sender<String>,
     ) {
         match event {
-            NodeEvent::Candidate { peer, candidate } => send(
+            NodeEvent::Candidate { peer, candidate } => send_frame(
                 outgoing,
                 &GatewayToPortal::IceCandidates {
                     peer_id: peer,

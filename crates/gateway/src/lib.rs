@@ -10,39 +10,20 @@
 
 mod control;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
-use postern_sys::channel::{self, ChannelConfig, Incoming, Party};
-use postern_sys::device;
-use postern_sys::metrics::DeviceMetrics;
+use postern_sys::channel::Party;
+use postern_sys::device::{self, DeviceConfig, LinkEvent, PortalLink};
 use postern_sys::tun::{Tun, TunReader, TunWriter};
 use postern_tunnel::node::Node;
-use postern_tunnel::wireguard::public_key;
 use tokio::sync::mpsc;
 
 pub use control::Control;
 
 /// What `postern gateway` was told.
-#[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    /// `http://...` portal URL.
-    pub portal: String,
-    pub token: String,
-    pub name: String,
-    /// UDP port for WireGuard and ICE (0: any).
-    pub port: u16,
-    /// Where the device id lives.
-    pub state_dir: PathBuf,
-    /// Name of the TUN interface.
-    pub interface: String,
-    /// Where the loop publishes its counters (for `--metrics`).
-    pub metrics: Option<Arc<DeviceMetrics>>,
-}
+pub type GatewayConfig = DeviceConfig;
 
 /// Largest datagram or packet handled.
 const BUFFER: usize = 65_536;
@@ -55,38 +36,17 @@ pub async fn run(
     config: GatewayConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let device_id = device::device_id(&config.state_dir, "gateway")
-        .with_context(|| format!("device id in {}", config.state_dir.display()))?;
-    let secret = device::fresh_secret().context("random key")?;
-    let portal_ip = postern_sys::channel::portal_ip(&config.portal).await?;
-    let (socket, receive_buffer, send_buffer) =
-        postern_sys::udp::bind(SocketAddr::new([0, 0, 0, 0].into(), config.port))
-            .with_context(|| format!("cannot bind UDP port {}", config.port))?;
-    let local = SocketAddr::new(
-        device::outward_address(portal_ip).context("no route toward the portal")?,
-        socket.local_addr()?.port(),
+    let started = device::start(Party::Gateway, &config).await?;
+    let mut channel = started.channel;
+    let (receive_buffer, send_buffer) = started.buffers;
+    tracing::info!(
+        device_id = %started.device_id, local = %started.local, receive_buffer, send_buffer,
+        name = %config.name, "gateway starting"
     );
-    let public = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        public_key(secret),
-    );
-    let mut channel = channel::open(ChannelConfig {
-        portal: config.portal.clone(),
-        party: Party::Gateway,
-        token: config.token.clone(),
-        query: vec![
-            ("device_id".into(), device_id.to_string()),
-            ("public_key".into(), public),
-            ("name".into(), config.name.clone()),
-            ("os".into(), "Linux".into()),
-        ],
-    })?;
-    tracing::info!(%device_id, %local, receive_buffer, send_buffer, name = %config.name, "gateway starting");
-    let seed = u64::from_le_bytes(secret[..8].try_into().unwrap_or_default());
-    let node = Node::new(local, secret, false, seed);
+    let node = Node::new(started.local, started.secret, false, started.seed);
     let mut gateway = Gateway {
         control: Control::new(node, config.interface.clone()),
-        udp: UdpBatch::new(socket).context("UDP socket state")?,
+        udp: started.udp,
         outgoing: channel.outgoing.clone(),
         received: RecvBuffers::default(),
         gso: GsoQueue::default(),
@@ -94,8 +54,7 @@ pub async fn run(
         writer: TunWriter::default(),
         sealed: vec![0u8; BUFFER],
     };
-    let mut ever_connected = false;
-    let mut connected = false;
+    let mut link = PortalLink::default();
     tokio::pin!(stop);
     loop {
         let now = Instant::now();
@@ -105,32 +64,17 @@ pub async fn run(
             .unwrap_or(now + Duration::from_secs(1));
         tokio::select! {
             () = &mut stop => break,
-            incoming = channel.incoming.recv() => match incoming {
-                None => anyhow::bail!("the portal channel stopped"),
-                Some(Incoming::Unauthorized) => anyhow::bail!(
-                    "the portal refused the token (401): create a new gateway token"
-                ),
-                Some(Incoming::Connected) => {
-                    ever_connected = true;
-                    connected = true;
-                    tracing::info!("connected to the portal");
-                }
-                Some(Incoming::Lost { error, .. }) if !ever_connected => {
-                    anyhow::bail!("cannot reach the portal at {}: {error}", config.portal);
-                }
-                Some(Incoming::Lost { error, retry_in }) => {
-                    connected = false;
-                    tracing::warn!(
-                        %error, retry_in_ms = retry_in.as_millis() as u64,
-                        "portal connection lost; forwarding goes on"
-                    );
-                }
-                Some(Incoming::Text(text)) => {
-                    if let Some(fatal) = gateway.control.handle_portal(&text, Instant::now(), &gateway.outgoing) {
-                        anyhow::bail!(fatal);
+            incoming = channel.incoming.recv() => {
+                match link.on(incoming, &config.portal, "create a new gateway token", "forwarding goes on") {
+                    LinkEvent::Fatal(error) => anyhow::bail!(error),
+                    LinkEvent::Frame(text) => {
+                        if let Some(fatal) = gateway.control.handle_portal(&text, Instant::now(), &gateway.outgoing) {
+                            anyhow::bail!(fatal);
+                        }
                     }
+                    LinkEvent::Nothing => {}
                 }
-            },
+            }
             ready = gateway.udp.readable() => {
                 ready.context("UDP socket")?;
                 gateway.receive_network().await.context("UDP receive")?;
@@ -143,7 +87,7 @@ pub async fn run(
                 gateway.control.handle_timeout(Instant::now());
                 if let Some(metrics) = &config.metrics {
                     let control = &gateway.control;
-                    metrics.publish(&control.tally, connected, control.peer_count(), control.state.client_count());
+                    metrics.publish(&control.tally, link.connected, control.peer_count(), control.state.client_count());
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use postern_lab::probe::{Reflector, median_rtt, observed_address, punch, udp_socket};
-use postern_lab::{Host, Impairment, Lab, NatKind};
+use postern_lab::{Host, Impairment, NatKind};
 
 const USAGE: &str = "usage: nat-lab [--symmetric] [--delay-ms N] [--hold]
   --symmetric   the office router maps every destination to a new port
@@ -78,49 +78,12 @@ fn main() -> ExitCode {
 }
 
 fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::Error>> {
-    let lab = Lab::new()?;
+    let net = postern_lab::demo::topology(NatKind::Cone, options.office, 2)?;
+    let lab = &net.lab;
     println!("building the lab (namespaces {}*)", lab.prefix());
-    let internet = lab.add_switch("internet")?;
-    let portal = lab.add_host("portal")?;
-    lab.connect(&portal, &internet, &["198.18.0.2/24"])?;
-    let relay = lab.add_host("relay")?;
-    lab.connect(&relay, &internet, &["198.18.0.3/24"])?;
-
-    let home = lab.add_switch("home")?;
-    let nat_home = lab.add_nat_router(
-        "nat-home",
-        &internet,
-        "198.18.0.10/24",
-        &home,
-        "192.168.1.1/24",
-        NatKind::Cone,
-    )?;
-    let client = lab.add_host("client")?;
-    lab.connect(&client, &home, &["192.168.1.10/24"])?;
-
-    let office = lab.add_switch("office")?;
-    let nat_office = lab.add_nat_router(
-        "nat-office",
-        &internet,
-        "198.18.0.20/24",
-        &office,
-        "10.0.1.1/24",
-        options.office,
-    )?;
-    let mut office_hosts = Vec::new();
-    for (name, address) in [
-        ("gateway-1", "10.0.1.11/24"),
-        ("gateway-2", "10.0.1.12/24"),
-        ("web", "10.0.1.80/24"),
-    ] {
-        let host = lab.add_host(name)?;
-        lab.connect(&host, &office, &[address])?;
-        office_hosts.push(host);
-    }
-    client.set_default_route(nat_home.lan.ipv4().ok_or("no lan address")?)?;
-    for host in &office_hosts {
-        host.set_default_route(nat_office.lan.ipv4().ok_or("no lan address")?)?;
-    }
+    let (portal, relay, client) = (&net.portal, &net.relay, &net.client);
+    let (nat_home, nat_office) = (&net.nat_home, &net.nat_office);
+    let office_hosts = [&net.gateways[0], &net.gateways[1], &net.web];
     if !options.delay.is_zero() {
         // Both directions of each site's internet link: out via the WAN
         // interface, in via the LAN interface.
@@ -142,10 +105,10 @@ fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::
         "  home 192.168.1.0/24: client .10    office 10.0.1.0/24: gateway-1 .11, gateway-2 .12, web .80\n"
     );
 
-    let stun = Reflector::start(&relay, "198.18.0.3:3478".parse()?)?;
-    let client_socket = udp_socket(&client, "0.0.0.0:51820".parse()?)?;
+    let stun = Reflector::start(relay, "198.18.0.3:3478".parse()?)?;
+    let client_socket = udp_socket(client, "0.0.0.0:51820".parse()?)?;
     let gateway_socket = udp_socket(gateway, "0.0.0.0:51820".parse()?)?;
-    let second_stun = Reflector::start(&portal, "198.18.0.2:3478".parse()?)?;
+    let second_stun = Reflector::start(portal, "198.18.0.2:3478".parse()?)?;
 
     let mut all_ok = true;
     let mut check = |what: &str, ok: bool, detail: String| {
@@ -203,7 +166,7 @@ fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::
     }
 
     if options.hold {
-        print_hold_help(&[&portal, &relay, &client, gateway, &office_hosts[2]]);
+        print_hold_help(&[portal, relay, client, gateway, office_hosts[2]]);
         let signal = signals.wait()?;
         println!("\n{signal:?}: removing the lab");
     }

@@ -379,15 +379,5 @@ fn datagrams<'a>(
     buf: &'a [u8],
     metas: &'a [RecvMeta],
 ) -> impl Iterator<Item = (SocketAddr, &'a [u8])> + 'a {
-    metas.iter().enumerate().flat_map(move |(slot, meta)| {
-        let start = slot * SLOT;
-        let data = buf.get(start..start + meta.len).unwrap_or_default();
-        let stride = if meta.stride == 0 {
-            meta.len
-        } else {
-            meta.stride
-        };
-        data.chunks(stride.max(1))
-            .map(move |datagram| (meta.addr, datagram))
-    })
+    postern_sys::batch::datagrams(buf, metas, SLOT)
 }

@@ -45,21 +45,28 @@ impl RecvBuffers {
     /// The datagrams of the last `received` slots, GRO batches split at
     /// their stride.
     pub fn datagrams(&self, received: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
-        self.metas[..received.min(BATCH)]
-            .iter()
-            .enumerate()
-            .flat_map(move |(slot, meta)| {
-                let start = slot * SLOT;
-                let data = self.buf.get(start..start + meta.len).unwrap_or_default();
-                let stride = if meta.stride == 0 {
-                    meta.len
-                } else {
-                    meta.stride
-                };
-                data.chunks(stride.max(1))
-                    .map(move |datagram| (meta.addr, datagram))
-            })
+        datagrams(&self.buf, &self.metas[..received.min(BATCH)], SLOT)
     }
+}
+
+/// The datagrams of a receive batch whose slot `i` starts at `i * slot` in
+/// `buf`, GRO batches split at their stride.
+pub fn datagrams<'a>(
+    buf: &'a [u8],
+    metas: &'a [RecvMeta],
+    slot: usize,
+) -> impl Iterator<Item = (SocketAddr, &'a [u8])> + 'a {
+    metas.iter().enumerate().flat_map(move |(index, meta)| {
+        let start = index * slot;
+        let data = buf.get(start..start + meta.len).unwrap_or_default();
+        let stride = if meta.stride == 0 {
+            meta.len
+        } else {
+            meta.stride
+        };
+        data.chunks(stride.max(1))
+            .map(move |datagram| (meta.addr, datagram))
+    })
 }
 
 /// Datagrams to one destination, same size (the last may be shorter),
