@@ -375,3 +375,38 @@ fn the_demo_says_in_one_line_that_it_needs_root() {
         .expect("setpriv (util-linux) runs");
     assert_one_line(&output, 1, "needs root");
 }
+
+#[test]
+fn daemons_log_json_lines_when_asked() {
+    if !is_root() {
+        // Without root the gateway stops before it logs anything.
+        assert_one_line(
+            &postern(&["gateway", "--portal", "http://127.0.0.1:1", "--token", "t"]),
+            1,
+            "needs root",
+        );
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("postern-json-{}", std::process::id()));
+    let output = postern(&[
+        "gateway",
+        "--log-format",
+        "json",
+        "--portal",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+        "--port",
+        "0",
+        "--state-dir",
+        &state.to_string_lossy(),
+    ]);
+    let _ = std::fs::remove_dir_all(&state);
+    let text = stderr(&output);
+    let first = text.lines().next().unwrap_or_default();
+    let line: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("{first:?} is not JSON: {e}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["fields"]["message"], "gateway starting", "{line}");
+    assert!(line["fields"]["device_id"].is_string(), "{line}");
+}

@@ -255,12 +255,43 @@ fn a_gateway_stopped_with_sigterm_sends_its_clients_on_at_once() {
 }
 
 #[test]
-fn an_established_flow_survives_the_portal_going_away() {
+fn an_established_flow_survives_the_portal_going_away_and_new_access_resumes_when_it_returns() {
     let mut demo = demo(NatKind::Cone, NatKind::Cone, 1);
     download(&demo, MIB);
     demo.kill_portal().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     download(&demo, 4 * MIB);
+    // The portal returns; the daemons reconnect on their own.
+    demo.restart_portal().unwrap();
+    demo.wait_for_gateways(1, Duration::from_secs(20)).unwrap();
+    // A new authorization: the policy goes and comes back.
+    demo.api_ok(
+        "DELETE",
+        &format!("/api/v1/policies/{}", demo.setup.policy_id),
+        None,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    while demo.connect(80, Duration::from_millis(200)).is_ok() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "access outlived its policy\n{}",
+            demo.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    demo.api_ok(
+        "POST",
+        "/api/v1/policies",
+        Some(&format!(
+            r#"{{"group_id":"{}","resource_id":"{}"}}"#,
+            demo.setup.group_id, demo.setup.resource_id
+        )),
+    )
+    .unwrap();
+    let resumed = until_downloads_work(&demo, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no new access after the portal came back\n{}", demo.logs()));
+    println!("a new authorization {resumed:?} after the policy came back");
 }
 
 #[test]

@@ -247,29 +247,8 @@ impl Demo {
             "admin@demo.test",
         ])?;
         let relay_token = self.postern(&["portal", "relay-token", "--database", &database])?;
-        let portal = self.command(
-            &self.net.portal,
-            &[
-                "portal",
-                "--database",
-                &database,
-                "--listen",
-                PORTAL,
-                "--metrics",
-                "198.18.0.2:9100",
-            ],
-        );
-        self.processes.push(self.net.portal.spawn(portal)?);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.api("GET", "/api/v1/sites", None).map(|r| r.status) != Ok(200) {
-            if Instant::now() > deadline {
-                return Err(invalid(format!(
-                    "the portal did not come up; its log:\n{}",
-                    self.processes[0].stderr()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let portal = self.spawn_portal()?;
+        self.processes.push(portal);
         let url = format!("http://{PORTAL}");
         let relay = self.command(
             &self.net.relay,
@@ -404,6 +383,12 @@ impl Demo {
                 &state.to_string_lossy(),
                 "--metrics",
                 &format!("10.0.1.{}:9100", 11 + n),
+                // Each its own port: two gateways behind one NAT on the same
+                // port collide in the NAT's port table, and the second then
+                // gets a fresh port per destination (symmetric behaviour,
+                // relayed paths), as it would in a real office.
+                "--port",
+                &(51820 + 10 * n).to_string(),
             ],
         );
         host.spawn(command)
@@ -633,6 +618,44 @@ impl Demo {
             return Err(invalid("the gateway did not stop within 5 s of SIGTERM"));
         }
         Ok(process.stderr())
+    }
+
+    /// Starts the portal on the demo's database and waits for its API.
+    fn spawn_portal(&self) -> Result<LabProcess> {
+        let database = self.database();
+        let command = self.command(
+            &self.net.portal,
+            &[
+                "portal",
+                "--database",
+                &database,
+                "--listen",
+                PORTAL,
+                "--metrics",
+                "198.18.0.2:9100",
+            ],
+        );
+        let process = self.net.portal.spawn(command)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.api("GET", "/api/v1/sites", None).map(|r| r.status) != Ok(200) {
+            if Instant::now() > deadline {
+                return Err(invalid(format!(
+                    "the portal did not come up; its log:\n{}",
+                    process.stderr()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(process)
+    }
+
+    /// Starts the portal again after [`Demo::kill_portal`] (same database).
+    pub fn restart_portal(&mut self) -> Result<()> {
+        let portal = self.spawn_portal()?;
+        if let Some(slot) = self.processes.first_mut() {
+            *slot = portal;
+        }
+        Ok(())
     }
 
     /// Stops the portal (SIGKILL): the data plane must not notice.
