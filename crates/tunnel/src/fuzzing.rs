@@ -1,7 +1,7 @@
 //! The fuzz entry point (crates/tunnel/fuzz): raw bytes as an app's packet
-//! into a client, as a tunnel packet into a gateway, and as datagrams into a
-//! node (from its relay and from a peer). Nothing may panic, and every ICMP
-//! reply must itself parse.
+//! into a client, as a tunnel packet into a gateway, as datagrams into a
+//! node (from its relay and from a peer), and as a query into the DNS stub.
+//! Nothing may panic, and every ICMP or DNS reply must itself parse.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -16,6 +16,7 @@ use crate::node::{Node, PeerConfig, RelayConfig};
 use crate::packet::Packet;
 
 pub fn fuzz_one(data: &[u8]) {
+    fuzz_dns(data);
     let now = Instant::now();
     let everything = ResourceDescription {
         id: Uuid::from_u128(1),
@@ -132,5 +133,27 @@ fn serde_like_tcp_80() -> postern_model::Filter {
     postern_model::Filter {
         protocol: postern_model::Protocol::Tcp,
         ports: Some(postern_model::PortRange { start: 80, end: 80 }),
+    }
+}
+
+/// The bytes as a query to the DNS stub: any reply must be a DNS message.
+fn fuzz_dns(data: &[u8]) {
+    let mut stub = crate::dns::DnsStub::new();
+    stub.set_resources(&[ResourceDescription {
+        id: Uuid::from_u128(3),
+        name: "corp".into(),
+        kind: ResourceType::Dns,
+        address: Some("**.corp.test".into()),
+        address_description: None,
+        filters: vec![],
+        site_id: Uuid::from_u128(2),
+    }]);
+    for _ in 0..2 {
+        if let crate::dns::StubAnswer::Reply(reply) = stub.handle_query(data) {
+            assert!(
+                hickory_proto::op::Message::from_vec(&reply).is_ok(),
+                "the stub made an unparsable reply"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`ice`]: ICE checks and nomination for one pair (str0m's agent);
 //! - [`router`]: longest-prefix routing of destinations to resources;
 //! - [`nat`]: proxy-to-real address rewriting for DNS resources;
+//! - [`dns`]: the client's DNS stub: proxy addresses for DNS resources;
 //! - [`control`]: messages between gateway and client inside their tunnel;
 //! - [`client`]: per-resource access on first packet, with bounded buffering;
 //! - [`gateway`]: the authorization table with filters and source checks;
@@ -15,6 +16,7 @@
 
 pub mod client;
 pub mod control;
+pub mod dns;
 pub mod fuzzing;
 pub mod gateway;
 pub mod ice;
