@@ -114,6 +114,8 @@ struct Entry {
     access: Access,
     buffer: VecDeque<Vec<u8>>,
     buffered_bytes: usize,
+    /// Proxy addresses the DNS stub handed out for this (DNS) resource.
+    proxies: Vec<IpNet>,
 }
 
 pub struct ClientState {
@@ -184,7 +186,12 @@ impl ClientState {
             self.router.insert(net, id);
         }
         match self.resources.get_mut(&id) {
-            Some(entry) => entry.description = resource,
+            Some(entry) => {
+                entry.description = resource;
+                for net in &entry.proxies {
+                    self.router.insert(*net, id);
+                }
+            }
             None => {
                 self.resources.insert(
                     id,
@@ -193,8 +200,25 @@ impl ClientState {
                         access: Access::Idle,
                         buffer: VecDeque::new(),
                         buffered_bytes: 0,
+                        proxies: Vec::new(),
                     },
                 );
+            }
+        }
+    }
+
+    /// Routes proxy addresses the DNS stub handed out for a DNS resource:
+    /// the first packet to one asks for access to that resource, like any
+    /// other address of it. Unknown resources are ignored.
+    pub fn route_proxies(&mut self, resource_id: Uuid, proxies: &[IpAddr]) {
+        let Some(entry) = self.resources.get_mut(&resource_id) else {
+            return;
+        };
+        for proxy in proxies {
+            let net = IpNet::from(*proxy);
+            if !entry.proxies.contains(&net) {
+                entry.proxies.push(net);
+                self.router.insert(net, resource_id);
             }
         }
     }

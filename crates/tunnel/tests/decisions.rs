@@ -474,3 +474,67 @@ proptest! {
         let _ = gateway.handle_from_client(addresses().id, &bytes, now);
     }
 }
+
+#[test]
+fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
+    let start = Instant::now();
+    let mut client = ClientState::new(ClientConfig::default());
+    client.set_resources(vec![
+        resource(5, ResourceType::Dns, "*.apps.corp.test", "tcp/443"),
+        resource(6, ResourceType::Cidr, "10.0.0.0/24", ""),
+    ]);
+    let proxy = [100, 96, 0, 1];
+    // Before the stub handed the address out, nothing routes it.
+    assert_eq!(
+        client.handle_packet(&tcp(proxy, 443), start),
+        Verdict::Dropped(DropReason::NoRoute)
+    );
+    client.route_proxies(
+        Uuid::from_u128(5),
+        &[
+            IpAddr::V4(Ipv4Addr::from(proxy)),
+            "fd7e:5057:6e00:8000::1".parse().unwrap(),
+        ],
+    );
+    // Routes to unknown resources are ignored.
+    client.route_proxies(
+        Uuid::from_u128(77),
+        &[IpAddr::V4(Ipv4Addr::new(100, 96, 0, 9))],
+    );
+    assert_eq!(
+        client.handle_packet(&tcp([100, 96, 0, 9], 443), start),
+        Verdict::Dropped(DropReason::NoRoute)
+    );
+    assert_eq!(
+        client.handle_packet(&tcp(proxy, 443), start),
+        Verdict::Buffered
+    );
+    let requests = events(&mut client);
+    let [ClientEvent::RequestAccess { resource_id, .. }] = requests.as_slice() else {
+        panic!("{requests:?}")
+    };
+    assert_eq!(*resource_id, Uuid::from_u128(5));
+    // The filter applies to proxies as to any address of the resource.
+    let gateway = Uuid::from_u128(50);
+    client.access_granted(Uuid::from_u128(5), gateway, None);
+    events(&mut client);
+    assert!(matches!(
+        client.handle_packet(&tcp(proxy, 22), start),
+        Verdict::Reply(_)
+    ));
+    assert_eq!(
+        client.handle_packet(&tcp(proxy, 443), start),
+        Verdict::ToGateway(gateway)
+    );
+    // An update of the resource keeps the proxies routed.
+    client.upsert_resource(resource(
+        5,
+        ResourceType::Dns,
+        "*.apps.corp.test",
+        "tcp/443",
+    ));
+    assert_eq!(
+        client.handle_packet(&tcp(proxy, 443), start),
+        Verdict::ToGateway(gateway)
+    );
+}
