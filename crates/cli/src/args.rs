@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::values::{PortRange, parse_port_range, parse_portal_url};
+use crate::values::{PortRange, parse_port_range, parse_portal_url, parse_upstream};
 
 /// Postern: zero-trust access to private resources over WireGuard.
 ///
@@ -262,36 +262,7 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Connect: bring up the tunnel interface and the DNS resolver (root)
-    Up {
-        /// Portal URL (http:// or https://)
-        #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
-        portal: String,
-        #[command(flatten)]
-        token: TokenSource,
-        /// UDP port for WireGuard and ICE (0 = any)
-        #[arg(
-            long,
-            env = "POSTERN_PORT",
-            value_name = "PORT",
-            default_value_t = 51820
-        )]
-        port: u16,
-        /// Name shown in the portal (default: the host name)
-        #[arg(long, env = "POSTERN_NAME")]
-        name: Option<String>,
-        /// Unix socket that `postern client status` asks
-        #[arg(
-            long,
-            env = "POSTERN_STATUS_SOCKET",
-            value_name = "PATH",
-            default_value = "/run/postern/client.sock"
-        )]
-        status_socket: PathBuf,
-        #[command(flatten)]
-        device: DeviceOptions,
-        #[command(flatten)]
-        daemon: DaemonOptions,
-    },
+    Up(Box<ClientUpArgs>),
     /// Sign in through the browser and store the token for `client up`
     SignIn {
         /// Portal URL (http:// or https://)
@@ -320,6 +291,56 @@ pub enum ClientCommand {
         )]
         status_socket: PathBuf,
     },
+}
+
+/// `postern client up`.
+#[derive(Debug, Args)]
+pub struct ClientUpArgs {
+    /// Portal URL (http:// or https://)
+    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+    pub portal: String,
+    #[command(flatten)]
+    pub token: TokenSource,
+    /// UDP port for WireGuard and ICE (0 = any)
+    #[arg(
+        long,
+        env = "POSTERN_PORT",
+        value_name = "PORT",
+        default_value_t = 51820
+    )]
+    pub port: u16,
+    /// Name shown in the portal (default: the host name)
+    #[arg(long, env = "POSTERN_NAME")]
+    pub name: Option<String>,
+    /// Unix socket that `postern client status` asks
+    #[arg(
+        long,
+        env = "POSTERN_STATUS_SOCKET",
+        value_name = "PATH",
+        default_value = "/run/postern/client.sock"
+    )]
+    pub status_socket: PathBuf,
+    /// Resolver for names that are not resources (repeat for more;
+    /// default: the nameservers resolv.conf had before)
+    #[arg(long, env = "POSTERN_DNS_UPSTREAM", value_name = "IP[:PORT]", value_delimiter = ',', value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// The resolv.conf to point at the DNS stub while the client runs
+    /// (written back byte for byte when it stops)
+    #[arg(
+        long,
+        env = "POSTERN_RESOLV_CONF",
+        value_name = "PATH",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: PathBuf,
+    /// Leave the system's DNS settings alone (the stub still answers on
+    /// 100.100.111.1)
+    #[arg(long, env = "POSTERN_NO_SYSTEM_DNS")]
+    pub no_system_dns: bool,
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    #[command(flatten)]
+    pub daemon: DaemonOptions,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use postern_sys::device::DeviceConfig;
 use postern_sys::metrics::DeviceMetrics;
 
-use crate::args::{DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
+use crate::args::{ClientUpArgs, DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
 use crate::daemon;
 
 /// The token from `--token` or `--token-file`.
@@ -110,17 +110,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub struct ClientUp {
-    pub portal: String,
-    pub token: TokenSource,
-    pub port: u16,
-    pub name: Option<String>,
-    pub status_socket: std::path::PathBuf,
-    pub device: DeviceOptions,
-    pub daemon: DaemonOptions,
-}
-
-pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
+pub fn client_up(args: ClientUpArgs) -> anyhow::Result<ExitCode> {
     let device = device_config(
         "client",
         args.portal,
@@ -130,9 +120,16 @@ pub fn client_up(args: ClientUp) -> anyhow::Result<ExitCode> {
         args.device,
         &args.daemon,
     )?;
+    let state_dir = device.state_dir.clone();
     let config = postern_client::ClientDaemonConfig {
         device,
         status_socket: args.status_socket,
+        dns: postern_client::DnsSettings {
+            upstreams: args.dns_upstream,
+            resolv_conf: (!args.no_system_dns).then_some(args.resolv_conf),
+            state_dir,
+            queries: None,
+        },
     };
     runtime()?.block_on(postern_client::run(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)

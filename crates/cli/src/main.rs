@@ -38,26 +38,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => finish("gateway", device::gateway(args)),
         Command::Relay(args) => finish("relay", relay::run(args)),
         Command::Client(client) => match client.command {
-            ClientCommand::Up {
-                portal,
-                token,
-                port,
-                name,
-                status_socket,
-                device,
-                daemon,
-            } => finish(
-                "client up",
-                device::client_up(device::ClientUp {
-                    portal,
-                    token,
-                    port,
-                    name,
-                    status_socket,
-                    device,
-                    daemon,
-                }),
-            ),
+            ClientCommand::Up(args) => finish("client up", device::client_up(*args)),
             ClientCommand::SignIn { .. } => unavailable("client sign-in", "client sign-in"),
             ClientCommand::SignOut => unavailable("client sign-out", "client sign-in"),
             ClientCommand::Status {

@@ -1,6 +1,7 @@
 //! Parsers for flag values, so bad input fails at the command line with a
 //! message naming what is wrong.
 
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
 /// An inclusive UDP port range (`LO-HI`).
@@ -42,6 +43,16 @@ pub fn parse_portal_url(text: &str) -> Result<String, String> {
         return Err(format!("{text:?}: a portal URL has no query or fragment"));
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// A DNS upstream: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 #[cfg(test)]

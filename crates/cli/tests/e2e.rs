@@ -322,3 +322,72 @@ fn postern_demo_check_verifies_the_scenario() {
     assert_eq!(stdout.matches("[ ok ]").count(), 5, "{stdout}");
     assert!(stdout.contains("path between client and gateway: direct"));
 }
+
+/// `dig` in the client's host, through its resolv.conf (the stub's now).
+fn dig(demo: &Demo, args: &[&str]) -> String {
+    demo.net
+        .client
+        .run("dig", args)
+        .unwrap_or_else(|e| panic!("dig {args:?}: {e}\n{}", demo.logs()))
+}
+
+#[test]
+fn dns_resource_names_resolve_to_proxies_that_reach_the_office() {
+    use postern_lab::demo::DNS_NAME;
+    let mut demo = demo(NatKind::Cone, NatKind::Cone, 1);
+    let resolv_conf = demo.client_resolv_conf_path();
+    // The client took the host's resolv.conf over (the original: the home
+    // network's resolver).
+    let taken = std::fs::read_to_string(&resolv_conf).unwrap();
+    assert!(taken.contains("nameserver 100.100.111.1"), "{taken}");
+    let v4: Vec<String> = dig(&demo, &["+short", "+time=2", DNS_NAME, "A"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(v4.len(), 4, "four proxy addresses: {v4:?}");
+    for line in &v4 {
+        let ip: std::net::Ipv4Addr = line.parse().unwrap();
+        assert!(postern_model::plan::DNS_PROXY_V4.contains(&ip), "{ip}");
+    }
+    let v6 = dig(&demo, &["+short", "+time=2", DNS_NAME, "AAAA"]);
+    assert_eq!(v6.lines().count(), 4, "{v6}");
+    assert!(
+        v6.lines().all(|l| l.starts_with("fd7e:5057:6e00:8000:")),
+        "{v6}"
+    );
+    // Stable while the client runs.
+    let again: Vec<String> = dig(&demo, &["+short", "+time=2", DNS_NAME, "A"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(again, v4);
+    // The real address never reached the client; the proxy reaches the web
+    // server through the gateway, which resolved the name itself.
+    assert!(!dig(&demo, &["+short", DNS_NAME, "A"]).contains("10.0.1.80"));
+    let proxy: std::net::SocketAddr = format!("{}:80", v4[0]).parse().unwrap();
+    let took = demo
+        .download_from(proxy, 4 * MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    println!("4 MiB by name in {took:?}");
+    assert!(
+        demo.office_dns
+            .queries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // A name that is not a resource goes to the resolver the client had.
+    assert_eq!(
+        dig(&demo, &["+short", "+time=2", "portal.demo.test", "A"]).trim(),
+        "198.18.0.2"
+    );
+    // Firefox's canary: NXDOMAIN.
+    let canary = dig(&demo, &["+time=2", "use-application-dns.net", "A"]);
+    assert!(canary.contains("status: NXDOMAIN"), "{canary}");
+    // Stopping the client puts resolv.conf back byte for byte.
+    demo.stop_client().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        "# the home network's resolver\nnameserver 198.18.0.4\n"
+    );
+    assert_quiet_logs(&demo);
+}

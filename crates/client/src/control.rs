@@ -20,7 +20,10 @@ use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::dns::DnsQuery;
+use crate::names::Names;
 use crate::status::{InterfaceStatus, ResourceLine, Status};
+use crate::system_dns::ResolvConf;
 
 pub struct Control {
     pub node: Node,
@@ -36,6 +39,24 @@ pub struct Control {
     peers: HashMap<Uuid, PeerKeys>,
     /// Each gateway's tunnel addresses: in-tunnel messages come from them.
     gateway_addresses: HashMap<Uuid, [std::net::IpAddr; 2]>,
+    pub(crate) names: Names,
+    dns: DnsSettings,
+    /// resolv.conf while the stub serves the system; put back on drop.
+    _resolv_conf: Option<ResolvConf>,
+}
+
+/// How the client answers DNS (from its command line).
+#[derive(Clone, Debug, Default)]
+pub struct DnsSettings {
+    /// Resolvers for names that are not resources; empty: the system's
+    /// (from resolv.conf before the stub took it over).
+    pub upstreams: Vec<std::net::SocketAddr>,
+    /// The resolv.conf to point at the stub; `None` leaves the system alone.
+    pub resolv_conf: Option<std::path::PathBuf>,
+    /// Where the copy of resolv.conf is kept while it is taken over.
+    pub state_dir: std::path::PathBuf,
+    /// Where the stub's queries go (the daemon's loop).
+    pub queries: Option<mpsc::Sender<DnsQuery>>,
 }
 
 /// The prefixes a resource needs routed through the tunnel.
@@ -55,8 +76,11 @@ fn routes_of(resource: &ResourceDescription) -> Vec<IpNet> {
 }
 
 impl Control {
-    pub fn new(node: Node, interface_name: String) -> Self {
+    pub fn new(node: Node, interface_name: String, dns: DnsSettings) -> Self {
         Control {
+            names: Names::default(),
+            dns,
+            _resolv_conf: None,
             node,
             state: ClientState::new(ClientConfig::default()),
             tally: Tally::default(),
@@ -76,16 +100,37 @@ impl Control {
         self.tun.as_ref()
     }
 
+    /// Our tunnel IPv4 address, once the portal said it.
+    pub(crate) fn tunnel_ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        self.interface.as_ref().map(|i| i.ipv4)
+    }
+
+    pub(crate) fn gateway_addresses_of(&self, gateway: Uuid) -> Vec<std::net::IpAddr> {
+        self.gateway_addresses
+            .get(&gateway)
+            .map(|a| a.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn resources(&self) -> &[ResourceDescription] {
+        &self.resources
+    }
+
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.node.poll_timeout(), self.state.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.node.poll_timeout(),
+            self.state.poll_timeout(),
+            self.names.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
         self.state.handle_timeout(now);
+        self.names_timeout(now);
     }
 
     /// One frame from the portal; `Err` ends the daemon.
@@ -103,7 +148,7 @@ impl Control {
                 resources,
                 relays,
             } => {
-                self.set_interface(&interface)?;
+                self.set_interface(&interface).await?;
                 device::add_relays(&mut self.node, &mut self.relays, &relays, now);
                 tracing::info!(
                     ipv4 = %interface.ipv4, ipv6 = %interface.ipv6,
@@ -111,6 +156,7 @@ impl Control {
                 );
                 self.resources = resources.clone();
                 self.state.set_resources(resources);
+                self.names.stub.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::ResourceUpserted { resource } => {
@@ -118,12 +164,14 @@ impl Control {
                 self.resources.retain(|r| r.id != resource.id);
                 self.resources.push(resource.clone());
                 self.state.upsert_resource(resource);
+                self.names.stub.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::ResourceRemoved { id } => {
                 tracing::info!(resource = %id, "resource removed");
                 self.resources.retain(|r| r.id != id);
                 self.state.remove_resource(id);
+                self.names.stub.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::RelaysChanged { added, .. } => {
@@ -158,10 +206,11 @@ impl Control {
                 self.gateway_addresses
                     .insert(gateway.id, [gateway.ipv4.into(), gateway.ipv6.into()]);
                 tracing::info!(resource = %resource_id, gateway = %gateway.id, "access granted");
-                self.state.access_granted(
+                self.grant(
                     resource_id,
                     gateway.id,
                     device::deadline(expires_at, now),
+                    now,
                 );
             }
             PortalToClient::AccessDenied {
@@ -204,8 +253,9 @@ impl Control {
         Ok(())
     }
 
-    fn set_interface(&mut self, interface: &Interface) -> Result<(), String> {
-        if self.tun.is_none() {
+    async fn set_interface(&mut self, interface: &Interface) -> Result<(), String> {
+        let first = self.tun.is_none();
+        if first {
             let tun = Tun::create(
                 &self.interface_name,
                 TunAddresses {
@@ -225,13 +275,49 @@ impl Control {
             self.tun = Some(tun);
         }
         self.interface = Some(interface.clone());
+        if first {
+            self.start_dns(interface.search_domain.as_deref()).await?;
+        }
+        Ok(())
+    }
+
+    /// The stub on the sentinel addresses (given to the tunnel interface so
+    /// the kernel delivers queries locally), then the system pointed at it.
+    async fn start_dns(&mut self, search: Option<&str>) -> Result<(), String> {
+        let Some(queries) = self.dns.queries.clone() else {
+            return Ok(());
+        };
+        let Some(tun) = &self.tun else { return Ok(()) };
+        let sentinels = [
+            std::net::IpAddr::V4(postern_model::plan::DNS_SENTINEL_V4),
+            std::net::IpAddr::V6(postern_model::plan::DNS_SENTINEL_V6),
+        ];
+        for sentinel in sentinels {
+            tun.add_address(sentinel)
+                .map_err(|e| format!("cannot give {sentinel} to the tunnel interface: {e}"))?;
+        }
+        crate::dns::serve(&sentinels, queries)
+            .await
+            .map_err(|e| format!("cannot serve DNS on the sentinel addresses: {e}"))?;
+        let mut upstreams = self.dns.upstreams.clone();
+        if let Some(path) = self.dns.resolv_conf.clone() {
+            let (guard, original) = ResolvConf::take_over(&path, &self.dns.state_dir, search)
+                .map_err(|e| format!("cannot point {} at the stub: {e}", path.display()))?;
+            if upstreams.is_empty() {
+                upstreams = crate::dns::nameservers(&original);
+            }
+            self._resolv_conf = Some(guard);
+        }
+        tracing::info!(upstreams = ?upstreams, system = ?self.dns.resolv_conf, "DNS stub serving");
+        self.names.upstreams = std::sync::Arc::new(upstreams);
         Ok(())
     }
 
     /// Routes exactly the resources' prefixes through the tunnel.
     async fn sync_routes(&mut self) {
         let Some(routes) = &self.routes else { return };
-        let wanted: BTreeSet<IpNet> = self.resources.iter().flat_map(routes_of).collect();
+        let mut wanted: BTreeSet<IpNet> = self.resources.iter().flat_map(routes_of).collect();
+        wanted.extend(self.proxy_routes());
         for prefix in self.routed.difference(&wanted) {
             if let Err(error) = routes.remove(*prefix).await {
                 tracing::warn!(%error, "cannot remove a route");
@@ -334,6 +420,9 @@ impl Control {
                     tracing::info!(%gateway, "the gateway is stopping; asking the portal again");
                     self.lose_gateway(gateway);
                 }
+                TunnelMessage::Assigned(result) => self.on_assigned(gateway, result),
+                // Only clients say this.
+                TunnelMessage::AssignProxies(_) => {}
             }
             return false;
         }

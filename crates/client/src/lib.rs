@@ -7,7 +7,12 @@
 //! the packet path; the portal channel and the status socket run beside it.
 
 mod control;
+mod dns;
+mod names;
 pub mod status;
+mod system_dns;
+
+pub use control::DnsSettings;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,6 +32,8 @@ use control::Control;
 #[derive(Clone, Debug)]
 pub struct ClientDaemonConfig {
     pub device: DeviceConfig,
+    /// Upstream resolvers and the resolv.conf to take over.
+    pub dns: DnsSettings,
     /// Where `postern client status` asks.
     pub status_socket: PathBuf,
 }
@@ -52,9 +59,16 @@ pub async fn run(
         "client starting"
     );
     let seed = started.seed;
+    let (dns_tx, mut dns_rx) = mpsc::channel(1024);
+    let mut dns = config.dns.clone();
+    dns.queries = Some(dns_tx);
+    if dns.state_dir.as_os_str().is_empty() {
+        dns.state_dir = config.device.state_dir.clone();
+    }
     let mut control = Control::new(
         Node::new(started.local, started.secret, true, seed),
         config.device.interface.clone(),
+        dns,
     );
     let outgoing = channel.outgoing.clone();
     let mut link = PortalLink::default();
@@ -84,6 +98,9 @@ pub async fn run(
                     }
                     LinkEvent::Nothing => {}
                 }
+            }
+            Some(query) = dns_rx.recv() => {
+                control.handle_dns(query, Instant::now());
             }
             Some(reply) = status_rx.recv() => {
                 let _ = reply.send(control.status(&config.device.portal, link.connected));

@@ -11,7 +11,9 @@ use postern_sys::device::{self, PeerKeys, send_frame};
 use postern_sys::masquerade::{self, Masquerade};
 use postern_sys::metrics::Tally;
 use postern_sys::tun::{Tun, TunAddresses};
-use postern_tunnel::control::{self, TunnelMessage};
+use postern_tunnel::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
+
+use crate::resolve::{NameResolver, Resolved};
 use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
 use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
@@ -28,11 +30,17 @@ pub struct Control {
     tunnel_ipv4: Option<std::net::Ipv4Addr>,
     relays: HashSet<Uuid>,
     peers: HashMap<Uuid, PeerKeys>,
+    resolver: NameResolver,
+    /// Names to look up again when their answers expire:
+    /// (client, resource, name) -> (the assignment, when).
+    renew: HashMap<(Uuid, Uuid, String), (ProxyAssignment, Instant)>,
 }
 
 impl Control {
-    pub fn new(node: Node, interface: String) -> Self {
+    pub fn new(node: Node, interface: String, resolver: NameResolver) -> Self {
         Control {
+            resolver,
+            renew: HashMap::new(),
             node,
             state: GatewayState::new(),
             tally: Tally::default(),
@@ -55,7 +63,8 @@ impl Control {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.node.poll_timeout(), self.state.poll_timeout()]
+        let renew = self.renew.values().map(|(_, at)| *at).min();
+        [self.node.poll_timeout(), self.state.poll_timeout(), renew]
             .into_iter()
             .flatten()
             .min()
@@ -64,6 +73,118 @@ impl Control {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
         self.state.handle_timeout(now);
+        // Answers that expired are looked up again while the client may
+        // still use the resource; otherwise forgotten.
+        let due: Vec<(Uuid, Uuid, String)> = self
+            .renew
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some((assignment, _)) = self.renew.remove(&key) else {
+                continue;
+            };
+            let (client, resource, name) = &key;
+            if self
+                .state
+                .check_assignment(*client, *resource, name, &assignment.proxies)
+                .is_ok()
+            {
+                self.resolver.resolve(*client, assignment);
+            }
+        }
+    }
+
+    /// A message from a client inside its tunnel (to our tunnel address).
+    fn handle_tunnel_message(&mut self, client: Uuid, message: TunnelMessage, now: Instant) {
+        match message {
+            TunnelMessage::AssignProxies(assignment) => {
+                match self.state.check_assignment(
+                    client,
+                    assignment.resource,
+                    &assignment.name,
+                    &assignment.proxies,
+                ) {
+                    Ok(()) => self.resolver.resolve(client, assignment),
+                    Err(error) => {
+                        tracing::info!(%client, name = %assignment.name, %error, "proxy assignment refused");
+                        self.answer_assignment(
+                            client,
+                            &assignment,
+                            0,
+                            Some(error.to_string()),
+                            now,
+                        );
+                    }
+                }
+            }
+            // Only gateways say these.
+            TunnelMessage::Goodbye | TunnelMessage::Assigned(_) => {}
+        }
+    }
+
+    /// A lookup finished: map the proxies and tell the client.
+    pub fn on_resolved(&mut self, resolved: Resolved, now: Instant) {
+        let Resolved {
+            client,
+            assignment,
+            answers,
+            valid_for,
+        } = resolved;
+        let outcome = answers.and_then(|answers| {
+            self.state
+                .assign_proxies(
+                    client,
+                    assignment.resource,
+                    &assignment.name,
+                    &assignment.proxies,
+                    &answers,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|mapped| {
+                    if mapped == 0 {
+                        Err("no address of the proxies' families".to_string())
+                    } else {
+                        Ok(mapped)
+                    }
+                })
+        });
+        let key = (client, assignment.resource, assignment.name.clone());
+        match outcome {
+            Ok(mapped) => {
+                tracing::info!(%client, name = %assignment.name, mapped, "proxies mapped");
+                self.answer_assignment(client, &assignment, mapped, None, now);
+                self.renew.insert(key, (assignment, now + valid_for));
+            }
+            Err(error) => {
+                tracing::info!(%client, name = %assignment.name, %error, "name not resolved");
+                self.answer_assignment(client, &assignment, 0, Some(error), now);
+                self.renew.remove(&key);
+            }
+        }
+    }
+
+    fn answer_assignment(
+        &mut self,
+        client: Uuid,
+        assignment: &ProxyAssignment,
+        mapped: usize,
+        error: Option<String>,
+        now: Instant,
+    ) {
+        let (Some(from), Some(addresses)) = (self.tunnel_ipv4, self.state.client_addresses(client))
+        else {
+            return;
+        };
+        let result = TunnelMessage::Assigned(AssignmentResult {
+            resource: assignment.resource,
+            name: assignment.name.clone(),
+            mapped,
+            error,
+        });
+        let packet = control::encode(&result, from, addresses.ipv4);
+        self.node.send(client, &packet, now);
     }
 
     /// One frame from the portal; `Some(reason)` ends the daemon.
@@ -228,6 +349,20 @@ impl Control {
     /// resources (DNS-resource proxies rewritten in place); refused ones are
     /// answered or dropped here.
     pub fn admit(&mut self, client: Uuid, packet: &mut [u8], now: Instant) -> bool {
+        // To our own tunnel address: a message for the gateway, never
+        // forwarded.
+        if let Some(own) = self.tunnel_ipv4
+            && packet.first().is_some_and(|b| b >> 4 == 4)
+            && packet.get(16..20) == Some(&own.octets()[..])
+        {
+            if let Some(addresses) = self.state.client_addresses(client)
+                && let Some(message) =
+                    control::decode(packet, &[addresses.ipv4.into(), addresses.ipv6.into()])
+            {
+                self.handle_tunnel_message(client, message, now);
+            }
+            return false;
+        }
         match self.state.forward_from_client(client, packet, now) {
             GatewayVerdict::Forward => {
                 self.tally.tun_packets_written += 1;
@@ -295,7 +430,7 @@ impl Control {
         let clients: Vec<Uuid> = self.peers.keys().copied().collect();
         for client in clients {
             if let Some(addresses) = self.state.client_addresses(client) {
-                let packet = control::encode(TunnelMessage::Goodbye, from, addresses.ipv4);
+                let packet = control::encode(&TunnelMessage::Goodbye, from, addresses.ipv4);
                 self.node.send(client, &packet, now);
                 told += 1;
             }

@@ -9,6 +9,7 @@
 //! packet path. The portal channel runs beside it and reconnects on its own.
 
 mod control;
+mod resolve;
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,9 @@ pub async fn run(
         name = %config.name, "gateway starting"
     );
     let node = Node::new(started.local, started.secret, false, started.seed);
+    let (resolver, mut resolved) = resolve::NameResolver::new();
     let mut gateway = Gateway {
-        control: Control::new(node, config.interface.clone()),
+        control: Control::new(node, config.interface.clone(), resolver),
         udp: started.udp,
         outgoing: channel.outgoing.clone(),
         received: RecvBuffers::default(),
@@ -82,6 +84,9 @@ pub async fn run(
             ready = tun_readable(gateway.control.tun()), if gateway.control.tun().is_some() => {
                 ready.context("TUN interface")?;
                 gateway.receive_resources().context("TUN read")?;
+            }
+            Some(result) = resolved.recv() => {
+                gateway.control.on_resolved(result, Instant::now());
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 gateway.control.handle_timeout(Instant::now());

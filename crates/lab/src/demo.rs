@@ -17,6 +17,14 @@ pub const PORTAL: &str = "198.18.0.2:8080";
 pub const RELAY_IP: &str = "198.18.0.3";
 pub const WEB: &str = "10.0.1.80:80";
 pub const ACCOUNT: &str = "demo";
+/// The office's DNS server: only the gateways use it.
+pub const OFFICE_DNS: &str = "10.0.1.53:53";
+/// A "public" DNS server on the internet segment: the client's resolver
+/// before Postern takes over.
+pub const PUBLIC_DNS: &str = "198.18.0.4:53";
+/// The DNS resource's pattern and a name under it the office resolves.
+pub const DNS_PATTERN: &str = "*.apps.corp.test";
+pub const DNS_NAME: &str = "web.apps.corp.test";
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -38,6 +46,8 @@ pub struct Topology {
     pub web: Host,
     pub nat_home: Router,
     pub nat_office: Router,
+    /// The "public" DNS server's host on the internet segment.
+    pub dns: Host,
     pub home: crate::Switch,
     pub office: crate::Switch,
 }
@@ -54,6 +64,8 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
     lab.connect(&portal, &internet, &["198.18.0.2/24"])?;
     let relay = lab.add_host("relay")?;
     lab.connect(&relay, &internet, &["198.18.0.3/24"])?;
+    let dns = lab.add_host("dns")?;
+    lab.connect(&dns, &internet, &["198.18.0.4/24"])?;
     let home = lab.add_switch("home")?;
     let nat_home = lab.add_nat_router(
         "nat-home",
@@ -81,7 +93,7 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         gateway_hosts.push(host);
     }
     let web = lab.add_host("web")?;
-    lab.connect(&web, &office, &["10.0.1.80/24"])?;
+    lab.connect(&web, &office, &["10.0.1.80/24", "10.0.1.53/24"])?;
     let home_lan = nat_home
         .lan
         .ipv4()
@@ -104,12 +116,12 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         .ipv4()
         .ok_or_else(|| invalid("nat-office has no WAN address"))?;
     if home_nat == NatKind::Routed {
-        for host in [&portal, &relay, &nat_office.host] {
+        for host in [&portal, &relay, &dns, &nat_office.host] {
             host.add_route("192.168.1.0/24", home_wan)?;
         }
     }
     if office_nat == NatKind::Routed {
-        for host in [&portal, &relay, &nat_home.host] {
+        for host in [&portal, &relay, &dns, &nat_home.host] {
             host.add_route("10.0.1.0/24", office_wan)?;
         }
     }
@@ -122,6 +134,7 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         web,
         nat_home,
         nat_office,
+        dns,
         home,
         office,
     })
@@ -138,6 +151,9 @@ pub struct Setup {
     pub actor_id: String,
     pub gateway_token: String,
     pub client_token: String,
+    /// The DNS resource (`*.apps.corp.test`, tcp/80) and its policy.
+    pub dns_resource_id: String,
+    pub dns_policy_id: String,
 }
 
 /// The running demo. Dropping it stops every process and removes the lab.
@@ -145,6 +161,8 @@ pub struct Demo {
     pub options: DemoOptions,
     pub setup: Setup,
     pub web_server: WebServer,
+    pub office_dns: crate::dns::DnsServer,
+    pub public_dns: crate::dns::DnsServer,
     pub processes: Vec<LabProcess>,
     pub gateway_processes: Vec<Option<LabProcess>>,
     pub client_process: Option<LabProcess>,
@@ -181,10 +199,35 @@ impl Demo {
         std::fs::create_dir_all(&data)?;
         let web_server =
             WebServer::start(&net.web, WEB.parse().map_err(|_| invalid("web address"))?)?;
+        let office_dns = crate::dns::DnsServer::start(
+            &net.web,
+            OFFICE_DNS
+                .parse()
+                .map_err(|_| invalid("office DNS address"))?,
+            &[(DNS_NAME, IpAddr::from([10, 0, 1, 80]))],
+        )?;
+        let public_dns = crate::dns::DnsServer::start(
+            &net.dns,
+            PUBLIC_DNS
+                .parse()
+                .map_err(|_| invalid("public DNS address"))?,
+            &[
+                ("portal.demo.test", IpAddr::from([198, 18, 0, 2])),
+                ("relay.demo.test", IpAddr::from([198, 18, 0, 3])),
+            ],
+        )?;
+        for gateway in &net.gateways {
+            gateway.set_resolv_conf(&format!(
+                "# the office's resolver\nnameserver {}\n",
+                OFFICE_DNS.trim_end_matches(":53")
+            ))?;
+        }
         let mut demo = Demo {
             options,
             setup: Setup::default(),
             web_server,
+            office_dns,
+            public_dns,
             processes: Vec::new(),
             gateway_processes: Vec::new(),
             client_process: None,
@@ -362,6 +405,24 @@ impl Demo {
         )?;
         self.setup.client_token =
             json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
+        let resource = self.api_ok(
+            "POST",
+            "/api/v1/resources",
+            Some(&format!(
+                r#"{{"name":"Office apps","type":"dns","address":"{DNS_PATTERN}","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}},{{"protocol":"icmp"}}]}}"#,
+                self.setup.site_id
+            )),
+        )?;
+        self.setup.dns_resource_id = id(&resource)?;
+        let policy = self.api_ok(
+            "POST",
+            "/api/v1/policies",
+            Some(&format!(
+                r#"{{"group_id":"{}","resource_id":"{}","description":"Engineering reaches the office apps by name"}}"#,
+                self.setup.group_id, self.setup.dns_resource_id
+            )),
+        )?;
+        self.setup.dns_policy_id = id(&policy)?;
         Ok(())
     }
 
@@ -400,6 +461,7 @@ impl Demo {
 
     fn spawn_client(&self) -> Result<LabProcess> {
         let state = self.data.join("client");
+        let resolv_conf = self.client_resolv_conf()?;
         let url = format!("http://{PORTAL}");
         let socket = self.status_socket();
         let command = self.command(
@@ -418,9 +480,28 @@ impl Demo {
                 &socket.to_string_lossy(),
                 "--metrics",
                 "192.168.1.10:9100",
+                "--resolv-conf",
+                &resolv_conf.to_string_lossy(),
             ],
         );
         self.net.client.spawn(command)
+    }
+
+    /// Where the client host's resolv.conf lives (see
+    /// [`Demo::client_resolv_conf`]).
+    pub fn client_resolv_conf_path(&self) -> PathBuf {
+        Path::new("/etc/netns")
+            .join(self.net.client.namespace())
+            .join("resolv.conf")
+    }
+
+    /// The client host's own resolv.conf (never the machine's): the public
+    /// DNS server, as a home router would hand out.
+    pub fn client_resolv_conf(&self) -> Result<PathBuf> {
+        self.net.client.set_resolv_conf(&format!(
+            "# the home network's resolver\nnameserver {}\n",
+            PUBLIC_DNS.trim_end_matches(":53")
+        ))
     }
 
     /// Waits until `count` gateways are online at the portal.
@@ -493,6 +574,11 @@ impl Demo {
     /// checks every byte; returns how long it took.
     pub fn download(&self, size: u64, limit: Duration) -> Result<Duration> {
         let web: SocketAddr = WEB.parse().map_err(|_| invalid("web address"))?;
+        self.download_from(web, size, limit)
+    }
+
+    /// Like [`Demo::download`] from any address (a DNS resource's proxy).
+    pub fn download_from(&self, web: SocketAddr, size: u64, limit: Duration) -> Result<Duration> {
         let started = Instant::now();
         let response = self.net.client.enter(move || {
             http::request(web, "GET", &format!("/bytes/{size}"), None, None, limit)
@@ -573,6 +659,10 @@ impl Demo {
         )?;
         let token = json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
         let socket = self.data.join(format!("{name}.sock"));
+        let resolv_conf = host.set_resolv_conf(&format!(
+            "nameserver {}\n",
+            PUBLIC_DNS.trim_end_matches(":53")
+        ))?;
         let state = self.data.join(name);
         let url = format!("http://{PORTAL}");
         let command = self.command(
@@ -589,6 +679,8 @@ impl Demo {
                 &state.to_string_lossy(),
                 "--status-socket",
                 &socket.to_string_lossy(),
+                "--resolv-conf",
+                &resolv_conf.to_string_lossy(),
             ],
         );
         let process = host.spawn(command)?;
@@ -658,6 +750,18 @@ impl Demo {
         Ok(())
     }
 
+    /// Stops the client gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop_client(&mut self) -> Result<String> {
+        let Some(mut process) = self.client_process.take() else {
+            return Err(invalid("the client is not running"));
+        };
+        process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        if process.wait_timeout(Duration::from_secs(5))?.is_none() {
+            return Err(invalid("the client did not stop within 5 s of SIGTERM"));
+        }
+        Ok(process.stderr())
+    }
+
     /// Stops the portal (SIGKILL): the data plane must not notice.
     pub fn kill_portal(&mut self) -> Result<()> {
         if let Some(portal) = self.processes.first_mut() {
@@ -685,11 +789,10 @@ impl Demo {
     /// Index of the gateway the client's tunnel goes to, from the client's
     /// status and the portal's gateway list.
     pub fn serving_gateway(&self) -> Result<usize> {
-        let status = self.client_status()?;
-        let value: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-        let gateway_id = value["resources"][0]["gateway"]
+        let line = self.web_status().unwrap_or_default();
+        let gateway_id = line["gateway"]
             .as_str()
-            .ok_or_else(|| invalid(format!("no gateway in the status: {status}")))?
+            .ok_or_else(|| invalid(format!("no gateway in the status: {line}")))?
             .to_string();
         let gateways = self.api_ok(
             "GET",
@@ -735,11 +838,20 @@ impl Demo {
     /// The client's path to its gateway now: direct, relayed, connecting, or
     /// none.
     pub fn path(&self) -> String {
-        let status = self.client_status().unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&status)
-            .ok()
-            .and_then(|v| v["resources"][0]["path"].as_str().map(str::to_string))
+        self.web_status()
+            .and_then(|line| line["path"].as_str().map(str::to_string))
             .unwrap_or_else(|| "none".into())
+    }
+
+    /// The client's status line of the web server resource.
+    fn web_status(&self) -> Option<serde_json::Value> {
+        let status = self.client_status().ok()?;
+        let value: serde_json::Value = serde_json::from_str(&status).ok()?;
+        value["resources"]
+            .as_array()?
+            .iter()
+            .find(|line| line["id"].as_str() == Some(self.setup.resource_id.as_str()))
+            .cloned()
     }
 
     /// Waits until the client's path is `expected` (ICE may nominate the

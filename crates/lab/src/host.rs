@@ -151,6 +151,17 @@ impl Host {
         Ok(())
     }
 
+    /// Gives the host its own /etc/resolv.conf: programs started with
+    /// [`Host::command`] (`ip netns exec`) see this file there; the lab
+    /// removes it with the namespace. Returns its path.
+    pub fn set_resolv_conf(&self, text: &str) -> Result<std::path::PathBuf> {
+        let dir = std::path::Path::new("/etc/netns").join(self.namespace());
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// Runs `program args...` inside this host to completion and returns its
     /// stdout; a non-zero exit is an error carrying its stderr.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {

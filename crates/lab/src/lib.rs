@@ -33,6 +33,7 @@
 
 mod command;
 pub mod demo;
+pub mod dns;
 mod error;
 mod host;
 pub mod http;

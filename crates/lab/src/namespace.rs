@@ -31,6 +31,14 @@ pub(crate) fn destroy(namespace: &str) -> Result<()> {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+    // `ip netns exec` bind-mounts /etc/netns/<namespace>/* over /etc: a
+    // host's resolv.conf lives there (Host::set_resolv_conf).
+    let etc = std::path::Path::new("/etc/netns").join(namespace);
+    if etc.exists() {
+        let _ = std::fs::remove_dir_all(&etc);
+        // The parent goes too once no lab uses it (fails while not empty).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
     match run("ip", &["netns", "del", namespace]) {
         Ok(_) => Ok(()),
         Err(LabError::CommandFailed { stderr, .. }) if stderr.contains("No such file") => Ok(()),

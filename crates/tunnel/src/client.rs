@@ -425,6 +425,14 @@ impl ClientState {
     }
 
     /// Every resource with its access, sorted by name.
+    /// The gateway a resource is granted through now, if it is.
+    pub fn gateway_of(&self, resource_id: Uuid) -> Option<Uuid> {
+        match self.resources.get(&resource_id)?.access {
+            Access::Granted { gateway, .. } => Some(gateway),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> Vec<ResourceStatus> {
         let mut lines: Vec<ResourceStatus> = self
             .resources

@@ -1,13 +1,22 @@
 //! Messages between a gateway and its client inside their tunnel (DESIGN.md
 //! section 5): UDP between the two tunnel addresses on a reserved port,
-//! typed and versioned. Only the goodbye exists yet: a gateway that is
-//! stopping tells its clients, so they ask the portal for another gateway at
-//! once instead of waiting out the liveness timeout (F20).
+//! typed and versioned.
 //!
-//! Payload: `PSTN`, version 1, then a type byte. A receiver ignores versions
-//! and types it does not know.
+//! - goodbye: a gateway that is stopping tells its clients, so they ask the
+//!   portal for another gateway at once instead of waiting out the liveness
+//!   timeout (F20);
+//! - assign proxies / assigned: the client's DNS stub handed out proxy
+//!   addresses for a name of a DNS resource; the gateway resolves the name
+//!   itself and maps the proxies to what it found (F24), then says how that
+//!   went.
+//!
+//! Payload: `PSTN`, version 1, a type byte, then the type's body (JSON). A
+//! receiver ignores versions and types it does not know.
 
 use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::icmp::checksum;
 use crate::packet::Packet;
@@ -19,30 +28,57 @@ const MAGIC: &[u8; 4] = b"PSTN";
 const VERSION: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TunnelMessage {
     /// The gateway is stopping: move elsewhere now.
     Goodbye,
+    /// Client -> gateway: `proxies` stand for `name` of `resource`.
+    AssignProxies(ProxyAssignment),
+    /// Gateway -> client: how many proxies got an address, or why none.
+    Assigned(AssignmentResult),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyAssignment {
+    pub resource: Uuid,
+    pub name: String,
+    pub proxies: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentResult {
+    pub resource: Uuid,
+    pub name: String,
+    pub mapped: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl TunnelMessage {
-    fn code(self) -> u8 {
+    fn code(&self) -> u8 {
         match self {
             TunnelMessage::Goodbye => 1,
+            TunnelMessage::AssignProxies(_) => 2,
+            TunnelMessage::Assigned(_) => 3,
         }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let body = match self {
+            TunnelMessage::Goodbye => return Vec::new(),
+            TunnelMessage::AssignProxies(assignment) => serde_json::to_vec(assignment),
+            TunnelMessage::Assigned(result) => serde_json::to_vec(result),
+        };
+        body.unwrap_or_default()
     }
 }
 
 /// The IPv4 packet carrying `message` from `from` to `to` (tunnel addresses).
-pub fn encode(message: TunnelMessage, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
-    let payload = [
-        MAGIC[0],
-        MAGIC[1],
-        MAGIC[2],
-        MAGIC[3],
-        VERSION,
-        message.code(),
-    ];
+pub fn encode(message: &TunnelMessage, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(64);
+    payload.extend_from_slice(MAGIC);
+    payload.extend_from_slice(&[VERSION, message.code()]);
+    payload.extend_from_slice(&message.body());
     let udp_length = 8 + payload.len();
     let total = 20 + udp_length;
     let mut packet = Vec::with_capacity(total);
@@ -89,8 +125,15 @@ pub fn decode(bytes: &[u8], peer: &[IpAddr]) -> Option<TunnelMessage> {
     if payload.len() < 6 || &payload[..4] != MAGIC || payload[4] != VERSION {
         return None;
     }
+    let body = &payload[6..];
     match payload[5] {
         1 => Some(TunnelMessage::Goodbye),
+        2 => serde_json::from_slice(body)
+            .ok()
+            .map(TunnelMessage::AssignProxies),
+        3 => serde_json::from_slice(body)
+            .ok()
+            .map(TunnelMessage::Assigned),
         _ => None,
     }
 }
@@ -104,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_goodbye_round_trips_and_checks_out() {
-        let packet = encode(TunnelMessage::Goodbye, GATEWAY, CLIENT);
+        let packet = encode(&TunnelMessage::Goodbye, GATEWAY, CLIENT);
         assert_eq!(checksum(&[&packet[..20]]), 0, "IPv4 header checksum");
         let pseudo = [
             &GATEWAY.octets()[..],
@@ -121,8 +164,36 @@ mod tests {
     }
 
     #[test]
+    fn assignments_and_results_round_trip() {
+        let assignment = TunnelMessage::AssignProxies(ProxyAssignment {
+            resource: Uuid::from_u128(5),
+            name: "web.apps.corp.test".into(),
+            proxies: vec![
+                "100.96.0.1".parse().unwrap(),
+                "fd7e:5057:6e00:8000::1".parse().unwrap(),
+            ],
+        });
+        let packet = encode(&assignment, CLIENT, GATEWAY);
+        assert!(packet.len() < 1280, "fits the tunnel MTU");
+        assert_eq!(decode(&packet, &[IpAddr::V4(CLIENT)]), Some(assignment));
+        let result = TunnelMessage::Assigned(AssignmentResult {
+            resource: Uuid::from_u128(5),
+            name: "web.apps.corp.test".into(),
+            mapped: 0,
+            error: Some("NXDOMAIN".into()),
+        });
+        let packet = encode(&result, GATEWAY, CLIENT);
+        assert_eq!(decode(&packet, &[IpAddr::V4(GATEWAY)]), Some(result));
+        // A body that is not what the type says: ignored.
+        let mut broken = encode(&TunnelMessage::Goodbye, CLIENT, GATEWAY);
+        let last = broken.len() - 1;
+        broken[last] = 2;
+        assert_eq!(decode(&broken, &[IpAddr::V4(CLIENT)]), None);
+    }
+
+    #[test]
     fn only_the_peer_may_say_goodbye_and_only_in_this_format() {
-        let packet = encode(TunnelMessage::Goodbye, GATEWAY, CLIENT);
+        let packet = encode(&TunnelMessage::Goodbye, GATEWAY, CLIENT);
         // From another address: an app could send this; it is not the gateway.
         assert_eq!(decode(&packet, &[IpAddr::V4(CLIENT)]), None);
         let mut other_version = packet.clone();

@@ -58,8 +58,9 @@ struct ClientEntry {
     addresses: ClientAddresses,
     resources: HashMap<Uuid, Authorized>,
     router: Router,
-    /// DNS resource -> the proxy addresses the client assigned for it.
-    proxies: HashMap<Uuid, Vec<IpAddr>>,
+    /// DNS resource -> name -> the proxy addresses the client assigned for
+    /// that name.
+    proxies: HashMap<Uuid, HashMap<String, Vec<IpAddr>>>,
     nat: ClientNat,
 }
 
@@ -70,7 +71,12 @@ impl ClientEntry {
         for net in prefixes(resource) {
             self.router.insert(net, resource.id);
         }
-        for proxy in self.proxies.get(&resource.id).into_iter().flatten() {
+        for proxy in self
+            .proxies
+            .get(&resource.id)
+            .into_iter()
+            .flat_map(|names| names.values().flatten())
+        {
             self.router.insert(IpNet::from(*proxy), resource.id);
         }
     }
@@ -79,7 +85,12 @@ impl ClientEntry {
     fn drop_resource(&mut self, id: Uuid) {
         self.resources.remove(&id);
         self.router.remove_resource(id);
-        for proxy in self.proxies.remove(&id).into_iter().flatten() {
+        for proxy in self
+            .proxies
+            .remove(&id)
+            .into_iter()
+            .flat_map(|names| names.into_values().flatten())
+        {
             self.nat.unmap(proxy);
         }
     }
@@ -94,6 +105,8 @@ pub enum AssignError {
     NotDns,
     #[error("a proxy address must come from Postern's proxy ranges")]
     NotProxy,
+    #[error("the name is not one of the resource's")]
+    NameMismatch,
 }
 
 #[derive(Default)]
@@ -264,32 +277,29 @@ impl GatewayState {
         Some(client)
     }
 
-    /// The client's proxy addresses for a DNS resource it is authorized for,
-    /// and the answers the gateway resolved: each proxy maps to an answer of
-    /// its family, round robin. Returns how many proxies got an address.
+    /// The client's proxy addresses for `name` of a DNS resource it is
+    /// authorized for, and the answers the gateway resolved: each proxy maps
+    /// to an answer of its family, round robin. A name outside the
+    /// resource's pattern is refused (a client cannot make the gateway
+    /// resolve just anything). Returns how many proxies got an address.
     pub fn assign_proxies(
         &mut self,
         client: Uuid,
         resource: Uuid,
+        name: &str,
         proxies: &[IpAddr],
         answers: &[IpAddr],
     ) -> Result<usize, AssignError> {
-        let entry = self
-            .clients
-            .get_mut(&client)
-            .ok_or(AssignError::NotAuthorized)?;
-        let authorized = entry
-            .resources
-            .get(&resource)
-            .ok_or(AssignError::NotAuthorized)?;
-        if authorized.resource.kind != ResourceType::Dns {
-            return Err(AssignError::NotDns);
-        }
-        if !proxies.iter().all(|p| is_proxy_address(*p)) {
-            return Err(AssignError::NotProxy);
-        }
+        self.check_assignment(client, resource, name, proxies)?;
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return Err(AssignError::NotAuthorized);
+        };
+        let Some(authorized) = entry.resources.get(&resource) else {
+            return Err(AssignError::NotAuthorized);
+        };
         let description = authorized.resource.clone();
-        for old in entry.proxies.remove(&resource).into_iter().flatten() {
+        let names = entry.proxies.entry(resource).or_default();
+        for old in names.remove(name).into_iter().flatten() {
             entry.nat.unmap(old);
         }
         let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = answers.iter().partition(|a| a.is_ipv4());
@@ -309,9 +319,40 @@ impl GatewayState {
             mapped.push(*proxy);
         }
         let count = mapped.len();
-        entry.proxies.insert(resource, mapped);
+        names.insert(name.to_string(), mapped);
         entry.route(&description);
         Ok(count)
+    }
+
+    /// Whether `client` may have `proxies` for `name` of `resource` (before
+    /// the gateway spends a lookup on it).
+    pub fn check_assignment(
+        &self,
+        client: Uuid,
+        resource: Uuid,
+        name: &str,
+        proxies: &[IpAddr],
+    ) -> Result<(), AssignError> {
+        let authorized = self
+            .clients
+            .get(&client)
+            .and_then(|entry| entry.resources.get(&resource))
+            .ok_or(AssignError::NotAuthorized)?;
+        if authorized.resource.kind != ResourceType::Dns {
+            return Err(AssignError::NotDns);
+        }
+        if !proxies.iter().all(|p| is_proxy_address(*p)) {
+            return Err(AssignError::NotProxy);
+        }
+        let pattern: Option<postern_model::dns::DnsPattern> = authorized
+            .resource
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok());
+        if !pattern.is_some_and(|p| p.matches(name)) {
+            return Err(AssignError::NameMismatch);
+        }
+        Ok(())
     }
 
     /// Forgets expired authorizations (packets check expiry themselves; this

@@ -292,7 +292,13 @@ mod gateway {
             .map(|a| a.parse().unwrap())
             .collect();
         assert_eq!(
-            gateway.assign_proxies(client.id, dns_resource().id, &proxies, &answers),
+            gateway.assign_proxies(
+                client.id,
+                dns_resource().id,
+                "web.corp.test",
+                &proxies,
+                &answers
+            ),
             Ok(3)
         );
         // Round robin per family.
@@ -345,17 +351,61 @@ mod gateway {
         assert!(checksums_valid(&reply));
         // Assignments are checked.
         assert_eq!(
-            gateway.assign_proxies(client.id, Uuid::from_u128(99), &proxies, &answers),
+            gateway.assign_proxies(
+                client.id,
+                Uuid::from_u128(99),
+                "web.corp.test",
+                &proxies,
+                &answers
+            ),
             Err(AssignError::NotAuthorized)
         );
         assert_eq!(
             gateway.assign_proxies(
                 client.id,
                 dns_resource().id,
+                "web.corp.test",
                 &["10.0.0.1".parse().unwrap()],
                 &answers
             ),
             Err(AssignError::NotProxy)
+        );
+        // Only names of the resource: the gateway resolves nothing else.
+        assert_eq!(
+            gateway.assign_proxies(
+                client.id,
+                dns_resource().id,
+                "intranet.example",
+                &["100.96.0.9".parse().unwrap()],
+                &answers
+            ),
+            Err(AssignError::NameMismatch)
+        );
+        // A second name of the resource keeps the first one's proxies.
+        assert_eq!(
+            gateway.assign_proxies(
+                client.id,
+                dns_resource().id,
+                "db.corp.test",
+                &["100.96.0.20".parse().unwrap()],
+                &["10.9.0.20".parse().unwrap()]
+            ),
+            Ok(1)
+        );
+        let mut bytes = packet("100.64.0.2", "100.96.0.5", IPPROTO_TCP, (40001, 443), b"x");
+        assert_eq!(
+            gateway.forward_from_client(client.id, &mut bytes, now),
+            GatewayVerdict::Forward,
+            "the first name's proxy still maps"
+        );
+        let mut bytes = packet("100.64.0.2", "100.96.0.20", IPPROTO_TCP, (40002, 443), b"x");
+        assert_eq!(
+            gateway.forward_from_client(client.id, &mut bytes, now),
+            GatewayVerdict::Forward
+        );
+        assert_eq!(
+            Packet::parse(&bytes).unwrap().destination().to_string(),
+            "10.9.0.20"
         );
         // Revocation forgets the mappings.
         gateway.revoke(client.id, dns_resource().id);
@@ -387,6 +437,7 @@ mod gateway {
             gateway.assign_proxies(
                 client.id,
                 cidr.id,
+                "web.corp.test",
                 &["100.96.0.5".parse().unwrap()],
                 &["10.0.0.1".parse().unwrap()]
             ),

@@ -1,0 +1,245 @@
+//! DNS resources on the client (SPEC F24): the stub's answers become routes
+//! for their proxy addresses, and the gateway serving a resource learns each
+//! name's proxies through the tunnel before traffic to them flows: a grant
+//! for a DNS resource waits until the gateway confirmed the names (or a
+//! short timeout), and so does the DNS answer for a name that is new while
+//! the resource is already granted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use postern_tunnel::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
+use postern_tunnel::dns::{Assignment, DnsStub, StubAnswer};
+use uuid::Uuid;
+
+use crate::control::Control;
+use crate::dns::{self, DnsQuery, ReplyTo};
+
+/// How long an answer or a grant waits for the gateway's confirmation.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
+/// A grant waiting for the gateway to confirm the resource's names.
+struct PendingGrant {
+    gateway: Uuid,
+    expires: Option<Instant>,
+    waiting: HashSet<String>,
+    deadline: Instant,
+}
+
+/// A DNS answer held until the gateway mapped the name.
+struct Held {
+    resource: Uuid,
+    name: String,
+    answer: Vec<u8>,
+    reply: ReplyTo,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+pub struct Names {
+    pub stub: DnsStub,
+    /// Resource -> the names the stub gave proxies.
+    assigned: HashMap<Uuid, Vec<Assignment>>,
+    pending: HashMap<Uuid, PendingGrant>,
+    held: Vec<Held>,
+    /// Where names that are not resources are asked.
+    pub upstreams: Arc<Vec<SocketAddr>>,
+}
+
+/// SERVFAIL for a query (the stub could not get an answer).
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let message = Message::from_vec(query).ok()?;
+    let mut answer = Message::error_msg(message.metadata.id, OpCode::Query, ResponseCode::ServFail);
+    answer.metadata.recursion_desired = message.metadata.recursion_desired;
+    answer.metadata.recursion_available = true;
+    answer.queries = message.queries;
+    answer.to_vec().ok()
+}
+
+impl Names {
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let held = self.held.iter().map(|h| h.deadline).min();
+        let pending = self.pending.values().map(|p| p.deadline).min();
+        held.into_iter().chain(pending).min()
+    }
+
+    /// Whether a resource has names with proxies (its grant must wait for
+    /// the gateway).
+    fn names_of(&self, resource: Uuid) -> Vec<Assignment> {
+        self.assigned.get(&resource).cloned().unwrap_or_default()
+    }
+}
+
+impl Control {
+    /// One query from an app.
+    pub fn handle_dns(&mut self, query: DnsQuery, now: Instant) {
+        match self.names.stub.handle_query(&query.bytes) {
+            StubAnswer::Reply(answer) => {
+                let mut hold = None;
+                while let Some(assignment) = self.names.stub.poll_assigned() {
+                    self.state
+                        .route_proxies(assignment.resource, &assignment.addresses());
+                    if let Some(gateway) = self.state.gateway_of(assignment.resource) {
+                        self.send_assignment(gateway, &assignment, now);
+                        hold = Some((assignment.resource, assignment.name.clone()));
+                    }
+                    self.names
+                        .assigned
+                        .entry(assignment.resource)
+                        .or_default()
+                        .push(assignment);
+                }
+                match hold {
+                    Some((resource, name)) => self.names.held.push(Held {
+                        resource,
+                        name,
+                        answer,
+                        reply: query.reply,
+                        deadline: now + CONFIRM_WAIT,
+                    }),
+                    None => query.reply.send_now(answer),
+                }
+            }
+            StubAnswer::Upstream => {
+                let upstreams = Arc::clone(&self.names.upstreams);
+                tokio::spawn(async move {
+                    let answer = match dns::forward(&query.bytes, &upstreams).await {
+                        Some(answer) => Some(answer),
+                        None => servfail(&query.bytes),
+                    };
+                    if let Some(answer) = answer {
+                        query.reply.send(answer).await;
+                    }
+                });
+            }
+            // Other questions about resource names would go through the
+            // tunnel to the gateway's resolver; not built yet: SERVFAIL
+            // rather than leak the name to the upstream resolvers.
+            StubAnswer::Gateway { .. } => {
+                if let Some(answer) = servfail(&query.bytes) {
+                    query.reply.send_now(answer);
+                }
+            }
+            StubAnswer::Drop => {}
+        }
+    }
+
+    fn send_assignment(&mut self, gateway: Uuid, assignment: &Assignment, now: Instant) {
+        let (Some(from), Some(to)) = (self.tunnel_ipv4(), self.gateway_ipv4(gateway)) else {
+            return;
+        };
+        let message = TunnelMessage::AssignProxies(ProxyAssignment {
+            resource: assignment.resource,
+            name: assignment.name.clone(),
+            proxies: assignment.addresses(),
+        });
+        self.node
+            .send(gateway, &control::encode(&message, from, to), now);
+    }
+
+    /// `access_granted` for a resource: DNS resources with names wait until
+    /// the gateway has mapped them. Returns true if the grant was applied.
+    pub fn grant(&mut self, resource: Uuid, gateway: Uuid, expires: Option<Instant>, now: Instant) {
+        let names = self.names.names_of(resource);
+        if names.is_empty() {
+            self.state.access_granted(resource, gateway, expires);
+            return;
+        }
+        for assignment in &names {
+            self.send_assignment(gateway, assignment, now);
+        }
+        self.names.pending.insert(
+            resource,
+            PendingGrant {
+                gateway,
+                expires,
+                waiting: names.into_iter().map(|a| a.name).collect(),
+                deadline: now + CONFIRM_WAIT,
+            },
+        );
+    }
+
+    /// The gateway's answer to an assignment.
+    pub fn on_assigned(&mut self, gateway: Uuid, result: AssignmentResult) {
+        match &result.error {
+            None => {
+                tracing::debug!(name = %result.name, mapped = result.mapped, "gateway mapped the proxies")
+            }
+            Some(error) => {
+                tracing::info!(name = %result.name, %error, "the gateway could not map the proxies")
+            }
+        }
+        let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.names.held)
+            .into_iter()
+            .partition(|h| h.resource == result.resource && h.name == result.name);
+        self.names.held = held;
+        for held in ready {
+            held.reply.send_now(held.answer);
+        }
+        let complete = match self.names.pending.get_mut(&result.resource) {
+            Some(pending) if pending.gateway == gateway => {
+                pending.waiting.remove(&result.name);
+                pending.waiting.is_empty()
+            }
+            _ => false,
+        };
+        if complete && let Some(pending) = self.names.pending.remove(&result.resource) {
+            self.state
+                .access_granted(result.resource, pending.gateway, pending.expires);
+        }
+    }
+
+    /// Answers and grants whose confirmation did not come in time go ahead.
+    pub fn names_timeout(&mut self, now: Instant) {
+        let (late, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.names.held)
+            .into_iter()
+            .partition(|h| h.deadline <= now);
+        self.names.held = held;
+        for held in late {
+            held.reply.send_now(held.answer);
+        }
+        let late: Vec<Uuid> = self
+            .names
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(resource, _)| *resource)
+            .collect();
+        for resource in late {
+            if let Some(pending) = self.names.pending.remove(&resource) {
+                tracing::info!(%resource, "the gateway did not confirm the names in time; granting anyway");
+                self.state
+                    .access_granted(resource, pending.gateway, pending.expires);
+            }
+        }
+    }
+
+    /// The proxy addresses' routes: the whole proxy ranges while any DNS
+    /// resource exists (the client state refuses proxies it never handed out).
+    pub fn proxy_routes(&self) -> Vec<ipnet::IpNet> {
+        let any_dns = self
+            .resources()
+            .iter()
+            .any(|r| r.kind == postern_model::resource::ResourceType::Dns);
+        if any_dns {
+            vec![
+                postern_model::plan::DNS_PROXY_V4.into(),
+                postern_model::plan::DNS_PROXY_V6.into(),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn gateway_ipv4(&self, gateway: Uuid) -> Option<std::net::Ipv4Addr> {
+        self.gateway_addresses_of(gateway)
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+    }
+}
