@@ -380,6 +380,27 @@ fn dns_resource_names_resolve_to_proxies_that_reach_the_office() {
         dig(&demo, &["+short", "+time=2", "portal.demo.test", "A"]).trim(),
         "198.18.0.2"
     );
+    // `*` is one label: a deeper name is not the resource's, and goes there too.
+    let deeper = dig(&demo, &["+time=2", "deep.web.apps.corp.test", "A"]);
+    assert!(deeper.contains("status: NXDOMAIN"), "{deeper}");
+    // Other questions about a resource name are answered by the gateway's
+    // resolver through the tunnel, never by the client's upstream.
+    use std::sync::atomic::Ordering::Relaxed;
+    let (office_before, public_before) = (
+        demo.office_dns.queries.load(Relaxed),
+        demo.public_dns.queries.load(Relaxed),
+    );
+    let mx = dig(&demo, &["+time=3", DNS_NAME, "MX"]);
+    assert!(mx.contains("status: NOERROR"), "{mx}");
+    assert!(
+        demo.office_dns.queries.load(Relaxed) > office_before,
+        "the office resolver answered"
+    );
+    assert_eq!(
+        demo.public_dns.queries.load(Relaxed),
+        public_before,
+        "the name did not leak"
+    );
     // Firefox's canary: NXDOMAIN.
     let canary = dig(&demo, &["+time=2", "use-application-dns.net", "A"]);
     assert!(canary.contains("status: NXDOMAIN"), "{canary}");

@@ -304,7 +304,7 @@ impl Control {
             let (guard, original) = ResolvConf::take_over(&path, &self.dns.state_dir, search)
                 .map_err(|e| format!("cannot point {} at the stub: {e}", path.display()))?;
             if upstreams.is_empty() {
-                upstreams = crate::dns::nameservers(&original);
+                upstreams = postern_sys::dns::nameservers(&original);
             }
             self._resolv_conf = Some(guard);
         }
@@ -421,8 +421,9 @@ impl Control {
                     self.lose_gateway(gateway);
                 }
                 TunnelMessage::Assigned(result) => self.on_assigned(gateway, result),
-                // Only clients say this.
-                TunnelMessage::AssignProxies(_) => {}
+                TunnelMessage::DnsAnswer { answer } => self.on_dns_answer(gateway, answer),
+                // Only clients say these.
+                TunnelMessage::AssignProxies(_) | TunnelMessage::DnsQuery { .. } => {}
             }
             return false;
         }

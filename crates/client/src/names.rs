@@ -16,10 +16,12 @@ use postern_tunnel::dns::{Assignment, DnsStub, StubAnswer};
 use uuid::Uuid;
 
 use crate::control::Control;
-use crate::dns::{self, DnsQuery, ReplyTo};
+use crate::dns::{DnsQuery, ReplyTo};
 
 /// How long an answer or a grant waits for the gateway's confirmation.
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+/// How long a query for the gateway's resolver waits (access, then answer).
+const GATEWAY_QUERY_WAIT: Duration = Duration::from_secs(5);
 
 /// A grant waiting for the gateway to confirm the resource's names.
 struct PendingGrant {
@@ -27,6 +29,16 @@ struct PendingGrant {
     expires: Option<Instant>,
     waiting: HashSet<String>,
     deadline: Instant,
+}
+
+/// A query only the gateway can answer, waiting for access or the answer.
+struct GatewayQuery {
+    resource: Uuid,
+    query: Vec<u8>,
+    reply: ReplyTo,
+    deadline: Instant,
+    /// Sent to this gateway (the answer comes from it, same DNS id).
+    sent_to: Option<Uuid>,
 }
 
 /// A DNS answer held until the gateway mapped the name.
@@ -45,6 +57,7 @@ pub struct Names {
     assigned: HashMap<Uuid, Vec<Assignment>>,
     pending: HashMap<Uuid, PendingGrant>,
     held: Vec<Held>,
+    gateway_queries: Vec<GatewayQuery>,
     /// Where names that are not resources are asked.
     pub upstreams: Arc<Vec<SocketAddr>>,
 }
@@ -63,7 +76,8 @@ impl Names {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let held = self.held.iter().map(|h| h.deadline).min();
         let pending = self.pending.values().map(|p| p.deadline).min();
-        held.into_iter().chain(pending).min()
+        let queries = self.gateway_queries.iter().map(|q| q.deadline).min();
+        held.into_iter().chain(pending).chain(queries).min()
     }
 
     /// Whether a resource has names with proxies (its grant must wait for
@@ -106,7 +120,7 @@ impl Control {
             StubAnswer::Upstream => {
                 let upstreams = Arc::clone(&self.names.upstreams);
                 tokio::spawn(async move {
-                    let answer = match dns::forward(&query.bytes, &upstreams).await {
+                    let answer = match postern_sys::dns::forward(&query.bytes, &upstreams).await {
                         Some(answer) => Some(answer),
                         None => servfail(&query.bytes),
                     };
@@ -115,13 +129,25 @@ impl Control {
                     }
                 });
             }
-            // Other questions about resource names would go through the
-            // tunnel to the gateway's resolver; not built yet: SERVFAIL
-            // rather than leak the name to the upstream resolvers.
-            StubAnswer::Gateway { .. } => {
-                if let Some(answer) = servfail(&query.bytes) {
-                    query.reply.send_now(answer);
+            // Other questions about resource names: the gateway's resolver
+            // answers through the tunnel (never the upstream: the name would
+            // leak), once access is granted.
+            StubAnswer::Gateway { resource } => {
+                if query.bytes.len() > control::MAX_DNS_MESSAGE {
+                    if let Some(answer) = servfail(&query.bytes) {
+                        query.reply.send_now(answer);
+                    }
+                    return;
                 }
+                self.state.request(resource, now);
+                self.names.gateway_queries.push(GatewayQuery {
+                    resource,
+                    query: query.bytes,
+                    reply: query.reply,
+                    deadline: now + GATEWAY_QUERY_WAIT,
+                    sent_to: None,
+                });
+                self.send_gateway_queries(now);
             }
             StubAnswer::Drop => {}
         }
@@ -140,12 +166,53 @@ impl Control {
             .send(gateway, &control::encode(&message, from, to), now);
     }
 
+    /// Sends the waiting queries whose resource is granted now.
+    pub fn send_gateway_queries(&mut self, now: Instant) {
+        let mut ready = Vec::new();
+        for (index, query) in self.names.gateway_queries.iter().enumerate() {
+            if query.sent_to.is_none()
+                && !self.names.pending.contains_key(&query.resource)
+                && let Some(gateway) = self.state.gateway_of(query.resource)
+            {
+                ready.push((index, gateway));
+            }
+        }
+        for (index, gateway) in ready {
+            let (Some(from), Some(to)) = (self.tunnel_ipv4(), self.gateway_ipv4(gateway)) else {
+                continue;
+            };
+            let query = &mut self.names.gateway_queries[index];
+            query.sent_to = Some(gateway);
+            let message = TunnelMessage::DnsQuery {
+                resource: query.resource,
+                query: query.query.clone(),
+            };
+            self.node
+                .send(gateway, &control::encode(&message, from, to), now);
+        }
+    }
+
+    /// The gateway answered a query it was sent.
+    pub fn on_dns_answer(&mut self, gateway: Uuid, answer: Vec<u8>) {
+        let Some(index) = self
+            .names
+            .gateway_queries
+            .iter()
+            .position(|q| q.sent_to == Some(gateway) && q.query.get(..2) == answer.get(..2))
+        else {
+            return;
+        };
+        let query = self.names.gateway_queries.swap_remove(index);
+        query.reply.send_now(answer);
+    }
+
     /// `access_granted` for a resource: DNS resources with names wait until
     /// the gateway has mapped them. Returns true if the grant was applied.
     pub fn grant(&mut self, resource: Uuid, gateway: Uuid, expires: Option<Instant>, now: Instant) {
         let names = self.names.names_of(resource);
         if names.is_empty() {
             self.state.access_granted(resource, gateway, expires);
+            self.send_gateway_queries(now);
             return;
         }
         for assignment in &names {
@@ -189,6 +256,7 @@ impl Control {
         if complete && let Some(pending) = self.names.pending.remove(&result.resource) {
             self.state
                 .access_granted(result.resource, pending.gateway, pending.expires);
+            self.send_gateway_queries(Instant::now());
         }
     }
 
@@ -213,6 +281,18 @@ impl Control {
                 tracing::info!(%resource, "the gateway did not confirm the names in time; granting anyway");
                 self.state
                     .access_granted(resource, pending.gateway, pending.expires);
+            }
+        }
+        self.send_gateway_queries(now);
+        // Queries nobody answered in time: SERVFAIL.
+        let (late, waiting): (Vec<GatewayQuery>, Vec<GatewayQuery>) =
+            std::mem::take(&mut self.names.gateway_queries)
+                .into_iter()
+                .partition(|q| q.deadline <= now);
+        self.names.gateway_queries = waiting;
+        for query in late {
+            if let Some(answer) = servfail(&query.query) {
+                query.reply.send_now(answer);
             }
         }
     }

@@ -13,7 +13,8 @@ use postern_sys::metrics::Tally;
 use postern_sys::tun::{Tun, TunAddresses};
 use postern_tunnel::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
 
-use crate::resolve::{NameResolver, Resolved};
+use crate::resolve::{self, Lookup, NameResolver, Resolved};
+use hickory_resolver::proto::op::ResponseCode;
 use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
 use postern_tunnel::node::{Node, NodeEvent, PeerConfig};
 use tokio::sync::mpsc;
@@ -119,13 +120,49 @@ impl Control {
                     }
                 }
             }
+            TunnelMessage::DnsQuery { resource, query } => {
+                // Only about names of a resource the client may use: the
+                // gateway's resolver answers nothing else.
+                let allowed = resolve::query_name(&query).is_some_and(|name| {
+                    self.state
+                        .check_assignment(client, resource, &name, &[])
+                        .is_ok()
+                });
+                if allowed {
+                    self.resolver.forward(client, query);
+                } else if let Some(answer) = resolve::answer_with(&query, ResponseCode::Refused) {
+                    self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);
+                }
+            }
             // Only gateways say these.
-            TunnelMessage::Goodbye | TunnelMessage::Assigned(_) => {}
+            TunnelMessage::Goodbye
+            | TunnelMessage::Assigned(_)
+            | TunnelMessage::DnsAnswer { .. } => {}
         }
     }
 
+    /// A lookup task finished.
+    pub fn on_lookup(&mut self, lookup: Lookup, now: Instant) {
+        match lookup {
+            Lookup::Names(resolved) => self.on_resolved(resolved, now),
+            Lookup::Answer { client, answer } => {
+                self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now)
+            }
+        }
+    }
+
+    /// A message to a client through its tunnel.
+    fn send_to_client(&mut self, client: Uuid, message: &TunnelMessage, now: Instant) {
+        let (Some(from), Some(addresses)) = (self.tunnel_ipv4, self.state.client_addresses(client))
+        else {
+            return;
+        };
+        let packet = control::encode(message, from, addresses.ipv4);
+        self.node.send(client, &packet, now);
+    }
+
     /// A lookup finished: map the proxies and tell the client.
-    pub fn on_resolved(&mut self, resolved: Resolved, now: Instant) {
+    fn on_resolved(&mut self, resolved: Resolved, now: Instant) {
         let Resolved {
             client,
             assignment,
@@ -173,18 +210,13 @@ impl Control {
         error: Option<String>,
         now: Instant,
     ) {
-        let (Some(from), Some(addresses)) = (self.tunnel_ipv4, self.state.client_addresses(client))
-        else {
-            return;
-        };
         let result = TunnelMessage::Assigned(AssignmentResult {
             resource: assignment.resource,
             name: assignment.name.clone(),
             mapped,
             error,
         });
-        let packet = control::encode(&result, from, addresses.ipv4);
-        self.node.send(client, &packet, now);
+        self.send_to_client(client, &result, now);
     }
 
     /// One frame from the portal; `Some(reason)` ends the daemon.

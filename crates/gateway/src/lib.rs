@@ -86,7 +86,7 @@ pub async fn run(
                 gateway.receive_resources().context("TUN read")?;
             }
             Some(result) = resolved.recv() => {
-                gateway.control.on_resolved(result, Instant::now());
+                gateway.control.on_lookup(result, Instant::now());
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 gateway.control.handle_timeout(Instant::now());

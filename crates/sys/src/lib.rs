@@ -11,11 +11,13 @@
 //! - [`masquerade`]: the gateway's nftables table, removed at exit;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
+//! - [`dns`]: asking DNS resolvers (UDP, TCP on truncation);
 //! - [`device`]: device id, keys, relays and the socket pump around the node.
 
 pub mod batch;
 pub mod channel;
 pub mod device;
+pub mod dns;
 pub mod masquerade;
 pub mod metrics;
 pub mod route;

@@ -272,21 +272,35 @@ impl ClientState {
             Access::Denied { .. } => refuse(Unreachable::Prohibited),
             Access::Requested { .. } => self.buffer(id, bytes),
             Access::Idle => {
-                self.next_ref += 1;
-                let reference = self.next_ref.to_string();
-                entry.access = Access::Requested {
-                    reference: reference.clone(),
-                    since: now,
-                };
-                let connected_gateway_ids = self.connected_gateways();
-                self.events.push_back(ClientEvent::RequestAccess {
-                    reference,
-                    resource_id: id,
-                    connected_gateway_ids,
-                });
+                self.request(id, now);
                 self.buffer(id, bytes)
             }
         }
+    }
+
+    /// Asks the portal for access to a resource that is idle, without a
+    /// packet (a DNS question about one of its names that only its gateway
+    /// can answer). True if a request went out.
+    pub fn request(&mut self, id: Uuid, now: Instant) -> bool {
+        let connected_gateway_ids = self.connected_gateways();
+        let Some(entry) = self.resources.get_mut(&id) else {
+            return false;
+        };
+        if entry.access != Access::Idle {
+            return false;
+        }
+        self.next_ref += 1;
+        let reference = self.next_ref.to_string();
+        entry.access = Access::Requested {
+            reference: reference.clone(),
+            since: now,
+        };
+        self.events.push_back(ClientEvent::RequestAccess {
+            reference,
+            resource_id: id,
+            connected_gateway_ids,
+        });
+        true
     }
 
     fn buffer(&mut self, id: Uuid, bytes: &[u8]) -> Verdict {

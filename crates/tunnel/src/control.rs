@@ -8,10 +8,14 @@
 //! - assign proxies / assigned: the client's DNS stub handed out proxy
 //!   addresses for a name of a DNS resource; the gateway resolves the name
 //!   itself and maps the proxies to what it found (F24), then says how that
-//!   went.
+//!   went;
+//! - DNS query / answer: other questions about a resource's names (MX,
+//!   SRV, TXT...) go to the gateway's resolver through the tunnel, never
+//!   to the client's upstream.
 //!
-//! Payload: `PSTN`, version 1, a type byte, then the type's body (JSON). A
-//! receiver ignores versions and types it does not know.
+//! Payload: `PSTN`, version 1, a type byte, then the type's body (JSON, or
+//! for DNS the resource id and the raw message). A receiver ignores versions
+//! and types it does not know.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -36,7 +40,14 @@ pub enum TunnelMessage {
     AssignProxies(ProxyAssignment),
     /// Gateway -> client: how many proxies got an address, or why none.
     Assigned(AssignmentResult),
+    /// Client -> gateway: a DNS query about a name of `resource`.
+    DnsQuery { resource: Uuid, query: Vec<u8> },
+    /// Gateway -> client: the answer (same DNS id as the query).
+    DnsAnswer { answer: Vec<u8> },
 }
+
+/// The largest DNS message carried: the packet must fit the tunnel MTU.
+pub const MAX_DNS_MESSAGE: usize = 1180;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyAssignment {
@@ -60,6 +71,8 @@ impl TunnelMessage {
             TunnelMessage::Goodbye => 1,
             TunnelMessage::AssignProxies(_) => 2,
             TunnelMessage::Assigned(_) => 3,
+            TunnelMessage::DnsQuery { .. } => 4,
+            TunnelMessage::DnsAnswer { .. } => 5,
         }
     }
 
@@ -68,6 +81,12 @@ impl TunnelMessage {
             TunnelMessage::Goodbye => return Vec::new(),
             TunnelMessage::AssignProxies(assignment) => serde_json::to_vec(assignment),
             TunnelMessage::Assigned(result) => serde_json::to_vec(result),
+            TunnelMessage::DnsQuery { resource, query } => {
+                let mut body = resource.as_bytes().to_vec();
+                body.extend_from_slice(query);
+                return body;
+            }
+            TunnelMessage::DnsAnswer { answer } => return answer.clone(),
         };
         body.unwrap_or_default()
     }
@@ -134,6 +153,13 @@ pub fn decode(bytes: &[u8], peer: &[IpAddr]) -> Option<TunnelMessage> {
         3 => serde_json::from_slice(body)
             .ok()
             .map(TunnelMessage::Assigned),
+        4 if body.len() > 16 => Some(TunnelMessage::DnsQuery {
+            resource: Uuid::from_slice(&body[..16]).ok()?,
+            query: body[16..].to_vec(),
+        }),
+        5 if body.len() >= 12 => Some(TunnelMessage::DnsAnswer {
+            answer: body.to_vec(),
+        }),
         _ => None,
     }
 }
@@ -184,6 +210,17 @@ mod tests {
         });
         let packet = encode(&result, GATEWAY, CLIENT);
         assert_eq!(decode(&packet, &[IpAddr::V4(GATEWAY)]), Some(result));
+        let query = TunnelMessage::DnsQuery {
+            resource: Uuid::from_u128(5),
+            query: vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 1],
+        };
+        let packet = encode(&query, CLIENT, GATEWAY);
+        assert_eq!(decode(&packet, &[IpAddr::V4(CLIENT)]), Some(query));
+        let answer = TunnelMessage::DnsAnswer {
+            answer: vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let packet = encode(&answer, GATEWAY, CLIENT);
+        assert_eq!(decode(&packet, &[IpAddr::V4(GATEWAY)]), Some(answer));
         // A body that is not what the type says: ignored.
         let mut broken = encode(&TunnelMessage::Goodbye, CLIENT, GATEWAY);
         let last = broken.len() - 1;
