@@ -156,7 +156,7 @@ impl Control {
                 );
                 self.resources = resources.clone();
                 self.state.set_resources(resources);
-                self.names.stub.set_resources(&self.resources);
+                self.names.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::ResourceUpserted { resource } => {
@@ -164,14 +164,14 @@ impl Control {
                 self.resources.retain(|r| r.id != resource.id);
                 self.resources.push(resource.clone());
                 self.state.upsert_resource(resource);
-                self.names.stub.set_resources(&self.resources);
+                self.names.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::ResourceRemoved { id } => {
                 tracing::info!(resource = %id, "resource removed");
                 self.resources.retain(|r| r.id != id);
                 self.state.remove_resource(id);
-                self.names.stub.set_resources(&self.resources);
+                self.names.set_resources(&self.resources);
                 self.sync_routes().await;
             }
             PortalToClient::RelaysChanged { added, .. } => {
@@ -296,7 +296,7 @@ impl Control {
             tun.add_address(sentinel)
                 .map_err(|e| format!("cannot give {sentinel} to the tunnel interface: {e}"))?;
         }
-        crate::dns::serve(&sentinels, queries)
+        crate::dns::serve(&sentinels, queries, std::sync::Arc::clone(&self.names.stub))
             .await
             .map_err(|e| format!("cannot serve DNS on the sentinel addresses: {e}"))?;
         let mut upstreams = self.dns.upstreams.clone();

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern_tunnel::dns::{DnsStub, StubAnswer};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -56,16 +57,38 @@ impl ReplyTo {
 pub struct DnsQuery {
     pub bytes: Vec<u8>,
     pub reply: ReplyTo,
+    /// What the stub decided already (on the socket's task).
+    pub decided: Option<StubAnswer>,
+}
+
+/// The stub, shared by the sockets' tasks (which answer what needs nothing
+/// else) and the daemon's loop (routes, gateways).
+pub type SharedStub = Arc<std::sync::Mutex<DnsStub>>;
+
+/// Decides on the socket's task: `Ok(answer)` when the stub answered alone
+/// (no new proxies to tell a gateway about), else the decision for the loop.
+fn decide(stub: &SharedStub, bytes: &[u8]) -> Result<Vec<u8>, StubAnswer> {
+    let Ok(mut stub) = stub.lock() else {
+        return Err(StubAnswer::Drop);
+    };
+    match stub.handle_query(bytes) {
+        StubAnswer::Reply(answer) if !stub.has_assigned() => Ok(answer),
+        other => Err(other),
+    }
 }
 
 /// Serves UDP and TCP on `addresses` port 53; queries go to `queries`.
-pub async fn serve(addresses: &[IpAddr], queries: mpsc::Sender<DnsQuery>) -> std::io::Result<()> {
+pub async fn serve(
+    addresses: &[IpAddr],
+    queries: mpsc::Sender<DnsQuery>,
+    stub: SharedStub,
+) -> std::io::Result<()> {
     for address in addresses {
         let address = SocketAddr::new(*address, 53);
         let socket = Arc::new(UdpSocket::from_std(bind(address, Type::DGRAM)?.into())?);
         let listener = TcpListener::from_std(bind(address, Type::STREAM)?.into())?;
-        tokio::spawn(serve_udp(socket, queries.clone()));
-        tokio::spawn(serve_tcp(listener, queries.clone()));
+        tokio::spawn(serve_udp(socket, queries.clone(), Arc::clone(&stub)));
+        tokio::spawn(serve_tcp(listener, queries.clone(), Arc::clone(&stub)));
     }
     Ok(())
 }
@@ -89,11 +112,18 @@ fn bind(address: SocketAddr, kind: Type) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, queries: mpsc::Sender<DnsQuery>) {
+async fn serve_udp(socket: Arc<UdpSocket>, queries: mpsc::Sender<DnsQuery>, stub: SharedStub) {
     let mut buffer = vec![0u8; MAX_MESSAGE];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buffer).await else {
             continue;
+        };
+        let decided = match decide(&stub, &buffer[..n]) {
+            Ok(answer) => {
+                let _ = socket.send_to(&answer, peer).await;
+                continue;
+            }
+            Err(decided) => decided,
         };
         let query = DnsQuery {
             bytes: buffer[..n].to_vec(),
@@ -101,6 +131,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, queries: mpsc::Sender<DnsQuery>) {
                 socket: Arc::clone(&socket),
                 peer,
             },
+            decided: Some(decided),
         };
         // A full queue drops the query, as a busy server would.
         if queries.try_send(query).is_err() {
@@ -109,17 +140,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, queries: mpsc::Sender<DnsQuery>) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, queries: mpsc::Sender<DnsQuery>) {
+async fn serve_tcp(listener: TcpListener, queries: mpsc::Sender<DnsQuery>, stub: SharedStub) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(stream, queries.clone()));
+        tokio::spawn(serve_connection(stream, queries.clone(), Arc::clone(&stub)));
     }
 }
 
 /// RFC 7766: two-byte length, then the message; several per connection.
-async fn serve_connection(mut stream: TcpStream, queries: mpsc::Sender<DnsQuery>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    queries: mpsc::Sender<DnsQuery>,
+    stub: SharedStub,
+) {
     loop {
         let Ok(Ok(length)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await
         else {
@@ -129,18 +164,22 @@ async fn serve_connection(mut stream: TcpStream, queries: mpsc::Sender<DnsQuery>
         if stream.read_exact(&mut bytes).await.is_err() {
             return;
         }
-        let (reply, answer) = oneshot::channel();
-        if queries
-            .send(DnsQuery {
-                bytes,
-                reply: ReplyTo::Tcp(reply),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let Ok(answer) = answer.await else { return };
+        let answer = match decide(&stub, &bytes) {
+            Ok(answer) => answer,
+            Err(decided) => {
+                let (reply, answer) = oneshot::channel();
+                let query = DnsQuery {
+                    bytes,
+                    reply: ReplyTo::Tcp(reply),
+                    decided: Some(decided),
+                };
+                if queries.send(query).await.is_err() {
+                    return;
+                }
+                let Ok(answer) = answer.await else { return };
+                answer
+            }
+        };
         let Ok(length) = u16::try_from(answer.len()) else {
             return;
         };

@@ -41,6 +41,8 @@ pub struct ClientDaemonConfig {
 const BUFFER: usize = 65_536;
 /// Batched reads from one ready source before the others get a turn.
 const READS_PER_TURN: usize = 8;
+/// DNS queries handled in one turn of the loop.
+const DNS_PER_TURN: usize = 256;
 
 /// Runs until `stop` resolves or the portal refuses the token.
 pub async fn run(
@@ -100,7 +102,13 @@ pub async fn run(
                 }
             }
             Some(query) = dns_rx.recv() => {
-                control.handle_dns(query, Instant::now());
+                let now = Instant::now();
+                control.handle_dns(query, now);
+                // Whatever else is waiting, in the same turn.
+                for _ in 0..DNS_PER_TURN {
+                    let Ok(query) = dns_rx.try_recv() else { break };
+                    control.handle_dns(query, now);
+                }
             }
             Some(reply) = status_rx.recv() => {
                 let _ = reply.send(control.status(&config.device.portal, link.connected));

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use postern_tunnel::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
-use postern_tunnel::dns::{Assignment, DnsStub, StubAnswer};
+use postern_tunnel::dns::{Assignment, StubAnswer};
 use uuid::Uuid;
 
 use crate::control::Control;
-use crate::dns::{DnsQuery, ReplyTo};
+use crate::dns::{DnsQuery, ReplyTo, SharedStub};
 
 /// How long an answer or a grant waits for the gateway's confirmation.
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
@@ -52,7 +52,7 @@ struct Held {
 
 #[derive(Default)]
 pub struct Names {
-    pub stub: DnsStub,
+    pub stub: SharedStub,
     /// Resource -> the names the stub gave proxies.
     assigned: HashMap<Uuid, Vec<Assignment>>,
     pending: HashMap<Uuid, PendingGrant>,
@@ -85,15 +85,33 @@ impl Names {
     fn names_of(&self, resource: Uuid) -> Vec<Assignment> {
         self.assigned.get(&resource).cloned().unwrap_or_default()
     }
+
+    fn poll_assigned(&self) -> Option<Assignment> {
+        self.stub.lock().ok()?.poll_assigned()
+    }
+
+    /// The DNS resources the stub answers for.
+    pub fn set_resources(&self, resources: &[postern_model::protocol::ResourceDescription]) {
+        if let Ok(mut stub) = self.stub.lock() {
+            stub.set_resources(resources);
+        }
+    }
 }
 
 impl Control {
     /// One query from an app.
-    pub fn handle_dns(&mut self, query: DnsQuery, now: Instant) {
-        match self.names.stub.handle_query(&query.bytes) {
+    pub fn handle_dns(&mut self, mut query: DnsQuery, now: Instant) {
+        let decided = match query.decided.take() {
+            Some(decided) => decided,
+            None => match self.names.stub.lock() {
+                Ok(mut stub) => stub.handle_query(&query.bytes),
+                Err(_) => StubAnswer::Drop,
+            },
+        };
+        match decided {
             StubAnswer::Reply(answer) => {
                 let mut hold = None;
-                while let Some(assignment) = self.names.stub.poll_assigned() {
+                while let Some(assignment) = self.names.poll_assigned() {
                     self.state
                         .route_proxies(assignment.resource, &assignment.addresses());
                     if let Some(gateway) = self.state.gateway_of(assignment.resource) {

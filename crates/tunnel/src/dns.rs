@@ -106,6 +106,12 @@ impl DnsStub {
         self.names.get(self.by_proxy.get(&proxy)?)
     }
 
+    /// Whether names were assigned that [`DnsStub::poll_assigned`] has not
+    /// handed out yet.
+    pub fn has_assigned(&self) -> bool {
+        !self.fresh.is_empty()
+    }
+
     /// Names whose proxies the gateway has not been told about yet.
     pub fn poll_assigned(&mut self) -> Option<Assignment> {
         let name = self.fresh.pop()?;
