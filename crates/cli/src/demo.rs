@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use postern_lab::NatKind;
-use postern_lab::demo::{Demo, DemoOptions, PORTAL, WEB};
+use postern_lab::demo::{DNS_NAME, DNS_PATTERN, Demo, DemoOptions, PORTAL, WEB};
 
 use crate::args::DemoArgs;
 use crate::daemon;
@@ -71,14 +71,17 @@ fn print_guide(demo: &Demo) {
   home 192.168.1.0/24      client .10 behind nat-home ({home:?})
   office 10.0.1.0/24       gateway-1 .11, gateway-2 .12, web .80 behind nat-office ({office:?})
 
-Account \"demo\": site Office, resource \"Office web server\" (10.0.1.80, tcp/80 and icmp),
-group Engineering with the client's service account, one policy between them.
+Account \"demo\": site Office, resources \"Office web server\" (10.0.1.80, tcp/80 and icmp) and
+\"Office apps\" ({DNS_PATTERN}, resolved by the office's DNS server at 10.0.1.53 that only
+the gateways reach), group Engineering with the client's service account, a policy for each.
 
 Try, from another terminal:
   ip netns exec {client} curl http://{WEB}/                      # through the tunnel
   ip netns exec {client} curl -o /dev/null http://{WEB}/bytes/104857600   # 100 MiB
   ip netns exec {client} ping -c3 10.0.1.80
   ip netns exec {client} curl -m3 http://10.0.1.80:22/            # refused: the filter allows 80 only
+  ip netns exec {client} dig {DNS_NAME}                # proxy addresses from the client's DNS stub
+  ip netns exec {client} curl http://{DNS_NAME}/       # by name: the gateway resolves it in the office
   {exe} client status --status-socket {socket}
   ip netns exec {portal} curl -H 'Authorization: Bearer {token}' http://{PORTAL}/api/v1/policies
 
@@ -129,6 +132,10 @@ fn check(demo: &Demo) -> bool {
             .map(|_| expected.to_string())
             .map_err(|path| format!("{path}, expected {expected}")),
     );
+    report(
+        &format!("{DNS_NAME} by name: proxy addresses from the stub, 1 MiB through the gateway"),
+        by_name(demo),
+    );
     let started = Instant::now();
     report(
         "tcp/22 on the web server (the filter allows 80 only)",
@@ -169,4 +176,31 @@ fn check(demo: &Demo) -> bool {
         },
     );
     all
+}
+
+/// Resolves the DNS resource's name through the client's resolv.conf (the
+/// stub) and downloads from the first proxy address.
+fn by_name(demo: &Demo) -> Result<String, String> {
+    let answer = demo
+        .net
+        .client
+        .run("dig", &["+short", "+time=2", DNS_NAME, "A"])
+        .map_err(|e| e.to_string())?;
+    let proxies: Vec<&str> = answer.lines().collect();
+    let first = proxies
+        .first()
+        .ok_or_else(|| "no answer".to_string())?
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|_| format!("not an address: {answer}"))?;
+    if !postern_model::plan::DNS_PROXY_V4.contains(&first) {
+        return Err(format!("{first} is not a proxy address"));
+    }
+    let took = demo
+        .download_from((first, 80).into(), 1 << 20, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} proxies, {first} served 1 MiB in {:.0} ms",
+        proxies.len(),
+        took.as_secs_f64() * 1000.0
+    ))
 }

@@ -319,7 +319,7 @@ fn postern_demo_check_verifies_the_scenario() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("[ ok ]").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("[ ok ]").count(), 6, "{stdout}");
     assert!(stdout.contains("path between client and gateway: direct"));
 }
 
