@@ -412,3 +412,62 @@ fn dns_resource_names_resolve_to_proxies_that_reach_the_office() {
     );
     assert_quiet_logs(&demo);
 }
+
+/// Four proxy addresses for `name`, or why not.
+fn proxies_of(demo: &Demo, name: &str) -> Vec<std::net::Ipv4Addr> {
+    dig(demo, &["+short", "+time=2", name, "A"])
+        .lines()
+        .filter_map(|line| line.parse().ok())
+        .filter(|ip| postern_model::plan::DNS_PROXY_V4.contains(ip))
+        .collect()
+}
+
+#[test]
+fn question_mark_and_double_star_patterns_resolve_as_specified() {
+    let demo = demo(NatKind::Cone, NatKind::Cone, 1);
+    for pattern in ["db?.corp.test", "**.internal.corp.test"] {
+        let resource = demo
+            .api_ok(
+                "POST",
+                "/api/v1/resources",
+                Some(&format!(
+                    r#"{{"name":"{pattern}","type":"dns","address":"{pattern}","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}}]}}"#,
+                    demo.setup.site_id
+                )),
+            )
+            .unwrap();
+        let id = serde_json::from_str::<serde_json::Value>(&resource).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        demo.api_ok(
+            "POST",
+            "/api/v1/policies",
+            Some(&format!(
+                r#"{{"group_id":"{}","resource_id":"{id}"}}"#,
+                demo.setup.group_id
+            )),
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while demo.client_status().unwrap().matches("\"access\"").count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never got the new resources"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `?` is exactly one character.
+    assert_eq!(proxies_of(&demo, "db1.corp.test").len(), 4);
+    let two = dig(&demo, &["+time=2", "db12.corp.test", "A"]);
+    assert!(two.contains("status: NXDOMAIN"), "db12 is not db?: {two}");
+    // `**` is zero or more labels.
+    assert_eq!(proxies_of(&demo, "internal.corp.test").len(), 4);
+    let deep = proxies_of(&demo, "a.b.internal.corp.test");
+    assert_eq!(deep.len(), 4);
+    // And the deep name reaches the office by its proxy.
+    demo.download_from((deep[1], 80).into(), MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    assert_quiet_logs(&demo);
+}

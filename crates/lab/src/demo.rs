@@ -204,7 +204,13 @@ impl Demo {
             OFFICE_DNS
                 .parse()
                 .map_err(|_| invalid("office DNS address"))?,
-            &[(DNS_NAME, IpAddr::from([10, 0, 1, 80]))],
+            &[
+                (DNS_NAME, IpAddr::from([10, 0, 1, 80])),
+                // For patterns other than the demo's own (tests add resources).
+                ("db1.corp.test", IpAddr::from([10, 0, 1, 80])),
+                ("internal.corp.test", IpAddr::from([10, 0, 1, 80])),
+                ("a.b.internal.corp.test", IpAddr::from([10, 0, 1, 80])),
+            ],
         )?;
         let public_dns = crate::dns::DnsServer::start(
             &net.dns,

@@ -84,3 +84,77 @@ pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test: unwrap is the assertion
+    use super::*;
+
+    /// A query with id 0x4242 and one question.
+    const QUERY: [u8; 17] = [0x42, 0x42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+
+    #[tokio::test]
+    async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
+        // One resolver on loopback: UDP says "truncated", TCP has it all.
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(address).await.unwrap();
+        let mut truncated = QUERY.to_vec();
+        truncated[2] = 0x82; // response, TC
+        let mut full = QUERY.to_vec();
+        full[2] = 0x80;
+        full.extend_from_slice(&[0xab; 600]);
+        let udp_answer = truncated.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            let (_, peer) = udp.recv_from(&mut buffer).await.unwrap();
+            udp.send_to(&udp_answer, peer).await.unwrap();
+        });
+        let tcp_answer = full.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = tcp.accept().await.unwrap();
+            let length = stream.read_u16().await.unwrap();
+            let mut query = vec![0u8; usize::from(length)];
+            stream.read_exact(&mut query).await.unwrap();
+            stream.write_u16(tcp_answer.len() as u16).await.unwrap();
+            stream.write_all(&tcp_answer).await.unwrap();
+        });
+        assert_eq!(forward(&QUERY, &[address]).await, Some(full));
+    }
+
+    #[tokio::test]
+    async fn a_silent_resolver_gives_way_to_the_next_and_none_means_none() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let answering = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (silent_address, answering_address) = (
+            silent.local_addr().unwrap(),
+            answering.local_addr().unwrap(),
+        );
+        let mut answer = QUERY.to_vec();
+        answer[2] = 0x80;
+        let expected = answer.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            let (_, peer) = answering.recv_from(&mut buffer).await.unwrap();
+            answering.send_to(&answer, peer).await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            forward(&QUERY, &[silent_address, answering_address]).await,
+            Some(expected)
+        );
+        assert!(
+            started.elapsed() >= UPSTREAM_TIMEOUT,
+            "the first one had its time"
+        );
+        drop(silent);
+        assert_eq!(forward(&QUERY, &[]).await, None);
+    }
+
+    #[test]
+    fn nameservers_skip_the_stub_itself() {
+        let conf = "# comment\nnameserver 10.0.0.53\nnameserver 100.100.111.1\nsearch x\nnameserver fd00::53\nnameserver bogus\n";
+        let found: Vec<String> = nameservers(conf).iter().map(|a| a.to_string()).collect();
+        assert_eq!(found, ["10.0.0.53:53", "[fd00::53]:53"]);
+    }
+}

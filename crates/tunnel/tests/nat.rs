@@ -274,6 +274,91 @@ mod gateway {
     }
 
     #[test]
+    fn one_clients_proxies_are_not_another_clients() {
+        let now = Instant::now();
+        let alice = ClientAddresses {
+            id: Uuid::from_u128(1),
+            ipv4: "100.64.0.2".parse().unwrap(),
+            ipv6: "fd7e:5057:6e00::2".parse().unwrap(),
+        };
+        let bob = ClientAddresses {
+            id: Uuid::from_u128(2),
+            ipv4: "100.64.0.3".parse().unwrap(),
+            ipv6: "fd7e:5057:6e00::3".parse().unwrap(),
+        };
+        let mut gateway = GatewayState::new();
+        gateway.authorize(alice, dns_resource(), None);
+        gateway.authorize(bob, dns_resource(), None);
+        let proxy: IpAddr = "100.96.0.5".parse().unwrap();
+        assert_eq!(
+            gateway.assign_proxies(
+                alice.id,
+                dns_resource().id,
+                "secret.corp.test",
+                &[proxy],
+                &["10.9.0.7".parse().unwrap()]
+            ),
+            Ok(1)
+        );
+        // Bob sends to Alice's proxy: he never assigned it, so it leads nowhere.
+        let mut bytes = packet(
+            "100.64.0.3",
+            "100.96.0.5",
+            IPPROTO_TCP,
+            (40000, 443),
+            b"GET /",
+        );
+        let verdict = gateway.forward_from_client(bob.id, &mut bytes, now);
+        assert_ne!(verdict, GatewayVerdict::Forward);
+        assert_eq!(
+            Packet::parse(&bytes).unwrap().destination(),
+            proxy,
+            "nothing was rewritten to the real address"
+        );
+        // Bob's own assignment of the same proxy maps it for him alone.
+        assert_eq!(
+            gateway.assign_proxies(
+                bob.id,
+                dns_resource().id,
+                "other.corp.test",
+                &[proxy],
+                &["10.9.0.9".parse().unwrap()]
+            ),
+            Ok(1)
+        );
+        let mut bytes = packet(
+            "100.64.0.3",
+            "100.96.0.5",
+            IPPROTO_TCP,
+            (40000, 443),
+            b"GET /",
+        );
+        assert_eq!(
+            gateway.forward_from_client(bob.id, &mut bytes, now),
+            GatewayVerdict::Forward
+        );
+        assert_eq!(
+            Packet::parse(&bytes).unwrap().destination().to_string(),
+            "10.9.0.9"
+        );
+        let mut bytes = packet(
+            "100.64.0.2",
+            "100.96.0.5",
+            IPPROTO_TCP,
+            (40001, 443),
+            b"GET /",
+        );
+        assert_eq!(
+            gateway.forward_from_client(alice.id, &mut bytes, now),
+            GatewayVerdict::Forward
+        );
+        assert_eq!(
+            Packet::parse(&bytes).unwrap().destination().to_string(),
+            "10.9.0.7"
+        );
+    }
+
+    #[test]
     fn proxy_addresses_reach_the_real_ones_and_come_back() {
         let now = Instant::now();
         let client = ClientAddresses {
