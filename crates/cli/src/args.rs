@@ -324,15 +324,16 @@ pub struct ClientUpArgs {
     /// default: the nameservers resolv.conf had before)
     #[arg(long, env = "POSTERN_DNS_UPSTREAM", value_name = "IP[:PORT]", value_delimiter = ',', value_parser = parse_upstream)]
     pub dns_upstream: Vec<SocketAddr>,
-    /// The resolv.conf to point at the DNS stub while the client runs
-    /// (written back byte for byte when it stops)
+    /// Take this resolv.conf over while the client runs (written back byte
+    /// for byte when it stops); default: systemd-resolved if it manages DNS,
+    /// else /etc/resolv.conf
     #[arg(
         long,
         env = "POSTERN_RESOLV_CONF",
         value_name = "PATH",
-        default_value = "/etc/resolv.conf"
+        conflicts_with = "no_system_dns"
     )]
-    pub resolv_conf: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
     /// Leave the system's DNS settings alone (the stub still answers on
     /// 100.100.111.1)
     #[arg(long, env = "POSTERN_NO_SYSTEM_DNS")]

@@ -126,7 +126,11 @@ pub fn client_up(args: ClientUpArgs) -> anyhow::Result<ExitCode> {
         status_socket: args.status_socket,
         dns: postern_client::DnsSettings {
             upstreams: args.dns_upstream,
-            resolv_conf: (!args.no_system_dns).then_some(args.resolv_conf),
+            system: match (args.no_system_dns, args.resolv_conf) {
+                (true, _) => postern_client::SystemDnsMode::Off,
+                (false, Some(path)) => postern_client::SystemDnsMode::File(path),
+                (false, None) => postern_client::SystemDnsMode::Auto,
+            },
             state_dir,
             queries: None,
         },

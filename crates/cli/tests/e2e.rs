@@ -471,3 +471,71 @@ fn question_mark_and_double_star_patterns_resolve_as_specified() {
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
     assert_quiet_logs(&demo);
 }
+
+#[test]
+fn with_systemd_resolved_the_link_gets_the_stub_and_the_resource_domains() {
+    let demo = demo(NatKind::Cone, NatKind::Cone, 1);
+    // A stand-in for resolvectl that records what it is told.
+    let dir = demo.data_dir().join("resolved");
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls = dir.join("calls");
+    let fake = dir.join("resolvectl");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut other = demo.add_client_with("resolved", true, Some(&fake)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .contains("domain ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "resolvectl was never told the domains\n{}",
+            other.process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let told = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        told.starts_with("dns postern0 100.100.111.1 fd7e:5057:6e00:8000:100:100:111:1\ndefault-route postern0 false\n"),
+        "{told}"
+    );
+    assert!(told.contains("domain postern0 ~apps.corp.test"), "{told}");
+    // No file was touched.
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        before
+    );
+    // The stub answers through the link (dig asks the sentinel directly here).
+    let answer = other
+        .host
+        .run(
+            "dig",
+            &[
+                "+short",
+                "+time=2",
+                "@100.100.111.1",
+                postern_lab::demo::DNS_NAME,
+                "A",
+            ],
+        )
+        .unwrap();
+    assert_eq!(answer.lines().count(), 4, "{answer}");
+    other
+        .process
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    other.process.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        std::fs::read_to_string(&calls)
+            .unwrap()
+            .ends_with("revert postern0\n"),
+        "the link's settings are reverted at exit"
+    );
+}

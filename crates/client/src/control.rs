@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::dns::DnsQuery;
 use crate::names::Names;
 use crate::status::{InterfaceStatus, ResourceLine, Status};
-use crate::system_dns::ResolvConf;
+use crate::system_dns::{self, ResolvConf, ResolvedLink, SystemDns};
 
 pub struct Control {
     pub node: Node,
@@ -41,8 +41,22 @@ pub struct Control {
     gateway_addresses: HashMap<Uuid, [std::net::IpAddr; 2]>,
     pub(crate) names: Names,
     dns: DnsSettings,
-    /// resolv.conf while the stub serves the system; put back on drop.
-    _resolv_conf: Option<ResolvConf>,
+    /// How the system is pointed at the stub; undone on drop.
+    system_dns: Option<SystemDns>,
+    /// The account's search domain, from `init`.
+    search_domain: Option<String>,
+}
+
+/// How the system's DNS is pointed at the stub.
+#[derive(Clone, Debug, Default)]
+pub enum SystemDnsMode {
+    /// Leave it alone (the stub still answers on the sentinels).
+    Off,
+    /// systemd-resolved if it manages DNS here, else /etc/resolv.conf.
+    #[default]
+    Auto,
+    /// Take over this resolv.conf.
+    File(std::path::PathBuf),
 }
 
 /// How the client answers DNS (from its command line).
@@ -51,8 +65,8 @@ pub struct DnsSettings {
     /// Resolvers for names that are not resources; empty: the system's
     /// (from resolv.conf before the stub took it over).
     pub upstreams: Vec<std::net::SocketAddr>,
-    /// The resolv.conf to point at the stub; `None` leaves the system alone.
-    pub resolv_conf: Option<std::path::PathBuf>,
+    /// How to point the system at the stub.
+    pub system: SystemDnsMode,
     /// Where the copy of resolv.conf is kept while it is taken over.
     pub state_dir: std::path::PathBuf,
     /// Where the stub's queries go (the daemon's loop).
@@ -80,7 +94,8 @@ impl Control {
         Control {
             names: Names::default(),
             dns,
-            _resolv_conf: None,
+            system_dns: None,
+            search_domain: None,
             node,
             state: ClientState::new(ClientConfig::default()),
             tally: Tally::default(),
@@ -300,21 +315,65 @@ impl Control {
             .await
             .map_err(|e| format!("cannot serve DNS on the sentinel addresses: {e}"))?;
         let mut upstreams = self.dns.upstreams.clone();
-        if let Some(path) = self.dns.resolv_conf.clone() {
+        self.search_domain = search.map(str::to_string);
+        let file = match self.dns.system.clone() {
+            SystemDnsMode::Off => None,
+            SystemDnsMode::File(path) => Some(path),
+            SystemDnsMode::Auto => match system_dns::resolved() {
+                Some(resolvectl) => {
+                    let link = ResolvedLink::take_over(resolvectl, tun.name())
+                        .map_err(|e| format!("cannot hand the stub to systemd-resolved: {e}"))?;
+                    if upstreams.is_empty() {
+                        // Names that are not resources, asked of the stub
+                        // directly: resolved's own stub answers them.
+                        upstreams.push(std::net::SocketAddr::from(([127, 0, 0, 53], 53)));
+                    }
+                    self.system_dns = Some(SystemDns::Resolved(link));
+                    None
+                }
+                None => Some(std::path::PathBuf::from("/etc/resolv.conf")),
+            },
+        };
+        if let Some(path) = file {
             let (guard, original) = ResolvConf::take_over(&path, &self.dns.state_dir, search)
                 .map_err(|e| format!("cannot point {} at the stub: {e}", path.display()))?;
             if upstreams.is_empty() {
                 upstreams = postern_sys::dns::nameservers(&original);
             }
-            self._resolv_conf = Some(guard);
+            self.system_dns = Some(SystemDns::ResolvConf { _guard: guard });
         }
-        tracing::info!(upstreams = ?upstreams, system = ?self.dns.resolv_conf, "DNS stub serving");
+        self.update_dns_domains();
+        let system = match &self.system_dns {
+            None => "left alone",
+            Some(SystemDns::ResolvConf { .. }) => "resolv.conf",
+            Some(SystemDns::Resolved(_)) => "systemd-resolved",
+        };
+        tracing::info!(upstreams = ?upstreams, system, "DNS stub serving");
         self.names.upstreams = std::sync::Arc::new(upstreams);
         Ok(())
     }
 
+    /// With systemd-resolved: the DNS resources' domains route to the stub.
+    fn update_dns_domains(&self) {
+        let Some(SystemDns::Resolved(link)) = &self.system_dns else {
+            return;
+        };
+        let mut domains: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|r| r.kind == ResourceType::Dns)
+            .filter_map(|r| r.address.as_deref().and_then(system_dns::routing_domain))
+            .collect();
+        domains.sort();
+        domains.dedup();
+        if let Err(error) = link.set_domains(&domains, self.search_domain.as_deref()) {
+            tracing::warn!(%error, "could not set the routing domains");
+        }
+    }
+
     /// Routes exactly the resources' prefixes through the tunnel.
     async fn sync_routes(&mut self) {
+        self.update_dns_domains();
         let Some(routes) = &self.routes else { return };
         let mut wanted: BTreeSet<IpNet> = self.resources.iter().flat_map(routes_of).collect();
         wanted.extend(self.proxy_routes());

@@ -12,7 +12,7 @@ mod names;
 pub mod status;
 mod system_dns;
 
-pub use control::DnsSettings;
+pub use control::{DnsSettings, SystemDnsMode};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -6,9 +6,11 @@
 //! renamed over): resolv.conf may be a symlink or, in a network namespace,
 //! a bind mount.
 //!
-//! systemd-resolved (per-link DNS and routing domains) is not driven yet;
-//! where it runs, resolv.conf points at its stub and is taken over the same
-//! way.
+//! Where systemd-resolved manages DNS, the file is left alone: the tunnel
+//! interface gets the stub as its DNS server and the resources' domains as
+//! routing domains (`resolvectl`), so only those names come to the stub and
+//! everything else stays with resolved; `resolvectl revert` undoes it (and
+//! the settings go with the interface anyway).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -143,6 +145,154 @@ mod tests {
         );
         drop(guard);
         assert_eq!(std::fs::read(&path).unwrap(), original);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// How the system is pointed at the stub.
+pub enum SystemDns {
+    /// Kept for its drop, which writes the file back.
+    ResolvConf {
+        _guard: ResolvConf,
+    },
+    Resolved(ResolvedLink),
+}
+
+/// The `resolvectl` to drive if systemd-resolved manages this machine's
+/// DNS: `POSTERN_RESOLVECTL` names one explicitly; otherwise resolved's
+/// varlink socket must exist and `resolvectl` be on the PATH.
+pub fn resolved() -> Option<PathBuf> {
+    if let Some(explicit) = std::env::var_os("POSTERN_RESOLVECTL") {
+        return Some(PathBuf::from(explicit));
+    }
+    if !Path::new("/run/systemd/resolve/io.systemd.Resolve").exists() {
+        return None;
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("resolvectl"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// The routing domain of a resource pattern: what follows its last
+/// wildcard label (`*.apps.corp.test` -> `apps.corp.test`, `db?.corp.test`
+/// -> `corp.test`), the name itself without one.
+pub fn routing_domain(pattern: &str) -> Option<String> {
+    let labels: Vec<&str> = pattern.trim_end_matches('.').split('.').collect();
+    let after = labels
+        .iter()
+        .rposition(|label| label.contains('*') || label.contains('?'))
+        .map_or(0, |last| last + 1);
+    let domain = labels.get(after..)?.join(".");
+    (!domain.is_empty()).then_some(domain.to_ascii_lowercase())
+}
+
+/// The tunnel interface's DNS settings in systemd-resolved.
+pub struct ResolvedLink {
+    resolvectl: PathBuf,
+    interface: String,
+}
+
+impl ResolvedLink {
+    fn run(&self, args: &[&str]) -> io::Result<()> {
+        let output = std::process::Command::new(&self.resolvectl)
+            .args(args)
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "resolvectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    /// The stub as the interface's DNS server, not the default route.
+    pub fn take_over(resolvectl: PathBuf, interface: &str) -> io::Result<ResolvedLink> {
+        let link = ResolvedLink {
+            resolvectl,
+            interface: interface.to_string(),
+        };
+        let (v4, v6) = (DNS_SENTINEL_V4.to_string(), DNS_SENTINEL_V6.to_string());
+        link.run(&["dns", interface, &v4, &v6])?;
+        link.run(&["default-route", interface, "false"])?;
+        Ok(link)
+    }
+
+    /// Routing domains for the resources' names, and the search domain.
+    pub fn set_domains(&self, domains: &[String], search: Option<&str>) -> io::Result<()> {
+        let mut args = vec!["domain".to_string(), self.interface.clone()];
+        args.extend(domains.iter().map(|d| format!("~{d}")));
+        args.extend(search.filter(|s| !s.is_empty()).map(str::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args)
+    }
+}
+
+impl Drop for ResolvedLink {
+    fn drop(&mut self) {
+        let interface = self.interface.clone();
+        if let Err(error) = self.run(&["revert", &interface]) {
+            tracing::warn!(%error, "could not revert the interface's DNS settings");
+        }
+    }
+}
+
+#[cfg(test)]
+mod resolved_tests {
+    #![allow(clippy::unwrap_used)] // a test: unwrap is the assertion
+    use super::*;
+
+    #[test]
+    fn routing_domains_come_from_what_follows_the_wildcards() {
+        assert_eq!(
+            routing_domain("*.apps.corp.test").as_deref(),
+            Some("apps.corp.test")
+        );
+        assert_eq!(routing_domain("**.corp.test").as_deref(), Some("corp.test"));
+        assert_eq!(
+            routing_domain("db?.corp.test").as_deref(),
+            Some("corp.test")
+        );
+        assert_eq!(routing_domain("a.*.b.test").as_deref(), Some("b.test"));
+        assert_eq!(
+            routing_domain("Web.Corp.Test.").as_deref(),
+            Some("web.corp.test")
+        );
+        assert_eq!(routing_domain("*"), None);
+    }
+
+    #[test]
+    fn resolvectl_is_told_the_link_settings_and_reverts_them() {
+        let dir = std::env::temp_dir().join(format!("postern-resolvectl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("calls");
+        let fake = dir.join("resolvectl");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = ResolvedLink::take_over(fake.clone(), "postern0").unwrap();
+        link.set_domains(
+            &["apps.corp.test".into(), "corp.test".into()],
+            Some("corp.test"),
+        )
+        .unwrap();
+        drop(link);
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls,
+            "dns postern0 100.100.111.1 fd7e:5057:6e00:8000:100:100:111:1\n\
+             default-route postern0 false\n\
+             domain postern0 ~apps.corp.test ~corp.test corp.test\n\
+             revert postern0\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -622,6 +622,18 @@ impl Demo {
     /// Another client on the home network, signed in as a new service
     /// account that is (or is not) in the Engineering group.
     pub fn add_client(&self, name: &str, in_group: bool) -> Result<ExtraClient> {
+        self.add_client_with(name, in_group, None)
+    }
+
+    /// Like [`Demo::add_client`]; with `resolvectl`, the client drives that
+    /// program as if systemd-resolved managed DNS (`POSTERN_RESOLVECTL`)
+    /// instead of taking a resolv.conf over.
+    pub fn add_client_with(
+        &self,
+        name: &str,
+        in_group: bool,
+        resolvectl: Option<&Path>,
+    ) -> Result<ExtraClient> {
         let number = 20 + self.net.lab.namespaces().len() as u8 % 200;
         let host = self.net.lab.add_host(name)?;
         self.net
@@ -671,24 +683,28 @@ impl Demo {
         ))?;
         let state = self.data.join(name);
         let url = format!("http://{PORTAL}");
-        let command = self.command(
-            &host,
-            &[
-                "client",
-                "up",
-                "--portal",
-                &url,
-                &format!("--token={token}"),
-                "--name",
-                name,
-                "--state-dir",
-                &state.to_string_lossy(),
-                "--status-socket",
-                &socket.to_string_lossy(),
-                "--resolv-conf",
-                &resolv_conf.to_string_lossy(),
-            ],
-        );
+        let mut args = vec![
+            "client".to_string(),
+            "up".into(),
+            "--portal".into(),
+            url,
+            format!("--token={token}"),
+            "--name".into(),
+            name.into(),
+            "--state-dir".into(),
+            state.to_string_lossy().into_owned(),
+            "--status-socket".into(),
+            socket.to_string_lossy().into_owned(),
+        ];
+        if resolvectl.is_none() {
+            args.push("--resolv-conf".into());
+            args.push(resolv_conf.to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut command = self.command(&host, &args);
+        if let Some(program) = resolvectl {
+            command.env("POSTERN_RESOLVECTL", program);
+        }
         let process = host.spawn(command)?;
         Ok(ExtraClient {
             host,
