@@ -340,6 +340,10 @@ fn dns_resource_names_resolve_to_proxies_that_reach_the_office() {
     // network's resolver).
     let taken = std::fs::read_to_string(&resolv_conf).unwrap();
     assert!(taken.contains("nameserver 100.100.111.1"), "{taken}");
+    assert!(
+        taken.contains("search corp.test"),
+        "the account's search domain: {taken}"
+    );
     let v4: Vec<String> = dig(&demo, &["+short", "+time=2", DNS_NAME, "A"])
         .lines()
         .map(str::to_string)

@@ -429,6 +429,11 @@ impl Demo {
             )),
         )?;
         self.setup.dns_policy_id = id(&policy)?;
+        self.api_ok(
+            "PATCH",
+            "/api/v1/account",
+            Some(r#"{"search_domain":"corp.test"}"#),
+        )?;
         Ok(())
     }
 

@@ -108,6 +108,15 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_is_granted_through_the_gateway_and_candidates_are_relayed() {
     let w = world("grant").await;
+    // The account's search domain reaches devices in `init` (F25).
+    w.app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            "/account",
+            Some(json!({"search_domain": "corp.example"})),
+        )
+        .await;
     let (mut gateway, gateway_init) = w.gateway("gw-1", 1).await;
     assert_eq!(gateway_init["authorizations"], json!([]));
     let gateway_ip = gateway_init["interface"]["ipv4"]
@@ -116,6 +125,7 @@ async fn access_is_granted_through_the_gateway_and_candidates_are_relayed() {
         .to_string();
     assert!(gateway_ip.starts_with("100.64."), "{gateway_ip}");
     let (mut client, init) = w.client("laptop", 2).await;
+    assert_eq!(init["interface"]["search_domain"], "corp.example", "{init}");
     let resources = init["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 1);
     assert_eq!(resources[0]["address"], "10.0.0.0/24");

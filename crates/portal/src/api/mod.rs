@@ -2,6 +2,7 @@
 //! JSON in and out, RFC 7807 errors, a rate limit per token, an audit entry
 //! for every change, and the OpenAPI document at `/api/v1/openapi.json`.
 
+pub mod account;
 pub mod actors;
 pub mod body;
 pub mod clients;
@@ -183,6 +184,7 @@ pub fn now_ms() -> i64 {
 /// The `/api/v1` routes.
 pub fn router() -> Router<Arc<AppState>> {
     let v1 = Router::new()
+        .route("/account", get(account::get).patch(account::update))
         .route("/sites", get(sites::list).post(sites::create))
         .route(
             "/sites/{id}",

@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{actors, clients, groups, logs, policies, resources, sites, tokens};
+use super::{account, actors, clients, groups, logs, policies, resources, sites, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use super::{actors, clients, groups, logs, policies, resources, sites, tokens};
     security(("bearer" = [])),
     modifiers(&BearerAuth),
     paths(
+        account::get, account::update,
         sites::list, sites::create, sites::get, sites::update, sites::remove,
         sites::create_gateway_token, sites::gateways,
         resources::list, resources::create, resources::get, resources::update, resources::remove,

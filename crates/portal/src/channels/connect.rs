@@ -75,7 +75,7 @@ impl Hub {
                     .into_iter()
                     .map(|r| (r.id, r.clone()))
                     .collect();
-                let interface = Hub::interface(&device);
+                let interface = Hub::interface(&device, graph.search_domain.clone());
                 let device_id = device.id;
                 let relays = self.relay_credentials(device_id);
                 self.conns.insert(
@@ -137,7 +137,11 @@ impl Hub {
                     .filter(|g| g.gateway_device == device.id)
                     .map(|g| g.authorization.clone())
                     .collect();
-                let interface = Hub::interface(&device);
+                let search_domain = self
+                    .accounts
+                    .get(&account)
+                    .and_then(|graph| graph.search_domain.clone());
+                let interface = Hub::interface(&device, search_domain);
                 let device_id = device.id;
                 let relays = self.relay_credentials(device_id);
                 self.conns.insert(

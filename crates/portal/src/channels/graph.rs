@@ -9,7 +9,7 @@ use postern_policy::{CompiledCondition, Policy, Snapshot};
 use uuid::Uuid;
 
 use crate::domain::{GroupKind, Role};
-use crate::store::{Store, StoreError, actors, groups, policies, resources};
+use crate::store::{Store, StoreError, accounts, actors, groups, policies, resources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActorFacts {
@@ -25,6 +25,8 @@ pub struct AccountGraph {
     pub everyone: Option<Uuid>,
     pub resources: HashMap<Uuid, ResourceDescription>,
     pub policies: Snapshot,
+    /// The account's DNS search domain for its clients' `init` (F25).
+    pub search_domain: Option<String>,
 }
 
 impl AccountGraph {
@@ -35,6 +37,7 @@ impl AccountGraph {
         let memberships = groups::all_memberships(&mut tx, account).await?;
         let resource_rows = resources::list(&mut tx, account).await?;
         let policy_rows = policies::list(&mut tx, account).await?;
+        let search_domain = accounts::search_domain(&mut tx, account).await?;
         tx.commit().await?;
 
         let everyone = group_rows
@@ -108,6 +111,7 @@ impl AccountGraph {
             everyone,
             resources,
             policies: snapshot,
+            search_domain,
         })
     }
 

@@ -424,12 +424,12 @@ impl Hub {
     }
 
     /// The interface of a device.
-    pub(super) fn interface(device: &Device) -> Interface {
+    pub(super) fn interface(device: &Device, search_domain: Option<String>) -> Interface {
         Interface {
             ipv4: device.ipv4,
             ipv6: device.ipv6,
             dns_upstreams: Vec::new(),
-            search_domain: None,
+            search_domain,
         }
     }
 

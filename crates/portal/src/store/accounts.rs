@@ -37,3 +37,42 @@ pub async fn by_slug(conn: &mut Conn, slug: &str) -> Result<Option<Account>> {
     })
     .transpose()
 }
+
+/// The account's DNS search domain (F25), if it has one.
+pub async fn search_domain(conn: &mut Conn, account: Uuid) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT search_domain FROM accounts WHERE id = $1")
+        .bind(account.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<String>, _>("search_domain")?,
+        None => None,
+    })
+}
+
+/// Sets (or with `None` clears) the account's search domain.
+pub async fn set_search_domain(conn: &mut Conn, account: Uuid, domain: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE accounts SET search_domain = $1 WHERE id = $2")
+        .bind(domain.map(str::to_string))
+        .bind(account.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// An account by id.
+pub async fn get(conn: &mut Conn, account: Uuid) -> Result<Option<Account>> {
+    let row = sqlx::query("SELECT id, slug, name FROM accounts WHERE id = $1")
+        .bind(account.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        Ok(Account {
+            id: uuid_column(&row, "accounts", "id")?,
+            slug: row.try_get("slug")?,
+            name: row.try_get("name")?,
+        })
+    })
+    .transpose()
+}

@@ -155,7 +155,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 2] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 3] = [
         (
             1,
             "initial",
@@ -167,6 +167,12 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "settings",
             include_str!("../../migrations/sqlite/0002_settings.sql"),
             include_str!("../../migrations/postgres/0002_settings.sql"),
+        ),
+        (
+            3,
+            "search domain",
+            include_str!("../../migrations/sqlite/0003_search_domain.sql"),
+            include_str!("../../migrations/postgres/0003_search_domain.sql"),
         ),
     ];
     steps

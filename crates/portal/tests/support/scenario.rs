@@ -16,6 +16,52 @@ pub async fn crud_scenario(app: &TestApp) {
     let (status, _) = app.call_as(Some(&tampered), "GET", "/sites", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // --- the account and its search domain (F25)
+    let account = app.expect(StatusCode::OK, "GET", "/account", None).await;
+    assert_eq!(account["slug"], "acme");
+    assert!(account["search_domain"].is_null(), "{account}");
+    let account = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            "/account",
+            Some(json!({"search_domain": " Corp.Example. "})),
+        )
+        .await;
+    assert_eq!(account["search_domain"], "corp.example");
+    for bad in ["*.corp.example", "bad..example", "-x.example", ""] {
+        let problem = app
+            .expect(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "PATCH",
+                "/account",
+                Some(json!({ "search_domain": bad })),
+            )
+            .await;
+        assert_eq!(problem["field"], "search_domain", "{bad:?}");
+    }
+    // Absent leaves it, null clears it.
+    let account = app
+        .expect(StatusCode::OK, "PATCH", "/account", Some(json!({})))
+        .await;
+    assert_eq!(account["search_domain"], "corp.example");
+    let account = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            "/account",
+            Some(json!({"search_domain": null})),
+        )
+        .await;
+    assert!(account["search_domain"].is_null(), "{account}");
+    app.expect(
+        StatusCode::OK,
+        "PATCH",
+        "/account",
+        Some(json!({"search_domain": "corp.example"})),
+    )
+    .await;
+
     // --- sites
     let site = app
         .expect(

@@ -1,0 +1,115 @@
+//! `/account`: the admin's own account, and its DNS search domain (F25),
+//! which its clients get in `init` (at their next connection).
+
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, Shared, record};
+use crate::state::Change;
+use crate::store::accounts;
+
+#[derive(Clone, Serialize, ToSchema)]
+pub struct AccountView {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    /// Search domain clients put in their resolver configuration.
+    pub search_domain: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPatch {
+    /// A DNS name (`corp.example`), or null to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub search_domain: Option<Option<String>>,
+}
+
+/// A field that is present: `null` becomes `Some(None)`, absent stays `None`
+/// (with `default`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// `corp.example`: letters, digits and hyphens in labels of 1-63, at most
+/// 253 in all, no wildcards; stored lowercase without a trailing dot.
+fn valid_domain(value: &str) -> ApiResult<String> {
+    let domain = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels_ok = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    });
+    if domain.is_empty() || domain.len() > 253 || !labels_ok {
+        return Err(Problem::invalid(
+            "search_domain",
+            "must be a DNS name like corp.example (labels of letters, digits and hyphens)",
+        ));
+    }
+    Ok(domain)
+}
+
+async fn view(tx: &mut crate::store::Tx, account: Uuid) -> ApiResult<AccountView> {
+    let found = accounts::get(tx, account)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(AccountView {
+        id: found.id,
+        slug: found.slug,
+        name: found.name,
+        search_domain: accounts::search_domain(tx, account).await?,
+    })
+}
+
+#[utoipa::path(get, path = "/account", tag = "account", responses((status = 200, body = AccountView)))]
+pub async fn get(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let account = view(&mut tx, admin.account_id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(account))
+}
+
+#[utoipa::path(patch, path = "/account", tag = "account", request_body = AccountPatch,
+    description = "Sets the search domain; connected clients get it when they next connect.",
+    responses((status = 200, body = AccountView), (status = 422)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Json(patch): Json<AccountPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let domain = match patch.search_domain {
+        Some(Some(value)) => Some(Some(valid_domain(&value)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let mut tx = state.store.write().await?;
+    let before = view(&mut tx, admin.account_id).await?;
+    let mut after = before.clone();
+    if let Some(domain) = domain {
+        accounts::set_search_domain(&mut tx, admin.account_id, domain.as_deref()).await?;
+        after.search_domain = domain;
+    }
+    record(
+        &mut tx,
+        &admin,
+        "account.update",
+        admin.account_id,
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    state.changed(admin.account_id, Change::Everything);
+    Ok(axum::Json(after))
+}
