@@ -430,27 +430,11 @@ fn proxies_of(demo: &Demo, name: &str) -> Vec<std::net::Ipv4Addr> {
 fn question_mark_and_double_star_patterns_resolve_as_specified() {
     let demo = demo(NatKind::Cone, NatKind::Cone, 1);
     for pattern in ["db?.corp.test", "**.internal.corp.test"] {
-        let resource = demo
-            .api_ok(
-                "POST",
-                "/api/v1/resources",
-                Some(&format!(
-                    r#"{{"name":"{pattern}","type":"dns","address":"{pattern}","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}}]}}"#,
-                    demo.setup.site_id
-                )),
-            )
-            .unwrap();
-        let id = serde_json::from_str::<serde_json::Value>(&resource).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        demo.api_ok(
-            "POST",
-            "/api/v1/policies",
-            Some(&format!(
-                r#"{{"group_id":"{}","resource_id":"{id}"}}"#,
-                demo.setup.group_id
-            )),
+        demo.add_resource(
+            pattern,
+            "dns",
+            pattern,
+            r#"[{"protocol":"tcp","ports":"80"}]"#,
         )
         .unwrap();
     }

@@ -101,25 +101,11 @@ fn measure(postern: &std::path::Path, nat: NatKind, runs: usize) -> Result<Vec<f
             &demo.net.web,
             format!("{address}:80").parse()?,
         )?);
-        let resource = demo.api_ok(
-            "POST",
-            "/api/v1/resources",
-            Some(&format!(
-                r#"{{"name":"web {n}","type":"ip","address":"{address}","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}}]}}"#,
-                demo.setup.site_id
-            )),
-        )?;
-        let id = serde_json::from_str::<serde_json::Value>(&resource)?["id"]
-            .as_str()
-            .ok_or("no resource id")?
-            .to_string();
-        demo.api_ok(
-            "POST",
-            "/api/v1/policies",
-            Some(&format!(
-                r#"{{"group_id":"{}","resource_id":"{id}"}}"#,
-                demo.setup.group_id
-            )),
+        demo.add_resource(
+            &format!("web {n}"),
+            "ip",
+            &address,
+            r#"[{"protocol":"tcp","ports":"80"}]"#,
         )?;
         targets.push(format!("{address}:80").parse::<SocketAddr>()?);
     }

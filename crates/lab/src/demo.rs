@@ -25,6 +25,8 @@ pub const PUBLIC_DNS: &str = "198.18.0.4:53";
 /// The DNS resource's pattern and a name under it the office resolves.
 pub const DNS_PATTERN: &str = "*.apps.corp.test";
 pub const DNS_NAME: &str = "web.apps.corp.test";
+/// What the demo's resources let through: the web server's port and ping.
+pub const WEB_FILTERS: &str = r#"[{"protocol":"tcp","ports":"80"},{"protocol":"icmp"}]"#;
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -361,6 +363,37 @@ impl Demo {
         Ok(response.text())
     }
 
+    /// A resource of the demo's site (`filters` is JSON) and a policy that
+    /// gives it to the Engineering group; returns their ids.
+    pub fn add_resource(
+        &self,
+        name: &str,
+        kind: &str,
+        address: &str,
+        filters: &str,
+    ) -> Result<(String, String)> {
+        let body = serde_json::json!({
+            "name": name,
+            "type": kind,
+            "address": address,
+            "site_id": self.setup.site_id,
+            "filters": serde_json::from_str::<serde_json::Value>(filters)
+                .map_err(|e| invalid(format!("filters {filters:?}: {e}")))?,
+        });
+        let resource = self.api_ok("POST", "/api/v1/resources", Some(&body.to_string()))?;
+        let resource_id =
+            json_field(&resource, "id").ok_or_else(|| invalid(format!("no id in {resource}")))?;
+        let body = serde_json::json!({
+            "group_id": self.setup.group_id,
+            "resource_id": resource_id,
+            "description": format!("Engineering reaches {name}"),
+        });
+        let policy = self.api_ok("POST", "/api/v1/policies", Some(&body.to_string()))?;
+        let policy_id =
+            json_field(&policy, "id").ok_or_else(|| invalid(format!("no id in {policy}")))?;
+        Ok((resource_id, policy_id))
+    }
+
     fn configure(&mut self) -> Result<()> {
         let id =
             |body: &str| json_field(body, "id").ok_or_else(|| invalid(format!("no id in {body}")));
@@ -373,17 +406,10 @@ impl Demo {
         )?;
         self.setup.gateway_token =
             json_field(&token, "token").ok_or_else(|| invalid("no gateway token"))?;
-        let resource = self.api_ok(
-            "POST",
-            "/api/v1/resources",
-            Some(&format!(
-                r#"{{"name":"Office web server","type":"ip","address":"10.0.1.80","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}},{{"protocol":"icmp"}}]}}"#,
-                self.setup.site_id
-            )),
-        )?;
-        self.setup.resource_id = id(&resource)?;
         let group = self.api_ok("POST", "/api/v1/groups", Some(r#"{"name":"Engineering"}"#))?;
         self.setup.group_id = id(&group)?;
+        (self.setup.resource_id, self.setup.policy_id) =
+            self.add_resource("Office web server", "ip", "10.0.1.80", WEB_FILTERS)?;
         let actor = self.api_ok(
             "POST",
             "/api/v1/actors",
@@ -395,15 +421,6 @@ impl Demo {
             &format!("/api/v1/groups/{}/members", self.setup.group_id),
             Some(&format!(r#"{{"actor_ids":["{}"]}}"#, self.setup.actor_id)),
         )?;
-        let policy = self.api_ok(
-            "POST",
-            "/api/v1/policies",
-            Some(&format!(
-                r#"{{"group_id":"{}","resource_id":"{}","description":"Engineering reaches the web server"}}"#,
-                self.setup.group_id, self.setup.resource_id
-            )),
-        )?;
-        self.setup.policy_id = id(&policy)?;
         let token = self.api_ok(
             "POST",
             &format!("/api/v1/actors/{}/tokens", self.setup.actor_id),
@@ -411,24 +428,8 @@ impl Demo {
         )?;
         self.setup.client_token =
             json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
-        let resource = self.api_ok(
-            "POST",
-            "/api/v1/resources",
-            Some(&format!(
-                r#"{{"name":"Office apps","type":"dns","address":"{DNS_PATTERN}","site_id":"{}","filters":[{{"protocol":"tcp","ports":"80"}},{{"protocol":"icmp"}}]}}"#,
-                self.setup.site_id
-            )),
-        )?;
-        self.setup.dns_resource_id = id(&resource)?;
-        let policy = self.api_ok(
-            "POST",
-            "/api/v1/policies",
-            Some(&format!(
-                r#"{{"group_id":"{}","resource_id":"{}","description":"Engineering reaches the office apps by name"}}"#,
-                self.setup.group_id, self.setup.dns_resource_id
-            )),
-        )?;
-        self.setup.dns_policy_id = id(&policy)?;
+        (self.setup.dns_resource_id, self.setup.dns_policy_id) =
+            self.add_resource("Office apps", "dns", DNS_PATTERN, WEB_FILTERS)?;
         self.api_ok(
             "PATCH",
             "/api/v1/account",

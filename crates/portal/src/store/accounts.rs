@@ -28,14 +28,7 @@ pub async fn by_slug(conn: &mut Conn, slug: &str) -> Result<Option<Account>> {
         .bind(slug)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|row| {
-        Ok(Account {
-            id: uuid_column(&row, "accounts", "id")?,
-            slug: row.try_get("slug")?,
-            name: row.try_get("name")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(account_from).transpose()
 }
 
 /// The account's DNS search domain (F25), if it has one.
@@ -67,12 +60,13 @@ pub async fn get(conn: &mut Conn, account: Uuid) -> Result<Option<Account>> {
         .bind(account.to_string())
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|row| {
-        Ok(Account {
-            id: uuid_column(&row, "accounts", "id")?,
-            slug: row.try_get("slug")?,
-            name: row.try_get("name")?,
-        })
+    row.as_ref().map(account_from).transpose()
+}
+
+fn account_from(row: &sqlx::any::AnyRow) -> Result<Account> {
+    Ok(Account {
+        id: uuid_column(row, "accounts", "id")?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
     })
-    .transpose()
 }
