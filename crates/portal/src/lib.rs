@@ -9,9 +9,11 @@ pub mod channels;
 pub mod domain;
 pub mod geoip;
 pub mod metrics;
+pub mod secrets;
 pub mod serve;
 pub mod setup;
 pub mod state;
 pub mod store;
+pub mod web;
 
 pub use store::{Store, StoreError};

@@ -23,6 +23,7 @@ pub struct ServeConfig {
 pub fn app(state: Arc<AppState>) -> Router {
     crate::api::router()
         .merge(crate::channels::router())
+        .merge(crate::web::router())
         .route("/health", get(|| async { "ok\n" }))
         .with_state(state)
 }

@@ -44,6 +44,19 @@ pub struct AppState {
     pub geoip: Option<crate::geoip::GeoIp>,
     /// Counters for `--metrics`.
     pub metrics: crate::metrics::PortalMetrics,
+    /// Seals identity-provider secrets and keys OIDC state; without one
+    /// (only in tests that do not sign in) sign-in pages answer 500.
+    pub secret_key: Option<crate::secrets::SecretKey>,
+    /// Where email sign-in codes go.
+    pub mailer: crate::auth::email::Mailer,
+    /// How browsers reach the portal (OIDC redirect URIs, secure cookies).
+    pub external_url: Option<String>,
+    /// Email codes asked for, per address.
+    pub sign_in_limiter: RateLimiter,
+    /// Sign-in forms posted, per client IP (looser: an office shares one).
+    pub sign_in_ip_limiter: RateLimiter,
+    /// Calls to identity providers.
+    pub oidc_http: OnceLock<reqwest::Client>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
     presence: Mutex<Presence>,
     hub: OnceLock<mpsc::Sender<crate::channels::hub::HubEvent>>,
@@ -67,6 +80,14 @@ impl AppState {
             geoip: None,
             outbound_queue: crate::channels::hub::OUTBOUND_QUEUE,
             metrics: crate::metrics::PortalMetrics::default(),
+            secret_key: None,
+            mailer: crate::auth::email::Mailer::Log,
+            external_url: None,
+            // Five codes at once, then one a minute, per key.
+            sign_in_limiter: RateLimiter::with_rate(5, 1.0 / 60.0),
+            // Thirty at once, then one every two seconds, per IP.
+            sign_in_ip_limiter: RateLimiter::with_rate(30, 0.5),
+            oidc_http: OnceLock::new(),
             changes: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
             hub: OnceLock::new(),

@@ -45,7 +45,7 @@ fn editable(group: &Group) -> ApiResult<()> {
         GroupKind::Everyone => Err(Problem::conflict(
             "Everyone is built in: its members are every user and admin, and it cannot be renamed or deleted",
         )),
-        GroupKind::Static => Ok(()),
+        GroupKind::Static | GroupKind::Provider => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod actors;
 pub mod body;
 pub mod clients;
 pub mod groups;
+pub mod identity_providers;
 pub mod logs;
 pub mod openapi;
 pub mod policies;
@@ -212,6 +213,16 @@ pub fn router() -> Router<Arc<AppState>> {
         .route(
             "/groups/{id}/members",
             get(groups::members).put(groups::set_members),
+        )
+        .route(
+            "/identity_providers",
+            get(identity_providers::list).post(identity_providers::create),
+        )
+        .route(
+            "/identity_providers/{id}",
+            get(identity_providers::get)
+                .patch(identity_providers::update)
+                .delete(identity_providers::remove),
         )
         .route("/actors", get(actors::list).post(actors::create))
         .route(

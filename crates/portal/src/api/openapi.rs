@@ -4,7 +4,9 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{account, actors, clients, groups, logs, policies, resources, sites, tokens};
+use super::{
+    account, actors, clients, groups, identity_providers, logs, policies, resources, sites, tokens,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +23,8 @@ use super::{account, actors, clients, groups, logs, policies, resources, sites, 
         groups::members, groups::set_members,
         actors::list, actors::create, actors::get, actors::update, actors::remove,
         tokens::create, tokens::revoke,
+        identity_providers::list, identity_providers::create, identity_providers::get,
+        identity_providers::update, identity_providers::remove,
         policies::list, policies::create, policies::get, policies::update, policies::remove,
         clients::list, clients::update, clients::remove,
         logs::audit_log, logs::sessions, logs::flows,

@@ -29,6 +29,15 @@ impl RateLimiter {
         }
     }
 
+    /// A bucket refilled at a fractional rate (one per minute: `1.0 / 60.0`).
+    pub fn with_rate(burst: u32, per_second: f64) -> Self {
+        RateLimiter {
+            burst: f64::from(burst.max(1)),
+            per_second: per_second.max(1e-6),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Takes one request from `key`'s bucket, or says how long to wait.
     pub fn check(&self, key: Uuid, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());

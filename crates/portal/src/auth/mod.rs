@@ -1,6 +1,9 @@
-//! Authentication: bearer tokens now; email codes, OIDC and web sessions plug
-//! in here later.
+//! Authentication: bearer tokens, email one-time codes, OpenID Connect, and
+//! the mapping of a signed-in identity to an actor.
 
+pub mod email;
+pub mod identity;
+pub mod oidc;
 pub mod token;
 
 use jiff::Timestamp;

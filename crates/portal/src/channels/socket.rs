@@ -188,7 +188,7 @@ async fn join(
             .ok_or_else(invalid)?;
             (party, public_key.to_string())
         }
-        TokenKind::Api => return Err(invalid()),
+        TokenKind::Api | TokenKind::Browser => return Err(invalid()),
     };
 
     let id = state.next_connection_id();

@@ -76,6 +76,9 @@ pub enum GroupKind {
     Static,
     /// Every user and admin of the account, implicitly.
     Everyone,
+    /// Created by an identity provider's groups claim; its members follow
+    /// the claim at each sign-in.
+    Provider,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -135,6 +138,8 @@ pub enum TokenKind {
     Gateway,
     /// A relay registering with the portal (no account).
     Relay,
+    /// An admin's web session (the cookie).
+    Browser,
 }
 
 impl TokenKind {
@@ -144,6 +149,7 @@ impl TokenKind {
             TokenKind::Client => "client",
             TokenKind::Gateway => "gateway",
             TokenKind::Relay => "relay",
+            TokenKind::Browser => "browser",
         }
     }
 
@@ -153,6 +159,7 @@ impl TokenKind {
             "client" => Some(TokenKind::Client),
             "gateway" => Some(TokenKind::Gateway),
             "relay" => Some(TokenKind::Relay),
+            "browser" => Some(TokenKind::Browser),
             _ => None,
         }
     }
@@ -168,6 +175,26 @@ pub struct TokenRecord {
     pub site_id: Option<Uuid>,
     pub identity_provider_id: Option<Uuid>,
     pub expires_at: Option<Timestamp>,
+}
+
+/// An OpenID Connect provider users of an account sign in with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityProvider {
+    pub id: Uuid,
+    pub name: String,
+    /// The issuer URL; discovery is `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// AES-256-GCM sealed (`crate::secrets`); never shown.
+    pub sealed_client_secret: String,
+    /// The claim holding group names (an array of strings).
+    pub groups_claim: Option<String>,
+    /// The claim that, when true (or a non-empty string or list), makes the
+    /// user an admin; set, it decides the role at each sign-in.
+    pub admin_claim: Option<String>,
+    /// How long a client token from a sign-in with this provider lives.
+    pub client_session_lifetime_secs: Option<i64>,
+    pub created_at: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]

@@ -94,3 +94,14 @@ pub async fn count_enabled_admins(conn: &mut Conn, account: Uuid) -> Result<i64>
     .await?;
     Ok(row.try_get("n")?)
 }
+
+/// The actor with this email (stored lowercase) in the account.
+pub async fn by_email(conn: &mut Conn, account: Uuid, email: &str) -> Result<Option<Actor>> {
+    let sql = format!("SELECT {COLUMNS} FROM actors WHERE account_id = $1 AND email = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(email.trim().to_ascii_lowercase())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}

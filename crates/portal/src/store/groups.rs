@@ -18,6 +18,7 @@ fn from_row(row: &AnyRow) -> Result<Group> {
         kind: match kind.as_str() {
             "static" => GroupKind::Static,
             "everyone" => GroupKind::Everyone,
+            "provider" => GroupKind::Provider,
             other => {
                 return Err(StoreError::Corrupt {
                     table: "groups",
@@ -33,6 +34,7 @@ pub async fn insert(conn: &mut Conn, account: Uuid, group: &Group) -> Result<()>
     let kind = match group.kind {
         GroupKind::Static => "static",
         GroupKind::Everyone => "everyone",
+        GroupKind::Provider => "provider",
     };
     sqlx::query(
         "INSERT INTO groups (id, account_id, name, kind, created_at, updated_at) \
@@ -104,7 +106,7 @@ pub async fn members(conn: &mut Conn, account: Uuid, group: &Group) -> Result<Ve
             .fetch_all(&mut *conn)
             .await?
         }
-        GroupKind::Static => {
+        GroupKind::Static | GroupKind::Provider => {
             sqlx::query(
                 "SELECT actor_id FROM memberships WHERE account_id = $1 AND group_id = $2 \
                  ORDER BY actor_id",
@@ -185,4 +187,93 @@ pub async fn all_memberships(conn: &mut Conn, account: Uuid) -> Result<Vec<(Uuid
             ))
         })
         .collect()
+}
+
+/// Makes `actor`'s memberships from `provider`'s groups claim exactly
+/// `names` (SPEC F8): a named group is found by name (created as a provider
+/// group when missing), memberships the claim no longer names go; memberships
+/// an admin made are left alone. Whether anything changed.
+pub async fn sync_claimed(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    provider: Uuid,
+    names: &[String],
+    now_ms: i64,
+) -> Result<bool> {
+    let mut wanted = Vec::new();
+    for name in names {
+        let find = || {
+            sqlx::query(
+                "SELECT id FROM groups WHERE account_id = $1 AND name = $2 AND kind <> 'everyone'",
+            )
+            .bind(account.to_string())
+            .bind(name)
+        };
+        let row = find().fetch_optional(&mut *conn).await?;
+        let group = match row {
+            Some(row) => uuid_column(&row, "groups", "id")?,
+            None => {
+                sqlx::query(
+                    "INSERT INTO groups (id, account_id, name, kind, provider_id, created_at, \
+                     updated_at) VALUES ($1, $2, $3, 'provider', $4, $5, $5) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(account.to_string())
+                .bind(name)
+                .bind(provider.to_string())
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+                // Whoever won a race made it; "Everyone" is never claimed.
+                match find().fetch_optional(&mut *conn).await? {
+                    Some(row) => uuid_column(&row, "groups", "id")?,
+                    None => continue,
+                }
+            }
+        };
+        wanted.push(group);
+    }
+    let rows = sqlx::query(
+        "SELECT group_id FROM memberships WHERE account_id = $1 AND actor_id = $2 \
+         AND provider_id = $3",
+    )
+    .bind(account.to_string())
+    .bind(actor.to_string())
+    .bind(provider.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let held = rows
+        .iter()
+        .map(|row| uuid_column(row, "memberships", "group_id"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut changed = false;
+    for group in held.iter().filter(|g| !wanted.contains(g)) {
+        sqlx::query(
+            "DELETE FROM memberships WHERE group_id = $1 AND actor_id = $2 AND provider_id = $3",
+        )
+        .bind(group.to_string())
+        .bind(actor.to_string())
+        .bind(provider.to_string())
+        .execute(&mut *conn)
+        .await?;
+        changed = true;
+    }
+    for group in wanted.iter().filter(|g| !held.contains(g)) {
+        let done = sqlx::query(
+            "INSERT INTO memberships (account_id, group_id, actor_id, provider_id) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(account.to_string())
+        .bind(group.to_string())
+        .bind(actor.to_string())
+        .bind(provider.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        changed |= done.rows_affected() > 0;
+    }
+    Ok(changed)
 }

@@ -9,10 +9,12 @@ pub mod actors;
 pub mod audit;
 pub mod devices;
 pub mod groups;
+pub mod identity_providers;
 pub mod logs;
 pub mod policies;
 pub mod resources;
 pub mod settings;
+pub mod sign_in;
 pub mod sites;
 pub mod tokens;
 
@@ -155,7 +157,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 3] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 4] = [
         (
             1,
             "initial",
@@ -173,6 +175,12 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "search domain",
             include_str!("../../migrations/sqlite/0003_search_domain.sql"),
             include_str!("../../migrations/postgres/0003_search_domain.sql"),
+        ),
+        (
+            4,
+            "sign in",
+            include_str!("../../migrations/sqlite/0004_sign_in.sql"),
+            include_str!("../../migrations/postgres/0004_sign_in.sql"),
         ),
     ];
     steps

@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 pub mod channel;
+pub mod oidc;
 pub mod postgres;
 pub mod scenario;
+pub mod smtp;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -69,6 +72,7 @@ impl TestApp {
             .await
             .expect("init the account");
         let mut state = AppState::new(store);
+        state.secret_key = Some(postern_portal::secrets::SecretKey::generate().unwrap());
         configure(&mut state);
         let state = Arc::new(state);
         let router = postern_portal::api::router().with_state(state.clone());

@@ -12,9 +12,13 @@ pub async fn crud_scenario(app: &TestApp) {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let (status, _) = app.call_as(Some("garbage"), "GET", "/sites", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let tampered = format!("x{}", &app.token[1..]);
+    // Change the first character (to one it is not).
+    let first = if app.token.starts_with('x') { 'y' } else { 'x' };
+    let tampered = format!("{first}{}", &app.token[1..]);
     let (status, _) = app.call_as(Some(&tampered), "GET", "/sites", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    identity_providers(app).await;
 
     // --- the account and its search domain (F25)
     let account = app.expect(StatusCode::OK, "GET", "/account", None).await;
@@ -770,4 +774,89 @@ pub async fn crud_scenario(app: &TestApp) {
             "{path} missing from the OpenAPI document"
         );
     }
+}
+
+/// `/identity_providers`: CRUD, validation, the secret never shown.
+async fn identity_providers(app: &TestApp) {
+    let secret = "very-secret-client-secret-42";
+    let created = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/identity_providers",
+            Some(
+                json!({"type": "oidc", "name": "Okta", "issuer": "https://id.example.com/",
+                        "client_id": "abc", "client_secret": secret, "groups_claim": "groups"}),
+            ),
+        )
+        .await;
+    assert_eq!(created["issuer"], "https://id.example.com");
+    assert_eq!(created["type"], "oidc");
+    assert!(created["admin_claim"].is_null());
+    assert!(!created.to_string().contains(secret), "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/identity_providers/{id}");
+    for (body, field) in [
+        (
+            json!({"type": "saml", "name": "x", "issuer": "https://a.example", "client_id": "c", "client_secret": "s"}),
+            "type",
+        ),
+        (
+            json!({"type": "oidc", "name": "x", "issuer": "http://a.example", "client_id": "c", "client_secret": "s"}),
+            "issuer",
+        ),
+        (
+            json!({"type": "oidc", "name": "x", "issuer": "https://a.example", "client_id": "", "client_secret": "s"}),
+            "client_id",
+        ),
+        (
+            json!({"type": "oidc", "name": "x", "issuer": "https://a.example", "client_id": "c", "client_secret": "s", "client_session_lifetime_secs": 5}),
+            "client_session_lifetime_secs",
+        ),
+    ] {
+        let problem = app
+            .expect(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "POST",
+                "/identity_providers",
+                Some(body),
+            )
+            .await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{problem}"
+        );
+    }
+    app.expect(
+        StatusCode::CONFLICT,
+        "POST",
+        "/identity_providers",
+        Some(
+            json!({"type": "oidc", "name": "Okta", "issuer": "https://b.example",
+                    "client_id": "c", "client_secret": "s"}),
+        ),
+    )
+    .await;
+    let patched = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &path,
+            Some(
+                json!({"admin_claim": "is_admin", "groups_claim": "", "client_secret": "rotated",
+                        "client_session_lifetime_secs": 86400}),
+            ),
+        )
+        .await;
+    assert_eq!(patched["admin_claim"], "is_admin");
+    assert!(patched["groups_claim"].is_null());
+    assert_eq!(patched["client_session_lifetime_secs"], 86400);
+    let list = app
+        .expect(StatusCode::OK, "GET", "/identity_providers", None)
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains("rotated"));
+    app.expect(StatusCode::NO_CONTENT, "DELETE", &path, None)
+        .await;
+    app.expect(StatusCode::NOT_FOUND, "GET", &path, None).await;
 }

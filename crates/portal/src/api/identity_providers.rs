@@ -1,0 +1,362 @@
+//! `/identity_providers`: the account's OpenID Connect providers. The client
+//! secret is sealed before it is stored and never returned.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::body::Json;
+use super::problem::{ApiResult, Problem};
+use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use crate::domain::IdentityProvider;
+use crate::secrets::SecretKey;
+use crate::state::{AppState, Change};
+use crate::store::{Tx, identity_providers};
+
+/// Longest client session a provider may grant (a year).
+const MAX_SESSION_SECS: i64 = 365 * 24 * 3600;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderInput {
+    /// Only `oidc`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub groups_claim: Option<String>,
+    pub admin_claim: Option<String>,
+    pub client_session_lifetime_secs: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPatch {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// `""` clears it.
+    pub groups_claim: Option<String>,
+    /// `""` clears it.
+    pub admin_claim: Option<String>,
+    /// `0` goes back to the default (7 days).
+    pub client_session_lifetime_secs: Option<i64>,
+}
+
+/// A provider as the API shows it: everything but the secret.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub groups_claim: Option<String>,
+    pub admin_claim: Option<String>,
+    pub client_session_lifetime_secs: Option<i64>,
+    /// The redirect URI to register at the provider (needs `--external-url`).
+    pub redirect_uri: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+fn view(state: &AppState, slug: &str, provider: &IdentityProvider) -> ProviderView {
+    ProviderView {
+        id: provider.id,
+        kind: "oidc",
+        name: provider.name.clone(),
+        issuer: provider.issuer.clone(),
+        client_id: provider.client_id.clone(),
+        groups_claim: provider.groups_claim.clone(),
+        admin_claim: provider.admin_claim.clone(),
+        client_session_lifetime_secs: provider.client_session_lifetime_secs,
+        redirect_uri: state
+            .external_url
+            .as_deref()
+            .map(|base| callback_url(base, slug, provider.id)),
+        created_at: provider.created_at,
+    }
+}
+
+/// Where the provider sends the browser back to.
+pub fn callback_url(base: &str, slug: &str, provider: Uuid) -> String {
+    format!(
+        "{}/{slug}/sign_in/oidc/{provider}/callback",
+        base.trim_end_matches('/')
+    )
+}
+
+/// An issuer is an https URL without query or fragment; plain http only on
+/// loopback (a development provider).
+fn valid_issuer(value: &str) -> ApiResult<String> {
+    let value = value.trim().trim_end_matches('/');
+    let bad = |why: &str| Problem::invalid("issuer", why);
+    let url = url::Url::parse(value).map_err(|_| bad("must be a URL"))?;
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad("must not carry a query, fragment or user"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => return Err(bad("must name a host")),
+    };
+    match url.scheme() {
+        "https" => Ok(value.to_string()),
+        "http" if loopback => Ok(value.to_string()),
+        _ => Err(bad(
+            "must be an https URL (http only for a provider on loopback)",
+        )),
+    }
+}
+
+fn valid_text(field: &str, value: &str, max: usize) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(Problem::invalid(
+            field,
+            format!("must be 1-{max} characters without control characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn valid_claim(field: &str, value: Option<&str>) -> ApiResult<Option<String>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(claim) => valid_text(field, claim, 128).map(Some),
+    }
+}
+
+fn valid_lifetime(value: Option<i64>) -> ApiResult<Option<i64>> {
+    match value {
+        None | Some(0) => Ok(None),
+        Some(secs) if (300..=MAX_SESSION_SECS).contains(&secs) => Ok(Some(secs)),
+        Some(_) => Err(Problem::invalid(
+            "client_session_lifetime_secs",
+            format!("must be between 300 and {MAX_SESSION_SECS} seconds (0 for the default)"),
+        )),
+    }
+}
+
+fn key(state: &AppState) -> ApiResult<&SecretKey> {
+    state.secret_key.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the portal has no secret key to seal provider secrets with",
+        )
+    })
+}
+
+fn seal(state: &AppState, secret: &str, provider: Uuid) -> ApiResult<String> {
+    let secret = valid_text("client_secret", secret, 4096)?;
+    key(state)?
+        .seal(&secret, &provider.to_string())
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn slug(tx: &mut Tx, admin: &Admin) -> ApiResult<String> {
+    Ok(crate::store::accounts::get(tx, admin.account_id)
+        .await?
+        .map(|a| a.slug)
+        .unwrap_or_default())
+}
+
+async fn provider_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<IdentityProvider> {
+    identity_providers::get(tx, admin.account_id, parse_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)
+}
+
+#[utoipa::path(get, path = "/identity_providers", tag = "identity providers",
+    responses((status = 200, body = List<ProviderView>)))]
+pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let providers = identity_providers::list(&mut tx, admin.account_id).await?;
+    let slug = slug(&mut tx, &admin).await?;
+    tx.commit().await?;
+    Ok(List::of(
+        providers.iter().map(|p| view(&state, &slug, p)).collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/identity_providers", tag = "identity providers",
+    request_body = ProviderInput,
+    responses((status = 201, body = ProviderView), (status = 409, description = "name taken"), (status = 422)))]
+pub async fn create(
+    state: Shared,
+    admin: Admin,
+    Json(input): Json<ProviderInput>,
+) -> ApiResult<impl IntoResponse> {
+    if input.kind != "oidc" {
+        return Err(Problem::invalid("type", "must be \"oidc\""));
+    }
+    let id = Uuid::new_v4();
+    let provider = IdentityProvider {
+        id,
+        name: valid_name("name", &input.name)?,
+        issuer: valid_issuer(&input.issuer)?,
+        client_id: valid_text("client_id", &input.client_id, 512)?,
+        sealed_client_secret: seal(&state, &input.client_secret, id)?,
+        groups_claim: valid_claim("groups_claim", input.groups_claim.as_deref())?,
+        admin_claim: valid_claim("admin_claim", input.admin_claim.as_deref())?,
+        client_session_lifetime_secs: valid_lifetime(input.client_session_lifetime_secs)?,
+        created_at: Timestamp::now(),
+    };
+    let mut tx = state.store.write().await?;
+    identity_providers::insert(&mut tx, admin.account_id, &provider).await?;
+    let slug = slug(&mut tx, &admin).await?;
+    let shown = view(&state, &slug, &provider);
+    record(
+        &mut tx,
+        &admin,
+        "identity_provider.create",
+        id,
+        None::<&ProviderView>,
+        Some(&shown),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(shown)))
+}
+
+#[utoipa::path(get, path = "/identity_providers/{id}", tag = "identity providers",
+    responses((status = 200, body = ProviderView), (status = 404)))]
+pub async fn get(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.read().await?;
+    let provider = provider_of(&mut tx, &admin, &id).await?;
+    let slug = slug(&mut tx, &admin).await?;
+    tx.commit().await?;
+    Ok(axum::Json(view(&state, &slug, &provider)))
+}
+
+#[utoipa::path(patch, path = "/identity_providers/{id}", tag = "identity providers",
+    request_body = ProviderPatch,
+    responses((status = 200, body = ProviderView), (status = 404), (status = 422)))]
+pub async fn update(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(patch): Json<ProviderPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let before = provider_of(&mut tx, &admin, &id).await?;
+    let mut after = before.clone();
+    if let Some(name) = &patch.name {
+        after.name = valid_name("name", name)?;
+    }
+    if let Some(issuer) = &patch.issuer {
+        after.issuer = valid_issuer(issuer)?;
+    }
+    if let Some(client_id) = &patch.client_id {
+        after.client_id = valid_text("client_id", client_id, 512)?;
+    }
+    if let Some(secret) = &patch.client_secret {
+        after.sealed_client_secret = seal(&state, secret, after.id)?;
+    }
+    if let Some(claim) = &patch.groups_claim {
+        after.groups_claim = valid_claim("groups_claim", Some(claim))?;
+    }
+    if let Some(claim) = &patch.admin_claim {
+        after.admin_claim = valid_claim("admin_claim", Some(claim))?;
+    }
+    if patch.client_session_lifetime_secs.is_some() {
+        after.client_session_lifetime_secs = valid_lifetime(patch.client_session_lifetime_secs)?;
+    }
+    identity_providers::update(&mut tx, admin.account_id, &after, now_ms()).await?;
+    let slug = slug(&mut tx, &admin).await?;
+    let (old, new) = (view(&state, &slug, &before), view(&state, &slug, &after));
+    record(
+        &mut tx,
+        &admin,
+        "identity_provider.update",
+        after.id,
+        Some(&old),
+        Some(&new),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(new))
+}
+
+#[utoipa::path(delete, path = "/identity_providers/{id}", tag = "identity providers",
+    description = "Deletes the provider with its identities; every token from a sign-in with it is revoked and its clients disconnected at once.",
+    responses((status = 204), (status = 404)))]
+pub async fn remove(
+    state: Shared,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut tx = state.store.write().await?;
+    let provider = provider_of(&mut tx, &admin, &id).await?;
+    let slug = slug(&mut tx, &admin).await?;
+    let removed = identity_providers::delete(&mut tx, admin.account_id, provider.id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let shown = view(&state, &slug, &provider);
+    record(
+        &mut tx,
+        &admin,
+        "identity_provider.delete",
+        provider.id,
+        Some(&shown),
+        None::<&ProviderView>,
+    )
+    .await?;
+    tx.commit().await?;
+    for token in removed.tokens {
+        state.changed(admin.account_id, Change::TokenRevoked(token));
+    }
+    if !removed.actors.is_empty() {
+        state.changed(admin.account_id, Change::Actors(removed.actors));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_must_be_https_or_loopback_http() {
+        assert_eq!(
+            valid_issuer("https://id.example.com/realms/x/").unwrap(),
+            "https://id.example.com/realms/x"
+        );
+        assert!(valid_issuer("http://127.0.0.1:9000").is_ok());
+        assert!(valid_issuer("http://[::1]:9000").is_ok());
+        assert!(valid_issuer("http://localhost:9000").is_ok());
+        for bad in [
+            "http://id.example.com",
+            "ftp://id.example.com",
+            "https://id.example.com/?a=b",
+            "https://user@id.example.com",
+            "not a url",
+            "",
+        ] {
+            assert!(valid_issuer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_and_claims_are_bounded() {
+        assert_eq!(valid_lifetime(Some(0)).unwrap(), None);
+        assert_eq!(valid_lifetime(Some(3600)).unwrap(), Some(3600));
+        assert!(valid_lifetime(Some(10)).is_err());
+        assert!(valid_lifetime(Some(MAX_SESSION_SECS + 1)).is_err());
+        assert_eq!(valid_claim("c", Some(" ")).unwrap(), None);
+        assert!(valid_claim("c", Some(&"x".repeat(200))).is_err());
+    }
+}

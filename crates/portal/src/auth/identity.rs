@@ -1,0 +1,96 @@
+//! Which actor a provider's identity is (SPEC F2, F8): the identity already
+//! linked by (provider, subject), else the pre-created user with the same
+//! verified email (linked from then on). At each sign-in the groups claim
+//! sets the memberships it manages and the admin claim sets the role.
+
+use uuid::Uuid;
+
+use super::oidc::{Identity, claim_is_true, claim_strings};
+use crate::domain::{Actor, IdentityProvider, Role};
+use crate::store::{Tx, actors, groups, sign_in};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error(
+        "no user of this account matches this identity{}; ask an admin to add you",
+        .0.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+    )]
+    Unknown(Option<String>),
+    #[error("this user is disabled")]
+    Disabled,
+    #[error("service accounts cannot sign in")]
+    ServiceAccount,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The actor after the sign-in, and whether its groups or role changed (its
+/// connected clients must be re-evaluated).
+#[derive(Debug)]
+pub struct Mapped {
+    pub actor: Actor,
+    pub changed: bool,
+}
+
+pub async fn map(
+    tx: &mut Tx,
+    account: Uuid,
+    provider: &IdentityProvider,
+    identity: &Identity,
+    now_ms: i64,
+) -> Result<Mapped, MappingError> {
+    let email = identity
+        .email
+        .as_deref()
+        .map(|e| e.trim().to_ascii_lowercase());
+    let linked = sign_in::actor_of_identity(tx, account, provider.id, &identity.subject).await?;
+    let actor = match linked {
+        Some(id) => actors::get(tx, account, id).await?,
+        None => match (&email, identity.email_verified) {
+            (Some(email), true) => actors::by_email(tx, account, email).await?,
+            _ => None,
+        },
+    };
+    let Some(mut actor) = actor else {
+        return Err(MappingError::Unknown(email));
+    };
+    match actor.role {
+        Role::ServiceAccount => return Err(MappingError::ServiceAccount),
+        _ if actor.disabled => return Err(MappingError::Disabled),
+        _ => {}
+    }
+    sign_in::upsert_identity(
+        tx,
+        account,
+        actor.id,
+        provider.id,
+        &identity.subject,
+        email.as_deref(),
+        now_ms,
+    )
+    .await?;
+    let mut changed = false;
+    if let Some(claim) = &provider.groups_claim {
+        let names = claim_strings(&identity.claims, claim);
+        let names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control))
+            .take(1000)
+            .collect();
+        changed |= groups::sync_claimed(tx, account, actor.id, provider.id, &names, now_ms).await?;
+    }
+    if let Some(claim) = &provider.admin_claim {
+        let role = if claim_is_true(&identity.claims, claim) {
+            Role::Admin
+        } else {
+            Role::User
+        };
+        if role != actor.role {
+            actor.role = role;
+            actors::update(tx, account, &actor, now_ms).await?;
+            changed = true;
+        }
+    }
+    Ok(Mapped { actor, changed })
+}

@@ -1,0 +1,146 @@
+//! Identity providers (OpenID Connect) of an account. The client secret is
+//! stored sealed (see `crate::secrets`) and only the sign-in flow opens it.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Conn, Result, classify, uuid_column};
+use crate::domain::{IdentityProvider, from_millis};
+
+const COLUMNS: &str = "id, name, issuer, client_id, client_secret, groups_claim, admin_claim, \
+                       client_session_lifetime_secs, created_at";
+
+fn from_row(row: &AnyRow) -> Result<IdentityProvider> {
+    Ok(IdentityProvider {
+        id: uuid_column(row, "identity_providers", "id")?,
+        name: row.try_get("name")?,
+        issuer: row.try_get("issuer")?,
+        client_id: row.try_get("client_id")?,
+        sealed_client_secret: row.try_get("client_secret")?,
+        groups_claim: row.try_get("groups_claim")?,
+        admin_claim: row.try_get("admin_claim")?,
+        client_session_lifetime_secs: row.try_get("client_session_lifetime_secs")?,
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
+pub async fn insert(conn: &mut Conn, account: Uuid, provider: &IdentityProvider) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO identity_providers (id, account_id, kind, name, issuer, client_id, \
+         client_secret, groups_claim, admin_claim, client_session_lifetime_secs, created_at, \
+         updated_at) VALUES ($1, $2, 'oidc', $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+    )
+    .bind(provider.id.to_string())
+    .bind(account.to_string())
+    .bind(&provider.name)
+    .bind(&provider.issuer)
+    .bind(&provider.client_id)
+    .bind(&provider.sealed_client_secret)
+    .bind(provider.groups_claim.clone())
+    .bind(provider.admin_claim.clone())
+    .bind(provider.client_session_lifetime_secs)
+    .bind(provider.created_at.as_millisecond())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<IdentityProvider>> {
+    let sql = format!("SELECT {COLUMNS} FROM identity_providers WHERE account_id = $1 AND id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<IdentityProvider>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM identity_providers WHERE account_id = $1 ORDER BY created_at, id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn update(
+    conn: &mut Conn,
+    account: Uuid,
+    provider: &IdentityProvider,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE identity_providers SET name = $3, issuer = $4, client_id = $5, client_secret = $6, \
+         groups_claim = $7, admin_claim = $8, client_session_lifetime_secs = $9, updated_at = $10 \
+         WHERE account_id = $1 AND id = $2",
+    )
+    .bind(account.to_string())
+    .bind(provider.id.to_string())
+    .bind(&provider.name)
+    .bind(&provider.issuer)
+    .bind(&provider.client_id)
+    .bind(&provider.sealed_client_secret)
+    .bind(provider.groups_claim.clone())
+    .bind(provider.admin_claim.clone())
+    .bind(provider.client_session_lifetime_secs)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// What deleting a provider took with it.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Actors who had an identity at the provider.
+    pub actors: Vec<Uuid>,
+    /// Tokens from sign-ins with it (now gone).
+    pub tokens: Vec<Uuid>,
+}
+
+/// Deletes the provider with its identities, its tokens and the memberships
+/// its groups claim made.
+pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Removed>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT actor_id FROM identities WHERE provider_id = $1 AND account_id = $2",
+    )
+    .bind(id.to_string())
+    .bind(account.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let actors = rows
+        .iter()
+        .map(|row| uuid_column(row, "identities", "actor_id"))
+        .collect::<Result<Vec<_>>>()?;
+    let rows =
+        sqlx::query("SELECT id FROM tokens WHERE identity_provider_id = $1 AND account_id = $2")
+            .bind(id.to_string())
+            .bind(account.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+    let tokens = rows
+        .iter()
+        .map(|row| uuid_column(row, "tokens", "id"))
+        .collect::<Result<Vec<_>>>()?;
+    if !super::delete_scoped(conn, "identity_providers", account, id).await? {
+        return Ok(None);
+    }
+    for sql in [
+        "DELETE FROM tokens WHERE identity_provider_id = $1 AND account_id = $2",
+        "DELETE FROM memberships WHERE provider_id = $1 AND account_id = $2",
+        "UPDATE groups SET provider_id = NULL, kind = 'static' WHERE provider_id = $1 AND account_id = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(account.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(Removed { actors, tokens }))
+}

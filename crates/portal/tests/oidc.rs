@@ -1,0 +1,447 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! OpenID Connect sign-in end to end against a real provider (npm
+//! `oidc-provider`, tests/oidc): admin web sign-in, client sign-in ending in
+//! the loopback redirect, groups and admin claims, membership changes
+//! reaching connected clients, and every forged or broken answer refused.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use postern_portal::domain::TokenKind;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::channel::{Peer, key};
+use support::oidc::OidcProvider;
+use support::web::{Browser, Page, WebPortal, query_param};
+
+const CLIENT_ID: &str = "postern-acme";
+const CLIENT_SECRET: &str = "provider-secret-0123456789-abcdefghij";
+const REDIRECT: &str = "http://127.0.0.1:45998/callback";
+const CLIENT_STATE: &str = "client-state-0123456789";
+const CLIENT_NONCE: &str = "client-nonce-0123456789abcdef";
+
+struct Lab {
+    portal: WebPortal,
+    idp: OidcProvider,
+    provider: String,
+}
+
+/// A portal with an OIDC provider registered through the API, pointing at a
+/// real provider that knows the portal's callback.
+async fn lab() -> Lab {
+    let portal = WebPortal::start(|_| {}).await;
+    let (status, created) = portal
+        .api(
+            Method::POST,
+            "/identity_providers",
+            Some(json!({
+                "type": "oidc", "name": "Corp IdP", "issuer": "http://127.0.0.1:1",
+                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                "groups_claim": "groups", "admin_claim": "is_admin",
+                "client_session_lifetime_secs": 3600
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let provider = created["id"].as_str().unwrap().to_string();
+    let callback = created["redirect_uri"].as_str().unwrap().to_string();
+    assert_eq!(
+        callback,
+        format!("{}/acme/sign_in/oidc/{provider}/callback", portal.base)
+    );
+    let idp = OidcProvider::start(CLIENT_ID, CLIENT_SECRET, &[callback]).await;
+    let (status, patched) = portal
+        .api(
+            Method::PATCH,
+            &format!("/identity_providers/{provider}"),
+            Some(json!({"issuer": idp.issuer})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    Lab {
+        portal,
+        idp,
+        provider,
+    }
+}
+
+impl Lab {
+    fn start_url(&self, client: bool) -> String {
+        let query = if client {
+            format!(
+                "?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri={}",
+                url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}/acme/sign_in/oidc/{}{query}",
+            self.portal.base, self.provider
+        )
+    }
+
+    /// Starts at the portal, signs in at the provider as `login`, and
+    /// returns the callback URL the provider sent the browser to.
+    async fn to_callback(&self, browser: &mut Browser, login: &str, client: bool) -> String {
+        let start = browser.get(&self.start_url(client)).await;
+        assert_eq!(start.status, 303, "{}", start.body);
+        let authorize = start.location.unwrap();
+        assert!(authorize.starts_with(&self.idp.issuer), "{authorize}");
+        assert_eq!(
+            query_param(&authorize, "code_challenge_method").as_deref(),
+            Some("S256")
+        );
+        assert!(browser.cookies.contains_key("postern_oidc"));
+        self.idp.sign_in(&authorize, login).await
+    }
+
+    /// The whole browser flow.
+    async fn sign_in(&self, browser: &mut Browser, login: &str, client: bool) -> Page {
+        let callback = self.to_callback(browser, login, client).await;
+        browser.get(&callback).await
+    }
+
+    async fn group_named(&self, name: &str) -> Option<Value> {
+        let (_, groups) = self.portal.api(Method::GET, "/groups", None).await;
+        groups["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .cloned()
+    }
+
+    async fn members(&self, group: &Value) -> Vec<Value> {
+        let path = format!("/groups/{}/members", group["id"].as_str().unwrap());
+        let (status, members) = self.portal.api(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{members}");
+        members["actor_ids"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_to_the_web_portal_and_the_secret_stays_sealed() {
+    let lab = lab().await;
+    let (_, shown) = lab
+        .portal
+        .api(
+            Method::GET,
+            &format!("/identity_providers/{}", lab.provider),
+            None,
+        )
+        .await;
+    assert!(shown.get("client_secret").is_none(), "{shown}");
+    assert!(!shown.to_string().contains(CLIENT_SECRET));
+    let mut tx = lab.portal.state.store.read().await.unwrap();
+    let sealed: String = sqlx::query_scalar("SELECT client_secret FROM identity_providers")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        sealed.starts_with("v1:") && !sealed.contains(CLIENT_SECRET),
+        "{sealed}"
+    );
+
+    let mut browser = Browser::new();
+    let page = browser
+        .get(&format!("{}/acme/sign_in", lab.portal.base))
+        .await;
+    assert!(page.body.contains("Sign in with Corp IdP"), "{}", page.body);
+
+    // The admin made by `portal init` is found by its verified email.
+    lab.idp
+        .set_account("root-sub", "admin@example.test", &[], true)
+        .await;
+    let done = lab.sign_in(&mut browser, "root-sub", false).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some("/acme/"));
+    assert!(
+        !browser.cookies.contains_key("postern_oidc"),
+        "the state cookie is spent"
+    );
+    let home = browser.get(&format!("{}/acme/", lab.portal.base)).await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("admin@example.test"), "{}", home.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sign_in_maps_groups_and_the_admin_claim() {
+    let lab = lab().await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    // A group an admin made, with a member an admin added: left alone.
+    let (_, team) = lab
+        .portal
+        .api(
+            Method::POST,
+            "/groups",
+            Some(json!({"name": "static-team"})),
+        )
+        .await;
+    let team_path = format!("/groups/{}/members", team["id"].as_str().unwrap());
+    let (status, _) = lab
+        .portal
+        .api(Method::PUT, &team_path, Some(json!({"actor_ids": [alice]})))
+        .await;
+    assert_eq!(status, 200);
+
+    lab.idp
+        .set_account(
+            "alice-sub",
+            "alice@corp.test",
+            &["eng", "ops", "static-team", "Everyone"],
+            false,
+        )
+        .await;
+    let mut browser = Browser::new();
+    let done = lab.sign_in(&mut browser, "alice-sub", true).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let location = done.location.unwrap();
+    assert!(location.starts_with(REDIRECT), "{location}");
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some(CLIENT_STATE)
+    );
+    assert_eq!(
+        query_param(&location, "actor_name").as_deref(),
+        Some("Alice")
+    );
+    let fragment = query_param(&location, "fragment").unwrap();
+
+    let store = &lab.portal.state.store;
+    let now = jiff::Timestamp::now();
+    let token = format!("{CLIENT_NONCE}{fragment}");
+    let record = postern_portal::auth::authenticate(store, &token, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.kind, TokenKind::Client);
+    assert_eq!(
+        record.identity_provider_id.unwrap().to_string(),
+        lab.provider
+    );
+    let lifetime = record.expires_at.unwrap().duration_since(now).as_secs();
+    assert!(
+        (3540..=3600).contains(&lifetime),
+        "the provider's lifetime: {lifetime}"
+    );
+    assert!(
+        postern_portal::auth::authenticate(store, &fragment, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "without the nonce the fragment is useless"
+    );
+
+    // Groups claim -> provider groups created, memberships set.
+    let eng = lab.group_named("eng").await.unwrap();
+    let ops = lab.group_named("ops").await.unwrap();
+    assert_eq!(eng["kind"], "provider");
+    assert_eq!(lab.members(&eng).await, [json!(alice)]);
+    assert_eq!(lab.members(&ops).await, [json!(alice)]);
+
+    // The next sign-in follows the claims: out of ops and static-team's
+    // claim, admin by the claim; the admin-made membership stays.
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &["eng"], true)
+        .await;
+    let again = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(again.status, 303, "{}", again.body);
+    assert_eq!(lab.members(&eng).await, [json!(alice)]);
+    assert!(lab.members(&ops).await.is_empty());
+    let team = lab.group_named("static-team").await.unwrap();
+    assert_eq!(
+        lab.members(&team).await,
+        [json!(alice)],
+        "an admin's membership stays"
+    );
+    let (_, actor) = lab
+        .portal
+        .api(Method::GET, &format!("/actors/{alice}"), None)
+        .await;
+    assert_eq!(actor["role"], "admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_broken_answers_are_refused() {
+    let lab = lab().await;
+    lab.portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+
+    // Replayed code: the second use of a callback finds nothing.
+    let mut browser = Browser::new();
+    let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
+    let cookie = browser.cookies["postern_oidc"].clone();
+    assert_eq!(browser.get(&callback).await.status, 303);
+    browser.cookies.insert("postern_oidc".into(), cookie);
+    let replayed = browser.get(&callback).await;
+    assert_eq!(replayed.status, 400, "{}", replayed.body);
+    assert!(replayed.body.contains("already used"), "{}", replayed.body);
+
+    // Wrong state: not this browser's, or not any sign-in's.
+    let mut browser = Browser::new();
+    let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
+    let state = query_param(&callback, "state").unwrap();
+    let forged = callback.replace(&state, "forged-state-value");
+    let refused = browser.get(&forged).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("another browser"), "{}", refused.body);
+    browser
+        .cookies
+        .insert("postern_oidc".into(), "forged-state-value".into());
+    let refused = browser.get(&forged).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("already used or has expired"));
+
+    // Broken ID tokens.
+    for (mode, why) in [
+        ("expired", "expired"),
+        ("wrong_audience", "audience"),
+        ("tamper_signature", "signature"),
+        ("wrong_nonce", "nonce"),
+        ("wrong_issuer", "issuer"),
+    ] {
+        lab.idp.set_mode(mode).await;
+        let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+        assert_eq!(page.status, 401, "{mode}: {}", page.body);
+        assert!(
+            page.body.contains("ID token is not valid"),
+            "{mode}: {}",
+            page.body
+        );
+        assert!(
+            page.body.to_lowercase().contains(why),
+            "{mode}: {}",
+            page.body
+        );
+    }
+    lab.idp.set_mode("normal").await;
+
+    // Nobody with that email, or an unverified email: no sign-in.
+    lab.idp
+        .set_account("mallory", "mallory@corp.test", &[], true)
+        .await;
+    let page = lab.sign_in(&mut Browser::new(), "mallory", false).await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("no user of this account matches"));
+    lab.idp
+        .set_account_claims(&json!({
+            "sub": "alice-other", "email": "alice@corp.test", "email_verified": false
+        }))
+        .await;
+    let page = lab.sign_in(&mut Browser::new(), "alice-other", true).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+
+    // The provider's own refusal is shown, not a crash.
+    let denied = Browser::new()
+        .get(&format!(
+            "{}/acme/sign_in/oidc/{}/callback?error=access_denied&error_description=no",
+            lab.portal.base, lab.provider
+        ))
+        .await;
+    assert_eq!(denied.status, 401);
+    assert!(denied.body.contains("access_denied"));
+    // And a normal sign-in still works afterwards.
+    let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconnects() {
+    let lab = lab().await;
+    let portal = &lab.portal;
+    portal.add_actor("Alice", "alice@corp.test", "user").await;
+    let (_, site) = portal
+        .api(Method::POST, "/sites", Some(json!({"name": "Office"})))
+        .await;
+    let (status, resource) = portal
+        .api(
+            Method::POST,
+            "/resources",
+            Some(
+                json!({"name": "Lab net", "type": "cidr", "address": "10.20.0.0/24",
+                        "site_id": site["id"], "filters": []}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{resource}");
+    let (_, eng) = portal
+        .api(Method::POST, "/groups", Some(json!({"name": "eng"})))
+        .await;
+    let (status, _) = portal
+        .api(
+            Method::POST,
+            "/policies",
+            Some(json!({"group_id": eng["id"], "resource_id": resource["id"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &["eng"], false)
+        .await;
+    let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    let fragment = query_param(done.location.as_deref().unwrap(), "fragment").unwrap();
+    let token = format!("{CLIENT_NONCE}{fragment}");
+    let addr = portal
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = Peer::connect(addr, "/v1/client", &token, "laptop", &key(7))
+        .await
+        .unwrap();
+    let init = client.next().await;
+    assert_eq!(init["type"], "init", "{init}");
+    assert!(init.to_string().contains("10.20.0.0/24"), "{init}");
+
+    // The IdP drops her from eng; her next sign-in (say, on another device)
+    // applies it to the connected client at once.
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    let started = Instant::now();
+    let again = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(again.status, 303);
+    let signed_in = started.elapsed();
+    let removed = client.next_of("resource_removed").await;
+    let latency = started.elapsed() - signed_in;
+    assert_eq!(removed["id"], resource["id"], "{removed}");
+    println!("membership change reached the client {latency:?} after the sign-in");
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+
+    // Deleting the provider revokes its sign-ins at once.
+    let started = Instant::now();
+    let (status, _) = portal
+        .api(
+            Method::DELETE,
+            &format!("/identity_providers/{}", lab.provider),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let disconnect = client.next_of("disconnect").await;
+    assert_eq!(disconnect["reason"], "token_revoked");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let store = &portal.state.store;
+    assert!(
+        postern_portal::auth::authenticate(store, &token, jiff::Timestamp::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
