@@ -83,6 +83,33 @@ pub struct PortalArgs {
     /// MaxMind-format GeoIP database for country conditions
     #[arg(long, env = "POSTERN_GEOIP_DB", value_name = "PATH")]
     pub geoip_db: Option<PathBuf>,
+    /// File with the key that seals identity-provider secrets (base64 of 32
+    /// bytes); created (mode 0600) if missing. Default: secret.key beside the
+    /// SQLite database, or ./postern-data/secret.key
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_key")]
+    pub secret_key_file: Option<PathBuf>,
+    /// The secret key itself (base64 of 32 bytes), for several portal nodes
+    /// that must share it; only from the environment
+    #[arg(long, env = "POSTERN_SECRET_KEY", hide = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// SMTP server for sign-in codes: smtp://HOST:PORT,
+    /// smtp://USER:PASS@HOST:587?tls=required or smtps://HOST:465; without
+    /// it codes are logged (development mail mode)
+    #[arg(
+        long,
+        env = "POSTERN_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+    /// Sender of sign-in codes
+    #[arg(
+        long,
+        env = "POSTERN_SMTP_FROM",
+        value_name = "ADDRESS",
+        default_value = "Postern <postern@localhost>"
+    )]
+    pub smtp_from: String,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }
@@ -274,9 +301,29 @@ pub enum ClientCommand {
         /// Print the sign-in URL instead of opening a browser
         #[arg(long)]
         no_browser: bool,
+        /// Where the token is stored (client-token, mode 0600)
+        #[arg(
+            long,
+            env = "POSTERN_STATE_DIR",
+            value_name = "DIR",
+            default_value = "/var/lib/postern"
+        )]
+        state_dir: PathBuf,
+        /// Seconds to wait for the browser
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
     },
-    /// Delete the stored token and revoke it at the portal
-    SignOut,
+    /// Revoke the stored token at the portal and delete it
+    SignOut {
+        /// Where the token is stored
+        #[arg(
+            long,
+            env = "POSTERN_STATE_DIR",
+            value_name = "DIR",
+            default_value = "/var/lib/postern"
+        )]
+        state_dir: PathBuf,
+    },
     /// Show resources, connections and paths (direct or relayed)
     Status {
         /// Machine-readable output
@@ -296,9 +343,9 @@ pub enum ClientCommand {
 /// `postern client up`.
 #[derive(Debug, Args)]
 pub struct ClientUpArgs {
-    /// Portal URL (http:// or https://)
+    /// Portal URL (default: the one of `postern client sign-in`)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
-    pub portal: String,
+    pub portal: Option<String>,
     #[command(flatten)]
     pub token: TokenSource,
     /// UDP port for WireGuard and ICE (0 = any)

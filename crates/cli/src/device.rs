@@ -110,10 +110,28 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn client_up(args: ClientUpArgs) -> anyhow::Result<ExitCode> {
+pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
+    // Without a token or portal, use what `postern client sign-in` stored.
+    let signed_in = crate::sign_in::read_record(&args.device.state_dir);
+    if args.token.token.is_none() && args.token.token_file.is_none() {
+        let stored = args.device.state_dir.join(crate::sign_in::TOKEN_FILE);
+        if !stored.exists() {
+            bail!(
+                "give --token or --token-file, or sign in first with `postern client sign-in` \
+                 (no token in {})",
+                stored.display()
+            );
+        }
+        args.token.token_file = Some(stored);
+    }
+    let portal = match (args.portal.take(), signed_in) {
+        (Some(portal), _) => portal,
+        (None, Some(record)) => record.portal,
+        (None, None) => bail!("give --portal (or sign in first with `postern client sign-in`)"),
+    };
     let device = device_config(
         "client",
-        args.portal,
+        portal,
         &args.token,
         args.name,
         args.port,

@@ -9,6 +9,7 @@ mod demo;
 mod device;
 mod portal;
 mod relay;
+mod sign_in;
 mod values;
 
 use std::process::ExitCode;
@@ -39,8 +40,25 @@ fn main() -> ExitCode {
         Command::Relay(args) => finish("relay", relay::run(args)),
         Command::Client(client) => match client.command {
             ClientCommand::Up(args) => finish("client up", device::client_up(*args)),
-            ClientCommand::SignIn { .. } => unavailable("client sign-in", "client sign-in"),
-            ClientCommand::SignOut => unavailable("client sign-out", "client sign-in"),
+            ClientCommand::SignIn {
+                portal,
+                account,
+                no_browser,
+                state_dir,
+                timeout,
+            } => finish(
+                "client sign-in",
+                sign_in::sign_in(
+                    &portal,
+                    &account,
+                    no_browser,
+                    &state_dir,
+                    std::time::Duration::from_secs(timeout.max(1)),
+                ),
+            ),
+            ClientCommand::SignOut { state_dir } => {
+                finish("client sign-out", sign_in::sign_out(&state_dir))
+            }
             ClientCommand::Status {
                 json,
                 ref status_socket,

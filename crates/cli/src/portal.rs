@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use postern_portal::auth::email::Mailer;
 use postern_portal::geoip::GeoIp;
+use postern_portal::secrets::SecretKey;
 use postern_portal::state::AppState;
 use postern_portal::{Store, setup};
 
@@ -59,6 +61,39 @@ pub fn relay_token(database: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The key that seals identity-provider secrets: `POSTERN_SECRET_KEY`, or
+/// the key file (created on first start).
+fn secret_key(args: &PortalArgs) -> anyhow::Result<SecretKey> {
+    if let Some(text) = &args.secret_key {
+        return SecretKey::parse(text).context("POSTERN_SECRET_KEY");
+    }
+    let path = match &args.secret_key_file {
+        Some(path) => path.clone(),
+        None => default_key_path(&args.database),
+    };
+    let (key, created) = SecretKey::load_or_create(&path)?;
+    if created {
+        tracing::info!(
+            path = %path.display(),
+            "created a new secret key; back it up with the database (identity-provider secrets cannot be read without it)"
+        );
+    }
+    Ok(key)
+}
+
+/// `secret.key` beside a SQLite database, else in ./postern-data.
+fn default_key_path(database: &str) -> std::path::PathBuf {
+    let sqlite = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .filter(|path| !path.is_empty() && *path != ":memory:");
+    match sqlite.and_then(|path| std::path::Path::new(path).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("secret.key"),
+        _ => std::path::PathBuf::from("postern-data/secret.key"),
+    }
+}
+
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
     runtime()?.block_on(async {
@@ -71,6 +106,19 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             Some(path) => state.geoip = Some(GeoIp::open(path)?),
             None => tracing::info!("no --geoip-db: country conditions fail closed"),
         }
+        let key = secret_key(&args)?;
+        key.check_against(&store).await?;
+        state.secret_key = Some(key);
+        state.external_url = args.external_url.clone();
+        state.mailer = match &args.smtp_url {
+            Some(url) => Mailer::smtp(url, &args.smtp_from)?,
+            None => {
+                tracing::info!(
+                    "development mail mode: no --smtp-url, so sign-in codes are written to this log"
+                );
+                Mailer::Log
+            }
+        };
         let state = Arc::new(state);
         if let Some(address) = args.daemon.metrics {
             let published = Arc::clone(&state);
