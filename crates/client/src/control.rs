@@ -256,7 +256,7 @@ impl Control {
                     DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired
                 ) {
                     return Err(format!(
-                        "the portal disconnected this client: {reason:?}; sign in again"
+                        "the portal disconnected this client: {reason:?}; sign in again with `postern client sign-in`"
                     ));
                 }
                 tracing::warn!(?reason, "the portal disconnected this client");

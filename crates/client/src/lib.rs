@@ -91,7 +91,7 @@ pub async fn run(
         tokio::select! {
             () = &mut stop => break,
             incoming = channel.incoming.recv() => {
-                match link.on(incoming, &config.device.portal, "sign in again", "established tunnels go on") {
+                match link.on(incoming, &config.device.portal, "sign in again with `postern client sign-in`", "established tunnels go on") {
                     LinkEvent::Fatal(error) => anyhow::bail!(error),
                     LinkEvent::Frame(text) => {
                         if let Err(fatal) = control.handle_portal(&text, Instant::now()).await {

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::channel::{Peer, key};
 use support::oidc::OidcProvider;
+use support::postgres::TempPostgres;
 use support::web::{Browser, Page, WebPortal, query_param};
 
 const CLIENT_ID: &str = "postern-acme";
@@ -30,7 +31,11 @@ struct Lab {
 /// A portal with an OIDC provider registered through the API, pointing at a
 /// real provider that knows the portal's callback.
 async fn lab() -> Lab {
-    let portal = WebPortal::start(|_| {}).await;
+    lab_on(None).await
+}
+
+async fn lab_on(database: Option<String>) -> Lab {
+    let portal = WebPortal::start_on(database, |_| {}).await;
     let (status, created) = portal
         .api(
             Method::POST,
@@ -100,7 +105,13 @@ impl Lab {
     /// The whole browser flow.
     async fn sign_in(&self, browser: &mut Browser, login: &str, client: bool) -> Page {
         let callback = self.to_callback(browser, login, client).await;
-        browser.get(&callback).await
+        let started = Instant::now();
+        let page = browser.get(&callback).await;
+        println!(
+            "callback answered in {:?} (discovery, code exchange, JWKS, userinfo)",
+            started.elapsed()
+        );
+        page
     }
 
     async fn group_named(&self, name: &str) -> Option<Value> {
@@ -165,6 +176,15 @@ async fn an_admin_signs_in_to_the_web_portal_and_the_secret_stays_sealed() {
     let home = browser.get(&format!("{}/acme/", lab.portal.base)).await;
     assert_eq!(home.status, 200);
     assert!(home.body.contains("admin@example.test"), "{}", home.body);
+
+    // A claim saying "not admin" cannot demote the account's last admin.
+    lab.idp
+        .set_account("root-sub", "admin@example.test", &[], false)
+        .await;
+    let again = lab.sign_in(&mut Browser::new(), "root-sub", false).await;
+    assert_eq!(again.status, 303, "still an admin: {}", again.body);
+    let (status, _) = lab.portal.api(Method::GET, "/sites", None).await;
+    assert_eq!(status, 200, "the admin's API token still works");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,4 +464,37 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
             .unwrap()
             .is_none()
     );
+}
+
+/// The sign-in's store work (pending sign-ins, identities, claimed groups)
+/// on PostgreSQL, the engine of several portal nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_works_on_postgres_too() {
+    let server = TempPostgres::start_named("oidc");
+    let lab = lab_on(Some(server.database("oidc").await)).await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &["eng", "Everyone"], false)
+        .await;
+    let callback = lab
+        .to_callback(&mut Browser::new(), "alice-sub", true)
+        .await;
+    let mut browser = Browser::new();
+    let done = lab.sign_in(&mut browser, "alice-sub", true).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let eng = lab.group_named("eng").await.unwrap();
+    assert_eq!(lab.members(&eng).await, [json!(alice)]);
+    // The first, unfinished sign-in's callback arrives late, without its
+    // browser's cookie: refused.
+    let late = browser.get(&callback).await;
+    assert_eq!(late.status, 400);
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    let again = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(again.status, 303, "{}", again.body);
+    assert!(lab.members(&eng).await.is_empty());
 }

@@ -88,10 +88,16 @@ fn code_in(data: &str) -> String {
 async fn a_code_arrives_by_smtp_and_works_once() {
     let (portal, mut smtp) = portal_with_mail().await;
     let mut browser = Browser::new();
+    let started = std::time::Instant::now();
     let page = ask_code(&portal, &mut browser, "Admin@Example.test", false).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("a sign-in code is on its way"));
+    let answered = started.elapsed();
     let mail = smtp.next(10).await.expect("the code arrives");
+    println!(
+        "code page answered after {answered:?}, mail received after {:?}",
+        started.elapsed()
+    );
     assert_eq!(mail.to, ["admin@example.test"]);
     let code = code_in(&mail.data);
 
@@ -107,6 +113,7 @@ async fn a_code_arrives_by_smtp_and_works_once() {
         "{stored}"
     );
 
+    let started = std::time::Instant::now();
     let signed_in = enter_code(
         &portal,
         &mut browser,
@@ -114,6 +121,7 @@ async fn a_code_arrives_by_smtp_and_works_once() {
         &format!("{} {}", &code[..4], &code[4..]),
     )
     .await;
+    println!("code checked and session made in {:?}", started.elapsed());
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     assert_eq!(signed_in.location.as_deref(), Some("/acme/"));
     assert!(browser.cookies.contains_key("postern_session"));

@@ -86,7 +86,17 @@ pub async fn map(
         } else {
             Role::User
         };
-        if role != actor.role {
+        let last_admin = actor.role == Role::Admin
+            && role == Role::User
+            && actors::count_enabled_admins(tx, account).await? <= 1;
+        if last_admin {
+            // A mistyped claim must not lock everyone out of the account.
+            tracing::warn!(
+                actor = %actor.id,
+                claim = %claim,
+                "the admin claim says user, but this is the account's last admin: kept admin"
+            );
+        } else if role != actor.role {
             actor.role = role;
             actors::update(tx, account, &actor, now_ms).await?;
             changed = true;

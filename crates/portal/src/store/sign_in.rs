@@ -162,7 +162,13 @@ pub async fn put_oidc(
     account: Uuid,
     state_hash: &str,
     pending: &PendingOidc,
+    now_ms: i64,
 ) -> Result<()> {
+    // Sign-ins never finished must not pile up.
+    sqlx::query("DELETE FROM oidc_sign_ins WHERE expires_at < $1")
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO oidc_sign_ins (state_hash, account_id, provider_id, nonce, pkce_verifier, \
          client_state, client_nonce, redirect_uri, expires_at) \

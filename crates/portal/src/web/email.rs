@@ -46,7 +46,7 @@ pub struct VerifyForm {
 }
 
 /// A rate-limit key for one address of one account, or one IP.
-fn limit_key(kind: &str, account: Uuid, value: &str) -> Uuid {
+pub(super) fn limit_key(kind: &str, account: Uuid, value: &str) -> Uuid {
     let digest = Sha256::new()
         .chain_update(kind.as_bytes())
         .chain_update([0])
@@ -59,7 +59,7 @@ fn limit_key(kind: &str, account: Uuid, value: &str) -> Uuid {
 }
 
 /// Checks the per-IP bucket and, when asking for a code, the per-address one.
-fn rate_limited(state: &AppState, ip: Uuid, address: Option<Uuid>) -> WebResult<()> {
+pub(super) fn rate_limited(state: &AppState, ip: Uuid, address: Option<Uuid>) -> WebResult<()> {
     let now = Instant::now();
     let checks = [
         Some((&state.sign_in_ip_limiter, ip)),

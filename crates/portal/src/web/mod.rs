@@ -32,6 +32,7 @@ pub type Shared = State<Arc<AppState>>;
 /// The web routes.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/{account}", get(add_slash))
         .route("/{account}/", get(session::home))
         .route("/{account}/sign_in", get(sign_in_page))
         .route("/{account}/sign_in/email", post(email::request_code))
@@ -268,6 +269,15 @@ pub fn with_csrf(
         jar(state, slug).set(&mut response, cookies::CSRF, token, 12 * 3600, false);
     }
     response
+}
+
+/// `/acme` is `/acme/` (the cookies are scoped to the account's path).
+async fn add_slash(Path(slug): Path<String>) -> Response {
+    if crate::setup::validate_slug(&slug) {
+        see_other(&format!("/{slug}/"))
+    } else {
+        WebError::new(StatusCode::NOT_FOUND, "There is no such page.").into_response()
+    }
 }
 
 /// `GET /{account}/sign_in`: the account's ways to sign in.

@@ -104,10 +104,16 @@ pub async fn start(
     State(state): Shared,
     Path((slug, provider_id)): Path<(String, String)>,
     Query(params): Query<ClientParams>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let account = account(&state, &slug).await?;
     let client = params.request()?;
+    super::email::rate_limited(
+        &state,
+        super::email::limit_key("oidc-ip", account.id, &peer.0.ip().to_string()),
+        None,
+    )?;
     let provider = provider(&state, &account, &provider_id).await?;
     let config = config(&state, &account, &provider, &base_url(&state, &headers)?)?;
     let random = || random_secret().map_err(WebError::internal);
@@ -127,6 +133,7 @@ pub async fn start(
             client,
             expires_at_ms: Timestamp::now().as_millisecond() + PENDING_MS,
         },
+        Timestamp::now().as_millisecond(),
     )
     .await?;
     tx.commit().await?;

@@ -30,10 +30,15 @@ impl Drop for WebPortal {
 }
 
 impl WebPortal {
-    /// Account `acme` with admin `admin@example.test`.
+    /// Account `acme` with admin `admin@example.test`, on SQLite.
     pub async fn start(configure: impl FnOnce(&mut AppState)) -> WebPortal {
+        WebPortal::start_on(None, configure).await
+    }
+
+    /// The same on the database at `url` (PostgreSQL), or a fresh SQLite file.
+    pub async fn start_on(url: Option<String>, configure: impl FnOnce(&mut AppState)) -> WebPortal {
         let db = TempDb::new("web");
-        let store = Store::open(&db.url()).await.unwrap();
+        let store = Store::open(&url.unwrap_or_else(|| db.url())).await.unwrap();
         let init = setup::init_account(&store, "acme", "admin@example.test")
             .await
             .unwrap();
