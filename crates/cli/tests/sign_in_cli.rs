@@ -103,6 +103,17 @@ fn postern(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The query parameter `name` of `url`.
+fn param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        .1
+        .into_owned()
+}
+
 fn hidden(body: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = body
@@ -175,13 +186,7 @@ async fn a_client_signs_in_through_the_browser_and_signs_out() {
             .starts_with(&format!("{base}/acme/sign_in?"))
             .then(|| line.trim().to_string())
     });
-    let redirect = url::Url::parse(&url).unwrap();
-    let redirect_uri = redirect
-        .query_pairs()
-        .find(|(k, _)| k == "redirect_uri")
-        .unwrap()
-        .1
-        .into_owned();
+    let redirect_uri = param(&url, "redirect_uri");
     assert!(
         redirect_uri.starts_with("http://127.0.0.1:"),
         "{redirect_uri}"
@@ -242,20 +247,9 @@ async fn a_client_signs_in_through_the_browser_and_signs_out() {
         .unwrap()
         .trim()
         .to_string();
-    let nonce = redirect
-        .query_pairs()
-        .find(|(k, _)| k == "client_nonce")
-        .unwrap()
-        .1
-        .into_owned();
+    let nonce = param(&url, "client_nonce");
     assert!(token.starts_with(&nonce), "the token is nonce + fragment");
-    let fragment = url::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "fragment")
-        .unwrap()
-        .1
-        .into_owned();
+    let fragment = param(&location, "fragment");
     assert_eq!(token, format!("{nonce}{fragment}"));
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -302,13 +296,7 @@ fn a_wrong_state_is_ignored_and_the_wait_times_out() {
             .starts_with("http://127.0.0.1:9/acme/sign_in?")
             .then(|| line.trim().to_string())
     });
-    let redirect_uri = url::Url::parse(&url)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "redirect_uri")
-        .unwrap()
-        .1
-        .into_owned();
+    let redirect_uri = param(&url, "redirect_uri");
     let port = url::Url::parse(&redirect_uri).unwrap().port().unwrap();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(

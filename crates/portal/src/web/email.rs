@@ -23,18 +23,9 @@ use crate::domain::{Account, Role};
 use crate::state::AppState;
 use crate::store::{actors, sign_in};
 
+/// The fields of both email forms (the code only in the second).
 #[derive(Deserialize)]
-pub struct CodeRequestForm {
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    csrf: String,
-    #[serde(flatten)]
-    client: ClientParams,
-}
-
-#[derive(Deserialize)]
-pub struct VerifyForm {
+pub struct EmailForm {
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -43,6 +34,36 @@ pub struct VerifyForm {
     csrf: String,
     #[serde(flatten)]
     client: ClientParams,
+}
+
+/// What both forms check first: the account, the CSRF token, the client
+/// parameters and the address.
+struct Checked {
+    account: Account,
+    client: Option<sign_in::ClientRequest>,
+    email: String,
+    meta: RequestMeta,
+}
+
+async fn check(
+    state: &AppState,
+    slug: &str,
+    peer: Peer,
+    headers: &HeaderMap,
+    form: &EmailForm,
+) -> WebResult<Checked> {
+    let account = account(state, slug).await?;
+    if !cookies::csrf_ok(headers, &form.csrf) {
+        return Err(WebError::forbidden(
+            "The form expired; reload the page and try again.",
+        ));
+    }
+    Ok(Checked {
+        client: form.client.request()?,
+        email: normalize_email(&form.email)?,
+        meta: RequestMeta::of(peer.0, headers),
+        account,
+    })
 }
 
 /// A rate-limit key for one address of one account, or one IP.
@@ -115,17 +136,14 @@ pub async fn request_code(
     Path(slug): Path<String>,
     peer: Peer,
     headers: HeaderMap,
-    Form(form): Form<CodeRequestForm>,
+    Form(form): Form<EmailForm>,
 ) -> WebResult<Response> {
-    let account = account(&state, &slug).await?;
-    if !cookies::csrf_ok(&headers, &form.csrf) {
-        return Err(WebError::forbidden(
-            "The form expired; reload the page and try again.",
-        ));
-    }
-    let client = form.client.request()?;
-    let email = normalize_email(&form.email)?;
-    let meta = RequestMeta::of(peer.0, &headers);
+    let Checked {
+        account,
+        client,
+        email,
+        meta,
+    } = check(&state, &slug, peer, &headers, &form).await?;
     rate_limited(
         &state,
         limit_key("ip", account.id, &meta.ip.to_string()),
@@ -189,24 +207,21 @@ pub async fn verify(
     Path(slug): Path<String>,
     peer: Peer,
     headers: HeaderMap,
-    Form(form): Form<VerifyForm>,
+    Form(form): Form<EmailForm>,
 ) -> WebResult<Response> {
-    let account = account(&state, &slug).await?;
-    if !cookies::csrf_ok(&headers, &form.csrf) {
-        return Err(WebError::forbidden(
-            "The form expired; reload the page and try again.",
-        ));
-    }
-    let client = form.client.request()?;
-    let email = normalize_email(&form.email)?;
-    let meta = RequestMeta::of(peer.0, &headers);
+    let Checked {
+        account,
+        client,
+        email,
+        meta,
+    } = check(&state, &slug, peer, &headers, &form).await?;
     rate_limited(
         &state,
         limit_key("verify-ip", account.id, &meta.ip.to_string()),
         None,
     )?;
     let typed = normalize_code(&form.code);
-    let wrong = |state: &AppState| {
+    let wrong = || {
         let body = code_form(
             &account,
             &email,
@@ -215,7 +230,6 @@ pub async fn verify(
             "<span class=\"error\">That code is wrong, used or expired.</span> \
              After 3 wrong tries a code stops working: ask for a new one.",
         );
-        let _ = state;
         Ok(page(StatusCode::UNAUTHORIZED, "Check your email", &body))
     };
     let mut tx = state.store.read().await?;
@@ -223,7 +237,7 @@ pub async fn verify(
     tx.commit().await?;
     let now = Timestamp::now().as_millisecond();
     let Some(pending) = pending.filter(|p| p.expires_at_ms > now && p.attempts_left > 0) else {
-        return wrong(&state);
+        return wrong();
     };
     let matches = {
         let (typed, hash) = (typed.clone(), pending.hash.clone());
@@ -236,12 +250,12 @@ pub async fn verify(
     let current = sign_in::email_code(&mut tx, account.id, &email).await?;
     if !current.is_some_and(|c| c.hash == pending.hash && c.attempts_left > 0) {
         tx.commit().await?;
-        return wrong(&state);
+        return wrong();
     }
     if !matches {
         sign_in::spend_email_attempt(&mut tx, account.id, &email).await?;
         tx.commit().await?;
-        return wrong(&state);
+        return wrong();
     }
     sign_in::delete_email_code(&mut tx, account.id, &email).await?;
     let actor = actors::get(&mut tx, account.id, pending.actor_id).await?;
