@@ -86,7 +86,12 @@ pub struct PortalArgs {
     /// File with the key that seals identity-provider secrets (base64 of 32
     /// bytes); created (mode 0600) if missing. Default: secret.key beside the
     /// SQLite database, or ./postern-data/secret.key
-    #[arg(long, value_name = "PATH", conflicts_with = "secret_key")]
+    #[arg(
+        long,
+        env = "POSTERN_SECRET_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "secret_key"
+    )]
     pub secret_key_file: Option<PathBuf>,
     /// The secret key itself (base64 of 32 bytes), for several portal nodes
     /// that must share it; only from the environment

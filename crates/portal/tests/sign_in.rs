@@ -317,3 +317,16 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
     assert_eq!(evil.status, 400);
     assert!(evil.body.contains("loopback"));
 }
+
+#[tokio::test]
+async fn a_portal_started_with_another_secret_key_stops() {
+    use postern_portal::secrets::{SecretError, SecretKey};
+    let db = support::TempDb::new("key");
+    let store = postern_portal::Store::open(&db.url()).await.unwrap();
+    let first = SecretKey::generate().unwrap();
+    first.check_against(&store).await.unwrap();
+    first.check_against(&store).await.unwrap();
+    let other = SecretKey::generate().unwrap();
+    let refused = other.check_against(&store).await;
+    assert!(matches!(refused, Err(SecretError::WrongKey)), "{refused:?}");
+}
