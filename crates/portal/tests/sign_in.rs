@@ -330,3 +330,96 @@ async fn a_portal_started_with_another_secret_key_stops() {
     let refused = other.check_against(&store).await;
     assert!(matches!(refused, Err(SecretError::WrongKey)), "{refused:?}");
 }
+
+/// Hostile bytes at every sign-in URL: never a server error (or a panic).
+#[test]
+fn hostile_sign_in_requests_never_get_a_server_error() {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use postern_portal::api::rate_limit::RateLimiter;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = support::TempDb::new("fuzzweb");
+    let app = runtime.block_on(support::TestApp::open_with(&db.url(), "acme", |state| {
+        state.sign_in_limiter = RateLimiter::new(1_000_000, 1_000_000);
+        state.sign_in_ip_limiter = RateLimiter::new(1_000_000, 1_000_000);
+    }));
+    let router = postern_portal::serve::app(app.state.clone());
+    let csrf = "c".repeat(43);
+    let value = prop_oneof![
+        any::<String>(),
+        Just(csrf.clone()),
+        Just("admin@example.test".to_string()),
+        Just("http://127.0.0.1:9/cb".to_string()),
+        "[a-zA-Z0-9_-]{0,140}",
+    ];
+    let field = prop_oneof![
+        Just("email"),
+        Just("code"),
+        Just("csrf"),
+        Just("client_state"),
+        Just("client_nonce"),
+        Just("redirect_uri"),
+        Just("state"),
+        Just("error"),
+    ];
+    let pairs = proptest::collection::vec((field, value), 0..8);
+    let raw = proptest::collection::vec(any::<u8>(), 0..300);
+    let target = 0usize..8;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(400));
+    runner
+        .run(
+            &(target, pairs, raw, any::<bool>(), any::<bool>()),
+            |(target, pairs, raw, use_raw, with_cookie)| {
+                let encoded = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+                    .finish();
+                let id = uuid::Uuid::new_v4();
+                let (method, path) = match target {
+                    0 => ("POST", "/acme/sign_in/email".to_string()),
+                    1 => ("POST", "/acme/sign_in/email/verify".to_string()),
+                    2 => ("GET", format!("/acme/sign_in?{encoded}")),
+                    3 => ("GET", format!("/acme/sign_in/oidc/{id}/callback?{encoded}")),
+                    4 => ("GET", format!("/acme/sign_in/oidc/{id}?{encoded}")),
+                    5 => ("POST", "/acme/sign_out".to_string()),
+                    6 => ("GET", "/acme/".to_string()),
+                    _ => ("GET", format!("/nosuch/sign_in?{encoded}")),
+                };
+                let body = if use_raw {
+                    raw.clone()
+                } else {
+                    encoded.clone().into_bytes()
+                };
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(&path)
+                    .header("content-type", "application/x-www-form-urlencoded");
+                if with_cookie {
+                    request = request.header(
+                        "cookie",
+                        format!("postern_csrf={csrf}; postern_oidc=x; postern_session=a.b"),
+                    );
+                }
+                let mut request = request.body(Body::from(body)).unwrap();
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo(std::net::SocketAddr::from((
+                        [127, 0, 0, 1],
+                        40000,
+                    ))));
+                let status = runtime
+                    .block_on(router.clone().oneshot(request))
+                    .unwrap()
+                    .status();
+                prop_assert!(status.as_u16() < 500, "{method} {path}: {status}");
+                Ok(())
+            },
+        )
+        .unwrap();
+}
