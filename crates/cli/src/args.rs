@@ -192,18 +192,25 @@ pub struct GatewayArgs {
     pub daemon: DaemonOptions,
 }
 
-/// Where a device daemon keeps its one piece of state and names its
-/// interface.
+/// Where the device id and the sign-in token live (root only).
 #[derive(Debug, Args)]
-pub struct DeviceOptions {
-    /// Directory for the device id (stable per installation)
+pub struct StateDir {
+    /// Directory for the device id and the token of `client sign-in`
+    /// (client-token, mode 0600)
     #[arg(
-        long,
+        long = "state-dir",
         env = "POSTERN_STATE_DIR",
         value_name = "DIR",
         default_value = "/var/lib/postern"
     )]
-    pub state_dir: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Where a device daemon keeps its state and names its interface.
+#[derive(Debug, Args)]
+pub struct DeviceOptions {
+    #[command(flatten)]
+    pub state: StateDir,
     /// Name of the tunnel interface
     #[arg(
         long,
@@ -306,28 +313,16 @@ pub enum ClientCommand {
         /// Print the sign-in URL instead of opening a browser
         #[arg(long)]
         no_browser: bool,
-        /// Where the token is stored (client-token, mode 0600)
-        #[arg(
-            long,
-            env = "POSTERN_STATE_DIR",
-            value_name = "DIR",
-            default_value = "/var/lib/postern"
-        )]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
         /// Seconds to wait for the browser
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         timeout: u64,
     },
     /// Revoke the stored token at the portal and delete it
     SignOut {
-        /// Where the token is stored
-        #[arg(
-            long,
-            env = "POSTERN_STATE_DIR",
-            value_name = "DIR",
-            default_value = "/var/lib/postern"
-        )]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
     },
     /// Show resources, connections and paths (direct or relayed)
     Status {

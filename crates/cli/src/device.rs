@@ -90,7 +90,7 @@ fn device_config(
         token,
         name: name.unwrap_or_else(host_name),
         port,
-        state_dir: device.state_dir,
+        state_dir: device.state.dir,
         interface: device.interface,
         metrics,
     })
@@ -112,9 +112,9 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 
 pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
     // Without a token or portal, use what `postern client sign-in` stored.
-    let signed_in = crate::sign_in::read_record(&args.device.state_dir);
+    let signed_in = crate::sign_in::read_record(&args.device.state.dir);
     if args.token.token.is_none() && args.token.token_file.is_none() {
-        let stored = args.device.state_dir.join(crate::sign_in::TOKEN_FILE);
+        let stored = args.device.state.dir.join(crate::sign_in::TOKEN_FILE);
         if !stored.exists() {
             bail!(
                 "give --token or --token-file, or sign in first with `postern client sign-in` \

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                 portal,
                 account,
                 no_browser,
-                state_dir,
+                state,
                 timeout,
             } => finish(
                 "client sign-in",
@@ -52,12 +52,12 @@ fn main() -> ExitCode {
                     &portal,
                     &account,
                     no_browser,
-                    &state_dir,
+                    &state.dir,
                     std::time::Duration::from_secs(timeout.max(1)),
                 ),
             ),
-            ClientCommand::SignOut { state_dir } => {
-                finish("client sign-out", sign_in::sign_out(&state_dir))
+            ClientCommand::SignOut { state } => {
+                finish("client sign-out", sign_in::sign_out(&state.dir))
             }
             ClientCommand::Status {
                 json,

@@ -128,6 +128,15 @@ impl Flow {
     }
 }
 
+/// A fresh code flow for "carol" with the provider in `mode`: the flow and
+/// its ID token.
+async fn token_in_mode(provider: &OidcProvider, discovery: &Value, mode: &str) -> (Flow, String) {
+    provider.set_mode(mode).await;
+    let flow = Flow::new(discovery, "openid");
+    let jwt = id_token(&flow.tokens(provider, discovery, "carol").await).to_string();
+    (flow, jwt)
+}
+
 fn id_token(tokens: &Value) -> &str {
     tokens["id_token"]
         .as_str()
@@ -324,9 +333,7 @@ async fn broken_modes_rewrite_the_id_token() {
     ));
 
     // expired
-    provider.set_mode("expired").await;
-    let flow = Flow::new(&discovery, "openid");
-    let jwt = id_token(&flow.tokens(&provider, &discovery, "carol").await).to_string();
+    let (flow, jwt) = token_in_mode(&provider, &discovery, "expired").await;
     let claims = jwt_part(&jwt, 1);
     let now = jiff::Timestamp::now().as_second();
     let exp = claims["exp"].as_i64().unwrap();
@@ -345,9 +352,7 @@ async fn broken_modes_rewrite_the_id_token() {
     ));
 
     // wrong_nonce
-    provider.set_mode("wrong_nonce").await;
-    let flow = Flow::new(&discovery, "openid");
-    let jwt = id_token(&flow.tokens(&provider, &discovery, "carol").await).to_string();
+    let (flow, jwt) = token_in_mode(&provider, &discovery, "wrong_nonce").await;
     assert_eq!(jwt_part(&jwt, 1)["nonce"], "not-the-nonce");
     assert!(matches!(
         verify(&discovery, &jwt, &flow.nonce).await,
@@ -355,9 +360,7 @@ async fn broken_modes_rewrite_the_id_token() {
     ));
 
     // wrong_issuer
-    provider.set_mode("wrong_issuer").await;
-    let flow = Flow::new(&discovery, "openid");
-    let jwt = id_token(&flow.tokens(&provider, &discovery, "carol").await).to_string();
+    let (flow, jwt) = token_in_mode(&provider, &discovery, "wrong_issuer").await;
     assert_eq!(jwt_part(&jwt, 1)["iss"], "http://127.0.0.1:1/other");
     assert!(matches!(
         verify(&discovery, &jwt, &flow.nonce).await,
@@ -365,8 +368,6 @@ async fn broken_modes_rewrite_the_id_token() {
     ));
 
     // Back to normal.
-    provider.set_mode("normal").await;
-    let flow = Flow::new(&discovery, "openid");
-    let jwt = id_token(&flow.tokens(&provider, &discovery, "carol").await).to_string();
+    let (flow, jwt) = token_in_mode(&provider, &discovery, "normal").await;
     verify(&discovery, &jwt, &flow.nonce).await.unwrap();
 }
