@@ -1,5 +1,5 @@
 //! `postern gateway`, `postern client up` and `postern client status`: flag
-//! handling around the daemons of `postern-gateway` and `postern-client`.
+//! handling around the device loop of `postern-device`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use postern_sys::device::DeviceConfig;
+use postern_device::DeviceConfig;
 use postern_sys::metrics::DeviceMetrics;
 
 use crate::args::{ClientUpArgs, DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
@@ -106,7 +106,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         args.device,
         &args.daemon,
     )?;
-    runtime()?.block_on(postern_gateway::run(config, daemon::stop_signal()))?;
+    runtime()?.block_on(postern_device::run_gateway(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,31 +138,31 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
         args.device,
         &args.daemon,
     )?;
-    let state_dir = device.state_dir.clone();
-    let config = postern_client::ClientDaemonConfig {
-        device,
+    let options = postern_device::ClientOptions {
         status_socket: args.status_socket,
-        dns: postern_client::DnsSettings {
+        dns: postern_device::DnsSettings {
             upstreams: args.dns_upstream,
             system: match (args.no_system_dns, args.resolv_conf) {
-                (true, _) => postern_client::SystemDnsMode::Off,
-                (false, Some(path)) => postern_client::SystemDnsMode::File(path),
-                (false, None) => postern_client::SystemDnsMode::Auto,
+                (true, _) => postern_device::SystemDnsMode::Off,
+                (false, Some(path)) => postern_device::SystemDnsMode::File(path),
+                (false, None) => postern_device::SystemDnsMode::Auto,
             },
-            state_dir,
-            queries: None,
         },
     };
-    runtime()?.block_on(postern_client::run(config, daemon::stop_signal()))?;
+    runtime()?.block_on(postern_device::run_client(
+        device,
+        options,
+        daemon::stop_signal(),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {
-    let status = runtime()?.block_on(postern_client::status::query(socket))?;
+    let status = runtime()?.block_on(postern_device::status::query(socket))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", postern_client::status::render(&status));
+        print!("{}", postern_device::status::render(&status));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -68,8 +68,9 @@ async fn over_tcp(query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>
     Ok(answer)
 }
 
-/// The nameservers of a resolv.conf, except the stub's own sentinels.
-pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+/// The nameservers of a resolv.conf, except those in `skip` (the client
+/// stub's own sentinels).
+pub fn nameservers(resolv_conf: &str, skip: &[IpAddr]) -> Vec<SocketAddr> {
     resolv_conf
         .lines()
         .filter_map(|line| {
@@ -77,10 +78,7 @@ pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
             (words.next() == Some("nameserver")).then(|| words.next())?
         })
         .filter_map(|word| word.parse::<IpAddr>().ok())
-        .filter(|ip| {
-            *ip != IpAddr::V4(postern_model::plan::DNS_SENTINEL_V4)
-                && *ip != IpAddr::V6(postern_model::plan::DNS_SENTINEL_V6)
-        })
+        .filter(|ip| !skip.contains(ip))
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
@@ -154,7 +152,11 @@ mod tests {
     #[test]
     fn nameservers_skip_the_stub_itself() {
         let conf = "# comment\nnameserver 10.0.0.53\nnameserver 100.100.111.1\nsearch x\nnameserver fd00::53\nnameserver bogus\n";
-        let found: Vec<String> = nameservers(conf).iter().map(|a| a.to_string()).collect();
+        let skip = ["100.100.111.1".parse().unwrap()];
+        let found: Vec<String> = nameservers(conf, &skip)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(found, ["10.0.0.53:53", "[fd00::53]:53"]);
     }
 }

@@ -1,7 +1,8 @@
-//! Linux I/O for the device daemons (DESIGN.md section 2): the only crate
-//! that talks to the kernel. The daemons (`postern-gateway`,
-//! `postern-client`) are thin loops that move bytes between what this crate
-//! opens and the sans-IO cores of `postern-tunnel`.
+//! Linux I/O for the daemons (DESIGN.md section 2): the crate that talks to
+//! the kernel and the network, and knows no other Postern crate (a leaf, as
+//! `quinn-udp` is to `quinn-proto`). The device loop (`postern-device`)
+//! moves bytes between what this crate opens and the sans-IO roles of
+//! `postern-tunnel`.
 //!
 //! - [`tun`]: the tunnel interface (`tun-rs`), MTU 1280, its addresses;
 //! - [`route`]: routes to the tunnel interface over netlink (`rtnetlink`);
@@ -12,7 +13,9 @@
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
 //! - [`dns`]: asking DNS resolvers (UDP, TCP on truncation);
-//! - [`device`]: device id, keys, relays and the socket pump around the node.
+//! - [`system_dns`]: pointing the system at a stub (resolv.conf or
+//!   systemd-resolved), undone at exit;
+//! - [`device`]: the device id, fresh secrets, the host candidate's address.
 
 pub mod batch;
 pub mod channel;
@@ -21,6 +24,7 @@ pub mod dns;
 pub mod masquerade;
 pub mod metrics;
 pub mod route;
+pub mod system_dns;
 pub mod tun;
 pub mod udp;
 

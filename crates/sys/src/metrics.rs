@@ -53,6 +53,8 @@ pub struct Tally {
     pub tun_bytes_written: u64,
     /// Packets refused or dropped, by reason (the daemon's own labels).
     pub dropped: Vec<(&'static str, u64)>,
+    /// Errors met (bad candidates, WireGuard refusals...), by reason.
+    pub errors: Vec<(&'static str, u64)>,
 }
 
 impl Tally {
@@ -192,6 +194,17 @@ impl DeviceMetrics {
             "counter",
             "packets refused or dropped, by reason",
             &dropped,
+        );
+        let errors: Vec<(String, u64)> = tally
+            .errors
+            .iter()
+            .map(|(reason, count)| (format!("{{role=\"{role}\",reason=\"{reason}\"}}"), *count))
+            .collect();
+        metric(
+            "errors_total",
+            "counter",
+            "errors met on the data path (candidates, WireGuard, relays), by reason",
+            &errors,
         );
         out
     }

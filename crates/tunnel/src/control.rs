@@ -19,8 +19,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use postern_model::ResourceId;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::icmp::checksum;
 use crate::packet::Packet;
@@ -41,7 +41,10 @@ pub enum TunnelMessage {
     /// Gateway -> client: how many proxies got an address, or why none.
     Assigned(AssignmentResult),
     /// Client -> gateway: a DNS query about a name of `resource`.
-    DnsQuery { resource: Uuid, query: Vec<u8> },
+    DnsQuery {
+        resource: ResourceId,
+        query: Vec<u8>,
+    },
     /// Gateway -> client: the answer (same DNS id as the query).
     DnsAnswer { answer: Vec<u8> },
 }
@@ -51,14 +54,14 @@ pub const MAX_DNS_MESSAGE: usize = 1180;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyAssignment {
-    pub resource: Uuid,
+    pub resource: ResourceId,
     pub name: String,
     pub proxies: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentResult {
-    pub resource: Uuid,
+    pub resource: ResourceId,
     pub name: String,
     pub mapped: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +85,7 @@ impl TunnelMessage {
             TunnelMessage::AssignProxies(assignment) => serde_json::to_vec(assignment),
             TunnelMessage::Assigned(result) => serde_json::to_vec(result),
             TunnelMessage::DnsQuery { resource, query } => {
-                let mut body = resource.as_bytes().to_vec();
+                let mut body = resource.0.as_bytes().to_vec();
                 body.extend_from_slice(query);
                 return body;
             }
@@ -154,7 +157,7 @@ pub fn decode(bytes: &[u8], peer: &[IpAddr]) -> Option<TunnelMessage> {
             .ok()
             .map(TunnelMessage::Assigned),
         4 if body.len() > 16 => Some(TunnelMessage::DnsQuery {
-            resource: Uuid::from_slice(&body[..16]).ok()?,
+            resource: ResourceId(uuid::Uuid::from_slice(&body[..16]).ok()?),
             query: body[16..].to_vec(),
         }),
         5 if body.len() >= 12 => Some(TunnelMessage::DnsAnswer {
@@ -192,7 +195,7 @@ mod tests {
     #[test]
     fn assignments_and_results_round_trip() {
         let assignment = TunnelMessage::AssignProxies(ProxyAssignment {
-            resource: Uuid::from_u128(5),
+            resource: ResourceId::from_u128(5),
             name: "web.apps.corp.test".into(),
             proxies: vec![
                 "100.96.0.1".parse().unwrap(),
@@ -203,7 +206,7 @@ mod tests {
         assert!(packet.len() < 1280, "fits the tunnel MTU");
         assert_eq!(decode(&packet, &[IpAddr::V4(CLIENT)]), Some(assignment));
         let result = TunnelMessage::Assigned(AssignmentResult {
-            resource: Uuid::from_u128(5),
+            resource: ResourceId::from_u128(5),
             name: "web.apps.corp.test".into(),
             mapped: 0,
             error: Some("NXDOMAIN".into()),
@@ -211,7 +214,7 @@ mod tests {
         let packet = encode(&result, GATEWAY, CLIENT);
         assert_eq!(decode(&packet, &[IpAddr::V4(GATEWAY)]), Some(result));
         let query = TunnelMessage::DnsQuery {
-            resource: Uuid::from_u128(5),
+            resource: ResourceId::from_u128(5),
             query: vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 1],
         };
         let packet = encode(&query, CLIENT, GATEWAY);

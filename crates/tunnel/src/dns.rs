@@ -12,11 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
+use postern_model::ResourceId;
 use postern_model::dns::{DnsPattern, best_match};
 use postern_model::plan::{DNS_PROXY_V4, DNS_PROXY_V6, DNS_SENTINEL_V4};
 use postern_model::protocol::ResourceDescription;
-use postern_model::resource::ResourceType;
-use uuid::Uuid;
 
 /// Proxy addresses per name and family (SPEC F24).
 pub const PROXIES_PER_FAMILY: usize = 4;
@@ -37,7 +36,7 @@ pub enum StubAnswer {
     Upstream,
     /// A resource name with a question the stub does not answer (MX, TXT,
     /// ...): through the tunnel to the gateway's resolver.
-    Gateway { resource: Uuid },
+    Gateway { resource: ResourceId },
     /// Not a DNS query at all: nothing to answer.
     Drop,
 }
@@ -45,7 +44,7 @@ pub enum StubAnswer {
 /// The proxies of one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
-    pub resource: Uuid,
+    pub resource: ResourceId,
     pub name: String,
     pub ipv4: [Ipv4Addr; PROXIES_PER_FAMILY],
     pub ipv6: [Ipv6Addr; PROXIES_PER_FAMILY],
@@ -63,7 +62,7 @@ impl Assignment {
 
 #[derive(Default)]
 pub struct DnsStub {
-    resources: Vec<(DnsPattern, Uuid)>,
+    resources: Vec<(DnsPattern, ResourceId)>,
     /// Lowercase name -> its proxies; stable while the client runs.
     names: HashMap<String, Assignment>,
     by_proxy: HashMap<IpAddr, String>,
@@ -87,16 +86,12 @@ impl DnsStub {
     pub fn set_resources(&mut self, resources: &[ResourceDescription]) {
         self.resources = resources
             .iter()
-            .filter(|r| r.kind == ResourceType::Dns)
-            .filter_map(|r| {
-                let pattern: DnsPattern = r.address.as_deref()?.parse().ok()?;
-                Some((pattern, r.id))
-            })
+            .filter_map(|r| Some((r.address.dns_pattern()?.clone(), r.id)))
             .collect();
     }
 
     /// The resource a name belongs to, the most specific pattern winning.
-    pub fn resource_for(&self, name: &str) -> Option<Uuid> {
+    pub fn resource_for(&self, name: &str) -> Option<ResourceId> {
         let name = normalize(name);
         best_match(self.resources.iter().map(|(p, id)| (p, *id)), &name)
     }
@@ -104,12 +99,6 @@ impl DnsStub {
     /// Which name (and so resource) a proxy address stands for.
     pub fn assignment_of(&self, proxy: IpAddr) -> Option<&Assignment> {
         self.names.get(self.by_proxy.get(&proxy)?)
-    }
-
-    /// Whether names were assigned that [`DnsStub::poll_assigned`] has not
-    /// handed out yet.
-    pub fn has_assigned(&self) -> bool {
-        !self.fresh.is_empty()
     }
 
     /// Names whose proxies the gateway has not been told about yet.
@@ -174,7 +163,7 @@ impl DnsStub {
     /// The proxies of `name`, assigning them on first use. A name may move
     /// to another resource (a more specific pattern appeared): its proxies
     /// stay, the owner changes.
-    fn assign(&mut self, name: &str, resource: Uuid) -> Assignment {
+    fn assign(&mut self, name: &str, resource: ResourceId) -> Assignment {
         if let Some(assignment) = self.names.get_mut(name) {
             assignment.resource = resource;
             return assignment.clone();
@@ -233,5 +222,43 @@ fn error_reply(id: u16, code: ResponseCode) -> StubAnswer {
     match response.to_vec() {
         Ok(bytes) => StubAnswer::Reply(bytes),
         Err(_) => StubAnswer::Drop,
+    }
+}
+
+/// The routing domain of a resource pattern: what follows its last
+/// wildcard label (`*.apps.corp.test` -> `apps.corp.test`, `db?.corp.test`
+/// -> `corp.test`), the name itself without one. systemd-resolved sends
+/// only names under these to the stub.
+pub fn routing_domain(pattern: &str) -> Option<String> {
+    let labels: Vec<&str> = pattern.trim_end_matches('.').split('.').collect();
+    let after = labels
+        .iter()
+        .rposition(|label| label.contains('*') || label.contains('?'))
+        .map_or(0, |last| last + 1);
+    let domain = labels.get(after..)?.join(".");
+    (!domain.is_empty()).then_some(domain.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_domains_come_from_what_follows_the_wildcards() {
+        assert_eq!(
+            routing_domain("*.apps.corp.test").as_deref(),
+            Some("apps.corp.test")
+        );
+        assert_eq!(routing_domain("**.corp.test").as_deref(), Some("corp.test"));
+        assert_eq!(
+            routing_domain("db?.corp.test").as_deref(),
+            Some("corp.test")
+        );
+        assert_eq!(routing_domain("a.*.b.test").as_deref(), Some("b.test"));
+        assert_eq!(
+            routing_domain("Web.Corp.Test.").as_deref(),
+            Some("web.corp.test")
+        );
+        assert_eq!(routing_domain("*"), None);
     }
 }

@@ -52,6 +52,9 @@ pub enum CandidateError {
 
 pub struct IceSession {
     agent: IceAgent,
+    /// Our username fragment: the first half of the USERNAME in the peer's
+    /// checks, how a node finds the session a check is for.
+    local_ufrag: String,
     nominated: Option<(SocketAddr, SocketAddr)>,
     events: VecDeque<IceEvent>,
     /// Remote candidates given up on because traffic on them stopped; taken
@@ -79,21 +82,28 @@ impl IceSession {
         agent.set_timing_advance(CHECK_PACING);
         IceSession {
             agent,
+            local_ufrag: local.username_fragment.clone(),
             nominated: None,
             events: VecDeque::new(),
             abandoned: Vec::new(),
         }
     }
 
-    fn add_local(&mut self, candidate: Result<Candidate, is::IceError>) -> Option<String> {
-        let candidate = candidate.ok()?;
-        self.agent
+    /// Adds a local candidate; `Ok(None)` when the agent already has it (or
+    /// a better one for the same base).
+    fn add_local(
+        &mut self,
+        candidate: Result<Candidate, is::IceError>,
+    ) -> Result<Option<String>, CandidateError> {
+        let candidate = candidate.map_err(|e| CandidateError::Parse(e.to_string()))?;
+        Ok(self
+            .agent
             .add_local_candidate(candidate)
-            .map(|c| c.to_sdp_string())
+            .map(|c| c.to_sdp_string()))
     }
 
     /// A local socket; returns the candidate to send to the peer.
-    pub fn add_host(&mut self, address: SocketAddr) -> Option<String> {
+    pub fn add_host(&mut self, address: SocketAddr) -> Result<Option<String>, CandidateError> {
         self.add_local(Candidate::host(address, Protocol::Udp))
     }
 
@@ -102,13 +112,22 @@ impl IceSession {
         &mut self,
         address: SocketAddr,
         base: SocketAddr,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, CandidateError> {
         self.add_local(Candidate::server_reflexive(address, base, Protocol::Udp))
     }
 
     /// A TURN allocation made from `base`.
-    pub fn add_relayed(&mut self, address: SocketAddr, base: SocketAddr) -> Option<String> {
+    pub fn add_relayed(
+        &mut self,
+        address: SocketAddr,
+        base: SocketAddr,
+    ) -> Result<Option<String>, CandidateError> {
         self.add_local(Candidate::relayed(address, base, Protocol::Udp))
+    }
+
+    /// Our username fragment (see the field).
+    pub fn local_ufrag(&self) -> &str {
+        &self.local_ufrag
     }
 
     /// A candidate from the peer's `ice_candidates`.

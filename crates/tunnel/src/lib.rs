@@ -1,8 +1,12 @@
-//! Postern's data plane without I/O (DESIGN.md sections 1, 2 and 7): what the
-//! client and the gateway decide about every packet. Bytes, time and events
-//! come in as arguments; verdicts and events go out. The peer layer (ICE and
-//! WireGuard) and the simulation harness build on these sub-machines.
+//! Postern's data plane and device roles without I/O (DESIGN.md sections
+//! 1, 2 and 7): everything a client and a gateway decide, as state machines
+//! that take bytes, portal messages and time as arguments and give
+//! transmits, packets, portal messages and effects back. One device loop
+//! (crate `postern-device`) drives either role and applies the effects.
 //!
+//! - [`client`], [`gateway`]: the two roles ([`role::Role`]);
+//! - [`effect`]: what a role asks of the shell, and what comes back;
+//! - [`node`]: a device's peers (ICE and WireGuard) and relays;
 //! - [`packet`]: a zero-copy IP header view;
 //! - [`icmp`]: unreachable replies for refused packets;
 //! - [`ice`]: ICE checks and nomination for one pair (str0m's agent);
@@ -10,13 +14,15 @@
 //! - [`nat`]: proxy-to-real address rewriting for DNS resources;
 //! - [`dns`]: the client's DNS stub: proxy addresses for DNS resources;
 //! - [`control`]: messages between gateway and client inside their tunnel;
-//! - [`client`]: per-resource access on first packet, with bounded buffering;
-//! - [`gateway`]: the authorization table with filters and source checks;
-//! - [`wireguard`]: one WireGuard peer with the pair's preshared key.
+//! - [`wireguard`]: one WireGuard peer with the pair's preshared key;
+//! - [`counters`]: drops and errors by reason.
 
 pub mod client;
 pub mod control;
+pub mod counters;
 pub mod dns;
+pub mod effect;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gateway;
 pub mod ice;
@@ -24,5 +30,6 @@ pub mod icmp;
 pub mod nat;
 pub mod node;
 pub mod packet;
+pub mod role;
 pub mod router;
 pub mod wireguard;

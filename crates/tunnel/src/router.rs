@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use uuid::Uuid;
+use postern_model::ResourceId;
 
 #[derive(Clone, Debug, Default)]
 pub struct Router {
-    v4: BTreeMap<Reverse<u8>, HashMap<u32, Vec<Uuid>>>,
-    v6: BTreeMap<Reverse<u8>, HashMap<u128, Vec<Uuid>>>,
+    v4: BTreeMap<Reverse<u8>, HashMap<u32, Vec<ResourceId>>>,
+    v6: BTreeMap<Reverse<u8>, HashMap<u128, Vec<ResourceId>>>,
 }
 
 fn mask_v4(bits: u32, len: u8) -> u32 {
@@ -35,7 +35,7 @@ fn mask_v6(bits: u128, len: u8) -> u128 {
 
 impl Router {
     /// Routes `net` to `resource` (too).
-    pub fn insert(&mut self, net: IpNet, resource: Uuid) {
+    pub fn insert(&mut self, net: IpNet, resource: ResourceId) {
         let len = net.prefix_len();
         let ids = match net.trunc() {
             IpNet::V4(v4) => self
@@ -57,7 +57,7 @@ impl Router {
     }
 
     /// Forgets every prefix of `resource`.
-    pub fn remove_resource(&mut self, resource: Uuid) {
+    pub fn remove_resource(&mut self, resource: ResourceId) {
         for table in self.v4.values_mut() {
             for ids in table.values_mut() {
                 ids.retain(|r| *r != resource);
@@ -75,7 +75,7 @@ impl Router {
     }
 
     /// The resources whose most specific prefix contains `address`.
-    pub fn lookup_all(&self, address: IpAddr) -> &[Uuid] {
+    pub fn lookup_all(&self, address: IpAddr) -> &[ResourceId] {
         let found = match address {
             IpAddr::V4(v4) => {
                 let bits = v4.to_bits();
@@ -94,7 +94,7 @@ impl Router {
     }
 
     /// The (oldest) resource whose most specific prefix contains `address`.
-    pub fn lookup(&self, address: IpAddr) -> Option<Uuid> {
+    pub fn lookup(&self, address: IpAddr) -> Option<ResourceId> {
         self.lookup_all(address).first().copied()
     }
 
@@ -112,10 +112,10 @@ mod tests {
     fn longest_prefix_wins() {
         let mut router = Router::default();
         let (wide, narrow, host, all) = (
-            Uuid::from_u128(1),
-            Uuid::from_u128(2),
-            Uuid::from_u128(3),
-            Uuid::from_u128(4),
+            ResourceId::from_u128(1),
+            ResourceId::from_u128(2),
+            ResourceId::from_u128(3),
+            ResourceId::from_u128(4),
         );
         router.insert("10.0.0.0/8".parse().unwrap(), wide);
         router.insert("10.1.0.0/16".parse().unwrap(), narrow);
@@ -141,12 +141,12 @@ mod tests {
             probes in proptest::collection::vec(any::<u32>(), 1..50),
         ) {
             let mut router = Router::default();
-            let mut naive: HashMap<ipnet::Ipv4Net, Uuid> = HashMap::new();
+            let mut naive: HashMap<ipnet::Ipv4Net, ResourceId> = HashMap::new();
             for (bits, len, id) in nets {
                 let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(bits), len).unwrap().trunc();
-                router.insert(IpNet::V4(net), Uuid::from_u128(id));
+                router.insert(IpNet::V4(net), ResourceId::from_u128(id));
                 // The oldest resource of a prefix comes first.
-                naive.entry(net).or_insert(Uuid::from_u128(id));
+                naive.entry(net).or_insert(ResourceId::from_u128(id));
             }
             for probe in probes {
                 let address = std::net::Ipv4Addr::from(probe);

@@ -42,11 +42,40 @@ pub enum Action {
 pub enum PeerError {
     #[error("the buffer is too small (at least {MIN_BUFFER} bytes and packet + {OVERHEAD})")]
     BufferTooSmall,
-    /// WireGuard's reason (wrong key, bad MAC, replay...).
+    /// WireGuard's reason (wrong key, bad MAC, replay...), as the label
+    /// the error counters use.
     #[error("WireGuard refused the datagram: {0}")]
-    Refused(String),
+    Refused(&'static str),
     #[error("the session expired without a new handshake")]
     Expired,
+}
+
+impl PeerError {
+    /// A short label for the error counters (`postern_errors_total`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            PeerError::BufferTooSmall => "wireguard_buffer_too_small",
+            PeerError::Refused(reason) => reason,
+            PeerError::Expired => "wireguard_session_expired",
+        }
+    }
+}
+
+/// boringtun's reasons as counter labels.
+fn refusal(error: &WireGuardError) -> &'static str {
+    match error {
+        WireGuardError::InvalidMac | WireGuardError::InvalidAeadTag => "wireguard_bad_mac",
+        WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => "wireguard_replay",
+        WireGuardError::WrongIndex | WireGuardError::NoCurrentSession => {
+            "wireguard_unknown_session"
+        }
+        WireGuardError::WrongKey => "wireguard_wrong_key",
+        WireGuardError::InvalidTai64nTimestamp | WireGuardError::WrongTai64nTimestamp => {
+            "wireguard_stale_handshake"
+        }
+        WireGuardError::UnderLoad => "wireguard_under_load",
+        _ => "wireguard_malformed",
+    }
 }
 
 /// The X25519 public key of a secret, for the portal's `public_key`.
@@ -97,7 +126,7 @@ impl WireguardPeer {
             TunnResult::Err(WireGuardError::DestinationBufferTooSmall) => {
                 Err(PeerError::BufferTooSmall)
             }
-            TunnResult::Err(error) => Err(PeerError::Refused(format!("{error:?}"))),
+            TunnResult::Err(error) => Err(PeerError::Refused(refusal(&error))),
         }
     }
 

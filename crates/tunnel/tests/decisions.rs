@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use postern_model::filter::{IPPROTO_TCP, IPPROTO_UDP};
 use postern_model::protocol::{DenyReason, ResourceDescription};
+use postern_model::{ClientId, GatewayId, ResourceAddress, ResourceId, SiteId};
 use postern_model::{Filter, ResourceType};
 use postern_tunnel::client::{Access, ClientConfig, ClientEvent, ClientState, DropReason, Verdict};
 use postern_tunnel::gateway::{ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
 use postern_tunnel::packet::Packet;
 use proptest::prelude::*;
-use uuid::Uuid;
 
 const CLIENT_V4: [u8; 4] = [100, 64, 0, 7];
 
@@ -35,13 +35,18 @@ fn tcp(destination: [u8; 4], port: u16) -> Vec<u8> {
 
 fn resource(id: u128, kind: ResourceType, address: &str, filters: &str) -> ResourceDescription {
     ResourceDescription {
-        id: Uuid::from_u128(id),
+        id: ResourceId::from_u128(id),
         name: format!("r{id}"),
-        kind,
-        address: Some(address.to_string()),
+        // Built directly: tests route prefixes the REST API would refuse.
+        address: match kind {
+            ResourceType::Cidr => ResourceAddress::Cidr(address.parse().unwrap()),
+            ResourceType::Ip => ResourceAddress::Ip(address.parse().unwrap()),
+            ResourceType::Dns => ResourceAddress::Dns(address.parse().unwrap()),
+            ResourceType::Internet => ResourceAddress::Internet,
+        },
         address_description: None,
         filters: serde_json_filters(filters),
-        site_id: Uuid::from_u128(99),
+        site_id: SiteId::from_u128(99),
     }
 }
 
@@ -105,10 +110,10 @@ fn the_first_packets_wait_for_access_and_are_delivered() {
     };
     assert_eq!(
         (*resource_id, connected_gateway_ids.len()),
-        (Uuid::from_u128(1), 0)
+        (ResourceId::from_u128(1), 0)
     );
-    let gateway = Uuid::from_u128(50);
-    client.access_granted(Uuid::from_u128(1), gateway, None);
+    let gateway = GatewayId::from_u128(50);
+    client.access_granted(ResourceId::from_u128(1), gateway, None);
     assert_eq!(
         events(&mut client),
         vec![
@@ -170,7 +175,7 @@ fn buffering_is_bounded_and_keeps_the_first_packets() {
         ]
     );
     events(&mut client);
-    client.access_granted(Uuid::from_u128(1), Uuid::from_u128(50), None);
+    client.access_granted(ResourceId::from_u128(1), GatewayId::from_u128(50), None);
     let delivered: Vec<Vec<u8>> = events(&mut client)
         .into_iter()
         .map(|e| match e {
@@ -189,7 +194,7 @@ fn denial_answers_the_app_and_is_remembered_for_a_while() {
     client.handle_packet(&tcp([10, 0, 0, 5], 80), start);
     events(&mut client);
     client.access_denied(
-        Uuid::from_u128(1),
+        ResourceId::from_u128(1),
         DenyReason::Forbidden,
         vec!["time".into()],
         start,
@@ -250,17 +255,17 @@ fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
     ]);
     client.handle_packet(&tcp([10, 1, 2, 3], 80), start);
     client.handle_packet(&tcp([10, 2, 2, 3], 80), start);
-    let asked: Vec<Uuid> = events(&mut client)
+    let asked: Vec<ResourceId> = events(&mut client)
         .into_iter()
         .map(|e| match e {
             ClientEvent::RequestAccess { resource_id, .. } => resource_id,
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(asked, [Uuid::from_u128(2), Uuid::from_u128(1)]);
-    let (first, second) = (Uuid::from_u128(50), Uuid::from_u128(51));
-    client.access_granted(Uuid::from_u128(1), first, None);
-    client.access_granted(Uuid::from_u128(2), second, None);
+    assert_eq!(asked, [ResourceId::from_u128(2), ResourceId::from_u128(1)]);
+    let (first, second) = (GatewayId::from_u128(50), GatewayId::from_u128(51));
+    client.access_granted(ResourceId::from_u128(1), first, None);
+    client.access_granted(ResourceId::from_u128(2), second, None);
     events(&mut client);
     client.gateway_lost(second);
     client.handle_packet(&tcp([10, 1, 2, 3], 80), start);
@@ -275,14 +280,14 @@ fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
     else {
         panic!("{requests:?}")
     };
-    assert_eq!(*resource_id, Uuid::from_u128(2));
+    assert_eq!(*resource_id, ResourceId::from_u128(2));
     assert_eq!(
         connected_gateway_ids,
         &vec![first],
         "the portal hears which gateway still works"
     );
     // Removing a resource answers what waited for it.
-    client.remove_resource(Uuid::from_u128(2));
+    client.remove_resource(ResourceId::from_u128(2));
     assert!(matches!(events(&mut client)[..], [ClientEvent::Reply(_)]));
     assert_eq!(
         client.handle_packet(&tcp([10, 1, 2, 3], 80), start),
@@ -292,7 +297,7 @@ fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
 
 fn addresses() -> ClientAddresses {
     ClientAddresses {
-        id: Uuid::from_u128(7),
+        id: ClientId::from_u128(7),
         ipv4: Ipv4Addr::from(CLIENT_V4),
         ipv6: "fd7e:5057:6e00::7".parse().unwrap(),
     }
@@ -329,7 +334,7 @@ fn the_gateway_enforces_source_filters_revocation_and_expiry() {
         GatewayVerdict::Drop(GatewayDrop::Spoofed)
     );
     assert_eq!(
-        gateway.handle_from_client(Uuid::from_u128(8), &tcp([10, 0, 0, 5], 80), start),
+        gateway.handle_from_client(ClientId::from_u128(8), &tcp([10, 0, 0, 5], 80), start),
         GatewayVerdict::Drop(GatewayDrop::UnknownClient)
     );
     // Return traffic finds its client.
@@ -357,7 +362,7 @@ fn the_gateway_enforces_source_filters_revocation_and_expiry() {
         ),
         GatewayVerdict::Reply(_)
     ));
-    assert!(!gateway.is_authorized(client.id, Uuid::from_u128(1)));
+    assert!(!gateway.is_authorized(client.id, ResourceId::from_u128(1)));
     // Revocation.
     gateway.authorize(client, resource(2, ResourceType::Ip, "10.9.9.9", ""), None);
     assert_eq!(
@@ -368,7 +373,7 @@ fn the_gateway_enforces_source_filters_revocation_and_expiry() {
         ),
         GatewayVerdict::Forward
     );
-    gateway.revoke(client.id, Uuid::from_u128(2));
+    gateway.revoke(client.id, ResourceId::from_u128(2));
     assert_eq!(
         gateway.handle_from_client(client.id, &tcp([10, 9, 9, 9], 80), start),
         GatewayVerdict::Drop(GatewayDrop::UnknownClient)
@@ -429,7 +434,7 @@ proptest! {
                     model.insert(id, grant);
                 }
                 Action::Revoke(id) => {
-                    gateway.revoke(client.id, Uuid::from_u128(id));
+                    gateway.revoke(client.id, ResourceId::from_u128(id));
                     model.remove(&id);
                 }
                 Action::Send(source, destination, port) => {
@@ -467,7 +472,11 @@ proptest! {
         }
         let now = Instant::now();
         let mut client = ClientState::new(ClientConfig::default());
-        client.set_resources(vec![resource(1, ResourceType::Internet, "", "")]);
+        client.set_resources(vec![
+            resource(1, ResourceType::Cidr, "0.0.0.0/1", ""),
+            resource(2, ResourceType::Cidr, "128.0.0.0/1", ""),
+            resource(3, ResourceType::Cidr, "::/1", ""),
+        ]);
         let _ = client.handle_packet(&bytes, now);
         let mut gateway = GatewayState::new();
         gateway.authorize(addresses(), resource(1, ResourceType::Cidr, "0.0.0.0/1", ""), None);
@@ -490,7 +499,7 @@ fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
         Verdict::Dropped(DropReason::NoRoute)
     );
     client.route_proxies(
-        Uuid::from_u128(5),
+        ResourceId::from_u128(5),
         &[
             IpAddr::V4(Ipv4Addr::from(proxy)),
             "fd7e:5057:6e00:8000::1".parse().unwrap(),
@@ -498,7 +507,7 @@ fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
     );
     // Routes to unknown resources are ignored.
     client.route_proxies(
-        Uuid::from_u128(77),
+        ResourceId::from_u128(77),
         &[IpAddr::V4(Ipv4Addr::new(100, 96, 0, 9))],
     );
     assert_eq!(
@@ -513,10 +522,10 @@ fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
     let [ClientEvent::RequestAccess { resource_id, .. }] = requests.as_slice() else {
         panic!("{requests:?}")
     };
-    assert_eq!(*resource_id, Uuid::from_u128(5));
+    assert_eq!(*resource_id, ResourceId::from_u128(5));
     // The filter applies to proxies as to any address of the resource.
-    let gateway = Uuid::from_u128(50);
-    client.access_granted(Uuid::from_u128(5), gateway, None);
+    let gateway = GatewayId::from_u128(50);
+    client.access_granted(ResourceId::from_u128(5), gateway, None);
     events(&mut client);
     assert!(matches!(
         client.handle_packet(&tcp(proxy, 22), start),

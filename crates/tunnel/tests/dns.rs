@@ -11,19 +11,18 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use postern_model::plan::{DNS_PROXY_V4, DNS_PROXY_V6, DNS_SENTINEL_V4};
 use postern_model::protocol::ResourceDescription;
 use postern_model::resource::ResourceType;
+use postern_model::{ResourceAddress, ResourceId, SiteId};
 use postern_tunnel::dns::{DnsStub, PROXIES_PER_FAMILY, PROXY_TTL, StubAnswer};
 use proptest::prelude::*;
-use uuid::Uuid;
 
 fn dns_resource(id: u128, pattern: &str) -> ResourceDescription {
     ResourceDescription {
-        id: Uuid::from_u128(id),
+        id: ResourceId::from_u128(id),
         name: pattern.to_string(),
-        kind: ResourceType::Dns,
-        address: Some(pattern.to_string()),
+        address: ResourceAddress::parse(ResourceType::Dns, Some(pattern)).unwrap(),
         address_description: None,
         filters: vec![],
-        site_id: Uuid::from_u128(99),
+        site_id: SiteId::from_u128(99),
     }
 }
 
@@ -92,7 +91,7 @@ fn a_resource_name_gets_four_proxies_per_family_with_a_one_second_ttl() {
     // The gateway hears of the name once, with all eight proxies.
     let assigned = stub.poll_assigned().unwrap();
     assert_eq!(assigned.name, "web.apps.corp.test");
-    assert_eq!(assigned.resource, Uuid::from_u128(1));
+    assert_eq!(assigned.resource, ResourceId::from_u128(1));
     let all: Vec<IpAddr> = ipv4.iter().chain(&ipv6).copied().collect();
     assert_eq!(assigned.addresses(), all);
     assert_eq!(stub.poll_assigned(), None);
@@ -133,7 +132,7 @@ fn proxies_stay_put_per_name_and_differ_between_names() {
 #[test]
 fn the_most_specific_pattern_owns_a_name() {
     let stub = stub();
-    let owner = |name: &str| stub.resource_for(name).map(|id| id.as_u128());
+    let owner = |name: &str| stub.resource_for(name).map(|id| id.0.as_u128());
     assert_eq!(owner("exact.apps.corp.test"), Some(4), "exact beats *");
     assert_eq!(owner("web.apps.corp.test"), Some(1), "* beats **");
     assert_eq!(
@@ -158,13 +157,13 @@ fn other_names_go_upstream_and_other_questions_to_the_gateway() {
     assert_eq!(
         stub.handle_query(&query(2, "web.apps.corp.test.", RecordType::MX)),
         StubAnswer::Gateway {
-            resource: Uuid::from_u128(1)
+            resource: ResourceId::from_u128(1)
         }
     );
     assert_eq!(
         stub.handle_query(&query(3, "x.corp.test.", RecordType::TXT)),
         StubAnswer::Gateway {
-            resource: Uuid::from_u128(2)
+            resource: ResourceId::from_u128(2)
         }
     );
     // Nothing was assigned for those.
@@ -173,7 +172,7 @@ fn other_names_go_upstream_and_other_questions_to_the_gateway() {
     stub.set_resources(&[dns_resource(2, "**.corp.test")]);
     assert_eq!(
         stub.resource_for("web.apps.corp.test")
-            .map(|id| id.as_u128()),
+            .map(|id| id.0.as_u128()),
         Some(2)
     );
     stub.set_resources(&[]);

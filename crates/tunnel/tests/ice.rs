@@ -45,11 +45,11 @@ impl Sim {
         let client_addresses: Vec<SocketAddr> = client_hosts.iter().map(|a| addr(a)).collect();
         let client_candidates: Vec<String> = client_addresses
             .iter()
-            .filter_map(|a| client.add_host(*a))
+            .filter_map(|a| client.add_host(*a).unwrap())
             .collect();
         let gateway_candidates: Vec<String> = gateway_hosts
             .iter()
-            .filter_map(|a| gateway.add_host(addr(a)))
+            .filter_map(|a| gateway.add_host(addr(a)).unwrap())
             .collect();
         // Trickled through the portal.
         for candidate in &client_candidates {

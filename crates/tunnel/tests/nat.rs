@@ -249,18 +249,17 @@ proptest! {
 mod gateway {
     use super::*;
     use postern_model::protocol::ResourceDescription;
+    use postern_model::{ClientId, ResourceAddress, ResourceId, SiteId};
     use postern_model::{Filter, PortRange, Protocol, ResourceType};
     use postern_tunnel::gateway::{
         AssignError, ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict,
     };
-    use uuid::Uuid;
 
     fn dns_resource() -> ResourceDescription {
         ResourceDescription {
-            id: Uuid::from_u128(5),
+            id: ResourceId::from_u128(5),
             name: "apps".into(),
-            kind: ResourceType::Dns,
-            address: Some("**.corp.test".into()),
+            address: ResourceAddress::parse(ResourceType::Dns, Some("**.corp.test")).unwrap(),
             address_description: None,
             filters: vec![Filter {
                 protocol: Protocol::Tcp,
@@ -269,7 +268,7 @@ mod gateway {
                     end: 443,
                 }),
             }],
-            site_id: Uuid::from_u128(6),
+            site_id: SiteId::from_u128(6),
         }
     }
 
@@ -277,12 +276,12 @@ mod gateway {
     fn one_clients_proxies_are_not_another_clients() {
         let now = Instant::now();
         let alice = ClientAddresses {
-            id: Uuid::from_u128(1),
+            id: ClientId::from_u128(1),
             ipv4: "100.64.0.2".parse().unwrap(),
             ipv6: "fd7e:5057:6e00::2".parse().unwrap(),
         };
         let bob = ClientAddresses {
-            id: Uuid::from_u128(2),
+            id: ClientId::from_u128(2),
             ipv4: "100.64.0.3".parse().unwrap(),
             ipv6: "fd7e:5057:6e00::3".parse().unwrap(),
         };
@@ -362,7 +361,7 @@ mod gateway {
     fn proxy_addresses_reach_the_real_ones_and_come_back() {
         let now = Instant::now();
         let client = ClientAddresses {
-            id: Uuid::from_u128(1),
+            id: ClientId::from_u128(1),
             ipv4: "100.64.0.2".parse().unwrap(),
             ipv6: "fd7e:5057:6e00::2".parse().unwrap(),
         };
@@ -438,7 +437,7 @@ mod gateway {
         assert_eq!(
             gateway.assign_proxies(
                 client.id,
-                Uuid::from_u128(99),
+                ResourceId::from_u128(99),
                 "web.corp.test",
                 &proxies,
                 &answers
@@ -510,13 +509,12 @@ mod gateway {
     fn cidr_resources_take_no_proxies() {
         let mut gateway = GatewayState::new();
         let client = ClientAddresses {
-            id: Uuid::from_u128(1),
+            id: ClientId::from_u128(1),
             ipv4: "100.64.0.2".parse().unwrap(),
             ipv6: "fd7e:5057:6e00::2".parse().unwrap(),
         };
         let mut cidr = dns_resource();
-        cidr.kind = ResourceType::Cidr;
-        cidr.address = Some("10.0.0.0/24".into());
+        cidr.address = ResourceAddress::Cidr("10.0.0.0/24".parse().unwrap());
         gateway.authorize(client, cidr.clone(), None);
         assert_eq!(
             gateway.assign_proxies(

@@ -191,6 +191,16 @@ impl Client {
         Some(number)
     }
 
+    /// The confirmed channel to `peer`: data for it can then be framed in
+    /// place, a 4-byte [`channel::header`] before the payload (the relayed
+    /// data path encrypts straight behind it, no copy).
+    pub fn bound_channel(&self, peer: SocketAddr) -> Option<u16> {
+        match self.channels.get(&peer) {
+            Some((number, Some(_))) => Some(*number),
+            _ => None,
+        }
+    }
+
     /// Frames `payload` for `peer` into `out`: ChannelData on a confirmed
     /// channel, a Send indication otherwise. False when the peer has neither
     /// a permission nor a channel yet (the server would drop it).

@@ -5,7 +5,8 @@
 pub mod channel;
 pub mod client;
 pub mod credentials;
-#[doc(hidden)]
+/// The fuzz entry point (crates/turn/fuzz and the seed replay test only).
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod server;
 pub mod stun;

@@ -10,10 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use ipnet::IpNet;
-use postern_model::ResourceType;
 use postern_model::filters_allow;
 use postern_model::protocol::ResourceDescription;
-use uuid::Uuid;
+use postern_model::{ClientId, ResourceId};
 
 use crate::icmp::{Unreachable, unreachable};
 use crate::nat::ClientNat;
@@ -41,10 +40,22 @@ pub enum GatewayDrop {
     Refused,
 }
 
+impl GatewayDrop {
+    /// The label of the drop counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            GatewayDrop::Malformed => "malformed",
+            GatewayDrop::UnknownClient => "unknown_client",
+            GatewayDrop::Spoofed => "spoofed",
+            GatewayDrop::Refused => "refused",
+        }
+    }
+}
+
 /// A client device as the portal described it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddresses {
-    pub id: Uuid,
+    pub id: ClientId,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
 }
@@ -56,11 +67,11 @@ struct Authorized {
 
 struct ClientEntry {
     addresses: ClientAddresses,
-    resources: HashMap<Uuid, Authorized>,
+    resources: HashMap<ResourceId, Authorized>,
     router: Router,
     /// DNS resource -> name -> the proxy addresses the client assigned for
     /// that name.
-    proxies: HashMap<Uuid, HashMap<String, Vec<IpAddr>>>,
+    proxies: HashMap<ResourceId, HashMap<String, Vec<IpAddr>>>,
     nat: ClientNat,
 }
 
@@ -68,7 +79,9 @@ impl ClientEntry {
     /// Routes a resource's prefixes and its proxy addresses to it.
     fn route(&mut self, resource: &ResourceDescription) {
         self.router.remove_resource(resource.id);
-        for net in prefixes(resource) {
+        // DNS resources open no prefix: they are reached through proxy
+        // addresses and the NAT.
+        for net in resource.address.prefixes() {
             self.router.insert(net, resource.id);
         }
         for proxy in self
@@ -82,7 +95,7 @@ impl ClientEntry {
     }
 
     /// Forgets a resource with its routes and proxy mappings.
-    fn drop_resource(&mut self, id: Uuid) {
+    fn drop_resource(&mut self, id: ResourceId) {
         self.resources.remove(&id);
         self.router.remove_resource(id);
         for proxy in self
@@ -111,26 +124,8 @@ pub enum AssignError {
 
 #[derive(Default)]
 pub struct GatewayState {
-    clients: HashMap<Uuid, ClientEntry>,
-    by_address: HashMap<IpAddr, Uuid>,
-}
-
-/// The destination prefixes an authorization opens.
-fn prefixes(resource: &ResourceDescription) -> Vec<IpNet> {
-    match (resource.kind, resource.address.as_deref()) {
-        (ResourceType::Cidr, Some(address)) => address.parse().into_iter().collect(),
-        (ResourceType::Ip, Some(address)) => address
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .into_iter()
-            .collect(),
-        (ResourceType::Internet, _) => vec![
-            IpNet::V4(ipnet::Ipv4Net::default()),
-            IpNet::V6(ipnet::Ipv6Net::default()),
-        ],
-        // DNS resources are reached through proxy addresses and the NAT.
-        _ => vec![],
-    }
+    clients: HashMap<ClientId, ClientEntry>,
+    by_address: HashMap<IpAddr, ClientId>,
 }
 
 impl GatewayState {
@@ -166,7 +161,7 @@ impl GatewayState {
     }
 
     /// The portal's `revoke`.
-    pub fn revoke(&mut self, client: Uuid, resource: Uuid) {
+    pub fn revoke(&mut self, client: ClientId, resource: ResourceId) {
         let Some(entry) = self.clients.get_mut(&client) else {
             return;
         };
@@ -186,7 +181,7 @@ impl GatewayState {
         }
     }
 
-    pub fn remove_client(&mut self, client: Uuid) {
+    pub fn remove_client(&mut self, client: ClientId) {
         if let Some(entry) = self.clients.remove(&client) {
             self.by_address.remove(&IpAddr::V4(entry.addresses.ipv4));
             self.by_address.remove(&IpAddr::V6(entry.addresses.ipv6));
@@ -196,7 +191,7 @@ impl GatewayState {
     /// Decides about a packet that arrived through `client`'s tunnel.
     pub fn handle_from_client(
         &mut self,
-        client: Uuid,
+        client: ClientId,
         bytes: &[u8],
         now: Instant,
     ) -> GatewayVerdict {
@@ -245,7 +240,7 @@ impl GatewayState {
 
     /// Which client a packet coming back from a resource belongs to (by its
     /// destination, the client's tunnel address).
-    pub fn client_for(&self, destination: IpAddr) -> Option<Uuid> {
+    pub fn client_for(&self, destination: IpAddr) -> Option<ClientId> {
         self.by_address.get(&destination).copied()
     }
 
@@ -253,7 +248,7 @@ impl GatewayState {
     /// a proxy address, rewrites it to the real address in place.
     pub fn forward_from_client(
         &mut self,
-        client: Uuid,
+        client: ClientId,
         packet: &mut [u8],
         now: Instant,
     ) -> GatewayVerdict {
@@ -268,7 +263,7 @@ impl GatewayState {
 
     /// A packet from a resource: the client it is for, with the source put
     /// back to the proxy address the client used (DNS resources).
-    pub fn handle_to_client(&mut self, packet: &mut [u8], now: Instant) -> Option<Uuid> {
+    pub fn handle_to_client(&mut self, packet: &mut [u8], now: Instant) -> Option<ClientId> {
         let destination = Packet::parse(packet).ok()?.destination();
         let client = self.client_for(destination)?;
         if let Some(entry) = self.clients.get_mut(&client) {
@@ -284,8 +279,8 @@ impl GatewayState {
     /// resolve just anything). Returns how many proxies got an address.
     pub fn assign_proxies(
         &mut self,
-        client: Uuid,
-        resource: Uuid,
+        client: ClientId,
+        resource: ResourceId,
         name: &str,
         proxies: &[IpAddr],
         answers: &[IpAddr],
@@ -328,8 +323,8 @@ impl GatewayState {
     /// the gateway spends a lookup on it).
     pub fn check_assignment(
         &self,
-        client: Uuid,
-        resource: Uuid,
+        client: ClientId,
+        resource: ResourceId,
         name: &str,
         proxies: &[IpAddr],
     ) -> Result<(), AssignError> {
@@ -338,18 +333,13 @@ impl GatewayState {
             .get(&client)
             .and_then(|entry| entry.resources.get(&resource))
             .ok_or(AssignError::NotAuthorized)?;
-        if authorized.resource.kind != ResourceType::Dns {
+        let Some(pattern) = authorized.resource.address.dns_pattern() else {
             return Err(AssignError::NotDns);
-        }
+        };
         if !proxies.iter().all(|p| is_proxy_address(*p)) {
             return Err(AssignError::NotProxy);
         }
-        let pattern: Option<postern_model::dns::DnsPattern> = authorized
-            .resource
-            .address
-            .as_deref()
-            .and_then(|a| a.parse().ok());
-        if !pattern.is_some_and(|p| p.matches(name)) {
+        if !pattern.matches(name) {
             return Err(AssignError::NameMismatch);
         }
         Ok(())
@@ -358,9 +348,9 @@ impl GatewayState {
     /// Forgets expired authorizations (packets check expiry themselves; this
     /// keeps the table small).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut emptied = Vec::new();
+        let mut emptied: Vec<ClientId> = Vec::new();
         for (client, entry) in &mut self.clients {
-            let expired: Vec<Uuid> = entry
+            let expired: Vec<ResourceId> = entry
                 .resources
                 .iter()
                 .filter(|(_, a)| a.expires.is_some_and(|at| at <= now))
@@ -387,12 +377,12 @@ impl GatewayState {
 
     /// Whether `client` holds any authorization (its tunnel peer is worth
     /// keeping).
-    pub fn has_client(&self, client: Uuid) -> bool {
+    pub fn has_client(&self, client: ClientId) -> bool {
         self.clients.contains_key(&client)
     }
 
     /// A client's tunnel addresses.
-    pub fn client_addresses(&self, client: Uuid) -> Option<ClientAddresses> {
+    pub fn client_addresses(&self, client: ClientId) -> Option<ClientAddresses> {
         self.clients.get(&client).map(|entry| entry.addresses)
     }
 
@@ -402,7 +392,7 @@ impl GatewayState {
     }
 
     /// Whether `client` may reach `resource` now (for status and tests).
-    pub fn is_authorized(&self, client: Uuid, resource: Uuid) -> bool {
+    pub fn is_authorized(&self, client: ClientId, resource: ResourceId) -> bool {
         self.clients
             .get(&client)
             .is_some_and(|e| e.resources.contains_key(&resource))

@@ -5,7 +5,7 @@
 //! gateway; denied ones get an ICMP reply and the reason is kept for
 //! `postern client status`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use postern_model::ResourceType;
 use postern_model::filters_allow;
 use postern_model::protocol::{DenyReason, ResourceDescription};
-use uuid::Uuid;
+use postern_model::{GatewayId, ResourceId};
 
 use crate::icmp::{Unreachable, unreachable};
 use crate::packet::Packet;
@@ -54,7 +54,7 @@ pub enum Access {
         since: Instant,
     },
     Granted {
-        gateway: Uuid,
+        gateway: GatewayId,
         expires: Option<Instant>,
     },
     Denied {
@@ -68,7 +68,7 @@ pub enum Access {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Encrypt and send to this gateway.
-    ToGateway(Uuid),
+    ToGateway(GatewayId),
     /// Kept until access is decided.
     Buffered,
     /// Write this packet back to the app (an ICMP error).
@@ -87,17 +87,29 @@ pub enum DropReason {
     Refused,
 }
 
+impl DropReason {
+    /// The label of the drop counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoRoute => "no_route",
+            DropReason::BufferFull => "buffer_full",
+            DropReason::Refused => "refused",
+        }
+    }
+}
+
 /// What the caller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
     /// Send `request_access` to the portal.
     RequestAccess {
         reference: String,
-        resource_id: Uuid,
-        connected_gateway_ids: Vec<Uuid>,
+        resource_id: ResourceId,
+        connected_gateway_ids: Vec<GatewayId>,
     },
     /// Send a buffered packet to the gateway now that access is granted.
-    Deliver { gateway: Uuid, packet: Vec<u8> },
+    Deliver { gateway: GatewayId, packet: Vec<u8> },
     /// Write this packet to the app.
     Reply(Vec<u8>),
 }
@@ -121,32 +133,20 @@ struct Entry {
 pub struct ClientState {
     config: ClientConfig,
     router: Router,
-    resources: HashMap<Uuid, Entry>,
+    resources: HashMap<ResourceId, Entry>,
     events: VecDeque<ClientEvent>,
     next_ref: u64,
 }
 
 /// The prefixes a resource routes (DNS resources route their proxy
-/// addresses, assigned by the DNS stub).
-fn prefixes(resource: &ResourceDescription) -> Vec<IpNet> {
-    let Some(address) = resource.address.as_deref() else {
-        return match resource.kind {
-            // Default nets are 0.0.0.0/0 and ::/0.
-            ResourceType::Internet => vec![
-                IpNet::V4(ipnet::Ipv4Net::default()),
-                IpNet::V6(ipnet::Ipv6Net::default()),
-            ],
-            _ => vec![],
-        };
-    };
-    match resource.kind {
-        ResourceType::Cidr => address.parse().into_iter().collect(),
-        ResourceType::Ip => address
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .into_iter()
-            .collect(),
-        ResourceType::Dns | ResourceType::Internet => vec![],
+/// addresses, assigned by the DNS stub). The internet resource is not
+/// routed yet: a default route into the tunnel needs the exclusions of
+/// the portal's, relays' and gateways' own addresses first (SPEC 7.4), or
+/// the client would cut itself off.
+pub fn routed_prefixes(resource: &ResourceDescription) -> Vec<IpNet> {
+    match resource.kind() {
+        ResourceType::Internet => Vec::new(),
+        _ => resource.address.prefixes(),
     }
 }
 
@@ -164,8 +164,8 @@ impl ClientState {
     /// Replaces the resource list (the portal's `init`); access to resources
     /// that stay is kept.
     pub fn set_resources(&mut self, resources: Vec<ResourceDescription>) {
-        let keep: Vec<Uuid> = resources.iter().map(|r| r.id).collect();
-        let gone: Vec<Uuid> = self
+        let keep: Vec<ResourceId> = resources.iter().map(|r| r.id).collect();
+        let gone: Vec<ResourceId> = self
             .resources
             .keys()
             .filter(|id| !keep.contains(id))
@@ -182,7 +182,7 @@ impl ClientState {
     pub fn upsert_resource(&mut self, resource: ResourceDescription) {
         let id = resource.id;
         self.router.remove_resource(id);
-        for net in prefixes(&resource) {
+        for net in routed_prefixes(&resource) {
             self.router.insert(net, id);
         }
         match self.resources.get_mut(&id) {
@@ -207,10 +207,31 @@ impl ClientState {
         }
     }
 
+    /// The resources the portal offers this client.
+    pub fn resources(&self) -> impl Iterator<Item = &ResourceDescription> + '_ {
+        self.resources.values().map(|e| &e.description)
+    }
+
+    pub fn resource(&self, id: ResourceId) -> Option<&ResourceDescription> {
+        self.resources.get(&id).map(|e| &e.description)
+    }
+
+    /// What the kernel routes into the tunnel: every resource's prefixes,
+    /// and the whole proxy ranges while a DNS resource exists (packets to
+    /// proxies the stub never handed out are dropped here, `no_route`).
+    pub fn routes(&self) -> BTreeSet<IpNet> {
+        let mut routes: BTreeSet<IpNet> = self.resources().flat_map(routed_prefixes).collect();
+        if self.resources().any(|r| r.kind() == ResourceType::Dns) {
+            routes.insert(postern_model::plan::DNS_PROXY_V4.into());
+            routes.insert(postern_model::plan::DNS_PROXY_V6.into());
+        }
+        routes
+    }
+
     /// Routes proxy addresses the DNS stub handed out for a DNS resource:
     /// the first packet to one asks for access to that resource, like any
     /// other address of it. Unknown resources are ignored.
-    pub fn route_proxies(&mut self, resource_id: Uuid, proxies: &[IpAddr]) {
+    pub fn route_proxies(&mut self, resource_id: ResourceId, proxies: &[IpAddr]) {
         let Some(entry) = self.resources.get_mut(&resource_id) else {
             return;
         };
@@ -225,7 +246,7 @@ impl ClientState {
 
     /// The resource is gone: its buffered packets are answered, its routes
     /// removed.
-    pub fn remove_resource(&mut self, id: Uuid) {
+    pub fn remove_resource(&mut self, id: ResourceId) {
         self.router.remove_resource(id);
         if let Some(mut entry) = self.resources.remove(&id) {
             self.answer_buffered(&mut entry, Unreachable::Prohibited);
@@ -281,7 +302,7 @@ impl ClientState {
     /// Asks the portal for access to a resource that is idle, without a
     /// packet (a DNS question about one of its names that only its gateway
     /// can answer). True if a request went out.
-    pub fn request(&mut self, id: Uuid, now: Instant) -> bool {
+    pub fn request(&mut self, id: ResourceId, now: Instant) -> bool {
         let connected_gateway_ids = self.connected_gateways();
         let Some(entry) = self.resources.get_mut(&id) else {
             return false;
@@ -303,7 +324,7 @@ impl ClientState {
         true
     }
 
-    fn buffer(&mut self, id: Uuid, bytes: &[u8]) -> Verdict {
+    fn buffer(&mut self, id: ResourceId, bytes: &[u8]) -> Verdict {
         let (max_packets, max_bytes) = (
             self.config.max_buffered_packets,
             self.config.max_buffered_bytes,
@@ -323,8 +344,8 @@ impl ClientState {
 
     /// Gateways this client already has access through (the portal prefers
     /// them, F20).
-    fn connected_gateways(&self) -> Vec<Uuid> {
-        let mut gateways: Vec<Uuid> = self
+    fn connected_gateways(&self) -> Vec<GatewayId> {
+        let mut gateways: Vec<GatewayId> = self
             .resources
             .values()
             .filter_map(|e| match e.access {
@@ -338,7 +359,12 @@ impl ClientState {
     }
 
     /// The portal's `access_granted`: buffered packets go to the gateway.
-    pub fn access_granted(&mut self, resource_id: Uuid, gateway: Uuid, expires: Option<Instant>) {
+    pub fn access_granted(
+        &mut self,
+        resource_id: ResourceId,
+        gateway: GatewayId,
+        expires: Option<Instant>,
+    ) {
         let Some(entry) = self.resources.get_mut(&resource_id) else {
             return;
         };
@@ -354,7 +380,7 @@ impl ClientState {
     /// reason is kept for a while.
     pub fn access_denied(
         &mut self,
-        resource_id: Uuid,
+        resource_id: ResourceId,
         reason: DenyReason,
         violated: Vec<String>,
         now: Instant,
@@ -378,7 +404,7 @@ impl ClientState {
 
     /// The portal's `access_revoked` (or a gateway that went away, F20): the
     /// next packet asks again.
-    pub fn access_revoked(&mut self, resource_id: Uuid) {
+    pub fn access_revoked(&mut self, resource_id: ResourceId) {
         if let Some(entry) = self.resources.get_mut(&resource_id) {
             entry.access = Access::Idle;
         }
@@ -386,7 +412,7 @@ impl ClientState {
 
     /// A gateway is gone (its tunnel died): every resource through it asks
     /// again on its next packet.
-    pub fn gateway_lost(&mut self, gateway: Uuid) {
+    pub fn gateway_lost(&mut self, gateway: GatewayId) {
         for entry in self.resources.values_mut() {
             if matches!(entry.access, Access::Granted { gateway: g, .. } if g == gateway) {
                 entry.access = Access::Idle;
@@ -408,7 +434,7 @@ impl ClientState {
     /// Requests the portal never answered fail (host unreachable).
     pub fn handle_timeout(&mut self, now: Instant) {
         let timeout = self.config.request_timeout;
-        let overdue: Vec<Uuid> = self
+        let overdue: Vec<ResourceId> = self
             .resources
             .iter()
             .filter(|(_, e)| matches!(e.access, Access::Requested { since, .. } if now.duration_since(since) >= timeout))
@@ -440,7 +466,7 @@ impl ClientState {
 
     /// Every resource with its access, sorted by name.
     /// The gateway a resource is granted through now, if it is.
-    pub fn gateway_of(&self, resource_id: Uuid) -> Option<Uuid> {
+    pub fn gateway_of(&self, resource_id: ResourceId) -> Option<GatewayId> {
         match self.resources.get(&resource_id)?.access {
             Access::Granted { gateway, .. } => Some(gateway),
             _ => None,

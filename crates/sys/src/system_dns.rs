@@ -13,9 +13,8 @@
 //! the settings go with the interface anyway).
 
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-use postern_model::plan::{DNS_SENTINEL_V4, DNS_SENTINEL_V6};
 
 /// The rewritten resolv.conf; put back on drop.
 pub struct ResolvConf {
@@ -25,12 +24,14 @@ pub struct ResolvConf {
     restored: bool,
 }
 
-/// The text that sends the system to the stub.
-pub fn stub_conf(search: Option<&str>) -> String {
-    let mut text = format!(
-        "# Written by `postern client up`; the previous file comes back when it stops.\n\
-         nameserver {DNS_SENTINEL_V4}\nnameserver {DNS_SENTINEL_V6}\n"
+/// The text that sends the system to the stub on `sentinels`.
+pub fn stub_conf(sentinels: &[IpAddr], search: Option<&str>) -> String {
+    let mut text = String::from(
+        "# Written by `postern client up`; the previous file comes back when it stops.\n",
     );
+    for sentinel in sentinels {
+        text.push_str(&format!("nameserver {sentinel}\n"));
+    }
     if let Some(domain) = search.filter(|d| !d.is_empty()) {
         text.push_str(&format!("search {domain}\n"));
     }
@@ -38,11 +39,13 @@ pub fn stub_conf(search: Option<&str>) -> String {
 }
 
 impl ResolvConf {
-    /// Takes `path` over; a copy is kept in `state_dir`. Returns the guard
-    /// and the original contents (for its nameservers).
+    /// Takes `path` over for the stub on `sentinels`; a copy is kept in
+    /// `state_dir`. Returns the guard and the original contents (for its
+    /// nameservers).
     pub fn take_over(
         path: &Path,
         state_dir: &Path,
+        sentinels: &[IpAddr],
         search: Option<&str>,
     ) -> io::Result<(ResolvConf, String)> {
         std::fs::create_dir_all(state_dir)?;
@@ -55,7 +58,7 @@ impl ResolvConf {
         let original = std::fs::read(path)?;
         std::fs::write(&saved, &original)?;
         std::fs::File::open(&saved)?.sync_all()?;
-        std::fs::write(path, stub_conf(search))?;
+        std::fs::write(path, stub_conf(sentinels, search))?;
         let text = String::from_utf8_lossy(&original).into_owned();
         Ok((
             ResolvConf {
@@ -93,6 +96,13 @@ mod tests {
     #![allow(clippy::unwrap_used)] // a test: unwrap is the assertion
     use super::*;
 
+    const SENTINELS: [IpAddr; 2] = [
+        IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 111, 1)),
+        IpAddr::V6(std::net::Ipv6Addr::new(
+            0xfd7e, 0x5057, 0x6e00, 0x8000, 0x100, 0x100, 0x111, 1,
+        )),
+    ];
+
     fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("postern-resolv-{name}-{}", std::process::id()));
@@ -108,7 +118,8 @@ mod tests {
         let original = b"# odd spacing kept\nnameserver 10.0.0.53 \r\noptions  ndots:2\n\xff";
         std::fs::write(&path, original).unwrap();
         let (mut guard, text) =
-            ResolvConf::take_over(&path, &dir.join("state"), Some("corp.test")).unwrap();
+            ResolvConf::take_over(&path, &dir.join("state"), &SENTINELS, Some("corp.test"))
+                .unwrap();
         assert!(text.contains("nameserver 10.0.0.53"));
         let now = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -133,11 +144,13 @@ mod tests {
         let path = dir.join("resolv.conf");
         let original = b"nameserver 192.0.2.53\n";
         std::fs::write(&path, original).unwrap();
-        let (guard, _) = ResolvConf::take_over(&path, &dir.join("state"), None).unwrap();
+        let (guard, _) =
+            ResolvConf::take_over(&path, &dir.join("state"), &SENTINELS, None).unwrap();
         // SIGKILL: no drop, the copy stays behind.
         std::mem::forget(guard);
         assert_ne!(std::fs::read(&path).unwrap(), original);
-        let (guard, text) = ResolvConf::take_over(&path, &dir.join("state"), None).unwrap();
+        let (guard, text) =
+            ResolvConf::take_over(&path, &dir.join("state"), &SENTINELS, None).unwrap();
         assert_eq!(
             text.as_bytes(),
             original,
@@ -175,19 +188,6 @@ pub fn resolved() -> Option<PathBuf> {
     })
 }
 
-/// The routing domain of a resource pattern: what follows its last
-/// wildcard label (`*.apps.corp.test` -> `apps.corp.test`, `db?.corp.test`
-/// -> `corp.test`), the name itself without one.
-pub fn routing_domain(pattern: &str) -> Option<String> {
-    let labels: Vec<&str> = pattern.trim_end_matches('.').split('.').collect();
-    let after = labels
-        .iter()
-        .rposition(|label| label.contains('*') || label.contains('?'))
-        .map_or(0, |last| last + 1);
-    let domain = labels.get(after..)?.join(".");
-    (!domain.is_empty()).then_some(domain.to_ascii_lowercase())
-}
-
 /// The tunnel interface's DNS settings in systemd-resolved.
 pub struct ResolvedLink {
     resolvectl: PathBuf,
@@ -210,14 +210,21 @@ impl ResolvedLink {
         }
     }
 
-    /// The stub as the interface's DNS server, not the default route.
-    pub fn take_over(resolvectl: PathBuf, interface: &str) -> io::Result<ResolvedLink> {
+    /// The stub on `sentinels` as the interface's DNS server, not the
+    /// default route.
+    pub fn take_over(
+        resolvectl: PathBuf,
+        interface: &str,
+        sentinels: &[IpAddr],
+    ) -> io::Result<ResolvedLink> {
         let link = ResolvedLink {
             resolvectl,
             interface: interface.to_string(),
         };
-        let (v4, v6) = (DNS_SENTINEL_V4.to_string(), DNS_SENTINEL_V6.to_string());
-        link.run(&["dns", interface, &v4, &v6])?;
+        let mut args = vec!["dns".to_string(), interface.to_string()];
+        args.extend(sentinels.iter().map(ToString::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        link.run(&args)?;
         link.run(&["default-route", interface, "false"])?;
         Ok(link)
     }
@@ -247,25 +254,6 @@ mod resolved_tests {
     use super::*;
 
     #[test]
-    fn routing_domains_come_from_what_follows_the_wildcards() {
-        assert_eq!(
-            routing_domain("*.apps.corp.test").as_deref(),
-            Some("apps.corp.test")
-        );
-        assert_eq!(routing_domain("**.corp.test").as_deref(), Some("corp.test"));
-        assert_eq!(
-            routing_domain("db?.corp.test").as_deref(),
-            Some("corp.test")
-        );
-        assert_eq!(routing_domain("a.*.b.test").as_deref(), Some("b.test"));
-        assert_eq!(
-            routing_domain("Web.Corp.Test.").as_deref(),
-            Some("web.corp.test")
-        );
-        assert_eq!(routing_domain("*"), None);
-    }
-
-    #[test]
     fn resolvectl_is_told_the_link_settings_and_reverts_them() {
         let dir = std::env::temp_dir().join(format!("postern-resolvectl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -278,7 +266,11 @@ mod resolved_tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let link = ResolvedLink::take_over(fake.clone(), "postern0").unwrap();
+        let sentinels = [
+            IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 111, 1)),
+            "fd7e:5057:6e00:8000:100:100:111:1".parse().unwrap(),
+        ];
+        let link = ResolvedLink::take_over(fake.clone(), "postern0", &sentinels).unwrap();
         link.set_domains(
             &["apps.corp.test".into(), "corp.test".into()],
             Some("corp.test"),

@@ -1,9 +1,11 @@
 //! `postern client status`: the daemon answers on a root-only unix socket
-//! with one JSON document (resources, per-resource access, gateway, path,
-//! bytes); the CLI prints it as a table or as is (`--json`).
+//! with one JSON document (the portal, the interface, and the role's own
+//! status: resources, per-resource access, gateway, path, bytes); the CLI
+//! prints it as a table or as is (`--json`).
 
 use std::path::{Path, PathBuf};
 
+use postern_tunnel::client::status::ClientStatus;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -11,44 +13,19 @@ use tokio::sync::{mpsc, oneshot};
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/postern/client.sock";
 
+/// What the socket answers: the shell's facts around the role's status.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Status {
+pub struct StatusDocument<S> {
     pub portal: String,
-    pub connected: bool,
-    pub interface: Option<InterfaceStatus>,
-    pub resources: Vec<ResourceLine>,
+    /// The tunnel interface's name, once it exists.
+    pub interface: Option<String>,
+    #[serde(flatten)]
+    pub status: S,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InterfaceStatus {
-    pub name: String,
-    pub ipv4: String,
-    pub ipv6: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ResourceLine {
-    pub id: String,
-    pub name: String,
-    pub address: Option<String>,
-    /// idle, requested, granted, denied.
-    pub access: String,
-    /// Why access was denied (and which conditions failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    /// direct, relayed or connecting, once granted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub bytes_sent: u64,
-    #[serde(default)]
-    pub bytes_received: u64,
-}
-
-/// A status request from the socket to the daemon's loop.
-pub type Request = oneshot::Sender<Status>;
+/// A status request from the socket to the daemon's loop: the document,
+/// serialized.
+pub type Request = oneshot::Sender<Vec<u8>>;
 
 /// Serves the socket (mode 0600, owner root); each connection gets one
 /// document and is closed.
@@ -67,10 +44,8 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> std::io::Result<()
             if requests.send(reply).await.is_err() {
                 return;
             }
-            if let Ok(status) = answer.await
-                && let Ok(text) = serde_json::to_vec(&status)
-            {
-                let _ = stream.write_all(&text).await;
+            if let Ok(document) = answer.await {
+                let _ = stream.write_all(&document).await;
                 let _ = stream.shutdown().await;
             }
         }
@@ -87,35 +62,54 @@ impl Drop for SocketFile {
     }
 }
 
-/// Asks a running daemon.
-pub async fn query(path: &Path) -> anyhow::Result<Status> {
-    use anyhow::Context;
-    let mut stream = tokio::net::UnixStream::connect(path).await.with_context(|| {
-        format!(
-            "no client daemon answers on {} (is `postern client up` running? status needs root)",
-            path.display()
-        )
-    })?;
+/// Why `postern client status` could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(
+        "no client daemon answers on {path} (is `postern client up` running? status needs root): {source}"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("reading the daemon's answer: {0}")]
+    Read(std::io::Error),
+    #[error("the daemon's answer is not a status document: {0}")]
+    Parse(serde_json::Error),
+}
+
+/// Asks a running client daemon.
+pub async fn query(path: &Path) -> Result<StatusDocument<ClientStatus>, QueryError> {
+    let mut stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| QueryError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
     let mut text = Vec::new();
-    stream.read_to_end(&mut text).await?;
-    serde_json::from_slice(&text).context("the daemon's answer is not a status document")
+    stream
+        .read_to_end(&mut text)
+        .await
+        .map_err(QueryError::Read)?;
+    serde_json::from_slice(&text).map_err(QueryError::Parse)
 }
 
 /// The status as a table for people.
-pub fn render(status: &Status) -> String {
+pub fn render(document: &StatusDocument<ClientStatus>) -> String {
+    let status = &document.status;
     let mut out = format!(
         "portal: {} ({})\n",
-        status.portal,
+        document.portal,
         if status.connected {
             "connected"
         } else {
             "disconnected, retrying"
         }
     );
-    if let Some(interface) = &status.interface {
+    if let (Some(name), Some(addresses)) = (&document.interface, &status.addresses) {
         out.push_str(&format!(
-            "interface: {} {} {}\n",
-            interface.name, interface.ipv4, interface.ipv6
+            "interface: {name} {} {}\n",
+            addresses.ipv4, addresses.ipv6
         ));
     }
     if status.resources.is_empty() {

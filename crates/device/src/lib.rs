@@ -1,0 +1,156 @@
+//! The device daemons (SPEC F16-F24): one loop drives either role of
+//! `postern-tunnel` ([`postern_tunnel::client::ClientTunnel`],
+//! [`postern_tunnel::gateway::GatewayTunnel`]) and applies what it asks
+//! for with `postern-sys`: the TUN interface, routes, the client's DNS stub
+//! and the system's resolver settings, the gateway's masquerade and name
+//! lookups. The loop moves bytes and applies effects; every protocol
+//! decision is the role's.
+//!
+//! - [`shell`]: the loop and the data path (batched UDP, TUN offloads);
+//! - [`apply`]: effects into the kernel and the system;
+//! - [`start`]: identity, socket and portal channel before the loop;
+//! - [`portal`]: what the portal channel's events mean;
+//! - [`stub`]: the DNS stub's sockets on the sentinel addresses;
+//! - [`resolver`]: the gateway's lookups with the system resolver;
+//! - [`status`]: `postern client status` over a unix socket.
+
+mod apply;
+mod portal;
+mod resolver;
+mod shell;
+mod start;
+pub mod status;
+mod stub;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use postern_sys::metrics::DeviceMetrics;
+use postern_tunnel::client::{ClientConfig, ClientTunnel};
+use postern_tunnel::effect::Stop;
+use postern_tunnel::gateway::GatewayTunnel;
+
+pub use start::StartError;
+
+/// What a device daemon (client or gateway) is told on its command line.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// `http://...` portal URL.
+    pub portal: String,
+    pub token: String,
+    /// Name shown in the portal.
+    pub name: String,
+    /// UDP port for WireGuard and ICE (0: any).
+    pub port: u16,
+    /// Where the device id lives.
+    pub state_dir: PathBuf,
+    /// Name of the TUN interface.
+    pub interface: String,
+    /// Where the loop publishes its counters (for `--metrics`).
+    pub metrics: Option<Arc<DeviceMetrics>>,
+}
+
+/// How the system's DNS is pointed at the client's stub.
+#[derive(Clone, Debug, Default)]
+pub enum SystemDnsMode {
+    /// Leave it alone (the stub still answers on the sentinels).
+    Off,
+    /// systemd-resolved if it manages DNS here, else /etc/resolv.conf.
+    #[default]
+    Auto,
+    /// Take over this resolv.conf.
+    File(PathBuf),
+}
+
+/// The client's DNS, from its command line.
+#[derive(Clone, Debug, Default)]
+pub struct DnsSettings {
+    /// Resolvers for names that are not resources; empty: the portal's,
+    /// else the system's (from resolv.conf before the stub took it over).
+    pub upstreams: Vec<SocketAddr>,
+    /// How to point the system at the stub.
+    pub system: SystemDnsMode,
+}
+
+/// What only the client has.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub dns: DnsSettings,
+    /// Where `postern client status` asks.
+    pub status_socket: PathBuf,
+}
+
+/// Why a device daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The portal channel failed for good (unreachable at start, a refused
+    /// token).
+    #[error("{0}")]
+    Portal(String),
+    /// The portal revoked the device's credentials.
+    #[error("{0}")]
+    Stopped(Stop),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tun(#[from] postern_sys::tun::TunError),
+    #[error(transparent)]
+    Routes(#[from] postern_sys::route::RouteError),
+    #[error(transparent)]
+    Masquerade(#[from] postern_sys::masquerade::MasqueradeError),
+}
+
+impl DeviceError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeviceError {
+        let what = what.into();
+        move |source| DeviceError::Io { what, source }
+    }
+}
+
+/// Runs the client until `stop` resolves or the portal refuses the token.
+pub async fn run_client(
+    config: DeviceConfig,
+    options: ClientOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DeviceError> {
+    let started = start::start(start::Party::Client, &config).await?;
+    tracing::info!(
+        device_id = %started.device_id, local = %started.local,
+        receive_buffer = started.buffers.0, send_buffer = started.buffers.1,
+        "client starting"
+    );
+    let role = ClientTunnel::new(
+        started.local,
+        started.secret,
+        started.seed,
+        ClientConfig::default(),
+    );
+    let status = Some(options.status_socket.clone());
+    shell::Shell::new(role, started, &config, Some(options.dns), status)?
+        .run(stop)
+        .await
+}
+
+/// Runs the gateway until `stop` resolves (then says goodbye) or the portal
+/// refuses the token.
+pub async fn run_gateway(
+    config: DeviceConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DeviceError> {
+    let started = start::start(start::Party::Gateway, &config).await?;
+    tracing::info!(
+        device_id = %started.device_id, local = %started.local,
+        receive_buffer = started.buffers.0, send_buffer = started.buffers.1,
+        name = %config.name, "gateway starting"
+    );
+    let role = GatewayTunnel::new(started.local, started.secret, started.seed);
+    shell::Shell::new(role, started, &config, None, None)?
+        .run(stop)
+        .await
+}

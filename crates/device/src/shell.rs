@@ -1,0 +1,399 @@
+//! The one device loop (DESIGN.md sections 2 and 7), for either role: one
+//! task owns the role, the UDP socket and the TUN interface, so the packet
+//! path takes no lock. Datagrams are received in batches (recvmmsg, GRO)
+//! and decrypted straight into the TUN write batch; packets are read in
+//! batches (TUN offloads) and encrypted straight into GSO sends. Everything
+//! else the role asks for is applied between turns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
+use postern_sys::channel::Channel;
+use postern_sys::metrics::{DeviceMetrics, Tally};
+use postern_sys::tun::{Tun, TunReader, TunWriter};
+use postern_tunnel::client::servfail;
+use postern_tunnel::effect::{Effect, Input, QueryId};
+use postern_tunnel::role::Role;
+use tokio::sync::mpsc;
+
+use crate::apply::System;
+use crate::portal::{LinkEvent, PortalLink};
+use crate::resolver::Resolver;
+use crate::start::Started;
+use crate::status::{self, SocketFile, StatusDocument};
+use crate::stub::{self, ReplyTo, StubQuery};
+use crate::{DeviceConfig, DeviceError, DnsSettings};
+
+const BUFFER: usize = 65_536;
+/// Batched reads from one ready source before the others get a turn.
+const READS_PER_TURN: usize = 8;
+/// DNS queries and lookup results handled in one turn of the loop.
+const INPUTS_PER_TURN: usize = 256;
+/// Lookup results waiting for the loop.
+const RESULTS: usize = 1024;
+
+pub struct Shell<R: Role> {
+    role: R,
+    portal: String,
+    /// What the operator does when the portal refuses the token.
+    sign_in_again: &'static str,
+    /// What keeps working while the portal is away.
+    meanwhile: &'static str,
+    channel: Channel,
+    link: PortalLink,
+    udp: UdpBatch,
+    received: RecvBuffers,
+    gso: GsoQueue,
+    reader: TunReader,
+    writer: TunWriter,
+    /// Where a packet is encrypted on its way out.
+    sealed: Vec<u8>,
+    system: System,
+    stub_queries: mpsc::Sender<StubQuery>,
+    stub_rx: mpsc::Receiver<StubQuery>,
+    /// Where each app's query waits for its answer.
+    replies: HashMap<QueryId, ReplyTo>,
+    next_query: u64,
+    results: mpsc::Sender<Input>,
+    results_rx: mpsc::Receiver<Input>,
+    resolver: Option<Resolver>,
+    status_rx: Option<mpsc::Receiver<status::Request>>,
+    _status_file: Option<SocketFile>,
+    tally: Tally,
+    metrics: Option<Arc<DeviceMetrics>>,
+}
+
+impl<R: Role> Shell<R> {
+    /// `dns` and `status_socket` are the client's (`None` for a gateway).
+    pub fn new(
+        role: R,
+        started: Started,
+        config: &DeviceConfig,
+        dns: Option<DnsSettings>,
+        status_socket: Option<PathBuf>,
+    ) -> Result<Self, DeviceError> {
+        let client = dns.is_some();
+        let (stub_queries, stub_rx) = mpsc::channel(stub::QUEUE);
+        let (results, results_rx) = mpsc::channel(RESULTS);
+        let (status_rx, status_file) = match status_socket {
+            Some(path) => {
+                let (requests, status_rx) = mpsc::channel(8);
+                status::serve(&path, requests).map_err(DeviceError::io(format!(
+                    "cannot serve status on {}",
+                    path.display()
+                )))?;
+                (Some(status_rx), Some(SocketFile(path)))
+            }
+            None => (None, None),
+        };
+        Ok(Shell {
+            role,
+            portal: config.portal.clone(),
+            sign_in_again: if client {
+                "sign in again with `postern client sign-in`"
+            } else {
+                "create a new gateway token"
+            },
+            meanwhile: if client {
+                "established tunnels go on"
+            } else {
+                "forwarding goes on"
+            },
+            channel: started.channel,
+            link: PortalLink::default(),
+            udp: started.udp,
+            received: RecvBuffers::default(),
+            gso: GsoQueue::default(),
+            reader: TunReader::default(),
+            writer: TunWriter::default(),
+            sealed: vec![0u8; BUFFER],
+            system: System::new(
+                config.interface.clone(),
+                config.state_dir.clone(),
+                dns.unwrap_or_default(),
+            ),
+            stub_queries,
+            stub_rx,
+            replies: HashMap::new(),
+            next_query: 0,
+            results,
+            results_rx,
+            resolver: None,
+            status_rx,
+            _status_file: status_file,
+            tally: Tally::default(),
+            metrics: config.metrics.clone(),
+        })
+    }
+
+    /// Runs until `stop` resolves (then the role says goodbye) or the
+    /// portal refuses the device for good.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), DeviceError> {
+        tokio::pin!(stop);
+        loop {
+            let now = Instant::now();
+            let deadline = self
+                .role
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(1));
+            tokio::select! {
+                () = &mut stop => break,
+                incoming = self.channel.incoming.recv() => {
+                    match self.link.on::<R::FromPortal>(incoming, &self.portal, self.sign_in_again, self.meanwhile) {
+                        LinkEvent::Fatal(error) => return Err(DeviceError::Portal(error)),
+                        LinkEvent::Message(message) => {
+                            self.role.handle_portal(message, Instant::now(), Timestamp::now())
+                        }
+                        LinkEvent::Connected(up) => {
+                            self.role.handle_input(Input::PortalConnected(up), Instant::now())
+                        }
+                        LinkEvent::Nothing => {}
+                    }
+                }
+                Some(query) = self.stub_rx.recv() => {
+                    let now = Instant::now();
+                    self.query(query, now);
+                    // Whatever else is waiting, in the same turn.
+                    for _ in 0..INPUTS_PER_TURN {
+                        let Ok(query) = self.stub_rx.try_recv() else { break };
+                        self.query(query, now);
+                    }
+                }
+                Some(input) = self.results_rx.recv() => {
+                    let now = Instant::now();
+                    self.role.handle_input(input, now);
+                    for _ in 0..INPUTS_PER_TURN {
+                        let Ok(input) = self.results_rx.try_recv() else { break };
+                        self.role.handle_input(input, now);
+                    }
+                }
+                Some(reply) = next_request(&mut self.status_rx) => {
+                    let document = StatusDocument {
+                        portal: self.portal.clone(),
+                        interface: self.system.tun().map(|t| t.name().to_string()),
+                        status: self.role.status(Instant::now()),
+                    };
+                    if let Ok(bytes) = serde_json::to_vec(&document) {
+                        let _ = reply.send(bytes);
+                    }
+                }
+                ready = self.udp.readable() => {
+                    ready.map_err(DeviceError::io("UDP socket"))?;
+                    self.receive_network().await?;
+                }
+                ready = readable(self.system.tun()), if self.system.tun().is_some() => {
+                    ready.map_err(DeviceError::io("TUN interface"))?;
+                    self.receive_tun()?;
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    self.role.handle_timeout(Instant::now());
+                    self.publish();
+                }
+            }
+            self.flush().await?;
+        }
+        self.role.stop(Instant::now());
+        self.flush().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// An app's DNS query: numbered, its reply kept, the role decides.
+    fn query(&mut self, query: StubQuery, now: Instant) {
+        self.next_query += 1;
+        let id = QueryId(self.next_query);
+        self.replies.insert(id, query.reply);
+        self.role.handle_input(
+            Input::DnsQuery {
+                query: id,
+                bytes: query.bytes,
+            },
+            now,
+        );
+    }
+
+    /// Everything waiting on the socket: packets the role lets through are
+    /// decrypted straight into the TUN batch and written in one go.
+    async fn receive_network(&mut self) -> Result<(), DeviceError> {
+        for _ in 0..READS_PER_TURN {
+            let count = self
+                .udp
+                .try_recv(&mut self.received)
+                .map_err(DeviceError::io("UDP receive"))?;
+            if count == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (source, datagram) in self.received.datagrams(count) {
+                self.tally.datagrams_received += 1;
+                if self.writer.is_full()
+                    && let Some(tun) = self.system.tun()
+                {
+                    tun.write(&mut self.writer)
+                        .await
+                        .map_err(DeviceError::io("TUN write"))?;
+                }
+                let Some(slot) = self.writer.slot() else {
+                    continue;
+                };
+                if let Some(length) = self.role.decapsulate(source, datagram, now, slot) {
+                    self.tally.tun_packets_written += 1;
+                    self.tally.tun_bytes_written += length as u64;
+                    self.writer.commit(length);
+                }
+            }
+        }
+        if let Some(tun) = self.system.tun() {
+            tun.write(&mut self.writer)
+                .await
+                .map_err(DeviceError::io("TUN write"))?;
+        }
+        Ok(())
+    }
+
+    /// Packets from the TUN interface, encrypted by the role into GSO
+    /// batches per destination.
+    fn receive_tun(&mut self) -> Result<(), DeviceError> {
+        for _ in 0..READS_PER_TURN {
+            let Some(tun) = self.system.tun() else { break };
+            let count = tun
+                .try_read(&mut self.reader)
+                .map_err(DeviceError::io("TUN read"))?;
+            if count == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for i in 0..count {
+                let packet = self.reader.packet_mut(i);
+                self.tally.tun_packets_read += 1;
+                self.tally.tun_bytes_read += packet.len() as u64;
+                if let Some((destination, length)) =
+                    self.role.encapsulate(packet, now, &mut self.sealed)
+                {
+                    self.udp.queue(
+                        &mut self.gso,
+                        destination,
+                        &self.sealed[..length],
+                        &mut self.tally,
+                    );
+                }
+            }
+            self.udp.flush(&mut self.gso, &mut self.tally);
+        }
+        Ok(())
+    }
+
+    /// What the role queued: effects first (the interface before anything
+    /// is written to it), then datagrams, packets and portal messages.
+    async fn flush(&mut self) -> Result<(), DeviceError> {
+        self.udp.flush(&mut self.gso, &mut self.tally);
+        while let Some(effect) = self.role.poll_effect() {
+            self.apply(effect).await?;
+        }
+        while let Some(transmit) = self.role.poll_transmit() {
+            self.udp
+                .send_one(transmit.destination, &transmit.payload, &mut self.tally);
+        }
+        while let Some(packet) = self.role.poll_tun_packet() {
+            let Some(tun) = self.system.tun() else { break };
+            match tun.send(&packet) {
+                Ok(_) => {
+                    self.tally.tun_packets_written += 1;
+                    self.tally.tun_bytes_written += packet.len() as u64;
+                }
+                Err(error) => tracing::debug!(%error, "TUN write failed"),
+            }
+        }
+        while let Some(message) = self.role.poll_portal() {
+            self.send_to_portal(&message);
+        }
+        Ok(())
+    }
+
+    /// Queues a frame for the portal; a full or closed queue drops it (the
+    /// frames are about a session the portal resends state for).
+    fn send_to_portal(&self, message: &R::ToPortal) {
+        match serde_json::to_string(message) {
+            Ok(text) => {
+                if self.channel.outgoing.try_send(text).is_err() {
+                    tracing::debug!("portal queue full or closed; frame dropped");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot encode a frame"),
+        }
+    }
+
+    async fn apply(&mut self, effect: Effect) -> Result<(), DeviceError> {
+        match effect {
+            Effect::Interface(config) => self.system.interface(&config)?,
+            Effect::Routes(routes) => self.system.routes(routes).await,
+            Effect::Dns(config) => self.system.dns(&config, &self.stub_queries)?,
+            Effect::Masquerade(sources) => self.system.masquerade(&sources)?,
+            Effect::DnsAnswer { query, answer } => {
+                if let (Some(reply), Some(answer)) = (self.replies.remove(&query), answer) {
+                    reply.send_now(answer);
+                }
+            }
+            Effect::ForwardDns { query, bytes } => {
+                if let Some(reply) = self.replies.remove(&query) {
+                    let upstreams = self.system.upstreams();
+                    tokio::spawn(async move {
+                        let answer = match postern_sys::dns::forward(&bytes, &upstreams).await {
+                            Some(answer) => Some(answer),
+                            None => servfail(&bytes),
+                        };
+                        if let Some(answer) = answer {
+                            reply.send(answer).await;
+                        }
+                    });
+                }
+            }
+            Effect::Resolve { lookup, name } => self.resolver().resolve(lookup, name),
+            Effect::AskResolvers { lookup, query } => self.resolver().ask(lookup, query),
+            Effect::Stop(stop) => return Err(DeviceError::Stopped(stop)),
+        }
+        Ok(())
+    }
+
+    fn resolver(&mut self) -> &Resolver {
+        self.resolver
+            .get_or_insert_with(|| Resolver::new(self.results.clone()))
+    }
+
+    /// Counters into the metrics endpoint (a few times a second).
+    fn publish(&mut self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        self.tally.dropped = self.role.dropped().iter().collect();
+        self.tally.errors = self.role.errors().iter().collect();
+        let gauges = self.role.gauges();
+        metrics.publish(
+            &self.tally,
+            self.link.connected,
+            gauges.peers,
+            gauges.entries,
+        );
+    }
+}
+
+async fn readable(tun: Option<&Tun>) -> std::io::Result<()> {
+    match tun {
+        Some(tun) => tun.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_request(
+    requests: &mut Option<mpsc::Receiver<status::Request>>,
+) -> Option<status::Request> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}

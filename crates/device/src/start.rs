@@ -1,0 +1,97 @@
+//! Everything a device daemon does before its loop: the device id, a fresh
+//! key, the UDP socket, the host candidate's address and the portal channel
+//! (with the device's identity in the query, SPEC section 5).
+
+use std::io;
+use std::net::SocketAddr;
+
+use postern_model::PublicKey;
+use postern_sys::batch::UdpBatch;
+use postern_sys::channel::{self, Channel, ChannelConfig, ChannelError};
+use postern_sys::device::{device_id, fresh_secret, fresh_seed, outward_address};
+use uuid::Uuid;
+
+use crate::DeviceConfig;
+
+/// Who the device is to the portal.
+#[derive(Clone, Copy, Debug)]
+pub enum Party {
+    Client,
+    Gateway,
+}
+
+/// Why a device daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("device id in {path}: {source}")]
+    DeviceId { path: String, source: io::Error },
+    #[error("no randomness for a key: {0}")]
+    Random(io::Error),
+    #[error(transparent)]
+    Portal(#[from] ChannelError),
+    #[error("cannot bind UDP port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("no route toward the portal: {0}")]
+    NoRoute(io::Error),
+}
+
+/// A started device: its identity, its socket and its portal channel.
+pub struct Started {
+    pub device_id: Uuid,
+    pub secret: [u8; 32],
+    /// The address the host candidate carries.
+    pub local: SocketAddr,
+    pub udp: UdpBatch,
+    pub channel: Channel,
+    /// Socket buffer sizes the kernel granted (receive, send).
+    pub buffers: (usize, usize),
+    /// A seed for the role's randomness (fresh per process).
+    pub seed: u64,
+}
+
+pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, StartError> {
+    let (role, channel_party) = match party {
+        Party::Client => ("client", channel::Party::Client),
+        Party::Gateway => ("gateway", channel::Party::Gateway),
+    };
+    let device_id = device_id(&config.state_dir, role).map_err(|source| StartError::DeviceId {
+        path: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let secret = fresh_secret().map_err(StartError::Random)?;
+    let seed = fresh_seed().map_err(StartError::Random)?;
+    let portal_ip = channel::portal_ip(&config.portal).await?;
+    let bind = |source| StartError::Bind {
+        port: config.port,
+        source,
+    };
+    let (socket, receive, send) =
+        postern_sys::udp::bind(SocketAddr::new([0, 0, 0, 0].into(), config.port)).map_err(bind)?;
+    let port = socket.local_addr().map_err(bind)?.port();
+    let local = SocketAddr::new(
+        outward_address(portal_ip).map_err(StartError::NoRoute)?,
+        port,
+    );
+    let udp = UdpBatch::new(socket).map_err(bind)?;
+    let public = PublicKey(postern_tunnel::wireguard::public_key(secret));
+    let channel = channel::open(ChannelConfig {
+        portal: config.portal.clone(),
+        party: channel_party,
+        token: config.token.clone(),
+        query: vec![
+            ("device_id".into(), device_id.to_string()),
+            ("public_key".into(), public.to_base64()),
+            ("name".into(), config.name.clone()),
+            ("os".into(), "Linux".into()),
+        ],
+    })?;
+    Ok(Started {
+        device_id,
+        seed,
+        secret,
+        local,
+        udp,
+        channel,
+        buffers: (receive, send),
+    })
+}

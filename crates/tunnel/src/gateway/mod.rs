@@ -1,0 +1,598 @@
+//! The gateway role (SPEC F12, F15-F22, F24) as one sans-IO state machine:
+//! portal messages become authorizations and tunnel peers; a client's
+//! packets are forwarded to the site only as its authorizations allow
+//! (DNS-resource proxies rewritten to what the gateway resolved itself);
+//! replies go back to the client they belong to; names are looked up again
+//! when their answers expire. The device loop only moves bytes and applies
+//! [`Effect`]s.
+//!
+//! - [`authorizations`]: the per-client authorization table, filters, NAT;
+//! - [`names`]: lookups for DNS resources and their renewals.
+
+pub mod authorizations;
+mod names;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use hickory_proto::op::ResponseCode;
+use jiff::Timestamp;
+use postern_model::ClientId;
+use postern_model::plan::{DEVICE_V4, DEVICE_V6};
+use postern_model::protocol::{
+    Authorization, DisconnectReason, GatewayToPortal, Interface, PortalToGateway,
+};
+use serde::{Deserialize, Serialize};
+
+pub use authorizations::{AssignError, ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
+use names::{Lookup, Lookups, answer_with, fit, query_name};
+pub use names::{MAX_RENEW, MIN_RENEW};
+
+use crate::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
+use crate::counters::Counters;
+use crate::effect::{Effect, Input, Resolution, Stop, TunConfig};
+use crate::node::{Node, NodeEvent, PeerConfig, Transmit};
+use crate::role::{Gauges, Role, deadline};
+
+/// Room for one encrypted packet on the slow path.
+const SCRATCH: usize = 65_535 + 64;
+
+/// What a gateway's status shows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GatewayStatus {
+    pub connected: bool,
+    /// Clients with an authorization: id and path.
+    pub clients: Vec<ClientLine>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientLine {
+    pub id: String,
+    /// direct, relayed or connecting.
+    pub path: String,
+}
+
+pub struct GatewayTunnel {
+    node: Node<ClientId>,
+    authorizations: GatewayState,
+    lookups: Lookups,
+    /// Our tunnel addresses, from the first `init`.
+    addresses: Option<(Ipv4Addr, Ipv6Addr)>,
+    connected: bool,
+    transmits: VecDeque<Transmit>,
+    tun_packets: VecDeque<Vec<u8>>,
+    portal: VecDeque<GatewayToPortal>,
+    effects: VecDeque<Effect>,
+    dropped: Counters,
+    scratch: Vec<u8>,
+}
+
+impl GatewayTunnel {
+    /// The gateway on the socket bound to `local`, with this process's
+    /// WireGuard secret; `seed` is fresh randomness.
+    pub fn new(local: SocketAddr, secret: [u8; 32], seed: u64) -> Self {
+        GatewayTunnel {
+            node: Node::new(local, secret, false, seed),
+            authorizations: GatewayState::new(),
+            lookups: Lookups::default(),
+            addresses: None,
+            connected: false,
+            transmits: VecDeque::new(),
+            tun_packets: VecDeque::new(),
+            portal: VecDeque::new(),
+            effects: VecDeque::new(),
+            dropped: Counters::default(),
+            scratch: vec![0; SCRATCH],
+        }
+    }
+
+    /// The tunnel interface with the whole device range (replies to
+    /// clients route into it) and masquerade for clients' traffic, from
+    /// the first `init`.
+    fn init_interface(&mut self, interface: &Interface) {
+        let addresses = (interface.ipv4, interface.ipv6);
+        match self.addresses {
+            None => {
+                self.addresses = Some(addresses);
+                self.effects.push_back(Effect::Interface(TunConfig {
+                    ipv4: interface.ipv4,
+                    ipv4_prefix: DEVICE_V4.prefix_len(),
+                    ipv6: interface.ipv6,
+                    ipv6_prefix: DEVICE_V6.prefix_len(),
+                }));
+                self.effects
+                    .push_back(Effect::Masquerade(vec![DEVICE_V4.into(), DEVICE_V6.into()]));
+            }
+            Some(known) if known != addresses => tracing::warn!(
+                ?known, new = ?addresses,
+                "the portal changed this gateway's tunnel addresses; restart the gateway to use them"
+            ),
+            Some(_) => {}
+        }
+    }
+
+    /// Applies an authorization (a repeated one updates filters and expiry).
+    fn authorize(&mut self, authorization: Authorization, now: Instant, wall: Timestamp) {
+        let client = &authorization.client;
+        let known = self.node.has_keys(
+            client.id,
+            &client.public_key.0,
+            &authorization.preshared_key.0,
+        );
+        // A peer that went quiet is set up afresh: the client starts a new
+        // ICE session when it asks again.
+        if !known || !self.node.is_alive(client.id, now) {
+            self.node.add_peer(
+                client.id,
+                PeerConfig {
+                    public_key: client.public_key.0,
+                    preshared_key: authorization.preshared_key.0,
+                    local_ice: authorization.ice.gateway.clone(),
+                    remote_ice: authorization.ice.client.clone(),
+                },
+                now,
+            );
+        }
+        tracing::info!(
+            client = %client.id, resource = %authorization.resource.id,
+            name = %authorization.resource.name, "authorized"
+        );
+        self.authorizations.authorize(
+            ClientAddresses {
+                id: client.id,
+                ipv4: client.ipv4,
+                ipv6: client.ipv6,
+            },
+            authorization.resource,
+            deadline(authorization.expires_at, now, wall),
+        );
+    }
+
+    /// Whether a client's packet goes on to the site (proxies rewritten in
+    /// place); refused ones are answered or dropped here, messages for the
+    /// gateway itself handled.
+    fn admit(&mut self, client: ClientId, packet: &mut [u8], now: Instant) -> bool {
+        if self.is_to_us(packet) {
+            // To our own tunnel address: a message for the gateway, never
+            // forwarded into the site or the gateway's own stack.
+            if let Some(addresses) = self.authorizations.client_addresses(client)
+                && let Some(message) =
+                    control::decode(packet, &[addresses.ipv4.into(), addresses.ipv6.into()])
+            {
+                self.handle_tunnel_message(client, message, now);
+            } else {
+                self.dropped.add("to_gateway");
+            }
+            return false;
+        }
+        match self.authorizations.forward_from_client(client, packet, now) {
+            GatewayVerdict::Forward => true,
+            GatewayVerdict::Reply(reply) => {
+                self.dropped.add("refused");
+                self.send_packet(client, &reply, now);
+                false
+            }
+            GatewayVerdict::Drop(why) => {
+                self.dropped.add(why.label());
+                tracing::trace!(%client, ?why, "packet dropped");
+                false
+            }
+        }
+    }
+
+    /// Whether a packet is for one of our own tunnel addresses.
+    fn is_to_us(&self, packet: &[u8]) -> bool {
+        let Some((ipv4, ipv6)) = self.addresses else {
+            return false;
+        };
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => packet.get(16..20) == Some(&ipv4.octets()[..]),
+            Some(6) => packet.get(24..40) == Some(&ipv6.octets()[..]),
+            _ => false,
+        }
+    }
+
+    /// A message from a client inside its tunnel.
+    fn handle_tunnel_message(&mut self, client: ClientId, message: TunnelMessage, now: Instant) {
+        match message {
+            TunnelMessage::AssignProxies(assignment) => {
+                match self.authorizations.check_assignment(
+                    client,
+                    assignment.resource,
+                    &assignment.name,
+                    &assignment.proxies,
+                ) {
+                    Ok(()) => {
+                        let effect = self.lookups.resolve(client, assignment);
+                        self.effects.push_back(effect);
+                    }
+                    Err(error) => {
+                        tracing::info!(%client, name = %assignment.name, %error, "proxy assignment refused");
+                        self.answer_assignment(
+                            client,
+                            &assignment,
+                            0,
+                            Some(error.to_string()),
+                            now,
+                        );
+                    }
+                }
+            }
+            TunnelMessage::DnsQuery { resource, query } => {
+                // Only about names of a resource the client may use: the
+                // gateway's resolver answers nothing else.
+                let allowed = query_name(&query).is_some_and(|name| {
+                    self.authorizations
+                        .check_assignment(client, resource, &name, &[])
+                        .is_ok()
+                });
+                if allowed {
+                    let effect = self.lookups.ask(client, query);
+                    self.effects.push_back(effect);
+                } else if let Some(answer) = answer_with(&query, ResponseCode::Refused) {
+                    self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);
+                }
+            }
+            // Only gateways say these.
+            TunnelMessage::Goodbye
+            | TunnelMessage::Assigned(_)
+            | TunnelMessage::DnsAnswer { .. } => {}
+        }
+    }
+
+    /// A lookup for a client's proxies finished: map them and tell it.
+    fn on_resolved(
+        &mut self,
+        client: ClientId,
+        assignment: ProxyAssignment,
+        result: Result<Resolution, String>,
+        now: Instant,
+    ) {
+        let outcome = result.and_then(|resolution| {
+            let mapped = self
+                .authorizations
+                .assign_proxies(
+                    client,
+                    assignment.resource,
+                    &assignment.name,
+                    &assignment.proxies,
+                    &resolution.addresses,
+                )
+                .map_err(|e| e.to_string())?;
+            if mapped == 0 {
+                return Err("no address of the proxies' families".to_string());
+            }
+            Ok((mapped, resolution.valid_for))
+        });
+        match outcome {
+            Ok((mapped, valid_for)) => {
+                tracing::info!(%client, name = %assignment.name, mapped, "proxies mapped");
+                self.answer_assignment(client, &assignment, mapped, None, now);
+                self.lookups.renew_after(client, assignment, valid_for, now);
+            }
+            Err(error) => {
+                tracing::info!(%client, name = %assignment.name, %error, "name not resolved");
+                self.answer_assignment(client, &assignment, 0, Some(error), now);
+                self.lookups.forget_renewal(client, &assignment);
+            }
+        }
+    }
+
+    fn answer_assignment(
+        &mut self,
+        client: ClientId,
+        assignment: &ProxyAssignment,
+        mapped: usize,
+        error: Option<String>,
+        now: Instant,
+    ) {
+        let result = TunnelMessage::Assigned(AssignmentResult {
+            resource: assignment.resource,
+            name: assignment.name.clone(),
+            mapped,
+            error,
+        });
+        self.send_to_client(client, &result, now);
+    }
+
+    /// A message to a client through its tunnel.
+    fn send_to_client(&mut self, client: ClientId, message: &TunnelMessage, now: Instant) {
+        let (Some((from, _)), Some(addresses)) =
+            (self.addresses, self.authorizations.client_addresses(client))
+        else {
+            return;
+        };
+        let packet = control::encode(message, from, addresses.ipv4);
+        self.send_packet(client, &packet, now);
+    }
+
+    /// A packet to a client on the slow path (copied into a transmit).
+    fn send_packet(&mut self, client: ClientId, packet: &[u8], now: Instant) {
+        if let Some((destination, n)) =
+            self.node
+                .encapsulate(client, packet, now, &mut self.scratch)
+        {
+            self.transmits.push_back(Transmit {
+                destination,
+                payload: self.scratch[..n].to_vec(),
+            });
+        }
+    }
+
+    /// Node events: candidates to the portal, quiet clients forgotten.
+    fn drain(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                NodeEvent::Candidate { peer, candidate } => {
+                    self.portal.push_back(GatewayToPortal::IceCandidates {
+                        peer_id: peer,
+                        candidates: vec![candidate],
+                    })
+                }
+                NodeEvent::Connected { peer, relayed } => {
+                    tracing::info!(client = %peer, relayed, "client connected")
+                }
+                NodeEvent::Dead { peer } => {
+                    tracing::info!(client = %peer, "client went quiet; its tunnel is closed");
+                    self.node.remove_peer(peer);
+                }
+            }
+        }
+    }
+
+    /// Whether `client` may reach `resource` now.
+    pub fn is_authorized(&self, client: ClientId, resource: postern_model::ResourceId) -> bool {
+        self.authorizations.is_authorized(client, resource)
+    }
+
+    /// How many names the gateway keeps fresh.
+    pub fn renewals(&self) -> usize {
+        self.lookups.renewals()
+    }
+
+    /// The node, for tests that look at paths.
+    pub fn node(&self) -> &Node<ClientId> {
+        &self.node
+    }
+}
+
+impl Role for GatewayTunnel {
+    type FromPortal = PortalToGateway;
+    type ToPortal = GatewayToPortal;
+    type Status = GatewayStatus;
+
+    fn handle_portal(&mut self, message: PortalToGateway, now: Instant, wall: Timestamp) {
+        match message {
+            PortalToGateway::Init {
+                interface,
+                relays,
+                authorizations,
+            } => {
+                tracing::info!(
+                    ipv4 = %interface.ipv4, ipv6 = %interface.ipv6, relays = relays.len(),
+                    authorizations = authorizations.len(), "portal init"
+                );
+                self.init_interface(&interface);
+                self.node.add_relays(&relays, now);
+                for authorization in authorizations {
+                    self.authorize(authorization, now, wall);
+                }
+            }
+            PortalToGateway::Authorize {
+                reference,
+                authorization,
+            } => {
+                self.authorize(*authorization, now, wall);
+                self.portal
+                    .push_back(GatewayToPortal::Authorized { reference });
+            }
+            PortalToGateway::Revoke {
+                client_id,
+                resource_id,
+            } => {
+                self.authorizations.revoke(client_id, resource_id);
+                tracing::info!(client = %client_id, resource = %resource_id, "access revoked");
+                if !self.authorizations.has_client(client_id) {
+                    self.node.remove_peer(client_id);
+                }
+            }
+            PortalToGateway::ResourceUpdated { resource } => {
+                tracing::info!(resource = %resource.id, "resource updated");
+                self.authorizations.update_resource(resource);
+            }
+            PortalToGateway::IceCandidates {
+                peer_id,
+                candidates,
+            } => {
+                for candidate in candidates {
+                    self.node.add_remote_candidate(peer_id, &candidate, now);
+                }
+            }
+            PortalToGateway::IceCandidatesRemoved { .. } => {}
+            PortalToGateway::RelaysChanged { added, removed } => {
+                self.node.add_relays(&added, now);
+                if !removed.is_empty() {
+                    // The node keeps a removed relay's allocation until it
+                    // fails; peers move off it by themselves.
+                    tracing::info!(?removed, "relays removed");
+                }
+            }
+            PortalToGateway::Disconnect { reason } => match reason {
+                DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired => {
+                    self.effects.push_back(Effect::Stop(Stop {
+                        reason,
+                        advice: "create a new gateway token",
+                    }))
+                }
+                _ => tracing::warn!(?reason, "the portal disconnected this gateway"),
+            },
+            PortalToGateway::Error { message, .. } => {
+                tracing::warn!(%message, "the portal reported an error")
+            }
+        }
+        self.drain();
+    }
+
+    fn handle_input(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Resolved { lookup, result } => match self.lookups.take(lookup) {
+                Some(Lookup::Names { client, assignment }) => {
+                    self.on_resolved(client, assignment, result, now)
+                }
+                Some(Lookup::Query { .. }) | None => {}
+            },
+            Input::ResolverAnswer { lookup, answer } => {
+                if let Some(Lookup::Query { client }) = self.lookups.take(lookup) {
+                    let answer = match answer {
+                        Some(answer) => fit(&answer),
+                        None => None,
+                    };
+                    if let Some(answer) = answer {
+                        self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);
+                    }
+                }
+            }
+            Input::PortalConnected(connected) => self.connected = connected,
+            // Apps' queries go to a client's stub, not here.
+            Input::DnsQuery { .. } => {}
+        }
+        self.drain();
+    }
+
+    fn encapsulate(
+        &mut self,
+        packet: &mut [u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let Some(client) = self.authorizations.handle_to_client(packet, now) else {
+            self.dropped.add("no_client");
+            return None;
+        };
+        let sent = self.node.encapsulate(client, packet, now, out);
+        self.drain();
+        sent
+    }
+
+    fn decapsulate(
+        &mut self,
+        source: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let received = self.node.decapsulate(source, datagram, now, out);
+        let forward = match received {
+            Some((client, n)) => match out.get_mut(..n) {
+                Some(packet) => self.admit(client, packet, now).then_some(n),
+                None => None,
+            },
+            None => None,
+        };
+        self.drain();
+        forward
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        self.authorizations.handle_timeout(now);
+        // Answers that expired are looked up again while the client may
+        // still use the resource; otherwise forgotten.
+        for (client, assignment) in self.lookups.due(now) {
+            if self
+                .authorizations
+                .check_assignment(
+                    client,
+                    assignment.resource,
+                    &assignment.name,
+                    &assignment.proxies,
+                )
+                .is_ok()
+            {
+                let effect = self.lookups.resolve(client, assignment);
+                self.effects.push_back(effect);
+            }
+        }
+        self.drain();
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        [
+            self.node.poll_timeout(),
+            self.authorizations.poll_timeout(),
+            self.lookups.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits
+            .pop_front()
+            .or_else(|| self.node.poll_transmit())
+    }
+
+    fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.tun_packets.pop_front()
+    }
+
+    fn poll_portal(&mut self) -> Option<GatewayToPortal> {
+        self.portal.pop_front()
+    }
+
+    fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Every client hears a goodbye through its tunnel and asks the portal
+    /// for another gateway at once (F20).
+    fn stop(&mut self, now: Instant) {
+        let clients: Vec<ClientId> = self.node.peers().collect();
+        let mut told = 0;
+        for client in clients {
+            if self.authorizations.client_addresses(client).is_some() {
+                self.send_to_client(client, &TunnelMessage::Goodbye, now);
+                told += 1;
+            }
+        }
+        tracing::info!(clients_told = told, "stopping");
+    }
+
+    fn status(&self, _now: Instant) -> GatewayStatus {
+        let mut clients: Vec<ClientLine> = self
+            .node
+            .peers()
+            .map(|client| ClientLine {
+                id: client.to_string(),
+                path: match self.node.path(client) {
+                    Some((_, _, true)) => "relayed",
+                    Some((_, _, false)) => "direct",
+                    None => "connecting",
+                }
+                .to_string(),
+            })
+            .collect();
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        GatewayStatus {
+            connected: self.connected,
+            clients,
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            peers: self.node.peer_count(),
+            entries: self.authorizations.client_count(),
+        }
+    }
+
+    fn dropped(&self) -> &Counters {
+        &self.dropped
+    }
+
+    fn errors(&self) -> &Counters {
+        self.node.errors()
+    }
+}

@@ -1,0 +1,831 @@
+//! A device's connections (SPEC F17, F19): one UDP socket, any number of
+//! peers, each an ICE session plus a WireGuard peer, and TURN allocations on
+//! the relays the portal named. WireGuard runs over the pair ICE nominated,
+//! through the relay when that pair's local side is a relayed candidate.
+//!
+//! Every datagram finds its peer in one lookup, never by trying each peer
+//! (boringtun's own demultiplexing, as snownet does it):
+//! - from a relay server: TURN, unwrapped in place; the data inside is then
+//!   handled as below, on the relayed address;
+//! - STUN: a check carries `our-ufrag:their-ufrag` in USERNAME (ufrags are
+//!   per pair), a response the transaction id of a check we sent;
+//! - WireGuard: a handshake initiation names the sender's static key (one
+//!   X25519 to open it), everything else our receiver index, whose upper 24
+//!   bits are the peer's index here.
+//!
+//! One send API ([`Node::encapsulate`]) and one receive API
+//! ([`Node::decapsulate`]) write into the caller's buffer, direct or
+//! relayed (ChannelData framed in place): no allocation per packet.
+
+mod relays;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn};
+use boringtun::x25519;
+use postern_model::protocol::{IceCredentials, RelayInfo};
+
+pub use relays::RelayConfig;
+
+use crate::counters::Counters;
+use crate::ice::{IceEvent, IceSession, is_stun};
+use crate::wireguard::{Action, WireguardPeer};
+use relays::{HEADER, Relays, frame_in_place};
+
+/// How often WireGuard's timers run.
+const WIREGUARD_TICK: Duration = Duration::from_millis(100);
+/// Packets kept for a peer while its path is found.
+const MAX_WAITING: usize = 32;
+/// A peer without a path after this long is reported dead, so the client
+/// asks the portal again (perhaps for another gateway).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BUFFER: usize = 65_535 + 64;
+/// A path quiet this long (two missed keepalives) is given up for the next
+/// best pair ICE still has, e.g. direct -> relayed; the peer is declared dead
+/// only at [`crate::wireguard::LIVENESS_TIMEOUT`] if that path is quiet too.
+const PATH_QUIET: Duration = Duration::from_millis(850);
+/// While relayed, every pair is checked again this often, so a direct path
+/// that opened since is found.
+pub const REPROBE: Duration = Duration::from_secs(30);
+/// STUN checks we sent are matched to their peer for this long (a check
+/// that is not answered in 30 s is long given up by ICE).
+const CHECK_MEMORY: Duration = Duration::from_secs(30);
+/// WireGuard peer indices are 24 bits (boringtun keeps the low 8 for
+/// sessions).
+const INDEX_BITS: u32 = 24;
+
+/// What identifies a peer: a gateway id on a client, a client id on a
+/// gateway.
+pub trait PeerId: Copy + Eq + Hash + Ord + Debug {}
+impl<T: Copy + Eq + Hash + Ord + Debug> PeerId for T {}
+
+/// A datagram to send from the node's socket (the slow path: STUN, TURN,
+/// handshakes, keepalives; data goes through [`Node::encapsulate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent<P> {
+    /// Send this candidate to the peer (through the portal).
+    Candidate { peer: P, candidate: String },
+    /// WireGuard runs over a nominated path.
+    Connected { peer: P, relayed: bool },
+    /// Nothing heard for the liveness timeout, or every path failed.
+    Dead { peer: P },
+}
+
+/// What the portal said about a peer.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub public_key: [u8; 32],
+    pub preshared_key: [u8; 32],
+    pub local_ice: IceCredentials,
+    pub remote_ice: IceCredentials,
+}
+
+struct Peer {
+    ice: IceSession,
+    wireguard: WireguardPeer,
+    public_key: [u8; 32],
+    preshared_key: [u8; 32],
+    /// Our WireGuard index for this peer (24 bits).
+    index: u32,
+    path: Option<(SocketAddr, SocketAddr)>,
+    waiting: VecDeque<Vec<u8>>,
+    alive: bool,
+    added: Instant,
+    /// Dead was reported (once per peer).
+    reported: bool,
+    /// The peer's relayed candidates: a path to one of them goes through a
+    /// relay even though our end of it is our own socket.
+    remote_relayed: Vec<SocketAddr>,
+    /// Another path was tried in the current silence.
+    switched: bool,
+    /// While relayed: when to look for a direct path again.
+    next_reprobe: Option<Instant>,
+}
+
+pub struct Node<P> {
+    local: SocketAddr,
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    secret_bytes: [u8; 32],
+    controlling: bool,
+    relays: Relays,
+    peers: HashMap<P, Peer>,
+    by_index: HashMap<u32, P>,
+    by_key: HashMap<[u8; 32], P>,
+    by_ufrag: HashMap<String, P>,
+    /// Transaction ids of the STUN checks we sent: (peer, when).
+    checks: HashMap<[u8; 12], (P, Instant)>,
+    next_index: u32,
+    next_tick: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent<P>>,
+    /// Scratch space for the slow path.
+    buffer: Vec<u8>,
+    errors: Counters,
+}
+
+impl<P: PeerId> Node<P> {
+    /// A node on the socket bound to `local`, with this process's WireGuard
+    /// secret; the client controls ICE.
+    pub fn new(local: SocketAddr, secret: [u8; 32], controlling: bool, seed: u64) -> Self {
+        let static_secret = x25519::StaticSecret::from(secret);
+        Node {
+            local,
+            public: x25519::PublicKey::from(&static_secret),
+            secret: static_secret,
+            secret_bytes: secret,
+            controlling,
+            relays: Relays::new(seed),
+            peers: HashMap::new(),
+            by_index: HashMap::new(),
+            by_key: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            checks: HashMap::new(),
+            next_index: 1,
+            next_tick: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            buffer: vec![0; BUFFER],
+            errors: Counters::default(),
+        }
+    }
+
+    /// Allocates on a relay; its candidates reach every peer when ready.
+    /// False if the node uses that server already (its credentials are
+    /// updated for the next allocation).
+    pub fn add_relay(&mut self, relay: RelayConfig, now: Instant) -> bool {
+        let added = self.relays.add(relay, now);
+        if added {
+            self.flush_relays(now);
+        }
+        added
+    }
+
+    /// The portal's relays: each address of the socket's family becomes a
+    /// TURN server, with the credentials that came with it.
+    pub fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
+        let ipv4 = self.local.is_ipv4();
+        for relay in relays {
+            for server in relay.addresses.iter().filter(|a| a.is_ipv4() == ipv4) {
+                let config = RelayConfig {
+                    server: *server,
+                    username: relay.username.clone(),
+                    password: relay.password.clone(),
+                };
+                if self.add_relay(config, now) {
+                    tracing::info!(relay = %relay.id, %server, "using relay");
+                }
+            }
+        }
+    }
+
+    /// Starts connecting to a peer the portal paired us with (replacing an
+    /// earlier session with it).
+    pub fn add_peer(&mut self, id: P, config: PeerConfig, now: Instant) {
+        self.remove_peer(id);
+        let mut ice = IceSession::new(&config.local_ice, &config.remote_ice, self.controlling);
+        let mut candidates = Vec::new();
+        let allocations: Vec<_> = self.relays.allocations().collect();
+        let mut added = vec![ice.add_host(self.local)];
+        for allocation in allocations {
+            added.push(ice.add_server_reflexive(allocation.mapped, self.local));
+            added.push(ice.add_relayed(allocation.relayed, self.local));
+        }
+        for result in added {
+            match result {
+                Ok(candidate) => candidates.extend(candidate),
+                Err(_) => self.errors.add("local_candidate"),
+            }
+        }
+        let index = self.free_index();
+        let wireguard = WireguardPeer::new(
+            self.secret_bytes,
+            config.public_key,
+            config.preshared_key,
+            index,
+        );
+        self.by_index.insert(index, id);
+        self.by_key.insert(config.public_key, id);
+        self.by_ufrag.insert(ice.local_ufrag().to_string(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                ice,
+                wireguard,
+                public_key: config.public_key,
+                preshared_key: config.preshared_key,
+                index,
+                path: None,
+                waiting: VecDeque::new(),
+                alive: false,
+                added: now,
+                reported: false,
+                remote_relayed: Vec::new(),
+                switched: false,
+                next_reprobe: None,
+            },
+        );
+        for candidate in candidates {
+            self.events.push_back(NodeEvent::Candidate {
+                peer: id,
+                candidate,
+            });
+        }
+        self.next_tick.get_or_insert(now);
+        self.drive_peer(id, now);
+        self.flush_relays(now);
+    }
+
+    /// A 24-bit index no peer uses.
+    fn free_index(&mut self) -> u32 {
+        loop {
+            let index = self.next_index;
+            self.next_index = (self.next_index + 1) % (1 << INDEX_BITS);
+            if index != 0 && !self.by_index.contains_key(&index) {
+                return index;
+            }
+        }
+    }
+
+    pub fn remove_peer(&mut self, id: P) {
+        let Some(peer) = self.peers.remove(&id) else {
+            return;
+        };
+        self.by_index.remove(&peer.index);
+        if self.by_key.get(&peer.public_key) == Some(&id) {
+            self.by_key.remove(&peer.public_key);
+        }
+        if self.by_ufrag.get(peer.ice.local_ufrag()) == Some(&id) {
+            self.by_ufrag.remove(peer.ice.local_ufrag());
+        }
+        self.checks.retain(|_, (peer, _)| *peer != id);
+    }
+
+    pub fn has_peer(&self, id: P) -> bool {
+        self.peers.contains_key(&id)
+    }
+
+    /// Whether the peer was set up with exactly these keys (a change means
+    /// the other side restarted: set it up afresh).
+    pub fn has_keys(&self, id: P, public_key: &[u8; 32], preshared_key: &[u8; 32]) -> bool {
+        self.peers
+            .get(&id)
+            .is_some_and(|p| p.public_key == *public_key && p.preshared_key == *preshared_key)
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = P> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// A candidate from the peer; the relays let its address in.
+    pub fn add_remote_candidate(&mut self, id: P, candidate: &str, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.errors.add("candidate_for_unknown_peer");
+            return;
+        };
+        if peer.ice.add_remote(candidate).is_err() {
+            self.errors.add("bad_candidate");
+            tracing::debug!(?id, candidate, "unparsable ICE candidate");
+            return;
+        }
+        let address = candidate_address(candidate);
+        if let Some(address) = address
+            && candidate_type(candidate) == Some("relay")
+            && !peer.remote_relayed.contains(&address)
+        {
+            peer.remote_relayed.push(address);
+        }
+        if let Some(address) = address {
+            self.relays.permit(address.ip(), now);
+        }
+        self.drive_peer(id, now);
+        self.flush_relays(now);
+    }
+
+    /// Encrypts an IP packet for a peer into `out` and says where to send
+    /// `out[..n]`: the peer's address on a direct path, the relay server
+    /// (ChannelData framed in place) on a relayed one. `None`: nothing to
+    /// send now (the packet waits for a path, or went out framed as a TURN
+    /// Send indication before the channel is bound, through the
+    /// transmits).
+    pub fn encapsulate(
+        &mut self,
+        id: P,
+        packet: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.errors.add("send_to_unknown_peer");
+            return None;
+        };
+        let Some((local, remote)) = peer.path else {
+            if peer.waiting.len() < MAX_WAITING {
+                peer.waiting.push_back(packet.to_vec());
+            } else {
+                self.errors.add("waiting_full");
+            }
+            return None;
+        };
+        if local == self.local {
+            return match peer.wireguard.send(packet, now, out) {
+                Ok(Action::Network(n)) => Some((remote, n)),
+                Ok(_) => None,
+                Err(error) => {
+                    self.errors.add(error.label());
+                    None
+                }
+            };
+        }
+        if let Some((server, number)) = self.relays.channel(local, remote) {
+            let peer = self.peers.get_mut(&id)?;
+            let body = out.get_mut(HEADER..)?;
+            return match peer.wireguard.send(packet, now, body) {
+                Ok(Action::Network(n)) => Some((server, frame_in_place(out, number, n)?)),
+                Ok(_) => None,
+                Err(error) => {
+                    self.errors.add(error.label());
+                    None
+                }
+            };
+        }
+        // Relayed before the channel is bound: a Send indication.
+        let peer = self.peers.get_mut(&id)?;
+        match peer.wireguard.send(packet, now, &mut self.buffer) {
+            Ok(Action::Network(n)) => self.send_from(local, remote, n),
+            Ok(_) => {}
+            Err(error) => self.errors.add(error.label()),
+        }
+        None
+    }
+
+    /// A datagram that arrived on the socket from `source`. An IP packet it
+    /// carried is decrypted into `out`: `Some((peer, n))` means `out[..n]`
+    /// came from `peer`. Everything else (STUN, TURN, handshakes,
+    /// keepalives) is handled here; replies go out through the transmits.
+    pub fn decapsulate(
+        &mut self,
+        source: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(P, usize)> {
+        let Some(relay) = self.relays.index_of_server(source) else {
+            return self.receive_on_path(self.local, source, datagram, now, out);
+        };
+        let received = self.relays.receive(relay, datagram, now);
+        let packet = match received {
+            Some((relayed, peer, data)) => self.receive_on_path(relayed, peer, data, now, out),
+            None => None,
+        };
+        self.flush_relays(now);
+        packet
+    }
+
+    /// A datagram that came to our `local` address (the socket, or a
+    /// relayed address) from `remote`.
+    fn receive_on_path(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(P, usize)> {
+        if is_stun(datagram) {
+            self.stun(local, remote, datagram, now);
+            return None;
+        }
+        let id = self.wireguard_peer(datagram)?;
+        let peer = self.peers.get_mut(&id)?;
+        let action = match peer.wireguard.receive(datagram, now, out) {
+            Ok(action) => action,
+            Err(error) => {
+                self.errors.add(error.label());
+                return None;
+            }
+        };
+        // Authenticated WireGuard from the peer fixes where it is, as in
+        // WireGuard's own endpoint roaming, on the controlled side: it may
+        // hear the handshake before ICE names the nominated pair, and a
+        // client that changed networks (F21) speaks from a new address. The
+        // controlling side keeps what its ICE agent nominated: following the
+        // source there would let packets still in flight on the old
+        // (relayed) path pull it back after ICE moved it to a direct one,
+        // and both sides would stay relayed.
+        if peer.path.is_none() || (!self.controlling && peer.path != Some((local, remote))) {
+            peer.path = Some((local, remote));
+        }
+        match action {
+            Action::Tunnel(n) => Some((id, n)),
+            Action::Nothing => None,
+            Action::Network(n) => {
+                // A handshake answered; packets queued meanwhile follow.
+                let mut action = Action::Network(n);
+                while let Action::Network(n) = action {
+                    let reply = out.get(..n)?.to_vec();
+                    self.send_on_path(id, &reply);
+                    let peer = self.peers.get_mut(&id)?;
+                    action = match peer.wireguard.flush(out) {
+                        Ok(action) => action,
+                        Err(error) => {
+                            self.errors.add(error.label());
+                            Action::Nothing
+                        }
+                    };
+                }
+                None
+            }
+        }
+    }
+
+    /// The peer a WireGuard datagram is for, by its public key (handshake
+    /// initiation) or our receiver index (everything else).
+    fn wireguard_peer(&mut self, datagram: &[u8]) -> Option<P> {
+        let receiver = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(init)) => {
+                return match parse_handshake_anon(&self.secret, &self.public, &init) {
+                    Ok(half) => {
+                        let found = self.by_key.get(&half.peer_static_public).copied();
+                        if found.is_none() {
+                            self.errors.add("handshake_from_unknown_key");
+                        }
+                        found
+                    }
+                    Err(_) => {
+                        self.errors.add("handshake_not_for_us");
+                        None
+                    }
+                };
+            }
+            Ok(Packet::HandshakeResponse(response)) => response.receiver_idx,
+            Ok(Packet::PacketCookieReply(cookie)) => cookie.receiver_idx,
+            Ok(Packet::PacketData(data)) => data.receiver_idx,
+            Err(_) => {
+                self.errors.add("not_wireguard");
+                return None;
+            }
+        };
+        let found = self.by_index.get(&(receiver >> 8)).copied();
+        if found.is_none() {
+            self.errors.add("unknown_receiver_index");
+        }
+        found
+    }
+
+    /// A STUN datagram on a path: to the ICE session it is for.
+    fn stun(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8], now: Instant) {
+        let Some(id) = self.stun_peer(datagram) else {
+            self.errors.add("stun_for_nobody");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.ice.handle_stun(now, remote, local, datagram) {
+            self.errors.add("stun_refused");
+            return;
+        }
+        self.drive_peer(id, now);
+        self.flush_relays(now);
+    }
+
+    /// The peer of a STUN message: a check by our ufrag in its USERNAME, a
+    /// response by the transaction id of our check.
+    fn stun_peer(&self, datagram: &[u8]) -> Option<P> {
+        let message = is::stun::StunMessage::parse(datagram).ok()?;
+        if message.is_binding_request() {
+            let (ours, _) = message.split_username()?;
+            return self.by_ufrag.get(ours).copied();
+        }
+        let transaction = datagram.get(8..20)?;
+        self.checks.get(transaction).map(|(peer, _)| *peer)
+    }
+
+    /// Sends a WireGuard datagram on the peer's nominated path (slow path).
+    fn send_on_path(&mut self, id: P, datagram: &[u8]) {
+        let Some((local, remote)) = self.peers.get(&id).and_then(|p| p.path) else {
+            return;
+        };
+        self.transmit_from(local, remote, datagram);
+    }
+
+    /// Sends `buffer[..n]` from `local` to `remote`.
+    fn send_from(&mut self, local: SocketAddr, remote: SocketAddr, n: usize) {
+        let payload = self.buffer[..n].to_vec();
+        self.transmit_from(local, remote, &payload);
+    }
+
+    /// Sends `payload` as if from local address `local` (our socket, or a
+    /// relayed address, which means through that relay).
+    fn transmit_from(&mut self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) {
+        if local == self.local || !self.relays.is_relayed(local) {
+            self.transmits.push_back(Transmit {
+                destination: remote,
+                payload: payload.to_vec(),
+            });
+        } else if !self
+            .relays
+            .send_from(local, remote, payload, &mut self.transmits)
+        {
+            self.errors.add("relay_not_permitted");
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.relays.handle_timeout(now);
+        self.flush_relays(now);
+        for peer in self.peers.values_mut() {
+            peer.ice.handle_timeout(now);
+        }
+        self.checks
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < CHECK_MEMORY);
+        if self.next_tick.is_some_and(|at| at <= now) {
+            self.next_tick = Some(now + WIREGUARD_TICK);
+            let ids: Vec<P> = self.peers.keys().copied().collect();
+            for &id in &ids {
+                self.watch_path(id, now);
+            }
+            for id in ids {
+                self.tick_peer(id, now);
+            }
+        }
+        // A peer that never got a path is as good as dead.
+        for (id, peer) in &mut self.peers {
+            if peer.path.is_none()
+                && !peer.reported
+                && now.saturating_duration_since(peer.added) >= CONNECT_TIMEOUT
+            {
+                peer.reported = true;
+                self.events.push_back(NodeEvent::Dead { peer: *id });
+            }
+        }
+        let ids: Vec<P> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.drive_peer(id, now);
+        }
+        self.flush_relays(now);
+    }
+
+    /// WireGuard's timers and liveness for one peer with a path.
+    fn tick_peer(&mut self, id: P, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.path.is_none() {
+            return;
+        }
+        match peer.wireguard.tick(now, &mut self.buffer) {
+            Ok(Action::Network(n)) => {
+                let datagram = self.buffer[..n].to_vec();
+                self.send_on_path(id, &datagram);
+            }
+            Ok(_) => {}
+            Err(error) => self.errors.add(error.label()),
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let alive = peer.wireguard.is_alive(now);
+        if peer.alive && !alive {
+            self.events.push_back(NodeEvent::Dead { peer: id });
+        }
+        peer.alive = alive;
+    }
+
+    /// Path upkeep on each tick: a quiet path is swapped for the next best
+    /// pair at once, and a relayed one is re-checked now and then for a
+    /// direct path.
+    fn watch_path(&mut self, id: P, now: Instant) {
+        let local = self.local;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some((path_local, remote)) = peer.path else {
+            return;
+        };
+        let quiet = peer
+            .wireguard
+            .last_received()
+            .is_some_and(|at| now.saturating_duration_since(at) >= PATH_QUIET);
+        if !quiet {
+            peer.switched = false;
+        } else if !peer.switched {
+            peer.switched = true;
+            // A new nomination, if any, comes out of drive_peer as
+            // `Connected`.
+            peer.ice.abandon(remote, now);
+        }
+        let relayed = path_local != local || peer.remote_relayed.contains(&remote);
+        if !relayed {
+            peer.next_reprobe = None;
+        } else if now >= *peer.next_reprobe.get_or_insert(now + REPROBE) {
+            peer.next_reprobe = Some(now + REPROBE);
+            peer.ice.reprobe(now);
+        }
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let ice = self
+            .peers
+            .values_mut()
+            .filter_map(|p| p.ice.poll_timeout())
+            .min();
+        let connect = self
+            .peers
+            .values()
+            .filter(|p| p.path.is_none() && !p.reported)
+            .map(|p| p.added + CONNECT_TIMEOUT)
+            .min();
+        [ice, self.relays.poll_timeout(), connect, self.next_tick]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent<P>> {
+        self.events.pop_front()
+    }
+
+    /// The address the node's socket is known by (its host candidate).
+    pub fn local_address(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Whether the peer was heard from within the liveness timeout.
+    pub fn is_alive(&self, id: P, now: Instant) -> bool {
+        self.peers
+            .get(&id)
+            .is_some_and(|peer| peer.wireguard.is_alive(now))
+    }
+
+    /// Bytes sent to and received from a peer through the tunnel.
+    pub fn traffic(&self, id: P) -> Option<(usize, usize)> {
+        self.peers.get(&id).map(|peer| peer.wireguard.traffic())
+    }
+
+    /// The nominated path to a peer and whether it is relayed (through our
+    /// relay allocation or the peer's).
+    pub fn path(&self, id: P) -> Option<(SocketAddr, SocketAddr, bool)> {
+        let peer = self.peers.get(&id)?;
+        let (local, remote) = peer.path?;
+        Some((local, remote, self.is_relayed(peer, local, remote)))
+    }
+
+    /// What went wrong so far, by reason.
+    pub fn errors(&self) -> &Counters {
+        &self.errors
+    }
+
+    fn is_relayed(&self, peer: &Peer, local: SocketAddr, remote: SocketAddr) -> bool {
+        local != self.local || peer.remote_relayed.contains(&remote)
+    }
+
+    /// One peer's ICE output: STUN transmits (through relays where the
+    /// local side is relayed), nomination (waiting packets go out),
+    /// failure.
+    fn drive_peer(&mut self, id: P, now: Instant) {
+        let mut outgoing = Vec::new();
+        let mut nominated = None;
+        let mut dead = false;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        while let Some(transmit) = peer.ice.poll_transmit() {
+            outgoing.push(transmit);
+        }
+        while let Some(event) = peer.ice.poll_event() {
+            match event {
+                IceEvent::Nominated { local, remote } => nominated = Some((local, remote)),
+                IceEvent::Disconnected => dead = true,
+            }
+        }
+        for transmit in outgoing {
+            if is_check(&transmit.payload)
+                && let Some(transaction) = transmit.payload.get(8..20)
+                && let Ok(transaction) = <[u8; 12]>::try_from(transaction)
+            {
+                self.checks.insert(transaction, (id, now));
+            }
+            self.transmit_from(transmit.source, transmit.destination, &transmit.payload);
+        }
+        if dead {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.path = None;
+            }
+            self.events.push_back(NodeEvent::Dead { peer: id });
+        }
+        if let Some((local, remote)) = nominated {
+            self.nominated(id, local, remote, now);
+        }
+    }
+
+    /// ICE nominated a pair: WireGuard moves there, waiting packets follow.
+    fn nominated(&mut self, id: P, local: SocketAddr, remote: SocketAddr, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.path = Some((local, remote));
+        let waiting: Vec<Vec<u8>> = peer.waiting.drain(..).collect();
+        let relayed = local != self.local || peer.remote_relayed.contains(&remote);
+        if local != self.local {
+            self.relays.bind(local, remote, now);
+        }
+        self.events
+            .push_back(NodeEvent::Connected { peer: id, relayed });
+        // An established session moving to a new path: a handshake the peer
+        // must answer moves its side too, within one round trip.
+        if let Some(peer) = self.peers.get_mut(&id)
+            && peer.wireguard.last_received().is_some()
+        {
+            match peer.wireguard.probe(now, &mut self.buffer) {
+                Ok(Action::Network(n)) => {
+                    let probe = self.buffer[..n].to_vec();
+                    self.send_on_path(id, &probe);
+                }
+                Ok(_) => {}
+                Err(error) => self.errors.add(error.label()),
+            }
+        }
+        let mut out = vec![0u8; BUFFER];
+        for packet in waiting {
+            if let Some((destination, n)) = self.encapsulate(id, &packet, now, &mut out) {
+                self.transmits.push_back(Transmit {
+                    destination,
+                    payload: out[..n].to_vec(),
+                });
+            }
+        }
+    }
+
+    /// TURN requests out, allocations in (new candidates for every peer).
+    fn flush_relays(&mut self, now: Instant) {
+        let mut failed = 0;
+        let announced = self.relays.poll(&mut self.transmits, now, &mut failed);
+        for _ in 0..failed {
+            self.errors.add("relay_allocation_failed");
+        }
+        for allocation in announced {
+            let ids: Vec<P> = self.peers.keys().copied().collect();
+            for id in ids {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                let added = [
+                    peer.ice.add_server_reflexive(allocation.mapped, self.local),
+                    peer.ice.add_relayed(allocation.relayed, self.local),
+                ];
+                for result in added {
+                    match result {
+                        Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {
+                            peer: id,
+                            candidate,
+                        }),
+                        Ok(None) => {}
+                        Err(_) => self.errors.add("local_candidate"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether an outgoing STUN message is a request (a check whose response
+/// must find its way back here): class bits 0b00.
+fn is_check(payload: &[u8]) -> bool {
+    payload.len() >= 2 && u16::from_be_bytes([payload[0], payload[1]]) & 0x0110 == 0
+}
+
+/// The address of an SDP candidate (`candidate:F C udp P ADDR PORT typ ...`).
+fn candidate_address(candidate: &str) -> Option<SocketAddr> {
+    let mut fields = candidate.split_whitespace().skip(4);
+    let ip = fields.next()?.parse().ok()?;
+    let port = fields.next()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The `typ` of an SDP candidate (`host`, `srflx`, `prflx`, `relay`).
+fn candidate_type(candidate: &str) -> Option<&str> {
+    let mut fields = candidate.split_whitespace().skip_while(|f| *f != "typ");
+    fields.next()?;
+    fields.next()
+}

@@ -1,0 +1,259 @@
+//! The node's TURN allocations: one sans-IO TURN client per relay address
+//! the portal named, retried with backoff when an allocation fails, and
+//! the framing of datagrams sent from a relayed candidate.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use postern_turn::channel;
+use postern_turn::client::{Client as TurnClient, ClientEvent as TurnEvent};
+
+use super::Transmit;
+
+/// A failed relay allocation is tried again after this long, doubling up to
+/// [`RETRY_MAX`].
+const RETRY: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A relay the portal handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+struct Relay {
+    config: RelayConfig,
+    client: TurnClient,
+    /// After a failed allocation: when to try again.
+    retry_at: Option<Instant>,
+    /// The wait after the next failure.
+    backoff: Duration,
+}
+
+/// An allocation that came through: its relayed address and our address as
+/// the relay saw it (a server-reflexive candidate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Allocation {
+    pub relayed: SocketAddr,
+    pub mapped: SocketAddr,
+}
+
+pub(super) struct Relays {
+    relays: Vec<Relay>,
+    seed: u64,
+    framed: Vec<u8>,
+}
+
+impl Relays {
+    pub fn new(seed: u64) -> Self {
+        Relays {
+            relays: Vec::new(),
+            seed,
+            framed: Vec::new(),
+        }
+    }
+
+    fn turn_client(&mut self, relay: &RelayConfig, now: Instant) -> TurnClient {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        TurnClient::new(
+            relay.server,
+            &relay.username,
+            &relay.password,
+            self.seed,
+            now,
+        )
+    }
+
+    /// Starts allocating on `config` unless that server is in use already
+    /// (fresh credentials for it replace the old ones at its next retry).
+    pub fn add(&mut self, config: RelayConfig, now: Instant) -> bool {
+        if let Some(relay) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.config.server == config.server)
+        {
+            relay.config = config;
+            return false;
+        }
+        let client = self.turn_client(&config, now);
+        self.relays.push(Relay {
+            config,
+            client,
+            retry_at: None,
+            backoff: RETRY,
+        });
+        true
+    }
+
+    /// Every allocation made so far.
+    pub fn allocations(&self) -> impl Iterator<Item = Allocation> + '_ {
+        self.relays.iter().filter_map(|r| {
+            Some(Allocation {
+                relayed: r.client.relayed_address()?,
+                mapped: r.client.mapped_address()?,
+            })
+        })
+    }
+
+    /// Whether a datagram from `source` comes from one of the relays (a
+    /// handful: a scan is cheaper than a map).
+    pub fn index_of_server(&self, source: SocketAddr) -> Option<usize> {
+        self.relays.iter().position(|r| r.config.server == source)
+    }
+
+    /// A datagram from relay `index`: the peer data it carries, as the
+    /// relayed address it arrived on, the peer's address and the data (a
+    /// slice of `datagram`, no copy).
+    pub fn receive<'a>(
+        &mut self,
+        index: usize,
+        datagram: &'a [u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
+        let client = &mut self.relays.get_mut(index)?.client;
+        let relayed = client.relayed_address();
+        let (peer, data) = client.handle_packet(datagram, now)?;
+        Some((relayed?, peer, data))
+    }
+
+    /// Whether `address` is one of our relayed addresses.
+    pub fn is_relayed(&self, address: SocketAddr) -> bool {
+        self.relays
+            .iter()
+            .any(|r| r.client.relayed_address() == Some(address))
+    }
+
+    fn by_relayed(&mut self, address: SocketAddr) -> Option<&mut Relay> {
+        self.relays
+            .iter_mut()
+            .find(|r| r.client.relayed_address() == Some(address))
+    }
+
+    /// The relay server and channel for data from our relayed address
+    /// `local` to `peer`, once the channel is confirmed: the caller frames
+    /// in place.
+    pub fn channel(&mut self, local: SocketAddr, peer: SocketAddr) -> Option<(SocketAddr, u16)> {
+        let relay = self.by_relayed(local)?;
+        Some((relay.config.server, relay.client.bound_channel(peer)?))
+    }
+
+    /// Lets `peer` reach every allocation.
+    pub fn permit(&mut self, peer: IpAddr, now: Instant) {
+        for relay in &mut self.relays {
+            relay.client.create_permission(peer, now);
+        }
+    }
+
+    /// Binds a channel on the allocation `local` to `peer`.
+    pub fn bind(&mut self, local: SocketAddr, peer: SocketAddr, now: Instant) {
+        if let Some(relay) = self.by_relayed(local) {
+            relay.client.bind_channel(peer, now);
+        }
+    }
+
+    /// Sends `payload` from our relayed address `local` to `peer`, framed
+    /// (ChannelData or a Send indication); false if `local` is not ours or
+    /// the relay has no permission for `peer` yet.
+    pub fn send_from(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+        transmits: &mut VecDeque<Transmit>,
+    ) -> bool {
+        let Some(index) = self
+            .relays
+            .iter()
+            .position(|r| r.client.relayed_address() == Some(local))
+        else {
+            return false;
+        };
+        let relay = &mut self.relays[index];
+        if !relay.client.encode_to_peer(peer, payload, &mut self.framed) {
+            return false;
+        }
+        transmits.push_back(Transmit {
+            destination: relay.config.server,
+            payload: self.framed.clone(),
+        });
+        true
+    }
+
+    /// Retries failed allocations whose time came, and runs the clients'
+    /// timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for index in 0..self.relays.len() {
+            if self.relays[index].retry_at.is_some_and(|at| at <= now) {
+                let config = self.relays[index].config.clone();
+                let client = self.turn_client(&config, now);
+                let relay = &mut self.relays[index];
+                relay.client = client;
+                relay.retry_at = None;
+            }
+        }
+        for relay in &mut self.relays {
+            relay.client.handle_timeout(now);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let turn = self
+            .relays
+            .iter()
+            .filter_map(|r| r.client.poll_timeout())
+            .min();
+        let retry = self.relays.iter().filter_map(|r| r.retry_at).min();
+        turn.into_iter().chain(retry).min()
+    }
+
+    /// TURN requests out; returns the allocations that just came through.
+    /// Failures are counted in `failed` and retried later.
+    pub fn poll(
+        &mut self,
+        transmits: &mut VecDeque<Transmit>,
+        now: Instant,
+        failed: &mut u64,
+    ) -> Vec<Allocation> {
+        let mut announced = Vec::new();
+        for relay in &mut self.relays {
+            while let Some(bytes) = relay.client.poll_transmit() {
+                transmits.push_back(Transmit {
+                    destination: relay.config.server,
+                    payload: bytes,
+                });
+            }
+            while let Some(event) = relay.client.poll_event() {
+                match event {
+                    TurnEvent::Allocated { relayed, mapped } => {
+                        relay.backoff = RETRY;
+                        announced.push(Allocation { relayed, mapped });
+                    }
+                    TurnEvent::Failed { code, reason } => {
+                        tracing::debug!(server = %relay.config.server, code, %reason, "relay allocation failed");
+                        *failed += 1;
+                        relay.retry_at = Some(now + relay.backoff);
+                        relay.backoff = (relay.backoff * 2).min(RETRY_MAX);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        announced
+    }
+}
+
+/// Frames `out[HEADER..HEADER + length]` as ChannelData in place.
+pub(super) fn frame_in_place(out: &mut [u8], number: u16, length: usize) -> Option<usize> {
+    let header = channel::header(number, u16::try_from(length).ok()?);
+    out.get_mut(..channel::HEADER_LEN)?.copy_from_slice(&header);
+    Some(channel::HEADER_LEN + length)
+}
+
+/// Room a ChannelData header takes before the data.
+pub(super) const HEADER: usize = channel::HEADER_LEN;
