@@ -29,6 +29,7 @@ pub mod ice;
 pub mod icmp;
 pub mod nat;
 pub mod node;
+mod outbox;
 pub mod packet;
 pub mod role;
 pub mod router;

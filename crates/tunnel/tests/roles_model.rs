@@ -14,35 +14,14 @@ mod support;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use postern_model::protocol::ResourceDescription;
-use postern_model::{Filter, PortRange, Protocol, ResourceAddress, ResourceId, SiteId};
 use postern_tunnel::node::CONNECT_TIMEOUT;
 use proptest::prelude::*;
 use support::net::Nat;
 use support::portal::{CLIENT_V4, gateway_id};
-use support::world::{World, tcp};
+use support::world::{WEB_HOST, World, tcp, web_on};
 
-const WEB: ResourceId = ResourceId::from_u128(100);
-const WEB_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 /// A port no filter ever opens.
 const CLOSED: u16 = 22;
-
-fn web_on(port: u16) -> ResourceDescription {
-    ResourceDescription {
-        id: WEB,
-        name: "web".into(),
-        address: ResourceAddress::Cidr("10.0.0.0/24".parse().unwrap()),
-        address_description: None,
-        filters: vec![Filter {
-            protocol: Protocol::Tcp,
-            ports: Some(PortRange {
-                start: port,
-                end: port,
-            }),
-        }],
-        site_id: SiteId::from_u128(1),
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Action {

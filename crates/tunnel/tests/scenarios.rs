@@ -14,50 +14,25 @@ use hickory_proto::rr::{RData, RecordType};
 use postern_model::dns::DnsPattern;
 use postern_model::filter::IPPROTO_ICMP;
 use postern_model::protocol::ResourceDescription;
-use postern_model::{Filter, PortRange, Protocol, ResourceAddress, ResourceId, SiteId};
+use postern_model::{ResourceAddress, ResourceId};
 use postern_tunnel::effect::Effect;
 use postern_tunnel::packet::Packet;
 use postern_tunnel::role::Role;
 use support::net::Nat;
 use support::portal::{CLIENT_V4, gateway_id};
-use support::world::{World, tcp};
+use support::world::{WEB_HOST, World, tcp, web_on};
 
-const WEB: ResourceId = ResourceId::from_u128(100);
 const APPS: ResourceId = ResourceId::from_u128(200);
-const WEB_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 
-fn tcp_on(port: u16) -> Vec<Filter> {
-    vec![Filter {
-        protocol: Protocol::Tcp,
-        ports: Some(PortRange {
-            start: port,
-            end: port,
-        }),
-    }]
-}
-
-/// The web servers' subnet, its filter opening one TCP port.
-fn web_on(port: u16) -> ResourceDescription {
-    ResourceDescription {
-        id: WEB,
-        name: "web".into(),
-        address: ResourceAddress::Cidr("10.0.0.0/24".parse().unwrap()),
-        address_description: None,
-        filters: tcp_on(port),
-        site_id: SiteId::from_u128(1),
-    }
-}
-
-/// A DNS resource: every name under apps.corp.test.
+/// A DNS resource: every name under apps.corp.test, TCP port 80.
 fn apps() -> ResourceDescription {
     let pattern: DnsPattern = "*.apps.corp.test".parse().unwrap();
     ResourceDescription {
         id: APPS,
         name: "apps".into(),
         address: ResourceAddress::Dns(pattern),
-        address_description: None,
-        filters: tcp_on(80),
-        site_id: SiteId::from_u128(1),
+        filters: web_on(80).filters,
+        ..web_on(80)
     }
 }
 
@@ -190,6 +165,22 @@ fn revocation_stops_traffic_at_once() {
     assert_eq!(status.resources[0].access, "denied");
 }
 
+/// Sends a packet every `every` until one reaches the site through gateway
+/// `host`; how long after `since` that took.
+fn until_through(world: &mut World, host: usize, every: Duration) -> Option<Duration> {
+    let since = world.now();
+    let mut tag = 100u8;
+    while world.now() - since < Duration::from_secs(5) {
+        world.app_sends(&to_web(80, tag));
+        tag = tag.wrapping_add(1);
+        world.run_for(every);
+        if let Some((at, _)) = world.forwarded[host].first() {
+            return Some(*at - since);
+        }
+    }
+    None
+}
+
 #[test]
 fn a_dead_gateway_hands_over_to_the_second_within_two_seconds() {
     let mut world = World::new(
@@ -212,18 +203,8 @@ fn a_dead_gateway_hands_over_to_the_second_within_two_seconds() {
         "all traffic on the first gateway so far"
     );
     world.kill_gateway(first);
-    let died = world.now();
-    let mut moved = None;
-    while world.now() - died < Duration::from_secs(5) {
-        world.app_sends(&to_web(80, tag));
-        tag = tag.wrapping_add(1);
-        world.run_for(Duration::from_millis(50));
-        if let Some((at, _)) = world.forwarded[second].first() {
-            moved = Some(*at - died);
-            break;
-        }
-    }
-    let moved = moved.expect("traffic never moved to the second gateway");
+    let moved = until_through(&mut world, second, Duration::from_millis(50))
+        .expect("traffic never moved to the second gateway");
     println!("traffic moved to the second gateway {moved:?} after the first died");
     assert!(moved <= Duration::from_secs(2), "{moved:?}");
 }
@@ -243,19 +224,8 @@ fn a_gateway_that_stops_sends_its_clients_on_at_once() {
     world.gateway(first).stop(now);
     world.run_for(Duration::from_millis(1));
     world.kill_gateway(first);
-    let stopped = world.now();
-    let mut tag = 1u8;
-    let mut moved = None;
-    while world.now() - stopped < Duration::from_secs(5) {
-        world.app_sends(&to_web(80, tag));
-        tag = tag.wrapping_add(1);
-        world.run_for(Duration::from_millis(20));
-        if let Some((at, _)) = world.forwarded[second].first() {
-            moved = Some(*at - stopped);
-            break;
-        }
-    }
-    let moved = moved.expect("traffic never moved to the second gateway");
+    let moved = until_through(&mut world, second, Duration::from_millis(20))
+        .expect("traffic never moved to the second gateway");
     println!("traffic moved {moved:?} after the first gateway said goodbye");
     // Without the goodbye the client would wait out the liveness timeout
     // (1.25 s) before asking again.

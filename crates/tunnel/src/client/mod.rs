@@ -14,7 +14,7 @@ pub mod access;
 mod names;
 pub mod status;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -37,10 +37,8 @@ use crate::counters::Counters;
 use crate::dns::{Assignment, DnsStub, StubAnswer, routing_domain};
 use crate::effect::{DnsConfig, Effect, Input, QueryId, Stop, TunConfig};
 use crate::node::{Node, NodeEvent, PeerConfig, Transmit};
+use crate::outbox::Outbox;
 use crate::role::{Gauges, Role, deadline};
-
-/// Room for one encrypted packet on the slow path.
-const SCRATCH: usize = 65_535 + 64;
 
 pub struct ClientTunnel {
     node: Node<GatewayId>,
@@ -58,12 +56,7 @@ pub struct ClientTunnel {
     /// What the shell was last told.
     routes: Option<BTreeSet<IpNet>>,
     dns: Option<DnsConfig>,
-    transmits: VecDeque<Transmit>,
-    tun_packets: VecDeque<Vec<u8>>,
-    portal: VecDeque<ClientToPortal>,
-    effects: VecDeque<Effect>,
-    dropped: Counters,
-    scratch: Vec<u8>,
+    out: Outbox<ClientToPortal>,
 }
 
 impl ClientTunnel {
@@ -82,12 +75,7 @@ impl ClientTunnel {
             connected: false,
             routes: None,
             dns: None,
-            transmits: VecDeque::new(),
-            tun_packets: VecDeque::new(),
-            portal: VecDeque::new(),
-            effects: VecDeque::new(),
-            dropped: Counters::default(),
-            scratch: vec![0; SCRATCH],
+            out: Outbox::new(),
         }
     }
 
@@ -103,7 +91,7 @@ impl ClientTunnel {
         match self.addresses {
             None => {
                 self.addresses = Some(addresses);
-                self.effects.push_back(Effect::Interface(TunConfig {
+                self.out.effects.push_back(Effect::Interface(TunConfig {
                     ipv4: interface.ipv4,
                     ipv4_prefix: 32,
                     ipv6: interface.ipv6,
@@ -129,7 +117,7 @@ impl ClientTunnel {
         let routes = self.access.routes();
         if self.routes.as_ref() != Some(&routes) {
             self.routes = Some(routes.clone());
-            self.effects.push_back(Effect::Routes(routes));
+            self.out.effects.push_back(Effect::Routes(routes));
         }
         let mut routing_domains: Vec<String> = resources
             .iter()
@@ -145,7 +133,7 @@ impl ClientTunnel {
         };
         if self.dns.as_ref() != Some(&dns) {
             self.dns = Some(dns.clone());
-            self.effects.push_back(Effect::Dns(dns));
+            self.out.effects.push_back(Effect::Dns(dns));
         }
     }
 
@@ -194,15 +182,7 @@ impl ClientTunnel {
 
     /// A packet to a gateway on the slow path (copied into a transmit).
     fn send_packet(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) {
-        if let Some((destination, n)) =
-            self.node
-                .encapsulate(gateway, packet, now, &mut self.scratch)
-        {
-            self.transmits.push_back(Transmit {
-                destination,
-                payload: self.scratch[..n].to_vec(),
-            });
-        }
+        self.out.send_packet(&mut self.node, gateway, packet, now);
     }
 
     /// Sends the waiting gateway queries whose resource is granted now.
@@ -215,7 +195,9 @@ impl ClientTunnel {
     }
 
     fn answer(&mut self, query: QueryId, answer: Option<Vec<u8>>) {
-        self.effects.push_back(Effect::DnsAnswer { query, answer });
+        self.out
+            .effects
+            .push_back(Effect::DnsAnswer { query, answer });
     }
 
     /// One query from an app to the stub.
@@ -242,7 +224,10 @@ impl ClientTunnel {
                     None => self.answer(query, Some(answer)),
                 }
             }
-            StubAnswer::Upstream => self.effects.push_back(Effect::ForwardDns { query, bytes }),
+            StubAnswer::Upstream => self
+                .out
+                .effects
+                .push_back(Effect::ForwardDns { query, bytes }),
             // Other questions about resource names: the gateway's resolver
             // answers through the tunnel (never the upstream: the name
             // would leak), once access is granted.
@@ -335,7 +320,7 @@ impl ClientTunnel {
                         reference,
                         resource_id,
                         connected_gateway_ids,
-                    } => self.portal.push_back(ClientToPortal::RequestAccess {
+                    } => self.out.portal.push_back(ClientToPortal::RequestAccess {
                         reference,
                         resource_id,
                         connected_gateway_ids,
@@ -343,14 +328,14 @@ impl ClientTunnel {
                     ClientEvent::Deliver { gateway, packet } => {
                         self.send_packet(gateway, &packet, now)
                     }
-                    ClientEvent::Reply(packet) => self.tun_packets.push_back(packet),
+                    ClientEvent::Reply(packet) => self.out.tun_packets.push_back(packet),
                 }
             }
             while let Some(event) = self.node.poll_event() {
                 moved = true;
                 match event {
                     NodeEvent::Candidate { peer, candidate } => {
-                        self.portal.push_back(ClientToPortal::IceCandidates {
+                        self.out.portal.push_back(ClientToPortal::IceCandidates {
                             peer_id: peer,
                             candidates: vec![candidate],
                         })
@@ -478,7 +463,7 @@ impl Role for ClientTunnel {
             }
             PortalToClient::Disconnect { reason } => match reason {
                 DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired => {
-                    self.effects.push_back(Effect::Stop(Stop {
+                    self.out.effects.push_back(Effect::Stop(Stop {
                         reason,
                         advice: "sign in again with `postern client sign-in`",
                     }))
@@ -511,12 +496,12 @@ impl Role for ClientTunnel {
         let sent = match self.access.handle_packet(packet, now) {
             Verdict::ToGateway(gateway) => self.node.encapsulate(gateway, packet, now, out),
             Verdict::Reply(reply) => {
-                self.dropped.add("refused");
-                self.tun_packets.push_back(reply);
+                self.out.dropped.add("refused");
+                self.out.tun_packets.push_back(reply);
                 None
             }
             Verdict::Dropped(reason) => {
-                self.dropped.add(reason.label());
+                self.out.dropped.add(reason.label());
                 None
             }
             Verdict::Buffered => None,
@@ -576,21 +561,19 @@ impl Role for ClientTunnel {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits
-            .pop_front()
-            .or_else(|| self.node.poll_transmit())
+        self.out.poll_transmit(&mut self.node)
     }
 
     fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
-        self.tun_packets.pop_front()
+        self.out.tun_packets.pop_front()
     }
 
     fn poll_portal(&mut self) -> Option<ClientToPortal> {
-        self.portal.pop_front()
+        self.out.portal.pop_front()
     }
 
     fn poll_effect(&mut self) -> Option<Effect> {
-        self.effects.pop_front()
+        self.out.effects.pop_front()
     }
 
     fn stop(&mut self, _now: Instant) {}
@@ -617,7 +600,7 @@ impl Role for ClientTunnel {
     }
 
     fn dropped(&self) -> &Counters {
-        &self.dropped
+        &self.out.dropped
     }
 
     fn errors(&self) -> &Counters {

@@ -12,7 +12,6 @@
 pub mod authorizations;
 mod names;
 
-use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
@@ -33,10 +32,8 @@ use crate::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
 use crate::counters::Counters;
 use crate::effect::{Effect, Input, Resolution, Stop, TunConfig};
 use crate::node::{Node, NodeEvent, PeerConfig, Transmit};
+use crate::outbox::Outbox;
 use crate::role::{Gauges, Role, deadline};
-
-/// Room for one encrypted packet on the slow path.
-const SCRATCH: usize = 65_535 + 64;
 
 /// What a gateway's status shows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,12 +57,7 @@ pub struct GatewayTunnel {
     /// Our tunnel addresses, from the first `init`.
     addresses: Option<(Ipv4Addr, Ipv6Addr)>,
     connected: bool,
-    transmits: VecDeque<Transmit>,
-    tun_packets: VecDeque<Vec<u8>>,
-    portal: VecDeque<GatewayToPortal>,
-    effects: VecDeque<Effect>,
-    dropped: Counters,
-    scratch: Vec<u8>,
+    out: Outbox<GatewayToPortal>,
 }
 
 impl GatewayTunnel {
@@ -78,12 +70,7 @@ impl GatewayTunnel {
             lookups: Lookups::default(),
             addresses: None,
             connected: false,
-            transmits: VecDeque::new(),
-            tun_packets: VecDeque::new(),
-            portal: VecDeque::new(),
-            effects: VecDeque::new(),
-            dropped: Counters::default(),
-            scratch: vec![0; SCRATCH],
+            out: Outbox::new(),
         }
     }
 
@@ -95,13 +82,14 @@ impl GatewayTunnel {
         match self.addresses {
             None => {
                 self.addresses = Some(addresses);
-                self.effects.push_back(Effect::Interface(TunConfig {
+                self.out.effects.push_back(Effect::Interface(TunConfig {
                     ipv4: interface.ipv4,
                     ipv4_prefix: DEVICE_V4.prefix_len(),
                     ipv6: interface.ipv6,
                     ipv6_prefix: DEVICE_V6.prefix_len(),
                 }));
-                self.effects
+                self.out
+                    .effects
                     .push_back(Effect::Masquerade(vec![DEVICE_V4.into(), DEVICE_V6.into()]));
             }
             Some(known) if known != addresses => tracing::warn!(
@@ -162,19 +150,19 @@ impl GatewayTunnel {
             {
                 self.handle_tunnel_message(client, message, now);
             } else {
-                self.dropped.add("to_gateway");
+                self.out.dropped.add("to_gateway");
             }
             return false;
         }
         match self.authorizations.forward_from_client(client, packet, now) {
             GatewayVerdict::Forward => true,
             GatewayVerdict::Reply(reply) => {
-                self.dropped.add("refused");
+                self.out.dropped.add("refused");
                 self.send_packet(client, &reply, now);
                 false
             }
             GatewayVerdict::Drop(why) => {
-                self.dropped.add(why.label());
+                self.out.dropped.add(why.label());
                 tracing::trace!(%client, ?why, "packet dropped");
                 false
             }
@@ -205,7 +193,7 @@ impl GatewayTunnel {
                 ) {
                     Ok(()) => {
                         let effect = self.lookups.resolve(client, assignment);
-                        self.effects.push_back(effect);
+                        self.out.effects.push_back(effect);
                     }
                     Err(error) => {
                         tracing::info!(%client, name = %assignment.name, %error, "proxy assignment refused");
@@ -229,7 +217,7 @@ impl GatewayTunnel {
                 });
                 if allowed {
                     let effect = self.lookups.ask(client, query);
-                    self.effects.push_back(effect);
+                    self.out.effects.push_back(effect);
                 } else if let Some(answer) = answer_with(&query, ResponseCode::Refused) {
                     self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);
                 }
@@ -309,15 +297,7 @@ impl GatewayTunnel {
 
     /// A packet to a client on the slow path (copied into a transmit).
     fn send_packet(&mut self, client: ClientId, packet: &[u8], now: Instant) {
-        if let Some((destination, n)) =
-            self.node
-                .encapsulate(client, packet, now, &mut self.scratch)
-        {
-            self.transmits.push_back(Transmit {
-                destination,
-                payload: self.scratch[..n].to_vec(),
-            });
-        }
+        self.out.send_packet(&mut self.node, client, packet, now);
     }
 
     /// Node events: candidates to the portal, quiet clients forgotten.
@@ -325,7 +305,7 @@ impl GatewayTunnel {
         while let Some(event) = self.node.poll_event() {
             match event {
                 NodeEvent::Candidate { peer, candidate } => {
-                    self.portal.push_back(GatewayToPortal::IceCandidates {
+                    self.out.portal.push_back(GatewayToPortal::IceCandidates {
                         peer_id: peer,
                         candidates: vec![candidate],
                     })
@@ -384,7 +364,8 @@ impl Role for GatewayTunnel {
                 authorization,
             } => {
                 self.authorize(*authorization, now, wall);
-                self.portal
+                self.out
+                    .portal
                     .push_back(GatewayToPortal::Authorized { reference });
             }
             PortalToGateway::Revoke {
@@ -420,7 +401,7 @@ impl Role for GatewayTunnel {
             }
             PortalToGateway::Disconnect { reason } => match reason {
                 DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired => {
-                    self.effects.push_back(Effect::Stop(Stop {
+                    self.out.effects.push_back(Effect::Stop(Stop {
                         reason,
                         advice: "create a new gateway token",
                     }))
@@ -467,7 +448,7 @@ impl Role for GatewayTunnel {
         out: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
         let Some(client) = self.authorizations.handle_to_client(packet, now) else {
-            self.dropped.add("no_client");
+            self.out.dropped.add("no_client");
             return None;
         };
         let sent = self.node.encapsulate(client, packet, now, out);
@@ -511,7 +492,7 @@ impl Role for GatewayTunnel {
                 .is_ok()
             {
                 let effect = self.lookups.resolve(client, assignment);
-                self.effects.push_back(effect);
+                self.out.effects.push_back(effect);
             }
         }
         self.drain();
@@ -529,21 +510,19 @@ impl Role for GatewayTunnel {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits
-            .pop_front()
-            .or_else(|| self.node.poll_transmit())
+        self.out.poll_transmit(&mut self.node)
     }
 
     fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
-        self.tun_packets.pop_front()
+        self.out.tun_packets.pop_front()
     }
 
     fn poll_portal(&mut self) -> Option<GatewayToPortal> {
-        self.portal.pop_front()
+        self.out.portal.pop_front()
     }
 
     fn poll_effect(&mut self) -> Option<Effect> {
-        self.effects.pop_front()
+        self.out.effects.pop_front()
     }
 
     /// Every client hears a goodbye through its tunnel and asks the portal
@@ -589,7 +568,7 @@ impl Role for GatewayTunnel {
     }
 
     fn dropped(&self) -> &Counters {
-        &self.dropped
+        &self.out.dropped
     }
 
     fn errors(&self) -> &Counters {

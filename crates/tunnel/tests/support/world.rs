@@ -13,7 +13,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use jiff::{SignedDuration, Timestamp};
 use postern_model::protocol::{RelayInfo, ResourceDescription};
-use postern_model::{PublicKey, RelayId};
+use postern_model::{
+    Filter, PortRange, Protocol, PublicKey, RelayId, ResourceAddress, ResourceId, SiteId,
+};
 use postern_tunnel::client::{ClientConfig, ClientTunnel};
 use postern_tunnel::effect::{Effect, Input, LookupId, QueryId, Resolution};
 use postern_tunnel::gateway::GatewayTunnel;
@@ -24,6 +26,9 @@ use super::net::{Nat, Net, RELAY_IP};
 use super::portal::{Portal, gateway_id, wire};
 
 pub const CLIENT: usize = 0;
+/// The site's web servers' subnet, and one of them.
+pub const WEB: ResourceId = ResourceId::from_u128(100);
+pub const WEB_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 /// The site's DNS server answers after this long.
 pub const RESOLVER_DELAY: Duration = Duration::from_millis(20);
 
@@ -429,6 +434,24 @@ pub fn tcp(source: Ipv4Addr, destination: Ipv4Addr, port: u16, tag: u8) -> Vec<u
     packet[22..24].copy_from_slice(&port.to_be_bytes());
     packet[43] = tag;
     packet
+}
+
+/// The web servers' subnet as a resource, its filter opening one TCP port.
+pub fn web_on(port: u16) -> ResourceDescription {
+    ResourceDescription {
+        id: WEB,
+        name: "web".into(),
+        address: ResourceAddress::Cidr("10.0.0.0/24".parse().expect("a prefix")),
+        address_description: None,
+        filters: vec![Filter {
+            protocol: Protocol::Tcp,
+            ports: Some(PortRange {
+                start: port,
+                end: port,
+            }),
+        }],
+        site_id: SiteId::from_u128(1),
+    }
 }
 
 /// Whether the world's relay is where `address` points.
