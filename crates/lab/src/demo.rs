@@ -165,6 +165,7 @@ pub struct Demo {
     pub web_server: WebServer,
     pub office_dns: crate::dns::DnsServer,
     pub public_dns: crate::dns::DnsServer,
+    /// The portal, then the relay.
     pub processes: Vec<LabProcess>,
     pub gateway_processes: Vec<Option<LabProcess>>,
     pub client_process: Option<LabProcess>,
@@ -910,6 +911,12 @@ impl Demo {
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The relay's process (the second of [`Demo::processes`], after the
+    /// portal), for its PID and CPU time.
+    pub fn relay_process(&self) -> Option<&LabProcess> {
+        self.processes.get(1)
     }
 
     pub fn data_dir(&self) -> &Path {

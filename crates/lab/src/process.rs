@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, SysconfVar, sysconf};
 
 use crate::error::{LabError, Result};
 
@@ -56,8 +56,31 @@ impl LabProcess {
         &self.label
     }
 
+    /// The process's PID. [`crate::Host::spawn`] starts the program through
+    /// `ip netns exec`, which execs it in place: this is the program's own
+    /// PID once it runs (and `ip`'s for the instant before).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the process has used so far, user plus system, summed over
+    /// all its threads: utime + stime (fields 14 and 15 of
+    /// `/proc/PID/stat`, in clock ticks). Children it forked are not
+    /// counted. For CPU-per-byte figures: read it before and after a
+    /// measurement (`bench/throughput.sh`).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path)?;
+        let ticks = cpu_ticks(&stat)
+            .ok_or_else(|| LabError::Invalid(format!("cannot read CPU times in {path}: {stat}")))?;
+        let per_second = sysconf(SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| LabError::Invalid("sysconf(CLK_TCK) gave no tick rate".into()))?;
+        let nanos = (ticks % per_second) * 1_000_000_000 / per_second;
+        Ok(Duration::from_secs(ticks / per_second) + Duration::from_nanos(nanos))
     }
 
     /// Everything the process wrote to stdout so far.
@@ -119,5 +142,30 @@ impl Drop for LabProcess {
         if let Err(error) = self.kill() {
             tracing::warn!(process = %self.label, %error, "could not kill lab process");
         }
+    }
+}
+
+/// utime + stime in clock ticks from the text of `/proc/PID/stat`. Field 2
+/// (the command name, in parentheses) may hold spaces and parentheses, so
+/// the fields are counted after its last `)`: that rest starts at field 3.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_whatever_the_command_name() {
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
+                    731 269 5 7 20 0 3 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(731 + 269));
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(cpu_ticks("no parentheses"), None);
     }
 }

@@ -58,6 +58,33 @@ fn processes_run_inside_their_host_with_captured_output() {
     assert_eq!(status.and_then(|s| s.code()), Some(3));
 }
 
+#[test]
+fn cpu_time_counts_what_the_program_itself_spent() {
+    let lab = lab();
+    let host = lab.add_host("cpu").unwrap();
+    let mut idle = host.command("sleep");
+    idle.arg("600");
+    let idle = host.spawn(idle).unwrap();
+    let mut busy = host.command("sh");
+    busy.args(["-c", "while :; do :; done"]);
+    let busy = host.spawn(busy).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // The PID is the program's: `ip netns exec` execs it in place.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", busy.pid())).unwrap();
+    assert_eq!(comm.trim(), "sh");
+    let before = busy.cpu_time().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let spent = busy.cpu_time().unwrap() - before;
+    // A spinning shell gets most of a core even on a loaded machine.
+    assert!(spent >= Duration::from_millis(100), "{spent:?}");
+    assert!(spent <= Duration::from_millis(700), "{spent:?}");
+    assert!(
+        idle.cpu_time().unwrap() < Duration::from_millis(100),
+        "{:?}",
+        idle.cpu_time()
+    );
+}
+
 fn is_dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 is the state; Z is a zombie (dead, not yet reaped).
