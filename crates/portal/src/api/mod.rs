@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::domain::{Role, TokenKind};
 use crate::state::AppState;
-use crate::store::audit::{self, Author, Change};
+use crate::store::audit::{self, Author, NewAuditEntry};
 use crate::store::{Tx, actors as actor_store};
 use problem::{ApiResult, Problem};
 
@@ -165,7 +165,7 @@ pub async fn record(
         tx,
         admin.account_id,
         admin.author(),
-        Change {
+        NewAuditEntry {
             action,
             object_type,
             object_id: object_id.to_string(),
