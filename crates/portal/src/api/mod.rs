@@ -12,7 +12,6 @@ pub mod logs;
 pub mod openapi;
 pub mod policies;
 pub mod problem;
-pub mod rate_limit;
 pub mod resources;
 pub mod sites;
 pub mod tokens;
