@@ -177,6 +177,18 @@ pub struct TokenRecord {
     pub expires_at: Option<Timestamp>,
 }
 
+/// A freshly minted token (`auth::token::mint`): what the user gets once,
+/// and the salt and hash the store keeps. A noun here so that the store can
+/// keep it without importing `auth`, which sits above the store.
+#[derive(Debug)]
+pub struct MintedToken {
+    pub id: Uuid,
+    /// The whole token, shown once.
+    pub token: String,
+    pub salt: String,
+    pub hash: String,
+}
+
 /// An OpenID Connect provider users of an account sign in with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IdentityProvider {
