@@ -1,9 +1,12 @@
 //! The REST API (SPEC section 4): `/api/v1`, bearer API tokens of admins,
 //! JSON in and out, RFC 7807 errors, a rate limit per token, an audit entry
 //! for every change, and the OpenAPI document at `/api/v1/openapi.json`.
+//! Every write goes through `audited::write`, which records the audit entry
+//! and tells continuous evaluation once the change is committed.
 
 pub mod account;
 pub mod actors;
+mod audited;
 pub mod body;
 pub mod clients;
 pub mod groups;
@@ -32,8 +35,8 @@ use uuid::Uuid;
 
 use crate::domain::{Role, TokenKind};
 use crate::state::AppState;
-use crate::store::audit::{self, Author, NewAuditEntry};
-use crate::store::{Tx, actors as actor_store};
+use crate::store::actors as actor_store;
+use crate::store::audit::Author;
 use problem::{ApiResult, Problem};
 
 pub type Shared = State<Arc<AppState>>;
@@ -148,33 +151,6 @@ pub fn valid_name(field: &str, value: &str) -> ApiResult<String> {
         ));
     }
     Ok(value.to_string())
-}
-
-/// Records a change in the request's transaction.
-pub async fn record(
-    tx: &mut Tx,
-    admin: &Admin,
-    action: &str,
-    object_id: Uuid,
-    before: Option<&impl Serialize>,
-    after: Option<&impl Serialize>,
-) -> ApiResult<()> {
-    let object_type = action.split('.').next().unwrap_or(action);
-    audit::record(
-        tx,
-        admin.account_id,
-        admin.author(),
-        NewAuditEntry {
-            action,
-            object_type,
-            object_id: object_id.to_string(),
-            before: before.and_then(|b| serde_json::to_value(b).ok()),
-            after: after.and_then(|a| serde_json::to_value(a).ok()),
-        },
-        Timestamp::now().as_millisecond(),
-    )
-    .await?;
-    Ok(())
 }
 
 pub fn now_ms() -> i64 {
