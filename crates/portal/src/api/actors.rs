@@ -8,10 +8,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Outcome, scoped};
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
 use crate::domain::{Actor, Role};
 use crate::setup::validate_email;
 use crate::state::Change;
@@ -80,10 +80,7 @@ async fn keep_an_admin(
 
 #[utoipa::path(get, path = "/actors", tag = "actors", responses((status = 200, body = List<Actor>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = actors::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Actor>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/actors", tag = "actors", request_body = ActorInput,
@@ -121,10 +118,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let actor: Actor = scoped(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(actor))
+    Ok(axum::Json(read_one::<Actor>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/actors/{id}", tag = "actors", request_body = ActorPatch,

@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::problem::{ApiResult, Problem};
-use super::{Admin, now_ms, parse_id};
+use super::problem::ApiResult;
+use super::{Admin, now_ms, scoped};
 use crate::state::{AppState, Change};
 use crate::store::audit::{self, NewAuditEntry};
-use crate::store::{Conn, Scoped, get_scoped};
+use crate::store::{Conn, Scoped};
 
 /// The audit entry of a write: the action (`site.update`; its first part is
 /// the object type), the object, and the object before and after as the API
@@ -209,20 +209,13 @@ pub async fn write_scoped<R: Scoped, T>(
     .await
 }
 
-/// The account's row named by a path `id`; 404 when it is malformed, missing
-/// or another account's, so ids of other accounts cannot be probed.
-pub async fn scoped<R: Scoped>(tx: &mut Conn, admin: &Admin, id: &str) -> ApiResult<R> {
-    get_scoped(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::sync::mpsc::UnboundedReceiver;
     use tokio::sync::mpsc::error::TryRecvError;
 
     use super::*;
+    use crate::api::problem::Problem;
     use crate::domain::{AuditEntry, Site};
     use crate::store::{Store, sites};
 

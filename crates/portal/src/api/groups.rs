@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Notices, Outcome, scoped};
+use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
 use crate::domain::{Group, GroupKind};
 use crate::state::Change;
 use crate::store::{actors, groups};
@@ -45,10 +45,7 @@ fn editable(group: &Group) -> ApiResult<()> {
 
 #[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, body = List<Group>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = groups::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Group>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/groups", tag = "groups", request_body = GroupInput,
@@ -82,10 +79,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let group: Group = scoped(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(group))
+    Ok(axum::Json(read_one::<Group>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/groups/{id}", tag = "groups", request_body = GroupPatch,

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Notices, Outcome, scoped};
+use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, valid_name};
+use super::{Admin, List, Shared, now_ms, scoped, valid_name};
 use crate::domain::IdentityProvider;
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};

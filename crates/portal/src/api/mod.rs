@@ -37,6 +37,7 @@ use crate::domain::{Role, TokenKind};
 use crate::state::AppState;
 use crate::store::actors as actor_store;
 use crate::store::audit::Author;
+use crate::store::{self, Conn, Scoped};
 use problem::{ApiResult, Problem};
 
 pub type Shared = State<Arc<AppState>>;
@@ -133,6 +134,30 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 /// Path ids that are not UUIDs name nothing: 404, like an id of another account.
 pub fn parse_id(text: &str) -> ApiResult<Uuid> {
     Uuid::try_parse(text).map_err(|_| Problem::not_found())
+}
+
+/// The account's row named by a path `id`; 404 when it is malformed, missing
+/// or another account's, so ids of other accounts cannot be probed.
+pub(crate) async fn scoped<R: Scoped>(conn: &mut Conn, admin: &Admin, id: &str) -> ApiResult<R> {
+    store::get_scoped(conn, admin.account_id, parse_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)
+}
+
+/// `GET /things/{id}` of an account-scoped table: the row, or 404 as `scoped`.
+pub(crate) async fn read_one<R: Scoped>(state: &AppState, admin: &Admin, id: &str) -> ApiResult<R> {
+    let mut tx = state.store.read().await?;
+    let row = scoped(&mut tx, admin, id).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// `GET /things` of an account-scoped table, oldest first.
+pub(crate) async fn read_all<R: Scoped>(state: &AppState, admin: &Admin) -> ApiResult<Vec<R>> {
+    let mut tx = state.store.read().await?;
+    let rows = store::list_scoped(&mut tx, admin.account_id).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// A display name: trimmed, 1-255 characters, no control characters.

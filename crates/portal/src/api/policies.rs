@@ -9,10 +9,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Outcome, scoped};
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms};
+use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::PolicyRecord;
 use crate::state::Change;
 use crate::store::{Conn, groups, policies, resources};
@@ -75,10 +75,7 @@ async fn validate(tx: &mut Conn, admin: &Admin, policy: &mut PolicyRecord) -> Ap
 
 #[utoipa::path(get, path = "/policies", tag = "policies", responses((status = 200, body = List<PolicyRecord>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = policies::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<PolicyRecord>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/policies", tag = "policies", request_body = PolicyInput,
@@ -112,10 +109,9 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let policy: PolicyRecord = scoped(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(policy))
+    Ok(axum::Json(
+        read_one::<PolicyRecord>(&state, &admin, &id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/policies/{id}", tag = "policies", request_body = PolicyPatch,

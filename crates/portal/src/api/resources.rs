@@ -8,10 +8,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Outcome, scoped};
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
 use crate::domain::Resource;
 use crate::state::Change;
 use crate::store::{Conn, resources, sites};
@@ -94,10 +94,7 @@ async fn validate(tx: &mut Conn, admin: &Admin, resource: &mut Resource) -> ApiR
 
 #[utoipa::path(get, path = "/resources", tag = "resources", responses((status = 200, body = List<Resource>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = resources::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Resource>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/resources", tag = "resources", request_body = ResourceInput,
@@ -137,10 +134,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let resource: Resource = scoped(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(resource))
+    Ok(axum::Json(read_one::<Resource>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/resources/{id}", tag = "resources", request_body = ResourcePatch,

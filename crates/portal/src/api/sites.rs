@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::audited::{self, Entry, Notices, Outcome, scoped};
+use super::audited::{self, Entry, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
 use crate::auth::token;
 use crate::domain::{Device, DeviceKind, Site, TokenKind};
 use crate::state::Change;
@@ -51,10 +51,7 @@ pub struct GatewayView {
 
 #[utoipa::path(get, path = "/sites", tag = "sites", responses((status = 200, body = List<Site>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let sites = sites::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(sites))
+    Ok(List::of(read_all::<Site>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/sites", tag = "sites", request_body = SiteInput,
@@ -87,10 +84,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let site: Site = scoped(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(site))
+    Ok(axum::Json(read_one::<Site>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/sites/{id}", tag = "sites", request_body = SitePatch,
