@@ -12,7 +12,7 @@ use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
-use crate::domain::{Group, GroupKind};
+use crate::domain::{Group, GroupKind, impact};
 use crate::state::Change;
 use crate::store::{actors, groups};
 
@@ -171,25 +171,13 @@ pub async fn set_members(
         };
         groups::set_members(tx, admin.account_id, group.id, &wanted).await?;
         let after = Members { actor_ids: wanted };
-        let mut affected: Vec<Uuid> = before
-            .actor_ids
-            .iter()
-            .filter(|a| !after.actor_ids.contains(a))
-            .chain(
-                after
-                    .actor_ids
-                    .iter()
-                    .filter(|a| !before.actor_ids.contains(a)),
-            )
-            .copied()
-            .collect();
-        affected.sort_unstable();
+        let changed = impact::membership_changes(&before.actor_ids, &after.actor_ids);
         Ok(Outcome::updated(
             "group.members",
             group.id,
             &before,
             after,
-            Change::Actors(affected),
+            Change::Actors(changed),
         ))
     })
     .await

@@ -13,7 +13,7 @@ use super::body::Json;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
 use crate::auth::token;
-use crate::domain::{Device, DeviceKind, Site, TokenKind};
+use crate::domain::{Device, DeviceKind, Site, TokenKind, impact};
 use crate::state::Change;
 use crate::store::tokens::NewToken;
 use crate::store::{devices, resources, sites, tokens};
@@ -126,22 +126,14 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     audited::write_scoped(&state, &admin, &id, async |tx, site: Site| {
-        // Its resources go with it: their clients and gateways must hear.
-        let resource_ids: Vec<Uuid> = resources::list(tx, admin.account_id)
-            .await?
-            .into_iter()
-            .filter(|r| r.site_id == site.id)
-            .map(|r| r.id)
-            .collect();
+        let all = resources::list(tx, admin.account_id).await?;
+        let gone = impact::deleted_with_site(site.id, &all);
         sites::delete(tx, admin.account_id, site.id).await?;
         Ok(Outcome::deleted(
             "site.delete",
             site.id,
             &site,
-            resource_ids
-                .into_iter()
-                .map(Change::Resource)
-                .collect::<Vec<_>>(),
+            gone.into_iter().map(Change::Resource).collect::<Vec<_>>(),
         ))
     })
     .await

@@ -1,8 +1,10 @@
-//! The portal's objects as the API shows them and the store keeps them. Rules
-//! that span objects (who may see what, what a change affects) live with the
-//! code that applies them; these are the nouns.
+//! The portal's objects as the API shows them and the store keeps them: the
+//! nouns. `impact` holds what a change affects, which every front end must
+//! tell continuous evaluation alike; who may see what lives with the code
+//! that applies it (`channels`).
 
 pub mod address;
+pub mod impact;
 
 use jiff::Timestamp;
 use postern_model::{Condition, Filter, ResourceType};
