@@ -28,35 +28,22 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A create whose response is not the object itself (a token, shown once).
     pub fn created(action: &'static str, id: Uuid, after: &impl Serialize) -> Entry {
-        Entry {
-            action,
-            object_id: id,
-            before: None,
-            after: json(after),
-        }
+        Entry::new(action, id, None, json(after))
     }
 
-    pub fn updated(
+    fn new(
         action: &'static str,
-        id: Uuid,
-        before: &impl Serialize,
-        after: &impl Serialize,
+        object_id: Uuid,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
     ) -> Entry {
         Entry {
             action,
-            object_id: id,
-            before: json(before),
-            after: json(after),
-        }
-    }
-
-    pub fn deleted(action: &'static str, id: Uuid, before: &impl Serialize) -> Entry {
-        Entry {
-            action,
-            object_id: id,
-            before: json(before),
-            after: None,
+            object_id,
+            before,
+            after,
         }
     }
 }
@@ -115,7 +102,7 @@ impl<T> Outcome<T> {
 impl<O: Serialize> Outcome<(StatusCode, axum::Json<O>)> {
     /// 201 with the new object.
     pub fn created(action: &'static str, id: Uuid, object: O, notices: impl Into<Notices>) -> Self {
-        let entry = Entry::created(action, id, &object);
+        let entry = Entry::new(action, id, None, json(&object));
         Outcome::new((StatusCode::CREATED, axum::Json(object)), entry, notices)
     }
 }
@@ -129,7 +116,7 @@ impl<O: Serialize> Outcome<axum::Json<O>> {
         after: O,
         notices: impl Into<Notices>,
     ) -> Self {
-        let entry = Entry::updated(action, id, before, &after);
+        let entry = Entry::new(action, id, json(before), json(&after));
         Outcome::new(axum::Json(after), entry, notices)
     }
 }
@@ -142,11 +129,8 @@ impl Outcome<StatusCode> {
         before: &impl Serialize,
         notices: impl Into<Notices>,
     ) -> Self {
-        Outcome::new(
-            StatusCode::NO_CONTENT,
-            Entry::deleted(action, id, before),
-            notices,
-        )
+        let entry = Entry::new(action, id, json(before), None);
+        Outcome::new(StatusCode::NO_CONTENT, entry, notices)
     }
 }
 
@@ -402,9 +386,10 @@ mod tests {
             let mut ran = false;
             let answer = write_scoped(&f.state, &f.admin, &id, async |_, _: Site| {
                 ran = true;
-                Ok(Outcome::new(
-                    (),
-                    Entry::deleted("site.delete", theirs.id, &theirs),
+                Ok(Outcome::deleted(
+                    "site.delete",
+                    theirs.id,
+                    &theirs,
                     Change::Everything,
                 ))
             })
@@ -417,15 +402,17 @@ mod tests {
             &f.admin,
             &ours.id.to_string(),
             async |_, row: Site| {
-                Ok(Outcome::new(
+                Ok(Outcome::updated(
+                    "site.update",
+                    row.id,
+                    &row,
                     row.clone(),
-                    Entry::updated("site.update", row.id, &row, &row),
                     Notices::Quiet("a test"),
                 ))
             },
         )
         .await;
-        assert_eq!(handed, Ok(ours));
+        assert_eq!(handed.map(|json| json.0), Ok(ours));
         assert_eq!(f.published.try_recv(), Err(TryRecvError::Empty));
     }
 }
