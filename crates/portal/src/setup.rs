@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::auth::token::{self, RandomError};
 use crate::domain::{Account, Actor, Group, GroupKind, Role, TokenKind};
-use crate::store::audit::{Author, Change};
+use crate::store::audit::{Author, NewAuditEntry};
 use crate::store::tokens::NewToken;
 use crate::store::{self, Store, StoreError, accounts, actors, audit, groups};
 
@@ -129,7 +129,7 @@ pub async fn init_account(
             actor_id: None,
             token_id: None,
         },
-        Change {
+        NewAuditEntry {
             action: "account.init",
             object_type: "account",
             object_id: account.id.to_string(),

@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, Shared, record};
+use super::{Admin, Shared};
 use crate::state::Change;
-use crate::store::accounts;
+use crate::store::{Conn, accounts};
 
 #[derive(Clone, Serialize, ToSchema)]
 pub struct AccountView {
@@ -60,7 +61,7 @@ fn valid_domain(value: &str) -> ApiResult<String> {
     Ok(domain)
 }
 
-async fn view(tx: &mut crate::store::Tx, account: Uuid) -> ApiResult<AccountView> {
+async fn view(tx: &mut Conn, account: Uuid) -> ApiResult<AccountView> {
     let found = accounts::get(tx, account)
         .await?
         .ok_or_else(Problem::not_found)?;
@@ -93,23 +94,20 @@ pub async fn update(
         Some(None) => Some(None),
         None => None,
     };
-    let mut tx = state.store.write().await?;
-    let before = view(&mut tx, admin.account_id).await?;
-    let mut after = before.clone();
-    if let Some(domain) = domain {
-        accounts::set_search_domain(&mut tx, admin.account_id, domain.as_deref()).await?;
-        after.search_domain = domain;
-    }
-    record(
-        &mut tx,
-        &admin,
-        "account.update",
-        admin.account_id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Everything);
-    Ok(axum::Json(after))
+    audited::write(&state, &admin, async |tx| {
+        let before = view(tx, admin.account_id).await?;
+        let mut after = before.clone();
+        if let Some(domain) = domain {
+            accounts::set_search_domain(tx, admin.account_id, domain.as_deref()).await?;
+            after.search_domain = domain;
+        }
+        Ok(Outcome::updated(
+            "account.update",
+            admin.account_id,
+            &before,
+            after,
+            Change::Everything,
+        ))
+    })
+    .await
 }

@@ -2,20 +2,20 @@
 //! least one enabled admin.
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use jiff::Timestamp;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
 use crate::domain::{Actor, Role};
 use crate::setup::validate_email;
 use crate::state::Change;
-use crate::store::{Tx, actors};
+use crate::store::{Conn, actors};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,12 +35,6 @@ pub struct ActorPatch {
     pub email: Option<String>,
     pub role: Option<Role>,
     pub disabled: Option<bool>,
-}
-
-pub(crate) async fn actor_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Actor> {
-    actors::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
 }
 
 fn check_email(actor: &mut Actor) -> ApiResult<()> {
@@ -68,7 +62,7 @@ fn enabled_admin(actor: &Actor) -> bool {
 
 /// Refuses a change that would leave the account without an enabled admin.
 async fn keep_an_admin(
-    tx: &mut Tx,
+    tx: &mut Conn,
     admin: &Admin,
     before: &Actor,
     after: Option<&Actor>,
@@ -86,10 +80,7 @@ async fn keep_an_admin(
 
 #[utoipa::path(get, path = "/actors", tag = "actors", responses((status = 200, body = List<Actor>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = actors::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Actor>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/actors", tag = "actors", request_body = ActorInput,
@@ -108,20 +99,17 @@ pub async fn create(
         created_at: Timestamp::now(),
     };
     check_email(&mut actor)?;
-    let mut tx = state.store.write().await?;
-    actors::insert(&mut tx, admin.account_id, &actor).await?;
-    record(
-        &mut tx,
-        &admin,
-        "actor.create",
-        actor.id,
-        None::<&Actor>,
-        Some(&actor),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Actors(vec![actor.id]));
-    Ok((StatusCode::CREATED, axum::Json(actor)))
+    audited::write(&state, &admin, async |tx| {
+        actors::insert(tx, admin.account_id, &actor).await?;
+        let id = actor.id;
+        Ok(Outcome::created(
+            "actor.create",
+            id,
+            actor,
+            Change::Actors(vec![id]),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/actors/{id}", tag = "actors", responses((status = 200, body = Actor), (status = 404)))]
@@ -130,10 +118,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let actor = actor_of(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(actor))
+    Ok(axum::Json(read_one::<Actor>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/actors/{id}", tag = "actors", request_body = ActorPatch,
@@ -145,36 +130,33 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<ActorPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let before = actor_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(name) = &patch.name {
-        after.name = valid_name("name", name)?;
-    }
-    if patch.email.is_some() {
-        after.email = patch.email;
-    }
-    if let Some(role) = patch.role {
-        after.role = role;
-    }
-    if let Some(disabled) = patch.disabled {
-        after.disabled = disabled;
-    }
-    check_email(&mut after)?;
-    keep_an_admin(&mut tx, &admin, &before, Some(&after)).await?;
-    actors::update(&mut tx, admin.account_id, &after, now_ms()).await?;
-    record(
-        &mut tx,
-        &admin,
-        "actor.update",
-        after.id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Actors(vec![after.id]));
-    Ok(axum::Json(after))
+    audited::write_scoped(&state, &admin, &id, async |tx, before: Actor| {
+        let mut after = before.clone();
+        if let Some(name) = &patch.name {
+            after.name = valid_name("name", name)?;
+        }
+        if patch.email.is_some() {
+            after.email = patch.email;
+        }
+        if let Some(role) = patch.role {
+            after.role = role;
+        }
+        if let Some(disabled) = patch.disabled {
+            after.disabled = disabled;
+        }
+        check_email(&mut after)?;
+        keep_an_admin(tx, &admin, &before, Some(&after)).await?;
+        actors::update(tx, admin.account_id, &after, now_ms()).await?;
+        let id = before.id;
+        Ok(Outcome::updated(
+            "actor.update",
+            id,
+            &before,
+            after,
+            Change::Actors(vec![id]),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/actors/{id}", tag = "actors",
@@ -185,20 +167,15 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let actor = actor_of(&mut tx, &admin, &id).await?;
-    keep_an_admin(&mut tx, &admin, &actor, None).await?;
-    actors::delete(&mut tx, admin.account_id, actor.id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "actor.delete",
-        actor.id,
-        Some(&actor),
-        None::<&Actor>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Actors(vec![actor.id]));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write_scoped(&state, &admin, &id, async |tx, actor: Actor| {
+        keep_an_admin(tx, &admin, &actor, None).await?;
+        actors::delete(tx, admin.account_id, actor.id).await?;
+        Ok(Outcome::deleted(
+            "actor.delete",
+            actor.id,
+            &actor,
+            Change::Actors(vec![actor.id]),
+        ))
+    })
+    .await
 }

@@ -1,14 +1,14 @@
 //! `/clients`: devices of actors; admins can mark them verified or delete them.
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, parse_id, record};
+use super::{Admin, List, Shared, parse_id};
 use crate::domain::{Device, DeviceKind};
 use crate::state::Change;
 use crate::store::devices;
@@ -51,27 +51,24 @@ pub async fn update(
     Json(patch): Json<ClientPatch>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
-    let mut tx = state.store.write().await?;
-    let before = devices::get(&mut tx, admin.account_id, DeviceKind::Client, id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
-    let mut after = before.clone();
-    if let Some(verified) = patch.verified {
-        after.verified = verified;
-        devices::set_verified(&mut tx, admin.account_id, id, verified).await?;
-    }
-    record(
-        &mut tx,
-        &admin,
-        "client.update",
-        id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Client(id));
-    Ok(axum::Json(after))
+    audited::write(&state, &admin, async |tx| {
+        let before = devices::get(tx, admin.account_id, DeviceKind::Client, id)
+            .await?
+            .ok_or_else(Problem::not_found)?;
+        let mut after = before.clone();
+        if let Some(verified) = patch.verified {
+            after.verified = verified;
+            devices::set_verified(tx, admin.account_id, id, verified).await?;
+        }
+        Ok(Outcome::updated(
+            "client.update",
+            id,
+            &before,
+            after,
+            Change::Client(id),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/clients/{id}", tag = "clients",
@@ -83,21 +80,17 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
-    let mut tx = state.store.write().await?;
-    let before = devices::get(&mut tx, admin.account_id, DeviceKind::Client, id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
-    devices::delete(&mut tx, admin.account_id, DeviceKind::Client, id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "client.delete",
-        id,
-        Some(&before),
-        None::<&Device>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::ClientDeleted(id));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write(&state, &admin, async |tx| {
+        let before = devices::get(tx, admin.account_id, DeviceKind::Client, id)
+            .await?
+            .ok_or_else(Problem::not_found)?;
+        devices::delete(tx, admin.account_id, DeviceKind::Client, id).await?;
+        Ok(Outcome::deleted(
+            "client.delete",
+            id,
+            &before,
+            Change::ClientDeleted(id),
+        ))
+    })
+    .await
 }

@@ -2,19 +2,19 @@
 //! renamed, deleted or given explicit members.
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
-use crate::domain::{Group, GroupKind};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
+use crate::domain::{Group, GroupKind, impact};
 use crate::state::Change;
-use crate::store::{Tx, actors, groups};
+use crate::store::{actors, groups};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -34,12 +34,6 @@ pub struct Members {
     pub actor_ids: Vec<Uuid>,
 }
 
-async fn group_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Group> {
-    groups::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
-}
-
 fn editable(group: &Group) -> ApiResult<()> {
     match group.kind {
         GroupKind::Everyone => Err(Problem::conflict(
@@ -51,10 +45,7 @@ fn editable(group: &Group) -> ApiResult<()> {
 
 #[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, body = List<Group>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = groups::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Group>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/groups", tag = "groups", request_body = GroupInput,
@@ -70,19 +61,16 @@ pub async fn create(
         kind: GroupKind::Static,
         created_at: Timestamp::now(),
     };
-    let mut tx = state.store.write().await?;
-    groups::insert(&mut tx, admin.account_id, &group).await?;
-    record(
-        &mut tx,
-        &admin,
-        "group.create",
-        group.id,
-        None::<&Group>,
-        Some(&group),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(group)))
+    audited::write(&state, &admin, async |tx| {
+        groups::insert(tx, admin.account_id, &group).await?;
+        Ok(Outcome::created(
+            "group.create",
+            group.id,
+            group,
+            Notices::Quiet("a new group has no members and no policies yet"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/groups/{id}", tag = "groups", responses((status = 200, body = Group), (status = 404)))]
@@ -91,10 +79,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let group = group_of(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(group))
+    Ok(axum::Json(read_one::<Group>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/groups/{id}", tag = "groups", request_body = GroupPatch,
@@ -105,25 +90,22 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<GroupPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let before = group_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(name) = &patch.name {
-        editable(&before)?;
-        after.name = valid_name("name", name)?;
-    }
-    groups::rename(&mut tx, admin.account_id, after.id, &after.name, now_ms()).await?;
-    record(
-        &mut tx,
-        &admin,
-        "group.update",
-        after.id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(after))
+    audited::write_scoped(&state, &admin, &id, async |tx, before: Group| {
+        let mut after = before.clone();
+        if let Some(name) = &patch.name {
+            editable(&before)?;
+            after.name = valid_name("name", name)?;
+        }
+        groups::rename(tx, admin.account_id, after.id, &after.name, now_ms()).await?;
+        Ok(Outcome::updated(
+            "group.update",
+            before.id,
+            &before,
+            after,
+            Notices::Quiet("access follows group ids, not names"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/groups/{id}", tag = "groups",
@@ -134,23 +116,18 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let group = group_of(&mut tx, &admin, &id).await?;
-    editable(&group)?;
-    let members = groups::members(&mut tx, admin.account_id, &group).await?;
-    groups::delete(&mut tx, admin.account_id, group.id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "group.delete",
-        group.id,
-        Some(&group),
-        None::<&Group>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Actors(members));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write_scoped(&state, &admin, &id, async |tx, group: Group| {
+        editable(&group)?;
+        let members = groups::members(tx, admin.account_id, &group).await?;
+        groups::delete(tx, admin.account_id, group.id).await?;
+        Ok(Outcome::deleted(
+            "group.delete",
+            group.id,
+            &group,
+            Change::Actors(members),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/groups/{id}/members", tag = "groups",
@@ -161,7 +138,7 @@ pub async fn members(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let mut tx = state.store.read().await?;
-    let group = group_of(&mut tx, &admin, &id).await?;
+    let group: Group = scoped(&mut tx, &admin, &id).await?;
     let actor_ids = groups::members(&mut tx, admin.account_id, &group).await?;
     tx.commit().await?;
     Ok(axum::Json(Members { actor_ids }))
@@ -176,46 +153,32 @@ pub async fn set_members(
     Path(id): Path<String>,
     Json(input): Json<Members>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let group = group_of(&mut tx, &admin, &id).await?;
-    editable(&group)?;
-    let mut wanted = input.actor_ids;
-    wanted.sort_unstable();
-    wanted.dedup();
-    for (index, actor) in wanted.iter().enumerate() {
-        if actors::get(&mut tx, admin.account_id, *actor)
-            .await?
-            .is_none()
-        {
-            return Err(Problem::invalid(
-                format!("actor_ids[{index}]"),
-                format!("no actor {actor}"),
-            ));
+    audited::write_scoped(&state, &admin, &id, async |tx, group: Group| {
+        editable(&group)?;
+        let mut wanted = input.actor_ids;
+        wanted.sort_unstable();
+        wanted.dedup();
+        for (index, actor) in wanted.iter().enumerate() {
+            if actors::get(tx, admin.account_id, *actor).await?.is_none() {
+                return Err(Problem::invalid(
+                    format!("actor_ids[{index}]"),
+                    format!("no actor {actor}"),
+                ));
+            }
         }
-    }
-    let before = groups::members(&mut tx, admin.account_id, &group).await?;
-    groups::set_members(&mut tx, admin.account_id, group.id, &wanted).await?;
-    record(
-        &mut tx,
-        &admin,
-        "group.members",
-        group.id,
-        Some(&Members {
-            actor_ids: before.clone(),
-        }),
-        Some(&Members {
-            actor_ids: wanted.clone(),
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    let mut affected: Vec<Uuid> = before
-        .iter()
-        .filter(|a| !wanted.contains(a))
-        .chain(wanted.iter().filter(|a| !before.contains(a)))
-        .copied()
-        .collect();
-    affected.sort_unstable();
-    state.changed(admin.account_id, Change::Actors(affected));
-    Ok(axum::Json(Members { actor_ids: wanted }))
+        let before = Members {
+            actor_ids: groups::members(tx, admin.account_id, &group).await?,
+        };
+        groups::set_members(tx, admin.account_id, group.id, &wanted).await?;
+        let after = Members { actor_ids: wanted };
+        let changed = impact::membership_changes(&before.actor_ids, &after.actor_ids);
+        Ok(Outcome::updated(
+            "group.members",
+            group.id,
+            &before,
+            after,
+            Change::Actors(changed),
+        ))
+    })
+    .await
 }

@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use super::{Admin, List, Shared, now_ms, scoped, valid_name};
 use crate::domain::IdentityProvider;
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};
-use crate::store::{Tx, identity_providers};
+use crate::store::{Conn, identity_providers};
 
 /// Longest client session a provider may grant (a year).
 const MAX_SESSION_SECS: i64 = 365 * 24 * 3600;
@@ -163,17 +164,11 @@ fn seal(state: &AppState, secret: &str, provider: Uuid) -> ApiResult<String> {
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn slug(tx: &mut Tx, admin: &Admin) -> ApiResult<String> {
+async fn slug(tx: &mut Conn, admin: &Admin) -> ApiResult<String> {
     Ok(crate::store::accounts::get(tx, admin.account_id)
         .await?
         .map(|a| a.slug)
         .unwrap_or_default())
-}
-
-async fn provider_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<IdentityProvider> {
-    identity_providers::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
 }
 
 #[utoipa::path(get, path = "/identity_providers", tag = "identity providers",
@@ -211,21 +206,17 @@ pub async fn create(
         client_session_lifetime_secs: valid_lifetime(input.client_session_lifetime_secs)?,
         created_at: Timestamp::now(),
     };
-    let mut tx = state.store.write().await?;
-    identity_providers::insert(&mut tx, admin.account_id, &provider).await?;
-    let slug = slug(&mut tx, &admin).await?;
-    let shown = view(&state, &slug, &provider);
-    record(
-        &mut tx,
-        &admin,
-        "identity_provider.create",
-        id,
-        None::<&ProviderView>,
-        Some(&shown),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(shown)))
+    audited::write(&state, &admin, async |tx| {
+        identity_providers::insert(tx, admin.account_id, &provider).await?;
+        let slug = slug(tx, &admin).await?;
+        Ok(Outcome::created(
+            "identity_provider.create",
+            id,
+            view(&state, &slug, &provider),
+            Notices::Quiet("nobody has signed in with a new provider yet"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/identity_providers/{id}", tag = "identity providers",
@@ -236,7 +227,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let mut tx = state.store.read().await?;
-    let provider = provider_of(&mut tx, &admin, &id).await?;
+    let provider: IdentityProvider = scoped(&mut tx, &admin, &id).await?;
     let slug = slug(&mut tx, &admin).await?;
     tx.commit().await?;
     Ok(axum::Json(view(&state, &slug, &provider)))
@@ -251,44 +242,41 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<ProviderPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let before = provider_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(name) = &patch.name {
-        after.name = valid_name("name", name)?;
-    }
-    if let Some(issuer) = &patch.issuer {
-        after.issuer = valid_issuer(issuer)?;
-    }
-    if let Some(client_id) = &patch.client_id {
-        after.client_id = valid_text("client_id", client_id, 512)?;
-    }
-    if let Some(secret) = &patch.client_secret {
-        after.sealed_client_secret = seal(&state, secret, after.id)?;
-    }
-    if let Some(claim) = &patch.groups_claim {
-        after.groups_claim = valid_claim("groups_claim", Some(claim))?;
-    }
-    if let Some(claim) = &patch.admin_claim {
-        after.admin_claim = valid_claim("admin_claim", Some(claim))?;
-    }
-    if patch.client_session_lifetime_secs.is_some() {
-        after.client_session_lifetime_secs = valid_lifetime(patch.client_session_lifetime_secs)?;
-    }
-    identity_providers::update(&mut tx, admin.account_id, &after, now_ms()).await?;
-    let slug = slug(&mut tx, &admin).await?;
-    let (old, new) = (view(&state, &slug, &before), view(&state, &slug, &after));
-    record(
-        &mut tx,
-        &admin,
-        "identity_provider.update",
-        after.id,
-        Some(&old),
-        Some(&new),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(new))
+    audited::write_scoped(&state, &admin, &id, async |tx, before: IdentityProvider| {
+        let mut after = before.clone();
+        if let Some(name) = &patch.name {
+            after.name = valid_name("name", name)?;
+        }
+        if let Some(issuer) = &patch.issuer {
+            after.issuer = valid_issuer(issuer)?;
+        }
+        if let Some(client_id) = &patch.client_id {
+            after.client_id = valid_text("client_id", client_id, 512)?;
+        }
+        if let Some(secret) = &patch.client_secret {
+            after.sealed_client_secret = seal(&state, secret, after.id)?;
+        }
+        if let Some(claim) = &patch.groups_claim {
+            after.groups_claim = valid_claim("groups_claim", Some(claim))?;
+        }
+        if let Some(claim) = &patch.admin_claim {
+            after.admin_claim = valid_claim("admin_claim", Some(claim))?;
+        }
+        if patch.client_session_lifetime_secs.is_some() {
+            after.client_session_lifetime_secs =
+                valid_lifetime(patch.client_session_lifetime_secs)?;
+        }
+        identity_providers::update(tx, admin.account_id, &after, now_ms()).await?;
+        let slug = slug(tx, &admin).await?;
+        Ok(Outcome::updated(
+            "identity_provider.update",
+            before.id,
+            &view(&state, &slug, &before),
+            view(&state, &slug, &after),
+            Notices::Quiet("a provider's settings apply from the next sign-in with it"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/identity_providers/{id}", tag = "identity providers",
@@ -299,30 +287,32 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let provider = provider_of(&mut tx, &admin, &id).await?;
-    let slug = slug(&mut tx, &admin).await?;
-    let removed = identity_providers::delete(&mut tx, admin.account_id, provider.id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
-    let shown = view(&state, &slug, &provider);
-    record(
-        &mut tx,
+    audited::write_scoped(
+        &state,
         &admin,
-        "identity_provider.delete",
-        provider.id,
-        Some(&shown),
-        None::<&ProviderView>,
+        &id,
+        async |tx, provider: IdentityProvider| {
+            let slug = slug(tx, &admin).await?;
+            let removed = identity_providers::delete(tx, admin.account_id, provider.id)
+                .await?
+                .ok_or_else(Problem::not_found)?;
+            let mut changes: Vec<Change> = removed
+                .tokens
+                .into_iter()
+                .map(Change::TokenRevoked)
+                .collect();
+            if !removed.actors.is_empty() {
+                changes.push(Change::Actors(removed.actors));
+            }
+            Ok(Outcome::deleted(
+                "identity_provider.delete",
+                provider.id,
+                &view(&state, &slug, &provider),
+                changes,
+            ))
+        },
     )
-    .await?;
-    tx.commit().await?;
-    for token in removed.tokens {
-        state.changed(admin.account_id, Change::TokenRevoked(token));
-    }
-    if !removed.actors.is_empty() {
-        state.changed(admin.account_id, Change::Actors(removed.actors));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 #[cfg(test)]

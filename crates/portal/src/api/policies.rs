@@ -1,7 +1,6 @@
 //! `/policies`: group -> resource with conditions (SPEC F14).
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use jiff::Timestamp;
 use postern_model::Condition;
@@ -10,12 +9,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record};
+use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::PolicyRecord;
 use crate::state::Change;
-use crate::store::{Tx, groups, policies, resources};
+use crate::store::{Conn, groups, policies, resources};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,13 +42,7 @@ pub struct PolicyPatch {
     pub disabled: Option<bool>,
 }
 
-async fn policy_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<PolicyRecord> {
-    policies::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
-}
-
-async fn validate(tx: &mut Tx, admin: &Admin, policy: &mut PolicyRecord) -> ApiResult<()> {
+async fn validate(tx: &mut Conn, admin: &Admin, policy: &mut PolicyRecord) -> ApiResult<()> {
     if groups::get(tx, admin.account_id, policy.group_id)
         .await?
         .is_none()
@@ -81,10 +75,7 @@ async fn validate(tx: &mut Tx, admin: &Admin, policy: &mut PolicyRecord) -> ApiR
 
 #[utoipa::path(get, path = "/policies", tag = "policies", responses((status = 200, body = List<PolicyRecord>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = policies::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<PolicyRecord>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/policies", tag = "policies", request_body = PolicyInput,
@@ -103,21 +94,13 @@ pub async fn create(
         disabled: input.disabled,
         created_at: Timestamp::now(),
     };
-    let mut tx = state.store.write().await?;
-    validate(&mut tx, &admin, &mut policy).await?;
-    policies::insert(&mut tx, admin.account_id, &policy).await?;
-    record(
-        &mut tx,
-        &admin,
-        "policy.create",
-        policy.id,
-        None::<&PolicyRecord>,
-        Some(&policy),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Groups(vec![policy.group_id]));
-    Ok((StatusCode::CREATED, axum::Json(policy)))
+    audited::write(&state, &admin, async |tx| {
+        validate(tx, &admin, &mut policy).await?;
+        policies::insert(tx, admin.account_id, &policy).await?;
+        let change = Change::Groups(vec![policy.group_id]);
+        Ok(Outcome::created("policy.create", policy.id, policy, change))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/policies/{id}", tag = "policies", responses((status = 200, body = PolicyRecord), (status = 404)))]
@@ -126,10 +109,9 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let policy = policy_of(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(policy))
+    Ok(axum::Json(
+        read_one::<PolicyRecord>(&state, &admin, &id).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/policies/{id}", tag = "policies", request_body = PolicyPatch,
@@ -140,41 +122,35 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<PolicyPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let before = policy_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(group_id) = patch.group_id {
-        after.group_id = group_id;
-    }
-    if let Some(resource_id) = patch.resource_id {
-        after.resource_id = resource_id;
-    }
-    if let Some(conditions) = patch.conditions {
-        after.conditions = conditions;
-    }
-    if let Some(description) = patch.description {
-        after.description = description;
-    }
-    if let Some(disabled) = patch.disabled {
-        after.disabled = disabled;
-    }
-    validate(&mut tx, &admin, &mut after).await?;
-    policies::update(&mut tx, admin.account_id, &after, now_ms()).await?;
-    record(
-        &mut tx,
-        &admin,
-        "policy.update",
-        after.id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(
-        admin.account_id,
-        Change::Groups(vec![before.group_id, after.group_id]),
-    );
-    Ok(axum::Json(after))
+    audited::write_scoped(&state, &admin, &id, async |tx, before: PolicyRecord| {
+        let mut after = before.clone();
+        if let Some(group_id) = patch.group_id {
+            after.group_id = group_id;
+        }
+        if let Some(resource_id) = patch.resource_id {
+            after.resource_id = resource_id;
+        }
+        if let Some(conditions) = patch.conditions {
+            after.conditions = conditions;
+        }
+        if let Some(description) = patch.description {
+            after.description = description;
+        }
+        if let Some(disabled) = patch.disabled {
+            after.disabled = disabled;
+        }
+        validate(tx, &admin, &mut after).await?;
+        policies::update(tx, admin.account_id, &after, now_ms()).await?;
+        let change = Change::Groups(vec![before.group_id, after.group_id]);
+        Ok(Outcome::updated(
+            "policy.update",
+            before.id,
+            &before,
+            after,
+            change,
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/policies/{id}", tag = "policies",
@@ -185,19 +161,14 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let policy = policy_of(&mut tx, &admin, &id).await?;
-    policies::delete(&mut tx, admin.account_id, policy.id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "policy.delete",
-        policy.id,
-        Some(&policy),
-        None::<&PolicyRecord>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Groups(vec![policy.group_id]));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write_scoped(&state, &admin, &id, async |tx, policy: PolicyRecord| {
+        policies::delete(tx, admin.account_id, policy.id).await?;
+        Ok(Outcome::deleted(
+            "policy.delete",
+            policy.id,
+            &policy,
+            Change::Groups(vec![policy.group_id]),
+        ))
+    })
+    .await
 }

@@ -1,7 +1,6 @@
 //! `/resources`: addresses validated per SPEC F9-F11, filters per F12.
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use jiff::Timestamp;
 use postern_model::{Filter, ResourceAddress, ResourceType};
@@ -9,12 +8,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
 use crate::domain::Resource;
 use crate::state::Change;
-use crate::store::{Tx, resources, sites};
+use crate::store::{Conn, resources, sites};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,15 +50,9 @@ pub struct ResourcePatch {
 /// Filters travel in every authorization; keep them a list, not a novel.
 const MAX_FILTERS: usize = 32;
 
-pub(crate) async fn resource_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Resource> {
-    resources::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
-}
-
 /// Validates the parts of a resource that depend on each other and on the
 /// account, and puts the address in canonical form.
-async fn validate(tx: &mut Tx, admin: &Admin, resource: &mut Resource) -> ApiResult<()> {
+async fn validate(tx: &mut Conn, admin: &Admin, resource: &mut Resource) -> ApiResult<()> {
     let address = ResourceAddress::parse(resource.kind, resource.address.as_deref())
         .map_err(|e| Problem::invalid("address", e))?;
     resource.address = address.to_text();
@@ -100,10 +94,7 @@ async fn validate(tx: &mut Tx, admin: &Admin, resource: &mut Resource) -> ApiRes
 
 #[utoipa::path(get, path = "/resources", tag = "resources", responses((status = 200, body = List<Resource>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let all = resources::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(all))
+    Ok(List::of(read_all::<Resource>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/resources", tag = "resources", request_body = ResourceInput,
@@ -123,21 +114,18 @@ pub async fn create(
         filters: input.filters,
         created_at: Timestamp::now(),
     };
-    let mut tx = state.store.write().await?;
-    validate(&mut tx, &admin, &mut resource).await?;
-    resources::insert(&mut tx, admin.account_id, &resource).await?;
-    record(
-        &mut tx,
-        &admin,
-        "resource.create",
-        resource.id,
-        None::<&Resource>,
-        Some(&resource),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Resource(resource.id));
-    Ok((StatusCode::CREATED, axum::Json(resource)))
+    audited::write(&state, &admin, async |tx| {
+        validate(tx, &admin, &mut resource).await?;
+        resources::insert(tx, admin.account_id, &resource).await?;
+        let id = resource.id;
+        Ok(Outcome::created(
+            "resource.create",
+            id,
+            resource,
+            Change::Resource(id),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/resources/{id}", tag = "resources", responses((status = 200, body = Resource), (status = 404)))]
@@ -146,10 +134,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let resource = resource_of(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(resource))
+    Ok(axum::Json(read_one::<Resource>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/resources/{id}", tag = "resources", request_body = ResourcePatch,
@@ -160,44 +145,41 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<ResourcePatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let before = resource_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(name) = &patch.name {
-        after.name = valid_name("name", name)?;
-    }
-    if let Some(kind) = patch.kind {
-        after.kind = kind;
-        if kind == ResourceType::Internet && patch.address.is_none() {
-            after.address = None;
+    audited::write_scoped(&state, &admin, &id, async |tx, before: Resource| {
+        let mut after = before.clone();
+        if let Some(name) = &patch.name {
+            after.name = valid_name("name", name)?;
         }
-    }
-    if patch.address.is_some() {
-        after.address = patch.address;
-    }
-    if let Some(site_id) = patch.site_id {
-        after.site_id = site_id;
-    }
-    if let Some(filters) = patch.filters {
-        after.filters = filters;
-    }
-    if patch.address_description.is_some() {
-        after.address_description = patch.address_description;
-    }
-    validate(&mut tx, &admin, &mut after).await?;
-    resources::update(&mut tx, admin.account_id, &after, now_ms()).await?;
-    record(
-        &mut tx,
-        &admin,
-        "resource.update",
-        after.id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Resource(after.id));
-    Ok(axum::Json(after))
+        if let Some(kind) = patch.kind {
+            after.kind = kind;
+            if kind == ResourceType::Internet && patch.address.is_none() {
+                after.address = None;
+            }
+        }
+        if patch.address.is_some() {
+            after.address = patch.address;
+        }
+        if let Some(site_id) = patch.site_id {
+            after.site_id = site_id;
+        }
+        if let Some(filters) = patch.filters {
+            after.filters = filters;
+        }
+        if patch.address_description.is_some() {
+            after.address_description = patch.address_description;
+        }
+        validate(tx, &admin, &mut after).await?;
+        resources::update(tx, admin.account_id, &after, now_ms()).await?;
+        let id = before.id;
+        Ok(Outcome::updated(
+            "resource.update",
+            id,
+            &before,
+            after,
+            Change::Resource(id),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/resources/{id}", tag = "resources",
@@ -208,19 +190,14 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let resource = resource_of(&mut tx, &admin, &id).await?;
-    resources::delete(&mut tx, admin.account_id, resource.id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "resource.delete",
-        resource.id,
-        Some(&resource),
-        None::<&Resource>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::Resource(resource.id));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write_scoped(&state, &admin, &id, async |tx, resource: Resource| {
+        resources::delete(tx, admin.account_id, resource.id).await?;
+        Ok(Outcome::deleted(
+            "resource.delete",
+            resource.id,
+            &resource,
+            Change::Resource(resource.id),
+        ))
+    })
+    .await
 }

@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audited::{self, Entry, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, parse_id, record, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
 use crate::auth::token;
-use crate::domain::{Device, DeviceKind, Site, TokenKind};
+use crate::domain::{Device, DeviceKind, Site, TokenKind, impact};
 use crate::state::Change;
 use crate::store::tokens::NewToken;
-use crate::store::{Tx, devices, resources, sites, tokens};
+use crate::store::{devices, resources, sites, tokens};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,18 +49,9 @@ pub struct GatewayView {
     pub load: u64,
 }
 
-pub(crate) async fn site_of(tx: &mut Tx, admin: &Admin, id: &str) -> ApiResult<Site> {
-    sites::get(tx, admin.account_id, parse_id(id)?)
-        .await?
-        .ok_or_else(Problem::not_found)
-}
-
 #[utoipa::path(get, path = "/sites", tag = "sites", responses((status = 200, body = List<Site>)))]
 pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let sites = sites::list(&mut tx, admin.account_id).await?;
-    tx.commit().await?;
-    Ok(List::of(sites))
+    Ok(List::of(read_all::<Site>(&state, &admin).await?))
 }
 
 #[utoipa::path(post, path = "/sites", tag = "sites", request_body = SiteInput,
@@ -74,19 +66,16 @@ pub async fn create(
         name: valid_name("name", &input.name)?,
         created_at: Timestamp::now(),
     };
-    let mut tx = state.store.write().await?;
-    sites::insert(&mut tx, admin.account_id, &site).await?;
-    record(
-        &mut tx,
-        &admin,
-        "site.create",
-        site.id,
-        None::<&Site>,
-        Some(&site),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(site)))
+    audited::write(&state, &admin, async |tx| {
+        sites::insert(tx, admin.account_id, &site).await?;
+        Ok(Outcome::created(
+            "site.create",
+            site.id,
+            site,
+            Notices::Quiet("a new site has no resources yet"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/sites/{id}", tag = "sites", responses((status = 200, body = Site), (status = 404)))]
@@ -95,10 +84,7 @@ pub async fn get(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.read().await?;
-    let site = site_of(&mut tx, &admin, &id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(site))
+    Ok(axum::Json(read_one::<Site>(&state, &admin, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/sites/{id}", tag = "sites", request_body = SitePatch,
@@ -114,24 +100,21 @@ pub async fn update(
         .as_deref()
         .map(|n| valid_name("name", n))
         .transpose()?;
-    let mut tx = state.store.write().await?;
-    let before = site_of(&mut tx, &admin, &id).await?;
-    let mut after = before.clone();
-    if let Some(name) = name {
-        after.name = name;
-    }
-    sites::rename(&mut tx, admin.account_id, after.id, &after.name, now_ms()).await?;
-    record(
-        &mut tx,
-        &admin,
-        "site.update",
-        after.id,
-        Some(&before),
-        Some(&after),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(after))
+    audited::write_scoped(&state, &admin, &id, async |tx, before: Site| {
+        let mut after = before.clone();
+        if let Some(name) = name {
+            after.name = name;
+        }
+        sites::rename(tx, admin.account_id, after.id, &after.name, now_ms()).await?;
+        Ok(Outcome::updated(
+            "site.update",
+            before.id,
+            &before,
+            after,
+            Notices::Quiet("clients and gateways are not told site names"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/sites/{id}", tag = "sites",
@@ -142,30 +125,18 @@ pub async fn remove(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = state.store.write().await?;
-    let site = site_of(&mut tx, &admin, &id).await?;
-    // Its resources go with it: their clients and gateways must hear.
-    let resource_ids: Vec<Uuid> = resources::list(&mut tx, admin.account_id)
-        .await?
-        .into_iter()
-        .filter(|r| r.site_id == site.id)
-        .map(|r| r.id)
-        .collect();
-    sites::delete(&mut tx, admin.account_id, site.id).await?;
-    record(
-        &mut tx,
-        &admin,
-        "site.delete",
-        site.id,
-        Some(&site),
-        None::<&Site>,
-    )
-    .await?;
-    tx.commit().await?;
-    for resource_id in resource_ids {
-        state.changed(admin.account_id, Change::Resource(resource_id));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    audited::write_scoped(&state, &admin, &id, async |tx, site: Site| {
+        let all = resources::list(tx, admin.account_id).await?;
+        let gone = impact::deleted_with_site(site.id, &all);
+        sites::delete(tx, admin.account_id, site.id).await?;
+        Ok(Outcome::deleted(
+            "site.delete",
+            site.id,
+            &site,
+            gone.into_iter().map(Change::Resource).collect::<Vec<_>>(),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/sites/{id}/gateway_tokens", tag = "sites",
@@ -178,36 +149,31 @@ pub async fn create_gateway_token(
 ) -> ApiResult<impl IntoResponse> {
     let minted = token::mint("")
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let mut tx = state.store.write().await?;
-    let site = site_of(&mut tx, &admin, &id).await?;
-    let new = NewToken {
-        account_id: Some(admin.account_id),
-        kind: TokenKind::Gateway,
-        actor_id: None,
-        site_id: Some(site.id),
-        identity_provider_id: None,
-        expires_at_ms: None,
-    };
-    tokens::insert(&mut tx, &minted, &new, now_ms()).await?;
-    let shown = serde_json::json!({"kind": "gateway", "site_id": site.id});
-    record(
-        &mut tx,
-        &admin,
-        "token.create",
-        minted.id,
-        None::<&()>,
-        Some(&shown),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(NewSecret {
-            id: minted.id,
-            token: minted.token,
-            expires_at: None,
-        }),
-    ))
+    audited::write_scoped(&state, &admin, &id, async |tx, site: Site| {
+        let new = NewToken {
+            account_id: Some(admin.account_id),
+            kind: TokenKind::Gateway,
+            actor_id: None,
+            site_id: Some(site.id),
+            identity_provider_id: None,
+            expires_at_ms: None,
+        };
+        tokens::insert(tx, &minted, &new, now_ms()).await?;
+        let shown = serde_json::json!({"kind": "gateway", "site_id": site.id});
+        Ok(Outcome::new(
+            (
+                StatusCode::CREATED,
+                axum::Json(NewSecret {
+                    id: minted.id,
+                    token: minted.token,
+                    expires_at: None,
+                }),
+            ),
+            Entry::created("token.create", minted.id, &shown),
+            Notices::Quiet("a new token changes nothing until a gateway connects with it"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/sites/{id}/gateways", tag = "sites",
@@ -218,7 +184,7 @@ pub async fn gateways(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let mut tx = state.store.read().await?;
-    let site = site_of(&mut tx, &admin, &id).await?;
+    let site: Site = scoped(&mut tx, &admin, &id).await?;
     let gateways = devices::list(
         &mut tx,
         admin.account_id,

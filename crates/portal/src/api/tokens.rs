@@ -8,11 +8,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::audited::{self, Entry, Notices, Outcome};
 use super::problem::{ApiResult, Problem};
 use super::sites::NewSecret;
-use super::{Admin, Shared, now_ms, parse_id, record};
+use super::{Admin, Shared, now_ms, parse_id};
 use crate::auth::token;
-use crate::domain::{Role, TokenKind};
+use crate::domain::{Actor, Role, TokenKind};
 use crate::state::Change;
 use crate::store::tokens::{self, NewToken};
 use axum::body::Bytes;
@@ -46,57 +47,53 @@ pub async fn create(
         super::body::parse(&body)?
     };
     let now = Timestamp::now();
-    let mut tx = state.store.write().await?;
-    let actor = super::actors::actor_of(&mut tx, &admin, &id).await?;
-    let (kind, default_lifetime) = match actor.role {
-        Role::ServiceAccount => (TokenKind::Client, SERVICE_ACCOUNT_LIFETIME),
-        Role::Admin => (TokenKind::Api, API_TOKEN_LIFETIME),
-        Role::User => {
-            return Err(Problem::conflict(
-                "users get client tokens by signing in with `postern client sign-in`",
-            ));
+    audited::write_scoped(&state, &admin, &id, async |tx, actor: Actor| {
+        let (kind, default_lifetime) = match actor.role {
+            Role::ServiceAccount => (TokenKind::Client, SERVICE_ACCOUNT_LIFETIME),
+            Role::Admin => (TokenKind::Api, API_TOKEN_LIFETIME),
+            Role::User => {
+                return Err(Problem::conflict(
+                    "users get client tokens by signing in with `postern client sign-in`",
+                ));
+            }
+        };
+        if actor.disabled {
+            return Err(Problem::conflict("the actor is disabled"));
         }
-    };
-    if actor.disabled {
-        return Err(Problem::conflict("the actor is disabled"));
-    }
-    let expires_at = input.expires_at.unwrap_or(now + default_lifetime);
-    if expires_at <= now {
-        return Err(Problem::invalid("expires_at", "must be in the future"));
-    }
-    if expires_at > now + MAX_LIFETIME {
-        return Err(Problem::invalid("expires_at", "must be within ten years"));
-    }
-    let minted = token::mint("")
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let new = NewToken {
-        account_id: Some(admin.account_id),
-        kind,
-        actor_id: Some(actor.id),
-        site_id: None,
-        identity_provider_id: None,
-        expires_at_ms: Some(expires_at.as_millisecond()),
-    };
-    tokens::insert(&mut tx, &minted, &new, now_ms()).await?;
-    let shown = serde_json::json!({"kind": kind, "actor_id": actor.id, "expires_at": expires_at});
-    record(
-        &mut tx,
-        &admin,
-        "token.create",
-        minted.id,
-        None::<&()>,
-        Some(&shown),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(NewSecret {
-            id: minted.id,
-            token: minted.token,
-            expires_at: Some(expires_at),
-        }),
-    ))
+        let expires_at = input.expires_at.unwrap_or(now + default_lifetime);
+        if expires_at <= now {
+            return Err(Problem::invalid("expires_at", "must be in the future"));
+        }
+        if expires_at > now + MAX_LIFETIME {
+            return Err(Problem::invalid("expires_at", "must be within ten years"));
+        }
+        let minted = token::mint("")
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let new = NewToken {
+            account_id: Some(admin.account_id),
+            kind,
+            actor_id: Some(actor.id),
+            site_id: None,
+            identity_provider_id: None,
+            expires_at_ms: Some(expires_at.as_millisecond()),
+        };
+        tokens::insert(tx, &minted, &new, now_ms()).await?;
+        let shown =
+            serde_json::json!({"kind": kind, "actor_id": actor.id, "expires_at": expires_at});
+        Ok(Outcome::new(
+            (
+                StatusCode::CREATED,
+                axum::Json(NewSecret {
+                    id: minted.id,
+                    token: minted.token,
+                    expires_at: Some(expires_at),
+                }),
+            ),
+            Entry::created("token.create", minted.id, &shown),
+            Notices::Quiet("a new token changes nothing until a client connects with it"),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens",
@@ -108,25 +105,21 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
-    let mut tx = state.store.write().await?;
-    let record_before = tokens::delete(&mut tx, admin.account_id, id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
-    let before = serde_json::json!({
-        "kind": record_before.kind,
-        "actor_id": record_before.actor_id,
-        "site_id": record_before.site_id,
-    });
-    record(
-        &mut tx,
-        &admin,
-        "token.revoke",
-        id,
-        Some(&before),
-        None::<&()>,
-    )
-    .await?;
-    tx.commit().await?;
-    state.changed(admin.account_id, Change::TokenRevoked(id));
-    Ok(StatusCode::NO_CONTENT)
+    audited::write(&state, &admin, async |tx| {
+        let revoked = tokens::delete(tx, admin.account_id, id)
+            .await?
+            .ok_or_else(Problem::not_found)?;
+        let before = serde_json::json!({
+            "kind": revoked.kind,
+            "actor_id": revoked.actor_id,
+            "site_id": revoked.site_id,
+        });
+        Ok(Outcome::deleted(
+            "token.revoke",
+            id,
+            &before,
+            Change::TokenRevoked(id),
+        ))
+    })
+    .await
 }

@@ -11,15 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-/// A freshly minted token: what the user gets once, and what the store keeps.
-#[derive(Debug)]
-pub struct Minted {
-    pub id: Uuid,
-    /// The whole token, shown once.
-    pub token: String,
-    pub salt: String,
-    pub hash: String,
-}
+use crate::domain::MintedToken;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the system random number generator failed: {0}")]
@@ -39,7 +31,7 @@ pub fn random_secret() -> Result<String, RandomError> {
 
 /// Mints a token whose secret is `prefix` (a client's nonce, or empty) joined
 /// with fresh randomness.
-pub fn mint(prefix: &str) -> Result<Minted, RandomError> {
+pub fn mint(prefix: &str) -> Result<MintedToken, RandomError> {
     let id = Uuid::new_v4();
     let random = random_secret()?;
     let mut salt = [0u8; 16];
@@ -47,7 +39,7 @@ pub fn mint(prefix: &str) -> Result<Minted, RandomError> {
     let salt = URL_SAFE_NO_PAD.encode(salt);
     let secret = format!("{prefix}{random}");
     let hash = hash(&salt, &secret);
-    Ok(Minted {
+    Ok(MintedToken {
         id,
         token: format!("{secret}.{}", id.simple()),
         salt,

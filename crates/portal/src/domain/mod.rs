@@ -1,8 +1,10 @@
-//! The portal's objects as the API shows them and the store keeps them. Rules
-//! that span objects (who may see what, what a change affects) live with the
-//! code that applies them; these are the nouns.
+//! The portal's objects as the API shows them and the store keeps them: the
+//! nouns. `impact` holds what a change affects, which every front end must
+//! tell continuous evaluation alike; who may see what lives with the code
+//! that applies it (`channels`).
 
 pub mod address;
+pub mod impact;
 
 use jiff::Timestamp;
 use postern_model::{Condition, Filter, ResourceType};
@@ -175,6 +177,18 @@ pub struct TokenRecord {
     pub site_id: Option<Uuid>,
     pub identity_provider_id: Option<Uuid>,
     pub expires_at: Option<Timestamp>,
+}
+
+/// A freshly minted token (`auth::token::mint`): what the user gets once,
+/// and the salt and hash the store keeps. A noun here so that the store can
+/// keep it without importing `auth`, which sits above the store.
+#[derive(Debug)]
+pub struct MintedToken {
+    pub id: Uuid,
+    /// The whole token, shown once.
+    pub token: String,
+    pub salt: String,
+    pub hash: String,
 }
 
 /// An OpenID Connect provider users of an account sign in with.

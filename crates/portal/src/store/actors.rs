@@ -4,24 +4,27 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
 use crate::domain::{Actor, Role, from_millis};
 
-const COLUMNS: &str = "id, name, email, role, disabled, created_at";
+impl Scoped for Actor {
+    const TABLE: &'static str = "actors";
+    const COLUMNS: &'static str = "id, name, email, role, disabled, created_at";
 
-fn from_row(row: &AnyRow) -> Result<Actor> {
-    let role: String = row.try_get("role")?;
-    Ok(Actor {
-        id: uuid_column(row, "actors", "id")?,
-        name: row.try_get("name")?,
-        email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
-            table: "actors",
-            detail: format!("unknown role {role:?}"),
-        })?,
-        disabled: row.try_get::<i64, _>("disabled")? != 0,
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+    fn from_row(row: &AnyRow) -> Result<Actor> {
+        let role: String = row.try_get("role")?;
+        Ok(Actor {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            name: row.try_get("name")?,
+            email: row.try_get("email")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+                table: Self::TABLE,
+                detail: format!("unknown role {role:?}"),
+            })?,
+            disabled: row.try_get::<i64, _>("disabled")? != 0,
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 pub async fn insert(conn: &mut Conn, account: Uuid, actor: &Actor) -> Result<()> {
@@ -44,22 +47,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, actor: &Actor) -> Result<()>
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Actor>> {
-    let sql = format!("SELECT {COLUMNS} FROM actors WHERE account_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Actor>> {
-    let sql = format!("SELECT {COLUMNS} FROM actors WHERE account_id = $1 ORDER BY created_at, id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn update(conn: &mut Conn, account: Uuid, actor: &Actor, now_ms: i64) -> Result<()> {
@@ -81,7 +73,7 @@ pub async fn update(conn: &mut Conn, account: Uuid, actor: &Actor, now_ms: i64) 
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    super::delete_scoped(conn, "actors", account, id).await
+    super::delete_scoped::<Actor>(conn, account, id).await
 }
 
 /// Enabled admins of the account: the API refuses to remove the last one.
@@ -97,11 +89,14 @@ pub async fn count_enabled_admins(conn: &mut Conn, account: Uuid) -> Result<i64>
 
 /// The actor with this email (stored lowercase) in the account.
 pub async fn by_email(conn: &mut Conn, account: Uuid, email: &str) -> Result<Option<Actor>> {
-    let sql = format!("SELECT {COLUMNS} FROM actors WHERE account_id = $1 AND email = $2");
+    let sql = format!(
+        "SELECT {} FROM actors WHERE account_id = $1 AND email = $2",
+        Actor::COLUMNS
+    );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(account.to_string())
         .bind(email.trim().to_ascii_lowercase())
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(from_row).transpose()
+    row.as_ref().map(Actor::from_row).transpose()
 }

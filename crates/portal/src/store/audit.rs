@@ -14,9 +14,10 @@ pub struct Author {
     pub token_id: Option<Uuid>,
 }
 
-/// The change being recorded.
+/// An audit log line to write (`domain::AuditEntry` is the line read back).
+/// Not `state::Change`, which tells continuous evaluation what a commit touched.
 #[derive(Debug)]
-pub struct Change<'a> {
+pub struct NewAuditEntry<'a> {
     pub action: &'a str,
     pub object_type: &'a str,
     pub object_id: String,
@@ -28,7 +29,7 @@ pub async fn record(
     conn: &mut Conn,
     account: Uuid,
     author: Author,
-    change: Change<'_>,
+    entry: NewAuditEntry<'_>,
     now_ms: i64,
 ) -> Result<()> {
     sqlx::query(
@@ -39,11 +40,11 @@ pub async fn record(
     .bind(now_ms)
     .bind(author.actor_id.map(|id| id.to_string()))
     .bind(author.token_id.map(|id| id.to_string()))
-    .bind(change.action)
-    .bind(change.object_type)
-    .bind(change.object_id)
-    .bind(change.before.map(|v| v.to_string()))
-    .bind(change.after.map(|v| v.to_string()))
+    .bind(entry.action)
+    .bind(entry.object_type)
+    .bind(entry.object_id)
+    .bind(entry.before.map(|v| v.to_string()))
+    .bind(entry.after.map(|v| v.to_string()))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -5,29 +5,34 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
 use crate::domain::{Group, GroupKind, from_millis};
 
 pub const EVERYONE: &str = "Everyone";
 
-fn from_row(row: &AnyRow) -> Result<Group> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Group {
-        id: uuid_column(row, "groups", "id")?,
-        name: row.try_get("name")?,
-        kind: match kind.as_str() {
-            "static" => GroupKind::Static,
-            "everyone" => GroupKind::Everyone,
-            "provider" => GroupKind::Provider,
-            other => {
-                return Err(StoreError::Corrupt {
-                    table: "groups",
-                    detail: format!("unknown kind {other:?}"),
-                });
-            }
-        },
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+impl Scoped for Group {
+    const TABLE: &'static str = "groups";
+    const COLUMNS: &'static str = "id, name, kind, created_at";
+
+    fn from_row(row: &AnyRow) -> Result<Group> {
+        let kind: String = row.try_get("kind")?;
+        Ok(Group {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            name: row.try_get("name")?,
+            kind: match kind.as_str() {
+                "static" => GroupKind::Static,
+                "everyone" => GroupKind::Everyone,
+                "provider" => GroupKind::Provider,
+                other => {
+                    return Err(StoreError::Corrupt {
+                        table: Self::TABLE,
+                        detail: format!("unknown kind {other:?}"),
+                    });
+                }
+            },
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 pub async fn insert(conn: &mut Conn, account: Uuid, group: &Group) -> Result<()> {
@@ -52,24 +57,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, group: &Group) -> Result<()>
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Group>> {
-    let row = sqlx::query(
-        "SELECT id, name, kind, created_at FROM groups WHERE account_id = $1 AND id = $2",
-    )
-    .bind(account.to_string())
-    .bind(id.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Group>> {
-    let rows = sqlx::query(
-        "SELECT id, name, kind, created_at FROM groups WHERE account_id = $1 ORDER BY created_at, id",
-    )
-    .bind(account.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn rename(
@@ -79,19 +71,11 @@ pub async fn rename(
     name: &str,
     now_ms: i64,
 ) -> Result<()> {
-    sqlx::query("UPDATE groups SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
-        .bind(name)
-        .bind(now_ms)
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
+    super::rename_scoped::<Group>(conn, account, id, name, now_ms).await
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    super::delete_scoped(conn, "groups", account, id).await
+    super::delete_scoped::<Group>(conn, account, id).await
 }
 
 /// Members of a group; for `Everyone`, every user and admin.

@@ -5,24 +5,27 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, classify, uuid_column};
+use super::{Conn, Result, Scoped, classify, uuid_column};
 use crate::domain::{IdentityProvider, from_millis};
 
-const COLUMNS: &str = "id, name, issuer, client_id, client_secret, groups_claim, admin_claim, \
-                       client_session_lifetime_secs, created_at";
+impl Scoped for IdentityProvider {
+    const TABLE: &'static str = "identity_providers";
+    const COLUMNS: &'static str = "id, name, issuer, client_id, client_secret, groups_claim, \
+                                   admin_claim, client_session_lifetime_secs, created_at";
 
-fn from_row(row: &AnyRow) -> Result<IdentityProvider> {
-    Ok(IdentityProvider {
-        id: uuid_column(row, "identity_providers", "id")?,
-        name: row.try_get("name")?,
-        issuer: row.try_get("issuer")?,
-        client_id: row.try_get("client_id")?,
-        sealed_client_secret: row.try_get("client_secret")?,
-        groups_claim: row.try_get("groups_claim")?,
-        admin_claim: row.try_get("admin_claim")?,
-        client_session_lifetime_secs: row.try_get("client_session_lifetime_secs")?,
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+    fn from_row(row: &AnyRow) -> Result<IdentityProvider> {
+        Ok(IdentityProvider {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            name: row.try_get("name")?,
+            issuer: row.try_get("issuer")?,
+            client_id: row.try_get("client_id")?,
+            sealed_client_secret: row.try_get("client_secret")?,
+            groups_claim: row.try_get("groups_claim")?,
+            admin_claim: row.try_get("admin_claim")?,
+            client_session_lifetime_secs: row.try_get("client_session_lifetime_secs")?,
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 pub async fn insert(conn: &mut Conn, account: Uuid, provider: &IdentityProvider) -> Result<()> {
@@ -48,24 +51,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, provider: &IdentityProvider)
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<IdentityProvider>> {
-    let sql = format!("SELECT {COLUMNS} FROM identity_providers WHERE account_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<IdentityProvider>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM identity_providers WHERE account_id = $1 ORDER BY created_at, id"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn update(
@@ -128,7 +118,7 @@ pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<R
         .iter()
         .map(|row| uuid_column(row, "tokens", "id"))
         .collect::<Result<Vec<_>>>()?;
-    if !super::delete_scoped(conn, "identity_providers", account, id).await? {
+    if !super::delete_scoped::<IdentityProvider>(conn, account, id).await? {
         return Ok(None);
     }
     for sql in [

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use uuid::Uuid;
@@ -244,15 +244,81 @@ fn normalize_url(url: &str) -> Result<(Engine, String)> {
     ))
 }
 
-/// Deletes one row of an account-scoped table; `table` is one of ours,
-/// never input. Whether a row was deleted.
-pub(crate) async fn delete_scoped(
+/// A table of rows that each belong to one account, read whole into `Self`.
+/// The generic `get_scoped`, `list_scoped`, `rename_scoped` and
+/// `delete_scoped` below serve every such table: their SQL differs between
+/// tables only in these names, which are ours, never input.
+pub(crate) trait Scoped: Sized {
+    const TABLE: &'static str;
+    /// What `from_row` reads.
+    const COLUMNS: &'static str;
+    fn from_row(row: &AnyRow) -> Result<Self>;
+}
+
+/// The account's row with this id; another account's is `None`, like a
+/// missing one.
+pub(crate) async fn get_scoped<T: Scoped>(
     conn: &mut Conn,
-    table: &'static str,
+    account: Uuid,
+    id: Uuid,
+) -> Result<Option<T>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE account_id = $1 AND id = $2",
+        T::COLUMNS,
+        T::TABLE
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(T::from_row).transpose()
+}
+
+/// The account's rows, oldest first.
+pub(crate) async fn list_scoped<T: Scoped>(conn: &mut Conn, account: Uuid) -> Result<Vec<T>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE account_id = $1 ORDER BY created_at, id",
+        T::COLUMNS,
+        T::TABLE
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(T::from_row).collect()
+}
+
+/// Renames one row of a table with a `name` column.
+pub(crate) async fn rename_scoped<T: Scoped>(
+    conn: &mut Conn,
+    account: Uuid,
+    id: Uuid,
+    name: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4",
+        T::TABLE
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .bind(now_ms)
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Deletes one row; whether there was one.
+pub(crate) async fn delete_scoped<T: Scoped>(
+    conn: &mut Conn,
     account: Uuid,
     id: Uuid,
 ) -> Result<bool> {
-    let sql = format!("DELETE FROM {table} WHERE account_id = $1 AND id = $2");
+    let sql = format!("DELETE FROM {} WHERE account_id = $1 AND id = $2", T::TABLE);
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(account.to_string())
         .bind(id.to_string())
@@ -277,11 +343,7 @@ pub(crate) fn classify(error: sqlx::Error) -> StoreError {
 }
 
 /// Reads a UUID column kept as text.
-pub(crate) fn uuid_column(
-    row: &sqlx::any::AnyRow,
-    table: &'static str,
-    column: &str,
-) -> Result<Uuid> {
+pub(crate) fn uuid_column(row: &AnyRow, table: &'static str, column: &str) -> Result<Uuid> {
     use sqlx::Row;
     let text: String = row.try_get(column)?;
     Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt {
@@ -291,7 +353,7 @@ pub(crate) fn uuid_column(
 }
 
 pub(crate) fn opt_uuid_column(
-    row: &sqlx::any::AnyRow,
+    row: &AnyRow,
     table: &'static str,
     column: &str,
 ) -> Result<Option<Uuid>> {
@@ -334,5 +396,74 @@ mod tests {
             normalize_url("postgres://u@h/d").unwrap().0,
             Engine::Postgres
         );
+    }
+
+    /// The generic helpers see only the account's own rows: another
+    /// account's id reads as missing and is neither renamed nor deleted.
+    #[tokio::test]
+    async fn scoped_helpers_stay_inside_the_account() {
+        use crate::domain::Site;
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let mut tx = store.write().await.unwrap();
+        let ours = accounts::insert(&mut tx, "ours", "Ours", 0)
+            .await
+            .unwrap()
+            .id;
+        let theirs = accounts::insert(&mut tx, "theirs", "Theirs", 0)
+            .await
+            .unwrap()
+            .id;
+        let site = |id: u128, name: &str, at: i64| Site {
+            id: Uuid::from_u128(id),
+            name: name.to_string(),
+            created_at: crate::domain::from_millis(at),
+        };
+        // Inserted out of order: listing goes by creation time.
+        sites::insert(&mut tx, ours, &site(2, "second", 20))
+            .await
+            .unwrap();
+        sites::insert(&mut tx, ours, &site(1, "first", 10))
+            .await
+            .unwrap();
+        sites::insert(&mut tx, theirs, &site(3, "theirs", 5))
+            .await
+            .unwrap();
+
+        let listed: Vec<Site> = list_scoped(&mut tx, ours).await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        let got: Option<Site> = get_scoped(&mut tx, ours, Uuid::from_u128(1)).await.unwrap();
+        assert_eq!(got, Some(site(1, "first", 10)));
+        let foreign: Option<Site> = get_scoped(&mut tx, ours, Uuid::from_u128(3)).await.unwrap();
+        assert_eq!(foreign, None);
+
+        rename_scoped::<Site>(&mut tx, ours, Uuid::from_u128(3), "taken", 30)
+            .await
+            .unwrap();
+        rename_scoped::<Site>(&mut tx, ours, Uuid::from_u128(1), "renamed", 30)
+            .await
+            .unwrap();
+        let theirs_site: Option<Site> = get_scoped(&mut tx, theirs, Uuid::from_u128(3))
+            .await
+            .unwrap();
+        assert_eq!(theirs_site.map(|s| s.name).as_deref(), Some("theirs"));
+        let renamed: Option<Site> = get_scoped(&mut tx, ours, Uuid::from_u128(1)).await.unwrap();
+        assert_eq!(renamed.map(|s| s.name).as_deref(), Some("renamed"));
+
+        assert!(
+            !delete_scoped::<Site>(&mut tx, ours, Uuid::from_u128(3))
+                .await
+                .unwrap()
+        );
+        assert!(
+            delete_scoped::<Site>(&mut tx, ours, Uuid::from_u128(1))
+                .await
+                .unwrap()
+        );
+        let left: Vec<Site> = list_scoped(&mut tx, ours).await.unwrap();
+        assert_eq!(left, [site(2, "second", 20)]);
+        let theirs_left: Vec<Site> = list_scoped(&mut tx, theirs).await.unwrap();
+        assert_eq!(theirs_left.len(), 1);
+        tx.commit().await.unwrap();
     }
 }

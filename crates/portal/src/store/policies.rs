@@ -4,25 +4,29 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
 use crate::domain::{PolicyRecord, from_millis};
 
-const COLUMNS: &str = "id, group_id, resource_id, conditions, description, disabled, created_at";
+impl Scoped for PolicyRecord {
+    const TABLE: &'static str = "policies";
+    const COLUMNS: &'static str =
+        "id, group_id, resource_id, conditions, description, disabled, created_at";
 
-fn from_row(row: &AnyRow) -> Result<PolicyRecord> {
-    let conditions: String = row.try_get("conditions")?;
-    Ok(PolicyRecord {
-        id: uuid_column(row, "policies", "id")?,
-        group_id: uuid_column(row, "policies", "group_id")?,
-        resource_id: uuid_column(row, "policies", "resource_id")?,
-        conditions: serde_json::from_str(&conditions).map_err(|e| StoreError::Corrupt {
-            table: "policies",
-            detail: format!("conditions: {e}"),
-        })?,
-        description: row.try_get("description")?,
-        disabled: row.try_get::<i64, _>("disabled")? != 0,
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+    fn from_row(row: &AnyRow) -> Result<PolicyRecord> {
+        let conditions: String = row.try_get("conditions")?;
+        Ok(PolicyRecord {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            group_id: uuid_column(row, Self::TABLE, "group_id")?,
+            resource_id: uuid_column(row, Self::TABLE, "resource_id")?,
+            conditions: serde_json::from_str(&conditions).map_err(|e| StoreError::Corrupt {
+                table: Self::TABLE,
+                detail: format!("conditions: {e}"),
+            })?,
+            description: row.try_get("description")?,
+            disabled: row.try_get::<i64, _>("disabled")? != 0,
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 fn conditions_json(policy: &PolicyRecord) -> Result<String> {
@@ -52,23 +56,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, policy: &PolicyRecord) -> Re
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<PolicyRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM policies WHERE account_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<PolicyRecord>> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM policies WHERE account_id = $1 ORDER BY created_at, id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn update(
@@ -96,5 +88,5 @@ pub async fn update(
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    super::delete_scoped(conn, "policies", account, id).await
+    super::delete_scoped::<PolicyRecord>(conn, account, id).await
 }

@@ -6,10 +6,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
 use crate::domain::{Resource, from_millis};
-
-const COLUMNS: &str = "id, site_id, name, type, address, address_description, filters, created_at";
 
 fn kind_text(kind: ResourceType) -> &'static str {
     match kind {
@@ -20,24 +18,31 @@ fn kind_text(kind: ResourceType) -> &'static str {
     }
 }
 
-fn from_row(row: &AnyRow) -> Result<Resource> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        table: "resources",
-        detail,
-    };
-    let kind: String = row.try_get("type")?;
-    let filters: String = row.try_get("filters")?;
-    Ok(Resource {
-        id: uuid_column(row, "resources", "id")?,
-        site_id: uuid_column(row, "resources", "site_id")?,
-        name: row.try_get("name")?,
-        kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
-            .map_err(|_| corrupt(format!("unknown type {kind:?}")))?,
-        address: row.try_get("address")?,
-        address_description: row.try_get("address_description")?,
-        filters: serde_json::from_str(&filters).map_err(|e| corrupt(format!("filters: {e}")))?,
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+impl Scoped for Resource {
+    const TABLE: &'static str = "resources";
+    const COLUMNS: &'static str =
+        "id, site_id, name, type, address, address_description, filters, created_at";
+
+    fn from_row(row: &AnyRow) -> Result<Resource> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: Self::TABLE,
+            detail,
+        };
+        let kind: String = row.try_get("type")?;
+        let filters: String = row.try_get("filters")?;
+        Ok(Resource {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            site_id: uuid_column(row, Self::TABLE, "site_id")?,
+            name: row.try_get("name")?,
+            kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
+                .map_err(|_| corrupt(format!("unknown type {kind:?}")))?,
+            address: row.try_get("address")?,
+            address_description: row.try_get("address_description")?,
+            filters: serde_json::from_str(&filters)
+                .map_err(|e| corrupt(format!("filters: {e}")))?,
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 fn filters_json(resource: &Resource) -> Result<String> {
@@ -68,23 +73,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, resource: &Resource) -> Resu
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Resource>> {
-    let sql = format!("SELECT {COLUMNS} FROM resources WHERE account_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Resource>> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM resources WHERE account_id = $1 ORDER BY created_at, id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(account.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn update(
@@ -113,5 +106,5 @@ pub async fn update(
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    super::delete_scoped(conn, "resources", account, id).await
+    super::delete_scoped::<Resource>(conn, account, id).await
 }

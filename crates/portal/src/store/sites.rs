@@ -4,15 +4,20 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, classify, uuid_column};
+use super::{Conn, Result, Scoped, classify, uuid_column};
 use crate::domain::{Site, from_millis};
 
-fn from_row(row: &AnyRow) -> Result<Site> {
-    Ok(Site {
-        id: uuid_column(row, "sites", "id")?,
-        name: row.try_get("name")?,
-        created_at: from_millis(row.try_get("created_at")?),
-    })
+impl Scoped for Site {
+    const TABLE: &'static str = "sites";
+    const COLUMNS: &'static str = "id, name, created_at";
+
+    fn from_row(row: &AnyRow) -> Result<Site> {
+        Ok(Site {
+            id: uuid_column(row, Self::TABLE, "id")?,
+            name: row.try_get("name")?,
+            created_at: from_millis(row.try_get("created_at")?),
+        })
+    }
 }
 
 pub async fn insert(conn: &mut Conn, account: Uuid, site: &Site) -> Result<()> {
@@ -30,23 +35,11 @@ pub async fn insert(conn: &mut Conn, account: Uuid, site: &Site) -> Result<()> {
 }
 
 pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Site>> {
-    let row =
-        sqlx::query("SELECT id, name, created_at FROM sites WHERE account_id = $1 AND id = $2")
-            .bind(account.to_string())
-            .bind(id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    row.as_ref().map(from_row).transpose()
+    super::get_scoped(conn, account, id).await
 }
 
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Site>> {
-    let rows = sqlx::query(
-        "SELECT id, name, created_at FROM sites WHERE account_id = $1 ORDER BY created_at, id",
-    )
-    .bind(account.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(from_row).collect()
+    super::list_scoped(conn, account).await
 }
 
 pub async fn rename(
@@ -56,17 +49,9 @@ pub async fn rename(
     name: &str,
     now_ms: i64,
 ) -> Result<()> {
-    sqlx::query("UPDATE sites SET name = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
-        .bind(name)
-        .bind(now_ms)
-        .bind(account.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
+    super::rename_scoped::<Site>(conn, account, id, name, now_ms).await
 }
 
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
-    super::delete_scoped(conn, "sites", account, id).await
+    super::delete_scoped::<Site>(conn, account, id).await
 }

@@ -4,8 +4,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Conn, Result, StoreError, classify, opt_uuid_column, uuid_column};
-use crate::auth::token::Minted;
-use crate::domain::{TokenKind, TokenRecord, from_millis};
+use crate::domain::{MintedToken, TokenKind, TokenRecord, from_millis};
 
 /// What a new token is for.
 #[derive(Clone, Debug)]
@@ -18,7 +17,12 @@ pub struct NewToken {
     pub expires_at_ms: Option<i64>,
 }
 
-pub async fn insert(conn: &mut Conn, minted: &Minted, token: &NewToken, now_ms: i64) -> Result<()> {
+pub async fn insert(
+    conn: &mut Conn,
+    minted: &MintedToken,
+    token: &NewToken,
+    now_ms: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, identity_provider_id, salt, \
          hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

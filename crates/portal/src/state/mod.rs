@@ -1,12 +1,14 @@
 //! What every request handler and channel shares.
 
+pub mod rate_limit;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::api::rate_limit::RateLimiter;
+use self::rate_limit::RateLimiter;
 use crate::store::Store;
 
 /// What a committed change touched, so continuous evaluation (F15)

@@ -1,5 +1,7 @@
-//! A token bucket per API token (SPEC F27): a burst, then a steady rate; past
-//! it the caller gets 429 with Retry-After.
+//! A token bucket per key: a burst, then a steady rate. The API limits each
+//! API token with it (SPEC F27: past it the caller gets 429 with Retry-After),
+//! and the sign-in pages each address and client IP; so it lives with the
+//! state that holds the buckets, not in `api`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
