@@ -62,9 +62,10 @@ impl PortalLink {
     }
 }
 
-/// A frame as the role's message. Unknown message types are what a newer
-/// portal sends (forward compatibility, DESIGN.md section 5): ignored
-/// quietly. A known type that does not parse is a portal bug: said loudly.
+/// A frame as the role's message. Unknown message types are what a newer portal
+/// sends (forward compatibility, docs/architecture.md, control protocol):
+/// ignored quietly. A known type that does not parse is a portal bug: said
+/// loudly.
 fn parse<M: DeserializeOwned>(text: &str) -> LinkEvent<M> {
     match serde_json::from_str::<M>(text) {
         Ok(message) => LinkEvent::Message(message),

@@ -1,9 +1,9 @@
-//! The one device loop (DESIGN.md sections 2 and 7), for either role: one
-//! task owns the role, the UDP socket and the TUN interface, so the packet
-//! path takes no lock. Datagrams are received in batches (recvmmsg, GRO)
-//! and decrypted straight into the TUN write batch; packets are read in
-//! batches (TUN offloads) and encrypted straight into GSO sends. Everything
-//! else the role asks for is applied between turns.
+//! The one device loop (docs/architecture.md: layout, performance), for either
+//! role: one task owns the role, the UDP socket and the TUN interface, so the
+//! packet path takes no lock. Datagrams are received in batches (recvmmsg, GRO)
+//! and decrypted straight into the TUN write batch; packets are read in batches
+//! (TUN offloads) and encrypted straight into GSO sends. Everything else the
+//! role asks for is applied between turns.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::apply::System;
 use crate::portal::{LinkEvent, PortalLink};
 use crate::resolver::Resolver;
-use crate::start::Started;
+use crate::start::{Party, Started};
 use crate::status::{self, SocketFile, StatusDocument};
 use crate::stub::{self, ReplyTo, StubQuery};
 use crate::{DeviceConfig, DeviceError, DnsSettings};
@@ -77,7 +77,7 @@ impl<R: Role> Shell<R> {
         dns: Option<DnsSettings>,
         status_socket: Option<PathBuf>,
     ) -> Result<Self, DeviceError> {
-        let client = dns.is_some();
+        let client = matches!(started.party, Party::Client);
         let (stub_queries, stub_rx) = mpsc::channel(stub::QUEUE);
         let (results, results_rx) = mpsc::channel(RESULTS);
         let (status_rx, status_file) = match status_socket {

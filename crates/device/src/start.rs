@@ -37,6 +37,7 @@ pub enum StartError {
 
 /// A started device: its identity, its socket and its portal channel.
 pub struct Started {
+    pub party: Party,
     pub device_id: Uuid,
     pub secret: [u8; 32],
     /// The address the host candidate carries.
@@ -86,6 +87,7 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
         ],
     })?;
     Ok(Started {
+        party,
         device_id,
         seed,
         secret,

@@ -1,8 +1,8 @@
-//! Typed identifiers (DESIGN.md section 5): every id on the wire is a UUID,
-//! but a client's id is not a gateway's, nor a resource's. Separate types
-//! make a swapped pair (`(client, resource)` vs `(resource, client)`) a
-//! compile error instead of a silent lookup miss. The wire form is the bare
-//! UUID string (`#[serde(transparent)]`).
+//! Typed identifiers (docs/architecture.md, control protocol): every id on the
+//! wire is a UUID, but a client's id is not a gateway's, nor a resource's.
+//! Separate types make a swapped pair (`(client, resource)` vs `(resource,
+//! client)`) a compile error instead of a silent lookup miss. The wire form is
+//! the bare UUID string (`#[serde(transparent)]`).
 
 use std::fmt;
 

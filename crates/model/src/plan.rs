@@ -1,5 +1,6 @@
-//! The default address plan (DESIGN.md section 4). Resource addresses must not
-//! overlap it: traffic to these ranges belongs to Postern itself.
+//! The default address plan (docs/architecture.md, address plan). Resource
+//! addresses must not overlap it: traffic to these ranges belongs to Postern
+//! itself.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

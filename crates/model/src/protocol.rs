@@ -1,17 +1,40 @@
-//! The control protocol (DESIGN.md section 5, SPEC section 5): JSON text
-//! frames over WebSockets, `{"type": ..., ...}`, with `ref` echoing requests.
-//! Unknown fields are ignored for forward compatibility; an unknown `type`
-//! fails to parse and the receiver decides (the portal answers `error`).
+//! The control protocol (docs/architecture.md, control protocol): JSON text
+//! frames over WebSockets, `{"type": ..., ...}`, with `ref`
+//! echoing requests. Unknown fields are ignored for forward compatibility; an
+//! unknown `type` fails to parse and the receiver decides (the portal answers
+//! `error`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::filter::Filter;
 use crate::ids::{ClientId, GatewayId, RelayId, ResourceId, SiteId};
 use crate::keys::{PresharedKey, PublicKey};
 use crate::resource::{AddressError, ResourceAddress, ResourceType};
+
+/// A list whose elements that do not parse are left out (and logged): one
+/// resource of a type this version does not know, or one malformed
+/// authorization, must not sink the whole `init` it came in.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let values = Vec::<serde_json::Value>::deserialize(deserializer)?;
+    let mut parsed = Vec::with_capacity(values.len());
+    for value in values {
+        match serde_json::from_value(value) {
+            Ok(item) => parsed.push(item),
+            Err(error) => {
+                tracing::warn!(%error, "an element the portal sent does not parse; left out")
+            }
+        }
+    }
+    Ok(parsed)
+}
 
 /// A device's tunnel interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +196,9 @@ pub enum DisconnectReason {
 pub enum PortalToClient {
     Init {
         interface: Interface,
+        #[serde(deserialize_with = "lenient")]
         resources: Vec<ResourceDescription>,
+        #[serde(deserialize_with = "lenient")]
         relays: Vec<RelayInfo>,
     },
     ResourceUpserted {
@@ -183,6 +208,7 @@ pub enum PortalToClient {
         id: ResourceId,
     },
     RelaysChanged {
+        #[serde(deserialize_with = "lenient")]
         added: Vec<RelayInfo>,
         removed: Vec<RelayId>,
     },
@@ -251,8 +277,10 @@ pub enum ClientToPortal {
 pub enum PortalToGateway {
     Init {
         interface: Interface,
+        #[serde(deserialize_with = "lenient")]
         relays: Vec<RelayInfo>,
         /// What this gateway enforced before a reconnect (resync).
+        #[serde(deserialize_with = "lenient")]
         authorizations: Vec<Authorization>,
     },
     Authorize {
@@ -277,6 +305,7 @@ pub enum PortalToGateway {
         candidates: Vec<String>,
     },
     RelaysChanged {
+        #[serde(deserialize_with = "lenient")]
         added: Vec<RelayInfo>,
         removed: Vec<RelayId>,
     },
@@ -398,6 +427,27 @@ mod tests {
             r#"{{"id": "00000000-0000-0000-0000-000000000001", "name": "r", "type": "{kind}",
                 "address": {address}, "site_id": "00000000-0000-0000-0000-000000000002"}}"#
         )
+    }
+
+    #[test]
+    fn one_bad_resource_does_not_sink_the_whole_init() {
+        let init = format!(
+            r#"{{"type": "init",
+                "interface": {{"ipv4": "100.64.0.2", "ipv6": "fd7e:5057:6e00::2"}},
+                "resources": [{}, {}, {}],
+                "relays": []}}"#,
+            resource_json("cidr", r#""10.0.0.0/24""#),
+            resource_json("teleporter", r#""somewhere""#),
+            resource_json("cidr", r#""127.0.0.0/8""#),
+        );
+        let PortalToClient::Init { resources, .. } = serde_json::from_str(&init).unwrap() else {
+            panic!("an init");
+        };
+        assert_eq!(
+            resources.len(),
+            1,
+            "the good one stays, the others are left out"
+        );
     }
 
     #[test]

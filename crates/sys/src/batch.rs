@@ -1,7 +1,7 @@
-//! Batched UDP for the data path (DESIGN.md section 7): one system call
-//! moves many datagrams. Receiving uses recvmmsg and UDP GRO (a "datagram"
-//! from the kernel may be several of the same size back to back, split at
-//! its stride); sending groups datagrams to one destination into a GSO
+//! Batched UDP for the data path (docs/architecture.md, performance): one
+//! system call moves many datagrams. Receiving uses recvmmsg and UDP GRO (a
+//! "datagram" from the kernel may be several of the same size back to back,
+//! split at its stride); sending groups datagrams to one destination into a GSO
 //! batch, sent with one sendmsg. `quinn-udp` does the socket options and
 //! control messages; this module keeps the buffers.
 

@@ -1,7 +1,7 @@
-//! The WebSocket to the portal (DESIGN.md section 5): bearer token, device
-//! identity in the query, JSON text frames. It runs as a task of its own and
-//! reconnects with jittered exponential backoff, so the data plane keeps
-//! forwarding while the portal is away (F22); a 401 means the token is no
+//! The WebSocket to the portal (docs/architecture.md, control protocol): bearer
+//! token, device identity in the query, JSON text frames. It runs as a task of
+//! its own and reconnects with jittered exponential backoff, so the data plane
+//! keeps forwarding while the portal is away (F22); a 401 means the token is no
 //! good and is never retried.
 
 use std::time::Duration;

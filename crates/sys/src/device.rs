@@ -25,7 +25,7 @@ pub fn device_id(state_dir: &Path, role: &str) -> io::Result<Uuid> {
 }
 
 /// 32 random bytes: a WireGuard secret for this process only (never
-/// stored, DESIGN.md 6).
+/// stored, docs/architecture.md, security model).
 pub fn fresh_secret() -> io::Result<[u8; 32]> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| io::Error::other(e.to_string()))?;

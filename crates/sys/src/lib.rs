@@ -1,8 +1,8 @@
-//! Linux I/O for the daemons (DESIGN.md section 2): the crate that talks to
-//! the kernel and the network, and knows no other Postern crate (a leaf, as
-//! `quinn-udp` is to `quinn-proto`). The device loop (`postern-device`)
-//! moves bytes between what this crate opens and the sans-IO roles of
-//! `postern-tunnel`.
+//! Linux I/O for the daemons (docs/architecture.md, layout): the crate that
+//! talks to the kernel and the network, and knows no other Postern crate (a
+//! leaf, as `quinn-udp` is to `quinn-proto`). The device loop
+//! (`postern-device`) moves bytes between what this crate opens and the sans-IO
+//! roles of `postern-tunnel`.
 //!
 //! - [`tun`]: the tunnel interface (`tun-rs`), MTU 1280, its addresses;
 //! - [`route`]: routes to the tunnel interface over netlink (`rtnetlink`);

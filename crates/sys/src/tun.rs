@@ -1,9 +1,9 @@
-//! The tunnel interface: a TUN device carrying the device's tunnel
-//! addresses, MTU 1280 (DESIGN.md section 4), up, with offloads where the
-//! kernel has them (DESIGN.md section 7): with a virtio-net header the kernel
-//! hands over TCP segments of up to 64 KiB in one read (split here into
-//! MTU-sized packets) and takes coalesced ones in one write (GRO), so one
-//! system call moves dozens of packets.
+//! The tunnel interface: a TUN device carrying the device's tunnel addresses,
+//! MTU 1280 (docs/architecture.md, address plan), up, with offloads where the
+//! kernel has them (docs/architecture.md, performance): with a virtio-net
+//! header the kernel hands over TCP segments of up to 64 KiB in one read (split
+//! here into MTU-sized packets) and takes coalesced ones in one write (GRO), so
+//! one system call moves dozens of packets.
 
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -1,5 +1,6 @@
-//! The one UDP socket a device uses for WireGuard, ICE and TURN (DESIGN.md
-//! section 7: large buffers asked for explicitly, so bursts are not dropped).
+//! The one UDP socket a device uses for WireGuard, ICE and TURN
+//! (docs/architecture.md, performance: large buffers asked for explicitly, so
+//! bursts are not dropped).
 
 use std::io;
 use std::net::SocketAddr;

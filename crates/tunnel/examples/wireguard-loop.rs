@@ -24,19 +24,19 @@ fn main() {
     let Ok(Action::Network(n)) = client.send(&packet, now, &mut wire) else {
         panic!("no initiation")
     };
-    let Ok(Action::Network(m)) = gateway.receive(&wire[..n], now, &mut plain) else {
+    let Ok(Action::Network(m)) = gateway.receive(None, &wire[..n], now, &mut plain) else {
         panic!("no response")
     };
     let response = plain[..m].to_vec();
-    let _ = client.receive(&response, now, &mut wire);
+    let _ = client.receive(None, &response, now, &mut wire);
     while let Ok(Action::Network(n)) = client.flush(&mut wire) {
-        let _ = gateway.receive(&wire[..n], now, &mut plain);
+        let _ = gateway.receive(None, &wire[..n], now, &mut plain);
     }
     let started = Instant::now();
     let mut delivered = 0usize;
     for _ in 0..packets {
         if let Ok(Action::Network(n)) = client.send(&packet, now, &mut wire)
-            && let Ok(Action::Tunnel(_)) = gateway.receive(&wire[..n], now, &mut plain)
+            && let Ok(Action::Tunnel(_)) = gateway.receive(None, &wire[..n], now, &mut plain)
         {
             delivered += 1;
         }

@@ -1,6 +1,6 @@
-//! Messages between a gateway and its client inside their tunnel (DESIGN.md
-//! section 5): UDP between the two tunnel addresses on a reserved port,
-//! typed and versioned.
+//! Messages between a gateway and its client inside their tunnel
+//! (docs/architecture.md, control protocol): UDP between the two tunnel
+//! addresses on a reserved port, typed and versioned.
 //!
 //! - goodbye: a gateway that is stopping tells its clients, so they ask the
 //!   portal for another gateway at once instead of waiting out the liveness

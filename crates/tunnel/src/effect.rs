@@ -1,7 +1,7 @@
 //! What a role machine asks of its I/O shell, and what the shell feeds back
-//! (DESIGN.md section 2): the interface, routes, DNS and firewall set-up as
-//! data, and the few pieces of I/O only the shell can do (answering an
-//! app's DNS query, asking resolvers). The shell applies these and knows
+//! (docs/architecture.md, layout): the interface, routes, DNS and firewall
+//! set-up as data, and the few pieces of I/O only the shell can do (answering
+//! an app's DNS query, asking resolvers). The shell applies these and knows
 //! nothing of the protocol; the machines do no I/O and read no clock.
 
 use std::collections::BTreeSet;
@@ -82,7 +82,9 @@ pub enum Effect {
     /// replaced).
     Routes(BTreeSet<IpNet>),
     /// Serve DNS on the sentinels and point the system at them (the first
-    /// time), or update the domains (later).
+    /// time), or update systemd-resolved's domains (later). Upstreams and
+    /// a resolv.conf are set once, at the first: a search domain changed
+    /// later reaches resolv.conf at the client's next start.
     Dns(DnsConfig),
     /// Forward IP between the tunnel and the site, masquerading these
     /// sources.

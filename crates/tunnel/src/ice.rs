@@ -20,9 +20,15 @@ const CHECK_PACING: std::time::Duration = std::time::Duration::from_millis(10);
 /// TURN channel data on the one socket.
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 
-/// Whether a datagram is STUN (first two bits zero and the magic cookie).
+/// Whether a datagram is STUN: first two bits zero, the magic cookie, and
+/// a length that accounts for the whole datagram. The length check tells
+/// STUN from WireGuard whose index bytes happen to spell the cookie
+/// (WireGuard's bytes 1-3 are zero, so its "length" would be 0).
 pub fn is_stun(datagram: &[u8]) -> bool {
-    datagram.len() >= 20 && datagram[0] & 0xc0 == 0 && datagram[4..8] == MAGIC_COOKIE
+    datagram.len() >= 20
+        && datagram[0] & 0xc0 == 0
+        && datagram[4..8] == MAGIC_COOKIE
+        && usize::from(u16::from_be_bytes([datagram[2], datagram[3]])) + 20 == datagram.len()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

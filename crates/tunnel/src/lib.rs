@@ -1,8 +1,8 @@
-//! Postern's data plane and device roles without I/O (DESIGN.md sections
-//! 1, 2 and 7): everything a client and a gateway decide, as state machines
-//! that take bytes, portal messages and time as arguments and give
-//! transmits, packets, portal messages and effects back. One device loop
-//! (crate `postern-device`) drives either role and applies the effects.
+//! Postern's data plane and device roles without I/O (docs/architecture.md):
+//! everything a client and a gateway decide, as state machines that take bytes,
+//! portal messages and time as arguments and give transmits, packets, portal
+//! messages and effects back. One device loop (crate `postern-device`) drives
+//! either role and applies the effects.
 //!
 //! - [`client`], [`gateway`]: the two roles ([`role::Role`]);
 //! - [`effect`]: what a role asks of the shell, and what comes back;

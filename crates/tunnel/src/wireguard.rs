@@ -1,8 +1,8 @@
 //! One WireGuard peer (SPEC F19): boringtun's Noise_IKpsk2 `Tunn` with the
 //! portal-issued preshared key, encrypting straight into the caller's buffer.
-//! Both ends send a keepalive after half a second without sending anything,
-//! so each hears the other twice a second and a peer silent for one and a half
-//! seconds is dead (F20 failover within two seconds).
+//! Both ends send a keepalive after 400 ms without sending anything, so
+//! each hears the other about three times a second and a peer silent for
+//! 1.25 s is dead (F20 failover within two seconds).
 //!
 //! boringtun reads the system's monotonic clock for its handshake timers; its
 //! `mock-instant` feature would freeze that clock for every crate built in the
@@ -10,6 +10,7 @@
 //! Keepalives and liveness run on the time the caller passes in instead, which
 //! also keeps them deterministic in simulations.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
@@ -62,7 +63,7 @@ impl PeerError {
 }
 
 /// boringtun's reasons as counter labels.
-fn refusal(error: &WireGuardError) -> &'static str {
+pub(crate) fn refusal(error: &WireGuardError) -> &'static str {
     match error {
         WireGuardError::InvalidMac | WireGuardError::InvalidAeadTag => "wireguard_bad_mac",
         WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => "wireguard_replay",
@@ -146,11 +147,14 @@ impl WireguardPeer {
         Ok(action)
     }
 
-    /// Handles a datagram from the peer. After `Action::Network`, call
-    /// [`WireguardPeer::flush`] until it returns `Nothing`: packets queued
-    /// during the handshake follow.
+    /// Handles a datagram from the peer at `source` (its address lets
+    /// boringtun answer a handshake under load with a cookie instead of
+    /// refusing it). After `Action::Network`, call [`WireguardPeer::flush`]
+    /// until it returns `Nothing`: packets queued during the handshake
+    /// follow.
     pub fn receive(
         &mut self,
+        source: Option<IpAddr>,
         datagram: &[u8],
         now: Instant,
         buffer: &mut [u8],
@@ -161,7 +165,7 @@ impl WireguardPeer {
         if buffer.len() < MIN_BUFFER.max(datagram.len()) {
             return Err(PeerError::BufferTooSmall);
         }
-        let action = Self::action(self.tunn.decapsulate(None, datagram, buffer))?;
+        let action = Self::action(self.tunn.decapsulate(source, datagram, buffer))?;
         self.last_received = Some(now);
         self.initiated = None;
         Ok(action)
@@ -173,7 +177,7 @@ impl WireguardPeer {
     }
 
     /// Timers: handshake retries and rekeying (boringtun's), and a keepalive
-    /// once a second of quiet has passed since we last sent. Call a few
+    /// once [`KEEPALIVE`] of quiet has passed since we last sent. Call a few
     /// times a second.
     pub fn tick(&mut self, now: Instant, buffer: &mut [u8]) -> Result<Action, PeerError> {
         if buffer.len() < MIN_BUFFER {

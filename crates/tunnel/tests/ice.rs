@@ -207,4 +207,16 @@ fn stun_is_told_apart_from_wireguard_and_channel_data() {
     channel_data[0] = 0x40;
     assert!(!is_stun(&channel_data), "TURN ChannelData");
     assert!(!is_stun(&binding[..19]));
+    // WireGuard data whose receiver index happens to spell the magic
+    // cookie (index 0x42a412, session 0x21) is still WireGuard.
+    let mut data = vec![0u8; 96];
+    data[0] = 4;
+    data[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    assert!(!is_stun(&data), "WireGuard data with a cookie-like index");
+    let mut padded = binding.clone();
+    padded.extend_from_slice(&[0; 4]);
+    assert!(
+        !is_stun(&padded),
+        "a length that does not cover the datagram"
+    );
 }

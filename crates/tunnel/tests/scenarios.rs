@@ -434,6 +434,21 @@ fn other_questions_about_resource_names_go_to_the_gateway_and_others_upstream() 
     // Anything else goes to the client's upstream resolvers.
     let other = world.app_asks("example.org", RecordType::A);
     assert_eq!(world.upstream, [other]);
+    // Resolvers that do not answer: SERVFAIL through the tunnel at once,
+    // not after the client's own wait.
+    world.site.resolvers_silent = true;
+    let asked = world.now();
+    let query = world.app_asks("db.apps.corp.test", RecordType::TXT);
+    assert!(world.run_until(Duration::from_secs(10), |w| w.answers.contains_key(&query)));
+    assert_eq!(
+        world.answer(query).unwrap().metadata.response_code,
+        hickory_proto::op::ResponseCode::ServFail
+    );
+    assert!(
+        world.now() - asked < Duration::from_secs(1),
+        "{:?}",
+        world.now() - asked
+    );
     // The Firefox canary is answered NXDOMAIN by the stub itself.
     let canary = world.app_asks("use-application-dns.net", RecordType::A);
     assert_eq!(
@@ -480,4 +495,27 @@ fn a_portal_reconnect_with_a_fresh_init_keeps_what_works() {
             .count(),
         1
     );
+}
+
+#[test]
+fn a_grant_waiting_for_names_is_not_applied_after_a_revocation() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![apps()]);
+    world.site.records.insert(
+        "web.apps.corp.test".into(),
+        (vec!["10.0.1.80".parse().unwrap()], Duration::from_secs(60)),
+    );
+    let proxy = proxies(&mut world, "web.apps.corp.test")[0];
+    world.app_sends(&tcp(CLIENT_V4, proxy, 80, 1));
+    // The gateway confirmed the authorization: the grant is on its way to
+    // the client, which will then wait for the names. The policy goes now.
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.portal.grants.is_empty()));
+    let now = world.now();
+    world.portal.revoke_all(now);
+    world.run_for(Duration::from_secs(3));
+    let status = world.client.status(world.now());
+    assert_ne!(
+        status.resources[0].access, "granted",
+        "a grant that was revoked while it waited for the gateway"
+    );
+    assert_eq!(world.forwarded_total(), 0);
 }

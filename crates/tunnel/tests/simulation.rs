@@ -633,3 +633,59 @@ fn one_gateway_tells_many_clients_apart_by_key_and_index() {
     assert_eq!(gateway.errors().get("handshake_from_unknown_key"), 0);
     assert_eq!(gateway.errors().get("unknown_receiver_index"), 0);
 }
+
+/// WireGuard's DoS defence on the one socket: a forged handshake is refused
+/// by its mac1 before any X25519, and past the rate a replayed valid one
+/// gets a cookie reply instead of a Diffie-Hellman; the real peer's session
+/// is untouched.
+#[test]
+fn forged_and_replayed_handshakes_cost_a_hash_then_a_cookie() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::Open);
+    wait_for_path(&mut sim, false, Duration::from_secs(20)).expect("a direct path");
+    sim.ping(0, 1).expect("the session is up");
+    let now = sim.net.now;
+    let attacker: std::net::SocketAddr = "198.18.9.9:4444".parse().unwrap();
+    let mut out = vec![0u8; 2048];
+    // Random bytes shaped like an initiation: refused at mac1.
+    for seed in 0..200u32 {
+        let mut forged = vec![0u8; 148];
+        forged[0] = 1;
+        for (i, byte) in forged.iter_mut().enumerate().skip(4) {
+            *byte = (seed.wrapping_mul(2654435761).wrapping_add(i as u32) >> 7) as u8;
+        }
+        assert_eq!(
+            sim.nodes[1].decapsulate(attacker, &forged, now, &mut out),
+            None
+        );
+    }
+    assert_eq!(sim.nodes[1].errors().get("wireguard_bad_mac"), 200);
+    assert_eq!(
+        sim.nodes[1].errors().get("handshake_not_for_us"),
+        0,
+        "no X25519 spent"
+    );
+    // A valid initiation (the attacker knows the gateway's public key),
+    // replayed faster than the limit: cookies.
+    let mut attacker_peer =
+        postern_tunnel::wireguard::WireguardPeer::new([9; 32], public_key([2u8; 32]), [0; 32], 7);
+    let mut initiation = vec![0u8; 256];
+    let postern_tunnel::wireguard::Action::Network(n) =
+        attacker_peer.probe(now, &mut initiation).unwrap()
+    else {
+        panic!("an initiation")
+    };
+    while sim.nodes[1].poll_transmit().is_some() {}
+    for _ in 0..300 {
+        sim.nodes[1].decapsulate(attacker, &initiation[..n], now, &mut out);
+    }
+    let cookies = std::iter::from_fn(|| sim.nodes[1].poll_transmit())
+        .filter(|t| t.destination == attacker && t.payload.len() == 64 && t.payload[0] == 3)
+        .count();
+    assert!(cookies >= 150, "cookie replies past the rate: {cookies}");
+    assert_eq!(
+        sim.nodes[1].errors().get("handshake_cookie_sent"),
+        cookies as u64
+    );
+    // The real client still gets through.
+    sim.ping(0, 2).expect("the session survives the flood");
+}

@@ -47,7 +47,7 @@ fn exchange(
     let mut queue = vec![(datagram, true)];
     while let Some((datagram, towards_to)) = queue.pop() {
         let peer = if towards_to { &mut *to } else { &mut *from };
-        let mut action = match peer.receive(&datagram, now, &mut buffer) {
+        let mut action = match peer.receive(None, &datagram, now, &mut buffer) {
             Ok(action) => action,
             Err(_) => continue,
         };
@@ -98,7 +98,7 @@ fn the_handshake_uses_the_preshared_key_and_data_flows_both_ways() {
     let Action::Network(n) = gateway.send(&ip_packet(9), now, &mut buffer).unwrap() else {
         panic!()
     };
-    let Action::Tunnel(m) = client.receive(&buffer[..n], now, &mut plain).unwrap() else {
+    let Action::Tunnel(m) = client.receive(None, &buffer[..n], now, &mut plain).unwrap() else {
         panic!()
     };
     assert_eq!(&plain[..m], &ip_packet(9)[..]);
@@ -129,7 +129,7 @@ fn a_different_preshared_key_or_peer_key_gets_no_session() {
     };
     let mut out = vec![0u8; 2048];
     assert!(matches!(
-        gateway.receive(&buffer[..n], now, &mut out),
+        gateway.receive(None, &buffer[..n], now, &mut out),
         Err(PeerError::Refused(_))
     ));
     assert_eq!(
@@ -160,11 +160,11 @@ fn silence_marks_a_peer_dead_within_two_seconds_and_keepalives_prevent_it() {
         let now = start + Duration::from_millis(100 * step);
         if let Ok(Action::Network(n)) = client.tick(now, &mut buffer) {
             keepalives += 1;
-            let _ = gateway.receive(&buffer[..n], now, &mut out);
+            let _ = gateway.receive(None, &buffer[..n], now, &mut out);
         }
         if let Ok(Action::Network(n)) = gateway.tick(now, &mut buffer) {
             keepalives += 1;
-            let _ = client.receive(&buffer[..n], now, &mut out);
+            let _ = client.receive(None, &buffer[..n], now, &mut out);
         }
         assert!(
             client.is_alive(now) && gateway.is_alive(now),
@@ -217,7 +217,7 @@ proptest! {
         let (mut client, mut gateway) = pair(PSK, PSK);
         let mut out = vec![0u8; 2048];
         for datagram in &garbage {
-            let _ = gateway.receive(datagram, now, &mut out);
+            let _ = gateway.receive(None, datagram, now, &mut out);
         }
         let mut buffer = vec![0u8; 2048];
         let Action::Network(n) = client.send(&ip_packet(5), now, &mut buffer).unwrap() else { panic!() };

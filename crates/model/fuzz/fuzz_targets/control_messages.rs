@@ -1,6 +1,7 @@
 #![no_main]
-//! Control-protocol frames from the network (DESIGN.md section 6): parsing
-//! never panics, and whatever parses survives a round trip unchanged.
+//! Control-protocol frames from the network (docs/architecture.md, security
+//! model): parsing never panics, and whatever parses survives a round trip
+//! unchanged.
 
 use libfuzzer_sys::fuzz_target;
 

@@ -1,5 +1,6 @@
 #![no_main]
-//! Raw packets into the client and the gateway (DESIGN.md section 6).
+//! Raw packets into the client and the gateway (docs/architecture.md, security
+//! model).
 
 use libfuzzer_sys::fuzz_target;
 

@@ -368,6 +368,14 @@ impl ClientState {
         let Some(entry) = self.resources.get_mut(&resource_id) else {
             return;
         };
+        // Only what was asked for (or a renewal of a grant): a grant that
+        // arrives after a revocation or a lost gateway is stale.
+        if !matches!(
+            entry.access,
+            Access::Requested { .. } | Access::Granted { .. }
+        ) {
+            return;
+        }
         entry.access = Access::Granted { gateway, expires };
         entry.buffered_bytes = 0;
         for packet in entry.buffer.drain(..) {

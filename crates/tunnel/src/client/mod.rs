@@ -303,6 +303,7 @@ impl ClientTunnel {
     /// A gateway is gone: every resource through it asks again.
     fn lose_gateway(&mut self, gateway: GatewayId) {
         self.access.gateway_lost(gateway);
+        self.names.forget_gateway(gateway);
         self.node.remove_peer(gateway);
         self.gateways.remove(&gateway);
     }
@@ -460,6 +461,7 @@ impl Role for ClientTunnel {
             PortalToClient::AccessRevoked { resource_id } => {
                 tracing::info!(resource = %resource_id, "access revoked");
                 self.access.access_revoked(resource_id);
+                self.names.cancel(resource_id);
             }
             PortalToClient::Disconnect { reason } => match reason {
                 DisconnectReason::TokenRevoked | DisconnectReason::TokenExpired => {

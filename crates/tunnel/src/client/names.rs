@@ -91,6 +91,24 @@ impl Names {
         self.assigned.get(&resource).map_or(&[], Vec::as_slice)
     }
 
+    /// A gateway is gone: grants waiting on it are dropped (the resource
+    /// asks again), and queries sent to it are marked unsent, so a grant
+    /// through another gateway sends them again (or they time out into
+    /// SERVFAIL).
+    pub fn forget_gateway(&mut self, gateway: GatewayId) {
+        self.pending.retain(|_, p| p.gateway != gateway);
+        for query in &mut self.queries {
+            if query.sent_to == Some(gateway) {
+                query.sent_to = None;
+            }
+        }
+    }
+
+    /// Access to `resource` was revoked: a grant waiting for names is off.
+    pub fn cancel(&mut self, resource: ResourceId) {
+        self.pending.remove(&resource);
+    }
+
     /// The gateway a grant of `resource` waits on, if one does.
     pub fn pending_gateway(&self, resource: ResourceId) -> Option<GatewayId> {
         self.pending.get(&resource).map(|p| p.gateway)

@@ -424,10 +424,10 @@ impl Role for GatewayTunnel {
                 Some(Lookup::Query { .. }) | None => {}
             },
             Input::ResolverAnswer { lookup, answer } => {
-                if let Some(Lookup::Query { client }) = self.lookups.take(lookup) {
+                if let Some(Lookup::Query { client, query }) = self.lookups.take(lookup) {
                     let answer = match answer {
                         Some(answer) => fit(&answer),
-                        None => None,
+                        None => answer_with(&query, ResponseCode::ServFail),
                     };
                     if let Some(answer) = answer {
                         self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);

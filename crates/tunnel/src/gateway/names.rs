@@ -25,8 +25,9 @@ pub(super) enum Lookup {
         client: ClientId,
         assignment: ProxyAssignment,
     },
-    /// A client's own question, answered through its tunnel.
-    Query { client: ClientId },
+    /// A client's own question, answered through its tunnel (SERVFAIL
+    /// when no resolver answers).
+    Query { client: ClientId, query: Vec<u8> },
 }
 
 #[derive(Default)]
@@ -55,7 +56,10 @@ impl Lookups {
 
     /// Asks the resolvers a client's query as it is.
     pub fn ask(&mut self, client: ClientId, query: Vec<u8>) -> Effect {
-        let lookup = self.start(Lookup::Query { client });
+        let lookup = self.start(Lookup::Query {
+            client,
+            query: query.clone(),
+        });
         Effect::AskResolvers { lookup, query }
     }
 

@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
 use postern_model::protocol::{IceCredentials, RelayInfo};
 
@@ -34,7 +35,7 @@ pub use relays::RelayConfig;
 
 use crate::counters::Counters;
 use crate::ice::{IceEvent, IceSession, is_stun};
-use crate::wireguard::{Action, WireguardPeer};
+use crate::wireguard::{Action, WireguardPeer, refusal};
 use relays::{HEADER, Relays, frame_in_place};
 
 /// How often WireGuard's timers run.
@@ -58,6 +59,15 @@ const CHECK_MEMORY: Duration = Duration::from_secs(30);
 /// WireGuard peer indices are 24 bits (boringtun keeps the low 8 for
 /// sessions).
 const INDEX_BITS: u32 = 24;
+/// Handshake messages a second before initiators must show a cookie (mac2,
+/// WireGuard's DoS defence): every handshake's mac1 is checked before the
+/// X25519 that finds its sender, so a flood of forged ones costs a hash
+/// each, and past this rate a replayed one costs a cookie reply.
+const HANDSHAKES_PER_SECOND: u64 = 100;
+/// A cookie reply's size.
+const COOKIE_REPLY: usize = 64;
+/// Remote candidate addresses remembered per peer.
+const MAX_REMOTE_ADDRESSES: usize = 32;
 
 /// What identifies a peer: a gateway id on a client, a client id on a
 /// gateway.
@@ -107,6 +117,9 @@ struct Peer {
     /// The peer's relayed candidates: a path to one of them goes through a
     /// relay even though our end of it is our own socket.
     remote_relayed: Vec<SocketAddr>,
+    /// Every address the peer's candidates named (at most
+    /// [`MAX_REMOTE_ADDRESSES`]): a new relay allocation must let them in.
+    remote_addresses: Vec<SocketAddr>,
     /// Another path was tried in the current silence.
     switched: bool,
     /// While relayed: when to look for a direct path again.
@@ -126,6 +139,9 @@ pub struct Node<P> {
     by_ufrag: HashMap<String, P>,
     /// Transaction ids of the STUN checks we sent: (peer, when).
     checks: HashMap<[u8; 12], (P, Instant)>,
+    /// mac1 and cookies for every handshake on the socket (boringtun's;
+    /// it reads its own clock and randomness for the cookie secret).
+    limiter: RateLimiter,
     next_index: u32,
     next_tick: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -152,6 +168,10 @@ impl<P: PeerId> Node<P> {
             by_key: HashMap::new(),
             by_ufrag: HashMap::new(),
             checks: HashMap::new(),
+            limiter: RateLimiter::new(
+                &x25519::PublicKey::from(&x25519::StaticSecret::from(secret)),
+                HANDSHAKES_PER_SECOND,
+            ),
             next_index: 1,
             next_tick: None,
             transmits: VecDeque::new(),
@@ -232,6 +252,7 @@ impl<P: PeerId> Node<P> {
                 added: now,
                 reported: false,
                 remote_relayed: Vec::new(),
+                remote_addresses: Vec::new(),
                 switched: false,
                 next_reprobe: None,
             },
@@ -311,6 +332,11 @@ impl<P: PeerId> Node<P> {
             peer.remote_relayed.push(address);
         }
         if let Some(address) = address {
+            if !peer.remote_addresses.contains(&address)
+                && peer.remote_addresses.len() < MAX_REMOTE_ADDRESSES
+            {
+                peer.remote_addresses.push(address);
+            }
             self.relays.permit(address.ip(), now);
         }
         self.drive_peer(id, now);
@@ -411,9 +437,12 @@ impl<P: PeerId> Node<P> {
             self.stun(local, remote, datagram, now);
             return None;
         }
-        let id = self.wireguard_peer(datagram)?;
+        let id = self.wireguard_peer(local, remote, datagram)?;
         let peer = self.peers.get_mut(&id)?;
-        let action = match peer.wireguard.receive(datagram, now, out) {
+        let action = match peer
+            .wireguard
+            .receive(Some(remote.ip()), datagram, now, out)
+        {
             Ok(action) => action,
             Err(error) => {
                 self.errors.add(error.label());
@@ -430,6 +459,12 @@ impl<P: PeerId> Node<P> {
         // and both sides would stay relayed.
         if peer.path.is_none() || (!self.controlling && peer.path != Some((local, remote))) {
             peer.path = Some((local, remote));
+            // Roamed onto one of our relayed addresses: data goes out as
+            // ChannelData once the channel is bound, not as Send
+            // indications.
+            if local != self.local {
+                self.relays.bind(local, remote, now);
+            }
         }
         match action {
             Action::Tunnel(n) => Some((id, n)),
@@ -454,11 +489,35 @@ impl<P: PeerId> Node<P> {
         }
     }
 
-    /// The peer a WireGuard datagram is for, by its public key (handshake
-    /// initiation) or our receiver index (everything else).
-    fn wireguard_peer(&mut self, datagram: &[u8]) -> Option<P> {
-        let receiver = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(init)) => {
+    /// The peer a WireGuard datagram from `remote` (to our `local`) is
+    /// for: by its public key (handshake initiation, once its mac1 checks
+    /// out) or our receiver index (everything else).
+    fn wireguard_peer(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<P> {
+        let mut cookie = [0u8; COOKIE_REPLY];
+        let packet = match self
+            .limiter
+            .verify_packet(Some(remote.ip()), datagram, &mut cookie)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let reply = reply.to_vec();
+                self.errors.add("handshake_cookie_sent");
+                self.transmit_from(local, remote, &reply);
+                return None;
+            }
+            Err(TunnResult::Err(error)) => {
+                self.errors.add(refusal(&error));
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let receiver = match packet {
+            Packet::HandshakeInit(init) => {
                 return match parse_handshake_anon(&self.secret, &self.public, &init) {
                     Ok(half) => {
                         let found = self.by_key.get(&half.peer_static_public).copied();
@@ -473,13 +532,9 @@ impl<P: PeerId> Node<P> {
                     }
                 };
             }
-            Ok(Packet::HandshakeResponse(response)) => response.receiver_idx,
-            Ok(Packet::PacketCookieReply(cookie)) => cookie.receiver_idx,
-            Ok(Packet::PacketData(data)) => data.receiver_idx,
-            Err(_) => {
-                self.errors.add("not_wireguard");
-                return None;
-            }
+            Packet::HandshakeResponse(response) => response.receiver_idx,
+            Packet::PacketCookieReply(cookie) => cookie.receiver_idx,
+            Packet::PacketData(data) => data.receiver_idx,
         };
         let found = self.by_index.get(&(receiver >> 8)).copied();
         if found.is_none() {
@@ -500,6 +555,10 @@ impl<P: PeerId> Node<P> {
         if !peer.ice.handle_stun(now, remote, local, datagram) {
             self.errors.add("stun_refused");
             return;
+        }
+        // A response settles its check.
+        if let Some(transaction) = datagram.get(8..20) {
+            self.checks.remove(transaction);
         }
         self.drive_peer(id, now);
         self.flush_relays(now);
@@ -534,11 +593,15 @@ impl<P: PeerId> Node<P> {
     /// Sends `payload` as if from local address `local` (our socket, or a
     /// relayed address, which means through that relay).
     fn transmit_from(&mut self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) {
-        if local == self.local || !self.relays.is_relayed(local) {
+        if local == self.local {
             self.transmits.push_back(Transmit {
                 destination: remote,
                 payload: payload.to_vec(),
             });
+        } else if !self.relays.is_relayed(local) {
+            // The allocation behind that path is gone: sending from our own
+            // socket instead would be another path than the peer expects.
+            self.errors.add("relay_gone");
         } else if !self
             .relays
             .send_from(local, remote, payload, &mut self.transmits)
@@ -557,6 +620,7 @@ impl<P: PeerId> Node<P> {
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < CHECK_MEMORY);
         if self.next_tick.is_some_and(|at| at <= now) {
             self.next_tick = Some(now + WIREGUARD_TICK);
+            self.limiter.reset_count();
             let ids: Vec<P> = self.peers.keys().copied().collect();
             for &id in &ids {
                 self.watch_path(id, now);
@@ -666,11 +730,6 @@ impl<P: PeerId> Node<P> {
         self.events.pop_front()
     }
 
-    /// The address the node's socket is known by (its host candidate).
-    pub fn local_address(&self) -> SocketAddr {
-        self.local
-    }
-
     /// Whether the peer was heard from within the liveness timeout.
     pub fn is_alive(&self, id: P, now: Instant) -> bool {
         self.peers
@@ -766,6 +825,9 @@ impl<P: PeerId> Node<P> {
                 Err(error) => self.errors.add(error.label()),
             }
         }
+        if waiting.is_empty() {
+            return;
+        }
         let mut out = vec![0u8; BUFFER];
         for packet in waiting {
             if let Some((destination, n)) = self.encapsulate(id, &packet, now, &mut out) {
@@ -783,6 +845,18 @@ impl<P: PeerId> Node<P> {
         let announced = self.relays.poll(&mut self.transmits, now, &mut failed);
         for _ in 0..failed {
             self.errors.add("relay_allocation_failed");
+        }
+        if !announced.is_empty() {
+            // A new (or renewed) allocation starts without permissions: the
+            // peers' addresses are let in again.
+            let addresses: Vec<SocketAddr> = self
+                .peers
+                .values()
+                .flat_map(|p| p.remote_addresses.iter().copied())
+                .collect();
+            for address in addresses {
+                self.relays.permit(address.ip(), now);
+            }
         }
         for allocation in announced {
             let ids: Vec<P> = self.peers.keys().copied().collect();

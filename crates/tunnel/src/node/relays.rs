@@ -91,14 +91,17 @@ impl Relays {
         true
     }
 
-    /// Every allocation made so far.
+    /// Every allocation that is live now (not one waiting to be retried).
     pub fn allocations(&self) -> impl Iterator<Item = Allocation> + '_ {
-        self.relays.iter().filter_map(|r| {
-            Some(Allocation {
-                relayed: r.client.relayed_address()?,
-                mapped: r.client.mapped_address()?,
+        self.relays
+            .iter()
+            .filter(|r| r.client.is_allocated())
+            .filter_map(|r| {
+                Some(Allocation {
+                    relayed: r.client.relayed_address()?,
+                    mapped: r.client.mapped_address()?,
+                })
             })
-        })
     }
 
     /// Whether a datagram from `source` comes from one of the relays (a

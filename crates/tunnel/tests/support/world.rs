@@ -38,6 +38,8 @@ pub struct Site {
     pub records: HashMap<String, (Vec<IpAddr>, Duration)>,
     /// Lookups the gateways asked for: (when, host, name).
     pub lookups: Vec<(Instant, usize, String)>,
+    /// The site's resolvers answer nothing passed through to them.
+    pub resolvers_silent: bool,
     queue: Vec<(Instant, usize, Input)>,
 }
 
@@ -62,16 +64,19 @@ impl Site {
     /// A query passed through: answered with the question and no records,
     /// flagged authoritative so a test can tell it came from here.
     fn ask(&mut self, host: usize, lookup: LookupId, query: &[u8], now: Instant) {
-        let answer = Message::from_vec(query).ok().and_then(|query| {
-            let mut answer = Message::error_msg(
-                query.metadata.id,
-                OpCode::Query,
-                hickory_proto::op::ResponseCode::NoError,
-            );
-            answer.metadata.authoritative = true;
-            answer.queries = query.queries;
-            answer.to_vec().ok()
-        });
+        let answer = Message::from_vec(query)
+            .ok()
+            .filter(|_| !self.resolvers_silent)
+            .and_then(|query| {
+                let mut answer = Message::error_msg(
+                    query.metadata.id,
+                    OpCode::Query,
+                    hickory_proto::op::ResponseCode::NoError,
+                );
+                answer.metadata.authoritative = true;
+                answer.queries = query.queries;
+                answer.to_vec().ok()
+            });
         self.queue.push((
             now + RESOLVER_DELAY,
             host,
