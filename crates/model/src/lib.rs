@@ -5,6 +5,8 @@
 pub mod condition;
 pub mod dns;
 pub mod filter;
+pub mod ids;
+pub mod keys;
 pub mod plan;
 pub mod protocol;
 pub mod resource;
@@ -12,4 +14,6 @@ pub mod resource;
 pub use condition::{Condition, ConditionOperator, ConditionProperty};
 pub use dns::{DnsPattern, PatternError, Specificity, best_match};
 pub use filter::{Filter, FilterError, PortRange, Protocol, filters_allow};
+pub use ids::{ClientId, GatewayId, RelayId, ResourceId, SiteId};
+pub use keys::{PresharedKey, PublicKey};
 pub use resource::{AddressError, ResourceAddress, ResourceType};

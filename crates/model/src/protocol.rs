@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::filter::Filter;
-use crate::resource::ResourceType;
+use crate::ids::{ClientId, GatewayId, RelayId, ResourceId, SiteId};
+use crate::keys::{PresharedKey, PublicKey};
+use crate::resource::{AddressError, ResourceAddress, ResourceType};
 
 /// A device's tunnel interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,25 +25,74 @@ pub struct Interface {
     pub search_domain: Option<String>,
 }
 
-/// A resource as clients and gateways see it.
+/// A resource as clients and gateways see it. The address is validated
+/// when the message is parsed (the same rules as the REST API), so a device
+/// never routes or authorizes a prefix the portal could not have accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireResource", into = "WireResource")]
 pub struct ResourceDescription {
-    pub id: Uuid,
+    pub id: ResourceId,
     pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ResourceType,
-    pub address: Option<String>,
-    #[serde(default)]
+    pub address: ResourceAddress,
     pub address_description: Option<String>,
-    #[serde(default)]
     pub filters: Vec<Filter>,
-    pub site_id: Uuid,
+    pub site_id: SiteId,
+}
+
+impl ResourceDescription {
+    pub fn kind(&self) -> ResourceType {
+        self.address.kind()
+    }
+}
+
+/// A resource as the JSON carries it: `type` and `address` side by side.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct WireResource {
+    id: ResourceId,
+    name: String,
+    #[serde(rename = "type")]
+    kind: ResourceType,
+    address: Option<String>,
+    #[serde(default)]
+    address_description: Option<String>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+    site_id: SiteId,
+}
+
+impl TryFrom<WireResource> for ResourceDescription {
+    type Error = AddressError;
+
+    fn try_from(wire: WireResource) -> Result<Self, Self::Error> {
+        Ok(ResourceDescription {
+            address: ResourceAddress::parse(wire.kind, wire.address.as_deref())?,
+            id: wire.id,
+            name: wire.name,
+            address_description: wire.address_description,
+            filters: wire.filters,
+            site_id: wire.site_id,
+        })
+    }
+}
+
+impl From<ResourceDescription> for WireResource {
+    fn from(resource: ResourceDescription) -> Self {
+        WireResource {
+            kind: resource.address.kind(),
+            address: resource.address.to_text(),
+            id: resource.id,
+            name: resource.name,
+            address_description: resource.address_description,
+            filters: resource.filters,
+            site_id: resource.site_id,
+        }
+    }
 }
 
 /// A TURN relay with time-limited credentials (TURN REST scheme).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayInfo {
-    pub id: Uuid,
+    pub id: RelayId,
     pub addresses: Vec<SocketAddr>,
     pub username: String,
     pub password: String,
@@ -63,23 +113,31 @@ pub struct PairIce {
     pub gateway: IceCredentials,
 }
 
-/// A peer device (the other end of a tunnel).
+/// A peer device (the other end of a tunnel): a gateway for a client, a
+/// client for a gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
-    pub id: Uuid,
-    /// Base64 of the 32-byte X25519 key of the peer's current process.
-    pub public_key: String,
+pub struct Peer<Id> {
+    pub id: Id,
+    /// The X25519 key of the peer's current process (base64 on the wire).
+    pub public_key: PublicKey,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+}
+
+impl<Id> Peer<Id> {
+    /// Both tunnel addresses.
+    pub fn addresses(&self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.ipv4), IpAddr::V6(self.ipv6)]
+    }
 }
 
 /// One (client, resource) authorization a gateway enforces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authorization {
-    pub client: Peer,
+    pub client: Peer<ClientId>,
     pub resource: ResourceDescription,
-    /// Base64 of the 32-byte WireGuard preshared key of the pair.
-    pub preshared_key: String,
+    /// The WireGuard preshared key of the pair (base64 on the wire).
+    pub preshared_key: PresharedKey,
     pub ice: PairIce,
     pub expires_at: Option<Timestamp>,
 }
@@ -122,25 +180,25 @@ pub enum PortalToClient {
         resource: ResourceDescription,
     },
     ResourceRemoved {
-        id: Uuid,
+        id: ResourceId,
     },
     RelaysChanged {
         added: Vec<RelayInfo>,
-        removed: Vec<Uuid>,
+        removed: Vec<RelayId>,
     },
     AccessGranted {
         #[serde(rename = "ref")]
         reference: String,
-        resource_id: Uuid,
-        gateway: Peer,
-        preshared_key: String,
+        resource_id: ResourceId,
+        gateway: Peer<GatewayId>,
+        preshared_key: PresharedKey,
         ice: PairIce,
         expires_at: Option<Timestamp>,
     },
     AccessDenied {
         #[serde(rename = "ref")]
         reference: String,
-        resource_id: Uuid,
+        resource_id: ResourceId,
         reason: DenyReason,
         /// For `forbidden`: the condition properties that failed (empty when
         /// no policy applies at all).
@@ -148,15 +206,15 @@ pub enum PortalToClient {
         violated: Vec<String>,
     },
     IceCandidates {
-        peer_id: Uuid,
+        peer_id: GatewayId,
         candidates: Vec<String>,
     },
     IceCandidatesRemoved {
-        peer_id: Uuid,
+        peer_id: GatewayId,
         candidates: Vec<String>,
     },
     AccessRevoked {
-        resource_id: Uuid,
+        resource_id: ResourceId,
     },
     Disconnect {
         reason: DisconnectReason,
@@ -174,16 +232,16 @@ pub enum ClientToPortal {
     RequestAccess {
         #[serde(rename = "ref")]
         reference: String,
-        resource_id: Uuid,
+        resource_id: ResourceId,
         #[serde(default)]
-        connected_gateway_ids: Vec<Uuid>,
+        connected_gateway_ids: Vec<GatewayId>,
     },
     IceCandidates {
-        peer_id: Uuid,
+        peer_id: GatewayId,
         candidates: Vec<String>,
     },
     IceCandidatesRemoved {
-        peer_id: Uuid,
+        peer_id: GatewayId,
         candidates: Vec<String>,
     },
 }
@@ -204,23 +262,23 @@ pub enum PortalToGateway {
         authorization: Box<Authorization>,
     },
     Revoke {
-        client_id: Uuid,
-        resource_id: Uuid,
+        client_id: ClientId,
+        resource_id: ResourceId,
     },
     ResourceUpdated {
         resource: ResourceDescription,
     },
     IceCandidates {
-        peer_id: Uuid,
+        peer_id: ClientId,
         candidates: Vec<String>,
     },
     IceCandidatesRemoved {
-        peer_id: Uuid,
+        peer_id: ClientId,
         candidates: Vec<String>,
     },
     RelaysChanged {
         added: Vec<RelayInfo>,
-        removed: Vec<Uuid>,
+        removed: Vec<RelayId>,
     },
     Disconnect {
         reason: DisconnectReason,
@@ -240,11 +298,11 @@ pub enum GatewayToPortal {
         reference: String,
     },
     IceCandidates {
-        peer_id: Uuid,
+        peer_id: ClientId,
         candidates: Vec<String>,
     },
     IceCandidatesRemoved {
-        peer_id: Uuid,
+        peer_id: ClientId,
         candidates: Vec<String>,
     },
 }
@@ -265,7 +323,7 @@ pub enum PortalToRelay {
     Init {},
     /// The shared secret for TURN REST credentials.
     Registered {
-        relay_id: Uuid,
+        relay_id: RelayId,
         auth_secret: String,
     },
     Disconnect {
@@ -278,9 +336,11 @@ pub enum PortalToRelay {
     },
 }
 
-/// The fuzz entry point (crates/model/fuzz): every message kind is parsed
+/// The fuzz entry point (crates/model/fuzz, feature `fuzzing`, never in a
+/// release build): every message kind is parsed
 /// from `data`; what parses must serialize and parse back to itself. Returns
 /// how many kinds parsed it.
+#[cfg(feature = "fuzzing")]
 pub fn fuzz_one(data: &[u8]) -> usize {
     fn round_trip<T>(data: &[u8]) -> usize
     where
@@ -316,14 +376,14 @@ mod tests {
             message,
             ClientToPortal::RequestAccess {
                 reference: "7".into(),
-                resource_id: Uuid::from_u128(1),
+                resource_id: ResourceId::from_u128(1),
                 connected_gateway_ids: vec![],
             }
         );
         assert!(serde_json::from_str::<ClientToPortal>(r#"{"type": "teleport"}"#).is_err());
         let denied = serde_json::to_value(PortalToClient::AccessDenied {
             reference: "7".into(),
-            resource_id: Uuid::from_u128(1),
+            resource_id: ResourceId::from_u128(1),
             reason: DenyReason::Forbidden,
             violated: vec!["time".into()],
         })
@@ -331,5 +391,44 @@ mod tests {
         assert_eq!(denied["type"], "access_denied");
         assert_eq!(denied["ref"], "7");
         assert_eq!(denied["reason"], "forbidden");
+    }
+
+    fn resource_json(kind: &str, address: &str) -> String {
+        format!(
+            r#"{{"id": "00000000-0000-0000-0000-000000000001", "name": "r", "type": "{kind}",
+                "address": {address}, "site_id": "00000000-0000-0000-0000-000000000002"}}"#
+        )
+    }
+
+    #[test]
+    fn resource_addresses_are_checked_when_parsed() {
+        let resource: ResourceDescription =
+            serde_json::from_str(&resource_json("cidr", r#""10.1.2.3/24""#)).unwrap();
+        assert_eq!(resource.kind(), ResourceType::Cidr);
+        assert_eq!(resource.address.to_text().as_deref(), Some("10.1.2.0/24"));
+        let wire = serde_json::to_value(&resource).unwrap();
+        assert_eq!(
+            (wire["type"].as_str(), wire["address"].as_str()),
+            (Some("cidr"), Some("10.1.2.0/24"))
+        );
+        // What the REST API would refuse, a device refuses too: a portal (or
+        // anyone on the path) cannot route Postern's own ranges or loopback
+        // into the tunnel.
+        for (kind, address) in [
+            ("cidr", r#""100.64.0.0/10""#),
+            ("cidr", r#""0.0.0.0/0""#),
+            ("ip", r#""127.0.0.1""#),
+            ("dns", r#""*.com""#),
+            ("cidr", "null"),
+            ("internet", r#""0.0.0.0/0""#),
+        ] {
+            assert!(
+                serde_json::from_str::<ResourceDescription>(&resource_json(kind, address)).is_err(),
+                "{kind} {address}"
+            );
+        }
+        let internet: ResourceDescription =
+            serde_json::from_str(&resource_json("internet", "null")).unwrap();
+        assert_eq!(internet.address, ResourceAddress::Internet);
     }
 }

@@ -78,6 +78,30 @@ impl ResourceAddress {
         }
     }
 
+    /// The destination prefixes the resource covers: the one place that
+    /// says so, for the client's routes and the gateway's authorizations.
+    /// DNS resources cover no fixed prefix: they are reached through proxy
+    /// addresses that the client's stub hands out per name.
+    pub fn prefixes(&self) -> Vec<IpNet> {
+        match self {
+            ResourceAddress::Cidr(net) => vec![*net],
+            ResourceAddress::Ip(ip) => vec![IpNet::from(*ip)],
+            ResourceAddress::Dns(_) => Vec::new(),
+            ResourceAddress::Internet => vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+        }
+    }
+
+    /// The DNS name pattern of a DNS resource.
+    pub fn dns_pattern(&self) -> Option<&DnsPattern> {
+        match self {
+            ResourceAddress::Dns(pattern) => Some(pattern),
+            _ => None,
+        }
+    }
+
     /// The address as the API shows it (`None` for the internet resource).
     pub fn to_text(&self) -> Option<String> {
         match self {
@@ -164,6 +188,31 @@ mod tests {
         assert_eq!(
             ResourceAddress::parse(ResourceType::Internet, None),
             Ok(ResourceAddress::Internet)
+        );
+    }
+
+    #[test]
+    fn prefixes_come_from_one_place() {
+        let prefixes = |kind, text: Option<&str>| {
+            ResourceAddress::parse(kind, text)
+                .unwrap()
+                .prefixes()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            prefixes(ResourceType::Cidr, Some("10.1.2.3/8")),
+            ["10.0.0.0/8"]
+        );
+        assert_eq!(
+            prefixes(ResourceType::Ip, Some("2001:db8::5")),
+            ["2001:db8::5/128"]
+        );
+        assert!(prefixes(ResourceType::Dns, Some("*.corp.test")).is_empty());
+        assert_eq!(
+            prefixes(ResourceType::Internet, None),
+            ["0.0.0.0/0", "::/0"]
         );
     }
 

@@ -11,6 +11,7 @@ use postern_model::protocol::{
     Authorization, ClientToPortal, DenyReason, GatewayToPortal, Peer, PortalToClient,
     PortalToGateway,
 };
+use postern_model::{ClientId, GatewayId, ResourceId, SiteId};
 use postern_policy::{Decision, Denial, Facts};
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ const MAX_REF: usize = 128;
 /// A gateway picked for a request.
 pub(super) struct Chosen {
     pub route: GatewayRoute,
-    pub peer: Peer,
+    pub peer: Peer<GatewayId>,
 }
 
 impl Hub {
@@ -48,11 +49,11 @@ impl Hub {
             ClientToPortal::IceCandidates {
                 peer_id,
                 candidates,
-            } => self.forward_candidates(id, peer_id, candidates, false),
+            } => self.forward_candidates(id, peer_id.0, candidates, false),
             ClientToPortal::IceCandidatesRemoved {
                 peer_id,
                 candidates,
-            } => self.forward_candidates(id, peer_id, candidates, true),
+            } => self.forward_candidates(id, peer_id.0, candidates, true),
         }
     }
 
@@ -67,11 +68,11 @@ impl Hub {
             GatewayToPortal::IceCandidates {
                 peer_id,
                 candidates,
-            } => self.forward_candidates(id, peer_id, candidates, false),
+            } => self.forward_candidates(id, peer_id.0, candidates, false),
             GatewayToPortal::IceCandidatesRemoved {
                 peer_id,
                 candidates,
-            } => self.forward_candidates(id, peer_id, candidates, true),
+            } => self.forward_candidates(id, peer_id.0, candidates, true),
         }
     }
 
@@ -79,7 +80,7 @@ impl Hub {
         &mut self,
         id: ConnId,
         reference: String,
-        resource_id: Uuid,
+        resource_id: ResourceId,
         reason: DenyReason,
         violated: Vec<String>,
     ) {
@@ -99,8 +100,8 @@ impl Hub {
         &mut self,
         id: ConnId,
         reference: String,
-        resource_id: Uuid,
-        connected: &[Uuid],
+        resource_id: ResourceId,
+        connected: &[GatewayId],
     ) {
         let now = Timestamp::now();
         let Some(conn) = self.conns.get(&id) else {
@@ -126,7 +127,7 @@ impl Hub {
         };
         let decision = graph
             .policies
-            .decide(graph.groups(client.actor_id), resource_id, &facts);
+            .decide(graph.groups(client.actor_id), resource_id.0, &facts);
         let expires_at = match decision {
             Decision::Allow { expires_at, .. } => expires_at,
             Decision::Deny(denial) => {
@@ -150,16 +151,17 @@ impl Hub {
         let ConnKind::Client(client) = &conn.kind else {
             return;
         };
+        let client_id = ClientId(client.device.id);
         let pair = PairIds {
-            client: client.device.id,
+            client: client_id,
             client_key: &conn.public_key,
             gateway: chosen.peer.id,
             gateway_key: &chosen.peer.public_key,
         };
         let authorization = Authorization {
             client: Peer {
-                id: client.device.id,
-                public_key: conn.public_key.clone(),
+                id: client_id,
+                public_key: conn.public_key,
                 ipv4: client.device.ipv4,
                 ipv6: client.device.ipv6,
             },
@@ -171,9 +173,9 @@ impl Hub {
         let grant = Grant {
             account,
             actor_id: client.actor_id,
-            client_device: client.device.id,
+            client_device: client_id,
             gateway_device: chosen.peer.id,
-            gateway_key: chosen.peer.public_key.clone(),
+            gateway_key: chosen.peer.public_key,
             authorization: authorization.clone(),
             remote_ip: conn.remote_ip,
             country: client.country.clone(),
@@ -207,7 +209,12 @@ impl Hub {
 
     /// Among the site's online gateways (on any portal node): one the client
     /// already uses, else the least loaded, ties broken at random (F20).
-    fn select_gateway(&mut self, account: Uuid, site: Uuid, connected: &[Uuid]) -> Option<Chosen> {
+    fn select_gateway(
+        &mut self,
+        account: Uuid,
+        site: SiteId,
+        connected: &[GatewayId],
+    ) -> Option<Chosen> {
         let mut candidates: Vec<(Chosen, u64)> = Vec::new();
         for conn_id in self.gateways.values() {
             let Some(conn) = self.conns.get(conn_id) else {
@@ -215,11 +222,11 @@ impl Hub {
             };
             if let ConnKind::Gateway(g) = &conn.kind
                 && conn.account == Some(account)
-                && g.site_id == site
+                && g.site_id == site.0
             {
                 let peer = Peer {
-                    id: g.device.id,
-                    public_key: conn.public_key.clone(),
+                    id: GatewayId(g.device.id),
+                    public_key: conn.public_key,
                     ipv4: g.device.ipv4,
                     ipv6: g.device.ipv6,
                 };
@@ -228,14 +235,14 @@ impl Hub {
                         route: GatewayRoute::Local(*conn_id),
                         peer,
                     },
-                    self.gateway_load(g.device.id),
+                    self.gateway_load(GatewayId(g.device.id)),
                 ));
             }
         }
         for remote in self.remote_gateways.values() {
             let info = &remote.info;
             if info.account == account
-                && info.site_id == site
+                && info.site_id == site.0
                 && !self.gateways.contains_key(&info.device)
             {
                 candidates.push((
@@ -243,7 +250,7 @@ impl Hub {
                         route: GatewayRoute::Remote(remote.node),
                         peer: Peer {
                             id: info.device,
-                            public_key: info.public_key.clone(),
+                            public_key: info.public_key,
                             ipv4: info.ipv4,
                             ipv6: info.ipv6,
                         },
@@ -304,7 +311,7 @@ impl Hub {
             reference: pending.client_ref,
             resource_id: grant.authorization.resource.id,
             gateway: pending.gateway_peer,
-            preshared_key: grant.authorization.preshared_key.clone(),
+            preshared_key: grant.authorization.preshared_key,
             ice: grant.authorization.ice.clone(),
             expires_at: grant.authorization.expires_at,
         };
@@ -380,7 +387,8 @@ impl Hub {
         }
         match &conn.kind {
             ConnKind::Client(client) => {
-                let me = client.device.id;
+                let me = ClientId(client.device.id);
+                let peer_device = GatewayId(peer_device);
                 if !self.paired(me, peer_device) {
                     return;
                 }
@@ -398,7 +406,8 @@ impl Hub {
                 self.deliver_to_gateway(peer_device, message);
             }
             ConnKind::Gateway(gateway) => {
-                let me = gateway.device.id;
+                let me = GatewayId(gateway.device.id);
+                let peer_device = ClientId(peer_device);
                 let message = if removed {
                     PortalToClient::IceCandidatesRemoved {
                         peer_id: me,
@@ -422,7 +431,7 @@ impl Hub {
         }
     }
 
-    fn paired(&self, client_device: Uuid, gateway_device: Uuid) -> bool {
+    fn paired(&self, client_device: ClientId, gateway_device: GatewayId) -> bool {
         self.grants
             .values()
             .any(|g| g.client_device == client_device && g.gateway_device == gateway_device)

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use postern_model::protocol::{PortalToClient, PortalToGateway};
+use postern_model::{ClientId, GatewayId, PublicKey, RelayId};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
@@ -30,8 +31,8 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GatewayAnnouncement {
     pub account: Uuid,
     pub site_id: Uuid,
-    pub device: Uuid,
-    pub public_key: String,
+    pub device: GatewayId,
+    pub public_key: PublicKey,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     pub load: u64,
@@ -40,7 +41,7 @@ pub struct GatewayAnnouncement {
 /// A relay registered with some node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayAnnouncement {
-    pub id: Uuid,
+    pub id: RelayId,
     pub addresses: Vec<SocketAddr>,
 }
 
@@ -63,7 +64,7 @@ pub enum ClusterMessage {
     },
     GatewayDown {
         from: Uuid,
-        device: Uuid,
+        device: GatewayId,
     },
     RelayUp {
         from: Uuid,
@@ -71,20 +72,20 @@ pub enum ClusterMessage {
     },
     RelayDown {
         from: Uuid,
-        id: Uuid,
+        id: RelayId,
     },
     /// For a gateway connected to node `to`.
     ToGateway {
         from: Uuid,
         to: Uuid,
-        device: Uuid,
+        device: GatewayId,
         message: Box<PortalToGateway>,
     },
     /// For a client connected to node `to`.
     ToClient {
         from: Uuid,
         to: Uuid,
-        device: Uuid,
+        device: ClientId,
         message: Box<PortalToClient>,
     },
     /// A gateway on `from` confirmed an authorization node `to` asked for.

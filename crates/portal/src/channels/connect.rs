@@ -8,6 +8,7 @@ use postern_model::protocol::{
     ClientToPortal, DisconnectReason, GatewayToPortal, PortalToClient, PortalToGateway,
     PortalToRelay, RelayToPortal,
 };
+use postern_model::{ClientId, GatewayId, RelayId};
 use serde::de::DeserializeOwned;
 
 use super::hub::{
@@ -33,7 +34,7 @@ impl Hub {
                         remote_ip: new.remote_ip,
                         sender: new.sender,
                         kind: ConnKind::Relay(RelayConn {
-                            relay_id: uuid::Uuid::new_v4(),
+                            relay_id: RelayId(uuid::Uuid::new_v4()),
                             addresses: Vec::new(),
                         }),
                         relays_issued: now,
@@ -52,7 +53,8 @@ impl Hub {
                     return;
                 }
                 // A second channel of the same device replaces the first.
-                if let Some(old) = self.clients.get(&device.id).copied() {
+                let device_id = ClientId(device.id);
+                if let Some(old) = self.clients.get(&device_id).copied() {
                     self.disconnect(old, DisconnectReason::Shutdown);
                 }
                 // Grants made for an earlier process of this device are for
@@ -61,7 +63,7 @@ impl Hub {
                     .grants
                     .values()
                     .filter(|g| {
-                        g.client_device == device.id
+                        g.client_device == device_id
                             && g.authorization.client.public_key != new.public_key
                     })
                     .map(|g| (g.client_device, g.authorization.resource.id))
@@ -76,8 +78,7 @@ impl Hub {
                     .map(|r| (r.id, r.clone()))
                     .collect();
                 let interface = Hub::interface(&device, graph.search_domain.clone());
-                let device_id = device.id;
-                let relays = self.relay_credentials(device_id);
+                let relays = self.relay_credentials(device.id);
                 self.conns.insert(
                     id,
                     Conn {
@@ -98,7 +99,7 @@ impl Hub {
                     },
                 );
                 self.clients.insert(device_id, id);
-                self.state.set_client_presence(device_id, true);
+                self.state.set_client_presence(device_id.0, true);
                 self.send_client(
                     id,
                     PortalToClient::Init {
@@ -117,7 +118,8 @@ impl Hub {
                     let _ = new.sender.try_send(super::hub::Outbound::Close);
                     return;
                 }
-                if let Some(old) = self.gateways.get(&device.id).copied() {
+                let device_id = GatewayId(device.id);
+                if let Some(old) = self.gateways.get(&device_id).copied() {
                     self.disconnect(old, DisconnectReason::Shutdown);
                 }
                 // A restarted gateway has a new key: what it authorized
@@ -125,7 +127,7 @@ impl Hub {
                 let stale: Vec<_> = self
                     .grants
                     .values()
-                    .filter(|g| g.gateway_device == device.id && g.gateway_key != new.public_key)
+                    .filter(|g| g.gateway_device == device_id && g.gateway_key != new.public_key)
                     .map(|g| (g.client_device, g.authorization.resource.id))
                     .collect();
                 for key in stale {
@@ -134,7 +136,7 @@ impl Hub {
                 let authorizations = self
                     .grants
                     .values()
-                    .filter(|g| g.gateway_device == device.id)
+                    .filter(|g| g.gateway_device == device_id)
                     .map(|g| g.authorization.clone())
                     .collect();
                 let search_domain = self
@@ -142,8 +144,7 @@ impl Hub {
                     .get(&account)
                     .and_then(|graph| graph.search_domain.clone());
                 let interface = Hub::interface(&device, search_domain);
-                let device_id = device.id;
-                let relays = self.relay_credentials(device_id);
+                let relays = self.relay_credentials(device.id);
                 self.conns.insert(
                     id,
                     Conn {

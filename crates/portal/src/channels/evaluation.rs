@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use postern_model::protocol::{
     DisconnectReason, PortalToClient, PortalToGateway, ResourceDescription,
 };
+use postern_model::{ClientId, GatewayId, ResourceId};
 use postern_policy::{Decision, Facts};
 use uuid::Uuid;
 
@@ -40,7 +41,7 @@ impl Hub {
                 }
             };
             let old = self.accounts.insert(account, graph);
-            let mut affected: HashSet<Uuid> = HashSet::new();
+            let mut affected: HashSet<ClientId> = HashSet::new();
             for change in changes {
                 self.affected_by(account, &change, old.as_ref(), &mut affected)
                     .await;
@@ -58,7 +59,7 @@ impl Hub {
         account: Uuid,
         change: &Change,
         old: Option<&AccountGraph>,
-        affected: &mut HashSet<Uuid>,
+        affected: &mut HashSet<ClientId>,
     ) {
         match change {
             Change::Resource(resource_id) => {
@@ -72,16 +73,16 @@ impl Hub {
                 for conn in self.conns.values() {
                     if let ConnKind::Client(client) = &conn.kind
                         && conn.account == Some(account)
-                        && (client.visible.contains_key(resource_id)
+                        && (client.visible.contains_key(&ResourceId(*resource_id))
                             || actors.contains(&client.actor_id))
                     {
-                        affected.insert(client.device.id);
+                        affected.insert(ClientId(client.device.id));
                     }
                 }
                 affected.extend(
                     self.grants
                         .values()
-                        .filter(|g| g.authorization.resource.id == *resource_id)
+                        .filter(|g| g.authorization.resource.id.0 == *resource_id)
                         .map(|g| g.client_device),
                 );
                 // Gateways enforcing it learn new filters at once.
@@ -101,7 +102,7 @@ impl Hub {
                     if let ConnKind::Client(client) = &conn.kind
                         && conn.account == Some(account)
                     {
-                        affected.insert(client.device.id);
+                        affected.insert(ClientId(client.device.id));
                     }
                 }
                 affected.extend(
@@ -128,7 +129,7 @@ impl Hub {
                     Err(_) => None,
                 };
                 if let Some(verified) = verified {
-                    if let Some(conn_id) = self.clients.get(device_id)
+                    if let Some(conn_id) = self.clients.get(&ClientId(*device_id))
                         && let Some(conn) = self.conns.get_mut(conn_id)
                         && let ConnKind::Client(client) = &mut conn.kind
                     {
@@ -137,18 +138,18 @@ impl Hub {
                     for grant in self
                         .grants
                         .values_mut()
-                        .filter(|g| g.client_device == *device_id)
+                        .filter(|g| g.client_device == ClientId(*device_id))
                     {
                         grant.client_verified = verified;
                     }
                 }
-                affected.insert(*device_id);
+                affected.insert(ClientId(*device_id));
             }
             Change::ClientDeleted(device_id) => {
-                if let Some(conn_id) = self.clients.get(device_id).copied() {
+                if let Some(conn_id) = self.clients.get(&ClientId(*device_id)).copied() {
                     self.disconnect(conn_id, DisconnectReason::TokenRevoked);
                 }
-                self.revoke_device_grants(*device_id);
+                self.revoke_device_grants(ClientId(*device_id));
             }
             Change::TokenRevoked(token_id) => {
                 let doomed: Vec<_> = self
@@ -173,14 +174,14 @@ impl Hub {
         }
     }
 
-    fn devices_of_actors(&self, account: Uuid, actors: &[Uuid], affected: &mut HashSet<Uuid>) {
+    fn devices_of_actors(&self, account: Uuid, actors: &[Uuid], affected: &mut HashSet<ClientId>) {
         let actors: HashSet<&Uuid> = actors.iter().collect();
         for conn in self.conns.values() {
             if let ConnKind::Client(client) = &conn.kind
                 && conn.account == Some(account)
                 && actors.contains(&client.actor_id)
             {
-                affected.insert(client.device.id);
+                affected.insert(ClientId(client.device.id));
             }
         }
         affected.extend(
@@ -192,7 +193,7 @@ impl Hub {
     }
 
     fn resource_updated(&mut self, resource: ResourceDescription) {
-        let mut gateways: Vec<Uuid> = Vec::new();
+        let mut gateways: Vec<GatewayId> = Vec::new();
         for grant in self.grants.values_mut() {
             if grant.authorization.resource.id == resource.id {
                 grant.authorization.resource = resource.clone();
@@ -213,7 +214,7 @@ impl Hub {
 
     /// Brings one client device in line with the graph: its resource list (if
     /// connected) and every grant it holds.
-    pub(super) fn reevaluate_device(&mut self, account: Uuid, device: Uuid, now: Timestamp) {
+    pub(super) fn reevaluate_device(&mut self, account: Uuid, device: ClientId, now: Timestamp) {
         let Some(graph) = self.accounts.get(&account) else {
             return;
         };
@@ -226,7 +227,7 @@ impl Hub {
             if !graph.actor_active(client.actor_id) {
                 drop_connection = Some(conn_id);
             } else {
-                let visible: BTreeMap<Uuid, ResourceDescription> = graph
+                let visible: BTreeMap<ResourceId, ResourceDescription> = graph
                     .visible(client.actor_id)
                     .into_iter()
                     .map(|r| (r.id, r.clone()))
@@ -252,11 +253,11 @@ impl Hub {
         for (key, grant) in self.grants.iter_mut().filter(|(k, _)| k.0 == device) {
             let resource_id = key.1;
             let still_visible = graph.actor_active(grant.actor_id)
-                && graph.resources.contains_key(&resource_id)
+                && graph.resources.contains_key(&resource_id.0)
                 && graph
                     .policies
                     .visible_resources(graph.groups(grant.actor_id))
-                    .contains(&resource_id);
+                    .contains(&resource_id.0);
             let facts = Facts {
                 now,
                 remote_ip: Some(grant.remote_ip),
@@ -267,7 +268,7 @@ impl Hub {
             };
             match graph
                 .policies
-                .decide(graph.groups(grant.actor_id), resource_id, &facts)
+                .decide(graph.groups(grant.actor_id), resource_id.0, &facts)
             {
                 Decision::Allow { expires_at, .. } if still_visible => {
                     // Another window may carry it on; the token still bounds it.
@@ -305,7 +306,7 @@ impl Hub {
     }
 
     /// Ends a grant: the gateway stops forwarding, the client is told.
-    pub(super) fn revoke_grant(&mut self, key: (Uuid, Uuid)) {
+    pub(super) fn revoke_grant(&mut self, key: (ClientId, ResourceId)) {
         let Some(grant) = self.grants.remove(&key) else {
             return;
         };
@@ -323,7 +324,7 @@ impl Hub {
         self.refresh_gateway_presence(grant.gateway_device);
     }
 
-    pub(super) fn revoke_device_grants(&mut self, device: Uuid) {
+    pub(super) fn revoke_device_grants(&mut self, device: ClientId) {
         let keys: Vec<_> = self
             .grants
             .keys()
@@ -347,7 +348,7 @@ impl Hub {
         for reference in overdue {
             self.fail_pending(&reference);
         }
-        let expired: Vec<(Uuid, Uuid)> = self
+        let expired: Vec<(Uuid, ClientId)> = self
             .grants
             .values()
             .filter(|g| g.authorization.expires_at.is_some_and(|at| at <= wall))

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use postern_model::protocol::ResourceDescription;
+use postern_model::{ResourceAddress, ResourceId, SiteId};
 use postern_policy::{CompiledCondition, Policy, Snapshot};
 use uuid::Uuid;
 
@@ -66,19 +67,27 @@ impl AccountGraph {
         }
         let resources = resource_rows
             .into_iter()
-            .map(|r| {
-                (
+            .filter_map(|r| {
+                // Validated on write; a row that no longer parses (rules
+                // tightened since) is offered to nobody.
+                let address = match ResourceAddress::parse(r.kind, r.address.as_deref()) {
+                    Ok(address) => address,
+                    Err(error) => {
+                        tracing::warn!(resource = %r.id, %error, "resource address does not parse; the resource is not offered");
+                        return None;
+                    }
+                };
+                Some((
                     r.id,
                     ResourceDescription {
-                        id: r.id,
+                        id: ResourceId(r.id),
                         name: r.name,
-                        kind: r.kind,
-                        address: r.address,
+                        address,
                         address_description: r.address_description,
                         filters: r.filters,
-                        site_id: r.site_id,
+                        site_id: SiteId(r.site_id),
                     },
-                )
+                ))
             })
             .collect();
         let mut snapshot = Snapshot::default();

@@ -13,6 +13,7 @@ use postern_model::protocol::{
     Authorization, DisconnectReason, Interface, PortalToClient, PortalToGateway, PortalToRelay,
     ResourceDescription,
 };
+use postern_model::{ClientId, GatewayId, PublicKey, RelayId, ResourceId};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -64,8 +65,8 @@ pub struct NewConnection {
     pub id: ConnId,
     pub party: Party,
     pub token: TokenRecord,
-    /// Base64 X25519 key of the device's current process (empty for relays).
-    pub public_key: String,
+    /// X25519 key of the device's current process (zeros for relays).
+    pub public_key: PublicKey,
     pub remote_ip: IpAddr,
     pub sender: mpsc::Sender<Outbound>,
 }
@@ -91,7 +92,7 @@ pub(super) struct Conn {
     pub account: Option<Uuid>,
     pub token_id: Uuid,
     pub token_expires: Option<Timestamp>,
-    pub public_key: String,
+    pub public_key: PublicKey,
     pub remote_ip: IpAddr,
     pub sender: mpsc::Sender<Outbound>,
     pub kind: ConnKind,
@@ -111,7 +112,7 @@ pub(super) struct ClientConn {
     pub country: Option<String>,
     pub identity_provider: Option<Uuid>,
     /// What the client was told it has.
-    pub visible: BTreeMap<Uuid, ResourceDescription>,
+    pub visible: BTreeMap<ResourceId, ResourceDescription>,
 }
 
 pub(super) struct GatewayConn {
@@ -120,7 +121,7 @@ pub(super) struct GatewayConn {
 }
 
 pub(super) struct RelayConn {
-    pub relay_id: Uuid,
+    pub relay_id: RelayId,
     pub addresses: Vec<SocketAddr>,
 }
 
@@ -130,9 +131,9 @@ pub(super) struct RelayConn {
 pub(super) struct Grant {
     pub account: Uuid,
     pub actor_id: Uuid,
-    pub client_device: Uuid,
-    pub gateway_device: Uuid,
-    pub gateway_key: String,
+    pub client_device: ClientId,
+    pub gateway_device: GatewayId,
+    pub gateway_key: PublicKey,
     pub authorization: Authorization,
     /// The facts the decision used, kept for re-evaluation while the client
     /// is away.
@@ -158,7 +159,7 @@ pub(super) struct Pending {
     pub client_conn: ConnId,
     pub client_ref: String,
     pub gateway: GatewayRoute,
-    pub gateway_peer: postern_model::protocol::Peer,
+    pub gateway_peer: postern_model::protocol::Peer<GatewayId>,
     pub deadline: Instant,
     pub grant: Grant,
 }
@@ -187,21 +188,21 @@ pub struct Hub {
     pub(super) state: Arc<AppState>,
     pub(super) accounts: HashMap<Uuid, AccountGraph>,
     pub(super) conns: HashMap<ConnId, Conn>,
-    pub(super) clients: HashMap<Uuid, ConnId>,
-    pub(super) gateways: HashMap<Uuid, ConnId>,
-    pub(super) grants: HashMap<(Uuid, Uuid), Grant>,
+    pub(super) clients: HashMap<ClientId, ConnId>,
+    pub(super) gateways: HashMap<GatewayId, ConnId>,
+    pub(super) grants: HashMap<(ClientId, ResourceId), Grant>,
     pub(super) pending: HashMap<String, Pending>,
     pub(super) pair_secrets: PairSecrets,
     pub(super) turn_secret: String,
     /// This portal node.
     pub(super) node: Uuid,
     pub(super) cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
-    pub(super) remote_gateways: HashMap<Uuid, RemoteGateway>,
-    pub(super) remote_relays: HashMap<Uuid, RemoteRelay>,
+    pub(super) remote_gateways: HashMap<GatewayId, RemoteGateway>,
+    pub(super) remote_relays: HashMap<RelayId, RemoteRelay>,
     /// Authorizations forwarded to a gateway here: ref -> the asking node.
     pub(super) remote_pending: HashMap<String, Uuid>,
     /// (client, gateway here) -> the client's node, for its candidates.
-    pub(super) remote_pairs: HashMap<(Uuid, Uuid), Uuid>,
+    pub(super) remote_pairs: HashMap<(ClientId, GatewayId), Uuid>,
     pub(super) nodes_seen: HashMap<Uuid, Instant>,
     pub(super) last_heartbeat: Instant,
     next_ref: u64,
@@ -380,9 +381,10 @@ impl Hub {
         };
         match conn.kind {
             ConnKind::Client(client) => {
-                if self.clients.get(&client.device.id) == Some(&id) {
-                    self.clients.remove(&client.device.id);
-                    self.state.set_client_presence(client.device.id, false);
+                let device_id = ClientId(client.device.id);
+                if self.clients.get(&device_id) == Some(&id) {
+                    self.clients.remove(&device_id);
+                    self.state.set_client_presence(device_id.0, false);
                 }
                 let abandoned: Vec<String> = self
                     .pending
@@ -397,15 +399,15 @@ impl Hub {
                 }
             }
             ConnKind::Gateway(gateway) => {
-                if self.gateways.get(&gateway.device.id) == Some(&id) {
-                    self.gateways.remove(&gateway.device.id);
-                    self.state.set_gateway_presence(gateway.device.id, None);
+                let device_id = GatewayId(gateway.device.id);
+                if self.gateways.get(&device_id) == Some(&id) {
+                    self.gateways.remove(&device_id);
+                    self.state.set_gateway_presence(device_id.0, None);
                     self.publish(ClusterMessage::GatewayDown {
                         from: self.node,
-                        device: gateway.device.id,
+                        device: device_id,
                     });
-                    self.remote_pairs
-                        .retain(|(_, g), _| *g != gateway.device.id);
+                    self.remote_pairs.retain(|(_, g), _| *g != device_id);
                 }
                 // Requests waiting on it fail closed now rather than in 15 s.
                 let waiting: Vec<String> = self
@@ -451,8 +453,8 @@ impl Hub {
     }
 
     /// Clients the gateway serves now, for presence and load balancing.
-    pub(super) fn gateway_load(&self, gateway_device: Uuid) -> u64 {
-        let mut clients: Vec<Uuid> = self
+    pub(super) fn gateway_load(&self, gateway_device: GatewayId) -> u64 {
+        let mut clients: Vec<ClientId> = self
             .grants
             .values()
             .filter(|g| g.gateway_device == gateway_device)
@@ -463,10 +465,10 @@ impl Hub {
         clients.len() as u64
     }
 
-    pub(super) fn refresh_gateway_presence(&self, gateway_device: Uuid) {
+    pub(super) fn refresh_gateway_presence(&self, gateway_device: GatewayId) {
         if self.gateways.contains_key(&gateway_device) {
             self.state
-                .set_gateway_presence(gateway_device, Some(self.gateway_load(gateway_device)));
+                .set_gateway_presence(gateway_device.0, Some(self.gateway_load(gateway_device)));
         }
     }
 }

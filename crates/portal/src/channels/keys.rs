@@ -5,19 +5,19 @@
 //! reconnect gets the same ones) and useless to any other key pair.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use postern_model::protocol::{IceCredentials, PairIce};
+use postern_model::{ClientId, GatewayId, PresharedKey, PublicKey};
 use sha2::Sha256;
-use uuid::Uuid;
 
 /// Which two processes a secret is for.
 #[derive(Clone, Copy, Debug)]
 pub struct PairIds<'a> {
-    pub client: Uuid,
-    pub client_key: &'a str,
-    pub gateway: Uuid,
-    pub gateway_key: &'a str,
+    pub client: ClientId,
+    pub client_key: &'a PublicKey,
+    pub gateway: GatewayId,
+    pub gateway_key: &'a PublicKey,
 }
 
 pub struct PairSecrets {
@@ -32,12 +32,14 @@ impl PairSecrets {
     fn derive(&self, label: &str, pair: PairIds<'_>) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        // The keys enter as their base64 text, as they always have.
+        let (client_key, gateway_key) = (pair.client_key.to_base64(), pair.gateway_key.to_base64());
         for part in [
             label.as_bytes(),
-            pair.client.as_bytes(),
-            pair.client_key.as_bytes(),
-            pair.gateway.as_bytes(),
-            pair.gateway_key.as_bytes(),
+            pair.client.0.as_bytes(),
+            client_key.as_bytes(),
+            pair.gateway.0.as_bytes(),
+            gateway_key.as_bytes(),
         ] {
             mac.update(&(part.len() as u32).to_be_bytes());
             mac.update(part);
@@ -45,9 +47,8 @@ impl PairSecrets {
         mac.finalize().into_bytes().into()
     }
 
-    /// Base64 of the 32-byte preshared key.
-    pub fn preshared_key(&self, pair: PairIds<'_>) -> String {
-        STANDARD.encode(self.derive("postern psk v1", pair))
+    pub fn preshared_key(&self, pair: PairIds<'_>) -> PresharedKey {
+        PresharedKey(self.derive("postern psk v1", pair))
     }
 
     pub fn ice(&self, pair: PairIds<'_>) -> PairIce {
@@ -75,16 +76,14 @@ mod tests {
     fn secrets_are_stable_per_pair_and_differ_between_pairs() {
         let secrets = PairSecrets::new([7; 32]);
         let pair = PairIds {
-            client: Uuid::from_u128(1),
-            client_key: "client-key",
-            gateway: Uuid::from_u128(2),
-            gateway_key: "gateway-key",
+            client: ClientId::from_u128(1),
+            client_key: &PublicKey([1; 32]),
+            gateway: GatewayId::from_u128(2),
+            gateway_key: &PublicKey([2; 32]),
         };
         assert_eq!(secrets.preshared_key(pair), secrets.preshared_key(pair));
-        let psk = STANDARD.decode(secrets.preshared_key(pair)).unwrap();
-        assert_eq!(psk.len(), 32);
         let other_key = PairIds {
-            gateway_key: "restarted-gateway",
+            gateway_key: &PublicKey([3; 32]),
             ..pair
         };
         assert_ne!(

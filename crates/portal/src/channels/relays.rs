@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use jiff::{SignedDuration, Timestamp};
+use postern_model::RelayId;
 use postern_model::protocol::{PortalToClient, PortalToGateway, PortalToRelay, RelayInfo};
 use postern_turn::credentials::{rest_password, rest_username};
 use uuid::Uuid;
@@ -62,7 +63,7 @@ impl Hub {
         });
     }
 
-    pub(super) fn relay_gone(&mut self, relay_id: Uuid) {
+    pub(super) fn relay_gone(&mut self, relay_id: RelayId) {
         self.broadcast_relays(&[], &[relay_id]);
         self.publish(ClusterMessage::RelayDown {
             from: self.node,
@@ -89,7 +90,7 @@ impl Hub {
         self.relay_infos(device, None)
     }
 
-    fn relay_infos(&self, device: Uuid, only: Option<&[Uuid]>) -> Vec<RelayInfo> {
+    fn relay_infos(&self, device: Uuid, only: Option<&[RelayId]>) -> Vec<RelayInfo> {
         let expires_at = Timestamp::now()
             + SignedDuration::try_from(RELAY_CREDENTIAL_LIFETIME).unwrap_or(SignedDuration::ZERO);
         let expiry_unix = expires_at.as_second().max(0) as u64;
@@ -112,7 +113,7 @@ impl Hub {
         relays
     }
 
-    pub(super) fn broadcast_relays(&mut self, added: &[Uuid], removed: &[Uuid]) {
+    pub(super) fn broadcast_relays(&mut self, added: &[RelayId], removed: &[RelayId]) {
         let targets: Vec<(ConnId, Uuid, bool)> = self
             .conns
             .iter()

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use postern_model::protocol::{PortalToClient, PortalToGateway};
+use postern_model::{ClientId, GatewayId, RelayId};
 use uuid::Uuid;
 
 use super::cluster::{
@@ -22,7 +23,11 @@ impl Hub {
     }
 
     /// Delivers to a gateway wherever it is connected; `false` if it is not.
-    pub(super) fn deliver_to_gateway(&mut self, device: Uuid, message: PortalToGateway) -> bool {
+    pub(super) fn deliver_to_gateway(
+        &mut self,
+        device: GatewayId,
+        message: PortalToGateway,
+    ) -> bool {
         if let Some(&conn) = self.gateways.get(&device) {
             self.send_gateway(conn, message);
             return true;
@@ -65,7 +70,7 @@ impl Hub {
     pub(super) fn deliver_to_remote_client(
         &self,
         node: Uuid,
-        device: Uuid,
+        device: ClientId,
         message: PortalToClient,
     ) {
         let parts = match message {
@@ -100,7 +105,7 @@ impl Hub {
     }
 
     /// What this node announces about one of its gateways.
-    pub(super) fn announcement(&self, device: Uuid) -> Option<GatewayAnnouncement> {
+    pub(super) fn announcement(&self, device: GatewayId) -> Option<GatewayAnnouncement> {
         let conn = self.conns.get(self.gateways.get(&device)?)?;
         let ConnKind::Gateway(gateway) = &conn.kind else {
             return None;
@@ -109,7 +114,7 @@ impl Hub {
             account: conn.account?,
             site_id: gateway.site_id,
             device,
-            public_key: conn.public_key.clone(),
+            public_key: conn.public_key,
             ipv4: gateway.device.ipv4,
             ipv6: gateway.device.ipv6,
             load: self.gateway_load(device),
@@ -188,7 +193,7 @@ impl Hub {
             return;
         }
         let key = info.public_key.clone();
-        self.state.set_gateway_presence(device, Some(info.load));
+        self.state.set_gateway_presence(device.0, Some(info.load));
         let known = self
             .remote_gateways
             .insert(device, RemoteGateway { node, info })
@@ -227,12 +232,12 @@ impl Hub {
         }
     }
 
-    fn remote_gateway_down(&mut self, device: Uuid) {
+    fn remote_gateway_down(&mut self, device: GatewayId) {
         if self.remote_gateways.remove(&device).is_none() {
             return;
         }
         if !self.gateways.contains_key(&device) {
-            self.state.set_gateway_presence(device, None);
+            self.state.set_gateway_presence(device.0, None);
         }
         // Requests waiting on it fail closed now.
         let waiting: Vec<String> = self
@@ -266,7 +271,7 @@ impl Hub {
         }
         if now.duration_since(self.last_heartbeat) >= HEARTBEAT {
             self.last_heartbeat = now;
-            let devices: Vec<Uuid> = self.gateways.keys().copied().collect();
+            let devices: Vec<GatewayId> = self.gateways.keys().copied().collect();
             let gateways = devices
                 .into_iter()
                 .filter_map(|d| self.announcement(d))
@@ -287,7 +292,7 @@ impl Hub {
         for node in gone {
             tracing::warn!(%node, "portal node silent; forgetting its gateways and relays");
             self.nodes_seen.remove(&node);
-            let devices: Vec<Uuid> = self
+            let devices: Vec<GatewayId> = self
                 .remote_gateways
                 .iter()
                 .filter(|(_, g)| g.node == node)
@@ -296,7 +301,7 @@ impl Hub {
             for device in devices {
                 self.remote_gateway_down(device);
             }
-            let relays: Vec<Uuid> = self
+            let relays: Vec<RelayId> = self
                 .remote_relays
                 .iter()
                 .filter(|(_, r)| r.node == node)

@@ -11,8 +11,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use jiff::Timestamp;
+use postern_model::PublicKey;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -143,7 +143,7 @@ async fn join(
     let remote_ip = peer.ip();
 
     let (party, public_key) = match kind {
-        TokenKind::Relay => (Party::Relay, String::new()),
+        TokenKind::Relay => (Party::Relay, PublicKey([0; 32])),
         TokenKind::Client | TokenKind::Gateway => {
             let device_id = text_param("device_id", params.device_id.as_deref(), true, 128)?
                 .unwrap_or_default();
@@ -152,12 +152,8 @@ async fn join(
                 .as_deref()
                 .map(str::trim)
                 .unwrap_or_default();
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(public_key)
-                .map_err(|_| bad_request("public_key", "base64 of a 32-byte X25519 key"))?;
-            if decoded.len() != 32 {
-                return Err(bad_request("public_key", "base64 of a 32-byte X25519 key"));
-            }
+            let public_key = PublicKey::from_base64(public_key)
+                .ok_or_else(|| bad_request("public_key", "base64 of a 32-byte X25519 key"))?;
             let name = text_param("name", params.name.as_deref(), false, 255)?
                 .unwrap_or_else(|| device_id.clone());
             let os = text_param("os", params.os.as_deref(), false, 64)?;
@@ -186,7 +182,7 @@ async fn join(
                 }
             }?
             .ok_or_else(invalid)?;
-            (party, public_key.to_string())
+            (party, public_key)
         }
         TokenKind::Api | TokenKind::Browser => return Err(invalid()),
     };
