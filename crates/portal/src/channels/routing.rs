@@ -192,7 +192,7 @@ impl Hub {
             // It moved here; the other node's news is stale.
             return;
         }
-        let key = info.public_key.clone();
+        let key = info.public_key;
         self.state.set_gateway_presence(device.0, Some(info.load));
         let known = self
             .remote_gateways
