@@ -5,10 +5,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod change;
 pub mod channels;
 pub mod domain;
 pub mod geoip;
 pub mod metrics;
+pub mod online;
+pub mod problem;
 pub mod secrets;
 pub mod serve;
 pub mod setup;

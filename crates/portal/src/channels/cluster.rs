@@ -15,8 +15,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::hub::HubEvent;
-use crate::state::Change;
+use crate::change::Change;
 
 pub const CHANNEL: &str = "postern_cluster";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
@@ -125,14 +124,23 @@ impl ClusterMessage {
     }
 }
 
+/// What the listener hears for this node.
+#[derive(Debug)]
+pub enum Heard {
+    Message(Box<ClusterMessage>),
+    /// The listener reconnected: messages may have been lost.
+    Resync,
+}
+
 /// Connects the node to the cluster channel: a publisher with its own
 /// connection (so messages keep their order) and a listener that hands every
-/// message meant for this node to the hub. A listener that lost its
-/// connection tells the hub to resynchronize, since messages may be lost.
-pub async fn connect(
+/// message meant for this node to `inbox` (the hub's, in arrival order with
+/// the sockets' events). A listener that lost its connection asks for a
+/// resync, since messages may be lost.
+pub async fn connect<T: From<Heard> + Send + 'static>(
     url: &str,
     node: Uuid,
-    hub: mpsc::Sender<HubEvent>,
+    inbox: mpsc::Sender<T>,
 ) -> Result<mpsc::UnboundedSender<ClusterMessage>, sqlx::Error> {
     let publisher = PgPoolOptions::new().max_connections(1).connect(url).await?;
     let mut listener = PgListener::connect(url).await?;
@@ -173,8 +181,8 @@ pub async fn connect(
                         }
                     };
                     if message.is_for(node)
-                        && hub
-                            .send(HubEvent::Cluster(Box::new(message)))
+                        && inbox
+                            .send(Heard::Message(Box::new(message)).into())
                             .await
                             .is_err()
                     {
@@ -185,7 +193,7 @@ pub async fn connect(
                 // meanwhile is gone.
                 Ok(None) => {
                     tracing::warn!("cluster listener reconnected; resynchronizing");
-                    if hub.send(HubEvent::ClusterResync).await.is_err() {
+                    if inbox.send(Heard::Resync.into()).await.is_err() {
                         break;
                     }
                 }

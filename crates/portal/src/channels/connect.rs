@@ -99,7 +99,7 @@ impl Hub {
                     },
                 );
                 self.clients.insert(device_id, id);
-                self.state.set_client_presence(device_id.0, true);
+                self.state.online().set_client(device_id.0, true);
                 self.send_client(
                     id,
                     PortalToClient::Init {

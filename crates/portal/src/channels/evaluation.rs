@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::graph::AccountGraph;
 use super::hub::{ConnKind, Hub, RELAY_CREDENTIAL_LIFETIME};
+use crate::change::Change;
 use crate::domain::DeviceKind;
-use crate::state::Change;
 use crate::store::devices;
 
 impl Hub {

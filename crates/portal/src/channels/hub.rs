@@ -18,11 +18,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::cluster::{ClusterMessage, GatewayAnnouncement, RelayAnnouncement};
+use super::cluster::{ClusterMessage, GatewayAnnouncement, Heard, RelayAnnouncement};
 use super::graph::AccountGraph;
 use super::keys::PairSecrets;
+use crate::change::Change;
 use crate::domain::{Device, TokenRecord};
-use crate::state::{AppState, Change};
+use crate::state::AppState;
 
 /// Connection ids are process-local counters.
 pub type ConnId = u64;
@@ -35,11 +36,6 @@ pub enum Outbound {
     Close,
 }
 
-/// Per-connection queue depth: a client far behind this is broken or
-/// malicious, and is disconnected.
-pub const OUTBOUND_QUEUE: usize = 1024;
-/// How long a gateway has to confirm an authorization (SPEC section 5).
-pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(15);
 /// TURN credentials handed out live this long and are renewed at half-life.
 pub const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -85,6 +81,15 @@ pub enum HubEvent {
     Cluster(Box<ClusterMessage>),
     /// The cluster listener reconnected: messages may have been lost.
     ClusterResync,
+}
+
+impl From<Heard> for HubEvent {
+    fn from(heard: Heard) -> Self {
+        match heard {
+            Heard::Message(message) => HubEvent::Cluster(message),
+            Heard::Resync => HubEvent::ClusterResync,
+        }
+    }
 }
 
 /// A connected channel.
@@ -384,7 +389,7 @@ impl Hub {
                 let device_id = ClientId(client.device.id);
                 if self.clients.get(&device_id) == Some(&id) {
                     self.clients.remove(&device_id);
-                    self.state.set_client_presence(device_id.0, false);
+                    self.state.online().set_client(device_id.0, false);
                 }
                 let abandoned: Vec<String> = self
                     .pending
@@ -402,7 +407,7 @@ impl Hub {
                 let device_id = GatewayId(gateway.device.id);
                 if self.gateways.get(&device_id) == Some(&id) {
                     self.gateways.remove(&device_id);
-                    self.state.set_gateway_presence(device_id.0, None);
+                    self.state.online().set_gateway(device_id.0, None);
                     self.publish(ClusterMessage::GatewayDown {
                         from: self.node,
                         device: device_id,
@@ -468,7 +473,8 @@ impl Hub {
     pub(super) fn refresh_gateway_presence(&self, gateway_device: GatewayId) {
         if self.gateways.contains_key(&gateway_device) {
             self.state
-                .set_gateway_presence(gateway_device.0, Some(self.gateway_load(gateway_device)));
+                .online()
+                .set_gateway(gateway_device.0, Some(self.gateway_load(gateway_device)));
         }
     }
 }

@@ -12,7 +12,7 @@ use super::cluster::{
     ClusterMessage, GatewayAnnouncement, HEARTBEAT, NODE_TIMEOUT, RelayAnnouncement,
 };
 use super::hub::{ConnKind, GatewayRoute, Hub, RemoteGateway, RemoteRelay};
-use crate::state::Change;
+use crate::change::Change;
 
 impl Hub {
     /// Sends to the other nodes (a no-op for a single node).
@@ -193,7 +193,7 @@ impl Hub {
             return;
         }
         let key = info.public_key;
-        self.state.set_gateway_presence(device.0, Some(info.load));
+        self.state.online().set_gateway(device.0, Some(info.load));
         let known = self
             .remote_gateways
             .insert(device, RemoteGateway { node, info })
@@ -237,7 +237,7 @@ impl Hub {
             return;
         }
         if !self.gateways.contains_key(&device) {
-            self.state.set_gateway_presence(device.0, None);
+            self.state.online().set_gateway(device.0, None);
         }
         // Requests waiting on it fail closed now.
         let waiting: Vec<String> = self

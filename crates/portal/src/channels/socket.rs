@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use super::connect::MAX_MESSAGE;
 use super::hub::{HubEvent, NewConnection, Outbound, Party};
-use crate::api::problem::Problem;
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
+use crate::problem::Problem;
 use crate::state::AppState;
 use crate::store::actors;
 use crate::store::devices::{self, Connecting};
@@ -116,7 +116,7 @@ async fn join(
     ws: WebSocketUpgrade,
     kind: TokenKind,
 ) -> Result<Response, Problem> {
-    let Some(hub) = state.hub().cloned() else {
+    let Some(hub) = state.hub::<mpsc::Sender<HubEvent>>().cloned() else {
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the portal is starting",
