@@ -1,16 +1,16 @@
 //! An account's policy graph in memory (F15): actors, group memberships,
 //! resources and the indexed policies. The hub reloads it when a change is
 //! committed and then re-evaluates only the clients the change can affect.
+//! Plain data: `loader` reads it from the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use postern_model::protocol::ResourceDescription;
 use postern_model::{ResourceAddress, ResourceId, SiteId};
 use postern_policy::{CompiledCondition, Policy, Snapshot};
 use uuid::Uuid;
 
-use crate::domain::{GroupKind, Role};
-use crate::store::{Store, StoreError, accounts, actors, groups, policies, resources};
+use crate::domain::{Actor, Group, GroupKind, PolicyRecord, Resource, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActorFacts {
@@ -30,17 +30,30 @@ pub struct AccountGraph {
     pub search_domain: Option<String>,
 }
 
-impl AccountGraph {
-    pub async fn load(store: &Store, account: Uuid) -> Result<AccountGraph, StoreError> {
-        let mut tx = store.read().await?;
-        let actor_rows = actors::list(&mut tx, account).await?;
-        let group_rows = groups::list(&mut tx, account).await?;
-        let memberships = groups::all_memberships(&mut tx, account).await?;
-        let resource_rows = resources::list(&mut tx, account).await?;
-        let policy_rows = policies::list(&mut tx, account).await?;
-        let search_domain = accounts::search_domain(&mut tx, account).await?;
-        tx.commit().await?;
+/// An account's rows, as the store lists them.
+#[derive(Debug, Default)]
+pub struct AccountRows {
+    pub actors: Vec<Actor>,
+    pub groups: Vec<Group>,
+    /// (group, actor) pairs.
+    pub memberships: Vec<(Uuid, Uuid)>,
+    pub resources: Vec<Resource>,
+    pub policies: Vec<PolicyRecord>,
+    pub search_domain: Option<String>,
+}
 
+impl AccountGraph {
+    /// The graph of an account's rows. Rows that no longer validate (rules
+    /// tightened since they were written) grant nothing.
+    pub fn build(rows: AccountRows) -> AccountGraph {
+        let AccountRows {
+            actors: actor_rows,
+            groups: group_rows,
+            memberships,
+            resources: resource_rows,
+            policies: policy_rows,
+            search_domain,
+        } = rows;
         let everyone = group_rows
             .iter()
             .find(|g| g.kind == GroupKind::Everyone)
@@ -114,14 +127,14 @@ impl AccountGraph {
                 disabled: record.disabled || !valid,
             });
         }
-        Ok(AccountGraph {
+        AccountGraph {
             actors,
             groups_of,
             everyone,
             resources,
             policies: snapshot,
             search_domain,
-        })
+        }
     }
 
     pub fn groups(&self, actor: Uuid) -> &[Uuid] {
@@ -139,6 +152,14 @@ impl AccountGraph {
             .visible_resources(self.groups(actor))
             .into_iter()
             .filter_map(|id| self.resources.get(&id))
+            .collect()
+    }
+
+    /// The resources offered to an actor, by id.
+    pub fn offered(&self, actor: Uuid) -> BTreeMap<ResourceId, ResourceDescription> {
+        self.visible(actor)
+            .into_iter()
+            .map(|r| (r.id, r.clone()))
             .collect()
     }
 
