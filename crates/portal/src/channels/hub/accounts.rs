@@ -10,10 +10,20 @@ use std::collections::{HashMap, VecDeque};
 use postern_model::ClientId;
 use uuid::Uuid;
 
+use super::super::cluster::ClusterMessage;
 use super::super::graph::AccountGraph;
-use super::Event;
-use super::io::{ConnId, LoadRequest};
+use super::io::{ConnId, Inbound, Joined, LoadRequest};
 use crate::change::Change;
+
+/// An input about one account's channels: it runs in that account's order.
+#[derive(Debug)]
+pub(super) enum Event {
+    Joined(Box<Joined>),
+    Message { conn: ConnId, message: Inbound },
+    Closed { conn: ConnId },
+    Undeliverable { conn: ConnId, overloaded: bool },
+    Cluster(Box<ClusterMessage>),
+}
 
 /// Something that waits for an account's load.
 #[derive(Debug)]

@@ -50,7 +50,7 @@ use postern_model::{ClientId, GatewayId};
 use uuid::Uuid;
 
 use self::access::Access;
-use self::accounts::{LoadedFor, Next, Waiting};
+use self::accounts::{Event, LoadedFor, Next, Waiting};
 use self::evaluation::Evaluation;
 use self::grants::GatewayRoute;
 use self::post::{Outbox, Post};
@@ -66,17 +66,6 @@ pub use self::io::{
     ConnId, DeviceFacts, Frame, HubConfig, HubSecrets, Inbound, Input, Joined, LoadRequest, Loaded,
     Metric, Output, Party, PresenceUpdate, TokenFacts,
 };
-
-/// An input about one account's channels: it runs in that account's order
-/// (see `accounts`).
-#[derive(Debug)]
-enum Event {
-    Joined(Box<Joined>),
-    Message { conn: ConnId, message: Inbound },
-    Closed { conn: ConnId },
-    Undeliverable { conn: ConnId, overloaded: bool },
-    Cluster(Box<ClusterMessage>),
-}
 
 pub struct Hub {
     presence: Presence,
