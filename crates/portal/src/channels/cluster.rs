@@ -16,17 +16,17 @@ use uuid::Uuid;
 
 use crate::change::Change;
 
-pub const CHANNEL: &str = "postern_cluster";
+pub(crate) const CHANNEL: &str = "postern_cluster";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
-pub const MAX_PAYLOAD: usize = 7900;
+pub(crate) const MAX_PAYLOAD: usize = 7900;
 /// How often a node repeats what it serves.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is gone, with its gateways and relays.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway connected to some node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GatewayAnnouncement {
+pub(crate) struct GatewayAnnouncement {
     pub account: Uuid,
     pub site_id: Uuid,
     pub device: GatewayId,
@@ -38,14 +38,14 @@ pub struct GatewayAnnouncement {
 
 /// A relay registered with some node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayAnnouncement {
+pub(crate) struct RelayAnnouncement {
     pub id: RelayId,
     pub addresses: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ClusterMessage {
+pub(crate) enum ClusterMessage {
     Change {
         from: Uuid,
         account: Uuid,
@@ -95,7 +95,7 @@ pub enum ClusterMessage {
 }
 
 impl ClusterMessage {
-    pub fn from(&self) -> Uuid {
+    pub(crate) fn from(&self) -> Uuid {
         match self {
             ClusterMessage::Change { from, .. }
             | ClusterMessage::Heartbeat { from, .. }
@@ -110,7 +110,7 @@ impl ClusterMessage {
     }
 
     /// Whether node `node` should act on it.
-    pub fn is_for(&self, node: Uuid) -> bool {
+    pub(crate) fn is_for(&self, node: Uuid) -> bool {
         if self.from() == node {
             return false;
         }
@@ -125,7 +125,7 @@ impl ClusterMessage {
 
 /// Candidates cross nodes in NOTIFY payloads (under 8000 bytes): eight of at
 /// most 512 bytes each fit.
-pub fn chunks(candidates: Vec<String>) -> impl Iterator<Item = Vec<String>> {
+pub(crate) fn chunks(candidates: Vec<String>) -> impl Iterator<Item = Vec<String>> {
     let mut candidates = candidates.into_iter().peekable();
     std::iter::from_fn(move || {
         candidates.peek()?;

@@ -13,17 +13,16 @@ use uuid::Uuid;
 use crate::domain::{Actor, Group, GroupKind, PolicyRecord, Resource, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ActorFacts {
+pub(crate) struct ActorFacts {
     pub role: Role,
     pub disabled: bool,
 }
 
 #[derive(Debug, Default)]
-pub struct AccountGraph {
+pub(crate) struct AccountGraph {
     pub actors: HashMap<Uuid, ActorFacts>,
     /// Actor -> its groups, `Everyone` included.
     pub groups_of: HashMap<Uuid, Vec<Uuid>>,
-    pub everyone: Option<Uuid>,
     pub resources: HashMap<Uuid, ResourceDescription>,
     pub policies: Snapshot,
     /// The account's DNS search domain for its clients' `init` (F25).
@@ -32,7 +31,7 @@ pub struct AccountGraph {
 
 /// An account's rows, as the store lists them.
 #[derive(Debug, Default)]
-pub struct AccountRows {
+pub(crate) struct AccountRows {
     pub actors: Vec<Actor>,
     pub groups: Vec<Group>,
     /// (group, actor) pairs.
@@ -45,7 +44,7 @@ pub struct AccountRows {
 impl AccountGraph {
     /// The graph of an account's rows. Rows that no longer validate (rules
     /// tightened since they were written) grant nothing.
-    pub fn build(rows: AccountRows) -> AccountGraph {
+    pub(crate) fn build(rows: AccountRows) -> AccountGraph {
         let AccountRows {
             actors: actor_rows,
             groups: group_rows,
@@ -130,24 +129,23 @@ impl AccountGraph {
         AccountGraph {
             actors,
             groups_of,
-            everyone,
             resources,
             policies: snapshot,
             search_domain,
         }
     }
 
-    pub fn groups(&self, actor: Uuid) -> &[Uuid] {
+    pub(crate) fn groups(&self, actor: Uuid) -> &[Uuid] {
         self.groups_of.get(&actor).map_or(&[], Vec::as_slice)
     }
 
     /// Whether an actor may hold a channel at all.
-    pub fn actor_active(&self, actor: Uuid) -> bool {
+    pub(crate) fn actor_active(&self, actor: Uuid) -> bool {
         self.actors.get(&actor).is_some_and(|a| !a.disabled)
     }
 
     /// The resources offered to an actor, as clients see them.
-    pub fn visible(&self, actor: Uuid) -> Vec<&ResourceDescription> {
+    pub(crate) fn visible(&self, actor: Uuid) -> Vec<&ResourceDescription> {
         self.policies
             .visible_resources(self.groups(actor))
             .into_iter()
@@ -156,7 +154,7 @@ impl AccountGraph {
     }
 
     /// The resources offered to an actor, by id.
-    pub fn offered(&self, actor: Uuid) -> BTreeMap<ResourceId, ResourceDescription> {
+    pub(crate) fn offered(&self, actor: Uuid) -> BTreeMap<ResourceId, ResourceDescription> {
         self.visible(actor)
             .into_iter()
             .map(|r| (r.id, r.clone()))
@@ -164,7 +162,7 @@ impl AccountGraph {
     }
 
     /// Actors that are members of any of `groups`.
-    pub fn members_of(&self, groups: &[Uuid]) -> Vec<Uuid> {
+    pub(crate) fn members_of(&self, groups: &[Uuid]) -> Vec<Uuid> {
         self.groups_of
             .iter()
             .filter(|(_, theirs)| theirs.iter().any(|g| groups.contains(g)))

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::hub::Inbound;
 
 /// Messages bigger than this are refused (the socket also caps frames).
-pub const MAX_MESSAGE: usize = 64 * 1024;
+pub(super) const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Which messages a channel sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,11 +6,13 @@
 //! carries outputs out, with `loader` reading the store and `notify` talking
 //! to the other portal nodes.
 
-pub mod cluster;
-pub mod graph;
-pub mod hub;
+#![warn(unreachable_pub)]
+
+pub(crate) mod cluster;
+pub(crate) mod graph;
+pub(crate) mod hub;
 mod inbound;
-pub mod keys;
+pub(crate) mod keys;
 mod loader;
 mod notify;
 mod shell;
@@ -33,7 +35,7 @@ use uuid::Uuid;
 /// the hub.
 const HUB_QUEUE: usize = 16 * 1024;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/client", get(socket::client))
         .route("/v1/gateway", get(socket::gateway))
@@ -42,7 +44,7 @@ pub fn router() -> Router<Arc<AppState>> {
 
 /// Starts the hub task (once per state). On PostgreSQL the node also joins
 /// the cluster of portal nodes sharing the database.
-pub async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
+pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
     let (sender, receiver) = mpsc::channel::<HubEvent>(HUB_QUEUE);
     if !state.set_hub(sender.clone()) {
         return Ok(());

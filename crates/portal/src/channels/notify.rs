@@ -11,7 +11,7 @@ use super::cluster::{CHANNEL, ClusterMessage, MAX_PAYLOAD};
 
 /// What the listener hears for this node.
 #[derive(Debug)]
-pub enum Heard {
+pub(super) enum Heard {
     Message(Box<ClusterMessage>),
     /// The listener reconnected: messages may have been lost.
     Resync,
@@ -22,7 +22,7 @@ pub enum Heard {
 /// message meant for this node to `inbox` (the hub's, in arrival order with
 /// the sockets' events). A listener that lost its connection asks for a
 /// resync, since messages may be lost.
-pub async fn connect<T: From<Heard> + Send + 'static>(
+pub(super) async fn connect<T: From<Heard> + Send + 'static>(
     url: &str,
     node: Uuid,
     inbox: mpsc::Sender<T>,

@@ -32,7 +32,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// What the sockets and the cluster listener send the hub.
 #[derive(Debug)]
-pub enum HubEvent {
+pub(super) enum HubEvent {
     /// A channel passed authentication; `sender` is its outbound queue.
     Joined {
         joined: Box<Joined>,
@@ -56,7 +56,7 @@ impl From<Heard> for HubEvent {
 
 /// What a socket task writes.
 #[derive(Debug)]
-pub enum Outbound {
+pub(super) enum Outbound {
     Text(String),
     /// Close the socket (after the text frames queued before it).
     Close,
@@ -69,7 +69,7 @@ pub(super) struct Outlets {
 }
 
 impl Outlets {
-    pub fn open(&mut self, conn: ConnId, sender: mpsc::Sender<Outbound>) {
+    pub(super) fn open(&mut self, conn: ConnId, sender: mpsc::Sender<Outbound>) {
         self.queues.insert(conn, sender);
     }
 
@@ -173,7 +173,7 @@ pub(super) struct Shell {
 }
 
 impl Shell {
-    pub fn new(
+    pub(super) fn new(
         hub: Hub,
         state: Arc<AppState>,
         cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
@@ -187,7 +187,7 @@ impl Shell {
     }
 
     /// Runs until the sockets' or the changes' senders are all gone.
-    pub async fn run(
+    pub(super) async fn run(
         mut self,
         mut events: mpsc::Receiver<HubEvent>,
         mut changes: mpsc::UnboundedReceiver<(Uuid, Change)>,

@@ -34,7 +34,7 @@ const READ_BUFFER: usize = 4 * 1024;
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Deserialize, Debug, Default)]
-pub struct ConnectParams {
+pub(super) struct ConnectParams {
     device_id: Option<String>,
     public_key: Option<String>,
     name: Option<String>,
@@ -44,7 +44,7 @@ pub struct ConnectParams {
 
 type Shared = State<Arc<AppState>>;
 
-pub async fn client(
+pub(super) async fn client(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -56,7 +56,7 @@ pub async fn client(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn gateway(
+pub(super) async fn gateway(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -68,7 +68,7 @@ pub async fn gateway(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn relay(
+pub(super) async fn relay(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,

@@ -68,7 +68,7 @@ pub(super) struct Access {
 }
 
 impl Access {
-    pub fn new(node: Uuid, secrets: PairSecrets, timeout: Duration, seed: u64) -> Self {
+    pub(super) fn new(node: Uuid, secrets: PairSecrets, timeout: Duration, seed: u64) -> Self {
         Access {
             grants: HashMap::new(),
             pending: HashMap::new(),
@@ -81,7 +81,7 @@ impl Access {
 
     /// Decides a request; if allowed, picks a gateway and asks it to
     /// authorize the client. The client hears `access_denied` otherwise.
-    pub fn request(
+    pub(super) fn request(
         &mut self,
         request: Request<'_>,
         post: &mut Post,
@@ -177,21 +177,21 @@ impl Access {
     }
 
     /// A fresh ref for an `authorize`.
-    pub fn next_ref(&mut self) -> String {
+    pub(super) fn next_ref(&mut self) -> String {
         self.refs.next()
     }
 
     /// Where the gateway of a pending request is.
-    pub fn route(&self, reference: &str) -> Option<GatewayRoute> {
+    pub(super) fn route(&self, reference: &str) -> Option<GatewayRoute> {
         self.pending.get(reference).map(|p| p.route)
     }
 
-    pub fn pending_account(&self, reference: &str) -> Option<Uuid> {
+    pub(super) fn pending_account(&self, reference: &str) -> Option<Uuid> {
         self.pending.get(reference).map(|p| p.grant.asker.account)
     }
 
     /// The gateway confirmed: the client hears `access_granted`.
-    pub fn authorized(&mut self, reference: &str, post: &mut Post) {
+    pub(super) fn authorized(&mut self, reference: &str, post: &mut Post) {
         let Some(pending) = self.pending.remove(reference) else {
             return;
         };
@@ -221,7 +221,7 @@ impl Access {
     }
 
     /// A pending request that cannot complete: the client hears `offline`.
-    pub fn fail(&mut self, reference: &str, post: &mut Post) {
+    pub(super) fn fail(&mut self, reference: &str, post: &mut Post) {
         if let Some(pending) = self.pending.remove(reference) {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
@@ -236,7 +236,7 @@ impl Access {
     }
 
     /// Fails the pending requests `waiting` picks, at once.
-    pub fn fail_where(
+    pub(super) fn fail_where(
         &mut self,
         waiting: impl Fn(GatewayRoute, GatewayId) -> bool,
         post: &mut Post,
@@ -253,7 +253,7 @@ impl Access {
     }
 
     /// Requests past their deadline fail closed.
-    pub fn fail_overdue(&mut self, now: Instant, post: &mut Post) {
+    pub(super) fn fail_overdue(&mut self, now: Instant, post: &mut Post) {
         let overdue: Vec<String> = self
             .pending
             .iter()
@@ -266,7 +266,7 @@ impl Access {
     }
 
     /// The client channel closed: its requests are withdrawn.
-    pub fn abandon(&mut self, conn: ConnId, post: &mut Post) {
+    pub(super) fn abandon(&mut self, conn: ConnId, post: &mut Post) {
         let abandoned: Vec<String> = self
             .pending
             .iter()
@@ -302,7 +302,7 @@ impl Access {
     }
 
     /// Ends a grant: the gateway stops forwarding, the client is told.
-    pub fn revoke(&mut self, key: Key, post: &mut Post) {
+    pub(super) fn revoke(&mut self, key: Key, post: &mut Post) {
         let Some(grant) = self.grants.remove(&key) else {
             return;
         };
@@ -319,14 +319,14 @@ impl Access {
     }
 
     /// Revokes every grant `pick` chooses.
-    pub fn revoke_where(&mut self, pick: impl Fn(&Grant) -> bool, post: &mut Post) {
+    pub(super) fn revoke_where(&mut self, pick: impl Fn(&Grant) -> bool, post: &mut Post) {
         let keys = self.keys_where(pick);
         for key in keys {
             self.revoke(key, post);
         }
     }
 
-    pub fn keys_where(&self, pick: impl Fn(&Grant) -> bool) -> Vec<Key> {
+    pub(super) fn keys_where(&self, pick: impl Fn(&Grant) -> bool) -> Vec<Key> {
         self.grants
             .iter()
             .filter(|(_, g)| pick(g))
@@ -335,7 +335,7 @@ impl Access {
     }
 
     /// Client devices holding a grant `pick` chooses.
-    pub fn clients_where(&self, pick: impl Fn(&Grant) -> bool) -> Vec<ClientId> {
+    pub(super) fn clients_where(&self, pick: impl Fn(&Grant) -> bool) -> Vec<ClientId> {
         self.grants
             .values()
             .filter(|g| pick(g))
@@ -344,7 +344,7 @@ impl Access {
     }
 
     /// What a gateway enforces, for its `init` or a resync.
-    pub fn authorizations_on(&self, gateway: GatewayId) -> Vec<Authorization> {
+    pub(super) fn authorizations_on(&self, gateway: GatewayId) -> Vec<Authorization> {
         self.grants
             .values()
             .filter(|g| g.gateway.id == gateway)
@@ -353,18 +353,18 @@ impl Access {
     }
 
     /// Clients the gateway serves now, for presence and load balancing.
-    pub fn load(&self, gateway: GatewayId) -> u64 {
+    pub(super) fn load(&self, gateway: GatewayId) -> u64 {
         load(&self.grants, gateway)
     }
 
     /// Whether the two devices are the ends of a grant or a pending request.
-    pub fn paired(&self, client: ClientId, gateway: GatewayId) -> bool {
+    pub(super) fn paired(&self, client: ClientId, gateway: GatewayId) -> bool {
         let pair = |g: &Grant| g.asker.peer.id == client && g.gateway.id == gateway;
         self.grants.values().any(pair) || self.pending.values().any(|p| pair(&p.grant))
     }
 
     /// A client device's verification changed.
-    pub fn set_verified(&mut self, device: ClientId, verified: bool) {
+    pub(super) fn set_verified(&mut self, device: ClientId, verified: bool) {
         for grant in self
             .grants
             .values_mut()
@@ -376,7 +376,7 @@ impl Access {
 
     /// Grants of a changed resource take its new form; the gateways that
     /// enforce it are returned.
-    pub fn update_resource(&mut self, resource: &ResourceDescription) -> Vec<GatewayId> {
+    pub(super) fn update_resource(&mut self, resource: &ResourceDescription) -> Vec<GatewayId> {
         let mut gateways: Vec<GatewayId> = Vec::new();
         for grant in self.grants.values_mut() {
             if grant.authorization.resource.id == resource.id {
@@ -390,7 +390,7 @@ impl Access {
     }
 
     /// Grants with an expiry at or before `now`: (account, client device).
-    pub fn expired(&self, now: Timestamp) -> Vec<(Uuid, ClientId)> {
+    pub(super) fn expired(&self, now: Timestamp) -> Vec<(Uuid, ClientId)> {
         self.grants
             .values()
             .filter(|g| g.authorization.expires_at.is_some_and(|at| at <= now))
@@ -399,7 +399,7 @@ impl Access {
     }
 
     /// Decides a device's grants again, with the facts they were made with.
-    pub fn redecide(
+    pub(super) fn redecide(
         &mut self,
         device: ClientId,
         graph: &AccountGraph,
@@ -437,7 +437,7 @@ impl Access {
 
     /// The grants a gateway holds, split by whether they were made for
     /// `key` (its current process) or an earlier one.
-    pub fn on_gateway(
+    pub(super) fn on_gateway(
         &self,
         gateway: GatewayId,
         key: &postern_model::PublicKey,

@@ -58,24 +58,24 @@ pub(super) struct Accounts {
 
 impl Accounts {
     /// Whether an event of the account can run now.
-    pub fn ready(&self, account: Uuid) -> bool {
+    pub(super) fn ready(&self, account: Uuid) -> bool {
         self.accounts
             .get(&account)
             .is_some_and(|a| a.graph.is_some() && a.loading.is_none())
     }
 
-    pub fn graph(&self, account: Uuid) -> Option<&AccountGraph> {
+    pub(super) fn graph(&self, account: Uuid) -> Option<&AccountGraph> {
         self.accounts.get(&account)?.graph.as_ref()
     }
 
     /// Every account in memory (or loading for the first time).
-    pub fn all(&self) -> Vec<Uuid> {
+    pub(super) fn all(&self) -> Vec<Uuid> {
         self.accounts.keys().copied().collect()
     }
 
     /// Queues an event of an account that is not ready; the first load is
     /// asked for if the account is new here.
-    pub fn hold(&mut self, account: Uuid, event: Event) -> Option<LoadRequest> {
+    pub(super) fn hold(&mut self, account: Uuid, event: Event) -> Option<LoadRequest> {
         let entry = self.accounts.entry(account).or_default();
         entry.waiting.push_back(Waiting::Event(event));
         if entry.graph.is_none() && entry.loading.is_none() {
@@ -91,7 +91,7 @@ impl Accounts {
     /// Changes committed for an account: a reload is asked for now, or once
     /// what waits before them has run. An account nobody here uses is left
     /// alone.
-    pub fn changed(&mut self, account: Uuid, changes: Vec<Change>) -> Option<LoadRequest> {
+    pub(super) fn changed(&mut self, account: Uuid, changes: Vec<Change>) -> Option<LoadRequest> {
         let entry = self.accounts.get_mut(&account)?;
         if entry.loading.is_some() || !entry.waiting.is_empty() {
             // Changes that wait side by side share one reload.
@@ -119,12 +119,12 @@ impl Accounts {
     }
 
     /// A load answered; what it was for (`None` if none was out).
-    pub fn answered(&mut self, account: Uuid) -> Option<LoadedFor> {
+    pub(super) fn answered(&mut self, account: Uuid) -> Option<LoadedFor> {
         self.accounts.get_mut(&account)?.loading.take()
     }
 
     /// Puts a loaded graph in place; the one it replaces.
-    pub fn install(&mut self, account: Uuid, graph: AccountGraph) -> Option<AccountGraph> {
+    pub(super) fn install(&mut self, account: Uuid, graph: AccountGraph) -> Option<AccountGraph> {
         self.accounts
             .entry(account)
             .or_default()
@@ -134,7 +134,7 @@ impl Accounts {
 
     /// The first load failed: the account is forgotten (the next channel
     /// tries again) and what waited for it is returned.
-    pub fn forget(&mut self, account: Uuid) -> VecDeque<Waiting> {
+    pub(super) fn forget(&mut self, account: Uuid) -> VecDeque<Waiting> {
         self.accounts
             .remove(&account)
             .map(|a| a.waiting)
@@ -143,7 +143,7 @@ impl Accounts {
 
     /// The next event to run for a ready account. Waiting changes start
     /// their reload here, which stops the run until it is in.
-    pub fn next(&mut self, account: Uuid) -> Next {
+    pub(super) fn next(&mut self, account: Uuid) -> Next {
         let Some(entry) = self.accounts.get_mut(&account) else {
             return Next::Done;
         };
@@ -158,12 +158,12 @@ impl Accounts {
     }
 
     /// The account a waiting `Joined` of this connection is for.
-    pub fn joining(&self, conn: ConnId) -> Option<Uuid> {
+    pub(super) fn joining(&self, conn: ConnId) -> Option<Uuid> {
         self.find(|event| matches!(event, Event::Joined(joined) if joined.conn == conn))
     }
 
     /// The account a waiting `Joined` of this device is for.
-    pub fn joining_device(&self, device: Uuid) -> Option<Uuid> {
+    pub(super) fn joining_device(&self, device: Uuid) -> Option<Uuid> {
         self.find(|event| {
             matches!(event, Event::Joined(joined)
                 if joined.party.device().is_some_and(|d| d.id == device))

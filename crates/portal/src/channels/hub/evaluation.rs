@@ -28,20 +28,20 @@ pub(super) struct Evaluation {
 }
 
 impl Evaluation {
-    pub fn accounts(&self) -> &Accounts {
+    pub(super) fn accounts(&self) -> &Accounts {
         &self.accounts
     }
 
-    pub fn accounts_mut(&mut self) -> &mut Accounts {
+    pub(super) fn accounts_mut(&mut self) -> &mut Accounts {
         &mut self.accounts
     }
 
-    pub fn graph(&self, account: Uuid) -> Option<&AccountGraph> {
+    pub(super) fn graph(&self, account: Uuid) -> Option<&AccountGraph> {
         self.accounts.graph(account)
     }
 
     /// A client joined: the resources it is told it has.
-    pub fn welcome(
+    pub(super) fn welcome(
         &mut self,
         account: Uuid,
         device: ClientId,
@@ -58,19 +58,23 @@ impl Evaluation {
     }
 
     /// The client device's channel is gone.
-    pub fn farewell(&mut self, device: ClientId) {
+    pub(super) fn farewell(&mut self, device: ClientId) {
         self.told.remove(&device);
     }
 
     /// A resource as the client was told it (`None`: not offered to it).
-    pub fn told(&self, device: ClientId, resource: ResourceId) -> Option<&ResourceDescription> {
+    pub(super) fn told(
+        &self,
+        device: ClientId,
+        resource: ResourceId,
+    ) -> Option<&ResourceDescription> {
         self.told.get(&device)?.get(&resource)
     }
 
     /// Puts a graph reloaded for `changes` in place and brings every client
     /// they can affect in line with it. Device facts the load read were
     /// applied before (by the router, which owns them).
-    pub fn apply(
+    pub(super) fn apply(
         &mut self,
         account: Uuid,
         graph: AccountGraph,
@@ -174,7 +178,7 @@ impl Evaluation {
 
     /// Brings one client device in line with the graph: its resource list (if
     /// connected) and every grant it holds.
-    pub fn reevaluate(
+    pub(super) fn reevaluate(
         &mut self,
         account: Uuid,
         device: ClientId,

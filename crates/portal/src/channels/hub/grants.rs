@@ -24,7 +24,7 @@ pub(super) struct Refs {
 }
 
 impl Refs {
-    pub fn new(node: Uuid) -> Self {
+    pub(super) fn new(node: Uuid) -> Self {
         Refs {
             prefix: node.simple().to_string()[..8].to_string(),
             next: 0,
@@ -32,7 +32,7 @@ impl Refs {
     }
 
     /// Unique across portal nodes: replies may come back through another.
-    pub fn next(&mut self) -> String {
+    pub(super) fn next(&mut self) -> String {
         self.next += 1;
         format!("{}-{}", self.prefix, self.next)
     }
@@ -55,7 +55,7 @@ pub(super) struct Asker {
 }
 
 impl Asker {
-    pub fn facts(&self, now: Timestamp) -> Facts<'_> {
+    pub(super) fn facts(&self, now: Timestamp) -> Facts<'_> {
         Facts {
             now,
             remote_ip: Some(self.remote_ip),
@@ -77,7 +77,7 @@ pub(super) struct Grant {
 }
 
 impl Grant {
-    pub fn key(&self) -> Key {
+    pub(super) fn key(&self) -> Key {
         (self.asker.peer.id, self.authorization.resource.id)
     }
 }

@@ -22,11 +22,11 @@ use crate::domain::{Device, TokenRecord};
 use crate::store::StoreError;
 
 /// Connection ids are process-local counters.
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// A channel that passed authentication, with the facts the portal decides by.
 #[derive(Debug)]
-pub struct Joined {
+pub(crate) struct Joined {
     pub conn: ConnId,
     pub party: Party,
     pub token: TokenFacts,
@@ -37,7 +37,7 @@ pub struct Joined {
 
 /// Who is on the other end of a new channel.
 #[derive(Debug)]
-pub enum Party {
+pub(crate) enum Party {
     Client {
         account: Uuid,
         actor_id: Uuid,
@@ -54,14 +54,14 @@ pub enum Party {
 }
 
 impl Party {
-    pub fn account(&self) -> Option<Uuid> {
+    pub(crate) fn account(&self) -> Option<Uuid> {
         match self {
             Party::Client { account, .. } | Party::Gateway { account, .. } => Some(*account),
             Party::Relay { .. } => None,
         }
     }
 
-    pub fn device(&self) -> Option<&DeviceFacts> {
+    pub(crate) fn device(&self) -> Option<&DeviceFacts> {
         match self {
             Party::Client { device, .. } | Party::Gateway { device, .. } => Some(device),
             Party::Relay { .. } => None,
@@ -71,7 +71,7 @@ impl Party {
 
 /// What the hub needs of a device row.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceFacts {
+pub(crate) struct DeviceFacts {
     pub id: Uuid,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
@@ -93,7 +93,7 @@ impl From<&Device> for DeviceFacts {
 
 /// What the hub needs of the token a channel presented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TokenFacts {
+pub(crate) struct TokenFacts {
     pub id: Uuid,
     pub expires_at: Option<Timestamp>,
     pub identity_provider: Option<Uuid>,
@@ -112,7 +112,7 @@ impl From<&TokenRecord> for TokenFacts {
 /// A frame from a connection, parsed by its socket task for the role its
 /// token has.
 #[derive(Debug)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     Client(ClientToPortal),
     Gateway(GatewayToPortal),
     Relay(RelayToPortal),
@@ -124,7 +124,7 @@ pub enum Inbound {
 }
 
 #[derive(Debug)]
-pub enum Input {
+pub(crate) enum Input {
     Joined(Box<Joined>),
     Message {
         conn: ConnId,
@@ -157,7 +157,7 @@ pub enum Input {
 
 /// An account's graph as the store has it now.
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub graph: AccountGraph,
     /// The verification of the client devices the load asked for (those
     /// the store could not read are missing).
@@ -165,7 +165,7 @@ pub struct Loaded {
 }
 
 #[derive(Debug, PartialEq)]
-pub enum Output {
+pub(crate) enum Output {
     /// A frame for a connection, after the ones before it.
     Send {
         conn: ConnId,
@@ -186,14 +186,14 @@ pub enum Output {
 
 /// A message for one of the three roles.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Frame {
+pub(crate) enum Frame {
     Client(PortalToClient),
     Gateway(PortalToGateway),
     Relay(PortalToRelay),
 }
 
 impl Frame {
-    pub fn to_json(&self) -> serde_json::Result<String> {
+    pub(crate) fn to_json(&self) -> serde_json::Result<String> {
         match self {
             Frame::Client(message) => serde_json::to_string(message),
             Frame::Gateway(message) => serde_json::to_string(message),
@@ -203,7 +203,7 @@ impl Frame {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PresenceUpdate {
+pub(crate) enum PresenceUpdate {
     Client {
         device: ClientId,
         online: bool,
@@ -217,20 +217,20 @@ pub enum PresenceUpdate {
 
 /// Counters for `--metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
+pub(crate) enum Metric {
     Granted,
     Denied(DenyReason),
 }
 
 /// The account's graph, and the verification of these client devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadRequest {
+pub(crate) struct LoadRequest {
     pub account: Uuid,
     pub clients: Vec<ClientId>,
 }
 
 /// Secrets every portal node shares (from the store's settings).
-pub struct HubSecrets {
+pub(crate) struct HubSecrets {
     /// Key for the pair secrets (preshared keys, ICE credentials).
     pub pair_secret: [u8; 32],
     /// The TURN REST shared secret relays get.
@@ -238,7 +238,7 @@ pub struct HubSecrets {
 }
 
 /// What a hub is made with.
-pub struct HubConfig {
+pub(crate) struct HubConfig {
     /// This portal node.
     pub node: Uuid,
     /// Whether other nodes may share the database (PostgreSQL).

@@ -62,12 +62,12 @@ use super::keys::PairSecrets;
 use crate::change::Change;
 use crate::store::StoreError;
 
-pub use self::io::{
+pub(crate) use self::io::{
     ConnId, DeviceFacts, Frame, HubConfig, HubSecrets, Inbound, Input, Joined, LoadRequest, Loaded,
     Metric, Output, Party, PresenceUpdate, TokenFacts,
 };
 
-pub struct Hub {
+pub(crate) struct Hub {
     presence: Presence,
     access: Access,
     evaluation: Evaluation,
@@ -77,7 +77,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: HubConfig, now: Instant) -> Self {
         Hub {
             presence: Presence::default(),
             access: Access::new(
@@ -94,7 +94,7 @@ impl Hub {
     }
 
     /// Handles one input; what it gives out waits in `poll_output`.
-    pub fn handle(&mut self, now: Instant, wall: Timestamp, input: Input) {
+    pub(crate) fn handle(&mut self, now: Instant, wall: Timestamp, input: Input) {
         let event = match input {
             Input::Joined(joined) => Event::Joined(joined),
             Input::Message { conn, message } => Event::Message { conn, message },
@@ -120,7 +120,7 @@ impl Hub {
     }
 
     /// The next output, in the order they were given.
-    pub fn poll_output(&mut self) -> Option<Output> {
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.out.pop()
     }
 

@@ -24,20 +24,20 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    pub fn push(&mut self, output: Output) {
+    pub(super) fn push(&mut self, output: Output) {
         self.outputs.push_back(output);
     }
 
-    pub fn pop(&mut self) -> Option<Output> {
+    pub(super) fn pop(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
     /// Closes a channel after this input; with a reason, it is told why.
-    pub fn doom(&mut self, conn: ConnId, reason: Option<DisconnectReason>) {
+    pub(super) fn doom(&mut self, conn: ConnId, reason: Option<DisconnectReason>) {
         self.doomed.push((conn, reason));
     }
 
-    pub fn next_doomed(&mut self) -> Option<(ConnId, Option<DisconnectReason>)> {
+    pub(super) fn next_doomed(&mut self) -> Option<(ConnId, Option<DisconnectReason>)> {
         self.doomed.pop()
     }
 }
@@ -49,7 +49,7 @@ pub(super) struct Post<'a> {
 }
 
 impl<'a> Post<'a> {
-    pub fn new(presence: &'a Presence, routing: &'a Routing, out: &'a mut Outbox) -> Self {
+    pub(super) fn new(presence: &'a Presence, routing: &'a Routing, out: &'a mut Outbox) -> Self {
         Post {
             presence,
             routing,
@@ -57,35 +57,35 @@ impl<'a> Post<'a> {
         }
     }
 
-    pub fn presence(&self) -> &Presence {
+    pub(super) fn presence(&self) -> &Presence {
         self.presence
     }
 
-    pub fn routing(&self) -> &Routing {
+    pub(super) fn routing(&self) -> &Routing {
         self.routing
     }
 
-    pub fn doom(&mut self, conn: ConnId, reason: Option<DisconnectReason>) {
+    pub(super) fn doom(&mut self, conn: ConnId, reason: Option<DisconnectReason>) {
         self.out.doom(conn, reason);
     }
 
     /// A frame for a channel that is still here.
-    pub fn send(&mut self, conn: ConnId, frame: Frame) {
+    pub(super) fn send(&mut self, conn: ConnId, frame: Frame) {
         if self.presence.get(conn).is_some() {
             self.out.push(Output::Send { conn, frame });
         }
     }
 
-    pub fn client(&mut self, conn: ConnId, message: PortalToClient) {
+    pub(super) fn client(&mut self, conn: ConnId, message: PortalToClient) {
         self.send(conn, Frame::Client(message));
     }
 
-    pub fn gateway(&mut self, conn: ConnId, message: PortalToGateway) {
+    pub(super) fn gateway(&mut self, conn: ConnId, message: PortalToGateway) {
         self.send(conn, Frame::Gateway(message));
     }
 
     /// An `error` frame of the channel's role.
-    pub fn error(&mut self, conn: ConnId, reference: Option<String>, message: String) {
+    pub(super) fn error(&mut self, conn: ConnId, reference: Option<String>, message: String) {
         let frame = match self.presence.role(conn) {
             Some(Role::Client) => Frame::Client(PortalToClient::Error { reference, message }),
             Some(Role::Gateway) => Frame::Gateway(PortalToGateway::Error { reference, message }),
@@ -96,7 +96,7 @@ impl<'a> Post<'a> {
     }
 
     /// A `disconnect` frame of the channel's role.
-    pub fn farewell(&mut self, conn: ConnId, reason: DisconnectReason) {
+    pub(super) fn farewell(&mut self, conn: ConnId, reason: DisconnectReason) {
         let frame = match self.presence.role(conn) {
             Some(Role::Client) => Frame::Client(PortalToClient::Disconnect { reason }),
             Some(Role::Gateway) => Frame::Gateway(PortalToGateway::Disconnect { reason }),
@@ -107,7 +107,7 @@ impl<'a> Post<'a> {
     }
 
     /// `access_denied`, counted.
-    pub fn deny(
+    pub(super) fn deny(
         &mut self,
         conn: ConnId,
         reference: String,
@@ -129,14 +129,18 @@ impl<'a> Post<'a> {
 
     /// To a client device connected here (clients elsewhere hear from
     /// their own node).
-    pub fn deliver_to_client(&mut self, device: ClientId, message: PortalToClient) {
+    pub(super) fn deliver_to_client(&mut self, device: ClientId, message: PortalToClient) {
         if let Some(conn) = self.presence.client(device) {
             self.client(conn, message);
         }
     }
 
     /// To a gateway wherever it is connected; `false` if it is nowhere.
-    pub fn deliver_to_gateway(&mut self, device: GatewayId, message: PortalToGateway) -> bool {
+    pub(super) fn deliver_to_gateway(
+        &mut self,
+        device: GatewayId,
+        message: PortalToGateway,
+    ) -> bool {
         if let Some(conn) = self.presence.gateway(device) {
             self.gateway(conn, message);
             return true;
@@ -177,7 +181,7 @@ impl<'a> Post<'a> {
     }
 
     /// To a client connected to another node.
-    pub fn deliver_to_remote_client(
+    pub(super) fn deliver_to_remote_client(
         &mut self,
         node: Uuid,
         device: ClientId,
@@ -215,14 +219,14 @@ impl<'a> Post<'a> {
     }
 
     /// To the other nodes (nothing for a single node).
-    pub fn publish(&mut self, message: ClusterMessage) {
+    pub(super) fn publish(&mut self, message: ClusterMessage) {
         if self.routing.clustered() {
             self.out.push(Output::Publish(message));
         }
     }
 
     /// A gateway here serves a new number of clients.
-    pub fn gateway_load(&mut self, device: GatewayId, load: u64) {
+    pub(super) fn gateway_load(&mut self, device: GatewayId, load: u64) {
         if self.presence.gateway(device).is_some() {
             self.out.push(Output::Presence(PresenceUpdate::Gateway {
                 device,
@@ -231,7 +235,7 @@ impl<'a> Post<'a> {
         }
     }
 
-    pub fn metric(&mut self, metric: Metric) {
+    pub(super) fn metric(&mut self, metric: Metric) {
         self.out.push(Output::Metric(metric));
     }
 }

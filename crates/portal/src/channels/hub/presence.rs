@@ -46,7 +46,7 @@ pub(super) enum Role {
 }
 
 impl Conn {
-    pub fn role(&self) -> Role {
+    pub(super) fn role(&self) -> Role {
         match self.kind {
             ConnKind::Client { .. } => Role::Client,
             ConnKind::Gateway { .. } => Role::Gateway,
@@ -55,7 +55,7 @@ impl Conn {
     }
 
     /// The device behind a client or gateway channel.
-    pub fn device(&self) -> Option<&DeviceFacts> {
+    pub(super) fn device(&self) -> Option<&DeviceFacts> {
         match &self.kind {
             ConnKind::Client { device, .. } | ConnKind::Gateway { device, .. } => Some(device),
             ConnKind::Relay => None,
@@ -71,25 +71,25 @@ pub(super) struct Presence {
 }
 
 impl Presence {
-    pub fn get(&self, conn: ConnId) -> Option<&Conn> {
+    pub(super) fn get(&self, conn: ConnId) -> Option<&Conn> {
         self.conns.get(&conn)
     }
 
-    pub fn role(&self, conn: ConnId) -> Option<Role> {
+    pub(super) fn role(&self, conn: ConnId) -> Option<Role> {
         self.conns.get(&conn).map(Conn::role)
     }
 
     /// The device's current connection.
-    pub fn client(&self, device: ClientId) -> Option<ConnId> {
+    pub(super) fn client(&self, device: ClientId) -> Option<ConnId> {
         self.clients.get(&device).copied()
     }
 
-    pub fn gateway(&self, device: GatewayId) -> Option<ConnId> {
+    pub(super) fn gateway(&self, device: GatewayId) -> Option<ConnId> {
         self.gateways.get(&device).copied()
     }
 
     /// Adds a channel and makes it its device's current one.
-    pub fn insert(&mut self, id: ConnId, conn: Conn) {
+    pub(super) fn insert(&mut self, id: ConnId, conn: Conn) {
         match &conn.kind {
             ConnKind::Client { device, .. } => {
                 self.clients.insert(ClientId(device.id), id);
@@ -104,7 +104,7 @@ impl Presence {
 
     /// Forgets a channel; `true` with it if it was its device's current
     /// one (a replaced channel closing leaves its successor alone).
-    pub fn remove(&mut self, id: ConnId) -> Option<(Conn, bool)> {
+    pub(super) fn remove(&mut self, id: ConnId) -> Option<(Conn, bool)> {
         let conn = self.conns.remove(&id)?;
         let current = match &conn.kind {
             ConnKind::Client { device, .. } => {
@@ -129,7 +129,7 @@ impl Presence {
     }
 
     /// Connected client devices of an account, with their actors.
-    pub fn clients_of(&self, account: Uuid) -> impl Iterator<Item = (ClientId, Uuid)> + '_ {
+    pub(super) fn clients_of(&self, account: Uuid) -> impl Iterator<Item = (ClientId, Uuid)> + '_ {
         self.conns
             .values()
             .filter_map(move |conn| match &conn.kind {
@@ -140,7 +140,7 @@ impl Presence {
             })
     }
 
-    pub fn actor(&self, conn: ConnId) -> Option<Uuid> {
+    pub(super) fn actor(&self, conn: ConnId) -> Option<Uuid> {
         match self.conns.get(&conn)?.kind {
             ConnKind::Client { actor_id, .. } => Some(actor_id),
             _ => None,
@@ -148,7 +148,7 @@ impl Presence {
     }
 
     /// Channels opened with a token.
-    pub fn with_token(&self, token: Uuid) -> Vec<ConnId> {
+    pub(super) fn with_token(&self, token: Uuid) -> Vec<ConnId> {
         self.conns
             .iter()
             .filter(|(_, c)| c.token.id == token)
@@ -157,7 +157,7 @@ impl Presence {
     }
 
     /// Channels whose token has expired, with the token.
-    pub fn expired_tokens(&self, now: Timestamp) -> Vec<(ConnId, Uuid)> {
+    pub(super) fn expired_tokens(&self, now: Timestamp) -> Vec<(ConnId, Uuid)> {
         self.conns
             .iter()
             .filter(|(_, c)| c.token.expires_at.is_some_and(|at| at <= now))
@@ -166,7 +166,7 @@ impl Presence {
     }
 
     /// The account's gateways of a site connected here, as peers.
-    pub fn gateways_at(&self, account: Uuid, site: Uuid) -> Vec<(ConnId, Peer<GatewayId>)> {
+    pub(super) fn gateways_at(&self, account: Uuid, site: Uuid) -> Vec<(ConnId, Peer<GatewayId>)> {
         self.gateways
             .values()
             .filter_map(|id| {
@@ -192,12 +192,12 @@ impl Presence {
     }
 
     /// Every gateway device connected here.
-    pub fn gateway_devices(&self) -> Vec<GatewayId> {
+    pub(super) fn gateway_devices(&self) -> Vec<GatewayId> {
         self.gateways.keys().copied().collect()
     }
 
     /// Client and gateway channels (relays get no relay lists).
-    pub fn device_conns(&self) -> Vec<(ConnId, Uuid, Role)> {
+    pub(super) fn device_conns(&self) -> Vec<(ConnId, Uuid, Role)> {
         self.conns
             .iter()
             .filter_map(|(id, conn)| Some((*id, conn.device()?.id, conn.role())))
@@ -205,7 +205,7 @@ impl Presence {
     }
 
     /// A client device's verification changed.
-    pub fn set_verified(&mut self, device: ClientId, verified: bool) {
+    pub(super) fn set_verified(&mut self, device: ClientId, verified: bool) {
         if let Some(id) = self.clients.get(&device)
             && let Some(Conn {
                 kind: ConnKind::Client { device, .. },
@@ -218,7 +218,7 @@ impl Presence {
 
     /// Who asks for access on a client channel, with the facts a decision
     /// uses.
-    pub fn asker(&self, conn: ConnId) -> Option<Asker> {
+    pub(super) fn asker(&self, conn: ConnId) -> Option<Asker> {
         let Conn {
             account: Some(account),
             token,

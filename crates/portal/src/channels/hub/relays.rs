@@ -45,7 +45,7 @@ pub(super) struct Relays {
 }
 
 impl Relays {
-    pub fn new(turn_secret: String) -> Self {
+    pub(super) fn new(turn_secret: String) -> Self {
         Relays {
             turn_secret,
             local: HashMap::new(),
@@ -55,14 +55,14 @@ impl Relays {
     }
 
     /// A relay channel joined.
-    pub fn joined(&mut self, conn: ConnId, id: RelayId) {
+    pub(super) fn joined(&mut self, conn: ConnId, id: RelayId) {
         let addresses = Vec::new();
         self.local.insert(conn, LocalRelay { id, addresses });
     }
 
     /// A relay's `register`: it gets the TURN secret, devices hear of it
     /// (the first time) and so do the other nodes.
-    pub fn register(
+    pub(super) fn register(
         &mut self,
         conn: ConnId,
         public_addresses: &[IpAddr],
@@ -105,7 +105,7 @@ impl Relays {
 
     /// A channel closed; if it was a relay, devices and other nodes hear
     /// it is gone.
-    pub fn closed(&mut self, conn: ConnId, post: &mut Post, now: Timestamp) {
+    pub(super) fn closed(&mut self, conn: ConnId, post: &mut Post, now: Timestamp) {
         self.issued.remove(&conn);
         if let Some(relay) = self.local.remove(&conn) {
             self.broadcast(&[], &[relay.id], post, now);
@@ -117,7 +117,7 @@ impl Relays {
     }
 
     /// The relays registered with this node.
-    pub fn local(&self) -> Vec<RelayAnnouncement> {
+    pub(super) fn local(&self) -> Vec<RelayAnnouncement> {
         self.local
             .values()
             .filter(|relay| !relay.addresses.is_empty())
@@ -129,7 +129,7 @@ impl Relays {
     }
 
     /// Another node has a relay; devices here hear of a new one.
-    pub fn remote_up(
+    pub(super) fn remote_up(
         &mut self,
         node: Uuid,
         relay: RelayAnnouncement,
@@ -146,14 +146,14 @@ impl Relays {
         }
     }
 
-    pub fn remote_down(&mut self, id: RelayId, post: &mut Post, now: Timestamp) {
+    pub(super) fn remote_down(&mut self, id: RelayId, post: &mut Post, now: Timestamp) {
         if self.remote.remove(&id).is_some() {
             self.broadcast(&[], &[id], post, now);
         }
     }
 
     /// A silent node's relays are gone.
-    pub fn forget_node(&mut self, node: Uuid, post: &mut Post, now: Timestamp) {
+    pub(super) fn forget_node(&mut self, node: Uuid, post: &mut Post, now: Timestamp) {
         let gone: Vec<RelayId> = self
             .remote
             .iter()
@@ -169,7 +169,7 @@ impl Relays {
     }
 
     /// Credentials for every relay (or `only` these), for one device.
-    pub fn credentials(
+    pub(super) fn credentials(
         &self,
         device: Uuid,
         only: Option<&[RelayId]>,
@@ -198,12 +198,12 @@ impl Relays {
     }
 
     /// A client or gateway channel got its credentials in `init`.
-    pub fn issued(&mut self, conn: ConnId, at: Instant) {
+    pub(super) fn issued(&mut self, conn: ConnId, at: Instant) {
         self.issued.insert(conn, at);
     }
 
     /// Sends fresh credentials for every relay before the old ones expire.
-    pub fn renew(&mut self, post: &mut Post, at: Instant, now: Timestamp) {
+    pub(super) fn renew(&mut self, post: &mut Post, at: Instant, now: Timestamp) {
         let stale: Vec<ConnId> = self
             .issued
             .iter()

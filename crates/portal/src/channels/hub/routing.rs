@@ -37,7 +37,7 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    pub fn new(node: Uuid, clustered: bool, now: Instant) -> Self {
+    pub(super) fn new(node: Uuid, clustered: bool, now: Instant) -> Self {
         Routing {
             node,
             clustered,
@@ -49,25 +49,25 @@ impl Routing {
         }
     }
 
-    pub fn node(&self) -> Uuid {
+    pub(super) fn node(&self) -> Uuid {
         self.node
     }
 
-    pub fn clustered(&self) -> bool {
+    pub(super) fn clustered(&self) -> bool {
         self.clustered
     }
 
-    pub fn heard_from(&mut self, node: Uuid, now: Instant) {
+    pub(super) fn heard_from(&mut self, node: Uuid, now: Instant) {
         self.seen.insert(node, now);
     }
 
     /// The node that serves a gateway not connected here.
-    pub fn gateway_node(&self, device: GatewayId) -> Option<Uuid> {
+    pub(super) fn gateway_node(&self, device: GatewayId) -> Option<Uuid> {
         self.gateways.get(&device).map(|g| g.node)
     }
 
     /// Gateways of a site on other nodes: (node, peer, announced load).
-    pub fn gateways_at(
+    pub(super) fn gateways_at(
         &self,
         account: Uuid,
         site: Uuid,
@@ -89,7 +89,7 @@ impl Routing {
 
     /// Another node has the gateway; `true` if it was known there with the
     /// same key already (a repeat, not news).
-    pub fn gateway_up(&mut self, node: Uuid, info: GatewayAnnouncement) -> bool {
+    pub(super) fn gateway_up(&mut self, node: Uuid, info: GatewayAnnouncement) -> bool {
         let device = info.device;
         let key = info.public_key;
         self.gateways
@@ -98,22 +98,22 @@ impl Routing {
     }
 
     /// `false` if the gateway was not known elsewhere.
-    pub fn gateway_down(&mut self, device: GatewayId) -> bool {
+    pub(super) fn gateway_down(&mut self, device: GatewayId) -> bool {
         self.gateways.remove(&device).is_some()
     }
 
     /// The gateway connected here: other nodes' news of it is stale.
-    pub fn gateway_here(&mut self, device: GatewayId) {
+    pub(super) fn gateway_here(&mut self, device: GatewayId) {
         self.gateways.remove(&device);
     }
 
     /// The gateway here left: pairs other nodes made with it are gone.
-    pub fn gateway_gone(&mut self, device: GatewayId) {
+    pub(super) fn gateway_gone(&mut self, device: GatewayId) {
         self.pairs.retain(|(_, g), _| *g != device);
     }
 
     /// Another node asked a gateway here to authorize a client.
-    pub fn forwarded(
+    pub(super) fn forwarded(
         &mut self,
         reference: String,
         client: ClientId,
@@ -125,18 +125,18 @@ impl Routing {
     }
 
     /// The node that forwarded an authorization, once.
-    pub fn take_forwarded(&mut self, reference: &str) -> Option<Uuid> {
+    pub(super) fn take_forwarded(&mut self, reference: &str) -> Option<Uuid> {
         self.forwarded.remove(reference)
     }
 
     /// The node of a client paired with a gateway here.
-    pub fn pair_node(&self, client: ClientId, gateway: GatewayId) -> Option<Uuid> {
+    pub(super) fn pair_node(&self, client: ClientId, gateway: GatewayId) -> Option<Uuid> {
         self.pairs.get(&(client, gateway)).copied()
     }
 
     /// Whether this node should announce itself now; if so, the next
     /// announcement is due a heartbeat later.
-    pub fn heartbeat_due(&mut self, now: Instant) -> bool {
+    pub(super) fn heartbeat_due(&mut self, now: Instant) -> bool {
         let due = self
             .last_heartbeat
             .is_none_or(|last| now.duration_since(last) >= HEARTBEAT);
@@ -147,13 +147,13 @@ impl Routing {
     }
 
     /// Announce at the next tick (after lost messages).
-    pub fn heartbeat_now(&mut self) {
+    pub(super) fn heartbeat_now(&mut self) {
         self.last_heartbeat = None;
     }
 
     /// Nodes silent for too long, forgotten here with their gateways,
     /// which are returned.
-    pub fn forget_silent(&mut self, now: Instant) -> Vec<(Uuid, Vec<GatewayId>)> {
+    pub(super) fn forget_silent(&mut self, now: Instant) -> Vec<(Uuid, Vec<GatewayId>)> {
         let silent: Vec<Uuid> = self
             .seen
             .iter()

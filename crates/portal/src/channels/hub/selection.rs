@@ -25,12 +25,12 @@ pub(super) struct Selection {
 }
 
 impl Selection {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Selection { rng: seed | 1 }
     }
 
     /// Picks a gateway; `load` counts the clients each serves here.
-    pub fn pick(
+    pub(super) fn pick(
         &mut self,
         mut candidates: Vec<Candidate>,
         connected: &[GatewayId],

@@ -145,7 +145,7 @@ pub(crate) struct World {
 }
 
 impl World {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let now = Instant::now();
         let config = HubConfig {
             node: Uuid::from_u128(0xde),
@@ -165,19 +165,19 @@ impl World {
     }
 
     /// Handles an input at the current time; what the hub gave.
-    pub fn input(&mut self, input: Input) -> Vec<Output> {
+    pub(crate) fn input(&mut self, input: Input) -> Vec<Output> {
         self.hub.handle(self.now, self.wall, input);
         std::iter::from_fn(|| self.hub.poll_output()).collect()
     }
 
     /// Both clocks move on.
-    pub fn wait(&mut self, duration: Duration) {
+    pub(crate) fn wait(&mut self, duration: Duration) {
         self.now += duration;
         self.wall += duration;
     }
 
     /// Answers the account's load with `graph`.
-    pub fn loaded(&mut self, account: Uuid, graph: AccountGraph) -> Vec<Output> {
+    pub(crate) fn loaded(&mut self, account: Uuid, graph: AccountGraph) -> Vec<Output> {
         let loaded = Loaded {
             graph,
             verified: Default::default(),
@@ -190,7 +190,7 @@ impl World {
 
     /// An account whose graph is in, with Alice's client on conn 1 and a
     /// gateway of `SITE` on conn 2.
-    pub fn with_client_and_gateway(graph: AccountGraph) -> Self {
+    pub(crate) fn with_client_and_gateway(graph: AccountGraph) -> Self {
         let mut world = World::new();
         let load = world.input(client(1, ACCOUNT, CLIENT, 1));
         assert_eq!(
@@ -211,7 +211,7 @@ impl World {
 
     /// Request, `authorize`, `authorized`: the client holds a grant of
     /// resource 1 on the gateway of conn 2. Returns the `authorize`.
-    pub fn grant(&mut self) -> PortalToGateway {
+    pub(crate) fn grant(&mut self) -> PortalToGateway {
         let out = self.input(request(1, "r1", resource(1).id));
         let authorize = gateway_frames(&out, 2)
             .into_iter()
