@@ -1,11 +1,14 @@
-//! Postern's control plane (DESIGN.md section 2): `store` (queries and
-//! migrations), `domain` (the objects), `auth` (tokens; sign-in flows later),
-//! `api` (REST + OpenAPI), `setup` (`portal init` and `portal relay-token`).
-//! The channels, SCIM and the web UI plug in beside `api`.
+//! Postern's control plane (docs/architecture.md, layout): `store` (queries and
+//! migrations), `domain` (the objects), `auth` (tokens, sign-in flows),
+//! `api` (REST + OpenAPI), `channels` (the device WebSockets), `web` (the
+//! sign-in pages), `setup` (`portal init` and `portal relay-token`).
+//!
+//! The public surface is what `postern portal` (crates/cli) and the
+//! integration tests use: the state it configures, the store it opens,
+//! `serve`, and `setup`. Everything else is the crate's own; the tests'
+//! few extra handles are in `testing`, behind the `testing` feature.
 
-pub mod api;
 pub mod auth;
-pub mod channels;
 pub mod domain;
 pub mod geoip;
 pub mod metrics;
@@ -13,7 +16,24 @@ pub mod secrets;
 pub mod serve;
 pub mod setup;
 pub mod state;
-pub mod store;
-pub mod web;
+
+pub(crate) mod api;
+pub(crate) mod change;
+pub(crate) mod channels;
+pub(crate) mod online;
+pub(crate) mod problem;
+pub(crate) mod store;
+pub(crate) mod web;
 
 pub use store::{Store, StoreError};
+
+/// What the integration tests reach inside the portal: the REST router on
+/// its own, the rate limiter to loosen, and the store's token and device
+/// rows to seed. Only this crate's own dev-dependency turns it on.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::api::router as api_router;
+    pub use crate::state::rate_limit::RateLimiter;
+    pub use crate::store::{devices, tokens};
+}

@@ -177,8 +177,7 @@ fn arbitrary_json_never_gets_a_server_error() {
     let db = TempDb::new("fuzzjson");
     let (app, site, group) = runtime.block_on(async {
         let app = TestApp::open_with(&db.url(), "acme", |state| {
-            state.api_limiter =
-                postern_portal::state::rate_limit::RateLimiter::new(1_000_000, 1_000_000);
+            state.api_limiter = postern_portal::testing::RateLimiter::new(1_000_000, 1_000_000);
         })
         .await;
         let site = id(&app

@@ -337,7 +337,7 @@ fn hostile_sign_in_requests_never_get_a_server_error() {
     use axum::body::Body;
     use axum::extract::ConnectInfo;
     use axum::http::Request;
-    use postern_portal::state::rate_limit::RateLimiter;
+    use postern_portal::testing::RateLimiter;
     use proptest::prelude::*;
     use tower::ServiceExt;
 

@@ -240,7 +240,9 @@ mod tests {
     /// The account's sites and audit log, newest entry first.
     async fn stored(f: &Fixture) -> (Vec<Site>, Vec<AuditEntry>) {
         let mut tx = f.state.store.read().await.unwrap();
-        let sites = sites::list(&mut tx, f.admin.account_id).await.unwrap();
+        let sites = crate::store::list_scoped::<crate::domain::Site>(&mut tx, f.admin.account_id)
+            .await
+            .unwrap();
         let log = audit::list(&mut tx, f.admin.account_id, None, 100)
             .await
             .unwrap();

@@ -1,5 +1,5 @@
-//! Bearer tokens (SPEC F31, DESIGN.md section 6). A token reads
-//! `<secret>.<id>`: the id finds the row, the secret is checked against a
+//! Bearer tokens (SPEC F31, docs/architecture.md, security model). A token
+//! reads `<secret>.<id>`: the id finds the row, the secret is checked against a
 //! salted SHA-256 hash in constant time. Secrets carry 256 random bits, so a
 //! fast hash is enough (no password stretching needed). A client token from a
 //! sign-in is `<nonce><fragment>` where the fragment is `<random>.<id>`: the

@@ -1,9 +1,10 @@
 //! Several portal nodes on one PostgreSQL database (F30): they talk over
-//! `LISTEN/NOTIFY` on one channel. Each node announces its gateways and relays
-//! (and repeats them in a heartbeat), publishes the changes its API commits,
-//! and forwards protocol messages to devices connected elsewhere, so a client
-//! on node A and a gateway on node B still connect. Messages carry the sender
-//! and, where they are for one node, the receiver; a node ignores its own.
+//! `LISTEN/NOTIFY` on one channel (see `notify`). Each node announces its
+//! gateways and relays (and repeats them in a heartbeat), publishes the
+//! changes its API commits, and forwards protocol messages to devices
+//! connected elsewhere, so a client on node A and a gateway on node B still
+//! connect. Messages carry the sender and, where they are for one node, the
+//! receiver; a node ignores its own.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -11,24 +12,21 @@ use std::time::Duration;
 use postern_model::protocol::{PortalToClient, PortalToGateway};
 use postern_model::{ClientId, GatewayId, PublicKey, RelayId};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::hub::HubEvent;
-use crate::state::Change;
+use crate::change::Change;
 
-pub const CHANNEL: &str = "postern_cluster";
+pub(crate) const CHANNEL: &str = "postern_cluster";
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
-pub const MAX_PAYLOAD: usize = 7900;
+pub(crate) const MAX_PAYLOAD: usize = 7900;
 /// How often a node repeats what it serves.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is gone, with its gateways and relays.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway connected to some node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GatewayAnnouncement {
+pub(crate) struct GatewayAnnouncement {
     pub account: Uuid,
     pub site_id: Uuid,
     pub device: GatewayId,
@@ -40,14 +38,14 @@ pub struct GatewayAnnouncement {
 
 /// A relay registered with some node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayAnnouncement {
+pub(crate) struct RelayAnnouncement {
     pub id: RelayId,
     pub addresses: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ClusterMessage {
+pub(crate) enum ClusterMessage {
     Change {
         from: Uuid,
         account: Uuid,
@@ -97,7 +95,7 @@ pub enum ClusterMessage {
 }
 
 impl ClusterMessage {
-    pub fn from(&self) -> Uuid {
+    pub(crate) fn from(&self) -> Uuid {
         match self {
             ClusterMessage::Change { from, .. }
             | ClusterMessage::Heartbeat { from, .. }
@@ -112,7 +110,7 @@ impl ClusterMessage {
     }
 
     /// Whether node `node` should act on it.
-    pub fn is_for(&self, node: Uuid) -> bool {
+    pub(crate) fn is_for(&self, node: Uuid) -> bool {
         if self.from() == node {
             return false;
         }
@@ -125,76 +123,12 @@ impl ClusterMessage {
     }
 }
 
-/// Connects the node to the cluster channel: a publisher with its own
-/// connection (so messages keep their order) and a listener that hands every
-/// message meant for this node to the hub. A listener that lost its
-/// connection tells the hub to resynchronize, since messages may be lost.
-pub async fn connect(
-    url: &str,
-    node: Uuid,
-    hub: mpsc::Sender<HubEvent>,
-) -> Result<mpsc::UnboundedSender<ClusterMessage>, sqlx::Error> {
-    let publisher = PgPoolOptions::new().max_connections(1).connect(url).await?;
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
-    let (sender, mut outbound) = mpsc::unbounded_channel::<ClusterMessage>();
-    tokio::spawn(async move {
-        while let Some(message) = outbound.recv().await {
-            let Ok(payload) = serde_json::to_string(&message) else {
-                continue;
-            };
-            if payload.len() > MAX_PAYLOAD {
-                tracing::error!(
-                    bytes = payload.len(),
-                    "cluster message too large for NOTIFY; dropped"
-                );
-                continue;
-            }
-            if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&publisher)
-                .await
-            {
-                tracing::warn!(%error, "cannot publish to the portal cluster");
-            }
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    let message: ClusterMessage = match serde_json::from_str(notification.payload())
-                    {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "unreadable cluster message (a newer portal node?)");
-                            continue;
-                        }
-                    };
-                    if message.is_for(node)
-                        && hub
-                            .send(HubEvent::Cluster(Box::new(message)))
-                            .await
-                            .is_err()
-                    {
-                        break;
-                    }
-                }
-                // The connection was lost and is back: what was said
-                // meanwhile is gone.
-                Ok(None) => {
-                    tracing::warn!("cluster listener reconnected; resynchronizing");
-                    if hub.send(HubEvent::ClusterResync).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cluster listener failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
-    Ok(sender)
+/// Candidates cross nodes in NOTIFY payloads (under 8000 bytes): eight of at
+/// most 512 bytes each fit.
+pub(crate) fn chunks(candidates: Vec<String>) -> impl Iterator<Item = Vec<String>> {
+    let mut candidates = candidates.into_iter().peekable();
+    std::iter::from_fn(move || {
+        candidates.peek()?;
+        Some(candidates.by_ref().take(8).collect())
+    })
 }

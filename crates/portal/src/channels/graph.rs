@@ -1,46 +1,58 @@
 //! An account's policy graph in memory (F15): actors, group memberships,
 //! resources and the indexed policies. The hub reloads it when a change is
 //! committed and then re-evaluates only the clients the change can affect.
+//! Plain data: `loader` reads it from the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use postern_model::protocol::ResourceDescription;
 use postern_model::{ResourceAddress, ResourceId, SiteId};
 use postern_policy::{CompiledCondition, Policy, Snapshot};
 use uuid::Uuid;
 
-use crate::domain::{GroupKind, Role};
-use crate::store::{Store, StoreError, accounts, actors, groups, policies, resources};
+use crate::domain::{Actor, Group, GroupKind, PolicyRecord, Resource, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ActorFacts {
+pub(crate) struct ActorFacts {
     pub role: Role,
     pub disabled: bool,
 }
 
 #[derive(Debug, Default)]
-pub struct AccountGraph {
+pub(crate) struct AccountGraph {
     pub actors: HashMap<Uuid, ActorFacts>,
     /// Actor -> its groups, `Everyone` included.
     pub groups_of: HashMap<Uuid, Vec<Uuid>>,
-    pub everyone: Option<Uuid>,
     pub resources: HashMap<Uuid, ResourceDescription>,
     pub policies: Snapshot,
     /// The account's DNS search domain for its clients' `init` (F25).
     pub search_domain: Option<String>,
 }
 
-impl AccountGraph {
-    pub async fn load(store: &Store, account: Uuid) -> Result<AccountGraph, StoreError> {
-        let mut tx = store.read().await?;
-        let actor_rows = actors::list(&mut tx, account).await?;
-        let group_rows = groups::list(&mut tx, account).await?;
-        let memberships = groups::all_memberships(&mut tx, account).await?;
-        let resource_rows = resources::list(&mut tx, account).await?;
-        let policy_rows = policies::list(&mut tx, account).await?;
-        let search_domain = accounts::search_domain(&mut tx, account).await?;
-        tx.commit().await?;
+/// An account's rows, as the store lists them.
+#[derive(Debug, Default)]
+pub(crate) struct AccountRows {
+    pub actors: Vec<Actor>,
+    pub groups: Vec<Group>,
+    /// (group, actor) pairs.
+    pub memberships: Vec<(Uuid, Uuid)>,
+    pub resources: Vec<Resource>,
+    pub policies: Vec<PolicyRecord>,
+    pub search_domain: Option<String>,
+}
 
+impl AccountGraph {
+    /// The graph of an account's rows. Rows that no longer validate (rules
+    /// tightened since they were written) grant nothing.
+    pub(crate) fn build(rows: AccountRows) -> AccountGraph {
+        let AccountRows {
+            actors: actor_rows,
+            groups: group_rows,
+            memberships,
+            resources: resource_rows,
+            policies: policy_rows,
+            search_domain,
+        } = rows;
         let everyone = group_rows
             .iter()
             .find(|g| g.kind == GroupKind::Everyone)
@@ -114,27 +126,26 @@ impl AccountGraph {
                 disabled: record.disabled || !valid,
             });
         }
-        Ok(AccountGraph {
+        AccountGraph {
             actors,
             groups_of,
-            everyone,
             resources,
             policies: snapshot,
             search_domain,
-        })
+        }
     }
 
-    pub fn groups(&self, actor: Uuid) -> &[Uuid] {
+    pub(crate) fn groups(&self, actor: Uuid) -> &[Uuid] {
         self.groups_of.get(&actor).map_or(&[], Vec::as_slice)
     }
 
     /// Whether an actor may hold a channel at all.
-    pub fn actor_active(&self, actor: Uuid) -> bool {
+    pub(crate) fn actor_active(&self, actor: Uuid) -> bool {
         self.actors.get(&actor).is_some_and(|a| !a.disabled)
     }
 
     /// The resources offered to an actor, as clients see them.
-    pub fn visible(&self, actor: Uuid) -> Vec<&ResourceDescription> {
+    pub(crate) fn visible(&self, actor: Uuid) -> Vec<&ResourceDescription> {
         self.policies
             .visible_resources(self.groups(actor))
             .into_iter()
@@ -142,8 +153,16 @@ impl AccountGraph {
             .collect()
     }
 
+    /// The resources offered to an actor, by id.
+    pub(crate) fn offered(&self, actor: Uuid) -> BTreeMap<ResourceId, ResourceDescription> {
+        self.visible(actor)
+            .into_iter()
+            .map(|r| (r.id, r.clone()))
+            .collect()
+    }
+
     /// Actors that are members of any of `groups`.
-    pub fn members_of(&self, groups: &[Uuid]) -> Vec<Uuid> {
+    pub(crate) fn members_of(&self, groups: &[Uuid]) -> Vec<Uuid> {
         self.groups_of
             .iter()
             .filter(|(_, theirs)| theirs.iter().any(|g| groups.contains(g)))

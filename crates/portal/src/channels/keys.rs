@@ -1,8 +1,9 @@
 //! Secrets the portal hands to a (client, gateway) pair: the WireGuard
 //! preshared key and both sides' ICE credentials. They are derived with
 //! HMAC-SHA256 from a portal secret over both device ids and both public keys
-//! (DESIGN.md section 6), so they are stable while both processes live (a
-//! reconnect gets the same ones) and useless to any other key pair.
+//! (docs/architecture.md, security model), so they are stable while both
+//! processes live (a reconnect gets the same ones) and useless to any other key
+//! pair.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,19 +14,19 @@ use sha2::Sha256;
 
 /// Which two processes a secret is for.
 #[derive(Clone, Copy, Debug)]
-pub struct PairIds<'a> {
+pub(crate) struct PairIds<'a> {
     pub client: ClientId,
     pub client_key: &'a PublicKey,
     pub gateway: GatewayId,
     pub gateway_key: &'a PublicKey,
 }
 
-pub struct PairSecrets {
+pub(crate) struct PairSecrets {
     secret: [u8; 32],
 }
 
 impl PairSecrets {
-    pub fn new(secret: [u8; 32]) -> Self {
+    pub(crate) fn new(secret: [u8; 32]) -> Self {
         PairSecrets { secret }
     }
 
@@ -47,11 +48,11 @@ impl PairSecrets {
         mac.finalize().into_bytes().into()
     }
 
-    pub fn preshared_key(&self, pair: PairIds<'_>) -> PresharedKey {
+    pub(crate) fn preshared_key(&self, pair: PairIds<'_>) -> PresharedKey {
         PresharedKey(self.derive("postern psk v1", pair))
     }
 
-    pub fn ice(&self, pair: PairIds<'_>) -> PairIce {
+    pub(crate) fn ice(&self, pair: PairIds<'_>) -> PairIce {
         let side = |label: &str| {
             let bytes = self.derive(label, pair);
             let text = URL_SAFE_NO_PAD.encode(bytes);

@@ -1,25 +1,32 @@
 //! The control channels (SPEC section 5): `/v1/client`, `/v1/gateway` and
 //! `/v1/relay` WebSockets carrying JSON messages. `socket` authenticates and
-//! pumps frames; the `hub` owns the protocol: access requests, gateway
-//! selection, ICE candidate relay, presence and continuous evaluation.
+//! pumps frames; the `hub` is the protocol as a state machine without I/O
+//! (access requests, gateway selection, ICE candidate relay, presence and
+//! continuous evaluation); `shell` is its task, which moves events in and
+//! carries outputs out, with `loader` reading the store and `notify` talking
+//! to the other portal nodes.
 
-mod access;
-pub mod cluster;
-mod connect;
-mod evaluation;
-pub mod graph;
-pub mod hub;
-pub mod keys;
-mod relays;
-mod routing;
+#![warn(unreachable_pub)]
+
+pub(crate) mod cluster;
+pub(crate) mod graph;
+pub(crate) mod hub;
+mod inbound;
+pub(crate) mod keys;
+mod loader;
+mod notify;
+mod shell;
 mod socket;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::routing::get;
 use tokio::sync::mpsc;
 
+use self::hub::{Hub, HubConfig, HubSecrets};
+use self::shell::{HubEvent, Shell};
 use crate::state::AppState;
 use crate::store::{Engine, Store, StoreError, settings};
 use uuid::Uuid;
@@ -28,7 +35,7 @@ use uuid::Uuid;
 /// the hub.
 const HUB_QUEUE: usize = 16 * 1024;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/client", get(socket::client))
         .route("/v1/gateway", get(socket::gateway))
@@ -37,25 +44,38 @@ pub fn router() -> Router<Arc<AppState>> {
 
 /// Starts the hub task (once per state). On PostgreSQL the node also joins
 /// the cluster of portal nodes sharing the database.
-pub async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
-    let (sender, receiver) = mpsc::channel(HUB_QUEUE);
+pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
+    let (sender, receiver) = mpsc::channel::<HubEvent>(HUB_QUEUE);
     if !state.set_hub(sender.clone()) {
         return Ok(());
     }
     let secrets = shared_secrets(&state.store).await?;
     let node = Uuid::new_v4();
     let cluster = match state.store.engine() {
-        Engine::Postgres => Some(cluster::connect(state.store.url(), node, sender).await?),
+        Engine::Postgres => Some(notify::connect(state.store.url(), node, sender).await?),
         Engine::Sqlite => None,
     };
     tracing::info!(%node, clustered = cluster.is_some(), "channel hub started");
+    let mut seed = [0u8; 8];
+    if let Err(error) = crate::auth::token::random_bytes(&mut seed) {
+        // Only gateway tie-breaking uses it; a fixed seed still works.
+        tracing::warn!(%error, "no randomness for gateway selection");
+    }
+    let config = HubConfig {
+        node,
+        clustered: cluster.is_some(),
+        secrets,
+        authorize_timeout: state.authorize_timeout,
+        seed: u64::from_le_bytes(seed),
+    };
+    let hub = Hub::new(config, Instant::now());
     let changes = state.subscribe_changes();
-    tokio::spawn(hub::Hub::new(state, secrets, node, cluster).run(receiver, changes));
+    tokio::spawn(Shell::new(hub, state, cluster).run(receiver, changes));
     Ok(())
 }
 
 /// The secrets all nodes must agree on, created by whichever node starts first.
-async fn shared_secrets(store: &Store) -> Result<hub::HubSecrets, StoreError> {
+async fn shared_secrets(store: &Store) -> Result<HubSecrets, StoreError> {
     use base64::Engine as _;
     let encoding = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let random = |length: usize| {
@@ -80,7 +100,7 @@ async fn shared_secrets(store: &Store) -> Result<hub::HubSecrets, StoreError> {
             table: "settings",
             detail: "pair_secret is not 32 bytes of base64".to_string(),
         })?;
-    Ok(hub::HubSecrets {
+    Ok(HubSecrets {
         pair_secret: pair,
         turn_secret: turn,
     })

@@ -12,14 +12,16 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use postern_model::PublicKey;
+use postern_model::{PublicKey, RelayId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
-use super::connect::MAX_MESSAGE;
-use super::hub::{HubEvent, NewConnection, Outbound, Party};
-use crate::api::problem::Problem;
+use super::hub::{DeviceFacts, Joined, Party, TokenFacts};
+use super::inbound::{MAX_MESSAGE, Speaker, parse};
+use super::shell::{HubEvent, Outbound};
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
+use crate::problem::Problem;
 use crate::state::AppState;
 use crate::store::actors;
 use crate::store::devices::{self, Connecting};
@@ -32,7 +34,7 @@ const READ_BUFFER: usize = 4 * 1024;
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Deserialize, Debug, Default)]
-pub struct ConnectParams {
+pub(super) struct ConnectParams {
     device_id: Option<String>,
     public_key: Option<String>,
     name: Option<String>,
@@ -42,7 +44,7 @@ pub struct ConnectParams {
 
 type Shared = State<Arc<AppState>>;
 
-pub async fn client(
+pub(super) async fn client(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -54,7 +56,7 @@ pub async fn client(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn gateway(
+pub(super) async fn gateway(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -66,7 +68,7 @@ pub async fn gateway(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn relay(
+pub(super) async fn relay(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -116,7 +118,7 @@ async fn join(
     ws: WebSocketUpgrade,
     kind: TokenKind,
 ) -> Result<Response, Problem> {
-    let Some(hub) = state.hub().cloned() else {
+    let Some(hub) = state.hub::<mpsc::Sender<HubEvent>>().cloned() else {
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the portal is starting",
@@ -142,8 +144,11 @@ async fn join(
         .map(|v| v.chars().take(256).collect::<String>());
     let remote_ip = peer.ip();
 
-    let (party, public_key) = match kind {
-        TokenKind::Relay => (Party::Relay, PublicKey([0; 32])),
+    let (party, public_key, speaker) = match kind {
+        TokenKind::Relay => {
+            let id = RelayId(Uuid::new_v4());
+            (Party::Relay { id }, PublicKey([0; 32]), Speaker::Relay)
+        }
         TokenKind::Client | TokenKind::Gateway => {
             let device_id = text_param("device_id", params.device_id.as_deref(), true, 128)?
                 .unwrap_or_default();
@@ -182,20 +187,23 @@ async fn join(
                 }
             }?
             .ok_or_else(invalid)?;
-            (party, public_key)
+            let speaker = match kind {
+                TokenKind::Client => Speaker::Client,
+                _ => Speaker::Gateway,
+            };
+            (party, public_key, speaker)
         }
         TokenKind::Api | TokenKind::Browser => return Err(invalid()),
     };
 
     let id = state.next_connection_id();
     let (sender, outbound) = mpsc::channel(state.outbound_queue.max(1));
-    let connection = NewConnection {
-        id,
+    let joined = Joined {
+        conn: id,
         party,
-        token,
+        token: TokenFacts::from(&token),
         public_key,
         remote_ip,
-        sender,
     };
     // Small buffers: ten thousand idle channels must not cost a gigabyte.
     Ok(ws
@@ -203,7 +211,7 @@ async fn join(
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| pump(socket, hub, connection, outbound)))
+        .on_upgrade(move |socket| pump(socket, hub, joined, sender, outbound, speaker)))
 }
 
 /// Records the device (new ones get their addresses) and the session.
@@ -282,13 +290,13 @@ async fn register(
         TokenKind::Client => Party::Client {
             account,
             actor_id: actor_id.unwrap_or_default(),
-            device,
+            device: DeviceFacts::from(&device),
             country: state.geoip.as_ref().and_then(|g| g.country(remote_ip)),
         },
         _ => Party::Gateway {
             account,
             site_id: site_id.unwrap_or_default(),
-            device,
+            device: DeviceFacts::from(&device),
         },
     }))
 }
@@ -296,15 +304,17 @@ async fn register(
 async fn pump(
     mut socket: WebSocket,
     hub: mpsc::Sender<HubEvent>,
-    connection: NewConnection,
+    joined: Joined,
+    sender: mpsc::Sender<Outbound>,
     mut outbound: mpsc::Receiver<Outbound>,
+    speaker: Speaker,
 ) {
-    let id = connection.id;
-    if hub
-        .send(HubEvent::Connected(Box::new(connection)))
-        .await
-        .is_err()
-    {
+    let id = joined.conn;
+    let event = HubEvent::Joined {
+        joined: Box::new(joined),
+        sender,
+    };
+    if hub.send(event).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -315,7 +325,8 @@ async fn pump(
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
-                    let event = HubEvent::Message { id, text: text.as_str().to_string() };
+                    let message = parse(speaker, text.as_str());
+                    let event = HubEvent::Message { conn: id, message };
                     if hub.send(event).await.is_err() {
                         break;
                     }
@@ -349,5 +360,5 @@ async fn pump(
             }
         }
     }
-    let _ = hub.send(HubEvent::Closed { id }).await;
+    let _ = hub.send(HubEvent::Closed { conn: id }).await;
 }

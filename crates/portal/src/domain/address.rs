@@ -1,6 +1,6 @@
-//! Stable tunnel addresses of devices (DESIGN.md section 4): the n-th device of
-//! an account gets the n-th address of both device ranges, so one index in the
-//! store names both and a unique index keeps them unique.
+//! Stable tunnel addresses of devices (docs/architecture.md, address plan): the
+//! n-th device of an account gets the n-th address of both device ranges, so
+//! one index in the store names both and a unique index keeps them unique.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

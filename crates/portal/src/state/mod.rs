@@ -2,44 +2,32 @@
 
 pub mod rate_limit;
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use self::rate_limit::RateLimiter;
+use crate::online::Online;
 use crate::store::Store;
 
-/// What a committed change touched, so continuous evaluation (F15)
-/// re-evaluates only the clients it can affect.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", content = "ids", rename_all = "snake_case")]
-pub enum Change {
-    /// A resource was created, changed or deleted.
-    Resource(Uuid),
-    /// Policies of these groups changed (members of them are affected).
-    Groups(Vec<Uuid>),
-    /// These actors' memberships, role or enabled state changed (or they
-    /// were deleted with their tokens).
-    Actors(Vec<Uuid>),
-    /// A client's verification changed.
-    Client(Uuid),
-    /// A client device was deleted.
-    ClientDeleted(Uuid),
-    /// A token was revoked.
-    TokenRevoked(Uuid),
-    /// Anything may have changed (a node missed cluster messages):
-    /// re-evaluate every client of the account.
-    Everything,
-}
+pub use crate::change::Change;
+
+/// How long a gateway has to confirm an authorization (SPEC section 5).
+pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Per-connection queue depth: a client far behind this is broken or
+/// malicious, and is disconnected.
+pub const OUTBOUND_QUEUE: usize = 1024;
 
 pub struct AppState {
     pub store: Store,
     /// Per API token.
     pub api_limiter: RateLimiter,
     /// How long a gateway has to confirm an authorization (SPEC: 15 s).
-    pub authorize_timeout: std::time::Duration,
+    pub authorize_timeout: Duration,
     /// Messages a channel may have queued before it counts as too slow.
     pub outbound_queue: usize,
     /// Countries for the `country` condition; without it they are unknown.
@@ -60,17 +48,12 @@ pub struct AppState {
     /// Calls to identity providers.
     pub oidc_http: OnceLock<reqwest::Client>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
-    presence: Mutex<Presence>,
-    hub: OnceLock<mpsc::Sender<crate::channels::hub::HubEvent>>,
+    online: Online,
+    /// The channel hub's inbox, set once when serving starts. Held opaquely:
+    /// only the channels know its type, so shared state depends on none of
+    /// them.
+    hub: OnceLock<Box<dyn Any + Send + Sync>>,
     next_conn: AtomicU64,
-}
-
-/// Who is connected right now, for the API's `online` fields.
-#[derive(Default)]
-struct Presence {
-    /// Gateway device id -> clients it serves.
-    gateways: std::collections::HashMap<Uuid, u64>,
-    clients: std::collections::HashSet<Uuid>,
 }
 
 impl AppState {
@@ -78,9 +61,9 @@ impl AppState {
         AppState {
             store,
             api_limiter: RateLimiter::new(100, 20),
-            authorize_timeout: crate::channels::hub::AUTHORIZE_TIMEOUT,
+            authorize_timeout: AUTHORIZE_TIMEOUT,
             geoip: None,
-            outbound_queue: crate::channels::hub::OUTBOUND_QUEUE,
+            outbound_queue: OUTBOUND_QUEUE,
             metrics: crate::metrics::PortalMetrics::default(),
             secret_key: None,
             mailer: crate::auth::email::Mailer::Log,
@@ -91,19 +74,20 @@ impl AppState {
             sign_in_ip_limiter: RateLimiter::with_rate(30, 0.5),
             oidc_http: OnceLock::new(),
             changes: Mutex::new(None),
-            presence: Mutex::new(Presence::default()),
+            online: Online::default(),
             hub: OnceLock::new(),
             next_conn: AtomicU64::new(1),
         }
     }
 
     /// Where connections send their events; set once when serving starts.
-    pub fn set_hub(&self, sender: mpsc::Sender<crate::channels::hub::HubEvent>) -> bool {
-        self.hub.set(sender).is_ok()
+    pub fn set_hub(&self, hub: impl Any + Send + Sync) -> bool {
+        self.hub.set(Box::new(hub)).is_ok()
     }
 
-    pub fn hub(&self) -> Option<&mpsc::Sender<crate::channels::hub::HubEvent>> {
-        self.hub.get()
+    /// The hub's inbox, if serving started with one of type `T`.
+    pub fn hub<T: Any>(&self) -> Option<&T> {
+        self.hub.get()?.downcast_ref()
     }
 
     pub fn next_connection_id(&self) -> u64 {
@@ -127,39 +111,21 @@ impl AppState {
         }
     }
 
+    /// Who is online, as the hub last published it.
+    pub fn online(&self) -> &Online {
+        &self.online
+    }
+
     /// Gateways and clients connected to this node.
     pub fn online_counts(&self) -> (usize, usize) {
-        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        (presence.gateways.len(), presence.clients.len())
+        self.online.counts()
     }
 
     pub fn gateway_presence(&self, gateway: Uuid) -> (bool, u64) {
-        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        match presence.gateways.get(&gateway) {
-            Some(load) => (true, *load),
-            None => (false, 0),
-        }
+        self.online.gateway(gateway)
     }
 
     pub fn client_online(&self, client: Uuid) -> bool {
-        let presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        presence.clients.contains(&client)
-    }
-
-    pub fn set_gateway_presence(&self, gateway: Uuid, load: Option<u64>) {
-        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        match load {
-            Some(load) => presence.gateways.insert(gateway, load),
-            None => presence.gateways.remove(&gateway),
-        };
-    }
-
-    pub fn set_client_presence(&self, client: Uuid, online: bool) {
-        let mut presence = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        if online {
-            presence.clients.insert(client);
-        } else {
-            presence.clients.remove(&client);
-        }
+        self.online.client(client)
     }
 }

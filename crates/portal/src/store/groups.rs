@@ -134,29 +134,6 @@ pub async fn set_members(
     Ok(())
 }
 
-/// The groups an actor is in, `Everyone` included when the role belongs there.
-pub async fn of_actor(
-    conn: &mut Conn,
-    account: Uuid,
-    actor: Uuid,
-    in_everyone: bool,
-) -> Result<Vec<Uuid>> {
-    let rows = sqlx::query(
-        "SELECT g.id AS id FROM groups g WHERE g.account_id = $1 AND ( \
-           (g.kind = 'everyone' AND $3 = 1) OR \
-           EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = g.id AND m.actor_id = $2)) \
-         ORDER BY g.id",
-    )
-    .bind(account.to_string())
-    .bind(actor.to_string())
-    .bind(i64::from(in_everyone))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| uuid_column(row, "groups", "id"))
-        .collect()
-}
-
 /// Every explicit membership of the account as (group, actor).
 pub async fn all_memberships(conn: &mut Conn, account: Uuid) -> Result<Vec<(Uuid, Uuid)>> {
     let rows = sqlx::query("SELECT group_id, actor_id FROM memberships WHERE account_id = $1")

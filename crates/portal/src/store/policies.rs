@@ -55,10 +55,6 @@ pub async fn insert(conn: &mut Conn, account: Uuid, policy: &PolicyRecord) -> Re
     Ok(())
 }
 
-pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<PolicyRecord>> {
-    super::get_scoped(conn, account, id).await
-}
-
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<PolicyRecord>> {
     super::list_scoped(conn, account).await
 }

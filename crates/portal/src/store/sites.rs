@@ -38,10 +38,6 @@ pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Site
     super::get_scoped(conn, account, id).await
 }
 
-pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Site>> {
-    super::list_scoped(conn, account).await
-}
-
 pub async fn rename(
     conn: &mut Conn,
     account: Uuid,

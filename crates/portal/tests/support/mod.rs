@@ -75,7 +75,7 @@ impl TestApp {
         state.secret_key = Some(postern_portal::secrets::SecretKey::generate().unwrap());
         configure(&mut state);
         let state = Arc::new(state);
-        let router = postern_portal::api::router().with_state(state.clone());
+        let router = postern_portal::testing::api_router().with_state(state.clone());
         TestApp {
             router,
             state,
@@ -90,7 +90,7 @@ impl TestApp {
     pub async fn another_node(&self, url: &str) -> TestApp {
         let store = Store::open(url).await.expect("open the store");
         let state = Arc::new(AppState::new(store));
-        let router = postern_portal::api::router().with_state(state.clone());
+        let router = postern_portal::testing::api_router().with_state(state.clone());
         TestApp {
             router,
             state,
@@ -167,10 +167,10 @@ impl TestApp {
         // directly in the store.
         let minted = postern_portal::auth::token::mint("").unwrap();
         let mut tx = self.state.store.write().await.unwrap();
-        postern_portal::store::tokens::insert(
+        postern_portal::testing::tokens::insert(
             &mut tx,
             &minted,
-            &postern_portal::store::tokens::NewToken {
+            &postern_portal::testing::tokens::NewToken {
                 account_id: Some(self.account_id),
                 kind: postern_portal::domain::TokenKind::Api,
                 actor_id: Some(self.admin_id),
@@ -217,7 +217,7 @@ pub async fn concurrent_devices(app: &TestApp) {
             loop {
                 let mut tx = store.write().await.unwrap();
                 let name = format!("device-{n}");
-                let connecting = postern_portal::store::devices::Connecting {
+                let connecting = postern_portal::testing::devices::Connecting {
                     kind: postern_portal::domain::DeviceKind::Client,
                     actor_id: Some(admin),
                     site_id: None,
@@ -227,7 +227,7 @@ pub async fn concurrent_devices(app: &TestApp) {
                     version: None,
                     remote_ip: None,
                 };
-                match postern_portal::store::devices::upsert_on_connect(
+                match postern_portal::testing::devices::upsert_on_connect(
                     &mut tx,
                     account,
                     &connecting,

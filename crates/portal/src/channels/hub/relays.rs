@@ -1,0 +1,242 @@
+//! Relays (F18): the ones registered over `/v1/relay` here and the ones
+//! other nodes announce, and the TURN REST credentials clients and gateways
+//! get for them: in `init`, in `relays_changed` when relays come and go, and
+//! renewed at half-life.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use postern_model::RelayId;
+use postern_model::protocol::{PortalToClient, PortalToGateway, PortalToRelay, RelayInfo};
+use postern_turn::credentials::{rest_password, rest_username};
+use uuid::Uuid;
+
+use super::super::cluster::{ClusterMessage, RelayAnnouncement};
+use super::io::{ConnId, Frame};
+use super::post::Post;
+use super::presence::Role;
+
+/// TURN credentials handed out live this long and are renewed at half-life.
+const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A relay channel here; it has addresses once it registered.
+#[derive(Debug)]
+struct LocalRelay {
+    id: RelayId,
+    addresses: Vec<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct RemoteRelay {
+    node: Uuid,
+    relay: RelayAnnouncement,
+}
+
+#[derive(Debug)]
+pub(super) struct Relays {
+    /// The TURN REST shared secret relays get.
+    turn_secret: String,
+    local: HashMap<ConnId, LocalRelay>,
+    remote: HashMap<RelayId, RemoteRelay>,
+    /// When each client and gateway channel got its credentials.
+    issued: HashMap<ConnId, Instant>,
+}
+
+impl Relays {
+    pub(super) fn new(turn_secret: String) -> Self {
+        Relays {
+            turn_secret,
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            issued: HashMap::new(),
+        }
+    }
+
+    /// A relay channel joined.
+    pub(super) fn joined(&mut self, conn: ConnId, id: RelayId) {
+        let addresses = Vec::new();
+        self.local.insert(conn, LocalRelay { id, addresses });
+    }
+
+    /// A relay's `register`: it gets the TURN secret, devices hear of it
+    /// (the first time) and so do the other nodes.
+    pub(super) fn register(
+        &mut self,
+        conn: ConnId,
+        public_addresses: &[IpAddr],
+        port: u16,
+        post: &mut Post,
+        now: Timestamp,
+    ) {
+        if public_addresses.is_empty() || public_addresses.len() > 4 || port == 0 {
+            let message = "register needs 1-4 public addresses and a port".to_string();
+            post.error(conn, None, message);
+            return;
+        }
+        let Some(relay) = self.local.get_mut(&conn) else {
+            return;
+        };
+        let first = relay.addresses.is_empty();
+        relay.addresses = public_addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        let announcement = RelayAnnouncement {
+            id: relay.id,
+            addresses: relay.addresses.clone(),
+        };
+        let relay_id = relay.id;
+        let registered = PortalToRelay::Registered {
+            relay_id,
+            auth_secret: self.turn_secret.clone(),
+        };
+        post.send(conn, Frame::Relay(registered));
+        tracing::info!(relay = %relay_id, addresses = ?public_addresses, port, "relay registered");
+        if first {
+            self.broadcast(&[relay_id], &[], post, now);
+        }
+        post.publish(ClusterMessage::RelayUp {
+            from: post.routing().node(),
+            relay: announcement,
+        });
+    }
+
+    /// A channel closed; if it was a relay, devices and other nodes hear
+    /// it is gone.
+    pub(super) fn closed(&mut self, conn: ConnId, post: &mut Post, now: Timestamp) {
+        self.issued.remove(&conn);
+        if let Some(relay) = self.local.remove(&conn) {
+            self.broadcast(&[], &[relay.id], post, now);
+            post.publish(ClusterMessage::RelayDown {
+                from: post.routing().node(),
+                id: relay.id,
+            });
+        }
+    }
+
+    /// The relays registered with this node.
+    pub(super) fn local(&self) -> Vec<RelayAnnouncement> {
+        self.local
+            .values()
+            .filter(|relay| !relay.addresses.is_empty())
+            .map(|relay| RelayAnnouncement {
+                id: relay.id,
+                addresses: relay.addresses.clone(),
+            })
+            .collect()
+    }
+
+    /// Another node has a relay; devices here hear of a new one.
+    pub(super) fn remote_up(
+        &mut self,
+        node: Uuid,
+        relay: RelayAnnouncement,
+        post: &mut Post,
+        now: Timestamp,
+    ) {
+        let id = relay.id;
+        if self
+            .remote
+            .insert(id, RemoteRelay { node, relay })
+            .is_none()
+        {
+            self.broadcast(&[id], &[], post, now);
+        }
+    }
+
+    pub(super) fn remote_down(&mut self, id: RelayId, post: &mut Post, now: Timestamp) {
+        if self.remote.remove(&id).is_some() {
+            self.broadcast(&[], &[id], post, now);
+        }
+    }
+
+    /// A silent node's relays are gone.
+    pub(super) fn forget_node(&mut self, node: Uuid, post: &mut Post, now: Timestamp) {
+        let gone: Vec<RelayId> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.remote.remove(id);
+        }
+        if !gone.is_empty() {
+            self.broadcast(&[], &gone, post, now);
+        }
+    }
+
+    /// Credentials for every relay (or `only` these), for one device.
+    pub(super) fn credentials(
+        &self,
+        device: Uuid,
+        only: Option<&[RelayId]>,
+        now: Timestamp,
+    ) -> Vec<RelayInfo> {
+        let expires_at = now
+            + SignedDuration::try_from(RELAY_CREDENTIAL_LIFETIME).unwrap_or(SignedDuration::ZERO);
+        let expiry_unix = expires_at.as_second().max(0) as u64;
+        let username = rest_username(expiry_unix, &device.to_string());
+        let password = rest_password(self.turn_secret.as_bytes(), &username);
+        let mut relays: Vec<RelayInfo> = self
+            .local()
+            .into_iter()
+            .chain(self.remote.values().map(|r| r.relay.clone()))
+            .filter(|relay| only.is_none_or(|ids| ids.contains(&relay.id)))
+            .map(|relay| RelayInfo {
+                id: relay.id,
+                addresses: relay.addresses,
+                username: username.clone(),
+                password: password.clone(),
+                expires_at,
+            })
+            .collect();
+        relays.sort_by_key(|r| r.id);
+        relays
+    }
+
+    /// A client or gateway channel got its credentials in `init`.
+    pub(super) fn issued(&mut self, conn: ConnId, at: Instant) {
+        self.issued.insert(conn, at);
+    }
+
+    /// Sends fresh credentials for every relay before the old ones expire.
+    pub(super) fn renew(&mut self, post: &mut Post, at: Instant, now: Timestamp) {
+        let stale: Vec<ConnId> = self
+            .issued
+            .iter()
+            .filter(|(_, issued)| at.duration_since(**issued) > RELAY_CREDENTIAL_LIFETIME / 2)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stale {
+            self.issued.insert(conn, at);
+            let Some(device) = post.presence().get(conn).and_then(|c| c.device()) else {
+                continue;
+            };
+            let added = self.credentials(device.id, None, now);
+            if !added.is_empty() {
+                relays_changed(post, conn, added, Vec::new());
+            }
+        }
+    }
+
+    /// Tells every client and gateway here of relays added and removed.
+    fn broadcast(&self, added: &[RelayId], removed: &[RelayId], post: &mut Post, now: Timestamp) {
+        for (conn, device, _) in post.presence().device_conns() {
+            let added = self.credentials(device, Some(added), now);
+            relays_changed(post, conn, added, removed.to_vec());
+        }
+    }
+}
+
+/// `relays_changed` of the channel's role.
+fn relays_changed(post: &mut Post, conn: ConnId, added: Vec<RelayInfo>, removed: Vec<RelayId>) {
+    let frame = match post.presence().role(conn) {
+        Some(Role::Client) => Frame::Client(PortalToClient::RelaysChanged { added, removed }),
+        Some(Role::Gateway) => Frame::Gateway(PortalToGateway::RelaysChanged { added, removed }),
+        Some(Role::Relay) | None => return,
+    };
+    post.send(conn, frame);
+}

@@ -1,0 +1,189 @@
+//! Access on first packet: granted only after the gateway confirms, failing
+//! closed on its deadline, voided by a gateway's new key, and ICE candidates
+//! only between paired devices.
+
+use std::time::Duration;
+
+use postern_model::protocol::{
+    ClientToPortal, DenyReason, DisconnectReason, GatewayToPortal, PortalToClient, PortalToGateway,
+};
+use postern_model::{ClientId, GatewayId};
+
+use super::*;
+use crate::channels::hub::{Metric, PresenceUpdate};
+
+#[test]
+fn access_is_granted_only_after_the_gateway_authorizes() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    let out = w.input(request(1, "r1", resource(1).id));
+    // The gateway is asked first; the client hears nothing yet.
+    assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+    let to_gateway = gateway_frames(&out, 2);
+    let [
+        PortalToGateway::Authorize {
+            reference,
+            authorization,
+        },
+    ] = to_gateway.as_slice()
+    else {
+        panic!("one authorize expected: {out:?}");
+    };
+    assert_eq!(authorization.client.id, CLIENT);
+    assert_eq!(authorization.resource, resource(1));
+    let out = w.input(from_gateway(
+        2,
+        GatewayToPortal::Authorized {
+            reference: reference.clone(),
+        },
+    ));
+    let to_client = client_frames(&out, 1);
+    let [
+        PortalToClient::AccessGranted {
+            reference: client_ref,
+            resource_id,
+            gateway,
+            preshared_key,
+            ice,
+            ..
+        },
+    ] = to_client.as_slice()
+    else {
+        panic!("one access_granted expected: {out:?}");
+    };
+    assert_eq!(client_ref, "r1");
+    assert_eq!(*resource_id, resource(1).id);
+    assert_eq!(gateway.id, GATEWAY);
+    // Both ends hold the same pair secrets.
+    assert_eq!(*preshared_key, authorization.preshared_key);
+    assert_eq!(*ice, authorization.ice);
+    assert!(out.contains(&Output::Metric(Metric::Granted)));
+    assert!(out.contains(&Output::Presence(PresenceUpdate::Gateway {
+        device: GATEWAY,
+        load: Some(1)
+    })));
+}
+
+#[test]
+fn a_request_nobody_confirms_fails_closed_after_15_seconds() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    let out = w.input(request(1, "r1", resource(1).id));
+    let Some(PortalToGateway::Authorize { reference, .. }) = gateway_frames(&out, 2).pop() else {
+        panic!("no authorize: {out:?}");
+    };
+    w.wait(Duration::from_millis(14_900));
+    let out = w.input(Input::Tick);
+    assert!(client_frames(&out, 1).is_empty(), "too early: {out:?}");
+    w.wait(Duration::from_millis(100));
+    let out = w.input(Input::Tick);
+    assert_eq!(
+        client_frames(&out, 1),
+        vec![PortalToClient::AccessDenied {
+            reference: "r1".to_string(),
+            resource_id: resource(1).id,
+            reason: DenyReason::Offline,
+            violated: vec![],
+        }]
+    );
+    // The gateway may have applied it without confirming: it is taken back.
+    assert_eq!(
+        gateway_frames(&out, 2),
+        vec![PortalToGateway::Revoke {
+            client_id: CLIENT,
+            resource_id: resource(1).id,
+        }]
+    );
+    assert!(out.contains(&Output::Metric(Metric::Denied(DenyReason::Offline))));
+    // A confirmation after the deadline grants nothing.
+    let out = w.input(from_gateway(2, GatewayToPortal::Authorized { reference }));
+    assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_gateway_back_with_a_new_key_voids_its_grants() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    w.grant();
+    // The same process reconnecting keeps what it authorized.
+    let out = w.input(gateway(3, SITE, GATEWAY, 2));
+    let Some(PortalToGateway::Init { authorizations, .. }) = gateway_frames(&out, 3).pop() else {
+        panic!("no init: {out:?}");
+    };
+    assert_eq!(authorizations.len(), 1);
+    assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+    // The replaced channel is told and closed.
+    assert_eq!(
+        gateway_frames(&out, 2),
+        vec![PortalToGateway::Disconnect {
+            reason: DisconnectReason::Shutdown
+        }]
+    );
+    assert!(out.contains(&Output::Close { conn: 2 }));
+
+    // A restarted process (a new key) finds its grants void.
+    let out = w.input(gateway(4, SITE, GATEWAY, 9));
+    assert_eq!(
+        client_frames(&out, 1),
+        vec![PortalToClient::AccessRevoked {
+            resource_id: resource(1).id
+        }]
+    );
+    let Some(PortalToGateway::Init { authorizations, .. }) = gateway_frames(&out, 4).pop() else {
+        panic!("no init: {out:?}");
+    };
+    assert!(authorizations.is_empty());
+    // The client must ask again, and the new key is what it gets.
+    let out = w.input(request(1, "r2", resource(1).id));
+    let Some(PortalToGateway::Authorize { authorization, .. }) = gateway_frames(&out, 4).pop()
+    else {
+        panic!("no authorize on the new channel: {out:?}");
+    };
+    assert_eq!(authorization.client.id, CLIENT);
+}
+
+#[test]
+fn candidates_pass_only_between_paired_devices() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    let stranger = GatewayId::from_u128(0x92);
+    w.input(gateway(3, OTHER_SITE, stranger, 3));
+    let candidates = |peer: GatewayId| {
+        from_client(
+            1,
+            ClientToPortal::IceCandidates {
+                peer_id: peer,
+                candidates: vec!["candidate:1 1 udp 1 10.1.1.1 5000 typ host".to_string()],
+            },
+        )
+    };
+    let to_client = |conn: ConnId, peer: ClientId| {
+        from_gateway(
+            conn,
+            GatewayToPortal::IceCandidates {
+                peer_id: peer,
+                candidates: vec!["candidate:2 1 udp 1 10.2.2.2 6000 typ host".to_string()],
+            },
+        )
+    };
+    // Before any request the two are strangers.
+    assert_eq!(w.input(candidates(GATEWAY)), vec![]);
+    assert_eq!(w.input(to_client(2, CLIENT)), vec![]);
+    // A pending request pairs them.
+    w.input(request(1, "r1", resource(1).id));
+    let out = w.input(candidates(GATEWAY));
+    assert_eq!(
+        gateway_frames(&out, 2),
+        vec![PortalToGateway::IceCandidates {
+            peer_id: CLIENT,
+            candidates: vec!["candidate:1 1 udp 1 10.1.1.1 5000 typ host".to_string()],
+        }]
+    );
+    let out = w.input(to_client(2, CLIENT));
+    assert_eq!(
+        client_frames(&out, 1),
+        vec![PortalToClient::IceCandidates {
+            peer_id: GATEWAY,
+            candidates: vec!["candidate:2 1 udp 1 10.2.2.2 6000 typ host".to_string()],
+        }]
+    );
+    // The gateway it is not paired with reaches nobody, either way.
+    assert_eq!(w.input(candidates(stranger)), vec![]);
+    assert_eq!(w.input(to_client(3, CLIENT)), vec![]);
+}

@@ -1,0 +1,363 @@
+//! The hub's task, the async shell around the sans-IO core (`hub`). It owns
+//! the receivers (the sockets' and the cluster listener's events, committed
+//! changes, load answers, the tick), hands each to the core with the time,
+//! and carries out what the core gives: frames into the connections'
+//! queues, messages to the cluster, presence and counters into the shared
+//! state, and account loads into tasks of their own, whose answers come back
+//! as inputs. It waits on nothing else: a slow database or a slow
+//! connection never holds it up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::cluster::ClusterMessage;
+use super::hub::{
+    ConnId, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output, PresenceUpdate,
+};
+use super::loader;
+use super::notify::Heard;
+use crate::change::Change;
+use crate::metrics::PortalMetrics;
+use crate::online::Online;
+use crate::state::AppState;
+
+/// How often timeouts, expiries and the heartbeat are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What the sockets and the cluster listener send the hub.
+#[derive(Debug)]
+pub(super) enum HubEvent {
+    /// A channel passed authentication; `sender` is its outbound queue.
+    Joined {
+        joined: Box<Joined>,
+        sender: mpsc::Sender<Outbound>,
+    },
+    Message {
+        conn: ConnId,
+        message: Inbound,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Heard(Heard),
+}
+
+impl From<Heard> for HubEvent {
+    fn from(heard: Heard) -> Self {
+        HubEvent::Heard(heard)
+    }
+}
+
+/// What a socket task writes.
+#[derive(Debug)]
+pub(super) enum Outbound {
+    Text(String),
+    /// Close the socket (after the text frames queued before it).
+    Close,
+}
+
+/// The connections' bounded outbound queues.
+#[derive(Debug, Default)]
+pub(super) struct Outlets {
+    queues: HashMap<ConnId, mpsc::Sender<Outbound>>,
+}
+
+impl Outlets {
+    pub(super) fn open(&mut self, conn: ConnId, sender: mpsc::Sender<Outbound>) {
+        self.queues.insert(conn, sender);
+    }
+
+    /// Queues a frame; `Err(overloaded)` if the queue is full (`true`) or
+    /// the socket is gone (`false`). A connection without a queue here has
+    /// closed already, and its frames are dropped.
+    fn send(&self, conn: ConnId, text: String) -> Result<(), bool> {
+        let Some(queue) = self.queues.get(&conn) else {
+            return Ok(());
+        };
+        match queue.try_send(Outbound::Text(text)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+        }
+    }
+
+    /// Closes after what is queued; dropping the sender ends the socket
+    /// task even if the close itself does not fit.
+    fn close(&mut self, conn: ConnId) {
+        if let Some(queue) = self.queues.remove(&conn) {
+            let _ = queue.try_send(Outbound::Close);
+        }
+    }
+
+    /// The socket closed by itself.
+    fn gone(&mut self, conn: ConnId) {
+        self.queues.remove(&conn);
+    }
+}
+
+/// Where outputs other than frames go.
+pub(super) struct Sinks<'a> {
+    pub online: &'a Online,
+    pub metrics: &'a PortalMetrics,
+    pub cluster: Option<&'a mpsc::UnboundedSender<ClusterMessage>>,
+}
+
+/// Carries out everything the core gave. Frames a queue cannot take go
+/// back to the core as `Undeliverable`, which closes that connection alone,
+/// until nothing is left. The loads asked for are returned to be started.
+pub(super) fn carry_out(
+    hub: &mut Hub,
+    outlets: &mut Outlets,
+    sinks: &Sinks<'_>,
+    now: Instant,
+    wall: Timestamp,
+) -> Vec<LoadRequest> {
+    let mut loads = Vec::new();
+    loop {
+        let mut stalled: Vec<(ConnId, bool)> = Vec::new();
+        while let Some(output) = hub.poll_output() {
+            match output {
+                Output::Send { conn, frame } => {
+                    let text = match frame.to_json() {
+                        Ok(text) => text,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot encode a channel message");
+                            continue;
+                        }
+                    };
+                    if let Err(overloaded) = outlets.send(conn, text)
+                        && !stalled.iter().any(|(c, _)| *c == conn)
+                    {
+                        stalled.push((conn, overloaded));
+                    }
+                }
+                Output::Close { conn } => outlets.close(conn),
+                Output::Publish(message) => {
+                    if let Some(cluster) = sinks.cluster {
+                        let _ = cluster.send(message);
+                    }
+                }
+                Output::Presence(PresenceUpdate::Client { device, online }) => {
+                    sinks.online.set_client(device.0, online)
+                }
+                Output::Presence(PresenceUpdate::Gateway { device, load }) => {
+                    sinks.online.set_gateway(device.0, load)
+                }
+                Output::Metric(Metric::Granted) => {
+                    sinks.metrics.access_granted.fetch_add(1, Ordering::Relaxed);
+                }
+                Output::Metric(Metric::Denied(reason)) => sinks.metrics.denied(reason),
+                Output::Load(request) => loads.push(request),
+            }
+        }
+        if stalled.is_empty() {
+            return loads;
+        }
+        for (conn, overloaded) in stalled {
+            hub.handle(now, wall, Input::Undeliverable { conn, overloaded });
+        }
+    }
+}
+
+pub(super) struct Shell {
+    hub: Hub,
+    state: Arc<AppState>,
+    outlets: Outlets,
+    cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+}
+
+impl Shell {
+    pub(super) fn new(
+        hub: Hub,
+        state: Arc<AppState>,
+        cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+    ) -> Self {
+        Shell {
+            hub,
+            state,
+            outlets: Outlets::default(),
+            cluster,
+        }
+    }
+
+    /// Runs until the sockets' or the changes' senders are all gone.
+    pub(super) async fn run(
+        mut self,
+        mut events: mpsc::Receiver<HubEvent>,
+        mut changes: mpsc::UnboundedReceiver<(Uuid, Change)>,
+    ) {
+        let (answers, mut answered) = mpsc::unbounded_channel::<Input>();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let input = tokio::select! {
+                // Committed changes first: a request that follows an admin's
+                // change must be decided on the changed graph.
+                biased;
+                change = changes.recv() => match change {
+                    Some(first) => {
+                        // Every change queued so far, in one batch.
+                        let mut batch = vec![first];
+                        while let Ok(more) = changes.try_recv() {
+                            batch.push(more);
+                        }
+                        Input::Changes(batch)
+                    }
+                    None => break,
+                },
+                Some(answer) = answered.recv() => answer,
+                event = events.recv() => match event {
+                    Some(event) => self.admit(event),
+                    None => break,
+                },
+                _ = tick.tick() => Input::Tick,
+            };
+            let (now, wall) = (Instant::now(), Timestamp::now());
+            self.hub.handle(now, wall, input);
+            let sinks = Sinks {
+                online: self.state.online(),
+                metrics: &self.state.metrics,
+                cluster: self.cluster.as_ref(),
+            };
+            for request in carry_out(&mut self.hub, &mut self.outlets, &sinks, now, wall) {
+                let store = self.state.store.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let result = Box::new(loader::load(&store, &request).await);
+                    let _ = answers.send(Input::Loaded {
+                        account: request.account,
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    /// An event from outside, as the core's input; the shell keeps the
+    /// connections' queues.
+    fn admit(&mut self, event: HubEvent) -> Input {
+        match event {
+            HubEvent::Joined { joined, sender } => {
+                self.outlets.open(joined.conn, sender);
+                Input::Joined(joined)
+            }
+            HubEvent::Message { conn, message } => Input::Message { conn, message },
+            HubEvent::Closed { conn } => {
+                self.outlets.gone(conn);
+                Input::Closed { conn }
+            }
+            HubEvent::Heard(Heard::Message(message)) => Input::Cluster(message),
+            HubEvent::Heard(Heard::Resync) => Input::ClusterResync,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postern_model::ClientId;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+    use crate::channels::hub::Loaded;
+    use crate::channels::hub::tests::{ACCOUNT, CLIENT, ENGINEERS, World, client, graph};
+
+    /// Moves one input through the core and carries out what it gives.
+    fn step(
+        world: &mut World,
+        outlets: &mut Outlets,
+        sinks: &Sinks<'_>,
+        input: Input,
+    ) -> Vec<LoadRequest> {
+        world.hub.handle(world.now, world.wall, input);
+        carry_out(&mut world.hub, outlets, sinks, world.now, world.wall)
+    }
+
+    fn texts(queue: &mut mpsc::Receiver<Outbound>) -> (Vec<String>, bool) {
+        let mut texts = Vec::new();
+        loop {
+            match queue.try_recv() {
+                Ok(Outbound::Text(text)) => texts.push(text),
+                Ok(Outbound::Close) | Err(TryRecvError::Disconnected) => return (texts, true),
+                Err(TryRecvError::Empty) => return (texts, false),
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_whose_queue_is_full_is_closed_alone() {
+        let (online, metrics) = (Online::default(), PortalMetrics::default());
+        let sinks = Sinks {
+            online: &online,
+            metrics: &metrics,
+            cluster: None,
+        };
+        let mut world = World::new();
+        let mut outlets = Outlets::default();
+        let (slow, mut slow_queue) = mpsc::channel(2);
+        let (fast, mut fast_queue) = mpsc::channel(64);
+        let other = ClientId::from_u128(0xc2);
+        outlets.open(1, slow);
+        outlets.open(2, fast);
+        let loads = step(
+            &mut world,
+            &mut outlets,
+            &sinks,
+            client(1, ACCOUNT, CLIENT, 1),
+        );
+        assert_eq!(loads.len(), 1);
+        step(
+            &mut world,
+            &mut outlets,
+            &sinks,
+            client(2, ACCOUNT, other, 2),
+        );
+        let loaded = Loaded {
+            graph: graph(3, &[1, 2, 3]),
+            verified: Default::default(),
+        };
+        let answer = Input::Loaded {
+            account: ACCOUNT,
+            result: Box::new(Ok(loaded)),
+        };
+        step(&mut world, &mut outlets, &sinks, answer);
+        assert!(online.client(CLIENT.0) && online.client(other.0));
+        // Three resources go at once: the slow queue (one `init` in it
+        // already) takes one more frame.
+        let change = Input::Changes(vec![(ACCOUNT, Change::Groups(vec![ENGINEERS]))]);
+        let loads = step(&mut world, &mut outlets, &sinks, change);
+        assert_eq!(loads.len(), 1);
+        let loaded = Loaded {
+            graph: graph(3, &[]),
+            verified: Default::default(),
+        };
+        let answer = Input::Loaded {
+            account: ACCOUNT,
+            result: Box::new(Ok(loaded)),
+        };
+        step(&mut world, &mut outlets, &sinks, answer);
+
+        let (slow_texts, slow_closed) = texts(&mut slow_queue);
+        assert_eq!(slow_texts.len(), 2, "{slow_texts:?}");
+        assert!(slow_closed, "the slow connection's queue is closed");
+        assert!(!online.client(CLIENT.0), "the slow client is gone");
+        let (fast_texts, fast_closed) = texts(&mut fast_queue);
+        assert_eq!(
+            fast_texts.len(),
+            4,
+            "init and three removals: {fast_texts:?}"
+        );
+        assert!(
+            fast_texts[1..]
+                .iter()
+                .all(|t| t.contains("resource_removed"))
+        );
+        assert!(!fast_closed);
+        assert!(online.client(other.0), "the other client stays");
+    }
+}
