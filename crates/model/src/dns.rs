@@ -136,6 +136,12 @@ impl DnsPattern {
             return false;
         }
         let names: Vec<&str> = name.split('.').collect();
+        // Host names only (letters, digits, hyphens, underscores): a name in
+        // DNS presentation form with an escaped dot (`x\.internal.acme.com`)
+        // would match here label by label but resolve as another name.
+        if !names.iter().all(|label| is_host_label(label)) {
+            return false;
+        }
         // reachable[j]: the pattern labels from i on match names[j..]; filled
         // from the last pattern label backwards, O(pattern x name).
         let k = names.len();
@@ -224,6 +230,15 @@ impl<'de> Deserialize<'de> for DnsPattern {
     }
 }
 
+/// A label of a host name: 1-63 letters, digits, hyphens or underscores.
+fn is_host_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +278,24 @@ mod tests {
             !middle.matches("api.corp.test"),
             "only a leading * may match nothing"
         );
+    }
+
+    #[test]
+    fn only_host_names_match_never_escaped_dots_or_odd_bytes() {
+        let star = p("*.internal.acme.com");
+        assert!(star.matches("x.internal.acme.com"));
+        // hickory presents a label holding a dot as `x\.internal`: that
+        // name is `x.internal` under acme.com, outside the pattern.
+        assert!(!star.matches("x\\.internal.acme.com"));
+        for odd in [
+            "x y.internal.acme.com",
+            "x\\000.internal.acme.com",
+            "..internal.acme.com",
+        ] {
+            assert!(!star.matches(odd), "{odd}");
+        }
+        assert!(p("**.acme.com").matches("_sip._tcp.acme.com"));
+        assert!(p("**.acme.com").matches("xn--bcher-kva.acme.com"));
     }
 
     #[test]

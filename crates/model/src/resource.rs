@@ -51,6 +51,12 @@ pub enum AddressError {
     NotRoutable(String),
     #[error("{0} overlaps Postern's own addresses (100.64.0.0/10, fd7e:5057:6e00::/48)")]
     Reserved(String),
+    #[error(
+        "{0} covers link-local addresses (169.254.0.0/16, fe80::/10); to open one (a metadata service, say), make it an ip resource"
+    )]
+    LinkLocal(String),
+    #[error("{0} is an IPv4-mapped IPv6 prefix; use the IPv4 form")]
+    Mapped(String),
     #[error("invalid DNS name: {0}")]
     Dns(#[from] PatternError),
 }
@@ -113,6 +119,27 @@ impl ResourceAddress {
     }
 }
 
+/// Builds the error for an address from its text.
+type Refusal = fn(String) -> AddressError;
+
+/// What no CIDR resource may overlap (the whole prefix, not only its
+/// network address: `112.0.0.0/4` contains 127.0.0.0/8), with the reason.
+fn off_limits() -> [(IpNet, Refusal); 10] {
+    let net = |text: &str| text.parse::<IpNet>().unwrap_or_default();
+    [
+        (net("127.0.0.0/8"), AddressError::Loopback),
+        (net("::1/128"), AddressError::Loopback),
+        (net("0.0.0.0/8"), AddressError::NotRoutable),
+        (net("::/128"), AddressError::NotRoutable),
+        (net("224.0.0.0/4"), AddressError::NotRoutable),
+        (net("255.255.255.255/32"), AddressError::NotRoutable),
+        (net("ff00::/8"), AddressError::NotRoutable),
+        (net("169.254.0.0/16"), AddressError::LinkLocal),
+        (net("fe80::/10"), AddressError::LinkLocal),
+        (net("::ffff:0:0/96"), AddressError::Mapped),
+    ]
+}
+
 fn parse_cidr(text: &str) -> Result<IpNet, AddressError> {
     let net: IpNet = text
         .parse()
@@ -121,7 +148,11 @@ fn parse_cidr(text: &str) -> Result<IpNet, AddressError> {
     if net.prefix_len() == 0 {
         return Err(AddressError::WholeInternet(net.to_string()));
     }
-    check_routable(net.network(), &net.to_string())?;
+    for (limit, error) in off_limits() {
+        if limit.contains(&net) || net.contains(&limit) {
+            return Err(error(net.to_string()));
+        }
+    }
     if plan::overlaps_reserved(&net) {
         return Err(AddressError::Reserved(net.to_string()));
     }
@@ -132,6 +163,12 @@ fn parse_ip(text: &str) -> Result<IpAddr, AddressError> {
     let ip: IpAddr = text
         .parse()
         .map_err(|_| AddressError::NotIp(text.to_string()))?;
+    // ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack host.
+    if let IpAddr::V6(v6) = ip
+        && v6.to_ipv4_mapped().is_some()
+    {
+        return Err(AddressError::Mapped(text.to_string()));
+    }
     check_routable(ip, text)?;
     if plan::is_reserved(ip) {
         return Err(AddressError::Reserved(ip.to_string()));
@@ -270,6 +307,37 @@ mod tests {
             ),
             (ResourceType::Ip, "10.0.0.0/8", NotIp("10.0.0.0/8".into())),
             (ResourceType::Dns, "*.com", Dns(PatternError::WholeTld)),
+            // The whole prefix counts, not its network address.
+            (
+                ResourceType::Cidr,
+                "112.0.0.0/4",
+                Loopback("112.0.0.0/4".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "192.0.0.0/2",
+                NotRoutable("192.0.0.0/2".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "169.254.0.0/16",
+                LinkLocal("169.254.0.0/16".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "fe80::/64",
+                LinkLocal("fe80::/64".into()),
+            ),
+            (
+                ResourceType::Cidr,
+                "::ffff:10.0.0.0/104",
+                Mapped("::ffff:10.0.0.0/104".into()),
+            ),
+            (
+                ResourceType::Ip,
+                "::ffff:127.0.0.1",
+                Mapped("::ffff:127.0.0.1".into()),
+            ),
         ];
         for (kind, text, expected) in cases {
             assert_eq!(parse(kind, text), Err(expected), "{kind:?} {text}");
