@@ -12,15 +12,15 @@ use uuid::Uuid;
 /// created on first start: the portal keeps the device's tunnel addresses
 /// under it.
 pub fn device_id(state_dir: &Path, role: &str) -> io::Result<Uuid> {
+    crate::files::private_dir(state_dir)?;
     let path = state_dir.join(format!("{role}-device-id"));
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(id) = text.trim().parse()
+    if let Ok(bytes) = crate::files::read(&path)
+        && let Ok(id) = String::from_utf8_lossy(&bytes).trim().parse()
     {
         return Ok(id);
     }
-    std::fs::create_dir_all(state_dir)?;
     let id = Uuid::new_v4();
-    std::fs::write(&path, format!("{id}\n"))?;
+    crate::files::write(&path, format!("{id}\n").as_bytes())?;
     Ok(id)
 }
 
@@ -51,4 +51,23 @@ pub fn outward_address(toward: IpAddr) -> io::Result<IpAddr> {
     let probe = UdpSocket::bind(wildcard)?;
     probe.connect(SocketAddr::new(toward, 9))?;
     Ok(probe.local_addr()?.ip())
+}
+
+/// This host's own addresses (every interface's), which a gateway never
+/// forwards a client's packet to.
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut addresses = Vec::new();
+    for interface in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        let Some(address) = interface.address else {
+            continue;
+        };
+        if let Some(v4) = address.as_sockaddr_in() {
+            addresses.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            addresses.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
 }

@@ -9,19 +9,23 @@
 //! - [`batch`]: recvmmsg/GRO and GSO batches on that socket;
 //! - [`udp`]: the one UDP socket for WireGuard, ICE and TURN, with large
 //!   buffers asked for explicitly;
-//! - [`masquerade`]: the gateway's nftables table, removed at exit;
+//! - [`firewall`]: nftables tables (the gateway's masquerade and forward
+//!   filter, the client's stub guard) and the forwarding sysctls, undone
+//!   at exit;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
 //! - [`dns`]: asking DNS resolvers (UDP, TCP on truncation);
 //! - [`system_dns`]: pointing the system at a stub (resolv.conf or
 //!   systemd-resolved), undone at exit;
-//! - [`device`]: the device id, fresh secrets, the host candidate's address.
+//! - [`device`]: the device id, fresh secrets, the host candidate's address;
+//! - [`files`]: the state directory, written so local users cannot steer it.
 
 pub mod batch;
 pub mod channel;
 pub mod device;
 pub mod dns;
-pub mod masquerade;
+pub mod files;
+pub mod firewall;
 pub mod metrics;
 pub mod route;
 pub mod system_dns;

@@ -48,16 +48,15 @@ impl ResolvConf {
         sentinels: &[IpAddr],
         search: Option<&str>,
     ) -> io::Result<(ResolvConf, String)> {
-        std::fs::create_dir_all(state_dir)?;
+        crate::files::private_dir(state_dir)?;
         let saved = state_dir.join("resolv.conf.before-postern");
-        if let Ok(left) = std::fs::read(&saved) {
+        if let Ok(left) = crate::files::read(&saved) {
             std::fs::write(path, &left)?;
             std::fs::remove_file(&saved)?;
             tracing::info!(path = %path.display(), "put back the resolv.conf a previous run left changed");
         }
         let original = std::fs::read(path)?;
-        std::fs::write(&saved, &original)?;
-        std::fs::File::open(&saved)?.sync_all()?;
+        crate::files::write(&saved, &original)?;
         std::fs::write(path, stub_conf(sentinels, search))?;
         let text = String::from_utf8_lossy(&original).into_owned();
         Ok((
