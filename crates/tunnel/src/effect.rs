@@ -133,4 +133,6 @@ pub enum Input {
     },
     /// The portal channel came up (true) or was lost (false).
     PortalConnected(bool),
+    /// The host's own addresses (a gateway never forwards to them).
+    HostAddresses(Vec<IpAddr>),
 }

@@ -15,6 +15,7 @@
 //! - [`dns`]: the client's DNS stub: proxy addresses for DNS resources;
 //! - [`control`]: messages between gateway and client inside their tunnel;
 //! - [`wireguard`]: one WireGuard peer with the pair's preshared key;
+//! - [`flows`]: which flows a client opened (what may come back to it);
 //! - [`counters`]: drops and errors by reason.
 
 pub mod client;
@@ -22,6 +23,7 @@ pub mod control;
 pub mod counters;
 pub mod dns;
 pub mod effect;
+pub mod flows;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gateway;

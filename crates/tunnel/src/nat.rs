@@ -133,11 +133,17 @@ struct SessionKey {
     remote_port: u16,
 }
 
+/// Sessions one client may have at once (a bound on what a peer can grow).
+pub const MAX_SESSIONS: usize = crate::flows::MAX_FLOWS;
+
 /// One client's proxy mappings and sessions.
 #[derive(Debug, Default)]
 pub struct ClientNat {
     /// proxy -> real
     proxies: HashMap<IpAddr, IpAddr>,
+    /// real -> the proxy last mapped to it: an ICMP error about a real
+    /// address finds its proxy without a scan.
+    reals: HashMap<IpAddr, IpAddr>,
     /// session -> (proxy, expiry)
     sessions: HashMap<SessionKey, (IpAddr, Instant)>,
 }
@@ -146,10 +152,21 @@ impl ClientNat {
     /// Maps `proxy` to `real` (a later assignment replaces it).
     pub fn map(&mut self, proxy: IpAddr, real: IpAddr) {
         self.proxies.insert(proxy, real);
+        self.reals.insert(real, proxy);
     }
 
     pub fn unmap(&mut self, proxy: IpAddr) {
-        self.proxies.remove(&proxy);
+        if let Some(real) = self.proxies.remove(&proxy) {
+            match self.proxies.iter().find(|(_, r)| **r == real) {
+                Some((other, _)) => {
+                    let other = *other;
+                    self.reals.insert(real, other);
+                }
+                None => {
+                    self.reals.remove(&real);
+                }
+            }
+        }
         self.sessions.retain(|_, (p, _)| *p != proxy);
     }
 
@@ -158,7 +175,8 @@ impl ClientNat {
     }
 
     /// A packet from the client to a proxy: rewritten to the real address,
-    /// its session noted. False when the destination is no proxy of ours.
+    /// its session noted. False when the destination is no proxy of ours,
+    /// or the client has [`MAX_SESSIONS`] sessions already.
     pub fn outbound(&mut self, packet: &mut [u8], now: Instant) -> bool {
         let Ok(parsed) = Packet::parse(packet) else {
             return false;
@@ -174,6 +192,9 @@ impl ClientNat {
                 client_port,
                 remote_port,
             };
+            if !self.sessions.contains_key(&key) && self.sessions.len() >= MAX_SESSIONS {
+                return false;
+            }
             self.sessions.insert(key, (proxy, now + timeout(protocol)));
         }
         rewrite(packet, Side::Destination, real)
@@ -231,12 +252,7 @@ impl ClientNat {
                 return false;
             };
             let real = quoted.destination();
-            let proxy = self
-                .sessions
-                .iter()
-                .find(|(key, _)| key.real == real)
-                .map(|(_, (proxy, _))| *proxy);
-            (real, proxy)
+            (real, self.reals.get(&real).copied())
         };
         let Some(proxy) = proxy else {
             return false;

@@ -40,6 +40,8 @@ pub struct Packet<'a> {
     /// Where the transport header starts, if this packet carries it (a
     /// non-first fragment does not).
     transport: Option<usize>,
+    /// An IPv6 routing header: the packet names further hops itself.
+    routed: bool,
 }
 
 impl<'a> Packet<'a> {
@@ -147,7 +149,15 @@ impl<'a> Packet<'a> {
             destination,
             protocol,
             transport,
+            routed: false,
         })
+    }
+
+    /// Whether an IPv6 routing header names further hops: a gateway never
+    /// forwards such a packet (a host that processes segment routing would
+    /// bounce it past the destination the gateway checked).
+    pub fn has_routing_header(&self) -> bool {
+        self.routed
     }
 
     /// The ICMP or ICMPv6 type, if this is one.
@@ -190,6 +200,7 @@ fn parse_v4(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
         destination: IpAddr::V4(destination),
         protocol: bytes[9],
         transport: (fragment_offset == 0).then_some(header_length),
+        routed: false,
     })
 }
 
@@ -211,9 +222,11 @@ fn parse_v6(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
     let mut next = bytes[6];
     let mut at = 40;
     let mut transport = Some(at);
+    let mut routed = false;
     for _ in 0..=MAX_EXTENSION_HEADERS {
         match next {
             HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
+                routed |= next == ROUTING;
                 let header = bytes.get(at..at + 2).ok_or(PacketError::Truncated)?;
                 next = header[0];
                 at += (usize::from(header[1]) + 1) * 8;
@@ -237,6 +250,7 @@ fn parse_v6(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
                     destination: IpAddr::V6(address(24)),
                     protocol: next,
                     transport: transport.map(|_| at),
+                    routed,
                 });
             }
         }
@@ -280,6 +294,31 @@ pub(crate) mod tests {
             packet[40] = 128; // echo request
         }
         packet
+    }
+
+    #[test]
+    fn an_ipv6_routing_header_is_noticed() {
+        let mut bytes = v6(
+            "fd00::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            ROUTING,
+            0,
+        );
+        // A routing header of 8 bytes, then UDP.
+        bytes[4..6].copy_from_slice(&16u16.to_be_bytes());
+        bytes.truncate(40);
+        bytes.extend_from_slice(&[IPPROTO_UDP, 0, 4, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        let packet = Packet::parse(&bytes).unwrap();
+        assert!(packet.has_routing_header());
+        assert_eq!(packet.destination_port(), Some(53));
+        let plain = v6(
+            "fd00::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            IPPROTO_UDP,
+            53,
+        );
+        assert!(!Packet::parse(&plain).unwrap().has_routing_header());
     }
 
     #[test]

@@ -427,7 +427,7 @@ mod gateway {
             (443, 40000),
             b"200 OK",
         );
-        assert_eq!(gateway.handle_to_client(&mut reply, now), Some(client.id));
+        assert_eq!(gateway.handle_to_client(&mut reply, now), Ok(client.id));
         assert_eq!(
             Packet::parse(&reply).unwrap().source(),
             "100.96.0.5".parse::<IpAddr>().unwrap()

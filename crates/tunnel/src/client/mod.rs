@@ -36,8 +36,10 @@ use crate::control::{self, AssignmentResult, ProxyAssignment, TunnelMessage};
 use crate::counters::Counters;
 use crate::dns::{Assignment, DnsStub, StubAnswer, routing_domain};
 use crate::effect::{DnsConfig, Effect, Input, QueryId, Stop, TunConfig};
+use crate::flows::{self, FlowRefusal, Flows};
 use crate::node::{Node, NodeEvent, PeerConfig, Transmit};
 use crate::outbox::Outbox;
+use crate::packet::Packet;
 use crate::role::{Gauges, Role, deadline};
 
 pub struct ClientTunnel {
@@ -56,6 +58,10 @@ pub struct ClientTunnel {
     /// What the shell was last told.
     routes: Option<BTreeSet<IpNet>>,
     dns: Option<DnsConfig>,
+    /// The flows the apps opened, per gateway: only answers to them come
+    /// in (a gateway, or a host behind it, cannot open connections to us).
+    flows: HashMap<GatewayId, Flows>,
+    next_sweep: Option<Instant>,
     out: Outbox<ClientToPortal>,
 }
 
@@ -75,6 +81,8 @@ impl ClientTunnel {
             connected: false,
             routes: None,
             dns: None,
+            flows: HashMap::new(),
+            next_sweep: None,
             out: Outbox::new(),
         }
     }
@@ -178,6 +186,44 @@ impl ClientTunnel {
         };
         let packet = control::encode(message, from, to);
         self.send_packet(gateway, &packet, now);
+    }
+
+    /// Notes the flow of a packet an app sends through `gateway`; false
+    /// when the table is full (the packet is dropped, counted).
+    fn opens(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) -> bool {
+        let Ok(parsed) = Packet::parse(packet) else {
+            return false;
+        };
+        let opened = self
+            .flows
+            .entry(gateway)
+            .or_default()
+            .outbound(&parsed, now);
+        self.next_sweep.get_or_insert(now + flows::SWEEP);
+        match opened {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.out.dropped.add(refusal.label());
+                false
+            }
+        }
+    }
+
+    /// Whether a packet out of `gateway`'s tunnel answers a flow an app
+    /// opened through it (counted if not).
+    fn answers(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) -> bool {
+        let verdict = match (self.flows.get_mut(&gateway), Packet::parse(packet)) {
+            (Some(flows), Ok(parsed)) => flows.inbound(&parsed, now),
+            (None, Ok(_)) => Err(FlowRefusal::Unsolicited),
+            (_, Err(_)) => Err(FlowRefusal::Malformed),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.out.dropped.add(refusal.label());
+                false
+            }
+        }
     }
 
     /// A packet to a gateway on the slow path (copied into a transmit).
@@ -304,6 +350,7 @@ impl ClientTunnel {
     fn lose_gateway(&mut self, gateway: GatewayId) {
         self.access.gateway_lost(gateway);
         self.names.forget_gateway(gateway);
+        self.flows.remove(&gateway);
         self.node.remove_peer(gateway);
         self.gateways.remove(&gateway);
     }
@@ -327,7 +374,9 @@ impl ClientTunnel {
                         connected_gateway_ids,
                     }),
                     ClientEvent::Deliver { gateway, packet } => {
-                        self.send_packet(gateway, &packet, now)
+                        if self.opens(gateway, &packet, now) {
+                            self.send_packet(gateway, &packet, now)
+                        }
                     }
                     ClientEvent::Reply(packet) => self.out.tun_packets.push_back(packet),
                 }
@@ -363,9 +412,11 @@ impl ClientTunnel {
 
     /// Sends `packet` to `gateway` through the tunnel past the client's own
     /// checks (routes, filters, access): what a modified client can do.
-    /// For tests that play the attacker.
+    /// Its flow is still noted, so a test sees what comes back. For tests
+    /// that play the attacker.
     #[cfg(feature = "malicious")]
     pub fn send_unchecked(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) {
+        self.opens(gateway, packet, now);
         self.send_packet(gateway, packet, now);
     }
 
@@ -483,8 +534,8 @@ impl Role for ClientTunnel {
         match input {
             Input::DnsQuery { query, bytes } => self.handle_query(query, bytes, now),
             Input::PortalConnected(connected) => self.connected = connected,
-            // A gateway's lookups: never asked of a client.
-            Input::Resolved { .. } | Input::ResolverAnswer { .. } => {}
+            // A gateway's concerns: never asked of a client.
+            Input::Resolved { .. } | Input::ResolverAnswer { .. } | Input::HostAddresses(_) => {}
         }
         self.drain(now);
     }
@@ -496,7 +547,10 @@ impl Role for ClientTunnel {
         out: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
         let sent = match self.access.handle_packet(packet, now) {
-            Verdict::ToGateway(gateway) => self.node.encapsulate(gateway, packet, now, out),
+            Verdict::ToGateway(gateway) if self.opens(gateway, packet, now) => {
+                self.node.encapsulate(gateway, packet, now, out)
+            }
+            Verdict::ToGateway(_) => None,
             Verdict::Reply(reply) => {
                 self.out.dropped.add("refused");
                 self.out.tun_packets.push_back(reply);
@@ -522,7 +576,9 @@ impl Role for ClientTunnel {
         let received = self.node.decapsulate(source, datagram, now, out);
         let for_apps = match received {
             Some((gateway, n)) => match out.get(..n) {
-                Some(packet) => self.is_for_apps(gateway, packet, now).then_some(n),
+                Some(packet) => (self.is_for_apps(gateway, packet, now)
+                    && self.answers(gateway, packet, now))
+                .then_some(n),
                 None => None,
             },
             None => None,
@@ -534,6 +590,12 @@ impl Role for ClientTunnel {
     fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
         self.access.handle_timeout(now);
+        if self.next_sweep.is_some_and(|at| at <= now) {
+            self.next_sweep = Some(now + flows::SWEEP);
+            for flows in self.flows.values_mut() {
+                flows.expire(now);
+            }
+        }
         let expired = self.names.expire(now);
         for (query, answer) in expired.answers {
             self.answer(query, Some(answer));
@@ -556,6 +618,7 @@ impl Role for ClientTunnel {
             self.node.poll_timeout(),
             self.access.poll_timeout(),
             self.names.poll_timeout(),
+            self.next_sweep,
         ]
         .into_iter()
         .flatten()

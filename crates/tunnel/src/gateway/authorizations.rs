@@ -12,8 +12,10 @@ use std::time::Instant;
 use ipnet::IpNet;
 use postern_model::filters_allow;
 use postern_model::protocol::ResourceDescription;
-use postern_model::{ClientId, ResourceId};
+use postern_model::{ClientId, ResourceAddress, ResourceId};
 
+use super::destinations::never_forwarded;
+use crate::flows::{self, FlowRefusal, Flows};
 use crate::icmp::{Unreachable, unreachable};
 use crate::nat::ClientNat;
 use crate::packet::Packet;
@@ -32,6 +34,12 @@ pub enum GatewayVerdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatewayDrop {
     Malformed,
+    /// The client has too many flows open (or NAT sessions): none more
+    /// until old ones expire.
+    FlowsFull,
+    /// An IPv6 routing header: the packet would go on past where it was
+    /// checked.
+    Routed,
     /// No authorization of this client at all.
     UnknownClient,
     /// The source is not the client's tunnel address.
@@ -45,6 +53,8 @@ impl GatewayDrop {
     pub fn label(self) -> &'static str {
         match self {
             GatewayDrop::Malformed => "malformed",
+            GatewayDrop::FlowsFull => "flows_full",
+            GatewayDrop::Routed => "routing_header",
             GatewayDrop::UnknownClient => "unknown_client",
             GatewayDrop::Spoofed => "spoofed",
             GatewayDrop::Refused => "refused",
@@ -73,9 +83,24 @@ struct ClientEntry {
     /// that name.
     proxies: HashMap<ResourceId, HashMap<String, Vec<IpAddr>>>,
     nat: ClientNat,
+    /// The flows the client opened: only answers to them go back to it.
+    flows: Flows,
 }
 
 impl ClientEntry {
+    /// Whether an admin named exactly `address` as an IP resource this
+    /// client is authorized for (which lifts the destination rules).
+    fn named_exactly(&self, address: IpAddr) -> bool {
+        self.resources
+            .values()
+            .any(|a| a.resource.address == ResourceAddress::Ip(address))
+    }
+
+    /// Whether the gateway may send the client's packets to `address`.
+    fn may_reach(&self, address: IpAddr, own: &[IpAddr]) -> bool {
+        !never_forwarded(address, own) || self.named_exactly(address)
+    }
+
     /// Routes a resource's prefixes and its proxy addresses to it.
     fn route(&mut self, resource: &ResourceDescription) {
         self.router.remove_resource(resource.id);
@@ -120,17 +145,51 @@ pub enum AssignError {
     NotProxy,
     #[error("the name is not one of the resource's")]
     NameMismatch,
+    #[error("the client has {MAX_NAMES} names mapped already")]
+    TooManyNames,
+}
+
+/// Names with proxies one client may have on a gateway.
+pub const MAX_NAMES: usize = 1024;
+
+/// Why a packet toward a client was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToClientDrop {
+    /// Its destination is no client's tunnel address here.
+    NoClient,
+    /// It answers nothing the client opened.
+    Unsolicited,
+    Malformed,
+}
+
+impl ToClientDrop {
+    pub fn label(self) -> &'static str {
+        match self {
+            ToClientDrop::NoClient => "no_client",
+            ToClientDrop::Unsolicited => "unsolicited",
+            ToClientDrop::Malformed => "malformed",
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct GatewayState {
     clients: HashMap<ClientId, ClientEntry>,
     by_address: HashMap<IpAddr, ClientId>,
+    /// The gateway's own addresses (tunnel and host): never a destination.
+    own: Vec<IpAddr>,
+    /// When idle flows and NAT sessions are swept next.
+    next_sweep: Option<Instant>,
 }
 
 impl GatewayState {
     pub fn new() -> Self {
         GatewayState::default()
+    }
+
+    /// The gateway's own addresses, which no client may reach.
+    pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
+        self.own = own;
     }
 
     /// Authorizes `client` for `resource` until `expires` (the portal's
@@ -152,6 +211,7 @@ impl GatewayState {
                 router: Router::default(),
                 proxies: HashMap::new(),
                 nat: ClientNat::default(),
+                flows: Flows::default(),
             });
         entry.addresses = client;
         entry.route(&resource);
@@ -208,6 +268,9 @@ impl GatewayState {
         if !own {
             return GatewayVerdict::Drop(GatewayDrop::Spoofed);
         }
+        if packet.has_routing_header() {
+            return GatewayVerdict::Drop(GatewayDrop::Routed);
+        }
         // Every resource of the most specific prefix may let it through.
         let mut allowed = false;
         let mut expired = Vec::new();
@@ -244,8 +307,10 @@ impl GatewayState {
         self.by_address.get(&destination).copied()
     }
 
-    /// Decides like [`GatewayState::handle_from_client`] and, for a packet to
-    /// a proxy address, rewrites it to the real address in place.
+    /// Decides like [`GatewayState::handle_from_client`], then holds the
+    /// destination (after the NAT, for a proxy address) against the rules
+    /// no authorization lifts, notes the flow (so its answers may come
+    /// back) and rewrites a proxy to its real address in place.
     pub fn forward_from_client(
         &mut self,
         client: ClientId,
@@ -253,23 +318,59 @@ impl GatewayState {
         now: Instant,
     ) -> GatewayVerdict {
         let verdict = self.handle_from_client(client, packet, now);
-        if verdict == GatewayVerdict::Forward
-            && let Some(entry) = self.clients.get_mut(&client)
-        {
-            entry.nat.outbound(packet, now);
+        if verdict != GatewayVerdict::Forward {
+            return verdict;
         }
-        verdict
+        let (Some(entry), Ok(parsed)) = (self.clients.get_mut(&client), Packet::parse(packet))
+        else {
+            return GatewayVerdict::Drop(GatewayDrop::Malformed);
+        };
+        let destination = parsed.destination();
+        let real = entry.nat.real_of(destination);
+        if !entry.may_reach(real.unwrap_or(destination), &self.own) {
+            return match unreachable(&parsed, Unreachable::Prohibited) {
+                Some(reply) => GatewayVerdict::Reply(reply),
+                None => GatewayVerdict::Drop(GatewayDrop::Refused),
+            };
+        }
+        if entry.flows.outbound(&parsed, now).is_err() {
+            return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
+        }
+        self.next_sweep.get_or_insert(now + flows::SWEEP);
+        if real.is_some() && !entry.nat.outbound(packet, now) {
+            return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
+        }
+        GatewayVerdict::Forward
     }
 
-    /// A packet from a resource: the client it is for, with the source put
-    /// back to the proxy address the client used (DNS resources).
-    pub fn handle_to_client(&mut self, packet: &mut [u8], now: Instant) -> Option<ClientId> {
-        let destination = Packet::parse(packet).ok()?.destination();
-        let client = self.client_for(destination)?;
-        if let Some(entry) = self.clients.get_mut(&client) {
-            entry.nat.inbound(packet, now);
-        }
-        Some(client)
+    /// A packet from the site toward a client: the client it is for (by
+    /// its tunnel address), with the source put back to the proxy address
+    /// the client used (DNS resources), if it answers a flow that client
+    /// opened. Anything else stays out: a host behind the gateway cannot
+    /// open connections into clients.
+    pub fn handle_to_client(
+        &mut self,
+        packet: &mut [u8],
+        now: Instant,
+    ) -> Result<ClientId, ToClientDrop> {
+        let destination = Packet::parse(packet)
+            .map_err(|_| ToClientDrop::Malformed)?
+            .destination();
+        let client = self.client_for(destination).ok_or(ToClientDrop::NoClient)?;
+        let entry = self
+            .clients
+            .get_mut(&client)
+            .ok_or(ToClientDrop::NoClient)?;
+        entry.nat.inbound(packet, now);
+        let parsed = Packet::parse(packet).map_err(|_| ToClientDrop::Malformed)?;
+        entry
+            .flows
+            .inbound(&parsed, now)
+            .map_err(|refusal| match refusal {
+                FlowRefusal::Malformed => ToClientDrop::Malformed,
+                _ => ToClientDrop::Unsolicited,
+            })?;
+        Ok(client)
     }
 
     /// The client's proxy addresses for `name` of a DNS resource it is
@@ -293,7 +394,18 @@ impl GatewayState {
             return Err(AssignError::NotAuthorized);
         };
         let description = authorized.resource.clone();
+        // Addresses a client may never reach stay unmapped, whatever the
+        // name resolved to (a dangling record, `localhost.corp.example`).
+        let answers: Vec<IpAddr> = answers
+            .iter()
+            .copied()
+            .filter(|answer| entry.may_reach(*answer, &self.own))
+            .collect();
+        let known: usize = entry.proxies.values().map(HashMap::len).sum();
         let names = entry.proxies.entry(resource).or_default();
+        if !names.contains_key(name) && known >= MAX_NAMES {
+            return Err(AssignError::TooManyNames);
+        }
         for old in names.remove(name).into_iter().flatten() {
             entry.nat.unmap(old);
         }
@@ -348,8 +460,16 @@ impl GatewayState {
     /// Forgets expired authorizations (packets check expiry themselves; this
     /// keeps the table small).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let sweep = self.next_sweep.is_some_and(|at| at <= now);
+        if sweep {
+            self.next_sweep = Some(now + flows::SWEEP);
+        }
         let mut emptied: Vec<ClientId> = Vec::new();
         for (client, entry) in &mut self.clients {
+            if sweep {
+                entry.flows.expire(now);
+                entry.nat.expire(now);
+            }
             let expired: Vec<ResourceId> = entry
                 .resources
                 .iter()
@@ -372,7 +492,16 @@ impl GatewayState {
         self.clients
             .values()
             .flat_map(|e| e.resources.values().filter_map(|a| a.expires))
+            .chain(self.next_sweep)
             .min()
+    }
+
+    /// Every (client, resource) authorized now.
+    pub fn authorized(&self) -> Vec<(ClientId, ResourceId)> {
+        self.clients
+            .iter()
+            .flat_map(|(client, entry)| entry.resources.keys().map(|r| (*client, *r)))
+            .collect()
     }
 
     /// Whether `client` holds any authorization (its tunnel peer is worth

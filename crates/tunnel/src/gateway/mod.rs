@@ -10,18 +10,20 @@
 //! - [`names`]: lookups for DNS resources and their renewals.
 
 pub mod authorizations;
+mod destinations;
 mod names;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use jiff::Timestamp;
-use postern_model::ClientId;
 use postern_model::plan::{DEVICE_V4, DEVICE_V6};
 use postern_model::protocol::{
     Authorization, DisconnectReason, GatewayToPortal, Interface, PortalToGateway,
 };
+use postern_model::{ClientId, ResourceId};
 use serde::{Deserialize, Serialize};
 
 pub use authorizations::{AssignError, ClientAddresses, GatewayDrop, GatewayState, GatewayVerdict};
@@ -56,6 +58,8 @@ pub struct GatewayTunnel {
     lookups: Lookups,
     /// Our tunnel addresses, from the first `init`.
     addresses: Option<(Ipv4Addr, Ipv6Addr)>,
+    /// The host's own addresses, from the shell.
+    host_addresses: Vec<IpAddr>,
     connected: bool,
     out: Outbox<GatewayToPortal>,
 }
@@ -69,6 +73,7 @@ impl GatewayTunnel {
             authorizations: GatewayState::new(),
             lookups: Lookups::default(),
             addresses: None,
+            host_addresses: Vec::new(),
             connected: false,
             out: Outbox::new(),
         }
@@ -82,6 +87,7 @@ impl GatewayTunnel {
         match self.addresses {
             None => {
                 self.addresses = Some(addresses);
+                self.own_addresses_changed();
                 self.out.effects.push_back(Effect::Interface(TunConfig {
                     ipv4: interface.ipv4,
                     ipv4_prefix: DEVICE_V4.prefix_len(),
@@ -97,6 +103,38 @@ impl GatewayTunnel {
                 "the portal changed this gateway's tunnel addresses; restart the gateway to use them"
             ),
             Some(_) => {}
+        }
+    }
+
+    /// The addresses no client may reach: ours in the tunnel and the host's.
+    fn own_addresses_changed(&mut self) {
+        let mut own = self.host_addresses.clone();
+        if let Some((ipv4, ipv6)) = self.addresses {
+            own.extend([IpAddr::V4(ipv4), IpAddr::V6(ipv6)]);
+        }
+        self.authorizations.set_own_addresses(own);
+    }
+
+    /// `init` lists every authorization the portal holds for this gateway:
+    /// what is not listed is over (revoked while the channel was down, or
+    /// by a portal that restarted), and clients left with nothing lose
+    /// their tunnel.
+    fn replace_authorizations(&mut self, listed: &[Authorization]) {
+        let keep: HashSet<(ClientId, ResourceId)> = listed
+            .iter()
+            .map(|a| (a.client.id, a.resource.id))
+            .collect();
+        for (client, resource) in self.authorizations.authorized() {
+            if !keep.contains(&(client, resource)) {
+                tracing::info!(%client, %resource, "not in the portal's init: revoked");
+                self.authorizations.revoke(client, resource);
+            }
+        }
+        let peers: Vec<ClientId> = self.node.peers().collect();
+        for client in peers {
+            if !self.authorizations.has_client(client) {
+                self.node.remove_peer(client);
+            }
         }
     }
 
@@ -191,10 +229,19 @@ impl GatewayTunnel {
                     &assignment.name,
                     &assignment.proxies,
                 ) {
-                    Ok(()) => {
-                        let effect = self.lookups.resolve(client, assignment);
-                        self.out.effects.push_back(effect);
-                    }
+                    Ok(()) => match self.lookups.resolve(client, assignment.clone()) {
+                        Some(effect) => self.out.effects.push_back(effect),
+                        None => {
+                            self.out.dropped.add("lookups_full");
+                            self.answer_assignment(
+                                client,
+                                &assignment,
+                                0,
+                                Some("too many lookups in flight".into()),
+                                now,
+                            );
+                        }
+                    },
                     Err(error) => {
                         tracing::info!(%client, name = %assignment.name, %error, "proxy assignment refused");
                         self.answer_assignment(
@@ -215,10 +262,21 @@ impl GatewayTunnel {
                         .check_assignment(client, resource, &name, &[])
                         .is_ok()
                 });
-                if allowed {
-                    let effect = self.lookups.ask(client, query);
+                let asked = if allowed {
+                    self.lookups.ask(client, query.clone())
+                } else {
+                    None
+                };
+                if let Some(effect) = asked {
                     self.out.effects.push_back(effect);
-                } else if let Some(answer) = answer_with(&query, ResponseCode::Refused) {
+                } else if let Some(answer) = answer_with(
+                    &query,
+                    if allowed {
+                        ResponseCode::ServFail
+                    } else {
+                        ResponseCode::Refused
+                    },
+                ) {
                     self.send_to_client(client, &TunnelMessage::DnsAnswer { answer }, now);
                 }
             }
@@ -326,6 +384,14 @@ impl GatewayTunnel {
         self.authorizations.is_authorized(client, resource)
     }
 
+    /// Sends `packet` to `client` through its tunnel past the gateway's
+    /// flow check: what a modified gateway (or one whose host was taken
+    /// over) can do. For tests that play the attacker.
+    #[cfg(feature = "malicious")]
+    pub fn send_unchecked(&mut self, client: ClientId, packet: &[u8], now: Instant) {
+        self.send_packet(client, packet, now);
+    }
+
     /// How many names the gateway keeps fresh.
     pub fn renewals(&self) -> usize {
         self.lookups.renewals()
@@ -355,6 +421,7 @@ impl Role for GatewayTunnel {
                 );
                 self.init_interface(&interface);
                 self.node.add_relays(&relays, now);
+                self.replace_authorizations(&authorizations);
                 for authorization in authorizations {
                     self.authorize(authorization, now, wall);
                 }
@@ -435,6 +502,10 @@ impl Role for GatewayTunnel {
                 }
             }
             Input::PortalConnected(connected) => self.connected = connected,
+            Input::HostAddresses(addresses) => {
+                self.host_addresses = addresses;
+                self.own_addresses_changed();
+            }
             // Apps' queries go to a client's stub, not here.
             Input::DnsQuery { .. } => {}
         }
@@ -447,9 +518,12 @@ impl Role for GatewayTunnel {
         now: Instant,
         out: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
-        let Some(client) = self.authorizations.handle_to_client(packet, now) else {
-            self.out.dropped.add("no_client");
-            return None;
+        let client = match self.authorizations.handle_to_client(packet, now) {
+            Ok(client) => client,
+            Err(why) => {
+                self.out.dropped.add(why.label());
+                return None;
+            }
         };
         let sent = self.node.encapsulate(client, packet, now, out);
         self.drain();
@@ -490,8 +564,8 @@ impl Role for GatewayTunnel {
                     &assignment.proxies,
                 )
                 .is_ok()
+                && let Some(effect) = self.lookups.resolve(client, assignment)
             {
-                let effect = self.lookups.resolve(client, assignment);
                 self.out.effects.push_back(effect);
             }
         }

@@ -14,6 +14,10 @@ use postern_model::{ClientId, ResourceId};
 use crate::control::{MAX_DNS_MESSAGE, ProxyAssignment};
 use crate::effect::{Effect, LookupId};
 
+/// Lookups one client may have in flight (a bound on what a client can
+/// make the gateway ask its resolvers).
+pub const MAX_LOOKUPS: usize = 64;
+
 /// Answers are looked up again after their TTL, within these bounds.
 pub const MIN_RENEW: Duration = Duration::from_secs(5);
 pub const MAX_RENEW: Duration = Duration::from_secs(300);
@@ -38,29 +42,49 @@ pub(super) struct Lookups {
     renew: HashMap<(ClientId, ResourceId, String), (ProxyAssignment, Instant)>,
 }
 
+impl Lookup {
+    fn client(&self) -> ClientId {
+        match self {
+            Lookup::Names { client, .. } | Lookup::Query { client, .. } => *client,
+        }
+    }
+}
+
 impl Lookups {
-    fn start(&mut self, lookup: Lookup) -> LookupId {
+    /// A new lookup, unless its client has [`MAX_LOOKUPS`] in flight.
+    fn start(&mut self, lookup: Lookup) -> Option<LookupId> {
+        let client = lookup.client();
+        let in_flight = self
+            .pending
+            .values()
+            .filter(|l| l.client() == client)
+            .count();
+        if in_flight >= MAX_LOOKUPS {
+            return None;
+        }
         self.next += 1;
         let id = LookupId(self.next);
         self.pending.insert(id, lookup);
-        id
+        Some(id)
     }
 
-    /// Resolves `assignment.name` for `client`'s proxies.
-    pub fn resolve(&mut self, client: ClientId, assignment: ProxyAssignment) -> Effect {
+    /// Resolves `assignment.name` for `client`'s proxies (`None`: too many
+    /// lookups of that client in flight).
+    pub fn resolve(&mut self, client: ClientId, assignment: ProxyAssignment) -> Option<Effect> {
         // A fully qualified name: no search domains of the gateway.
         let name = format!("{}.", assignment.name.trim_end_matches('.'));
-        let lookup = self.start(Lookup::Names { client, assignment });
-        Effect::Resolve { lookup, name }
+        let lookup = self.start(Lookup::Names { client, assignment })?;
+        Some(Effect::Resolve { lookup, name })
     }
 
-    /// Asks the resolvers a client's query as it is.
-    pub fn ask(&mut self, client: ClientId, query: Vec<u8>) -> Effect {
+    /// Asks the resolvers a client's query as it is (`None`: too many
+    /// lookups of that client in flight).
+    pub fn ask(&mut self, client: ClientId, query: Vec<u8>) -> Option<Effect> {
         let lookup = self.start(Lookup::Query {
             client,
             query: query.clone(),
-        });
-        Effect::AskResolvers { lookup, query }
+        })?;
+        Some(Effect::AskResolvers { lookup, query })
     }
 
     /// The lookup a result is for (once).

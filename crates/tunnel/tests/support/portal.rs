@@ -29,7 +29,7 @@ pub fn gateway_v4(host: usize) -> Ipv4Addr {
     Ipv4Addr::new(100, 64, 0, 10 + host as u8)
 }
 
-fn gateway_v6(host: usize) -> Ipv6Addr {
+pub fn gateway_v6(host: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd7e, 0x5057, 0x6e00, 0, 0, 0, 0, 10 + host as u16)
 }
 

@@ -29,6 +29,8 @@ pub const CLIENT: usize = 0;
 /// The site's web servers' subnet, and one of them.
 pub const WEB: ResourceId = ResourceId::from_u128(100);
 pub const WEB_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+/// The gateways' own address on the site's network.
+pub const GATEWAY_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The site's DNS server answers after this long.
 pub const RESOLVER_DELAY: Duration = Duration::from_millis(20);
 
@@ -155,7 +157,11 @@ impl World {
             ClientConfig::default(),
         );
         let gateways = (1..nats.len())
-            .map(|h| GatewayTunnel::new(Net::inside(h), secrets[h], h as u64 + 7))
+            .map(|h| {
+                let mut gateway = GatewayTunnel::new(Net::inside(h), secrets[h], h as u64 + 7);
+                gateway.handle_input(Input::HostAddresses(vec![IpAddr::V4(GATEWAY_HOST)]), now);
+                gateway
+            })
             .collect();
         let mut world = World {
             net,
@@ -279,6 +285,21 @@ impl World {
         }
     }
 
+    /// A host on the site sends `packet` into gateway `host`'s TUN (as the
+    /// kernel would route it there).
+    pub fn site_sends(&mut self, host: usize, packet: &[u8]) {
+        let now = self.net.now;
+        let mut packet = packet.to_vec();
+        let gateway = &mut self.gateways[host - 1];
+        if let Some((destination, n)) =
+            gateway.encapsulate(&mut packet, now, &mut self.reply_buffer)
+        {
+            self.net
+                .send(host, destination, self.reply_buffer[..n].to_vec());
+        }
+        self.collect(now);
+    }
+
     /// What the resource host does with a packet a gateway forwarded: it
     /// answers it (source and destination swapped), through that gateway.
     fn site_receives(&mut self, host: usize, packet: Vec<u8>, now: Instant) {
@@ -381,6 +402,8 @@ impl World {
         let now = self.net.now;
         let secret = [host as u8 + 100; 32];
         self.gateways[host - 1] = GatewayTunnel::new(Net::inside(host), secret, host as u64 + 70);
+        self.gateways[host - 1]
+            .handle_input(Input::HostAddresses(vec![IpAddr::V4(GATEWAY_HOST)]), now);
         self.portal
             .gateway_restarted(host, PublicKey(public_key(secret)), now);
     }
