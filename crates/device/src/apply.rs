@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use postern_sys::masquerade::{self, Masquerade};
+use postern_sys::firewall::{self, Forwarding, Table};
 use postern_sys::route::Routes;
 use postern_sys::system_dns::{self, ResolvConf, ResolvedLink};
 use postern_sys::tun::{Tun, TunAddresses};
@@ -35,7 +35,10 @@ enum SystemDns {
 /// still exists.
 pub struct System {
     system_dns: Option<SystemDns>,
-    masquerade: Option<Masquerade>,
+    /// The gateway's masquerade and forward filter; the client's stub guard.
+    firewall: Option<Table>,
+    stub_guard: Option<Table>,
+    forwarding: Option<Forwarding>,
     routes: Option<Routes>,
     tun: Option<Tun>,
     interface_name: String,
@@ -56,7 +59,9 @@ impl System {
             tun: None,
             routes: None,
             routed: BTreeSet::new(),
-            masquerade: None,
+            firewall: None,
+            stub_guard: None,
+            forwarding: None,
             dns_settings,
             system_dns: None,
             stub_started: false,
@@ -118,19 +123,21 @@ impl System {
         self.routed = routed;
     }
 
-    /// IP forwarding on and masquerade for `sources` leaving through any
-    /// interface but the tunnel (once).
+    /// IP forwarding on (restored at exit), masquerade for `sources`
+    /// leaving through any interface but the tunnel, and the forward filter
+    /// that lets into the tunnel only answers to the clients' flows (once).
     pub fn masquerade(&mut self, sources: &[IpNet]) -> Result<(), DeviceError> {
-        if self.masquerade.is_some() {
+        if self.firewall.is_some() {
             return Ok(());
         }
         let Some(tun) = &self.tun else {
             return Ok(());
         };
-        masquerade::enable_forwarding()?;
         let table = format!("postern_{}", tun.name().replace('-', "_"));
-        self.masquerade = Some(Masquerade::install(&table, tun.name(), sources)?);
-        tracing::info!(interface = tun.name(), %table, "masquerade on");
+        let installed = firewall::install_gateway(&table, tun.name(), sources)?;
+        self.forwarding = Some(Forwarding::enable()?);
+        self.firewall = Some(installed);
+        tracing::info!(interface = tun.name(), %table, "masquerade and forward filter on");
         Ok(())
     }
 
@@ -170,6 +177,10 @@ impl System {
         stub::serve(&config.sentinels, queries.clone()).map_err(DeviceError::io(
             "cannot serve DNS on the sentinel addresses",
         ))?;
+        // The stub answers this host only, not whoever routes the
+        // sentinels to it.
+        let table = format!("postern_{}_stub", tun.name().replace('-', "_"));
+        self.stub_guard = Some(firewall::install_stub(&table, &config.sentinels)?);
         let mut upstreams = if self.dns_settings.upstreams.is_empty() {
             config
                 .upstreams

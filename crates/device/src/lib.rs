@@ -103,7 +103,7 @@ pub enum DeviceError {
     #[error(transparent)]
     Routes(#[from] postern_sys::route::RouteError),
     #[error(transparent)]
-    Masquerade(#[from] postern_sys::masquerade::MasqueradeError),
+    Firewall(#[from] postern_sys::firewall::FirewallError),
 }
 
 impl DeviceError {

@@ -135,6 +135,7 @@ impl<R: Role> Shell<R> {
     /// portal refuses the device for good.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), DeviceError> {
         tokio::pin!(stop);
+        self.tell_host_addresses();
         loop {
             let now = Instant::now();
             let deadline = self
@@ -201,6 +202,16 @@ impl<R: Role> Shell<R> {
         self.flush().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// The host's own addresses, for the role's destination rules.
+    fn tell_host_addresses(&mut self) {
+        match postern_sys::device::host_addresses() {
+            Ok(addresses) => self
+                .role
+                .handle_input(Input::HostAddresses(addresses), Instant::now()),
+            Err(error) => tracing::warn!(%error, "cannot list this host's addresses"),
+        }
     }
 
     /// An app's DNS query: numbered, its reply kept, the role decides.
@@ -330,7 +341,10 @@ impl<R: Role> Shell<R> {
 
     async fn apply(&mut self, effect: Effect) -> Result<(), DeviceError> {
         match effect {
-            Effect::Interface(config) => self.system.interface(&config)?,
+            Effect::Interface(config) => {
+                self.system.interface(&config)?;
+                self.tell_host_addresses();
+            }
             Effect::Routes(routes) => self.system.routes(routes).await,
             Effect::Dns(config) => self.system.dns(&config, &self.stub_queries)?,
             Effect::Masquerade(sources) => self.system.masquerade(&sources)?,

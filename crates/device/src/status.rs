@@ -33,11 +33,16 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> std::io::Result<()
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    // A socket left by a crashed run.
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
+    // Bound under a temporary name, closed to others, then renamed into
+    // place: nobody can connect in the moment between bind and chmod.
+    let mut temporary = path.to_path_buf();
+    temporary.set_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = tokio::net::UnixListener::bind(&temporary)?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+    // (Replacing a socket left by a crashed run.)
+    std::fs::rename(&temporary, path)?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let (reply, answer) = oneshot::channel();

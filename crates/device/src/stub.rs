@@ -18,6 +18,10 @@ const MAX_MESSAGE: usize = 65_535;
 /// Queries waiting for the loop; a full queue drops them, as a busy server
 /// would.
 pub const QUEUE: usize = 1024;
+/// TCP connections served at once; more wait in the kernel's backlog.
+const TCP_CONNECTIONS: usize = 64;
+/// How long a TCP client may take to send a whole query.
+const TCP_READ: Duration = Duration::from_secs(10);
 
 /// Where an answer goes.
 #[derive(Debug)]
@@ -118,23 +122,34 @@ async fn serve_udp(socket: Arc<UdpSocket>, queries: mpsc::Sender<StubQuery>) {
 }
 
 async fn serve_tcp(listener: TcpListener, queries: mpsc::Sender<StubQuery>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
     loop {
+        // A slot first: idle connections cannot pile up without bound.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(stream, queries.clone()));
+        let queries = queries.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, queries).await;
+            drop(slot);
+        });
     }
 }
 
 /// RFC 7766: two-byte length, then the message; several per connection.
 async fn serve_connection(mut stream: TcpStream, queries: mpsc::Sender<StubQuery>) {
     loop {
-        let Ok(Ok(length)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await
-        else {
+        let Ok(Ok(length)) = tokio::time::timeout(TCP_READ, stream.read_u16()).await else {
             return;
         };
         let mut bytes = vec![0u8; usize::from(length)];
-        if stream.read_exact(&mut bytes).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(TCP_READ, stream.read_exact(&mut bytes)).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         let (reply, answer) = oneshot::channel();
