@@ -1,0 +1,235 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! The kernel parts of enforcement, played from the attacker's side in the
+//! lab (real `postern` processes in network namespaces): a host behind the
+//! gateway reaching for a client, a neighbour on the client's LAN asking
+//! its DNS stub, a gateway that stops or dies. The tunnel's own rules are
+//! played in `crates/tunnel/tests/enforcement.rs` on the simulated network.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use postern_lab::demo::{Demo, DemoOptions};
+use postern_lab::{Host, NatKind};
+
+fn demo(gateways: usize) -> Demo {
+    match Demo::start(DemoOptions {
+        postern: env!("CARGO_BIN_EXE_postern").into(),
+        home_nat: NatKind::Cone,
+        office_nat: NatKind::Cone,
+        gateways,
+    }) {
+        Ok(demo) => demo,
+        Err(error) => panic!("the lab did not start: {error}"),
+    }
+}
+
+/// A small download through the tunnel, retried for a while (the client
+/// may be moving to a restarted gateway).
+fn download(demo: &Demo) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match demo.download(1024, Duration::from_secs(2)) {
+            Ok(_) => return,
+            Err(error) if std::time::Instant::now() > deadline => {
+                panic!("{error}\n{}", demo.logs())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The client's status document.
+fn status(demo: &Demo) -> serde_json::Value {
+    let text = demo.client_status().unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The value of one sample in Prometheus text (0 when absent: a counter
+/// with no events yet is not printed).
+fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).map(str::trim))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn gateway_metrics(demo: &Demo) -> String {
+    demo.scrape(&demo.net.gateways[0], "10.0.1.11:9100")
+        .unwrap()
+}
+
+/// The nftables tables in `host`.
+fn tables(host: &Host) -> String {
+    host.run("nft", &["list", "tables"]).unwrap()
+}
+
+fn sysctl(host: &Host, key: &str) -> String {
+    host.run("sysctl", &["-n", key]).unwrap().trim().to_string()
+}
+
+/// A TCP connection from `host` to `to`, and whether the listener saw it.
+fn tcp_reaches(host: &Host, to: SocketAddr, listener: &TcpListener) -> bool {
+    let connected = host
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+        .unwrap();
+    let accepted = listener.accept().is_ok();
+    connected.is_ok() || accepted
+}
+
+/// Datagrams from `host` to `to`, and whether `socket` got one.
+fn udp_reaches(host: &Host, to: SocketAddr, socket: &UdpSocket) -> bool {
+    host.enter(move || {
+        let sender = UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..5 {
+            sender.send_to(b"knock knock", to)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .unwrap()
+    .unwrap();
+    let mut buffer = [0u8; 64];
+    socket.recv_from(&mut buffer).is_ok()
+}
+
+#[test]
+fn a_host_behind_the_gateway_cannot_open_connections_to_the_client() {
+    let demo = demo(1);
+    download(&demo);
+    let tunnel: IpAddr = status(&demo)["addresses"]["ipv4"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("no tunnel address in {}", status(&demo)));
+    // A service on the laptop, listening on every address (as most do).
+    let (listener, datagrams) = demo
+        .net
+        .client
+        .enter(|| {
+            let listener = TcpListener::bind("0.0.0.0:8080")?;
+            listener.set_nonblocking(true)?;
+            let datagrams = UdpSocket::bind("0.0.0.0:8081")?;
+            datagrams.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok::<_, std::io::Error>((listener, datagrams))
+        })
+        .unwrap()
+        .unwrap();
+    // The resource host routes the clients' range to the gateway.
+    let web = &demo.net.web;
+    web.add_route("100.64.0.0/11", "10.0.1.11".parse().unwrap())
+        .unwrap();
+    let tcp = SocketAddr::new(tunnel, 8080);
+    let udp = SocketAddr::new(tunnel, 8081);
+
+    let unsolicited = |demo: &Demo| {
+        metric(
+            &gateway_metrics(demo),
+            "postern_packets_dropped_total{role=\"gateway\",reason=\"unsolicited\"}",
+        )
+    };
+
+    // The gateway's forward filter stops it in the kernel: the tunnel never
+    // sees these packets.
+    let before = unsolicited(&demo);
+    assert!(!tcp_reaches(web, tcp, &listener), "TCP reached the client");
+    assert!(!udp_reaches(web, udp, &datagrams), "UDP reached the client");
+    assert_eq!(
+        unsolicited(&demo),
+        before,
+        "the kernel let them through to the tunnel"
+    );
+
+    // Its firewall flushed (as `nft flush ruleset` or a firewall manager
+    // does): the tunnel still delivers only what the client opened.
+    let table = tables(&demo.net.gateways[0])
+        .lines()
+        .find_map(|line| line.strip_prefix("table inet postern_").map(str::to_string))
+        .unwrap_or_else(|| panic!("no postern table on the gateway"));
+    demo.net.gateways[0]
+        .nft(&format!("delete table inet postern_{table}\n"))
+        .unwrap();
+    assert!(!tcp_reaches(web, tcp, &listener), "TCP reached the client");
+    assert!(!udp_reaches(web, udp, &datagrams), "UDP reached the client");
+    let after = unsolicited(&demo);
+    assert!(
+        after > before,
+        "the tunnel did not count the unsolicited packets ({before} -> {after})"
+    );
+    // What the client opened still flows.
+    download(&demo);
+}
+
+#[test]
+fn a_neighbour_on_the_clients_lan_gets_no_answer_from_its_dns_stub() {
+    let demo = demo(1);
+    download(&demo);
+    let neighbour = demo.net.lab.add_host("neighbour").unwrap();
+    demo.net
+        .lab
+        .connect(&neighbour, &demo.net.home, &["192.168.1.20/24"])
+        .unwrap();
+    // The neighbour routes the stub's address to the laptop.
+    neighbour
+        .add_route("100.100.111.1/32", "192.168.1.10".parse().unwrap())
+        .unwrap();
+    let question = [
+        "@100.100.111.1",
+        "web.apps.corp.test",
+        "+time=1",
+        "+tries=1",
+        "+short",
+    ];
+    let asked = |host: &Host| host.run("dig", &question);
+    // The laptop itself is answered.
+    let answer = asked(&demo.net.client).unwrap();
+    assert!(
+        !answer.trim().is_empty(),
+        "the stub did not answer its host"
+    );
+    assert!(
+        asked(&neighbour).is_err(),
+        "the neighbour got an answer from the client's stub"
+    );
+    // The guard is what stops it: without its table the neighbour is
+    // answered (so the lab above really routes to the stub).
+    let table = tables(&demo.net.client)
+        .lines()
+        .find_map(|line| line.strip_prefix("table inet ").map(str::to_string))
+        .filter(|name| name.ends_with("_stub"))
+        .unwrap_or_else(|| panic!("no stub table on the client"));
+    demo.net
+        .client
+        .nft(&format!("delete table inet {table}\n"))
+        .unwrap();
+    assert!(
+        asked(&neighbour).is_ok(),
+        "without the guard the neighbour should be answered: the test routes nothing"
+    );
+}
+
+#[test]
+fn the_gateway_puts_forwarding_back_and_removes_its_table_when_it_stops() {
+    let mut demo = demo(1);
+    download(&demo);
+    let host = demo.net.gateways[0].clone();
+    // Killed, it cannot clean up; what it left is replaced at the next start.
+    demo.kill_gateway(0).unwrap();
+    assert!(tables(&host).contains("postern_"), "{}", tables(&host));
+    host.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    host.sysctl("net.ipv6.conf.all.forwarding", "0").unwrap();
+    let restarted = demo.spawn_gateway(0).unwrap();
+    demo.gateway_processes[0] = Some(restarted);
+    demo.wait_for_gateways(1, Duration::from_secs(20)).unwrap();
+    download(&demo);
+    assert_eq!(sysctl(&host, "net.ipv4.ip_forward"), "1");
+    assert_eq!(sysctl(&host, "net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(
+        tables(&host).matches("postern_").count(),
+        1,
+        "{}",
+        tables(&host)
+    );
+    demo.stop_gateway(0).unwrap();
+    assert_eq!(sysctl(&host, "net.ipv4.ip_forward"), "0");
+    assert_eq!(sysctl(&host, "net.ipv6.conf.all.forwarding"), "0");
+    assert!(!tables(&host).contains("postern_"), "{}", tables(&host));
+}
