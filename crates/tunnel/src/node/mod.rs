@@ -22,7 +22,7 @@ mod relays;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -319,12 +319,19 @@ impl<P: PeerId> Node<P> {
             self.errors.add("candidate_for_unknown_peer");
             return;
         };
+        let address = candidate_address(candidate);
+        if address.is_some_and(|address| !probe_worthy(address)) {
+            // A peer's candidates make us send probes (and let relays
+            // through): never at this host, link-local or Postern's own.
+            self.errors.add("candidate_refused");
+            tracing::debug!(?id, candidate, "candidate on an address never probed");
+            return;
+        }
         if peer.ice.add_remote(candidate).is_err() {
             self.errors.add("bad_candidate");
             tracing::debug!(?id, candidate, "unparsable ICE candidate");
             return;
         }
-        let address = candidate_address(candidate);
         if let Some(address) = address
             && candidate_type(candidate) == Some("relay")
             && !peer.remote_relayed.contains(&address)
@@ -895,6 +902,32 @@ fn candidate_address(candidate: &str) -> Option<SocketAddr> {
     let ip = fields.next()?.parse().ok()?;
     let port = fields.next()?.parse().ok()?;
     Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a peer's candidate address may be probed: not loopback,
+/// unspecified, multicast, broadcast, link-local (cloud metadata),
+/// IPv4-mapped, or port 0. The shared space 100.64.0.0/10 stays allowed:
+/// carrier-grade NATs hand it to hosts, so it is a real host candidate.
+fn probe_worthy(address: SocketAddr) -> bool {
+    let ip = address.ip();
+    let refused = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local()
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
+        }
+    };
+    !refused && address.port() != 0
 }
 
 /// The `typ` of an SDP candidate (`host`, `srflx`, `prflx`, `relay`).

@@ -95,6 +95,8 @@ pub struct Net {
     pub direct_blocked: bool,
     /// STUN datagrams sent by hosts, to see what ICE costs on the wire.
     pub stun_sent: usize,
+    /// Every destination a host sent to: (host, destination).
+    pub destinations: Vec<(usize, SocketAddr)>,
 }
 
 impl Net {
@@ -123,6 +125,7 @@ impl Net {
             down: vec![false; nats.len()],
             direct_blocked: false,
             stun_sent: 0,
+            destinations: Vec::new(),
         }
     }
 
@@ -166,6 +169,7 @@ impl Net {
         if self.down[n] {
             return;
         }
+        self.destinations.push((n, destination));
         if self.direct_blocked && destination.ip() != IpAddr::V4(RELAY_IP) {
             return;
         }
