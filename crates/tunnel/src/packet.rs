@@ -153,9 +153,9 @@ impl<'a> Packet<'a> {
         })
     }
 
-    /// Whether an IPv6 routing header names further hops: a gateway never
-    /// forwards such a packet (a host that processes segment routing would
-    /// bounce it past the destination the gateway checked).
+    /// Whether an IPv6 packet carries a routing header: a gateway never
+    /// forwards one (a host that processes segment routing would bounce it
+    /// past the destination the gateway checked; no client needs one).
     pub fn has_routing_header(&self) -> bool {
         self.routed
     }

@@ -279,3 +279,59 @@ fn candidates_on_loopback_or_metadata_addresses_are_never_probed() {
             .any(|(host, to)| *host == 1 && to.to_string() == "192.168.7.7:40000")
     );
 }
+
+/// An IPv6 UDP packet from the client to `to`, with a routing header
+/// (type 4, segment routing) naming `via` when `via` is given.
+fn udp_v6(to: Ipv6Addr, via: Option<Ipv6Addr>) -> Vec<u8> {
+    let mut extension = Vec::new();
+    let mut next = 17u8;
+    if let Some(via) = via {
+        // Next header, length in 8-octet units past the first 8, type 4,
+        // segments left 1, last entry 0, flags, tag; then one segment.
+        extension.extend_from_slice(&[17, 2, 4, 1, 0, 0, 0, 0]);
+        extension.extend_from_slice(&via.octets());
+        next = 43;
+    }
+    let udp = [
+        0x9c, 0x40, 0x00, 0x35, 0x00, 0x0c, 0x00, 0x00, b'p', b'i', b'n', b'g',
+    ];
+    let mut packet = vec![0x60, 0, 0, 0];
+    let length = (extension.len() + udp.len()) as u16;
+    packet.extend_from_slice(&length.to_be_bytes());
+    packet.extend_from_slice(&[next, 64]);
+    packet.extend_from_slice(&support::portal::CLIENT_V6.octets());
+    packet.extend_from_slice(&to.octets());
+    packet.extend_from_slice(&extension);
+    packet.extend_from_slice(&udp);
+    packet
+}
+
+#[test]
+fn an_ipv6_packet_with_a_routing_header_is_not_forwarded() {
+    let documentation = ResourceDescription {
+        id: ResourceId::from_u128(302),
+        name: "v6 office".into(),
+        address: ResourceAddress::Cidr("2001:db8::/32".parse().unwrap()),
+        address_description: None,
+        filters: vec![],
+        site_id: SiteId::from_u128(1),
+    };
+    let mut world = connected(vec![web_on(80), documentation]);
+    let server: Ipv6Addr = "2001:db8::80".parse().unwrap();
+    world.app_sends(&udp_v6(server, None));
+    assert!(world.run_until(Duration::from_secs(5), |w| {
+        w.forwarded[1]
+            .iter()
+            .any(|(_, p)| destination(p) == IpAddr::V6(server))
+    }));
+    let before = world.forwarded_total();
+    // Allowed destination, but a segment onward to the gateway's host.
+    let now = world.now();
+    let onward: Ipv6Addr = "fe80::1".parse().unwrap();
+    world
+        .client
+        .send_unchecked(gateway_id(1), &udp_v6(server, Some(onward)), now);
+    world.run_for(Duration::from_millis(200));
+    assert_eq!(world.forwarded_total(), before);
+    assert_eq!(world.gateway(1).dropped().get("routing_header"), 1);
+}
