@@ -36,6 +36,8 @@ const READS_PER_TURN: usize = 8;
 const INPUTS_PER_TURN: usize = 256;
 /// Lookup results waiting for the loop.
 const RESULTS: usize = 1024;
+/// The longest the loop sleeps without publishing its counters.
+const PUBLISH_AT_LEAST: Duration = Duration::from_secs(1);
 
 pub struct Shell<R: Role> {
     role: R,
@@ -138,17 +140,20 @@ impl<R: Role> Shell<R> {
         self.tell_host_addresses();
         loop {
             let now = Instant::now();
+            // At least once a second, so the metrics never lag further.
             let deadline = self
                 .role
                 .poll_timeout()
-                .unwrap_or(now + Duration::from_secs(1));
+                .map_or(now + PUBLISH_AT_LEAST, |at| at.min(now + PUBLISH_AT_LEAST));
             tokio::select! {
                 () = &mut stop => break,
                 incoming = self.channel.incoming.recv() => {
                     match self.link.on::<R::FromPortal>(incoming, &self.portal, self.sign_in_again, self.meanwhile) {
                         LinkEvent::Fatal(error) => return Err(DeviceError::Portal(error)),
                         LinkEvent::Message(message) => {
-                            self.role.handle_portal(message, Instant::now(), Timestamp::now())
+                            self.role.handle_portal(message, Instant::now(), Timestamp::now());
+                            // Authorizations changed: the gauges say so now.
+                            self.publish();
                         }
                         LinkEvent::Connected(up) => {
                             self.role.handle_input(Input::PortalConnected(up), Instant::now())
@@ -379,7 +384,8 @@ impl<R: Role> Shell<R> {
             .get_or_insert_with(|| Resolver::new(self.results.clone()))
     }
 
-    /// Counters into the metrics endpoint (a few times a second).
+    /// Counters into the metrics endpoint (on each timer tick and portal
+    /// message).
     fn publish(&mut self) {
         let Some(metrics) = &self.metrics else {
             return;
