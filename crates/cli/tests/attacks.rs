@@ -233,3 +233,94 @@ fn the_gateway_puts_forwarding_back_and_removes_its_table_when_it_stops() {
     assert_eq!(sysctl(&host, "net.ipv6.conf.all.forwarding"), "0");
     assert!(!tables(&host).contains("postern_"), "{}", tables(&host));
 }
+
+/// Clients the gateway holds an authorization for, from its metrics.
+fn authorized_clients(demo: &Demo) -> u64 {
+    let text = gateway_metrics(demo);
+    let sample = "postern_authorized_clients{role=\"gateway\"}";
+    assert!(text.contains(sample), "no {sample} in:\n{text}");
+    metric(&text, sample)
+}
+
+/// How long until the gateway holds no authorization (at most `limit`).
+fn until_gateway_forgets(demo: &Demo, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if authorized_clients(demo) == 0 {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn delete_policy(demo: &Demo) {
+    demo.api_ok(
+        "DELETE",
+        &format!("/api/v1/policies/{}", demo.setup.policy_id),
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn after_a_portal_restart_a_deleted_policy_still_reaches_the_gateway() {
+    let mut demo = demo(1);
+    download(&demo);
+    assert_eq!(authorized_clients(&demo), 1);
+    demo.kill_portal().unwrap();
+    demo.restart_portal().unwrap();
+    // The restarted portal knows the grant from its store: while the
+    // devices reconnect the client's access goes on without a break (each
+    // download must work at its first try), and the gateway keeps it.
+    let reconnecting = std::time::Instant::now();
+    while reconnecting.elapsed() < Duration::from_secs(4) {
+        demo.download(1024, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("a break in access: {e}\n{}", demo.logs()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    demo.wait_for_gateways(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(authorized_clients(&demo), 1, "{}", demo.logs());
+    delete_policy(&demo);
+    let gone = until_gateway_forgets(&demo, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the gateway kept the authorization\n{}", demo.logs()));
+    println!("the gateway dropped the authorization {gone:?} after the policy was deleted");
+    assert!(gone < Duration::from_secs(1), "{gone:?}");
+}
+
+#[test]
+fn a_revocation_lost_on_a_dead_channel_is_applied_when_the_gateway_reconnects() {
+    let demo = demo(1);
+    download(&demo);
+    assert_eq!(authorized_clients(&demo), 1);
+    let gateway = &demo.net.gateways[0];
+    // The gateway's channel goes silent both ways (a NAT dropped its
+    // mapping, a link died): nothing the portal sends arrives.
+    gateway
+        .nft(
+            "table inet cut {\n  chain output {\n    type filter hook output priority filter; policy accept;\n    ip daddr 198.18.0.2 tcp dport 8080 drop\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n    ip saddr 198.18.0.2 tcp sport 8080 drop\n  }\n}\n",
+        )
+        .unwrap();
+    delete_policy(&demo);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        authorized_clients(&demo),
+        1,
+        "the revocation crossed a cut channel: this test no longer tests reconnection"
+    );
+    // When the gateway gives up on the dead channel, the way opens again.
+    let process = demo.gateway_processes[0].as_ref().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !process.stderr().contains("portal connection lost") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never noticed\n{}",
+            demo.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gateway.nft("delete table inet cut\n").unwrap();
+    let gone = until_gateway_forgets(&demo, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the gateway kept the authorization\n{}", demo.logs()));
+    println!("the gateway dropped the authorization {gone:?} after its channel came back");
+}
