@@ -221,34 +221,36 @@ fn a_gateway_drops_what_the_portal_no_longer_lists_when_it_reconnects() {
     );
 }
 
-#[test]
-fn candidates_on_loopback_or_metadata_addresses_are_never_probed() {
-    let mut world = connected(vec![web_on(80)]);
-    let now = world.now();
-    let wall = jiff::Timestamp::now();
-    let forbidden = [
-        "127.0.0.1 22",
-        "169.254.169.254 80",
-        "224.0.0.251 5353",
-        "[::1] 22",
-    ];
-    let candidates = forbidden
+/// The portal hands gateway 1 the client's candidates at `addresses`
+/// ("ip port"), and the world runs for 3 s.
+fn gateway_gets_candidates(world: &mut World, addresses: &[&str]) {
+    let candidates = addresses
         .iter()
         .enumerate()
-        .map(|(n, at)| {
-            let at = at.replace(['[', ']'], "");
-            format!("candidate:{n} 1 udp 2130706431 {at} typ host")
-        })
+        .map(|(n, at)| format!("candidate:{n} 1 udp 2130706431 {at} typ host"))
         .collect();
+    let now = world.now();
     world.gateway(1).handle_portal(
         postern_model::protocol::PortalToGateway::IceCandidates {
             peer_id: CLIENT_ID,
             candidates,
         },
         now,
-        wall,
+        jiff::Timestamp::now(),
     );
     world.run_for(Duration::from_secs(3));
+}
+
+#[test]
+fn candidates_on_loopback_or_metadata_addresses_are_never_probed() {
+    let mut world = connected(vec![web_on(80)]);
+    let forbidden = [
+        "127.0.0.1 22",
+        "169.254.169.254 80",
+        "224.0.0.251 5353",
+        "::1 22",
+    ];
+    gateway_gets_candidates(&mut world, &forbidden);
     let probed: Vec<_> = world
         .net
         .destinations
@@ -260,17 +262,7 @@ fn candidates_on_loopback_or_metadata_addresses_are_never_probed() {
     assert!(probed.is_empty(), "{probed:?}");
     assert_eq!(world.gateway(1).errors().get("candidate_refused"), 4);
     // A candidate on an ordinary private address is taken.
-    let candidates = vec!["candidate:9 1 udp 2130706431 192.168.7.7 40000 typ host".into()];
-    let now = world.now();
-    world.gateway(1).handle_portal(
-        postern_model::protocol::PortalToGateway::IceCandidates {
-            peer_id: CLIENT_ID,
-            candidates,
-        },
-        now,
-        wall,
-    );
-    world.run_for(Duration::from_secs(3));
+    gateway_gets_candidates(&mut world, &["192.168.7.7 40000"]);
     assert!(
         world
             .net
