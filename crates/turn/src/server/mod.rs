@@ -9,6 +9,7 @@
 
 mod allocation;
 mod auth;
+mod peers;
 mod requests;
 
 use std::cmp::Reverse;
@@ -25,6 +26,7 @@ use crate::stun::{
 
 use allocation::Allocation;
 pub use allocation::{CHANNEL_LIFETIME, MAX_PEERS, PERMISSION_LIFETIME};
+pub use peers::{PeerPolicy, Refusal};
 
 /// The shell's relayed sockets.
 pub trait RelaySockets {
@@ -60,9 +62,10 @@ pub struct ServerConfig {
     /// Bits per second each allocation may relay in each direction; 0 for
     /// no limit.
     pub max_bps_per_allocation: u64,
-    /// Relaying to 127.0.0.0/8 and ::1 is refused (403) unless allowed: a
-    /// relay must not become a way into its own host's services.
-    pub allow_loopback_peers: bool,
+    /// Which peers allocations may reach (403 otherwise): a relay must not
+    /// become a way into its own host, its networks or the cloud metadata
+    /// service. The relayed addresses are always among its own addresses.
+    pub peers: PeerPolicy,
     pub software: Option<String>,
 }
 
@@ -83,7 +86,7 @@ impl ServerConfig {
             max_allocations: 10_000,
             max_allocations_per_user: 10,
             max_bps_per_allocation: 0,
-            allow_loopback_peers: false,
+            peers: PeerPolicy::default(),
             software: Some(concat!("postern-relay ", env!("CARGO_PKG_VERSION")).to_string()),
         }
     }
@@ -106,16 +109,19 @@ pub enum DropReason {
     NoChannel,
     RateLimited,
     Unexpected,
+    /// A Send indication to a peer the policy refuses.
+    ForbiddenPeer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
         DropReason::NoChannel,
         DropReason::RateLimited,
         DropReason::Unexpected,
+        DropReason::ForbiddenPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +132,7 @@ impl DropReason {
             DropReason::NoChannel => "no_channel",
             DropReason::RateLimited => "rate_limited",
             DropReason::Unexpected => "unexpected",
+            DropReason::ForbiddenPeer => "forbidden_peer",
         }
     }
 }
@@ -198,7 +205,16 @@ pub struct Server {
 impl Server {
     /// `seed` drives port choice and the nonce key: give it real randomness
     /// in production, a constant in tests.
-    pub fn new(config: ServerConfig, seed: [u8; 32]) -> Self {
+    pub fn new(mut config: ServerConfig, seed: [u8; 32]) -> Self {
+        let relayed = [
+            config.relay_ipv4.map(IpAddr::V4),
+            config.relay_ipv6.map(IpAddr::V6),
+        ];
+        for ip in relayed.into_iter().flatten() {
+            if !config.peers.own.contains(&ip) {
+                config.peers.own.push(ip);
+            }
+        }
         let shards = config.shards.max(1);
         let free_ports = config
             .ports
@@ -306,6 +322,17 @@ impl Server {
             self.stats.dropped(DropReason::NoAllocation);
             return ClientAction::None;
         };
+        // A permission is for a whole address; the port may still be one
+        // the policy refuses (the relay's own listening port).
+        if self
+            .config
+            .peers
+            .check(peer.ip(), Some(peer.port()))
+            .is_err()
+        {
+            self.stats.dropped(DropReason::ForbiddenPeer);
+            return ClientAction::None;
+        }
         relay_to_peer(allocation, &mut self.stats, now, peer, data)
     }
 

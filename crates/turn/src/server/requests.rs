@@ -286,7 +286,11 @@ impl Server {
             if peer.is_ipv4() != relayed.is_ipv4() {
                 return Err(code::PEER_ADDRESS_FAMILY_MISMATCH);
             }
-            if !self.peer_allowed(peer.ip()) {
+            // CreatePermission is for the address (its port is
+            // meaningless); ChannelBind binds the exact transport address.
+            let port = (message.method() == method::CHANNEL_BIND).then_some(peer.port());
+            if let Err(refusal) = self.config.peers.check(peer.ip(), port) {
+                tracing::debug!(%peer, reason = refusal.as_str(), "peer refused");
                 return Err(code::FORBIDDEN);
             }
             peers.push(peer);
@@ -295,14 +299,6 @@ impl Server {
             return Err(code::BAD_REQUEST);
         }
         Ok(peers)
-    }
-
-    fn peer_allowed(&self, ip: IpAddr) -> bool {
-        let loopback = ip.is_loopback()
-            || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-        !(ip.is_unspecified()
-            || ip.is_multicast()
-            || (loopback && !self.config.allow_loopback_peers))
     }
 
     fn create_permission(

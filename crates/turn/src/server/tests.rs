@@ -506,7 +506,7 @@ fn permissions_and_channels_are_checked() {
 #[test]
 fn loopback_peers_are_allowed_only_when_configured() {
     let mut config = config();
-    config.allow_loopback_peers = true;
+    config.peers.allow_loopback = true;
     let mut h = Harness::new(config);
     allocated(&mut h, alice());
     let request = signed(&mut h, alice(), method::CREATE_PERMISSION, [1; 12], |w| {
@@ -852,3 +852,5 @@ fn a_client_recovers_an_allocation_whose_answer_was_lost() {
         other => panic!("expected a fresh allocation after the 437, got {other:?}"),
     }
 }
+
+mod attacker;
