@@ -96,7 +96,7 @@ impl Server {
         handler(self, &caller)
     }
 
-    /// Adds SOFTWARE, the integrity of the request's kind when it was
+    /// Adds SOFTWARE (when configured), the integrity of the request's kind when it was
     /// authenticated, and FINGERPRINT when the request had one.
     pub(super) fn finish(
         &self,

@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// become a way into its own host, its networks or the cloud metadata
     /// service. The relayed addresses are always among its own addresses.
     pub peers: PeerPolicy,
+    /// SOFTWARE in every answer: off by default, since it names the version
+    /// to anyone and makes the answers to spoofed sources (Binding, 401)
+    /// bigger (RFC 8489 makes it optional).
     pub software: Option<String>,
 }
 
@@ -87,7 +90,7 @@ impl ServerConfig {
             max_allocations_per_user: 10,
             max_bps_per_allocation: 0,
             peers: PeerPolicy::default(),
-            software: Some(concat!("postern-relay ", env!("CARGO_PKG_VERSION")).to_string()),
+            software: None,
         }
     }
 }

@@ -215,3 +215,38 @@ fn relaying_to_itself_needs_the_exact_address_and_never_reaches_the_listening_po
         }
     );
 }
+
+/// The answers a spoofed source gets without credentials, by size: a
+/// Binding success and a 401 challenge to an Allocate. Neither carries
+/// SOFTWARE any more (it told an attacker the version and added 24 bytes).
+#[test]
+fn answers_to_unauthenticated_requests_stay_small() {
+    let sizes = |config: ServerConfig| {
+        let mut h = Harness::new(config);
+        let mut binding = Vec::new();
+        MessageWriter::new(&mut binding, method::BINDING, Class::Request, [1; 12]);
+        let mut allocate = Vec::new();
+        MessageWriter::new(&mut allocate, method::ALLOCATE, Class::Request, [2; 12])
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let binding_reply = h.send(alice(), &binding).unwrap();
+        let challenge = h.send(alice(), &allocate).unwrap();
+        assert_eq!(error_of(&challenge), code::UNAUTHORIZED);
+        let software = |reply: &[u8]| Message::parse(reply).unwrap().get(attr::SOFTWARE).is_some();
+        (
+            (binding.len(), binding_reply.len(), software(&binding_reply)),
+            (allocate.len(), challenge.len(), software(&challenge)),
+        )
+    };
+    let (binding, challenge) = sizes(relay());
+    println!("binding {binding:?}, 401 {challenge:?} (request, answer, SOFTWARE)");
+    // 20-byte request, 32-byte answer: header and XOR-MAPPED-ADDRESS (1.6x;
+    // 56 bytes, 2.8x, with SOFTWARE).
+    assert_eq!(binding, (20, 32, false));
+    // 28-byte Allocate, 88-byte 401: ERROR-CODE, REALM and a 32-byte NONCE
+    // (3.1x; 112 bytes, 4x, with SOFTWARE).
+    assert_eq!(challenge, (28, 88, false));
+    // Whoever wants SOFTWARE back can have it.
+    let mut config = relay();
+    config.software = Some("postern-relay 0.1.0".into());
+    assert_eq!(sizes(config), ((20, 56, true), (28, 112, true)));
+}
