@@ -331,8 +331,13 @@ impl Client {
             }
             Request::ChannelBind { number, peer } => {
                 let first = matches!(self.channels.get(&peer), Some((_, None)));
-                self.channels
-                    .insert(peer, (number, Some(now + crate::server::CHANNEL_LIFETIME)));
+                // The binding lasts 600 s, but the permission it installs
+                // only 300 s (RFC 8656 sections 9 and 12) and data needs
+                // both: rebinding before the permission lapses refreshes
+                // the two.
+                let lifetime =
+                    crate::server::CHANNEL_LIFETIME.min(crate::server::PERMISSION_LIFETIME);
+                self.channels.insert(peer, (number, Some(now + lifetime)));
                 if first {
                     self.events
                         .push_back(ClientEvent::ChannelBound { peer, number });
