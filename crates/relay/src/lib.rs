@@ -13,8 +13,8 @@ mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use ipnet::IpNet;
@@ -63,6 +63,7 @@ pub struct RelayConfig {
 /// A running relay: its workers and their counters.
 pub struct Relay {
     workers: Vec<JoinHandle<()>>,
+    controls: Vec<(mpsc::Sender<worker::Control>, Arc<mio::Waker>)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -94,6 +95,7 @@ impl Relay {
         tracing::debug!(own = ?peers.own, allowed = ?peers.allowed, "peer policy");
         let metrics = Arc::new(Metrics::new(workers));
         let mut handles = Vec::with_capacity(workers);
+        let mut controls = Vec::with_capacity(workers);
         for index in 0..workers {
             let mut core =
                 ServerConfig::new(&config.realm, &config.auth_secret, config.public_ipv4);
@@ -104,8 +106,16 @@ impl Relay {
             core.max_allocations_per_user = config.max_allocations_per_user;
             core.max_bps_per_allocation = config.max_bps_per_allocation;
             core.peers = peers.clone();
-            let worker =
-                worker::Worker::bind(config.listen, core, seed, index, Arc::clone(&metrics))?;
+            let (control, receiver) = mpsc::channel();
+            let worker = worker::Worker::bind(
+                config.listen,
+                core,
+                seed,
+                index,
+                Arc::clone(&metrics),
+                receiver,
+            )?;
+            controls.push((control, worker.waker()));
             let stop = Arc::clone(&stop);
             let handle = std::thread::Builder::new()
                 .name(format!("relay-{index}"))
@@ -115,8 +125,30 @@ impl Relay {
         }
         Ok(Relay {
             workers: handles,
+            controls,
             metrics,
         })
+    }
+
+    /// The portal revoked these devices (`ids`: the id part of their TURN
+    /// REST usernames, `expiry:id`): every worker ends their allocations at
+    /// once and refuses their credentials that expire no later than
+    /// `not_after_unix` (all those issued before the revocation), while
+    /// credentials issued later still work. Worth sending for any device
+    /// whose access ends before its relay credentials do.
+    pub fn revoke(&self, ids: &[String], not_after_unix: u64) {
+        let ids: Arc<[String]> = ids.into();
+        for (control, waker) in &self.controls {
+            let revoke = worker::Control::Revoke {
+                ids: Arc::clone(&ids),
+                not_after_unix,
+            };
+            if control.send(revoke).is_ok()
+                && let Err(error) = waker.wake()
+            {
+                tracing::warn!(%error, "cannot wake a relay worker; it applies the revocation within 200 ms");
+            }
+        }
     }
 
     /// Waits for the workers to stop (after the stop flag is set).

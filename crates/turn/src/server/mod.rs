@@ -184,6 +184,9 @@ pub enum PeerAction {
     Drop,
 }
 
+/// Revoked ids remembered at most (each until its credentials lapse).
+const MAX_REVOKED: usize = 65_536;
+
 /// Room [`Server::handle_peer`] needs in front of the peer's data: a STUN
 /// header, XOR-PEER-ADDRESS (IPv6) and the DATA attribute header.
 pub const PEER_HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
@@ -197,6 +200,9 @@ pub struct Server {
     allocations: HashMap<SocketAddr, Allocation>,
     by_port: HashMap<u16, SocketAddr>,
     per_user: HashMap<String, usize>,
+    /// Revoked TURN REST ids: credentials of the id that expire no later
+    /// than the given Unix second are refused (see [`Server::revoke`]).
+    revoked: HashMap<String, u64>,
     free_ports: Vec<u16>,
     /// Ports held for a later Allocate with RESERVATION-TOKEN.
     reservations: HashMap<[u8; 8], (u16, Instant)>,
@@ -231,6 +237,7 @@ impl Server {
             allocations: HashMap::new(),
             by_port: HashMap::new(),
             per_user: HashMap::new(),
+            revoked: HashMap::new(),
             free_ports,
             reservations: HashMap::new(),
             expiries: BinaryHeap::new(),
@@ -414,6 +421,57 @@ impl Server {
         }
     }
 
+    /// The portal revoked the devices `ids` (the id part of their TURN REST
+    /// usernames): their allocations end now, and their credentials that
+    /// expire no later than `not_after_unix` (every credential issued before
+    /// the revocation) are refused from now on, while credentials issued
+    /// later still work. Returns how many allocations ended.
+    pub fn revoke(
+        &mut self,
+        now: Now,
+        ids: &[String],
+        not_after_unix: u64,
+        sockets: &mut impl RelaySockets,
+    ) -> usize {
+        self.revoked
+            .retain(|_, not_after| *not_after > now.unix_secs);
+        if not_after_unix > now.unix_secs {
+            for id in ids {
+                if self.revoked.len() >= MAX_REVOKED && !self.revoked.contains_key(id) {
+                    // The soonest to lapse makes room; its credentials have
+                    // the least time left anyway.
+                    let soonest = self
+                        .revoked
+                        .iter()
+                        .min_by_key(|(_, t)| **t)
+                        .map(|(id, _)| id.clone());
+                    if let Some(soonest) = soonest {
+                        self.revoked.remove(&soonest);
+                    }
+                }
+                let entry = self.revoked.entry(id.clone()).or_default();
+                *entry = (*entry).max(not_after_unix);
+            }
+        }
+        let gone: Vec<SocketAddr> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                a.credential_expiry <= not_after_unix
+                    && crate::credentials::rest_id(&a.username)
+                        .is_some_and(|id| ids.iter().any(|revoked| revoked == id))
+            })
+            .map(|(client, _)| *client)
+            .collect();
+        for client in &gone {
+            self.remove_allocation(*client, sockets);
+        }
+        if !gone.is_empty() {
+            tracing::info!(ids = ?ids, not_after_unix, allocations = gone.len(), "revoked credentials: allocations ended");
+        }
+        gone.len()
+    }
+
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((due, _))| *due);
@@ -429,10 +487,10 @@ impl Server {
         self.by_port.remove(&port);
         sockets.close(port);
         self.free_ports.push(port);
-        if let Some(count) = self.per_user.get_mut(&allocation.username) {
+        if let Some(count) = self.per_user.get_mut(&allocation.user) {
             *count -= 1;
             if *count == 0 {
-                self.per_user.remove(&allocation.username);
+                self.per_user.remove(&allocation.user);
             }
         }
         tracing::debug!(%client, port, "allocation removed");

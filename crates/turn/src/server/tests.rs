@@ -884,3 +884,4 @@ fn a_client_recovers_an_allocation_whose_answer_was_lost() {
 }
 
 mod attacker;
+mod renewal;
