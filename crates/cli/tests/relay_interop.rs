@@ -419,6 +419,25 @@ fn round_trip_through(server: SocketAddr) {
             break;
         }
     }
+    // Renewed credentials of the same id: our relay moves the allocation to
+    // them, coturn refuses (441) and the client stays on the first ones;
+    // either way the relayed path goes on.
+    let renewed = rest_username(expiry + 600, "interop");
+    client.set_credentials(
+        &renewed,
+        &rest_password(SECRET.as_bytes(), &renewed),
+        Instant::now(),
+    );
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        step(&mut client);
+    }
+    assert!(client.is_allocated());
+    assert_eq!(client.poll_event(), None, "no failure after the renewal");
+    assert!(client.encode_to_peer(peer_addr, b"still there", &mut frame));
+    socket.send_to(&frame, server).unwrap();
+    let (n, _) = peer.recv_from(&mut buf).expect("nothing after the renewal");
+    assert_eq!(&buf[..n], b"still there");
     client.deallocate(Instant::now());
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.poll_event() != Some(ClientEvent::Deallocated) {
