@@ -42,7 +42,9 @@ pub(crate) struct Allocation {
     pub response: Vec<u8>,
     pub permissions: Vec<(IpAddr, Instant)>,
     pub channels: Vec<Channel>,
-    pub bucket: TokenBucket,
+    /// Rate limits, one per direction.
+    pub to_peer: TokenBucket,
+    pub to_client: TokenBucket,
 }
 
 impl Allocation {

@@ -379,7 +379,7 @@ impl Server {
             self.stats.dropped(DropReason::NoPermission);
             return PeerAction::Drop;
         }
-        if !allocation.bucket.take(len, now) {
+        if !allocation.to_client.take(len, now) {
             self.stats.dropped(DropReason::RateLimited);
             return PeerAction::Drop;
         }
@@ -518,7 +518,7 @@ fn relay_to_peer<'a>(
         stats.dropped(DropReason::NoPermission);
         return ClientAction::None;
     }
-    if !allocation.bucket.take(payload.len(), now) {
+    if !allocation.to_peer.take(payload.len(), now) {
         stats.dropped(DropReason::RateLimited);
         return ClientAction::None;
     }

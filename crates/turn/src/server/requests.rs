@@ -179,7 +179,8 @@ impl Server {
                 response: response.clone(),
                 permissions: Vec::new(),
                 channels: Vec::new(),
-                bucket: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
+                to_peer: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
+                to_client: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
             },
         );
         self.by_port.insert(port, client);

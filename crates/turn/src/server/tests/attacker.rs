@@ -250,3 +250,42 @@ fn answers_to_unauthenticated_requests_stay_small() {
     config.software = Some("postern-relay 0.1.0".into());
     assert_eq!(sizes(config), ((20, 56, true), (28, 112, true)));
 }
+
+/// `--max-bps` holds each way on its own budget: 100 Mbit/s (a 1.25 MB
+/// burst) toward the peer and as much back (one shared budget before: a
+/// client's upload starved its own download).
+#[test]
+fn the_rate_limit_holds_in_each_direction() {
+    let mut config = relay();
+    config.max_bps_per_allocation = 100_000_000;
+    let mut h = Harness::new(config);
+    let mut client = allocated(&mut h, alice());
+    let port = client.relayed_address().unwrap().port();
+    client.bind_channel(peer(), h.now().instant);
+    h.exchange(&mut client, alice());
+    let mut frame = Vec::new();
+    client.encode_to_peer(peer(), &[0u8; 1000], &mut frame);
+    // 2 MB at once toward the peer: the burst passes, the rest is dropped.
+    let now = h.now();
+    let relayed = (0..2000)
+        .filter(|_| {
+            matches!(
+                h.server.handle_client(now, alice(), &frame, &mut h.sockets),
+                ClientAction::Relay { .. }
+            )
+        })
+        .count();
+    assert_eq!(relayed, 1250, "12.5 MB/s for a tenth of a second");
+    // The way back has its own budget.
+    let back = (0..1300)
+        .filter(|_| from_peer(&mut h, &mut client, port, peer(), &[1u8; 1000]).is_some())
+        .count();
+    assert_eq!(back, 1250);
+    // A second later there is room again.
+    h.advance(Duration::from_secs(1));
+    let now = h.now();
+    assert!(matches!(
+        h.server.handle_client(now, alice(), &frame, &mut h.sockets),
+        ClientAction::Relay { .. }
+    ));
+}
