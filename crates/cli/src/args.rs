@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::values::{PortRange, parse_port_range, parse_portal_url, parse_upstream};
+use crate::values::{PortRange, parse_network, parse_port_range, parse_portal_url, parse_upstream};
 
 /// Postern: zero-trust access to private resources over WireGuard.
 ///
@@ -288,6 +288,19 @@ pub struct RelayArgs {
     /// Allow relaying to 127.0.0.0/8 and ::1 (test setups only)
     #[arg(long, env = "POSTERN_ALLOW_LOOPBACK_PEERS")]
     pub allow_loopback_peers: bool,
+    /// Let peers in this private network (RFC 1918, 100.64.0.0/10,
+    /// fc00::/7) be relayed to; repeat or separate with commas. Peers on
+    /// the relay's own addresses need the exact address (a /32 or /128);
+    /// loopback, link-local (169.254.0.0/16, fe80::/10), multicast and
+    /// unspecified peers are always refused
+    #[arg(
+        long,
+        env = "POSTERN_ALLOW_PEER",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub allow_peer: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }

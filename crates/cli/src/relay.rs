@@ -48,6 +48,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         max_allocations_per_user: args.max_allocations_per_user,
         max_bps_per_allocation: args.max_bps,
         allow_loopback_peers: args.allow_loopback_peers,
+        allow_peers: args.allow_peer.clone(),
     };
     daemon::init_logging(args.daemon.log_format);
     if let Some(portal) = &args.portal {
@@ -66,6 +67,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         public_ip = ?args.public_ip,
         ports = ?config.ports,
         workers,
+        allow_peer = ?config.allow_peers,
         metrics = ?args.daemon.metrics,
         "relay ready"
     );

@@ -55,6 +55,24 @@ pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
+/// A network for `--allow-peer`: `CIDR` without host bits, or one address
+/// (`/32`, `/128`).
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net = text
+        .parse::<ipnet::IpNet>()
+        .map_err(|_| format!("{text:?} is not an address or a CIDR like 10.0.0.0/8"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text:?} has host bits set: the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +86,30 @@ mod tests {
         assert_eq!(parse_port_range("5000-5000"), Ok(PortRange(5000..=5000)));
         for bad in ["", "5000", "0-10", "10-5", "a-b", "1-70000", "-", "1--2"] {
             assert!(parse_port_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(
+            parse_network("10.0.0.0/8"),
+            Ok("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            parse_network("10.0.0.5"),
+            Ok("10.0.0.5/32".parse().unwrap())
+        );
+        assert_eq!(parse_network("fd00::/8"), Ok("fd00::/8".parse().unwrap()));
+        assert_eq!(parse_network("::1"), Ok("::1/128".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.5/8",
+            "10.0.0.0/33",
+            "ten",
+            "10.0.0.0/",
+            "fd00::1/8",
+        ] {
+            assert!(parse_network(bad).is_err(), "{bad:?} accepted");
         }
     }
 

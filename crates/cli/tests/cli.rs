@@ -122,6 +122,18 @@ fn bad_flags_fail_with_one_line_and_exit_code_1() {
             ],
             "--ports",
         ),
+        (
+            &[
+                "relay",
+                "--auth-secret",
+                "s",
+                "--public-ip",
+                "198.18.0.3",
+                "--allow-peer",
+                "10.0.0.5/8",
+            ],
+            "--allow-peer",
+        ),
         (&["relay", "--public-ip", "198.18.0.3"], "--portal"),
         (
             &[

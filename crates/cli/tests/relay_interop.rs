@@ -58,6 +58,10 @@ fn wait_for_stun(port: u16) {
 }
 
 fn postern_relay(port: u16, ports: &str) -> Running {
+    postern_relay_with(port, ports, &["--allow-loopback-peers"])
+}
+
+fn postern_relay_with(port: u16, ports: &str, extra: &[&str]) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_postern"))
         .args([
             "relay",
@@ -67,8 +71,8 @@ fn postern_relay(port: u16, ports: &str) -> Running {
             "127.0.0.1",
             "--public-ip",
             "::1",
-            "--allow-loopback-peers",
         ])
+        .args(extra)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--ports", ports])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -289,6 +293,49 @@ fn coturn_uclient_with_a_wrong_secret_is_refused() {
     assert!(output.contains("Cannot complete Allocation"), "{output}");
 }
 
+/// uclient relaying to `peer_port` on 127.0.0.1 through our relay on
+/// `port`: its output.
+fn uclient_to_loopback(port: u16, peer_port: u16) -> String {
+    run(
+        "turnutils_uclient",
+        &[
+            "-W",
+            SECRET,
+            "-p",
+            &port.to_string(),
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-n",
+            "5",
+            "-c",
+            "-z",
+            "2",
+            "127.0.0.1",
+        ],
+    )
+}
+
+#[test]
+fn coturn_uclient_is_refused_the_relay_host_s_loopback() {
+    // Without --allow-loopback-peers, 127.0.0.1 is the relay host's own
+    // loopback: ChannelBind gets 403 and nothing reaches the peer.
+    let _relay = postern_relay_with(24378, "24400-24499", &[]);
+    let _peer = turn_peer("127.0.0.1", 24380);
+    let output = uclient_to_loopback(24378, 24380);
+    assert!(output.contains("error 403"), "{output}");
+}
+
+#[test]
+fn coturn_uclient_is_refused_the_relay_s_own_listening_port() {
+    // Even where loopback peers are allowed (a test setup), relayed data
+    // never comes back in on the relay's listening port.
+    let _relay = postern_relay(24578, "24600-24699");
+    let output = uclient_to_loopback(24578, 24578);
+    assert!(output.contains("error 403"), "{output}");
+}
+
 /// Drives our sans-IO client over a real socket: allocate, bind a channel to
 /// a UDP peer on loopback, and send data both ways through the relay.
 fn round_trip_through(server: SocketAddr) {
@@ -372,6 +419,25 @@ fn round_trip_through(server: SocketAddr) {
             break;
         }
     }
+    // Renewed credentials of the same id: our relay moves the allocation to
+    // them, coturn refuses (441) and the client stays on the first ones;
+    // either way the relayed path goes on.
+    let renewed = rest_username(expiry + 600, "interop");
+    client.set_credentials(
+        &renewed,
+        &rest_password(SECRET.as_bytes(), &renewed),
+        Instant::now(),
+    );
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        step(&mut client);
+    }
+    assert!(client.is_allocated());
+    assert_eq!(client.poll_event(), None, "no failure after the renewal");
+    assert!(client.encode_to_peer(peer_addr, b"still there", &mut frame));
+    socket.send_to(&frame, server).unwrap();
+    let (n, _) = peer.recv_from(&mut buf).expect("nothing after the renewal");
+    assert_eq!(&buf[..n], b"still there");
     client.deallocate(Instant::now());
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.poll_event() != Some(ClientEvent::Deallocated) {

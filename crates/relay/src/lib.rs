@@ -11,13 +11,14 @@
 mod metrics;
 mod worker;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use postern_turn::server::ServerConfig;
+use ipnet::IpNet;
+use postern_turn::server::{PeerPolicy, ServerConfig};
 
 pub use metrics::{Metrics, serve_metrics};
 
@@ -51,12 +52,18 @@ pub struct RelayConfig {
     pub workers: usize,
     pub max_allocations_per_user: usize,
     pub max_bps_per_allocation: u64,
+    /// Relaying to 127.0.0.0/8 and ::1 (test setups only).
     pub allow_loopback_peers: bool,
+    /// Private networks (RFC 1918, 100.64/10, fc00::/7) peers may be in;
+    /// an exact address (/32, /128) also lets one of the relay's own
+    /// addresses in.
+    pub allow_peers: Vec<IpNet>,
 }
 
 /// A running relay: its workers and their counters.
 pub struct Relay {
     workers: Vec<JoinHandle<()>>,
+    controls: Vec<(mpsc::Sender<worker::Control>, Arc<mio::Waker>)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -79,8 +86,16 @@ impl Relay {
             })?,
         );
         let seed = random_seed().map_err(RelayError::Random)?;
+        let peers = PeerPolicy {
+            allow_loopback: config.allow_loopback_peers,
+            allowed: config.allow_peers.clone(),
+            own: own_addresses(config),
+            listen_port: config.listen.port(),
+        };
+        tracing::debug!(own = ?peers.own, allowed = ?peers.allowed, "peer policy");
         let metrics = Arc::new(Metrics::new(workers));
         let mut handles = Vec::with_capacity(workers);
+        let mut controls = Vec::with_capacity(workers);
         for index in 0..workers {
             let mut core =
                 ServerConfig::new(&config.realm, &config.auth_secret, config.public_ipv4);
@@ -90,9 +105,17 @@ impl Relay {
             core.shards = u16::try_from(workers).unwrap_or(u16::MAX);
             core.max_allocations_per_user = config.max_allocations_per_user;
             core.max_bps_per_allocation = config.max_bps_per_allocation;
-            core.allow_loopback_peers = config.allow_loopback_peers;
-            let worker =
-                worker::Worker::bind(config.listen, core, seed, index, Arc::clone(&metrics))?;
+            core.peers = peers.clone();
+            let (control, receiver) = mpsc::channel();
+            let worker = worker::Worker::bind(
+                config.listen,
+                core,
+                seed,
+                index,
+                Arc::clone(&metrics),
+                receiver,
+            )?;
+            controls.push((control, worker.waker()));
             let stop = Arc::clone(&stop);
             let handle = std::thread::Builder::new()
                 .name(format!("relay-{index}"))
@@ -102,8 +125,30 @@ impl Relay {
         }
         Ok(Relay {
             workers: handles,
+            controls,
             metrics,
         })
+    }
+
+    /// The portal revoked these devices (`ids`: the id part of their TURN
+    /// REST usernames, `expiry:id`): every worker ends their allocations at
+    /// once and refuses their credentials that expire no later than
+    /// `not_after_unix` (all those issued before the revocation), while
+    /// credentials issued later still work. Worth sending for any device
+    /// whose access ends before its relay credentials do.
+    pub fn revoke(&self, ids: &[String], not_after_unix: u64) {
+        let ids: Arc<[String]> = ids.into();
+        for (control, waker) in &self.controls {
+            let revoke = worker::Control::Revoke {
+                ids: Arc::clone(&ids),
+                not_after_unix,
+            };
+            if control.send(revoke).is_ok()
+                && let Err(error) = waker.wake()
+            {
+                tracing::warn!(%error, "cannot wake a relay worker; it applies the revocation within 200 ms");
+            }
+        }
     }
 
     /// Waits for the workers to stop (after the stop flag is set).
@@ -112,6 +157,42 @@ impl Relay {
             let _ = worker.join();
         }
     }
+}
+
+/// The relay host's addresses, which peers may not use: the listening and
+/// public addresses and every interface address (the host's services
+/// listen on those too).
+fn own_addresses(config: &RelayConfig) -> Vec<IpAddr> {
+    let mut own: Vec<IpAddr> = [
+        Some(config.listen.ip()),
+        config.public_ipv4.map(IpAddr::V4),
+        config.public_ipv6.map(IpAddr::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match nix::ifaddrs::getifaddrs() {
+        Ok(interfaces) => {
+            for interface in interfaces {
+                let Some(address) = interface.address else {
+                    continue;
+                };
+                let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                    (Some(v4), _) => IpAddr::V4(v4.ip()),
+                    (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                    _ => continue,
+                };
+                own.push(ip);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the host's addresses; only the listening and public addresses count as the relay's own")
+        }
+    }
+    own.retain(|ip| !ip.is_unspecified());
+    own.sort_unstable();
+    own.dedup();
+    own
 }
 
 fn random_seed() -> std::io::Result<[u8; 32]> {

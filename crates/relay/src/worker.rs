@@ -6,10 +6,11 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use postern_turn::server::{
     ClientAction, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelaySockets, Server, ServerConfig,
 };
@@ -27,6 +28,18 @@ const SLOT: usize = 65_536;
 const SOCKET_BUFFER: usize = 8 << 20;
 /// The listening socket's token; relayed sockets use their port number.
 const MAIN: Token = Token(0);
+/// The waker's token: a [`Control`] is waiting.
+const WAKE: Token = Token(1 << 20);
+
+/// What the relay asks of a running worker.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// See [`postern_turn::server::Server::revoke`].
+    Revoke {
+        ids: Arc<[String]>,
+        not_after_unix: u64,
+    },
+}
 
 struct RelaySocket {
     socket: UdpSocket,
@@ -131,6 +144,8 @@ pub(crate) struct Worker {
     scratch: Vec<u8>,
     batch: Batch,
     send_drops: [u64; SendDrop::COUNT],
+    control: mpsc::Receiver<Control>,
+    waker: Arc<Waker>,
 }
 
 impl Worker {
@@ -140,6 +155,7 @@ impl Worker {
         seed: [u8; 32],
         index: usize,
         metrics: Arc<Metrics>,
+        control: mpsc::Receiver<Control>,
     ) -> Result<Worker, RelayError> {
         let listen_error = |source| RelayError::Listen {
             addr: listen,
@@ -151,6 +167,7 @@ impl Worker {
             .register(&mut main, MAIN, Interest::READABLE)
             .map_err(listen_error)?;
         let registry = poll.registry().try_clone().map_err(listen_error)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(listen_error)?);
         if index == 0 {
             let effective = main_state.recv_buffer_size((&main).into()).unwrap_or(0);
             if effective < SOCKET_BUFFER {
@@ -182,7 +199,14 @@ impl Worker {
                 count: 0,
             },
             send_drops: [0; SendDrop::COUNT],
+            control,
+            waker,
         })
+    }
+
+    /// Wakes the worker's loop for a [`Control`] sent to it.
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
     }
 
     pub(crate) fn run(mut self, stop: &AtomicBool) {
@@ -203,7 +227,19 @@ impl Worker {
             for event in &events {
                 match event.token() {
                     MAIN => self.drain_main(),
+                    WAKE => {}
                     Token(port) => self.drain_relay(u16::try_from(port).unwrap_or(0)),
+                }
+            }
+            while let Ok(control) = self.control.try_recv() {
+                match control {
+                    Control::Revoke {
+                        ids,
+                        not_after_unix,
+                    } => {
+                        self.core
+                            .revoke(Self::now(), &ids, not_after_unix, &mut self.relays);
+                    }
                 }
             }
             self.core.handle_timeout(Instant::now(), &mut self.relays);

@@ -67,6 +67,10 @@ struct Pending {
     due: Instant,
     rto: Duration,
     attempts: u32,
+    /// The key and username the request was signed with: its answer is
+    /// checked with that key, even after [`Client::set_credentials`].
+    key: Option<[u8; 16]>,
+    username: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,19 @@ struct Credentials {
     realm: Option<String>,
     nonce: Option<String>,
     key: Option<[u8; 16]>,
+}
+
+impl Credentials {
+    /// Takes a new username and password (the key follows once the realm
+    /// is known).
+    fn replace(&mut self, username: &str, password: &str) {
+        self.username = username.to_string();
+        self.password = password.to_string();
+        self.key = self
+            .realm
+            .as_deref()
+            .map(|realm| long_term_key(username, realm, password));
+    }
 }
 
 /// One TURN allocation, client side.
@@ -105,6 +122,9 @@ pub struct Client {
     rng: u64,
     /// An orphaned allocation was released once already.
     released_orphan: bool,
+    /// The username and password the server last accepted for the
+    /// allocation, to go back to if it refuses renewed ones (441).
+    confirmed: Option<(String, String)>,
 }
 
 impl Client {
@@ -139,6 +159,7 @@ impl Client {
             events: VecDeque::new(),
             rng: seed | 1,
             released_orphan: false,
+            confirmed: None,
         };
         client.send(Request::Allocate, now);
         client
@@ -159,6 +180,22 @@ impl Client {
 
     pub fn is_allocated(&self) -> bool {
         self.state == State::Allocated
+    }
+
+    /// Renewed credentials for the same user (the portal renews short-lived
+    /// TURN REST credentials): later requests use them, and a live
+    /// allocation is refreshed with them at once, so the relay moves it to
+    /// the new expiry and it survives the old one. A relay that refuses the
+    /// change (441, RFC 8656 section 5: coturn does) keeps the allocation on
+    /// the old credentials for as long as it accepts them.
+    pub fn set_credentials(&mut self, username: &str, password: &str, now: Instant) {
+        if username == self.credentials.username && password == self.credentials.password {
+            return;
+        }
+        self.credentials.replace(username, password);
+        if self.state == State::Allocated {
+            self.send(Request::Refresh { lifetime: 600 }, now);
+        }
     }
 
     /// Lets `peer` send to our relayed address (and us to it).
@@ -263,19 +300,19 @@ impl Client {
     }
 
     fn handle_response(&mut self, message: &Message<'_>, now: Instant) {
-        if !self.pending.contains_key(&message.transaction_id()) {
+        let Some(pending) = self.pending.get(&message.transaction_id()) else {
             return;
-        }
-        // Answers to authenticated requests must carry our integrity; a
-        // forged success is ignored (its retransmission timer still runs).
-        let signed = self.credentials.key.is_some_and(|key| {
+        };
+        // Answers to authenticated requests must carry the integrity of the
+        // key they were signed with; a forged success is ignored (its
+        // retransmission timer still runs).
+        let signed = pending.key.is_some_and(|key| {
             matches!(
                 message.verify_integrity(&key),
                 Integrity::Sha1 | Integrity::Sha256
             )
         });
-        let authenticated_request = self.credentials.key.is_some();
-        if message.class() == Class::Success && authenticated_request && !signed {
+        if message.class() == Class::Success && pending.key.is_some() && !signed {
             return;
         }
         let Some(pending) = self.pending.remove(&message.transaction_id()) else {
@@ -284,8 +321,16 @@ impl Client {
         let request = pending.request;
         if message.class() == Class::Error {
             let (error, reason) = message.error_code().unwrap_or((code::SERVER_ERROR, ""));
+            if error == code::WRONG_CREDENTIALS && self.refused_renewal(&pending.username) {
+                self.send(request, now);
+                return;
+            }
             self.handle_error(request, message, error, reason.to_string(), now);
             return;
+        }
+        // The server accepted these credentials for the allocation.
+        if pending.key.is_some() && self.state != State::Dead {
+            self.confirm(pending.username);
         }
         match request {
             Request::Allocate => {
@@ -302,6 +347,14 @@ impl Client {
                 self.relayed = Some(relayed);
                 self.mapped = Some(mapped);
                 self.schedule_refresh(message.get_u32(attr::LIFETIME), now);
+                // Credentials renewed while the Allocate was under way.
+                if self
+                    .confirmed
+                    .as_ref()
+                    .is_some_and(|(username, _)| *username != self.credentials.username)
+                {
+                    self.send(Request::Refresh { lifetime: 600 }, now);
+                }
                 self.events
                     .push_back(ClientEvent::Allocated { relayed, mapped });
                 // Asked for before the allocation existed: send now.
@@ -331,14 +384,50 @@ impl Client {
             }
             Request::ChannelBind { number, peer } => {
                 let first = matches!(self.channels.get(&peer), Some((_, None)));
-                self.channels
-                    .insert(peer, (number, Some(now + crate::server::CHANNEL_LIFETIME)));
+                // The binding lasts 600 s, but the permission it installs
+                // only 300 s (RFC 8656 sections 9 and 12) and data needs
+                // both: rebinding before the permission lapses refreshes
+                // the two.
+                let lifetime =
+                    crate::server::CHANNEL_LIFETIME.min(crate::server::PERMISSION_LIFETIME);
+                self.channels.insert(peer, (number, Some(now + lifetime)));
                 if first {
                     self.events
                         .push_back(ClientEvent::ChannelBound { peer, number });
                 }
             }
         }
+    }
+
+    /// The credentials `username` were accepted: they are the ones to go
+    /// back to from now on. When the allocation still holds older ones than
+    /// the current, a Refresh moves it.
+    fn confirm(&mut self, username: String) {
+        let password = if username == self.credentials.username {
+            self.credentials.password.clone()
+        } else {
+            match &self.confirmed {
+                Some((confirmed, password)) if *confirmed == username => password.clone(),
+                _ => return,
+            }
+        };
+        self.confirmed = Some((username, password));
+    }
+
+    /// A 441 to a request signed with renewed credentials: the relay keeps
+    /// the allocation on the ones it was made with. Goes back to those and
+    /// returns true (the caller resends the request); false when the
+    /// request used them already.
+    fn refused_renewal(&mut self, username: &str) -> bool {
+        let Some((confirmed, password)) = self.confirmed.clone() else {
+            return false;
+        };
+        if confirmed == username {
+            return false;
+        }
+        tracing::debug!(server = %self.server, "the relay keeps the allocation on its first credentials (441)");
+        self.credentials.replace(&confirmed, &password);
+        true
     }
 
     fn handle_error(
@@ -545,6 +634,7 @@ impl Client {
                 writer.xor_address(attr::XOR_PEER_ADDRESS, *peer);
             }
         }
+        let mut signed_with = None;
         if let (Some(key), Some(realm), Some(nonce)) = (
             self.credentials.key,
             &self.credentials.realm,
@@ -555,6 +645,7 @@ impl Client {
                 .attr(attr::REALM, realm.as_bytes())
                 .attr(attr::NONCE, nonce.as_bytes())
                 .integrity_sha1(&key);
+            signed_with = Some(key);
         }
         self.transmits.push_back(bytes.clone());
         self.pending.insert(
@@ -565,6 +656,8 @@ impl Client {
                 due: now + INITIAL_RTO,
                 rto: INITIAL_RTO,
                 attempts: 1,
+                key: signed_with,
+                username: self.credentials.username.clone(),
             },
         );
     }

@@ -33,6 +33,14 @@ pub fn rest_expiry(username: &str) -> Option<u64> {
     stamp.parse().ok()
 }
 
+/// Who a TURN REST username is for: the part after `expiry:` (the portal
+/// puts a device id there), or `None` for a name without a valid expiry
+/// and id. Credentials renewed for the same id are the same user.
+pub fn rest_id(username: &str) -> Option<&str> {
+    let (_, id) = username.split_once(':')?;
+    (rest_expiry(username).is_some() && !id.is_empty()).then_some(id)
+}
+
 /// The long-term credential key, `MD5(username ":" realm ":" password)`
 /// (RFC 8489 section 9.2.2), for both MESSAGE-INTEGRITY kinds.
 pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
@@ -132,6 +140,11 @@ mod tests {
         assert_eq!(rest_expiry("alice:1700000000"), None);
         assert_eq!(rest_expiry(":x"), None);
         assert_eq!(rest_expiry("99999999999999999999999:x"), None, "overflow");
+        assert_eq!(rest_id(&username), Some("client-7"));
+        assert_eq!(rest_id("1700000000:a:b"), Some("a:b"));
+        for none in ["1700000000", "1700000000:", "alice:x", ":x", "x"] {
+            assert_eq!(rest_id(none), None, "{none:?}");
+        }
     }
 
     #[test]

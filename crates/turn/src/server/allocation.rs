@@ -22,22 +22,40 @@ pub(crate) struct Channel {
 
 #[derive(Debug)]
 pub(crate) struct Allocation {
+    /// The credentials in use: those of the Allocate, or renewed ones of
+    /// the same user.
     pub username: String,
+    /// Whom the quota counts: the TURN REST id, else the username.
+    pub user: String,
+    /// When the credentials in use expire (Unix seconds, and as an instant).
+    pub credential_expiry: u64,
+    pub credential_until: Instant,
+    /// The lifetime granted by the last Allocate or Refresh.
+    pub refreshed_until: Instant,
+    /// The earlier of the two: the allocation ends then.
+    pub expires: Instant,
     /// The relayed transport address handed to the client.
     pub relayed: SocketAddr,
-    pub expires: Instant,
     /// The Allocate request that made it, and the success answer, so a
     /// retransmitted request gets the same answer (RFC 8656 section 7.2).
     pub transaction: TransactionId,
     pub response: Vec<u8>,
     pub permissions: Vec<(IpAddr, Instant)>,
     pub channels: Vec<Channel>,
-    pub bucket: TokenBucket,
+    /// Rate limits, one per direction.
+    pub to_peer: TokenBucket,
+    pub to_client: TokenBucket,
 }
 
 impl Allocation {
     pub fn port(&self) -> u16 {
         self.relayed.port()
+    }
+
+    /// Recomputes [`Allocation::expires`]; returns it.
+    pub fn update_expiry(&mut self) -> Instant {
+        self.expires = self.refreshed_until.min(self.credential_until);
+        self.expires
     }
 
     pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {

@@ -3,9 +3,10 @@
 //! replies with the integrity kind the caller used.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::{Now, Server};
-use crate::credentials::{NonceState, long_term_key, rest_expiry, rest_password};
+use crate::credentials::{NonceState, long_term_key, rest_expiry, rest_id, rest_password};
 use crate::stun::{Class, Integrity, Message, MessageWriter, attr, code, method};
 
 /// Attributes this server understands in requests; any other
@@ -33,6 +34,21 @@ pub(super) struct Caller {
     pub username: String,
     pub key: [u8; 16],
     pub integrity: Integrity,
+    /// When the credentials expire (Unix seconds, in the future).
+    pub expiry: u64,
+}
+
+impl Caller {
+    /// Whom quotas count: the TURN REST id, else the whole username.
+    pub fn user(&self) -> &str {
+        rest_id(&self.username).unwrap_or(&self.username)
+    }
+}
+
+/// Whether `renewed` is a credential of the user `current` is for: the
+/// same TURN REST id (the portal signs only a device's own id).
+fn same_user(current: &str, renewed: &str) -> bool {
+    rest_id(current).is_some_and(|id| rest_id(renewed) == Some(id))
 }
 
 impl Server {
@@ -68,8 +84,10 @@ impl Server {
                 return self.challenge(now, message, code::STALE_NONCE);
             }
         }
-        let expired = rest_expiry(username).is_none_or(|expiry| expiry <= now.unix_secs);
-        if expired || realm != self.config.realm {
+        let Some(expiry) = rest_expiry(username).filter(|expiry| *expiry > now.unix_secs) else {
+            return self.challenge(now, message, code::UNAUTHORIZED);
+        };
+        if realm != self.config.realm || self.is_revoked(username, expiry) {
             return self.challenge(now, message, code::UNAUTHORIZED);
         }
         let password = rest_password(&self.config.auth_secret, username);
@@ -82,9 +100,17 @@ impl Server {
             username: username.to_string(),
             key,
             integrity,
+            expiry,
         };
+        // RFC 8656 section 5 wants the username of the Allocate on every
+        // later request (441 otherwise) so that nobody else takes the
+        // allocation over. Renewed credentials of the same user are let in
+        // on purpose: the portal renews a device's short-lived credentials
+        // and the device moves its live allocation to them (one socket, one
+        // allocation per relay: it cannot make a new one first).
         if let Some(allocation) = self.allocations.get(&client)
             && allocation.username != caller.username
+            && !same_user(&allocation.username, &caller.username)
         {
             return self.error(message, Some(&caller), code::WRONG_CREDENTIALS);
         }
@@ -93,10 +119,35 @@ impl Server {
             tracing::debug!(%client, ?unknown, "request with unknown comprehension-required attributes");
             return self.unknown_attributes(message, Some(&caller), &unknown);
         }
+        self.renew(now, client, &caller);
         handler(self, &caller)
     }
 
-    /// Adds SOFTWARE, the integrity of the request's kind when it was
+    /// Moves a live allocation to credentials that expire later.
+    fn renew(&mut self, now: Now, client: SocketAddr, caller: &Caller) {
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return;
+        };
+        if caller.expiry <= allocation.credential_expiry {
+            return;
+        }
+        allocation.username.clone_from(&caller.username);
+        allocation.credential_expiry = caller.expiry;
+        allocation.credential_until =
+            now.instant + Duration::from_secs(caller.expiry.saturating_sub(now.unix_secs));
+        let expires = allocation.update_expiry();
+        self.expiries.push(std::cmp::Reverse((expires, client)));
+        tracing::debug!(%client, user = caller.user(), expiry = caller.expiry, "allocation moved to renewed credentials");
+    }
+
+    /// Whether the portal revoked these credentials (see [`Server::revoke`]).
+    fn is_revoked(&self, username: &str, expiry: u64) -> bool {
+        rest_id(username)
+            .and_then(|id| self.revoked.get(id))
+            .is_some_and(|not_after| expiry <= *not_after)
+    }
+
+    /// Adds SOFTWARE (when configured), the integrity of the request's kind when it was
     /// authenticated, and FINGERPRINT when the request had one.
     pub(super) fn finish(
         &self,

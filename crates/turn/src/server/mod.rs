@@ -9,6 +9,7 @@
 
 mod allocation;
 mod auth;
+mod peers;
 mod requests;
 
 use std::cmp::Reverse;
@@ -25,6 +26,7 @@ use crate::stun::{
 
 use allocation::Allocation;
 pub use allocation::{CHANNEL_LIFETIME, MAX_PEERS, PERMISSION_LIFETIME};
+pub use peers::{PeerPolicy, Refusal};
 
 /// The shell's relayed sockets.
 pub trait RelaySockets {
@@ -60,9 +62,13 @@ pub struct ServerConfig {
     /// Bits per second each allocation may relay in each direction; 0 for
     /// no limit.
     pub max_bps_per_allocation: u64,
-    /// Relaying to 127.0.0.0/8 and ::1 is refused (403) unless allowed: a
-    /// relay must not become a way into its own host's services.
-    pub allow_loopback_peers: bool,
+    /// Which peers allocations may reach (403 otherwise): a relay must not
+    /// become a way into its own host, its networks or the cloud metadata
+    /// service. The relayed addresses are always among its own addresses.
+    pub peers: PeerPolicy,
+    /// SOFTWARE in every answer: off by default, since it names the version
+    /// to anyone and makes the answers to spoofed sources (Binding, 401)
+    /// bigger (RFC 8489 makes it optional).
     pub software: Option<String>,
 }
 
@@ -83,8 +89,8 @@ impl ServerConfig {
             max_allocations: 10_000,
             max_allocations_per_user: 10,
             max_bps_per_allocation: 0,
-            allow_loopback_peers: false,
-            software: Some(concat!("postern-relay ", env!("CARGO_PKG_VERSION")).to_string()),
+            peers: PeerPolicy::default(),
+            software: None,
         }
     }
 }
@@ -106,16 +112,19 @@ pub enum DropReason {
     NoChannel,
     RateLimited,
     Unexpected,
+    /// A Send indication to a peer the policy refuses.
+    ForbiddenPeer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
         DropReason::NoChannel,
         DropReason::RateLimited,
         DropReason::Unexpected,
+        DropReason::ForbiddenPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +135,7 @@ impl DropReason {
             DropReason::NoChannel => "no_channel",
             DropReason::RateLimited => "rate_limited",
             DropReason::Unexpected => "unexpected",
+            DropReason::ForbiddenPeer => "forbidden_peer",
         }
     }
 }
@@ -174,6 +184,9 @@ pub enum PeerAction {
     Drop,
 }
 
+/// Revoked ids remembered at most (each until its credentials lapse).
+const MAX_REVOKED: usize = 65_536;
+
 /// Room [`Server::handle_peer`] needs in front of the peer's data: a STUN
 /// header, XOR-PEER-ADDRESS (IPv6) and the DATA attribute header.
 pub const PEER_HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
@@ -187,6 +200,9 @@ pub struct Server {
     allocations: HashMap<SocketAddr, Allocation>,
     by_port: HashMap<u16, SocketAddr>,
     per_user: HashMap<String, usize>,
+    /// Revoked TURN REST ids: credentials of the id that expire no later
+    /// than the given Unix second are refused (see [`Server::revoke`]).
+    revoked: HashMap<String, u64>,
     free_ports: Vec<u16>,
     /// Ports held for a later Allocate with RESERVATION-TOKEN.
     reservations: HashMap<[u8; 8], (u16, Instant)>,
@@ -198,7 +214,16 @@ pub struct Server {
 impl Server {
     /// `seed` drives port choice and the nonce key: give it real randomness
     /// in production, a constant in tests.
-    pub fn new(config: ServerConfig, seed: [u8; 32]) -> Self {
+    pub fn new(mut config: ServerConfig, seed: [u8; 32]) -> Self {
+        let relayed = [
+            config.relay_ipv4.map(IpAddr::V4),
+            config.relay_ipv6.map(IpAddr::V6),
+        ];
+        for ip in relayed.into_iter().flatten() {
+            if !config.peers.own.contains(&ip) {
+                config.peers.own.push(ip);
+            }
+        }
         let shards = config.shards.max(1);
         let free_ports = config
             .ports
@@ -212,6 +237,7 @@ impl Server {
             allocations: HashMap::new(),
             by_port: HashMap::new(),
             per_user: HashMap::new(),
+            revoked: HashMap::new(),
             free_ports,
             reservations: HashMap::new(),
             expiries: BinaryHeap::new(),
@@ -306,6 +332,17 @@ impl Server {
             self.stats.dropped(DropReason::NoAllocation);
             return ClientAction::None;
         };
+        // A permission is for a whole address; the port may still be one
+        // the policy refuses (the relay's own listening port).
+        if self
+            .config
+            .peers
+            .check(peer.ip(), Some(peer.port()))
+            .is_err()
+        {
+            self.stats.dropped(DropReason::ForbiddenPeer);
+            return ClientAction::None;
+        }
         relay_to_peer(allocation, &mut self.stats, now, peer, data)
     }
 
@@ -342,7 +379,7 @@ impl Server {
             self.stats.dropped(DropReason::NoPermission);
             return PeerAction::Drop;
         }
-        if !allocation.bucket.take(len, now) {
+        if !allocation.to_client.take(len, now) {
             self.stats.dropped(DropReason::RateLimited);
             return PeerAction::Drop;
         }
@@ -384,6 +421,57 @@ impl Server {
         }
     }
 
+    /// The portal revoked the devices `ids` (the id part of their TURN REST
+    /// usernames): their allocations end now, and their credentials that
+    /// expire no later than `not_after_unix` (every credential issued before
+    /// the revocation) are refused from now on, while credentials issued
+    /// later still work. Returns how many allocations ended.
+    pub fn revoke(
+        &mut self,
+        now: Now,
+        ids: &[String],
+        not_after_unix: u64,
+        sockets: &mut impl RelaySockets,
+    ) -> usize {
+        self.revoked
+            .retain(|_, not_after| *not_after > now.unix_secs);
+        if not_after_unix > now.unix_secs {
+            for id in ids {
+                if self.revoked.len() >= MAX_REVOKED && !self.revoked.contains_key(id) {
+                    // The soonest to lapse makes room; its credentials have
+                    // the least time left anyway.
+                    let soonest = self
+                        .revoked
+                        .iter()
+                        .min_by_key(|(_, t)| **t)
+                        .map(|(id, _)| id.clone());
+                    if let Some(soonest) = soonest {
+                        self.revoked.remove(&soonest);
+                    }
+                }
+                let entry = self.revoked.entry(id.clone()).or_default();
+                *entry = (*entry).max(not_after_unix);
+            }
+        }
+        let gone: Vec<SocketAddr> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                a.credential_expiry <= not_after_unix
+                    && crate::credentials::rest_id(&a.username)
+                        .is_some_and(|id| ids.iter().any(|revoked| revoked == id))
+            })
+            .map(|(client, _)| *client)
+            .collect();
+        for client in &gone {
+            self.remove_allocation(*client, sockets);
+        }
+        if !gone.is_empty() {
+            tracing::info!(ids = ?ids, not_after_unix, allocations = gone.len(), "revoked credentials: allocations ended");
+        }
+        gone.len()
+    }
+
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((due, _))| *due);
@@ -399,10 +487,10 @@ impl Server {
         self.by_port.remove(&port);
         sockets.close(port);
         self.free_ports.push(port);
-        if let Some(count) = self.per_user.get_mut(&allocation.username) {
+        if let Some(count) = self.per_user.get_mut(&allocation.user) {
             *count -= 1;
             if *count == 0 {
-                self.per_user.remove(&allocation.username);
+                self.per_user.remove(&allocation.user);
             }
         }
         tracing::debug!(%client, port, "allocation removed");
@@ -430,7 +518,7 @@ fn relay_to_peer<'a>(
         stats.dropped(DropReason::NoPermission);
         return ClientAction::None;
     }
-    if !allocation.bucket.take(payload.len(), now) {
+    if !allocation.to_peer.take(payload.len(), now) {
         stats.dropped(DropReason::RateLimited);
         return ClientAction::None;
     }

@@ -98,7 +98,7 @@ impl Server {
                 return self.error(message, Some(caller), code::ADDRESS_FAMILY_NOT_SUPPORTED);
             }
         };
-        if self.per_user.get(&caller.username).copied().unwrap_or(0)
+        if self.per_user.get(caller.user()).copied().unwrap_or(0)
             >= self.config.max_allocations_per_user
         {
             return self.error(message, Some(caller), code::ALLOCATION_QUOTA_REACHED);
@@ -144,7 +144,10 @@ impl Server {
         } else {
             None
         };
-        let lifetime = self.lifetime(message.get_u32(attr::LIFETIME));
+        let credential_left = Duration::from_secs(caller.expiry.saturating_sub(now.unix_secs));
+        let lifetime = self
+            .lifetime(message.get_u32(attr::LIFETIME))
+            .min(credential_left);
         let relayed = SocketAddr::new(relay_ip, port);
         let mut buf = Vec::with_capacity(128);
         let mut writer = MessageWriter::new(
@@ -166,17 +169,22 @@ impl Server {
             client,
             Allocation {
                 username: caller.username.clone(),
-                relayed,
+                user: caller.user().to_string(),
+                credential_expiry: caller.expiry,
+                credential_until: now.instant + credential_left,
+                refreshed_until: expires,
                 expires,
+                relayed,
                 transaction: message.transaction_id(),
                 response: response.clone(),
                 permissions: Vec::new(),
                 channels: Vec::new(),
-                bucket: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
+                to_peer: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
+                to_client: TokenBucket::new(self.config.max_bps_per_allocation, now.instant),
             },
         );
         self.by_port.insert(port, client);
-        *self.per_user.entry(caller.username.clone()).or_default() += 1;
+        *self.per_user.entry(caller.user().to_string()).or_default() += 1;
         self.expiries.push(std::cmp::Reverse((expires, client)));
         self.stats.allocations_created += 1;
         tracing::debug!(%client, %relayed, lifetime_s = lifetime.as_secs(), "allocation created");
@@ -220,7 +228,8 @@ impl Server {
     }
 
     /// RFC 8656 section 7.2: min(requested, maximum), but never below the
-    /// default.
+    /// default. The callers cap it at the credentials' expiry, so that a
+    /// client knows to refresh (with renewed credentials) before then.
     fn lifetime(&self, requested: Option<u32>) -> Duration {
         let requested = requested.map_or(self.config.default_lifetime, |s| {
             Duration::from_secs(u64::from(s))
@@ -259,12 +268,14 @@ impl Server {
             self.remove_allocation(client, sockets);
             Duration::ZERO
         } else {
-            let lifetime = self.lifetime(requested);
-            let expires = now.instant + lifetime;
+            let credential_left =
+                Duration::from_secs(allocation.credential_expiry.saturating_sub(now.unix_secs));
+            let lifetime = self.lifetime(requested).min(credential_left);
             if let Some(allocation) = self.allocations.get_mut(&client) {
-                allocation.expires = expires;
+                allocation.refreshed_until = now.instant + lifetime;
+                let expires = allocation.update_expiry();
+                self.expiries.push(std::cmp::Reverse((expires, client)));
             }
-            self.expiries.push(std::cmp::Reverse((expires, client)));
             lifetime
         };
         let mut buf = Vec::with_capacity(128);
@@ -286,7 +297,11 @@ impl Server {
             if peer.is_ipv4() != relayed.is_ipv4() {
                 return Err(code::PEER_ADDRESS_FAMILY_MISMATCH);
             }
-            if !self.peer_allowed(peer.ip()) {
+            // CreatePermission is for the address (its port is
+            // meaningless); ChannelBind binds the exact transport address.
+            let port = (message.method() == method::CHANNEL_BIND).then_some(peer.port());
+            if let Err(refusal) = self.config.peers.check(peer.ip(), port) {
+                tracing::debug!(%peer, reason = refusal.as_str(), "peer refused");
                 return Err(code::FORBIDDEN);
             }
             peers.push(peer);
@@ -295,14 +310,6 @@ impl Server {
             return Err(code::BAD_REQUEST);
         }
         Ok(peers)
-    }
-
-    fn peer_allowed(&self, ip: IpAddr) -> bool {
-        let loopback = ip.is_loopback()
-            || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-        !(ip.is_unspecified()
-            || ip.is_multicast()
-            || (loopback && !self.config.allow_loopback_peers))
     }
 
     fn create_permission(

@@ -200,6 +200,36 @@ fn channel_data_flows_both_ways() {
 }
 
 #[test]
+fn a_channel_alone_keeps_data_flowing_past_the_permission_lifetime() {
+    let mut h = Harness::new(config());
+    let mut client = allocated(&mut h, alice());
+    client.bind_channel(peer(), h.now().instant);
+    h.exchange(&mut client, alice());
+    assert!(matches!(
+        client.poll_event(),
+        Some(ClientEvent::ChannelBound { .. })
+    ));
+    // The binding installed a 300 s permission; the client must rebind
+    // before it lapses, not just before the 600 s binding does.
+    let mut frame = Vec::new();
+    assert!(client.encode_to_peer(peer(), b"data", &mut frame));
+    for _ in 0..40 {
+        h.advance(Duration::from_secs(30));
+        client.handle_timeout(h.now().instant);
+        h.exchange(&mut client, alice());
+        let now = h.now();
+        assert!(
+            matches!(
+                h.server.handle_client(now, alice(), &frame, &mut h.sockets),
+                ClientAction::Relay { .. }
+            ),
+            "at {:?}",
+            h.elapsed
+        );
+    }
+}
+
+#[test]
 fn send_and_data_indications_work_with_a_permission_only() {
     let mut h = Harness::new(config());
     let mut client = allocated(&mut h, alice());
@@ -506,7 +536,7 @@ fn permissions_and_channels_are_checked() {
 #[test]
 fn loopback_peers_are_allowed_only_when_configured() {
     let mut config = config();
-    config.allow_loopback_peers = true;
+    config.peers.allow_loopback = true;
     let mut h = Harness::new(config);
     allocated(&mut h, alice());
     let request = signed(&mut h, alice(), method::CREATE_PERMISSION, [1; 12], |w| {
@@ -852,3 +882,6 @@ fn a_client_recovers_an_allocation_whose_answer_was_lost() {
         other => panic!("expected a fresh allocation after the 437, got {other:?}"),
     }
 }
+
+mod attacker;
+mod renewal;
