@@ -141,6 +141,14 @@ fn portal_mode(
                             ),
                             Some(_) => tracing::info!(%relay_id, "registered again"),
                         },
+                        Ok(PortalToRelay::RevokeCredentials { ids, not_after }) => {
+                            if let Some((relay, _)) = &running {
+                                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                                let not_after = u64::try_from(not_after.as_second()).unwrap_or(0);
+                                tracing::info!(devices = ids.len(), not_after, "credentials revoked");
+                                relay.revoke(&ids, not_after);
+                            }
+                        }
                         Ok(PortalToRelay::Disconnect { reason }) => {
                             tracing::warn!(?reason, "the portal disconnected this relay")
                         }

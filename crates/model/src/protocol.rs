@@ -355,6 +355,14 @@ pub enum PortalToRelay {
         relay_id: RelayId,
         auth_secret: String,
     },
+    /// Devices whose access ended (revoked token, deleted device, disabled
+    /// actor): the relay ends their allocations and refuses their TURN
+    /// credentials that expire at or before `not_after` (every one issued
+    /// so far; later ones, after a new sign-in, work).
+    RevokeCredentials {
+        ids: Vec<uuid::Uuid>,
+        not_after: Timestamp,
+    },
     Disconnect {
         reason: DisconnectReason,
     },
@@ -480,5 +488,25 @@ mod tests {
         let internet: ResourceDescription =
             serde_json::from_str(&resource_json("internet", "null")).unwrap();
         assert_eq!(internet.address, ResourceAddress::Internet);
+    }
+
+    #[test]
+    fn a_relay_revocation_names_devices_and_a_bound_on_expiry() {
+        let message: PortalToRelay = serde_json::from_str(
+            r#"{"type":"revoke_credentials","ids":["6a1f0d52-3a4b-4c1e-9a0e-2b7c9d1e4f30"],"not_after":"2026-05-01T12:15:00Z"}"#,
+        )
+        .unwrap();
+        let PortalToRelay::RevokeCredentials { ids, not_after } = message else {
+            panic!("{message:?}");
+        };
+        assert_eq!(ids.len(), 1);
+        assert_eq!(not_after.as_second(), 1_777_637_700);
+        // A malformed id is an error, not a revocation of someone else.
+        assert!(
+            serde_json::from_str::<PortalToRelay>(
+                r#"{"type":"revoke_credentials","ids":["nope"],"not_after":"2026-05-01T12:15:00Z"}"#
+            )
+            .is_err()
+        );
     }
 }
