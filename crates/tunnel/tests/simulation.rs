@@ -34,6 +34,11 @@ fn ice(tag: &str) -> IceCredentials {
 
 impl Sim {
     fn new(client_nat: Nat, gateway_nat: Nat) -> Sim {
+        Sim::with_credentials_for(client_nat, gateway_nat, Duration::from_secs(3600))
+    }
+
+    /// Both sides get relay credentials that live `lifetime`.
+    fn with_credentials_for(client_nat: Nat, gateway_nat: Nat, lifetime: Duration) -> Sim {
         let net = Net::new(&[client_nat, gateway_nat]);
         let now = net.now;
         let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
@@ -42,8 +47,9 @@ impl Sim {
             Node::new(Net::inside(0), secrets[0], true, 11),
             Node::new(Net::inside(1), secrets[1], false, 22),
         ];
+        let expiry = net.unix() + lifetime.as_secs();
         for (n, node) in nodes.iter_mut().enumerate() {
-            node.add_relay(Net::relay_config(ids[n]), now);
+            node.add_relay(Net::relay_config_until(ids[n], expiry), now);
         }
         let psk = [7u8; 32];
         let (client_ice, gateway_ice) = (ice("client"), ice("gateway"));
@@ -418,6 +424,44 @@ fn wait_for_path(sim: &mut Sim, relayed: bool, limit: Duration) -> Option<Durati
             && s.nodes[1].path(s.ids[0]).is_some()
     })
     .then(|| sim.net.now - started)
+}
+
+#[test]
+fn renewed_relay_credentials_keep_a_relayed_path_past_the_old_expiry() {
+    for renew in [false, true] {
+        let mut sim =
+            Sim::with_credentials_for(Nat::Symmetric, Nat::Symmetric, Duration::from_secs(60));
+        assert!(wait_for_path(&mut sim, true, Duration::from_secs(30)).is_some());
+        sim.run_until(Duration::from_secs(30), |_| false);
+        let paths = |sim: &Sim| [sim.nodes[0].path(sim.ids[1]), sim.nodes[1].path(sim.ids[0])];
+        let before = paths(&sim);
+        if renew {
+            // The portal renews at half-life.
+            let (now, expiry) = (sim.net.now, sim.net.unix() + 3600);
+            for side in 0..2 {
+                let config = Net::relay_config_until(sim.ids[side], expiry);
+                sim.nodes[side].add_relay(config, now);
+            }
+        }
+        // A packet each way every second, well past the first expiry.
+        let mut lost = 0;
+        for tag in 0..60 {
+            sim.run_until(Duration::from_secs(1), |_| false);
+            if sim.ping(0, tag).is_none() || sim.ping(1, tag).is_none() {
+                lost += 1;
+            }
+        }
+        println!("renewed: {renew}, seconds with a lost packet: {lost}");
+        if renew {
+            // The same allocations carry on: no break, no new path.
+            assert_eq!(lost, 0);
+            assert_eq!(paths(&sim), before);
+        } else {
+            // The relay ends the allocations with their credentials (what a
+            // revoked device meets).
+            assert!(lost > 0);
+        }
+    }
 }
 
 #[test]

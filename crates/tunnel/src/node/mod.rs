@@ -183,12 +183,10 @@ impl<P: PeerId> Node<P> {
 
     /// Allocates on a relay; its candidates reach every peer when ready.
     /// False if the node uses that server already (its credentials are
-    /// updated for the next allocation).
+    /// renewed: the live allocation is refreshed with them).
     pub fn add_relay(&mut self, relay: RelayConfig, now: Instant) -> bool {
         let added = self.relays.add(relay, now);
-        if added {
-            self.flush_relays(now);
-        }
+        self.flush_relays(now);
         added
     }
 

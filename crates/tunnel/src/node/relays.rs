@@ -78,6 +78,11 @@ impl Relays {
             .iter_mut()
             .find(|r| r.config.server == config.server)
         {
+            // Renewed credentials refresh a live allocation at once, so it
+            // outlives the old ones (the relay ends it when they lapse).
+            relay
+                .client
+                .set_credentials(&config.username, &config.password, now);
             relay.config = config;
             return false;
         }

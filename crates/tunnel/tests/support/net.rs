@@ -97,6 +97,9 @@ pub struct Net {
     pub stun_sent: usize,
     /// Every destination a host sent to: (host, destination).
     pub destinations: Vec<(usize, SocketAddr)>,
+    /// The wall clock (Unix seconds) when the simulation started: the
+    /// relay judges credentials' expiry on simulated time.
+    unix_started: u64,
 }
 
 impl Net {
@@ -126,6 +129,7 @@ impl Net {
             direct_blocked: false,
             stun_sent: 0,
             destinations: Vec::new(),
+            unix_started: unix_now(),
         }
     }
 
@@ -135,7 +139,11 @@ impl Net {
     }
 
     pub fn relay_config(device: Uuid) -> RelayConfig {
-        let expiry = unix_now() + 3600;
+        Net::relay_config_until(device, unix_now() + 3600)
+    }
+
+    /// Credentials for `device` that expire at `expiry` (Unix seconds).
+    pub fn relay_config_until(device: Uuid, expiry: u64) -> RelayConfig {
         let username = rest_username(expiry, &device.to_string());
         RelayConfig {
             server: SocketAddr::new(IpAddr::V4(RELAY_IP), 3478),
@@ -208,7 +216,7 @@ impl Net {
     fn relay_receive(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         let now = Now {
             instant: self.now,
-            unix_secs: unix_now(),
+            unix_secs: self.unix(),
         };
         if to.port() == 3478 {
             match self
@@ -249,6 +257,11 @@ impl Net {
     }
 
     /// Moves the clock to `next` (at least a millisecond on).
+    /// Unix seconds now, in simulated time.
+    pub fn unix(&self) -> u64 {
+        self.unix_started + (self.now - self.started).as_secs()
+    }
+
     pub fn advance(&mut self, next: Option<Instant>) {
         let next = next.unwrap_or(self.now + Duration::from_millis(10));
         self.now = next.max(self.now + Duration::from_millis(1));
