@@ -17,6 +17,7 @@ mod loader;
 mod notify;
 mod shell;
 mod socket;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,7 +71,8 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
     };
     let hub = Hub::new(config, Instant::now());
     let changes = state.subscribe_changes();
-    tokio::spawn(Shell::new(hub, state, cluster).run(receiver, changes));
+    let writer = writer::spawn(state.store.clone());
+    tokio::spawn(Shell::new(hub, state, cluster, writer).run(receiver, changes));
     Ok(())
 }
 

@@ -19,9 +19,11 @@ use uuid::Uuid;
 use super::super::graph::AccountGraph;
 use super::super::keys::{PairIds, PairSecrets};
 use super::grants::{Asker, GatewayRoute, Grant, Key, Refs};
-use super::io::{ConnId, Metric};
+use super::io::{ConnId, GrantKey, GrantWrite, Metric};
 use super::post::Post;
 use super::selection::{Candidate, Selection, candidates};
+
+mod ledger;
 
 /// Refs are the sender's labels; a long one is abuse, not a label.
 pub(super) const MAX_REF: usize = 128;
@@ -58,6 +60,9 @@ pub(super) struct Redecided {
 
 pub(super) struct Access {
     grants: HashMap<Key, Grant>,
+    /// Rows this node deleted, with their account and write sequence,
+    /// until a load read after the delete (see `ledger`).
+    tombstones: HashMap<GrantKey, (Uuid, u64)>,
     /// By the portal's ref of the `authorize`.
     pending: HashMap<String, Pending>,
     secrets: PairSecrets,
@@ -71,6 +76,7 @@ impl Access {
     pub(super) fn new(node: Uuid, secrets: PairSecrets, timeout: Duration, seed: u64) -> Self {
         Access {
             grants: HashMap::new(),
+            tombstones: HashMap::new(),
             pending: HashMap::new(),
             secrets,
             timeout,
@@ -164,6 +170,9 @@ impl Access {
                     asker,
                     gateway,
                     authorization: authorization.clone(),
+                    granted_at: wall,
+                    own: true,
+                    written: 0,
                 },
             },
         );
@@ -195,7 +204,7 @@ impl Access {
         let Some(pending) = self.pending.remove(reference) else {
             return;
         };
-        let grant = pending.grant;
+        let mut grant = pending.grant;
         let granted = PortalToClient::AccessGranted {
             reference: pending.client_ref,
             resource_id: grant.authorization.resource.id,
@@ -214,6 +223,9 @@ impl Access {
         {
             self.revoke(key, post);
         }
+        // In the store before anyone hears of it: a node that restarts
+        // after this knows it, and so does every other node.
+        grant.written = post.persist(GrantWrite::Put(Box::new(grant.record())));
         self.grants.insert(key, grant);
         post.gateway_load(gateway, self.load(gateway));
         post.metric(Metric::Granted);
@@ -306,6 +318,7 @@ impl Access {
         let Some(grant) = self.grants.remove(&key) else {
             return;
         };
+        self.forget_stored(&grant, post);
         let (client_id, resource_id) = key;
         post.deliver_to_gateway(
             grant.gateway.id,
@@ -316,6 +329,14 @@ impl Access {
         );
         post.deliver_to_client(client_id, PortalToClient::AccessRevoked { resource_id });
         post.gateway_load(grant.gateway.id, self.load(grant.gateway.id));
+    }
+
+    /// Deletes a grant's row; until a load reads after the delete, a row
+    /// of it that a load still shows is not taken back.
+    fn forget_stored(&mut self, grant: &Grant, post: &mut Post) {
+        let key = grant.stored_key();
+        let seq = post.persist(GrantWrite::Delete(key));
+        self.tombstones.insert(key, (grant.asker.account, seq));
     }
 
     /// Revokes every grant `pick` chooses.
@@ -393,13 +414,21 @@ impl Access {
         gateways
     }
 
-    /// Grants with an expiry at or before `now`: (account, client device).
+    /// Grants with an expiry (theirs or their token's) at or before `now`:
+    /// (account, client device).
     pub(super) fn expired(&self, now: Timestamp) -> Vec<(Uuid, ClientId)> {
-        self.grants
+        let mut expired: Vec<(Uuid, ClientId)> = self
+            .grants
             .values()
-            .filter(|g| g.authorization.expires_at.is_some_and(|at| at <= now))
+            .filter(|g| {
+                g.authorization.expires_at.is_some_and(|at| at <= now)
+                    || g.asker.token_expires.is_some_and(|at| at <= now)
+            })
             .map(|g| (g.asker.account, g.asker.peer.id))
-            .collect()
+            .collect();
+        expired.sort_unstable();
+        expired.dedup();
+        expired
     }
 
     /// Decides a device's grants again, with the facts they were made with.
@@ -413,7 +442,11 @@ impl Access {
         for (key, grant) in self.grants.iter_mut().filter(|(k, _)| k.0 == device) {
             let resource_id = key.1;
             let actor = grant.asker.actor_id;
-            let still_visible = graph.actor_active(actor)
+            // A token that expired ends what was granted under it (the
+            // policy may still allow the pair).
+            let token_live = grant.asker.token_expires.is_none_or(|at| at > now);
+            let still_visible = token_live
+                && graph.actor_active(actor)
                 && graph.resources.contains_key(&resource_id.0)
                 && graph
                     .policies
@@ -439,8 +472,8 @@ impl Access {
         redecided
     }
 
-    /// The grants a gateway holds, split by whether they were made for
-    /// `key` (its current process) or an earlier one.
+    /// The grants a gateway holds, split by whether they were made by this
+    /// node for `key` (its current process) or for an earlier one.
     pub(super) fn on_gateway(
         &self,
         gateway: GatewayId,
@@ -450,7 +483,9 @@ impl Access {
         let mut stale = Vec::new();
         for grant in self.grants.values().filter(|g| g.gateway.id == gateway) {
             if grant.gateway.public_key == *key {
-                same.push(grant.authorization.clone());
+                if grant.own {
+                    same.push(grant.authorization.clone());
+                }
             } else {
                 stale.push(grant.key());
             }

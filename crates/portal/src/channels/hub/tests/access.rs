@@ -103,7 +103,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
     let mut w = World::with_client_and_gateway(graph(1, &[1]));
     w.grant();
     // The same process reconnecting keeps what it authorized.
-    let out = w.input(gateway(3, SITE, GATEWAY, 2));
+    let out = w.join_gateway(3, SITE, GATEWAY, 2);
     let Some(PortalToGateway::Init { authorizations, .. }) = gateway_frames(&out, 3).pop() else {
         panic!("no init: {out:?}");
     };
@@ -119,7 +119,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
     assert!(out.contains(&Output::Close { conn: 2 }));
 
     // A restarted process (a new key) finds its grants void.
-    let out = w.input(gateway(4, SITE, GATEWAY, 9));
+    let out = w.join_gateway(4, SITE, GATEWAY, 9);
     assert_eq!(
         client_frames(&out, 1),
         vec![PortalToClient::AccessRevoked {
@@ -143,7 +143,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
 fn candidates_pass_only_between_paired_devices() {
     let mut w = World::with_client_and_gateway(graph(1, &[1]));
     let stranger = GatewayId::from_u128(0x92);
-    w.input(gateway(3, OTHER_SITE, stranger, 3));
+    w.join_gateway(3, OTHER_SITE, stranger, 3);
     let candidates = |peer: GatewayId| {
         from_client(
             1,

@@ -23,7 +23,8 @@ fn a_policy_change_revokes_the_grant_at_both_ends() {
         out,
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 1,
         })]
     );
     let out = w.loaded(ACCOUNT, graph(1, &[]));
@@ -84,7 +85,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         w.input(client(1, ACCOUNT, CLIENT, 1)),
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
     // Its request and a change come before its graph: both wait, in order.
@@ -101,7 +103,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         w.input(client(7, other, other_client, 7)),
         vec![Output::Load(LoadRequest {
             account: other,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
     let out = w.loaded(other, graph(2, &[1, 2]));
@@ -127,7 +130,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         out.last(),
         Some(&Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         }))
     );
     let out = w.loaded(ACCOUNT, graph(1, &[]));
@@ -159,7 +163,8 @@ fn a_failed_first_load_closes_the_channels_waiting_for_it() {
         w.input(client(3, ACCOUNT, CLIENT, 1)),
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
 }
@@ -199,7 +204,7 @@ fn a_filter_change_while_the_gateway_confirms_reaches_it_and_the_grant() {
         2,
         postern_model::protocol::GatewayToPortal::Authorized { reference },
     ));
-    let reconnect = w.input(gateway(3, SITE, GATEWAY, 2));
+    let reconnect = w.join_gateway(3, SITE, GATEWAY, 2);
     let init = reconnect.iter().find_map(|o| match o {
         Output::Send {
             frame: Frame::Gateway(PortalToGateway::Init { authorizations, .. }),
