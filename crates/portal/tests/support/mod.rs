@@ -89,7 +89,10 @@ impl TestApp {
     /// the same account and admin.
     pub async fn another_node(&self, url: &str) -> TestApp {
         let store = Store::open(url).await.expect("open the store");
-        let state = Arc::new(AppState::new(store));
+        let mut state = AppState::new(store);
+        // The nodes of one portal share its secret key.
+        state.secret_key = self.state.secret_key.clone();
+        let state = Arc::new(state);
         let router = postern_portal::testing::api_router().with_state(state.clone());
         TestApp {
             router,
