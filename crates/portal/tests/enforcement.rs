@@ -148,3 +148,132 @@ async fn grants_outlive_a_portal_restart_and_revocations_reach_gateways_that_wer
     let revoke = gateway.next_of("revoke").await;
     assert_eq!(revoke["resource_id"], json!(wiki));
 }
+
+/// One client floods `request_access` (thousands, without reading): its
+/// gateway stays connected and gets one `authorize`, and a client of
+/// another account is answered at once meanwhile; the flooder is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_spares_the_gateway_and_other_accounts() {
+    let db = TempDb::new("flood");
+    let app = TestApp::open_with(&db.url(), "acme", |state| {
+        state.limits.channel_rate.abuse_after = Duration::from_secs(2);
+    })
+    .await;
+    let addr = app.serve().await;
+    let ours = support::seed(&app).await;
+    let theirs_admin = app.second_account("other").await;
+    let theirs = support::seed_as(&app, &theirs_admin).await;
+
+    let (mut gateway, _) = connect(addr, "/v1/gateway", &ours.gateway_token, "gw-1", 1).await;
+    let (mut their_gateway, _) =
+        connect(addr, "/v1/gateway", &theirs.gateway_token, "gw-2", 3).await;
+    let (mut their_client, _) =
+        connect(addr, "/v1/client", &theirs.client_token, "their-laptop", 4).await;
+    let (mut flooder, _) = connect(addr, "/v1/client", &ours.client_token, "laptop", 2).await;
+
+    let resource = ours.resource.clone();
+    let flood = tokio::spawn(async move {
+        for n in 0..3000 {
+            let request =
+                json!({"type": "request_access", "ref": format!("f{n}"), "resource_id": resource});
+            if tokio::time::timeout(
+                Duration::from_secs(5),
+                flooder.send_raw(&request.to_string()),
+            )
+            .await
+            .is_err()
+            {
+                break;
+            }
+        }
+        flooder
+    });
+
+    // Another account is served at once, flood or not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    grant(
+        &mut their_client,
+        &mut their_gateway,
+        &theirs.resource,
+        "mine",
+    )
+    .await;
+    let latency = started.elapsed();
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+
+    // Our gateway, busy meanwhile (it read nothing), is still connected and
+    // was asked about once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let authorize = gateway.next_of("authorize").await;
+    gateway
+        .send(json!({"type": "authorized", "ref": authorize["ref"]}))
+        .await;
+    let mut more = 0;
+    while let Some(message) = gateway.next_within(Duration::from_millis(300)).await {
+        assert_ne!(message["type"], "disconnect", "{message}");
+        more += usize::from(message["type"] == "authorize");
+    }
+    // Repeats wait on the request out (a new one only once it is answered).
+    assert!(more <= 2, "{more} authorizes for one resource");
+    assert!(!gateway.closed_within(Duration::from_millis(200)).await);
+
+    // The flooder is cut off.
+    let mut flooder = tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the flood ends")
+        .unwrap();
+    assert!(flooder.closed_within(Duration::from_secs(10)).await);
+}
+
+/// A token that mints device after device is refused past its cap with a
+/// message saying why (HTTP 403 before the upgrade); known devices still
+/// connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_capped_per_token() {
+    let db = TempDb::new("caps");
+    let app = TestApp::open_with(&db.url(), "acme", |state| {
+        state.limits.devices_per_token = 2;
+    })
+    .await;
+    let addr = app.serve().await;
+    let seeded = support::seed(&app).await;
+    for (n, device) in ["one", "two"].into_iter().enumerate() {
+        connect(
+            addr,
+            "/v1/client",
+            &seeded.client_token,
+            device,
+            n as u8 + 1,
+        )
+        .await;
+    }
+    let refused = Peer::connect(addr, "/v1/client", &seeded.client_token, "three", &key(3)).await;
+    assert_eq!(refused.err(), Some(403));
+    let detail = reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/v1/client?device_id=three&public_key={}",
+            key(3)
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        ))
+        .header("authorization", format!("Bearer {}", seeded.client_token))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail.status(), 403);
+    let body: Value = detail.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--max-devices-per-token"),
+        "{body}"
+    );
+    connect(addr, "/v1/client", &seeded.client_token, "one", 1).await;
+}

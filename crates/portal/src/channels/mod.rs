@@ -8,6 +8,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod allowance;
 pub(crate) mod cluster;
 pub(crate) mod graph;
 pub(crate) mod hub;
@@ -88,6 +89,7 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
         clustered: cluster.is_some(),
         secrets,
         authorize_timeout: state.authorize_timeout,
+        pending_per_client: state.limits.pending_per_client,
         seed: u64::from_le_bytes(seed),
     };
     let hub = Hub::new(config, Instant::now());

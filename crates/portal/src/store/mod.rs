@@ -60,6 +60,9 @@ pub enum StoreError {
     /// A row this one refers to does not exist.
     #[error("a referenced object does not exist")]
     MissingReference,
+    /// A cap on what one token or actor may create (the text says which).
+    #[error("{0}")]
+    LimitReached(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error("database error: {0}")]

@@ -27,12 +27,16 @@ mod ledger;
 
 /// Refs are the sender's labels; a long one is abuse, not a label.
 pub(super) const MAX_REF: usize = 128;
+/// Requests for a resource already asked for wait on that one; this many
+/// refs at most are answered with it (issue 15, M5).
+const MAX_COALESCED: usize = 8;
 
 /// A request waiting for the gateway's `authorized`.
 #[derive(Debug)]
 struct Pending {
     client_conn: ConnId,
-    client_ref: String,
+    /// The client's refs: its request and the repeats that wait on it.
+    client_refs: Vec<String>,
     route: GatewayRoute,
     deadline: Instant,
     grant: Grant,
@@ -68,13 +72,22 @@ pub(super) struct Access {
     secrets: PairSecrets,
     /// How long a gateway has to confirm (SPEC section 5: 15 s).
     timeout: Duration,
+    /// Requests one client channel may have waiting (issue 15, M5).
+    max_pending: usize,
     selection: Selection,
     refs: Refs,
 }
 
 impl Access {
-    pub(super) fn new(node: Uuid, secrets: PairSecrets, timeout: Duration, seed: u64) -> Self {
+    pub(super) fn new(
+        node: Uuid,
+        secrets: PairSecrets,
+        timeout: Duration,
+        max_pending: usize,
+        seed: u64,
+    ) -> Self {
         Access {
+            max_pending,
             grants: HashMap::new(),
             tombstones: HashMap::new(),
             pending: HashMap::new(),
@@ -107,6 +120,31 @@ impl Access {
             post.deny(conn, reference, resource_id, DenyReason::NotFound, vec![]);
             return;
         };
+        // A repeat of a request still waiting waits on it: one `authorize`
+        // per (client, resource), however often the client asks.
+        let mut waiting = 0;
+        for pending in self.pending.values_mut() {
+            if pending.client_conn != conn {
+                continue;
+            }
+            if pending.grant.authorization.resource.id == resource_id {
+                if pending.client_refs.len() < MAX_COALESCED {
+                    pending.client_refs.push(reference);
+                } else {
+                    let message = "this resource was asked for already; wait for the answer";
+                    post.error(conn, Some(reference), message.to_string());
+                }
+                return;
+            }
+            waiting += 1;
+        }
+        if waiting >= self.max_pending {
+            let message = format!(
+                "{waiting} access requests are waiting for gateways; wait for their answers"
+            );
+            post.error(conn, Some(reference), message);
+            return;
+        }
         let decision = graph.policies.decide(
             graph.groups(asker.actor_id),
             resource_id.0,
@@ -163,7 +201,7 @@ impl Access {
             portal_ref.clone(),
             Pending {
                 client_conn: conn,
-                client_ref: reference,
+                client_refs: vec![reference],
                 route,
                 deadline: now + self.timeout,
                 grant: Grant {
@@ -205,14 +243,15 @@ impl Access {
             return;
         };
         let mut grant = pending.grant;
-        let granted = PortalToClient::AccessGranted {
-            reference: pending.client_ref,
+        let granted = |reference| PortalToClient::AccessGranted {
+            reference,
             resource_id: grant.authorization.resource.id,
             gateway: grant.gateway.clone(),
             preshared_key: grant.authorization.preshared_key,
             ice: grant.authorization.ice.clone(),
             expires_at: grant.authorization.expires_at,
         };
+        let answers: Vec<PortalToClient> = pending.client_refs.into_iter().map(granted).collect();
         let gateway = grant.gateway.id;
         let key = grant.key();
         // A grant on another gateway for the same resource is replaced.
@@ -229,7 +268,9 @@ impl Access {
         self.grants.insert(key, grant);
         post.gateway_load(gateway, self.load(gateway));
         post.metric(Metric::Granted);
-        post.client(pending.client_conn, granted);
+        for answer in answers {
+            post.client(pending.client_conn, answer);
+        }
     }
 
     /// A pending request that cannot complete: the client hears `offline`.
@@ -237,13 +278,15 @@ impl Access {
         if let Some(pending) = self.pending.remove(reference) {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
-            post.deny(
-                pending.client_conn,
-                pending.client_ref,
-                resource_id,
-                DenyReason::Offline,
-                vec![],
-            );
+            for reference in pending.client_refs {
+                post.deny(
+                    pending.client_conn,
+                    reference,
+                    resource_id,
+                    DenyReason::Offline,
+                    vec![],
+                );
+            }
         }
     }
 

@@ -265,6 +265,8 @@ pub(crate) struct HubConfig {
     pub secrets: HubSecrets,
     /// How long a gateway has to confirm an authorization.
     pub authorize_timeout: Duration,
+    /// Access requests one client channel may have waiting.
+    pub pending_per_client: usize,
     /// Seeds the tie-break among equally loaded gateways.
     pub seed: u64,
 }

@@ -84,6 +84,7 @@ impl Hub {
                 config.node,
                 PairSecrets::new(config.secrets.pair_secret),
                 config.authorize_timeout,
+                config.pending_per_client,
                 config.seed,
             ),
             evaluation: Evaluation::default(),

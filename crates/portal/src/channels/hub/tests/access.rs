@@ -187,3 +187,54 @@ fn candidates_pass_only_between_paired_devices() {
     assert_eq!(w.input(candidates(stranger)), vec![]);
     assert_eq!(w.input(to_client(3, CLIENT)), vec![]);
 }
+
+#[test]
+fn a_flood_of_requests_sends_the_gateway_one_authorize_per_resource() {
+    let mut w = World::with_client_and_gateway(graph(6, &[1, 2, 3, 4, 5, 6]));
+    let mut authorizes = Vec::new();
+    let mut errors = Vec::new();
+    for n in 0..20 {
+        let out = w.input(request(1, &format!("r{n}"), resource(1).id));
+        authorizes.extend(
+            gateway_frames(&out, 2)
+                .into_iter()
+                .filter(|m| matches!(m, PortalToGateway::Authorize { .. })),
+        );
+        errors.extend(client_frames(&out, 1));
+    }
+    assert_eq!(authorizes.len(), 1, "{authorizes:?}");
+    // Eight refs wait on it; the rest are told to wait.
+    assert_eq!(errors.len(), 12, "{errors:?}");
+    assert!(errors.iter().all(|m| matches!(
+        m,
+        PortalToClient::Error {
+            reference: Some(_),
+            ..
+        }
+    )));
+    let Some(PortalToGateway::Authorize { reference, .. }) = authorizes.pop() else {
+        unreachable!()
+    };
+    let out = w.input(from_gateway(2, GatewayToPortal::Authorized { reference }));
+    let granted: Vec<String> = client_frames(&out, 1)
+        .into_iter()
+        .filter_map(|m| match m {
+            PortalToClient::AccessGranted { reference, .. } => Some(reference),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, (0..8).map(|n| format!("r{n}")).collect::<Vec<_>>());
+
+    // Requests for other resources: at most four wait (the test's cap).
+    let mut authorizes = 0;
+    let mut refused = 0;
+    for n in 2..=6 {
+        let out = w.input(request(1, &format!("x{n}"), resource(n).id));
+        authorizes += gateway_frames(&out, 2).len();
+        refused += client_frames(&out, 1)
+            .iter()
+            .filter(|m| matches!(m, PortalToClient::Error { .. }))
+            .count();
+    }
+    assert_eq!((authorizes, refused), (4, 1));
+}

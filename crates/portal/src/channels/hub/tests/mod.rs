@@ -160,6 +160,7 @@ pub(crate) fn config(node: u128) -> HubConfig {
             turn_secret: "turn".to_string(),
         },
         authorize_timeout: Duration::from_secs(15),
+        pending_per_client: 4,
         seed: 1,
     }
 }
