@@ -200,7 +200,13 @@ async fn join(
     };
 
     let id = state.next_connection_id();
-    let (sender, outbound) = mpsc::channel(state.outbound_queue.max(1));
+    // A gateway hears for all its clients: a deeper queue before it counts
+    // as too slow (and is dropped, with every client it serves).
+    let depth = match speaker {
+        Speaker::Gateway => state.outbound_queue.saturating_mul(4),
+        Speaker::Client | Speaker::Relay => state.outbound_queue,
+    };
+    let (sender, outbound) = mpsc::channel(depth.max(1));
     let rate = match speaker {
         Speaker::Gateway => state.limits.channel_rate.gateway(),
         Speaker::Client | Speaker::Relay => state.limits.channel_rate,

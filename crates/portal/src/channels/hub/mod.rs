@@ -88,7 +88,7 @@ impl Hub {
                 config.seed,
             ),
             evaluation: Evaluation::default(),
-            routing: Routing::new(config.node, config.clustered, now),
+            routing: Routing::new(config.node, config.clustered, config.authorize_timeout, now),
             relays: Relays::new(config.secrets.turn_secret),
             out: Outbox::default(),
         }
@@ -181,7 +181,7 @@ impl Hub {
                 };
                 self.out.doom(conn, reason);
             }
-            Event::Cluster(message) => self.cluster(*message, wall),
+            Event::Cluster(message) => self.cluster(*message, now, wall),
         }
         self.reap(wall);
     }

@@ -238,3 +238,82 @@ fn a_flood_of_requests_sends_the_gateway_one_authorize_per_resource() {
     }
     assert_eq!((authorizes, refused), (4, 1));
 }
+
+/// Another node's `authorize` passed to a gateway here is confirmed only by
+/// that gateway (L9), and forgotten once its deadline passed.
+#[test]
+fn only_the_gateway_a_forwarded_authorize_went_to_confirms_it() {
+    use postern_model::protocol::{Authorization, IceCredentials, PairIce, Peer};
+    use postern_model::{PresharedKey, PublicKey};
+
+    use crate::channels::cluster::ClusterMessage;
+
+    let mut w = World::clustered();
+    w.input(gateway(2, SITE, GATEWAY, 2));
+    w.loaded(ACCOUNT, graph(1, &[1]));
+    let other = GatewayId::from_u128(0x92);
+    w.join_gateway(3, OTHER_SITE, other, 3);
+    let origin = uuid::Uuid::from_u128(0x0e);
+    let ice = IceCredentials {
+        username_fragment: "abcd".to_string(),
+        password: "0123456789abcdefghijklmn".to_string(),
+    };
+    let forward = |reference: &str| {
+        Input::Cluster(Box::new(ClusterMessage::ToGateway {
+            from: origin,
+            to: uuid::Uuid::from_u128(0xde),
+            device: GATEWAY,
+            message: Box::new(PortalToGateway::Authorize {
+                reference: reference.to_string(),
+                authorization: Box::new(Authorization {
+                    client: Peer {
+                        id: CLIENT,
+                        public_key: PublicKey([1; 32]),
+                        ipv4: "100.64.0.9".parse().unwrap(),
+                        ipv6: "fd7e:5057:6e00::9".parse().unwrap(),
+                    },
+                    resource: resource(1),
+                    preshared_key: PresharedKey([4; 32]),
+                    ice: PairIce {
+                        client: ice.clone(),
+                        gateway: ice.clone(),
+                    },
+                    expires_at: None,
+                }),
+            }),
+        }))
+    };
+    let confirmed = |out: &[Output]| {
+        out.iter().any(|o| {
+            matches!(o, Output::Publish(ClusterMessage::Authorized { to, .. }) if *to == origin)
+        })
+    };
+    let out = w.input(forward("0000000e-1"));
+    assert_eq!(gateway_frames(&out, 2).len(), 1, "{out:?}");
+    // Another gateway's `authorized` for that ref confirms nothing.
+    let out = w.input(from_gateway(
+        3,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-1".to_string(),
+        },
+    ));
+    assert!(!confirmed(&out), "{out:?}");
+    let out = w.input(from_gateway(
+        2,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-1".to_string(),
+        },
+    ));
+    assert!(confirmed(&out), "{out:?}");
+    // One nobody confirmed in time is forgotten.
+    w.input(forward("0000000e-2"));
+    w.wait(Duration::from_secs(16));
+    w.input(Input::Tick);
+    let out = w.input(from_gateway(
+        2,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-2".to_string(),
+        },
+    ));
+    assert!(!confirmed(&out), "{out:?}");
+}

@@ -177,6 +177,15 @@ impl World {
         }
     }
 
+    /// A hub that publishes to other nodes (PostgreSQL).
+    pub(crate) fn clustered() -> Self {
+        let mut world = World::new();
+        let mut config = config(0xde);
+        config.clustered = true;
+        world.hub = Hub::new(config, world.now);
+        world
+    }
+
     /// A portal restart: a new hub (another node id) over the same store,
     /// a little later.
     pub(crate) fn restart(&mut self) {
