@@ -392,3 +392,93 @@ async fn forged_cluster_messages_are_dropped_and_counted() {
     notify(&mut mallory, &sealed).await;
     assert_eq!(gateway.next_of("authorize").await["ref"], "evil");
 }
+
+/// The last two admins demote each other at the same moment, again and
+/// again: one of them always stays admin (L12: the check and the write are
+/// one step on PostgreSQL too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_demoting_each_other_leave_one() {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    let server = TempPostgres::start_named("admins");
+    let url = server.database("admins").await;
+    let app = TestApp::open(&url, "acme").await;
+    let first = app.admin_id.to_string();
+    let second = support::id(
+        &app.expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "b", "email": "b@example.test", "role": "admin"})),
+        )
+        .await,
+    );
+    let minted = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{second}/tokens"),
+            None,
+        )
+        .await;
+    let tokens = [
+        app.token.clone(),
+        minted["token"].as_str().unwrap().to_string(),
+    ];
+    let enabled_admins = async || {
+        let (_, actors) = app.call_as(Some(&tokens[0]), "GET", "/actors", None).await;
+        let (_, more) = app.call_as(Some(&tokens[1]), "GET", "/actors", None).await;
+        // Neither token works once neither actor is an admin.
+        let list = if actors["data"].is_array() {
+            actors
+        } else {
+            more
+        };
+        list["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["role"] == "admin" && a["disabled"] == false)
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for round in 0..15 {
+        let (path_a, path_b) = (format!("/actors/{second}"), format!("/actors/{first}"));
+        let (a, b) = tokio::join!(
+            app.call_as(
+                Some(&tokens[0]),
+                "PATCH",
+                &path_a,
+                Some(json!({"role": "user"}))
+            ),
+            app.call_as(
+                Some(&tokens[1]),
+                "PATCH",
+                &path_b,
+                Some(json!({"role": "user"}))
+            ),
+        );
+        let left = enabled_admins().await;
+        assert!(
+            !left.is_empty(),
+            "round {round}: no admin left ({a:?}, {b:?})"
+        );
+        // Promote the demoted one again for the next round.
+        let (keeper, demoted) = if left.contains(&first) {
+            (&tokens[0], &second)
+        } else {
+            (&tokens[1], &first)
+        };
+        let (status, body) = app
+            .call_as(
+                Some(keeper),
+                "PATCH",
+                &format!("/actors/{demoted}"),
+                Some(json!({"role": "admin"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}

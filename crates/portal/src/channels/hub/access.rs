@@ -120,6 +120,25 @@ impl Access {
             post.deny(conn, reference, resource_id, DenyReason::NotFound, vec![]);
             return;
         };
+        // A key another device holds (another client's, a gateway's) gets
+        // nothing: a gateway that knew it for two peers would confuse them
+        // (issue 15, L12).
+        if self.key_taken(&asker.peer)
+            || post
+                .presence()
+                .key_taken(&asker.peer.public_key, asker.peer.id.0)
+        {
+            tracing::warn!(client = %asker.peer.id, "a client presented another device's public key; refused");
+            let violated = vec!["public_key".to_string()];
+            post.deny(
+                conn,
+                reference,
+                resource_id,
+                DenyReason::Forbidden,
+                violated,
+            );
+            return;
+        }
         // A repeat of a request still waiting waits on it: one `authorize`
         // per (client, resource), however often the client asks.
         let mut waiting = 0;
@@ -221,6 +240,15 @@ impl Access {
                 authorization: Box::new(authorization),
             },
         );
+    }
+
+    /// Whether a grant or a request pairs `peer`'s key with another device.
+    fn key_taken(&self, peer: &postern_model::protocol::Peer<ClientId>) -> bool {
+        let clash = |grant: &Grant| {
+            (grant.asker.peer.public_key == peer.public_key && grant.asker.peer.id != peer.id)
+                || grant.gateway.public_key == peer.public_key
+        };
+        self.grants.values().any(clash) || self.pending.values().any(|p| clash(&p.grant))
     }
 
     /// A fresh ref for an `authorize`.

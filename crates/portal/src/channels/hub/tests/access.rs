@@ -317,3 +317,37 @@ fn only_the_gateway_a_forwarded_authorize_went_to_confirms_it() {
     ));
     assert!(!confirmed(&out), "{out:?}");
 }
+
+/// A client that presents another device's public key (another client's,
+/// or its gateway's) is refused, and the device whose key it is keeps its
+/// grant (L12).
+#[test]
+fn a_client_with_another_devices_key_gets_nothing_and_disturbs_nothing() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    w.grant();
+    let impostor = ClientId::from_u128(0xc3);
+    for (conn, key) in [(5, 1), (6, 2)] {
+        w.input(client(conn, ACCOUNT, impostor, key));
+        let out = w.input(request(conn, "steal", resource(1).id));
+        assert!(gateway_frames(&out, 2).is_empty(), "{out:?}");
+        assert!(
+            matches!(
+                client_frames(&out, conn).as_slice(),
+                [PortalToClient::AccessDenied {
+                    reason: DenyReason::Forbidden,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+        w.input(Input::Closed { conn });
+    }
+    // The real client's grant stands.
+    let out = w.join_gateway(3, SITE, GATEWAY, 2);
+    let init = gateway_frames(&out, 3).into_iter().find_map(|m| match m {
+        PortalToGateway::Init { authorizations, .. } => Some(authorizations.len()),
+        _ => None,
+    });
+    assert_eq!(init, Some(1));
+}
