@@ -60,6 +60,8 @@ pub(super) struct Redecided {
     pub revoked: Vec<Key>,
     /// Grants whose expiry moved, for their gateways.
     pub extended: Vec<(GatewayId, Authorization)>,
+    /// Requests waiting on a gateway that are no longer allowed, by ref.
+    pub refused: Vec<String>,
 }
 
 pub(super) struct Access {
@@ -502,7 +504,10 @@ impl Access {
         expired
     }
 
-    /// Decides a device's grants again, with the facts they were made with.
+    /// Decides a device's grants again, with the facts they were made with;
+    /// and its requests still waiting on a gateway, which were decided on
+    /// an older graph (a grant must not come of them if that no longer
+    /// allows it).
     pub(super) fn redecide(
         &mut self,
         device: ClientId,
@@ -511,25 +516,8 @@ impl Access {
     ) -> Redecided {
         let mut redecided = Redecided::default();
         for (key, grant) in self.grants.iter_mut().filter(|(k, _)| k.0 == device) {
-            let resource_id = key.1;
-            let actor = grant.asker.actor_id;
-            // A token that expired ends what was granted under it (the
-            // policy may still allow the pair).
-            let token_live = grant.asker.token_expires.is_none_or(|at| at > now);
-            let still_visible = token_live
-                && graph.actor_active(actor)
-                && graph.resources.contains_key(&resource_id.0)
-                && graph
-                    .policies
-                    .visible_resources(graph.groups(actor))
-                    .contains(&resource_id.0);
-            match graph
-                .policies
-                .decide(graph.groups(actor), resource_id.0, &grant.asker.facts(now))
-            {
-                Decision::Allow { expires_at, .. } if still_visible => {
-                    // Another window may carry it on; the token still bounds it.
-                    let expires_at = earliest(expires_at, grant.asker.token_expires);
+            match decide_again(grant, graph, now) {
+                Some(expires_at) => {
                     if expires_at != grant.authorization.expires_at {
                         grant.authorization.expires_at = expires_at;
                         redecided
@@ -537,10 +525,35 @@ impl Access {
                             .push((grant.gateway.id, grant.authorization.clone()));
                     }
                 }
-                _ => redecided.revoked.push(*key),
+                None => redecided.revoked.push(*key),
             }
         }
+        redecided.refused = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.grant.asker.peer.id == device)
+            .filter(|(_, p)| decide_again(&p.grant, graph, now).is_none())
+            .map(|(reference, _)| reference.clone())
+            .collect();
         redecided
+    }
+
+    /// A waiting request the graph no longer allows: the client hears
+    /// `forbidden`, the gateway takes back what it may have applied.
+    pub(super) fn refuse(&mut self, reference: &str, post: &mut Post) {
+        if let Some(pending) = self.pending.remove(reference) {
+            let resource_id = pending.grant.authorization.resource.id;
+            self.withdraw(&pending.grant, post);
+            for reference in pending.client_refs {
+                post.deny(
+                    pending.client_conn,
+                    reference,
+                    resource_id,
+                    DenyReason::Forbidden,
+                    vec![],
+                );
+            }
+        }
     }
 
     /// The grants a gateway holds, split by whether they were made by this
@@ -574,6 +587,33 @@ fn load(grants: &HashMap<Key, Grant>, gateway: GatewayId) -> u64 {
     clients.sort_unstable();
     clients.dedup();
     clients.len() as u64
+}
+
+/// A grant's expiry if the graph still allows it with the facts it was
+/// made with (the token bounds it), `None` if not.
+fn decide_again(grant: &Grant, graph: &AccountGraph, now: Timestamp) -> Option<Option<Timestamp>> {
+    let resource_id = grant.authorization.resource.id;
+    let actor = grant.asker.actor_id;
+    // A token that expired ends what was granted under it (the policy may
+    // still allow the pair).
+    let token_live = grant.asker.token_expires.is_none_or(|at| at > now);
+    let still_visible = token_live
+        && graph.actor_active(actor)
+        && graph.resources.contains_key(&resource_id.0)
+        && graph
+            .policies
+            .visible_resources(graph.groups(actor))
+            .contains(&resource_id.0);
+    match graph
+        .policies
+        .decide(graph.groups(actor), resource_id.0, &grant.asker.facts(now))
+    {
+        // Another window may carry it on; the token still bounds it.
+        Decision::Allow { expires_at, .. } if still_visible => {
+            Some(earliest(expires_at, grant.asker.token_expires))
+        }
+        _ => None,
+    }
 }
 
 /// The earlier of two optional instants (`None` is "never").

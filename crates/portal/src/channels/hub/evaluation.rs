@@ -240,6 +240,9 @@ impl Evaluation {
         for key in redecided.revoked {
             access.revoke(key, post);
         }
+        for reference in redecided.refused {
+            access.refuse(&reference, post);
+        }
         // The gateway enforces expiry too: give it the new one.
         for (gateway, authorization) in redecided.extended {
             post.persist(GrantWrite::Extend {

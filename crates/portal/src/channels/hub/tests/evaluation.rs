@@ -217,3 +217,58 @@ fn a_filter_change_while_the_gateway_confirms_reaches_it_and_the_grant() {
         Some(vec![filtered])
     );
 }
+
+/// A request decided on the old graph and still waiting on its gateway
+/// when a change takes the access away is refused: no grant comes of it.
+#[test]
+fn a_change_while_the_gateway_confirms_refuses_the_request() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    let out = w.input(request(1, "r1", resource(1).id));
+    let Some(PortalToGateway::Authorize { reference, .. }) = gateway_frames(&out, 2).pop() else {
+        panic!("no authorize: {out:?}");
+    };
+    w.input(Input::Changes(vec![(
+        ACCOUNT,
+        Change::Groups(vec![ENGINEERS]),
+    )]));
+    // The policy stays but now needs a condition the client does not meet:
+    // the resource is still listed, the request no longer allowed.
+    let mut narrowed = graph(1, &[]);
+    narrowed.policies.upsert(postern_policy::Policy {
+        id: Uuid::from_u128(0x201),
+        group_id: ENGINEERS,
+        resource_id: resource(1).id.0,
+        conditions: vec![
+            postern_policy::CompiledCondition::compile(&postern_model::Condition {
+                property: postern_model::ConditionProperty::ClientVerified,
+                operator: postern_model::ConditionOperator::In,
+                values: vec!["true".to_string()],
+            })
+            .unwrap(),
+        ],
+        disabled: false,
+    });
+    let out = w.loaded(ACCOUNT, narrowed);
+    assert!(
+        client_frames(&out, 1).contains(&PortalToClient::AccessDenied {
+            reference: "r1".to_string(),
+            resource_id: resource(1).id,
+            reason: DenyReason::Forbidden,
+            violated: vec![],
+        }),
+        "{out:?}"
+    );
+    assert!(
+        gateway_frames(&out, 2).contains(&PortalToGateway::Revoke {
+            client_id: CLIENT,
+            resource_id: resource(1).id
+        }),
+        "{out:?}"
+    );
+    let out = w.input(from_gateway(
+        2,
+        postern_model::protocol::GatewayToPortal::Authorized { reference },
+    ));
+    assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+    assert!(w.store.is_empty());
+}

@@ -4,6 +4,7 @@
 mod access;
 mod evaluation;
 mod ledger;
+mod relays;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
