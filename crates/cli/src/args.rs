@@ -115,6 +115,39 @@ pub struct PortalArgs {
         default_value = "Postern <postern@localhost>"
     )]
     pub smtp_from: String,
+    /// Client devices one user or service account may register; past it a
+    /// new device is refused (HTTP 403 saying so) until an admin deletes
+    /// unused ones
+    #[arg(
+        long,
+        env = "POSTERN_MAX_DEVICES_PER_ACTOR",
+        value_name = "N",
+        default_value_t = postern_portal::state::Limits::default().devices_per_actor,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_devices_per_actor: u32,
+    /// Devices one token may register (the clients of a service account's
+    /// token, the gateways of a site's token)
+    #[arg(
+        long,
+        env = "POSTERN_MAX_DEVICES_PER_TOKEN",
+        value_name = "N",
+        default_value_t = postern_portal::state::Limits::default().devices_per_token,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_devices_per_token: u32,
+    /// Messages a client or relay channel may send per second, with bursts
+    /// of ten times that (gateways may send ten times more); a channel over
+    /// it is slowed down, and one that keeps flooding for 10 s is
+    /// disconnected
+    #[arg(
+        long,
+        env = "POSTERN_CHANNEL_MESSAGE_RATE",
+        value_name = "N",
+        default_value_t = postern_portal::state::Limits::default().channel_rate.messages_per_second,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub channel_message_rate: u32,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }

@@ -102,6 +102,10 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let mut state = AppState::new(store.clone());
+        state.limits.devices_per_actor = args.max_devices_per_actor;
+        state.limits.devices_per_token = args.max_devices_per_token;
+        state.limits.channel_rate.messages_per_second = args.channel_message_rate;
+        state.limits.channel_rate.message_burst = args.channel_message_rate.saturating_mul(10);
         match &args.geoip_db {
             Some(path) => state.geoip = Some(GeoIp::open(path)?),
             None => tracing::info!("no --geoip-db: country conditions fail closed"),

@@ -36,4 +36,15 @@ pub mod testing {
     pub use crate::api::router as api_router;
     pub use crate::state::rate_limit::RateLimiter;
     pub use crate::store::{devices, tokens};
+
+    /// A cluster bus payload sealed with `key` as node `node` at `sent_ms`
+    /// (for tests that replay or forge bus messages).
+    pub fn seal_cluster_message(
+        key: &crate::secrets::SecretKey,
+        node: uuid::Uuid,
+        sent_ms: i64,
+        json: &str,
+    ) -> String {
+        crate::channels::seal::Seal::new(key).seal(node, sent_ms, json)
+    }
 }

@@ -73,6 +73,7 @@ impl From<StoreError> for Problem {
             StoreError::MissingReference => {
                 Problem::conflict("an object this one refers to no longer exists")
             }
+            StoreError::LimitReached(detail) => Problem::new(StatusCode::FORBIDDEN, detail),
             other => {
                 tracing::error!(error = %other, "store failure during an API request");
                 Problem::new(

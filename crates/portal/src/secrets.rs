@@ -181,6 +181,16 @@ impl SecretKey {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
+    /// A key for one purpose (`label`), derived so that no two purposes
+    /// share key material (the cluster bus's HMAC key, say).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"postern derive v1\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Stores this key's check value on first use; later starts must present
     /// the same key.
     pub async fn check_against(&self, store: &Store) -> Result<(), SecretError> {

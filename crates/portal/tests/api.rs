@@ -274,3 +274,30 @@ async fn concurrent_writers_on_sqlite_allocate_distinct_addresses() {
     let app = TestApp::open(&db.url(), "acme").await;
     support::concurrent_devices(&app).await;
 }
+
+/// Bodies past 256 KiB are refused unread (axum's own limit is 2 MiB), and
+/// an admin holds at most 25 live tokens (each has its own rate bucket).
+#[tokio::test]
+async fn bodies_and_tokens_are_bounded() {
+    let db = TempDb::new("bounds");
+    let app = TestApp::open(&db.url(), "acme").await;
+    let big = json!({"name": "x".repeat(300 * 1024)});
+    let (status, body) = app.call("POST", "/sites", Some(big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // Just under the limit is read (and judged on its content).
+    let fits = json!({"name": "x".repeat(200 * 1024)});
+    let (status, _) = app.call("POST", "/sites", Some(fits)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let path = format!("/actors/{}/tokens", app.admin_id);
+    // The token `init` made is the first.
+    for _ in 1..25 {
+        app.expect(StatusCode::CREATED, "POST", &path, None).await;
+    }
+    let (status, body) = app.call("POST", &path, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoke"),
+        "{body}"
+    );
+}

@@ -238,3 +238,247 @@ async fn two_portal_nodes_serve_one_account() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Nothing but heartbeat-like chatter reaches the gateway for 1.5 s.
+async fn assert_no_authorize(gateway: &mut support::channel::Peer, what: &str) {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = gateway.next_within(left).await else {
+            return;
+        };
+        assert_ne!(
+            message["type"], "authorize",
+            "{what} authorize reached the gateway: {message}"
+        );
+    }
+}
+
+/// A database role that may only connect (and so LISTEN and NOTIFY) forges
+/// an `authorize` for a gateway on the cluster bus: unsealed, sealed with
+/// another key, sealed but stale, and a genuine message replayed. Nothing
+/// reaches the gateway, and every one is counted (issue 15, M2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cluster_messages_are_dropped_and_counted() {
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+    use serde_json::json;
+    use sqlx::Connection;
+    use support::channel::{Peer, key};
+
+    let server = TempPostgres::start_named("forge");
+    let url = server.database("forge").await;
+    let app = TestApp::open(&url, "acme").await;
+    let addr = app.serve().await;
+    let seeded = support::seed(&app).await;
+    let mut gateway = Peer::connect(addr, "/v1/gateway", &seeded.gateway_token, "gw-1", &key(1))
+        .await
+        .unwrap();
+    assert_eq!(gateway.next().await["type"], "init");
+    let gateways = app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/sites/{}/gateways", seeded.site),
+            None,
+        )
+        .await;
+    let gateway_id = gateways["data"][0]["id"].as_str().unwrap().to_string();
+
+    // Mallory: no privilege but CONNECT (which PUBLIC has).
+    {
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE ROLE mallory LOGIN")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
+    let mallory_url = url.replace("postern@", "mallory@");
+    let mut listener = sqlx::postgres::PgListener::connect(&mallory_url)
+        .await
+        .unwrap();
+    listener.listen("postern_cluster").await.unwrap();
+    // The portal's heartbeat gives its node away (and a message to replay).
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a heartbeat within 10 s")
+        .unwrap();
+    let genuine = heard.payload().to_string();
+    let node = match genuine.strip_prefix("v1.") {
+        Some(rest) => rest.split('.').next().unwrap().to_string(),
+        None => serde_json::from_str::<serde_json::Value>(&genuine).unwrap()["from"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    };
+    let forged = json!({
+        "kind": "to_gateway",
+        "from": "6d616c6c-6f72-7900-0000-000000000001",
+        "to": node,
+        "device": gateway_id,
+        "message": {
+            "type": "authorize",
+            "ref": "evil",
+            "client": {
+                "id": "6d616c6c-6f72-7900-0000-000000000002",
+                "public_key": key(66),
+                "ipv4": "100.64.9.9",
+                "ipv6": "fd7e:5057:6e00::909",
+            },
+            "resource": {
+                "id": "6d616c6c-6f72-7900-0000-000000000003",
+                "name": "everything",
+                "type": "internet",
+                "address": null,
+                "filters": [],
+                "site_id": seeded.site,
+            },
+            "preshared_key": key(67),
+            "ice": {
+                "client": {"username_fragment": "mall", "password": "orymalloryMALLORYmallory"},
+                "gateway": {"username_fragment": "orym", "password": "alloryMALLORYmallorymall"},
+            },
+            "expires_at": null,
+        },
+    })
+    .to_string();
+    let mut mallory = sqlx::PgConnection::connect(&mallory_url).await.unwrap();
+    let notify = async |conn: &mut sqlx::PgConnection, payload: &str| {
+        sqlx::query("SELECT pg_notify('postern_cluster', $1)")
+            .bind(payload)
+            .execute(conn)
+            .await
+            .unwrap();
+    };
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    // Unsealed, and sealed with a key of Mallory's own.
+    notify(&mut mallory, &forged).await;
+    let other_key = postern_portal::secrets::SecretKey::generate().unwrap();
+    let node_id: uuid::Uuid = node.parse().unwrap();
+    let wrong = postern_portal::testing::seal_cluster_message(&other_key, node_id, now_ms, &forged);
+    notify(&mut mallory, &wrong).await;
+    assert_no_authorize(&mut gateway, "a forged").await;
+
+    // With the portal's key (a leaked old message) but a minute old, and a
+    // genuine message heard again.
+    let key = app.state.secret_key.clone().unwrap();
+    let stale =
+        postern_portal::testing::seal_cluster_message(&key, node_id, now_ms - 60_000, &forged);
+    notify(&mut mallory, &stale).await;
+    notify(&mut mallory, &genuine).await;
+    assert_no_authorize(&mut gateway, "a stale or replayed").await;
+    let metrics = &app.state.metrics;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(count(&metrics.cluster_unsigned) >= 1);
+    assert!(count(&metrics.cluster_bad_mac) >= 1);
+    assert!(count(&metrics.cluster_stale) >= 1);
+    assert!(count(&metrics.cluster_replayed) >= 1);
+    let text = metrics.render(1, 0);
+    assert!(
+        text.contains("postern_portal_cluster_messages_rejected_total{reason=\"unsigned\"} 1"),
+        "{text}"
+    );
+    // The control: the same message sealed with the portal's key, now, is
+    // what a node would send, and it is taken.
+    let sender: uuid::Uuid = "6d616c6c-6f72-7900-0000-000000000001".parse().unwrap();
+    let sealed = postern_portal::testing::seal_cluster_message(
+        &key,
+        sender,
+        jiff::Timestamp::now().as_millisecond(),
+        &forged,
+    );
+    notify(&mut mallory, &sealed).await;
+    assert_eq!(gateway.next_of("authorize").await["ref"], "evil");
+}
+
+/// The last two admins demote each other at the same moment, again and
+/// again: one of them always stays admin (L12: the check and the write are
+/// one step on PostgreSQL too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_demoting_each_other_leave_one() {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    let server = TempPostgres::start_named("admins");
+    let url = server.database("admins").await;
+    let app = TestApp::open(&url, "acme").await;
+    let first = app.admin_id.to_string();
+    let second = support::id(
+        &app.expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "b", "email": "b@example.test", "role": "admin"})),
+        )
+        .await,
+    );
+    let minted = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{second}/tokens"),
+            None,
+        )
+        .await;
+    let tokens = [
+        app.token.clone(),
+        minted["token"].as_str().unwrap().to_string(),
+    ];
+    let enabled_admins = async || {
+        let (_, actors) = app.call_as(Some(&tokens[0]), "GET", "/actors", None).await;
+        let (_, more) = app.call_as(Some(&tokens[1]), "GET", "/actors", None).await;
+        // Neither token works once neither actor is an admin.
+        let list = if actors["data"].is_array() {
+            actors
+        } else {
+            more
+        };
+        list["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["role"] == "admin" && a["disabled"] == false)
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for round in 0..15 {
+        let (path_a, path_b) = (format!("/actors/{second}"), format!("/actors/{first}"));
+        let (a, b) = tokio::join!(
+            app.call_as(
+                Some(&tokens[0]),
+                "PATCH",
+                &path_a,
+                Some(json!({"role": "user"}))
+            ),
+            app.call_as(
+                Some(&tokens[1]),
+                "PATCH",
+                &path_b,
+                Some(json!({"role": "user"}))
+            ),
+        );
+        let left = enabled_admins().await;
+        assert!(
+            !left.is_empty(),
+            "round {round}: no admin left ({a:?}, {b:?})"
+        );
+        // Promote the demoted one again for the next round.
+        let (keeper, demoted) = if left.contains(&first) {
+            (&tokens[0], &second)
+        } else {
+            (&tokens[1], &first)
+        };
+        let (status, body) = app
+            .call_as(
+                Some(keeper),
+                "PATCH",
+                &format!("/actors/{demoted}"),
+                Some(json!({"role": "admin"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}

@@ -249,7 +249,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/sessions", get(logs::sessions))
         .route("/flows", get(logs::flows))
         .route("/openapi.json", get(openapi::document))
-        .fallback(not_found);
+        .fallback(not_found)
+        // Axum's own default is 2 MiB: bodies past `MAX_BODY` are refused
+        // unread (issue 15, L12).
+        .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY));
     Router::new().nest("/api/v1", v1)
 }
 

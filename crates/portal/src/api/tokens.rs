@@ -23,6 +23,9 @@ const SERVICE_ACCOUNT_LIFETIME: SignedDuration = SignedDuration::from_hours(365 
 /// API tokens live 90 days unless told otherwise.
 const API_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(90 * 24);
 const MAX_LIFETIME: SignedDuration = SignedDuration::from_hours(10 * 365 * 24);
+/// Live tokens one actor may hold: each API token has its own rate bucket,
+/// so unlimited tokens would be an unlimited rate (issue 15, L12).
+pub const MAX_TOKENS_PER_ACTOR: i64 = 25;
 
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +69,13 @@ pub async fn create(
         }
         if expires_at > now + MAX_LIFETIME {
             return Err(Problem::invalid("expires_at", "must be within ten years"));
+        }
+        let live = tokens::count_live(tx, actor.id, now.as_millisecond()).await?;
+        if live >= MAX_TOKENS_PER_ACTOR {
+            return Err(Problem::conflict(format!(
+                "the actor holds {live} live tokens, the most allowed: revoke unused ones \
+                 (DELETE /api/v1/tokens/ID) first"
+            )));
         }
         let minted = token::mint("")
             .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;

@@ -18,7 +18,7 @@ pub(crate) struct ActorFacts {
     pub disabled: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct AccountGraph {
     pub actors: HashMap<Uuid, ActorFacts>,
     /// Actor -> its groups, `Everyone` included.

@@ -9,10 +9,13 @@ use postern_model::ClientId;
 use super::graph::{AccountGraph, AccountRows};
 use super::hub::{LoadRequest, Loaded};
 use crate::domain::DeviceKind;
-use crate::store::{Store, StoreError, accounts, actors, devices, groups, policies, resources};
+use crate::store::{
+    Store, StoreError, accounts, actors, devices, grants, groups, policies, resources,
+};
 
-/// An account's graph, and the verification of the client devices asked
-/// for, each read in one transaction.
+/// An account's graph with its stored authorizations, and the
+/// verification of the client devices asked for, each read in one
+/// transaction. The caller waits for the ledger writes first (`writer`).
 pub(super) async fn load(store: &Store, request: &LoadRequest) -> Result<Loaded, StoreError> {
     let account = request.account;
     let mut tx = store.read().await?;
@@ -24,6 +27,7 @@ pub(super) async fn load(store: &Store, request: &LoadRequest) -> Result<Loaded,
         policies: policies::list(&mut tx, account).await?,
         search_domain: accounts::search_domain(&mut tx, account).await?,
     };
+    let stored = grants::list(&mut tx, account).await?;
     tx.commit().await?;
     let mut verified = HashMap::new();
     for device in &request.clients {
@@ -47,5 +51,6 @@ pub(super) async fn load(store: &Store, request: &LoadRequest) -> Result<Loaded,
     Ok(Loaded {
         graph: AccountGraph::build(rows),
         verified,
+        grants: stored,
     })
 }

@@ -8,6 +8,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod allowance;
 pub(crate) mod cluster;
 pub(crate) mod graph;
 pub(crate) mod hub;
@@ -15,8 +16,10 @@ mod inbound;
 pub(crate) mod keys;
 mod loader;
 mod notify;
+pub(crate) mod seal;
 mod shell;
 mod socket;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,9 +45,23 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/v1/relay", get(socket::relay))
 }
 
+/// Why the channels cannot start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot join the portal cluster: {0}")]
+    Cluster(#[from] sqlx::Error),
+    #[error(
+        "a portal on PostgreSQL needs its secret key (POSTERN_SECRET_KEY or the key file) to \
+         authenticate the other nodes"
+    )]
+    NoSecretKey,
+}
+
 /// Starts the hub task (once per state). On PostgreSQL the node also joins
 /// the cluster of portal nodes sharing the database.
-pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
+pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
     let (sender, receiver) = mpsc::channel::<HubEvent>(HUB_QUEUE);
     if !state.set_hub(sender.clone()) {
         return Ok(());
@@ -52,7 +69,13 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
     let secrets = shared_secrets(&state.store).await?;
     let node = Uuid::new_v4();
     let cluster = match state.store.engine() {
-        Engine::Postgres => Some(notify::connect(state.store.url(), node, sender).await?),
+        Engine::Postgres => {
+            let key = state.secret_key.as_ref().ok_or(StartError::NoSecretKey)?;
+            let counted = state.clone();
+            let rejected: notify::Rejected =
+                Arc::new(move |why| counted.metrics.cluster_rejected(why.as_str()));
+            Some(notify::connect(state.store.url(), node, key, rejected, sender).await?)
+        }
         Engine::Sqlite => None,
     };
     tracing::info!(%node, clustered = cluster.is_some(), "channel hub started");
@@ -66,11 +89,13 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StoreError> {
         clustered: cluster.is_some(),
         secrets,
         authorize_timeout: state.authorize_timeout,
+        pending_per_client: state.limits.pending_per_client,
         seed: u64::from_le_bytes(seed),
     };
     let hub = Hub::new(config, Instant::now());
     let changes = state.subscribe_changes();
-    tokio::spawn(Shell::new(hub, state, cluster).run(receiver, changes));
+    let writer = writer::spawn(state.store.clone());
+    tokio::spawn(Shell::new(hub, state, cluster, writer).run(receiver, changes));
     Ok(())
 }
 

@@ -1,13 +1,22 @@
 //! The cluster's wire: PostgreSQL `LISTEN/NOTIFY` on one channel, with a
 //! publisher and a listener per node (see `cluster` for the messages).
+//! Every payload is sealed, and one that does not open is dropped and
+//! counted (see `seal`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::cluster::{CHANNEL, ClusterMessage, MAX_PAYLOAD};
+use super::seal::{Rejection, Seal};
+use crate::secrets::SecretKey;
+
+/// Counts a message dropped from the bus.
+pub(super) type Rejected = Arc<dyn Fn(Rejection) + Send + Sync>;
 
 /// What the listener hears for this node.
 #[derive(Debug)]
@@ -25,17 +34,22 @@ pub(super) enum Heard {
 pub(super) async fn connect<T: From<Heard> + Send + 'static>(
     url: &str,
     node: Uuid,
+    key: &SecretKey,
+    rejected: Rejected,
     inbox: mpsc::Sender<T>,
 ) -> Result<mpsc::UnboundedSender<ClusterMessage>, sqlx::Error> {
+    let sealer = Seal::new(key);
+    let mut opener = Seal::new(key);
     let publisher = PgPoolOptions::new().max_connections(1).connect(url).await?;
     let mut listener = PgListener::connect(url).await?;
     listener.listen(CHANNEL).await?;
     let (sender, mut outbound) = mpsc::unbounded_channel::<ClusterMessage>();
     tokio::spawn(async move {
         while let Some(message) = outbound.recv().await {
-            let Ok(payload) = serde_json::to_string(&message) else {
+            let Ok(json) = serde_json::to_string(&message) else {
                 continue;
             };
+            let payload = sealer.seal(node, Timestamp::now().as_millisecond(), &json);
             if payload.len() > MAX_PAYLOAD {
                 tracing::error!(
                     bytes = payload.len(),
@@ -57,11 +71,25 @@ pub(super) async fn connect<T: From<Heard> + Send + 'static>(
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    let message: ClusterMessage = match serde_json::from_str(notification.payload())
-                    {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "unreadable cluster message (a newer portal node?)");
+                    let now = Timestamp::now().as_millisecond();
+                    let message = match opener.open(notification.payload(), now) {
+                        Ok((sender, json)) => match serde_json::from_str::<ClusterMessage>(json) {
+                            // The seal names the node that speaks.
+                            Ok(message) if message.from() == sender => message,
+                            Ok(_) => {
+                                rejected(Rejection::Malformed);
+                                tracing::warn!(%sender, "a sealed cluster message speaks for another node; dropped");
+                                continue;
+                            }
+                            Err(error) => {
+                                rejected(Rejection::Malformed);
+                                tracing::warn!(%error, "unreadable cluster message (a newer portal node?)");
+                                continue;
+                            }
+                        },
+                        Err(rejection) => {
+                            rejected(rejection);
+                            tracing::warn!(reason = rejection.as_str(), "cluster message dropped");
                             continue;
                         }
                     };

@@ -18,10 +18,11 @@ use uuid::Uuid;
 
 use super::cluster::ClusterMessage;
 use super::hub::{
-    ConnId, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output, PresenceUpdate,
+    ConnId, GrantWrite, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output, PresenceUpdate,
 };
 use super::loader;
 use super::notify::Heard;
+use super::writer::{self, Writer};
 use crate::change::Change;
 use crate::metrics::PortalMetrics;
 use crate::online::Online;
@@ -106,6 +107,8 @@ pub(super) struct Sinks<'a> {
     pub online: &'a Online,
     pub metrics: &'a PortalMetrics,
     pub cluster: Option<&'a mpsc::UnboundedSender<ClusterMessage>>,
+    /// The ledger's writer (see `writer`).
+    pub ledger: Option<&'a mpsc::UnboundedSender<(u64, GrantWrite)>>,
 }
 
 /// Carries out everything the core gave. Frames a queue cannot take go
@@ -154,6 +157,16 @@ pub(super) fn carry_out(
                 }
                 Output::Metric(Metric::Denied(reason)) => sinks.metrics.denied(reason),
                 Output::Load(request) => loads.push(request),
+                Output::Persist { seq, write } => {
+                    if let Some(ledger) = sinks.ledger {
+                        let _ = ledger.send((seq, write));
+                    }
+                }
+                // Nothing consumes it yet: TURN credentials are time-limited
+                // and the relays cannot be told to drop a user.
+                Output::RelayRevoke { device } => {
+                    tracing::debug!(%device, "device revoked; its relay credentials run out on their own");
+                }
             }
         }
         if stalled.is_empty() {
@@ -170,6 +183,7 @@ pub(super) struct Shell {
     state: Arc<AppState>,
     outlets: Outlets,
     cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+    writer: Writer,
 }
 
 impl Shell {
@@ -177,12 +191,14 @@ impl Shell {
         hub: Hub,
         state: Arc<AppState>,
         cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
+        writer: Writer,
     ) -> Self {
         Shell {
             hub,
             state,
             outlets: Outlets::default(),
             cluster,
+            writer,
         }
     }
 
@@ -224,11 +240,14 @@ impl Shell {
                 online: self.state.online(),
                 metrics: &self.state.metrics,
                 cluster: self.cluster.as_ref(),
+                ledger: Some(&self.writer.sender),
             };
             for request in carry_out(&mut self.hub, &mut self.outlets, &sinks, now, wall) {
                 let store = self.state.store.clone();
                 let answers = answers.clone();
+                let mut applied = self.writer.applied.clone();
                 tokio::spawn(async move {
+                    writer::reached(&mut applied, request.after).await;
                     let result = Box::new(loader::load(&store, &request).await);
                     let _ = answers.send(Input::Loaded {
                         account: request.account,
@@ -296,6 +315,7 @@ mod tests {
             online: &online,
             metrics: &metrics,
             cluster: None,
+            ledger: None,
         };
         let mut world = World::new();
         let mut outlets = Outlets::default();
@@ -320,6 +340,7 @@ mod tests {
         let loaded = Loaded {
             graph: graph(3, &[1, 2, 3]),
             verified: Default::default(),
+            grants: Vec::new(),
         };
         let answer = Input::Loaded {
             account: ACCOUNT,
@@ -335,6 +356,7 @@ mod tests {
         let loaded = Loaded {
             graph: graph(3, &[]),
             verified: Default::default(),
+            grants: Vec::new(),
         };
         let answer = Input::Loaded {
             account: ACCOUNT,

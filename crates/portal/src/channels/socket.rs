@@ -1,7 +1,8 @@
 //! The WebSocket end of a channel: authenticate before the upgrade (so a bad
 //! token is an HTTP 401 the daemon never retries), register the device, then
 //! pump frames between the socket and the hub. Pings every 10 s; 30 s of
-//! silence or a peer that stops reading ends the connection.
+//! silence or a peer that stops reading ends the connection. What a channel
+//! sends is held to its allowance (see `allowance`) before the hub sees it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,19 +13,21 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
+use postern_model::protocol::{DisconnectReason, PortalToClient, PortalToGateway, PortalToRelay};
 use postern_model::{PublicKey, RelayId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::hub::{DeviceFacts, Joined, Party, TokenFacts};
+use super::allowance::{Allowance, ChannelRate, Verdict};
+use super::hub::{DeviceFacts, Inbound, Joined, Party, TokenFacts};
 use super::inbound::{MAX_MESSAGE, Speaker, parse};
 use super::shell::{HubEvent, Outbound};
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
 use crate::problem::Problem;
 use crate::state::AppState;
 use crate::store::actors;
-use crate::store::devices::{self, Connecting};
+use crate::store::devices::{self, Connecting, DeviceCaps};
 use crate::store::logs::{self, NewSession};
 
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -197,7 +200,18 @@ async fn join(
     };
 
     let id = state.next_connection_id();
-    let (sender, outbound) = mpsc::channel(state.outbound_queue.max(1));
+    // A gateway hears for all its clients: a deeper queue before it counts
+    // as too slow (and is dropped, with every client it serves).
+    let depth = match speaker {
+        Speaker::Gateway => state.outbound_queue.saturating_mul(4),
+        Speaker::Client | Speaker::Relay => state.outbound_queue,
+    };
+    let (sender, outbound) = mpsc::channel(depth.max(1));
+    let rate = match speaker {
+        Speaker::Gateway => state.limits.channel_rate.gateway(),
+        Speaker::Client | Speaker::Relay => state.limits.channel_rate,
+    };
+    let counted = state.clone();
     let joined = Joined {
         conn: id,
         party,
@@ -211,7 +225,15 @@ async fn join(
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| pump(socket, hub, joined, sender, outbound, speaker)))
+        .on_upgrade(move |socket| async move {
+            let flooded = pump(socket, hub, joined, sender, outbound, speaker, rate).await;
+            if flooded {
+                counted
+                    .metrics
+                    .channels_rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }))
 }
 
 /// Records the device (new ones get their addresses) and the session.
@@ -260,11 +282,16 @@ async fn register(
             kind: device_kind,
             actor_id,
             site_id,
+            token_id: Some(token.id),
             device_id,
             name,
             os,
             version,
             remote_ip: Some(remote_ip.to_string()),
+        },
+        DeviceCaps {
+            per_actor: state.limits.devices_per_actor,
+            per_token: state.limits.devices_per_token,
         },
         now_ms,
     )
@@ -301,6 +328,8 @@ async fn register(
     }))
 }
 
+/// Pumps frames until either side ends; `true` if the channel was cut off
+/// for flooding.
 async fn pump(
     mut socket: WebSocket,
     hub: mpsc::Sender<HubEvent>,
@@ -308,26 +337,46 @@ async fn pump(
     sender: mpsc::Sender<Outbound>,
     mut outbound: mpsc::Receiver<Outbound>,
     speaker: Speaker,
-) {
+    rate: ChannelRate,
+) -> bool {
     let id = joined.conn;
     let event = HubEvent::Joined {
         joined: Box::new(joined),
         sender,
     };
     if hub.send(event).await.is_err() {
-        return;
+        return false;
     }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut allowance = Allowance::new(rate, Instant::now());
+    // A message over the allowance waits here, and nothing more is read.
+    let mut held: Option<(Inbound, tokio::time::Instant)> = None;
+    let mut flooded = false;
     loop {
+        let release = held.as_ref().map(|(_, at)| *at);
         tokio::select! {
-            incoming = socket.recv() => match incoming {
+            incoming = socket.recv(), if held.is_none() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    last_heard = Instant::now();
+                    let now = Instant::now();
+                    last_heard = now;
+                    let verdict = allowance.admit(text.len(), now);
+                    if verdict == Verdict::Abuse {
+                        tracing::warn!(conn = id, "channel flooding the portal; disconnecting it");
+                        for frame in cut_off(speaker, &rate) {
+                            let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(frame.into()))).await;
+                        }
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
+                        flooded = true;
+                        break;
+                    }
                     let message = parse(speaker, text.as_str());
-                    let event = HubEvent::Message { conn: id, message };
-                    if hub.send(event).await.is_err() {
+                    if let Verdict::After(wait) = verdict {
+                        held = Some((message, tokio::time::Instant::now() + wait));
+                        continue;
+                    }
+                    if hub.send(HubEvent::Message { conn: id, message }).await.is_err() {
                         break;
                     }
                 }
@@ -335,6 +384,13 @@ async fn pump(
                     last_heard = Instant::now();
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            _ = sleep_until(release), if held.is_some() => {
+                if let Some((message, _)) = held.take()
+                    && hub.send(HubEvent::Message { conn: id, message }).await.is_err()
+                {
+                    break;
+                }
             },
             out = outbound.recv() => match out {
                 Some(Outbound::Text(text)) => {
@@ -349,7 +405,8 @@ async fn pump(
                 }
             },
             _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT {
+                // A channel held back is not read: its silence is ours.
+                if held.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
                     tracing::debug!(conn = id, "channel silent for too long");
                     break;
                 }
@@ -361,4 +418,46 @@ async fn pump(
         }
     }
     let _ = hub.send(HubEvent::Closed { conn: id }).await;
+    flooded
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a flooding channel hears before it is closed: an `error` saying
+/// why, and `disconnect` (`overloaded`: it may reconnect, slower).
+fn cut_off(speaker: Speaker, rate: &ChannelRate) -> Vec<String> {
+    let message = format!(
+        "too many messages: at most {} a second ({} at once); disconnecting",
+        rate.messages_per_second, rate.message_burst
+    );
+    let reason = DisconnectReason::Overloaded;
+    let frames = match speaker {
+        Speaker::Client => [
+            serde_json::to_string(&PortalToClient::Error {
+                reference: None,
+                message,
+            }),
+            serde_json::to_string(&PortalToClient::Disconnect { reason }),
+        ],
+        Speaker::Gateway => [
+            serde_json::to_string(&PortalToGateway::Error {
+                reference: None,
+                message,
+            }),
+            serde_json::to_string(&PortalToGateway::Disconnect { reason }),
+        ],
+        Speaker::Relay => [
+            serde_json::to_string(&PortalToRelay::Error {
+                reference: None,
+                message,
+            }),
+            serde_json::to_string(&PortalToRelay::Disconnect { reason }),
+        ],
+    };
+    frames.into_iter().filter_map(Result::ok).collect()
 }

@@ -15,6 +15,33 @@ use crate::online::Online;
 use crate::store::Store;
 
 pub use crate::change::Change;
+pub use crate::channels::allowance::ChannelRate;
+
+/// Bounds on what one token, actor or channel can make the portal hold
+/// (issue 15, M5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// What a client or relay channel may send (gateways get ten times).
+    pub channel_rate: ChannelRate,
+    /// Access requests one client channel may have waiting on gateways.
+    pub pending_per_client: usize,
+    /// Client devices an actor may register.
+    pub devices_per_actor: u32,
+    /// Devices one token may register (clients of a service account's
+    /// token, gateways of a site's).
+    pub devices_per_token: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            channel_rate: ChannelRate::default(),
+            pending_per_client: 64,
+            devices_per_actor: 100,
+            devices_per_token: 25,
+        }
+    }
+}
 
 /// How long a gateway has to confirm an authorization (SPEC section 5).
 pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,6 +57,8 @@ pub struct AppState {
     pub authorize_timeout: Duration,
     /// Messages a channel may have queued before it counts as too slow.
     pub outbound_queue: usize,
+    /// What one channel, token or actor may make the portal hold.
+    pub limits: Limits,
     /// Countries for the `country` condition; without it they are unknown.
     pub geoip: Option<crate::geoip::GeoIp>,
     /// Counters for `--metrics`.
@@ -64,6 +93,7 @@ impl AppState {
             authorize_timeout: AUTHORIZE_TIMEOUT,
             geoip: None,
             outbound_queue: OUTBOUND_QUEUE,
+            limits: Limits::default(),
             metrics: crate::metrics::PortalMetrics::default(),
             secret_key: None,
             mailer: crate::auth::email::Mailer::Log,

@@ -77,14 +77,25 @@ pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
 }
 
 /// Enabled admins of the account: the API refuses to remove the last one.
+/// The rows are locked until the transaction ends, so two requests that
+/// each remove one of the last two admins cannot both see two (SQLite's
+/// writers are serialized already; PostgreSQL's READ COMMITTED needs the
+/// lock, issue 15 L12).
 pub async fn count_enabled_admins(conn: &mut Conn, account: Uuid) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM actors WHERE account_id = $1 AND role = 'admin' AND disabled = 0",
-    )
-    .bind(account.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("n")?)
+    let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    // FOR UPDATE cannot go with COUNT: the rows are read and counted here.
+    let sql = format!(
+        "SELECT id FROM actors WHERE account_id = $1 AND role = 'admin' AND disabled = 0{lock}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.len() as i64)
 }
 
 /// The actor with this email (stored lowercase) in the account.

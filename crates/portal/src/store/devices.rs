@@ -50,6 +50,8 @@ pub struct Connecting<'a> {
     pub kind: DeviceKind,
     pub actor_id: Option<Uuid>,
     pub site_id: Option<Uuid>,
+    /// The token it connects with (a new device counts against its cap).
+    pub token_id: Option<Uuid>,
     pub device_id: &'a str,
     pub name: &'a str,
     pub os: Option<&'a str>,
@@ -57,13 +59,23 @@ pub struct Connecting<'a> {
     pub remote_ip: Option<String>,
 }
 
+/// How many devices one actor or token may register (issue 15, M5): a
+/// token that mints device after device would otherwise use up the
+/// account's addresses and grow the database without end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceCaps {
+    pub per_actor: u32,
+    pub per_token: u32,
+}
+
 /// Finds the device by its own id (per actor for clients, per site for
-/// gateways) and records this connection, or creates it with the next free
-/// address index.
+/// gateways) and records this connection, or creates it with the lowest
+/// free address index (a deleted device's is used again) if the caps allow.
 pub async fn upsert_on_connect(
     conn: &mut Conn,
     account: Uuid,
     device: &Connecting<'_>,
+    caps: DeviceCaps,
     now_ms: i64,
 ) -> Result<Device> {
     let owner_column = match device.kind {
@@ -76,9 +88,11 @@ pub async fn upsert_on_connect(
     }
     .map(|id| id.to_string());
     let sql = format!(
-        "UPDATE devices SET name = $1, os = $2, version = $3, last_seen_at = $4, last_seen_ip = $5 \
+        "UPDATE devices SET name = $1, os = $2, version = $3, last_seen_at = $4, last_seen_ip = $5, \
+         token_id = COALESCE($10, token_id) \
          WHERE account_id = $6 AND kind = $7 AND {owner_column} = $8 AND external_id = $9"
     );
+    let token = device.token_id.map(|id| id.to_string());
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(device.name)
         .bind(device.os)
@@ -89,16 +103,12 @@ pub async fn upsert_on_connect(
         .bind(device.kind.as_str())
         .bind(owner.clone())
         .bind(device.device_id)
+        .bind(token.clone())
         .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(address_index), 0) AS n FROM devices WHERE account_id = $1",
-        )
-        .bind(account.to_string())
-        .fetch_one(&mut *conn)
-        .await?;
-        let index = row.try_get::<i64, _>("n")? + 1;
+        check_caps(conn, account, device, caps).await?;
+        let index = lowest_free_index(conn, account).await?;
         if index > capacity() {
             return Err(StoreError::Conflict(
                 "the account has used every tunnel address".to_string(),
@@ -106,8 +116,8 @@ pub async fn upsert_on_connect(
         }
         sqlx::query(
             "INSERT INTO devices (id, account_id, kind, actor_id, site_id, external_id, name, os, \
-             version, address_index, verified, last_seen_at, last_seen_ip, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $11)",
+             version, address_index, verified, last_seen_at, last_seen_ip, created_at, token_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $11, $13)",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(account.to_string())
@@ -121,6 +131,7 @@ pub async fn upsert_on_connect(
         .bind(index)
         .bind(now_ms)
         .bind(device.remote_ip.clone())
+        .bind(token)
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
@@ -137,6 +148,65 @@ pub async fn upsert_on_connect(
         .fetch_one(&mut *conn)
         .await?;
     from_row(&row)
+}
+
+/// Refuses a new device past the actor's or the token's cap, saying so.
+async fn check_caps(
+    conn: &mut Conn,
+    account: Uuid,
+    device: &Connecting<'_>,
+    caps: DeviceCaps,
+) -> Result<()> {
+    if let (DeviceKind::Client, Some(actor)) = (device.kind, device.actor_id) {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices WHERE account_id = $1 AND kind = 'client' \
+             AND actor_id = $2",
+        )
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+        let count = row.try_get::<i64, _>("n")?;
+        if count >= i64::from(caps.per_actor) {
+            return Err(StoreError::LimitReached(format!(
+                "this user or service account has {count} client devices, the most the portal \
+                 allows (--max-devices-per-actor): an admin must delete unused ones \
+                 (DELETE /api/v1/clients/ID) first"
+            )));
+        }
+    }
+    if let Some(token) = device.token_id {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE token_id = $1")
+            .bind(token.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+        let count = row.try_get::<i64, _>("n")?;
+        if count >= i64::from(caps.per_token) {
+            return Err(StoreError::LimitReached(format!(
+                "this token registered {count} devices, the most the portal allows \
+                 (--max-devices-per-token): reuse a device's state directory, or have an admin \
+                 delete unused devices"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The lowest address index no device of the account holds: a deleted
+/// device's addresses are given out again, so the pool is not used up by
+/// devices that come and go.
+async fn lowest_free_index(conn: &mut Conn, account: Uuid) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT CASE WHEN NOT EXISTS \
+         (SELECT 1 FROM devices WHERE account_id = $1 AND address_index = 1) THEN 1 \
+         ELSE (SELECT MIN(d.address_index) + 1 FROM devices d WHERE d.account_id = $1 \
+         AND NOT EXISTS (SELECT 1 FROM devices e WHERE e.account_id = $1 \
+         AND e.address_index = d.address_index + 1)) END AS n",
+    )
+    .bind(account.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")?)
 }
 
 pub async fn get(
@@ -193,4 +263,86 @@ pub async fn delete(conn: &mut Conn, account: Uuid, kind: DeviceKind, id: Uuid) 
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, accounts, actors};
+
+    fn connecting<'a>(actor: Uuid, token: Uuid, id: &'a str) -> Connecting<'a> {
+        Connecting {
+            kind: DeviceKind::Client,
+            actor_id: Some(actor),
+            site_id: None,
+            token_id: Some(token),
+            device_id: id,
+            name: id,
+            os: None,
+            version: None,
+            remote_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn devices_are_capped_per_actor_and_token_and_freed_addresses_come_back() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let mut tx = store.write().await.unwrap();
+        let account = accounts::insert(&mut tx, "acme", "Acme", 0)
+            .await
+            .unwrap()
+            .id;
+        let actor = crate::domain::Actor {
+            id: Uuid::new_v4(),
+            name: "ci".to_string(),
+            email: None,
+            role: crate::domain::Role::ServiceAccount,
+            disabled: false,
+            created_at: crate::domain::from_millis(0),
+        };
+        actors::insert(&mut tx, account, &actor).await.unwrap();
+        let caps = DeviceCaps {
+            per_actor: 3,
+            per_token: 2,
+        };
+        let (one, two) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let a = upsert_on_connect(&mut tx, account, &connecting(actor.id, one, "a"), caps, 0)
+            .await
+            .unwrap();
+        let b = upsert_on_connect(&mut tx, account, &connecting(actor.id, one, "b"), caps, 0)
+            .await
+            .unwrap();
+        // The token's cap: a third device is refused, a known one is not.
+        let refused =
+            upsert_on_connect(&mut tx, account, &connecting(actor.id, one, "c"), caps, 0).await;
+        assert!(
+            matches!(&refused, Err(StoreError::LimitReached(m)) if m.contains("--max-devices-per-token")),
+            "{refused:?}"
+        );
+        upsert_on_connect(&mut tx, account, &connecting(actor.id, one, "a"), caps, 1)
+            .await
+            .unwrap();
+        // Another token of the actor: the actor's cap.
+        let c = upsert_on_connect(&mut tx, account, &connecting(actor.id, two, "c"), caps, 0)
+            .await
+            .unwrap();
+        let refused =
+            upsert_on_connect(&mut tx, account, &connecting(actor.id, two, "d"), caps, 0).await;
+        assert!(
+            matches!(&refused, Err(StoreError::LimitReached(m)) if m.contains("--max-devices-per-actor")),
+            "{refused:?}"
+        );
+        // A deleted device's addresses go to the next new one.
+        assert!(
+            delete(&mut tx, account, DeviceKind::Client, b.id)
+                .await
+                .unwrap()
+        );
+        let d = upsert_on_connect(&mut tx, account, &connecting(actor.id, two, "d"), caps, 0)
+            .await
+            .unwrap();
+        assert_eq!((d.ipv4, d.ipv6), (b.ipv4, b.ipv6));
+        assert_ne!(a.ipv4, c.ipv4);
+        tx.commit().await.unwrap();
+    }
 }

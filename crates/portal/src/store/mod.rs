@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod actors;
 pub mod audit;
 pub mod devices;
+pub mod grants;
 pub mod groups;
 pub mod identity_providers;
 pub mod logs;
@@ -59,6 +60,9 @@ pub enum StoreError {
     /// A row this one refers to does not exist.
     #[error("a referenced object does not exist")]
     MissingReference,
+    /// A cap on what one token or actor may create (the text says which).
+    #[error("{0}")]
+    LimitReached(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error("database error: {0}")]
@@ -157,7 +161,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 4] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
         (
             1,
             "initial",
@@ -181,6 +185,12 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "sign in",
             include_str!("../../migrations/sqlite/0004_sign_in.sql"),
             include_str!("../../migrations/postgres/0004_sign_in.sql"),
+        ),
+        (
+            5,
+            "enforcement",
+            include_str!("../../migrations/sqlite/0005_enforcement.sql"),
+            include_str!("../../migrations/postgres/0005_enforcement.sql"),
         ),
     ];
     steps

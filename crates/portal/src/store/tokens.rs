@@ -88,3 +88,17 @@ pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<T
         .await?;
     Ok(Some(record))
 }
+
+/// Tokens of an actor that are still good at `now_ms` (expired ones stay in
+/// the table but no longer count).
+pub async fn count_live(conn: &mut Conn, actor: Uuid, now_ms: i64) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM tokens WHERE actor_id = $1 \
+         AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(actor.to_string())
+    .bind(now_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("n")?)
+}

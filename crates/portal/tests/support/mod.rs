@@ -89,7 +89,10 @@ impl TestApp {
     /// the same account and admin.
     pub async fn another_node(&self, url: &str) -> TestApp {
         let store = Store::open(url).await.expect("open the store");
-        let state = Arc::new(AppState::new(store));
+        let mut state = AppState::new(store);
+        // The nodes of one portal share its secret key.
+        state.secret_key = self.state.secret_key.clone();
+        let state = Arc::new(state);
         let router = postern_portal::testing::api_router().with_state(state.clone());
         TestApp {
             router,
@@ -221,6 +224,7 @@ pub async fn concurrent_devices(app: &TestApp) {
                     kind: postern_portal::domain::DeviceKind::Client,
                     actor_id: Some(admin),
                     site_id: None,
+                    token_id: None,
                     device_id: &name,
                     name: &name,
                     os: Some("linux"),
@@ -231,6 +235,10 @@ pub async fn concurrent_devices(app: &TestApp) {
                     &mut tx,
                     account,
                     &connecting,
+                    postern_portal::testing::devices::DeviceCaps {
+                        per_actor: u32::MAX,
+                        per_token: u32::MAX,
+                    },
                     0,
                 )
                 .await
@@ -275,74 +283,78 @@ pub struct Seeded {
 /// service account in it, a policy, a client token for the service account
 /// and a gateway token.
 pub async fn seed(app: &TestApp) -> Seeded {
+    let token = app.token.clone();
+    seed_as(app, &token).await
+}
+
+/// `seed` for the account of the admin token `token`.
+pub async fn seed_as(app: &TestApp, token: &str) -> Seeded {
     use axum::http::StatusCode;
     use serde_json::json;
-    let site = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/sites",
-            Some(json!({"name": "Office"})),
-        )
-        .await);
-    let resource = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/resources",
-            Some(json!({
-                "name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site,
-                "filters": [{"protocol": "tcp", "ports": "80"}]
-            })),
-        )
-        .await);
-    let group = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/groups",
-            Some(json!({"name": "Robots"})),
-        )
-        .await);
-    let robot = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/actors",
-            Some(json!({"name": "CI", "role": "service_account"})),
-        )
-        .await);
-    app.expect(
+    let expect = async |status: StatusCode, method: &str, path: &str, body: Option<Value>| {
+        let (got, value) = app.call_as(Some(token), method, path, body).await;
+        assert_eq!(got, status, "{method} {path}: {value}");
+        value
+    };
+    let site = id(&expect(
+        StatusCode::CREATED,
+        "POST",
+        "/sites",
+        Some(json!({"name": "Office"})),
+    )
+    .await);
+    let resource = id(&expect(
+        StatusCode::CREATED,
+        "POST",
+        "/resources",
+        Some(json!({
+            "name": "LAN", "type": "cidr", "address": "10.0.0.0/24", "site_id": site,
+            "filters": [{"protocol": "tcp", "ports": "80"}]
+        })),
+    )
+    .await);
+    let group = id(&expect(
+        StatusCode::CREATED,
+        "POST",
+        "/groups",
+        Some(json!({"name": "Robots"})),
+    )
+    .await);
+    let robot = id(&expect(
+        StatusCode::CREATED,
+        "POST",
+        "/actors",
+        Some(json!({"name": "CI", "role": "service_account"})),
+    )
+    .await);
+    expect(
         StatusCode::OK,
         "PUT",
         &format!("/groups/{group}/members"),
         Some(json!({"actor_ids": [robot]})),
     )
     .await;
-    let policy = id(&app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            "/policies",
-            Some(json!({"group_id": group, "resource_id": resource})),
-        )
-        .await);
-    let token = app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/actors/{robot}/tokens"),
-            None,
-        )
-        .await;
-    let gateway = app
-        .expect(
-            StatusCode::CREATED,
-            "POST",
-            &format!("/sites/{site}/gateway_tokens"),
-            None,
-        )
-        .await;
+    let policy = id(&expect(
+        StatusCode::CREATED,
+        "POST",
+        "/policies",
+        Some(json!({"group_id": group, "resource_id": resource})),
+    )
+    .await);
+    let token = expect(
+        StatusCode::CREATED,
+        "POST",
+        &format!("/actors/{robot}/tokens"),
+        None,
+    )
+    .await;
+    let gateway = expect(
+        StatusCode::CREATED,
+        "POST",
+        &format!("/sites/{site}/gateway_tokens"),
+        None,
+    )
+    .await;
     Seeded {
         site,
         resource,

@@ -19,18 +19,24 @@ use uuid::Uuid;
 use super::super::graph::AccountGraph;
 use super::super::keys::{PairIds, PairSecrets};
 use super::grants::{Asker, GatewayRoute, Grant, Key, Refs};
-use super::io::{ConnId, Metric};
+use super::io::{ConnId, GrantKey, GrantWrite, Metric};
 use super::post::Post;
 use super::selection::{Candidate, Selection, candidates};
 
+mod ledger;
+
 /// Refs are the sender's labels; a long one is abuse, not a label.
 pub(super) const MAX_REF: usize = 128;
+/// Requests for a resource already asked for wait on that one; this many
+/// refs at most are answered with it (issue 15, M5).
+const MAX_COALESCED: usize = 8;
 
 /// A request waiting for the gateway's `authorized`.
 #[derive(Debug)]
 struct Pending {
     client_conn: ConnId,
-    client_ref: String,
+    /// The client's refs: its request and the repeats that wait on it.
+    client_refs: Vec<String>,
     route: GatewayRoute,
     deadline: Instant,
     grant: Grant,
@@ -54,23 +60,38 @@ pub(super) struct Redecided {
     pub revoked: Vec<Key>,
     /// Grants whose expiry moved, for their gateways.
     pub extended: Vec<(GatewayId, Authorization)>,
+    /// Requests waiting on a gateway that are no longer allowed, by ref.
+    pub refused: Vec<String>,
 }
 
 pub(super) struct Access {
     grants: HashMap<Key, Grant>,
+    /// Rows this node deleted, with their account and write sequence,
+    /// until a load read after the delete (see `ledger`).
+    tombstones: HashMap<GrantKey, (Uuid, u64)>,
     /// By the portal's ref of the `authorize`.
     pending: HashMap<String, Pending>,
     secrets: PairSecrets,
     /// How long a gateway has to confirm (SPEC section 5: 15 s).
     timeout: Duration,
+    /// Requests one client channel may have waiting (issue 15, M5).
+    max_pending: usize,
     selection: Selection,
     refs: Refs,
 }
 
 impl Access {
-    pub(super) fn new(node: Uuid, secrets: PairSecrets, timeout: Duration, seed: u64) -> Self {
+    pub(super) fn new(
+        node: Uuid,
+        secrets: PairSecrets,
+        timeout: Duration,
+        max_pending: usize,
+        seed: u64,
+    ) -> Self {
         Access {
+            max_pending,
             grants: HashMap::new(),
+            tombstones: HashMap::new(),
             pending: HashMap::new(),
             secrets,
             timeout,
@@ -101,6 +122,50 @@ impl Access {
             post.deny(conn, reference, resource_id, DenyReason::NotFound, vec![]);
             return;
         };
+        // A key another device holds (another client's, a gateway's) gets
+        // nothing: a gateway that knew it for two peers would confuse them
+        // (issue 15, L12).
+        if self.key_taken(&asker.peer)
+            || post
+                .presence()
+                .key_taken(&asker.peer.public_key, asker.peer.id.0)
+        {
+            tracing::warn!(client = %asker.peer.id, "a client presented another device's public key; refused");
+            let violated = vec!["public_key".to_string()];
+            post.deny(
+                conn,
+                reference,
+                resource_id,
+                DenyReason::Forbidden,
+                violated,
+            );
+            return;
+        }
+        // A repeat of a request still waiting waits on it: one `authorize`
+        // per (client, resource), however often the client asks.
+        let mut waiting = 0;
+        for pending in self.pending.values_mut() {
+            if pending.client_conn != conn {
+                continue;
+            }
+            if pending.grant.authorization.resource.id == resource_id {
+                if pending.client_refs.len() < MAX_COALESCED {
+                    pending.client_refs.push(reference);
+                } else {
+                    let message = "this resource was asked for already; wait for the answer";
+                    post.error(conn, Some(reference), message.to_string());
+                }
+                return;
+            }
+            waiting += 1;
+        }
+        if waiting >= self.max_pending {
+            let message = format!(
+                "{waiting} access requests are waiting for gateways; wait for their answers"
+            );
+            post.error(conn, Some(reference), message);
+            return;
+        }
         let decision = graph.policies.decide(
             graph.groups(asker.actor_id),
             resource_id.0,
@@ -157,13 +222,16 @@ impl Access {
             portal_ref.clone(),
             Pending {
                 client_conn: conn,
-                client_ref: reference,
+                client_refs: vec![reference],
                 route,
                 deadline: now + self.timeout,
                 grant: Grant {
                     asker,
                     gateway,
                     authorization: authorization.clone(),
+                    granted_at: wall,
+                    own: true,
+                    written: 0,
                 },
             },
         );
@@ -174,6 +242,15 @@ impl Access {
                 authorization: Box::new(authorization),
             },
         );
+    }
+
+    /// Whether a grant or a request pairs `peer`'s key with another device.
+    fn key_taken(&self, peer: &postern_model::protocol::Peer<ClientId>) -> bool {
+        let clash = |grant: &Grant| {
+            (grant.asker.peer.public_key == peer.public_key && grant.asker.peer.id != peer.id)
+                || grant.gateway.public_key == peer.public_key
+        };
+        self.grants.values().any(clash) || self.pending.values().any(|p| clash(&p.grant))
     }
 
     /// A fresh ref for an `authorize`.
@@ -195,15 +272,16 @@ impl Access {
         let Some(pending) = self.pending.remove(reference) else {
             return;
         };
-        let grant = pending.grant;
-        let granted = PortalToClient::AccessGranted {
-            reference: pending.client_ref,
+        let mut grant = pending.grant;
+        let granted = |reference| PortalToClient::AccessGranted {
+            reference,
             resource_id: grant.authorization.resource.id,
             gateway: grant.gateway.clone(),
             preshared_key: grant.authorization.preshared_key,
             ice: grant.authorization.ice.clone(),
             expires_at: grant.authorization.expires_at,
         };
+        let answers: Vec<PortalToClient> = pending.client_refs.into_iter().map(granted).collect();
         let gateway = grant.gateway.id;
         let key = grant.key();
         // A grant on another gateway for the same resource is replaced.
@@ -214,10 +292,15 @@ impl Access {
         {
             self.revoke(key, post);
         }
+        // In the store before anyone hears of it: a node that restarts
+        // after this knows it, and so does every other node.
+        grant.written = post.persist(GrantWrite::Put(Box::new(grant.record())));
         self.grants.insert(key, grant);
         post.gateway_load(gateway, self.load(gateway));
         post.metric(Metric::Granted);
-        post.client(pending.client_conn, granted);
+        for answer in answers {
+            post.client(pending.client_conn, answer);
+        }
     }
 
     /// A pending request that cannot complete: the client hears `offline`.
@@ -225,13 +308,15 @@ impl Access {
         if let Some(pending) = self.pending.remove(reference) {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
-            post.deny(
-                pending.client_conn,
-                pending.client_ref,
-                resource_id,
-                DenyReason::Offline,
-                vec![],
-            );
+            for reference in pending.client_refs {
+                post.deny(
+                    pending.client_conn,
+                    reference,
+                    resource_id,
+                    DenyReason::Offline,
+                    vec![],
+                );
+            }
         }
     }
 
@@ -306,6 +391,7 @@ impl Access {
         let Some(grant) = self.grants.remove(&key) else {
             return;
         };
+        self.forget_stored(&grant, post);
         let (client_id, resource_id) = key;
         post.deliver_to_gateway(
             grant.gateway.id,
@@ -316,6 +402,14 @@ impl Access {
         );
         post.deliver_to_client(client_id, PortalToClient::AccessRevoked { resource_id });
         post.gateway_load(grant.gateway.id, self.load(grant.gateway.id));
+    }
+
+    /// Deletes a grant's row; until a load reads after the delete, a row
+    /// of it that a load still shows is not taken back.
+    fn forget_stored(&mut self, grant: &Grant, post: &mut Post) {
+        let key = grant.stored_key();
+        let seq = post.persist(GrantWrite::Delete(key));
+        self.tombstones.insert(key, (grant.asker.account, seq));
     }
 
     /// Revokes every grant `pick` chooses.
@@ -393,16 +487,27 @@ impl Access {
         gateways
     }
 
-    /// Grants with an expiry at or before `now`: (account, client device).
+    /// Grants with an expiry (theirs or their token's) at or before `now`:
+    /// (account, client device).
     pub(super) fn expired(&self, now: Timestamp) -> Vec<(Uuid, ClientId)> {
-        self.grants
+        let mut expired: Vec<(Uuid, ClientId)> = self
+            .grants
             .values()
-            .filter(|g| g.authorization.expires_at.is_some_and(|at| at <= now))
+            .filter(|g| {
+                g.authorization.expires_at.is_some_and(|at| at <= now)
+                    || g.asker.token_expires.is_some_and(|at| at <= now)
+            })
             .map(|g| (g.asker.account, g.asker.peer.id))
-            .collect()
+            .collect();
+        expired.sort_unstable();
+        expired.dedup();
+        expired
     }
 
-    /// Decides a device's grants again, with the facts they were made with.
+    /// Decides a device's grants again, with the facts they were made with;
+    /// and its requests still waiting on a gateway, which were decided on
+    /// an older graph (a grant must not come of them if that no longer
+    /// allows it).
     pub(super) fn redecide(
         &mut self,
         device: ClientId,
@@ -411,21 +516,8 @@ impl Access {
     ) -> Redecided {
         let mut redecided = Redecided::default();
         for (key, grant) in self.grants.iter_mut().filter(|(k, _)| k.0 == device) {
-            let resource_id = key.1;
-            let actor = grant.asker.actor_id;
-            let still_visible = graph.actor_active(actor)
-                && graph.resources.contains_key(&resource_id.0)
-                && graph
-                    .policies
-                    .visible_resources(graph.groups(actor))
-                    .contains(&resource_id.0);
-            match graph
-                .policies
-                .decide(graph.groups(actor), resource_id.0, &grant.asker.facts(now))
-            {
-                Decision::Allow { expires_at, .. } if still_visible => {
-                    // Another window may carry it on; the token still bounds it.
-                    let expires_at = earliest(expires_at, grant.asker.token_expires);
+            match decide_again(grant, graph, now) {
+                Some(expires_at) => {
                     if expires_at != grant.authorization.expires_at {
                         grant.authorization.expires_at = expires_at;
                         redecided
@@ -433,14 +525,39 @@ impl Access {
                             .push((grant.gateway.id, grant.authorization.clone()));
                     }
                 }
-                _ => redecided.revoked.push(*key),
+                None => redecided.revoked.push(*key),
             }
         }
+        redecided.refused = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.grant.asker.peer.id == device)
+            .filter(|(_, p)| decide_again(&p.grant, graph, now).is_none())
+            .map(|(reference, _)| reference.clone())
+            .collect();
         redecided
     }
 
-    /// The grants a gateway holds, split by whether they were made for
-    /// `key` (its current process) or an earlier one.
+    /// A waiting request the graph no longer allows: the client hears
+    /// `forbidden`, the gateway takes back what it may have applied.
+    pub(super) fn refuse(&mut self, reference: &str, post: &mut Post) {
+        if let Some(pending) = self.pending.remove(reference) {
+            let resource_id = pending.grant.authorization.resource.id;
+            self.withdraw(&pending.grant, post);
+            for reference in pending.client_refs {
+                post.deny(
+                    pending.client_conn,
+                    reference,
+                    resource_id,
+                    DenyReason::Forbidden,
+                    vec![],
+                );
+            }
+        }
+    }
+
+    /// The grants a gateway holds, split by whether they were made by this
+    /// node for `key` (its current process) or for an earlier one.
     pub(super) fn on_gateway(
         &self,
         gateway: GatewayId,
@@ -450,7 +567,9 @@ impl Access {
         let mut stale = Vec::new();
         for grant in self.grants.values().filter(|g| g.gateway.id == gateway) {
             if grant.gateway.public_key == *key {
-                same.push(grant.authorization.clone());
+                if grant.own {
+                    same.push(grant.authorization.clone());
+                }
             } else {
                 stale.push(grant.key());
             }
@@ -468,6 +587,33 @@ fn load(grants: &HashMap<Key, Grant>, gateway: GatewayId) -> u64 {
     clients.sort_unstable();
     clients.dedup();
     clients.len() as u64
+}
+
+/// A grant's expiry if the graph still allows it with the facts it was
+/// made with (the token bounds it), `None` if not.
+fn decide_again(grant: &Grant, graph: &AccountGraph, now: Timestamp) -> Option<Option<Timestamp>> {
+    let resource_id = grant.authorization.resource.id;
+    let actor = grant.asker.actor_id;
+    // A token that expired ends what was granted under it (the policy may
+    // still allow the pair).
+    let token_live = grant.asker.token_expires.is_none_or(|at| at > now);
+    let still_visible = token_live
+        && graph.actor_active(actor)
+        && graph.resources.contains_key(&resource_id.0)
+        && graph
+            .policies
+            .visible_resources(graph.groups(actor))
+            .contains(&resource_id.0);
+    match graph
+        .policies
+        .decide(graph.groups(actor), resource_id.0, &grant.asker.facts(now))
+    {
+        // Another window may carry it on; the token still bounds it.
+        Decision::Allow { expires_at, .. } if still_visible => {
+            Some(earliest(expires_at, grant.asker.token_expires))
+        }
+        _ => None,
+    }
 }
 
 /// The earlier of two optional instants (`None` is "never").

@@ -46,8 +46,9 @@ pub(super) enum LoadedFor {
 struct Account {
     /// `None` until the first load is in.
     graph: Option<AccountGraph>,
-    /// The load out now, with the changes it is for.
-    loading: Option<LoadedFor>,
+    /// The load out now, with the changes it is for and the ledger
+    /// sequence it reads after.
+    loading: Option<(LoadedFor, u64)>,
     waiting: VecDeque<Waiting>,
 }
 
@@ -74,24 +75,47 @@ impl Accounts {
     }
 
     /// Queues an event of an account that is not ready; the first load is
-    /// asked for if the account is new here.
-    pub(super) fn hold(&mut self, account: Uuid, event: Event) -> Option<LoadRequest> {
+    /// asked for if the account is new here. `after`: the ledger sequence
+    /// a load asked for now must read after.
+    pub(super) fn hold(&mut self, account: Uuid, event: Event, after: u64) -> Option<LoadRequest> {
         let entry = self.accounts.entry(account).or_default();
         entry.waiting.push_back(Waiting::Event(event));
         if entry.graph.is_none() && entry.loading.is_none() {
-            entry.loading = Some(LoadedFor::First);
+            entry.loading = Some((LoadedFor::First, after));
             return Some(LoadRequest {
                 account,
                 clients: Vec::new(),
+                after,
             });
         }
         None
     }
 
+    /// Queues an event of a ready account behind a fresh load of it (a
+    /// gateway's join: its `init` lists what the store holds now).
+    pub(super) fn refresh(
+        &mut self,
+        account: Uuid,
+        event: Event,
+        after: u64,
+    ) -> Option<LoadRequest> {
+        let entry = self.accounts.get_mut(&account)?;
+        entry.waiting.push_back(Waiting::Event(event));
+        if entry.loading.is_some() {
+            return None;
+        }
+        Some(Self::reload(account, entry, Vec::new(), after))
+    }
+
     /// Changes committed for an account: a reload is asked for now, or once
     /// what waits before them has run. An account nobody here uses is left
     /// alone.
-    pub(super) fn changed(&mut self, account: Uuid, changes: Vec<Change>) -> Option<LoadRequest> {
+    pub(super) fn changed(
+        &mut self,
+        account: Uuid,
+        changes: Vec<Change>,
+        after: u64,
+    ) -> Option<LoadRequest> {
         let entry = self.accounts.get_mut(&account)?;
         if entry.loading.is_some() || !entry.waiting.is_empty() {
             // Changes that wait side by side share one reload.
@@ -102,10 +126,10 @@ impl Accounts {
             }
             return None;
         }
-        Some(Self::reload(account, entry, changes))
+        Some(Self::reload(account, entry, changes, after))
     }
 
-    fn reload(account: Uuid, entry: &mut Account, changes: Vec<Change>) -> LoadRequest {
+    fn reload(account: Uuid, entry: &mut Account, changes: Vec<Change>, after: u64) -> LoadRequest {
         // Verification is a fact of the device: the load reads it again.
         let clients = changes
             .iter()
@@ -114,12 +138,17 @@ impl Accounts {
                 _ => None,
             })
             .collect();
-        entry.loading = Some(LoadedFor::Changes(changes));
-        LoadRequest { account, clients }
+        entry.loading = Some((LoadedFor::Changes(changes), after));
+        LoadRequest {
+            account,
+            clients,
+            after,
+        }
     }
 
-    /// A load answered; what it was for (`None` if none was out).
-    pub(super) fn answered(&mut self, account: Uuid) -> Option<LoadedFor> {
+    /// A load answered; what it was for and the ledger sequence it read
+    /// after (`None` if none was out).
+    pub(super) fn answered(&mut self, account: Uuid) -> Option<(LoadedFor, u64)> {
         self.accounts.get_mut(&account)?.loading.take()
     }
 
@@ -143,7 +172,7 @@ impl Accounts {
 
     /// The next event to run for a ready account. Waiting changes start
     /// their reload here, which stops the run until it is in.
-    pub(super) fn next(&mut self, account: Uuid) -> Next {
+    pub(super) fn next(&mut self, account: Uuid, after: u64) -> Next {
         let Some(entry) = self.accounts.get_mut(&account) else {
             return Next::Done;
         };
@@ -153,7 +182,9 @@ impl Accounts {
         match entry.waiting.pop_front() {
             None => Next::Done,
             Some(Waiting::Event(event)) => Next::Run(event),
-            Some(Waiting::Changes(changes)) => Next::Load(Self::reload(account, entry, changes)),
+            Some(Waiting::Changes(changes)) => {
+                Next::Load(Self::reload(account, entry, changes, after))
+            }
         }
     }
 

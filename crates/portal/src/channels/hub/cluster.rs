@@ -45,6 +45,7 @@ impl Hub {
         if !self.routing.clustered() {
             return;
         }
+        self.routing.prune(now);
         if self.routing.heartbeat_due(now) {
             let gateways = self
                 .presence
@@ -68,7 +69,7 @@ impl Hub {
         }
     }
 
-    pub(super) fn cluster(&mut self, message: ClusterMessage, wall: Timestamp) {
+    pub(super) fn cluster(&mut self, message: ClusterMessage, now: Instant, wall: Timestamp) {
         let from = message.from();
         match message {
             ClusterMessage::Change {
@@ -100,17 +101,23 @@ impl Hub {
                 let Some(conn) = self.presence.gateway(device) else {
                     return;
                 };
-                if let PortalToGateway::Authorize {
-                    reference,
-                    authorization,
-                } = message.as_ref()
-                {
-                    self.routing.forwarded(
+                match message.as_ref() {
+                    PortalToGateway::Authorize {
+                        reference,
+                        authorization,
+                    } => self.routing.forwarded(
                         reference.clone(),
                         authorization.client.id,
+                        authorization.resource.id,
                         device,
                         from,
-                    );
+                        now,
+                    ),
+                    PortalToGateway::Revoke {
+                        client_id,
+                        resource_id,
+                    } => self.routing.revoked(*client_id, *resource_id, device),
+                    _ => {}
                 }
                 post_of!(self).gateway(conn, *message);
             }

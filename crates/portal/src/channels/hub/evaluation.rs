@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::super::graph::AccountGraph;
 use super::access::Access;
 use super::accounts::Accounts;
+use super::io::{GrantKey, GrantWrite, StoredGrant};
 use super::post::Post;
 use crate::change::Change;
 
@@ -71,20 +72,28 @@ impl Evaluation {
         self.told.get(&device)?.get(&resource)
     }
 
-    /// Puts a graph reloaded for `changes` in place and brings every client
-    /// they can affect in line with it. Device facts the load read were
-    /// applied before (by the router, which owns them).
+    /// Puts a graph loaded for `changes` (none for a first load or a
+    /// refresh) in place with the stored authorizations it read (see
+    /// `ledger`), and brings every client they can affect in line with it.
+    /// Device facts the load read were applied before (by the router,
+    /// which owns them).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn apply(
         &mut self,
         account: Uuid,
         graph: AccountGraph,
         changes: &[Change],
+        stored: (Vec<StoredGrant>, u64),
         access: &mut Access,
         post: &mut Post,
         now: Timestamp,
     ) {
         let old = self.accounts.install(account, graph);
         let mut affected: HashSet<ClientId> = HashSet::new();
+        if let Some(graph) = self.accounts.graph(account) {
+            let (rows, after) = stored;
+            affected.extend(access.merge(account, rows, after, graph, post, now));
+        }
         for change in changes {
             self.affected_by(account, change, old.as_ref(), access, post, &mut affected);
         }
@@ -162,6 +171,7 @@ impl Evaluation {
             }
             Change::ClientDeleted(device_id) => {
                 let device = ClientId(*device_id);
+                post.relay_revoke(*device_id);
                 if let Some(conn) = post.presence().client(device) {
                     post.doom(conn, Some(DisconnectReason::TokenRevoked));
                 }
@@ -169,6 +179,9 @@ impl Evaluation {
             }
             Change::TokenRevoked(token_id) => {
                 for conn in post.presence().with_token(*token_id) {
+                    if let Some(device) = post.presence().get(conn).and_then(|c| c.device()) {
+                        post.relay_revoke(device.id);
+                    }
                     post.doom(conn, Some(DisconnectReason::TokenRevoked));
                 }
                 access.revoke_where(|g| g.asker.token_id == *token_id, post);
@@ -221,13 +234,25 @@ impl Evaluation {
             post.deliver_to_client(device, message);
         }
         if let Some(conn) = drop_connection {
+            post.relay_revoke(device.0);
             post.doom(conn, Some(DisconnectReason::TokenRevoked));
         }
         for key in redecided.revoked {
             access.revoke(key, post);
         }
+        for reference in redecided.refused {
+            access.refuse(&reference, post);
+        }
         // The gateway enforces expiry too: give it the new one.
         for (gateway, authorization) in redecided.extended {
+            post.persist(GrantWrite::Extend {
+                key: GrantKey {
+                    client: authorization.client.id,
+                    resource: authorization.resource.id,
+                    gateway,
+                },
+                expires_at: authorization.expires_at,
+            });
             post.deliver_to_gateway(
                 gateway,
                 PortalToGateway::Authorize {

@@ -11,7 +11,7 @@ use postern_model::{GatewayId, ResourceId};
 use postern_policy::Facts;
 use uuid::Uuid;
 
-use super::io::ConnId;
+use super::io::{ConnId, GrantKey, GrantRecord};
 
 /// A grant is keyed by the client device and the resource.
 pub(super) type Key = (ClientId, ResourceId);
@@ -68,17 +68,57 @@ impl Asker {
 }
 
 /// A granted (client device, resource) pair, kept while the client or the
-/// gateway reconnects, until it is revoked or expires.
+/// gateway reconnects, until it is revoked or expires. It is in the store
+/// too (see `ledger`).
 #[derive(Clone, Debug)]
 pub(super) struct Grant {
     pub asker: Asker,
     pub gateway: Peer<GatewayId>,
     pub authorization: Authorization,
+    /// When it was decided: of two grants of a pair on different gateways,
+    /// the later one stands.
+    pub granted_at: Timestamp,
+    /// Made by this node (it re-sends its own when their gateway rejoins
+    /// another node); `false` for one learnt from the store.
+    pub own: bool,
+    /// The ledger sequence of this node's write of it (0: learnt from the
+    /// store).
+    pub written: u64,
 }
 
 impl Grant {
     pub(super) fn key(&self) -> Key {
         (self.asker.peer.id, self.authorization.resource.id)
+    }
+
+    /// Its row's key in the store.
+    pub(super) fn stored_key(&self) -> GrantKey {
+        GrantKey {
+            client: self.asker.peer.id,
+            resource: self.authorization.resource.id,
+            gateway: self.gateway.id,
+        }
+    }
+
+    /// Its row in the store.
+    pub(super) fn record(&self) -> GrantRecord {
+        let asker = &self.asker;
+        GrantRecord {
+            account_id: asker.account,
+            client: asker.peer.clone(),
+            resource_id: self.authorization.resource.id,
+            gateway: self.gateway.clone(),
+            actor_id: asker.actor_id,
+            token_id: asker.token_id,
+            token_expires_at: asker.token_expires,
+            identity_provider_id: asker.identity_provider,
+            remote_ip: asker.remote_ip,
+            country: asker.country.clone(),
+            os: asker.os.clone(),
+            verified: asker.verified,
+            expires_at: self.authorization.expires_at,
+            granted_at: self.granted_at,
+        }
     }
 }
 

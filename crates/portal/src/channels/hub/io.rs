@@ -20,6 +20,7 @@ use super::super::graph::AccountGraph;
 use crate::change::Change;
 use crate::domain::{Device, TokenRecord};
 use crate::store::StoreError;
+pub(crate) use crate::store::grants::{GrantKey, GrantRecord, GrantWrite, StoredGrant};
 
 /// Connection ids are process-local counters.
 pub(crate) type ConnId = u64;
@@ -162,6 +163,9 @@ pub(crate) struct Loaded {
     /// The verification of the client devices the load asked for (those
     /// the store could not read are missing).
     pub verified: HashMap<ClientId, bool>,
+    /// The authorizations the store holds for the account, read after
+    /// this node's ledger writes up to the request's `after`.
+    pub grants: Vec<StoredGrant>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -182,6 +186,18 @@ pub(crate) enum Output {
     Metric(Metric),
     /// Read an account from the store and answer with `Input::Loaded`.
     Load(LoadRequest),
+    /// Write to the stored authorizations, in `seq` order (see `ledger`).
+    Persist {
+        seq: u64,
+        write: GrantWrite,
+    },
+    /// The device lost its right to be here (revoked token, deleted
+    /// device, disabled actor): the relays it has credentials for should
+    /// stop serving it. Nothing consumes it yet (relay credentials are
+    /// time-limited; see `relays`).
+    RelayRevoke {
+        device: Uuid,
+    },
 }
 
 /// A message for one of the three roles.
@@ -227,6 +243,9 @@ pub(crate) enum Metric {
 pub(crate) struct LoadRequest {
     pub account: Uuid,
     pub clients: Vec<ClientId>,
+    /// Read only once this node's `Persist` outputs up to this sequence
+    /// are in the store, so the load sees every write made before it.
+    pub after: u64,
 }
 
 /// Secrets every portal node shares (from the store's settings).
@@ -246,6 +265,8 @@ pub(crate) struct HubConfig {
     pub secrets: HubSecrets,
     /// How long a gateway has to confirm an authorization.
     pub authorize_timeout: Duration,
+    /// Access requests one client channel may have waiting.
+    pub pending_per_client: usize,
     /// Seeds the tie-break among equally loaded gateways.
     pub seed: u64,
 }

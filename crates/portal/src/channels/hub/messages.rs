@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use jiff::Timestamp;
+use postern_model::GatewayId;
 use postern_model::protocol::{ClientToPortal, GatewayToPortal, RelayToPortal};
 
 use super::Hub;
@@ -147,12 +148,25 @@ impl Hub {
     /// `authorized` from a gateway connected here: for a request of this
     /// node, or of the node that forwarded it.
     fn gateway_authorized(&mut self, conn: ConnId, reference: &str) {
-        if let Some(origin) = self.routing.take_forwarded(reference) {
+        let gateway = self
+            .presence
+            .get(conn)
+            .and_then(|c| c.device())
+            .map(|d| GatewayId(d.id));
+        if let Some(gateway) = gateway
+            && let Some(origin) = self.routing.take_forwarded(reference, gateway)
+        {
             post_of!(self).publish(ClusterMessage::Authorized {
                 from: self.routing.node(),
                 to: origin,
                 reference: reference.to_string(),
             });
+            return;
+        }
+        if self.routing.is_forwarded(reference) {
+            // Forwarded to another gateway: not this one's to confirm.
+            tracing::warn!(conn, "a gateway confirmed an authorization it was not sent");
+            post_of!(self).error(conn, Some(reference.to_string()), "unknown ref".to_string());
             return;
         }
         match self.access.route(reference) {

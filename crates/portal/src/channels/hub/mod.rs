@@ -63,8 +63,8 @@ use crate::change::Change;
 use crate::store::StoreError;
 
 pub(crate) use self::io::{
-    ConnId, DeviceFacts, Frame, HubConfig, HubSecrets, Inbound, Input, Joined, LoadRequest, Loaded,
-    Metric, Output, Party, PresenceUpdate, TokenFacts,
+    ConnId, DeviceFacts, Frame, GrantWrite, HubConfig, HubSecrets, Inbound, Input, Joined,
+    LoadRequest, Loaded, Metric, Output, Party, PresenceUpdate, TokenFacts,
 };
 
 pub(crate) struct Hub {
@@ -84,10 +84,11 @@ impl Hub {
                 config.node,
                 PairSecrets::new(config.secrets.pair_secret),
                 config.authorize_timeout,
+                config.pending_per_client,
                 config.seed,
             ),
             evaluation: Evaluation::default(),
-            routing: Routing::new(config.node, config.clustered, now),
+            routing: Routing::new(config.node, config.clustered, config.authorize_timeout, now),
             relays: Relays::new(config.secrets.turn_secret),
             out: Outbox::default(),
         }
@@ -109,9 +110,21 @@ impl Hub {
             Input::Loaded { account, result } => return self.loaded(account, *result, now, wall),
             Input::Tick => return self.tick(now, wall),
         };
+        let after = self.out.seq();
         match self.account_of(&event) {
             Some(account) if !self.evaluation.accounts().ready(account) => {
-                if let Some(load) = self.evaluation.accounts_mut().hold(account, event) {
+                if let Some(load) = self.evaluation.accounts_mut().hold(account, event, after) {
+                    self.out.push(Output::Load(load));
+                }
+            }
+            // A gateway's `init` is authoritative: it lists what the store
+            // holds as it joins, whichever node granted it (see `ledger`).
+            Some(account) if is_gateway_join(&event) => {
+                if let Some(load) = self
+                    .evaluation
+                    .accounts_mut()
+                    .refresh(account, event, after)
+                {
                     self.out.push(Output::Load(load));
                 }
             }
@@ -168,7 +181,7 @@ impl Hub {
                 };
                 self.out.doom(conn, reason);
             }
-            Event::Cluster(message) => self.cluster(*message, wall),
+            Event::Cluster(message) => self.cluster(*message, now, wall),
         }
         self.reap(wall);
     }
@@ -191,7 +204,12 @@ impl Hub {
     }
 
     fn changed(&mut self, account: Uuid, changes: Vec<Change>) {
-        if let Some(load) = self.evaluation.accounts_mut().changed(account, changes) {
+        let after = self.out.seq();
+        if let Some(load) = self
+            .evaluation
+            .accounts_mut()
+            .changed(account, changes, after)
+        {
             self.out.push(Output::Load(load));
         }
     }
@@ -205,25 +223,27 @@ impl Hub {
         now: Instant,
         wall: Timestamp,
     ) {
-        let Some(loaded_for) = self.evaluation.accounts_mut().answered(account) else {
+        let Some((loaded_for, after)) = self.evaluation.accounts_mut().answered(account) else {
             tracing::warn!(%account, "an account load answered that was not asked for");
             return;
         };
         match (result, loaded_for) {
-            (Ok(loaded), LoadedFor::First) => {
-                self.evaluation
-                    .accounts_mut()
-                    .install(account, loaded.graph);
-            }
-            (Ok(loaded), LoadedFor::Changes(changes)) => {
+            (Ok(loaded), loaded_for) => {
                 for (device, verified) in loaded.verified {
                     self.presence.set_verified(device, verified);
                     self.access.set_verified(device, verified);
                 }
+                let changes = match loaded_for {
+                    LoadedFor::First => Vec::new(),
+                    LoadedFor::Changes(changes) => changes,
+                };
+                // Stored grants are decided again even on a first load: a
+                // restarted node revokes what no longer holds.
                 self.evaluation.apply(
                     account,
                     loaded.graph,
                     &changes,
+                    (loaded.grants, after),
                     &mut self.access,
                     post_of!(self),
                     wall,
@@ -244,7 +264,8 @@ impl Hub {
         }
         self.reap(wall);
         loop {
-            match self.evaluation.accounts_mut().next(account) {
+            let after = self.out.seq();
+            match self.evaluation.accounts_mut().next(account, after) {
                 Next::Run(event) => self.run(event, now, wall),
                 Next::Load(load) => {
                     self.out.push(Output::Load(load));
@@ -434,13 +455,23 @@ impl Hub {
                 .reevaluate(account, device, &mut self.access, post_of!(self), wall);
         }
         for (conn, token) in self.presence.expired_tokens(wall) {
+            if let Some(device) = self.presence.get(conn).and_then(|c| c.device()) {
+                post_of!(self).relay_revoke(device.id);
+            }
             self.out.doom(conn, Some(DisconnectReason::TokenExpired));
             self.access
                 .revoke_where(|g| g.asker.token_id == token, post_of!(self));
         }
+        // Channels closed above get no fresh relay credentials.
+        self.reap(wall);
         self.relays.renew(post_of!(self), now, wall);
         self.reap(wall);
     }
+}
+
+/// Whether an event is a gateway's channel joining.
+fn is_gateway_join(event: &Event) -> bool {
+    matches!(event, Event::Joined(joined) if matches!(joined.party, Party::Gateway { .. }))
 }
 
 /// The interface of a device.

@@ -12,7 +12,7 @@ use postern_model::{ClientId, GatewayId, ResourceId};
 use uuid::Uuid;
 
 use super::super::cluster::{ClusterMessage, chunks};
-use super::io::{ConnId, Frame, Metric, Output, PresenceUpdate};
+use super::io::{ConnId, Frame, GrantWrite, Metric, Output, PresenceUpdate};
 use super::presence::{Presence, Role};
 use super::routing::Routing;
 
@@ -21,9 +21,24 @@ pub(super) struct Outbox {
     outputs: VecDeque<Output>,
     /// Channels to close once the current input is handled, and why.
     doomed: Vec<(ConnId, Option<DisconnectReason>)>,
+    /// The last ledger write's sequence number.
+    seq: u64,
 }
 
 impl Outbox {
+    /// The sequence number of the last ledger write given out.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A ledger write, numbered; its number.
+    pub(super) fn persist(&mut self, write: GrantWrite) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        self.outputs.push_back(Output::Persist { seq, write });
+        seq
+    }
+
     pub(super) fn push(&mut self, output: Output) {
         self.outputs.push_back(output);
     }
@@ -237,5 +252,15 @@ impl<'a> Post<'a> {
 
     pub(super) fn metric(&mut self, metric: Metric) {
         self.out.push(Output::Metric(metric));
+    }
+
+    /// A write to the stored authorizations; its sequence number.
+    pub(super) fn persist(&mut self, write: GrantWrite) -> u64 {
+        self.out.persist(write)
+    }
+
+    /// The device lost its right to relays (see `Output::RelayRevoke`).
+    pub(super) fn relay_revoke(&mut self, device: Uuid) {
+        self.out.push(Output::RelayRevoke { device });
     }
 }

@@ -128,6 +128,13 @@ impl Presence {
         Some((conn, current))
     }
 
+    /// Whether a device other than `device` is connected here with `key`.
+    pub(super) fn key_taken(&self, key: &PublicKey, device: Uuid) -> bool {
+        self.conns
+            .values()
+            .any(|conn| conn.public_key == *key && conn.device().is_some_and(|d| d.id != device))
+    }
+
     /// Connected client devices of an account, with their actors.
     pub(super) fn clients_of(&self, account: Uuid) -> impl Iterator<Item = (ClientId, Uuid)> + '_ {
         self.conns

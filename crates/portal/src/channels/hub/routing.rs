@@ -3,14 +3,32 @@
 //! gateways here, when each was last heard, and when this node's heartbeat
 //! is due.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use postern_model::protocol::Peer;
-use postern_model::{ClientId, GatewayId};
+use postern_model::{ClientId, GatewayId, ResourceId};
 use uuid::Uuid;
 
 use super::super::cluster::{GatewayAnnouncement, HEARTBEAT, NODE_TIMEOUT};
+
+/// An `authorize` this node passed to a gateway here for another node: only
+/// that gateway's `authorized` answers it (issue 15, L9), until the asking
+/// node's deadline.
+#[derive(Debug)]
+struct Forwarded {
+    node: Uuid,
+    gateway: GatewayId,
+    deadline: Instant,
+}
+
+/// A (client, gateway here) pair another node made, for the gateway's
+/// candidates: the resources it was authorized for, until revoked.
+#[derive(Debug)]
+struct Pair {
+    node: Uuid,
+    resources: HashSet<ResourceId>,
+}
 
 /// A gateway another node serves.
 #[derive(Debug)]
@@ -27,20 +45,23 @@ pub(super) struct Routing {
     /// nothing.
     clustered: bool,
     gateways: HashMap<GatewayId, RemoteGateway>,
-    /// Authorizations forwarded to a gateway here: ref -> the asking node.
-    forwarded: HashMap<String, Uuid>,
+    /// Authorizations forwarded to a gateway here, by ref.
+    forwarded: HashMap<String, Forwarded>,
     /// (client, gateway here) -> the client's node, for its candidates.
-    pairs: HashMap<(ClientId, GatewayId), Uuid>,
+    pairs: HashMap<(ClientId, GatewayId), Pair>,
+    /// How long a gateway has to confirm: forwarded refs are forgotten then.
+    timeout: Duration,
     seen: HashMap<Uuid, Instant>,
     /// `None`: due now.
     last_heartbeat: Option<Instant>,
 }
 
 impl Routing {
-    pub(super) fn new(node: Uuid, clustered: bool, now: Instant) -> Self {
+    pub(super) fn new(node: Uuid, clustered: bool, timeout: Duration, now: Instant) -> Self {
         Routing {
             node,
             clustered,
+            timeout,
             gateways: HashMap::new(),
             forwarded: HashMap::new(),
             pairs: HashMap::new(),
@@ -117,21 +138,61 @@ impl Routing {
         &mut self,
         reference: String,
         client: ClientId,
+        resource: ResourceId,
         gateway: GatewayId,
         from: Uuid,
+        now: Instant,
     ) {
-        self.forwarded.insert(reference, from);
-        self.pairs.insert((client, gateway), from);
+        let deadline = now + self.timeout;
+        let forwarded = Forwarded {
+            node: from,
+            gateway,
+            deadline,
+        };
+        self.forwarded.insert(reference, forwarded);
+        let pair = self.pairs.entry((client, gateway)).or_insert(Pair {
+            node: from,
+            resources: HashSet::new(),
+        });
+        pair.node = from;
+        pair.resources.insert(resource);
     }
 
-    /// The node that forwarded an authorization, once.
-    pub(super) fn take_forwarded(&mut self, reference: &str) -> Option<Uuid> {
-        self.forwarded.remove(reference)
+    /// Another node revoked a client's resource on a gateway here.
+    pub(super) fn revoked(&mut self, client: ClientId, resource: ResourceId, gateway: GatewayId) {
+        if let Some(pair) = self.pairs.get_mut(&(client, gateway)) {
+            pair.resources.remove(&resource);
+            if pair.resources.is_empty() {
+                self.pairs.remove(&(client, gateway));
+            }
+        }
+    }
+
+    /// The node that forwarded an authorization, once, if `gateway` is the
+    /// one it was forwarded to (another gateway's `authorized` for a ref it
+    /// never got is refused).
+    pub(super) fn take_forwarded(&mut self, reference: &str, gateway: GatewayId) -> Option<Uuid> {
+        match self.forwarded.get(reference) {
+            Some(forwarded) if forwarded.gateway == gateway => {
+                self.forwarded.remove(reference).map(|f| f.node)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a ref was forwarded to a gateway here (by any node).
+    pub(super) fn is_forwarded(&self, reference: &str) -> bool {
+        self.forwarded.contains_key(reference)
+    }
+
+    /// Forgets forwarded refs nobody answered in time.
+    pub(super) fn prune(&mut self, now: Instant) {
+        self.forwarded.retain(|_, f| f.deadline > now);
     }
 
     /// The node of a client paired with a gateway here.
     pub(super) fn pair_node(&self, client: ClientId, gateway: GatewayId) -> Option<Uuid> {
-        self.pairs.get(&(client, gateway)).copied()
+        self.pairs.get(&(client, gateway)).map(|p| p.node)
     }
 
     /// Whether this node should announce itself now; if so, the next
@@ -164,6 +225,8 @@ impl Routing {
             .into_iter()
             .map(|node| {
                 self.seen.remove(&node);
+                self.pairs.retain(|_, p| p.node != node);
+                self.forwarded.retain(|_, f| f.node != node);
                 let gateways = self
                     .gateways
                     .iter()

@@ -103,7 +103,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
     let mut w = World::with_client_and_gateway(graph(1, &[1]));
     w.grant();
     // The same process reconnecting keeps what it authorized.
-    let out = w.input(gateway(3, SITE, GATEWAY, 2));
+    let out = w.join_gateway(3, SITE, GATEWAY, 2);
     let Some(PortalToGateway::Init { authorizations, .. }) = gateway_frames(&out, 3).pop() else {
         panic!("no init: {out:?}");
     };
@@ -119,7 +119,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
     assert!(out.contains(&Output::Close { conn: 2 }));
 
     // A restarted process (a new key) finds its grants void.
-    let out = w.input(gateway(4, SITE, GATEWAY, 9));
+    let out = w.join_gateway(4, SITE, GATEWAY, 9);
     assert_eq!(
         client_frames(&out, 1),
         vec![PortalToClient::AccessRevoked {
@@ -143,7 +143,7 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
 fn candidates_pass_only_between_paired_devices() {
     let mut w = World::with_client_and_gateway(graph(1, &[1]));
     let stranger = GatewayId::from_u128(0x92);
-    w.input(gateway(3, OTHER_SITE, stranger, 3));
+    w.join_gateway(3, OTHER_SITE, stranger, 3);
     let candidates = |peer: GatewayId| {
         from_client(
             1,
@@ -186,4 +186,168 @@ fn candidates_pass_only_between_paired_devices() {
     // The gateway it is not paired with reaches nobody, either way.
     assert_eq!(w.input(candidates(stranger)), vec![]);
     assert_eq!(w.input(to_client(3, CLIENT)), vec![]);
+}
+
+#[test]
+fn a_flood_of_requests_sends_the_gateway_one_authorize_per_resource() {
+    let mut w = World::with_client_and_gateway(graph(6, &[1, 2, 3, 4, 5, 6]));
+    let mut authorizes = Vec::new();
+    let mut errors = Vec::new();
+    for n in 0..20 {
+        let out = w.input(request(1, &format!("r{n}"), resource(1).id));
+        authorizes.extend(
+            gateway_frames(&out, 2)
+                .into_iter()
+                .filter(|m| matches!(m, PortalToGateway::Authorize { .. })),
+        );
+        errors.extend(client_frames(&out, 1));
+    }
+    assert_eq!(authorizes.len(), 1, "{authorizes:?}");
+    // Eight refs wait on it; the rest are told to wait.
+    assert_eq!(errors.len(), 12, "{errors:?}");
+    assert!(errors.iter().all(|m| matches!(
+        m,
+        PortalToClient::Error {
+            reference: Some(_),
+            ..
+        }
+    )));
+    let Some(PortalToGateway::Authorize { reference, .. }) = authorizes.pop() else {
+        unreachable!()
+    };
+    let out = w.input(from_gateway(2, GatewayToPortal::Authorized { reference }));
+    let granted: Vec<String> = client_frames(&out, 1)
+        .into_iter()
+        .filter_map(|m| match m {
+            PortalToClient::AccessGranted { reference, .. } => Some(reference),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, (0..8).map(|n| format!("r{n}")).collect::<Vec<_>>());
+
+    // Requests for other resources: at most four wait (the test's cap).
+    let mut authorizes = 0;
+    let mut refused = 0;
+    for n in 2..=6 {
+        let out = w.input(request(1, &format!("x{n}"), resource(n).id));
+        authorizes += gateway_frames(&out, 2).len();
+        refused += client_frames(&out, 1)
+            .iter()
+            .filter(|m| matches!(m, PortalToClient::Error { .. }))
+            .count();
+    }
+    assert_eq!((authorizes, refused), (4, 1));
+}
+
+/// Another node's `authorize` passed to a gateway here is confirmed only by
+/// that gateway (L9), and forgotten once its deadline passed.
+#[test]
+fn only_the_gateway_a_forwarded_authorize_went_to_confirms_it() {
+    use postern_model::protocol::{Authorization, IceCredentials, PairIce, Peer};
+    use postern_model::{PresharedKey, PublicKey};
+
+    use crate::channels::cluster::ClusterMessage;
+
+    let mut w = World::clustered();
+    w.input(gateway(2, SITE, GATEWAY, 2));
+    w.loaded(ACCOUNT, graph(1, &[1]));
+    let other = GatewayId::from_u128(0x92);
+    w.join_gateway(3, OTHER_SITE, other, 3);
+    let origin = uuid::Uuid::from_u128(0x0e);
+    let ice = IceCredentials {
+        username_fragment: "abcd".to_string(),
+        password: "0123456789abcdefghijklmn".to_string(),
+    };
+    let forward = |reference: &str| {
+        Input::Cluster(Box::new(ClusterMessage::ToGateway {
+            from: origin,
+            to: uuid::Uuid::from_u128(0xde),
+            device: GATEWAY,
+            message: Box::new(PortalToGateway::Authorize {
+                reference: reference.to_string(),
+                authorization: Box::new(Authorization {
+                    client: Peer {
+                        id: CLIENT,
+                        public_key: PublicKey([1; 32]),
+                        ipv4: "100.64.0.9".parse().unwrap(),
+                        ipv6: "fd7e:5057:6e00::9".parse().unwrap(),
+                    },
+                    resource: resource(1),
+                    preshared_key: PresharedKey([4; 32]),
+                    ice: PairIce {
+                        client: ice.clone(),
+                        gateway: ice.clone(),
+                    },
+                    expires_at: None,
+                }),
+            }),
+        }))
+    };
+    let confirmed = |out: &[Output]| {
+        out.iter().any(|o| {
+            matches!(o, Output::Publish(ClusterMessage::Authorized { to, .. }) if *to == origin)
+        })
+    };
+    let out = w.input(forward("0000000e-1"));
+    assert_eq!(gateway_frames(&out, 2).len(), 1, "{out:?}");
+    // Another gateway's `authorized` for that ref confirms nothing.
+    let out = w.input(from_gateway(
+        3,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-1".to_string(),
+        },
+    ));
+    assert!(!confirmed(&out), "{out:?}");
+    let out = w.input(from_gateway(
+        2,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-1".to_string(),
+        },
+    ));
+    assert!(confirmed(&out), "{out:?}");
+    // One nobody confirmed in time is forgotten.
+    w.input(forward("0000000e-2"));
+    w.wait(Duration::from_secs(16));
+    w.input(Input::Tick);
+    let out = w.input(from_gateway(
+        2,
+        GatewayToPortal::Authorized {
+            reference: "0000000e-2".to_string(),
+        },
+    ));
+    assert!(!confirmed(&out), "{out:?}");
+}
+
+/// A client that presents another device's public key (another client's,
+/// or its gateway's) is refused, and the device whose key it is keeps its
+/// grant (L12).
+#[test]
+fn a_client_with_another_devices_key_gets_nothing_and_disturbs_nothing() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    w.grant();
+    let impostor = ClientId::from_u128(0xc3);
+    for (conn, key) in [(5, 1), (6, 2)] {
+        w.input(client(conn, ACCOUNT, impostor, key));
+        let out = w.input(request(conn, "steal", resource(1).id));
+        assert!(gateway_frames(&out, 2).is_empty(), "{out:?}");
+        assert!(
+            matches!(
+                client_frames(&out, conn).as_slice(),
+                [PortalToClient::AccessDenied {
+                    reason: DenyReason::Forbidden,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+        w.input(Input::Closed { conn });
+    }
+    // The real client's grant stands.
+    let out = w.join_gateway(3, SITE, GATEWAY, 2);
+    let init = gateway_frames(&out, 3).into_iter().find_map(|m| match m {
+        PortalToGateway::Init { authorizations, .. } => Some(authorizations.len()),
+        _ => None,
+    });
+    assert_eq!(init, Some(1));
 }

@@ -23,7 +23,8 @@ fn a_policy_change_revokes_the_grant_at_both_ends() {
         out,
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 1,
         })]
     );
     let out = w.loaded(ACCOUNT, graph(1, &[]));
@@ -84,7 +85,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         w.input(client(1, ACCOUNT, CLIENT, 1)),
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
     // Its request and a change come before its graph: both wait, in order.
@@ -101,7 +103,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         w.input(client(7, other, other_client, 7)),
         vec![Output::Load(LoadRequest {
             account: other,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
     let out = w.loaded(other, graph(2, &[1, 2]));
@@ -127,7 +130,8 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         out.last(),
         Some(&Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         }))
     );
     let out = w.loaded(ACCOUNT, graph(1, &[]));
@@ -159,7 +163,8 @@ fn a_failed_first_load_closes_the_channels_waiting_for_it() {
         w.input(client(3, ACCOUNT, CLIENT, 1)),
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
-            clients: vec![]
+            clients: vec![],
+            after: 0,
         })]
     );
 }
@@ -199,7 +204,7 @@ fn a_filter_change_while_the_gateway_confirms_reaches_it_and_the_grant() {
         2,
         postern_model::protocol::GatewayToPortal::Authorized { reference },
     ));
-    let reconnect = w.input(gateway(3, SITE, GATEWAY, 2));
+    let reconnect = w.join_gateway(3, SITE, GATEWAY, 2);
     let init = reconnect.iter().find_map(|o| match o {
         Output::Send {
             frame: Frame::Gateway(PortalToGateway::Init { authorizations, .. }),
@@ -211,4 +216,59 @@ fn a_filter_change_while_the_gateway_confirms_reaches_it_and_the_grant() {
         init.map(|a| a.into_iter().map(|a| a.resource).collect::<Vec<_>>()),
         Some(vec![filtered])
     );
+}
+
+/// A request decided on the old graph and still waiting on its gateway
+/// when a change takes the access away is refused: no grant comes of it.
+#[test]
+fn a_change_while_the_gateway_confirms_refuses_the_request() {
+    let mut w = World::with_client_and_gateway(graph(1, &[1]));
+    let out = w.input(request(1, "r1", resource(1).id));
+    let Some(PortalToGateway::Authorize { reference, .. }) = gateway_frames(&out, 2).pop() else {
+        panic!("no authorize: {out:?}");
+    };
+    w.input(Input::Changes(vec![(
+        ACCOUNT,
+        Change::Groups(vec![ENGINEERS]),
+    )]));
+    // The policy stays but now needs a condition the client does not meet:
+    // the resource is still listed, the request no longer allowed.
+    let mut narrowed = graph(1, &[]);
+    narrowed.policies.upsert(postern_policy::Policy {
+        id: Uuid::from_u128(0x201),
+        group_id: ENGINEERS,
+        resource_id: resource(1).id.0,
+        conditions: vec![
+            postern_policy::CompiledCondition::compile(&postern_model::Condition {
+                property: postern_model::ConditionProperty::ClientVerified,
+                operator: postern_model::ConditionOperator::In,
+                values: vec!["true".to_string()],
+            })
+            .unwrap(),
+        ],
+        disabled: false,
+    });
+    let out = w.loaded(ACCOUNT, narrowed);
+    assert!(
+        client_frames(&out, 1).contains(&PortalToClient::AccessDenied {
+            reference: "r1".to_string(),
+            resource_id: resource(1).id,
+            reason: DenyReason::Forbidden,
+            violated: vec![],
+        }),
+        "{out:?}"
+    );
+    assert!(
+        gateway_frames(&out, 2).contains(&PortalToGateway::Revoke {
+            client_id: CLIENT,
+            resource_id: resource(1).id
+        }),
+        "{out:?}"
+    );
+    let out = w.input(from_gateway(
+        2,
+        postern_model::protocol::GatewayToPortal::Authorized { reference },
+    ));
+    assert!(client_frames(&out, 1).is_empty(), "{out:?}");
+    assert!(w.store.is_empty());
 }

@@ -3,7 +3,10 @@
 
 mod access;
 mod evaluation;
+mod ledger;
+mod relays;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -18,9 +21,10 @@ use postern_policy::Policy;
 use uuid::Uuid;
 
 use super::super::graph::{AccountGraph, ActorFacts};
+use super::io::{GrantKey, GrantRecord, StoredGrant};
 use super::{
-    ConnId, DeviceFacts, Frame, Hub, HubConfig, HubSecrets, Inbound, Input, Joined, LoadRequest,
-    Loaded, Output, Party, TokenFacts,
+    ConnId, DeviceFacts, Frame, GrantWrite, Hub, HubConfig, HubSecrets, Inbound, Input, Joined,
+    LoadRequest, Loaded, Output, Party, TokenFacts,
 };
 use crate::domain::Role;
 
@@ -137,37 +141,83 @@ pub(crate) fn request(conn: ConnId, reference: &str, resource: ResourceId) -> In
     )
 }
 
-/// A hub and the two clocks it is given.
+/// A hub, the two clocks it is given, and a store of the authorizations it
+/// wrote (`Output::Persist` applied as the shell would), which loads read.
 pub(crate) struct World {
     pub hub: Hub,
     pub now: Instant,
     pub wall: Timestamp,
+    pub store: HashMap<GrantKey, GrantRecord>,
+    /// The graph each account was last loaded with, for gateway joins.
+    graphs: HashMap<Uuid, AccountGraph>,
+}
+
+pub(crate) fn config(node: u128) -> HubConfig {
+    HubConfig {
+        node: Uuid::from_u128(node),
+        clustered: false,
+        secrets: HubSecrets {
+            pair_secret: [7; 32],
+            turn_secret: "turn".to_string(),
+        },
+        authorize_timeout: Duration::from_secs(15),
+        pending_per_client: 4,
+        seed: 1,
+    }
 }
 
 impl World {
     pub(crate) fn new() -> Self {
         let now = Instant::now();
-        let config = HubConfig {
-            node: Uuid::from_u128(0xde),
-            clustered: false,
-            secrets: HubSecrets {
-                pair_secret: [7; 32],
-                turn_secret: "turn".to_string(),
-            },
-            authorize_timeout: Duration::from_secs(15),
-            seed: 1,
-        };
         World {
-            hub: Hub::new(config, now),
+            hub: Hub::new(config(0xde), now),
             now,
             wall: Timestamp::from_second(1_900_000_000).unwrap_or_else(|e| panic!("{e}")),
+            store: HashMap::new(),
+            graphs: HashMap::new(),
         }
     }
 
-    /// Handles an input at the current time; what the hub gave.
+    /// A hub that publishes to other nodes (PostgreSQL).
+    pub(crate) fn clustered() -> Self {
+        let mut world = World::new();
+        let mut config = config(0xde);
+        config.clustered = true;
+        world.hub = Hub::new(config, world.now);
+        world
+    }
+
+    /// A portal restart: a new hub (another node id) over the same store,
+    /// a little later.
+    pub(crate) fn restart(&mut self) {
+        self.wait(Duration::from_secs(5));
+        self.hub = Hub::new(config(0xdf), self.now);
+        self.graphs.clear();
+    }
+
+    /// Handles an input at the current time; what the hub gave. Writes to
+    /// the stored authorizations are applied.
     pub(crate) fn input(&mut self, input: Input) -> Vec<Output> {
         self.hub.handle(self.now, self.wall, input);
-        std::iter::from_fn(|| self.hub.poll_output()).collect()
+        let out: Vec<Output> = std::iter::from_fn(|| self.hub.poll_output()).collect();
+        for output in &out {
+            if let Output::Persist { write, .. } = output {
+                match write {
+                    GrantWrite::Put(record) => {
+                        self.store.insert(record.key(), (**record).clone());
+                    }
+                    GrantWrite::Extend { key, expires_at } => {
+                        if let Some(record) = self.store.get_mut(key) {
+                            record.expires_at = *expires_at;
+                        }
+                    }
+                    GrantWrite::Delete(key) => {
+                        self.store.remove(key);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Both clocks move on.
@@ -176,16 +226,55 @@ impl World {
         self.wall += duration;
     }
 
-    /// Answers the account's load with `graph`.
+    /// The account's stored authorizations, everything they name alive.
+    pub(crate) fn stored(&self, account: Uuid) -> Vec<StoredGrant> {
+        let mut rows: Vec<StoredGrant> = self
+            .store
+            .values()
+            .filter(|r| r.account_id == account)
+            .map(|record| StoredGrant {
+                record: record.clone(),
+                token_live: true,
+                client_verified: Some(record.verified),
+                gateway_live: true,
+            })
+            .collect();
+        rows.sort_by_key(|r| (r.record.granted_at, r.record.client.id));
+        rows
+    }
+
+    /// Answers the account's load with `graph` and the stored grants.
     pub(crate) fn loaded(&mut self, account: Uuid, graph: AccountGraph) -> Vec<Output> {
+        self.graphs.insert(account, graph.clone());
         let loaded = Loaded {
             graph,
             verified: Default::default(),
+            grants: self.stored(account),
         };
         self.input(Input::Loaded {
             account,
             result: Box::new(Ok(loaded)),
         })
+    }
+
+    /// A gateway of `site` joins `ACCOUNT`; the load its join asks for is
+    /// answered with the account's last graph. Everything given out.
+    pub(crate) fn join_gateway(
+        &mut self,
+        conn: ConnId,
+        site: Uuid,
+        id: GatewayId,
+        key: u8,
+    ) -> Vec<Output> {
+        let mut out = self.input(gateway(conn, site, id, key));
+        if out
+            .iter()
+            .any(|o| matches!(o, Output::Load(l) if l.account == ACCOUNT))
+        {
+            let graph = self.graphs.get(&ACCOUNT).cloned().unwrap_or_default();
+            out.extend(self.loaded(ACCOUNT, graph));
+        }
+        out
     }
 
     /// An account whose graph is in, with Alice's client on conn 1 and a
@@ -197,11 +286,12 @@ impl World {
             load,
             vec![Output::Load(LoadRequest {
                 account: ACCOUNT,
-                clients: vec![]
+                clients: vec![],
+                after: 0,
             })]
         );
         assert!(init_of_client(&world.loaded(ACCOUNT, graph), 1).is_some());
-        let out = world.input(gateway(2, SITE, GATEWAY, 2));
+        let out = world.join_gateway(2, SITE, GATEWAY, 2);
         assert!(matches!(
             gateway_frames(&out, 2).first(),
             Some(PortalToGateway::Init { .. })
