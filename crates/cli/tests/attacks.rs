@@ -12,10 +12,14 @@ use postern_lab::demo::{Demo, DemoOptions};
 use postern_lab::{Host, NatKind};
 
 fn demo(gateways: usize) -> Demo {
+    demo_behind(NatKind::Cone, gateways)
+}
+
+fn demo_behind(nat: NatKind, gateways: usize) -> Demo {
     match Demo::start(DemoOptions {
         postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: NatKind::Cone,
-        office_nat: NatKind::Cone,
+        home_nat: nat,
+        office_nat: nat,
         gateways,
     }) {
         Ok(demo) => demo,
@@ -323,4 +327,49 @@ fn a_revocation_lost_on_a_dead_channel_is_applied_when_the_gateway_reconnects() 
     let gone = until_gateway_forgets(&demo, Duration::from_secs(15))
         .unwrap_or_else(|| panic!("the gateway kept the authorization\n{}", demo.logs()));
     println!("the gateway dropped the authorization {gone:?} after its channel came back");
+}
+
+/// Live allocations on the relay, from its metrics.
+fn relay_allocations(demo: &Demo) -> u64 {
+    let text = demo.scrape(&demo.net.relay, "198.18.0.3:9100").unwrap();
+    let sample = "postern_relay_allocations ";
+    assert!(text.contains(sample), "no {sample} in:\n{text}");
+    metric(&text, sample.trim_end())
+}
+
+#[test]
+fn a_deleted_client_that_keeps_its_relay_allocation_is_cut_off_by_the_relay() {
+    // Symmetric NATs on both sides: the only path is through the relay.
+    let demo = demo_behind(NatKind::Symmetric, 1);
+    download(&demo);
+    if let Err(path) = demo.wait_for_path("relayed", Duration::from_secs(10)) {
+        panic!("the path is {path}, not relayed\n{}", demo.logs());
+    }
+    let before = relay_allocations(&demo);
+    assert!(before >= 1, "no allocation on the relay");
+    // The client turns malicious: it ignores what the portal says and holds
+    // on to its allocation (a stopped process releases nothing).
+    let client = demo.client_process.as_ref().unwrap();
+    client.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let clients = demo.api_ok("GET", "/api/v1/clients", None).unwrap();
+    let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();
+    let id = clients["data"][0]["id"].as_str().unwrap().to_string();
+    demo.api_ok("DELETE", &format!("/api/v1/clients/{id}"), None)
+        .unwrap();
+    let deleted = std::time::Instant::now();
+    let mut after = before;
+    while deleted.elapsed() < Duration::from_secs(5) && after >= before {
+        std::thread::sleep(Duration::from_millis(20));
+        after = relay_allocations(&demo);
+    }
+    let took = deleted.elapsed();
+    client.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        after < before,
+        "the relay still serves the deleted client ({after} allocations)\n{}",
+        demo.logs()
+    );
+    println!(
+        "the relay ended the deleted client's allocation {took:?} after the deletion ({before} -> {after})"
+    );
 }

@@ -9,6 +9,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use jiff::Timestamp;
 use postern_model::protocol::{PortalToClient, PortalToGateway};
 use postern_model::{ClientId, GatewayId, PublicKey, RelayId};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,13 @@ pub(crate) enum ClusterMessage {
         from: Uuid,
         id: RelayId,
     },
+    /// These devices' relay credentials issued until `not_after` are void
+    /// (see `PortalToRelay::RevokeCredentials`); every node tells its relays.
+    RelayRevoke {
+        from: Uuid,
+        devices: Vec<Uuid>,
+        not_after: Timestamp,
+    },
     /// For a gateway connected to node `to`.
     ToGateway {
         from: Uuid,
@@ -103,6 +111,7 @@ impl ClusterMessage {
             | ClusterMessage::GatewayDown { from, .. }
             | ClusterMessage::RelayUp { from, .. }
             | ClusterMessage::RelayDown { from, .. }
+            | ClusterMessage::RelayRevoke { from, .. }
             | ClusterMessage::ToGateway { from, .. }
             | ClusterMessage::ToClient { from, .. }
             | ClusterMessage::Authorized { from, .. } => *from,

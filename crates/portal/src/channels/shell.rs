@@ -162,11 +162,6 @@ pub(super) fn carry_out(
                         let _ = ledger.send((seq, write));
                     }
                 }
-                // Nothing consumes it yet: TURN credentials are time-limited
-                // and the relays cannot be told to drop a user.
-                Output::RelayRevoke { device } => {
-                    tracing::debug!(%device, "device revoked; its relay credentials run out on their own");
-                }
             }
         }
         if stalled.is_empty() {

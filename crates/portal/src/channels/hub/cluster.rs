@@ -95,6 +95,11 @@ impl Hub {
             ClusterMessage::RelayDown { id, .. } => {
                 self.relays.remote_down(id, post_of!(self), wall)
             }
+            ClusterMessage::RelayRevoke {
+                devices, not_after, ..
+            } => self
+                .relays
+                .remote_revoke(&devices, not_after, post_of!(self), wall),
             ClusterMessage::ToGateway {
                 device, message, ..
             } => {

@@ -191,13 +191,6 @@ pub(crate) enum Output {
         seq: u64,
         write: GrantWrite,
     },
-    /// The device lost its right to be here (revoked token, deleted
-    /// device, disabled actor): the relays it has credentials for should
-    /// stop serving it. Nothing consumes it yet (relay credentials are
-    /// time-limited; see `relays`).
-    RelayRevoke {
-        device: Uuid,
-    },
 }
 
 /// A message for one of the three roles.

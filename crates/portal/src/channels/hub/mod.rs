@@ -444,6 +444,10 @@ impl Hub {
             self.out.push(Output::Close { conn });
             self.closed(conn, wall);
         }
+        let revoked = self.out.take_relay_revoked();
+        if !revoked.is_empty() {
+            self.relays.revoke(&revoked, post_of!(self), wall);
+        }
     }
 
     /// Timeouts, expiries, credential renewal and the cluster heartbeat.

@@ -21,6 +21,8 @@ pub(super) struct Outbox {
     outputs: VecDeque<Output>,
     /// Channels to close once the current input is handled, and why.
     doomed: Vec<(ConnId, Option<DisconnectReason>)>,
+    /// Devices whose right to relays ended during the current input.
+    relay_revoked: Vec<Uuid>,
     /// The last ledger write's sequence number.
     seq: u64,
 }
@@ -50,6 +52,11 @@ impl Outbox {
     /// Closes a channel after this input; with a reason, it is told why.
     pub(super) fn doom(&mut self, conn: ConnId, reason: Option<DisconnectReason>) {
         self.doomed.push((conn, reason));
+    }
+
+    /// The devices whose relay credentials were revoked since the last call.
+    pub(super) fn take_relay_revoked(&mut self) -> Vec<Uuid> {
+        std::mem::take(&mut self.relay_revoked)
     }
 
     pub(super) fn next_doomed(&mut self) -> Option<(ConnId, Option<DisconnectReason>)> {
@@ -259,8 +266,12 @@ impl<'a> Post<'a> {
         self.out.persist(write)
     }
 
-    /// The device lost its right to relays (see `Output::RelayRevoke`).
+    /// The device lost its right to be here (revoked token, deleted
+    /// device, disabled actor): once the current input is handled, every
+    /// relay in the cluster ends its allocations (see `Relays::revoke`).
     pub(super) fn relay_revoke(&mut self, device: Uuid) {
-        self.out.push(Output::RelayRevoke { device });
+        if !self.out.relay_revoked.contains(&device) {
+            self.out.relay_revoked.push(device);
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! Relays (F18): the ones registered over `/v1/relay` here and the ones
 //! other nodes announce, and the TURN REST credentials clients and gateways
 //! get for them: in `init`, in `relays_changed` when relays come and go, and
-//! renewed at half-life.
+//! renewed at half-life. Credentials are short-lived so that a device that
+//! lost its access stops relaying soon even if a revocation never reached a
+//! relay; revocations are also sent to every relay in the cluster, and again
+//! to a relay that (re)registers while credentials issued before them may
+//! still be valid.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -18,8 +22,14 @@ use super::io::{ConnId, Frame};
 use super::post::Post;
 use super::presence::Role;
 
-/// TURN credentials handed out live this long and are renewed at half-life.
-const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// TURN credentials handed out live this long and are renewed at half-life:
+/// the longest a revoked device could keep relaying at a relay that missed
+/// its revocation (a relay's clock must be within this of the portal's).
+const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Devices per `revoke_credentials` message and cluster notice (a NOTIFY
+/// payload stays well under PostgreSQL's 8000 bytes).
+const REVOKED_PER_MESSAGE: usize = 64;
 
 /// A relay channel here; it has addresses once it registered.
 #[derive(Debug)]
@@ -42,6 +52,9 @@ pub(super) struct Relays {
     remote: HashMap<RelayId, RemoteRelay>,
     /// When each client and gateway channel got its credentials.
     issued: HashMap<ConnId, Instant>,
+    /// Revoked devices, until the last credential issued to them before the
+    /// revocation expires; a relay registering here hears of them.
+    revoked: HashMap<Uuid, Timestamp>,
 }
 
 impl Relays {
@@ -51,6 +64,7 @@ impl Relays {
             local: HashMap::new(),
             remote: HashMap::new(),
             issued: HashMap::new(),
+            revoked: HashMap::new(),
         }
     }
 
@@ -93,6 +107,7 @@ impl Relays {
             auth_secret: self.turn_secret.clone(),
         };
         post.send(conn, Frame::Relay(registered));
+        self.tell_revoked(conn, post, now);
         tracing::info!(relay = %relay_id, addresses = ?public_addresses, port, "relay registered");
         if first {
             self.broadcast(&[relay_id], &[], post, now);
@@ -175,8 +190,7 @@ impl Relays {
         only: Option<&[RelayId]>,
         now: Timestamp,
     ) -> Vec<RelayInfo> {
-        let expires_at = now
-            + SignedDuration::try_from(RELAY_CREDENTIAL_LIFETIME).unwrap_or(SignedDuration::ZERO);
+        let expires_at = credential_expiry(now);
         let expiry_unix = expires_at.as_second().max(0) as u64;
         let username = rest_username(expiry_unix, &device.to_string());
         let password = rest_password(self.turn_secret.as_bytes(), &username);
@@ -197,6 +211,74 @@ impl Relays {
         relays
     }
 
+    /// Devices whose right to relays ended here: every relay of this node and
+    /// (through the other nodes) of the cluster ends their allocations and
+    /// refuses the credentials they got so far.
+    pub(super) fn revoke(&mut self, devices: &[Uuid], post: &mut Post, now: Timestamp) {
+        let not_after = credential_expiry(now);
+        for chunk in devices.chunks(REVOKED_PER_MESSAGE) {
+            self.remember_revoked(chunk, not_after);
+            self.tell_local(chunk, not_after, post);
+            post.publish(ClusterMessage::RelayRevoke {
+                from: post.routing().node(),
+                devices: chunk.to_vec(),
+                not_after,
+            });
+        }
+        tracing::info!(devices = devices.len(), "relay credentials revoked");
+    }
+
+    /// Another node revoked these devices: this node's relays hear of it.
+    pub(super) fn remote_revoke(
+        &mut self,
+        devices: &[Uuid],
+        not_after: Timestamp,
+        post: &mut Post,
+        now: Timestamp,
+    ) {
+        // A forged or confused far-future bound would refuse the device's
+        // future credentials; no credential outlives one lifetime.
+        let not_after = not_after.min(credential_expiry(now));
+        for chunk in devices.chunks(REVOKED_PER_MESSAGE) {
+            self.remember_revoked(chunk, not_after);
+            self.tell_local(chunk, not_after, post);
+        }
+    }
+
+    fn remember_revoked(&mut self, devices: &[Uuid], not_after: Timestamp) {
+        for device in devices {
+            let until = self.revoked.entry(*device).or_insert(not_after);
+            *until = (*until).max(not_after);
+        }
+    }
+
+    /// `revoke_credentials` to every registered relay of this node.
+    fn tell_local(&self, devices: &[Uuid], not_after: Timestamp, post: &mut Post) {
+        for (conn, relay) in &self.local {
+            if !relay.addresses.is_empty() {
+                post.send(*conn, revoke_credentials(devices, not_after));
+            }
+        }
+    }
+
+    /// A relay that just registered hears of every revocation whose
+    /// credentials may still be valid, one message per bound (a later bound
+    /// would also refuse credentials a device got after its revocation).
+    fn tell_revoked(&self, conn: ConnId, post: &mut Post, now: Timestamp) {
+        let mut by_bound: BTreeMap<Timestamp, Vec<Uuid>> = BTreeMap::new();
+        for (device, not_after) in &self.revoked {
+            if *not_after > now {
+                by_bound.entry(*not_after).or_default().push(*device);
+            }
+        }
+        for (not_after, mut devices) in by_bound {
+            devices.sort();
+            for chunk in devices.chunks(REVOKED_PER_MESSAGE) {
+                post.send(conn, revoke_credentials(chunk, not_after));
+            }
+        }
+    }
+
     /// A client or gateway channel got its credentials in `init`.
     pub(super) fn issued(&mut self, conn: ConnId, at: Instant) {
         self.issued.insert(conn, at);
@@ -204,6 +286,7 @@ impl Relays {
 
     /// Sends fresh credentials for every relay before the old ones expire.
     pub(super) fn renew(&mut self, post: &mut Post, at: Instant, now: Timestamp) {
+        self.revoked.retain(|_, not_after| *not_after > now);
         let stale: Vec<ConnId> = self
             .issued
             .iter()
@@ -229,6 +312,18 @@ impl Relays {
             relays_changed(post, conn, added, removed.to_vec());
         }
     }
+}
+
+/// When credentials issued at `now` expire.
+fn credential_expiry(now: Timestamp) -> Timestamp {
+    now + SignedDuration::try_from(RELAY_CREDENTIAL_LIFETIME).unwrap_or(SignedDuration::ZERO)
+}
+
+fn revoke_credentials(devices: &[Uuid], not_after: Timestamp) -> Frame {
+    Frame::Relay(PortalToRelay::RevokeCredentials {
+        ids: devices.to_vec(),
+        not_after,
+    })
 }
 
 /// `relays_changed` of the channel's role.

@@ -1,12 +1,65 @@
-//! Relay credentials: none for a device whose right to be here ended
-//! (issue 15), and a `RelayRevoke` the relay side could act on.
+//! Relay credentials: none for a device whose right to be here ended, and
+//! every relay of the cluster told to end the device's allocations and
+//! refuse the credentials it got (issue 15).
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use postern_model::RelayId;
-use postern_model::protocol::{DisconnectReason, PortalToClient, RelayToPortal};
+use postern_model::protocol::{DisconnectReason, PortalToClient, PortalToRelay, RelayToPortal};
 
 use super::*;
+use crate::change::Change;
+use crate::channels::cluster::ClusterMessage;
+
+/// Half the credentials' lifetime (they are renewed past it).
+const HALF_LIFE: Duration = Duration::from_secs(450);
+
+/// A relay joins on `conn` (with a relay token of its own) and registers.
+fn relay(w: &mut World, conn: ConnId) -> Vec<Output> {
+    let id = RelayId::from_u128(0x90 + conn as u128);
+    let Input::Joined(mut joined) = super::joined(conn, Party::Relay { id }, 0) else {
+        unreachable!()
+    };
+    joined.token.id = Uuid::from_u128(0x7e);
+    w.input(Input::Joined(joined));
+    w.input(Input::Message {
+        conn,
+        message: Inbound::Relay(RelayToPortal::Register {
+            public_addresses: vec!["198.51.100.1".parse().unwrap()],
+            port: 3478,
+        }),
+    })
+}
+
+fn relay_frames(out: &[Output], conn: ConnId) -> Vec<PortalToRelay> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                conn: c,
+                frame: Frame::Relay(message),
+            } if *c == conn => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn revocations(out: &[Output], conn: ConnId) -> Vec<(Vec<Uuid>, Timestamp)> {
+    relay_frames(out, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            PortalToRelay::RevokeCredentials { ids, not_after } => Some((ids, not_after)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Alice's laptop on conn 1 with the account loaded, and a relay on conn 9.
+fn with_client_and_relay(w: &mut World) {
+    w.input(client(1, ACCOUNT, CLIENT, 1));
+    w.loaded(ACCOUNT, graph(1, &[1]));
+    relay(w, 9);
+}
 
 #[test]
 fn a_device_whose_token_expired_gets_no_fresh_relay_credentials() {
@@ -15,7 +68,7 @@ fn a_device_whose_token_expired_gets_no_fresh_relay_credentials() {
     let Input::Joined(mut joined) = client(1, ACCOUNT, CLIENT, 1) else {
         unreachable!()
     };
-    joined.token.expires_at = Some(w.wall + Duration::from_secs(12 * 3600 + 1));
+    joined.token.expires_at = Some(w.wall + HALF_LIFE + Duration::from_secs(1));
     joined.token.id = Uuid::from_u128(0x71);
     w.input(Input::Joined(joined));
     w.loaded(ACCOUNT, graph(1, &[1]));
@@ -42,7 +95,7 @@ fn a_device_whose_token_expired_gets_no_fresh_relay_credentials() {
     };
     assert!(changed(&out, 1) && changed(&out, 7), "{out:?}");
 
-    w.wait(Duration::from_secs(12 * 3600 + 2));
+    w.wait(HALF_LIFE + Duration::from_secs(2));
     let out = w.input(Input::Tick);
     assert!(
         !changed(&out, 1),
@@ -54,6 +107,81 @@ fn a_device_whose_token_expired_gets_no_fresh_relay_credentials() {
         }),
         "{out:?}"
     );
-    assert!(out.contains(&Output::RelayRevoke { device: CLIENT.0 }));
+    assert_eq!(
+        revocations(&out, 9),
+        vec![(vec![CLIENT.0], w.wall + Duration::from_secs(900))],
+        "the relay is told at once"
+    );
     assert!(changed(&out, 7), "the other client's are renewed: {out:?}");
+}
+
+#[test]
+fn a_revoked_token_ends_the_devices_relaying_at_every_relay() {
+    let mut w = World::new();
+    with_client_and_relay(&mut w);
+    relay(&mut w, 10);
+    w.input(Input::Changes(vec![(ACCOUNT, Change::TokenRevoked(TOKEN))]));
+    let out = w.loaded(ACCOUNT, graph(1, &[1]));
+    let bound = w.wall + Duration::from_secs(900);
+    for conn in [9, 10] {
+        assert_eq!(revocations(&out, conn), vec![(vec![CLIENT.0], bound)]);
+    }
+    assert!(
+        client_frames(&out, 1).contains(&PortalToClient::Disconnect {
+            reason: DisconnectReason::TokenRevoked
+        })
+    );
+}
+
+#[test]
+fn a_relay_that_registers_later_hears_of_revocations_while_they_matter() {
+    let mut w = World::new();
+    with_client_and_relay(&mut w);
+    w.input(Input::Changes(vec![(
+        ACCOUNT,
+        Change::ClientDeleted(CLIENT.0),
+    )]));
+    w.loaded(ACCOUNT, graph(1, &[1]));
+    let bound = w.wall + Duration::from_secs(900);
+    // A relay restarted (its allocations and revocations gone): the
+    // deleted laptop's credentials are still within their lifetime.
+    w.wait(Duration::from_secs(60));
+    let out = relay(&mut w, 11);
+    assert_eq!(revocations(&out, 11), vec![(vec![CLIENT.0], bound)]);
+    // Once every credential issued before the deletion expired, there is
+    // nothing left to tell.
+    w.wait(Duration::from_secs(900));
+    w.input(Input::Tick);
+    let out = relay(&mut w, 12);
+    assert_eq!(revocations(&out, 12), vec![]);
+}
+
+#[test]
+fn revocations_cross_the_cluster_to_other_nodes_relays() {
+    let mut w = World::clustered();
+    with_client_and_relay(&mut w);
+    w.input(Input::Changes(vec![(ACCOUNT, Change::TokenRevoked(TOKEN))]));
+    let out = w.loaded(ACCOUNT, graph(1, &[1]));
+    let bound = w.wall + Duration::from_secs(900);
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::Publish(ClusterMessage::RelayRevoke { devices, not_after, .. })
+            if devices == &vec![CLIENT.0] && *not_after == bound)
+        ),
+        "{out:?}"
+    );
+
+    // Another node revoked a device: this node's relays hear of it, and a
+    // bound past one credential lifetime is cut to it.
+    let elsewhere = Uuid::from_u128(0xe1);
+    let out = w.input(Input::Cluster(Box::new(ClusterMessage::RelayRevoke {
+        from: Uuid::from_u128(0x2),
+        devices: vec![elsewhere],
+        not_after: w.wall + Duration::from_secs(365 * 24 * 3600),
+    })));
+    assert_eq!(revocations(&out, 9), vec![(vec![elsewhere], bound)]);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Publish(_))),
+        "a remote revocation is not published again: {out:?}"
+    );
 }
