@@ -35,7 +35,7 @@ pub use store::{Store, StoreError};
 pub mod testing {
     pub use crate::api::router as api_router;
     pub use crate::state::rate_limit::RateLimiter;
-    pub use crate::store::{devices, tokens};
+    pub use crate::store::{devices, settings, tokens};
 
     /// A cluster bus payload sealed with `key` as node `node` at `sent_ms`
     /// (for tests that replay or forge bus messages).

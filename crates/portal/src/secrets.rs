@@ -148,6 +148,11 @@ impl SecretKey {
         Ok(format!("{SEALED_PREFIX}{}", STANDARD.encode(out)))
     }
 
+    /// Whether `value` is sealed (plaintext stored before sealing is not).
+    pub fn is_sealed(value: &str) -> bool {
+        value.starts_with(SEALED_PREFIX)
+    }
+
     pub fn open(&self, sealed: &str, context: &str) -> Result<String, SecretError> {
         let bytes = sealed
             .strip_prefix(SEALED_PREFIX)

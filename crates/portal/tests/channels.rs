@@ -540,13 +540,60 @@ async fn relays_register_and_clients_get_turn_credentials() {
     );
     let expiry = postern_turn::credentials::rest_expiry(username).unwrap();
     let now = jiff::Timestamp::now().as_second() as u64;
+    // Short-lived: a revoked device stops relaying soon even at a relay
+    // that missed the revocation.
     assert!(
-        expiry > now + 3600 && expiry <= now + 24 * 3600 + 5,
+        expiry > now + 14 * 60 && expiry <= now + 15 * 60 + 5,
         "{expiry} vs {now}"
     );
     drop(relay);
     let changed = client.next_of("relays_changed").await;
     assert_eq!(changed["removed"], json!([registered["relay_id"]]));
+    // At rest the secret is sealed: the database alone mints no credentials.
+    let stored = stored_setting(&w.app, "turn_secret").await;
+    assert!(
+        stored.starts_with("v1:") && !stored.contains(&secret),
+        "{stored}"
+    );
+}
+
+async fn stored_setting(app: &TestApp, key: &str) -> String {
+    let mut tx = app.state.store.read().await.unwrap();
+    let value = postern_portal::testing::settings::get(&mut tx, key).await;
+    value.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_secrets_stored_in_plaintext_are_sealed_in_place_and_kept() {
+    let db = TempDb::new("legacy-secrets");
+    // A database from before sealing: the TURN secret in plaintext.
+    let store = postern_portal::Store::open(&db.url()).await.unwrap();
+    let mut tx = store.write().await.unwrap();
+    postern_portal::testing::settings::get_or_create(&mut tx, "turn_secret", || {
+        "legacy-turn-secret".to_string()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    drop(store);
+    let app = TestApp::open(&db.url(), "acme").await;
+    let addr = app.serve().await;
+    let relay_token = postern_portal::setup::relay_token(&app.state.store)
+        .await
+        .unwrap();
+    let mut relay = Peer::connect(addr, "/v1/relay", &relay_token, "", "")
+        .await
+        .unwrap();
+    assert_eq!(relay.next().await["type"], "init");
+    relay
+        .send(json!({"type": "register", "public_addresses": ["198.18.0.3"], "port": 3478}))
+        .await;
+    // Relays already running with the old secret keep working...
+    assert_eq!(relay.next().await["auth_secret"], "legacy-turn-secret");
+    // ...and the database no longer holds it readable.
+    let stored = stored_setting(&app, "turn_secret").await;
+    assert!(stored.starts_with("v1:"), "{stored}");
+    assert!(stored_setting(&app, "pair_secret").await.starts_with("v1:"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

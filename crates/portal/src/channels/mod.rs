@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use self::hub::{Hub, HubConfig, HubSecrets};
 use self::shell::{HubEvent, Shell};
+use crate::secrets::SecretKey;
 use crate::state::AppState;
 use crate::store::{Engine, Store, StoreError, settings};
 use uuid::Uuid;
@@ -57,6 +58,10 @@ pub(crate) enum StartError {
          authenticate the other nodes"
     )]
     NoSecretKey,
+    #[error("the setting {0} does not open with this secret key (a portal node with another key?)")]
+    SealedSetting(&'static str),
+    #[error("cannot seal a setting: {0}")]
+    Seal(#[from] crate::secrets::SecretError),
 }
 
 /// Starts the hub task (once per state). On PostgreSQL the node also joins
@@ -66,7 +71,7 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
     if !state.set_hub(sender.clone()) {
         return Ok(());
     }
-    let secrets = shared_secrets(&state.store).await?;
+    let secrets = shared_secrets(&state.store, state.secret_key.as_ref()).await?;
     let node = Uuid::new_v4();
     let cluster = match state.store.engine() {
         Engine::Postgres => {
@@ -99,8 +104,11 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The secrets all nodes must agree on, created by whichever node starts first.
-async fn shared_secrets(store: &Store) -> Result<HubSecrets, StoreError> {
+/// The secrets all nodes must agree on, created by whichever node starts
+/// first, sealed with the portal's secret key when it has one: a database
+/// backup or a read-only role alone derives no preshared key and mints no
+/// TURN credentials.
+async fn shared_secrets(store: &Store, key: Option<&SecretKey>) -> Result<HubSecrets, StartError> {
     use base64::Engine as _;
     let encoding = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let random = |length: usize| {
@@ -114,9 +122,9 @@ async fn shared_secrets(store: &Store) -> Result<HubSecrets, StoreError> {
     };
     let (pair, turn) = (random(32)?, random(24)?);
     let mut tx = store.write().await?;
-    let pair = settings::get_or_create(&mut tx, "pair_secret", || pair).await?;
-    let turn = settings::get_or_create(&mut tx, "turn_secret", || turn).await?;
-    tx.commit().await?;
+    let pair = shared_secret(&mut tx, key, "pair_secret", pair).await?;
+    let turn = shared_secret(&mut tx, key, "turn_secret", turn).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     let pair: [u8; 32] = encoding
         .decode(&pair)
         .ok()
@@ -129,4 +137,32 @@ async fn shared_secrets(store: &Store) -> Result<HubSecrets, StoreError> {
         pair_secret: pair,
         turn_secret: turn,
     })
+}
+
+/// One shared secret: `fresh` unless a node stored one first. A value
+/// stored in plaintext (before sealing, or by a portal without a key) is
+/// sealed in place once a key is there.
+async fn shared_secret(
+    tx: &mut crate::store::Conn,
+    key: Option<&SecretKey>,
+    name: &'static str,
+    fresh: String,
+) -> Result<String, StartError> {
+    let initial = match key {
+        Some(key) => key.seal(&fresh, name)?,
+        None => fresh,
+    };
+    let stored = settings::get_or_create(tx, name, || initial).await?;
+    match key {
+        Some(key) if SecretKey::is_sealed(&stored) => key
+            .open(&stored, name)
+            .map_err(|_| StartError::SealedSetting(name)),
+        Some(key) => {
+            settings::set(tx, name, &key.seal(&stored, name)?).await?;
+            tracing::info!(setting = name, "sealed a shared secret stored in plaintext");
+            Ok(stored)
+        }
+        None if SecretKey::is_sealed(&stored) => Err(StartError::SealedSetting(name)),
+        None => Ok(stored),
+    }
 }
