@@ -138,8 +138,12 @@ impl Net {
         SocketAddr::from(([10, n as u8 + 1, 0, 2], 51820))
     }
 
+    /// Credentials that outlive any simulation: the relay judges expiry
+    /// on simulated time, which jumps to the next timer (hours when a
+    /// client is idle and its gateways are dead), and this portal does not
+    /// renew them. Tests of expiry use `relay_config_until`.
     pub fn relay_config(device: Uuid) -> RelayConfig {
-        Net::relay_config_until(device, unix_now() + 3600)
+        Net::relay_config_until(device, unix_now() + 30 * 24 * 3600)
     }
 
     /// Credentials for `device` that expire at `expiry` (Unix seconds).
