@@ -200,6 +200,7 @@ async fn a_flood_of_requests_spares_the_gateway_and_other_accounts() {
     )
     .await;
     let latency = started.elapsed();
+    println!("another account was granted access in {latency:?} during the flood");
     assert!(latency < Duration::from_secs(1), "{latency:?}");
 
     // Our gateway, busy meanwhile (it read nothing), is still connected and
