@@ -157,7 +157,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 4] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
         (
             1,
             "initial",
@@ -181,6 +181,12 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "sign in",
             include_str!("../../migrations/sqlite/0004_sign_in.sql"),
             include_str!("../../migrations/postgres/0004_sign_in.sql"),
+        ),
+        (
+            6,
+            "sign-in hardening",
+            include_str!("../../migrations/sqlite/0006_sign_in_hardening.sql"),
+            include_str!("../../migrations/postgres/0006_sign_in_hardening.sql"),
         ),
     ];
     steps

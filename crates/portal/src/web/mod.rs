@@ -106,6 +106,15 @@ impl IntoResponse for WebError {
 
 pub type WebResult<T> = Result<T, WebError>;
 
+/// The portal's secret key (sealed provider secrets and codes, keyed
+/// hashes); without one, sign-in pages answer 500.
+pub fn secret_key(state: &AppState) -> WebResult<&crate::secrets::SecretKey> {
+    state
+        .secret_key
+        .as_ref()
+        .ok_or_else(|| WebError::internal("the portal has no secret key"))
+}
+
 /// The account a URL names.
 pub async fn account(state: &AppState, slug: &str) -> WebResult<Account> {
     let mut tx = state.store.read().await?;

@@ -28,10 +28,7 @@ use crate::store::sign_in::{self, PendingOidc};
 const PENDING_MS: i64 = 10 * 60 * 1000;
 
 fn key(state: &AppState) -> WebResult<&SecretKey> {
-    state
-        .secret_key
-        .as_ref()
-        .ok_or_else(|| WebError::internal("the portal has no secret key"))
+    super::secret_key(state)
 }
 
 fn http(state: &AppState) -> WebResult<&reqwest::Client> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod channel;
+pub mod email;
 pub mod oidc;
 pub mod postgres;
 pub mod scenario;
