@@ -13,6 +13,7 @@ use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, scoped, valid_name};
+use crate::auth::oidc::{Reach, url_allowed};
 use crate::domain::IdentityProvider;
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};
@@ -95,26 +96,38 @@ pub fn callback_url(base: &str, slug: &str, provider: Uuid) -> String {
     )
 }
 
-/// An issuer is an https URL without query or fragment; plain http only on
-/// loopback (a development provider).
-fn valid_issuer(value: &str) -> ApiResult<String> {
+/// An issuer is an https URL without query or fragment; plain http, and
+/// loopback addresses, only on a development portal (`--external-url` on
+/// loopback). The endpoints its discovery document names are held to the
+/// same rules when a sign-in uses them.
+fn valid_issuer(value: &str, reach: Reach) -> ApiResult<String> {
     let value = value.trim().trim_end_matches('/');
     let bad = |why: &str| Problem::invalid("issuer", why);
     let url = url::Url::parse(value).map_err(|_| bad("must be a URL"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(bad("must not carry a query, fragment or user"));
     }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => return Err(bad("must name a host")),
-    };
-    match url.scheme() {
-        "https" => Ok(value.to_string()),
-        "http" if loopback => Ok(value.to_string()),
-        _ => Err(bad(
-            "must be an https URL (http only for a provider on loopback)",
+    if url.host().is_none() {
+        return Err(bad("must name a host"));
+    }
+    url_allowed(&url, reach).map_err(|_| {
+        bad(
+            "must be an https URL not on loopback or link-local addresses \
+             (http and loopback only on a portal whose --external-url is on loopback)",
+        )
+    })?;
+    Ok(value.to_string())
+}
+
+/// Providers need `--external-url`: their redirect URI is built from it,
+/// never from a request's Host header.
+fn external_url(state: &AppState) -> ApiResult<Reach> {
+    match state.external_url.as_deref() {
+        Some(url) => Ok(Reach::of_portal(Some(url))),
+        None => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "OpenID Connect providers need the portal's --external-url (their redirect URI is \
+             built from it); restart the portal with it",
         )),
     }
 }
@@ -198,7 +211,7 @@ pub async fn create(
     let provider = IdentityProvider {
         id,
         name: valid_name("name", &input.name)?,
-        issuer: valid_issuer(&input.issuer)?,
+        issuer: valid_issuer(&input.issuer, external_url(&state)?)?,
         client_id: valid_text("client_id", &input.client_id, 512)?,
         sealed_client_secret: seal(&state, &input.client_secret, id)?,
         groups_claim: valid_claim("groups_claim", input.groups_claim.as_deref())?,
@@ -248,7 +261,7 @@ pub async fn update(
             after.name = valid_name("name", name)?;
         }
         if let Some(issuer) = &patch.issuer {
-            after.issuer = valid_issuer(issuer)?;
+            after.issuer = valid_issuer(issuer, external_url(&state)?)?;
         }
         if let Some(client_id) = &patch.client_id {
             after.client_id = valid_text("client_id", client_id, 512)?;
@@ -321,22 +334,37 @@ mod tests {
 
     #[test]
     fn issuers_must_be_https_or_loopback_http() {
-        assert_eq!(
-            valid_issuer("https://id.example.com/realms/x/").unwrap(),
-            "https://id.example.com/realms/x"
-        );
-        assert!(valid_issuer("http://127.0.0.1:9000").is_ok());
-        assert!(valid_issuer("http://[::1]:9000").is_ok());
-        assert!(valid_issuer("http://localhost:9000").is_ok());
-        for bad in [
-            "http://id.example.com",
-            "ftp://id.example.com",
-            "https://id.example.com/?a=b",
-            "https://user@id.example.com",
-            "not a url",
-            "",
+        for reach in [Reach::Public, Reach::Development] {
+            assert_eq!(
+                valid_issuer("https://id.example.com/realms/x/", reach).unwrap(),
+                "https://id.example.com/realms/x"
+            );
+            assert!(valid_issuer("https://10.1.2.3", reach).is_ok(), "private");
+        }
+        for dev in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "http://localhost:9000",
+            "https://127.0.0.1",
         ] {
-            assert!(valid_issuer(bad).is_err(), "{bad}");
+            assert!(valid_issuer(dev, Reach::Development).is_ok(), "{dev}");
+            assert!(valid_issuer(dev, Reach::Public).is_err(), "{dev}");
+        }
+        for reach in [Reach::Public, Reach::Development] {
+            for bad in [
+                "http://id.example.com",
+                "ftp://id.example.com",
+                "https://id.example.com/?a=b",
+                "https://user@id.example.com",
+                "https://169.254.169.254",
+                "https://[fe80::1]",
+                "https://0.0.0.0",
+                "https://[::ffff:169.254.169.254]",
+                "not a url",
+                "",
+            ] {
+                assert!(valid_issuer(bad, reach).is_err(), "{bad}");
+            }
         }
     }
 

@@ -74,6 +74,8 @@ impl TestApp {
             .expect("init the account");
         let mut state = AppState::new(store);
         state.secret_key = Some(postern_portal::secrets::SecretKey::generate().unwrap());
+        // Identity providers need one.
+        state.external_url = Some("https://portal.example.test".into());
         configure(&mut state);
         let state = Arc::new(state);
         let router = postern_portal::testing::api_router().with_state(state.clone());
