@@ -654,3 +654,72 @@ async fn providers_need_the_external_url() {
         "{problem}"
     );
 }
+
+/// Review L2: the admin claim is read strictly. `"False"`, `"no"`, `1` or a
+/// non-empty list from the provider never make an admin; `true`, `"TRUE"`
+/// or the provider's configured `admin_claim_value` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_true_admin_claim_makes_an_admin() {
+    let lab = lab().await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    let role = || async {
+        let (_, actor) = lab
+            .portal
+            .api(Method::GET, &format!("/actors/{alice}"), None)
+            .await;
+        actor["role"].as_str().unwrap().to_string()
+    };
+    let sign_in_with = |is_admin: Value| {
+        let lab = &lab;
+        async move {
+            lab.idp
+                .set_account_claims(&json!({
+                    "sub": "alice-sub", "email": "alice@corp.test", "email_verified": true,
+                    "is_admin": is_admin,
+                }))
+                .await;
+            let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+            assert_eq!(page.status, 303, "{}", page.body);
+        }
+    };
+    for not_admin in [
+        json!("False"),
+        json!("FALSE"),
+        json!("no"),
+        json!("off"),
+        json!(["x"]),
+        json!(["postern-admin"]),
+        json!(1),
+        json!({"admin": true}),
+    ] {
+        sign_in_with(not_admin.clone()).await;
+        assert_eq!(role().await, "user", "{not_admin} must not make an admin");
+    }
+    for admin in [json!(true), json!("TRUE")] {
+        sign_in_with(admin.clone()).await;
+        assert_eq!(role().await, "admin", "{admin}");
+        sign_in_with(json!(false)).await;
+        assert_eq!(role().await, "user");
+    }
+
+    // A roles list: admin when it holds the configured value.
+    let (status, patched) = lab
+        .portal
+        .api(
+            Method::PATCH,
+            &format!("/identity_providers/{}", lab.provider),
+            Some(json!({"admin_claim_value": "postern-admin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["admin_claim_value"], "postern-admin");
+    sign_in_with(json!(["x"])).await;
+    assert_eq!(role().await, "user");
+    sign_in_with(json!(["staff", "postern-admin"])).await;
+    assert_eq!(role().await, "admin");
+    sign_in_with(json!("Postern-Admin")).await;
+    assert_eq!(role().await, "user", "the configured value matches exactly");
+}

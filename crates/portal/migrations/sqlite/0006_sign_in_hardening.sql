@@ -1,4 +1,4 @@
--- Sign-in hardening (security review M6): a pending code is also kept
+-- Sign-in hardening (security review M6, L2). A pending code is also kept
 -- sealed (AES-256-GCM under the portal's secret key, bound to the account
 -- and address) so that asking again resends it instead of replacing it; and
 -- wrong codes are counted per address and per (address, source network),
@@ -18,3 +18,8 @@ CREATE TABLE sign_in_failures (
     PRIMARY KEY (account_id, subject)
 );
 CREATE INDEX sign_in_failures_age ON sign_in_failures(last_failure_at);
+
+-- The admin claim means admin when it is JSON true or "true" (any case), or
+-- equals (or, for a list, holds) this value (review L2: nothing else, so
+-- "False", "no" or a non-empty list never make an admin).
+ALTER TABLE identity_providers ADD COLUMN admin_claim_value TEXT;

@@ -33,7 +33,12 @@ pub struct ProviderInput {
     pub client_id: String,
     pub client_secret: String,
     pub groups_claim: Option<String>,
+    /// Makes the user an admin when it is JSON `true`, `"true"` (any case)
+    /// or holds `admin_claim_value`; anything else means user.
     pub admin_claim: Option<String>,
+    /// A string (or a member of a list of strings) of `admin_claim` that
+    /// means admin, such as `"postern-admin"` in a roles claim.
+    pub admin_claim_value: Option<String>,
     pub client_session_lifetime_secs: Option<i64>,
 }
 
@@ -48,6 +53,8 @@ pub struct ProviderPatch {
     pub groups_claim: Option<String>,
     /// `""` clears it.
     pub admin_claim: Option<String>,
+    /// `""` clears it.
+    pub admin_claim_value: Option<String>,
     /// `0` goes back to the default (7 days).
     pub client_session_lifetime_secs: Option<i64>,
 }
@@ -63,6 +70,7 @@ pub struct ProviderView {
     pub client_id: String,
     pub groups_claim: Option<String>,
     pub admin_claim: Option<String>,
+    pub admin_claim_value: Option<String>,
     pub client_session_lifetime_secs: Option<i64>,
     /// The redirect URI to register at the provider (needs `--external-url`).
     pub redirect_uri: Option<String>,
@@ -79,6 +87,7 @@ fn view(state: &AppState, slug: &str, provider: &IdentityProvider) -> ProviderVi
         client_id: provider.client_id.clone(),
         groups_claim: provider.groups_claim.clone(),
         admin_claim: provider.admin_claim.clone(),
+        admin_claim_value: provider.admin_claim_value.clone(),
         client_session_lifetime_secs: provider.client_session_lifetime_secs,
         redirect_uri: state
             .external_url
@@ -216,6 +225,7 @@ pub async fn create(
         sealed_client_secret: seal(&state, &input.client_secret, id)?,
         groups_claim: valid_claim("groups_claim", input.groups_claim.as_deref())?,
         admin_claim: valid_claim("admin_claim", input.admin_claim.as_deref())?,
+        admin_claim_value: valid_claim("admin_claim_value", input.admin_claim_value.as_deref())?,
         client_session_lifetime_secs: valid_lifetime(input.client_session_lifetime_secs)?,
         created_at: Timestamp::now(),
     };
@@ -274,6 +284,9 @@ pub async fn update(
         }
         if let Some(claim) = &patch.admin_claim {
             after.admin_claim = valid_claim("admin_claim", Some(claim))?;
+        }
+        if let Some(value) = &patch.admin_claim_value {
+            after.admin_claim_value = valid_claim("admin_claim_value", Some(value))?;
         }
         if patch.client_session_lifetime_secs.is_some() {
             after.client_session_lifetime_secs =

@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use super::oidc::{Identity, claim_is_true, claim_strings};
+use super::oidc::{Identity, claim_is_admin, claim_strings};
 use crate::domain::{Actor, IdentityProvider, Role};
 use crate::store::{Tx, actors, groups, sign_in};
 
@@ -81,7 +81,11 @@ pub async fn map(
         changed |= groups::sync_claimed(tx, account, actor.id, provider.id, &names, now_ms).await?;
     }
     if let Some(claim) = &provider.admin_claim {
-        let role = if claim_is_true(&identity.claims, claim) {
+        let role = if claim_is_admin(
+            &identity.claims,
+            claim,
+            provider.admin_claim_value.as_deref(),
+        ) {
             Role::Admin
         } else {
             Role::User

@@ -427,13 +427,19 @@ pub fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
     }
 }
 
-/// Whether a claim says "yes": true, "true", a non-empty string or list.
-pub fn claim_is_true(claims: &Map<String, Value>, claim: &str) -> bool {
+/// Whether the admin claim says admin (review L2: parsed strictly, never
+/// "any non-empty value"): JSON `true`, the string `"true"` in any case, or
+/// `value` (the provider's `admin_claim_value`) as the string, as a member of
+/// a list of strings, or as a number's text. `false`, `"False"`, `"no"`, `1`,
+/// a list without `value` and everything else mean user.
+pub fn claim_is_admin(claims: &Map<String, Value>, claim: &str, value: Option<&str>) -> bool {
     match claims.get(claim) {
         Some(Value::Bool(yes)) => *yes,
-        Some(Value::String(text)) => !text.is_empty() && text != "false" && text != "0",
-        Some(Value::Array(items)) => !items.is_empty(),
-        Some(Value::Number(n)) => n.as_i64().is_some_and(|n| n != 0),
+        Some(Value::String(text)) => text.eq_ignore_ascii_case("true") || value == Some(text),
+        Some(Value::Array(items)) => {
+            value.is_some_and(|value| items.iter().any(|item| item.as_str() == Some(value)))
+        }
+        Some(Value::Number(n)) => value.is_some_and(|value| n.to_string() == value),
         _ => false,
     }
 }
@@ -458,18 +464,37 @@ mod tests {
     fn claims_read_as_lists_and_flags() {
         let claims: Map<String, Value> = serde_json::from_str(
             r#"{"groups": ["eng", 7, "ops"], "one": "x", "admin": true, "no": false,
-                "s": "true", "f": "false", "empty": [], "n": 1}"#,
+                "s": "true", "S": "TRUE", "f": "false", "F": "False", "word": "no",
+                "yes": "yes", "empty": [], "n": 1, "zero": 0, "roles": ["user", "postern-admin"],
+                "role": "postern-admin", "nested": {"admin": true}, "null": null}"#,
         )
         .unwrap();
         assert_eq!(claim_strings(&claims, "groups"), ["eng", "ops"]);
         assert_eq!(claim_strings(&claims, "one"), ["x"]);
         assert!(claim_strings(&claims, "missing").is_empty());
-        for yes in ["admin", "s", "n", "groups"] {
-            assert!(claim_is_true(&claims, yes), "{yes}");
+        for yes in ["admin", "s", "S"] {
+            assert!(claim_is_admin(&claims, yes, None), "{yes}");
+            assert!(claim_is_admin(&claims, yes, Some("postern-admin")), "{yes}");
         }
-        for no in ["no", "f", "empty", "missing"] {
-            assert!(!claim_is_true(&claims, no), "{no}");
+        for no in [
+            "no", "f", "F", "word", "yes", "empty", "n", "zero", "groups", "roles", "role", "one",
+            "nested", "null", "missing",
+        ] {
+            assert!(!claim_is_admin(&claims, no, None), "{no}");
         }
+        // A configured value: that string, or a list holding it.
+        for yes in ["roles", "role"] {
+            assert!(claim_is_admin(&claims, yes, Some("postern-admin")), "{yes}");
+        }
+        for no in ["groups", "empty", "word", "F", "one", "no"] {
+            assert!(!claim_is_admin(&claims, no, Some("postern-admin")), "{no}");
+        }
+        assert!(claim_is_admin(&claims, "groups", Some("ops")));
+        assert!(claim_is_admin(&claims, "n", Some("1")));
+        assert!(
+            !claim_is_admin(&claims, "roles", Some("Postern-Admin")),
+            "exact match"
+        );
     }
 
     #[test]
