@@ -400,9 +400,15 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
         )
         .await;
     assert_eq!(status, 201, "{resource}");
-    let (_, eng) = portal
-        .api(Method::POST, "/groups", Some(json!({"name": "eng"})))
+    // The provider's group "eng" comes with the first sign-in that claims it
+    // (a claim never joins a group an admin made); the policy follows.
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &["eng"], false)
         .await;
+    let first = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    let eng = lab.group_named("eng").await.unwrap();
+    assert_eq!(eng["kind"], "provider");
     let (status, _) = portal
         .api(
             Method::POST,
@@ -412,9 +418,6 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
         .await;
     assert_eq!(status, 201);
 
-    lab.idp
-        .set_account("alice-sub", "alice@corp.test", &["eng"], false)
-        .await;
     let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
     let fragment = query_param(done.location.as_deref().unwrap(), "fragment").unwrap();
     let token = format!("{CLIENT_NONCE}{fragment}");
@@ -722,4 +725,44 @@ async fn only_a_true_admin_claim_makes_an_admin() {
     assert_eq!(role().await, "admin");
     sign_in_with(json!("Postern-Admin")).await;
     assert_eq!(role().await, "user", "the configured value matches exactly");
+}
+
+/// Review L1: a groups claim that names a group an admin made (say, from a
+/// self-service group at the provider) does not join it; the provider's own
+/// groups still follow the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_claim_never_joins_an_admin_made_group() {
+    let lab = lab().await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    let (status, admins) = lab
+        .portal
+        .api(
+            Method::POST,
+            "/groups",
+            Some(json!({"name": "Prod-DB-Admins"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{admins}");
+    lab.idp
+        .set_account(
+            "alice-sub",
+            "alice@corp.test",
+            &["Prod-DB-Admins", "eng"],
+            false,
+        )
+        .await;
+    let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(
+        lab.members(&admins).await.is_empty(),
+        "the claim must not join an admin-made group"
+    );
+    let admins_now = lab.group_named("Prod-DB-Admins").await.unwrap();
+    assert_eq!(admins_now["kind"], "static");
+    let eng = lab.group_named("eng").await.unwrap();
+    assert_eq!(eng["kind"], "provider");
+    assert_eq!(lab.members(&eng).await, [json!(alice)]);
 }

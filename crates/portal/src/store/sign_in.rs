@@ -1,5 +1,6 @@
 //! What sign-ins keep between requests: identities (a provider's subject ->
-//! an actor), pending email codes and pending OIDC sign-ins.
+//! an actor), pending email codes and the count of wrong ones, pending OIDC
+//! sign-ins; and the memberships a provider's groups claim makes.
 
 use sqlx::Row;
 use uuid::Uuid;
@@ -349,4 +350,119 @@ pub async fn take_oidc(
         expires_at_ms: row.try_get("expires_at")?,
     };
     Ok((pending.expires_at_ms >= now_ms).then_some(pending))
+}
+
+/// Makes `actor`'s memberships from `provider`'s groups claim exactly
+/// `names` (SPEC F8). Only that provider's groups count (review L1): a name is
+/// the provider's group of that name, created when no group has it; a name
+/// taken by a group an admin made, or by another provider's, is skipped,
+/// never joined. Memberships the claim no longer names go; memberships an
+/// admin made are left alone. Whether anything changed.
+pub async fn sync_claimed_groups(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    provider: Uuid,
+    names: &[String],
+    now_ms: i64,
+) -> Result<bool> {
+    let mut wanted = Vec::new();
+    for name in names {
+        let find = || {
+            sqlx::query(
+                "SELECT id, kind, provider_id FROM groups WHERE account_id = $1 AND name = $2",
+            )
+            .bind(account.to_string())
+            .bind(name)
+        };
+        let ours = |row: &sqlx::any::AnyRow| -> Result<Option<Uuid>> {
+            let kind: String = row.try_get("kind")?;
+            let owner: Option<String> = row.try_get("provider_id")?;
+            if kind == "provider" && owner.as_deref() == Some(provider.to_string().as_str()) {
+                Ok(Some(uuid_column(row, "groups", "id")?))
+            } else {
+                Ok(None)
+            }
+        };
+        let row = find().fetch_optional(&mut *conn).await?;
+        let group = match row {
+            Some(row) => match ours(&row)? {
+                Some(group) => group,
+                None => {
+                    // Review L1: a group an admin made (or another
+                    // provider's) is never joined by a claim naming it.
+                    tracing::info!(
+                        group = %name,
+                        %provider,
+                        "the groups claim names a group this provider does not manage: not joined"
+                    );
+                    continue;
+                }
+            },
+            None => {
+                sqlx::query(
+                    "INSERT INTO groups (id, account_id, name, kind, provider_id, created_at, \
+                     updated_at) VALUES ($1, $2, $3, 'provider', $4, $5, $5) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(account.to_string())
+                .bind(name)
+                .bind(provider.to_string())
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+                // Whoever won a race made it: joined only if it is ours.
+                match find().fetch_optional(&mut *conn).await? {
+                    Some(row) => match ours(&row)? {
+                        Some(group) => group,
+                        None => continue,
+                    },
+                    None => continue,
+                }
+            }
+        };
+        wanted.push(group);
+    }
+    let rows = sqlx::query(
+        "SELECT group_id FROM memberships WHERE account_id = $1 AND actor_id = $2 \
+         AND provider_id = $3",
+    )
+    .bind(account.to_string())
+    .bind(actor.to_string())
+    .bind(provider.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let held = rows
+        .iter()
+        .map(|row| uuid_column(row, "memberships", "group_id"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut changed = false;
+    for group in held.iter().filter(|g| !wanted.contains(g)) {
+        sqlx::query(
+            "DELETE FROM memberships WHERE group_id = $1 AND actor_id = $2 AND provider_id = $3",
+        )
+        .bind(group.to_string())
+        .bind(actor.to_string())
+        .bind(provider.to_string())
+        .execute(&mut *conn)
+        .await?;
+        changed = true;
+    }
+    for group in wanted.iter().filter(|g| !held.contains(g)) {
+        let done = sqlx::query(
+            "INSERT INTO memberships (account_id, group_id, actor_id, provider_id) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(account.to_string())
+        .bind(group.to_string())
+        .bind(actor.to_string())
+        .bind(provider.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        changed |= done.rows_affected() > 0;
+    }
+    Ok(changed)
 }
