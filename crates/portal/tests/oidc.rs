@@ -12,6 +12,7 @@ use postern_portal::domain::TokenKind;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::channel::{Peer, key};
+use support::email::confirm;
 use support::oidc::OidcProvider;
 use support::postgres::TempPostgres;
 use support::web::{Browser, Page, WebPortal, query_param};
@@ -75,7 +76,8 @@ impl Lab {
     fn start_url(&self, client: bool) -> String {
         let query = if client {
             format!(
-                "?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri={}",
+                "?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri={}",
+                postern_portal::auth::token::challenge_of(CLIENT_NONCE),
                 url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
             )
         } else {
@@ -102,7 +104,8 @@ impl Lab {
         self.idp.sign_in(&authorize, login).await
     }
 
-    /// The whole browser flow.
+    /// The whole browser flow; a client sign-in says yes on the "connect
+    /// this device?" page when it comes.
     async fn sign_in(&self, browser: &mut Browser, login: &str, client: bool) -> Page {
         let callback = self.to_callback(browser, login, client).await;
         let started = Instant::now();
@@ -111,6 +114,9 @@ impl Lab {
             "callback answered in {:?} (discovery, code exchange, JWKS, userinfo)",
             started.elapsed()
         );
+        if client && page.status == 200 {
+            return confirm(&self.portal.base, browser, &page).await;
+        }
         page
     }
 
@@ -235,7 +241,7 @@ async fn a_client_sign_in_maps_groups_and_the_admin_claim() {
 
     let store = &lab.portal.state.store;
     let now = jiff::Timestamp::now();
-    let token = format!("{CLIENT_NONCE}{fragment}");
+    let token = format!("{CLIENT_NONCE}~{fragment}");
     let record = postern_portal::auth::authenticate(store, &token, now)
         .await
         .unwrap()
@@ -301,7 +307,8 @@ async fn forged_replayed_and_broken_answers_are_refused() {
     let mut browser = Browser::new();
     let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
     let cookie = browser.cookies["postern_oidc"].clone();
-    assert_eq!(browser.get(&callback).await.status, 303);
+    let asked = browser.get(&callback).await;
+    assert_eq!(asked.status, 200, "the confirmation page: {}", asked.body);
     browser.cookies.insert("postern_oidc".into(), cookie);
     let replayed = browser.get(&callback).await;
     assert_eq!(replayed.status, 400, "{}", replayed.body);
@@ -420,7 +427,7 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
 
     let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
     let fragment = query_param(done.location.as_deref().unwrap(), "fragment").unwrap();
-    let token = format!("{CLIENT_NONCE}{fragment}");
+    let token = format!("{CLIENT_NONCE}~{fragment}");
     let addr = portal
         .base
         .strip_prefix("http://")
@@ -765,4 +772,37 @@ async fn a_groups_claim_never_joins_an_admin_made_group() {
     let eng = lab.group_named("eng").await.unwrap();
     assert_eq!(eng["kind"], "provider");
     assert_eq!(lab.members(&eng).await, [json!(alice)]);
+}
+
+/// Review L3: a link that starts a client sign-in, opened by someone with a
+/// live session at the provider, completes at the provider without a click;
+/// it must stop at the portal's "connect this device?" page, not hand a
+/// token to whatever listens on the link's loopback port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sign_in_link_stops_at_the_confirmation() {
+    let lab = lab().await;
+    lab.portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    let mut browser = Browser::new();
+    let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
+    let page = browser.get(&callback).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.location.is_none(),
+        "no redirect to the loopback listener"
+    );
+    assert!(
+        page.body
+            .contains("Connect this device to <b>acme</b> as Alice"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("fragment"), "{}", page.body);
+    let done = confirm(&lab.portal.base, &mut browser, &page).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.location.unwrap().starts_with(REDIRECT));
 }

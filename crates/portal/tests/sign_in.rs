@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use postern_portal::domain::TokenKind;
 use support::email::{
-    CLIENT_NONCE, CLIENT_STATE, REDIRECT, ask_code, code_in, enter_code, guessing_page, wrong_code,
+    CLIENT_NONCE, CLIENT_STATE, REDIRECT, ask_code, client_challenge, code_in, confirm, enter_code,
+    guessing_page, wrong_code,
 };
 use support::web::{Browser, query_param};
 
@@ -379,7 +380,8 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
     let mut browser = Browser::new();
     let page = ask_code(&portal, &mut browser, "ann@example.test", true).await;
     let code = code_in(&smtp.next(10).await.unwrap().data);
-    let done = enter_code(&portal, &mut browser, &page, &code).await;
+    let asked = enter_code(&portal, &mut browser, &page, &code).await;
+    let done = confirm(&portal.base, &mut browser, &asked).await;
     assert_eq!(done.status, 303, "{}", done.body);
     let location = done.location.unwrap();
     assert!(location.starts_with(REDIRECT), "{location}");
@@ -396,7 +398,7 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
 
     let store = &portal.state.store;
     let now = jiff::Timestamp::now();
-    let token = format!("{CLIENT_NONCE}{fragment}");
+    let token = format!("{CLIENT_NONCE}~{fragment}");
     let record = postern_portal::auth::authenticate(store, &token, now)
         .await
         .unwrap()
@@ -439,12 +441,112 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
     assert!(refused.body.contains("Only admins"));
     let evil = browser
         .get(&format!(
-            "{}/acme/sign_in?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri=http%3A%2F%2Fevil.example%3A80%2F",
-            portal.base
+            "{}/acme/sign_in?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri=http%3A%2F%2Fevil.example%3A80%2F",
+            portal.base,
+            client_challenge(),
         ))
         .await;
     assert_eq!(evil.status, 400);
     assert!(evil.body.contains("loopback"));
+    // A client that still sends its nonce is told to update.
+    let old = browser
+        .get(&format!(
+            "{}/acme/sign_in?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri={}",
+            portal.base,
+            url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
+        ))
+        .await;
+    assert_eq!(old.status, 400);
+    assert!(old.body.contains("update postern"), "{}", old.body);
+}
+
+/// Review L3: the client's nonce never passes through the browser, and
+/// nothing the browser sees (URLs, pages, the redirect) makes a token; the
+/// token is handed out only after the user says yes, from the browser that
+/// signed in.
+#[tokio::test]
+async fn a_client_sign_in_asks_first_and_the_browser_never_holds_the_token() {
+    let (portal, mut smtp) = portal_with_mail().await;
+    portal.add_actor("Ann", "ann@example.test", "user").await;
+    let mut browser = Browser::new();
+    let page = ask_code(&portal, &mut browser, "ann@example.test", true).await;
+    let code = code_in(&smtp.next(10).await.unwrap().data);
+    let asked = enter_code(&portal, &mut browser, &page, &code).await;
+    assert_eq!(asked.status, 200, "a page, not a redirect: {}", asked.body);
+    assert!(asked.location.is_none());
+    assert!(
+        asked
+            .body
+            .contains("Connect this device to <b>acme</b> as Ann")
+    );
+    assert!(asked.body.contains("127.0.0.1:45999"), "{}", asked.body);
+
+    // Another browser cannot say yes for this one, and the form cannot be
+    // altered.
+    let csrf = asked.hidden("csrf").unwrap();
+    let confirmation = asked.hidden("confirmation").unwrap();
+    let mut stranger = Browser::from_ip(IpAddr::from([127, 0, 0, 5]));
+    stranger.get(&format!("{}/acme/sign_in", portal.base)).await;
+    let stolen = stranger
+        .post(
+            &format!("{}/acme/sign_in/confirm", portal.base),
+            &[
+                ("csrf", &stranger.cookies["postern_csrf"].clone()),
+                ("confirmation", &confirmation),
+            ],
+        )
+        .await;
+    assert_eq!(stolen.status, 400, "{}", stolen.body);
+    let (payload, mac) = confirmation.rsplit_once('.').unwrap();
+    let first = if payload.starts_with('e') { 'f' } else { 'e' };
+    let tampered = format!("{first}{}.{mac}", &payload[1..]);
+    let altered = browser
+        .post(
+            &format!("{}/acme/sign_in/confirm", portal.base),
+            &[("csrf", &csrf), ("confirmation", &tampered)],
+        )
+        .await;
+    assert_eq!(altered.status, 400, "{}", altered.body);
+
+    let done = confirm(&portal.base, &mut browser, &asked).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let location = done.location.unwrap();
+    let fragment = query_param(&location, "fragment").unwrap();
+
+    // Everything the browser saw.
+    let seen = [
+        page.body.as_str(),
+        asked.body.as_str(),
+        location.as_str(),
+        &format!(
+            "{}/acme/sign_in?client_state={CLIENT_STATE}&client_challenge={}",
+            portal.base,
+            client_challenge()
+        ),
+    ]
+    .concat();
+    assert!(!seen.contains(CLIENT_NONCE), "the nonce passed the browser");
+    let store = &portal.state.store;
+    let now = jiff::Timestamp::now();
+    let challenge = client_challenge();
+    for forged in [
+        fragment.clone(),
+        format!("{challenge}{fragment}"),
+        format!("{challenge}~{fragment}"),
+        format!("~{fragment}"),
+    ] {
+        let record = postern_portal::auth::authenticate(store, &forged, now)
+            .await
+            .unwrap();
+        assert!(record.is_none(), "{forged} must not be a token");
+    }
+    let token = format!("{CLIENT_NONCE}~{fragment}");
+    assert!(
+        postern_portal::auth::authenticate(store, &token, now)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -494,13 +596,15 @@ fn hostile_sign_in_requests_never_get_a_server_error() {
         Just("csrf"),
         Just("client_state"),
         Just("client_nonce"),
+        Just("client_challenge"),
+        Just("confirmation"),
         Just("redirect_uri"),
         Just("state"),
         Just("error"),
     ];
     let pairs = proptest::collection::vec((field, value), 0..8);
     let raw = proptest::collection::vec(any::<u8>(), 0..300);
-    let target = 0usize..8;
+    let target = 0usize..9;
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(400));
     runner
         .run(
@@ -518,6 +622,7 @@ fn hostile_sign_in_requests_never_get_a_server_error() {
                     4 => ("GET", format!("/acme/sign_in/oidc/{id}?{encoded}")),
                     5 => ("POST", "/acme/sign_out".to_string()),
                     6 => ("GET", "/acme/".to_string()),
+                    7 => ("POST", "/acme/sign_in/confirm".to_string()),
                     _ => ("GET", format!("/nosuch/sign_in?{encoded}")),
                 };
                 let body = if use_raw {

@@ -67,7 +67,7 @@ pub async fn create(
         if expires_at > now + MAX_LIFETIME {
             return Err(Problem::invalid("expires_at", "must be within ten years"));
         }
-        let minted = token::mint("")
+        let minted = token::mint()
             .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let new = NewToken {
             account_id: Some(admin.account_id),

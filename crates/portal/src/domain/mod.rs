@@ -185,7 +185,8 @@ pub struct TokenRecord {
 #[derive(Debug)]
 pub struct MintedToken {
     pub id: Uuid,
-    /// The whole token, shown once.
+    /// The whole token, shown once; for a client sign-in only the fragment
+    /// (`auth::token::mint_client`).
     pub token: String,
     pub salt: String,
     pub hash: String,

@@ -157,7 +157,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 6] = [
         (
             1,
             "initial",
@@ -187,6 +187,12 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "sign-in hardening",
             include_str!("../../migrations/sqlite/0006_sign_in_hardening.sql"),
             include_str!("../../migrations/postgres/0006_sign_in_hardening.sql"),
+        ),
+        (
+            7,
+            "client challenge",
+            include_str!("../../migrations/sqlite/0007_client_challenge.sql"),
+            include_str!("../../migrations/postgres/0007_client_challenge.sql"),
         ),
     ];
     steps

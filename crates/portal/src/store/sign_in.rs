@@ -258,11 +258,12 @@ pub async fn clear_guesses(conn: &mut Conn, account: Uuid, subject: &str) -> Res
     Ok(())
 }
 
-/// Where a client sign-in sends its result (SPEC section 3, "Sign-in URLs").
+/// Where a client sign-in sends its result (SPEC section 3, "Sign-in URLs"),
+/// and the challenge of the client's secret nonce its token is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientRequest {
     pub state: String,
-    pub nonce: String,
+    pub challenge: String,
     pub redirect_uri: String,
 }
 
@@ -290,7 +291,7 @@ pub async fn put_oidc(
         .await?;
     sqlx::query(
         "INSERT INTO oidc_sign_ins (state_hash, account_id, provider_id, nonce, pkce_verifier, \
-         client_state, client_nonce, redirect_uri, expires_at) \
+         client_state, client_challenge, redirect_uri, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(state_hash)
@@ -299,7 +300,7 @@ pub async fn put_oidc(
     .bind(&pending.nonce)
     .bind(&pending.pkce_verifier)
     .bind(pending.client.as_ref().map(|c| c.state.clone()))
-    .bind(pending.client.as_ref().map(|c| c.nonce.clone()))
+    .bind(pending.client.as_ref().map(|c| c.challenge.clone()))
     .bind(pending.client.as_ref().map(|c| c.redirect_uri.clone()))
     .bind(pending.expires_at_ms)
     .execute(&mut *conn)
@@ -317,7 +318,7 @@ pub async fn take_oidc(
     now_ms: i64,
 ) -> Result<Option<PendingOidc>> {
     let row = sqlx::query(
-        "SELECT provider_id, nonce, pkce_verifier, client_state, client_nonce, redirect_uri, \
+        "SELECT provider_id, nonce, pkce_verifier, client_state, client_challenge, redirect_uri, \
          expires_at FROM oidc_sign_ins WHERE account_id = $1 AND state_hash = $2",
     )
     .bind(account.to_string())
@@ -332,12 +333,12 @@ pub async fn take_oidc(
     let Some(row) = row else { return Ok(None) };
     let client = match (
         row.try_get::<Option<String>, _>("client_state")?,
-        row.try_get::<Option<String>, _>("client_nonce")?,
+        row.try_get::<Option<String>, _>("client_challenge")?,
         row.try_get::<Option<String>, _>("redirect_uri")?,
     ) {
-        (Some(state), Some(nonce), Some(redirect_uri)) => Some(ClientRequest {
+        (Some(state), Some(challenge), Some(redirect_uri)) => Some(ClientRequest {
             state,
-            nonce,
+            challenge,
             redirect_uri,
         }),
         _ => None,

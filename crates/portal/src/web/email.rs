@@ -376,7 +376,7 @@ pub async fn verify(
     let actor = actors::get(&mut tx, account.id, pending.actor_id).await?;
     tx.commit().await?;
     let actor = actor.ok_or_else(|| WebError::forbidden("This user no longer exists."))?;
-    super::session::finish(&state, &account, &actor, None, client, &meta).await
+    super::session::finish(&state, &account, &actor, None, client, &meta, &headers).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! OpenID Connect in the browser (SPEC F2): the redirect to the provider and
 //! its callback. The pending sign-in (nonce, PKCE verifier, the client's
-//! request) is kept in the store under a keyed hash of `state`, so any portal
+//! request with its challenge, never its nonce) is kept in the store under a keyed hash of `state`, so any portal
 //! node can take the callback, and only once; a cookie binds it to the
 //! browser that started it.
 
@@ -292,6 +292,7 @@ pub async fn callback(
         Some(&provider),
         pending.client,
         &meta,
+        &headers,
     )
     .await?;
     jar(&state, &account.slug).set(&mut response, cookies::OIDC_STATE, "", 0, true);

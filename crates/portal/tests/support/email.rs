@@ -11,7 +11,13 @@ use super::web::{Browser, Page, WebPortal};
 
 pub const REDIRECT: &str = "http://127.0.0.1:45999/callback";
 pub const CLIENT_STATE: &str = "client-state-0123456789";
+/// The client's secret nonce; only its challenge goes to the portal.
 pub const CLIENT_NONCE: &str = "client-nonce-0123456789abcdef";
+
+/// `client_challenge` for `CLIENT_NONCE`.
+pub fn client_challenge() -> String {
+    postern_portal::auth::token::challenge_of(CLIENT_NONCE)
+}
 
 /// A portal (on `database`, else a fresh SQLite file) whose codes go to a
 /// test SMTP server.
@@ -34,7 +40,8 @@ pub async fn ask_code(
 ) -> Page {
     let query = if client {
         format!(
-            "?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri={}",
+            "?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri={}",
+            client_challenge(),
             url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
         )
     } else {
@@ -46,7 +53,7 @@ pub async fn ask_code(
     assert_eq!(page.status, 200, "{}", page.body);
     let csrf = page.hidden("csrf").unwrap();
     let mut form = vec![("email", email.to_string()), ("csrf", csrf)];
-    for field in ["client_state", "client_nonce", "redirect_uri"] {
+    for field in ["client_state", "client_challenge", "redirect_uri"] {
         if let Some(value) = page.hidden(field) {
             form.push((field, value));
         }
@@ -76,7 +83,7 @@ pub fn code_form(page: &Page, code: &str) -> Vec<(&'static str, String)> {
         "email",
         "csrf",
         "client_state",
-        "client_nonce",
+        "client_challenge",
         "redirect_uri",
     ] {
         if let Some(value) = page.hidden(field) {
@@ -97,6 +104,26 @@ pub async fn enter_code(
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     browser
         .post(&format!("{}/acme/sign_in/email/verify", portal.base), &form)
+        .await
+}
+
+/// Says yes on the "connect this device?" page `page` (from `browser`'s
+/// sign-in) and returns the answer: the redirect to the client.
+pub async fn confirm(base: &str, browser: &mut Browser, page: &Page) -> Page {
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Connect this device"),
+        "not the confirmation page: {}",
+        page.body
+    );
+    assert!(page.location.is_none());
+    let csrf = page.hidden("csrf").unwrap();
+    let confirmation = page.hidden("confirmation").unwrap();
+    browser
+        .post(
+            &format!("{base}/acme/sign_in/confirm"),
+            &[("csrf", &csrf), ("confirmation", &confirmation)],
+        )
         .await
 }
 

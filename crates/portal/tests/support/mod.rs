@@ -168,7 +168,7 @@ impl TestApp {
         let path = format!("/actors/{}/tokens", self.admin_id);
         // Mint it with a token that is not rate limited: a fresh one made
         // directly in the store.
-        let minted = postern_portal::auth::token::mint("").unwrap();
+        let minted = postern_portal::auth::token::mint().unwrap();
         let mut tx = self.state.store.write().await.unwrap();
         postern_portal::testing::tokens::insert(
             &mut tx,
