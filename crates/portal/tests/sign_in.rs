@@ -657,3 +657,56 @@ fn hostile_sign_in_requests_never_get_a_server_error() {
         )
         .unwrap();
 }
+
+/// Review L11: every answer, pages, redirects, errors and the API, says
+/// `nosniff` and `no-referrer`; HSTS only when the portal is on https.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    for https in [false, true] {
+        let portal = support::web::WebPortal::start(|state| {
+            if https {
+                state.external_url = Some("https://portal.example.test".into());
+            }
+        })
+        .await;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let base = &portal.base;
+        let requests = [
+            client.get(format!("{base}/health")),
+            client.get(format!("{base}/acme/sign_in")),
+            client.get(format!("{base}/acme")),
+            client.get(format!("{base}/nosuch/sign_in")),
+            client
+                .post(format!("{base}/acme/sign_in/confirm"))
+                .body("x"),
+            client.get(format!("{base}/api/v1/actors")),
+            client
+                .get(format!("{base}/api/v1/account"))
+                .bearer_auth(&portal.token),
+            client.get(format!("{base}/nowhere")),
+        ];
+        let mut statuses = Vec::new();
+        for request in requests {
+            let response = request.send().await.unwrap();
+            let headers = response.headers();
+            let url = response.url().to_string();
+            statuses.push(response.status().as_u16());
+            assert_eq!(headers["x-content-type-options"], "nosniff", "{url}");
+            assert_eq!(headers["referrer-policy"], "no-referrer", "{url}");
+            let hsts = headers.get("strict-transport-security");
+            if https {
+                assert_eq!(hsts.unwrap(), "max-age=31536000", "{url}");
+            } else {
+                assert!(hsts.is_none(), "{url}");
+            }
+        }
+        // Answers of every kind were looked at.
+        for status in [200, 303, 404, 401] {
+            assert!(statuses.contains(&status), "{statuses:?}");
+        }
+    }
+}
