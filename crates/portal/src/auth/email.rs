@@ -144,6 +144,13 @@ pub enum MailError {
         "bad --smtp-url: {0} (use smtp://HOST:PORT, smtp://USER:PASS@HOST:587?tls=required or smtps://HOST:465)"
     )]
     Url(String),
+    #[error(
+        "the SMTP password is given twice, in --smtp-url and in --smtp-password-file or \
+         POSTERN_SMTP_PASSWORD; keep only the latter (the URL shows in ps)"
+    )]
+    PasswordTwice,
+    #[error("an SMTP password needs a user in --smtp-url (smtp://USER@HOST:587?tls=required)")]
+    PasswordWithoutUser,
     #[error("bad --smtp-from {0:?}: use an address such as \"Postern <postern@example.com>\"")]
     From(String),
     #[error("cannot build the message: {0}")]
@@ -152,9 +159,37 @@ pub enum MailError {
     Send(String),
 }
 
+/// Whether an SMTP URL carries a password (which shows in `ps` when it is
+/// given on the command line).
+pub fn smtp_url_has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|url| url.password().is_some())
+}
+
+/// `url` with `password` put in, for a URL that has a user and no password.
+fn with_password(url: &str, password: &str) -> Result<String, MailError> {
+    let mut parsed = url::Url::parse(url).map_err(|e| MailError::Url(e.to_string()))?;
+    if parsed.password().is_some() {
+        return Err(MailError::PasswordTwice);
+    }
+    if parsed.username().is_empty() {
+        return Err(MailError::PasswordWithoutUser);
+    }
+    // Percent-encoded here, decoded by lettre: any password goes through.
+    parsed
+        .set_password(Some(password))
+        .map_err(|()| MailError::Url("it cannot carry a password".into()))?;
+    Ok(parsed.into())
+}
+
 impl Mailer {
-    pub fn smtp(url: &str, from: &str) -> Result<Mailer, MailError> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+    /// Mails through the SMTP server at `url`; `password` (from a file or the
+    /// environment) is for a `url` with a user and no password.
+    pub fn smtp(url: &str, password: Option<&str>, from: &str) -> Result<Mailer, MailError> {
+        let url = match password {
+            Some(password) => with_password(url, password)?,
+            None => url.to_string(),
+        };
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| MailError::Url(e.to_string()))?
             .build();
         let from = from
@@ -213,6 +248,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_password_from_elsewhere_goes_into_a_url_without_one() {
+        let url = with_password("smtp://mailer@mail.test:587?tls=required", "p@ss:/word%").unwrap();
+        let parsed = url::Url::parse(&url).unwrap();
+        assert_eq!(parsed.username(), "mailer");
+        assert_eq!(
+            percent_encoding_free(parsed.password().unwrap()),
+            "p@ss:/word%"
+        );
+        assert_eq!(parsed.query(), Some("tls=required"));
+        assert!(smtp_url_has_password(&url));
+        assert!(!smtp_url_has_password("smtp://mailer@mail.test:587"));
+        assert!(matches!(
+            with_password("smtp://mailer:inline@mail.test", "p"),
+            Err(MailError::PasswordTwice)
+        ));
+        assert!(matches!(
+            with_password("smtp://mail.test:25", "p"),
+            Err(MailError::PasswordWithoutUser)
+        ));
+        assert!(Mailer::smtp("smtp://mailer@mail.test:25", Some("p"), "a@b.test").is_ok());
+        assert!(Mailer::smtp("smtp://mailer:x@mail.test:25", Some("p"), "a@b.test").is_err());
+    }
+
+    /// What lettre makes of a URL's password.
+    fn percent_encoding_free(text: &str) -> String {
+        url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+            .next()
+            .unwrap()
+            .1
+            .into_owned()
+    }
+
+    #[test]
     fn codes_are_eight_digits_and_verify_only_themselves() {
         let code = new_code().unwrap();
         assert_eq!(code.len(), 8);
@@ -231,11 +299,11 @@ mod tests {
     #[test]
     fn bad_smtp_settings_are_named() {
         assert!(matches!(
-            Mailer::smtp("ftp://x", "a@b.test"),
+            Mailer::smtp("ftp://x", None, "a@b.test"),
             Err(MailError::Url(_))
         ));
         assert!(matches!(
-            Mailer::smtp("smtp://127.0.0.1:2525", "not an address"),
+            Mailer::smtp("smtp://127.0.0.1:2525", None, "not an address"),
             Err(MailError::From(_))
         ));
     }

@@ -25,7 +25,7 @@ pub async fn portal_with_mail(database: Option<String>) -> (WebPortal, SmtpServe
     let smtp = SmtpServer::start().await;
     let url = smtp.url();
     let portal = WebPortal::start_on(database, |state| {
-        state.mailer = Mailer::smtp(&url, "Postern <postern@example.test>").unwrap();
+        state.mailer = Mailer::smtp(&url, None, "Postern <postern@example.test>").unwrap();
     })
     .await;
     (portal, smtp)
