@@ -107,6 +107,26 @@ pub struct PortalArgs {
         hide_env_values = true
     )]
     pub smtp_url: Option<String>,
+    /// File holding the SMTP password, for an --smtp-url with a user and no
+    /// password (a password in --smtp-url shows in ps)
+    #[arg(
+        long,
+        env = "POSTERN_SMTP_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "smtp_url",
+        conflicts_with = "smtp_password"
+    )]
+    pub smtp_password_file: Option<PathBuf>,
+    /// The SMTP password itself, for an --smtp-url with a user and no
+    /// password; only from the environment
+    #[arg(
+        long,
+        env = "POSTERN_SMTP_PASSWORD",
+        hide = true,
+        hide_env_values = true,
+        requires = "smtp_url"
+    )]
+    pub smtp_password: Option<String>,
     /// Sender of sign-in codes
     #[arg(
         long,
@@ -256,21 +276,18 @@ pub struct DeviceOptions {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["portal", "auth_secret"])))]
+// The relay token (from `postern portal relay-token`) only in portal mode.
+#[command(
+    mut_group("TokenSource", |group| group.required(false)),
+    mut_arg("token", |arg| arg.conflicts_with("auth_secret")),
+    mut_arg("token_file", |arg| arg.conflicts_with("auth_secret"))
+)]
 pub struct RelayArgs {
-    /// Portal to register with (portal mode; needs --token)
-    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL", requires = "token")]
+    /// Portal to register with (portal mode; needs --token-file or --token)
+    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL", requires = "TokenSource")]
     pub portal: Option<String>,
-    /// Relay token from `postern portal relay-token`
-    #[arg(
-        long,
-        env = "POSTERN_TOKEN",
-        // Tokens are base64url: they may start with "-".
-        allow_hyphen_values = true,
-        value_name = "TOKEN",
-        hide_env_values = true,
-        requires = "portal"
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenSource,
     /// Shared secret for TURN REST credentials (standalone mode)
     #[arg(
         long,
@@ -388,6 +405,8 @@ pub enum ClientCommand {
 
 /// `postern client up`.
 #[derive(Debug, Args)]
+// Without --token or --token-file, the token of `postern client sign-in`.
+#[command(mut_group("TokenSource", |group| group.required(false)))]
 pub struct ClientUpArgs {
     /// Portal URL (default: the one of `postern client sign-in`)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
@@ -472,4 +491,96 @@ pub enum AdminCommand {
         )]
         token: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("postern").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Review L6: the relay's token can come from a file, as the devices'
+    /// does, so that it is not in ps.
+    #[test]
+    fn the_relay_token_comes_inline_or_from_a_file_in_portal_mode_only() {
+        let relay = |extra: &[&str]| {
+            let mut args = vec!["relay", "--public-ip", "198.18.0.3"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Relay(relay) => relay,
+                other => panic!("{other:?}"),
+            })
+        };
+        let from_file = relay(&["--portal", "http://p.test", "--token-file", "/r.token"]).unwrap();
+        assert_eq!(from_file.portal.as_deref(), Some("http://p.test"));
+        assert_eq!(
+            from_file.token.token_file.as_deref(),
+            Some(Path::new("/r.token"))
+        );
+        assert_eq!(from_file.token.token, None);
+        let inline = relay(&["--portal", "http://p.test", "--token", "-t"]).unwrap();
+        assert_eq!(inline.token.token.as_deref(), Some("-t"));
+        // Portal mode needs a token; not two; and standalone mode none.
+        assert!(relay(&["--portal", "http://p.test"]).is_err());
+        assert!(
+            relay(&[
+                "--portal",
+                "http://p.test",
+                "--token",
+                "t",
+                "--token-file",
+                "/r.token"
+            ])
+            .is_err()
+        );
+        assert!(relay(&["--auth-secret", "s", "--token-file", "/r.token"]).is_err());
+        let standalone = relay(&["--auth-secret", "s"]).unwrap();
+        assert!(standalone.token.token.is_none() && standalone.token.token_file.is_none());
+    }
+
+    #[test]
+    fn gateways_need_a_token_and_client_up_may_use_the_stored_one() {
+        assert!(parse(&["gateway", "--portal", "http://p.test"]).is_err());
+        assert!(parse(&["gateway", "--portal", "http://p.test", "--token-file", "/t"]).is_ok());
+        assert!(parse(&["client", "up"]).is_ok());
+        assert!(parse(&["client", "up", "--token", "t", "--token-file", "/t"]).is_err());
+    }
+
+    /// Review L6: the SMTP password from a file (or the environment), not
+    /// from argv.
+    #[test]
+    fn the_smtp_password_comes_from_a_file() {
+        let portal = |extra: &[&str]| {
+            let mut args = vec!["portal"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Portal(portal) => portal,
+                other => panic!("{other:?}"),
+            })
+        };
+        let args = portal(&[
+            "--smtp-url",
+            "smtp://mailer@mail.test:587?tls=required",
+            "--smtp-password-file",
+            "/etc/postern/smtp-password",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.smtp_password_file.as_deref(),
+            Some(Path::new("/etc/postern/smtp-password"))
+        );
+        // Useless without a server.
+        assert!(portal(&["--smtp-password-file", "/p"]).is_err());
+    }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use postern_portal::auth::email::Mailer;
 use postern_portal::geoip::GeoIp;
 use postern_portal::secrets::SecretKey;
@@ -94,6 +94,37 @@ fn default_key_path(database: &str) -> std::path::PathBuf {
     }
 }
 
+/// The SMTP password from `--smtp-password-file` or `POSTERN_SMTP_PASSWORD`
+/// (review L6); a password inside `--smtp-url` is used as it is, with a
+/// warning.
+fn smtp_password(args: &PortalArgs) -> anyhow::Result<Option<String>> {
+    if args
+        .smtp_url
+        .as_deref()
+        .is_some_and(postern_portal::auth::email::smtp_url_has_password)
+    {
+        tracing::warn!(
+            "--smtp-url carries the SMTP password: on the command line every user of this \
+             machine sees it in ps; use --smtp-password-file or POSTERN_SMTP_PASSWORD"
+        );
+    }
+    match (&args.smtp_password_file, &args.smtp_password) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the SMTP password file {}", path.display())
+            })?;
+            // One line; a password may have spaces, so only its end goes.
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                bail!("the SMTP password file {} is empty", path.display());
+            }
+            Ok(Some(password.to_string()))
+        }
+        (None, Some(password)) if !password.is_empty() => Ok(Some(password.clone())),
+        _ => Ok(None),
+    }
+}
+
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
     runtime()?.block_on(async {
@@ -115,7 +146,7 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         state.secret_key = Some(key);
         state.external_url = args.external_url.clone();
         state.mailer = match &args.smtp_url {
-            Some(url) => Mailer::smtp(url, &args.smtp_from)?,
+            Some(url) => Mailer::smtp(url, smtp_password(&args)?.as_deref(), &args.smtp_from)?,
             None => {
                 tracing::info!(
                     "development mail mode: no --smtp-url, so sign-in codes are written to this log"
@@ -145,4 +176,48 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("portal stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn args(extra: &[&str]) -> PortalArgs {
+        let mut argv = vec!["postern", "portal"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Portal(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_smtp_password_file_is_read_to_its_line_end() {
+        let dir = std::env::temp_dir().join(format!("postern-smtp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, " pass word \n").unwrap();
+        let url = "smtp://mailer@mail.test:587";
+        let file_arg = file.to_str().unwrap();
+        let with_file = args(&["--smtp-url", url, "--smtp-password-file", file_arg]);
+        assert_eq!(
+            smtp_password(&with_file).unwrap().as_deref(),
+            Some(" pass word ")
+        );
+        assert_eq!(smtp_password(&args(&["--smtp-url", url])).unwrap(), None);
+        std::fs::write(&file, "\n").unwrap();
+        assert!(smtp_password(&with_file).is_err());
+        let missing = dir.join("missing");
+        let missing = args(&[
+            "--smtp-url",
+            url,
+            "--smtp-password-file",
+            missing.to_str().unwrap(),
+        ]);
+        assert!(smtp_password(&missing).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -52,7 +52,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     };
     daemon::init_logging(args.daemon.log_format);
     if let Some(portal) = &args.portal {
-        let token = args.token.clone().unwrap_or_default();
+        let token = crate::device::read_token(&args.token)?;
         return portal_mode(portal, &token, config, &args.public_ip, args.daemon.metrics);
     }
     let signals = daemon::block_stop_signals().context("cannot block signals")?;

@@ -1,9 +1,12 @@
 //! `postern client sign-in` and `sign-out` (SPEC F3): the browser signs in at
-//! the portal, which redirects to a loopback listener of ours (RFC 8252)
-//! with our `state` and a token fragment; the token is our secret nonce
-//! followed by that fragment, so the redirect alone is useless to anyone who
-//! sees it. The token goes to a root-only file that `postern client up` uses
-//! by default, beside a note of the portal and account for sign-out.
+//! the portal, which (after the user confirms) redirects to a loopback
+//! listener of ours (RFC 8252) with our `state` and a token fragment. Our
+//! secret nonce never leaves this process: the sign-in URL carries only its
+//! challenge, `base64url(SHA-256(nonce))`, PKCE-style, and the token is
+//! `<nonce>~<fragment>`, so nothing the browser saw (URL, history, pages,
+//! the redirect) makes a token. The token goes to a root-only file that
+//! `postern client up` uses by default, beside a note of the portal and
+//! account for sign-out.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use postern_portal::auth::token::{NONCE_SEPARATOR, challenge_of};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -36,7 +40,8 @@ fn random_text() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The sign-in page URL with our client parameters.
+/// The sign-in page URL with our client parameters: the challenge of our
+/// nonce, never the nonce.
 pub fn sign_in_url(
     portal: &str,
     account: &str,
@@ -48,11 +53,16 @@ pub fn sign_in_url(
     url.push_str(
         &url::form_urlencoded::Serializer::new(String::new())
             .append_pair("client_state", state)
-            .append_pair("client_nonce", nonce)
+            .append_pair("client_challenge", &challenge_of(nonce))
             .append_pair("redirect_uri", redirect)
             .finish(),
     );
     url
+}
+
+/// The token the portal's fragment makes with our nonce.
+fn client_token(nonce: &str, fragment: &str) -> String {
+    format!("{nonce}{NONCE_SEPARATOR}{fragment}")
 }
 
 /// What the loopback listener got.
@@ -266,7 +276,10 @@ pub fn sign_in(
                     )
                 })??;
         let token_path = state_dir.join(TOKEN_FILE);
-        write_private(&token_path, &format!("{nonce}{fragment}\n"))?;
+        write_private(
+            &token_path,
+            &format!("{}\n", client_token(&nonce, &fragment)),
+        )?;
         let record = SignInRecord {
             portal: portal.trim_end_matches('/').to_string(),
             account: account.to_string(),
@@ -410,17 +423,23 @@ mod tests {
     }
 
     #[test]
-    fn the_sign_in_url_carries_the_client_parameters() {
+    fn the_sign_in_url_carries_the_challenge_not_the_nonce() {
+        let nonce = "secret-nonce-0123456789";
         let url = sign_in_url(
             "http://p:8080/",
             "acme",
             "st",
-            "no",
+            nonce,
             "http://127.0.0.1:5/callback",
         );
         assert_eq!(
             url,
-            "http://p:8080/acme/sign_in?client_state=st&client_nonce=no&redirect_uri=http%3A%2F%2F127.0.0.1%3A5%2Fcallback"
+            format!(
+                "http://p:8080/acme/sign_in?client_state=st&client_challenge={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A5%2Fcallback",
+                challenge_of(nonce)
+            )
         );
+        assert!(!url.contains(nonce));
+        assert_eq!(client_token(nonce, "r.id"), format!("{nonce}~r.id"));
     }
 }

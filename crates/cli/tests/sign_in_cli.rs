@@ -207,7 +207,7 @@ async fn a_client_signs_in_through_the_browser_and_signs_out() {
         .to_string();
     let body = page.text().await.unwrap();
     let mut form = vec![("email".to_string(), "admin@acme.test".to_string())];
-    for field in ["csrf", "client_state", "client_nonce", "redirect_uri"] {
+    for field in ["csrf", "client_state", "client_challenge", "redirect_uri"] {
         form.push((field.to_string(), hidden(&body, field)));
     }
     let code_page = browser
@@ -234,6 +234,20 @@ async fn a_client_signs_in_through_the_browser_and_signs_out() {
         .send()
         .await
         .unwrap();
+    // The portal asks before it hands the client a token.
+    assert_eq!(done.status(), 200);
+    let asked = done.text().await.unwrap();
+    assert!(asked.contains("Connect this device"), "{asked}");
+    let done = browser
+        .post(format!("{base}/acme/sign_in/confirm"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", hidden(&asked, "csrf")),
+            ("confirmation", hidden(&asked, "confirmation")),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(done.status(), 303);
     let location = done.headers()["location"].to_str().unwrap().to_string();
     assert!(location.starts_with(&redirect_uri), "{location}");
@@ -247,10 +261,14 @@ async fn a_client_signs_in_through_the_browser_and_signs_out() {
         .unwrap()
         .trim()
         .to_string();
-    let nonce = param(&url, "client_nonce");
-    assert!(token.starts_with(&nonce), "the token is nonce + fragment");
-    let fragment = param(&location, "fragment");
-    assert_eq!(token, format!("{nonce}{fragment}"));
+    // The URL carried only the challenge of the nonce the token starts with.
+    let (nonce, fragment) = token.split_once('~').unwrap();
+    assert!(!url.contains(nonce), "the nonce passed through the browser");
+    assert_eq!(
+        param(&url, "client_challenge"),
+        postern_portal::auth::token::challenge_of(nonce)
+    );
+    assert_eq!(fragment, param(&location, "fragment"));
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 

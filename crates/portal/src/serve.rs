@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 
@@ -21,11 +23,43 @@ pub struct ServeConfig {
 
 /// The portal's whole HTTP surface.
 pub fn app(state: Arc<AppState>) -> Router {
+    let https = state
+        .external_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"));
     crate::api::router()
         .merge(crate::channels::router())
         .merge(crate::web::router())
         .route("/health", get(|| async { "ok\n" }))
         .with_state(state)
+        .layer(axum::middleware::map_response(
+            move |response: Response| async move { security_headers(response, https) },
+        ))
+}
+
+/// Headers on every answer, API and pages alike (review L11); the pages add
+/// their CSP, `X-Frame-Options` and `no-store` (`web::html::page`). HSTS only
+/// when browsers reach the portal over https (`--external-url`): over plain
+/// http it would be ignored, and it must not pin a development portal.
+fn security_headers(mut response: Response, https: bool) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Sign-in URLs carry the client's state and challenge: no page tells
+    // another site where it came from.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
 }
 
 /// Serves on an already bound listener until `shutdown` completes.

@@ -107,7 +107,7 @@ pub async fn init_account(
         },
     )
     .await?;
-    let minted = token::mint("")?;
+    let minted = token::mint()?;
     store::tokens::insert(
         &mut tx,
         &minted,
@@ -149,7 +149,7 @@ pub async fn init_account(
 
 /// Mints a token relays use to register with this portal.
 pub async fn relay_token(store: &Store) -> Result<String, SetupError> {
-    let minted = token::mint("")?;
+    let minted = token::mint()?;
     let mut tx = store.write().await?;
     store::tokens::insert(
         &mut tx,

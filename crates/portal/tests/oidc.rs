@@ -12,6 +12,7 @@ use postern_portal::domain::TokenKind;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::channel::{Peer, key};
+use support::email::confirm;
 use support::oidc::OidcProvider;
 use support::postgres::TempPostgres;
 use support::web::{Browser, Page, WebPortal, query_param};
@@ -75,7 +76,8 @@ impl Lab {
     fn start_url(&self, client: bool) -> String {
         let query = if client {
             format!(
-                "?client_state={CLIENT_STATE}&client_nonce={CLIENT_NONCE}&redirect_uri={}",
+                "?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri={}",
+                postern_portal::auth::token::challenge_of(CLIENT_NONCE),
                 url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
             )
         } else {
@@ -102,7 +104,8 @@ impl Lab {
         self.idp.sign_in(&authorize, login).await
     }
 
-    /// The whole browser flow.
+    /// The whole browser flow; a client sign-in says yes on the "connect
+    /// this device?" page when it comes.
     async fn sign_in(&self, browser: &mut Browser, login: &str, client: bool) -> Page {
         let callback = self.to_callback(browser, login, client).await;
         let started = Instant::now();
@@ -111,6 +114,9 @@ impl Lab {
             "callback answered in {:?} (discovery, code exchange, JWKS, userinfo)",
             started.elapsed()
         );
+        if client && page.status == 200 {
+            return confirm(&self.portal.base, browser, &page).await;
+        }
         page
     }
 
@@ -235,7 +241,7 @@ async fn a_client_sign_in_maps_groups_and_the_admin_claim() {
 
     let store = &lab.portal.state.store;
     let now = jiff::Timestamp::now();
-    let token = format!("{CLIENT_NONCE}{fragment}");
+    let token = format!("{CLIENT_NONCE}~{fragment}");
     let record = postern_portal::auth::authenticate(store, &token, now)
         .await
         .unwrap()
@@ -301,7 +307,8 @@ async fn forged_replayed_and_broken_answers_are_refused() {
     let mut browser = Browser::new();
     let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
     let cookie = browser.cookies["postern_oidc"].clone();
-    assert_eq!(browser.get(&callback).await.status, 303);
+    let asked = browser.get(&callback).await;
+    assert_eq!(asked.status, 200, "the confirmation page: {}", asked.body);
     browser.cookies.insert("postern_oidc".into(), cookie);
     let replayed = browser.get(&callback).await;
     assert_eq!(replayed.status, 400, "{}", replayed.body);
@@ -322,24 +329,20 @@ async fn forged_replayed_and_broken_answers_are_refused() {
     assert_eq!(refused.status, 400);
     assert!(refused.body.contains("already used or has expired"));
 
-    // Broken ID tokens.
-    for (mode, why) in [
-        ("expired", "expired"),
-        ("wrong_audience", "audience"),
-        ("tamper_signature", "signature"),
-        ("wrong_nonce", "nonce"),
-        ("wrong_issuer", "issuer"),
+    // Broken ID tokens: refused, with our words only (the details are in
+    // the log, under the reference the page shows).
+    for mode in [
+        "expired",
+        "wrong_audience",
+        "tamper_signature",
+        "wrong_nonce",
+        "wrong_issuer",
     ] {
         lab.idp.set_mode(mode).await;
         let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
         assert_eq!(page.status, 401, "{mode}: {}", page.body);
         assert!(
-            page.body.contains("ID token is not valid"),
-            "{mode}: {}",
-            page.body
-        );
-        assert!(
-            page.body.to_lowercase().contains(why),
+            page.body.contains("(its ID token) is not valid") && page.body.contains("reference"),
             "{mode}: {}",
             page.body
         );
@@ -361,15 +364,25 @@ async fn forged_replayed_and_broken_answers_are_refused() {
     let page = lab.sign_in(&mut Browser::new(), "alice-other", true).await;
     assert_eq!(page.status, 403, "{}", page.body);
 
-    // The provider's own refusal is shown, not a crash.
+    // The provider's own refusal is named by its standard code, never by
+    // the text the callback carries.
     let denied = Browser::new()
         .get(&format!(
-            "{}/acme/sign_in/oidc/{}/callback?error=access_denied&error_description=no",
+            "{}/acme/sign_in/oidc/{}/callback?error=access_denied&error_description=Call%20555-0100",
             lab.portal.base, lab.provider
         ))
         .await;
     assert_eq!(denied.status, 401);
     assert!(denied.body.contains("access_denied"));
+    assert!(!denied.body.contains("555-0100"), "{}", denied.body);
+    let odd = Browser::new()
+        .get(&format!(
+            "{}/acme/sign_in/oidc/{}/callback?error=Visit%20evil.example",
+            lab.portal.base, lab.provider
+        ))
+        .await;
+    assert_eq!(odd.status, 401);
+    assert!(!odd.body.contains("evil.example"), "{}", odd.body);
     // And a normal sign-in still works afterwards.
     let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
     assert_eq!(page.status, 303, "{}", page.body);
@@ -394,9 +407,15 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
         )
         .await;
     assert_eq!(status, 201, "{resource}");
-    let (_, eng) = portal
-        .api(Method::POST, "/groups", Some(json!({"name": "eng"})))
+    // The provider's group "eng" comes with the first sign-in that claims it
+    // (a claim never joins a group an admin made); the policy follows.
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &["eng"], false)
         .await;
+    let first = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    let eng = lab.group_named("eng").await.unwrap();
+    assert_eq!(eng["kind"], "provider");
     let (status, _) = portal
         .api(
             Method::POST,
@@ -406,12 +425,9 @@ async fn group_changes_reach_connected_clients_and_deleting_the_provider_disconn
         .await;
     assert_eq!(status, 201);
 
-    lab.idp
-        .set_account("alice-sub", "alice@corp.test", &["eng"], false)
-        .await;
     let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
     let fragment = query_param(done.location.as_deref().unwrap(), "fragment").unwrap();
-    let token = format!("{CLIENT_NONCE}{fragment}");
+    let token = format!("{CLIENT_NONCE}~{fragment}");
     let addr = portal
         .base
         .strip_prefix("http://")
@@ -497,4 +513,296 @@ async fn sign_in_works_on_postgres_too() {
     let again = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
     assert_eq!(again.status, 303, "{}", again.body);
     assert!(lab.members(&eng).await.is_empty());
+}
+
+/// What a page may never show of a provider's or the HTTP client's words.
+fn leaks(body: &str) -> Option<&'static str> {
+    [
+        "10.9.8.7",
+        "PROVIDER-INTERNAL-DETAIL",
+        "invalid_grant",
+        "error sending request",
+        "onnection refused",
+        "127.0.0.1:",
+        "larger than",
+        "discovery document",
+    ]
+    .into_iter()
+    .find(|needle| body.contains(needle))
+}
+
+/// Review M3: a provider whose discovery document names a plain-http token
+/// endpoint (on a private address), or is 10 MiB, is refused before the
+/// browser leaves the portal, on a generic page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_discovery_documents_are_refused_without_detail() {
+    let lab = lab().await;
+    lab.portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    for mode in ["http_token_endpoint", "huge_discovery"] {
+        lab.idp.set_mode(mode).await;
+        let mut browser = Browser::new();
+        let started = Instant::now();
+        let page = browser.get(&lab.start_url(true)).await;
+        println!("{mode}: refused in {:?}", started.elapsed());
+        assert_eq!(page.status, 502, "{mode}: {}", page.body);
+        assert!(
+            page.location.is_none(),
+            "{mode}: no redirect to the provider"
+        );
+        assert!(
+            page.body
+                .contains("cannot be reached or is not set up right"),
+            "{mode}: {}",
+            page.body
+        );
+        assert_eq!(leaks(&page.body), None, "{mode}: {}", page.body);
+    }
+    lab.idp.set_mode("normal").await;
+    let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+}
+
+/// Review M3: a token endpoint that answers 10 MiB, or an error with
+/// internal details, fails the sign-in on a generic page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_token_answers_are_refused_without_detail() {
+    let lab = lab().await;
+    lab.portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    for (mode, words) in [
+        ("token_error", "did not accept this sign-in"),
+        ("huge_token", "did not accept this sign-in"),
+    ] {
+        let mut browser = Browser::new();
+        let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
+        lab.idp.set_mode(mode).await;
+        let page = browser.get(&callback).await;
+        lab.idp.set_mode("normal").await;
+        assert_eq!(leaks(&page.body), None, "{mode}: {}", page.body);
+        assert_eq!(page.status, 401, "{mode}: {}", page.body);
+        assert!(page.body.contains(words), "{mode}: {}", page.body);
+    }
+}
+
+/// Review M3 and L11: on a portal browsers reach over https, an issuer on
+/// loopback (another daemon's port) is refused when it is configured, and a
+/// name resolving to loopback is refused when it is called, with nothing of
+/// the attempt in the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_on_loopback_are_refused_outside_development() {
+    let portal = WebPortal::start(|state| {
+        state.external_url = Some("https://portal.example.test".into());
+    })
+    .await;
+    let create = |issuer: &str| {
+        json!({
+            "type": "oidc", "name": format!("IdP {issuer}"), "issuer": issuer,
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        })
+    };
+    for issuer in [
+        "http://127.0.0.1:9100",
+        "https://127.0.0.1:9100",
+        "https://169.254.169.254",
+    ] {
+        let (status, problem) = portal
+            .api(Method::POST, "/identity_providers", Some(create(issuer)))
+            .await;
+        assert_eq!(status, 422, "{issuer}: {problem}");
+    }
+    // A name is only checked when it is resolved: `localhost` is.
+    let (status, created) = portal
+        .api(
+            Method::POST,
+            "/identity_providers",
+            Some(create("https://localhost:9")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let page = Browser::new()
+        .get(&format!(
+            "{}/acme/sign_in/oidc/{}",
+            portal.base,
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(page.status, 502, "{}", page.body);
+    assert_eq!(leaks(&page.body), None, "{}", page.body);
+    assert!(!page.body.contains("localhost"), "{}", page.body);
+}
+
+/// L11: without `--external-url` there is no OpenID Connect (the redirect
+/// URI would come from the Host header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_need_the_external_url() {
+    let portal = WebPortal::start(|state| state.external_url = None).await;
+    let (status, problem) = portal
+        .api(
+            Method::POST,
+            "/identity_providers",
+            Some(json!({
+                "type": "oidc", "name": "IdP", "issuer": "https://id.example.com",
+                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            })),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--external-url"),
+        "{problem}"
+    );
+}
+
+/// Review L2: the admin claim is read strictly. `"False"`, `"no"`, `1` or a
+/// non-empty list from the provider never make an admin; `true`, `"TRUE"`
+/// or the provider's configured `admin_claim_value` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_true_admin_claim_makes_an_admin() {
+    let lab = lab().await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    let role = || async {
+        let (_, actor) = lab
+            .portal
+            .api(Method::GET, &format!("/actors/{alice}"), None)
+            .await;
+        actor["role"].as_str().unwrap().to_string()
+    };
+    let sign_in_with = |is_admin: Value| {
+        let lab = &lab;
+        async move {
+            lab.idp
+                .set_account_claims(&json!({
+                    "sub": "alice-sub", "email": "alice@corp.test", "email_verified": true,
+                    "is_admin": is_admin,
+                }))
+                .await;
+            let page = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+            assert_eq!(page.status, 303, "{}", page.body);
+        }
+    };
+    for not_admin in [
+        json!("False"),
+        json!("FALSE"),
+        json!("no"),
+        json!("off"),
+        json!(["x"]),
+        json!(["postern-admin"]),
+        json!(1),
+        json!({"admin": true}),
+    ] {
+        sign_in_with(not_admin.clone()).await;
+        assert_eq!(role().await, "user", "{not_admin} must not make an admin");
+    }
+    for admin in [json!(true), json!("TRUE")] {
+        sign_in_with(admin.clone()).await;
+        assert_eq!(role().await, "admin", "{admin}");
+        sign_in_with(json!(false)).await;
+        assert_eq!(role().await, "user");
+    }
+
+    // A roles list: admin when it holds the configured value.
+    let (status, patched) = lab
+        .portal
+        .api(
+            Method::PATCH,
+            &format!("/identity_providers/{}", lab.provider),
+            Some(json!({"admin_claim_value": "postern-admin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["admin_claim_value"], "postern-admin");
+    sign_in_with(json!(["x"])).await;
+    assert_eq!(role().await, "user");
+    sign_in_with(json!(["staff", "postern-admin"])).await;
+    assert_eq!(role().await, "admin");
+    sign_in_with(json!("Postern-Admin")).await;
+    assert_eq!(role().await, "user", "the configured value matches exactly");
+}
+
+/// Review L1: a groups claim that names a group an admin made (say, from a
+/// self-service group at the provider) does not join it; the provider's own
+/// groups still follow the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_claim_never_joins_an_admin_made_group() {
+    let lab = lab().await;
+    let alice = lab
+        .portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    let (status, admins) = lab
+        .portal
+        .api(
+            Method::POST,
+            "/groups",
+            Some(json!({"name": "Prod-DB-Admins"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{admins}");
+    lab.idp
+        .set_account(
+            "alice-sub",
+            "alice@corp.test",
+            &["Prod-DB-Admins", "eng"],
+            false,
+        )
+        .await;
+    let done = lab.sign_in(&mut Browser::new(), "alice-sub", true).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(
+        lab.members(&admins).await.is_empty(),
+        "the claim must not join an admin-made group"
+    );
+    let admins_now = lab.group_named("Prod-DB-Admins").await.unwrap();
+    assert_eq!(admins_now["kind"], "static");
+    let eng = lab.group_named("eng").await.unwrap();
+    assert_eq!(eng["kind"], "provider");
+    assert_eq!(lab.members(&eng).await, [json!(alice)]);
+}
+
+/// Review L3: a link that starts a client sign-in, opened by someone with a
+/// live session at the provider, completes at the provider without a click;
+/// it must stop at the portal's "connect this device?" page, not hand a
+/// token to whatever listens on the link's loopback port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sign_in_link_stops_at_the_confirmation() {
+    let lab = lab().await;
+    lab.portal
+        .add_actor("Alice", "alice@corp.test", "user")
+        .await;
+    lab.idp
+        .set_account("alice-sub", "alice@corp.test", &[], false)
+        .await;
+    let mut browser = Browser::new();
+    let callback = lab.to_callback(&mut browser, "alice-sub", true).await;
+    let page = browser.get(&callback).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.location.is_none(),
+        "no redirect to the loopback listener"
+    );
+    assert!(
+        page.body
+            .contains("Connect this device to <b>acme</b> as Alice"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("fragment"), "{}", page.body);
+    let done = confirm(&lab.portal.base, &mut browser, &page).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.location.unwrap().starts_with(REDIRECT));
 }

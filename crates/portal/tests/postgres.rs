@@ -482,3 +482,13 @@ async fn two_admins_demoting_each_other_leave_one() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
+
+/// Review M6 (a): on PostgreSQL (READ COMMITTED, a pool of 16) many verify
+/// requests for one code at once still get only 3 tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_code_guesses_on_postgres_get_three_tries() {
+    let server = TempPostgres::start_named("guesses");
+    let url = server.database("guesses").await;
+    let (portal, mut smtp) = support::email::portal_with_mail(Some(url)).await;
+    support::email::parallel_guesses_get_three_tries(&portal, &mut smtp).await;
+}

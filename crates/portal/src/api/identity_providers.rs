@@ -13,6 +13,7 @@ use super::audited::{self, Notices, Outcome};
 use super::body::Json;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, scoped, valid_name};
+use crate::auth::oidc::{Reach, url_allowed};
 use crate::domain::IdentityProvider;
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};
@@ -32,7 +33,12 @@ pub struct ProviderInput {
     pub client_id: String,
     pub client_secret: String,
     pub groups_claim: Option<String>,
+    /// Makes the user an admin when it is JSON `true`, `"true"` (any case)
+    /// or holds `admin_claim_value`; anything else means user.
     pub admin_claim: Option<String>,
+    /// A string (or a member of a list of strings) of `admin_claim` that
+    /// means admin, such as `"postern-admin"` in a roles claim.
+    pub admin_claim_value: Option<String>,
     pub client_session_lifetime_secs: Option<i64>,
 }
 
@@ -47,6 +53,8 @@ pub struct ProviderPatch {
     pub groups_claim: Option<String>,
     /// `""` clears it.
     pub admin_claim: Option<String>,
+    /// `""` clears it.
+    pub admin_claim_value: Option<String>,
     /// `0` goes back to the default (7 days).
     pub client_session_lifetime_secs: Option<i64>,
 }
@@ -62,6 +70,7 @@ pub struct ProviderView {
     pub client_id: String,
     pub groups_claim: Option<String>,
     pub admin_claim: Option<String>,
+    pub admin_claim_value: Option<String>,
     pub client_session_lifetime_secs: Option<i64>,
     /// The redirect URI to register at the provider (needs `--external-url`).
     pub redirect_uri: Option<String>,
@@ -78,6 +87,7 @@ fn view(state: &AppState, slug: &str, provider: &IdentityProvider) -> ProviderVi
         client_id: provider.client_id.clone(),
         groups_claim: provider.groups_claim.clone(),
         admin_claim: provider.admin_claim.clone(),
+        admin_claim_value: provider.admin_claim_value.clone(),
         client_session_lifetime_secs: provider.client_session_lifetime_secs,
         redirect_uri: state
             .external_url
@@ -95,26 +105,38 @@ pub fn callback_url(base: &str, slug: &str, provider: Uuid) -> String {
     )
 }
 
-/// An issuer is an https URL without query or fragment; plain http only on
-/// loopback (a development provider).
-fn valid_issuer(value: &str) -> ApiResult<String> {
+/// An issuer is an https URL without query or fragment; plain http, and
+/// loopback addresses, only on a development portal (`--external-url` on
+/// loopback). The endpoints its discovery document names are held to the
+/// same rules when a sign-in uses them.
+fn valid_issuer(value: &str, reach: Reach) -> ApiResult<String> {
     let value = value.trim().trim_end_matches('/');
     let bad = |why: &str| Problem::invalid("issuer", why);
     let url = url::Url::parse(value).map_err(|_| bad("must be a URL"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(bad("must not carry a query, fragment or user"));
     }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => return Err(bad("must name a host")),
-    };
-    match url.scheme() {
-        "https" => Ok(value.to_string()),
-        "http" if loopback => Ok(value.to_string()),
-        _ => Err(bad(
-            "must be an https URL (http only for a provider on loopback)",
+    if url.host().is_none() {
+        return Err(bad("must name a host"));
+    }
+    url_allowed(&url, reach).map_err(|_| {
+        bad(
+            "must be an https URL not on loopback or link-local addresses \
+             (http and loopback only on a portal whose --external-url is on loopback)",
+        )
+    })?;
+    Ok(value.to_string())
+}
+
+/// Providers need `--external-url`: their redirect URI is built from it,
+/// never from a request's Host header.
+fn external_url(state: &AppState) -> ApiResult<Reach> {
+    match state.external_url.as_deref() {
+        Some(url) => Ok(Reach::of_portal(Some(url))),
+        None => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "OpenID Connect providers need the portal's --external-url (their redirect URI is \
+             built from it); restart the portal with it",
         )),
     }
 }
@@ -198,11 +220,12 @@ pub async fn create(
     let provider = IdentityProvider {
         id,
         name: valid_name("name", &input.name)?,
-        issuer: valid_issuer(&input.issuer)?,
+        issuer: valid_issuer(&input.issuer, external_url(&state)?)?,
         client_id: valid_text("client_id", &input.client_id, 512)?,
         sealed_client_secret: seal(&state, &input.client_secret, id)?,
         groups_claim: valid_claim("groups_claim", input.groups_claim.as_deref())?,
         admin_claim: valid_claim("admin_claim", input.admin_claim.as_deref())?,
+        admin_claim_value: valid_claim("admin_claim_value", input.admin_claim_value.as_deref())?,
         client_session_lifetime_secs: valid_lifetime(input.client_session_lifetime_secs)?,
         created_at: Timestamp::now(),
     };
@@ -248,7 +271,7 @@ pub async fn update(
             after.name = valid_name("name", name)?;
         }
         if let Some(issuer) = &patch.issuer {
-            after.issuer = valid_issuer(issuer)?;
+            after.issuer = valid_issuer(issuer, external_url(&state)?)?;
         }
         if let Some(client_id) = &patch.client_id {
             after.client_id = valid_text("client_id", client_id, 512)?;
@@ -261,6 +284,9 @@ pub async fn update(
         }
         if let Some(claim) = &patch.admin_claim {
             after.admin_claim = valid_claim("admin_claim", Some(claim))?;
+        }
+        if let Some(value) = &patch.admin_claim_value {
+            after.admin_claim_value = valid_claim("admin_claim_value", Some(value))?;
         }
         if patch.client_session_lifetime_secs.is_some() {
             after.client_session_lifetime_secs =
@@ -321,22 +347,37 @@ mod tests {
 
     #[test]
     fn issuers_must_be_https_or_loopback_http() {
-        assert_eq!(
-            valid_issuer("https://id.example.com/realms/x/").unwrap(),
-            "https://id.example.com/realms/x"
-        );
-        assert!(valid_issuer("http://127.0.0.1:9000").is_ok());
-        assert!(valid_issuer("http://[::1]:9000").is_ok());
-        assert!(valid_issuer("http://localhost:9000").is_ok());
-        for bad in [
-            "http://id.example.com",
-            "ftp://id.example.com",
-            "https://id.example.com/?a=b",
-            "https://user@id.example.com",
-            "not a url",
-            "",
+        for reach in [Reach::Public, Reach::Development] {
+            assert_eq!(
+                valid_issuer("https://id.example.com/realms/x/", reach).unwrap(),
+                "https://id.example.com/realms/x"
+            );
+            assert!(valid_issuer("https://10.1.2.3", reach).is_ok(), "private");
+        }
+        for dev in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "http://localhost:9000",
+            "https://127.0.0.1",
         ] {
-            assert!(valid_issuer(bad).is_err(), "{bad}");
+            assert!(valid_issuer(dev, Reach::Development).is_ok(), "{dev}");
+            assert!(valid_issuer(dev, Reach::Public).is_err(), "{dev}");
+        }
+        for reach in [Reach::Public, Reach::Development] {
+            for bad in [
+                "http://id.example.com",
+                "ftp://id.example.com",
+                "https://id.example.com/?a=b",
+                "https://user@id.example.com",
+                "https://169.254.169.254",
+                "https://[fe80::1]",
+                "https://0.0.0.0",
+                "https://[::ffff:169.254.169.254]",
+                "not a url",
+                "",
+            ] {
+                assert!(valid_issuer(bad, reach).is_err(), "{bad}");
+            }
         }
     }
 

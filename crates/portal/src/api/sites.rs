@@ -147,8 +147,8 @@ pub async fn create_gateway_token(
     admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let minted = token::mint("")
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let minted =
+        token::mint().map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     audited::write_scoped(&state, &admin, &id, async |tx, site: Site| {
         let new = NewToken {
             account_id: Some(admin.account_id),

@@ -77,7 +77,7 @@ pub async fn create(
                  (DELETE /api/v1/tokens/ID) first"
             )));
         }
-        let minted = token::mint("")
+        let minted = token::mint()
             .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let new = NewToken {
             account_id: Some(admin.account_id),

@@ -5,9 +5,9 @@
 
 use uuid::Uuid;
 
-use super::oidc::{Identity, claim_is_true, claim_strings};
+use super::oidc::{Identity, claim_is_admin, claim_strings};
 use crate::domain::{Actor, IdentityProvider, Role};
-use crate::store::{Tx, actors, groups, sign_in};
+use crate::store::{Tx, actors, sign_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
@@ -78,10 +78,15 @@ pub async fn map(
             .filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control))
             .take(1000)
             .collect();
-        changed |= groups::sync_claimed(tx, account, actor.id, provider.id, &names, now_ms).await?;
+        changed |= sign_in::sync_claimed_groups(tx, account, actor.id, provider.id, &names, now_ms)
+            .await?;
     }
     if let Some(claim) = &provider.admin_claim {
-        let role = if claim_is_true(&identity.claims, claim) {
+        let role = if claim_is_admin(
+            &identity.claims,
+            claim,
+            provider.admin_claim_value.as_deref(),
+        ) {
             Role::Admin
         } else {
             Role::User

@@ -3,6 +3,9 @@
 //! (signature, issuer, audience, expiry, nonce) and the userinfo endpoint for
 //! claims the ID token lacks.
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,8 +13,9 @@ use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreProviderMetadata,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, HttpRequest, HttpResponse, IssuerUrl,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -62,17 +66,204 @@ struct OtherClaims {
 }
 impl openidconnect::AdditionalClaims for OtherClaims {}
 
-/// The HTTP client for provider calls: no redirects (a provider is called
-/// at the URLs it published, nowhere else), bounded time.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
+/// Longest answer the portal reads from a provider (discovery, JWKS, token,
+/// userinfo): real ones are a few KiB.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Longest a provider call may take, body included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which addresses provider calls may reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A portal that browsers reach elsewhere than on loopback: https only,
+    /// and never loopback, link-local (cloud metadata), unspecified,
+    /// multicast or broadcast addresses, checked on the addresses a name
+    /// resolves to when connecting (no DNS rebinding in between). Private
+    /// ranges stay allowed: a self-hosted provider on the internal network
+    /// is the common case, and https-only calls whose answers and errors
+    /// never reach the browser give a tenant admin no scanner.
+    Public,
+    /// A portal whose `--external-url` is on loopback (development, tests):
+    /// plain http and loopback addresses allowed too.
+    Development,
+}
+
+impl Reach {
+    /// Development when the portal's own external URL is http on loopback.
+    pub fn of_portal(external_url: Option<&str>) -> Reach {
+        let loopback = external_url
+            .and_then(|u| url::Url::parse(u).ok())
+            .is_some_and(|u| u.scheme() == "http" && host_is_loopback(&u));
+        if loopback {
+            Reach::Development
+        } else {
+            Reach::Public
+        }
+    }
+}
+
+fn host_is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Addresses a provider call never goes to.
+fn never(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Whether `ip` may be called under `reach`.
+pub fn address_allowed(ip: IpAddr, reach: Reach) -> bool {
+    let mapped = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    !never(ip) && (reach == Reach::Development || !mapped.is_loopback())
+}
+
+/// Whether a provider URL (issuer, an endpoint) may be called under
+/// `reach`: https, or http to loopback in development; no user info; a
+/// literal address must be allowed (names are checked when resolved).
+pub fn url_allowed(url: &url::Url, reach: Reach) -> Result<(), String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{url} carries user info"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if reach == Reach::Development && host_is_loopback(url) => {}
+        _ => return Err(format!("{url} is not https")),
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+        None => return Err(format!("{url} names no host")),
+    };
+    match literal {
+        Some(ip) if !address_allowed(ip, reach) => Err(format!("{url} is a forbidden address")),
+        _ => Ok(()),
+    }
+}
+
+/// A resolver that leaves out the addresses `reach` forbids, so the
+/// connection goes only where the check said.
+struct Guarded(Reach);
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let reach = self.0;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<SocketAddr> =
+                found.filter(|a| address_allowed(a.ip(), reach)).collect();
+            if allowed.is_empty() {
+                return Err(Box::new(HttpError::Forbidden(format!(
+                    "{host} resolves to no allowed address"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("refused to call {0}")]
+    Forbidden(String),
+    #[error("the answer is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    #[error("bad request: {0}")]
+    Request(String),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// The HTTP client for provider calls: no redirects (a provider is called at
+/// the URLs it published, nowhere else), bounded time and size, and only to
+/// addresses `reach` allows.
+#[derive(Clone, Debug)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    reach: Reach,
+}
+
+impl ProviderHttp {
+    pub fn new(reach: Reach) -> reqwest::Result<ProviderHttp> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .dns_resolver(std::sync::Arc::new(Guarded(reach)))
+            .build()?;
+        Ok(ProviderHttp { client, reach })
+    }
+
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let url = url::Url::parse(&request.uri().to_string())
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        url_allowed(&url, self.reach).map_err(HttpError::Forbidden)?;
+        let request =
+            reqwest::Request::try_from(request).map_err(|e| HttpError::Request(e.to_string()))?;
+        let mut response = self.client.execute(request).await?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(HttpError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut answer = openidconnect::http::Response::builder().status(response.status());
+        for (name, value) in response.headers() {
+            answer = answer.header(name, value);
+        }
+        answer
+            .body(body)
+            .map_err(|e| HttpError::Request(e.to_string()))
+    }
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
+    }
 }
 
 async fn discover(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
     config: &ProviderConfig,
 ) -> Result<
     CoreClient<
@@ -87,9 +278,27 @@ async fn discover(
 > {
     let issuer =
         IssuerUrl::new(config.issuer.clone()).map_err(|e| OidcError::Config(e.to_string()))?;
+    url_allowed(issuer.url(), http.reach()).map_err(OidcError::Config)?;
     let metadata = CoreProviderMetadata::discover_async(issuer, http)
         .await
         .map_err(|e| OidcError::Discovery(error_chain(&e)))?;
+    // Every endpoint the discovery document names is held to the issuer's
+    // rules (the JWKS already was, when it was fetched).
+    let endpoints = [
+        Some(metadata.authorization_endpoint().url()),
+        metadata.token_endpoint().map(|u| u.url()),
+        metadata.userinfo_endpoint().map(|u| u.url()),
+        Some(metadata.jwks_uri().url()),
+    ];
+    for url in endpoints.into_iter().flatten() {
+        url_allowed(url, http.reach())
+            .map_err(|why| OidcError::Config(format!("discovery document: {why}")))?;
+    }
+    if metadata.token_endpoint().is_none() {
+        return Err(OidcError::Config(
+            "the discovery document names no token endpoint".into(),
+        ));
+    }
     let redirect = RedirectUrl::new(config.redirect_uri.clone())
         .map_err(|e| OidcError::Config(e.to_string()))?;
     Ok(CoreClient::from_provider_metadata(
@@ -102,7 +311,7 @@ async fn discover(
 
 /// Where to send the browser, and the PKCE verifier to keep for the callback.
 pub async fn authorization(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
     config: &ProviderConfig,
     state: &str,
     nonce: &str,
@@ -129,7 +338,7 @@ pub async fn authorization(
 
 /// Redeems the code and validates what comes back.
 pub async fn complete(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
     config: &ProviderConfig,
     code: &str,
     pkce_verifier: &str,
@@ -218,13 +427,19 @@ pub fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
     }
 }
 
-/// Whether a claim says "yes": true, "true", a non-empty string or list.
-pub fn claim_is_true(claims: &Map<String, Value>, claim: &str) -> bool {
+/// Whether the admin claim says admin (review L2: parsed strictly, never
+/// "any non-empty value"): JSON `true`, the string `"true"` in any case, or
+/// `value` (the provider's `admin_claim_value`) as the string, as a member of
+/// a list of strings, or as a number's text. `false`, `"False"`, `"no"`, `1`,
+/// a list without `value` and everything else mean user.
+pub fn claim_is_admin(claims: &Map<String, Value>, claim: &str, value: Option<&str>) -> bool {
     match claims.get(claim) {
         Some(Value::Bool(yes)) => *yes,
-        Some(Value::String(text)) => !text.is_empty() && text != "false" && text != "0",
-        Some(Value::Array(items)) => !items.is_empty(),
-        Some(Value::Number(n)) => n.as_i64().is_some_and(|n| n != 0),
+        Some(Value::String(text)) => text.eq_ignore_ascii_case("true") || value == Some(text),
+        Some(Value::Array(items)) => {
+            value.is_some_and(|value| items.iter().any(|item| item.as_str() == Some(value)))
+        }
+        Some(Value::Number(n)) => value.is_some_and(|value| n.to_string() == value),
         _ => false,
     }
 }
@@ -249,18 +464,37 @@ mod tests {
     fn claims_read_as_lists_and_flags() {
         let claims: Map<String, Value> = serde_json::from_str(
             r#"{"groups": ["eng", 7, "ops"], "one": "x", "admin": true, "no": false,
-                "s": "true", "f": "false", "empty": [], "n": 1}"#,
+                "s": "true", "S": "TRUE", "f": "false", "F": "False", "word": "no",
+                "yes": "yes", "empty": [], "n": 1, "zero": 0, "roles": ["user", "postern-admin"],
+                "role": "postern-admin", "nested": {"admin": true}, "null": null}"#,
         )
         .unwrap();
         assert_eq!(claim_strings(&claims, "groups"), ["eng", "ops"]);
         assert_eq!(claim_strings(&claims, "one"), ["x"]);
         assert!(claim_strings(&claims, "missing").is_empty());
-        for yes in ["admin", "s", "n", "groups"] {
-            assert!(claim_is_true(&claims, yes), "{yes}");
+        for yes in ["admin", "s", "S"] {
+            assert!(claim_is_admin(&claims, yes, None), "{yes}");
+            assert!(claim_is_admin(&claims, yes, Some("postern-admin")), "{yes}");
         }
-        for no in ["no", "f", "empty", "missing"] {
-            assert!(!claim_is_true(&claims, no), "{no}");
+        for no in [
+            "no", "f", "F", "word", "yes", "empty", "n", "zero", "groups", "roles", "role", "one",
+            "nested", "null", "missing",
+        ] {
+            assert!(!claim_is_admin(&claims, no, None), "{no}");
         }
+        // A configured value: that string, or a list holding it.
+        for yes in ["roles", "role"] {
+            assert!(claim_is_admin(&claims, yes, Some("postern-admin")), "{yes}");
+        }
+        for no in ["groups", "empty", "word", "F", "one", "no"] {
+            assert!(!claim_is_admin(&claims, no, Some("postern-admin")), "{no}");
+        }
+        assert!(claim_is_admin(&claims, "groups", Some("ops")));
+        assert!(claim_is_admin(&claims, "n", Some("1")));
+        assert!(
+            !claim_is_admin(&claims, "roles", Some("Postern-Admin")),
+            "exact match"
+        );
     }
 
     #[test]

@@ -185,7 +185,8 @@ pub struct TokenRecord {
 #[derive(Debug)]
 pub struct MintedToken {
     pub id: Uuid,
-    /// The whole token, shown once.
+    /// The whole token, shown once; for a client sign-in only the fragment
+    /// (`auth::token::mint_client`).
     pub token: String,
     pub salt: String,
     pub hash: String,
@@ -203,9 +204,13 @@ pub struct IdentityProvider {
     pub sealed_client_secret: String,
     /// The claim holding group names (an array of strings).
     pub groups_claim: Option<String>,
-    /// The claim that, when true (or a non-empty string or list), makes the
-    /// user an admin; set, it decides the role at each sign-in.
+    /// The claim that makes the user an admin when it is JSON `true` or the
+    /// string `"true"` (any case), or holds `admin_claim_value`; set, it
+    /// decides the role at each sign-in.
     pub admin_claim: Option<String>,
+    /// A value of `admin_claim` that means admin too (a string equal to it,
+    /// or a list of strings holding it, such as a roles claim).
+    pub admin_claim_value: Option<String>,
     /// How long a client token from a sign-in with this provider lives.
     pub client_session_lifetime_secs: Option<i64>,
     pub created_at: Timestamp,

@@ -47,6 +47,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the SQLite database file {path} private (0600): {source}")]
+    Permissions {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "the database was migrated by a newer Postern (it has migration {0}, which this \
          version does not know); run the newer version or restore a backup"
@@ -120,6 +125,11 @@ impl Store {
         let pool = pool_options.connect_with(options).await?;
         let store = Store { pool, engine, url };
         store.migrate().await?;
+        // The WAL and shared-memory files exist now. SQLite creates them with
+        // the database file's mode; made private again all the same.
+        if let Some(path) = sqlite_file(&store.url) {
+            private_database_files(Path::new(path), false)?;
+        }
         Ok(store)
     }
 
@@ -161,7 +171,7 @@ impl Store {
 }
 
 fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 7] = [
         (
             1,
             "initial",
@@ -191,6 +201,18 @@ fn migrations(engine: Engine) -> Vec<Migration> {
             "enforcement",
             include_str!("../../migrations/sqlite/0005_enforcement.sql"),
             include_str!("../../migrations/postgres/0005_enforcement.sql"),
+        ),
+        (
+            6,
+            "sign-in hardening",
+            include_str!("../../migrations/sqlite/0006_sign_in_hardening.sql"),
+            include_str!("../../migrations/postgres/0006_sign_in_hardening.sql"),
+        ),
+        (
+            7,
+            "client challenge",
+            include_str!("../../migrations/sqlite/0007_client_challenge.sql"),
+            include_str!("../../migrations/postgres/0007_client_challenge.sql"),
         ),
     ];
     steps
@@ -243,6 +265,10 @@ fn normalize_url(url: &str) -> Result<(Engine, String)> {
     } else {
         "mode=rwc"
     };
+    private_database_files(
+        Path::new(path),
+        !mode.is_empty() || query.contains("mode=rwc"),
+    )?;
     let separator = if query.is_empty() || mode.is_empty() {
         ""
     } else {
@@ -252,6 +278,67 @@ fn normalize_url(url: &str) -> Result<(Engine, String)> {
         Engine::Sqlite,
         format!("sqlite://{path}?{query}{separator}{mode}"),
     ))
+}
+
+/// The file of a normalized SQLite URL (`sqlite://PATH?...`); `None` for
+/// `:memory:` and PostgreSQL.
+fn sqlite_file(normalized: &str) -> Option<&str> {
+    let rest = normalized.strip_prefix("sqlite://")?;
+    Some(rest.split_once('?').map_or(rest, |(path, _)| path))
+}
+
+/// The database holds secrets, addresses and pending sign-ins (review L6):
+/// its file and SQLite's `-wal` and `-shm` beside it are the portal user's
+/// alone, 0600 whatever the umask. With `create`, a missing database file is
+/// created 0600 first, so SQLite never makes it with the umask's mode, and
+/// the files SQLite makes next to it take that mode. Files from before are
+/// made 0600 too.
+fn private_database_files(path: &Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let failed = |path: &Path, source| StoreError::Permissions {
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(failed(path, error)),
+        }
+    }
+    let mut sidecars = [path.as_os_str().to_owned(), path.as_os_str().to_owned()];
+    sidecars[0].push("-wal");
+    sidecars[1].push("-shm");
+    for file in [path.as_os_str()]
+        .into_iter()
+        .chain(sidecars.iter().map(|s| s.as_os_str()))
+    {
+        let file = Path::new(file);
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.permissions().mode() & 0o777 != 0o600 => {
+                match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+                    Ok(()) => {}
+                    // Another user's database, opened as it is.
+                    Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                        tracing::warn!(
+                            path = %file.display(),
+                            "cannot make the database file private (0600): not its owner"
+                        );
+                    }
+                    Err(error) => return Err(failed(file, error)),
+                }
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(failed(file, error)),
+        }
+    }
+    Ok(())
 }
 
 /// A table of rows that each belong to one account, read whole into `Self`.
@@ -384,6 +471,52 @@ pub type Conn = AnyConnection;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review L6: a fresh database and its WAL files are 0600, and an old
+    /// world-readable one is made private at the next start.
+    #[tokio::test]
+    async fn sqlite_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("postern-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("portal.db");
+        let mode = |suffix: &str| {
+            let file = format!("{}{suffix}", path.display());
+            std::fs::metadata(&file)
+                .unwrap_or_else(|e| panic!("{file}: {e}"))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        // A write, so that the WAL is in use.
+        let mut tx = store.write().await.unwrap();
+        sqlx::query("CREATE TABLE probe (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "portal.db{suffix}");
+        }
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            if std::path::Path::new(&file).exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = Store::open(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "reopened portal.db{suffix}");
+        }
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn urls_are_normalized() {

@@ -3,6 +3,7 @@
 //! whether or not the address belongs to a user: the work happens after
 //! the response, in the background.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::Form;
@@ -15,13 +16,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::html::{escape, hidden, page};
-use super::{ClientParams, Peer, RequestMeta, Shared, WebError, WebResult, account, cookies};
+use super::{
+    ClientParams, Peer, RequestMeta, Shared, WebError, WebResult, account, cookies, secret_key,
+};
 use crate::auth::email::{
-    ATTEMPTS, CODE_LIFETIME_MS, hash_code, new_code, normalize_code, verify_code,
+    ADDRESS_LIMIT, CODE_LIFETIME_MS, RESEND_MIN_LEFT_MS, SOURCE_LIMIT, hash_code, new_code,
+    normalize_code, verify_or_pretend,
 };
 use crate::domain::{Account, Role};
+use crate::secrets::SecretKey;
 use crate::state::AppState;
-use crate::store::{actors, sign_in};
+use crate::store::actors;
+use crate::store::sign_in::{self, Guess};
 
 /// The fields of both email forms (the code only in the second).
 #[derive(Deserialize)]
@@ -147,17 +153,33 @@ pub async fn request_code(
     rate_limited(
         &state,
         limit_key("ip", account.id, &meta.ip.to_string()),
-        Some(limit_key("email", account.id, &email)),
+        None,
     )?;
-    let background = state.clone();
-    let (account_id, account_slug, to) = (account.id, account.slug.clone(), email.clone());
-    tokio::spawn(async move {
-        if let Err(error) = send_code(&background, account_id, &account_slug, &to).await {
-            tracing::warn!(%error, account = %account_slug, "cannot send a sign-in code");
-        }
-    });
+    // Past the address's bucket no more mail goes out, but the answer is the
+    // same: the code already sent still works (asking again resends it, never
+    // replaces it), so someone asking for codes for another person's address
+    // cannot keep them from signing in.
+    let send = state
+        .sign_in_limiter
+        .check(limit_key("email", account.id, &email), Instant::now())
+        .is_ok();
+    if send {
+        let background = state.clone();
+        let (account_id, account_slug, to) = (account.id, account.slug.clone(), email.clone());
+        tokio::spawn(async move {
+            if let Err(error) = send_code(&background, account_id, &account_slug, &to).await {
+                tracing::warn!(%error, account = %account_slug, "cannot send a sign-in code");
+            }
+        });
+    } else {
+        tracing::info!(
+            account = %account.slug,
+            "sign-in code not sent again: codes were asked for this address too often"
+        );
+    }
     let note = format!(
-        "If {} belongs to a user of {}, a sign-in code is on its way. It works once, for 15 minutes.",
+        "If {} belongs to a user of {}, a sign-in code is on its way. A code works once, \
+         for 15 minutes from when it was first sent; asking again sends the same code.",
         escape(&email),
         escape(&account.name)
     );
@@ -165,11 +187,26 @@ pub async fn request_code(
     Ok(page(StatusCode::OK, "Check your email", &body))
 }
 
-/// Stores a fresh code for a user with this address and mails it; does
-/// nothing for unknown, disabled or service-account addresses.
+/// What a code is sealed to: one address of one account.
+fn code_context(account: Uuid, email: &str) -> String {
+    format!("email code\n{account}\n{email}")
+}
+
+/// Mails the pending code of a user with this address, or a fresh one when
+/// there is none (or it is about to expire); does nothing for unknown,
+/// disabled or service-account addresses.
 async fn send_code(state: &AppState, account: Uuid, slug: &str, email: &str) -> anyhow::Result<()> {
+    let key = state
+        .secret_key
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the portal has no secret key"))?;
+    let now = Timestamp::now().as_millisecond();
+    let mut tx = state.store.write().await?;
+    sign_in::prune_guesses(&mut tx, &SOURCE_LIMIT, now).await?;
+    tx.commit().await?;
     let mut tx = state.store.read().await?;
     let actor = actors::by_email(&mut tx, account, email).await?;
+    let pending = sign_in::email_code(&mut tx, account, email).await?;
     tx.commit().await?;
     let Some(actor) = actor.filter(|a| !a.disabled && a.role != Role::ServiceAccount) else {
         tracing::info!(
@@ -178,30 +215,96 @@ async fn send_code(state: &AppState, account: Uuid, slug: &str, email: &str) -> 
         );
         return Ok(());
     };
-    let code = new_code()?;
-    let hashed = {
-        let code = code.clone();
-        tokio::task::spawn_blocking(move || hash_code(&code)).await??
+    let context = code_context(account, email);
+    let keep_if_valid_at = now + RESEND_MIN_LEFT_MS;
+    let open = |code: Option<sign_in::EmailCode>| {
+        code.filter(|c| c.actor_id == actor.id && c.expires_at_ms > keep_if_valid_at)
+            .and_then(|c| c.sealed)
+            .and_then(|sealed| key.open(&sealed, &context).ok())
     };
-    let mut tx = state.store.write().await?;
-    sign_in::put_email_code(
-        &mut tx,
-        account,
-        email,
-        &sign_in::EmailCode {
-            actor_id: actor.id,
-            hash: hashed,
-            attempts_left: ATTEMPTS,
-            expires_at_ms: Timestamp::now().as_millisecond() + CODE_LIFETIME_MS,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    let code = match open(pending) {
+        Some(code) => code,
+        None => {
+            let code = new_code()?;
+            let hashed = {
+                let code = code.clone();
+                tokio::task::spawn_blocking(move || hash_code(&code)).await??
+            };
+            let fresh = sign_in::EmailCode {
+                actor_id: actor.id,
+                hash: hashed,
+                sealed: Some(key.seal(&code, &context)?),
+                expires_at_ms: now + CODE_LIFETIME_MS,
+            };
+            let mut tx = state.store.write().await?;
+            let current = sign_in::put_email_code_unless_pending(
+                &mut tx,
+                account,
+                email,
+                &fresh,
+                keep_if_valid_at,
+            )
+            .await?;
+            tx.commit().await?;
+            // Another request may have stored its code first: that one is
+            // pending, and is the one to send.
+            open(current).ok_or_else(|| anyhow::anyhow!("the pending code cannot be opened"))?
+        }
+    };
     state.mailer.send_code(email, slug, &code).await?;
     Ok(())
 }
 
-/// `POST /{account}/sign_in/email/verify`.
+/// Whom a guess is counted against: the address, and the address from the
+/// guesser's network. Keyed hashes: the table never holds an address.
+struct Subjects {
+    address: String,
+    source: String,
+}
+
+impl Subjects {
+    fn of(key: &SecretKey, email: &str, ip: IpAddr) -> Subjects {
+        Subjects {
+            address: key.mac("sign-in address", email),
+            source: key.mac("sign-in source", &format!("{email}\n{}", network_of(ip))),
+        }
+    }
+}
+
+/// The network a guess comes from: an IPv4 address, or an IPv6 /64 (one
+/// host usually has a whole /64 to pick addresses from).
+pub(super) fn network_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Counts the guess against the network, then the address; the first lock
+/// found wins (and the address is not counted for a locked network).
+async fn reserve(
+    tx: &mut crate::store::Tx,
+    account: Uuid,
+    subjects: &Subjects,
+    now: i64,
+) -> WebResult<Guess> {
+    let source = sign_in::reserve_guess(tx, account, &subjects.source, &SOURCE_LIMIT, now).await?;
+    if source != Guess::Allowed {
+        return Ok(source);
+    }
+    Ok(sign_in::reserve_guess(tx, account, &subjects.address, &ADDRESS_LIMIT, now).await?)
+}
+
+/// `POST /{account}/sign_in/email/verify`. Every typed code counts as a
+/// wrong guess before it is checked (forgiven when it is right), in the same
+/// transaction that checks the locks: parallel requests cannot get more
+/// guesses than the limits allow.
 pub async fn verify(
     State(state): Shared,
     Path(slug): Path<String>,
@@ -220,6 +323,7 @@ pub async fn verify(
         limit_key("verify-ip", account.id, &meta.ip.to_string()),
         None,
     )?;
+    let subjects = Subjects::of(secret_key(&state)?, &email, meta.ip);
     let typed = normalize_code(&form.code);
     let wrong = || {
         let body = code_form(
@@ -228,38 +332,64 @@ pub async fn verify(
             &form.csrf,
             &client,
             "<span class=\"error\">That code is wrong, used or expired.</span> \
-             After 3 wrong tries a code stops working: ask for a new one.",
+             After 3 wrong tries, sign-in with this address waits a while.",
         );
         Ok(page(StatusCode::UNAUTHORIZED, "Check your email", &body))
     };
-    let mut tx = state.store.read().await?;
-    let pending = sign_in::email_code(&mut tx, account.id, &email).await?;
-    tx.commit().await?;
     let now = Timestamp::now().as_millisecond();
-    let Some(pending) = pending.filter(|p| p.expires_at_ms > now && p.attempts_left > 0) else {
-        return wrong();
+    let mut tx = state.store.write().await?;
+    let guess = reserve(&mut tx, account.id, &subjects, now).await?;
+    let pending = match guess {
+        Guess::Allowed => sign_in::email_code(&mut tx, account.id, &email).await?,
+        Guess::Locked { .. } => None,
     };
-    let matches = {
-        let (typed, hash) = (typed.clone(), pending.hash.clone());
-        tokio::task::spawn_blocking(move || typed.len() <= 64 && verify_code(&typed, &hash))
-            .await
-            .map_err(WebError::internal)?
+    tx.commit().await?;
+    if let Guess::Locked { until_ms } = guess {
+        let minutes = ((until_ms - now).max(0) + 59_999) / 60_000;
+        let minutes = minutes.max(1);
+        tracing::info!(account = %account.slug, minutes, "email code guess refused: locked");
+        return Err(WebError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many wrong codes for this address; try again in {minutes} minutes, \
+                 or sign in another way."
+            ),
+        ));
+    }
+    // Unknown address, no code or an expired one: the same Argon2 work.
+    let pending = pending.filter(|p| p.expires_at_ms > now);
+    let hash = pending.as_ref().map(|p| p.hash.clone());
+    let matches = tokio::task::spawn_blocking(move || verify_or_pretend(&typed, hash.as_deref()))
+        .await
+        .map_err(WebError::internal)?;
+    let Some(pending) = pending.filter(|_| matches) else {
+        return wrong();
     };
     let mut tx = state.store.write().await?;
-    // Another request may have used or spent the code meanwhile.
-    let current = sign_in::email_code(&mut tx, account.id, &email).await?;
-    if !current.is_some_and(|c| c.hash == pending.hash && c.attempts_left > 0) {
+    // Single use, also when the right code arrives twice at once.
+    if !sign_in::take_email_code(&mut tx, account.id, &email, &pending.hash).await? {
         tx.commit().await?;
         return wrong();
     }
-    if !matches {
-        sign_in::spend_email_attempt(&mut tx, account.id, &email).await?;
-        tx.commit().await?;
-        return wrong();
-    }
-    sign_in::delete_email_code(&mut tx, account.id, &email).await?;
+    sign_in::clear_guesses(&mut tx, account.id, &subjects.source).await?;
+    sign_in::forgive_guess(&mut tx, account.id, &subjects.address).await?;
     let actor = actors::get(&mut tx, account.id, pending.actor_id).await?;
     tx.commit().await?;
     let actor = actor.ok_or_else(|| WebError::forbidden("This user no longer exists."))?;
-    super::session::finish(&state, &account, &actor, None, client, &meta).await
+    super::session::finish(&state, &account, &actor, None, client, &meta, &headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_are_counted_per_ipv4_address_and_ipv6_64() {
+        let of = |ip: &str| network_of(ip.parse().unwrap());
+        assert_eq!(of("192.0.2.7"), "192.0.2.7");
+        assert_eq!(of("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(of("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(of("2001:db8:1:2:ffff::9"), of("2001:db8:1:2::1"));
+        assert_ne!(of("2001:db8:1:3::1"), of("2001:db8:1:2::1"));
+    }
 }

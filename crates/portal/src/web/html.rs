@@ -34,6 +34,7 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let mut response = (status, Html(html)).into_response();
     let headers = response.headers_mut();
     // Pages are never framed or cached: they carry CSRF tokens and codes.
+    // `nosniff`, `no-referrer` and HSTS go on every answer (`serve::app`).
     headers.insert(
         "x-frame-options",
         axum::http::HeaderValue::from_static("DENY"),

@@ -1,8 +1,9 @@
 //! The browser side of the portal (SPEC section 3, "Sign-in URLs"): the
 //! sign-in pages for email codes and OpenID Connect, the admin web session
 //! and a minimal signed-in page. A sign-in that carries `client_state`,
-//! `client_nonce` and a loopback `redirect_uri` is a client sign-in and ends
-//! in a redirect to the client; one without is an admin web session.
+//! `client_challenge` and a loopback `redirect_uri` is a client sign-in: it
+//! ends in a "connect this device?" page, and only its yes redirects to the
+//! client; one without is an admin web session.
 
 pub mod cookies;
 pub mod email;
@@ -42,6 +43,7 @@ pub fn router() -> Router<Arc<AppState>> {
             "/{account}/sign_in/oidc/{provider}/callback",
             get(oidc::callback),
         )
+        .route("/{account}/sign_in/confirm", post(session::confirm))
         .route("/{account}/sign_out", post(session::sign_out))
 }
 
@@ -106,6 +108,15 @@ impl IntoResponse for WebError {
 
 pub type WebResult<T> = Result<T, WebError>;
 
+/// The portal's secret key (sealed provider secrets and codes, keyed
+/// hashes); without one, sign-in pages answer 500.
+pub fn secret_key(state: &AppState) -> WebResult<&crate::secrets::SecretKey> {
+    state
+        .secret_key
+        .as_ref()
+        .ok_or_else(|| WebError::internal("the portal has no secret key"))
+}
+
 /// The account a URL names.
 pub async fn account(state: &AppState, slug: &str) -> WebResult<Account> {
     let mut tx = state.store.read().await?;
@@ -137,11 +148,14 @@ impl RequestMeta {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ClientParams {
     pub client_state: Option<String>,
-    pub client_nonce: Option<String>,
+    pub client_challenge: Option<String>,
     pub redirect_uri: Option<String>,
+    /// What clients before review L3 sent instead of the challenge: refused,
+    /// it put their secret into the URL.
+    pub client_nonce: Option<String>,
 }
 
-/// `client_state` and `client_nonce`: 16-128 URL-safe characters.
+/// `client_state`: 16-128 URL-safe characters.
 fn valid_client_value(field: &str, value: &str) -> WebResult<()> {
     let ok = (16..=128).contains(&value.len())
         && value
@@ -187,23 +201,33 @@ impl ClientParams {
         fn nonempty(v: &Option<String>) -> Option<&str> {
             v.as_deref().filter(|v| !v.is_empty())
         }
+        if nonempty(&self.client_nonce).is_some() {
+            return Err(WebError::bad_request(
+                "This postern client is too old: it sends its secret in the sign-in URL. \
+                 Please update postern on the device and run `postern client sign-in` again.",
+            ));
+        }
         match (
             nonempty(&self.client_state),
-            nonempty(&self.client_nonce),
+            nonempty(&self.client_challenge),
             nonempty(&self.redirect_uri),
         ) {
             (None, None, None) => Ok(None),
-            (Some(state), Some(nonce), Some(redirect)) => {
+            (Some(state), Some(challenge), Some(redirect)) => {
                 valid_client_value("client_state", state)?;
-                valid_client_value("client_nonce", nonce)?;
+                if !crate::auth::token::valid_challenge(challenge) {
+                    return Err(WebError::bad_request(
+                        "client_challenge must be base64url(SHA-256(nonce)), 43 characters",
+                    ));
+                }
                 Ok(Some(ClientRequest {
                     state: state.to_string(),
-                    nonce: nonce.to_string(),
+                    challenge: challenge.to_string(),
                     redirect_uri: valid_redirect_uri(redirect)?,
                 }))
             }
             _ => Err(WebError::bad_request(
-                "a client sign-in needs client_state, client_nonce and redirect_uri together",
+                "a client sign-in needs client_state, client_challenge and redirect_uri together",
             )),
         }
     }
@@ -215,7 +239,7 @@ impl ClientParams {
                 format!(
                     "{}{}{}",
                     hidden("client_state", &r.state),
-                    hidden("client_nonce", &r.nonce),
+                    hidden("client_challenge", &r.challenge),
                     hidden("redirect_uri", &r.redirect_uri)
                 )
             })
@@ -229,7 +253,7 @@ impl ClientParams {
                 let mut query = url::form_urlencoded::Serializer::new(String::new());
                 query
                     .append_pair("client_state", &r.state)
-                    .append_pair("client_nonce", &r.nonce)
+                    .append_pair("client_challenge", &r.challenge)
                     .append_pair("redirect_uri", &r.redirect_uri);
                 format!("?{}", query.finish())
             })
@@ -372,13 +396,14 @@ mod tests {
     fn client_parameters_come_all_together() {
         let good = ClientParams {
             client_state: Some("s".repeat(20)),
-            client_nonce: Some("n".repeat(20)),
+            client_challenge: Some(crate::auth::token::challenge_of("nonce")),
             redirect_uri: Some("http://127.0.0.1:9/cb".into()),
+            client_nonce: None,
         };
         assert!(good.request().unwrap().is_some());
         assert!(ClientParams::default().request().unwrap().is_none());
         let partial = ClientParams {
-            client_nonce: None,
+            client_challenge: None,
             ..good.clone()
         };
         assert!(partial.request().is_err());
@@ -388,9 +413,20 @@ mod tests {
         };
         assert!(short.request().is_err());
         let dotted = ClientParams {
-            client_nonce: Some(format!("{}.x", "n".repeat(20))),
-            ..good
+            client_state: Some(format!("{}.x", "n".repeat(20))),
+            ..good.clone()
         };
         assert!(dotted.request().is_err());
+        let not_a_hash = ClientParams {
+            client_challenge: Some("n".repeat(20)),
+            ..good.clone()
+        };
+        assert!(not_a_hash.request().is_err());
+        // A client that still sends its nonce is refused, also with the rest.
+        let old = ClientParams {
+            client_nonce: Some("n".repeat(20)),
+            ..good
+        };
+        assert!(old.request().is_err());
     }
 }

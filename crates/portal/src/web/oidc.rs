@@ -1,8 +1,10 @@
 //! OpenID Connect in the browser (SPEC F2): the redirect to the provider and
 //! its callback. The pending sign-in (nonce, PKCE verifier, the client's
-//! request) is kept in the store under a keyed hash of `state`, so any portal
+//! request with its challenge, never its nonce) is kept in the store under a keyed hash of `state`, so any portal
 //! node can take the callback, and only once; a cookie binds it to the
 //! browser that started it.
+
+use std::sync::OnceLock;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,8 +18,8 @@ use super::{
 };
 use crate::api::identity_providers::callback_url;
 use crate::auth::identity::{self, MappingError};
-use crate::auth::oidc::{self, OidcError, ProviderConfig};
-use crate::auth::token::random_secret;
+use crate::auth::oidc::{self, OidcError, ProviderConfig, ProviderHttp, Reach};
+use crate::auth::token::{random_bytes, random_secret};
 use crate::domain::{Account, IdentityProvider};
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};
@@ -28,31 +30,41 @@ use crate::store::sign_in::{self, PendingOidc};
 const PENDING_MS: i64 = 10 * 60 * 1000;
 
 fn key(state: &AppState) -> WebResult<&SecretKey> {
-    state
-        .secret_key
-        .as_ref()
-        .ok_or_else(|| WebError::internal("the portal has no secret key"))
+    super::secret_key(state)
 }
 
-fn http(state: &AppState) -> WebResult<&reqwest::Client> {
-    if let Some(client) = state.oidc_http.get() {
+/// The client for provider calls, one per reach (made once).
+fn http(state: &AppState) -> WebResult<&'static ProviderHttp> {
+    static PUBLIC: OnceLock<ProviderHttp> = OnceLock::new();
+    static DEVELOPMENT: OnceLock<ProviderHttp> = OnceLock::new();
+    let reach = Reach::of_portal(state.external_url.as_deref());
+    let cell = match reach {
+        Reach::Public => &PUBLIC,
+        Reach::Development => &DEVELOPMENT,
+    };
+    if let Some(client) = cell.get() {
         return Ok(client);
     }
-    let client = oidc::http_client().map_err(WebError::internal)?;
-    Ok(state.oidc_http.get_or_init(|| client))
+    let client = ProviderHttp::new(reach).map_err(WebError::internal)?;
+    Ok(cell.get_or_init(|| client))
 }
 
-/// The base URL browsers use: `--external-url`, else the request's Host.
-fn base_url(state: &AppState, headers: &HeaderMap) -> WebResult<String> {
-    if let Some(url) = &state.external_url {
-        return Ok(url.trim_end_matches('/').to_string());
+/// The base URL browsers use: `--external-url`, never the request's Host
+/// header (a forged Host would otherwise pick the redirect URI).
+fn base_url(state: &AppState) -> WebResult<String> {
+    match &state.external_url {
+        Some(url) => Ok(url.trim_end_matches('/').to_string()),
+        None => {
+            tracing::error!(
+                "OpenID Connect sign-in needs --external-url (the redirect URI is built from it)"
+            );
+            Err(WebError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in with an identity provider needs the portal's external URL \
+                 (--external-url), which is not set; tell an admin.",
+            ))
+        }
     }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
-        .ok_or_else(|| WebError::bad_request("the request has no Host header"))?;
-    Ok(format!("http://{host}"))
 }
 
 async fn provider(state: &AppState, account: &Account, id: &str) -> WebResult<IdentityProvider> {
@@ -85,19 +97,56 @@ fn config(
     })
 }
 
+/// A generic page for a failed provider exchange: what went wrong in our
+/// words, never the provider's or the HTTP client's (they can carry internal
+/// addresses, ports and answers); the details go to the log under a
+/// reference the page shows.
 fn provider_failed(error: OidcError) -> WebError {
-    tracing::warn!(%error, "OpenID Connect sign-in refused");
-    let status = match error {
-        OidcError::Discovery(_) | OidcError::Config(_) | OidcError::UserInfo(_) => {
-            StatusCode::BAD_GATEWAY
-        }
-        _ => StatusCode::UNAUTHORIZED,
+    let mut bytes = [0u8; 4];
+    let reference = match random_bytes(&mut bytes) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        Err(_) => "none".to_string(),
+    };
+    tracing::warn!(%error, %reference, "OpenID Connect sign-in refused");
+    let (status, what) = match error {
+        OidcError::Discovery(_) | OidcError::Config(_) => (
+            StatusCode::BAD_GATEWAY,
+            "The identity provider cannot be reached or is not set up right.",
+        ),
+        OidcError::UserInfo(_) => (
+            StatusCode::BAD_GATEWAY,
+            "The identity provider's user information could not be read.",
+        ),
+        OidcError::Exchange(_) => (
+            StatusCode::UNAUTHORIZED,
+            "The identity provider did not accept this sign-in.",
+        ),
+        OidcError::NoIdToken | OidcError::InvalidIdToken(_) => (
+            StatusCode::UNAUTHORIZED,
+            "The identity provider's answer (its ID token) is not valid.",
+        ),
     };
     WebError::new(
         status,
-        format!("The identity provider's answer was refused: {error}."),
+        format!("{what} Start again, and tell an admin if it persists (reference {reference})."),
     )
 }
+
+/// The error codes of RFC 6749 section 4.1.2.1 and OpenID Connect; anything
+/// else a callback carries is not shown.
+const CALLBACK_ERRORS: &[&str] = &[
+    "access_denied",
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+];
 
 /// `GET /{account}/sign_in/oidc/{provider}`.
 pub async fn start(
@@ -105,7 +154,6 @@ pub async fn start(
     Path((slug, provider_id)): Path<(String, String)>,
     Query(params): Query<ClientParams>,
     peer: Peer,
-    headers: HeaderMap,
 ) -> WebResult<Response> {
     let account = account(&state, &slug).await?;
     let client = params.request()?;
@@ -115,7 +163,7 @@ pub async fn start(
         None,
     )?;
     let provider = provider(&state, &account, &provider_id).await?;
-    let config = config(&state, &account, &provider, &base_url(&state, &headers)?)?;
+    let config = config(&state, &account, &provider, &base_url(&state)?)?;
     let random = || random_secret().map_err(WebError::internal);
     let (oidc_state, nonce) = (random()?, random()?);
     let (url, pkce_verifier) = oidc::authorization(http(&state)?, &config, &oidc_state, &nonce)
@@ -166,16 +214,22 @@ pub async fn callback(
 ) -> WebResult<Response> {
     let account = account(&state, &slug).await?;
     if let Some(error) = &query.error {
+        let description: Option<String> = query
+            .error_description
+            .as_deref()
+            .map(|d| d.chars().take(256).collect());
+        tracing::info!(
+            error = %error.chars().take(64).collect::<String>(),
+            description = ?description,
+            "the identity provider did not sign the user in"
+        );
+        let shown = CALLBACK_ERRORS
+            .iter()
+            .find(|known| **known == error)
+            .unwrap_or(&"an error");
         return Err(WebError::new(
             StatusCode::UNAUTHORIZED,
-            format!(
-                "The identity provider did not sign you in: {error}{}",
-                query
-                    .error_description
-                    .as_deref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
-            ),
+            format!("The identity provider did not sign you in ({shown})."),
         ));
     }
     let (Some(code), Some(oidc_state)) = (&query.code, &query.state) else {
@@ -206,7 +260,7 @@ pub async fn callback(
             "This sign-in belongs to another identity provider.",
         ));
     }
-    let config = config(&state, &account, &provider, &base_url(&state, &headers)?)?;
+    let config = config(&state, &account, &provider, &base_url(&state)?)?;
     let identity = oidc::complete(
         http(&state)?,
         &config,
@@ -238,6 +292,7 @@ pub async fn callback(
         Some(&provider),
         pending.client,
         &meta,
+        &headers,
     )
     .await?;
     jar(&state, &account.slug).set(&mut response, cookies::OIDC_STATE, "", 0, true);

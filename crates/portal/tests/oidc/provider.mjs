@@ -14,9 +14,16 @@
 //   POST /__test/accounts {"sub": ..., "email": ..., "email_verified": ...,
 //                          "name": ..., "groups": [...], "is_admin": ...}
 //   POST /__test/mode     {"mode": "normal" | "tamper_signature" | "wrong_audience"
-//                                  | "expired" | "wrong_nonce" | "wrong_issuer"}
-//        Rewrites the id_token of every later token endpoint response until
-//        the mode changes again.
+//                                  | "expired" | "wrong_nonce" | "wrong_issuer"
+//                                  | "http_token_endpoint" | "huge_discovery"
+//                                  | "huge_token" | "token_error"}
+//        The ID token modes rewrite the id_token of every later token
+//        endpoint response; the others damage other answers as a hostile
+//        provider would: the discovery document names a plain-http token
+//        endpoint on a private address, or carries 10 MiB; the token answer
+//        carries 10 MiB, or is an error whose description holds internal
+//        details (PROVIDER-INTERNAL-DETAIL 10.9.8.7:5432). Until the mode
+//        changes again.
 //
 // Must run on Node.js 18.19 (Debian 12) as well as 20.
 
@@ -30,7 +37,9 @@ import {
 
 const MODES = new Set([
   'normal', 'tamper_signature', 'wrong_audience', 'expired', 'wrong_nonce', 'wrong_issuer',
+  'http_token_endpoint', 'huge_discovery', 'huge_token', 'token_error',
 ]);
+const HUGE = 10 * 1024 * 1024;
 const TEST_PREFIX = '/__test/';
 const MAX_BODY = 64 * 1024;
 
@@ -239,7 +248,35 @@ provider.use(async (ctx, next) => {
   }
   await next();
   const current = mode;
-  if (current === 'normal' || ctx.method !== 'POST' || !ctx.path.endsWith(tokenPath)) return;
+  if (current === 'normal') return;
+  if (ctx.method === 'GET' && ctx.path.endsWith('/.well-known/openid-configuration')
+    && (current === 'http_token_endpoint' || current === 'huge_discovery')) {
+    const status = ctx.status;
+    const document = typeof ctx.body === 'string' ? JSON.parse(ctx.body) : { ...ctx.body };
+    if (current === 'http_token_endpoint') {
+      document.token_endpoint = 'http://10.9.8.7:5432/token';
+    } else {
+      document.padding = 'x'.repeat(HUGE);
+    }
+    ctx.body = document;
+    ctx.status = status;
+    return;
+  }
+  if (ctx.method !== 'POST' || !ctx.path.endsWith(tokenPath)) return;
+  if (current === 'token_error') {
+    ctx.body = {
+      error: 'invalid_grant',
+      error_description: 'PROVIDER-INTERNAL-DETAIL 10.9.8.7:5432 refused',
+    };
+    ctx.status = 400;
+    return;
+  }
+  if (current === 'huge_token') {
+    const status = ctx.status;
+    ctx.body = { ...ctx.body, padding: 'x'.repeat(HUGE) };
+    ctx.status = status;
+    return;
+  }
   const { body } = ctx;
   if (!body || typeof body !== 'object' || Buffer.isBuffer(body) || typeof body.id_token !== 'string') {
     return;

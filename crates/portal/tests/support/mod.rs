@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod channel;
+pub mod email;
 pub mod oidc;
 pub mod postgres;
 pub mod scenario;
@@ -73,6 +74,8 @@ impl TestApp {
             .expect("init the account");
         let mut state = AppState::new(store);
         state.secret_key = Some(postern_portal::secrets::SecretKey::generate().unwrap());
+        // Identity providers need one.
+        state.external_url = Some("https://portal.example.test".into());
         configure(&mut state);
         let state = Arc::new(state);
         let router = postern_portal::testing::api_router().with_state(state.clone());
@@ -168,7 +171,7 @@ impl TestApp {
         let path = format!("/actors/{}/tokens", self.admin_id);
         // Mint it with a token that is not rate limited: a fresh one made
         // directly in the store.
-        let minted = postern_portal::auth::token::mint("").unwrap();
+        let minted = postern_portal::auth::token::mint().unwrap();
         let mut tx = self.state.store.write().await.unwrap();
         postern_portal::testing::tokens::insert(
             &mut tx,

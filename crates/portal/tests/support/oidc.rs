@@ -250,7 +250,11 @@ impl OidcProvider {
     /// How the ID tokens of later token responses are broken: `normal`,
     /// `tamper_signature`, `wrong_audience` (aud "someone-else"), `expired`,
     /// `wrong_nonce` (nonce "not-the-nonce") or `wrong_issuer`
-    /// (iss "http://127.0.0.1:1/other"). Stays until changed.
+    /// (iss "http://127.0.0.1:1/other"); or how other answers are damaged:
+    /// `http_token_endpoint` (discovery names http://10.9.8.7:5432/token),
+    /// `huge_discovery` and `huge_token` (10 MiB answers), `token_error` (an
+    /// error whose description says "PROVIDER-INTERNAL-DETAIL
+    /// 10.9.8.7:5432"). Stays until changed.
     pub async fn set_mode(&self, mode: &str) {
         self.post_json("/__test/mode", &json!({ "mode": mode }))
             .await;

@@ -145,16 +145,24 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Browser {
+        Browser::from_ip("127.0.0.1".parse().unwrap())
+    }
+
+    /// A browser on another network: its connections come from `ip` (any
+    /// 127.0.0.0/8 address works on loopback).
+    pub fn from_ip(ip: std::net::IpAddr) -> Browser {
         Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .local_address(ip)
+                .no_proxy()
                 .build()
                 .unwrap(),
             cookies: HashMap::new(),
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
