@@ -135,57 +135,88 @@ async fn answer(stream: &mut tokio::net::TcpStream, status: &str, message: &str)
     let _ = stream.shutdown().await;
 }
 
-/// Waits for the browser's redirect with our state.
+/// Connections the loopback listener serves at once; past it, new ones are
+/// closed at once (a local user opening many cannot exhaust us).
+const CALLBACK_CONNECTIONS: usize = 32;
+
+/// Waits for the browser's redirect with our state. Each connection is
+/// served on its own task, so a local user who connects and sends nothing
+/// cannot hold up the browser's redirect (review L12).
 async fn wait_for_callback(
     listener: tokio::net::TcpListener,
     state: &str,
 ) -> anyhow::Result<(String, String)> {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLBACK_CONNECTIONS));
+    let (found, mut signed_in) = tokio::sync::mpsc::channel(1);
     loop {
-        let (mut stream, _) = listener
-            .accept()
-            .await
-            .context("the loopback listener failed")?;
-        let mut buf = vec![0u8; 8192];
-        let mut len = 0;
-        // The request line is all we need; a browser sends it at once.
-        let read = tokio::time::timeout(Duration::from_secs(5), async {
-            while len < buf.len() && !buf[..len].windows(2).any(|w| w == b"\r\n") {
-                match stream.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
-                }
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.context("the loopback listener failed")?;
+                let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+                    continue;
+                };
+                let (found, state) = (found.clone(), state.to_string());
+                tokio::spawn(async move {
+                    if let Some(result) = serve_callback(stream, &state).await {
+                        let _ = found.send(result).await;
+                    }
+                    drop(slot);
+                });
             }
-        })
-        .await;
-        if read.is_err() {
-            continue;
+            Some(result) = signed_in.recv() => return Ok(result),
         }
-        let text = String::from_utf8_lossy(&buf[..len]);
-        let line = text.lines().next().unwrap_or_default();
-        match parse_callback(line, state) {
-            Callback::SignedIn {
-                fragment,
-                actor_name,
-            } => {
-                answer(
-                    &mut stream,
-                    "200 OK",
-                    &format!("Signed in as {actor_name}. You can close this tab and return to the terminal."),
-                )
-                .await;
-                return Ok((fragment, actor_name));
+    }
+}
+
+/// Reads one request on the loopback listener and answers it; the token
+/// fragment and user name when it is our callback.
+async fn serve_callback(
+    mut stream: tokio::net::TcpStream,
+    state: &str,
+) -> Option<(String, String)> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // The request line is all we need; a browser sends it at once.
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while len < buf.len() && !buf[..len].windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
             }
-            Callback::Ignored(why) => {
-                if line.contains("/callback") {
-                    eprintln!("ignored a callback: {why}");
-                }
-                answer(
-                    &mut stream,
-                    "400 Bad Request",
-                    &format!("Postern sign-in: {why}."),
-                )
-                .await;
+        }
+    })
+    .await;
+    if read.is_err() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&buf[..len]);
+    let line = text.lines().next().unwrap_or_default();
+    match parse_callback(line, state) {
+        Callback::SignedIn {
+            fragment,
+            actor_name,
+        } => {
+            answer(
+                &mut stream,
+                "200 OK",
+                &format!(
+                    "Signed in as {actor_name}. You can close this tab and return to the terminal."
+                ),
+            )
+            .await;
+            Some((fragment, actor_name))
+        }
+        Callback::Ignored(why) => {
+            if line.contains("/callback") {
+                eprintln!("ignored a callback: {why}");
             }
+            answer(
+                &mut stream,
+                "400 Bad Request",
+                &format!("Postern sign-in: {why}."),
+            )
+            .await;
+            None
         }
     }
 }
@@ -402,6 +433,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A local user who connects to the loopback listener first and sends
+    /// nothing does not hold up the browser's redirect (review L12).
+    #[tokio::test]
+    async fn a_silent_connection_does_not_stall_the_callback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = "s".repeat(43);
+        let waiting = tokio::spawn({
+            let state = state.clone();
+            async move { wait_for_callback(listener, &state).await }
+        });
+        let mut squatters = Vec::new();
+        for _ in 0..3 {
+            squatters.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let mut browser = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request =
+            format!("GET /callback?state={state}&fragment=f.1&actor_name=Ann HTTP/1.1\r\n\r\n");
+        browser.write_all(request.as_bytes()).await.unwrap();
+        let (fragment, actor) = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("the callback waited behind a silent connection")
+            .unwrap()
+            .unwrap();
+        assert_eq!((fragment.as_str(), actor.as_str()), ("f.1", "Ann"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(squatters);
     }
 
     #[test]

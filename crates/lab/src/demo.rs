@@ -175,6 +175,21 @@ pub struct Demo {
 }
 
 /// A string field of a JSON object.
+/// `--token-file=PATH` for `token`, written to `path` (0600): tokens on a
+/// command line show in `ps`, and the demo is what people copy.
+fn token_file_arg(path: &Path, token: &str) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{token}")?;
+    Ok(format!("--token-file={}", path.display()))
+}
+
 fn json_field(body: &str, field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
     value.get(field)?.as_str().map(str::to_string)
@@ -302,13 +317,14 @@ impl Demo {
         let portal = self.spawn_portal()?;
         self.processes.push(portal);
         let url = format!("http://{PORTAL}");
+        let token = token_file_arg(&self.data.join("relay.token"), &relay_token)?;
         let relay = self.command(
             &self.net.relay,
             &[
                 "relay",
                 "--portal",
                 &url,
-                &format!("--token={relay_token}"),
+                &token,
                 "--listen",
                 &format!("{RELAY_IP}:3478"),
                 "--public-ip",
@@ -444,13 +460,14 @@ impl Demo {
         let host = &self.net.gateways[n];
         let state = self.data.join(host.name());
         let url = format!("http://{PORTAL}");
+        let token = token_file_arg(&self.data.join("gateway.token"), &self.setup.gateway_token)?;
         let command = self.command(
             host,
             &[
                 "gateway",
                 "--portal",
                 &url,
-                &format!("--token={}", self.setup.gateway_token),
+                &token,
                 "--name",
                 host.name(),
                 "--state-dir",
@@ -477,6 +494,7 @@ impl Demo {
         let resolv_conf = self.client_resolv_conf()?;
         let url = format!("http://{PORTAL}");
         let socket = self.status_socket();
+        let token = token_file_arg(&self.data.join("client.token"), &self.setup.client_token)?;
         let command = self.command(
             &self.net.client,
             &[
@@ -484,7 +502,7 @@ impl Demo {
                 "up",
                 "--portal",
                 &url,
-                &format!("--token={}", self.setup.client_token),
+                &token,
                 "--name",
                 "laptop",
                 "--state-dir",
@@ -695,7 +713,7 @@ impl Demo {
             "up".into(),
             "--portal".into(),
             url,
-            format!("--token={token}"),
+            token_file_arg(&self.data.join(format!("{name}.token")), &token)?,
             "--name".into(),
             name.into(),
             "--state-dir".into(),
