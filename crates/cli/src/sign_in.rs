@@ -135,8 +135,9 @@ async fn answer(stream: &mut tokio::net::TcpStream, status: &str, message: &str)
     let _ = stream.shutdown().await;
 }
 
-/// Connections the loopback listener serves at once; past it, new ones are
-/// closed at once (a local user opening many cannot exhaust us).
+/// Connections the loopback listener serves at once; a new one past it
+/// closes the oldest (a browser sends its request at once, so a local user
+/// holding many silent connections cannot crowd it out).
 const CALLBACK_CONNECTIONS: usize = 32;
 
 /// Waits for the browser's redirect with our state. Each connection is
@@ -146,26 +147,33 @@ async fn wait_for_callback(
     listener: tokio::net::TcpListener,
     state: &str,
 ) -> anyhow::Result<(String, String)> {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLBACK_CONNECTIONS));
+    let mut serving: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+        std::collections::VecDeque::new();
     let (found, mut signed_in) = tokio::sync::mpsc::channel(1);
-    loop {
+    let result = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("the loopback listener failed")?;
-                let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
-                    continue;
-                };
+                serving.retain(|task| !task.is_finished());
+                if serving.len() >= CALLBACK_CONNECTIONS
+                    && let Some(oldest) = serving.pop_front()
+                {
+                    oldest.abort();
+                }
                 let (found, state) = (found.clone(), state.to_string());
-                tokio::spawn(async move {
+                serving.push_back(tokio::spawn(async move {
                     if let Some(result) = serve_callback(stream, &state).await {
                         let _ = found.send(result).await;
                     }
-                    drop(slot);
-                });
+                }));
             }
-            Some(result) = signed_in.recv() => return Ok(result),
+            Some(result) = signed_in.recv() => break result,
         }
+    };
+    for task in serving {
+        task.abort();
     }
+    Ok(result)
 }
 
 /// Reads one request on the loopback listener and answers it; the token
@@ -447,7 +455,7 @@ mod tests {
             async move { wait_for_callback(listener, &state).await }
         });
         let mut squatters = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..CALLBACK_CONNECTIONS + 3 {
             squatters.push(tokio::net::TcpStream::connect(address).await.unwrap());
         }
         let started = std::time::Instant::now();

@@ -174,12 +174,16 @@ pub struct Demo {
     pub net: Topology,
 }
 
-/// A string field of a JSON object.
-/// `--token-file=PATH` for `token`, written to `path` (0600): tokens on a
-/// command line show in `ps`, and the demo is what people copy.
+/// `--token-file=PATH` for `token`, written to a new file `path` (0600):
+/// tokens on a command line show in `ps`, and the demo is what people copy.
 fn token_file_arg(path: &Path, token: &str) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    // The mode applies only to a file this call creates.
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -190,6 +194,7 @@ fn token_file_arg(path: &Path, token: &str) -> Result<String> {
     Ok(format!("--token-file={}", path.display()))
 }
 
+/// A string field of a JSON object.
 fn json_field(body: &str, field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
     value.get(field)?.as_str().map(str::to_string)

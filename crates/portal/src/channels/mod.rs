@@ -60,6 +60,8 @@ pub(crate) enum StartError {
     NoSecretKey,
     #[error("the setting {0} does not open with this secret key (a portal node with another key?)")]
     SealedSetting(&'static str),
+    #[error("the setting {0} is sealed, and this portal has no secret key to open it")]
+    SealedWithoutKey(&'static str),
     #[error("cannot seal a setting: {0}")]
     Seal(#[from] crate::secrets::SecretError),
 }
@@ -162,7 +164,7 @@ async fn shared_secret(
             tracing::info!(setting = name, "sealed a shared secret stored in plaintext");
             Ok(stored)
         }
-        None if SecretKey::is_sealed(&stored) => Err(StartError::SealedSetting(name)),
+        None if SecretKey::is_sealed(&stored) => Err(StartError::SealedWithoutKey(name)),
         None => Ok(stored),
     }
 }

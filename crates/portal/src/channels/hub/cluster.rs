@@ -74,7 +74,7 @@ impl Hub {
         match message {
             ClusterMessage::Change {
                 account, change, ..
-            } => self.changed(account, vec![change]),
+            } => self.changed(account, vec![change], wall),
             ClusterMessage::Heartbeat {
                 gateways, relays, ..
             } => {
@@ -188,9 +188,9 @@ impl Hub {
     }
 
     /// After lost cluster messages: re-evaluate everyone, re-announce.
-    pub(super) fn resync(&mut self) {
+    pub(super) fn resync(&mut self, wall: Timestamp) {
         for account in self.evaluation.accounts().all() {
-            self.changed(account, vec![Change::Everything]);
+            self.changed(account, vec![Change::Everything], wall);
         }
         self.routing.heartbeat_now();
     }

@@ -105,8 +105,8 @@ impl Hub {
                 self.routing.heard_from(message.from(), now);
                 Event::Cluster(message)
             }
-            Input::Changes(batch) => return self.committed(batch),
-            Input::ClusterResync => return self.resync(),
+            Input::Changes(batch) => return self.committed(batch, wall),
+            Input::ClusterResync => return self.resync(wall),
             Input::Loaded { account, result } => return self.loaded(account, *result, now, wall),
             Input::Tick => return self.tick(now, wall),
         };
@@ -188,7 +188,7 @@ impl Hub {
 
     /// Changes this node's API committed: the other nodes hear of them, and
     /// each account reloads once for its share.
-    fn committed(&mut self, batch: Vec<(Uuid, Change)>) {
+    fn committed(&mut self, batch: Vec<(Uuid, Change)>, wall: Timestamp) {
         let mut by_account: HashMap<Uuid, Vec<Change>> = HashMap::new();
         for (account, change) in batch {
             post_of!(self).publish(ClusterMessage::Change {
@@ -199,11 +199,24 @@ impl Hub {
             by_account.entry(account).or_default().push(change);
         }
         for (account, changes) in by_account {
-            self.changed(account, changes);
+            self.changed(account, changes, wall);
         }
     }
 
-    fn changed(&mut self, account: Uuid, changes: Vec<Change>) {
+    fn changed(&mut self, account: Uuid, changes: Vec<Change>, wall: Timestamp) {
+        // Relays hear at once, whether the account's graph is loaded or the
+        // devices connected: they hold credentials either way.
+        let mut revoked = Vec::new();
+        for change in &changes {
+            match change {
+                Change::TokenRevoked(token) => revoked.extend(self.relays.token_revoked(*token)),
+                Change::ClientDeleted(device) => revoked.push(*device),
+                _ => {}
+            }
+        }
+        if !revoked.is_empty() {
+            self.relays.revoke(&revoked, post_of!(self), wall);
+        }
         let after = self.out.seq();
         if let Some(load) = self
             .evaluation
@@ -284,6 +297,7 @@ impl Hub {
             public_key,
             remote_ip,
         } = joined;
+        let token_facts = token;
         let joining = |kind, account| Conn {
             account,
             token,
@@ -319,7 +333,7 @@ impl Hub {
                     |g| g.asker.peer.id == device_id && g.asker.peer.public_key != public_key,
                     post_of!(self),
                 );
-                let relays = self.relays.credentials(device.id, None, wall);
+                let relays = self.relays.credentials(device.id, &token_facts, None, wall);
                 self.relays.issued(conn, now);
                 let kind = ConnKind::Client {
                     actor_id,
@@ -362,7 +376,7 @@ impl Hub {
                     post_of!(self),
                 );
                 let authorizations = self.access.authorizations_on(device_id);
-                let relays = self.relays.credentials(device.id, None, wall);
+                let relays = self.relays.credentials(device.id, &token_facts, None, wall);
                 self.relays.issued(conn, now);
                 let kind = ConnKind::Gateway { site_id, device };
                 self.presence.insert(conn, joining(kind, Some(account)));

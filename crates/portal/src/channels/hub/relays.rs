@@ -5,7 +5,10 @@
 //! lost its access stops relaying soon even if a revocation never reached a
 //! relay; revocations are also sent to every relay in the cluster, and again
 //! to a relay that (re)registers while credentials issued before them may
-//! still be valid.
+//! still be valid. A device's credentials end no later than its token (its
+//! channel is closed then, and its relays told), and the node remembers who
+//! holds credentials under which token until they expire, so revoking a
+//! token reaches devices whose channel is already gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -18,14 +21,20 @@ use postern_turn::credentials::{rest_password, rest_username};
 use uuid::Uuid;
 
 use super::super::cluster::{ClusterMessage, RelayAnnouncement};
-use super::io::{ConnId, Frame};
+use super::io::{ConnId, Frame, TokenFacts};
 use super::post::Post;
 use super::presence::Role;
 
 /// TURN credentials handed out live this long and are renewed at half-life:
 /// the longest a revoked device could keep relaying at a relay that missed
-/// its revocation (a relay's clock must be within this of the portal's).
+/// its revocation. A relay's clock must be within half of it (7.5 minutes)
+/// of the portal's, or renewed credentials arrive after it thinks the old
+/// ones expired.
 const RELAY_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Revocation bounds are rounded up to this: a relay that registers hears of
+/// at most one lifetime's worth of bounds (16), not one per revocation.
+const BOUND_GRANULARITY_SECS: i64 = 60;
 
 /// Devices per `revoke_credentials` message and cluster notice (a NOTIFY
 /// payload stays well under PostgreSQL's 8000 bytes).
@@ -55,6 +64,15 @@ pub(super) struct Relays {
     /// Revoked devices, until the last credential issued to them before the
     /// revocation expires; a relay registering here hears of them.
     revoked: HashMap<Uuid, Timestamp>,
+    /// Devices this node gave credentials, under which token, until when.
+    holders: HashMap<Uuid, Holder>,
+}
+
+/// The token a device's credentials were issued under, and their expiry.
+#[derive(Debug)]
+struct Holder {
+    token: Uuid,
+    until: Timestamp,
 }
 
 impl Relays {
@@ -65,6 +83,7 @@ impl Relays {
             remote: HashMap::new(),
             issued: HashMap::new(),
             revoked: HashMap::new(),
+            holders: HashMap::new(),
         }
     }
 
@@ -183,14 +202,31 @@ impl Relays {
         }
     }
 
-    /// Credentials for every relay (or `only` these), for one device.
+    /// Credentials for every relay (or `only` these), for one device whose
+    /// channel joined with `token`. They end with the token, and always
+    /// after the device's last revocation bound (a relay refuses those that
+    /// expire at or before it).
     pub(super) fn credentials(
-        &self,
+        &mut self,
         device: Uuid,
+        token: &TokenFacts,
         only: Option<&[RelayId]>,
         now: Timestamp,
     ) -> Vec<RelayInfo> {
-        let expires_at = credential_expiry(now);
+        let mut expires_at = credential_expiry(now);
+        if let Some(token_ends) = token.expires_at {
+            expires_at = expires_at.min(token_ends);
+        }
+        if let Some(bound) = self.revoked.get(&device) {
+            let past_bound = Timestamp::from_second(bound.as_second().saturating_add(1));
+            expires_at = expires_at.max(past_bound.unwrap_or(expires_at));
+        }
+        let holder = self.holders.entry(device).or_insert(Holder {
+            token: token.id,
+            until: expires_at,
+        });
+        holder.token = token.id;
+        holder.until = holder.until.max(expires_at);
         let expiry_unix = expires_at.as_second().max(0) as u64;
         let username = rest_username(expiry_unix, &device.to_string());
         let password = rest_password(self.turn_secret.as_bytes(), &username);
@@ -215,7 +251,7 @@ impl Relays {
     /// (through the other nodes) of the cluster ends their allocations and
     /// refuses the credentials they got so far.
     pub(super) fn revoke(&mut self, devices: &[Uuid], post: &mut Post, now: Timestamp) {
-        let not_after = credential_expiry(now);
+        let not_after = revocation_bound(now);
         for chunk in devices.chunks(REVOKED_PER_MESSAGE) {
             self.remember_revoked(chunk, not_after);
             self.tell_local(chunk, not_after, post);
@@ -228,6 +264,16 @@ impl Relays {
         tracing::info!(devices = devices.len(), "relay credentials revoked");
     }
 
+    /// A token was revoked: the devices holding credentials under it lose
+    /// them, connected here or not.
+    pub(super) fn token_revoked(&self, token: Uuid) -> Vec<Uuid> {
+        self.holders
+            .iter()
+            .filter(|(_, holder)| holder.token == token)
+            .map(|(device, _)| *device)
+            .collect()
+    }
+
     /// Another node revoked these devices: this node's relays hear of it.
     pub(super) fn remote_revoke(
         &mut self,
@@ -238,7 +284,7 @@ impl Relays {
     ) {
         // A forged or confused far-future bound would refuse the device's
         // future credentials; no credential outlives one lifetime.
-        let not_after = not_after.min(credential_expiry(now));
+        let not_after = not_after.min(revocation_bound(now));
         for chunk in devices.chunks(REVOKED_PER_MESSAGE) {
             self.remember_revoked(chunk, not_after);
             self.tell_local(chunk, not_after, post);
@@ -279,6 +325,12 @@ impl Relays {
         }
     }
 
+    /// Revocations and holders remembered (for tests of their pruning).
+    #[cfg(test)]
+    pub(super) fn remembered(&self) -> (usize, usize) {
+        (self.revoked.len(), self.holders.len())
+    }
+
     /// A client or gateway channel got its credentials in `init`.
     pub(super) fn issued(&mut self, conn: ConnId, at: Instant) {
         self.issued.insert(conn, at);
@@ -287,6 +339,7 @@ impl Relays {
     /// Sends fresh credentials for every relay before the old ones expire.
     pub(super) fn renew(&mut self, post: &mut Post, at: Instant, now: Timestamp) {
         self.revoked.retain(|_, not_after| *not_after > now);
+        self.holders.retain(|_, holder| holder.until > now);
         let stale: Vec<ConnId> = self
             .issued
             .iter()
@@ -295,10 +348,14 @@ impl Relays {
             .collect();
         for conn in stale {
             self.issued.insert(conn, at);
-            let Some(device) = post.presence().get(conn).and_then(|c| c.device()) else {
+            let Some((device, token)) = post
+                .presence()
+                .get(conn)
+                .and_then(|c| Some((c.device()?.id, c.token)))
+            else {
                 continue;
             };
-            let added = self.credentials(device.id, None, now);
+            let added = self.credentials(device, &token, None, now);
             if !added.is_empty() {
                 relays_changed(post, conn, added, Vec::new());
             }
@@ -306,9 +363,18 @@ impl Relays {
     }
 
     /// Tells every client and gateway here of relays added and removed.
-    fn broadcast(&self, added: &[RelayId], removed: &[RelayId], post: &mut Post, now: Timestamp) {
+    fn broadcast(
+        &mut self,
+        added: &[RelayId],
+        removed: &[RelayId],
+        post: &mut Post,
+        now: Timestamp,
+    ) {
         for (conn, device, _) in post.presence().device_conns() {
-            let added = self.credentials(device, Some(added), now);
+            let Some(token) = post.presence().get(conn).map(|c| c.token) else {
+                continue;
+            };
+            let added = self.credentials(device, &token, Some(added), now);
             relays_changed(post, conn, added, removed.to_vec());
         }
     }
@@ -317,6 +383,15 @@ impl Relays {
 /// When credentials issued at `now` expire.
 fn credential_expiry(now: Timestamp) -> Timestamp {
     now + SignedDuration::try_from(RELAY_CREDENTIAL_LIFETIME).unwrap_or(SignedDuration::ZERO)
+}
+
+/// The bound of a revocation at `now`: past every credential issued so
+/// far, rounded up to `BOUND_GRANULARITY_SECS`.
+fn revocation_bound(now: Timestamp) -> Timestamp {
+    let exact = credential_expiry(now).as_second();
+    let rounded = exact.saturating_add(BOUND_GRANULARITY_SECS - 1) / BOUND_GRANULARITY_SECS
+        * BOUND_GRANULARITY_SECS;
+    Timestamp::from_second(rounded).unwrap_or_else(|_| credential_expiry(now))
 }
 
 fn revoke_credentials(devices: &[Uuid], not_after: Timestamp) -> Frame {
