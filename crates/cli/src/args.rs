@@ -221,11 +221,37 @@ pub struct TokenSource {
     pub token_file: Option<PathBuf>,
 }
 
+/// How a daemon trusts the portal it connects to.
+#[derive(Debug, Args)]
+pub struct PortalTrustArgs {
+    /// PEM file of CA certificates to trust for an https:// portal, besides
+    /// the system's (for a portal with a certificate from a private CA)
+    #[arg(long, env = "POSTERN_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept a plain http:// portal that is not on loopback; tokens, the
+    /// TURN secret and preshared keys then cross the network in clear text
+    /// (for labs and tests only)
+    #[arg(long, env = "POSTERN_INSECURE_HTTP")]
+    pub insecure_http: bool,
+}
+
+impl PortalTrustArgs {
+    /// The trust the flags describe, with the portal URL checked against it.
+    pub fn trust_for(&self, portal: &str) -> anyhow::Result<postern_sys::trust::PortalTrust> {
+        let trust =
+            postern_sys::trust::PortalTrust::new(self.ca_file.as_deref(), self.insecure_http)?;
+        trust.check(portal)?;
+        Ok(trust)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// Portal URL (http:// or https://)
+    /// Portal URL (https://; http:// only on loopback or with --insecure-http)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
     pub portal: String,
+    #[command(flatten)]
+    pub trust: PortalTrustArgs,
     #[command(flatten)]
     pub token: TokenSource,
     /// Name shown in the portal (default: the host name)
@@ -286,6 +312,8 @@ pub struct RelayArgs {
     /// Portal to register with (portal mode; needs --token-file or --token)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL", requires = "TokenSource")]
     pub portal: Option<String>,
+    #[command(flatten)]
+    pub trust: PortalTrustArgs,
     #[command(flatten)]
     pub token: TokenSource,
     /// Shared secret for TURN REST credentials (standalone mode)
@@ -367,9 +395,11 @@ pub enum ClientCommand {
     Up(Box<ClientUpArgs>),
     /// Sign in through the browser and store the token for `client up`
     SignIn {
-        /// Portal URL (http:// or https://)
+        /// Portal URL (https://; http:// only on loopback or with --insecure-http)
         #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
         portal: String,
+        #[command(flatten)]
+        trust: PortalTrustArgs,
         /// Account slug
         #[arg(long, env = "POSTERN_ACCOUNT", value_name = "SLUG")]
         account: String,
@@ -386,6 +416,8 @@ pub enum ClientCommand {
     SignOut {
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        trust: PortalTrustArgs,
     },
     /// Show resources, connections and paths (direct or relayed)
     Status {
@@ -411,6 +443,8 @@ pub struct ClientUpArgs {
     /// Portal URL (default: the one of `postern client sign-in`)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
     pub portal: Option<String>,
+    #[command(flatten)]
+    pub trust: PortalTrustArgs,
     #[command(flatten)]
     pub token: TokenSource,
     /// UDP port for WireGuard and ICE (0 = any)

@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use postern_device::DeviceConfig;
 use postern_sys::metrics::DeviceMetrics;
 
-use crate::args::{ClientUpArgs, DaemonOptions, DeviceOptions, GatewayArgs, TokenSource};
+use crate::args::{
+    ClientUpArgs, DaemonOptions, DeviceOptions, GatewayArgs, PortalTrustArgs, TokenSource,
+};
 use crate::daemon;
 
 /// The token from `--token` or `--token-file`.
@@ -67,26 +69,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The checks and set-up both device daemons share: the portal URL, root,
 /// the token, logging and metrics.
+/// Where the portal is, how it is trusted, and the token for it.
+struct PortalFlags<'a> {
+    url: String,
+    trust: &'a PortalTrustArgs,
+    token: &'a TokenSource,
+}
+
 fn device_config(
     role: &'static str,
-    portal: String,
-    token: &TokenSource,
+    portal: PortalFlags<'_>,
     name: Option<String>,
     port: u16,
     device: DeviceOptions,
     daemon: &DaemonOptions,
 ) -> anyhow::Result<DeviceConfig> {
-    postern_sys::channel::check_portal_url(&portal)?;
+    let trust = portal.trust.trust_for(&portal.url)?;
     need_root(if role == "gateway" {
         "postern gateway"
     } else {
         "postern client up"
     })?;
-    let token = read_token(token)?;
+    let token = read_token(portal.token)?;
     daemon::init_logging(daemon.log_format);
     let metrics = device_metrics(daemon, role)?;
     Ok(DeviceConfig {
-        portal,
+        portal: portal.url,
+        trust,
         token,
         name: name.unwrap_or_else(host_name),
         port,
@@ -99,8 +108,11 @@ fn device_config(
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let config = device_config(
         "gateway",
-        args.portal,
-        &args.token,
+        PortalFlags {
+            url: args.portal,
+            trust: &args.trust,
+            token: &args.token,
+        },
         args.name,
         args.port,
         args.device,
@@ -131,8 +143,11 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
     };
     let device = device_config(
         "client",
-        portal,
-        &args.token,
+        PortalFlags {
+            url: portal,
+            trust: &args.trust,
+            token: &args.token,
+        },
         args.name,
         args.port,
         args.device,

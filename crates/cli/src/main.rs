@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             ClientCommand::Up(args) => finish("client up", device::client_up(*args)),
             ClientCommand::SignIn {
                 portal,
+                trust,
                 account,
                 no_browser,
                 state,
@@ -50,14 +51,15 @@ fn main() -> ExitCode {
                 "client sign-in",
                 sign_in::sign_in(
                     &portal,
+                    &trust,
                     &account,
                     no_browser,
                     &state.dir,
                     std::time::Duration::from_secs(timeout.max(1)),
                 ),
             ),
-            ClientCommand::SignOut { state } => {
-                finish("client sign-out", sign_in::sign_out(&state.dir))
+            ClientCommand::SignOut { state, trust } => {
+                finish("client sign-out", sign_in::sign_out(&state.dir, &trust))
             }
             ClientCommand::Status {
                 json,

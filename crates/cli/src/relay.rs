@@ -12,9 +12,10 @@ use crate::args::RelayArgs;
 use crate::daemon;
 
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
-    if let Some(portal) = &args.portal {
-        postern_sys::channel::check_portal_url(portal)?;
-    }
+    let trust = match &args.portal {
+        Some(portal) => Some(args.trust.trust_for(portal)?),
+        None => None,
+    };
     let secret = args.auth_secret.clone().unwrap_or_default();
     if args.portal.is_none() && secret.is_empty() {
         bail!("--auth-secret must not be empty");
@@ -51,9 +52,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         allow_peers: args.allow_peer.clone(),
     };
     daemon::init_logging(args.daemon.log_format);
-    if let Some(portal) = &args.portal {
+    if let (Some(portal), Some(trust)) = (&args.portal, trust) {
         let token = crate::device::read_token(&args.token)?;
-        return portal_mode(portal, &token, config, &args.public_ip, args.daemon.metrics);
+        let metrics = args.daemon.metrics;
+        return portal_mode(portal, trust, &token, config, &args.public_ip, metrics);
     }
     let signals = daemon::block_stop_signals().context("cannot block signals")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -82,6 +84,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
 /// serves; re-registers after every reconnect so the portal lists it again.
 fn portal_mode(
     portal: &str,
+    trust: postern_sys::trust::PortalTrust,
     token: &str,
     mut config: RelayConfig,
     public_ip: &[IpAddr],
@@ -99,6 +102,7 @@ fn portal_mode(
             party: Party::Relay,
             token: token.to_string(),
             query: Vec::new(),
+            trust,
         })?;
         let register = serde_json::to_string(&RelayToPortal::Register {
             public_addresses: public_ip.to_vec(),

@@ -267,6 +267,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 /// `postern client sign-in`.
 pub fn sign_in(
     portal: &str,
+    trust: &crate::args::PortalTrustArgs,
     account: &str,
     no_browser: bool,
     state_dir: &Path,
@@ -275,6 +276,8 @@ pub fn sign_in(
     if !postern_portal::setup::validate_slug(account) {
         bail!("{account:?} is not an account slug (3-63 lowercase letters, digits, '-' or '_')");
     }
+    // The browser signs in there; the same rule as for the daemons.
+    trust.trust_for(portal)?;
     let state = random_text()?;
     let nonce = random_text()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -345,7 +348,10 @@ pub fn read_record(state_dir: &Path) -> Option<SignInRecord> {
 
 /// `postern client sign-out`: revokes the token at the portal, then deletes
 /// it (also when the portal cannot be reached, with a warning and exit 1).
-pub fn sign_out(state_dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn sign_out(
+    state_dir: &Path,
+    trust: &crate::args::PortalTrustArgs,
+) -> anyhow::Result<ExitCode> {
     let token_path: PathBuf = state_dir.join(TOKEN_FILE);
     let token = match std::fs::read_to_string(&token_path) {
         Ok(token) => token.trim().to_string(),
@@ -358,7 +364,9 @@ pub fn sign_out(state_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     let revoked = match read_record(state_dir) {
-        Some(record) => revoke(&record, &token),
+        Some(record) => trust
+            .trust_for(&record.portal)
+            .and_then(|trust| revoke(&record, &trust, &token)),
         None => Err(anyhow::anyhow!(
             "{} is missing",
             state_dir.join(SIGN_IN_FILE).display()
@@ -387,13 +395,18 @@ pub fn sign_out(state_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Whether the portal revoked it (false: it was already invalid).
-fn revoke(record: &SignInRecord, token: &str) -> anyhow::Result<bool> {
+fn revoke(
+    record: &SignInRecord,
+    trust: &postern_sys::trust::PortalTrust,
+    token: &str,
+) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*trust.tls()).clone())
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

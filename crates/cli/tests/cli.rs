@@ -193,15 +193,11 @@ fn daemon_flags_come_from_the_environment_too() {
     let output = postern_env(
         &["gateway"],
         &[
-            ("POSTERN_PORTAL", "https://198.18.0.2"),
+            ("POSTERN_PORTAL", "http://198.18.0.2"),
             ("POSTERN_TOKEN", "t"),
         ],
     );
-    assert_one_line(
-        &output,
-        1,
-        "https portals are not supported by this build yet",
-    );
+    assert_one_line(&output, 1, "plain http:// off loopback");
 
     let output = postern_env(
         &["relay", "--auth-secret", "s"],
@@ -272,13 +268,13 @@ fn relay_configuration_errors_are_one_line() {
 }
 
 #[test]
-fn device_daemons_refuse_https_portals_before_touching_anything() {
+fn daemons_refuse_plain_http_portals_off_loopback_before_touching_anything() {
     let cases: &[&[&str]] = &[
-        &["gateway", "--portal", "https://198.18.0.2", "--token", "t"],
+        &["gateway", "--portal", "http://198.18.0.2", "--token", "t"],
         &[
             "relay",
             "--portal",
-            "https://198.18.0.2",
+            "http://198.18.0.2",
             "--token",
             "t",
             "--public-ip",
@@ -288,18 +284,23 @@ fn device_daemons_refuse_https_portals_before_touching_anything() {
             "client",
             "up",
             "--portal",
-            "https://198.18.0.2",
+            "http://198.18.0.2",
             "--token",
             "t",
+        ],
+        &[
+            "client",
+            "sign-in",
+            "--portal",
+            "http://portal.test",
+            "--account",
+            "acme",
+            "--no-browser",
         ],
     ];
     for args in cases {
         let output = postern(args);
-        assert_one_line(
-            &output,
-            1,
-            "https portals are not supported by this build yet",
-        );
+        assert_one_line(&output, 1, "plain http:// off loopback");
         assert!(
             stderr(&output).starts_with(&format!("postern {}", args[0])),
             "{args:?}"

@@ -36,8 +36,10 @@ pub use start::StartError;
 /// What a device daemon (client or gateway) is told on its command line.
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
-    /// `http://...` portal URL.
+    /// `https://...` portal URL (checked against `trust`).
     pub portal: String,
+    /// Roots for an https portal; whether http may leave loopback.
+    pub trust: postern_sys::trust::PortalTrust,
     pub token: String,
     /// Name shown in the portal.
     pub name: String,

@@ -85,6 +85,7 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
             ("name".into(), config.name.clone()),
             ("os".into(), "Linux".into()),
         ],
+        trust: config.trust.clone(),
     })?;
     Ok(Started {
         party,

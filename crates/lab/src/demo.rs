@@ -329,6 +329,8 @@ impl Demo {
                 "relay",
                 "--portal",
                 &url,
+                // The lab's portal is plain http on its public segment.
+                "--insecure-http",
                 &token,
                 "--listen",
                 &format!("{RELAY_IP}:3478"),
@@ -472,6 +474,8 @@ impl Demo {
                 "gateway",
                 "--portal",
                 &url,
+                // The lab's portal is plain http on its public segment.
+                "--insecure-http",
                 &token,
                 "--name",
                 host.name(),
@@ -507,6 +511,8 @@ impl Demo {
                 "up",
                 "--portal",
                 &url,
+                // The lab's portal is plain http on its public segment.
+                "--insecure-http",
                 &token,
                 "--name",
                 "laptop",
@@ -718,6 +724,7 @@ impl Demo {
             "up".into(),
             "--portal".into(),
             url,
+            "--insecure-http".into(),
             token_file_arg(&self.data.join(format!("{name}.token")), &token)?,
             "--name".into(),
             name.into(),
@@ -932,6 +939,9 @@ impl Demo {
         self.logs()
             .lines()
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            // The lab's portal is plain http on purpose (--insecure-http),
+            // and every daemon says so once.
+            .filter(|line| !line.contains("--insecure-http: the portal channel is plain http"))
             .map(str::to_string)
             .collect()
     }

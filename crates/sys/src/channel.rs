@@ -12,6 +12,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
+use crate::trust::{PortalTrust, TrustError, describe_tls_error};
+
 /// No frame at all (the portal pings every 10 s) for this long means the
 /// connection is dead.
 const SILENCE: Duration = Duration::from_secs(30);
@@ -22,11 +24,9 @@ const QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    #[error(
-        "portal URL {0:?}: https portals are not supported by this build yet; use http:// (behind a TLS proxy) for now"
-    )]
-    Tls(String),
-    #[error("portal URL {0:?} is not http://")]
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("portal URL {0:?} is not http:// or https://")]
     Scheme(String),
     #[error("cannot resolve the portal {0}: {1}")]
     Resolve(String, String),
@@ -71,6 +71,8 @@ pub struct ChannelConfig {
     pub token: String,
     /// Query parameters: device_id, public_key, name.
     pub query: Vec<(String, String)>,
+    /// Roots for an https:// portal; whether http:// may leave loopback.
+    pub trust: PortalTrust,
 }
 
 /// The two ends the daemon's loop holds.
@@ -81,15 +83,16 @@ pub struct Channel {
 
 /// The WebSocket URL for a portal URL and a party.
 pub fn channel_url(config: &ChannelConfig) -> Result<Url, ChannelError> {
+    config.trust.check(&config.portal)?;
     let mut url =
         Url::parse(&config.portal).map_err(|_| ChannelError::Scheme(config.portal.clone()))?;
-    match url.scheme() {
-        "http" => url
-            .set_scheme("ws")
-            .map_err(|_| ChannelError::Scheme(config.portal.clone()))?,
-        "https" => return Err(ChannelError::Tls(config.portal.clone())),
+    let scheme = match url.scheme() {
+        "http" => "ws",
+        "https" => "wss",
         _ => return Err(ChannelError::Scheme(config.portal.clone())),
-    }
+    };
+    url.set_scheme(scheme)
+        .map_err(|_| ChannelError::Scheme(config.portal.clone()))?;
     let base = url.path().trim_end_matches('/').to_string();
     url.set_path(&format!("{base}{}", config.party.path()));
     url.query_pairs_mut().clear().extend_pairs(&config.query);
@@ -129,12 +132,13 @@ pub fn url_host_port(portal: &str) -> Result<String, ChannelError> {
 }
 
 /// Checks a portal URL as the daemons take it, before anything else runs.
-pub fn check_portal_url(portal: &str) -> Result<(), ChannelError> {
+pub fn check_portal_url(portal: &str, trust: &PortalTrust) -> Result<(), ChannelError> {
     channel_url(&ChannelConfig {
         portal: portal.to_string(),
         party: Party::Client,
         token: String::new(),
         query: Vec::new(),
+        trust: trust.clone(),
     })
     .map(|_| ())
 }
@@ -142,9 +146,17 @@ pub fn check_portal_url(portal: &str) -> Result<(), ChannelError> {
 /// Starts the connection task (needs a tokio runtime).
 pub fn open(config: ChannelConfig) -> Result<Channel, ChannelError> {
     let url = channel_url(&config)?;
+    if config.trust.check(&config.portal)? {
+        tracing::warn!(
+            portal = %config.portal,
+            "--insecure-http: the portal channel is plain http, so tokens, the TURN secret and \
+             preshared keys cross the network in clear text"
+        );
+    }
     let (incoming_tx, incoming) = mpsc::unbounded_channel();
     let (outgoing, outgoing_rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(url, config.token, incoming_tx, outgoing_rx));
+    let tls = config.trust.tls();
+    tokio::spawn(run(url, config.token, tls, incoming_tx, outgoing_rx));
     Ok(Channel { incoming, outgoing })
 }
 
@@ -158,13 +170,14 @@ enum Ended {
 async fn run(
     url: Url,
     token: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     incoming: mpsc::UnboundedSender<Incoming>,
     mut outgoing: mpsc::Receiver<String>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
         let started = tokio::time::Instant::now();
-        let ended = connect_and_pump(&url, &token, &incoming, &mut outgoing).await;
+        let ended = connect_and_pump(&url, &token, &tls, &incoming, &mut outgoing).await;
         let error = match ended {
             Ended::Closed => return,
             Ended::Unauthorized => {
@@ -189,6 +202,21 @@ async fn run(
     }
 }
 
+/// A failed connection in one line; a refused portal certificate says why
+/// (rustls reports handshake failures through the stream's I/O error).
+fn describe_connect_error(error: &tungstenite::Error, url: &Url) -> String {
+    let tls = match error {
+        tungstenite::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    match tls {
+        Some(tls) => describe_tls_error(tls, url.host_str().unwrap_or("")),
+        None => error.to_string(),
+    }
+}
+
 /// 75-125 % of `base`.
 fn jitter(base: Duration) -> Duration {
     let mut byte = [0u8; 1];
@@ -199,6 +227,7 @@ fn jitter(base: Duration) -> Duration {
 async fn connect_and_pump(
     url: &Url,
     token: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
     incoming: &mpsc::UnboundedSender<Incoming>,
     outgoing: &mut mpsc::Receiver<String>,
 ) -> Ended {
@@ -212,7 +241,11 @@ async fn connect_and_pump(
         }
         Err(_) => return Ended::Lost("the token has characters a header cannot carry".into()),
     }
-    let connect = tokio::time::timeout(SILENCE, tokio_tungstenite::connect_async(request));
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::clone(tls));
+    let connect = tokio::time::timeout(
+        SILENCE,
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector)),
+    );
     let mut socket = match connect.await {
         Err(_) => return Ended::Lost("connecting timed out".into()),
         Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
@@ -221,7 +254,10 @@ async fn connect_and_pump(
         Ok(Err(tungstenite::Error::Http(response))) => {
             return Ended::Lost(format!("the portal answered HTTP {}", response.status()));
         }
-        Ok(Err(error)) => return Ended::Lost(error.to_string()),
+        Ok(Err(tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(error)))) => {
+            return Ended::Lost(describe_tls_error(&error, url.host_str().unwrap_or("")));
+        }
+        Ok(Err(error)) => return Ended::Lost(describe_connect_error(&error, url)),
         Ok(Ok((socket, _))) => socket,
     };
     if incoming.send(Incoming::Connected).is_err() {

@@ -29,6 +29,7 @@ pub mod firewall;
 pub mod metrics;
 pub mod route;
 pub mod system_dns;
+pub mod trust;
 pub mod tun;
 pub mod udp;
 
