@@ -157,11 +157,13 @@ fn tls(cert: &Path, key: &Path) -> anyhow::Result<Arc<TlsCert>> {
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
     runtime()?.block_on(async {
-        let store = open(&args.database).await?;
+        // Before the database: a bad certificate stops the start having
+        // created nothing.
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls(cert, key)?),
             _ => None,
         };
+        let store = open(&args.database).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -382,6 +382,11 @@ fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
         )),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("postern")).count(),
+        1,
+        "{stderr}"
+    );
     let alone = postern(&["portal", "--tls-cert", cert.to_str().unwrap()]);
     assert_eq!(alone.status.code(), Some(1));
     assert!(
