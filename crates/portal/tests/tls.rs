@@ -263,6 +263,30 @@ async fn a_client_trusting_another_ca_fails_the_handshake() {
 }
 
 #[tokio::test]
+async fn a_silent_connection_holds_up_no_other_handshake() {
+    let ca = Ca::new("Test CA");
+    let leaf = ca.leaf("portal-1");
+    let w = world("tls-silent", &leaf).await;
+    // Connected, and never says hello.
+    let _silent = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let _half = {
+        let mut half = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut half, &[0x16, 0x03, 0x01])
+            .await
+            .unwrap();
+        half
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        served_leaf(w.addr, ca.client()),
+    )
+    .await
+    .expect("a handshake behind a silent connection");
+    assert_eq!(served.unwrap(), leaf.der);
+}
+
+#[tokio::test]
 async fn a_reload_reaches_new_connections_and_open_ones_keep_working() {
     let ca = Ca::new("Test CA");
     let first = ca.leaf("portal-1");
