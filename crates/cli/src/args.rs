@@ -77,6 +77,25 @@ pub struct PortalArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first) for serving HTTPS and WSS on
+    /// --listen itself, instead of plain HTTP; needs --tls-key. Both files
+    /// are read again on SIGHUP (a bad file keeps the old certificate)
+    #[arg(
+        long,
+        env = "POSTERN_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); needs
+    /// --tls-cert
+    #[arg(
+        long,
+        env = "POSTERN_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// The URL users and daemons reach the portal at (links, OIDC redirects)
     #[arg(long, env = "POSTERN_EXTERNAL_URL", value_parser = parse_portal_url, value_name = "URL")]
     pub external_url: Option<String>,

@@ -51,3 +51,16 @@ pub async fn stop_signal() {
         _ = terminate.recv() => {}
     }
 }
+
+/// Calls `reload` at every SIGHUP from now on. The handler is in place when
+/// this returns, so a SIGHUP no longer ends the process.
+pub fn on_hangup(reload: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload();
+        }
+    });
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! `postern portal`, `postern portal init` and `postern portal relay-token`.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, bail};
 use postern_portal::auth::email::Mailer;
 use postern_portal::geoip::GeoIp;
 use postern_portal::secrets::SecretKey;
+use postern_portal::serve::TlsCert;
 use postern_portal::state::AppState;
 use postern_portal::{Store, setup};
 
@@ -125,9 +127,42 @@ fn smtp_password(args: &PortalArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// The certificate for `--tls-cert`/`--tls-key`, read again at every
+/// SIGHUP; a reload that fails keeps the certificate being served.
+fn tls(cert: &Path, key: &Path) -> anyhow::Result<Arc<TlsCert>> {
+    let tls = TlsCert::load(cert, key).context("cannot serve HTTPS")?;
+    tracing::info!(
+        cert = %cert.display(),
+        key = %key.display(),
+        sha256 = %tls.fingerprint(),
+        "serving HTTPS and WSS; SIGHUP reads the certificate and key again"
+    );
+    let reloading = Arc::clone(&tls);
+    daemon::on_hangup(move || match reloading.reload() {
+        Ok(()) => tracing::info!(
+            cert = %reloading.cert_path().display(),
+            sha256 = %reloading.fingerprint(),
+            "SIGHUP: reloaded the TLS certificate; new connections get it"
+        ),
+        Err(error) => tracing::error!(
+            %error,
+            sha256 = %reloading.fingerprint(),
+            "SIGHUP: kept the old TLS certificate"
+        ),
+    })
+    .context("cannot watch for SIGHUP")?;
+    Ok(tls)
+}
+
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
     runtime()?.block_on(async {
+        // Before the database: a bad certificate stops the start having
+        // created nothing.
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls(cert, key)?),
+            _ => None,
+        };
         let store = open(&args.database).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -165,11 +200,12 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!(
             listen = %args.listen,
+            scheme = if tls.is_some() { "https" } else { "http" },
             external_url = args.external_url.as_deref().unwrap_or("(not set)"),
             database = %redact(&args.database),
             "portal serving the REST API at /api/v1 and the channels at /v1/{{client,gateway,relay}}"
         );
-        postern_portal::serve::serve(listener, state, daemon::stop_signal())
+        postern_portal::serve::serve_with(listener, state, tls, daemon::stop_signal())
             .await
             .context("serving failed")?;
         store.close().await;

@@ -249,3 +249,237 @@ fn the_portal_serves_the_api_and_stops_on_sigterm() {
     );
     assert!(!stderr.contains(&token), "the token must not be logged");
 }
+
+/// A test CA and the certificates it signs for `portal.test`.
+struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        Ca(rcgen::CertifiedIssuer::self_signed(params, key).unwrap())
+    }
+
+    /// (certificate PEM, key PEM, certificate DER) for `portal.test`.
+    fn leaf(&self, cn: &str) -> (String, String, Vec<u8>) {
+        let mut params = rcgen::CertificateParams::new(vec!["portal.test".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn client(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.0.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// A kept-alive HTTPS connection to the portal at `port` as `portal.test`.
+struct Https {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl Https {
+    fn connect(port: u16, ca: &Ca) -> Https {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("portal.test").unwrap();
+        let connection = rustls::ClientConnection::new(ca.client(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        Https { tls }
+    }
+
+    /// The leaf certificate the portal presented.
+    fn leaf(&self) -> Vec<u8> {
+        self.tls.conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// GET /health on this connection, kept open: the body.
+    fn health(&mut self) -> String {
+        write!(
+            self.tls,
+            "GET /health HTTP/1.1\r\nHost: portal.test\r\n\r\n"
+        )
+        .unwrap();
+        // The answer is small: headers, then "ok\n" (Content-Length 3).
+        let mut response = Vec::new();
+        let mut byte = [0u8; 1];
+        while !response.ends_with(b"\r\n\r\nok\n") {
+            let read = self.tls.read(&mut byte).unwrap();
+            assert_eq!(read, 1, "closed after {:?}", text(&response));
+            response.push(byte[0]);
+        }
+        let response = text(&response);
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+        "ok\n".to_string()
+    }
+}
+
+#[test]
+fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
+    let dir = TempDir::new("tls");
+    let url = dir.url();
+    let output = postern(&[
+        "portal",
+        "init",
+        "--database",
+        &url,
+        "--account",
+        "acme",
+        "--admin-email",
+        "admin@acme.test",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let ca = Ca::new();
+    let (cert1, key1, der1) = ca.leaf("portal-1");
+    let (cert2, key2, der2) = ca.leaf("portal-2");
+    let cert = dir.0.join("cert.pem");
+    let key = dir.0.join("key.pem");
+    std::fs::write(&cert, &cert1).unwrap();
+    std::fs::write(&key, &key1).unwrap();
+
+    // Errors at start name the file, in one line.
+    let missing = dir.0.join("missing.pem");
+    let refused = postern(&[
+        "portal",
+        "--database",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("postern portal:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains(&format!(
+            "cannot read the TLS certificate file {}",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("postern")).count(),
+        1,
+        "{stderr}"
+    );
+    let alone = postern(&["portal", "--tls-cert", cert.to_str().unwrap()]);
+    assert_eq!(alone.status.code(), Some(1));
+    assert!(
+        text(&alone.stderr).contains("--tls-key"),
+        "{}",
+        text(&alone.stderr)
+    );
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["portal", "--database", &url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log, line by line, as it comes.
+    let (lines, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // The next log line with `needle`.
+    let mut wait_for_log = |needle: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no {needle:?} in the log: {seen:#?}"),
+            }
+        }
+    };
+    wait_for_log("portal serving");
+    let hangup = |child: &std::process::Child| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    let mut open = Https::connect(port, &ca);
+    assert_eq!(open.leaf(), der1);
+    assert_eq!(open.health(), "ok\n");
+
+    std::fs::write(&cert, &cert2).unwrap();
+    std::fs::write(&key, &key2).unwrap();
+    hangup(&child);
+    wait_for_log("reloaded the TLS certificate");
+    assert_eq!(Https::connect(port, &ca).leaf(), der2);
+    assert_eq!(open.health(), "ok\n", "the open connection goes on");
+
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    hangup(&child);
+    let kept = wait_for_log("kept the old TLS certificate");
+    assert!(kept.contains("ERROR"), "{kept}");
+    assert!(kept.contains(&cert.display().to_string()), "{kept}");
+    let mut fresh = Https::connect(port, &ca);
+    assert_eq!(fresh.leaf(), der2);
+    assert_eq!(fresh.health(), "ok\n");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop it"
+    );
+    drop((open, fresh));
+
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the portal did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -1,5 +1,8 @@
 //! `postern portal`: binds the listener and serves the REST API and the
-//! channels until asked to stop.
+//! channels until asked to stop, over plain HTTP or, with a certificate
+//! ([`tls::TlsCert`]), over HTTPS and WSS.
+
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +15,8 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 
 use crate::state::AppState;
+
+pub use tls::{TlsCert, TlsError};
 
 /// Everything `postern portal` needs besides the store.
 #[derive(Clone, Debug)]
@@ -62,25 +67,55 @@ fn security_headers(mut response: Response, https: bool) -> Response {
     response
 }
 
-/// Serves on an already bound listener until `shutdown` completes.
+/// Serves plain HTTP on an already bound listener until `shutdown`
+/// completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given: HTTPS for the API and pages,
+/// WSS for the channels. The certificate is asked for at each handshake, so
+/// [`TlsCert::reload`] reaches new connections and leaves open ones be.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<TlsCert>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = match &tls {
+        Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
+        None => None,
+    };
     crate::channels::start(state.clone())
         .await
         .map_err(std::io::Error::other)?;
-    // Channel messages are small and latency matters (revocations): no Nagle.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    match acceptor {
+        None => {
+            let listener = listener.tap_io(|tcp| no_delay(tcp));
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
-    });
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        Some(acceptor) => {
+            // The empty tap only lends the listener axum's `ConnectInfo`
+            // for `SocketAddr`, which axum gives `TapIo` but cannot give a
+            // listener of this crate.
+            let listener = tls::TlsListener::new(listener, acceptor).tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Channel messages are small and latency matters (revocations): no Nagle.
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }

@@ -2,15 +2,17 @@
 //! portal listening on loopback.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::TestApp;
 
@@ -27,10 +29,27 @@ impl TestApp {
         });
         addr
     }
+
+    /// [`serve`](Self::serve) over TLS with `tls`'s certificate.
+    pub async fn serve_tls(&self, tls: Arc<postern_portal::serve::TlsCert>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            postern_portal::serve::serve_with(listener, state, Some(tls), std::future::pending())
+                .await
+                .unwrap();
+        });
+        addr
+    }
 }
 
+/// What a peer's WebSocket runs over: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 pub struct Peer {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    socket: WebSocketStream<Box<dyn Io>>,
     pub public_key: String,
 }
 
@@ -48,15 +67,48 @@ impl Peer {
         device_id: &str,
         public_key: &str,
     ) -> Result<Peer, u16> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let url = format!("ws://{addr}{path}");
+        Peer::connect_over(Box::new(tcp), &url, token, device_id, public_key).await
+    }
+
+    /// [`connect`](Self::connect) over TLS (wss://) to `server_name` at
+    /// `addr`, trusting what `tls` trusts; panics if the TLS handshake fails.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+        token: &str,
+        device_id: &str,
+        public_key: &str,
+    ) -> Result<Peer, u16> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let url = format!("wss://{server_name}:{}{path}", addr.port());
+        Peer::connect_over(Box::new(stream), &url, token, device_id, public_key).await
+    }
+
+    async fn connect_over(
+        stream: Box<dyn Io>,
+        base: &str,
+        token: &str,
+        device_id: &str,
+        public_key: &str,
+    ) -> Result<Peer, u16> {
         let url = format!(
-            "ws://{addr}{path}?device_id={device_id}&public_key={}&name={device_id}&os=Linux",
+            "{base}?device_id={device_id}&public_key={}&name={device_id}&os=Linux",
             urlencode(public_key)
         );
         let mut request = url.into_client_request().unwrap();
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        match tokio_tungstenite::connect_async(request).await {
+        match tokio_tungstenite::client_async(request, stream).await {
             Ok((socket, _)) => Ok(Peer {
                 socket,
                 public_key: public_key.to_string(),
