@@ -67,7 +67,7 @@ fn print_guide(demo: &Demo) {
         .unwrap_or_else(|_| "postern".into());
     println!(
         "\nThe lab (namespaces {prefix}*):
-  internet 198.18.0.0/24   portal .2 (http://{PORTAL}), relay .3
+  internet 198.18.0.0/24   portal .2 (https://{PORTAL}, the lab's CA: {ca}), relay .3
   home 192.168.1.0/24      client .10 behind nat-home ({home:?})
   office 10.0.1.0/24       gateway-1 .11, gateway-2 .12, web .80 behind nat-office ({office:?})
 
@@ -83,7 +83,7 @@ Try, from another terminal:
   ip netns exec {client} dig {DNS_NAME}                # proxy addresses from the client's DNS stub
   ip netns exec {client} curl http://{DNS_NAME}/       # by name: the gateway resolves it in the office
   {exe} client status --status-socket {socket}
-  ip netns exec {portal} curl -H 'Authorization: Bearer {token}' http://{PORTAL}/api/v1/policies
+  ip netns exec {portal} curl --cacert {ca} -H 'Authorization: Bearer {token}' https://{PORTAL}/api/v1/policies
 
 Admin API token: {token}
 Daemon logs: {logs}
@@ -93,6 +93,7 @@ Press Ctrl-C to stop everything and remove the lab.",
         office = net.nat_office.kind,
         client = net.client.namespace(),
         portal = net.portal.namespace(),
+        ca = demo.pki.ca_file.display(),
         socket = demo.status_socket().display(),
         token = demo.setup.admin_token,
         logs = net.lab.log_dir().display(),

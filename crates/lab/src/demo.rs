@@ -7,10 +7,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 use crate::http::{self, Response, WebServer};
+use crate::pki::{CertificateFiles, TestCa, Validity};
 use crate::{Host, Lab, LabProcess, NatKind, Router};
 
 pub const PORTAL: &str = "198.18.0.2:8080";
@@ -169,6 +171,8 @@ pub struct Demo {
     pub processes: Vec<LabProcess>,
     pub gateway_processes: Vec<Option<LabProcess>>,
     pub client_process: Option<LabProcess>,
+    /// The lab's CA and the portal's certificate from it.
+    pub pki: DemoPki,
     data: PathBuf,
     // Last: the lab goes after the processes in it.
     pub net: Topology,
@@ -213,6 +217,42 @@ fn json_items(body: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// The portal serves HTTPS with a certificate from the lab's CA; the
+/// daemons trust the CA through `--ca-file`.
+pub struct DemoPki {
+    pub ca: TestCa,
+    pub ca_file: PathBuf,
+    pub portal: CertificateFiles,
+    /// For the lab's own requests to the portal.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl DemoPki {
+    fn new(data: &Path) -> Result<DemoPki> {
+        let ca = TestCa::new("Postern demo CA")?;
+        let ca_file = ca.write_ca(&data.join("ca.pem"))?;
+        let portal_ip = PORTAL.split(':').next().unwrap_or(PORTAL);
+        let portal = ca.write_server(
+            data,
+            "portal",
+            &[portal_ip, "portal.demo.test"],
+            Validity::Current,
+        )?;
+        let tls = ca.client_config()?;
+        Ok(DemoPki {
+            ca,
+            ca_file,
+            portal,
+            tls,
+        })
+    }
+
+    /// The daemons' flag for the CA.
+    pub fn ca_arg(&self) -> String {
+        format!("--ca-file={}", self.ca_file.display())
+    }
+}
+
 impl Demo {
     /// Builds the lab, starts portal, relay, gateways and client, and
     /// configures the account; returns once the client has its resources.
@@ -251,8 +291,10 @@ impl Demo {
                 OFFICE_DNS.trim_end_matches(":53")
             ))?;
         }
+        let pki = DemoPki::new(&data)?;
         let mut demo = Demo {
             options,
+            pki,
             setup: Setup::default(),
             web_server,
             office_dns,
@@ -297,6 +339,12 @@ impl Demo {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
+    /// Starts `postern ARGS` in `host` (tests start daemons the demo does
+    /// not have).
+    pub fn spawn_postern(&self, host: &Host, args: &[&str]) -> Result<LabProcess> {
+        host.spawn(self.command(host, args))
+    }
+
     fn command(&self, host: &Host, args: &[&str]) -> Command {
         let mut command = host.command(&self.options.postern);
         command.args(args).env(
@@ -321,7 +369,8 @@ impl Demo {
         let relay_token = self.postern(&["portal", "relay-token", "--database", &database])?;
         let portal = self.spawn_portal()?;
         self.processes.push(portal);
-        let url = format!("http://{PORTAL}");
+        let url = format!("https://{PORTAL}");
+        let ca_arg = self.pki.ca_arg();
         let token = token_file_arg(&self.data.join("relay.token"), &relay_token)?;
         let relay = self.command(
             &self.net.relay,
@@ -329,8 +378,7 @@ impl Demo {
                 "relay",
                 "--portal",
                 &url,
-                // The lab's portal is plain http on its public segment.
-                "--insecure-http",
+                &ca_arg,
                 &token,
                 "--listen",
                 &format!("{RELAY_IP}:3478"),
@@ -353,6 +401,7 @@ impl Demo {
     ) -> std::result::Result<Response, String> {
         let address: SocketAddr = PORTAL.parse().map_err(|_| "portal address".to_string())?;
         let token = self.setup.admin_token.clone();
+        let tls = Arc::clone(&self.pki.tls);
         let (method, path, json) = (
             method.to_string(),
             path.to_string(),
@@ -361,8 +410,9 @@ impl Demo {
         self.net
             .portal
             .enter(move || {
-                http::request(
+                http::request_tls(
                     address,
+                    &tls,
                     &method,
                     &path,
                     Some(&token),
@@ -466,7 +516,8 @@ impl Demo {
     pub fn spawn_gateway(&self, n: usize) -> Result<LabProcess> {
         let host = &self.net.gateways[n];
         let state = self.data.join(host.name());
-        let url = format!("http://{PORTAL}");
+        let url = format!("https://{PORTAL}");
+        let ca_arg = self.pki.ca_arg();
         let token = token_file_arg(&self.data.join("gateway.token"), &self.setup.gateway_token)?;
         let command = self.command(
             host,
@@ -474,8 +525,7 @@ impl Demo {
                 "gateway",
                 "--portal",
                 &url,
-                // The lab's portal is plain http on its public segment.
-                "--insecure-http",
+                &ca_arg,
                 &token,
                 "--name",
                 host.name(),
@@ -501,7 +551,8 @@ impl Demo {
     fn spawn_client(&self) -> Result<LabProcess> {
         let state = self.data.join("client");
         let resolv_conf = self.client_resolv_conf()?;
-        let url = format!("http://{PORTAL}");
+        let url = format!("https://{PORTAL}");
+        let ca_arg = self.pki.ca_arg();
         let socket = self.status_socket();
         let token = token_file_arg(&self.data.join("client.token"), &self.setup.client_token)?;
         let command = self.command(
@@ -511,8 +562,7 @@ impl Demo {
                 "up",
                 "--portal",
                 &url,
-                // The lab's portal is plain http on its public segment.
-                "--insecure-http",
+                &ca_arg,
                 &token,
                 "--name",
                 "laptop",
@@ -718,13 +768,13 @@ impl Demo {
             PUBLIC_DNS.trim_end_matches(":53")
         ))?;
         let state = self.data.join(name);
-        let url = format!("http://{PORTAL}");
+        let url = format!("https://{PORTAL}");
         let mut args = vec![
             "client".to_string(),
             "up".into(),
             "--portal".into(),
             url,
-            "--insecure-http".into(),
+            self.pki.ca_arg(),
             token_file_arg(&self.data.join(format!("{name}.token")), &token)?,
             "--name".into(),
             name.into(),
@@ -782,6 +832,10 @@ impl Demo {
                 &database,
                 "--listen",
                 PORTAL,
+                "--tls-cert",
+                &self.pki.portal.certificate.to_string_lossy(),
+                "--tls-key",
+                &self.pki.portal.key.to_string_lossy(),
                 "--metrics",
                 "198.18.0.2:9100",
             ],
@@ -939,9 +993,6 @@ impl Demo {
         self.logs()
             .lines()
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
-            // The lab's portal is plain http on purpose (--insecure-http),
-            // and every daemon says so once.
-            .filter(|line| !line.contains("--insecure-http: the portal channel is plain http"))
             .map(str::to_string)
             .collect()
     }

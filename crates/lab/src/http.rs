@@ -1,8 +1,9 @@
 //! A tiny HTTP/1.1 client and a web server for lab hosts: enough to drive
 //! the portal's REST API from inside a namespace and to download a known
 //! payload through a tunnel. Hand-written on purpose: one request per
-//! connection, `Connection: close`, no TLS, lab addresses only; a general
-//! HTTP crate would add a runtime for nothing.
+//! connection, `Connection: close`, TLS through rustls when the portal
+//! serves it, lab addresses only; a general HTTP crate would add a runtime
+//! for nothing.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -39,6 +40,38 @@ pub fn request(
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    exchange(&mut stream, address, method, path, bearer, json)
+}
+
+/// [`request`] over TLS, verifying the server as `tls` says for its IP
+/// address.
+pub fn request_tls(
+    address: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Response> {
+    let stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    let connection = rustls::ClientConnection::new(Arc::clone(tls), name)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut stream = rustls::StreamOwned::new(connection, stream);
+    exchange(&mut stream, address, method, path, bearer, json)
+}
+
+fn exchange(
+    stream: &mut (impl Read + Write),
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> std::io::Result<Response> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));

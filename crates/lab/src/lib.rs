@@ -41,6 +41,7 @@ mod impair;
 mod names;
 mod namespace;
 mod nat;
+pub mod pki;
 pub mod probe;
 mod process;
 
