@@ -131,7 +131,10 @@ pub async fn run_client(
         started.local,
         started.secret,
         started.seed,
-        ClientConfig::default(),
+        ClientConfig {
+            protected: vec![started.portal_ip],
+            ..ClientConfig::default()
+        },
     );
     let status = Some(options.status_socket.clone());
     shell::Shell::new(role, started, &config, Some(options.dns), status)?

@@ -48,6 +48,8 @@ pub struct Started {
     pub buffers: (usize, usize),
     /// A seed for the role's randomness (fresh per process).
     pub seed: u64,
+    /// The portal's address (no resource route may cover it).
+    pub portal_ip: std::net::IpAddr,
 }
 
 pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, StartError> {
@@ -96,5 +98,6 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
         udp,
         channel,
         buffers: (receive, send),
+        portal_ip,
     })
 }

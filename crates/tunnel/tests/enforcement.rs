@@ -327,3 +327,48 @@ fn an_ipv6_packet_with_a_routing_header_is_not_forwarded() {
     assert_eq!(world.forwarded_total(), before);
     assert_eq!(world.gateway(1).dropped().get("routing_header"), 1);
 }
+
+fn cidr(id: u128, prefix: &str) -> ResourceDescription {
+    ResourceDescription {
+        id: ResourceId::from_u128(id),
+        name: prefix.into(),
+        address: ResourceAddress::Cidr(prefix.parse().unwrap()),
+        address_description: None,
+        filters: vec![],
+        site_id: SiteId::from_u128(1),
+    }
+}
+
+/// Defence in depth against whoever speaks for the portal: resources
+/// whose routes would take the laptop over (the two halves of the
+/// internet, a /7, 2000::/3, a prefix over the relay the client reaches
+/// the gateways through) are not routed; the site's own prefix is.
+#[test]
+fn a_client_does_not_route_prefixes_that_would_take_it_over() {
+    let world = World::new(
+        &[Nat::PortRestricted, Nat::Open],
+        vec![
+            web_on(80),
+            cidr(310, "0.0.0.0/1"),
+            cidr(311, "128.0.0.0/1"),
+            cidr(312, "10.0.0.0/7"),
+            cidr(313, "198.18.0.0/16"),
+            cidr(314, "2000::/3"),
+        ],
+    );
+    let routes = world
+        .client_effects
+        .iter()
+        .rev()
+        .find_map(|effect| match effect {
+            postern_tunnel::effect::Effect::Routes(routes) => Some(routes.clone()),
+            _ => None,
+        })
+        .expect("the client set its routes");
+    let routes: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+    assert_eq!(routes, vec!["10.0.0.0/24"]);
+    // The two halves never get this far: they cover Postern's own and
+    // link-local ranges, which the resource address rules refuse as the
+    // client reads the portal's message. The other three are not routed.
+    assert_eq!(world.client.dropped().get("route_refused"), 3);
+}

@@ -31,6 +31,9 @@ pub struct ClientConfig {
     /// After a denial, packets are answered at once for this long before the
     /// portal is asked again.
     pub deny_hold: Duration,
+    /// Addresses that must stay outside the tunnel whatever the portal says
+    /// (its own: a route over it would cut the control channel).
+    pub protected: Vec<IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +43,7 @@ impl Default for ClientConfig {
             max_buffered_bytes: 128 * 1024,
             request_timeout: Duration::from_secs(20),
             deny_hold: Duration::from_secs(5),
+            protected: Vec::new(),
         }
     }
 }
@@ -138,6 +142,20 @@ pub struct ClientState {
     next_ref: u64,
 }
 
+/// The narrowest prefix a resource may route: a wider one is (nearly) a
+/// default route.
+const WIDEST_V4: u8 = 8;
+const WIDEST_V6: u8 = 16;
+
+/// Whether a resource's prefix may be routed into the tunnel.
+fn route_is_sane(prefix: &IpNet, protected: &[IpAddr]) -> bool {
+    let widest = match prefix {
+        IpNet::V4(_) => WIDEST_V4,
+        IpNet::V6(_) => WIDEST_V6,
+    };
+    prefix.prefix_len() >= widest && !protected.iter().any(|ip| prefix.contains(ip))
+}
+
 /// The prefixes a resource routes (DNS resources route their proxy
 /// addresses, assigned by the DNS stub). The internet resource is not
 /// routed yet: a default route into the tunnel needs the exclusions of
@@ -216,16 +234,30 @@ impl ClientState {
         self.resources.get(&id).map(|e| &e.description)
     }
 
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// What the kernel routes into the tunnel: every resource's prefixes,
     /// and the whole proxy ranges while a DNS resource exists (packets to
     /// proxies the stub never handed out are dropped here, `no_route`).
-    pub fn routes(&self) -> BTreeSet<IpNet> {
-        let mut routes: BTreeSet<IpNet> = self.resources().flat_map(routed_prefixes).collect();
+    /// Defence in depth against a portal (or whoever speaks for it) that
+    /// hands out routes which would take the laptop over: prefixes wider
+    /// than /8 (IPv4) or /16 (IPv6), which only a full tunnel needs (the
+    /// internet resource, routed with its exclusions), and prefixes over
+    /// `protected` addresses (the portal, the relays) are not routed;
+    /// the second list names them.
+    pub fn routes(&self, protected: &[IpAddr]) -> (BTreeSet<IpNet>, Vec<IpNet>) {
+        let (routes, refused): (Vec<IpNet>, Vec<IpNet>) = self
+            .resources()
+            .flat_map(routed_prefixes)
+            .partition(|prefix| route_is_sane(prefix, protected));
+        let mut routes: BTreeSet<IpNet> = routes.into_iter().collect();
         if self.resources().any(|r| r.kind() == ResourceType::Dns) {
             routes.insert(postern_model::plan::DNS_PROXY_V4.into());
             routes.insert(postern_model::plan::DNS_PROXY_V6.into());
         }
-        routes
+        (routes, refused)
     }
 
     /// Routes proxy addresses the DNS stub handed out for a DNS resource:

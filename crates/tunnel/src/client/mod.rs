@@ -57,6 +57,10 @@ pub struct ClientTunnel {
     connected: bool,
     /// What the shell was last told.
     routes: Option<BTreeSet<IpNet>>,
+    /// Resource prefixes not routed (and warned about once).
+    refused_routes: BTreeSet<IpNet>,
+    /// The relays' addresses: never routed into the tunnel.
+    relay_addresses: BTreeSet<IpAddr>,
     dns: Option<DnsConfig>,
     /// The flows the apps opened, per gateway: only answers to them come
     /// in (a gateway, or a host behind it, cannot open connections to us).
@@ -80,6 +84,8 @@ impl ClientTunnel {
             gateways: HashMap::new(),
             connected: false,
             routes: None,
+            refused_routes: BTreeSet::new(),
+            relay_addresses: BTreeSet::new(),
             dns: None,
             flows: HashMap::new(),
             next_sweep: None,
@@ -114,6 +120,22 @@ impl ClientTunnel {
         }
     }
 
+    /// The relays' addresses stay outside the tunnel.
+    fn note_relays(&mut self, relays: &[postern_model::protocol::RelayInfo]) {
+        self.relay_addresses.extend(
+            relays
+                .iter()
+                .flat_map(|r| r.addresses.iter().map(|a| a.ip())),
+        );
+    }
+
+    /// Addresses no resource route may cover: the portal's and the relays'.
+    fn protected(&self) -> Vec<IpAddr> {
+        let mut protected = self.access.config().protected.clone();
+        protected.extend(self.relay_addresses.iter().copied());
+        protected
+    }
+
     /// The resource list changed: the stub's patterns, the routes and the
     /// DNS domains follow from the access table, the one copy.
     fn resources_changed(&mut self) {
@@ -122,7 +144,13 @@ impl ClientTunnel {
         if self.addresses.is_none() {
             return;
         }
-        let routes = self.access.routes();
+        let (routes, refused) = self.access.routes(&self.protected());
+        for prefix in refused {
+            if self.refused_routes.insert(prefix) {
+                tracing::warn!(%prefix, "not routing a resource prefix that is too wide or covers the portal or a relay");
+                self.out.dropped.add("route_refused");
+            }
+        }
         if self.routes.as_ref() != Some(&routes) {
             self.routes = Some(routes.clone());
             self.out.effects.push_back(Effect::Routes(routes));
@@ -444,6 +472,7 @@ impl Role for ClientTunnel {
                 );
                 self.init_interface(&interface);
                 self.node.add_relays(&relays, now);
+                self.note_relays(&relays);
                 self.access.set_resources(resources);
                 self.resources_changed();
             }
@@ -457,7 +486,11 @@ impl Role for ClientTunnel {
                 self.access.remove_resource(id);
                 self.resources_changed();
             }
-            PortalToClient::RelaysChanged { added, .. } => self.node.add_relays(&added, now),
+            PortalToClient::RelaysChanged { added, .. } => {
+                self.node.add_relays(&added, now);
+                self.note_relays(&added);
+                self.resources_changed();
+            }
             PortalToClient::AccessGranted {
                 resource_id,
                 gateway,
