@@ -209,6 +209,30 @@ pub enum PortalCommand {
         #[arg(long, value_name = "EMAIL")]
         admin_email: String,
     },
+    /// Write a consistent copy of an SQLite database while the portal runs
+    /// (PostgreSQL: use pg_dump); keep it with the secret key
+    Backup {
+        #[arg(
+            long,
+            env = "POSTERN_DATABASE",
+            value_name = "URL",
+            default_value = "sqlite://./postern-data/postern.db"
+        )]
+        database: String,
+        /// The backup file to create (it must not exist)
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Copy a backup into a new, empty database (SQLite or PostgreSQL);
+    /// an older backup is migrated forward on the way
+    Restore {
+        /// The database to restore into (created if missing; must be empty)
+        #[arg(long, env = "POSTERN_DATABASE", value_name = "URL")]
+        database: String,
+        /// A file written by `postern portal backup`
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+    },
     /// Print a token that a relay uses to register with this portal
     RelayToken {
         #[arg(

@@ -31,6 +31,14 @@ fn main() -> ExitCode {
                 ref account,
                 ref admin_email,
             }) => finish("portal init", portal::init(database, account, admin_email)),
+            Some(PortalCommand::Backup {
+                ref database,
+                ref output,
+            }) => finish("portal backup", portal::backup(database, output)),
+            Some(PortalCommand::Restore {
+                ref database,
+                ref input,
+            }) => finish("portal restore", portal::restore(database, input)),
             Some(PortalCommand::RelayToken { ref database }) => {
                 finish("portal relay-token", portal::relay_token(database))
             }

@@ -53,6 +53,33 @@ pub fn init(database: &str, account: &str, admin_email: &str) -> anyhow::Result<
     })
 }
 
+pub fn backup(database: &str, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let store = open(database).await?;
+        store.backup_to(output).await?;
+        store.close().await;
+        eprintln!(
+            "wrote {} (mode 0600); keep it with the portal's secret key, which it needs",
+            output.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn restore(database: &str, input: &std::path::Path) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let copied = postern_portal::backup::restore(input, database).await?;
+        eprintln!(
+            "restored {} rows in {} tables from {}; start the portal with the secret key of the \
+             portal that made the backup",
+            copied.rows,
+            copied.tables,
+            input.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn relay_token(database: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let store = open(database).await?;

@@ -483,3 +483,167 @@ fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// One HTTP/1.1 POST of `json` on a fresh connection; the status, or None
+/// when the connection broke (the portal died under it).
+fn post(port: u16, path: &str, token: &str, json: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+/// `postern portal` on `url` at a free port, once it listens.
+fn start_portal(url: &str) -> (std::process::Child, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["portal", "--database", url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the portal did not listen"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the portal exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+#[test]
+fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
+    let dir = TempDir::new("durable");
+    let url = dir.url();
+    let output = postern(&[
+        "portal",
+        "init",
+        "--database",
+        &url,
+        "--account",
+        "acme",
+        "--admin-email",
+        "admin@acme.test",
+    ]);
+    let token = text(&output.stdout).trim().to_string();
+    let (mut portal, port) = start_portal(&url);
+
+    // A stream of writes; the portal is killed with SIGKILL in the middle.
+    let writer = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            let mut answered = Vec::new();
+            for n in 0..10_000 {
+                let name = format!("site-{n}");
+                match post(
+                    port,
+                    "/api/v1/sites",
+                    &token,
+                    &format!("{{\"name\": \"{name}\"}}"),
+                ) {
+                    Some(201) => answered.push(name),
+                    Some(429) => std::thread::sleep(Duration::from_millis(50)),
+                    Some(other) => panic!("{name}: HTTP {other}"),
+                    None => break,
+                }
+            }
+            answered
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // A backup taken while the writes go on.
+    let backup = dir.0.join("live.backup");
+    let made = postern(&[
+        "portal",
+        "backup",
+        "--database",
+        &url,
+        "--output",
+        &backup.display().to_string(),
+    ]);
+    assert_eq!(made.status.code(), Some(0), "{}", text(&made.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    portal.kill().unwrap();
+    portal.wait().unwrap();
+    let answered = writer.join().unwrap();
+    assert!(
+        answered.len() > 10,
+        "too few writes to mean anything: {}",
+        answered.len()
+    );
+
+    // Everything answered 201 is there after the restart.
+    let (mut portal, port) = start_portal(&url);
+    let (status, body) = http(port, "/api/v1/sites", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: std::collections::HashSet<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|site| site["name"].as_str())
+        .collect();
+    let lost: Vec<&String> = answered
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    println!(
+        "{} writes answered 201 before SIGKILL, {} lost",
+        answered.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "answered but lost: {lost:?}");
+    portal.kill().unwrap();
+    portal.wait().unwrap();
+
+    // The live backup restores into a new database, which serves.
+    let restored_url = format!("sqlite://{}/restored/portal.db", dir.0.display());
+    let restored = postern(&[
+        "portal",
+        "restore",
+        "--database",
+        &restored_url,
+        "--input",
+        &backup.display().to_string(),
+    ]);
+    assert_eq!(
+        restored.status.code(),
+        Some(0),
+        "{}",
+        text(&restored.stderr)
+    );
+    assert!(
+        text(&restored.stderr).contains("restored"),
+        "{}",
+        text(&restored.stderr)
+    );
+    // With the original's secret key beside it, as the backup needs.
+    std::fs::copy(
+        dir.0.join("data/secret.key"),
+        dir.0.join("restored/secret.key"),
+    )
+    .unwrap();
+    let (mut portal, port) = start_portal(&restored_url);
+    let (status, _) = http(port, "/api/v1/sites", Some(&token));
+    portal.kill().unwrap();
+    portal.wait().unwrap();
+    assert_eq!(status, 200);
+}

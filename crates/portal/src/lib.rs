@@ -25,7 +25,7 @@ pub(crate) mod problem;
 pub(crate) mod store;
 pub(crate) mod web;
 
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, backup};
 
 /// What the integration tests reach inside the portal: the REST router on
 /// its own, the rate limiter to loosen, and the store's token and device

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod actors;
 pub mod audit;
+pub mod backup;
 pub mod devices;
 pub mod grants;
 pub mod groups;

@@ -88,6 +88,23 @@ impl TestApp {
         }
     }
 
+    /// A portal over `store` (a restored copy of `like`'s database),
+    /// acting for the same account and admin, with the same secret key.
+    #[allow(dead_code)] // not every test binary restores
+    pub async fn attach(store: Store, like: &TestApp) -> TestApp {
+        let mut state = AppState::new(store);
+        state.secret_key = like.state.secret_key.clone();
+        let state = Arc::new(state);
+        let router = postern_portal::testing::api_router().with_state(state.clone());
+        TestApp {
+            router,
+            state,
+            token: like.token.clone(),
+            account_id: like.account_id,
+            admin_id: like.admin_id,
+        }
+    }
+
     /// A second portal node on the same database (PostgreSQL), acting for
     /// the same account and admin.
     pub async fn another_node(&self, url: &str) -> TestApp {
