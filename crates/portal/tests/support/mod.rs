@@ -88,9 +88,28 @@ impl TestApp {
         }
     }
 
+    /// A portal over an existing database (a fixture), its secret key and
+    /// an admin token of its account.
+    pub async fn adopt(
+        store: Store,
+        key: postern_portal::secrets::SecretKey,
+        token: &str,
+    ) -> TestApp {
+        let mut state = AppState::new(store);
+        state.secret_key = Some(key);
+        let state = Arc::new(state);
+        let router = postern_portal::testing::api_router().with_state(state.clone());
+        TestApp {
+            router,
+            state,
+            token: token.to_string(),
+            account_id: uuid::Uuid::nil(),
+            admin_id: uuid::Uuid::nil(),
+        }
+    }
+
     /// A portal over `store` (a restored copy of `like`'s database),
     /// acting for the same account and admin, with the same secret key.
-    #[allow(dead_code)] // not every test binary restores
     pub async fn attach(store: Store, like: &TestApp) -> TestApp {
         let mut state = AppState::new(store);
         state.secret_key = like.state.secret_key.clone();
