@@ -101,7 +101,8 @@ fn portal_mode(
             portal: portal.to_string(),
             party: Party::Relay,
             token: token.to_string(),
-            query: Vec::new(),
+            // The portal refuses versions outside its window (HTTP 426).
+            query: vec![("version".into(), env!("CARGO_PKG_VERSION").into())],
             trust,
         })?;
         let register = serde_json::to_string(&RelayToPortal::Register {
@@ -120,6 +121,9 @@ fn portal_mode(
                     Some(Incoming::Unauthorized) => bail!(
                         "the portal refused the relay token (401): make a new one with `postern portal relay-token`"
                     ),
+                    Some(Incoming::VersionRefused(reason)) => {
+                        bail!("the portal refused this version (426): {reason}")
+                    }
                     Some(Incoming::Connected) => {
                         tracing::info!("connected to the portal; registering");
                         let _ = channel.outgoing.send(register.clone()).await;

@@ -215,7 +215,8 @@ fn the_portal_serves_the_api_and_stops_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(http(port, "/health", None).0, 200);
+    assert_eq!(http(port, "/healthz", None).0, 200);
+    assert_eq!(http(port, "/readyz", None).0, 200);
     assert_eq!(http(port, "/api/v1/sites", None).0, 401);
     let (status, body) = http(port, "/api/v1/sites", Some(&token));
     assert_eq!(status, 200, "{body}");
@@ -312,11 +313,11 @@ impl Https {
         self.tls.conn.peer_certificates().unwrap()[0].to_vec()
     }
 
-    /// GET /health on this connection, kept open: the body.
+    /// GET /healthz on this connection, kept open: the body.
     fn health(&mut self) -> String {
         write!(
             self.tls,
-            "GET /health HTTP/1.1\r\nHost: portal.test\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: portal.test\r\n\r\n"
         )
         .unwrap();
         // The answer is small: headers, then "ok\n" (Content-Length 3).

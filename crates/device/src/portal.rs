@@ -40,6 +40,9 @@ impl PortalLink {
             Some(Incoming::Unauthorized) => LinkEvent::Fatal(format!(
                 "the portal refused the token (401): {sign_in_again}"
             )),
+            Some(Incoming::VersionRefused(reason)) => {
+                LinkEvent::Fatal(format!("the portal refused this version (426): {reason}"))
+            }
             Some(Incoming::Connected) => {
                 self.connected = true;
                 self.ever_connected = true;
@@ -110,6 +113,21 @@ mod tests {
                 link.on(Some(Incoming::Text(ignored.into())), "p", "s", "m");
             assert!(matches!(event, LinkEvent::Nothing), "{ignored}");
         }
+    }
+
+    #[test]
+    fn a_refused_version_is_fatal_with_the_portals_reason() {
+        let mut link = PortalLink::default();
+        assert!(matches!(
+            link.on::<PortalToClient>(Some(Incoming::Connected), "p", "s", "m"),
+            LinkEvent::Connected(true)
+        ));
+        let refused = Incoming::VersionRefused("accepts 0.1.0 to 0.1.x; update postern".into());
+        assert!(matches!(
+            link.on::<PortalToClient>(Some(refused), "p", "s", "m"),
+            LinkEvent::Fatal(message)
+                if message == "the portal refused this version (426): accepts 0.1.0 to 0.1.x; update postern"
+        ));
     }
 
     #[test]

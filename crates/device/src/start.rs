@@ -1,6 +1,6 @@
 //! Everything a device daemon does before its loop: the device id, a fresh
 //! key, the UDP socket, the host candidate's address and the portal channel
-//! (with the device's identity in the query, SPEC section 5).
+//! (with the device's identity and version in the query, SPEC section 5).
 
 use std::io;
 use std::net::SocketAddr;
@@ -86,6 +86,8 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
             ("public_key".into(), public.to_base64()),
             ("name".into(), config.name.clone()),
             ("os".into(), "Linux".into()),
+            // The portal refuses versions outside its window (HTTP 426).
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
         ],
         trust: config.trust.clone(),
     })?;

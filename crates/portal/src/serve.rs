@@ -8,13 +8,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 
 use crate::state::AppState;
+use crate::store::StoreError;
 
 pub use tls::{TlsCert, TlsError};
 
@@ -35,11 +39,57 @@ pub fn app(state: Arc<AppState>) -> Router {
     crate::api::router()
         .merge(crate::channels::router())
         .merge(crate::web::router())
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        // The name before `/healthz`, kept for probes set up against it.
+        .route("/health", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
         .layer(axum::middleware::map_response(
             move |response: Response| async move { security_headers(response, https) },
         ))
+}
+
+/// Liveness: the process answers HTTP. Nothing else is checked, so a
+/// database outage never gets the portal restarted by its supervisor.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// How long `/readyz` waits for the database before calling it down (the
+/// pool would wait 30 s for a connection).
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// Readiness: 200 once the database answers a trivial query and holds every
+/// migration; 503 with a short reason otherwise (the cause is logged, not
+/// shown: probes may be unauthenticated).
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    match tokio::time::timeout(READY_WAIT, state.store.ready()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
+        Ok(Err(error @ StoreError::NotMigrated { .. })) => {
+            tracing::warn!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: database migrations are not done\n",
+            )
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "not ready: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the database does not answer\n",
+            )
+        }
+        Err(_) => {
+            tracing::warn!(
+                wait_s = READY_WAIT.as_secs(),
+                "not ready: the database did not answer in time"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the database does not answer\n",
+            )
+        }
+    }
 }
 
 /// Headers on every answer, API and pages alike (review L11); the pages add

@@ -29,7 +29,9 @@ pub enum SetupError {
 
 /// Words the portal uses as the first path segment, which an account slug
 /// would shadow.
-const RESERVED_SLUGS: &[&str] = &["api", "v1", "scim", "metrics", "static", "assets", "health"];
+const RESERVED_SLUGS: &[&str] = &[
+    "api", "v1", "scim", "metrics", "static", "assets", "health", "healthz", "readyz",
+];
 
 pub fn validate_slug(slug: &str) -> bool {
     let bytes = slug.as_bytes();

@@ -301,3 +301,60 @@ async fn bodies_and_tokens_are_bounded() {
         "{body}"
     );
 }
+
+/// GET `path` on the portal's whole router: status and body.
+async fn probe(app: &TestApp, path: &str) -> (StatusCode, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = postern_portal::serve::app(app.state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_and_healthz_only_the_process() {
+    let db = TempDb::new("ready");
+    let app = TestApp::open(&db.url(), "acme").await;
+    assert_eq!(
+        probe(&app, "/healthz").await,
+        (StatusCode::OK, "ok\n".into())
+    );
+    assert_eq!(
+        probe(&app, "/health").await,
+        (StatusCode::OK, "ok\n".into())
+    );
+    assert_eq!(
+        probe(&app, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+
+    // The newest migration undone (a rollback, a hand-edited database).
+    let mut tx = app.state.store.write().await.unwrap();
+    let undone = sqlx::query(
+        "DELETE FROM _sqlx_migrations \
+         WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(undone.rows_affected(), 1);
+    tx.commit().await.unwrap();
+    let (status, body) = probe(&app, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("migrations"), "{body}");
+
+    // The pool closed: the database cannot answer at all.
+    app.state.store.close().await;
+    let (status, body) = probe(&app, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("database does not answer"), "{body}");
+    // Liveness does not care.
+    assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
+}

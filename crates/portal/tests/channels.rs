@@ -977,3 +977,112 @@ async fn hostile_frames_do_not_break_the_channel() {
     // (Compared as a bool: a failure must not print a 60 KB ref.)
     assert!(granted["ref"] == "after", "an oversized ref was honoured");
 }
+
+/// The portal's version with its minor moved by `step` (and the patch 0);
+/// `None` below 0.
+fn minor_away(step: i64) -> Option<String> {
+    let portal = env!("CARGO_PKG_VERSION");
+    let mut parts = portal.split('.').map(|p| p.parse::<i64>().unwrap());
+    let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+    (minor + step >= 0).then(|| format!("{major}.{}.0", minor + step))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_say_their_version_and_other_minors_are_refused_with_the_reason() {
+    let w = world("version").await;
+    let portal = env!("CARGO_PKG_VERSION");
+    let device = |id: &str, version: &str| {
+        format!(
+            "device_id={id}&public_key={}&name={id}&os=Linux&version={version}",
+            key(7)
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        )
+    };
+    // Too new, then too old (the minor before the portal's, if any).
+    let newer = minor_away(1).unwrap();
+    let refused = Peer::connect_query(
+        w.addr,
+        "/v1/gateway",
+        &w.gateway_token,
+        &device("gw", &newer),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.0, 426, "{}", refused.1);
+    let detail: serde_json::Value = serde_json::from_str(&refused.1).unwrap();
+    let detail = detail["detail"].as_str().unwrap();
+    assert!(detail.contains("accepts daemons"), "{detail}");
+    assert!(detail.contains(&format!("this one is {newer}")), "{detail}");
+    assert!(detail.contains("update the portal"), "{detail}");
+    if let Some(older) = minor_away(-1) {
+        let refused =
+            Peer::connect_query(w.addr, "/v1/client", &w.client_token, &device("c", &older))
+                .await
+                .err()
+                .unwrap();
+        assert_eq!(refused.0, 426, "{}", refused.1);
+        assert!(refused.1.contains("update postern"), "{}", refused.1);
+    }
+    let relay_token = postern_portal::setup::relay_token(&w.app.state.store)
+        .await
+        .unwrap();
+    let refused = Peer::connect_query(
+        w.addr,
+        "/v1/relay",
+        &relay_token,
+        &format!("version={newer}"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.0, 426, "{}", refused.1);
+    // Not a version at all.
+    let refused = Peer::connect_query(w.addr, "/v1/client", &w.client_token, &device("c", "soon"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.0, 400, "{}", refused.1);
+    // Nothing refused was recorded.
+    let clients = w.app.expect(StatusCode::OK, "GET", "/clients", None).await;
+    assert_eq!(clients["data"], json!([]), "{clients}");
+
+    // The same minor joins, and the listings show the version; so does a
+    // daemon from before versions were sent, without one.
+    let mut gateway = Peer::connect_query(
+        w.addr,
+        "/v1/gateway",
+        &w.gateway_token,
+        &device("gw", portal),
+    )
+    .await
+    .unwrap();
+    assert_eq!(gateway.next().await["type"], "init");
+    let mut client = Peer::connect(w.addr, "/v1/client", &w.client_token, "old", &key(8))
+        .await
+        .unwrap();
+    assert_eq!(client.next().await["type"], "init");
+    let mut relay = Peer::connect_query(
+        w.addr,
+        "/v1/relay",
+        &relay_token,
+        &format!("version={portal}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(relay.next().await["type"], "init");
+    let gateways = w
+        .app
+        .expect(
+            StatusCode::OK,
+            "GET",
+            &format!("/sites/{}/gateways", w.site),
+            None,
+        )
+        .await;
+    assert_eq!(gateways["data"][0]["version"], portal, "{gateways}");
+    let clients = w.app.expect(StatusCode::OK, "GET", "/clients", None).await;
+    assert_eq!(clients["data"][0]["version"], json!(null), "{clients}");
+}

@@ -21,7 +21,10 @@ async fn every_endpoint_on_postgres_and_newer_schemas_are_refused() {
     let store = postern_portal::Store::open(&url).await.unwrap();
     store.close().await;
     let store = postern_portal::Store::open(&url).await.unwrap();
+    // Readiness (`/readyz`) asks the same query of PostgreSQL.
+    store.ready().await.unwrap();
     store.close().await;
+    assert!(store.ready().await.is_err(), "a closed pool is not ready");
     {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();

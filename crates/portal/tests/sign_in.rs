@@ -676,7 +676,7 @@ async fn every_answer_carries_the_security_headers() {
             .unwrap();
         let base = &portal.base;
         let requests = [
-            client.get(format!("{base}/health")),
+            client.get(format!("{base}/healthz")),
             client.get(format!("{base}/acme/sign_in")),
             client.get(format!("{base}/acme")),
             client.get(format!("{base}/nosuch/sign_in")),

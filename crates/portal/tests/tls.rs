@@ -201,7 +201,7 @@ async fn https_serves_pages_and_the_channels_over_wss() {
     let port = w.addr.port();
 
     let health = https
-        .get(format!("https://{NAME}:{port}/health"))
+        .get(format!("https://{NAME}:{port}/healthz"))
         .send()
         .await
         .unwrap();
@@ -222,7 +222,7 @@ async fn https_serves_pages_and_the_channels_over_wss() {
     assert!(page.text().await.unwrap().contains("<form"));
     // The same port speaks no plain HTTP.
     let plain = reqwest::Client::new()
-        .get(format!("http://{}/health", w.addr))
+        .get(format!("http://{}/healthz", w.addr))
         .send()
         .await;
     assert!(plain.is_err(), "{plain:?}");
@@ -254,7 +254,7 @@ async fn a_client_trusting_another_ca_fails_the_handshake() {
     assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     let https = other.https(w.addr);
     let refused = https
-        .get(format!("https://{NAME}:{}/health", w.addr.port()))
+        .get(format!("https://{NAME}:{}/healthz", w.addr.port()))
         .send()
         .await;
     assert!(refused.is_err(), "{refused:?}");
@@ -308,7 +308,7 @@ async fn a_reload_reaches_new_connections_and_open_ones_keep_working() {
     still_answers(&mut after, "new-channel").await;
     let https = ca.https(w.addr);
     let health = https
-        .get(format!("https://{NAME}:{}/health", w.addr.port()))
+        .get(format!("https://{NAME}:{}/healthz", w.addr.port()))
         .send()
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //! token, device identity in the query, JSON text frames. It runs as a task of
 //! its own and reconnects with jittered exponential backoff, so the data plane
 //! keeps forwarding while the portal is away (F22); a 401 means the token is no
-//! good and is never retried.
+//! good and a 426 that the portal does not take this daemon's version: neither
+//! is retried.
 
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub enum Incoming {
     Lost { error: String, retry_in: Duration },
     /// The portal refused the token (HTTP 401): sign in again. Final.
     Unauthorized,
+    /// The portal does not take this daemon's version (HTTP 426); its
+    /// reason, in one line (which versions it takes, what to update). Final.
+    VersionRefused(String),
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +73,7 @@ pub struct ChannelConfig {
     pub portal: String,
     pub party: Party,
     pub token: String,
-    /// Query parameters: device_id, public_key, name.
+    /// Query parameters: device_id, public_key, name, os, version.
     pub query: Vec<(String, String)>,
     /// Roots for an https:// portal; whether http:// may leave loopback.
     pub trust: PortalTrust,
@@ -164,6 +168,7 @@ enum Ended {
     /// Nobody listens any more: stop.
     Closed,
     Unauthorized,
+    VersionRefused(String),
     Lost(String),
 }
 
@@ -182,6 +187,10 @@ async fn run(
             Ended::Closed => return,
             Ended::Unauthorized => {
                 let _ = incoming.send(Incoming::Unauthorized);
+                return;
+            }
+            Ended::VersionRefused(reason) => {
+                let _ = incoming.send(Incoming::VersionRefused(reason));
                 return;
             }
             Ended::Lost(error) => error,
@@ -214,6 +223,34 @@ fn describe_connect_error(error: &tungstenite::Error, url: &Url) -> String {
     match tls {
         Some(tls) => describe_tls_error(tls, url.host_str().unwrap_or("")),
         None => error.to_string(),
+    }
+}
+
+/// The portal's reason for a 426, from its answer's body (a problem+json
+/// `detail`, or plain text) as far as it came with the head: one line of
+/// at most 300 printable characters. The portal's word is shown, never
+/// obeyed; a body that did not come gets a generic line.
+fn refusal_reason(body: Option<&[u8]>) -> String {
+    let body = body.unwrap_or_default();
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("detail")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let line: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    if line.is_empty() {
+        format!(
+            "the portal does not take this daemon's version ({}): update postern or the portal",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        line
     }
 }
 
@@ -250,6 +287,9 @@ async fn connect_and_pump(
         Err(_) => return Ended::Lost("connecting timed out".into()),
         Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
             return Ended::Unauthorized;
+        }
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 426 => {
+            return Ended::VersionRefused(refusal_reason(response.body().as_deref()));
         }
         Ok(Err(tungstenite::Error::Http(response))) => {
             return Ended::Lost(format!("the portal answered HTTP {}", response.status()));
@@ -294,5 +334,101 @@ async fn connect_and_pump(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test: unwrap is the assertion
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A portal on loopback that answers every handshake with `answer`;
+    /// its URL and how many connections it took.
+    fn refusing_portal(answer: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let portal = format!("http://{}", listener.local_addr().unwrap());
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&taken);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (portal, taken)
+    }
+
+    async fn refused_with(answer: &'static str) -> (Vec<Incoming>, usize) {
+        let (portal, taken) = refusing_portal(answer);
+        let mut channel = open(ChannelConfig {
+            portal,
+            party: Party::Gateway,
+            token: "t".into(),
+            query: vec![("version".into(), "9.9.9".into())],
+            trust: PortalTrust::new(None, false).unwrap(),
+        })
+        .unwrap();
+        let mut heard = Vec::new();
+        // The task ends after a final answer: the channel closes.
+        while let Some(incoming) =
+            tokio::time::timeout(Duration::from_secs(5), channel.incoming.recv())
+                .await
+                .unwrap()
+        {
+            heard.push(incoming);
+        }
+        (heard, taken.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_426_is_final_and_says_the_portals_reason() {
+        let (heard, taken) = refused_with(
+            "HTTP/1.1 426 Upgrade Required\r\nContent-Type: application/problem+json\r\n\
+             Content-Length: 85\r\nConnection: close\r\n\r\n\
+             {\"status\":426,\"detail\":\"this portal accepts daemons 0.1.0 to 0.1.x;\\nupdate postern\"}",
+        )
+        .await;
+        assert!(
+            matches!(
+                &heard[..],
+                [Incoming::VersionRefused(reason)]
+                    if reason == "this portal accepts daemons 0.1.0 to 0.1.x; update postern"
+            ),
+            "{heard:?}"
+        );
+        assert_eq!(taken, 1, "never retried");
+    }
+
+    #[tokio::test]
+    async fn a_426_without_a_body_still_stops_with_a_line() {
+        let (heard, taken) =
+            refused_with("HTTP/1.1 426 Upgrade Required\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            matches!(
+                &heard[..],
+                [Incoming::VersionRefused(reason)] if reason.contains("update postern")
+            ),
+            "{heard:?}"
+        );
+        assert_eq!(taken, 1);
+    }
+
+    #[test]
+    fn the_reason_is_one_bounded_printable_line() {
+        assert_eq!(
+            refusal_reason(Some(b"  too\r\nold \x1b[31m ")),
+            "too old [31m"
+        );
+        assert_eq!(refusal_reason(Some(&[b'x'; 1000])).len(), 300);
+        assert_eq!(refusal_reason(Some(br#"{"detail": "why"}"#)), "why");
     }
 }

@@ -11,33 +11,62 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Serves `GET /metrics` with whatever `render` returns, on a thread.
+/// Serves `GET /metrics` with whatever `render` returns, and `GET /healthz`
+/// (the daemon's process answers: 200 "ok"), on a thread.
 pub fn serve(
     address: SocketAddr,
     render: impl Fn() -> String + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(address)?;
+    serve_on(TcpListener::bind(address)?, render)
+}
+
+/// [`serve`] on a listener already bound.
+pub fn serve_on(
+    listener: TcpListener,
+    render: impl Fn() -> String + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut request = [0u8; 1024];
-                let n = stream.read(&mut request).unwrap_or(0);
-                let first_line = String::from_utf8_lossy(&request[..n]);
-                let (status, body) = if first_line.starts_with("GET /metrics ") {
-                    ("200 OK", render())
+                let first_line = request_head(&mut stream);
+                let (status, kind, body) = if first_line.starts_with("GET /metrics ") {
+                    ("200 OK", "text/plain; version=0.0.4", render())
+                } else if first_line.starts_with("GET /healthz ") {
+                    // Liveness only: this thread answering means the process
+                    // runs; the portal link is in `postern_portal_connected`.
+                    ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string())
                 } else {
-                    ("404 Not Found", "only /metrics is served here\n".to_string())
+                    (
+                        "404 Not Found",
+                        "text/plain; charset=utf-8",
+                        "only /metrics and /healthz are served here\n".to_string(),
+                    )
                 };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
         })
+}
+
+/// The request head, read to its end (a request may come in pieces; a reset
+/// from unread bytes could cut the answer), at most 1 KiB, within the read
+/// timeout. Only its first line matters.
+fn request_head(stream: &mut impl Read) -> String {
+    let mut request = [0u8; 1024];
+    let mut n = 0;
+    while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut request[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => n += read,
+        }
+    }
+    String::from_utf8_lossy(&request[..n]).into_owned()
 }
 
 /// What a device loop counts, owned by the loop (no atomics on the packet
@@ -207,5 +236,35 @@ impl DeviceMetrics {
             &errors,
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test: unwrap is the assertion
+    use super::*;
+
+    fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        // In pieces, as a slow client may send it.
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: metrics\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn healthz_metrics_and_nothing_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        serve_on(listener, || "postern_up 1\n".to_string()).unwrap();
+        let health = get(address, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+        let metrics = get(address, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+        assert!(metrics.ends_with("\r\n\r\npostern_up 1\n"), "{metrics}");
+        let other = get(address, "/healthzz");
+        assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
     }
 }

@@ -111,6 +111,7 @@ async fn first_words(portal: String, trust: PortalTrust) -> Vec<String> {
             Incoming::Text(text) => heard.push(text),
             Incoming::Lost { error, .. } => return vec![error],
             Incoming::Unauthorized => return vec!["unauthorized".to_string()],
+            Incoming::VersionRefused(reason) => return vec![reason],
         }
     }
     heard

@@ -19,6 +19,7 @@ mod notify;
 pub(crate) mod seal;
 mod shell;
 mod socket;
+mod version;
 mod writer;
 
 use std::sync::Arc;

@@ -71,22 +71,21 @@ pub(super) async fn gateway(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A relay sends only its `version`; the device parameters are ignored.
 pub(super) async fn relay(
     state: Shared,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    join(
-        state,
-        peer,
-        headers,
-        ConnectParams::default(),
-        ws,
-        TokenKind::Relay,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    let params = ConnectParams {
+        version: params.version,
+        ..ConnectParams::default()
+    };
+    join(state, peer, headers, params, ws, TokenKind::Relay)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn bad_request(field: &str, detail: &str) -> Problem {
@@ -146,6 +145,27 @@ async fn join(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(256).collect::<String>());
     let remote_ip = peer.ip();
+    // After the token, so only its holders learn the portal's version;
+    // before anything is recorded, so a refused daemon leaves no trace.
+    let version = text_param("version", params.version.as_deref(), false, 64)?;
+    let who = match kind {
+        TokenKind::Relay => "relay".to_string(),
+        // Debug-quoted: the id is the daemon's word, not yet checked.
+        _ => format!(
+            "{} {:?}",
+            kind.as_str(),
+            params
+                .device_id
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(128)
+                .collect::<String>()
+        ),
+    };
+    if let Some(refused) = super::version::refusal(version.as_deref(), &who) {
+        return Ok(refused);
+    }
 
     let (party, public_key, speaker) = match kind {
         TokenKind::Relay => {
@@ -165,7 +185,6 @@ async fn join(
             let name = text_param("name", params.name.as_deref(), false, 255)?
                 .unwrap_or_else(|| device_id.clone());
             let os = text_param("os", params.os.as_deref(), false, 64)?;
-            let version = text_param("version", params.version.as_deref(), false, 64)?;
             // Two devices joining at once may pick the same address index; the
             // unique index refuses one, which tries again.
             let mut attempts = 0;

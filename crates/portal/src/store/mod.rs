@@ -60,6 +60,10 @@ pub enum StoreError {
     NewerSchema(i64),
     #[error("database migration failed: {0}")]
     Migrate(#[source] MigrateError),
+    /// The database answers but lacks migrations this version runs
+    /// (`/readyz`).
+    #[error("the database has migration {have} of {want}")]
+    NotMigrated { have: i64, want: i64 },
     /// A uniqueness rule was broken (a duplicate name, say).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -150,6 +154,29 @@ impl Store {
             Err(MigrateError::VersionMissing(version)) => Err(StoreError::NewerSchema(version)),
             Err(error) => Err(StoreError::Migrate(error)),
         }
+    }
+
+    /// Whether the database answers a trivial query and holds every
+    /// migration this version knows, all of them run to success (`/readyz`).
+    /// `open` migrates before it returns, so a missing one means another
+    /// node's rollback or a hand-edited database; a closed pool or an
+    /// unreachable server is the usual failure.
+    pub async fn ready(&self) -> Result<()> {
+        let want = migrations(self.engine)
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let mut conn = self.pool.acquire().await?;
+        let have: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&mut *conn)
+                .await?;
+        let have = have.unwrap_or(0);
+        if have < want {
+            return Err(StoreError::NotMigrated { have, want });
+        }
+        Ok(())
     }
 
     /// A transaction for a request that only reads.

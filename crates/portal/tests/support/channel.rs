@@ -93,6 +93,19 @@ impl Peer {
         Peer::connect_over(Box::new(stream), &url, token, device_id, public_key).await
     }
 
+    /// Connects over TCP with `query` as the whole query string;
+    /// `Err((status, body))` if the portal refused the handshake.
+    pub async fn connect_query(
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        query: &str,
+    ) -> Result<Peer, (u16, String)> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let url = format!("ws://{addr}{path}?{query}");
+        Peer::connect_url(Box::new(tcp), &url, token, "").await
+    }
+
     async fn connect_over(
         stream: Box<dyn Io>,
         base: &str,
@@ -104,6 +117,17 @@ impl Peer {
             "{base}?device_id={device_id}&public_key={}&name={device_id}&os=Linux",
             urlencode(public_key)
         );
+        Peer::connect_url(stream, &url, token, public_key)
+            .await
+            .map_err(|(status, _)| status)
+    }
+
+    async fn connect_url(
+        stream: Box<dyn Io>,
+        url: &str,
+        token: &str,
+        public_key: &str,
+    ) -> Result<Peer, (u16, String)> {
         let mut request = url.into_client_request().unwrap();
         request
             .headers_mut()
@@ -114,7 +138,11 @@ impl Peer {
                 public_key: public_key.to_string(),
             }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                Err(response.status().as_u16())
+                let body = response.body().as_deref().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    String::from_utf8_lossy(body).into_owned(),
+                ))
             }
             Err(other) => panic!("websocket connect failed: {other}"),
         }
