@@ -4,12 +4,11 @@
 //! silence or a peer that stops reading ends the connection. What a channel
 //! sends is held to its allowance (see `allowance`) before the hub sees it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -23,6 +22,7 @@ use super::allowance::{Allowance, ChannelRate, Verdict};
 use super::hub::{DeviceFacts, Inbound, Joined, Party, TokenFacts};
 use super::inbound::{MAX_MESSAGE, Speaker, parse};
 use super::shell::{HubEvent, Outbound};
+use crate::client_ip::ClientAddr;
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -49,7 +49,7 @@ type Shared = State<Arc<AppState>>;
 
 pub(super) async fn client(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
@@ -61,7 +61,7 @@ pub(super) async fn client(
 
 pub(super) async fn gateway(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
@@ -73,7 +73,7 @@ pub(super) async fn gateway(
 
 pub(super) async fn relay(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -115,7 +115,7 @@ fn text_param(
 
 async fn join(
     State(state): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(remote_ip): ClientAddr,
     headers: HeaderMap,
     params: ConnectParams,
     ws: WebSocketUpgrade,
@@ -145,7 +145,6 @@ async fn join(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(256).collect::<String>());
-    let remote_ip = peer.ip();
 
     let (party, public_key, speaker) = match kind {
         TokenKind::Relay => {
