@@ -102,6 +102,30 @@ pub struct PortalArgs {
     /// MaxMind-format GeoIP database for country conditions
     #[arg(long, env = "POSTERN_GEOIP_DB", value_name = "PATH")]
     pub geoip_db: Option<PathBuf>,
+    /// Reverse proxies in front of the portal (addresses or CIDRs; repeat
+    /// or separate with commas). Only a request whose TCP peer is in one of
+    /// them has its client address taken from --proxy-header, walked from
+    /// the right past trusted proxies. Default: none, the headers are
+    /// ignored and the client is the TCP peer
+    #[arg(
+        long,
+        env = "POSTERN_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies append the client address to:
+    /// x-forwarded-for or forwarded (RFC 7239 for=). Only this one is read:
+    /// a proxy passes the other through as the client wrote it
+    #[arg(
+        long,
+        env = "POSTERN_PROXY_HEADER",
+        value_name = "HEADER",
+        default_value = "x-forwarded-for",
+        requires = "trusted_proxies"
+    )]
+    pub proxy_header: postern_portal::client_ip::ForwardedHeader,
     /// File with the key that seals identity-provider secrets (base64 of 32
     /// bytes); created (mode 0600) if missing. Default: secret.key beside the
     /// SQLite database, or ./postern-data/secret.key

@@ -203,6 +203,17 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             Some(path) => state.geoip = Some(GeoIp::open(path)?),
             None => tracing::info!("no --geoip-db: country conditions fail closed"),
         }
+        state.trusted_proxies = postern_portal::client_ip::TrustedProxies {
+            networks: args.trusted_proxies.clone(),
+            header: args.proxy_header,
+        };
+        if !args.trusted_proxies.is_empty() {
+            tracing::info!(
+                proxies = ?args.trusted_proxies,
+                header = args.proxy_header.name(),
+                "taking client addresses from trusted proxies"
+            );
+        }
         let key = secret_key(&args)?;
         key.check_against(&store).await?;
         state.secret_key = Some(key);

@@ -9,6 +9,7 @@
 //! few extra handles are in `testing`, behind the `testing` feature.
 
 pub mod auth;
+pub mod client_ip;
 pub mod domain;
 pub mod geoip;
 pub mod metrics;

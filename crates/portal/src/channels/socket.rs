@@ -4,12 +4,11 @@
 //! silence or a peer that stops reading ends the connection. What a channel
 //! sends is held to its allowance (see `allowance`) before the hub sees it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -23,6 +22,7 @@ use super::allowance::{Allowance, ChannelRate, Verdict};
 use super::hub::{DeviceFacts, Inbound, Joined, Party, TokenFacts};
 use super::inbound::{MAX_MESSAGE, Speaker, parse};
 use super::shell::{HubEvent, Outbound};
+use crate::client_ip::ClientAddr;
 use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -49,7 +49,7 @@ type Shared = State<Arc<AppState>>;
 
 pub(super) async fn client(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
@@ -61,7 +61,7 @@ pub(super) async fn client(
 
 pub(super) async fn gateway(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
@@ -74,7 +74,7 @@ pub(super) async fn gateway(
 /// A relay sends only its `version`; the device parameters are ignored.
 pub(super) async fn relay(
     state: Shared,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     ws: WebSocketUpgrade,
@@ -114,7 +114,7 @@ fn text_param(
 
 async fn join(
     State(state): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(remote_ip): ClientAddr,
     headers: HeaderMap,
     params: ConnectParams,
     ws: WebSocketUpgrade,
@@ -144,7 +144,6 @@ async fn join(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(256).collect::<String>());
-    let remote_ip = peer.ip();
     // After the token, so only its holders learn the portal's version;
     // before anything is recorded, so a refused daemon leaves no trace.
     let version = text_param("version", params.version.as_deref(), false, 64)?;

@@ -74,6 +74,9 @@ pub struct AppState {
     pub sign_in_limiter: RateLimiter,
     /// Sign-in forms posted, per client IP (looser: an office shares one).
     pub sign_in_ip_limiter: RateLimiter,
+    /// Proxies whose forwarding header names the client (`--trusted-proxies`);
+    /// none by default: the client is the TCP peer.
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
     /// Calls to identity providers.
     pub oidc_http: OnceLock<reqwest::Client>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
@@ -102,6 +105,7 @@ impl AppState {
             sign_in_limiter: RateLimiter::with_rate(5, 1.0 / 60.0),
             // Thirty at once, then one every two seconds, per IP.
             sign_in_ip_limiter: RateLimiter::with_rate(30, 0.5),
+            trusted_proxies: crate::client_ip::TrustedProxies::default(),
             oidc_http: OnceLock::new(),
             changes: Mutex::new(None),
             online: Online::default(),

@@ -11,11 +11,10 @@ pub mod html;
 pub mod oidc;
 pub mod session;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -133,9 +132,9 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub fn of(peer: SocketAddr, headers: &HeaderMap) -> Self {
+    pub fn of(client: std::net::IpAddr, headers: &HeaderMap) -> Self {
         RequestMeta {
-            ip: peer.ip(),
+            ip: client,
             user_agent: headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
@@ -361,8 +360,9 @@ pub fn see_other(location: &str) -> Response {
     response
 }
 
-/// Peer address extractor shorthand.
-pub type Peer = ConnectInfo<SocketAddr>;
+/// The client's address (the TCP peer, or who a trusted proxy forwarded
+/// for): see `client_ip`.
+pub type Peer = crate::client_ip::ClientAddr;
 
 #[cfg(test)]
 mod tests {

@@ -159,7 +159,7 @@ pub async fn start(
     let client = params.request()?;
     super::email::rate_limited(
         &state,
-        super::email::limit_key("oidc-ip", account.id, &peer.0.ip().to_string()),
+        super::email::limit_key("oidc-ip", account.id, &peer.0.to_string()),
         None,
     )?;
     let provider = provider(&state, &account, &provider_id).await?;

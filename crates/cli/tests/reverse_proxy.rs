@@ -1,0 +1,470 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! `postern portal --trusted-proxies` behind a real nginx (security review
+//! M7): a page, an API call and a gateway channel (WebSocket) pass through
+//! it, and the session log records the address the test connected from
+//! (127.0.0.2), not nginx's (127.0.0.1), even though the client sends
+//! spoofed `X-Forwarded-For` and `Forwarded` headers of its own. Without
+//! the flag the portal records nginx. Needs nginx: `apt-get install nginx`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The address the test's requests come from; nginx connects from 127.0.0.1.
+const CLIENT: &str = "127.0.0.2";
+/// What the client claims to be; it must never show up.
+const SPOOFED: &str = "203.0.113.66";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("postern-proxy-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped when the test ends, however it ends: SIGTERM
+/// first (nginx's master then stops its workers; SIGKILL would orphan
+/// them), SIGKILL after 10 s.
+struct Running(Child, &'static str);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn postern() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("POSTERN_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(child: &mut Running, port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{} did not listen on {port}",
+            child.1
+        );
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("{} exited early: {status}", child.1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP connection to `port` from `from` (a loopback address of its own).
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// One request from `CLIENT` carrying spoofed forwarding headers; returns
+/// the status and the body (for a 101, the head only).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = connect_from(CLIENT, port);
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    let length = if method == "POST" {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    } else {
+        String::new()
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\
+         X-Forwarded-For: {SPOOFED}\r\nForwarded: for={SPOOFED}\r\n{length}{extra}\r\n{body}"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Until the end of a `Connection: close` response, or a 101's head.
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+            Err(error) => panic!("reading the response to {path}: {error}"),
+        }
+        if response.starts_with(b"HTTP/1.1 101") && response.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP response to {path}: {response:?}"));
+    let body = match response.split_once("\r\n\r\n") {
+        Some((head, body)) if status != 101 => {
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(body)
+            } else {
+                body.to_string()
+            }
+        }
+        _ => response.clone(),
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn get(port: u16, path: &str, token: &str) -> (u16, String) {
+    request(port, "GET", path, token, "Connection: close\r\n", "")
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A gateway joins its channel (a WebSocket upgrade) and hangs up.
+fn join_gateway(port: u16, token: &str, device: &str, key_byte: u8) {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([key_byte; 32]);
+    let key = key
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let (status, head) = request(
+        port,
+        "GET",
+        &format!("/v1/gateway?device_id={device}&public_key={key}&name={device}"),
+        token,
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "",
+    );
+    assert_eq!(status, 101, "the gateway channel must open: {head}");
+}
+
+/// The address the portal recorded for the newest session, which must be
+/// the gateway `device` joining.
+fn newest_session_ip(port: u16, admin: &str) -> IpAddr {
+    let (status, body) = get(port, "/api/v1/sessions?limit=1", admin);
+    assert_eq!(status, 200, "{body}");
+    let sessions = json(&body);
+    let newest = &sessions["data"][0];
+    assert_eq!(newest["kind"], "gateway_connect", "{body}");
+    newest["remote_ip"].as_str().unwrap().parse().unwrap()
+}
+
+fn start_portal(database: &str, port: u16, extra: &[&str]) -> Running {
+    let mut child = Running(
+        postern()
+            .args([
+                "portal",
+                "--database",
+                database,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "the portal",
+    );
+    wait_listening(&mut child, port);
+    child
+}
+
+fn nginx_config(dir: &Path, listen: u16, portal: u16) -> PathBuf {
+    let d = dir.display();
+    let config = format!(
+        r#"
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://127.0.0.1:{portal};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header Forwarded "$http_forwarded, for=$remote_addr";
+            proxy_read_timeout 60s;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn nginx_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(candidate).is_file() {
+            return candidate.into();
+        }
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v nginx"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty());
+    match found {
+        Some(path) => path.into(),
+        None => panic!(
+            "nginx is not installed: this test runs the portal behind a real nginx; \
+             install it (Debian: apt-get install nginx)"
+        ),
+    }
+}
+
+#[test]
+fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
+    let nginx = nginx_binary();
+    let dir = TempDir::new("nginx");
+    let database = format!("sqlite://{}/data/portal.db", dir.0.display());
+    let init = postern()
+        .args([
+            "portal",
+            "init",
+            "--database",
+            &database,
+            "--account",
+            "acme",
+            "--admin-email",
+            "admin@acme.test",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let admin = String::from_utf8_lossy(&init.stdout).trim().to_string();
+
+    let portal_port = free_port();
+    let nginx_port = free_port();
+    let config = nginx_config(&dir.0, nginx_port, portal_port);
+    let mut proxy = Running(
+        Command::new(&nginx)
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-e")
+            .arg(dir.0.join("error.log"))
+            .arg("-c")
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nginx.display())),
+        "nginx",
+    );
+    wait_listening(&mut proxy, nginx_port);
+
+    // Not trusted: the portal records nginx, whatever the headers say.
+    let portal = start_portal(&database, portal_port, &[]);
+    let (status, body) = get(nginx_port, "/api/v1/sites", &admin);
+    assert_eq!(status, 200, "an API call through nginx: {body}");
+    let (status, body) = request(
+        nginx_port,
+        "POST",
+        "/api/v1/sites",
+        &admin,
+        "Connection: close\r\n",
+        r#"{"name":"proxied"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let site = json(&body)["id"].as_str().unwrap().to_string();
+    let (status, body) = request(
+        nginx_port,
+        "POST",
+        &format!("/api/v1/sites/{site}/gateway_tokens"),
+        &admin,
+        "Connection: close\r\n",
+        "{}",
+    );
+    assert_eq!(status, 201, "{body}");
+    let gateway = json(&body)["token"].as_str().unwrap().to_string();
+    let (status, page) = get(nginx_port, "/acme/sign_in", "");
+    assert_eq!(status, 200, "a page through nginx: {page}");
+    assert!(page.contains("<html") || page.contains("<!"), "{page}");
+
+    join_gateway(nginx_port, &gateway, "gw-untrusted", 1);
+    assert_eq!(
+        newest_session_ip(nginx_port, &admin),
+        "127.0.0.1".parse::<IpAddr>().unwrap(),
+        "without --trusted-proxies the client is the TCP peer, nginx"
+    );
+    drop(portal);
+
+    // Trusted, X-Forwarded-For: the address the test connected from.
+    let portal = start_portal(
+        &database,
+        portal_port,
+        &["--trusted-proxies", "127.0.0.1/32"],
+    );
+    assert_eq!(get(nginx_port, "/api/v1/sites", &admin).0, 200);
+    join_gateway(nginx_port, &gateway, "gw-xff", 2);
+    assert_eq!(
+        newest_session_ip(nginx_port, &admin),
+        CLIENT.parse::<IpAddr>().unwrap(),
+        "through a trusted nginx the client is who connected to nginx"
+    );
+    // Straight to the portal from an untrusted address: the headers count
+    // for nothing.
+    join_gateway(portal_port, &gateway, "gw-direct", 3);
+    assert_eq!(
+        newest_session_ip(portal_port, &admin),
+        CLIENT.parse::<IpAddr>().unwrap(),
+        "an untrusted peer's X-Forwarded-For is ignored"
+    );
+    drop(portal);
+
+    // Trusted, RFC 7239 Forwarded.
+    let portal = start_portal(
+        &database,
+        portal_port,
+        &[
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--proxy-header",
+            "forwarded",
+        ],
+    );
+    join_gateway(nginx_port, &gateway, "gw-forwarded", 4);
+    assert_eq!(
+        newest_session_ip(nginx_port, &admin),
+        CLIENT.parse::<IpAddr>().unwrap(),
+        "Forwarded: for= through a trusted nginx"
+    );
+    // The device's own record agrees.
+    let (status, body) = get(
+        nginx_port,
+        &format!("/api/v1/sites/{site}/gateways"),
+        &admin,
+    );
+    assert_eq!(status, 200, "{body}");
+    let gateways = json(&body);
+    let all = gateways["data"].as_array().unwrap();
+    let ips: Vec<(&str, &str)> = all
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap_or_default(),
+                g["last_seen_ip"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for (name, ip) in [
+        ("gw-untrusted", "127.0.0.1"),
+        ("gw-xff", CLIENT),
+        ("gw-direct", CLIENT),
+        ("gw-forwarded", CLIENT),
+    ] {
+        assert!(ips.contains(&(name, ip)), "{name} at {ip}: {ips:?}");
+    }
+    assert!(!body.contains(SPOOFED), "{body}");
+    drop(portal);
+
+    drop(proxy);
+}
