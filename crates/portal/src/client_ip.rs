@@ -12,14 +12,11 @@
 //! networks) goes through [`ClientAddr`] or [`client_ip`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use ipnet::IpNet;
-
-use crate::state::AppState;
 
 /// Which header the trusted proxies append the client to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -215,13 +212,16 @@ fn split_outside_quotes(text: &str, separator: char) -> Option<Vec<String>> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-impl FromRequestParts<Arc<AppState>> for ClientAddr {
+/// What the extractor needs of the router's state: the proxies it trusts
+/// (the state implements it; this module stays below it).
+pub trait ProxyTrust {
+    fn trusted_proxies(&self) -> &TrustedProxies;
+}
+
+impl<S: ProxyTrust + Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = (StatusCode, &'static str);
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
             return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -231,7 +231,7 @@ impl FromRequestParts<Arc<AppState>> for ClientAddr {
         Ok(ClientAddr(client_ip(
             peer.ip(),
             &parts.headers,
-            &state.trusted_proxies,
+            state.trusted_proxies(),
         )))
     }
 }

@@ -163,3 +163,9 @@ impl AppState {
         self.online.client(client)
     }
 }
+
+impl crate::client_ip::ProxyTrust for std::sync::Arc<AppState> {
+    fn trusted_proxies(&self) -> &crate::client_ip::TrustedProxies {
+        &self.trusted_proxies
+    }
+}
