@@ -37,6 +37,8 @@ pub enum BackupError {
     NotAFile(String),
     #[error("the target database is not empty ({0} has rows): restore into a new, empty database")]
     NotEmpty(String),
+    #[error("the backup names {0:?}, which is not a table or column of Postern's schema")]
+    Name(String),
     #[error("{table}.{column}: {reason}")]
     Value {
         table: String,
@@ -282,11 +284,7 @@ fn identifier(name: &str) -> Result<(), BackupError> {
     if plain {
         Ok(())
     } else {
-        Err(BackupError::Value {
-            table: name.escape_debug().to_string(),
-            column: String::new(),
-            reason: "not a table or column of Postern's schema".to_string(),
-        })
+        Err(BackupError::Name(name.chars().take(64).collect()))
     }
 }
 
