@@ -326,3 +326,28 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         .open(path)
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_go_into_sql() {
+        for fine in ["sites", "audit_log", "_x1"] {
+            assert!(identifier(fine).is_ok(), "{fine}");
+        }
+        for hostile in [
+            "",
+            "Sites",
+            "a; DROP TABLE sites",
+            "x\"y",
+            "1abc",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(identifier(hostile), Err(BackupError::Name(_))),
+                "{hostile}"
+            );
+        }
+    }
+}
