@@ -187,34 +187,7 @@ fn the_portal_serves_the_api_and_stops_on_sigterm() {
         "admin@acme.test",
     ]);
     let token = text(&output.stdout).trim().to_string();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args([
-            "portal",
-            "--database",
-            &url,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the portal did not listen"
-        );
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the portal exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, port) = start_portal(&url, Stdio::piped());
     assert_eq!(http(port, "/healthz", None).0, 200);
     assert_eq!(http(port, "/readyz", None).0, 200);
     assert_eq!(http(port, "/api/v1/sites", None).0, 401);
@@ -503,7 +476,7 @@ fn post(port: u16, path: &str, token: &str, json: &str) -> Option<u16> {
 }
 
 /// `postern portal` on `url` at a free port, once it listens.
-fn start_portal(url: &str) -> (std::process::Child, u16) {
+fn start_portal(url: &str, stderr: Stdio) -> (std::process::Child, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -513,7 +486,7 @@ fn start_portal(url: &str) -> (std::process::Child, u16) {
         .args(["portal", "--database", url, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -545,7 +518,7 @@ fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
         "admin@acme.test",
     ]);
     let token = text(&output.stdout).trim().to_string();
-    let (mut portal, port) = start_portal(&url);
+    let (mut portal, port) = start_portal(&url, Stdio::null());
 
     // A stream of writes; the portal is killed with SIGKILL in the middle.
     let writer = {
@@ -592,7 +565,7 @@ fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
     );
 
     // Everything answered 201 is there after the restart.
-    let (mut portal, port) = start_portal(&url);
+    let (mut portal, port) = start_portal(&url, Stdio::null());
     let (status, body) = http(port, "/api/v1/sites", Some(&token));
     assert_eq!(status, 200, "{body}");
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -642,7 +615,7 @@ fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
         dir.0.join("restored/secret.key"),
     )
     .unwrap();
-    let (mut portal, port) = start_portal(&restored_url);
+    let (mut portal, port) = start_portal(&restored_url, Stdio::null());
     let (status, _) = http(port, "/api/v1/sites", Some(&token));
     portal.kill().unwrap();
     portal.wait().unwrap();
