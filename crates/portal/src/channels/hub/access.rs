@@ -305,6 +305,16 @@ impl Access {
 
     /// A pending request that cannot complete: the client hears `offline`.
     pub(super) fn fail(&mut self, reference: &str, post: &mut Post) {
+        self.end_pending(reference, DenyReason::Offline, post);
+    }
+
+    /// A waiting request the graph no longer allows: the client hears
+    /// `forbidden`, the gateway takes back what it may have applied.
+    pub(super) fn refuse(&mut self, reference: &str, post: &mut Post) {
+        self.end_pending(reference, DenyReason::Forbidden, post);
+    }
+
+    fn end_pending(&mut self, reference: &str, reason: DenyReason, post: &mut Post) {
         if let Some(pending) = self.pending.remove(reference) {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
@@ -313,7 +323,7 @@ impl Access {
                     pending.client_conn,
                     reference,
                     resource_id,
-                    DenyReason::Offline,
+                    reason,
                     vec![],
                 );
             }
@@ -536,24 +546,6 @@ impl Access {
             .map(|(reference, _)| reference.clone())
             .collect();
         redecided
-    }
-
-    /// A waiting request the graph no longer allows: the client hears
-    /// `forbidden`, the gateway takes back what it may have applied.
-    pub(super) fn refuse(&mut self, reference: &str, post: &mut Post) {
-        if let Some(pending) = self.pending.remove(reference) {
-            let resource_id = pending.grant.authorization.resource.id;
-            self.withdraw(&pending.grant, post);
-            for reference in pending.client_refs {
-                post.deny(
-                    pending.client_conn,
-                    reference,
-                    resource_id,
-                    DenyReason::Forbidden,
-                    vec![],
-                );
-            }
-        }
     }
 
     /// The grants a gateway holds, split by whether they were made by this
