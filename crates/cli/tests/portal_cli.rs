@@ -39,6 +39,20 @@ fn postern(args: &[&str]) -> Output {
     command.output().unwrap()
 }
 
+/// `postern portal init` of account acme on `url`.
+fn init_acme(url: &str) -> Output {
+    postern(&[
+        "portal",
+        "init",
+        "--database",
+        url,
+        "--account",
+        "acme",
+        "--admin-email",
+        "admin@acme.test",
+    ])
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -47,16 +61,7 @@ fn text(bytes: &[u8]) -> String {
 fn init_prints_one_token_and_refuses_a_second_run() {
     let dir = TempDir::new("init");
     let url = dir.url();
-    let output = postern(&[
-        "portal",
-        "init",
-        "--database",
-        &url,
-        "--account",
-        "acme",
-        "--admin-email",
-        "admin@acme.test",
-    ]);
+    let output = init_acme(&url);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert_eq!(
@@ -70,16 +75,7 @@ fn init_prints_one_token_and_refuses_a_second_run() {
         "the database file and its directory are created"
     );
 
-    let again = postern(&[
-        "portal",
-        "init",
-        "--database",
-        &url,
-        "--account",
-        "acme",
-        "--admin-email",
-        "admin@acme.test",
-    ]);
+    let again = init_acme(&url);
     assert_eq!(again.status.code(), Some(1));
     let stderr = text(&again.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
@@ -176,16 +172,7 @@ fn http(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 fn the_portal_serves_the_api_and_stops_on_sigterm() {
     let dir = TempDir::new("serve");
     let url = dir.url();
-    let output = postern(&[
-        "portal",
-        "init",
-        "--database",
-        &url,
-        "--account",
-        "acme",
-        "--admin-email",
-        "admin@acme.test",
-    ]);
+    let output = init_acme(&url);
     let token = text(&output.stdout).trim().to_string();
     let (mut child, port) = start_portal(&url, Stdio::piped());
     assert_eq!(http(port, "/healthz", None).0, 200);
@@ -311,16 +298,7 @@ impl Https {
 fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
     let dir = TempDir::new("tls");
     let url = dir.url();
-    let output = postern(&[
-        "portal",
-        "init",
-        "--database",
-        &url,
-        "--account",
-        "acme",
-        "--admin-email",
-        "admin@acme.test",
-    ]);
+    let output = init_acme(&url);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let ca = Ca::new();
     let (cert1, key1, der1) = ca.leaf("portal-1");
@@ -507,16 +485,7 @@ fn start_portal(url: &str, stderr: Stdio) -> (std::process::Child, u16) {
 fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
     let dir = TempDir::new("durable");
     let url = dir.url();
-    let output = postern(&[
-        "portal",
-        "init",
-        "--database",
-        &url,
-        "--account",
-        "acme",
-        "--admin-email",
-        "admin@acme.test",
-    ]);
+    let output = init_acme(&url);
     let token = text(&output.stdout).trim().to_string();
     let (mut portal, port) = start_portal(&url, Stdio::null());
 

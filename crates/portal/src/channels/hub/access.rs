@@ -319,13 +319,7 @@ impl Access {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
             for reference in pending.client_refs {
-                post.deny(
-                    pending.client_conn,
-                    reference,
-                    resource_id,
-                    reason,
-                    vec![],
-                );
+                post.deny(pending.client_conn, reference, resource_id, reason, vec![]);
             }
         }
     }
