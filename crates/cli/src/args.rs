@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the portal (control plane), or set up its database
-    Portal(PortalArgs),
+    Portal(Box<PortalArgs>),
     /// Run a gateway: connects out to the portal and forwards authorized traffic
     Gateway(GatewayArgs),
     /// Run a STUN/TURN relay, registered with a portal or standalone
@@ -96,6 +96,42 @@ pub struct PortalArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Get the certificate for HTTPS and WSS from an ACME CA (Let's Encrypt
+    /// unless --acme-directory) for this DNS name; repeat or separate with
+    /// commas for more names. The CA checks each name with tls-alpn-01 on
+    /// its port 443, which must reach --listen. Using it accepts the CA's
+    /// terms of service. Renewed with a third of the certificate's life left
+    #[arg(
+        long,
+        env = "POSTERN_ACME_DOMAIN",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = crate::values::parse_acme_domain,
+        conflicts_with = "tls_cert"
+    )]
+    pub acme_domain: Vec<String>,
+    /// The ACME CA's directory URL (for example Let's Encrypt's staging
+    /// https://acme-staging-v02.api.letsencrypt.org/directory)
+    #[arg(
+        long,
+        env = "POSTERN_ACME_DIRECTORY",
+        value_name = "URL",
+        default_value = postern_portal::serve::acme::LETS_ENCRYPT,
+        value_parser = crate::values::parse_acme_directory
+    )]
+    pub acme_directory: String,
+    /// Contact address for the ACME account (optional)
+    #[arg(long, env = "POSTERN_ACME_EMAIL", value_name = "ADDRESS")]
+    pub acme_email: Option<String>,
+    /// Trust only this PEM CA certificate for the ACME server's own HTTPS
+    /// (a private ACME CA such as step-ca); default: the system's roots
+    #[arg(long, env = "POSTERN_ACME_CA_FILE", value_name = "PATH")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// Where the ACME account key and the certificate are kept across
+    /// restarts (keys mode 0600). Default: acme/ beside the SQLite
+    /// database, or ./postern-data/acme
+    #[arg(long, env = "POSTERN_ACME_CACHE", value_name = "DIR")]
+    pub acme_cache: Option<PathBuf>,
     /// The URL users and daemons reach the portal at (links, OIDC redirects)
     #[arg(long, env = "POSTERN_EXTERNAL_URL", value_parser = parse_portal_url, value_name = "URL")]
     pub external_url: Option<String>,
@@ -666,7 +702,7 @@ mod tests {
             let mut args = vec!["portal"];
             args.extend_from_slice(extra);
             parse(&args).map(|cli| match cli.command {
-                Command::Portal(portal) => portal,
+                Command::Portal(portal) => *portal,
                 other => panic!("{other:?}"),
             })
         };

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             Some(PortalCommand::RelayToken { ref database }) => {
                 finish("portal relay-token", portal::relay_token(database))
             }
-            None => finish("portal", portal::serve(portal)),
+            None => finish("portal", portal::serve(*portal)),
         },
         Command::Gateway(args) => finish("gateway", device::gateway(args)),
         Command::Relay(args) => finish("relay", relay::run(args)),

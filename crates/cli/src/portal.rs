@@ -98,7 +98,7 @@ fn secret_key(args: &PortalArgs) -> anyhow::Result<SecretKey> {
     }
     let path = match &args.secret_key_file {
         Some(path) => path.clone(),
-        None => default_key_path(&args.database),
+        None => beside_database(&args.database, "secret.key"),
     };
     let (key, created) = SecretKey::load_or_create(&path)?;
     if created {
@@ -110,16 +110,17 @@ fn secret_key(args: &PortalArgs) -> anyhow::Result<SecretKey> {
     Ok(key)
 }
 
-/// `secret.key` beside a SQLite database, else in ./postern-data.
-fn default_key_path(database: &str) -> std::path::PathBuf {
+/// `name` beside a SQLite database, else in ./postern-data: where the
+/// portal keeps what belongs with its data (the secret key, ACME's cache).
+fn beside_database(database: &str, name: &str) -> std::path::PathBuf {
     let sqlite = database
         .strip_prefix("sqlite://")
         .or_else(|| database.strip_prefix("sqlite:"))
         .map(|rest| rest.split('?').next().unwrap_or(rest))
         .filter(|path| !path.is_empty() && *path != ":memory:");
     match sqlite.and_then(|path| std::path::Path::new(path).parent()) {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join("secret.key"),
-        _ => std::path::PathBuf::from("postern-data/secret.key"),
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => std::path::Path::new("postern-data").join(name),
     }
 }
 
@@ -165,9 +166,10 @@ fn tls(cert: &Path, key: &Path) -> anyhow::Result<Arc<TlsCert>> {
         "serving HTTPS and WSS; SIGHUP reads the certificate and key again"
     );
     let reloading = Arc::clone(&tls);
+    let cert = cert.to_path_buf();
     daemon::on_hangup(move || match reloading.reload() {
         Ok(()) => tracing::info!(
-            cert = %reloading.cert_path().display(),
+            cert = %cert.display(),
             sha256 = %reloading.fingerprint(),
             "SIGHUP: reloaded the TLS certificate; new connections get it"
         ),
@@ -181,6 +183,28 @@ fn tls(cert: &Path, key: &Path) -> anyhow::Result<Arc<TlsCert>> {
     Ok(tls)
 }
 
+/// Keeps an ACME certificate in `tls` (a cached one at once, if it fits).
+fn start_acme(args: &PortalArgs, tls: Arc<TlsCert>) -> anyhow::Result<()> {
+    let cache_dir = match &args.acme_cache {
+        Some(dir) => dir.clone(),
+        None => beside_database(&args.database, "acme"),
+    };
+    if args.listen.port() != 443 {
+        tracing::info!(
+            listen = %args.listen,
+            "ACME validates on port 443 of each domain: forward it to --listen"
+        );
+    }
+    let settings = postern_portal::serve::acme::AcmeSettings {
+        domains: args.acme_domain.clone(),
+        directory: args.acme_directory.clone(),
+        email: args.acme_email.clone(),
+        cache_dir,
+        ca_file: args.acme_ca_file.clone(),
+    };
+    postern_portal::serve::acme::start(settings, tls).context("cannot start ACME")
+}
+
 pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
     daemon::init_logging(args.daemon.log_format);
     runtime()?.block_on(async {
@@ -188,8 +212,17 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         // created nothing.
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls(cert, key)?),
+            _ if !args.acme_domain.is_empty() => Some(TlsCert::for_acme()),
             _ => None,
         };
+        if tls.is_some()
+            && let Some(url) = args.external_url.as_deref().filter(|u| u.starts_with("http://"))
+        {
+            tracing::warn!(
+                external_url = url,
+                "the portal serves HTTPS but --external-url says http://: links and OIDC redirects will not work"
+            );
+        }
         let store = open(&args.database).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -228,6 +261,9 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let state = Arc::new(state);
+        if let Some(tls) = tls.as_ref().filter(|_| !args.acme_domain.is_empty()) {
+            start_acme(&args, Arc::clone(tls))?;
+        }
         if let Some(address) = args.daemon.metrics {
             let published = Arc::clone(&state);
             postern_sys::metrics::serve(address, move || {
@@ -263,7 +299,7 @@ mod tests {
         let mut argv = vec!["postern", "portal"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Portal(args) => args,
+            Command::Portal(args) => *args,
             other => panic!("{other:?}"),
         }
     }

@@ -45,6 +45,40 @@ pub fn parse_portal_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// A name for `--acme-domain`: a DNS name (no IP address, no wildcard:
+/// tls-alpn-01 cannot prove either), lowercased.
+pub fn parse_acme_domain(text: &str) -> Result<String, String> {
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{text:?} is an IP address; ACME certificates here are for DNS names"
+        ));
+    }
+    if text.starts_with("*.") {
+        return Err(format!(
+            "{text:?}: a wildcard needs the dns-01 challenge, which the portal cannot answer"
+        ));
+    }
+    rustls::pki_types::DnsName::try_from(text)
+        .map_err(|_| format!("{text:?} is not a DNS name"))?;
+    if !text.contains('.') {
+        return Err(format!(
+            "{text:?} is not a fully qualified name (a CA issues only for public names)"
+        ));
+    }
+    Ok(text.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// An ACME directory: an `https://` URL.
+pub fn parse_acme_directory(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?}: an ACME directory is an https:// URL (RFC 8555 section 6.1)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// A DNS upstream: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
 pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
@@ -76,6 +110,29 @@ pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acme_domains_are_dns_names_tls_alpn_can_prove() {
+        assert_eq!(
+            parse_acme_domain("Portal.Example.COM."),
+            Ok("portal.example.com".to_string())
+        );
+        for bad in [
+            "",
+            "portal",
+            "192.0.2.1",
+            "::1",
+            "*.example.com",
+            "a b.example.com",
+            "-x.example.com",
+        ] {
+            assert!(parse_acme_domain(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_acme_directory("https://acme.example/directory").is_ok());
+        for bad in ["http://acme.example/directory", "acme.example", "https://"] {
+            assert!(parse_acme_directory(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn port_ranges() {

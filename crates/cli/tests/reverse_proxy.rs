@@ -7,90 +7,18 @@
 //! the flag the portal records nginx. Needs nginx: `apt-get install nginx`.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The address the test's requests come from; nginx connects from 127.0.0.1.
 const CLIENT: &str = "127.0.0.2";
 /// What the client claims to be; it must never show up.
 const SPOOFED: &str = "203.0.113.66";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("postern-proxy-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process stopped when the test ends, however it ends: SIGTERM
-/// first (nginx's master then stops its workers; SIGKILL would orphan
-/// them), SIGKILL after 10 s.
-struct Running(Child, &'static str);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !matches!(self.0.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn postern() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("POSTERN_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(child: &mut Running, port: u16) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{} did not listen on {port}",
-            child.1
-        );
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("{} exited early: {status}", child.1);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+mod support;
+use support::{Running, TempDir, free_port, postern, wait_listening};
 
 /// A TCP connection to `port` from `from` (a loopback address of its own).
 fn connect_from(from: &str, port: u16) -> TcpStream {
@@ -294,32 +222,10 @@ http {{
     path
 }
 
-fn nginx_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(candidate).is_file() {
-            return candidate.into();
-        }
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v nginx"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty());
-    match found {
-        Some(path) => path.into(),
-        None => panic!(
-            "nginx is not installed: this test runs the portal behind a real nginx; \
-             install it (Debian: apt-get install nginx)"
-        ),
-    }
-}
-
 #[test]
 fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
-    let nginx = nginx_binary();
-    let dir = TempDir::new("nginx");
+    let nginx = support::tool("nginx", "nginx");
+    let dir = TempDir::new("proxy-nginx");
     let database = format!("sqlite://{}/data/portal.db", dir.0.display());
     let init = postern()
         .args([

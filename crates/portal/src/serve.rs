@@ -2,6 +2,7 @@
 //! channels until asked to stop, over plain HTTP or, with a certificate
 //! ([`tls::TlsCert`]), over HTTPS and WSS.
 
+pub mod acme;
 pub mod tls;
 
 use std::future::Future;

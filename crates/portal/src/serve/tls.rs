@@ -1,9 +1,11 @@
 //! HTTPS and WSS on the portal's own listener (`postern portal --tls-cert
-//! --tls-key`): rustls with the ring provider, a certificate that can be
-//! replaced while the portal runs ([`TlsCert::reload`], on SIGHUP in the
-//! binary), and a listener that completes each TLS handshake on its own task
-//! before axum sees the connection.
+//! --tls-key`, or `--acme-domain`): rustls with the ring provider, a
+//! certificate that can be replaced while the portal runs
+//! ([`TlsCert::reload`] on SIGHUP, or a renewal from ACME), the answers to
+//! ACME tls-alpn-01 challenges, and a listener that completes each TLS
+//! handshake on its own task before axum sees the connection.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,21 +60,30 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
-/// The portal's certificate and key, read from two PEM files and re-read on
-/// [`reload`](Self::reload); the TLS server asks it for the current one at
-/// every handshake, so connections already open keep theirs.
+/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737): a
+/// handshake offering it wants the challenge certificate, not the portal.
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The portal's certificate and key: read from two PEM files and re-read on
+/// [`reload`](Self::reload), or installed by the ACME task. The TLS server
+/// asks it for the current one at every handshake, so connections already
+/// open keep theirs.
 pub struct TlsCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
+    /// Where [`reload`](Self::reload) reads; `None` when ACME supplies the
+    /// certificate.
+    files: Option<(PathBuf, PathBuf)>,
     provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// `None` only under ACME before the first certificate arrived: until
+    /// then handshakes fail (there is nothing to serve).
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// tls-alpn-01 answers by domain, while an ACME order is open.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl fmt::Debug for TlsCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsCert")
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
+            .field("files", &self.files)
             .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
     }
@@ -84,33 +95,55 @@ impl TlsCert {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = read(&provider, cert_path, key_path)?;
         Ok(Arc::new(TlsCert {
-            cert_path: cert_path.to_path_buf(),
-            key_path: key_path.to_path_buf(),
+            files: Some((cert_path.to_path_buf(), key_path.to_path_buf())),
             provider,
-            current: RwLock::new(Arc::new(current)),
+            current: RwLock::new(Some(Arc::new(current))),
+            challenges: RwLock::default(),
         }))
     }
 
+    /// No certificate yet: the ACME task installs one
+    /// ([`install_files`](Self::install_files)) and answers its challenges
+    /// through this.
+    pub fn for_acme() -> Arc<TlsCert> {
+        Arc::new(TlsCert {
+            files: None,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: RwLock::default(),
+            challenges: RwLock::default(),
+        })
+    }
+
     /// Reads both files again and serves the new certificate to every new
-    /// connection. On any error the current certificate stays.
+    /// connection. On any error the current certificate stays. Under ACME
+    /// there are no files to read: nothing changes.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = read(&self.provider, &self.cert_path, &self.key_path)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        if let Some((cert, key)) = &self.files {
+            self.install_files(cert, key)?;
+        }
         Ok(())
     }
 
-    pub fn cert_path(&self) -> &Path {
-        &self.cert_path
+    /// Serves the certificate in `cert` and `key` to every new connection
+    /// from now on, if both read well.
+    pub(crate) fn install_files(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let fresh = read(&self.provider, cert, key)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(fresh));
+        Ok(())
     }
 
-    pub fn key_path(&self) -> &Path {
-        &self.key_path
+    /// The certificate file, when the certificate comes from files.
+    pub fn cert_path(&self) -> Option<&Path> {
+        self.files.as_ref().map(|(cert, _)| cert.as_path())
     }
 
     /// SHA-256 of the leaf certificate being served, hex: what `openssl
-    /// x509 -fingerprint -sha256` shows, for the logs.
+    /// x509 -fingerprint -sha256` shows, for the logs ("none" before ACME
+    /// delivered the first).
     pub fn fingerprint(&self) -> String {
-        let current = self.current();
+        let Some(current) = self.current() else {
+            return "none".to_string();
+        };
         let leaf = current.cert.first().map(|der| der.as_ref()).unwrap_or(&[]);
         Sha256::digest(leaf)
             .iter()
@@ -119,15 +152,36 @@ impl TlsCert {
             .join(":")
     }
 
-    fn current(&self) -> Arc<CertifiedKey> {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// Answers tls-alpn-01 handshakes for `domain` with `certificate`
+    /// (self-signed, carrying the key authorization's digest).
+    pub(crate) fn set_challenge(&self, domain: &str, certificate: CertifiedKey) {
+        self.challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(domain.to_ascii_lowercase(), Arc::new(certificate));
+    }
+
+    pub(crate) fn clear_challenges(&self) {
+        self.challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
     /// The server side: TLS 1.2 and 1.3, HTTP/1.1 only (axum is built
-    /// without HTTP/2; WebSockets upgrade over HTTP/1.1).
+    /// without HTTP/2; WebSockets upgrade over HTTP/1.1), and ACME's
+    /// `acme-tls/1` when ACME supplies the certificate.
     pub(crate) fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
@@ -135,13 +189,28 @@ impl TlsCert {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if self.files.is_none() {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
 
 impl ResolvesServerCert for TlsCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|protocol| protocol == ACME_TLS_ALPN));
+        if validation {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .challenges
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .cloned();
+        }
+        self.current()
     }
 }
 
@@ -219,6 +288,11 @@ impl TlsListener {
         let acceptor = self.acceptor.clone();
         self.handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                // An ACME validation ends at the handshake: no HTTP follows.
+                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                    tracing::info!(%remote, "answered an ACME tls-alpn-01 validation");
+                    None
+                }
                 Ok(Ok(stream)) => Some((stream, remote)),
                 Ok(Err(error)) => {
                     tracing::debug!(%remote, %error, "TLS handshake failed");
