@@ -38,6 +38,28 @@ pub mod testing {
     pub use crate::state::rate_limit::RateLimiter;
     pub use crate::store::{devices, settings, tokens};
 
+    /// This build's store, plus one migration of a next release (`sql`,
+    /// the same for SQLite and PostgreSQL) after its own: a node of the
+    /// next release, for the rolling-upgrade test.
+    pub async fn open_store_with_next_migration(
+        url: &str,
+        sql: &'static str,
+    ) -> crate::store::Result<crate::Store> {
+        crate::Store::open_migrating(url, |engine| {
+            let mut known = crate::store::migrations(engine);
+            let next = known.iter().map(|m| m.version).max().unwrap_or(0) + 1;
+            known.push(sqlx::migrate::Migration::new(
+                next,
+                std::borrow::Cow::Borrowed("next release"),
+                sqlx::migrate::MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            ));
+            known
+        })
+        .await
+    }
+
     /// A cluster bus payload sealed with `key` as node `node` at `sent_ms`
     /// (for tests that replay or forge bus messages).
     pub fn seal_cluster_message(

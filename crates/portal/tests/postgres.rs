@@ -495,3 +495,125 @@ async fn parallel_code_guesses_on_postgres_get_three_tries() {
     let (portal, mut smtp) = support::email::portal_with_mail(Some(url)).await;
     support::email::parallel_guesses_get_three_tries(&portal, &mut smtp).await;
 }
+
+/// What the next release's migration may do (expand only, see
+/// `store/rolling.rs`): add a table and a nullable column.
+const NEXT_RELEASE: &str = "CREATE TABLE next_release_flows (id TEXT PRIMARY KEY, bytes BIGINT); \
+                            ALTER TABLE sites ADD COLUMN next_release_note TEXT;";
+
+/// A rolling upgrade of two nodes on one PostgreSQL: the second node is
+/// stopped and comes back as the next release (one more migration) while
+/// the first keeps serving a stream of API writes and a connected client;
+/// nothing fails, both nodes see the same data and a change through the
+/// upgraded node reaches the client on the old one. An old node that
+/// restarts now is refused (it cannot know the newer schema) until it is
+/// upgraded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_upgrade_one_at_a_time() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use axum::http::StatusCode;
+    use serde_json::json;
+    use support::channel::{Peer, key};
+
+    let server = TempPostgres::start_named("rolling");
+    let url = server.database("rolling").await;
+    // The write stream is far above the API's rate limit for one token.
+    let first = Arc::new(
+        TestApp::open_with(&url, "acme", |state| {
+            state.api_limiter = postern_portal::testing::RateLimiter::new(1_000_000, 1_000_000);
+        })
+        .await,
+    );
+    let first_addr = first.serve().await;
+    let second = first.another_node(&url).await;
+    let seeded = support::seed(&first).await;
+    let mut client = Peer::connect(
+        first_addr,
+        "/v1/client",
+        &seeded.client_token,
+        "laptop",
+        &key(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.next().await["type"], "init");
+
+    // Writes through the first node, all through the upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (first, stop) = (Arc::clone(&first), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("during-{}", statuses.len());
+                let (status, _) = first
+                    .call("POST", "/sites", Some(json!({ "name": name })))
+                    .await;
+                statuses.push(status);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    second.state.store.close().await;
+    let started = Instant::now();
+    let next = postern_portal::testing::open_store_with_next_migration(&url, NEXT_RELEASE)
+        .await
+        .expect("the next release migrates under a serving node");
+    let migrated_in = started.elapsed();
+    let second = TestApp::attach(next, &first).await;
+    second.serve().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = writer.await.unwrap();
+    println!(
+        "migrated in {migrated_in:?} under {} writes",
+        statuses.len()
+    );
+    assert!(statuses.len() > 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::CREATED),
+        "every write to the old node during the upgrade succeeded: {statuses:?}"
+    );
+    let on_second = second
+        .expect(StatusCode::OK, "GET", "/sites?limit=500", None)
+        .await;
+    let during = on_second["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|site| site["name"].as_str().unwrap().starts_with("during-"))
+        .count();
+    assert_eq!(during, statuses.len(), "the upgraded node sees every write");
+
+    // A change through the upgraded node reaches the client on the old one.
+    second
+        .expect(
+            StatusCode::NO_CONTENT,
+            "DELETE",
+            &format!("/policies/{}", seeded.policy),
+            None,
+        )
+        .await;
+    assert_eq!(
+        client.next_of("resource_removed").await["id"],
+        json!(seeded.resource)
+    );
+
+    // The old node restarting now is refused with the reason; upgraded, it
+    // starts (its migration ran already) and is ready.
+    let error = postern_portal::Store::open(&url).await.unwrap_err();
+    assert!(
+        matches!(error, postern_portal::StoreError::NewerSchema(8)),
+        "{error}"
+    );
+    let upgraded = postern_portal::testing::open_store_with_next_migration(&url, NEXT_RELEASE)
+        .await
+        .unwrap();
+    upgraded.ready().await.unwrap();
+    upgraded.close().await;
+}

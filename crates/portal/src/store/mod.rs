@@ -15,6 +15,8 @@ pub mod identity_providers;
 pub mod logs;
 pub mod policies;
 pub mod resources;
+#[cfg(test)]
+mod rolling;
 pub mod settings;
 pub mod sign_in;
 pub mod sites;
@@ -88,6 +90,8 @@ pub struct Store {
     engine: Engine,
     /// For the PostgreSQL cluster listener; may hold a password.
     url: String,
+    /// The newest migration this build runs (`/readyz` wants it).
+    latest: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -102,6 +106,15 @@ impl Store {
     /// Opens (creating an SQLite file and its directory if missing) and
     /// migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_migrating(url, migrations).await
+    }
+
+    /// [`open`](Self::open) with the migrations `known` gives: the tests
+    /// add the next release's to play it against this one's code.
+    pub(crate) async fn open_migrating(
+        url: &str,
+        known: impl FnOnce(Engine) -> Vec<Migration>,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (engine, url) = normalize_url(url)?;
         let options = AnyConnectOptions::from_str(&url)
@@ -128,8 +141,15 @@ impl Store {
             Engine::Postgres => AnyPoolOptions::new().max_connections(16),
         };
         let pool = pool_options.connect_with(options).await?;
-        let store = Store { pool, engine, url };
-        store.migrate().await?;
+        let known = known(engine);
+        let latest = known.iter().map(|m| m.version).max().unwrap_or(0);
+        let store = Store {
+            pool,
+            engine,
+            url,
+            latest,
+        };
+        store.migrate(known).await?;
         // The WAL and shared-memory files exist now. SQLite creates them with
         // the database file's mode; made private again all the same.
         if let Some(path) = sqlite_file(&store.url) {
@@ -147,8 +167,8 @@ impl Store {
         &self.url
     }
 
-    async fn migrate(&self) -> Result<()> {
-        let migrator = Migrator::with_migrations(migrations(self.engine));
+    async fn migrate(&self, known: Vec<Migration>) -> Result<()> {
+        let migrator = Migrator::with_migrations(known);
         match migrator.run(&self.pool).await {
             Ok(()) => Ok(()),
             Err(MigrateError::VersionMissing(version)) => Err(StoreError::NewerSchema(version)),
@@ -162,11 +182,7 @@ impl Store {
     /// node's rollback or a hand-edited database; a closed pool or an
     /// unreachable server is the usual failure.
     pub async fn ready(&self) -> Result<()> {
-        let want = migrations(self.engine)
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
+        let want = self.latest;
         let mut conn = self.pool.acquire().await?;
         let have: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
@@ -198,7 +214,7 @@ impl Store {
     }
 }
 
-fn migrations(engine: Engine) -> Vec<Migration> {
+pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
     let steps: [(i64, &'static str, &'static str, &'static str); 7] = [
         (
             1,
