@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
 //! `postern portal --trusted-proxies` behind a real nginx (security review
-//! M7): a page, an API call and a gateway channel (WebSocket) pass through
-//! it, and the session log records the address the test connected from
+//! M7) that terminates TLS (a certificate from the test's CA, verified by
+//! the test's client): a page, an API call and a gateway channel (WSS to
+//! nginx, a WebSocket on to the portal) pass through it, and the session log records the address the test connected from
 //! (127.0.0.2), not nginx's (127.0.0.1), even though the client sends
 //! spoofed `X-Forwarded-For` and `Forwarded` headers of its own. Without
 //! the flag the portal records nginx. Needs nginx: `apt-get install nginx`.
@@ -18,7 +19,47 @@ const CLIENT: &str = "127.0.0.2";
 const SPOOFED: &str = "203.0.113.66";
 
 mod support;
+use std::sync::Arc;
+
+use postern_lab::pki::{TestCa, Validity};
 use support::{Running, TempDir, free_port, postern, wait_listening};
+
+/// Where a request goes: the portal itself (plain HTTP) or nginx, which
+/// terminates TLS with a certificate from the test's CA.
+#[derive(Clone)]
+struct Endpoint {
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl From<u16> for Endpoint {
+    fn from(port: u16) -> Endpoint {
+        Endpoint { port, tls: None }
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(endpoint: &Endpoint) -> Endpoint {
+        endpoint.clone()
+    }
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A connection from `CLIENT`, over TLS (verified, name `localhost`) when
+/// the endpoint speaks it.
+fn open(to: &Endpoint) -> Box<dyn Stream> {
+    let tcp = connect_from(CLIENT, to.port);
+    match &to.tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let connection = rustls::ClientConnection::new(Arc::clone(config), name).unwrap();
+            Box::new(rustls::StreamOwned::new(connection, tcp))
+        }
+    }
+}
 
 /// A TCP connection to `port` from `from` (a loopback address of its own).
 fn connect_from(from: &str, port: u16) -> TcpStream {
@@ -47,14 +88,14 @@ fn connect_from(from: &str, port: u16) -> TcpStream {
 /// One request from `CLIENT` carrying spoofed forwarding headers; returns
 /// the status and the body (for a 101, the head only).
 fn request(
-    port: u16,
+    to: impl Into<Endpoint>,
     method: &str,
     path: &str,
     token: &str,
     extra: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut stream = connect_from(CLIENT, port);
+    let mut stream = open(&to.into());
     let auth = if token.is_empty() {
         String::new()
     } else {
@@ -122,8 +163,8 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn get(port: u16, path: &str, token: &str) -> (u16, String) {
-    request(port, "GET", path, token, "Connection: close\r\n", "")
+fn get(to: impl Into<Endpoint>, path: &str, token: &str) -> (u16, String) {
+    request(to, "GET", path, token, "Connection: close\r\n", "")
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -131,7 +172,7 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 /// A gateway joins its channel (a WebSocket upgrade) and hangs up.
-fn join_gateway(port: u16, token: &str, device: &str, key_byte: u8) {
+fn join_gateway(to: impl Into<Endpoint>, token: &str, device: &str, key_byte: u8) {
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD.encode([key_byte; 32]);
     let key = key
@@ -139,7 +180,7 @@ fn join_gateway(port: u16, token: &str, device: &str, key_byte: u8) {
         .replace('/', "%2F")
         .replace('=', "%3D");
     let (status, head) = request(
-        port,
+        to,
         "GET",
         &format!("/v1/gateway?device_id={device}&public_key={key}&name={device}"),
         token,
@@ -152,8 +193,8 @@ fn join_gateway(port: u16, token: &str, device: &str, key_byte: u8) {
 
 /// The address the portal recorded for the newest session, which must be
 /// the gateway `device` joining.
-fn newest_session_ip(port: u16, admin: &str) -> IpAddr {
-    let (status, body) = get(port, "/api/v1/sessions?limit=1", admin);
+fn newest_session_ip(to: impl Into<Endpoint>, admin: &str) -> IpAddr {
+    let (status, body) = get(to, "/api/v1/sessions?limit=1", admin);
     assert_eq!(status, 200, "{body}");
     let sessions = json(&body);
     let newest = &sessions["data"][0];
@@ -182,8 +223,9 @@ fn start_portal(database: &str, port: u16, extra: &[&str]) -> Running {
     child
 }
 
-fn nginx_config(dir: &Path, listen: u16, portal: u16) -> PathBuf {
+fn nginx_config(dir: &Path, listen: u16, portal: u16, cert: &Path, key: &Path) -> PathBuf {
     let d = dir.display();
+    let (cert, key) = (cert.display(), key.display());
     let config = format!(
         r#"
 worker_processes 1;
@@ -202,7 +244,9 @@ http {{
         ''      close;
     }}
     server {{
-        listen 127.0.0.1:{listen};
+        listen 127.0.0.1:{listen} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location / {{
             proxy_pass http://127.0.0.1:{portal};
             proxy_http_version 1.1;
@@ -249,7 +293,22 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
 
     let portal_port = free_port();
     let nginx_port = free_port();
-    let config = nginx_config(&dir.0, nginx_port, portal_port);
+    let ca = TestCa::new("nginx test CA").unwrap();
+    let files = ca
+        .write_server(&dir.0, "nginx", &["localhost"], Validity::Current)
+        .unwrap();
+    let config = nginx_config(
+        &dir.0,
+        nginx_port,
+        portal_port,
+        &files.certificate,
+        &files.key,
+    );
+    // nginx terminates TLS; the portal behind it speaks plain HTTP.
+    let nginx_tls = Endpoint {
+        port: nginx_port,
+        tls: Some(ca.client_config().unwrap()),
+    };
     let mut proxy = Running(
         Command::new(&nginx)
             .arg("-p")
@@ -269,10 +328,10 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
 
     // Not trusted: the portal records nginx, whatever the headers say.
     let portal = start_portal(&database, portal_port, &[]);
-    let (status, body) = get(nginx_port, "/api/v1/sites", &admin);
+    let (status, body) = get(&nginx_tls, "/api/v1/sites", &admin);
     assert_eq!(status, 200, "an API call through nginx: {body}");
     let (status, body) = request(
-        nginx_port,
+        &nginx_tls,
         "POST",
         "/api/v1/sites",
         &admin,
@@ -282,7 +341,7 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
     assert_eq!(status, 201, "{body}");
     let site = json(&body)["id"].as_str().unwrap().to_string();
     let (status, body) = request(
-        nginx_port,
+        &nginx_tls,
         "POST",
         &format!("/api/v1/sites/{site}/gateway_tokens"),
         &admin,
@@ -291,13 +350,13 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
     );
     assert_eq!(status, 201, "{body}");
     let gateway = json(&body)["token"].as_str().unwrap().to_string();
-    let (status, page) = get(nginx_port, "/acme/sign_in", "");
+    let (status, page) = get(&nginx_tls, "/acme/sign_in", "");
     assert_eq!(status, 200, "a page through nginx: {page}");
     assert!(page.contains("<html") || page.contains("<!"), "{page}");
 
-    join_gateway(nginx_port, &gateway, "gw-untrusted", 1);
+    join_gateway(&nginx_tls, &gateway, "gw-untrusted", 1);
     assert_eq!(
-        newest_session_ip(nginx_port, &admin),
+        newest_session_ip(&nginx_tls, &admin),
         "127.0.0.1".parse::<IpAddr>().unwrap(),
         "without --trusted-proxies the client is the TCP peer, nginx"
     );
@@ -309,10 +368,10 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
         portal_port,
         &["--trusted-proxies", "127.0.0.1/32"],
     );
-    assert_eq!(get(nginx_port, "/api/v1/sites", &admin).0, 200);
-    join_gateway(nginx_port, &gateway, "gw-xff", 2);
+    assert_eq!(get(&nginx_tls, "/api/v1/sites", &admin).0, 200);
+    join_gateway(&nginx_tls, &gateway, "gw-xff", 2);
     assert_eq!(
-        newest_session_ip(nginx_port, &admin),
+        newest_session_ip(&nginx_tls, &admin),
         CLIENT.parse::<IpAddr>().unwrap(),
         "through a trusted nginx the client is who connected to nginx"
     );
@@ -337,15 +396,15 @@ fn behind_nginx_the_portal_sees_the_client_only_when_it_trusts_the_proxy() {
             "forwarded",
         ],
     );
-    join_gateway(nginx_port, &gateway, "gw-forwarded", 4);
+    join_gateway(&nginx_tls, &gateway, "gw-forwarded", 4);
     assert_eq!(
-        newest_session_ip(nginx_port, &admin),
+        newest_session_ip(&nginx_tls, &admin),
         CLIENT.parse::<IpAddr>().unwrap(),
         "Forwarded: for= through a trusted nginx"
     );
     // The device's own record agrees.
     let (status, body) = get(
-        nginx_port,
+        &nginx_tls,
         &format!("/api/v1/sites/{site}/gateways"),
         &admin,
     );
