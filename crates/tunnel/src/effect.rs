@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -135,4 +135,8 @@ pub enum Input {
     PortalConnected(bool),
     /// The host's own addresses (a gateway never forwards to them).
     HostAddresses(Vec<IpAddr>),
+    /// The host moved to another network, or woke from a suspend: gather
+    /// again from `local` (the socket's address as peers should see it on
+    /// this host) and restart ICE with every peer.
+    NetworkChanged { local: SocketAddr },
 }

@@ -131,6 +131,15 @@ impl IceSession {
         self.add_local(Candidate::relayed(address, base, Protocol::Udp))
     }
 
+    /// Our candidates as SDP strings, as [`add_host`](Self::add_host) and
+    /// the others returned them.
+    pub fn local_candidates(&self) -> Vec<String> {
+        self.agent
+            .local_candidates()
+            .map(|c| c.to_sdp_string())
+            .collect()
+    }
+
     /// Our username fragment (see the field).
     pub fn local_ufrag(&self) -> &str {
         &self.local_ufrag

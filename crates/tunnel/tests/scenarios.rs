@@ -8,17 +8,17 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{RData, RecordType};
 use postern_model::dns::DnsPattern;
 use postern_model::filter::IPPROTO_ICMP;
 use postern_model::protocol::ResourceDescription;
 use postern_model::{ResourceAddress, ResourceId};
-use postern_tunnel::effect::Effect;
+use postern_tunnel::effect::{Effect, Input};
 use postern_tunnel::packet::Packet;
 use postern_tunnel::role::Role;
-use support::net::Nat;
+use support::net::{Nat, Net};
 use support::portal::{CLIENT_V4, gateway_id};
 use support::world::{WEB_HOST, World, tcp, web_on};
 
@@ -254,6 +254,93 @@ fn a_client_that_changes_networks_keeps_its_traffic_flowing() {
     let resumed = resumed.expect("traffic never resumed after roaming");
     println!("traffic resumed {resumed:?} after the client changed networks");
     assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+}
+
+/// Traffic after the client moved at `moved`: how long until the first
+/// answer came back, sending every 50 ms.
+fn resumed_after_move(world: &mut World, moved: Instant) -> Option<Duration> {
+    let answers_before = world.at_app.len();
+    for tag in 2..100u8 {
+        world.app_sends(&to_web(80, tag));
+        world.run_for(Duration::from_millis(50));
+        if world.at_app.len() > answers_before {
+            return Some(world.at_app[answers_before].0 - moved);
+        }
+    }
+    None
+}
+
+/// The laptop moves from one NAT to another and both ends are behind
+/// port-restricted NATs (home routers): the gateway's NAT lets nothing in
+/// from the client's new public address until the gateway itself sends
+/// there, so the client must gather again (new allocation, new
+/// server-reflexive address) and the gateway must hear the new candidates
+/// through the portal and check toward them. Without the restart the path
+/// stays dead until the gateway's liveness gives up and access is asked
+/// again, and the stale relay allocation helps nobody.
+#[test]
+fn a_client_that_moves_between_restricted_nats_resumes_within_two_seconds() {
+    let mut world = World::new(
+        &[Nat::PortRestricted, Nat::PortRestricted],
+        vec![web_on(80)],
+    );
+    world.app_sends(&to_web(80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    let direct = |w: &World| {
+        w.client
+            .node()
+            .path(World::gateway_id(1))
+            .is_some_and(|(_, _, relayed)| !relayed)
+    };
+    assert!(
+        world.run_until(Duration::from_secs(5), direct),
+        "direct at first"
+    );
+
+    world.net.roam(0, Ipv4Addr::new(198, 18, 1, 10));
+    let moved = world.now();
+    // The shell saw the move (netlink or its periodic check).
+    world.client.handle_input(
+        Input::NetworkChanged {
+            local: Net::inside(0),
+        },
+        moved,
+    );
+    let resumed = resumed_after_move(&mut world, moved).expect("traffic never resumed");
+    println!("traffic resumed {resumed:?} after the move between restricted NATs");
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+    assert!(
+        world.run_until(Duration::from_secs(3), direct),
+        "direct again on the new network: {:?}",
+        world.client.node().path(World::gateway_id(1))
+    );
+}
+
+/// The new network is a symmetric NAT (a phone's hotspot, a carrier):
+/// no direct path, so the new allocation carries the traffic.
+#[test]
+fn a_client_that_moves_behind_a_symmetric_nat_resumes_through_the_relay() {
+    let mut world = World::new(
+        &[Nat::PortRestricted, Nat::PortRestricted],
+        vec![web_on(80)],
+    );
+    world.app_sends(&to_web(80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    world
+        .net
+        .roam_to(0, Ipv4Addr::new(198, 18, 2, 10), Nat::Symmetric);
+    let moved = world.now();
+    world.client.handle_input(
+        Input::NetworkChanged {
+            local: Net::inside(0),
+        },
+        moved,
+    );
+    let resumed = resumed_after_move(&mut world, moved).expect("traffic never resumed");
+    println!("traffic resumed {resumed:?} after the move behind a symmetric NAT");
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+    let path = world.client.node().path(World::gateway_id(1)).unwrap();
+    assert!(path.2, "relayed from behind the symmetric NAT: {path:?}");
 }
 
 #[test]

@@ -566,7 +566,15 @@ impl Role for ClientTunnel {
     fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
             Input::DnsQuery { query, bytes } => self.handle_query(query, bytes, now),
-            Input::PortalConnected(connected) => self.connected = connected,
+            Input::PortalConnected(connected) => {
+                // Candidates sent while the channel was down were dropped
+                // with it: the gateways hear ours again.
+                if connected && !self.connected {
+                    self.node.announce_candidates();
+                }
+                self.connected = connected;
+            }
+            Input::NetworkChanged { local } => self.node.network_changed(local, now),
             // A gateway's concerns: never asked of a client.
             Input::Resolved { .. } | Input::ResolverAnswer { .. } | Input::HostAddresses(_) => {}
         }

@@ -501,7 +501,13 @@ impl Role for GatewayTunnel {
                     }
                 }
             }
-            Input::PortalConnected(connected) => self.connected = connected,
+            Input::PortalConnected(connected) => {
+                if connected && !self.connected {
+                    self.node.announce_candidates();
+                }
+                self.connected = connected;
+            }
+            Input::NetworkChanged { local } => self.node.network_changed(local, now),
             Input::HostAddresses(addresses) => {
                 self.host_addresses = addresses;
                 self.own_addresses_changed();

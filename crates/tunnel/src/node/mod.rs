@@ -122,6 +122,10 @@ struct Peer {
     remote_addresses: Vec<SocketAddr>,
     /// Another path was tried in the current silence.
     switched: bool,
+    /// The pair's ICE credentials and the peer's candidates (at most
+    /// [`MAX_REMOTE_ADDRESSES`]): what a fresh agent needs after a move.
+    ice_credentials: (IceCredentials, IceCredentials),
+    remote_candidates: Vec<String>,
     /// While relayed: when to look for a direct path again.
     next_reprobe: Option<Instant>,
 }
@@ -253,6 +257,8 @@ impl<P: PeerId> Node<P> {
                 remote_addresses: Vec::new(),
                 switched: false,
                 next_reprobe: None,
+                ice_credentials: (config.local_ice.clone(), config.remote_ice.clone()),
+                remote_candidates: Vec::new(),
             },
         );
         for candidate in candidates {
@@ -264,6 +270,67 @@ impl<P: PeerId> Node<P> {
         self.next_tick.get_or_insert(now);
         self.drive_peer(id, now);
         self.flush_relays(now);
+    }
+
+    /// The host moved to another network (its addresses or routes changed,
+    /// or it woke from a suspend): what was learnt on the old one is void.
+    /// The relay allocations belong to the old address and port as the
+    /// relays saw them, the server-reflexive addresses and the paths are
+    /// gone. Starts over from `local`: new allocations, and for each peer a
+    /// fresh ICE agent (the pair's credentials and the peer's candidates
+    /// kept) whose candidates go to the peer through the portal, so its
+    /// side checks toward our new addresses and opens its NAT to them.
+    /// WireGuard sessions stay and move to the nominated path; packets wait
+    /// for it.
+    pub fn network_changed(&mut self, local: SocketAddr, now: Instant) {
+        tracing::info!(old = %self.local, new = %local, peers = self.peers.len(), "network changed: gathering again");
+        self.local = local;
+        self.relays.restart(now);
+        self.checks.clear();
+        let ids: Vec<P> = self.peers.keys().copied().collect();
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let (local_ice, remote_ice) = &peer.ice_credentials;
+            let mut ice = IceSession::new(local_ice, remote_ice, self.controlling);
+            let host = ice.add_host(local);
+            for candidate in &peer.remote_candidates {
+                // Each was parsed once already.
+                let _ = ice.add_remote(candidate);
+            }
+            peer.ice = ice;
+            peer.path = None;
+            peer.added = now;
+            peer.reported = false;
+            peer.switched = false;
+            peer.next_reprobe = None;
+            match host {
+                Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {
+                    peer: id,
+                    candidate,
+                }),
+                Ok(None) => {}
+                Err(_) => self.errors.add("local_candidate"),
+            }
+            self.drive_peer(id, now);
+        }
+        self.next_tick.get_or_insert(now);
+        self.flush_relays(now);
+    }
+
+    /// Our candidates for every peer again, as [`NodeEvent::Candidate`]s:
+    /// the ones sent while the portal channel was down were lost with it
+    /// (the peer drops the ones it has already).
+    pub fn announce_candidates(&mut self) {
+        for (id, peer) in &self.peers {
+            for candidate in peer.ice.local_candidates() {
+                self.events.push_back(NodeEvent::Candidate {
+                    peer: *id,
+                    candidate,
+                });
+            }
+        }
     }
 
     /// A 24-bit index no peer uses.
@@ -324,6 +391,13 @@ impl<P: PeerId> Node<P> {
             self.errors.add("candidate_refused");
             tracing::debug!(?id, candidate, "candidate on an address never probed");
             return;
+        }
+        if peer.remote_candidates.iter().any(|c| c == candidate) {
+            // Said again (after the peer's portal channel came back).
+            return;
+        }
+        if peer.remote_candidates.len() < MAX_REMOTE_ADDRESSES {
+            peer.remote_candidates.push(candidate.to_string());
         }
         if peer.ice.add_remote(candidate).is_err() {
             self.errors.add("bad_candidate");

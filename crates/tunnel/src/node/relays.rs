@@ -96,6 +96,20 @@ impl Relays {
         true
     }
 
+    /// Allocates afresh on every relay (the host moved: the old
+    /// allocations belong to a 5-tuple that is gone; the relays let them
+    /// expire).
+    pub fn restart(&mut self, now: Instant) {
+        for index in 0..self.relays.len() {
+            let config = self.relays[index].config.clone();
+            let client = self.turn_client(&config, now);
+            let relay = &mut self.relays[index];
+            relay.client = client;
+            relay.retry_at = None;
+            relay.backoff = RETRY;
+        }
+    }
+
     /// Every allocation that is live now (not one waiting to be retried).
     pub fn allocations(&self) -> impl Iterator<Item = Allocation> + '_ {
         self.relays

@@ -162,6 +162,12 @@ impl Net {
         self.routers[n].roam(public);
     }
 
+    /// Host `n` moves to another network behind a NAT of another kind.
+    pub fn roam_to(&mut self, n: usize, public: Ipv4Addr, kind: Nat) {
+        self.routers[n].roam(public);
+        self.routers[n].kind = kind;
+    }
+
     fn emit(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         self.dice ^= self.dice << 13;
         self.dice ^= self.dice >> 7;
