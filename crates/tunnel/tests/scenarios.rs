@@ -584,6 +584,43 @@ fn a_portal_reconnect_with_a_fresh_init_keeps_what_works() {
     );
 }
 
+/// A request that went into a dead portal connection (the laptop had just
+/// moved) is asked again as soon as the channel is back, not at the next
+/// packet after the 20 s request timeout.
+#[test]
+fn a_request_lost_with_the_portal_connection_is_asked_again_on_reconnect() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![web_on(80)]);
+    world.client_channel_down = true;
+    world.app_sends(&to_web(80, 1));
+    world.run_for(Duration::from_millis(500));
+    assert_eq!(
+        world.portal.requests, 0,
+        "the request went into the dead connection"
+    );
+    let reconnected = world.now();
+    world.client_channel_down = false;
+    world
+        .client
+        .handle_input(Input::PortalConnected(false), reconnected);
+    world
+        .client
+        .handle_input(Input::PortalConnected(true), reconnected);
+    world.portal.client_init(reconnected);
+    // (Simulated time jumps to the next timer: without the new request,
+    // that is the request timeout and its "host unreachable".)
+    assert!(world.run_until(Duration::from_secs(30), |w| !w.at_app.is_empty()));
+    assert_eq!(
+        world.forwarded_total(),
+        1,
+        "the buffered packet reached the resource, not an unreachable: {:?}",
+        world.at_app
+    );
+    assert_eq!(world.portal.requests, 1);
+    let answered = world.at_app[0].0 - reconnected;
+    println!("answered {answered:?} after the reconnect");
+    assert!(answered < Duration::from_secs(2), "{answered:?}");
+}
+
 #[test]
 fn a_grant_waiting_for_names_is_not_applied_after_a_revocation() {
     let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![apps()]);

@@ -356,6 +356,24 @@ impl ClientState {
         true
     }
 
+    /// The portal channel came back: requests sent on the one that died
+    /// were lost with it (or their answers were), so each waiting resource
+    /// asks again now, under its reference, instead of waiting out
+    /// `request_timeout`.
+    pub fn ask_again(&mut self, now: Instant) {
+        let connected_gateway_ids = self.connected_gateways();
+        for (id, entry) in &mut self.resources {
+            if let Access::Requested { reference, since } = &mut entry.access {
+                *since = now;
+                self.events.push_back(ClientEvent::RequestAccess {
+                    reference: reference.clone(),
+                    resource_id: *id,
+                    connected_gateway_ids: connected_gateway_ids.clone(),
+                });
+            }
+        }
+    }
+
     fn buffer(&mut self, id: ResourceId, bytes: &[u8]) -> Verdict {
         let (max_packets, max_bytes) = (
             self.config.max_buffered_packets,

@@ -571,6 +571,7 @@ impl Role for ClientTunnel {
                 // with it: the gateways hear ours again.
                 if connected && !self.connected {
                     self.node.announce_candidates();
+                    self.access.ask_again(now);
                 }
                 self.connected = connected;
             }

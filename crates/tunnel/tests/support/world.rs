@@ -120,6 +120,8 @@ pub struct World {
     pub gateway_effects: Vec<Vec<Effect>>,
     /// Whether the resource host echoes what it gets.
     pub echo: bool,
+    /// The client's portal channel is down: what it says is lost.
+    pub client_channel_down: bool,
     buffer: Vec<u8>,
     reply_buffer: Vec<u8>,
     next_query: u64,
@@ -176,6 +178,7 @@ impl World {
             client_effects: Vec::new(),
             gateway_effects: vec![Vec::new(); nats.len()],
             echo: true,
+            client_channel_down: false,
             buffer: vec![0; 65_536],
             reply_buffer: vec![0; 65_536],
             next_query: 0,
@@ -254,7 +257,9 @@ impl World {
             self.at_app.push((now, packet));
         }
         while let Some(message) = self.client.poll_portal() {
-            self.portal.client_says(wire(message), now);
+            if !self.client_channel_down {
+                self.portal.client_says(wire(message), now);
+            }
         }
         while let Some(effect) = self.client.poll_effect() {
             match effect {
