@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use postern_sys::batch::{GsoQueue, RecvBuffers, UdpBatch};
 use postern_sys::channel::Channel;
 use postern_sys::metrics::{DeviceMetrics, Tally};
+use postern_sys::netwatch::NetworkChange;
 use postern_sys::tun::{Tun, TunReader, TunWriter};
 use postern_tunnel::client::servfail;
 use postern_tunnel::effect::{Effect, Input, QueryId};
@@ -68,6 +69,11 @@ pub struct Shell<R: Role> {
     _status_file: Option<SocketFile>,
     tally: Tally,
     metrics: Option<Arc<DeviceMetrics>>,
+    /// The host moving to another network, or waking up.
+    network: mpsc::Receiver<NetworkChange>,
+    /// The UDP socket's port (bound to the wildcard address): with the new
+    /// source address, the host candidate after a move.
+    port: u16,
 }
 
 impl<R: Role> Shell<R> {
@@ -93,7 +99,11 @@ impl<R: Role> Shell<R> {
             }
             None => (None, None),
         };
+        let network = postern_sys::netwatch::watch(started.portal_ip);
+        let port = started.local.port();
         Ok(Shell {
+            network,
+            port,
             role,
             portal: config.portal.clone(),
             sign_in_again: if client {
@@ -178,6 +188,7 @@ impl<R: Role> Shell<R> {
                         self.role.handle_input(input, now);
                     }
                 }
+                Some(change) = self.network.recv() => self.network_changed(change),
                 Some(reply) = next_request(&mut self.status_rx) => {
                     let document = StatusDocument {
                         portal: self.portal.clone(),
@@ -207,6 +218,19 @@ impl<R: Role> Shell<R> {
         self.flush().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// The host moved (or woke up): the role gathers again from the new
+    /// address and restarts ICE, the portal channel (likely on a dead
+    /// connection) connects again now, and a gateway learns its new
+    /// addresses.
+    fn network_changed(&mut self, change: NetworkChange) {
+        let local = std::net::SocketAddr::new(change.source, self.port);
+        tracing::info!(%local, woke = change.woke, "gathering again after a network change");
+        self.role
+            .handle_input(Input::NetworkChanged { local }, Instant::now());
+        self.channel.reconnect();
+        self.tell_host_addresses();
     }
 
     /// The host's own addresses, for the role's destination rules.

@@ -54,6 +54,8 @@ pub struct Topology {
     pub dns: Host,
     pub home: crate::Switch,
     pub office: crate::Switch,
+    /// The "public" segment, 198.18.0.0/24.
+    pub internet: crate::Switch,
 }
 
 fn invalid(what: impl Into<String>) -> LabError {
@@ -141,6 +143,7 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         dns,
         home,
         office,
+        internet,
     })
 }
 
@@ -176,6 +179,16 @@ pub struct Demo {
     data: PathBuf,
     // Last: the lab goes after the processes in it.
     pub net: Topology,
+}
+
+/// The client's first interface: on the home switch.
+const CLIENT_HOME_LINK: &str = "eth0";
+
+/// Another network for the client ([`Demo::add_cafe`]).
+pub struct Cafe {
+    pub router: Router,
+    /// The client's interface on the cafe's switch.
+    pub link: crate::host::Interface,
 }
 
 /// `--token-file=PATH` for `token`, written to a new file `path` (0600):
@@ -897,6 +910,58 @@ impl Demo {
             .ok_or_else(|| invalid("nat-home has no LAN address"))?;
         client.set_default_route(home_lan)?;
         Ok(())
+    }
+
+    /// A second network the client can move to, as a laptop goes from home
+    /// to a cafe: its own switch and NAT router (`kind`) on the internet
+    /// segment (198.18.0.30, LAN 172.16.5.0/24), and a second client
+    /// interface on it, down until [`Demo::move_client_to`].
+    pub fn add_cafe(&self, kind: NatKind) -> Result<Cafe> {
+        let lab = &self.net.lab;
+        let internet = &self.net.internet;
+        let lan = lab.add_switch("cafe")?;
+        let router = lab.add_nat_router(
+            "nat-cafe",
+            internet,
+            "198.18.0.30/24",
+            &lan,
+            "172.16.5.1/24",
+            kind,
+        )?;
+        let link = lab.connect(&self.net.client, &lan, &[])?;
+        self.net.client.ip(&["link", "set", "dev", &link.name, "down"])?;
+        Ok(Cafe { router, link })
+    }
+
+    /// The client leaves home for the cafe: its home link goes down (the
+    /// laptop left the Wi-Fi), the cafe's comes up with 172.16.5.10 and the
+    /// default route through the cafe's router.
+    pub fn move_client_to(&self, cafe: &Cafe) -> Result<()> {
+        let client = &self.net.client;
+        client.ip(&["link", "set", "dev", CLIENT_HOME_LINK, "down"])?;
+        client.ip(&["link", "set", "dev", &cafe.link.name, "up"])?;
+        client.ip(&["addr", "replace", "172.16.5.10/24", "dev", &cafe.link.name])?;
+        let via = cafe
+            .router
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-cafe has no LAN address"))?;
+        client.set_default_route(via)
+    }
+
+    /// And back home: the cafe's link goes down, home's comes up with its
+    /// address and route as before.
+    pub fn move_client_home(&self, cafe: &Cafe) -> Result<()> {
+        let client = &self.net.client;
+        client.ip(&["link", "set", "dev", &cafe.link.name, "down"])?;
+        client.ip(&["link", "set", "dev", CLIENT_HOME_LINK, "up"])?;
+        let via = self
+            .net
+            .nat_home
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-home has no LAN address"))?;
+        client.set_default_route(via)
     }
 
     /// Index of the gateway the client's tunnel goes to, from the client's

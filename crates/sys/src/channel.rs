@@ -83,6 +83,16 @@ pub struct ChannelConfig {
 pub struct Channel {
     pub incoming: mpsc::UnboundedReceiver<Incoming>,
     pub outgoing: mpsc::Sender<String>,
+    reconnect: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Channel {
+    /// The host moved to another network: the connection (bound to an
+    /// address that may be gone) is dropped and made again at once, and a
+    /// wait between attempts is cut short.
+    pub fn reconnect(&self) {
+        self.reconnect.notify_one();
+    }
 }
 
 /// The WebSocket URL for a portal URL and a party.
@@ -149,6 +159,15 @@ pub fn check_portal_url(portal: &str, trust: &PortalTrust) -> Result<(), Channel
 
 /// Starts the connection task (needs a tokio runtime).
 pub fn open(config: ChannelConfig) -> Result<Channel, ChannelError> {
+    open_with_deadline(config, SILENCE)
+}
+
+/// [`open`], declaring the connection dead after `silence` without a
+/// frame from the portal (which pings every 10 s) instead of 30 s.
+pub fn open_with_deadline(
+    config: ChannelConfig,
+    silence: Duration,
+) -> Result<Channel, ChannelError> {
     let url = channel_url(&config)?;
     if config.trust.check(&config.portal)? {
         tracing::warn!(
@@ -160,8 +179,23 @@ pub fn open(config: ChannelConfig) -> Result<Channel, ChannelError> {
     let (incoming_tx, incoming) = mpsc::unbounded_channel();
     let (outgoing, outgoing_rx) = mpsc::channel(QUEUE);
     let tls = config.trust.tls();
-    tokio::spawn(run(url, config.token, tls, incoming_tx, outgoing_rx));
-    Ok(Channel { incoming, outgoing })
+    let reconnect = std::sync::Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(run(
+        Connection {
+            url,
+            token: config.token,
+            tls,
+            silence,
+        },
+        incoming_tx,
+        outgoing_rx,
+        std::sync::Arc::clone(&reconnect),
+    ));
+    Ok(Channel {
+        incoming,
+        outgoing,
+        reconnect,
+    })
 }
 
 enum Ended {
@@ -170,20 +204,47 @@ enum Ended {
     Unauthorized,
     VersionRefused(String),
     Lost(String),
+    /// The network changed under the connection: connect again now.
+    Moved,
 }
 
-async fn run(
+/// Where and how to connect.
+struct Connection {
     url: Url,
     token: String,
     tls: std::sync::Arc<rustls::ClientConfig>,
+    silence: Duration,
+}
+
+async fn run(
+    connection: Connection,
     incoming: mpsc::UnboundedSender<Incoming>,
     mut outgoing: mpsc::Receiver<String>,
+    reconnect: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
         let started = tokio::time::Instant::now();
-        let ended = connect_and_pump(&url, &token, &tls, &incoming, &mut outgoing).await;
+        let ended = tokio::select! {
+            ended = connect_and_pump(&connection, &incoming, &mut outgoing) => ended,
+            () = reconnect.notified() => Ended::Moved,
+        };
         let error = match ended {
+            Ended::Moved => {
+                backoff = BACKOFF_FIRST;
+                let error = "the network changed; connecting again".to_string();
+                if incoming
+                    .send(Incoming::Lost {
+                        error,
+                        retry_in: Duration::ZERO,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                while outgoing.try_recv().is_ok() {}
+                continue;
+            }
             Ended::Closed => return,
             Ended::Unauthorized => {
                 let _ = incoming.send(Incoming::Unauthorized);
@@ -204,8 +265,12 @@ async fn run(
             return;
         }
         // Frames for a connection that is gone are stale (refs, candidates
-        // of a session the portal forgot): drop them.
-        tokio::time::sleep(retry_in).await;
+        // of a session the portal forgot): drop them. A network change cuts
+        // the wait short: the new network may well reach the portal.
+        tokio::select! {
+            () = tokio::time::sleep(retry_in) => {}
+            () = reconnect.notified() => backoff = BACKOFF_FIRST,
+        }
         while outgoing.try_recv().is_ok() {}
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -262,12 +327,17 @@ fn jitter(base: Duration) -> Duration {
 }
 
 async fn connect_and_pump(
-    url: &Url,
-    token: &str,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
+    connection: &Connection,
     incoming: &mpsc::UnboundedSender<Incoming>,
     outgoing: &mut mpsc::Receiver<String>,
 ) -> Ended {
+    let Connection {
+        url,
+        token,
+        tls,
+        silence,
+    } = connection;
+    let silence = *silence;
     let mut request = match url.as_str().into_client_request() {
         Ok(request) => request,
         Err(error) => return Ended::Lost(error.to_string()),
@@ -280,7 +350,7 @@ async fn connect_and_pump(
     }
     let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::clone(tls));
     let connect = tokio::time::timeout(
-        SILENCE,
+        silence,
         tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector)),
     );
     let mut socket = match connect.await {
@@ -303,33 +373,50 @@ async fn connect_and_pump(
     if incoming.send(Incoming::Connected).is_err() {
         return Ended::Closed;
     }
+    // The deadline counts from the last frame heard, whatever is sent
+    // meanwhile: a dead path swallows what we send without an error (TCP
+    // retries for minutes), so only hearing the portal proves it is alive.
+    let mut heard = tokio::time::Instant::now();
     loop {
+        let deadline = heard + silence;
         tokio::select! {
-            frame = tokio::time::timeout(SILENCE, socket.next()) => match frame {
-                Err(_) => return Ended::Lost(format!("nothing heard for {} s", SILENCE.as_secs())),
-                Ok(None) => return Ended::Lost("the portal closed the connection".into()),
-                Ok(Some(Err(error))) => return Ended::Lost(error.to_string()),
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    if incoming.send(Incoming::Text(text.to_string())).is_err() {
-                        return Ended::Closed;
+            () = tokio::time::sleep_until(deadline) => {
+                return Ended::Lost(format!("nothing heard for {} s", silence.as_secs()));
+            }
+            frame = socket.next() => {
+                heard = tokio::time::Instant::now();
+                match frame {
+                    None => return Ended::Lost("the portal closed the connection".into()),
+                    Some(Err(error)) => return Ended::Lost(error.to_string()),
+                    Some(Ok(Message::Text(text))) => {
+                        if incoming.send(Incoming::Text(text.to_string())).is_err() {
+                            return Ended::Closed;
+                        }
                     }
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        return Ended::Lost(format!("the portal closed the connection {why}").trim().to_string());
+                    }
+                    // Pings are answered by tungstenite; binary frames are not
+                    // part of the protocol.
+                    Some(Ok(_)) => {}
                 }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    return Ended::Lost(format!("the portal closed the connection {why}").trim().to_string());
-                }
-                // Pings are answered by tungstenite; binary frames are not
-                // part of the protocol.
-                Ok(Some(Ok(_))) => {}
-            },
+            }
             message = outgoing.recv() => match message {
                 None => {
-                    let _ = socket.close(None).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
                     return Ended::Closed;
                 }
                 Some(text) => {
-                    if let Err(error) = socket.send(Message::Text(text.into())).await {
-                        return Ended::Lost(error.to_string());
+                    // A send that cannot finish (a full socket buffer on a
+                    // dead path) ends at the deadline too.
+                    let sent = tokio::time::timeout_at(deadline, socket.send(Message::Text(text.into())));
+                    match sent.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => return Ended::Lost(error.to_string()),
+                        Err(_) => {
+                            return Ended::Lost(format!("nothing heard for {} s", silence.as_secs()));
+                        }
                     }
                 }
             },
@@ -420,6 +507,91 @@ mod tests {
             "{heard:?}"
         );
         assert_eq!(taken, 1);
+    }
+
+    /// A portal on loopback that completes WebSocket handshakes and then
+    /// says nothing (a path that died: no pings, no errors); its URL and
+    /// how many connections it took.
+    async fn silent_portal() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let portal = format!("http://{}", listener.local_addr().unwrap());
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&taken);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    // Reads (so sends never block) and never answers.
+                    while let Some(Ok(_)) = socket.next().await {}
+                });
+            }
+        });
+        (portal, taken)
+    }
+
+    async fn next(channel: &mut Channel) -> Incoming {
+        tokio::time::timeout(Duration::from_secs(5), channel.incoming.recv())
+            .await
+            .expect("the channel said nothing")
+            .unwrap()
+    }
+
+    fn config(portal: String) -> ChannelConfig {
+        ChannelConfig {
+            portal,
+            party: Party::Client,
+            token: "t".into(),
+            query: Vec::new(),
+            trust: PortalTrust::new(None, false).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_portal_that_falls_silent_is_lost_at_the_deadline_while_we_keep_sending() {
+        let (portal, _) = silent_portal().await;
+        let mut channel =
+            open_with_deadline(config(portal), Duration::from_millis(600)).unwrap();
+        assert!(matches!(next(&mut channel).await, Incoming::Connected));
+        let connected = tokio::time::Instant::now();
+        // The daemon goes on sending (requests, candidates): that must not
+        // keep a connection alive that hears nothing.
+        let outgoing = channel.outgoing.clone();
+        let sender = tokio::spawn(async move {
+            while outgoing.send("{}".into()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let lost = next(&mut channel).await;
+        let after = connected.elapsed();
+        sender.abort();
+        assert!(
+            matches!(&lost, Incoming::Lost { error, .. } if error.contains("nothing heard")),
+            "{lost:?}"
+        );
+        assert!(
+            after < Duration::from_millis(1500),
+            "lost after {after:?}, deadline 600 ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_network_change_reconnects_at_once() {
+        let (portal, taken) = silent_portal().await;
+        let mut channel = open_with_deadline(config(portal), Duration::from_secs(30)).unwrap();
+        assert!(matches!(next(&mut channel).await, Incoming::Connected));
+        channel.reconnect();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            next(&mut channel).await,
+            Incoming::Lost { retry_in, .. } if retry_in.is_zero()
+        ));
+        assert!(matches!(next(&mut channel).await, Incoming::Connected));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(taken.load(Ordering::SeqCst), 2);
     }
 
     #[test]

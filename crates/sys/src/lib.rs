@@ -14,6 +14,7 @@
 //!   at exit;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
+//! - [`netwatch`]: the host moving to another network or waking up;
 //! - [`dns`]: asking DNS resolvers (UDP, TCP on truncation);
 //! - [`system_dns`]: pointing the system at a stub (resolv.conf or
 //!   systemd-resolved), undone at exit;
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod files;
 pub mod firewall;
 pub mod metrics;
+pub mod netwatch;
 pub mod route;
 pub mod system_dns;
 pub mod trust;

@@ -1,0 +1,143 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! Roaming in the lab (issue 24), with real processes: the laptop leaves
+//! its home network for a cafe behind another NAT (a new address, a new
+//! public address and port, the old link down) and comes back. Traffic must
+//! resume within 2 s of each move, and a download that runs across the
+//! moves must finish intact on the same TCP connection (the tunnel
+//! addresses do not change).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postern_lab::NatKind;
+use postern_lab::demo::{Demo, DemoOptions};
+
+const MIB: u64 = 1 << 20;
+
+fn demo(home: NatKind, office: NatKind) -> Demo {
+    match Demo::start(DemoOptions {
+        postern: env!("CARGO_BIN_EXE_postern").into(),
+        home_nat: home,
+        office_nat: office,
+        gateways: 1,
+    }) {
+        Ok(demo) => demo,
+        Err(error) => panic!("the lab did not start: {error}"),
+    }
+}
+
+/// Polls small downloads until one works; how long that took.
+fn until_downloads_work(demo: &Demo, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if demo.download(1024, Duration::from_millis(300)).is_ok() {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// A download read at an app's pace (64 KiB every `pause`), every byte
+/// checked, on one TCP connection from the client: how many bytes came,
+/// or how it broke.
+fn paced_download(demo: &Demo, size: u64, pause: Duration) -> JoinHandle<Result<u64, String>> {
+    let web: SocketAddr = "10.0.1.80:80".parse().unwrap();
+    let stream = demo
+        .net
+        .client
+        .enter(move || TcpStream::connect_timeout(&web, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut stream = stream;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            stream,
+            "GET /bytes/{size} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            head.push(byte[0]);
+        }
+        let mut got = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while got < size {
+            let n = stream
+                .read(&mut chunk)
+                .map_err(|e| format!("after {got} bytes: {e}"))?;
+            if n == 0 {
+                return Err(format!("closed after {got} of {size} bytes"));
+            }
+            for (i, b) in chunk[..n].iter().enumerate() {
+                if *b != postern_lab::http::payload_byte(got + i as u64) {
+                    return Err(format!("differs at byte {}", got + i as u64));
+                }
+            }
+            got += n as u64;
+            std::thread::sleep(pause);
+        }
+        Ok(got)
+    })
+}
+
+fn moved_and_resumed(demo: &Demo, what: &str, travel: impl FnOnce()) -> Duration {
+    travel();
+    let resumed = until_downloads_work(demo, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("traffic never resumed after {what}\n{}", demo.logs()));
+    println!("traffic resumed {resumed:?} after {what}");
+    resumed
+}
+
+#[test]
+fn a_client_that_moves_to_a_cafe_and_back_keeps_its_access_and_its_download() {
+    let demo = demo(NatKind::Cone, NatKind::Cone);
+    let cafe = demo.add_cafe(NatKind::Cone).unwrap();
+    demo.download(MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    // 24 MiB at about 2.6 MB/s: it runs across both moves.
+    let size = 24 * MIB;
+    let long = paced_download(&demo, size, Duration::from_millis(25));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let to_cafe = moved_and_resumed(&demo, "the move to the cafe", || {
+        demo.move_client_to(&cafe).unwrap()
+    });
+    demo.wait_for_path("direct", Duration::from_secs(10))
+        .unwrap_or_else(|path| panic!("not direct from the cafe: {path}\n{}", demo.logs()));
+    std::thread::sleep(Duration::from_secs(1));
+    let back_home = moved_and_resumed(&demo, "the move back home", || {
+        demo.move_client_home(&cafe).unwrap()
+    });
+    let finished = long.join().unwrap();
+    assert_eq!(
+        finished,
+        Ok(size),
+        "the download across both moves\n{}",
+        demo.logs()
+    );
+    assert!(to_cafe < Duration::from_secs(2), "{to_cafe:?}");
+    assert!(back_home < Duration::from_secs(2), "{back_home:?}");
+}
+
+#[test]
+fn a_client_that_moves_behind_a_symmetric_nat_goes_on_through_the_relay() {
+    let demo = demo(NatKind::Cone, NatKind::Cone);
+    let cafe = demo.add_cafe(NatKind::Symmetric).unwrap();
+    demo.download(MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let resumed = moved_and_resumed(&demo, "the move behind a symmetric NAT", || {
+        demo.move_client_to(&cafe).unwrap()
+    });
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+    demo.wait_for_path("relayed", Duration::from_secs(10))
+        .unwrap_or_else(|path| panic!("not relayed: {path}\n{}", demo.logs()));
+    demo.download(4 * MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+}
