@@ -141,3 +141,53 @@ fn a_client_that_moves_behind_a_symmetric_nat_goes_on_through_the_relay() {
     demo.download(4 * MIB, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
 }
+
+/// How long the client stays frozen: a laptop's lid closed over a meeting.
+const FROZEN_FOR: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_client_frozen_for_two_minutes_recovers_within_two_seconds_of_waking() {
+    use nix::sys::signal::Signal;
+    let demo = demo(NatKind::Cone, NatKind::Cone);
+    demo.download(MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let client = demo.client_process.as_ref().unwrap();
+    // Suspended: the process does not run and its network is gone (what
+    // was in flight, the NAT's mappings, the portal's patience).
+    demo.net
+        .client
+        .nft(
+            "table inet asleep {
+               chain in { type filter hook input priority -300; policy accept; iifname \"eth0\" drop; }
+               chain out { type filter hook output priority -300; policy accept; oifname \"eth0\" drop; }
+             }",
+        )
+        .unwrap();
+    client.signal(Signal::SIGSTOP).unwrap();
+    std::thread::sleep(FROZEN_FOR);
+    demo.net.client.nft("delete table inet asleep").unwrap();
+    client.signal(Signal::SIGCONT).unwrap();
+    let resumed = until_downloads_work(&demo, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("never recovered after waking\n{}", demo.logs()));
+    println!("traffic resumed {resumed:?} after {FROZEN_FOR:?} frozen");
+    assert!(
+        resumed < Duration::from_secs(2),
+        "{resumed:?}\n{}",
+        demo.logs()
+    );
+}
+
+#[test]
+fn with_two_links_up_the_preferred_one_going_down_moves_traffic_to_the_other() {
+    let demo = demo(NatKind::Cone, NatKind::Cone);
+    let cafe = demo.add_cafe(NatKind::Cone).unwrap();
+    demo.add_backup_link(&cafe).unwrap();
+    demo.download(MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let resumed = moved_and_resumed(&demo, "the home link went down", || {
+        demo.drop_home_link().unwrap()
+    });
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+    demo.download(4 * MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+}

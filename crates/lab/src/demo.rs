@@ -929,7 +929,9 @@ impl Demo {
             kind,
         )?;
         let link = lab.connect(&self.net.client, &lan, &[])?;
-        self.net.client.ip(&["link", "set", "dev", &link.name, "down"])?;
+        self.net
+            .client
+            .ip(&["link", "set", "dev", &link.name, "down"])?;
         Ok(Cafe { router, link })
     }
 
@@ -947,6 +949,31 @@ impl Demo {
             .ipv4()
             .ok_or_else(|| invalid("nat-cafe has no LAN address"))?;
         client.set_default_route(via)
+    }
+
+    /// The cafe's link comes up as well, as a second way out (a phone
+    /// tethered next to the Wi-Fi): its address and a default route that
+    /// loses to home's (metric 600) while home's link is up.
+    pub fn add_backup_link(&self, cafe: &Cafe) -> Result<()> {
+        let client = &self.net.client;
+        client.ip(&["link", "set", "dev", &cafe.link.name, "up"])?;
+        client.ip(&["addr", "replace", "172.16.5.10/24", "dev", &cafe.link.name])?;
+        let via = cafe
+            .router
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-cafe has no LAN address"))?
+            .to_string();
+        client.ip(&["route", "replace", "default", "via", &via, "metric", "600"])?;
+        Ok(())
+    }
+
+    /// The client's home link goes down (the Wi-Fi dropped).
+    pub fn drop_home_link(&self) -> Result<()> {
+        self.net
+            .client
+            .ip(&["link", "set", "dev", CLIENT_HOME_LINK, "down"])?;
+        Ok(())
     }
 
     /// And back home: the cafe's link goes down, home's comes up with its

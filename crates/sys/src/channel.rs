@@ -519,7 +519,9 @@ mod tests {
         let counted = Arc::clone(&taken);
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 counted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
@@ -553,8 +555,7 @@ mod tests {
     #[tokio::test]
     async fn a_portal_that_falls_silent_is_lost_at_the_deadline_while_we_keep_sending() {
         let (portal, _) = silent_portal().await;
-        let mut channel =
-            open_with_deadline(config(portal), Duration::from_millis(600)).unwrap();
+        let mut channel = open_with_deadline(config(portal), Duration::from_millis(600)).unwrap();
         assert!(matches!(next(&mut channel).await, Incoming::Connected));
         let connected = tokio::time::Instant::now();
         // The daemon goes on sending (requests, candidates): that must not

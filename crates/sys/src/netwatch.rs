@@ -188,7 +188,11 @@ mod tests {
         // link going down on the way tells the networks apart.
         let mut watch = PathWatch::new(path("192.168.1.23", true));
         assert_eq!(watch.observe(path("192.168.1.23", false), ON_TIME), None);
-        assert_eq!(watch.observe(None, ON_TIME), None, "no route: nothing to do");
+        assert_eq!(
+            watch.observe(None, ON_TIME),
+            None,
+            "no route: nothing to do"
+        );
         assert!(watch.observe(path("192.168.1.23", true), ON_TIME).is_some());
     }
 
@@ -202,7 +206,10 @@ mod tests {
                 woke: true
             })
         );
-        assert_eq!(watch.observe(path("192.168.1.23", true), Duration::from_secs(1)), None);
+        assert_eq!(
+            watch.observe(path("192.168.1.23", true), Duration::from_secs(1)),
+            None
+        );
     }
 
     #[test]
