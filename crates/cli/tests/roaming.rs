@@ -191,3 +191,84 @@ fn with_two_links_up_the_preferred_one_going_down_moves_traffic_to_the_other() {
     demo.download(4 * MIB, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
 }
+
+/// Two gateways with one device id (gateway-2 started from a copy of
+/// gateway-1's state directory, as from a cloned VM image): the portal
+/// refuses the second with `duplicate_device`, which it prints, and the
+/// first keeps serving without a single reconnect.
+#[test]
+fn a_second_gateway_with_a_copied_device_id_is_refused_and_the_first_never_flaps() {
+    let mut demo = Demo::start(DemoOptions {
+        postern: env!("CARGO_BIN_EXE_postern").into(),
+        home_nat: NatKind::Cone,
+        office_nat: NatKind::Cone,
+        gateways: 2,
+    })
+    .unwrap_or_else(|e| panic!("the lab did not start: {e}"));
+    demo.download(MIB, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let serving = demo.serving_gateway().unwrap();
+    let copy = 1 - serving;
+    demo.stop_gateway(copy).unwrap();
+    let id_file = |n: usize| {
+        demo.data_dir()
+            .join(demo.net.gateways[n].name())
+            .join("gateway-device-id")
+    };
+    std::fs::copy(id_file(serving), id_file(copy)).unwrap();
+    let connects = |demo: &Demo| {
+        demo.gateway_processes[serving]
+            .as_ref()
+            .unwrap()
+            .stderr()
+            .matches("connected to the portal")
+            .count()
+    };
+    let before = connects(&demo);
+    demo.gateway_processes[copy] = Some(demo.spawn_gateway(copy).unwrap());
+
+    // Traffic through the first goes on while the copy keeps trying.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        demo.download(64 * 1024, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("a download failed: {e}\n{}", demo.logs()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let copy_log = demo.gateway_processes[copy].as_ref().unwrap().stderr();
+    assert!(
+        copy_log.contains("another device with the same device id"),
+        "the copy says why it is refused:\n{copy_log}"
+    );
+    assert_eq!(
+        connects(&demo),
+        before,
+        "the first never reconnected\n{}",
+        demo.logs()
+    );
+    let portal_log = demo.processes[0].stderr();
+    assert!(
+        portal_log.contains("refused a second device with the same device id"),
+        "{portal_log}"
+    );
+    // The portal lists the id once, online, under the first's name.
+    let gateways = demo
+        .api_ok(
+            "GET",
+            &format!("/api/v1/sites/{}/gateways", demo.setup.site_id),
+            None,
+        )
+        .unwrap();
+    let first_name = demo.net.gateways[serving].name();
+    let listed: serde_json::Value = serde_json::from_str(&gateways).unwrap();
+    let online: Vec<&serde_json::Value> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["online"] == true)
+        .collect();
+    assert_eq!(online.len(), 1, "{gateways}");
+    assert_eq!(
+        online[0]["name"], first_name,
+        "the refused copy did not rename the first: {gateways}"
+    );
+}

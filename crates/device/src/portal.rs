@@ -52,6 +52,12 @@ impl PortalLink {
             Some(Incoming::Lost { error, .. }) if !self.ever_connected => {
                 LinkEvent::Fatal(format!("cannot reach the portal at {portal}: {error}"))
             }
+            // Dropped on purpose (the host moved): connecting again at once.
+            Some(Incoming::Lost { error, retry_in }) if retry_in.is_zero() => {
+                self.connected = false;
+                tracing::info!(%error, "portal connection dropped; {meanwhile}");
+                LinkEvent::Connected(false)
+            }
             Some(Incoming::Lost { error, retry_in }) => {
                 self.connected = false;
                 tracing::warn!(

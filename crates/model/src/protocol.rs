@@ -189,6 +189,10 @@ pub enum DisconnectReason {
     Overloaded,
     /// The portal is shutting down: reconnect with backoff.
     Shutdown,
+    /// Another device with this device id and another key is connected (a
+    /// copied state directory, a cloned VM image): this one is refused,
+    /// the first keeps serving. Retry with backoff; give it its own id.
+    DuplicateDevice,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,7 @@ impl fmt::Display for Stop {
             DisconnectReason::TokenExpired => "the token expired",
             DisconnectReason::Overloaded => "the connection was overloaded",
             DisconnectReason::Shutdown => "the portal shut down",
+            DisconnectReason::DuplicateDevice => "another device with this device id is connected",
         };
         write!(
             f,

@@ -109,6 +109,8 @@ pub(super) struct Sinks<'a> {
     pub cluster: Option<&'a mpsc::UnboundedSender<ClusterMessage>>,
     /// The ledger's writer (see `writer`).
     pub ledger: Option<&'a mpsc::UnboundedSender<(u64, GrantWrite)>>,
+    /// Where admitted devices' details are recorded.
+    pub store: Option<&'a crate::Store>,
 }
 
 /// Carries out everything the core gave. Frames a queue cannot take go
@@ -157,6 +159,24 @@ pub(super) fn carry_out(
                 }
                 Output::Metric(Metric::Denied(reason)) => sinks.metrics.denied(reason),
                 Output::Load(request) => loads.push(request),
+                Output::Seen {
+                    account,
+                    device,
+                    details,
+                    remote_ip,
+                } => {
+                    if let Some(store) = sinks.store {
+                        let store = store.clone();
+                        let at = wall.as_millisecond();
+                        tokio::spawn(async move {
+                            if let Err(error) =
+                                record_seen(&store, account, device, &details, remote_ip, at).await
+                            {
+                                tracing::warn!(%error, %device, "cannot record the device's details");
+                            }
+                        });
+                    }
+                }
                 Output::Persist { seq, write } => {
                     if let Some(ledger) = sinks.ledger {
                         let _ = ledger.send((seq, write));
@@ -171,6 +191,31 @@ pub(super) fn carry_out(
             hub.handle(now, wall, Input::Undeliverable { conn, overloaded });
         }
     }
+}
+
+/// An admitted device's name, OS, version, address and last-seen time.
+async fn record_seen(
+    store: &crate::Store,
+    account: uuid::Uuid,
+    device: uuid::Uuid,
+    details: &super::hub::DeviceDetails,
+    remote_ip: std::net::IpAddr,
+    at_ms: i64,
+) -> crate::store::Result<()> {
+    let mut tx = store.write().await?;
+    crate::store::devices::record_seen(
+        &mut tx,
+        account,
+        device,
+        &details.name,
+        details.os.as_deref(),
+        details.version.as_deref(),
+        &remote_ip.to_string(),
+        at_ms,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 pub(super) struct Shell {
@@ -236,6 +281,7 @@ impl Shell {
                 metrics: &self.state.metrics,
                 cluster: self.cluster.as_ref(),
                 ledger: Some(&self.writer.sender),
+                store: Some(&self.state.store),
             };
             for request in carry_out(&mut self.hub, &mut self.outlets, &sinks, now, wall) {
                 let store = self.state.store.clone();
@@ -311,6 +357,7 @@ mod tests {
             metrics: &metrics,
             cluster: None,
             ledger: None,
+            store: None,
         };
         let mut world = World::new();
         let mut outlets = Outlets::default();

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::allowance::{Allowance, ChannelRate, Verdict};
-use super::hub::{DeviceFacts, Inbound, Joined, Party, TokenFacts};
+use super::hub::{DeviceDetails, DeviceFacts, Inbound, Joined, Party, TokenFacts};
 use super::inbound::{MAX_MESSAGE, Speaker, parse};
 use super::shell::{HubEvent, Outbound};
 use crate::client_ip::ClientAddr;
@@ -166,10 +166,16 @@ async fn join(
         return Ok(refused);
     }
 
-    let (party, public_key, speaker) = match kind {
+    let (party, public_key, speaker, details) = match kind {
         TokenKind::Relay => {
             let id = RelayId(Uuid::new_v4());
-            (Party::Relay { id }, PublicKey([0; 32]), Speaker::Relay)
+            let details = DeviceDetails::default();
+            (
+                Party::Relay { id },
+                PublicKey([0; 32]),
+                Speaker::Relay,
+                details,
+            )
         }
         TokenKind::Client | TokenKind::Gateway => {
             let device_id = text_param("device_id", params.device_id.as_deref(), true, 128)?
@@ -212,7 +218,12 @@ async fn join(
                 TokenKind::Client => Speaker::Client,
                 _ => Speaker::Gateway,
             };
-            (party, public_key, speaker)
+            let details = DeviceDetails {
+                name,
+                os,
+                version: version.clone(),
+            };
+            (party, public_key, speaker, details)
         }
         TokenKind::Api | TokenKind::Browser => return Err(invalid()),
     };
@@ -236,6 +247,7 @@ async fn join(
         token: TokenFacts::from(&token),
         public_key,
         remote_ip,
+        details,
     };
     // Small buffers: ten thousand idle channels must not cost a gigabyte.
     Ok(ws

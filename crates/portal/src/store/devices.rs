@@ -87,18 +87,15 @@ pub async fn upsert_on_connect(
         DeviceKind::Gateway => device.site_id,
     }
     .map(|id| id.to_string());
+    // An existing device's name, OS, version and address are recorded
+    // once the hub admits the channel (`record_seen`): a refused second
+    // device under the same id must not rename the first.
     let sql = format!(
-        "UPDATE devices SET name = $1, os = $2, version = $3, last_seen_at = $4, last_seen_ip = $5, \
-         token_id = COALESCE($10, token_id) \
-         WHERE account_id = $6 AND kind = $7 AND {owner_column} = $8 AND external_id = $9"
+        "UPDATE devices SET token_id = COALESCE($5, token_id) \
+         WHERE account_id = $1 AND kind = $2 AND {owner_column} = $3 AND external_id = $4"
     );
     let token = device.token_id.map(|id| id.to_string());
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(device.name)
-        .bind(device.os)
-        .bind(device.version)
-        .bind(now_ms)
-        .bind(device.remote_ip.clone())
         .bind(account.to_string())
         .bind(device.kind.as_str())
         .bind(owner.clone())
@@ -148,6 +145,35 @@ pub async fn upsert_on_connect(
         .fetch_one(&mut *conn)
         .await?;
     from_row(&row)
+}
+
+/// An admitted channel's device: what it said about itself, from where,
+/// when.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_seen(
+    conn: &mut Conn,
+    account: Uuid,
+    device: Uuid,
+    name: &str,
+    os: Option<&str>,
+    version: Option<&str>,
+    remote_ip: &str,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE devices SET name = $1, os = $2, version = $3, last_seen_at = $4, last_seen_ip = $5 \
+         WHERE account_id = $6 AND id = $7",
+    )
+    .bind(name)
+    .bind(os)
+    .bind(version)
+    .bind(now_ms)
+    .bind(remote_ip)
+    .bind(account.to_string())
+    .bind(device.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Refuses a new device past the actor's or the token's cap, saying so.

@@ -554,6 +554,12 @@ impl Role for ClientTunnel {
                         advice: "sign in again with `postern client sign-in`",
                     }))
                 }
+                DisconnectReason::DuplicateDevice => tracing::error!(
+                    "the portal refused this client: another device with the same device id \
+                     and another key is connected (a copied state directory or cloned VM \
+                     image?); give this one its own id: stop it, delete client-device-id in its \
+                     state directory, start it again. Retrying meanwhile"
+                ),
                 _ => tracing::warn!(?reason, "the portal disconnected this client"),
             },
             PortalToClient::Error { message, .. } => {

@@ -473,6 +473,12 @@ impl Role for GatewayTunnel {
                         advice: "create a new gateway token",
                     }))
                 }
+                DisconnectReason::DuplicateDevice => tracing::error!(
+                    "the portal refused this gateway: another device with the same device id \
+                     and another key is connected (a copied state directory or cloned VM \
+                     image?); give this one its own id: stop it, delete gateway-device-id in its \
+                     state directory, start it again. Retrying meanwhile"
+                ),
                 _ => tracing::warn!(?reason, "the portal disconnected this gateway"),
             },
             PortalToGateway::Error { message, .. } => {

@@ -34,6 +34,17 @@ pub(crate) struct Joined {
     /// X25519 key of the device's current process (zeros for relays).
     pub public_key: PublicKey,
     pub remote_ip: IpAddr,
+    /// What the daemon says about itself; recorded once the channel is
+    /// admitted (a refused duplicate must not rename the device it copies).
+    pub details: DeviceDetails,
+}
+
+/// A device's self-description at connect: name, OS, version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DeviceDetails {
+    pub name: String,
+    pub os: Option<String>,
+    pub version: Option<String>,
 }
 
 /// Who is on the other end of a new channel.
@@ -190,6 +201,13 @@ pub(crate) enum Output {
     Persist {
         seq: u64,
         write: GrantWrite,
+    },
+    /// A client or gateway was admitted: its details and address, now.
+    Seen {
+        account: Uuid,
+        device: Uuid,
+        details: DeviceDetails,
+        remote_ip: IpAddr,
     },
 }
 

@@ -40,13 +40,14 @@ mod selection;
 pub(super) mod tests;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use jiff::Timestamp;
 use postern_model::protocol::{
     DisconnectReason, Interface, PortalToClient, PortalToGateway, PortalToRelay,
 };
-use postern_model::{ClientId, GatewayId};
+use postern_model::{ClientId, GatewayId, PublicKey};
 use uuid::Uuid;
 
 use self::access::Access;
@@ -63,8 +64,8 @@ use crate::change::Change;
 use crate::store::StoreError;
 
 pub(crate) use self::io::{
-    ConnId, DeviceFacts, Frame, GrantWrite, HubConfig, HubSecrets, Inbound, Input, Joined,
-    LoadRequest, Loaded, Metric, Output, Party, PresenceUpdate, TokenFacts,
+    ConnId, DeviceDetails, DeviceFacts, Frame, GrantWrite, HubConfig, HubSecrets, Inbound, Input,
+    Joined, LoadRequest, Loaded, Metric, Output, Party, PresenceUpdate, TokenFacts,
 };
 
 pub(crate) struct Hub {
@@ -296,6 +297,7 @@ impl Hub {
             token,
             public_key,
             remote_ip,
+            details,
         } = joined;
         let token_facts = token;
         let joining = |kind, account| Conn {
@@ -322,9 +324,13 @@ impl Hub {
                     return;
                 };
                 let interface = interface(&device, graph.search_domain.clone());
-                // A second channel of the same device replaces the first.
+                // A second channel of the same device (same key: the same
+                // process, back from another network) replaces the first.
                 let device_id = ClientId(device.id);
                 if let Some(old) = self.presence.client(device_id) {
+                    if self.is_duplicate(old, &public_key, conn, remote_ip, device.id) {
+                        return;
+                    }
                     self.out.doom(old, Some(DisconnectReason::Shutdown));
                 }
                 // Grants made for an earlier process of this device are for
@@ -340,6 +346,12 @@ impl Hub {
                     device,
                     country,
                 };
+                self.out.push(Output::Seen {
+                    account,
+                    device: device_id.0,
+                    details,
+                    remote_ip,
+                });
                 self.presence.insert(conn, joining(kind, Some(account)));
                 let resources = self.evaluation.welcome(account, device_id, actor_id);
                 self.out.push(Output::Presence(PresenceUpdate::Client {
@@ -367,6 +379,9 @@ impl Hub {
                 let interface = interface(&device, graph.search_domain.clone());
                 let device_id = GatewayId(device.id);
                 if let Some(old) = self.presence.gateway(device_id) {
+                    if self.is_duplicate(old, &public_key, conn, remote_ip, device.id) {
+                        return;
+                    }
                     self.out.doom(old, Some(DisconnectReason::Shutdown));
                 }
                 // A restarted gateway has a new key: what it authorized
@@ -378,6 +393,12 @@ impl Hub {
                 let authorizations = self.access.authorizations_on(device_id);
                 let relays = self.relays.credentials(device.id, &token_facts, None, wall);
                 self.relays.issued(conn, now);
+                self.out.push(Output::Seen {
+                    account,
+                    device: device_id.0,
+                    details,
+                    remote_ip,
+                });
                 let kind = ConnKind::Gateway { site_id, device };
                 self.presence.insert(conn, joining(kind, Some(account)));
                 self.routing.gateway_here(device_id);
@@ -444,6 +465,44 @@ impl Hub {
             ConnKind::Relay => {}
         }
         tracing::debug!(conn, "channel closed");
+    }
+
+    /// Whether `conn`, joining under a device id whose channel `old` is
+    /// live with another key, is a second device (a copied state directory,
+    /// a cloned VM image) rather than the same one: if so it is refused
+    /// with `duplicate_device` and the first keeps serving, untouched. A
+    /// restarted daemon (a new key per process) finds its old channel
+    /// closed already (its sockets closed with the process), or refused
+    /// until the old one's silence deadline ends it.
+    fn is_duplicate(
+        &mut self,
+        old: ConnId,
+        public_key: &PublicKey,
+        conn: ConnId,
+        remote_ip: IpAddr,
+        device: Uuid,
+    ) -> bool {
+        let Some(first) = self.presence.get(old) else {
+            return false;
+        };
+        if first.public_key == *public_key {
+            return false;
+        }
+        tracing::warn!(
+            %device,
+            first = %first.remote_ip,
+            second = %remote_ip,
+            "refused a second device with the same device id and another key (a copied state directory?)"
+        );
+        let reason = DisconnectReason::DuplicateDevice;
+        let frame = match first.kind {
+            ConnKind::Client { .. } => Frame::Client(PortalToClient::Disconnect { reason }),
+            ConnKind::Gateway { .. } => Frame::Gateway(PortalToGateway::Disconnect { reason }),
+            ConnKind::Relay => return false,
+        };
+        self.out.push(Output::Send { conn, frame });
+        self.out.push(Output::Close { conn });
+        true
     }
 
     /// Closes the channels doomed while handling an input, telling each why.

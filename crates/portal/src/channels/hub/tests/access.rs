@@ -118,7 +118,9 @@ fn a_gateway_back_with_a_new_key_voids_its_grants() {
     );
     assert!(out.contains(&Output::Close { conn: 2 }));
 
-    // A restarted process (a new key) finds its grants void.
+    // A restarted process (a new key; the old one's channel closed with
+    // it) finds its grants void.
+    w.input(Input::Closed { conn: 3 });
     let out = w.join_gateway(4, SITE, GATEWAY, 9);
     assert_eq!(
         client_frames(&out, 1),

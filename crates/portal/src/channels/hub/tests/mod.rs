@@ -4,6 +4,7 @@
 mod access;
 mod evaluation;
 mod ledger;
+mod presence;
 mod relays;
 
 use std::collections::HashMap;
@@ -96,6 +97,7 @@ fn joined(conn: ConnId, party: Party, key: u8) -> Input {
         },
         public_key: PublicKey([key; 32]),
         remote_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        details: Default::default(),
     }))
 }
 
