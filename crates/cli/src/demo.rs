@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use postern_lab::NatKind;
-use postern_lab::demo::{DNS_NAME, DNS_PATTERN, Demo, DemoOptions, PORTAL, WEB};
+use postern_lab::demo::{DNS_NAME, DNS_PATTERN, Demo, DemoOptions, PORTAL, WEB, WEB_V6};
 
 use crate::args::DemoArgs;
 use crate::daemon;
@@ -136,6 +136,17 @@ fn check(demo: &Demo) -> bool {
     report(
         &format!("{DNS_NAME} by name: proxy addresses from the stub, 1 MiB through the gateway"),
         by_name(demo),
+    );
+    report(
+        &format!("4 MiB from the IPv6 resource {WEB_V6}, every byte checked"),
+        WEB_V6
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| e.to_string())
+            .and_then(|web| {
+                demo.download_from(web, 4 << 20, Duration::from_secs(30))
+                    .map_err(|e| e.to_string())
+            })
+            .map(|took| format!("{:.0} ms", took.as_secs_f64() * 1000.0)),
     );
     let started = Instant::now();
     report(

@@ -319,7 +319,8 @@ fn postern_demo_check_verifies_the_scenario() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("[ ok ]").count(), 6, "{stdout}");
+    assert_eq!(stdout.matches("[ ok ]").count(), 7, "{stdout}");
+    assert!(stdout.contains("from the IPv6 resource"), "{stdout}");
     assert!(stdout.contains("path between client and gateway: direct"));
 }
 

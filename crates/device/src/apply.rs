@@ -93,7 +93,7 @@ impl System {
                 ipv6_prefix: config.ipv6_prefix,
             },
         )?;
-        self.routes = Some(Routes::new(tun.index())?);
+        self.routes = Some(Routes::new(tun.index(), (config.ipv4, config.ipv6))?);
         tracing::info!(
             interface = tun.name(),
             offload = tun.offload(),
@@ -143,13 +143,13 @@ impl System {
 
     /// The first time: the stub on the sentinels, then the system pointed
     /// at it. Later: the routing and search domains.
-    pub fn dns(
+    pub async fn dns(
         &mut self,
         config: &DnsConfig,
         queries: &mpsc::Sender<StubQuery>,
     ) -> Result<(), DeviceError> {
         if !self.stub_started {
-            self.start_dns(config, queries)?;
+            self.start_dns(config, queries).await?;
             self.stub_started = true;
         }
         if let Some(SystemDns::Resolved(link)) = &self.system_dns
@@ -161,7 +161,7 @@ impl System {
         Ok(())
     }
 
-    fn start_dns(
+    async fn start_dns(
         &mut self,
         config: &DnsConfig,
         queries: &mpsc::Sender<StubQuery>,
@@ -169,10 +169,19 @@ impl System {
         let Some(tun) = &self.tun else {
             return Ok(());
         };
-        for sentinel in &config.sentinels {
-            tun.add_address(*sentinel).map_err(DeviceError::io(format!(
-                "cannot give {sentinel} to the tunnel interface"
-            )))?;
+        // Never a source address (the gateway drops anything but the
+        // client's tunnel address): deprecated, and every route names its
+        // source besides.
+        if let Some(routes) = &self.routes {
+            for sentinel in &config.sentinels {
+                routes
+                    .add_receive_only_address(*sentinel)
+                    .await
+                    .map_err(|error| DeviceError::Io {
+                        what: format!("cannot give {sentinel} to the tunnel interface"),
+                        source: std::io::Error::other(error.to_string()),
+                    })?;
+            }
         }
         stub::serve(&config.sentinels, queries.clone()).map_err(DeviceError::io(
             "cannot serve DNS on the sentinel addresses",

@@ -375,7 +375,7 @@ impl<R: Role> Shell<R> {
                 self.tell_host_addresses();
             }
             Effect::Routes(routes) => self.system.routes(routes).await,
-            Effect::Dns(config) => self.system.dns(&config, &self.stub_queries)?,
+            Effect::Dns(config) => self.system.dns(&config, &self.stub_queries).await?,
             Effect::Masquerade(sources) => self.system.masquerade(&sources)?,
             Effect::DnsAnswer { query, answer } => {
                 if let (Some(reply), Some(answer)) = (self.replies.remove(&query), answer) {

@@ -18,6 +18,8 @@ use crate::{Host, Lab, LabProcess, NatKind, Router};
 pub const PORTAL: &str = "198.18.0.2:8080";
 pub const RELAY_IP: &str = "198.18.0.3";
 pub const WEB: &str = "10.0.1.80:80";
+/// The office web server's IPv6 address the demo's IPv6 resource names.
+pub const WEB_V6: &str = "[fd10::3]:80";
 pub const ACCOUNT: &str = "demo";
 /// The office's DNS server: only the gateways use it.
 pub const OFFICE_DNS: &str = "10.0.1.53:53";
@@ -81,8 +83,18 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         "192.168.1.1/24",
         home_nat,
     )?;
+    nat_home.host.ip(&[
+        "addr",
+        "add",
+        "fd20::1/64",
+        "dev",
+        &nat_home.lan.name,
+        "nodad",
+    ])?;
     let client = lab.add_host("client")?;
-    lab.connect(&client, &home, &["192.168.1.10/24"])?;
+    // Dual-stack like a real home LAN: the laptop has a global-looking IPv6
+    // address of its own that must never become a tunnel source.
+    lab.connect(&client, &home, &["192.168.1.10/24", "fd20::10/64"])?;
     let office = lab.add_switch("office")?;
     let nat_office = lab.add_nat_router(
         "nat-office",
@@ -95,11 +107,28 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
     let mut gateway_hosts = Vec::new();
     for n in 1..=gateways.clamp(1, 9) {
         let host = lab.add_host(&format!("gateway-{n}"))?;
-        lab.connect(&host, &office, &[&format!("10.0.1.{}/24", 10 + n)])?;
+        lab.connect(
+            &host,
+            &office,
+            &[
+                &format!("10.0.1.{}/24", 10 + n),
+                &format!("fd10::{}/64", 10 + n),
+            ],
+        )?;
         gateway_hosts.push(host);
     }
     let web = lab.add_host("web")?;
-    lab.connect(&web, &office, &["10.0.1.80/24", "10.0.1.53/24"])?;
+    lab.connect(
+        &web,
+        &office,
+        &[
+            "10.0.1.80/24",
+            "10.0.1.53/24",
+            "fd10::80/64",
+            "fd10::3/64",
+            "fd10::53/64",
+        ],
+    )?;
     let home_lan = nat_home
         .lan
         .ipv4()
@@ -161,6 +190,8 @@ pub struct Setup {
     /// The DNS resource (`*.apps.corp.test`, tcp/80) and its policy.
     pub dns_resource_id: String,
     pub dns_policy_id: String,
+    /// The IPv6 resource `fd10::3` (tcp/80, ICMP).
+    pub ipv6_resource_id: String,
 }
 
 /// The running demo. Dropping it stops every process and removes the lab.
@@ -273,8 +304,11 @@ impl Demo {
         let net = topology(options.home_nat, options.office_nat, options.gateways)?;
         let data = net.lab.log_dir().join("data");
         std::fs::create_dir_all(&data)?;
-        let web_server =
-            WebServer::start(&net.web, WEB.parse().map_err(|_| invalid("web address"))?)?;
+        // Dual-stack: every address of the web host, IPv4 and IPv6.
+        let web_server = WebServer::start(
+            &net.web,
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 80)),
+        )?;
         let office_dns = crate::dns::DnsServer::start(
             &net.web,
             OFFICE_DNS
@@ -282,6 +316,7 @@ impl Demo {
                 .map_err(|_| invalid("office DNS address"))?,
             &[
                 (DNS_NAME, IpAddr::from([10, 0, 1, 80])),
+                (DNS_NAME, IpAddr::from([0xfd10, 0, 0, 0, 0, 0, 0, 0x80])),
                 // For patterns other than the demo's own (tests add resources).
                 ("db1.corp.test", IpAddr::from([10, 0, 1, 80])),
                 ("internal.corp.test", IpAddr::from([10, 0, 1, 80])),
@@ -517,6 +552,8 @@ impl Demo {
             json_field(&token, "token").ok_or_else(|| invalid("no client token"))?;
         (self.setup.dns_resource_id, self.setup.dns_policy_id) =
             self.add_resource("Office apps", "dns", DNS_PATTERN, WEB_FILTERS)?;
+        (self.setup.ipv6_resource_id, _) =
+            self.add_resource("Office web server (IPv6)", "ip", "fd10::3", WEB_FILTERS)?;
         self.api_ok(
             "PATCH",
             "/api/v1/account",
