@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use postern_lab::demo::{Demo, DemoOptions};
+use postern_lab::demo::{Demo, DemoOptions, WEB, WEB_V6};
 use postern_lab::{Host, NatKind};
 
 fn demo(gateways: usize) -> Demo {
@@ -83,7 +83,10 @@ fn tcp_reaches(host: &Host, to: SocketAddr, listener: &TcpListener) -> bool {
 /// Datagrams from `host` to `to`, and whether `socket` got one.
 fn udp_reaches(host: &Host, to: SocketAddr, socket: &UdpSocket) -> bool {
     host.enter(move || {
-        let sender = UdpSocket::bind("0.0.0.0:0")?;
+        let sender = match to {
+            SocketAddr::V4(_) => UdpSocket::bind("0.0.0.0:0")?,
+            SocketAddr::V6(_) => UdpSocket::bind("[::]:0")?,
+        };
         for _ in 0..5 {
             sender.send_to(b"knock knock", to)?;
             std::thread::sleep(Duration::from_millis(50));
@@ -96,22 +99,31 @@ fn udp_reaches(host: &Host, to: SocketAddr, socket: &UdpSocket) -> bool {
     socket.recv_from(&mut buffer).is_ok()
 }
 
-#[test]
-fn a_host_behind_the_gateway_cannot_open_connections_to_the_client() {
+/// A host behind the gateway that routes the clients' range (`range`,
+/// of the family of `family`) to the gateway (`via`) tries to open TCP and
+/// UDP toward the client's tunnel address of that family; `resource` is
+/// the web server's address of that family.
+fn host_behind_the_gateway_cannot_reach_the_client(
+    family: &str,
+    range: &str,
+    via: &str,
+    resource: &str,
+) {
     let demo = demo(1);
     download(&demo);
-    let tunnel: IpAddr = status(&demo)["addresses"]["ipv4"]
+    let tunnel: IpAddr = status(&demo)["addresses"][family]
         .as_str()
         .and_then(|text| text.parse().ok())
         .unwrap_or_else(|| panic!("no tunnel address in {}", status(&demo)));
-    // A service on the laptop, listening on every address (as most do).
+    // A service on the laptop, listening on every address of both
+    // families (as most do).
     let (listener, datagrams) = demo
         .net
         .client
         .enter(|| {
-            let listener = TcpListener::bind("0.0.0.0:8080")?;
+            let listener = TcpListener::bind("[::]:8080")?;
             listener.set_nonblocking(true)?;
-            let datagrams = UdpSocket::bind("0.0.0.0:8081")?;
+            let datagrams = UdpSocket::bind("[::]:8081")?;
             datagrams.set_read_timeout(Some(Duration::from_millis(500)))?;
             Ok::<_, std::io::Error>((listener, datagrams))
         })
@@ -119,8 +131,7 @@ fn a_host_behind_the_gateway_cannot_open_connections_to_the_client() {
         .unwrap();
     // The resource host routes the clients' range to the gateway.
     let web = &demo.net.web;
-    web.add_route("100.64.0.0/11", "10.0.1.11".parse().unwrap())
-        .unwrap();
+    web.add_route(range, via.parse().unwrap()).unwrap();
     let tcp = SocketAddr::new(tunnel, 8080);
     let udp = SocketAddr::new(tunnel, 8081);
 
@@ -158,8 +169,26 @@ fn a_host_behind_the_gateway_cannot_open_connections_to_the_client() {
         after > before,
         "the tunnel did not count the unsolicited packets ({before} -> {after})"
     );
-    // What the client opened still flows.
-    download(&demo);
+    // What the client opened still flows (the host routes this family's
+    // replies to the gateway itself now that nothing masquerades them).
+    let resource: SocketAddr = resource.parse().unwrap();
+    demo.download_from(resource, 1024, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+}
+
+#[test]
+fn a_host_behind_the_gateway_cannot_open_connections_to_the_client() {
+    host_behind_the_gateway_cannot_reach_the_client("ipv4", "100.64.0.0/11", "10.0.1.11", WEB);
+}
+
+#[test]
+fn a_host_behind_the_gateway_cannot_open_connections_to_the_client_over_ipv6() {
+    host_behind_the_gateway_cannot_reach_the_client(
+        "ipv6",
+        "fd7e:5057:6e00::/48",
+        "fd10::11",
+        WEB_V6,
+    );
 }
 
 #[test]

@@ -128,3 +128,30 @@ fn a_dns_resource_answers_aaaa_with_proxies_that_reach_the_office_over_ipv6() {
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
     println!("4 MiB by name over IPv6 ({proxy}) in {took:?}");
 }
+
+#[test]
+fn an_ipv6_cidr_resource_reaches_every_host_of_the_office_prefix() {
+    let demo = demo();
+    demo.add_resource(
+        "Office LAN (IPv6)",
+        "cidr",
+        "fd10::/64",
+        postern_lab::demo::WEB_FILTERS,
+    )
+    .unwrap();
+    let web: SocketAddr = "[fd10::80]:80".parse().unwrap();
+    let started = Instant::now();
+    let took = loop {
+        match demo.download_from(web, 2 * MIB, Duration::from_secs(5)) {
+            Ok(took) => break took,
+            Err(error) if started.elapsed() > Duration::from_secs(10) => {
+                panic!("{error}\n{}", demo.logs())
+            }
+            // The client learns of the new resource a moment later.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    println!("2 MiB from {web} through the CIDR resource in {took:?}");
+    let (_, v6) = tunnel_addresses(&demo);
+    assert_eq!(route_source(&demo, "fd10::80"), v6);
+}
