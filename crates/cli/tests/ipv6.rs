@@ -155,3 +155,49 @@ fn an_ipv6_cidr_resource_reaches_every_host_of_the_office_prefix() {
     let (_, v6) = tunnel_addresses(&demo);
     assert_eq!(route_source(&demo, "fd10::80"), v6);
 }
+
+/// Echo over IPv6 (the filter allows ICMP) with 1400-byte payloads, above
+/// the tunnel's 1280-byte MTU: the client's kernel fragments the requests,
+/// the gateway's kernel tells the web host "packet too big" for the
+/// replies, and the web host fragments them from then on.
+#[test]
+fn large_ipv6_echoes_cross_the_tunnel_with_path_mtu_discovery() {
+    let demo = demo();
+    demo.download_from(WEB_V6.parse().unwrap(), 1024, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let small = demo
+        .net
+        .client
+        .run("ping", &["-6", "-c", "2", "-W", "2", "fd10::3"])
+        .unwrap_or_else(|e| panic!("small echo: {e}\n{}", demo.logs()));
+    assert!(small.contains(" 0% packet loss"), "{small}");
+    let output = demo
+        .net
+        .client
+        .command("ping")
+        .args([
+            "-6", "-c", "4", "-i", "0.3", "-W", "2", "-s", "1400", "fd10::3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
+    let received: u32 = text
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received")?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        received >= 2,
+        "large echoes answered: {text}\n{}",
+        demo.logs()
+    );
+    let learnt = demo
+        .net
+        .web
+        .run("ip", &["-6", "route", "get", "fd10::11"])
+        .unwrap();
+    assert!(
+        learnt.contains("mtu 1280"),
+        "the web host learnt the path MTU: {learnt}"
+    );
+}

@@ -684,6 +684,8 @@ impl Demo {
         loop {
             if let Ok(status) = self.client_status()
                 && status.contains(&self.setup.resource_id)
+                && self.routed_through_tunnel("10.0.1.80")
+                && self.routed_through_tunnel("fd10::3")
             {
                 return Ok(());
             }
@@ -699,6 +701,15 @@ impl Demo {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the client routes `destination` into its tunnel interface
+    /// (routes follow the resource list a moment after the status).
+    fn routed_through_tunnel(&self, destination: &str) -> bool {
+        self.net
+            .client
+            .run("ip", &["route", "get", destination])
+            .is_ok_and(|route| route.contains("dev postern0"))
     }
 
     /// `postern client status --json` of the demo's client.
