@@ -587,6 +587,13 @@ pub struct ClientUpArgs {
     /// 100.100.111.1)
     #[arg(long, env = "POSTERN_NO_SYSTEM_DNS")]
     pub no_system_dns: bool,
+    /// Where a resource overlaps a network this host is on (home and office
+    /// both on 192.168.1.0/24), let the local network win; by default the
+    /// tunnel does (the admin configured the resource). Either way the
+    /// host's default gateway, its DNS servers and the portal stay local;
+    /// `postern client status` lists each overlap
+    #[arg(long, env = "POSTERN_LOCAL_NETWORKS_WIN")]
+    pub local_networks_win: bool,
     #[command(flatten)]
     pub device: DeviceOptions,
     #[command(flatten)]

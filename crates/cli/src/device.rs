@@ -155,6 +155,7 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
     )?;
     let options = postern_device::ClientOptions {
         status_socket: args.status_socket,
+        local_networks_win: args.local_networks_win,
         dns: postern_device::DnsSettings {
             upstreams: args.dns_upstream,
             system: match (args.no_system_dns, args.resolv_conf) {

@@ -21,6 +21,80 @@ use tokio::sync::mpsc;
 use crate::stub::{self, StubQuery};
 use crate::{DeviceError, DnsSettings, SystemDnsMode};
 
+/// What stays on the host's own path besides what the host says.
+#[derive(Clone, Debug, Default)]
+pub struct HostPath {
+    /// The portal's addresses.
+    pub keep: Vec<IpAddr>,
+    /// Local networks win over overlapping resources.
+    pub local_networks_win: bool,
+}
+
+/// Which side a destination in an overlap goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Winner {
+    Tunnel,
+    Local,
+}
+
+/// A resource prefix that overlaps one of the host's local networks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Overlap {
+    pub resource: IpNet,
+    pub local: IpNet,
+    pub interface: String,
+    pub winner: Winner,
+}
+
+/// What the client's table throws back to the host's path, and the
+/// overlaps: each address in `keep` that a route in `wanted` covers (as a
+/// host route), and for each resource overlapping a local network, the
+/// narrower of the two when local networks win. Pure, so tested alone.
+pub fn host_path(
+    wanted: &BTreeSet<IpNet>,
+    keep: &[IpAddr],
+    locals: &[(IpNet, String)],
+    local_networks_win: bool,
+) -> (BTreeSet<IpNet>, Vec<Overlap>) {
+    let mut throws = BTreeSet::new();
+    for address in keep {
+        if wanted.iter().any(|prefix| prefix.contains(address)) {
+            throws.insert(IpNet::from(*address));
+        }
+    }
+    let mut overlaps = Vec::new();
+    for resource in wanted {
+        for (local, interface) in locals {
+            let overlapping =
+                resource.contains(&local.network()) || local.contains(&resource.network());
+            if !overlapping {
+                continue;
+            }
+            let winner = if local_networks_win {
+                Winner::Local
+            } else {
+                Winner::Tunnel
+            };
+            if local_networks_win {
+                let narrower = if resource.prefix_len() >= local.prefix_len() {
+                    *resource
+                } else {
+                    *local
+                };
+                throws.insert(narrower);
+            }
+            overlaps.push(Overlap {
+                resource: *resource,
+                local: *local,
+                interface: interface.clone(),
+                winner,
+            });
+        }
+    }
+    (throws, overlaps)
+}
+
 /// How the system is pointed at the stub.
 enum SystemDns {
     /// Kept for its drop, which writes the file back.
@@ -44,6 +118,17 @@ pub struct System {
     interface_name: String,
     state_dir: PathBuf,
     routed: BTreeSet<IpNet>,
+    /// Throw routes in the client's table: what stays on the host's path.
+    thrown: BTreeSet<IpNet>,
+    /// The resources' prefixes the role asked for last.
+    wanted: BTreeSet<IpNet>,
+    /// Resource prefixes that overlap the host's local networks, and who
+    /// wins (for `postern client status`).
+    overlaps: Vec<Overlap>,
+    /// Addresses that always stay on the host's path (the portal's).
+    keep_on_host: Vec<IpAddr>,
+    /// Local networks win over overlapping resources (else the tunnel).
+    local_networks_win: bool,
     /// The client's DNS settings from its command line.
     dns_settings: DnsSettings,
     stub_started: bool,
@@ -52,13 +137,23 @@ pub struct System {
 }
 
 impl System {
-    pub fn new(interface_name: String, state_dir: PathBuf, dns_settings: DnsSettings) -> Self {
+    pub fn new(
+        interface_name: String,
+        state_dir: PathBuf,
+        dns_settings: DnsSettings,
+        host_path: HostPath,
+    ) -> Self {
         System {
             interface_name,
             state_dir,
             tun: None,
             routes: None,
             routed: BTreeSet::new(),
+            thrown: BTreeSet::new(),
+            wanted: BTreeSet::new(),
+            overlaps: Vec::new(),
+            keep_on_host: host_path.keep,
+            local_networks_win: host_path.local_networks_win,
             firewall: None,
             stub_guard: None,
             forwarding: None,
@@ -80,7 +175,7 @@ impl System {
 
     /// Creates the tunnel interface (once), with a netlink handle for its
     /// routes.
-    pub fn interface(&mut self, config: &TunConfig) -> Result<(), DeviceError> {
+    pub async fn interface(&mut self, config: &TunConfig) -> Result<(), DeviceError> {
         if self.tun.is_some() {
             return Ok(());
         }
@@ -93,7 +188,7 @@ impl System {
                 ipv6_prefix: config.ipv6_prefix,
             },
         )?;
-        self.routes = Some(Routes::new(tun.index(), (config.ipv4, config.ipv6))?);
+        self.routes = Some(Routes::new(tun.index(), (config.ipv4, config.ipv6)).await?);
         tracing::info!(
             interface = tun.name(),
             offload = tun.offload(),
@@ -103,16 +198,39 @@ impl System {
         Ok(())
     }
 
-    /// Routes exactly `wanted` through the tunnel.
+    /// Routes exactly `wanted` through the tunnel, in the client's own
+    /// table; what must stay on the host's path (its default gateways, its
+    /// DNS servers, the portal; local networks when they are to win) is
+    /// thrown back to the main table.
     pub async fn routes(&mut self, wanted: BTreeSet<IpNet>) {
-        let Some(routes) = &self.routes else { return };
-        for prefix in self.routed.difference(&wanted) {
+        self.wanted = wanted.clone();
+        let Some(routes) = &mut self.routes else {
+            return;
+        };
+        let mut keep = self.keep_on_host.clone();
+        match routes.default_gateways().await {
+            Ok(gateways) => keep.extend(gateways),
+            Err(error) => tracing::warn!(%error, "cannot read the host's default gateways"),
+        }
+        keep.extend(self.upstreams.iter().map(|upstream| upstream.ip()));
+        let locals = postern_sys::route::local_networks(&self.interface_name);
+        let (throws, overlaps) = host_path(&wanted, &keep, &locals, self.local_networks_win);
+        // A prefix thrown whole (a resource inside a local network that
+        // wins) is not routed at all: one route per prefix in the table.
+        let unicast: BTreeSet<IpNet> = wanted.difference(&throws).copied().collect();
+
+        for prefix in self.routed.difference(&unicast) {
             if let Err(error) = routes.remove(*prefix).await {
                 tracing::warn!(%error, "cannot remove a route");
             }
         }
+        for prefix in self.thrown.difference(&throws) {
+            if let Err(error) = routes.unthrow(*prefix).await {
+                tracing::warn!(%error, "cannot remove a throw route");
+            }
+        }
         let mut routed = BTreeSet::new();
-        for prefix in &wanted {
+        for prefix in &unicast {
             match routes.add(*prefix).await {
                 Ok(()) => {
                     routed.insert(*prefix);
@@ -120,7 +238,40 @@ impl System {
                 Err(error) => tracing::warn!(%error, "cannot add a route"),
             }
         }
+        let mut thrown = BTreeSet::new();
+        for prefix in &throws {
+            match routes.throw(*prefix).await {
+                Ok(()) => {
+                    thrown.insert(*prefix);
+                }
+                Err(error) => tracing::warn!(%error, "cannot keep {prefix} on the host's path"),
+            }
+        }
+        for overlap in overlaps.iter().filter(|o| !self.overlaps.contains(o)) {
+            tracing::info!(
+                resource = %overlap.resource, local = %overlap.local,
+                interface = %overlap.interface, winner = ?overlap.winner,
+                "a resource overlaps a local network"
+            );
+        }
         self.routed = routed;
+        self.thrown = thrown;
+        self.overlaps = overlaps;
+    }
+
+    /// Resource prefixes overlapping local networks, and who wins.
+    pub fn overlaps(&self) -> &[Overlap] {
+        &self.overlaps
+    }
+
+    /// Takes the client's routing table and rules away (at a clean stop;
+    /// a run that died is cleaned up by the next start).
+    pub async fn shutdown(&mut self) {
+        if let Some(routes) = self.routes.take()
+            && let Err(error) = routes.clean().await
+        {
+            tracing::warn!(%error, "cannot remove the client's routing rules");
+        }
     }
 
     /// IP forwarding on (restored at exit), masquerade for `sources`
@@ -151,6 +302,9 @@ impl System {
         if !self.stub_started {
             self.start_dns(config, queries).await?;
             self.stub_started = true;
+            // The DNS servers are known now: they stay on the host's path.
+            let wanted = self.wanted.clone();
+            self.routes(wanted).await;
         }
         if let Some(SystemDns::Resolved(link)) = &self.system_dns
             && let Err(error) =
@@ -245,4 +399,63 @@ fn take_over(
     ResolvConf::take_over(path, state_dir, sentinels, config.search_domain.as_deref()).map_err(
         DeviceError::io(format!("cannot point {} at the stub", path.display())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn home() -> Vec<(IpNet, String)> {
+        vec![("192.168.1.0/24".parse().unwrap(), "wlan0".to_string())]
+    }
+
+    fn keep() -> Vec<IpAddr> {
+        // The home router (default gateway), the home DNS server, the portal.
+        ["192.168.1.1", "192.168.1.53", "198.18.0.2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_hosts_own_path_stays_local_inside_a_resource_and_the_tunnel_wins_the_rest() {
+        let (throws, overlaps) = host_path(&nets(&["192.168.1.0/24"]), &keep(), &home(), false);
+        assert_eq!(throws, nets(&["192.168.1.1/32", "192.168.1.53/32"]));
+        assert_eq!(
+            overlaps,
+            vec![Overlap {
+                resource: "192.168.1.0/24".parse().unwrap(),
+                local: "192.168.1.0/24".parse().unwrap(),
+                interface: "wlan0".into(),
+                winner: Winner::Tunnel,
+            }]
+        );
+    }
+
+    #[test]
+    fn when_local_networks_win_the_narrower_prefix_is_thrown() {
+        // A resource inside the local network: thrown whole.
+        let (throws, overlaps) = host_path(&nets(&["192.168.1.128/25"]), &[], &home(), true);
+        assert_eq!(throws, nets(&["192.168.1.128/25"]));
+        assert_eq!(overlaps[0].winner, Winner::Local);
+        // A resource containing it: the local network is thrown, the rest
+        // of the resource goes through the tunnel.
+        let (throws, _) = host_path(&nets(&["192.168.0.0/16"]), &[], &home(), true);
+        assert_eq!(throws, nets(&["192.168.1.0/24"]));
+        // Equal: thrown.
+        let (throws, _) = host_path(&nets(&["192.168.1.0/24"]), &[], &home(), true);
+        assert_eq!(throws, nets(&["192.168.1.0/24"]));
+    }
+
+    #[test]
+    fn nothing_is_thrown_or_reported_without_an_overlap() {
+        let (throws, overlaps) =
+            host_path(&nets(&["10.0.1.0/24", "fd10::/64"]), &keep(), &home(), true);
+        assert!(throws.is_empty(), "{throws:?}");
+        assert!(overlaps.is_empty(), "{overlaps:?}");
+    }
 }

@@ -31,6 +31,7 @@ use postern_tunnel::client::{ClientConfig, ClientTunnel};
 use postern_tunnel::effect::Stop;
 use postern_tunnel::gateway::GatewayTunnel;
 
+pub use apply::{Overlap, Winner, host_path};
 pub use start::StartError;
 
 /// What a device daemon (client or gateway) is told on its command line.
@@ -81,6 +82,9 @@ pub struct ClientOptions {
     pub dns: DnsSettings,
     /// Where `postern client status` asks.
     pub status_socket: PathBuf,
+    /// Local networks win over resources that overlap them (else the
+    /// tunnel does: the admin configured the resource).
+    pub local_networks_win: bool,
 }
 
 /// Why a device daemon stopped with an error.
@@ -136,8 +140,7 @@ pub async fn run_client(
             ..ClientConfig::default()
         },
     );
-    let status = Some(options.status_socket.clone());
-    shell::Shell::new(role, started, &config, Some(options.dns), status)?
+    shell::Shell::new(role, started, &config, Some(options))?
         .run(stop)
         .await
 }
@@ -155,7 +158,7 @@ pub async fn run_gateway(
         name = %config.name, "gateway starting"
     );
     let role = GatewayTunnel::new(started.local, started.secret, started.seed);
-    shell::Shell::new(role, started, &config, None, None)?
+    shell::Shell::new(role, started, &config, None)?
         .run(stop)
         .await
 }

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,13 +21,13 @@ use postern_tunnel::effect::{Effect, Input, QueryId};
 use postern_tunnel::role::Role;
 use tokio::sync::mpsc;
 
-use crate::apply::System;
+use crate::apply::{HostPath, System};
 use crate::portal::{LinkEvent, PortalLink};
 use crate::resolver::Resolver;
 use crate::start::{Party, Started};
 use crate::status::{self, SocketFile, StatusDocument};
 use crate::stub::{self, ReplyTo, StubQuery};
-use crate::{DeviceConfig, DeviceError, DnsSettings};
+use crate::{ClientOptions, DeviceConfig, DeviceError};
 
 const BUFFER: usize = 65_536;
 /// Batched reads from one ready source before the others get a turn.
@@ -77,14 +76,19 @@ pub struct Shell<R: Role> {
 }
 
 impl<R: Role> Shell<R> {
-    /// `dns` and `status_socket` are the client's (`None` for a gateway).
+    /// `client` is the client's own options (`None` for a gateway).
     pub fn new(
         role: R,
         started: Started,
         config: &DeviceConfig,
-        dns: Option<DnsSettings>,
-        status_socket: Option<PathBuf>,
+        client: Option<ClientOptions>,
     ) -> Result<Self, DeviceError> {
+        let host_path = HostPath {
+            keep: vec![started.portal_ip],
+            local_networks_win: client.as_ref().is_some_and(|c| c.local_networks_win),
+        };
+        let status_socket = client.as_ref().map(|c| c.status_socket.clone());
+        let dns = client.map(|c| c.dns);
         let client = matches!(started.party, Party::Client);
         let (stub_queries, stub_rx) = mpsc::channel(stub::QUEUE);
         let (results, results_rx) = mpsc::channel(RESULTS);
@@ -128,6 +132,7 @@ impl<R: Role> Shell<R> {
                 config.interface.clone(),
                 config.state_dir.clone(),
                 dns.unwrap_or_default(),
+                host_path,
             ),
             stub_queries,
             stub_rx,
@@ -144,8 +149,16 @@ impl<R: Role> Shell<R> {
     }
 
     /// Runs until `stop` resolves (then the role says goodbye) or the
-    /// portal refuses the device for good.
+    /// portal refuses the device for good; either way the routing rules
+    /// and table go (the rest of the host's state goes with `System`'s
+    /// drop).
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), DeviceError> {
+        let result = self.run_loop(stop).await;
+        self.system.shutdown().await;
+        result
+    }
+
+    async fn run_loop(&mut self, stop: impl Future<Output = ()>) -> Result<(), DeviceError> {
         tokio::pin!(stop);
         self.tell_host_addresses();
         loop {
@@ -193,6 +206,7 @@ impl<R: Role> Shell<R> {
                     let document = StatusDocument {
                         portal: self.portal.clone(),
                         interface: self.system.tun().map(|t| t.name().to_string()),
+                        overlaps: self.system.overlaps().to_vec(),
                         status: self.role.status(Instant::now()),
                     };
                     if let Ok(bytes) = serde_json::to_vec(&document) {
@@ -371,7 +385,7 @@ impl<R: Role> Shell<R> {
     async fn apply(&mut self, effect: Effect) -> Result<(), DeviceError> {
         match effect {
             Effect::Interface(config) => {
-                self.system.interface(&config)?;
+                self.system.interface(&config).await?;
                 self.tell_host_addresses();
             }
             Effect::Routes(routes) => self.system.routes(routes).await,

@@ -19,6 +19,10 @@ pub struct StatusDocument<S> {
     pub portal: String,
     /// The tunnel interface's name, once it exists.
     pub interface: Option<String>,
+    /// Resource prefixes that overlap this host's local networks, and
+    /// which side wins.
+    #[serde(default)]
+    pub overlaps: Vec<crate::apply::Overlap>,
     #[serde(flatten)]
     pub status: S,
 }
@@ -115,6 +119,16 @@ pub fn render(document: &StatusDocument<ClientStatus>) -> String {
         out.push_str(&format!(
             "interface: {name} {} {}\n",
             addresses.ipv4, addresses.ipv6
+        ));
+    }
+    for overlap in &document.overlaps {
+        let winner = match overlap.winner {
+            crate::apply::Winner::Tunnel => "the tunnel wins",
+            crate::apply::Winner::Local => "the local network wins",
+        };
+        out.push_str(&format!(
+            "overlap: resource {} and local network {} on {}: {winner}\n",
+            overlap.resource, overlap.local, overlap.interface
         ));
     }
     if status.resources.is_empty() {

@@ -599,6 +599,26 @@ impl Demo {
     }
 
     fn spawn_client(&self) -> Result<LabProcess> {
+        self.spawn_client_with(&[])
+    }
+
+    /// Starts the client again (after [`Demo::stop_client`] or
+    /// [`Demo::kill_client`]) with `extra` arguments, and waits until it has
+    /// its resources and routes.
+    pub fn start_client(&mut self, extra: &[&str]) -> Result<()> {
+        self.client_process = Some(self.spawn_client_with(extra)?);
+        self.wait_for_client(Duration::from_secs(20))
+    }
+
+    /// Kills the client (SIGKILL): what it set up stays behind.
+    pub fn kill_client(&mut self) -> Result<()> {
+        if let Some(mut process) = self.client_process.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    fn spawn_client_with(&self, extra: &[&str]) -> Result<LabProcess> {
         let state = self.data.join("client");
         let resolv_conf = self.client_resolv_conf()?;
         let url = format!("https://{PORTAL}");
@@ -626,6 +646,8 @@ impl Demo {
                 &resolv_conf.to_string_lossy(),
             ],
         );
+        let mut command = command;
+        command.args(extra);
         self.net.client.spawn(command)
     }
 
@@ -695,8 +717,17 @@ impl Demo {
                     .as_ref()
                     .map(|p| p.stderr())
                     .unwrap_or_default();
+                let client = &self.net.client;
+                let routing = [
+                    client.run("ip", &["route", "get", "10.0.1.80"]),
+                    client.run("ip", &["-6", "route", "get", "fd10::3"]),
+                    client.run("ip", &["rule"]),
+                    client.run("ip", &["route", "show", "table", "all"]),
+                ]
+                .map(|r| r.unwrap_or_else(|e| e.to_string()))
+                .join("\n");
                 return Err(invalid(format!(
-                    "the client never got its resources; its log:\n{log}"
+                    "the client never got its resources and routes; routing:\n{routing}\nits log:\n{log}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));

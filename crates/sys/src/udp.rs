@@ -26,6 +26,12 @@ pub fn bind(address: SocketAddr) -> io::Result<(tokio::net::UdpSocket, usize, us
     if setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     }
+    // Our own datagrams take the host's path, never the tunnel's routes
+    // (`route::FWMARK`). Needs CAP_NET_ADMIN; without it there are no
+    // tunnel routes either.
+    if let Err(error) = setsockopt(&socket, sockopt::Mark, &crate::route::FWMARK) {
+        tracing::debug!(%error, "cannot mark the UDP socket");
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     let (receive, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
