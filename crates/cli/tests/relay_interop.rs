@@ -457,3 +457,61 @@ fn our_client_works_with_our_relay() {
     let _relay = postern_relay(23978, "24000-24099");
     round_trip_through("127.0.0.1:23978".parse().unwrap());
 }
+
+/// coturn's client as browsers use TURN: RTP and RTCP allocations (the
+/// second through the first's EVEN-PORT reservation, from another socket,
+/// which the relay's kernel may hash to another worker), several clients
+/// at once, on a relay with four workers (not `-c`).
+fn uclient_with_rtcp(relay_port: u16, ports: &str, peer: Option<u16>, flags: &[&str]) {
+    let _relay = postern_relay_with(
+        relay_port,
+        ports,
+        &["--allow-loopback-peers", "--workers", "4"],
+    );
+    let _peer = peer.map(|port| turn_peer("127.0.0.1", port));
+    let relay_port = relay_port.to_string();
+    let peer_port = peer.map(|p| p.to_string());
+    let mut args = vec![
+        "-W",
+        SECRET,
+        "-p",
+        &relay_port,
+        "-m",
+        "4",
+        "-n",
+        "50",
+        "-l",
+        "400",
+        "-z",
+        "2",
+    ];
+    if let Some(peer_port) = &peer_port {
+        args.extend(["-e", "127.0.0.1", "-r", peer_port]);
+    }
+    args.extend(flags);
+    args.push("127.0.0.1");
+    let output = run("turnutils_uclient", &args);
+    let (sent, received) = uclient_totals(&output);
+    assert!(sent > 0, "{output}");
+    assert_eq!(sent, received, "{output}");
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+    assert!(
+        !output.contains("508"),
+        "no Insufficient Capacity: {output}"
+    );
+}
+
+#[test]
+fn coturn_uclient_with_rtcp_and_four_clients_on_four_workers() {
+    uclient_with_rtcp(24378, "24400-24599", Some(24380), &[]);
+}
+
+#[test]
+fn coturn_uclient_client_to_client_with_rtcp_on_four_workers() {
+    uclient_with_rtcp(24678, "24700-24899", None, &["-y"]);
+}
+
+#[test]
+fn coturn_uclient_ipv4_explicitly_with_rtcp_on_four_workers() {
+    uclient_with_rtcp(24978, "25000-25199", Some(24980), &["-X"]);
+}

@@ -4,7 +4,9 @@
 //! One worker thread per core. Each has its own listening socket on the same
 //! address (SO_REUSEPORT: the kernel hashes each client's address to one
 //! worker, so one client's packets are never reordered), its own core with a
-//! disjoint slice of the port range (no shared state, no locks), and a mio
+//! disjoint slice of the port range (no shared state on the data path; only
+//! EVEN-PORT reservations are shared, since a client's two sockets may hash
+//! to two workers), and a mio
 //! event loop that receives in batches (recvmmsg, GRO) and coalesces
 //! consecutive same-size datagrams to one destination into one GSO send.
 
@@ -94,6 +96,9 @@ impl Relay {
         };
         tracing::debug!(own = ?peers.own, allowed = ?peers.allowed, "peer policy");
         let metrics = Arc::new(Metrics::new(workers));
+        // EVEN-PORT reservations are redeemed by whichever worker the
+        // client's second socket hashes to.
+        let reservations = Arc::new(postern_turn::server::Reservations::default());
         let mut handles = Vec::with_capacity(workers);
         let mut controls = Vec::with_capacity(workers);
         for index in 0..workers {
@@ -106,6 +111,7 @@ impl Relay {
             core.max_allocations_per_user = config.max_allocations_per_user;
             core.max_bps_per_allocation = config.max_bps_per_allocation;
             core.peers = peers.clone();
+            core.reservations = Arc::clone(&reservations);
             let (control, receiver) = mpsc::channel();
             let worker = worker::Worker::bind(
                 config.listen,

@@ -11,6 +11,9 @@ mod allocation;
 mod auth;
 mod peers;
 mod requests;
+mod reservations;
+
+pub use reservations::Reservations;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -70,6 +73,8 @@ pub struct ServerConfig {
     /// to anyone and makes the answers to spoofed sources (Binding, 401)
     /// bigger (RFC 8489 makes it optional).
     pub software: Option<String>,
+    /// EVEN-PORT reservations; the shards of one relay share one.
+    pub reservations: std::sync::Arc<Reservations>,
 }
 
 impl ServerConfig {
@@ -91,6 +96,7 @@ impl ServerConfig {
             max_bps_per_allocation: 0,
             peers: PeerPolicy::default(),
             software: None,
+            reservations: std::sync::Arc::default(),
         }
     }
 }
@@ -204,8 +210,6 @@ pub struct Server {
     /// than the given Unix second are refused (see [`Server::revoke`]).
     revoked: HashMap<String, u64>,
     free_ports: Vec<u16>,
-    /// Ports held for a later Allocate with RESERVATION-TOKEN.
-    reservations: HashMap<[u8; 8], (u16, Instant)>,
     expiries: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     rng: u64,
     stats: Stats,
@@ -239,7 +243,6 @@ impl Server {
             per_user: HashMap::new(),
             revoked: HashMap::new(),
             free_ports,
-            reservations: HashMap::new(),
             expiries: BinaryHeap::new(),
             rng,
             stats: Stats::default(),
@@ -398,14 +401,8 @@ impl Server {
 
     /// Expires allocations and reservations; call at [`Server::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant, sockets: &mut impl RelaySockets) {
-        let free_ports = &mut self.free_ports;
-        self.reservations.retain(|_, (port, expires)| {
-            let keep = *expires > now;
-            if !keep {
-                free_ports.push(*port);
-            }
-            keep
-        });
+        let returned = self.config.reservations.expire(self.config.shard, now);
+        self.free_ports.extend(returned);
         while let Some(Reverse((due, client))) = self.expiries.peek().copied() {
             if due > now {
                 break;
@@ -475,7 +472,7 @@ impl Server {
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((due, _))| *due);
-        let reservation = self.reservations.values().map(|(_, due)| *due).min();
+        let reservation = self.config.reservations.next_expiry(self.config.shard);
         allocation.into_iter().chain(reservation).min()
     }
 

@@ -117,13 +117,13 @@ impl Server {
         }
         let port = match token {
             Some(token) => {
+                // Possibly held by another shard: redeemed, it is ours.
                 let reserved = <[u8; 8]>::try_from(token)
                     .ok()
-                    .and_then(|token| self.reservations.remove(&token))
-                    .filter(|(_, expires)| *expires > now.instant);
+                    .and_then(|token| self.config.reservations.redeem(token, now.instant));
                 match reserved {
-                    Some((port, _)) if sockets.open(relay_ip, port) => port,
-                    Some((port, _)) => {
+                    Some(port) if sockets.open(relay_ip, port) => port,
+                    Some(port) => {
                         self.free_ports.push(port);
                         return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
                     }
@@ -138,8 +138,12 @@ impl Server {
         let reservation = if even_port == Some(true) {
             let token = self.rng_next().to_be_bytes();
             self.free_ports.retain(|p| *p != port + 1);
-            self.reservations
-                .insert(token, (port + 1, now.instant + RESERVATION_LIFETIME));
+            self.config.reservations.hold(
+                token,
+                port + 1,
+                now.instant + RESERVATION_LIFETIME,
+                self.config.shard,
+            );
             Some(token)
         } else {
             None

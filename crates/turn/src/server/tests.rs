@@ -754,6 +754,62 @@ fn even_port_with_reservation_holds_the_next_port() {
     assert!(message.get(attr::RESERVATION_TOKEN).is_none());
 }
 
+/// A client's two sockets hash to two shards of the relay (SO_REUSEPORT):
+/// the second shard redeems the first's reservation and owns the port.
+#[test]
+fn a_reservation_made_on_one_shard_is_redeemed_on_another() {
+    let reservations = std::sync::Arc::new(Reservations::default());
+    let shard = |n: u16| {
+        let mut config = config();
+        config.shard = n;
+        config.shards = 2;
+        config.reservations = std::sync::Arc::clone(&reservations);
+        Harness::new(config)
+    };
+    let (mut first, mut second) = (shard(0), shard(1));
+    let request = signed(&mut first, alice(), method::ALLOCATE, [1; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+    });
+    let bytes = first.send(alice(), &request).unwrap();
+    let message = Message::parse(&bytes).unwrap();
+    let rtp = message
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    let token = message.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+
+    let rtcp_socket: SocketAddr = "198.18.0.10:40001".parse().unwrap();
+    let claim = signed(&mut second, rtcp_socket, method::ALLOCATE, [2; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    let bytes = second.send(rtcp_socket, &claim).unwrap();
+    let reply = Message::parse(&bytes).unwrap();
+    assert_eq!(reply.class(), Class::Success, "not 508 on the other shard");
+    let rtcp = reply
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rtcp.port(), rtp.port() + 1);
+    // Redeemed: the owner's expiry does not take the port back, and the
+    // token works once.
+    first.advance(Duration::from_secs(31));
+    assert!(reservations.next_expiry(0).is_none());
+    let again = signed(&mut first, bob_socket(), method::ALLOCATE, [3; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(
+        error_of(&first.send(bob_socket(), &again).unwrap()),
+        code::INSUFFICIENT_CAPACITY
+    );
+}
+
+fn bob_socket() -> SocketAddr {
+    "198.18.0.11:9".parse().unwrap()
+}
+
 #[test]
 fn unclaimed_reservations_return_their_port_after_30_seconds() {
     let mut config = config();
