@@ -102,6 +102,7 @@ fn device_config(
         state_dir: device.state.dir,
         interface: device.interface,
         metrics,
+        firewall_changes: true,
     })
 }
 
@@ -118,6 +119,10 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         args.device,
         &args.daemon,
     )?;
+    let config = DeviceConfig {
+        firewall_changes: !args.no_firewall_changes,
+        ..config
+    };
     runtime()?.block_on(postern_device::run_gateway(config, daemon::stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,8 @@ pub struct HostPath {
     pub keep: Vec<IpAddr>,
     /// Local networks win over overlapping resources.
     pub local_networks_win: bool,
+    /// The gateway may open the host's firewall for its tunnel.
+    pub firewall_changes: bool,
 }
 
 /// Which side a destination in an overlap goes to.
@@ -111,6 +113,8 @@ pub struct System {
     system_dns: Option<SystemDns>,
     /// The gateway's masquerade and forward filter; the client's stub guard.
     firewall: Option<Table>,
+    /// Rules let into the host's own iptables FORWARD chain (gateway).
+    host_firewall: Option<postern_sys::host_firewall::Opening>,
     stub_guard: Option<Table>,
     forwarding: Option<Forwarding>,
     routes: Option<Routes>,
@@ -129,6 +133,8 @@ pub struct System {
     keep_on_host: Vec<IpAddr>,
     /// Local networks win over overlapping resources (else the tunnel).
     local_networks_win: bool,
+    /// The gateway may add rules to the host's firewall.
+    firewall_changes: bool,
     /// The client's DNS settings from its command line.
     dns_settings: DnsSettings,
     stub_started: bool,
@@ -154,7 +160,9 @@ impl System {
             overlaps: Vec::new(),
             keep_on_host: host_path.keep,
             local_networks_win: host_path.local_networks_win,
+            firewall_changes: host_path.firewall_changes,
             firewall: None,
+            host_firewall: None,
             stub_guard: None,
             forwarding: None,
             dns_settings,
@@ -288,6 +296,23 @@ impl System {
         let installed = firewall::install_gateway(&table, tun.name(), sources)?;
         self.forwarding = Some(Forwarding::enable()?);
         self.firewall = Some(installed);
+        if self.firewall_changes {
+            match postern_sys::host_firewall::Opening::open(tun.name()) {
+                Ok(opening) => self.host_firewall = Some(opening),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open the host's firewall for the tunnel; forwarded packets may be dropped")
+                }
+            }
+        } else {
+            for blocking in postern_sys::host_firewall::diagnose() {
+                tracing::warn!(
+                    "{} drops what this gateway forwards ({}); --no-firewall-changes, so add: {}",
+                    blocking.backend.label,
+                    blocking.reason,
+                    blocking.commands(tun.name()).join("; ")
+                );
+            }
+        }
         tracing::info!(interface = tun.name(), %table, "masquerade and forward filter on");
         Ok(())
     }

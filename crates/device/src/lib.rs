@@ -52,6 +52,9 @@ pub struct DeviceConfig {
     pub interface: String,
     /// Where the loop publishes its counters (for `--metrics`).
     pub metrics: Option<Arc<DeviceMetrics>>,
+    /// A gateway may add rules to the host's firewall so its forwarding
+    /// works (`--no-firewall-changes` turns that into a diagnosis).
+    pub firewall_changes: bool,
 }
 
 /// How the system's DNS is pointed at the client's stub.

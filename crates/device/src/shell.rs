@@ -86,6 +86,7 @@ impl<R: Role> Shell<R> {
         let host_path = HostPath {
             keep: vec![started.portal_ip],
             local_networks_win: client.as_ref().is_some_and(|c| c.local_networks_win),
+            firewall_changes: config.firewall_changes,
         };
         let status_socket = client.as_ref().map(|c| c.status_socket.clone());
         let dns = client.map(|c| c.dns);

@@ -564,6 +564,11 @@ impl Demo {
 
     /// Starts gateway `n` (0-based) in its host.
     pub fn spawn_gateway(&self, n: usize) -> Result<LabProcess> {
+        self.spawn_gateway_with(n, &[])
+    }
+
+    /// [`Demo::spawn_gateway`] with `extra` arguments.
+    pub fn spawn_gateway_with(&self, n: usize, extra: &[&str]) -> Result<LabProcess> {
         let host = &self.net.gateways[n];
         let state = self.data.join(host.name());
         let url = format!("https://{PORTAL}");
@@ -591,6 +596,8 @@ impl Demo {
                 &(51820 + 10 * n).to_string(),
             ],
         );
+        let mut command = command;
+        command.args(extra);
         host.spawn(command)
     }
 

@@ -12,6 +12,8 @@
 //! - [`firewall`]: nftables tables (the gateway's masquerade and forward
 //!   filter, the client's stub guard) and the forwarding sysctls, undone
 //!   at exit;
+//! - [`host_firewall`]: the host's iptables FORWARD chain (Docker's
+//!   DROP policy), opened narrowly for the gateway's tunnel;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
 //! - [`netwatch`]: the host moving to another network or waking up;
@@ -27,6 +29,7 @@ pub mod device;
 pub mod dns;
 pub mod files;
 pub mod firewall;
+pub mod host_firewall;
 pub mod metrics;
 pub mod netwatch;
 pub mod route;
