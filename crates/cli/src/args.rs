@@ -349,10 +349,18 @@ impl PortalTrustArgs {
 }
 
 #[derive(Debug, Args)]
+// `postern gateway check` needs neither the portal nor a token: both are
+// checked when the gateway runs.
+#[command(
+    args_conflicts_with_subcommands = true,
+    mut_group("TokenSource", |group| group.required(false))
+)]
 pub struct GatewayArgs {
+    #[command(subcommand)]
+    pub command: Option<GatewayCommand>,
     /// Portal URL (https://; http:// only on loopback or with --insecure-http)
     #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
-    pub portal: String,
+    pub portal: Option<String>,
     #[command(flatten)]
     pub trust: PortalTrustArgs,
     #[command(flatten)]
@@ -379,6 +387,18 @@ pub struct GatewayArgs {
     pub device: DeviceOptions,
     #[command(flatten)]
     pub daemon: DaemonOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Say whether this host's firewall would drop what a gateway forwards,
+    /// and the rules that let its tunnel through (what the gateway adds
+    /// unless --no-firewall-changes); changes nothing
+    Check {
+        /// The tunnel interface the rules would name
+        #[arg(long, env = "POSTERN_INTERFACE", default_value = "postern0")]
+        interface: String,
+    },
 }
 
 /// Where the device id and the sign-in token live (root only).

@@ -106,11 +106,34 @@ fn device_config(
     })
 }
 
+/// `postern gateway check`: the host firewall's verdict on forwarding.
+pub fn gateway_check(interface: &str) -> anyhow::Result<ExitCode> {
+    let blocking = postern_sys::host_firewall::diagnose();
+    if blocking.is_empty() {
+        println!(
+            "forwarding: not blocked by iptables (nf_tables or legacy); the gateway changes nothing here"
+        );
+    }
+    for blocked in &blocking {
+        println!(
+            "forwarding: blocked by {} ({}); the gateway adds, unless --no-firewall-changes:",
+            blocked.backend.label, blocked.reason
+        );
+        for command in blocked.commands(interface) {
+            println!("  {command}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let Some(portal) = args.portal.clone() else {
+        bail!("give the portal's URL with --portal (or POSTERN_PORTAL)");
+    };
     let config = device_config(
         "gateway",
         PortalFlags {
-            url: args.portal,
+            url: portal,
             trust: &args.trust,
             token: &args.token,
         },

@@ -44,7 +44,12 @@ fn main() -> ExitCode {
             }
             None => finish("portal", portal::serve(*portal)),
         },
-        Command::Gateway(args) => finish("gateway", device::gateway(args)),
+        Command::Gateway(args) => match args.command {
+            Some(args::GatewayCommand::Check { ref interface }) => {
+                finish("gateway check", device::gateway_check(interface))
+            }
+            None => finish("gateway", device::gateway(args)),
+        },
         Command::Relay(args) => finish("relay", relay::run(args)),
         Command::Client(client) => match client.command {
             ClientCommand::Up(args) => finish("client up", device::client_up(*args)),

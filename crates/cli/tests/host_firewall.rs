@@ -159,6 +159,20 @@ fn with_no_firewall_changes_the_gateway_says_what_blocks_forwarding() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(line.contains("FORWARD policy is DROP"), "{line}");
+    // `postern gateway check` says the same, changing nothing.
+    let check = gateway
+        .run(env!("CARGO_BIN_EXE_postern"), &["gateway", "check"])
+        .unwrap();
+    assert!(
+        check.contains("blocked by iptables (nf_tables) (its FORWARD policy is DROP)"),
+        "{check}"
+    );
+    assert!(
+        check.contains(
+            "iptables-nft -I FORWARD 1 -o postern0 -m conntrack --ctstate RELATED,ESTABLISHED"
+        ),
+        "{check}"
+    );
     // And it does: without the rules nothing gets through.
     assert!(
         until_download(&demo, Duration::from_secs(5)).is_err(),
