@@ -643,3 +643,22 @@ fn a_grant_waiting_for_names_is_not_applied_after_a_revocation() {
     );
     assert_eq!(world.forwarded_total(), 0);
 }
+
+/// A gateway whose forwarded packets never get an answer (its host's
+/// firewall drops them, say) says so once, instead of failing silently; a
+/// site that answers raises nothing.
+#[test]
+fn a_gateway_whose_forwarding_gets_no_answers_says_so() {
+    for echo in [true, false] {
+        let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![web_on(80)]);
+        world.echo = echo;
+        for tag in 0..30u8 {
+            world.app_sends(&to_web(80, tag));
+            world.run_for(Duration::from_millis(400));
+        }
+        world.run_for(Duration::from_secs(2));
+        assert!(world.forwarded_total() >= 25, "the packets were forwarded");
+        let reported = world.gateway(1).dropped().get("unanswered");
+        assert_eq!(reported, u64::from(!echo), "echo: {echo}");
+    }
+}

@@ -12,6 +12,7 @@
 pub mod authorizations;
 mod destinations;
 mod names;
+mod replies;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,6 +37,7 @@ use crate::effect::{Effect, Input, Resolution, Stop, TunConfig};
 use crate::node::{Node, NodeEvent, PeerConfig, Transmit};
 use crate::outbox::Outbox;
 use crate::role::{Gauges, Role, deadline};
+use replies::ReplyWatch;
 
 /// What a gateway's status shows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct GatewayTunnel {
     host_addresses: Vec<IpAddr>,
     connected: bool,
     out: Outbox<GatewayToPortal>,
+    /// Whether forwarded packets ever get an answer.
+    replies: ReplyWatch,
 }
 
 impl GatewayTunnel {
@@ -76,6 +80,7 @@ impl GatewayTunnel {
             host_addresses: Vec::new(),
             connected: false,
             out: Outbox::new(),
+            replies: ReplyWatch::default(),
         }
     }
 
@@ -537,6 +542,7 @@ impl Role for GatewayTunnel {
                 return None;
             }
         };
+        self.replies.replied();
         let sent = self.node.encapsulate(client, packet, now, out);
         self.drain();
         sent
@@ -552,7 +558,13 @@ impl Role for GatewayTunnel {
         let received = self.node.decapsulate(source, datagram, now, out);
         let forward = match received {
             Some((client, n)) => match out.get_mut(..n) {
-                Some(packet) => self.admit(client, packet, now).then_some(n),
+                Some(packet) => {
+                    let admitted = self.admit(client, packet, now);
+                    if admitted {
+                        self.replies.forwarded(now);
+                    }
+                    admitted.then_some(n)
+                }
                 None => None,
             },
             None => None,
@@ -562,6 +574,15 @@ impl Role for GatewayTunnel {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if let Some(forwarded) = self.replies.check(now) {
+            tracing::warn!(
+                forwarded,
+                "clients' packets left for the resources but nothing came back in 10 s: \
+                 the host's firewall may drop forwarded packets (see `postern gateway check`), \
+                 or the resources route their replies elsewhere"
+            );
+            self.out.dropped.add("unanswered");
+        }
         self.node.handle_timeout(now);
         self.authorizations.handle_timeout(now);
         // Answers that expired are looked up again while the client may
@@ -589,6 +610,7 @@ impl Role for GatewayTunnel {
             self.node.poll_timeout(),
             self.authorizations.poll_timeout(),
             self.lookups.poll_timeout(),
+            self.replies.next_check(),
         ]
         .into_iter()
         .flatten()
