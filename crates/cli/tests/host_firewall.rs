@@ -7,21 +7,15 @@
 //! byte for byte what it was. With `--no-firewall-changes` it says what
 //! blocks forwarding and what to add, in one line.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use postern_lab::demo::{Demo, DemoOptions};
+use postern_lab::demo::Demo;
 use postern_lab::{Host, NatKind};
 
 fn demo() -> Demo {
-    match Demo::start(DemoOptions {
-        postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: NatKind::Cone,
-        office_nat: NatKind::Cone,
-        gateways: 1,
-    }) {
-        Ok(demo) => demo,
-        Err(error) => panic!("the lab did not start: {error}"),
-    }
+    support::demo(NatKind::Cone, NatKind::Cone, 1)
 }
 
 /// Everything the firewall holds, as its tools print it (without the

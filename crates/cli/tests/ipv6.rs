@@ -5,24 +5,18 @@
 //! tunnel itself runs over IPv4. The demo offers the IPv6 resource
 //! `fd10::3` and the DNS resource whose name has A and AAAA records.
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use postern_lab::NatKind;
-use postern_lab::demo::{DNS_NAME, Demo, DemoOptions, WEB_V6};
+use postern_lab::demo::{DNS_NAME, Demo, WEB_V6};
 
 const MIB: u64 = 1 << 20;
 
 fn demo() -> Demo {
-    match Demo::start(DemoOptions {
-        postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: NatKind::Cone,
-        office_nat: NatKind::Cone,
-        gateways: 1,
-    }) {
-        Ok(demo) => demo,
-        Err(error) => panic!("the lab did not start: {error}"),
-    }
+    support::demo(NatKind::Cone, NatKind::Cone, 1)
 }
 
 fn ip(demo: &Demo, args: &[&str]) -> String {

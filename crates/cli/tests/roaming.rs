@@ -12,20 +12,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postern_lab::NatKind;
-use postern_lab::demo::{Demo, DemoOptions};
+use postern_lab::demo::Demo;
+
+mod support;
 
 const MIB: u64 = 1 << 20;
 
 fn demo(home: NatKind, office: NatKind) -> Demo {
-    match Demo::start(DemoOptions {
-        postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: home,
-        office_nat: office,
-        gateways: 1,
-    }) {
-        Ok(demo) => demo,
-        Err(error) => panic!("the lab did not start: {error}"),
-    }
+    support::demo(home, office, 1)
 }
 
 /// Polls small downloads until one works; how long that took.
@@ -198,13 +192,7 @@ fn with_two_links_up_the_preferred_one_going_down_moves_traffic_to_the_other() {
 /// first keeps serving without a single reconnect.
 #[test]
 fn a_second_gateway_with_a_copied_device_id_is_refused_and_the_first_never_flaps() {
-    let mut demo = Demo::start(DemoOptions {
-        postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: NatKind::Cone,
-        office_nat: NatKind::Cone,
-        gateways: 2,
-    })
-    .unwrap_or_else(|e| panic!("the lab did not start: {e}"));
+    let mut demo = support::demo(NatKind::Cone, NatKind::Cone, 2);
     demo.download(MIB, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
     let serving = demo.serving_gateway().unwrap();

@@ -9,10 +9,12 @@
 //! a restart and a stop, the routing tables and rules are byte for byte
 //! what they were.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use postern_lab::demo::{Demo, DemoOptions, WEB_FILTERS};
+use postern_lab::demo::{Demo, WEB_FILTERS};
 use postern_lab::{Host, NatKind};
 
 /// The office host on the overlapping prefix.
@@ -22,15 +24,7 @@ const HOME_DNS: &str = "192.168.1.53";
 const HOME_ROUTER: &str = "192.168.1.1";
 
 fn demo() -> Demo {
-    match Demo::start(DemoOptions {
-        postern: env!("CARGO_BIN_EXE_postern").into(),
-        home_nat: NatKind::Cone,
-        office_nat: NatKind::Cone,
-        gateways: 1,
-    }) {
-        Ok(demo) => demo,
-        Err(error) => panic!("the lab did not start: {error}"),
-    }
+    support::demo(NatKind::Cone, NatKind::Cone, 1)
 }
 
 /// Routing state as `ip` prints it: every table and the rules, both

@@ -275,13 +275,19 @@ impl Routes {
 
     /// Every route of the client's table.
     async fn table_routes(&self) -> Result<Vec<RouteMessage>, RouteError> {
+        self.dump(TABLE).await
+    }
+
+    /// Every route of `table`, both families (the kernel dumps them all;
+    /// the table is filtered here).
+    async fn dump(&self, table: u32) -> Result<Vec<RouteMessage>, RouteError> {
         let mut found = Vec::new();
         for message in [
             RouteMessageBuilder::<Ipv4Addr>::new()
-                .table_id(TABLE)
+                .table_id(table)
                 .build(),
             RouteMessageBuilder::<Ipv6Addr>::new()
-                .table_id(TABLE)
+                .table_id(table)
                 .build(),
         ] {
             let mut routes = self.handle.route().get(message).execute();
@@ -290,7 +296,7 @@ impl Routes {
                 .await
                 .map_err(|e| RouteError::Rules(e.to_string()))?
             {
-                if table_of(&route) == TABLE {
+                if table_of(&route) == table {
                     found.push(route);
                 }
             }
@@ -319,35 +325,17 @@ impl Routes {
     /// The next hops of the main table's default routes: the host's own
     /// gateways, which must stay on its path.
     pub async fn default_gateways(&self) -> Result<Vec<IpAddr>, RouteError> {
+        use rtnetlink::packet_route::route::RouteAddress;
         let mut found = Vec::new();
-        for message in [
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .table_id(MAIN)
-                .build(),
-            RouteMessageBuilder::<Ipv6Addr>::new()
-                .table_id(MAIN)
-                .build(),
-        ] {
-            let mut routes = self.handle.route().get(message).execute();
-            while let Some(route) = routes
-                .try_next()
-                .await
-                .map_err(|e| RouteError::Rules(e.to_string()))?
-            {
-                if table_of(&route) != MAIN || route.header.destination_prefix_length != 0 {
-                    continue;
-                }
-                for attribute in &route.attributes {
-                    use rtnetlink::packet_route::route::RouteAddress;
-                    match attribute {
-                        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
-                            found.push(IpAddr::V4(*v4))
-                        }
-                        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => {
-                            found.push(IpAddr::V6(*v6))
-                        }
-                        _ => {}
-                    }
+        for route in self.dump(MAIN).await? {
+            if route.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => found.push(IpAddr::V4(*v4)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => found.push(IpAddr::V6(*v6)),
+                    _ => {}
                 }
             }
         }

@@ -105,3 +105,22 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
     }
     panic!("{name} is not installed and this test needs it: apt-get install {package}")
 }
+
+/// The lab's demo (portal, relay, `gateways` gateways, a client) behind
+/// NATs of these kinds, or a failure that says why it did not start.
+pub fn demo(
+    home: postern_lab::NatKind,
+    office: postern_lab::NatKind,
+    gateways: usize,
+) -> postern_lab::demo::Demo {
+    let options = postern_lab::demo::DemoOptions {
+        postern: env!("CARGO_BIN_EXE_postern").into(),
+        home_nat: home,
+        office_nat: office,
+        gateways,
+    };
+    match postern_lab::demo::Demo::start(options) {
+        Ok(demo) => demo,
+        Err(error) => panic!("the lab did not start: {error}"),
+    }
+}
