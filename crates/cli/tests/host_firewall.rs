@@ -73,7 +73,7 @@ fn gateway_behind(binary: &str, setup: &[&[&str]], chain: &str) {
     println!("1 MiB through a gateway behind `{binary}` in {took:?}");
     let during = gateway.run(binary, &["-w", "-S", chain]).unwrap();
     assert_eq!(
-        during.matches("postern:postern0").count(),
+        during.matches("postern-postern0").count(),
         2,
         "two rules in {chain}: {during}"
     );
@@ -86,6 +86,28 @@ fn gateway_behind(binary: &str, setup: &[&[&str]], chain: &str) {
         ruleset(&gateway, binary),
         before,
         "after the gateway stopped"
+    );
+
+    // Killed, its rules stay; the next start replaces them, not adds.
+    demo.gateway_processes[0] = Some(demo.spawn_gateway(0).unwrap());
+    until_download(&demo, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    demo.kill_gateway(0).unwrap();
+    assert_ne!(
+        ruleset(&gateway, binary),
+        before,
+        "kill -9 leaves the rules"
+    );
+    demo.gateway_processes[0] = Some(demo.spawn_gateway(0).unwrap());
+    until_download(&demo, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let again = gateway.run(binary, &["-w", "-S", chain]).unwrap();
+    assert_eq!(again.matches("postern-postern0").count(), 2, "{again}");
+    demo.stop_gateway(0).unwrap();
+    assert_eq!(
+        ruleset(&gateway, binary),
+        before,
+        "after kill -9, a restart and a stop"
     );
 }
 

@@ -30,6 +30,8 @@ pub struct HostPath {
     pub local_networks_win: bool,
     /// The gateway may open the host's firewall for its tunnel.
     pub firewall_changes: bool,
+    /// A client: its routes, rules and their cleanup.
+    pub routing: bool,
 }
 
 /// Which side a destination in an overlap goes to.
@@ -135,6 +137,8 @@ pub struct System {
     local_networks_win: bool,
     /// The gateway may add rules to the host's firewall.
     firewall_changes: bool,
+    /// This device routes (a client): it owns the routing table and rules.
+    routing: bool,
     /// The client's DNS settings from its command line.
     dns_settings: DnsSettings,
     stub_started: bool,
@@ -161,6 +165,7 @@ impl System {
             keep_on_host: host_path.keep,
             local_networks_win: host_path.local_networks_win,
             firewall_changes: host_path.firewall_changes,
+            routing: host_path.routing,
             firewall: None,
             host_firewall: None,
             stub_guard: None,
@@ -196,7 +201,8 @@ impl System {
                 ipv6_prefix: config.ipv6_prefix,
             },
         )?;
-        self.routes = Some(Routes::new(tun.index(), (config.ipv4, config.ipv6)).await?);
+        self.routes =
+            Some(Routes::new(tun.index(), (config.ipv4, config.ipv6), self.routing).await?);
         tracing::info!(
             interface = tun.name(),
             offload = tun.offload(),
@@ -221,6 +227,11 @@ impl System {
             Err(error) => tracing::warn!(%error, "cannot read the host's default gateways"),
         }
         keep.extend(self.upstreams.iter().map(|upstream| upstream.ip()));
+        if matches!(self.system_dns, Some(SystemDns::Resolved(_))) {
+            // Behind systemd-resolved the upstream is 127.0.0.53: the
+            // servers it asks are these.
+            keep.extend(system_dns::resolved_servers());
+        }
         let locals = postern_sys::route::local_networks(&self.interface_name);
         let (throws, overlaps) = host_path(&wanted, &keep, &locals, self.local_networks_win);
         // A prefix thrown whole (a resource inside a local network that
@@ -272,10 +283,22 @@ impl System {
         &self.overlaps
     }
 
+    /// The host moved: what stays on its path (gateways, DNS servers,
+    /// local networks) is decided again, and the rules put back in.
+    pub async fn network_changed(&mut self) {
+        if let Some(routes) = &mut self.routes {
+            routes.reassert();
+        }
+        let wanted = self.wanted.clone();
+        if !wanted.is_empty() {
+            self.routes(wanted).await;
+        }
+    }
+
     /// Takes the client's routing table and rules away (at a clean stop;
     /// a run that died is cleaned up by the next start).
     pub async fn shutdown(&mut self) {
-        if let Some(routes) = self.routes.take()
+        if let Some(routes) = self.routes.take().filter(|_| self.routing)
             && let Err(error) = routes.clean().await
         {
             tracing::warn!(%error, "cannot remove the client's routing rules");

@@ -49,14 +49,15 @@ impl PortalLink {
                 tracing::info!("connected to the portal");
                 LinkEvent::Connected(true)
             }
-            Some(Incoming::Lost { error, .. }) if !self.ever_connected => {
-                LinkEvent::Fatal(format!("cannot reach the portal at {portal}: {error}"))
-            }
-            // Dropped on purpose (the host moved): connecting again at once.
+            // Dropped on purpose (the host moved): connecting again at once,
+            // also while the first connection was still being made.
             Some(Incoming::Lost { error, retry_in }) if retry_in.is_zero() => {
                 self.connected = false;
                 tracing::info!(%error, "portal connection dropped; {meanwhile}");
                 LinkEvent::Connected(false)
+            }
+            Some(Incoming::Lost { error, .. }) if !self.ever_connected => {
+                LinkEvent::Fatal(format!("cannot reach the portal at {portal}: {error}"))
             }
             Some(Incoming::Lost { error, retry_in }) => {
                 self.connected = false;

@@ -87,6 +87,7 @@ impl<R: Role> Shell<R> {
             keep: vec![started.portal_ip],
             local_networks_win: client.as_ref().is_some_and(|c| c.local_networks_win),
             firewall_changes: config.firewall_changes,
+            routing: client.is_some(),
         };
         let status_socket = client.as_ref().map(|c| c.status_socket.clone());
         let dns = client.map(|c| c.dns);
@@ -202,7 +203,7 @@ impl<R: Role> Shell<R> {
                         self.role.handle_input(input, now);
                     }
                 }
-                Some(change) = self.network.recv() => self.network_changed(change),
+                Some(change) = self.network.recv() => self.network_changed(change).await,
                 Some(reply) = next_request(&mut self.status_rx) => {
                     let document = StatusDocument {
                         portal: self.portal.clone(),
@@ -239,13 +240,14 @@ impl<R: Role> Shell<R> {
     /// address and restarts ICE, the portal channel (likely on a dead
     /// connection) connects again now, and a gateway learns its new
     /// addresses.
-    fn network_changed(&mut self, change: NetworkChange) {
+    async fn network_changed(&mut self, change: NetworkChange) {
         let local = std::net::SocketAddr::new(change.source, self.port);
         tracing::info!(%local, woke = change.woke, "gathering again after a network change");
         self.role
             .handle_input(Input::NetworkChanged { local }, Instant::now());
         self.channel.reconnect();
         self.tell_host_addresses();
+        self.system.network_changed().await;
     }
 
     /// The host's own addresses, for the role's destination rules.

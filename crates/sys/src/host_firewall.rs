@@ -6,7 +6,8 @@
 //! narrowest pair of rules at the top of FORWARD (of `DOCKER-USER`, Docker's
 //! place for them, when it exists): into the tunnel only replies, out of it
 //! whatever the tunnel's own filter let through. Each carries the comment
-//! `postern:<interface>`, is removed at exit, and a run that died has its
+//! `postern-<interface>` (only letters, digits, `-` and `_`, which
+//! `iptables -S` prints unquoted), is removed at exit, and a run that died has its
 //! rules removed at the next start. Nothing else is touched.
 //!
 //! Hand-written around the `iptables` commands (as `wg-quick` and Docker
@@ -89,9 +90,25 @@ impl Blocking {
     }
 }
 
+/// The comment that marks our rules for `tunnel`: characters iptables
+/// prints without quotes, so a later run finds them in `iptables -S`.
+fn comment(tunnel: &str) -> String {
+    let name: String = tunnel
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("postern-{name}")
+}
+
 /// The two rules, as iptables arguments after the chain.
 fn rules(tunnel: &str) -> [Vec<String>; 2] {
-    let comment = format!("postern:{tunnel}");
+    let comment = comment(tunnel);
     let words = |text: &str| -> Vec<String> { text.split(' ').map(str::to_string).collect() };
     let mut outward = words(&format!("-i {tunnel} -m comment --comment"));
     outward.push(comment.clone());
@@ -168,8 +185,9 @@ pub fn diagnose() -> Vec<Blocking> {
 /// Rules this process inserted; removed on drop.
 #[derive(Debug)]
 pub struct Opening {
-    tunnel: String,
     opened: Vec<Blocking>,
+    /// Each rule as inserted: where, and its arguments.
+    inserted: Vec<(Blocking, Vec<String>)>,
 }
 
 impl Opening {
@@ -178,11 +196,12 @@ impl Opening {
     pub fn open(tunnel: &str) -> Result<Opening, String> {
         remove_leftovers(tunnel);
         let mut opening = Opening {
-            tunnel: tunnel.to_string(),
             opened: Vec::new(),
+            inserted: Vec::new(),
         };
         for blocking in diagnose() {
-            // Inserted in reverse so the reply rule ends up first.
+            // Inserted in reverse so the reply rule ends up first; each one
+            // recorded at once, so a refusal leaves nothing behind.
             for rule in rules(tunnel).iter().rev() {
                 let mut args = vec!["-w", "-I", blocking.chain.as_str(), "1"];
                 args.extend(rule.iter().map(String::as_str));
@@ -193,6 +212,7 @@ impl Opening {
                         args.join(" ")
                     ));
                 }
+                opening.inserted.push((blocking.clone(), rule.clone()));
             }
             tracing::info!(
                 firewall = blocking.backend.label,
@@ -212,25 +232,23 @@ impl Opening {
 
 impl Drop for Opening {
     fn drop(&mut self) {
-        for blocking in &self.opened {
-            for rule in rules(&self.tunnel) {
-                let mut args = vec!["-w", "-D", blocking.chain.as_str()];
-                args.extend(rule.iter().map(String::as_str));
-                if run(blocking.backend.binary, &args).is_none() {
-                    tracing::warn!(
-                        firewall = blocking.backend.label,
-                        "could not remove a forward rule"
-                    );
-                }
+        for (blocking, rule) in &self.inserted {
+            let mut args = vec!["-w", "-D", blocking.chain.as_str()];
+            args.extend(rule.iter().map(String::as_str));
+            if run(blocking.backend.binary, &args).is_none() {
+                tracing::warn!(
+                    firewall = blocking.backend.label,
+                    "could not remove a forward rule"
+                );
             }
         }
     }
 }
 
-/// Deletes every rule commented `postern:<tunnel>` in FORWARD and
+/// Deletes every rule commented `postern-<tunnel>` in FORWARD and
 /// DOCKER-USER of every backend that has a filter table.
 fn remove_leftovers(tunnel: &str) {
-    let marker = format!("--comment postern:{tunnel}");
+    let marker = format!("--comment {}", comment(tunnel));
     for (backend, detect) in BACKENDS {
         if !has_filter_table(detect) {
             continue;
@@ -286,8 +304,8 @@ mod tests {
         assert_eq!(
             blocking.commands("postern0"),
             [
-                "iptables-nft -I DOCKER-USER 1 -i postern0 -m comment --comment postern:postern0 -j ACCEPT",
-                "iptables-nft -I DOCKER-USER 1 -o postern0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment postern:postern0 -j ACCEPT",
+                "iptables-nft -I DOCKER-USER 1 -i postern0 -m comment --comment postern-postern0 -j ACCEPT",
+                "iptables-nft -I DOCKER-USER 1 -o postern0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment postern-postern0 -j ACCEPT",
             ]
         );
     }

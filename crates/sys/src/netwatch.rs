@@ -1,8 +1,8 @@
 //! Notices the host moving to another network: its path toward the portal
 //! (the source address the kernel picks, the interface holding it and
-//! whether that link runs) changed, or the process was frozen long enough
-//! (a suspend, a stopped VM) that NAT mappings and TURN allocations are
-//! likely gone. Netlink link, address and route events wake the check at
+//! whether that link runs) changed, or the process was frozen or the host
+//! suspended long enough (the boot clock ran on while the monotonic one
+//! stood still) that NAT mappings and TURN allocations are likely gone. Netlink link, address and route events wake the check at
 //! once; a check every [`POLL`] catches anything they missed.
 
 use std::net::IpAddr;
@@ -104,13 +104,24 @@ pub fn watch(toward: IpAddr) -> mpsc::Receiver<NetworkChange> {
     tokio::spawn(async move {
         let mut watch = PathWatch::new(host_path(toward));
         let mut due = Instant::now() + POLL;
+        let mut last = (Instant::now(), boot_time());
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
                 () = wake.notified() => tokio::time::sleep(SETTLE).await,
             }
             let now = Instant::now();
-            let late = now.saturating_duration_since(due);
+            let boot = boot_time();
+            // A frozen process wakes late on the monotonic clock; a
+            // suspended host does not (that clock stops), but the boot
+            // clock ran on.
+            let suspended = boot
+                .zip(last.1)
+                .map(|(boot, before)| boot.saturating_sub(before))
+                .unwrap_or_default()
+                .saturating_sub(now.saturating_duration_since(last.0));
+            let late = now.saturating_duration_since(due).max(suspended);
+            last = (now, boot);
             due = now + POLL;
             let path = host_path(toward);
             if let Some(change) = watch.observe(path.clone(), late) {
@@ -127,6 +138,13 @@ pub fn watch(toward: IpAddr) -> mpsc::Receiver<NetworkChange> {
         }
     });
     receiver
+}
+
+/// CLOCK_BOOTTIME: monotonic, and running through suspend.
+fn boot_time() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(Duration::from)
 }
 
 /// Wakes `wake` on every link, address and route event (IPv4 and IPv6).

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 /// The routing table the client's routes live in.
@@ -30,8 +30,8 @@ pub const TABLE: u32 = 5057;
 /// table, never the tunnel's (a resource that covers a gateway's or a
 /// relay's public address must not swallow the tunnel itself).
 pub const FWMARK: u32 = 0x5057;
-/// Rule priorities: the mark first, then the table, both before the main
-/// table's 32766.
+/// Rule priorities: the mark first, then the table (for unmarked packets
+/// only), both before the main table's 32766.
 const MARK_RULE: u32 = 5207;
 const TABLE_RULE: u32 = 5208;
 /// The kernel's main table.
@@ -60,10 +60,15 @@ pub struct Routes {
 
 impl Routes {
     /// Routes through interface `index` whose packets leave from
-    /// `sources` (the tunnel addresses). Removes what a run that died left
-    /// (rules, throw routes). Needs a tokio runtime: the netlink connection
-    /// runs as a task.
-    pub async fn new(index: u32, sources: (Ipv4Addr, Ipv6Addr)) -> Result<Routes, RouteError> {
+    /// `sources` (the tunnel addresses). A client (`owner`) removes what a
+    /// run that died left (rules, throw routes); a gateway, which routes
+    /// nothing, leaves the table alone (a client may run on its host).
+    /// Needs a tokio runtime: the netlink connection runs as a task.
+    pub async fn new(
+        index: u32,
+        sources: (Ipv4Addr, Ipv6Addr),
+        owner: bool,
+    ) -> Result<Routes, RouteError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(RouteError::Connect)?;
         tokio::spawn(connection);
         let routes = Routes {
@@ -72,8 +77,16 @@ impl Routes {
             sources,
             rules: false,
         };
-        routes.clean().await?;
+        if owner {
+            routes.clean().await?;
+        }
         Ok(routes)
+    }
+
+    /// Puts the rules in again at the next change (the host moved: a
+    /// network manager may have flushed rules it did not make).
+    pub fn reassert(&mut self) {
+        self.rules = false;
     }
 
     fn message(&self, prefix: IpNet, kind: RouteType) -> RouteMessage {
@@ -137,13 +150,18 @@ impl Routes {
                 .fw_mark(FWMARK)
                 .table_id(MAIN)
                 .action(RuleAction::ToTable);
-            let table = self
+            // `not fwmark`: a marked datagram main has no route for (a host
+            // briefly without a default route) must not fall through into
+            // the tunnel and loop.
+            let mut table = self
                 .handle
                 .rule()
                 .add()
                 .priority(TABLE_RULE)
+                .fw_mark(FWMARK)
                 .table_id(TABLE)
                 .action(RuleAction::ToTable);
+            table.message_mut().header.flags |= RuleFlags::Invert;
             if v6 {
                 done(mark.v6().execute().await)?;
                 done(table.v6().execute().await)?;
@@ -363,7 +381,7 @@ fn is_ours(rule: &RuleMessage) -> bool {
     });
     matches!(
         (priority, table, mark),
-        (Some(MARK_RULE), MAIN, Some(FWMARK)) | (Some(TABLE_RULE), TABLE, None)
+        (Some(MARK_RULE), MAIN, Some(FWMARK)) | (Some(TABLE_RULE), TABLE, Some(FWMARK))
     )
 }
 

@@ -287,3 +287,16 @@ mod resolved_tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The DNS servers systemd-resolved asks (its upstream list, which it keeps
+/// in this file whatever the stub setup): they stay on the host's path.
+pub fn resolved_servers() -> Vec<IpAddr> {
+    std::fs::read_to_string("/run/systemd/resolve/resolv.conf")
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| line.trim().strip_prefix("nameserver"))
+                .filter_map(|rest| rest.trim().split('%').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

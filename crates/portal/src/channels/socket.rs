@@ -343,17 +343,21 @@ async fn register(
     )
     .await?;
     tx.commit().await?;
+    // The OS this connection says, not the one stored from the last: the
+    // stored details are updated only once the hub admits the channel.
+    let mut facts = DeviceFacts::from(&device);
+    facts.os = os.map(str::to_string);
     Ok(Some(match kind {
         TokenKind::Client => Party::Client {
             account,
             actor_id: actor_id.unwrap_or_default(),
-            device: DeviceFacts::from(&device),
+            device: facts,
             country: state.geoip.as_ref().and_then(|g| g.country(remote_ip)),
         },
         _ => Party::Gateway {
             account,
             site_id: site_id.unwrap_or_default(),
-            device: DeviceFacts::from(&device),
+            device: facts,
         },
     }))
 }

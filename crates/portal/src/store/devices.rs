@@ -161,8 +161,10 @@ pub async fn record_seen(
     now_ms: i64,
 ) -> Result<()> {
     sqlx::query(
+        // Written from tasks that may finish out of order: a newer
+        // record is never overwritten by an older one.
         "UPDATE devices SET name = $1, os = $2, version = $3, last_seen_at = $4, last_seen_ip = $5 \
-         WHERE account_id = $6 AND id = $7",
+         WHERE account_id = $6 AND id = $7 AND (last_seen_at IS NULL OR last_seen_at <= $4)",
     )
     .bind(name)
     .bind(os)

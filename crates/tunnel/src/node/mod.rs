@@ -396,14 +396,17 @@ impl<P: PeerId> Node<P> {
             // Said again (after the peer's portal channel came back).
             return;
         }
-        if peer.remote_candidates.len() < MAX_REMOTE_ADDRESSES {
-            peer.remote_candidates.push(candidate.to_string());
-        }
         if peer.ice.add_remote(candidate).is_err() {
             self.errors.add("bad_candidate");
             tracing::debug!(?id, candidate, "unparsable ICE candidate");
             return;
         }
+        // Kept for a fresh agent after a move; the newest count most, the
+        // oldest make room.
+        if peer.remote_candidates.len() >= MAX_REMOTE_ADDRESSES {
+            peer.remote_candidates.remove(0);
+        }
+        peer.remote_candidates.push(candidate.to_string());
         if let Some(address) = address
             && candidate_type(candidate) == Some("relay")
             && !peer.remote_relayed.contains(&address)

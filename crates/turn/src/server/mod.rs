@@ -212,6 +212,13 @@ pub struct Server {
     free_ports: Vec<u16>,
     expiries: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     rng: u64,
+    /// Secret for reservation tokens (from the seed): unguessable, and
+    /// distinct per shard.
+    token_key: [u8; 32],
+    tokens_made: u64,
+    /// When this shard's earliest reservation may expire (kept here so the
+    /// shared map is not locked on every turn of the loop).
+    reservation_due: Option<Instant>,
     stats: Stats,
 }
 
@@ -234,7 +241,11 @@ impl Server {
             .clone()
             .filter(|port| (port / 2) % shards == config.shard % shards)
             .collect();
-        let rng = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])) | 1;
+        // The shards of one relay share the seed (and so the nonce key):
+        // each draws its own port sequence.
+        let rng = (u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]))
+            ^ u64::from(config.shard).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            | 1;
         Server {
             nonces: NonceKey::new(seed),
             config,
@@ -245,6 +256,9 @@ impl Server {
             free_ports,
             expiries: BinaryHeap::new(),
             rng,
+            token_key: seed,
+            tokens_made: 0,
+            reservation_due: None,
             stats: Stats::default(),
         }
     }
@@ -401,8 +415,11 @@ impl Server {
 
     /// Expires allocations and reservations; call at [`Server::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant, sockets: &mut impl RelaySockets) {
-        let returned = self.config.reservations.expire(self.config.shard, now);
-        self.free_ports.extend(returned);
+        if self.reservation_due.is_some_and(|due| due <= now) {
+            let returned = self.config.reservations.expire(self.config.shard, now);
+            self.free_ports.extend(returned);
+            self.reservation_due = self.config.reservations.next_expiry(self.config.shard);
+        }
         while let Some(Reverse((due, client))) = self.expiries.peek().copied() {
             if due > now {
                 break;
@@ -472,7 +489,7 @@ impl Server {
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((due, _))| *due);
-        let reservation = self.config.reservations.next_expiry(self.config.shard);
+        let reservation = self.reservation_due;
         allocation.into_iter().chain(reservation).min()
     }
 
@@ -491,6 +508,21 @@ impl Server {
             }
         }
         tracing::debug!(%client, port, "allocation removed");
+    }
+
+    /// A reservation token: SHA-256 of the secret, the shard and a
+    /// counter, so shards never collide and nobody can guess the next.
+    fn reservation_token(&mut self) -> [u8; 8] {
+        use sha2::Digest as _;
+        self.tokens_made += 1;
+        let digest = sha2::Sha256::new()
+            .chain_update(self.token_key)
+            .chain_update(self.config.shard.to_be_bytes())
+            .chain_update(self.tokens_made.to_be_bytes())
+            .finalize();
+        let mut token = [0u8; 8];
+        token.copy_from_slice(&digest[..8]);
+        token
     }
 
     fn rng_next(&mut self) -> u64 {

@@ -118,9 +118,11 @@ impl Server {
         let port = match token {
             Some(token) => {
                 // Possibly held by another shard: redeemed, it is ours.
-                let reserved = <[u8; 8]>::try_from(token)
-                    .ok()
-                    .and_then(|token| self.config.reservations.redeem(token, now.instant));
+                let reserved = <[u8; 8]>::try_from(token).ok().and_then(|token| {
+                    self.config
+                        .reservations
+                        .redeem(token, now.instant, caller.user())
+                });
                 match reserved {
                     Some(port) if sockets.open(relay_ip, port) => port,
                     Some(port) => {
@@ -136,14 +138,22 @@ impl Server {
             },
         };
         let reservation = if even_port == Some(true) {
-            let token = self.rng_next().to_be_bytes();
             self.free_ports.retain(|p| *p != port + 1);
-            self.config.reservations.hold(
-                token,
-                port + 1,
-                now.instant + RESERVATION_LIFETIME,
-                self.config.shard,
-            );
+            let expires = now.instant + RESERVATION_LIFETIME;
+            let token = loop {
+                let token = self.reservation_token();
+                if self.config.reservations.hold(
+                    token,
+                    port + 1,
+                    expires,
+                    self.config.shard,
+                    caller.user(),
+                ) {
+                    break token;
+                }
+            };
+            self.reservation_due =
+                Some(self.reservation_due.map_or(expires, |due| due.min(expires)));
             Some(token)
         } else {
             None

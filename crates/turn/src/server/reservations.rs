@@ -13,11 +13,14 @@ use std::time::Instant;
 
 /// A reservation: the port, until when, and the shard whose pool it
 /// returns to when nobody redeems it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Held {
     port: u16,
     expires: Instant,
     owner: u16,
+    /// Only the user who reserved may redeem (another user's client must
+    /// not take over a port held for this one).
+    user: String,
 }
 
 #[derive(Debug, Default)]
@@ -30,24 +33,39 @@ impl Reservations {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn hold(&self, token: [u8; 8], port: u16, expires: Instant, owner: u16) {
-        self.held().insert(
+    /// Holds `port` under `token`; false if the token is taken (the
+    /// caller makes another).
+    pub(super) fn hold(
+        &self,
+        token: [u8; 8],
+        port: u16,
+        expires: Instant,
+        owner: u16,
+        user: &str,
+    ) -> bool {
+        let mut held = self.held();
+        if held.contains_key(&token) {
+            return false;
+        }
+        held.insert(
             token,
             Held {
                 port,
                 expires,
                 owner,
+                user: user.to_string(),
             },
         );
+        true
     }
 
-    /// The port `token` holds, now the caller's; `None` for an unknown or
-    /// expired token (an expired one goes back to its owner's pool at the
-    /// owner's next [`Reservations::expire`]).
-    pub(super) fn redeem(&self, token: [u8; 8], now: Instant) -> Option<u16> {
+    /// The port `token` holds, now the caller's; `None` for an unknown,
+    /// expired or another user's token (an expired one goes back to its
+    /// owner's pool at the owner's next [`Reservations::expire`]).
+    pub(super) fn redeem(&self, token: [u8; 8], now: Instant, user: &str) -> Option<u16> {
         let mut held = self.held();
         match held.get(&token) {
-            Some(h) if h.expires > now => held.remove(&token).map(|h| h.port),
+            Some(h) if h.expires > now && h.user == user => held.remove(&token).map(|h| h.port),
             _ => None,
         }
     }

@@ -320,6 +320,18 @@ fn signed(
     tid: [u8; 12],
     build: impl Fn(&mut MessageWriter<'_>),
 ) -> Vec<u8> {
+    signed_as(h, "alice", from, method, tid, build)
+}
+
+/// [`signed`] with the TURN REST credentials of `user`.
+fn signed_as(
+    h: &mut Harness,
+    user: &str,
+    from: SocketAddr,
+    method: u16,
+    tid: [u8; 12],
+    build: impl Fn(&mut MessageWriter<'_>),
+) -> Vec<u8> {
     let mut probe = Vec::new();
     MessageWriter::new(&mut probe, method, Class::Request, [0xEE; 12]);
     let challenge = h.send(from, &probe).expect("challenge");
@@ -329,7 +341,7 @@ fn signed(
         Some(code::UNAUTHORIZED)
     );
     let nonce = challenge.get_str(attr::NONCE).unwrap().to_string();
-    let (username, password) = credentials(3600, "alice");
+    let (username, password) = credentials(3600, user);
     let key = long_term_key(&username, REALM, &password);
     let mut bytes = Vec::new();
     let mut writer = MessageWriter::new(&mut bytes, method, Class::Request, tid);
@@ -779,6 +791,23 @@ fn a_reservation_made_on_one_shard_is_redeemed_on_another() {
         .unwrap();
     let token = message.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
 
+    // Another user cannot take the port held for this one.
+    let mallory: SocketAddr = "198.18.0.66:1".parse().unwrap();
+    let stolen = signed_as(
+        &mut second,
+        "mallory",
+        mallory,
+        method::ALLOCATE,
+        [9; 12],
+        |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attr(attr::RESERVATION_TOKEN, &token);
+        },
+    );
+    assert_eq!(
+        error_of(&second.send(mallory, &stolen).unwrap()),
+        code::INSUFFICIENT_CAPACITY
+    );
     let rtcp_socket: SocketAddr = "198.18.0.10:40001".parse().unwrap();
     let claim = signed(&mut second, rtcp_socket, method::ALLOCATE, [2; 12], |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
