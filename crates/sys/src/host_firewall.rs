@@ -185,7 +185,6 @@ pub fn diagnose() -> Vec<Blocking> {
 /// Rules this process inserted; removed on drop.
 #[derive(Debug)]
 pub struct Opening {
-    opened: Vec<Blocking>,
     /// Each rule as inserted: where, and its arguments.
     inserted: Vec<(Blocking, Vec<String>)>,
 }
@@ -196,7 +195,6 @@ impl Opening {
     pub fn open(tunnel: &str) -> Result<Opening, String> {
         remove_leftovers(tunnel);
         let mut opening = Opening {
-            opened: Vec::new(),
             inserted: Vec::new(),
         };
         for blocking in diagnose() {
@@ -220,13 +218,8 @@ impl Opening {
                 reason = %blocking.reason,
                 "the host's firewall would drop forwarded packets: let the tunnel's through"
             );
-            opening.opened.push(blocking);
         }
         Ok(opening)
-    }
-
-    pub fn opened(&self) -> &[Blocking] {
-        &self.opened
     }
 }
 

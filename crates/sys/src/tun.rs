@@ -194,19 +194,6 @@ impl Tun {
         self.offload
     }
 
-    /// Gives the interface one more address (a host route: /32 or /128),
-    /// usable at once (no duplicate address detection on a tunnel).
-    pub fn add_address(&self, address: std::net::IpAddr) -> io::Result<()> {
-        match address {
-            std::net::IpAddr::V4(v4) => self.device.add_address_v4(v4, 32u8),
-            std::net::IpAddr::V6(v6) => {
-                let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", self.name);
-                let _ = std::fs::write(dad, "0");
-                self.device.add_address_v6(v6, 128u8)
-            }
-        }
-    }
-
     /// Waits until a packet can be read.
     pub async fn readable(&self) -> io::Result<()> {
         self.device.readable().await

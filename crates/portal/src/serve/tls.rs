@@ -132,11 +132,6 @@ impl TlsCert {
         Ok(())
     }
 
-    /// The certificate file, when the certificate comes from files.
-    pub fn cert_path(&self) -> Option<&Path> {
-        self.files.as_ref().map(|(cert, _)| cert.as_path())
-    }
-
     /// SHA-256 of the leaf certificate being served, hex: what `openssl
     /// x509 -fingerprint -sha256` shows, for the logs ("none" before ACME
     /// delivered the first).
