@@ -243,8 +243,13 @@ impl<R: Role> Shell<R> {
     async fn network_changed(&mut self, change: NetworkChange) {
         let local = std::net::SocketAddr::new(change.source, self.port);
         tracing::info!(%local, woke = change.woke, "gathering again after a network change");
-        self.role
-            .handle_input(Input::NetworkChanged { local }, Instant::now());
+        self.role.handle_input(
+            Input::NetworkChanged {
+                local,
+                woke: change.woke,
+            },
+            Instant::now(),
+        );
         self.channel.reconnect();
         self.tell_host_addresses();
         self.system.network_changed().await;

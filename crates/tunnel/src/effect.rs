@@ -136,8 +136,8 @@ pub enum Input {
     PortalConnected(bool),
     /// The host's own addresses (a gateway never forwards to them).
     HostAddresses(Vec<IpAddr>),
-    /// The host moved to another network, or woke from a suspend: gather
-    /// again from `local` (the socket's address as peers should see it on
-    /// this host) and restart ICE with every peer.
-    NetworkChanged { local: SocketAddr },
+    /// The host moved to another network, or woke from a suspend
+    /// (`woke`): gather again from `local` (the socket's address as peers
+    /// should see it on this host) and restart ICE with every peer.
+    NetworkChanged { local: SocketAddr, woke: bool },
 }

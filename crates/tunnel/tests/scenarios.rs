@@ -303,6 +303,7 @@ fn a_client_that_moves_between_restricted_nats_resumes_within_two_seconds() {
     world.client.handle_input(
         Input::NetworkChanged {
             local: Net::inside(0),
+            woke: false,
         },
         moved,
     );
@@ -333,6 +334,7 @@ fn a_client_that_moves_behind_a_symmetric_nat_resumes_through_the_relay() {
     world.client.handle_input(
         Input::NetworkChanged {
             local: Net::inside(0),
+            woke: false,
         },
         moved,
     );
@@ -661,4 +663,33 @@ fn a_gateway_whose_forwarding_gets_no_answers_says_so() {
         let reported = world.gateway(1).dropped().get("unanswered");
         assert_eq!(reported, u64::from(!echo), "echo: {echo}");
     }
+}
+
+/// Waking from a long sleep, the client asks the portal afresh (the
+/// gateway's side of the session may be gone) and traffic resumes at once.
+#[test]
+fn a_client_that_wakes_up_asks_again_and_resumes() {
+    let mut world = World::new(
+        &[Nat::PortRestricted, Nat::PortRestricted],
+        vec![web_on(80)],
+    );
+    world.app_sends(&to_web(80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    let requests = world.portal.requests;
+    let woke = world.now();
+    world.client.handle_input(
+        Input::NetworkChanged {
+            local: Net::inside(0),
+            woke: true,
+        },
+        woke,
+    );
+    let resumed = resumed_after_move(&mut world, woke).expect("traffic never resumed");
+    println!("traffic resumed {resumed:?} after waking");
+    assert!(resumed < Duration::from_secs(2), "{resumed:?}");
+    assert_eq!(
+        world.portal.requests,
+        requests + 1,
+        "asked the portal again"
+    );
 }

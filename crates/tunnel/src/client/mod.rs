@@ -581,7 +581,20 @@ impl Role for ClientTunnel {
                 }
                 self.connected = connected;
             }
-            Input::NetworkChanged { local } => self.node.network_changed(local, now),
+            Input::NetworkChanged { local, woke } => {
+                self.node.network_changed(local, now);
+                // After a long sleep the gateways' side of each session may
+                // be gone too (its liveness gave up, its WireGuard session
+                // aged out): ask the portal afresh at the next packet rather
+                // than wait out a restarted ICE that nobody answers.
+                if woke {
+                    let gateways: Vec<GatewayId> = self.node.peers().collect();
+                    for gateway in gateways {
+                        tracing::info!(%gateway, "woke up: asking the portal for this gateway again");
+                        self.lose_gateway(gateway);
+                    }
+                }
+            }
             // A gateway's concerns: never asked of a client.
             Input::Resolved { .. } | Input::ResolverAnswer { .. } | Input::HostAddresses(_) => {}
         }

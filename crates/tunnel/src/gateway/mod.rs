@@ -518,7 +518,7 @@ impl Role for GatewayTunnel {
                 }
                 self.connected = connected;
             }
-            Input::NetworkChanged { local } => self.node.network_changed(local, now),
+            Input::NetworkChanged { local, .. } => self.node.network_changed(local, now),
             Input::HostAddresses(addresses) => {
                 self.host_addresses = addresses;
                 self.own_addresses_changed();
