@@ -376,11 +376,12 @@ pub struct GatewayArgs {
         default_value_t = 51820
     )]
     pub port: u16,
-    /// Never add rules to the host's firewall. By default, where iptables'
-    /// FORWARD chain would drop what the gateway forwards (Docker's DROP
-    /// policy), the gateway inserts two narrow rules for its tunnel and
-    /// removes them at exit; with this it only says, at start, what blocks
-    /// forwarding and the rules to add
+    /// Never change the host's firewall. By default, where iptables (ufw's
+    /// and Docker's included), an nftables table of the admin's or
+    /// firewalld would drop what the gateway forwards, the gateway lets its
+    /// tunnel through (two narrow rules, or the tunnel in firewalld's
+    /// trusted zone at runtime) and undoes it at exit; with this it only
+    /// says, at start, what blocks forwarding and what to add
     #[arg(long, env = "POSTERN_NO_FIREWALL_CHANGES")]
     pub no_firewall_changes: bool,
     #[command(flatten)]

@@ -108,16 +108,16 @@ fn device_config(
 
 /// `postern gateway check`: the host firewall's verdict on forwarding.
 pub fn gateway_check(interface: &str) -> anyhow::Result<ExitCode> {
-    let blocking = postern_sys::host_firewall::diagnose();
+    let blocking = postern_sys::host_firewall::diagnose(interface);
     if blocking.is_empty() {
         println!(
-            "forwarding: not blocked by iptables (nf_tables or legacy); the gateway changes nothing here"
+            "forwarding: not blocked by iptables (nf_tables or legacy), ufw, nftables or firewalld; the gateway changes nothing here"
         );
     }
     for blocked in &blocking {
         println!(
             "forwarding: blocked by {} ({}); the gateway adds, unless --no-firewall-changes:",
-            blocked.backend.label, blocked.reason
+            blocked.firewall, blocked.reason
         );
         for command in blocked.commands(interface) {
             println!("  {command}");
@@ -193,12 +193,35 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
             },
         },
     };
+    report_incoming(&device.interface);
     runtime()?.block_on(postern_device::run_client(
         device,
         options,
         daemon::stop_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The client changes nothing in the host's input filtering (a firewall
+/// that refuses new connections is the admin's choice); it says when that
+/// filtering would drop the replies the tunnel depends on.
+fn report_incoming(tunnel: &str) {
+    for incoming in postern_sys::host_firewall::diagnose_input(tunnel) {
+        if incoming.replies_pass {
+            tracing::info!(
+                "{} refuses new incoming connections ({}); replies pass, so the tunnel carries every connection this device opens",
+                incoming.firewall,
+                incoming.reason
+            );
+        } else {
+            tracing::warn!(
+                "{} drops incoming packets ({}) and accepts no replies before that: the gateway's and the relay's answers (UDP) are dropped and no tunnel will come up; add: {}",
+                incoming.firewall,
+                incoming.reason,
+                incoming.fix
+            );
+        }
+    }
 }
 
 pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {

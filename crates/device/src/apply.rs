@@ -327,10 +327,10 @@ impl System {
                 }
             }
         } else {
-            for blocking in postern_sys::host_firewall::diagnose() {
+            for blocking in postern_sys::host_firewall::diagnose(tun.name()) {
                 tracing::warn!(
                     "{} drops what this gateway forwards ({}); --no-firewall-changes, so add: {}",
-                    blocking.backend.label,
+                    blocking.firewall,
                     blocking.reason,
                     blocking.commands(tun.name()).join("; ")
                 );

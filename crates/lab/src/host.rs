@@ -28,6 +28,9 @@ struct HostInner {
     log_dir: PathBuf,
     next_interface: AtomicU32,
     next_process: AtomicU32,
+    /// Environment every program started in this host gets (the D-Bus
+    /// address of its own firewalld).
+    env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// An interface of a host, with the addresses the lab gave it.
@@ -59,6 +62,7 @@ impl Host {
                 log_dir,
                 next_interface: AtomicU32::new(0),
                 next_process: AtomicU32::new(0),
+                env: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -155,17 +159,58 @@ impl Host {
     /// [`Host::command`] (`ip netns exec`) see this file there; the lab
     /// removes it with the namespace. Returns its path.
     pub fn set_resolv_conf(&self, text: &str) -> Result<std::path::PathBuf> {
-        let dir = std::path::Path::new("/etc/netns").join(self.namespace());
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("resolv.conf");
+        let path = self.etc_dir()?.join("resolv.conf");
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// Gives the host its own copy of `/etc/<entry>` (a file or a
+    /// directory), so tools that keep their settings there (ufw) change
+    /// this host's alone. Returns the copy's path.
+    pub fn private_etc(&self, entry: &str) -> Result<std::path::PathBuf> {
+        let copy = self.etc_dir()?.join(entry);
+        let original = std::path::Path::new("/etc").join(entry);
+        run(
+            "cp",
+            &["-a", &original.to_string_lossy(), &copy.to_string_lossy()],
+        )?;
+        Ok(copy)
+    }
+
+    /// `/etc/netns/<namespace>`: `ip netns exec` bind-mounts each entry
+    /// over the one in /etc.
+    fn etc_dir(&self) -> Result<std::path::PathBuf> {
+        let dir = std::path::Path::new("/etc/netns").join(self.namespace());
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Sets a variable in the environment of every program this host
+    /// starts from now on ([`Host::run`], [`Host::command`]).
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.inner.env.lock().unwrap_or_else(|e| e.into_inner());
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.inner
+            .env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Runs `program args...` inside this host to completion and returns its
     /// stdout; a non-zero exit is an error carrying its stderr.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.namespace(), program];
+        let env: Vec<String> = self.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut full = vec!["netns", "exec", self.namespace()];
+        if !env.is_empty() {
+            full.push("env");
+            full.extend(env.iter().map(String::as_str));
+        }
+        full.push(program);
         full.extend_from_slice(args);
         run("ip", &full)
     }
@@ -176,7 +221,8 @@ impl Host {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", self.namespace()])
-            .arg(program);
+            .arg(program)
+            .envs(self.env());
         command
     }
 

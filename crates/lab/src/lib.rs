@@ -36,6 +36,7 @@ pub mod demo;
 pub mod dns;
 mod error;
 mod host;
+mod host_firewalls;
 pub mod http;
 mod impair;
 mod names;
@@ -52,6 +53,7 @@ use ipnet::IpNet;
 
 pub use error::{LabError, Result};
 pub use host::{Host, Interface};
+pub use host_firewalls::Firewalld;
 pub use impair::Impairment;
 pub use names::{PREFIX, list_namespaces, sweep_stale};
 pub use nat::{NatKind, Router};

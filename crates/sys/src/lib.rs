@@ -12,8 +12,9 @@
 //! - [`firewall`]: nftables tables (the gateway's masquerade and forward
 //!   filter, the client's stub guard) and the forwarding sysctls, undone
 //!   at exit;
-//! - [`host_firewall`]: the host's iptables FORWARD chain (Docker's
-//!   DROP policy), opened narrowly for the gateway's tunnel;
+//! - [`host_firewall`]: the host's own firewall (iptables, ufw, Docker,
+//!   nftables, firewalld), opened narrowly for the gateway's tunnel, and
+//!   checked for the client's replies;
 //! - [`channel`]: the WebSocket to the portal, reconnecting with backoff;
 //! - [`metrics`]: Prometheus text for the daemons;
 //! - [`netwatch`]: the host moving to another network or waking up;
