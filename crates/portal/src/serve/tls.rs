@@ -198,12 +198,19 @@ impl ResolvesServerCert for TlsCert {
             .is_some_and(|mut offered| offered.any(|protocol| protocol == ACME_TLS_ALPN));
         if validation {
             let name = hello.server_name()?.to_ascii_lowercase();
-            return self
+            let answer = self
                 .challenges
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&name)
                 .cloned();
+            // Logged here, where the answer is chosen: a validator may close
+            // the connection as soon as it has the certificate, before the
+            // handshake completes.
+            if answer.is_some() {
+                tracing::info!(domain = %name, "answered an ACME tls-alpn-01 validation");
+            }
+            return answer;
         }
         self.current()
     }
@@ -284,10 +291,7 @@ impl TlsListener {
         self.handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 // An ACME validation ends at the handshake: no HTTP follows.
-                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
-                    tracing::info!(%remote, "answered an ACME tls-alpn-01 validation");
-                    None
-                }
+                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => None,
                 Ok(Ok(stream)) => Some((stream, remote)),
                 Ok(Err(error)) => {
                     tracing::debug!(%remote, %error, "TLS handshake failed");
