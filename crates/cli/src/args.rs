@@ -456,7 +456,8 @@ pub struct RelayArgs {
         conflicts_with = "portal"
     )]
     pub auth_secret: Option<String>,
-    /// UDP address for STUN/TURN
+    /// Address for STUN/TURN, over UDP and over TCP on the same port (TURN
+    /// over TCP, for clients on networks that drop UDP)
     #[arg(
         long,
         env = "POSTERN_LISTEN",

@@ -21,6 +21,7 @@ fn demo_behind(nat: NatKind, gateways: usize) -> Demo {
         home_nat: nat,
         office_nat: nat,
         gateways,
+        client_in_office: false,
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

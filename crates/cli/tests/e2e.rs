@@ -16,6 +16,7 @@ fn demo(home: NatKind, office: NatKind, gateways: usize) -> Demo {
         home_nat: home,
         office_nat: office,
         gateways,
+        client_in_office: false,
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

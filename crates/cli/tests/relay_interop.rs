@@ -515,3 +515,18 @@ fn coturn_uclient_client_to_client_with_rtcp_on_four_workers() {
 fn coturn_uclient_ipv4_explicitly_with_rtcp_on_four_workers() {
     uclient_with_rtcp(24978, "25000-25199", Some(24980), &["-X"]);
 }
+
+/// TURN over TCP (RFC 8656 section 3.1): coturn's client speaks to the
+/// relay over TCP while the relayed side stays UDP, with RTCP and four
+/// clients on four workers (connections land on whichever worker the
+/// kernel picks).
+#[test]
+fn coturn_uclient_over_tcp_with_rtcp_on_four_workers() {
+    uclient_with_rtcp(25278, "25300-25499", Some(25280), &["-t"]);
+}
+
+/// The same between two TCP clients of the relay.
+#[test]
+fn coturn_uclient_client_to_client_over_tcp() {
+    uclient_with_rtcp(25578, "25600-25799", None, &["-t", "-y"]);
+}

@@ -20,6 +20,7 @@ fn demo() -> Demo {
         home_nat: NatKind::Cone,
         office_nat: NatKind::Cone,
         gateways: 1,
+        client_in_office: false,
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

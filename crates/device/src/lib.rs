@@ -16,6 +16,7 @@
 
 mod apply;
 mod portal;
+mod relay_stream;
 mod resolver;
 mod shell;
 mod start;

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{HostPath, System};
 use crate::portal::{LinkEvent, PortalLink};
+use crate::relay_stream::RelayStreams;
 use crate::resolver::Resolver;
 use crate::start::{Party, Started};
 use crate::status::{self, SocketFile, StatusDocument};
@@ -49,6 +50,8 @@ pub struct Shell<R: Role> {
     channel: Channel,
     link: PortalLink,
     udp: UdpBatch,
+    /// TURN over TCP to relays that do not answer on UDP.
+    streams: RelayStreams,
     received: RecvBuffers,
     gso: GsoQueue,
     reader: TunReader,
@@ -127,6 +130,7 @@ impl<R: Role> Shell<R> {
             udp: started.udp,
             received: RecvBuffers::default(),
             gso: GsoQueue::default(),
+            streams: RelayStreams::default(),
             reader: TunReader::default(),
             writer: TunWriter::default(),
             sealed: vec![0u8; BUFFER],
@@ -218,6 +222,9 @@ impl<R: Role> Shell<R> {
                 ready = self.udp.readable() => {
                     ready.map_err(DeviceError::io("UDP socket"))?;
                     self.receive_network().await?;
+                }
+                Some((server, message)) = self.streams.recv() => {
+                    self.receive_stream(server, &message).await?;
                 }
                 ready = readable(self.system.tun()), if self.system.tun().is_some() => {
                     ready.map_err(DeviceError::io("TUN interface"))?;
@@ -318,6 +325,29 @@ impl<R: Role> Shell<R> {
         Ok(())
     }
 
+    /// A message from a relay reached over TCP: handled as the datagram it
+    /// would have been.
+    async fn receive_stream(
+        &mut self,
+        server: std::net::SocketAddr,
+        message: &[u8],
+    ) -> Result<(), DeviceError> {
+        self.tally.datagrams_received += 1;
+        if let Some(slot) = self.writer.slot()
+            && let Some(length) = self.role.decapsulate(server, message, Instant::now(), slot)
+        {
+            self.tally.tun_packets_written += 1;
+            self.tally.tun_bytes_written += length as u64;
+            self.writer.commit(length);
+        }
+        if let Some(tun) = self.system.tun() {
+            tun.write(&mut self.writer)
+                .await
+                .map_err(DeviceError::io("TUN write"))?;
+        }
+        Ok(())
+    }
+
     /// Packets from the TUN interface, encrypted by the role into GSO
     /// batches per destination.
     fn receive_tun(&mut self) -> Result<(), DeviceError> {
@@ -337,6 +367,12 @@ impl<R: Role> Shell<R> {
                 if let Some((destination, length)) =
                     self.role.encapsulate(packet, now, &mut self.sealed)
                 {
+                    if self.streams.has(destination) {
+                        if !self.streams.send(destination, &self.sealed[..length]) {
+                            self.tally.send_dropped += 1;
+                        }
+                        continue;
+                    }
                     self.udp.queue(
                         &mut self.gso,
                         destination,
@@ -358,8 +394,23 @@ impl<R: Role> Shell<R> {
             self.apply(effect).await?;
         }
         while let Some(transmit) = self.role.poll_transmit() {
-            self.udp
-                .send_one(transmit.destination, &transmit.payload, &mut self.tally);
+            if transmit.stream || self.streams.has(transmit.destination) {
+                if !self.streams.send(transmit.destination, &transmit.payload) {
+                    self.tally.send_dropped += 1;
+                }
+                continue;
+            }
+            match transmit.ttl {
+                None => self
+                    .udp
+                    .send_one(transmit.destination, &transmit.payload, &mut self.tally),
+                Some(ttl) => self.udp.send_with_ttl(
+                    transmit.destination,
+                    &transmit.payload,
+                    ttl,
+                    &mut self.tally,
+                ),
+            }
         }
         while let Some(packet) = self.role.poll_tun_packet() {
             let Some(tun) = self.system.tun() else { break };

@@ -67,6 +67,7 @@ fn run(options: &Options) -> Result<(), Failure> {
         home_nat: NatKind::Cone,
         office_nat: NatKind::Cone,
         gateways: 1,
+        client_in_office: false,
     })?;
     let dir = demo.data_dir().to_path_buf();
     let resource_names: String = (0..1000)

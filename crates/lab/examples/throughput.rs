@@ -309,6 +309,7 @@ fn lab(options: &Options, nat: NatKind) -> Result<(Demo, LabProcess), Failure> {
         home_nat: nat,
         office_nat: nat,
         gateways: 1,
+        client_in_office: false,
     })?;
     demo.api_ok(
         "PATCH",

@@ -89,6 +89,7 @@ fn measure(postern: &std::path::Path, nat: NatKind, runs: usize) -> Result<Vec<f
         home_nat: nat,
         office_nat: nat,
         gateways: 1,
+        client_in_office: false,
     })?;
     let mut servers = Vec::new();
     let mut targets = Vec::new();

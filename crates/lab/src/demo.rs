@@ -40,6 +40,9 @@ pub struct DemoOptions {
     pub office_nat: NatKind,
     /// Gateways in the office (1 or 2).
     pub gateways: usize,
+    /// The client on the office LAN, behind the gateways' NAT, instead of
+    /// at home.
+    pub client_in_office: bool,
 }
 
 /// The network: hosts and routers, nothing running yet.
@@ -52,6 +55,12 @@ pub struct Topology {
     pub web: Host,
     pub nat_home: Router,
     pub nat_office: Router,
+    /// The carrier's NAT in front of the home NAT ([`NatKind::Double`]).
+    pub nat_carrier: Option<Router>,
+    /// Each site's ISP: the routed hop between its NAT and the internet
+    /// segment.
+    pub isp_home: Host,
+    pub isp_office: Host,
     /// The "public" DNS server's host on the internet segment.
     pub dns: Host,
     pub home: crate::Switch,
@@ -64,8 +73,117 @@ fn invalid(what: impl Into<String>) -> LabError {
     LabError::Invalid(what.into())
 }
 
-/// Builds the demo's network.
-pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Result<Topology> {
+/// The access segments between each site's NAT and its ISP's router, and
+/// the ISP routers' addresses on the internet segment.
+const HOME_ACCESS: &str = "198.18.10.0/24";
+const HOME_ISP: &str = "198.18.0.10";
+const OFFICE_ACCESS: &str = "198.18.20.0/24";
+const OFFICE_ISP: &str = "198.18.0.20";
+const HOME_LAN: &str = "192.168.1.0/24";
+const OFFICE_LAN: &str = "10.0.1.0/24";
+
+impl Topology {
+    /// A host on the internet segment learns the way to both sites' access
+    /// segments (and to a routed site's LAN) through their ISPs.
+    pub fn route_to_sites(&self, host: &Host) -> Result<()> {
+        route_to_sites(
+            host,
+            self.nat_home.kind == NatKind::Routed,
+            self.nat_office.kind == NatKind::Routed,
+        )
+    }
+}
+
+fn route_to_sites(host: &Host, home_routed: bool, office_routed: bool) -> Result<()> {
+    let home: IpAddr = HOME_ISP.parse().map_err(|_| invalid("address"))?;
+    let office: IpAddr = OFFICE_ISP.parse().map_err(|_| invalid("address"))?;
+    host.add_route(HOME_ACCESS, home)?;
+    host.add_route(OFFICE_ACCESS, office)?;
+    if home_routed {
+        host.add_route(HOME_LAN, home)?;
+    }
+    if office_routed {
+        host.add_route(OFFICE_LAN, office)?;
+    }
+    Ok(())
+}
+
+/// An ISP's router: on the internet segment at `public`, on an access
+/// segment of its own at `access` (.1 of it), forwarding without NAT or
+/// filtering. A routed hop, as the internet always has between two
+/// sites: a packet's TTL runs out here, not at the far site's router.
+fn isp(
+    lab: &Lab,
+    name: &str,
+    internet: &crate::Switch,
+    public: &str,
+    access: &str,
+) -> Result<(Host, crate::Switch)> {
+    let host = lab.add_host(name)?;
+    lab.connect(&host, internet, &[&format!("{public}/24")])?;
+    let segment = lab.add_switch(&format!("{name}-access"))?;
+    let gateway = access.replace(".0/24", ".1/24");
+    lab.connect(&host, &segment, &[&gateway])?;
+    host.sysctl("net.ipv4.ip_forward", "1")?;
+    Ok((host, segment))
+}
+
+/// A site's NAT (`kind`) on `access`, its LAN at `lan_address`; a
+/// [`NatKind::Double`] gets a carrier NAT in between (100.64.0.0/24).
+/// Returns the site's router and the carrier's.
+fn site_nat(
+    lab: &Lab,
+    name: &str,
+    access: (&crate::Switch, &str),
+    lan: (&crate::Switch, &str),
+    kind: NatKind,
+) -> Result<(Router, Option<Router>)> {
+    let (segment, prefix) = access;
+    let isp_address: IpAddr = prefix
+        .replace(".0/24", ".1")
+        .parse()
+        .map_err(|_| invalid("access prefix"))?;
+    let wan_address = prefix.replace(".0/24", ".2/24");
+    if kind == NatKind::Double {
+        let carrier_lan = lab.add_switch(&format!("{name}-cgn"))?;
+        let carrier = lab.add_nat_router(
+            &format!("{name}-carrier"),
+            segment,
+            &wan_address,
+            &carrier_lan,
+            "100.64.0.1/24",
+            NatKind::Cone,
+        )?;
+        carrier.host.set_default_route(isp_address)?;
+        let router = lab.add_nat_router(
+            name,
+            &carrier_lan,
+            "100.64.0.2/24",
+            lan.0,
+            lan.1,
+            NatKind::Double,
+        )?;
+        let carrier_address = carrier
+            .lan
+            .ipv4()
+            .ok_or_else(|| invalid("the carrier NAT has no LAN address"))?;
+        router.host.set_default_route(carrier_address)?;
+        return Ok((router, Some(carrier)));
+    }
+    let router = lab.add_nat_router(name, segment, &wan_address, lan.0, lan.1, kind)?;
+    router.host.set_default_route(isp_address)?;
+    Ok((router, None))
+}
+
+/// Builds the demo's network. `client_in_office` puts the client on the
+/// office LAN, behind the same NAT as the gateways (host candidates must
+/// win there).
+pub fn topology(
+    home_nat: NatKind,
+    office_nat: NatKind,
+    gateways: usize,
+    client_in_office: bool,
+) -> Result<Topology> {
     let lab = Lab::new()?;
     let internet = lab.add_switch("internet")?;
     let portal = lab.add_host("portal")?;
@@ -74,13 +192,15 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
     lab.connect(&relay, &internet, &["198.18.0.3/24"])?;
     let dns = lab.add_host("dns")?;
     lab.connect(&dns, &internet, &["198.18.0.4/24"])?;
+    let (isp_home, home_access) = isp(&lab, "isp-home", &internet, HOME_ISP, HOME_ACCESS)?;
+    let (isp_office, office_access) =
+        isp(&lab, "isp-office", &internet, OFFICE_ISP, OFFICE_ACCESS)?;
     let home = lab.add_switch("home")?;
-    let nat_home = lab.add_nat_router(
+    let (nat_home, nat_carrier) = site_nat(
+        &lab,
         "nat-home",
-        &internet,
-        "198.18.0.10/24",
-        &home,
-        "192.168.1.1/24",
+        (&home_access, HOME_ACCESS),
+        (&home, "192.168.1.1/24"),
         home_nat,
     )?;
     nat_home.host.ip(&[
@@ -91,19 +211,22 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         &nat_home.lan.name,
         "nodad",
     ])?;
-    let client = lab.add_host("client")?;
-    // Dual-stack like a real home LAN: the laptop has a global-looking IPv6
-    // address of its own that must never become a tunnel source.
-    lab.connect(&client, &home, &["192.168.1.10/24", "fd20::10/64"])?;
     let office = lab.add_switch("office")?;
-    let nat_office = lab.add_nat_router(
+    let (nat_office, _) = site_nat(
+        &lab,
         "nat-office",
-        &internet,
-        "198.18.0.20/24",
-        &office,
-        "10.0.1.1/24",
+        (&office_access, OFFICE_ACCESS),
+        (&office, "10.0.1.1/24"),
         office_nat,
     )?;
+    let client = lab.add_host("client")?;
+    if client_in_office {
+        lab.connect(&client, &office, &["10.0.1.50/24", "fd10::50/64"])?;
+    } else {
+        // Dual-stack like a real home LAN: the laptop has a global-looking
+        // IPv6 address of its own that must never become a tunnel source.
+        lab.connect(&client, &home, &["192.168.1.10/24", "fd20::10/64"])?;
+    }
     let mut gateway_hosts = Vec::new();
     for n in 1..=gateways.clamp(1, 9) {
         let host = lab.add_host(&format!("gateway-{n}"))?;
@@ -137,28 +260,46 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         .lan
         .ipv4()
         .ok_or_else(|| invalid("nat-office has no LAN address"))?;
-    client.set_default_route(home_lan)?;
+    client.set_default_route(if client_in_office {
+        office_lan
+    } else {
+        home_lan
+    })?;
     for host in gateway_hosts.iter().chain([&web]) {
         host.set_default_route(office_lan)?;
     }
-    // Plain routers: the internet learns the sites' prefixes.
-    let home_wan = nat_home
-        .wan
-        .ipv4()
-        .ok_or_else(|| invalid("nat-home has no WAN address"))?;
-    let office_wan = nat_office
-        .wan
-        .ipv4()
-        .ok_or_else(|| invalid("nat-office has no WAN address"))?;
-    if home_nat == NatKind::Routed {
-        for host in [&portal, &relay, &dns, &nat_office.host] {
-            host.add_route("192.168.1.0/24", home_wan)?;
-        }
+    if home_nat == NatKind::FullCone {
+        nat_home.forward_unsolicited_to("192.168.1.10".parse().map_err(|_| invalid("address"))?)?;
     }
-    if office_nat == NatKind::Routed {
-        for host in [&portal, &relay, &dns, &nat_home.host] {
-            host.add_route("10.0.1.0/24", office_wan)?;
-        }
+    if office_nat == NatKind::FullCone {
+        nat_office.forward_unsolicited_to("10.0.1.11".parse().map_err(|_| invalid("address"))?)?;
+    }
+    let home_routed = home_nat == NatKind::Routed;
+    let office_routed = office_nat == NatKind::Routed;
+    for host in [&portal, &relay, &dns] {
+        route_to_sites(host, home_routed, office_routed)?;
+    }
+    // Each ISP knows the other site's segments through the other ISP, and
+    // a routed site's LAN through that site's router.
+    let home_ip: IpAddr = HOME_ISP.parse().map_err(|_| invalid("address"))?;
+    let office_ip: IpAddr = OFFICE_ISP.parse().map_err(|_| invalid("address"))?;
+    isp_home.add_route(OFFICE_ACCESS, office_ip)?;
+    isp_office.add_route(HOME_ACCESS, home_ip)?;
+    if home_routed {
+        let wan = nat_home
+            .wan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-home has no WAN address"))?;
+        isp_home.add_route(HOME_LAN, wan)?;
+        isp_office.add_route(HOME_LAN, home_ip)?;
+    }
+    if office_routed {
+        let wan = nat_office
+            .wan
+            .ipv4()
+            .ok_or_else(|| invalid("nat-office has no WAN address"))?;
+        isp_office.add_route(OFFICE_LAN, wan)?;
+        isp_home.add_route(OFFICE_LAN, office_ip)?;
     }
     Ok(Topology {
         lab,
@@ -169,6 +310,9 @@ pub fn topology(home_nat: NatKind, office_nat: NatKind, gateways: usize) -> Resu
         web,
         nat_home,
         nat_office,
+        nat_carrier,
+        isp_home,
+        isp_office,
         dns,
         home,
         office,
@@ -301,7 +445,12 @@ impl Demo {
     /// Builds the lab, starts portal, relay, gateways and client, and
     /// configures the account; returns once the client has its resources.
     pub fn start(options: DemoOptions) -> Result<Demo> {
-        let net = topology(options.home_nat, options.office_nat, options.gateways)?;
+        let net = topology(
+            options.home_nat,
+            options.office_nat,
+            options.gateways,
+            options.client_in_office,
+        )?;
         let data = net.lab.log_dir().join("data");
         std::fs::create_dir_all(&data)?;
         // Dual-stack: every address of the web host, IPv4 and IPv6.
@@ -648,7 +797,11 @@ impl Demo {
                 "--status-socket",
                 &socket.to_string_lossy(),
                 "--metrics",
-                "192.168.1.10:9100",
+                if self.options.client_in_office {
+                    "10.0.1.50:9100"
+                } else {
+                    "192.168.1.10:9100"
+                },
                 "--resolv-conf",
                 &resolv_conf.to_string_lossy(),
             ],
@@ -1014,6 +1167,7 @@ impl Demo {
             "172.16.5.1/24",
             kind,
         )?;
+        self.net.route_to_sites(&router.host)?;
         let link = lab.connect(&self.net.client, &lan, &[])?;
         self.net
             .client

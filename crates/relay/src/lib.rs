@@ -1,5 +1,5 @@
 //! The relay daemon: the sans-IO TURN core of `postern-turn` behind UDP
-//! sockets.
+//! sockets, and TCP for clients on networks that drop UDP.
 //!
 //! One worker thread per core. Each has its own listening socket on the same
 //! address (SO_REUSEPORT: the kernel hashes each client's address to one
@@ -11,6 +11,7 @@
 //! consecutive same-size datagrams to one destination into one GSO send.
 
 mod metrics;
+mod stream;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -83,6 +84,13 @@ impl Relay {
         // the traffic. A plain bind first makes that an "in use" error.
         drop(
             std::net::UdpSocket::bind(config.listen).map_err(|source| RelayError::Listen {
+                addr: config.listen,
+                source,
+            })?,
+        );
+        // The same for TURN over TCP on the same port.
+        drop(
+            std::net::TcpListener::bind(config.listen).map_err(|source| RelayError::Listen {
                 addr: config.listen,
                 source,
             })?,

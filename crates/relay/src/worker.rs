@@ -19,6 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::RelayError;
 use crate::metrics::{Metrics, SendDrop};
+use crate::stream::{self, Streams};
 
 /// Datagrams per receive call (recvmmsg).
 const BATCH: usize = 32;
@@ -146,6 +147,8 @@ pub(crate) struct Worker {
     send_drops: [u64; SendDrop::COUNT],
     control: mpsc::Receiver<Control>,
     waker: Arc<Waker>,
+    /// TURN over TCP.
+    streams: Streams,
 }
 
 impl Worker {
@@ -168,6 +171,7 @@ impl Worker {
             .map_err(listen_error)?;
         let registry = poll.registry().try_clone().map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(listen_error)?);
+        let streams = Streams::bind(listen, poll.registry()).map_err(listen_error)?;
         if index == 0 {
             let effective = main_state.recv_buffer_size((&main).into()).unwrap_or(0);
             if effective < SOCKET_BUFFER {
@@ -201,6 +205,7 @@ impl Worker {
             send_drops: [0; SendDrop::COUNT],
             control,
             waker,
+            streams,
         })
     }
 
@@ -228,6 +233,8 @@ impl Worker {
                 match event.token() {
                     MAIN => self.drain_main(),
                     WAKE => {}
+                    stream::LISTENER => self.streams.accept(self.poll.registry()),
+                    token if Streams::owns(token) => self.drain_stream(token),
                     Token(port) => self.drain_relay(u16::try_from(port).unwrap_or(0)),
                 }
             }
@@ -303,6 +310,44 @@ impl Worker {
         self.recv_buf = buf;
     }
 
+    /// A TCP client's messages, handled as its datagrams would be; what
+    /// the core answers goes back on the connection.
+    fn drain_stream(&mut self, token: Token) {
+        let Some(received) = self.streams.ready(token) else {
+            return;
+        };
+        let now = Self::now();
+        for message in &received.messages {
+            match self
+                .core
+                .handle_client(now, received.client, message, &mut self.relays)
+            {
+                ClientAction::Reply(reply) => {
+                    if !self.streams.send(received.client, &reply) {
+                        self.send_drops[SendDrop::BufferFull as usize] += 1;
+                    }
+                }
+                ClientAction::Relay {
+                    port,
+                    peer,
+                    payload,
+                } => {
+                    let max = self
+                        .relays
+                        .sockets
+                        .get(&port)
+                        .map_or(1, |r| r.state.max_gso_segments());
+                    self.push(Some(port), peer, payload, max);
+                }
+                ClientAction::None => {}
+            }
+        }
+        self.flush();
+        if received.closed {
+            self.core.client_gone(received.client, &mut self.relays);
+        }
+    }
+
     /// Datagrams from peers to a relayed port: framed and sent to the client.
     fn drain_relay(&mut self, port: u16) {
         let max_segments = self.main_state.max_gso_segments();
@@ -322,7 +367,13 @@ impl Worker {
                     self.core
                         .handle_peer(now, port, from, &mut scratch, PEER_HEADROOM, len)
                 {
-                    self.push(None, client, &scratch[range], max_segments);
+                    if self.streams.has(client) {
+                        if !self.streams.send(client, &scratch[range]) {
+                            self.send_drops[SendDrop::BufferFull as usize] += 1;
+                        }
+                    } else {
+                        self.push(None, client, &scratch[range], max_segments);
+                    }
                 }
             }
             self.flush();

@@ -193,6 +193,37 @@ impl UdpBatch {
         queue.push(to, data, 1);
         self.flush(&mut queue, tally);
     }
+
+    /// One datagram with a hop limit of its own (an opener that must die
+    /// on the internet). The socket's own limit is set around the send and
+    /// put back: the device loop is the socket's only sender.
+    pub fn send_with_ttl(&self, to: SocketAddr, data: &[u8], ttl: u8, tally: &mut Tally) {
+        let socket = socket2::SockRef::from(&self.socket);
+        let v6 = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let before = if v6 {
+            socket.unicast_hops_v6()
+        } else {
+            socket.ttl_v4()
+        };
+        let set = |hops: u32| {
+            if v6 {
+                socket.set_unicast_hops_v6(hops)
+            } else {
+                socket.set_ttl_v4(hops)
+            }
+        };
+        let Ok(before) = before else {
+            return;
+        };
+        if let Err(error) = set(u32::from(ttl)) {
+            tracing::debug!(%error, "cannot set a datagram's TTL");
+            return;
+        }
+        self.send_one(to, data, tally);
+        if let Err(error) = set(before) {
+            tracing::warn!(%error, "cannot restore the socket's TTL");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -145,10 +145,15 @@ impl IceSession {
         &self.local_ufrag
     }
 
+    /// Whether `sdp` is a candidate this agent can take.
+    pub fn parse_candidate(sdp: &str) -> Result<Candidate, CandidateError> {
+        Candidate::from_sdp_string(sdp.trim().trim_start_matches("a="))
+            .map_err(|e| CandidateError::Parse(e.to_string()))
+    }
+
     /// A candidate from the peer's `ice_candidates`.
     pub fn add_remote(&mut self, sdp: &str) -> Result<(), CandidateError> {
-        let candidate = Candidate::from_sdp_string(sdp.trim().trim_start_matches("a="))
-            .map_err(|e| CandidateError::Parse(e.to_string()))?;
+        let candidate = Self::parse_candidate(sdp)?;
         self.agent.add_remote_candidate(candidate);
         Ok(())
     }

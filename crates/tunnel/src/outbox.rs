@@ -47,6 +47,8 @@ impl<M> Outbox<M> {
             self.transmits.push_back(Transmit {
                 destination,
                 payload: self.scratch[..n].to_vec(),
+                ttl: None,
+                stream: false,
             });
         }
     }

@@ -23,6 +23,12 @@ struct Sim {
     received: [Vec<(Instant, Vec<u8>)>; 2],
     /// Where datagrams are encrypted and decrypted.
     buffer: Vec<u8>,
+    /// How long the stub portal takes to pass a candidate to each side (the
+    /// gateway learns the client's later than the client learns its own,
+    /// as through a real portal).
+    portal_delay: [Duration; 2],
+    /// Candidates on their way: (when due, to side, candidate).
+    candidates: Vec<(Instant, usize, String)>,
 }
 
 fn ice(tag: &str) -> IceCredentials {
@@ -81,6 +87,8 @@ impl Sim {
             dead: [None, None],
             received: [Vec::new(), Vec::new()],
             buffer: vec![0; 65_536],
+            portal_delay: [Duration::ZERO; 2],
+            candidates: Vec::new(),
         }
     }
 
@@ -98,6 +106,14 @@ impl Sim {
 
     fn step(&mut self) {
         let now = self.net.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.candidates)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.candidates = later;
+        for (_, to, candidate) in due {
+            let peer = self.ids[1 - to];
+            self.nodes[to].add_remote_candidate(peer, &candidate, now);
+        }
         // Deliver what is due, then let both nodes act on it at once.
         for (side, source, payload) in self.net.due() {
             if let Some((_, n)) =
@@ -109,14 +125,20 @@ impl Sim {
         for side in 0..2 {
             self.nodes[side].handle_timeout(now);
             while let Some(transmit) = self.nodes[side].poll_transmit() {
-                self.net.send(side, transmit.destination, transmit.payload);
+                self.net.send_transmit(side, transmit);
             }
             while let Some(event) = self.nodes[side].poll_event() {
                 match event {
                     NodeEvent::Candidate { candidate, .. } => {
-                        // The stub portal relays candidates at once.
-                        let peer = self.ids[side];
-                        self.nodes[1 - side].add_remote_candidate(peer, &candidate, now);
+                        let to = 1 - side;
+                        if self.portal_delay[to].is_zero() {
+                            // The stub portal relays candidates at once.
+                            let peer = self.ids[side];
+                            self.nodes[to].add_remote_candidate(peer, &candidate, now);
+                        } else {
+                            self.candidates
+                                .push((now + self.portal_delay[to], to, candidate));
+                        }
                     }
                     NodeEvent::Connected { relayed, .. } => {
                         self.connected[side] = Some((relayed, now - self.net.started));
@@ -131,6 +153,7 @@ impl Sim {
             self.nodes[0].poll_timeout(),
             self.nodes[1].poll_timeout(),
             self.net.next_arrival(),
+            self.candidates.iter().map(|(at, _, _)| *at).min(),
         ]
         .into_iter()
         .flatten()
@@ -173,6 +196,68 @@ fn ip_packet(tag: u8) -> Vec<u8> {
     packet[16..20].copy_from_slice(&[100, 64, 0, 2]);
     packet[28..].fill(tag);
     packet
+}
+
+/// Whether the client's path to the gateway is direct.
+fn direct(sim: &Sim) -> bool {
+    sim.nodes[0]
+        .path(sim.ids[1])
+        .is_some_and(|(_, _, relayed)| !relayed)
+}
+
+/// Issue 20: NAT routers whose own WAN input is not firewalled keep a
+/// conntrack entry for the first unsolicited check and map their host's
+/// later packets to that peer to another port. The gateway learns the
+/// client's candidates 50 ms after the client learns its (through the
+/// portal), so without openers the client's first checks reach the
+/// office router before the gateway ever sent anything to the client.
+#[test]
+fn routers_with_an_open_wan_input_still_give_a_direct_path() {
+    let mut sim = Sim::new(Nat::PortRestrictedOpenWan, Nat::PortRestrictedOpenWan);
+    sim.portal_delay[1] = Duration::from_millis(50);
+    let started = sim.net.now;
+    assert!(
+        sim.run_until(Duration::from_secs(10), direct),
+        "still relayed after 10 s: {:?}",
+        sim.nodes[0].path(sim.ids[1])
+    );
+    println!("direct after {:?} of simulated time", sim.net.now - started);
+    // The first path already, not a later switch.
+    assert_eq!(sim.connected[0].map(|(relayed, _)| relayed), Some(false));
+    let took = sim.ping(0, 1).expect("client -> gateway packet");
+    assert!(took < Duration::from_millis(100), "{took:?}");
+}
+
+/// The same with a symmetric NAT at home: nothing direct is possible, and
+/// holding the checks costs the relayed path no more than the relay hold.
+#[test]
+fn a_symmetric_nat_goes_relayed_without_waiting_for_the_peers_checks() {
+    let mut sim = Sim::new(Nat::Symmetric, Nat::PortRestrictedOpenWan);
+    sim.portal_delay[1] = Duration::from_millis(50);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected[0].is_some()));
+    let (relayed, after) = sim.connected[0].unwrap();
+    assert!(relayed);
+    println!("relayed path after {after:?} of simulated time");
+    assert!(after < Duration::from_millis(400), "{after:?}");
+}
+
+/// A network that drops all outgoing UDP (but lets TCP out): the relay
+/// goes unanswered on UDP, the client tries it over TCP after 3 s, and the
+/// tunnel runs relayed over that stream.
+#[test]
+fn a_client_whose_network_drops_udp_reaches_the_gateway_over_turn_tcp() {
+    let mut sim = Sim::new(Nat::PortRestricted, Nat::PortRestricted);
+    sim.net.udp_blocked[0] = true;
+    assert!(
+        sim.run_until(Duration::from_secs(15), |s| s.connected[0].is_some()),
+        "no path at all"
+    );
+    let (relayed, after) = sim.connected[0].unwrap();
+    assert!(relayed, "nothing direct can work without UDP");
+    println!("relayed over TURN/TCP after {after:?} of simulated time");
+    assert!(after < Duration::from_secs(6), "{after:?}");
+    sim.ping(0, 1).expect("client -> gateway packet");
+    sim.ping(1, 2).expect("gateway -> client packet");
 }
 
 #[test]
@@ -626,7 +711,7 @@ fn one_gateway_tells_many_clients_apart_by_key_and_index() {
             };
             node.handle_timeout(now);
             while let Some(transmit) = node.poll_transmit() {
-                net.send(host, transmit.destination, transmit.payload);
+                net.send_transmit(host, transmit);
             }
             while let Some(event) = node.poll_event() {
                 if let NodeEvent::Candidate { peer, candidate } = event {

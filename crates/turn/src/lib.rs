@@ -9,4 +9,5 @@ pub mod credentials;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod server;
+pub mod stream;
 pub mod stun;

@@ -118,6 +118,7 @@ pub fn demo(
         home_nat: home,
         office_nat: office,
         gateways,
+        client_in_office: false,
     };
     match postern_lab::demo::Demo::start(options) {
         Ok(demo) => demo,

@@ -744,6 +744,7 @@ impl ClientTunnel {
             reason: None,
             gateway: None,
             path: None,
+            peer: None,
             bytes_sent: 0,
             bytes_received: 0,
         };
@@ -753,12 +754,16 @@ impl ClientTunnel {
             Access::Granted { gateway, .. } => {
                 out.access = "granted".into();
                 out.gateway = Some(gateway.to_string());
-                let path = match self.node.path(gateway) {
-                    Some((_, _, true)) => "relayed",
-                    Some((_, _, false)) => "direct",
-                    None => "connecting",
-                };
-                out.path = Some(path.into());
+                let path = self.node.path(gateway);
+                out.path = Some(
+                    match path {
+                        Some((_, _, true)) => "relayed",
+                        Some((_, _, false)) => "direct",
+                        None => "connecting",
+                    }
+                    .into(),
+                );
+                out.peer = path.map(|(_, remote, _)| remote.to_string());
                 if let Some((sent, received)) = self.node.traffic(gateway) {
                     out.bytes_sent = sent as u64;
                     out.bytes_received = received as u64;

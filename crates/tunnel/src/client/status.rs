@@ -35,6 +35,11 @@ pub struct ResourceLine {
     /// direct, relayed or connecting, once granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Where the path leads: the gateway's address (its own, or as its NAT
+    /// maps it) on a direct path, its address as the relay sees it (or its
+    /// relay's) on a relayed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     #[serde(default)]
     pub bytes_sent: u64,
     #[serde(default)]

@@ -17,6 +17,7 @@
 //! ([`Node::decapsulate`]) write into the caller's buffer, direct or
 //! relayed (ChannelData framed in place): no allocation per packet.
 
+mod holes;
 mod relays;
 
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +32,7 @@ use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
 use postern_model::protocol::{IceCredentials, RelayInfo};
 
+pub use holes::OPENER_TTL;
 pub use relays::RelayConfig;
 
 use crate::counters::Counters;
@@ -80,6 +82,12 @@ impl<T: Copy + Eq + Hash + Ord + Debug> PeerId for T {}
 pub struct Transmit {
     pub destination: SocketAddr,
     pub payload: Vec<u8>,
+    /// A hop limit of its own ([`OPENER_TTL`] for openers); `None`: the
+    /// socket's.
+    pub ttl: Option<u8>,
+    /// To a relay reached over TCP (UDP to it went unanswered): on the
+    /// stream to `destination`, not the socket.
+    pub stream: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +136,12 @@ struct Peer {
     remote_candidates: Vec<String>,
     /// While relayed: when to look for a direct path again.
     next_reprobe: Option<Instant>,
+    /// The peer's candidates the controlling side has not checked yet, and
+    /// since when it waits for the peer's first check (see [`holes`]).
+    held: Vec<String>,
+    holding_since: Option<Instant>,
+    /// While the path is not direct: when the openers go out again.
+    next_opening: Option<Instant>,
 }
 
 pub struct Node<P> {
@@ -153,6 +167,7 @@ pub struct Node<P> {
     /// Scratch space for the slow path.
     buffer: Vec<u8>,
     errors: Counters,
+    openers_sent: u64,
 }
 
 impl<P: PeerId> Node<P> {
@@ -182,6 +197,7 @@ impl<P: PeerId> Node<P> {
             events: VecDeque::new(),
             buffer: vec![0; BUFFER],
             errors: Counters::default(),
+            openers_sent: 0,
         }
     }
 
@@ -221,7 +237,10 @@ impl<P: PeerId> Node<P> {
         let allocations: Vec<_> = self.relays.allocations().collect();
         let mut added = vec![ice.add_host(self.local)];
         for allocation in allocations {
-            added.push(ice.add_server_reflexive(allocation.mapped, self.local));
+            if !allocation.stream {
+                // Over TCP the relay saw a TCP mapping: no UDP candidate.
+                added.push(ice.add_server_reflexive(allocation.mapped, self.local));
+            }
             added.push(ice.add_relayed(allocation.relayed, self.local));
         }
         for result in added {
@@ -259,6 +278,9 @@ impl<P: PeerId> Node<P> {
                 next_reprobe: None,
                 ice_credentials: (config.local_ice.clone(), config.remote_ice.clone()),
                 remote_candidates: Vec::new(),
+                held: Vec::new(),
+                holding_since: self.controlling.then_some(now),
+                next_opening: None,
             },
         );
         for candidate in candidates {
@@ -295,11 +317,27 @@ impl<P: PeerId> Node<P> {
             let (local_ice, remote_ice) = &peer.ice_credentials;
             let mut ice = IceSession::new(local_ice, remote_ice, self.controlling);
             let host = ice.add_host(local);
+            // From a new network our NAT has no mapping toward the peer:
+            // openers first, and (controlling) checks to its direct
+            // candidates once it has checked us.
+            peer.held.clear();
+            peer.holding_since = self.controlling.then_some(now);
             for candidate in &peer.remote_candidates {
-                // Each was parsed once already.
-                let _ = ice.add_remote(candidate);
+                if self.controlling {
+                    peer.held.push(candidate.clone());
+                } else {
+                    // Each was parsed once already.
+                    let _ = ice.add_remote(candidate);
+                }
             }
+            peer.next_opening = Some(now + holes::OPENER_INTERVAL);
             peer.ice = ice;
+            let openers: Vec<SocketAddr> = peer
+                .remote_candidates
+                .iter()
+                .filter(|c| holes::is_direct(candidate_type(c)))
+                .filter_map(|c| candidate_address(c))
+                .collect();
             peer.path = None;
             peer.added = now;
             peer.reported = false;
@@ -312,6 +350,9 @@ impl<P: PeerId> Node<P> {
                 }),
                 Ok(None) => {}
                 Err(_) => self.errors.add("local_candidate"),
+            }
+            for address in openers {
+                self.open_hole(address);
             }
             self.drive_peer(id, now);
         }
@@ -396,10 +437,22 @@ impl<P: PeerId> Node<P> {
             // Said again (after the peer's portal channel came back).
             return;
         }
-        if peer.ice.add_remote(candidate).is_err() {
+        if IceSession::parse_candidate(candidate).is_err() {
             self.errors.add("bad_candidate");
             tracing::debug!(?id, candidate, "unparsable ICE candidate");
             return;
+        }
+        let direct = holes::is_direct(candidate_type(candidate));
+        if peer
+            .holding_since
+            .is_some_and(|since| now < since + holes::hold(direct))
+        {
+            peer.held.push(candidate.to_string());
+        } else {
+            let _ = peer.ice.add_remote(candidate);
+        }
+        if direct {
+            peer.next_opening = Some(now + holes::OPENER_INTERVAL);
         }
         // Kept for a fresh agent after a move; the newest count most, the
         // oldest make room.
@@ -420,6 +473,10 @@ impl<P: PeerId> Node<P> {
                 peer.remote_addresses.push(address);
             }
             self.relays.permit(address.ip(), now);
+            if holes::is_direct(candidate_type(candidate)) {
+                // Before any check of ours to it goes out (drive_peer).
+                self.open_hole(address);
+            }
         }
         self.drive_peer(id, now);
         self.flush_relays(now);
@@ -627,10 +684,18 @@ impl<P: PeerId> Node<P> {
 
     /// A STUN datagram on a path: to the ICE session it is for.
     fn stun(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8], now: Instant) {
+        if holes::is_indication(datagram) {
+            // A keepalive or a peer's opener: nothing to answer.
+            return;
+        }
         let Some(id) = self.stun_peer(datagram) else {
             self.errors.add("stun_for_nobody");
             return;
         };
+        if is_check(datagram) {
+            // The peer checks us: its NAT has a mapping toward us now.
+            self.release_held(id, None);
+        }
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
@@ -679,6 +744,8 @@ impl<P: PeerId> Node<P> {
             self.transmits.push_back(Transmit {
                 destination: remote,
                 payload: payload.to_vec(),
+                ttl: None,
+                stream: false,
             });
         } else if !self.relays.is_relayed(local) {
             // The allocation behind that path is gone: sending from our own
@@ -711,6 +778,7 @@ impl<P: PeerId> Node<P> {
                 self.tick_peer(id, now);
             }
         }
+        self.tend_holes(now);
         // A peer that never got a path is as good as dead.
         for (id, peer) in &mut self.peers {
             if peer.path.is_none()
@@ -798,10 +866,29 @@ impl<P: PeerId> Node<P> {
             .filter(|p| p.path.is_none() && !p.reported)
             .map(|p| p.added + CONNECT_TIMEOUT)
             .min();
-        [ice, self.relays.poll_timeout(), connect, self.next_tick]
-            .into_iter()
+        let holes = self
+            .peers
+            .values()
+            .flat_map(|p| {
+                let hold = p.holding_since.map(|since| {
+                    let relayed_only = p.held.iter().all(|c| !holes::is_direct(candidate_type(c)));
+                    since + holes::hold(!relayed_only)
+                });
+                let opening = p.next_opening.filter(|_| !self.is_direct(p));
+                [hold, opening]
+            })
             .flatten()
-            .min()
+            .min();
+        [
+            ice,
+            self.relays.poll_timeout(),
+            connect,
+            self.next_tick,
+            holes,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -835,6 +922,78 @@ impl<P: PeerId> Node<P> {
     /// What went wrong so far, by reason.
     pub fn errors(&self) -> &Counters {
         &self.errors
+    }
+
+    /// Whether the peer's path is direct (our socket to its own address).
+    fn is_direct(&self, peer: &Peer) -> bool {
+        peer.path
+            .is_some_and(|(local, remote)| !self.is_relayed(peer, local, remote))
+    }
+
+    /// An opener to `remote` (see [`holes`]).
+    fn open_hole(&mut self, remote: SocketAddr) {
+        // Nothing answers an opener: its transaction id only has to differ
+        // from the last one.
+        self.openers_sent += 1;
+        let mut transaction = [0u8; 12];
+        transaction[4..].copy_from_slice(&self.openers_sent.to_be_bytes());
+        self.transmits.push_back(Transmit {
+            destination: remote,
+            payload: holes::opener(transaction),
+            ttl: Some(holes::OPENER_TTL),
+            stream: false,
+        });
+    }
+
+    /// The controlling side checks the peer's held candidates: all of them
+    /// once the peer checked us, those held long enough otherwise.
+    fn release_held(&mut self, id: P, now: Option<Instant>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(since) = peer.holding_since else {
+            return;
+        };
+        let (release, keep): (Vec<String>, Vec<String>) =
+            std::mem::take(&mut peer.held).into_iter().partition(|c| {
+                now.is_none_or(|now| {
+                    now >= since + holes::hold(holes::is_direct(candidate_type(c)))
+                })
+            });
+        for candidate in release {
+            let _ = peer.ice.add_remote(&candidate);
+        }
+        peer.held = keep;
+        if now.is_none_or(|now| now >= since + holes::CHECK_HOLD) {
+            peer.holding_since = None;
+        }
+    }
+
+    /// Holds that ran out are released; openers go out again to the
+    /// direct candidates of every peer whose path is not direct.
+    fn tend_holes(&mut self, now: Instant) {
+        let ids: Vec<P> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.release_held(id, Some(now));
+            let Some(peer) = self.peers.get(&id) else {
+                continue;
+            };
+            if self.is_direct(peer) || peer.next_opening.is_none_or(|at| at > now) {
+                continue;
+            }
+            let addresses: Vec<SocketAddr> = peer
+                .remote_candidates
+                .iter()
+                .filter(|c| holes::is_direct(candidate_type(c)))
+                .filter_map(|c| candidate_address(c))
+                .collect();
+            for address in addresses {
+                self.open_hole(address);
+            }
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.next_opening = Some(now + holes::OPENER_INTERVAL);
+            }
+        }
     }
 
     fn is_relayed(&self, peer: &Peer, local: SocketAddr, remote: SocketAddr) -> bool {
@@ -916,6 +1075,8 @@ impl<P: PeerId> Node<P> {
                 self.transmits.push_back(Transmit {
                     destination,
                     payload: out[..n].to_vec(),
+                    ttl: None,
+                    stream: false,
                 });
             }
         }
@@ -946,10 +1107,11 @@ impl<P: PeerId> Node<P> {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
                 };
-                let added = [
-                    peer.ice.add_server_reflexive(allocation.mapped, self.local),
-                    peer.ice.add_relayed(allocation.relayed, self.local),
-                ];
+                let mut added = Vec::with_capacity(2);
+                if !allocation.stream {
+                    added.push(peer.ice.add_server_reflexive(allocation.mapped, self.local));
+                }
+                added.push(peer.ice.add_relayed(allocation.relayed, self.local));
                 for result in added {
                     match result {
                         Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {

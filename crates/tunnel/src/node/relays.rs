@@ -31,7 +31,24 @@ struct Relay {
     retry_at: Option<Instant>,
     /// The wait after the next failure.
     backoff: Duration,
+    /// Reached over TCP: UDP to it went unanswered (a network that drops
+    /// UDP).
+    stream: bool,
+    /// Since when the relay has been asked on this transport without a
+    /// word back; `None` once it answered.
+    silent_since: Option<Instant>,
+    /// How long a silence lasts before the other transport is tried.
+    switch_after: Duration,
+    /// The relay answered over UDP on this network: a silence later is the
+    /// relay's (a restart), not a network that drops UDP; it stays on UDP.
+    udp_answered: bool,
 }
+
+/// A relay silent this long on UDP is tried over TCP (a network that drops
+/// UDP); silent there too, back to UDP after twice as long, and so on up
+/// to [`RETRY_MAX`] (the network may change). Far below the TURN client's
+/// own give-up time (some 40 s of retransmissions).
+const SILENCE_BEFORE_SWITCH: Duration = Duration::from_secs(3);
 
 /// An allocation that came through: its relayed address and our address as
 /// the relay saw it (a server-reflexive candidate).
@@ -39,6 +56,8 @@ struct Relay {
 pub(super) struct Allocation {
     pub relayed: SocketAddr,
     pub mapped: SocketAddr,
+    /// Made over TCP: `mapped` is a TCP mapping, no UDP candidate.
+    pub stream: bool,
 }
 
 pub(super) struct Relays {
@@ -92,6 +111,10 @@ impl Relays {
             client,
             retry_at: None,
             backoff: RETRY,
+            stream: false,
+            silent_since: Some(now),
+            switch_after: SILENCE_BEFORE_SWITCH,
+            udp_answered: false,
         });
         true
     }
@@ -107,6 +130,11 @@ impl Relays {
             relay.client = client;
             relay.retry_at = None;
             relay.backoff = RETRY;
+            // A new network may let UDP through.
+            relay.stream = false;
+            relay.silent_since = Some(now);
+            relay.switch_after = SILENCE_BEFORE_SWITCH;
+            relay.udp_answered = false;
         }
     }
 
@@ -119,6 +147,7 @@ impl Relays {
                 Some(Allocation {
                     relayed: r.client.relayed_address()?,
                     mapped: r.client.mapped_address()?,
+                    stream: r.stream,
                 })
             })
     }
@@ -138,7 +167,11 @@ impl Relays {
         datagram: &'a [u8],
         now: Instant,
     ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
-        let client = &mut self.relays.get_mut(index)?.client;
+        let relay = self.relays.get_mut(index)?;
+        relay.silent_since = None;
+        relay.switch_after = SILENCE_BEFORE_SWITCH;
+        relay.udp_answered |= !relay.stream;
+        let client = &mut relay.client;
         let relayed = client.relayed_address();
         let (peer, data) = client.handle_packet(datagram, now)?;
         Some((relayed?, peer, data))
@@ -203,6 +236,8 @@ impl Relays {
         transmits.push_back(Transmit {
             destination: relay.config.server,
             payload: self.framed.clone(),
+            ttl: None,
+            stream: relay.stream,
         });
         true
     }
@@ -211,12 +246,34 @@ impl Relays {
     /// timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         for index in 0..self.relays.len() {
+            let relay = &self.relays[index];
+            if !relay.udp_answered
+                && relay
+                    .silent_since
+                    .is_some_and(|since| now >= since + relay.switch_after)
+            {
+                let config = relay.config.clone();
+                let client = self.turn_client(&config, now);
+                let relay = &mut self.relays[index];
+                relay.stream = !relay.stream;
+                relay.client = client;
+                relay.retry_at = None;
+                relay.silent_since = Some(now);
+                relay.switch_after = (relay.switch_after * 2).min(RETRY_MAX);
+                tracing::info!(
+                    server = %relay.config.server,
+                    transport = if relay.stream { "TCP" } else { "UDP" },
+                    "no answer from the relay: trying the other transport"
+                );
+                continue;
+            }
             if self.relays[index].retry_at.is_some_and(|at| at <= now) {
                 let config = self.relays[index].config.clone();
                 let client = self.turn_client(&config, now);
                 let relay = &mut self.relays[index];
                 relay.client = client;
                 relay.retry_at = None;
+                relay.silent_since.get_or_insert(now);
             }
         }
         for relay in &mut self.relays {
@@ -231,7 +288,13 @@ impl Relays {
             .filter_map(|r| r.client.poll_timeout())
             .min();
         let retry = self.relays.iter().filter_map(|r| r.retry_at).min();
-        turn.into_iter().chain(retry).min()
+        let switch = self
+            .relays
+            .iter()
+            .filter(|r| !r.udp_answered)
+            .filter_map(|r| Some(r.silent_since? + r.switch_after))
+            .min();
+        turn.into_iter().chain(retry).chain(switch).min()
     }
 
     /// TURN requests out; returns the allocations that just came through.
@@ -248,13 +311,19 @@ impl Relays {
                 transmits.push_back(Transmit {
                     destination: relay.config.server,
                     payload: bytes,
+                    ttl: None,
+                    stream: relay.stream,
                 });
             }
             while let Some(event) = relay.client.poll_event() {
                 match event {
                     TurnEvent::Allocated { relayed, mapped } => {
                         relay.backoff = RETRY;
-                        announced.push(Allocation { relayed, mapped });
+                        announced.push(Allocation {
+                            relayed,
+                            mapped,
+                            stream: relay.stream,
+                        });
                     }
                     TurnEvent::Failed { code, reason } => {
                         tracing::debug!(server = %relay.config.server, code, %reason, "relay allocation failed");

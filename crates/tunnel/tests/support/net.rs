@@ -22,9 +22,24 @@ pub enum Nat {
     Open,
     /// Endpoint-independent mapping, address- and port-restricted filtering.
     PortRestricted,
+    /// [`Nat::PortRestricted`] on a router whose own WAN input is not
+    /// firewalled (Linux masquerade with no input rules): an unsolicited
+    /// packet leaves a conntrack entry (source -> our port) for
+    /// [`CONNTRACK_UDP`] after the last such packet, and while it lives an
+    /// outgoing packet to that source cannot take that port and is mapped
+    /// to a fresh one (a clash).
+    PortRestrictedOpenWan,
     /// A new mapping per destination, port-restricted filtering.
     Symmetric,
 }
+
+/// How long Linux keeps an unanswered UDP conntrack entry
+/// (`nf_conntrack_udp_timeout`).
+pub const CONNTRACK_UDP: Duration = Duration::from_secs(30);
+
+/// Routers between two sites' NATs: a datagram sent with a TTL below
+/// `2 + INTERNET_HOPS` (its own NAT, then these) dies before the far NAT.
+pub const INTERNET_HOPS: u8 = 2;
 
 struct Router {
     kind: Nat,
@@ -32,30 +47,58 @@ struct Router {
     mappings: HashMap<Option<SocketAddr>, u16>,
     contacted: HashMap<u16, Vec<SocketAddr>>,
     next_port: u16,
+    /// Unsolicited arrivals an open WAN kept: (our port, their source) ->
+    /// when the entry expires.
+    strangers: HashMap<(u16, SocketAddr), Instant>,
+    /// Flows that had to take another port than their mapping's:
+    /// destination -> (port, when the entry expires).
+    clashed: HashMap<SocketAddr, (u16, Instant)>,
 }
 
 impl Router {
-    fn outbound(&mut self, destination: SocketAddr) -> SocketAddr {
+    fn outbound(&mut self, destination: SocketAddr, now: Instant) -> SocketAddr {
         let key = match self.kind {
             Nat::Symmetric => Some(destination),
             _ => None,
         };
-        let port = *self.mappings.entry(key).or_insert_with(|| {
+        let mut port = *self.mappings.entry(key).or_insert_with(|| {
             self.next_port += 7;
             self.next_port
         });
-        self.contacted.entry(port).or_default().push(destination);
+        if let Some((clashed, expires)) = self.clashed.get_mut(&destination)
+            && *expires > now
+        {
+            *expires = now + CONNTRACK_UDP;
+            port = *clashed;
+        } else if self
+            .strangers
+            .get(&(port, destination))
+            .is_some_and(|expires| *expires > now)
+        {
+            self.next_port += 7;
+            port = self.next_port;
+            self.clashed
+                .insert(destination, (port, now + CONNTRACK_UDP));
+        }
+        let contacted = self.contacted.entry(port).or_default();
+        if !contacted.contains(&destination) {
+            contacted.push(destination);
+        }
         SocketAddr::new(IpAddr::V4(self.public), port)
     }
 
-    fn admits(&self, source: SocketAddr, port: u16) -> bool {
-        let Some(contacted) = self.contacted.get(&port) else {
-            return false;
+    fn admits(&mut self, source: SocketAddr, port: u16, now: Instant) -> bool {
+        let contacted = self.contacted.get(&port);
+        let admitted = match self.kind {
+            Nat::Open => contacted.is_some(),
+            Nat::PortRestricted | Nat::PortRestrictedOpenWan | Nat::Symmetric => {
+                contacted.is_some_and(|c| c.contains(&source))
+            }
         };
-        match self.kind {
-            Nat::Open => true,
-            Nat::PortRestricted | Nat::Symmetric => contacted.contains(&source),
+        if !admitted && self.kind == Nat::PortRestrictedOpenWan {
+            self.strangers.insert((port, source), now + CONNTRACK_UDP);
         }
+        admitted
     }
 
     /// A new public address (the host roamed to another network).
@@ -63,6 +106,8 @@ impl Router {
         self.public = public;
         self.mappings.clear();
         self.contacted.clear();
+        self.strangers.clear();
+        self.clashed.clear();
     }
 }
 
@@ -93,6 +138,9 @@ pub struct Net {
     pub down: Vec<bool>,
     /// A firewall between the hosts' networks: only the relay gets through.
     pub direct_blocked: bool,
+    /// Hosts whose network drops every outgoing UDP datagram: only
+    /// streams (TURN over TCP) leave.
+    pub udp_blocked: Vec<bool>,
     /// STUN datagrams sent by hosts, to see what ICE costs on the wire.
     pub stun_sent: usize,
     /// Every destination a host sent to: (host, destination).
@@ -117,6 +165,8 @@ impl Net {
                     mappings: HashMap::new(),
                     contacted: HashMap::new(),
                     next_port: 20000,
+                    strangers: HashMap::new(),
+                    clashed: HashMap::new(),
                 })
                 .collect(),
             relay: Server::new(ServerConfig::new("sim", SECRET, Some(RELAY_IP)), [5; 32]),
@@ -127,6 +177,7 @@ impl Net {
             dice: 0x9e37_79b9_7f4a_7c15,
             down: vec![false; nats.len()],
             direct_blocked: false,
+            udp_blocked: vec![false; nats.len()],
             stun_sent: 0,
             destinations: Vec::new(),
             unix_started: unix_now(),
@@ -182,9 +233,36 @@ impl Net {
         );
     }
 
-    /// Host `n` sends a datagram from its socket.
+    /// Host `n` sends a datagram from its socket (data from the one send
+    /// API: the caller knows whether its destination is a stream).
     pub fn send(&mut self, n: usize, destination: SocketAddr, payload: Vec<u8>) {
-        if self.down[n] {
+        let stream_to_relay = destination.ip() == IpAddr::V4(RELAY_IP);
+        if self.udp_blocked[n] && !stream_to_relay {
+            return;
+        }
+        self.send_with_ttl(n, destination, payload, None);
+    }
+
+    /// What a node asked to send: a datagram with a TTL of its own (below
+    /// 2 it does not leave the host's network, below `2 + INTERNET_HOPS` it
+    /// opens the NAT's mapping and dies before the far NAT), or a message
+    /// on a stream to a relay (delivered as a datagram would be: the
+    /// simulation has no TCP, only networks that drop UDP but not it).
+    pub fn send_transmit(&mut self, n: usize, transmit: postern_tunnel::node::Transmit) {
+        if self.udp_blocked[n] && !transmit.stream {
+            return;
+        }
+        self.send_with_ttl(n, transmit.destination, transmit.payload, transmit.ttl);
+    }
+
+    fn send_with_ttl(
+        &mut self,
+        n: usize,
+        destination: SocketAddr,
+        payload: Vec<u8>,
+        ttl: Option<u8>,
+    ) {
+        if self.down[n] || ttl.is_some_and(|ttl| ttl < 2) {
             return;
         }
         self.destinations.push((n, destination));
@@ -194,7 +272,10 @@ impl Net {
         if payload.len() >= 20 && payload[4..8] == [0x21, 0x12, 0xa4, 0x42] {
             self.stun_sent += 1;
         }
-        let from = self.routers[n].outbound(destination);
+        let from = self.routers[n].outbound(destination, self.now);
+        if ttl.is_some_and(|ttl| ttl < 2 + INTERNET_HOPS) {
+            return;
+        }
         self.emit(from, destination, payload);
     }
 
@@ -211,10 +292,11 @@ impl Net {
                 self.relay_receive(from, to, payload);
                 continue;
             }
+            let now = self.now;
             for n in 0..self.routers.len() {
                 if !self.down[n]
                     && to.ip() == IpAddr::V4(self.routers[n].public)
-                    && self.routers[n].admits(from, to.port())
+                    && self.routers[n].admits(from, to.port(), now)
                 {
                     out.push((n, from, payload.clone()));
                 }

@@ -250,8 +250,7 @@ impl World {
     /// Whatever the roles queued goes where it goes.
     fn collect(&mut self, now: Instant) {
         while let Some(transmit) = self.client.poll_transmit() {
-            self.net
-                .send(CLIENT, transmit.destination, transmit.payload);
+            self.net.send_transmit(CLIENT, transmit);
         }
         while let Some(packet) = self.client.poll_tun_packet() {
             self.at_app.push((now, packet));
@@ -273,7 +272,7 @@ impl World {
         for host in 1..self.net.down.len() {
             let gateway = &mut self.gateways[host - 1];
             while let Some(transmit) = gateway.poll_transmit() {
-                self.net.send(host, transmit.destination, transmit.payload);
+                self.net.send_transmit(host, transmit);
             }
             while let Some(message) = gateway.poll_portal() {
                 self.portal.gateway_says(host, wire(message), now);

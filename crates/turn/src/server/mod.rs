@@ -493,6 +493,12 @@ impl Server {
         allocation.into_iter().chain(reservation).min()
     }
 
+    /// The client's connection closed (TURN over TCP or TLS): its
+    /// allocation ends with it (RFC 8656 section 3.1).
+    pub fn client_gone(&mut self, client: SocketAddr, sockets: &mut impl RelaySockets) {
+        self.remove_allocation(client, sockets);
+    }
+
     fn remove_allocation(&mut self, client: SocketAddr, sockets: &mut impl RelaySockets) {
         let Some(allocation) = self.allocations.remove(&client) else {
             return;

@@ -1,0 +1,178 @@
+#![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
+//! Issue 20: the NAT kinds a deployment meets, every pair of them between
+//! the client's network and the gateway's, with real Linux NAT routers and
+//! an ISP's router between each site and the internet. Every pair
+//! connects; the path is direct wherever theory allows it and relayed
+//! otherwise; the time to the first byte (access on the first packet,
+//! ICE, the WireGuard handshake and the download) and to the direct path
+//! is printed for each cell.
+//!
+//! Theory: a direct path needs one side's checks to pass the other side's
+//! NAT. A port-restricted NAT (plain, with an open WAN, doubled behind a
+//! carrier's) lets in only the address and port its host sent to; a
+//! symmetric NAT maps each destination to a fresh port nobody can predict.
+//! So a symmetric NAT goes direct only with an open or full-cone peer
+//! (which takes its checks from any port, and whose answers then pass the
+//! symmetric NAT's mapping for them), and two symmetric NATs never do;
+//! every other pair goes direct once both sides have sent (the openers and
+//! the held checks of `postern-tunnel`'s node make the first packet at each
+//! router an outgoing one, which open-WAN routers need).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use postern_lab::NatKind;
+use postern_lab::demo::{Demo, DemoOptions};
+
+const KINDS: [(NatKind, &str); 6] = [
+    (NatKind::Routed, "open"),
+    (NatKind::FullCone, "full cone"),
+    (NatKind::Cone, "port-restricted"),
+    (NatKind::ConeOpenWan, "port-restr., open WAN"),
+    (NatKind::Symmetric, "symmetric"),
+    (NatKind::Double, "double NAT"),
+];
+
+fn expect_direct(home: NatKind, office: NatKind) -> bool {
+    let takes_any_port = |kind| matches!(kind, NatKind::Routed | NatKind::FullCone);
+    match (home, office) {
+        (NatKind::Symmetric, other) | (other, NatKind::Symmetric) => takes_any_port(other),
+        _ => true,
+    }
+}
+
+struct Cell {
+    path: String,
+    first_byte: Duration,
+    direct_after: Option<Duration>,
+}
+
+fn start(home: NatKind, office: NatKind, client_in_office: bool) -> Demo {
+    let options = DemoOptions {
+        postern: env!("CARGO_BIN_EXE_postern").into(),
+        home_nat: home,
+        office_nat: office,
+        gateways: 1,
+        client_in_office,
+    };
+    Demo::start(options).unwrap_or_else(|e| panic!("the lab did not start: {e}"))
+}
+
+/// The first download (1 KiB, through access on the first packet), then
+/// the path once it settled.
+fn measure(demo: &Demo, direct_expected: bool) -> Cell {
+    let started = Instant::now();
+    demo.download(1024, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("no first byte: {e}\n{}", demo.logs()));
+    let first_byte = started.elapsed();
+    let settled = if direct_expected {
+        demo.wait_for_path("direct", Duration::from_secs(5))
+    } else {
+        // Relayed: it must stay so (a "direct" that cannot work would be a
+        // bug in the status, or in the theory).
+        std::thread::sleep(Duration::from_secs(2));
+        Err(demo.path())
+    };
+    let (path, direct_after) = match settled {
+        Ok(_) => ("direct".to_string(), Some(started.elapsed())),
+        Err(path) => (path, None),
+    };
+    // The path carries data, whichever it is.
+    demo.download(256 * 1024, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("on the {path} path: {e}\n{}", demo.logs()));
+    Cell {
+        path,
+        first_byte,
+        direct_after,
+    }
+}
+
+fn show(cell: &Cell) -> String {
+    let direct = cell
+        .direct_after
+        .map(|d| format!("direct in {} ms", d.as_millis()))
+        .unwrap_or_else(|| cell.path.clone());
+    format!("{} ms to first byte, {direct}", cell.first_byte.as_millis())
+}
+
+#[test]
+fn every_pair_of_nat_kinds_connects_directly_where_theory_allows() {
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    for (home, home_name) in KINDS {
+        for (office, office_name) in KINDS {
+            let demo = start(home, office, false);
+            let expected = expect_direct(home, office);
+            let cell = measure(&demo, expected);
+            let want = if expected { "direct" } else { "relayed" };
+            let line = format!(
+                "client {home_name:>22} | gateway {office_name:>22} | {}",
+                show(&cell)
+            );
+            println!("{line}");
+            if cell.path != want {
+                failures.push(format!("{line} (expected {want})\n{}", demo.logs()));
+            }
+            table.push(line);
+        }
+    }
+    println!("\nNAT matrix:\n{}", table.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Both behind the office's NAT (hairpin): the host candidates win, the
+/// NAT never sees the traffic.
+#[test]
+fn a_client_behind_the_gateways_own_nat_goes_direct_on_the_lan() {
+    let mut failures = Vec::new();
+    let demo = start(NatKind::Cone, NatKind::Cone, true);
+    let cell = measure(&demo, true);
+    let status = demo.client_status().unwrap();
+    assert!(
+        status.contains("\"peer\": \"10.0.1.11:"),
+        "the path is the gateway's host address: {status}"
+    );
+    let line = format!(
+        "client and gateway behind one port-restricted NAT        | {}",
+        show(&cell)
+    );
+    println!("{line}");
+    if cell.path != "direct" {
+        failures.push(format!("{line} (expected direct)\n{}", demo.logs()));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A network that lets only TCP out (UDP dropped at the home router): the
+/// client reaches the relay over TCP (TURN over TCP) and the download
+/// runs relayed through it.
+#[test]
+fn a_client_whose_network_drops_udp_downloads_over_turn_tcp() {
+    let mut demo = start(NatKind::Cone, NatKind::Cone, false);
+    demo.stop_client().unwrap();
+    demo.net.nat_home.block_udp().unwrap();
+    demo.start_client(&[]).unwrap();
+    let started = Instant::now();
+    let took = demo
+        .download(1 << 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("no download without UDP: {e}\n{}", demo.logs()));
+    println!(
+        "1 MiB without UDP: first byte path found and downloaded in {} ms",
+        started.elapsed().as_millis()
+    );
+    let _ = took;
+    assert_eq!(demo.path(), "relayed");
+    let log = demo.client_process.as_ref().unwrap().stderr();
+    assert!(
+        log.contains("TURN over TCP: connected to the relay"),
+        "{log}"
+    );
+    // And it carries more than a first packet.
+    let took = demo.download(16 << 20, Duration::from_secs(60)).unwrap();
+    println!(
+        "16 MiB over TURN/TCP in {} ms ({:.0} Mbit/s)",
+        took.as_millis(),
+        (16 * 8) as f64 / took.as_secs_f64() * 1.048_576
+    );
+}

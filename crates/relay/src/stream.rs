@@ -1,0 +1,216 @@
+//! TURN over TCP (RFC 8656 section 3.1) for clients on networks that drop
+//! UDP: each worker listens on the relay's port over TCP as well (the
+//! kernel spreads connections over the workers, SO_REUSEPORT), and a
+//! connection's messages go to the worker's core as its datagrams would,
+//! the client known by the connection's address. What the core sends that
+//! client (replies, peers' data) goes back on the connection. The
+//! allocation ends when the connection closes.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use postern_turn::stream::{self, MAX_FRAME};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The listening socket's token; connections count up from
+/// [`FIRST_CONNECTION`] (relayed UDP ports use their port number, the
+/// waker 1 << 20).
+pub(crate) const LISTENER: Token = Token(1 << 21);
+const FIRST_CONNECTION: usize = 1 << 22;
+/// Bytes queued for a client that reads slower than its peers send: past
+/// this, messages are dropped as a full UDP buffer would drop them.
+const MAX_QUEUED: usize = 1 << 20;
+/// Connections per worker.
+const MAX_CONNECTIONS: usize = 4096;
+
+struct Connection {
+    stream: TcpStream,
+    client: SocketAddr,
+    received: Vec<u8>,
+    queued: Vec<u8>,
+}
+
+pub(crate) struct Streams {
+    listener: TcpListener,
+    connections: HashMap<Token, Connection>,
+    by_client: HashMap<SocketAddr, Token>,
+    next: usize,
+}
+
+/// What a connection's readiness brought.
+pub(crate) struct Received {
+    pub client: SocketAddr,
+    /// Whole messages, in order.
+    pub messages: Vec<Vec<u8>>,
+    /// The connection closed (or broke the framing): its client is gone.
+    pub closed: bool,
+}
+
+impl Streams {
+    /// Listens on `address` over TCP, sharing the port with the other
+    /// workers.
+    pub(crate) fn bind(address: SocketAddr, registry: &Registry) -> io::Result<Streams> {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        if address.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        let mut listener = TcpListener::from_std(socket.into());
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Streams {
+            listener,
+            connections: HashMap::new(),
+            by_client: HashMap::new(),
+            next: FIRST_CONNECTION,
+        })
+    }
+
+    pub(crate) fn owns(token: Token) -> bool {
+        token.0 >= FIRST_CONNECTION
+    }
+
+    /// Accepts every waiting connection.
+    pub(crate) fn accept(&mut self, registry: &Registry) {
+        loop {
+            let (mut stream, client) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed");
+                    return;
+                }
+            };
+            if self.connections.len() >= MAX_CONNECTIONS {
+                tracing::debug!(%client, "too many TCP clients; refused");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let token = Token(self.next);
+            self.next += 1;
+            if let Err(error) =
+                registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                tracing::debug!(%client, %error, "cannot watch a TCP client");
+                continue;
+            }
+            tracing::debug!(%client, "TURN client over TCP");
+            self.by_client.insert(client, token);
+            self.connections.insert(
+                token,
+                Connection {
+                    stream,
+                    client,
+                    received: Vec::new(),
+                    queued: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// Whether `client` is one of this worker's TCP clients.
+    pub(crate) fn has(&self, client: SocketAddr) -> bool {
+        self.by_client.contains_key(&client)
+    }
+
+    /// Reads what arrived on a connection and sends what waits for it.
+    pub(crate) fn ready(&mut self, token: Token) -> Option<Received> {
+        let connection = self.connections.get_mut(&token)?;
+        let mut closed = flush(connection).is_err();
+        let mut chunk = [0u8; 16 * 1024];
+        while !closed {
+            match connection.stream.read(&mut chunk) {
+                Ok(0) => closed = true,
+                Ok(n) => {
+                    connection.received.extend_from_slice(&chunk[..n]);
+                    if connection.received.len() > 4 * MAX_FRAME {
+                        // Messages are cut below as they arrive; this much
+                        // unread is a client that is not speaking TURN.
+                        closed = true;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => closed = true,
+            }
+        }
+        let mut messages = Vec::new();
+        let mut offset = 0;
+        loop {
+            match stream::next_frame(&connection.received[offset..]) {
+                Ok(Some((message, taken))) => {
+                    messages.push(message.to_vec());
+                    offset += taken;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        connection.received.drain(..offset);
+        let client = connection.client;
+        if closed {
+            self.close(token);
+        }
+        Some(Received {
+            client,
+            messages,
+            closed,
+        })
+    }
+
+    /// Queues `message` for `client` and sends what the socket takes; false
+    /// when it was dropped (queue full) or the connection broke.
+    pub(crate) fn send(&mut self, client: SocketAddr, message: &[u8]) -> bool {
+        let Some(token) = self.by_client.get(&client).copied() else {
+            return false;
+        };
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return false;
+        };
+        if connection.queued.len() + message.len() + 3 > MAX_QUEUED {
+            return false;
+        }
+        stream::push_frame(&mut connection.queued, message);
+        if flush(connection).is_err() {
+            self.close(token);
+            return false;
+        }
+        true
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(connection) = self.connections.remove(&token) {
+            self.by_client.remove(&connection.client);
+            tracing::debug!(client = %connection.client, "TCP client gone");
+        }
+    }
+}
+
+/// Writes what is queued until the socket would block.
+fn flush(connection: &mut Connection) -> io::Result<()> {
+    while !connection.queued.is_empty() {
+        match connection.stream.write(&connection.queued) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                connection.queued.drain(..n);
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
