@@ -511,6 +511,32 @@ pub struct RelayArgs {
         value_parser = parse_network
     )]
     pub allow_peer: Vec<ipnet::IpNet>,
+    /// Also accept TURN over TLS here (RFC 8656 section 3.1), for clients
+    /// on networks that let only HTTPS out: 0.0.0.0:443 is the usual
+    /// choice. Needs --tls-cert and --tls-key
+    #[arg(
+        long,
+        env = "POSTERN_TLS_LISTEN",
+        value_name = "ADDR",
+        requires_all = ["tls_cert", "tls_key"]
+    )]
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// The relay's certificate chain (PEM) for --tls-listen
+    #[arg(
+        long,
+        env = "POSTERN_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_listen"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM)
+    #[arg(
+        long,
+        env = "POSTERN_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_listen"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use postern_relay::{Relay, RelayConfig, serve_metrics};
+use postern_relay::{Relay, RelayConfig, TlsListen, serve_metrics};
 
 use crate::args::RelayArgs;
 use crate::daemon;
@@ -50,6 +50,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         max_bps_per_allocation: args.max_bps,
         allow_loopback_peers: args.allow_loopback_peers,
         allow_peers: args.allow_peer.clone(),
+        tls: match (args.tls_listen, &args.tls_cert, &args.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListen::load(listen, cert, key)?),
+            _ => None,
+        },
     };
     daemon::init_logging(args.daemon.log_format);
     if let (Some(portal), Some(trust)) = (&args.portal, trust) {
@@ -66,6 +70,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(
         listen = %config.listen,
+        tls_listen = ?args.tls_listen,
         public_ip = ?args.public_ip,
         ports = ?config.ports,
         workers,

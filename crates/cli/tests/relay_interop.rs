@@ -530,3 +530,63 @@ fn coturn_uclient_over_tcp_with_rtcp_on_four_workers() {
 fn coturn_uclient_client_to_client_over_tcp() {
     uclient_with_rtcp(25578, "25600-25799", None, &["-t", "-y"]);
 }
+
+/// TURN over TLS (RFC 8656 section 3.1, `--tls-listen`): coturn's client
+/// over TLS (`-t -S`; `-S` alone is DTLS, which the relay does not speak)
+/// with RTCP and four clients, the relayed side UDP.
+#[test]
+fn coturn_uclient_over_tls() {
+    let dir = std::env::temp_dir().join(format!("postern-relay-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["relay.test".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("relay.pem"), dir.join("relay.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let _relay = postern_relay_with(
+        25878,
+        "25900-26099",
+        &[
+            "--allow-loopback-peers",
+            "--workers",
+            "4",
+            "--tls-listen",
+            "127.0.0.1:25879",
+            "--tls-cert",
+            &cert_path.to_string_lossy(),
+            "--tls-key",
+            &key_path.to_string_lossy(),
+        ],
+    );
+    let _peer = turn_peer("127.0.0.1", 25880);
+    let output = run(
+        "turnutils_uclient",
+        &[
+            "-t",
+            "-S",
+            "-W",
+            SECRET,
+            "-p",
+            "25879",
+            "-m",
+            "4",
+            "-n",
+            "50",
+            "-l",
+            "400",
+            "-z",
+            "2",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            "25880",
+            "127.0.0.1",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let (sent, received) = uclient_totals(&output);
+    assert!(sent > 0, "{output}");
+    assert_eq!(sent, received, "{output}");
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}

@@ -40,6 +40,11 @@ pub enum RelayError {
     TooFewPorts(RangeInclusive<u16>, usize),
     #[error("cannot read randomness from /dev/urandom")]
     Random(#[source] std::io::Error),
+    #[error("TLS certificate or key {path}: {reason}")]
+    Tls {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// How to run the relay.
@@ -61,6 +66,47 @@ pub struct RelayConfig {
     /// an exact address (/32, /128) also lets one of the relay's own
     /// addresses in.
     pub allow_peers: Vec<IpNet>,
+    /// TURN over TLS: where, and with which certificate.
+    pub tls: Option<TlsListen>,
+}
+
+/// TURN over TLS on `listen`.
+#[derive(Clone, Debug)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl TlsListen {
+    /// Reads the certificate chain and key (PEM).
+    pub fn load(
+        listen: SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<TlsListen, RelayError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = |path: &std::path::Path, reason: String| RelayError::Tls {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|items| items.collect())
+            .map_err(|e| tls(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(tls(cert, "no certificate in it".into()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(key, e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| tls(cert, e.to_string()))?;
+        Ok(TlsListen {
+            listen,
+            config: Arc::new(config),
+        })
+    }
 }
 
 /// A running relay: its workers and their counters.
@@ -88,13 +134,13 @@ impl Relay {
                 source,
             })?,
         );
-        // The same for TURN over TCP on the same port.
-        drop(
-            std::net::TcpListener::bind(config.listen).map_err(|source| RelayError::Listen {
-                addr: config.listen,
-                source,
-            })?,
-        );
+        // The same for TURN over TCP on the same port, and over TLS.
+        for addr in std::iter::once(config.listen).chain(config.tls.as_ref().map(|t| t.listen)) {
+            drop(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| RelayError::Listen { addr, source })?,
+            );
+        }
         let seed = random_seed().map_err(RelayError::Random)?;
         let peers = PeerPolicy {
             allow_loopback: config.allow_loopback_peers,
@@ -123,6 +169,7 @@ impl Relay {
             let (control, receiver) = mpsc::channel();
             let worker = worker::Worker::bind(
                 config.listen,
+                config.tls.clone(),
                 core,
                 seed,
                 index,

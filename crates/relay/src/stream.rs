@@ -1,14 +1,17 @@
-//! TURN over TCP (RFC 8656 section 3.1) for clients on networks that drop
-//! UDP: each worker listens on the relay's port over TCP as well (the
-//! kernel spreads connections over the workers, SO_REUSEPORT), and a
-//! connection's messages go to the worker's core as its datagrams would,
-//! the client known by the connection's address. What the core sends that
-//! client (replies, peers' data) goes back on the connection. The
-//! allocation ends when the connection closes.
+//! TURN over TCP and TLS (RFC 8656 section 3.1) for clients on networks
+//! that drop UDP: each worker listens on the relay's port over TCP as well,
+//! and on `--tls-listen` (the kernel spreads connections over the workers,
+//! SO_REUSEPORT), and a connection's messages go to the worker's core as
+//! its datagrams would, the client known by the connection's address. What
+//! the core sends that client (replies, peers' data) goes back on the
+//! connection. The allocation ends when the connection closes. TLS is
+//! rustls driven by hand over the non-blocking socket (`read_tls`,
+//! `write_tls`), as the worker's loop is mio, not an async runtime.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -19,6 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// [`FIRST_CONNECTION`] (relayed UDP ports use their port number, the
 /// waker 1 << 20).
 pub(crate) const LISTENER: Token = Token(1 << 21);
+pub(crate) const TLS_LISTENER: Token = Token((1 << 21) + 1);
 const FIRST_CONNECTION: usize = 1 << 22;
 /// Bytes queued for a client that reads slower than its peers send: past
 /// this, messages are dropped as a full UDP buffer would drop them.
@@ -28,13 +32,17 @@ const MAX_CONNECTIONS: usize = 4096;
 
 struct Connection {
     stream: TcpStream,
+    /// Over TLS: the session (plaintext in and out goes through it).
+    tls: Option<Box<rustls::ServerConnection>>,
     client: SocketAddr,
     received: Vec<u8>,
+    /// Plaintext not yet taken by the socket (or by the TLS session).
     queued: Vec<u8>,
 }
 
 pub(crate) struct Streams {
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     connections: HashMap<Token, Connection>,
     by_client: HashMap<SocketAddr, Token>,
     next: usize,
@@ -50,26 +58,21 @@ pub(crate) struct Received {
 }
 
 impl Streams {
-    /// Listens on `address` over TCP, sharing the port with the other
-    /// workers.
-    pub(crate) fn bind(address: SocketAddr, registry: &Registry) -> io::Result<Streams> {
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        if address.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(1024)?;
-        let mut listener = TcpListener::from_std(socket.into());
-        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+    /// Listens on `address` over TCP (and on the TLS address), sharing the
+    /// ports with the other workers.
+    pub(crate) fn bind(
+        address: SocketAddr,
+        tls: Option<crate::TlsListen>,
+        registry: &Registry,
+    ) -> io::Result<Streams> {
+        let listener = listen(address, LISTENER, registry)?;
+        let tls = match tls {
+            Some(tls) => Some((listen(tls.listen, TLS_LISTENER, registry)?, tls.config)),
+            None => None,
+        };
         Ok(Streams {
             listener,
+            tls,
             connections: HashMap::new(),
             by_client: HashMap::new(),
             next: FIRST_CONNECTION,
@@ -80,10 +83,15 @@ impl Streams {
         token.0 >= FIRST_CONNECTION
     }
 
-    /// Accepts every waiting connection.
-    pub(crate) fn accept(&mut self, registry: &Registry) {
+    /// Accepts every waiting connection (on the TLS listener if `tls`).
+    pub(crate) fn accept(&mut self, registry: &Registry, tls: bool) {
         loop {
-            let (mut stream, client) = match self.listener.accept() {
+            let listener = match (&self.tls, tls) {
+                (Some((listener, _)), true) => listener,
+                (None, true) => return,
+                (_, false) => &self.listener,
+            };
+            let (mut stream, client) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
@@ -104,12 +112,29 @@ impl Streams {
                 tracing::debug!(%client, %error, "cannot watch a TCP client");
                 continue;
             }
-            tracing::debug!(%client, "TURN client over TCP");
+            let session = match (&self.tls, tls) {
+                (Some((_, config)), true) => {
+                    match rustls::ServerConnection::new(Arc::clone(config)) {
+                        Ok(mut session) => {
+                            // Past this much unsent, our queue holds the rest.
+                            session.set_buffer_limit(Some(64 * 1024));
+                            Some(Box::new(session))
+                        }
+                        Err(error) => {
+                            tracing::debug!(%client, %error, "cannot start TLS");
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            tracing::debug!(%client, tls, "TURN client over a stream");
             self.by_client.insert(client, token);
             self.connections.insert(
                 token,
                 Connection {
                     stream,
+                    tls: session,
                     client,
                     received: Vec::new(),
                     queued: Vec::new(),
@@ -126,10 +151,10 @@ impl Streams {
     /// Reads what arrived on a connection and sends what waits for it.
     pub(crate) fn ready(&mut self, token: Token) -> Option<Received> {
         let connection = self.connections.get_mut(&token)?;
-        let mut closed = flush(connection).is_err();
+        let mut closed = false;
         let mut chunk = [0u8; 16 * 1024];
         while !closed {
-            match connection.stream.read(&mut chunk) {
+            match read(connection, &mut chunk) {
                 Ok(0) => closed = true,
                 Ok(n) => {
                     connection.received.extend_from_slice(&chunk[..n]);
@@ -144,6 +169,8 @@ impl Streams {
                 Err(_) => closed = true,
             }
         }
+        // A TLS handshake's answers, or what waited for the socket.
+        closed |= flush(connection).is_err();
         let mut messages = Vec::new();
         let mut offset = 0;
         loop {
@@ -199,18 +226,85 @@ impl Streams {
     }
 }
 
+/// Plaintext from the connection: straight from the socket, or through
+/// the TLS session (whose handshake records are answered by [`flush`]).
+/// `Ok(0)`: the client closed.
+fn read(connection: &mut Connection, chunk: &mut [u8]) -> io::Result<usize> {
+    let Some(tls) = &mut connection.tls else {
+        return connection.stream.read(chunk);
+    };
+    loop {
+        match tls.reader().read(chunk) {
+            Ok(n) => return Ok(n),
+            // No plaintext yet: more records from the socket.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+        if tls.read_tls(&mut connection.stream)? == 0 {
+            return Ok(0);
+        }
+        tls.process_new_packets()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+    }
+}
+
 /// Writes what is queued until the socket would block.
 fn flush(connection: &mut Connection) -> io::Result<()> {
-    while !connection.queued.is_empty() {
-        match connection.stream.write(&connection.queued) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                connection.queued.drain(..n);
+    let Connection {
+        stream,
+        tls,
+        queued,
+        ..
+    } = connection;
+    let Some(tls) = tls else {
+        while !queued.is_empty() {
+            match stream.write(queued) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    queued.drain(..n);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
             }
+        }
+        return Ok(());
+    };
+    loop {
+        if !queued.is_empty() {
+            // Takes what fits its buffer; the rest stays queued.
+            let n = tls.writer().write(queued)?;
+            queued.drain(..n);
+        }
+        if !tls.wants_write() {
+            return Ok(());
+        }
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+}
+
+/// A listening TCP socket shared with the other workers.
+fn listen(address: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    let mut listener = TcpListener::from_std(socket.into());
+    registry.register(&mut listener, token, Interest::READABLE)?;
+    Ok(listener)
 }

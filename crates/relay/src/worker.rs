@@ -154,6 +154,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn bind(
         listen: SocketAddr,
+        tls: Option<crate::TlsListen>,
         config: ServerConfig,
         seed: [u8; 32],
         index: usize,
@@ -171,7 +172,7 @@ impl Worker {
             .map_err(listen_error)?;
         let registry = poll.registry().try_clone().map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(listen_error)?);
-        let streams = Streams::bind(listen, poll.registry()).map_err(listen_error)?;
+        let streams = Streams::bind(listen, tls, poll.registry()).map_err(listen_error)?;
         if index == 0 {
             let effective = main_state.recv_buffer_size((&main).into()).unwrap_or(0);
             if effective < SOCKET_BUFFER {
@@ -233,7 +234,8 @@ impl Worker {
                 match event.token() {
                     MAIN => self.drain_main(),
                     WAKE => {}
-                    stream::LISTENER => self.streams.accept(self.poll.registry()),
+                    stream::LISTENER => self.streams.accept(self.poll.registry(), false),
+                    stream::TLS_LISTENER => self.streams.accept(self.poll.registry(), true),
                     token if Streams::owns(token) => self.drain_stream(token),
                     Token(port) => self.drain_relay(u16::try_from(port).unwrap_or(0)),
                 }

@@ -104,6 +104,7 @@ fn a_revoked_device_stops_relaying_at_once() {
             max_bps_per_allocation: 0,
             allow_loopback_peers: true,
             allow_peers: Vec::new(),
+            tls: None,
         },
         Arc::clone(&stop),
     )
