@@ -537,6 +537,15 @@ pub struct RelayArgs {
         requires = "tls_listen"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The name devices check in the relay's certificate (portal mode);
+    /// without it they check its public address
+    #[arg(
+        long,
+        env = "POSTERN_TLS_NAME",
+        value_name = "NAME",
+        requires = "tls_listen"
+    )]
+    pub tls_name: Option<String>,
     #[command(flatten)]
     pub daemon: DaemonOptions,
 }

@@ -215,7 +215,7 @@ fn report_incoming(tunnel: &str) {
             );
         } else {
             tracing::warn!(
-                "{} drops incoming packets ({}) and accepts no replies before that: the gateway's and the relay's answers (UDP) are dropped and no tunnel will come up; add: {}",
+                "{} drops incoming packets ({}) and accepts no replies before that: the gateway's and the relay's UDP answers are dropped, so no direct path works and the tunnel can only run relayed over TCP or TLS; add: {}",
                 incoming.firewall,
                 incoming.reason,
                 incoming.fix

@@ -59,7 +59,13 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     if let (Some(portal), Some(trust)) = (&args.portal, trust) {
         let token = crate::device::read_token(&args.token)?;
         let metrics = args.daemon.metrics;
-        return portal_mode(portal, trust, &token, config, &args.public_ip, metrics);
+        let tls = args
+            .tls_listen
+            .map(|listen| postern_model::protocol::RelayTls {
+                port: listen.port(),
+                name: args.tls_name.clone(),
+            });
+        return portal_mode(portal, trust, &token, config, &args.public_ip, tls, metrics);
     }
     let signals = daemon::block_stop_signals().context("cannot block signals")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -93,6 +99,7 @@ fn portal_mode(
     token: &str,
     mut config: RelayConfig,
     public_ip: &[IpAddr],
+    tls: Option<postern_model::protocol::RelayTls>,
     metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     use postern_model::protocol::{PortalToRelay, RelayToPortal};
@@ -113,6 +120,7 @@ fn portal_mode(
         let register = serde_json::to_string(&RelayToPortal::Register {
             public_addresses: public_ip.to_vec(),
             port: config.listen.port(),
+            tls,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut running: Option<(Relay, String)> = None;

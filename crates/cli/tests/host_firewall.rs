@@ -411,6 +411,8 @@ fn a_client_on_a_host_with_firewalld_works_and_says_why() {
     drop(firewalld);
 }
 
+/// A client whose host drops UDP answers says so at start, with the rule
+/// to add; meanwhile only TURN over a stream carries its tunnel.
 #[test]
 fn a_client_whose_host_drops_udp_replies_says_so_and_what_to_add() {
     let mut demo = demo();
@@ -432,17 +434,28 @@ fn a_client_whose_host_drops_udp_replies_says_so_and_what_to_add() {
         .find(|l| l.contains("accepts no replies"))
         .unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(line.contains("its INPUT policy is DROP"), "{line}");
+    // The warning is true: no UDP path works, only TURN over a stream.
+    let took = until_download(&demo, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("not even over TURN/TLS: {e}\n{}", demo.logs()));
+    println!("1 MiB {took:?} with UDP answers dropped");
+    assert_eq!(demo.path(), "relayed");
+    let log = demo.client_process.as_ref().unwrap().stderr();
     assert!(
-        until_download(&demo, Duration::from_secs(5)).is_err(),
-        "the warning is true: nothing connects"
+        log.contains("TURN over TLS: connected to the relay"),
+        "{log}"
     );
-    // The rule it names is the fix.
+    // The rule it names is the fix: with it, the client (started again)
+    // goes direct.
     let fix = line.rsplit("add: ").next().unwrap().trim();
     let mut words = fix.split(' ');
     let binary = words.next().unwrap();
     let args: Vec<&str> = words.collect();
     demo.net.client.run(binary, &args).unwrap();
+    demo.stop_client().unwrap();
+    demo.start_client(&[]).unwrap();
     let took = until_download(&demo, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("after `{fix}`: {e}\n{}", demo.logs()));
+    demo.wait_for_path("direct", Duration::from_secs(10))
+        .unwrap_or_else(|path| panic!("after `{fix}` the path is {path}\n{}", demo.logs()));
     println!("1 MiB {took:?} after the client's host added `{fix}`");
 }

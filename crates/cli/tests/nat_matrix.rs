@@ -144,35 +144,60 @@ fn a_client_behind_the_gateways_own_nat_goes_direct_on_the_lan() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A network that lets only TCP out (UDP dropped at the home router): the
-/// client reaches the relay over TCP (TURN over TCP) and the download
-/// runs relayed through it.
-#[test]
-fn a_client_whose_network_drops_udp_downloads_over_turn_tcp() {
+/// Drops UDP (and `blocked` TCP ports) at the home router, restarts the
+/// client, downloads; the client's log and how long the first 1 MiB took.
+fn without_udp(blocked: &[u16]) -> (Demo, String) {
     let mut demo = start(NatKind::Cone, NatKind::Cone, false);
     demo.stop_client().unwrap();
     demo.net.nat_home.block_udp().unwrap();
+    for port in blocked {
+        demo.net.nat_home.block_tcp_port(*port).unwrap();
+    }
     demo.start_client(&[]).unwrap();
     let started = Instant::now();
-    let took = demo
-        .download(1 << 20, Duration::from_secs(30))
+    demo.download(1 << 20, Duration::from_secs(40))
         .unwrap_or_else(|e| panic!("no download without UDP: {e}\n{}", demo.logs()));
     println!(
-        "1 MiB without UDP: first byte path found and downloaded in {} ms",
+        "without UDP (TCP {blocked:?} blocked too): 1 MiB after {} ms",
         started.elapsed().as_millis()
     );
-    let _ = took;
     assert_eq!(demo.path(), "relayed");
     let log = demo.client_process.as_ref().unwrap().stderr();
+    (demo, log)
+}
+
+/// A network that lets only TCP out (UDP dropped at the home router): the
+/// client reaches the relay over TLS on 443 (TURN over TLS, the relay's
+/// certificate checked against the portal's CA), and the download runs
+/// relayed through it.
+#[test]
+fn a_client_whose_network_drops_udp_downloads_over_turn_tls() {
+    let (demo, log) = without_udp(&[]);
     assert!(
-        log.contains("TURN over TCP: connected to the relay"),
+        log.contains("TURN over TLS: connected to the relay"),
         "{log}"
     );
     // And it carries more than a first packet.
     let took = demo.download(16 << 20, Duration::from_secs(60)).unwrap();
     println!(
+        "16 MiB over TURN/TLS in {} ms ({:.0} Mbit/s)",
+        took.as_millis(),
+        134.217_728 / took.as_secs_f64()
+    );
+}
+
+/// The same where 443 is closed too: TURN over TCP on the relay's port.
+#[test]
+fn a_client_whose_network_drops_udp_and_443_downloads_over_turn_tcp() {
+    let (demo, log) = without_udp(&[443]);
+    assert!(
+        log.contains("TURN over TCP: connected to the relay"),
+        "{log}"
+    );
+    let took = demo.download(16 << 20, Duration::from_secs(60)).unwrap();
+    println!(
         "16 MiB over TURN/TCP in {} ms ({:.0} Mbit/s)",
         took.as_millis(),
-        (16 * 8) as f64 / took.as_secs_f64() * 1.048_576
+        134.217_728 / took.as_secs_f64()
     );
 }

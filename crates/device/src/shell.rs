@@ -130,7 +130,7 @@ impl<R: Role> Shell<R> {
             udp: started.udp,
             received: RecvBuffers::default(),
             gso: GsoQueue::default(),
-            streams: RelayStreams::default(),
+            streams: RelayStreams::new(config.trust.tls()),
             reader: TunReader::default(),
             writer: TunWriter::default(),
             sealed: vec![0u8; BUFFER],
@@ -368,7 +368,7 @@ impl<R: Role> Shell<R> {
                     self.role.encapsulate(packet, now, &mut self.sealed)
                 {
                     if self.streams.has(destination) {
-                        if !self.streams.send(destination, &self.sealed[..length]) {
+                        if !self.streams.send(destination, None, &self.sealed[..length]) {
                             self.tally.send_dropped += 1;
                         }
                         continue;
@@ -394,8 +394,12 @@ impl<R: Role> Shell<R> {
             self.apply(effect).await?;
         }
         while let Some(transmit) = self.role.poll_transmit() {
-            if transmit.stream || self.streams.has(transmit.destination) {
-                if !self.streams.send(transmit.destination, &transmit.payload) {
+            if transmit.stream.is_some() || self.streams.has(transmit.destination) {
+                if !self.streams.send(
+                    transmit.destination,
+                    transmit.stream.as_ref(),
+                    &transmit.payload,
+                ) {
                     self.tally.send_dropped += 1;
                 }
                 continue;

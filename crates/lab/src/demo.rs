@@ -411,6 +411,8 @@ pub struct DemoPki {
     pub ca: TestCa,
     pub ca_file: PathBuf,
     pub portal: CertificateFiles,
+    /// The relay's, for TURN over TLS on port 443.
+    pub relay: CertificateFiles,
     /// For the lab's own requests to the portal.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -426,11 +428,18 @@ impl DemoPki {
             &[portal_ip, "portal.demo.test"],
             Validity::Current,
         )?;
+        let relay = ca.write_server(
+            data,
+            "relay",
+            &[RELAY_IP, "relay.demo.test"],
+            Validity::Current,
+        )?;
         let tls = ca.client_config()?;
         Ok(DemoPki {
             ca,
             ca_file,
             portal,
+            relay,
             tls,
         })
     }
@@ -581,6 +590,12 @@ impl Demo {
                 &format!("{RELAY_IP}:3478"),
                 "--public-ip",
                 RELAY_IP,
+                "--tls-listen",
+                &format!("{RELAY_IP}:443"),
+                "--tls-cert",
+                &self.pki.relay.certificate.to_string_lossy(),
+                "--tls-key",
+                &self.pki.relay.key.to_string_lossy(),
                 "--metrics",
                 &format!("{RELAY_IP}:9100"),
             ],

@@ -82,6 +82,21 @@ impl Router {
         ))
     }
 
+    /// Drops TCP from the LAN to `port` on the WAN side (a network that
+    /// lets only some services out).
+    pub fn block_tcp_port(&self, port: u16) -> Result<()> {
+        self.host.nft(&format!(
+            "table inet plab_no_tcp_{port} {{
+  chain forward {{
+    type filter hook forward priority filter - 1; policy accept;
+    iifname \"{lan}\" tcp dport {port} drop
+  }}
+}}
+",
+            lan = self.lan.name
+        ))
+    }
+
     /// Full cone: new UDP flows arriving on the WAN go to `inside`, port
     /// unchanged (masquerade preserves ports, so a peer that learnt a
     /// mapping reaches the socket behind it).

@@ -120,6 +120,18 @@ pub struct RelayInfo {
     pub username: String,
     pub password: String,
     pub expires_at: Timestamp,
+    /// TURN over TLS, for devices on networks that let only HTTPS out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RelayTls>,
+}
+
+/// Where a relay takes TURN over TLS: this port on each of its addresses,
+/// its certificate issued to `name` (or, without one, to the address).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayTls {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// ICE username fragment and password of one side.
@@ -346,6 +358,9 @@ pub enum RelayToPortal {
     Register {
         public_addresses: Vec<IpAddr>,
         port: u16,
+        /// TURN over TLS (`--tls-listen`), if the relay takes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<RelayTls>,
     },
 }
 

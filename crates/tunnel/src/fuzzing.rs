@@ -67,6 +67,7 @@ fn relays() -> Vec<RelayInfo> {
         username: "1:fuzz".into(),
         password: "x".into(),
         expires_at: Timestamp::UNIX_EPOCH,
+        tls: None,
     }]
 }
 

@@ -42,6 +42,9 @@ pub(crate) struct GatewayAnnouncement {
 pub(crate) struct RelayAnnouncement {
     pub id: RelayId,
     pub addresses: Vec<SocketAddr>,
+    /// Older nodes announce none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<postern_model::protocol::RelayTls>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

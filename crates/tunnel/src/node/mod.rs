@@ -33,7 +33,7 @@ use boringtun::x25519;
 use postern_model::protocol::{IceCredentials, RelayInfo};
 
 pub use holes::OPENER_TTL;
-pub use relays::RelayConfig;
+pub use relays::{RelayConfig, Stream};
 
 use crate::counters::Counters;
 use crate::ice::{IceEvent, IceSession, is_stun};
@@ -85,9 +85,9 @@ pub struct Transmit {
     /// A hop limit of its own ([`OPENER_TTL`] for openers); `None`: the
     /// socket's.
     pub ttl: Option<u8>,
-    /// To a relay reached over TCP (UDP to it went unanswered): on the
-    /// stream to `destination`, not the socket.
-    pub stream: bool,
+    /// To a relay reached over a stream (UDP to it went unanswered): on
+    /// that stream, not the socket.
+    pub stream: Option<Stream>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +220,10 @@ impl<P: PeerId> Node<P> {
                     server: *server,
                     username: relay.username.clone(),
                     password: relay.password.clone(),
+                    tls: relay.tls.as_ref().map(|tls| {
+                        let name = tls.name.clone().unwrap_or_else(|| server.ip().to_string());
+                        (SocketAddr::new(server.ip(), tls.port), name)
+                    }),
                 };
                 if self.add_relay(config, now) {
                     tracing::info!(relay = %relay.id, %server, "using relay");
@@ -745,7 +749,7 @@ impl<P: PeerId> Node<P> {
                 destination: remote,
                 payload: payload.to_vec(),
                 ttl: None,
-                stream: false,
+                stream: None,
             });
         } else if !self.relays.is_relayed(local) {
             // The allocation behind that path is gone: sending from our own
@@ -941,7 +945,7 @@ impl<P: PeerId> Node<P> {
             destination: remote,
             payload: holes::opener(transaction),
             ttl: Some(holes::OPENER_TTL),
-            stream: false,
+            stream: None,
         });
     }
 
@@ -1076,7 +1080,7 @@ impl<P: PeerId> Node<P> {
                     destination,
                     payload: out[..n].to_vec(),
                     ttl: None,
-                    stream: false,
+                    stream: None,
                 });
             }
         }

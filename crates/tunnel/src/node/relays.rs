@@ -22,6 +22,18 @@ pub struct RelayConfig {
     pub server: SocketAddr,
     pub username: String,
     pub password: String,
+    /// Where it takes TURN over TLS, and the name its certificate carries.
+    pub tls: Option<(SocketAddr, String)>,
+}
+
+/// How a relay is reached when UDP to it goes unanswered (TURN over a
+/// stream, RFC 8656 section 3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// TCP to the relay's own address.
+    Tcp,
+    /// TLS to `address`, its certificate checked for `name`.
+    Tls { address: SocketAddr, name: String },
 }
 
 struct Relay {
@@ -31,9 +43,9 @@ struct Relay {
     retry_at: Option<Instant>,
     /// The wait after the next failure.
     backoff: Duration,
-    /// Reached over TCP: UDP to it went unanswered (a network that drops
-    /// UDP).
-    stream: bool,
+    /// Reached over a stream: UDP to it went unanswered (a network that
+    /// drops UDP).
+    stream: Option<Stream>,
     /// Since when the relay has been asked on this transport without a
     /// word back; `None` once it answered.
     silent_since: Option<Instant>,
@@ -111,7 +123,7 @@ impl Relays {
             client,
             retry_at: None,
             backoff: RETRY,
-            stream: false,
+            stream: None,
             silent_since: Some(now),
             switch_after: SILENCE_BEFORE_SWITCH,
             udp_answered: false,
@@ -131,7 +143,7 @@ impl Relays {
             relay.retry_at = None;
             relay.backoff = RETRY;
             // A new network may let UDP through.
-            relay.stream = false;
+            relay.stream = None;
             relay.silent_since = Some(now);
             relay.switch_after = SILENCE_BEFORE_SWITCH;
             relay.udp_answered = false;
@@ -147,7 +159,7 @@ impl Relays {
                 Some(Allocation {
                     relayed: r.client.relayed_address()?,
                     mapped: r.client.mapped_address()?,
-                    stream: r.stream,
+                    stream: r.stream.is_some(),
                 })
             })
     }
@@ -170,7 +182,7 @@ impl Relays {
         let relay = self.relays.get_mut(index)?;
         relay.silent_since = None;
         relay.switch_after = SILENCE_BEFORE_SWITCH;
-        relay.udp_answered |= !relay.stream;
+        relay.udp_answered |= relay.stream.is_none();
         let client = &mut relay.client;
         let relayed = client.relayed_address();
         let (peer, data) = client.handle_packet(datagram, now)?;
@@ -237,7 +249,7 @@ impl Relays {
             destination: relay.config.server,
             payload: self.framed.clone(),
             ttl: None,
-            stream: relay.stream,
+            stream: relay.stream.clone(),
         });
         true
     }
@@ -255,15 +267,28 @@ impl Relays {
                 let config = relay.config.clone();
                 let client = self.turn_client(&config, now);
                 let relay = &mut self.relays[index];
-                relay.stream = !relay.stream;
+                // UDP, then TLS (what networks that let only HTTPS out
+                // allow), then TCP, then UDP again.
+                relay.stream = match (&relay.stream, &relay.config.tls) {
+                    (None, Some((address, name))) => Some(Stream::Tls {
+                        address: *address,
+                        name: name.clone(),
+                    }),
+                    (None, None) | (Some(Stream::Tls { .. }), _) => Some(Stream::Tcp),
+                    (Some(Stream::Tcp), _) => None,
+                };
                 relay.client = client;
                 relay.retry_at = None;
                 relay.silent_since = Some(now);
                 relay.switch_after = (relay.switch_after * 2).min(RETRY_MAX);
                 tracing::info!(
                     server = %relay.config.server,
-                    transport = if relay.stream { "TCP" } else { "UDP" },
-                    "no answer from the relay: trying the other transport"
+                    transport = match relay.stream {
+                        None => "UDP",
+                        Some(Stream::Tcp) => "TCP",
+                        Some(Stream::Tls { .. }) => "TLS",
+                    },
+                    "no answer from the relay: trying another transport"
                 );
                 continue;
             }
@@ -312,7 +337,7 @@ impl Relays {
                     destination: relay.config.server,
                     payload: bytes,
                     ttl: None,
-                    stream: relay.stream,
+                    stream: relay.stream.clone(),
                 });
             }
             while let Some(event) = relay.client.poll_event() {
@@ -322,7 +347,7 @@ impl Relays {
                         announced.push(Allocation {
                             relayed,
                             mapped,
-                            stream: relay.stream,
+                            stream: relay.stream.is_some(),
                         });
                     }
                     TurnEvent::Failed { code, reason } => {

@@ -204,6 +204,7 @@ impl Net {
             server: SocketAddr::new(IpAddr::V4(RELAY_IP), 3478),
             password: rest_password(SECRET, &username),
             username,
+            tls: None,
         }
     }
 
@@ -249,7 +250,7 @@ impl Net {
     /// on a stream to a relay (delivered as a datagram would be: the
     /// simulation has no TCP, only networks that drop UDP but not it).
     pub fn send_transmit(&mut self, n: usize, transmit: postern_tunnel::node::Transmit) {
-        if self.udp_blocked[n] && !transmit.stream {
+        if self.udp_blocked[n] && transmit.stream.is_none() {
             return;
         }
         self.send_with_ttl(n, transmit.destination, transmit.payload, transmit.ttl);

@@ -136,6 +136,7 @@ fn relay_info() -> RelayInfo {
         username: config.username,
         password: config.password,
         expires_at: Timestamp::now() + SignedDuration::from_hours(1),
+        tls: None,
     }
 }
 

@@ -36,11 +36,12 @@ impl Hub {
                 Inbound::Relay(RelayToPortal::Register {
                     public_addresses,
                     port,
+                    tls,
                 }),
                 Role::Relay,
             ) => self
                 .relays
-                .register(conn, &public_addresses, port, post_of!(self), wall),
+                .register(conn, &public_addresses, port, tls, post_of!(self), wall),
             (Inbound::Invalid { reference, message }, _) => {
                 post_of!(self).error(conn, reference, message)
             }

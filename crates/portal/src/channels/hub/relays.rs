@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use postern_model::RelayId;
-use postern_model::protocol::{PortalToClient, PortalToGateway, PortalToRelay, RelayInfo};
+use postern_model::protocol::{
+    PortalToClient, PortalToGateway, PortalToRelay, RelayInfo, RelayTls,
+};
 use postern_turn::credentials::{rest_password, rest_username};
 use uuid::Uuid;
 
@@ -45,6 +47,7 @@ const REVOKED_PER_MESSAGE: usize = 64;
 struct LocalRelay {
     id: RelayId,
     addresses: Vec<SocketAddr>,
+    tls: Option<RelayTls>,
 }
 
 #[derive(Debug)]
@@ -90,7 +93,14 @@ impl Relays {
     /// A relay channel joined.
     pub(super) fn joined(&mut self, conn: ConnId, id: RelayId) {
         let addresses = Vec::new();
-        self.local.insert(conn, LocalRelay { id, addresses });
+        self.local.insert(
+            conn,
+            LocalRelay {
+                id,
+                addresses,
+                tls: None,
+            },
+        );
     }
 
     /// A relay's `register`: it gets the TURN secret, devices hear of it
@@ -100,11 +110,21 @@ impl Relays {
         conn: ConnId,
         public_addresses: &[IpAddr],
         port: u16,
+        tls: Option<RelayTls>,
         post: &mut Post,
         now: Timestamp,
     ) {
-        if public_addresses.is_empty() || public_addresses.len() > 4 || port == 0 {
-            let message = "register needs 1-4 public addresses and a port".to_string();
+        let bad_tls = tls.as_ref().is_some_and(|tls| {
+            tls.port == 0
+                || tls
+                    .name
+                    .as_ref()
+                    .is_some_and(|name| name.is_empty() || name.len() > 253)
+        });
+        if public_addresses.is_empty() || public_addresses.len() > 4 || port == 0 || bad_tls {
+            let message =
+                "register needs 1-4 public addresses, a port and a valid TLS port and name"
+                    .to_string();
             post.error(conn, None, message);
             return;
         }
@@ -116,9 +136,11 @@ impl Relays {
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
+        relay.tls = tls;
         let announcement = RelayAnnouncement {
             id: relay.id,
             addresses: relay.addresses.clone(),
+            tls: relay.tls.clone(),
         };
         let relay_id = relay.id;
         let registered = PortalToRelay::Registered {
@@ -158,6 +180,7 @@ impl Relays {
             .map(|relay| RelayAnnouncement {
                 id: relay.id,
                 addresses: relay.addresses.clone(),
+                tls: relay.tls.clone(),
             })
             .collect()
     }
@@ -241,6 +264,7 @@ impl Relays {
                 username: username.clone(),
                 password: password.clone(),
                 expires_at,
+                tls: relay.tls,
             })
             .collect();
         relays.sort_by_key(|r| r.id);

@@ -29,6 +29,7 @@ fn relay(w: &mut World, conn: ConnId) -> Vec<Output> {
         message: Inbound::Relay(RelayToPortal::Register {
             public_addresses: vec!["198.51.100.1".parse().unwrap()],
             port: 3478,
+            tls: None,
         }),
     })
 }
@@ -254,5 +255,60 @@ fn revocations_cross_the_cluster_to_other_nodes_relays() {
     assert!(
         !out.iter().any(|o| matches!(o, Output::Publish(_))),
         "a remote revocation is not published again: {out:?}"
+    );
+}
+
+/// A relay that takes TURN over TLS says so at registration; devices get
+/// the port and the name to check with their relay credentials, and a
+/// register with a TLS port 0 or an empty name is refused.
+#[test]
+fn a_relays_tls_endpoint_reaches_the_devices() {
+    let mut w = World::new();
+    w.input(client(1, ACCOUNT, CLIENT, 1));
+    w.loaded(ACCOUNT, graph(1, &[1]));
+    let id = RelayId::from_u128(0x99);
+    let Input::Joined(mut joined) = super::joined(9, Party::Relay { id }, 0) else {
+        unreachable!()
+    };
+    joined.token.id = Uuid::from_u128(0x7e);
+    w.input(Input::Joined(joined));
+    let register = |tls| Input::Message {
+        conn: 9,
+        message: Inbound::Relay(RelayToPortal::Register {
+            public_addresses: vec!["198.51.100.1".parse().unwrap()],
+            port: 3478,
+            tls,
+        }),
+    };
+    let refused = w.input(register(Some(postern_model::protocol::RelayTls {
+        port: 443,
+        name: Some(String::new()),
+    })));
+    assert!(
+        !relay_frames(&refused, 9)
+            .iter()
+            .any(|m| matches!(m, PortalToRelay::Registered { .. })),
+        "an empty TLS name is refused: {:?}",
+        relay_frames(&refused, 9)
+    );
+    let out = w.input(register(Some(postern_model::protocol::RelayTls {
+        port: 443,
+        name: Some("relay.example.com".into()),
+    })));
+    let tls: Vec<_> = client_frames(&out, 1)
+        .into_iter()
+        .flat_map(|m| match m {
+            PortalToClient::RelaysChanged { added, .. } => {
+                added.into_iter().map(|r| r.tls).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        tls,
+        [Some(postern_model::protocol::RelayTls {
+            port: 443,
+            name: Some("relay.example.com".into()),
+        })]
     );
 }
