@@ -201,3 +201,59 @@ fn a_client_whose_network_drops_udp_and_443_downloads_over_turn_tcp() {
         134.217_728 / took.as_secs_f64()
     );
 }
+
+/// Relays by measured round trip: with the first relay far away (40 ms
+/// more each way) and a second one near, a relayed path (symmetric NATs on
+/// both sides) goes through the near one, whatever order the portal lists
+/// them in; when the near one dies, the far one takes over.
+#[test]
+fn the_nearest_relay_carries_a_relayed_path_and_the_other_takes_over() {
+    let mut demo = start(NatKind::Symmetric, NatKind::Symmetric, false);
+    demo.stop_client().unwrap();
+    demo.delay_relay(Duration::from_millis(40)).unwrap();
+    demo.add_relay("198.18.0.5", Duration::ZERO).unwrap();
+    // The gateway hears of the second relay and allocates on it.
+    std::thread::sleep(Duration::from_secs(2));
+    demo.start_client(&[]).unwrap();
+    demo.download(1 << 20, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.logs()));
+    let relay_of = |demo: &Demo| -> String {
+        let status: serde_json::Value =
+            serde_json::from_str(&demo.client_status().unwrap()).unwrap();
+        status["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|r| r["relay"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let near = relay_of(&demo);
+    println!("relayed through {near}");
+    // Our relay server, or the gateway's allocation on it (a path from our
+    // own socket to the gateway's relayed candidate): the near relay's IP.
+    assert!(
+        near.starts_with("198.18.0.5:"),
+        "{}",
+        demo.client_status().unwrap()
+    );
+    // The near relay dies: the far one carries on.
+    let relay_2 = demo.processes.last_mut().unwrap();
+    relay_2.kill().unwrap();
+    let started = Instant::now();
+    loop {
+        if demo.download(64 * 1024, Duration::from_secs(2)).is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no path after the near relay died\n{}",
+            demo.logs()
+        );
+    }
+    println!(
+        "through the far relay {} ms after the near one died",
+        started.elapsed().as_millis()
+    );
+    let far = relay_of(&demo);
+    assert!(far.starts_with("198.18.0.3:"), "{far}");
+}

@@ -604,6 +604,55 @@ impl Demo {
         Ok(())
     }
 
+    /// A second relay on the internet segment at `address` (without TLS),
+    /// registered with the portal like the first; its link delays what it
+    /// sends by `delay`. Its process stays up with the demo's.
+    pub fn add_relay(&mut self, address: &str, delay: Duration) -> Result<Host> {
+        let host = self.net.lab.add_host("relay-2")?;
+        let link = self
+            .net
+            .lab
+            .connect(&host, &self.net.internet, &[&format!("{address}/24")])?;
+        self.net.route_to_sites(&host)?;
+        if !delay.is_zero() {
+            self.net
+                .lab
+                .impair(&link, crate::Impairment::delay(delay))?;
+        }
+        let database = self.database();
+        let relay_token = self.postern(&["portal", "relay-token", "--database", &database])?;
+        let url = format!("https://{PORTAL}");
+        let ca_arg = self.pki.ca_arg();
+        let token = token_file_arg(&self.data.join("relay-2.token"), &relay_token)?;
+        let listen = format!("{address}:3478");
+        let relay = self.command(
+            &host,
+            &[
+                "relay",
+                "--portal",
+                &url,
+                &ca_arg,
+                &token,
+                "--listen",
+                &listen,
+                "--public-ip",
+                address,
+            ],
+        );
+        self.processes.push(host.spawn(relay)?);
+        Ok(host)
+    }
+
+    /// Delays what the first relay sends by `delay` (a relay far away).
+    pub fn delay_relay(&self, delay: Duration) -> Result<()> {
+        let link = crate::host::Interface {
+            host: self.net.relay.clone(),
+            name: "eth0".into(),
+            addresses: Vec::new(),
+        };
+        self.net.lab.impair(&link, crate::Impairment::delay(delay))
+    }
+
     /// A REST call from inside the portal's host.
     pub fn api(
         &self,

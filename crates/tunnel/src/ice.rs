@@ -56,6 +56,29 @@ pub enum CandidateError {
     Parse(String),
 }
 
+/// Round trips to the relays, by the relay's address (what a relayed
+/// candidate's address starts with), in milliseconds.
+pub type RelayRtt =
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<std::net::IpAddr, u32>>>;
+
+/// str0m's local preference, except that a relayed candidate ranks by its
+/// relay's round trip: 16383 (str0m's top for relayed) less the
+/// milliseconds, so the nearest relay's pairs win and the others stay as
+/// fallback. A relay not measured yet ranks as str0m would rank it.
+fn relay_preference(candidate: &Candidate, same_kind: usize, relay_rtt: &RelayRtt) -> u32 {
+    if candidate.kind() == is::CandidateKind::Relayed
+        && let Some(rtt) = relay_rtt
+            .read()
+            .ok()
+            .and_then(|rtts| rtts.get(&candidate.addr().ip()).copied())
+    {
+        // Even for IPv4, odd for IPv6, as str0m interleaves them.
+        let v6 = u32::from(candidate.addr().is_ipv6());
+        return (16_383 - rtt.min(8_000) * 2 - 1 + v6).max(1);
+    }
+    is::default_local_preference(candidate, same_kind)
+}
+
 pub struct IceSession {
     agent: IceAgent,
     /// Our username fragment: the first half of the USERNAME in the peer's
@@ -77,9 +100,19 @@ fn creds(c: &IceCredentials) -> IceCreds {
 
 impl IceSession {
     /// `local` and `remote` are this side's and the peer's credentials from
-    /// the portal; the client controls.
-    pub fn new(local: &IceCredentials, remote: &IceCredentials, controlling: bool) -> Self {
+    /// the portal; the client controls. `relay_rtt` (relay IP -> measured
+    /// round trip, shared with the node) ranks relayed candidates: the
+    /// nearest relay first, the others as fallback.
+    pub fn new(
+        local: &IceCredentials,
+        remote: &IceCredentials,
+        controlling: bool,
+        relay_rtt: RelayRtt,
+    ) -> Self {
         let mut agent = IceAgent::new(creds(local));
+        agent.set_local_preference(move |candidate: &Candidate, same_kind: usize| {
+            relay_preference(candidate, same_kind, &relay_rtt)
+        });
         agent.set_remote_credentials(creds(remote));
         agent.set_controlling(controlling);
         // A pair has a handful of candidates, not a browser's dozens: pace

@@ -40,8 +40,13 @@ impl Sim {
         gateway_creds_for_client: IceCredentials,
     ) -> Sim {
         let (client_creds, gateway_creds) = (credentials("client"), credentials("gateway"));
-        let mut client = IceSession::new(&client_creds, &gateway_creds, true);
-        let mut gateway = IceSession::new(&gateway_creds_for_client, &client_creds, false);
+        let mut client = IceSession::new(&client_creds, &gateway_creds, true, Default::default());
+        let mut gateway = IceSession::new(
+            &gateway_creds_for_client,
+            &client_creds,
+            false,
+            Default::default(),
+        );
         let client_addresses: Vec<SocketAddr> = client_hosts.iter().map(|a| addr(a)).collect();
         let client_candidates: Vec<String> = client_addresses
             .iter()

@@ -745,6 +745,7 @@ impl ClientTunnel {
             gateway: None,
             path: None,
             peer: None,
+            relay: None,
             bytes_sent: 0,
             bytes_received: 0,
         };
@@ -764,6 +765,7 @@ impl ClientTunnel {
                     .into(),
                 );
                 out.peer = path.map(|(_, remote, _)| remote.to_string());
+                out.relay = self.node.path_relay(gateway).map(|r| r.to_string());
                 if let Some((sent, received)) = self.node.traffic(gateway) {
                     out.bytes_sent = sent as u64;
                     out.bytes_received = received as u64;

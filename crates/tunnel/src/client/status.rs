@@ -40,6 +40,9 @@ pub struct ResourceLine {
     /// relay's) on a relayed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The relay a relayed path goes through (the nearest that works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     #[serde(default)]
     pub bytes_sent: u64,
     #[serde(default)]

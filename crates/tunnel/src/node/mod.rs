@@ -36,7 +36,7 @@ pub use holes::OPENER_TTL;
 pub use relays::{RelayConfig, Stream};
 
 use crate::counters::Counters;
-use crate::ice::{IceEvent, IceSession, is_stun};
+use crate::ice::{IceEvent, IceSession, RelayRtt, is_stun};
 use crate::wireguard::{Action, WireguardPeer, refusal};
 use relays::{HEADER, Relays, frame_in_place};
 
@@ -151,6 +151,9 @@ pub struct Node<P> {
     secret_bytes: [u8; 32],
     controlling: bool,
     relays: Relays,
+    /// Round trips to the relays (measured by `relays`, read by every
+    /// peer's ICE agent to rank relayed candidates).
+    relay_rtt: RelayRtt,
     peers: HashMap<P, Peer>,
     by_index: HashMap<u32, P>,
     by_key: HashMap<[u8; 32], P>,
@@ -175,13 +178,15 @@ impl<P: PeerId> Node<P> {
     /// secret; the client controls ICE.
     pub fn new(local: SocketAddr, secret: [u8; 32], controlling: bool, seed: u64) -> Self {
         let static_secret = x25519::StaticSecret::from(secret);
+        let relay_rtt = RelayRtt::default();
         Node {
             local,
             public: x25519::PublicKey::from(&static_secret),
             secret: static_secret,
             secret_bytes: secret,
             controlling,
-            relays: Relays::new(seed),
+            relays: Relays::new(seed, relay_rtt.clone()),
+            relay_rtt,
             peers: HashMap::new(),
             by_index: HashMap::new(),
             by_key: HashMap::new(),
@@ -236,7 +241,12 @@ impl<P: PeerId> Node<P> {
     /// earlier session with it).
     pub fn add_peer(&mut self, id: P, config: PeerConfig, now: Instant) {
         self.remove_peer(id);
-        let mut ice = IceSession::new(&config.local_ice, &config.remote_ice, self.controlling);
+        let mut ice = IceSession::new(
+            &config.local_ice,
+            &config.remote_ice,
+            self.controlling,
+            self.relay_rtt.clone(),
+        );
         let mut candidates = Vec::new();
         let allocations: Vec<_> = self.relays.allocations().collect();
         let mut added = vec![ice.add_host(self.local)];
@@ -319,7 +329,12 @@ impl<P: PeerId> Node<P> {
                 continue;
             };
             let (local_ice, remote_ice) = &peer.ice_credentials;
-            let mut ice = IceSession::new(local_ice, remote_ice, self.controlling);
+            let mut ice = IceSession::new(
+                local_ice,
+                remote_ice,
+                self.controlling,
+                self.relay_rtt.clone(),
+            );
             let host = ice.add_host(local);
             // From a new network our NAT has no mapping toward the peer:
             // openers first, and (controlling) checks to its direct
@@ -921,6 +936,17 @@ impl<P: PeerId> Node<P> {
         let peer = self.peers.get(&id)?;
         let (local, remote) = peer.path?;
         Some((local, remote, self.is_relayed(peer, local, remote)))
+    }
+
+    /// The relay a relayed path goes through: our relay server when our
+    /// end is relayed, else the peer's relayed address (its relay's IP).
+    pub fn path_relay(&self, id: P) -> Option<SocketAddr> {
+        let peer = self.peers.get(&id)?;
+        let (local, remote) = peer.path?;
+        if local != self.local {
+            return self.relays.server_of(local);
+        }
+        peer.remote_relayed.contains(&remote).then_some(remote)
     }
 
     /// What went wrong so far, by reason.

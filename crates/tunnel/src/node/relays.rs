@@ -10,6 +10,7 @@ use postern_turn::channel;
 use postern_turn::client::{Client as TurnClient, ClientEvent as TurnEvent};
 
 use super::Transmit;
+use crate::ice::RelayRtt;
 
 /// A failed relay allocation is tried again after this long, doubling up to
 /// [`RETRY_MAX`].
@@ -54,6 +55,10 @@ struct Relay {
     /// The relay answered over UDP on this network: a silence later is the
     /// relay's (a restart), not a network that drops UDP; it stays on UDP.
     udp_answered: bool,
+    /// When the current TURN client sent its first request; its first
+    /// answer measures the round trip.
+    asked_at: Option<Instant>,
+    rtt: Option<Duration>,
 }
 
 /// A relay silent this long on UDP is tried over TCP (a network that drops
@@ -76,14 +81,18 @@ pub(super) struct Relays {
     relays: Vec<Relay>,
     seed: u64,
     framed: Vec<u8>,
+    /// Round trips by relayed address, which the ICE agents rank relayed
+    /// candidates by (nearest first).
+    rtt: RelayRtt,
 }
 
 impl Relays {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, rtt: RelayRtt) -> Self {
         Relays {
             relays: Vec::new(),
             seed,
             framed: Vec::new(),
+            rtt,
         }
     }
 
@@ -127,6 +136,8 @@ impl Relays {
             silent_since: Some(now),
             switch_after: SILENCE_BEFORE_SWITCH,
             udp_answered: false,
+            asked_at: Some(now),
+            rtt: None,
         });
         true
     }
@@ -142,6 +153,7 @@ impl Relays {
             relay.client = client;
             relay.retry_at = None;
             relay.backoff = RETRY;
+            relay.asked_at = Some(now);
             // A new network may let UDP through.
             relay.stream = None;
             relay.silent_since = Some(now);
@@ -180,6 +192,9 @@ impl Relays {
         now: Instant,
     ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
         let relay = self.relays.get_mut(index)?;
+        if let Some(asked) = relay.asked_at.take() {
+            relay.rtt = Some(now.saturating_duration_since(asked));
+        }
         relay.silent_since = None;
         relay.switch_after = SILENCE_BEFORE_SWITCH;
         relay.udp_answered |= relay.stream.is_none();
@@ -187,6 +202,14 @@ impl Relays {
         let relayed = client.relayed_address();
         let (peer, data) = client.handle_packet(datagram, now)?;
         Some((relayed?, peer, data))
+    }
+
+    /// The relay server behind our relayed address `address`.
+    pub fn server_of(&self, address: SocketAddr) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.client.relayed_address() == Some(address))
+            .map(|r| r.config.server)
     }
 
     /// Whether `address` is one of our relayed addresses.
@@ -279,6 +302,7 @@ impl Relays {
                 };
                 relay.client = client;
                 relay.retry_at = None;
+                relay.asked_at = Some(now);
                 relay.silent_since = Some(now);
                 relay.switch_after = (relay.switch_after * 2).min(RETRY_MAX);
                 tracing::info!(
@@ -298,6 +322,7 @@ impl Relays {
                 let relay = &mut self.relays[index];
                 relay.client = client;
                 relay.retry_at = None;
+                relay.asked_at = Some(now);
                 relay.silent_since.get_or_insert(now);
             }
         }
@@ -344,6 +369,13 @@ impl Relays {
                 match event {
                     TurnEvent::Allocated { relayed, mapped } => {
                         relay.backoff = RETRY;
+                        if let Some(rtt) = relay.rtt
+                            && let Ok(mut rtts) = self.rtt.write()
+                        {
+                            let millis = u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX);
+                            rtts.insert(relayed.ip(), millis);
+                            tracing::debug!(server = %relay.config.server, rtt_ms = millis, "relay round trip");
+                        }
                         announced.push(Allocation {
                             relayed,
                             mapped,
