@@ -186,6 +186,22 @@ fn a_client_whose_network_drops_udp_downloads_over_turn_tls() {
     );
 }
 
+/// A laptop that leaves the UDP-blocking network for a cafe that lets UDP
+/// out goes back to UDP for the relay, and direct to the gateway.
+#[test]
+fn a_client_that_leaves_a_udp_blocking_network_goes_back_to_udp() {
+    let (demo, _) = without_udp(&[]);
+    let cafe = demo.add_cafe(NatKind::Cone).unwrap();
+    demo.move_client_to(&cafe).unwrap();
+    let took = demo
+        .wait_for_path("direct", Duration::from_secs(20))
+        .unwrap_or_else(|path| panic!("still {path}\n{}", demo.logs()));
+    println!("direct {} ms after the move to the cafe", took.as_millis());
+    let log = demo.client_process.as_ref().unwrap().stderr();
+    assert!(log.contains("back to UDP for the relay"), "{log}");
+    demo.download(1 << 20, Duration::from_secs(10)).unwrap();
+}
+
 /// The same where 443 is closed too: TURN over TCP on the relay's port.
 #[test]
 fn a_client_whose_network_drops_udp_and_443_downloads_over_turn_tcp() {

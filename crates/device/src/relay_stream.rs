@@ -84,6 +84,14 @@ impl RelayStreams {
         sent
     }
 
+    /// Forgets the stream to `server` (the node reaches it over UDP again):
+    /// its connection ends with the sender.
+    pub fn close(&mut self, server: SocketAddr) {
+        if self.connections.remove(&server).is_some() {
+            tracing::info!(%server, "back to UDP for the relay");
+        }
+    }
+
     /// The next message from a relay.
     pub async fn recv(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.received.recv().await

@@ -394,15 +394,19 @@ impl<R: Role> Shell<R> {
             self.apply(effect).await?;
         }
         while let Some(transmit) = self.role.poll_transmit() {
-            if transmit.stream.is_some() || self.streams.has(transmit.destination) {
-                if !self.streams.send(
-                    transmit.destination,
-                    transmit.stream.as_ref(),
-                    &transmit.payload,
-                ) {
+            // Every transmit says how it goes: a relay the node reaches over
+            // UDP again has its stream closed.
+            if let Some(stream) = &transmit.stream {
+                if !self
+                    .streams
+                    .send(transmit.destination, Some(stream), &transmit.payload)
+                {
                     self.tally.send_dropped += 1;
                 }
                 continue;
+            }
+            if self.streams.has(transmit.destination) {
+                self.streams.close(transmit.destination);
             }
             match transmit.ttl {
                 None => self

@@ -48,7 +48,7 @@ impl<M> Outbox<M> {
                 destination,
                 payload: self.scratch[..n].to_vec(),
                 ttl: None,
-                stream: None,
+                stream: node.relay_stream(destination),
             });
         }
     }

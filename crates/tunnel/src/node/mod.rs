@@ -938,6 +938,13 @@ impl<P: PeerId> Node<P> {
         Some((local, remote, self.is_relayed(peer, local, remote)))
     }
 
+    /// How a datagram to `destination` goes: on the stream to that relay
+    /// server if it is reached over one, else (`None`) on the socket. The
+    /// device loop asks for what [`Node::encapsulate`] returned.
+    pub fn relay_stream(&self, destination: SocketAddr) -> Option<Stream> {
+        self.relays.stream_of(destination)
+    }
+
     /// The relay a relayed path goes through: our relay server when our
     /// end is relayed, else the peer's relayed address (its relay's IP).
     pub fn path_relay(&self, id: P) -> Option<SocketAddr> {
@@ -1102,11 +1109,12 @@ impl<P: PeerId> Node<P> {
         let mut out = vec![0u8; BUFFER];
         for packet in waiting {
             if let Some((destination, n)) = self.encapsulate(id, &packet, now, &mut out) {
+                let stream = self.relays.stream_of(destination);
                 self.transmits.push_back(Transmit {
                     destination,
                     payload: out[..n].to_vec(),
                     ttl: None,
-                    stream: None,
+                    stream,
                 });
             }
         }

@@ -204,6 +204,15 @@ impl Relays {
         Some((relayed?, peer, data))
     }
 
+    /// How relay `server` is reached now: over a stream, or (`None`) UDP;
+    /// `None` as well for an address that is no relay server.
+    pub fn stream_of(&self, server: SocketAddr) -> Option<Stream> {
+        self.relays
+            .iter()
+            .find(|r| r.config.server == server)
+            .and_then(|r| r.stream.clone())
+    }
+
     /// The relay server behind our relayed address `address`.
     pub fn server_of(&self, address: SocketAddr) -> Option<SocketAddr> {
         self.relays
