@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use postern_turn::stream::{self, MAX_FRAME};
+use postern_turn::stream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The listening socket's token; connections count up from
@@ -29,9 +30,22 @@ const FIRST_CONNECTION: usize = 1 << 22;
 const MAX_QUEUED: usize = 1 << 20;
 /// Connections per worker.
 const MAX_CONNECTIONS: usize = 4096;
+/// A connection must carry a whole message this soon after it opened (a
+/// TLS handshake included)...
+const FIRST_MESSAGE: Duration = Duration::from_secs(10);
+/// ... and one at least this often after (TURN refreshes every few
+/// minutes; an allocation lapses after 10).
+const IDLE: Duration = Duration::from_secs(11 * 60);
+/// Dead peers (a laptop that slept, a NAT that forgot) found by TCP
+/// keepalives: probes after a minute of silence, every 10 s.
+const KEEPALIVE: Duration = Duration::from_secs(60);
 
 struct Connection {
     stream: TcpStream,
+    /// When a whole message last arrived (or the connection opened).
+    last_message: Instant,
+    /// At least one whole message arrived.
+    spoke: bool,
     /// Over TLS: the session (plaintext in and out goes through it).
     tls: Option<Box<rustls::ServerConnection>>,
     client: SocketAddr,
@@ -104,6 +118,10 @@ impl Streams {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE)
+                .with_interval(Duration::from_secs(10));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             let token = Token(self.next);
             self.next += 1;
             if let Err(error) =
@@ -134,6 +152,8 @@ impl Streams {
                 token,
                 Connection {
                     stream,
+                    last_message: Instant::now(),
+                    spoke: false,
                     tls: session,
                     client,
                     received: Vec::new(),
@@ -149,44 +169,30 @@ impl Streams {
     }
 
     /// Reads what arrived on a connection and sends what waits for it.
-    pub(crate) fn ready(&mut self, token: Token) -> Option<Received> {
+    pub(crate) fn ready(&mut self, token: Token, now: Instant) -> Option<Received> {
         let connection = self.connections.get_mut(&token)?;
         let mut closed = false;
+        let mut messages = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         while !closed {
             match read(connection, &mut chunk) {
                 Ok(0) => closed = true,
                 Ok(n) => {
                     connection.received.extend_from_slice(&chunk[..n]);
-                    if connection.received.len() > 4 * MAX_FRAME {
-                        // Messages are cut below as they arrive; this much
-                        // unread is a client that is not speaking TURN.
-                        closed = true;
-                    }
+                    // Cut as it arrives: what stays is one partial message.
+                    closed |= cut(&mut connection.received, &mut messages).is_err();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => closed = true,
             }
         }
+        if !messages.is_empty() {
+            connection.last_message = now;
+            connection.spoke = true;
+        }
         // A TLS handshake's answers, or what waited for the socket.
         closed |= flush(connection).is_err();
-        let mut messages = Vec::new();
-        let mut offset = 0;
-        loop {
-            match stream::next_frame(&connection.received[offset..]) {
-                Ok(Some((message, taken))) => {
-                    messages.push(message.to_vec());
-                    offset += taken;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        connection.received.drain(..offset);
         let client = connection.client;
         if closed {
             self.close(token);
@@ -196,6 +202,30 @@ impl Streams {
             messages,
             closed,
         })
+    }
+
+    /// Closes connections that said nothing in time: no whole message
+    /// within [`FIRST_MESSAGE`] of connecting (a slot held by nobody), or
+    /// none for [`IDLE`] (a client gone without a word; its allocation has
+    /// lapsed by then). Returns their clients, whose allocations end.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let stale: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| {
+                let quiet = now.saturating_duration_since(c.last_message);
+                quiet > if c.spoke { IDLE } else { FIRST_MESSAGE }
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        let mut gone = Vec::new();
+        for token in stale {
+            if let Some(connection) = self.connections.get(&token) {
+                gone.push(connection.client);
+            }
+            self.close(token);
+        }
+        gone
     }
 
     /// Queues `message` for `client` and sends what the socket takes; false
@@ -224,6 +254,18 @@ impl Streams {
             tracing::debug!(client = %connection.client, "TCP client gone");
         }
     }
+}
+
+/// Moves the whole messages at the front of `received` to `messages`; an
+/// error when the stream is not TURN.
+fn cut(received: &mut Vec<u8>, messages: &mut Vec<Vec<u8>>) -> Result<(), stream::FrameError> {
+    let mut offset = 0;
+    while let Some((message, taken)) = stream::next_frame(&received[offset..])? {
+        messages.push(message.to_vec());
+        offset += taken;
+    }
+    received.drain(..offset);
+    Ok(())
 }
 
 /// Plaintext from the connection: straight from the socket, or through

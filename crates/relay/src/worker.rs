@@ -252,6 +252,9 @@ impl Worker {
                 }
             }
             self.core.handle_timeout(Instant::now(), &mut self.relays);
+            for client in self.streams.expire(Instant::now()) {
+                self.core.client_gone(client, &mut self.relays);
+            }
             self.metrics.record(
                 self.index,
                 self.core.stats(),
@@ -315,7 +318,7 @@ impl Worker {
     /// A TCP client's messages, handled as its datagrams would be; what
     /// the core answers goes back on the connection.
     fn drain_stream(&mut self, token: Token) {
-        let Some(received) = self.streams.ready(token) else {
+        let Some(received) = self.streams.ready(token, Instant::now()) else {
             return;
         };
         let now = Self::now();
@@ -329,6 +332,7 @@ impl Worker {
                         self.send_drops[SendDrop::BufferFull as usize] += 1;
                     }
                 }
+
                 ClientAction::Relay {
                     port,
                     peer,
@@ -345,7 +349,8 @@ impl Worker {
             }
         }
         self.flush();
-        if received.closed {
+        // Closed by the client, or by a failed write just now.
+        if received.closed || !self.streams.has(received.client) {
             self.core.client_gone(received.client, &mut self.relays);
         }
     }
@@ -372,6 +377,10 @@ impl Worker {
                     if self.streams.has(client) {
                         if !self.streams.send(client, &scratch[range]) {
                             self.send_drops[SendDrop::BufferFull as usize] += 1;
+                            if !self.streams.has(client) {
+                                // The write broke the connection.
+                                self.core.client_gone(client, &mut self.relays);
+                            }
                         }
                     } else {
                         self.push(None, client, &scratch[range], max_segments);

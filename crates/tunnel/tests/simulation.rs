@@ -818,3 +818,31 @@ fn forged_and_replayed_handshakes_cost_a_hash_then_a_cookie() {
     // The real client still gets through.
     sim.ping(0, 2).expect("the session survives the flood");
 }
+
+/// A sans-IO core must never ask to be woken in the past: the held checks
+/// of the controlling side (waiting for the peer's candidates, then its
+/// first check) report their deadline once, not again and again.
+#[test]
+fn holding_checks_never_asks_for_a_deadline_already_past() {
+    let net = Net::new(&[Nat::PortRestricted, Nat::PortRestricted]);
+    let mut now = net.now;
+    let mut node = Node::new(Net::inside(0), [1u8; 32], true, 11);
+    node.add_peer(
+        Uuid::from_u128(2),
+        PeerConfig {
+            public_key: public_key([2u8; 32]),
+            preshared_key: [7; 32],
+            local_ice: ice("client"),
+            remote_ice: ice("gateway"),
+        },
+        now,
+    );
+    for _ in 0..200 {
+        node.handle_timeout(now);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+        let next = node.poll_timeout().expect("a peer has timers");
+        assert!(next > now, "woken for {next:?} at {now:?}: a busy loop");
+        now = next;
+    }
+}

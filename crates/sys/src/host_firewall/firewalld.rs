@@ -10,6 +10,11 @@
 //! into the tunnel are still judged by the zone they come from (replies
 //! only).
 //!
+//! A runtime-only binding of the tunnel to `trusted` is what a dead run
+//! leaves, and firewalld keeps no mark of who made one: a binding an admin
+//! made by hand at runtime is taken for a leftover (removed at start, made
+//! again and removed at exit). One made `--permanent` is left alone.
+//!
 //! Driven through `firewall-cmd`, the client its admins use.
 
 use super::run;

@@ -86,21 +86,25 @@ pub fn rules(tunnel: &str) -> [Vec<String>; 2] {
     [outward, inward]
 }
 
-/// What an admin would type to open `blocked` for `tunnel`.
+/// What an admin would type to open `blocked` for `tunnel`: the gateway's
+/// rules without its comment, so a later gateway never takes the admin's
+/// rules for leftovers of its own.
 pub fn commands(blocked: &Blocked, tunnel: &str) -> Vec<String> {
     if blocked.ufw {
         // ufw's own forward chains already let replies back.
         return vec![format!("ufw route allow in on {tunnel}")];
     }
+    let marker = comment(tunnel);
     rules(tunnel)
         .iter()
         .map(|rule| {
-            format!(
-                "{} -I {} 1 {}",
-                blocked.backend.binary,
-                blocked.chain,
-                rule.join(" ")
-            )
+            let words: Vec<&str> = rule
+                .iter()
+                .map(String::as_str)
+                .filter(|w| *w != marker)
+                .collect();
+            let rule = words.join(" ").replace(" -m comment --comment", "");
+            format!("{} -I {} 1 {rule}", blocked.backend.binary, blocked.chain)
         })
         .collect()
 }
@@ -238,10 +242,19 @@ pub fn remove(backend: Backend, chain: &str, rule: &[String]) {
     }
 }
 
+/// Whether an `iptables -S` line carries exactly the comment `marker`
+/// (`postern-pg` must not match a rule of `postern-pg2`'s).
+fn carries(line: &str, marker: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .any(|w| w[0] == "--comment" && w[1] == marker)
+}
+
 /// Deletes every rule commented `postern-<tunnel>` in FORWARD and
 /// DOCKER-USER of every backend that has a filter table.
 pub fn remove_leftovers(tunnel: &str) {
-    let marker = format!("--comment {}", comment(tunnel));
+    let marker = comment(tunnel);
     for (backend, detect) in BACKENDS {
         if !has_filter_table(detect) {
             continue;
@@ -250,7 +263,7 @@ pub fn remove_leftovers(tunnel: &str) {
             let Some(listing) = run(backend.binary, &["-w", "-S", chain]) else {
                 continue;
             };
-            for line in listing.lines().filter(|l| l.contains(&marker)) {
+            for line in listing.lines().filter(|line| carries(line, &marker)) {
                 let Some(rule) = line.strip_prefix(&format!("-A {chain} ")) else {
                     continue;
                 };
@@ -288,6 +301,14 @@ mod tests {
     }
 
     #[test]
+    fn a_leftover_is_recognised_by_its_exact_comment() {
+        let line = "-A FORWARD -i pg2 -m comment --comment postern-pg2 -j ACCEPT";
+        assert!(carries(line, "postern-pg2"));
+        assert!(!carries(line, "postern-pg"), "another gateway's rule");
+        assert!(!carries("-A FORWARD -i pg -j ACCEPT", "postern-pg"));
+    }
+
+    #[test]
     fn an_input_chain_that_accepts_replies_first_lets_them_through() {
         let conntrack = accepts_replies;
         let tcp_only =
@@ -312,10 +333,16 @@ mod tests {
             ufw: false,
         };
         assert_eq!(
+            rules("postern0")[1].join(" "),
+            "-o postern0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment postern-postern0 -j ACCEPT"
+        );
+        // What an admin types carries no comment of ours: a later gateway
+        // must not remove it as its own leftover.
+        assert_eq!(
             commands(&blocked, "postern0"),
             [
-                "iptables-nft -I DOCKER-USER 1 -i postern0 -m comment --comment postern-postern0 -j ACCEPT",
-                "iptables-nft -I DOCKER-USER 1 -o postern0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment postern-postern0 -j ACCEPT",
+                "iptables-nft -I DOCKER-USER 1 -i postern0 -j ACCEPT",
+                "iptables-nft -I DOCKER-USER 1 -o postern0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             ]
         );
         let ufw = Blocked {

@@ -34,14 +34,19 @@ fn rules(tunnel: &str) -> [String; 2] {
     ]
 }
 
-/// What an admin would type to open `chain` for `tunnel`.
+/// What an admin would type to open `chain` for `tunnel`: without the
+/// gateway's comment, which marks what a later gateway removes as its own.
 pub fn commands(chain: &Chain, tunnel: &str) -> Vec<String> {
+    let marker = format!(" comment \"{}\"", comment(tunnel));
     rules(tunnel)
         .iter()
         .map(|rule| {
             format!(
-                "nft insert rule {} {} {} {rule}",
-                chain.family, chain.table, chain.name
+                "nft insert rule {} {} {} {}",
+                chain.family,
+                chain.table,
+                chain.name,
+                rule.replace(&marker, "")
             )
         })
         .collect()
@@ -267,8 +272,8 @@ mod tests {
         assert_eq!(
             commands(&chain, "postern0"),
             [
-                "nft insert rule inet filter forward iifname \"postern0\" accept comment \"postern-postern0\"",
-                "nft insert rule inet filter forward oifname \"postern0\" ct state established,related accept comment \"postern-postern0\"",
+                "nft insert rule inet filter forward iifname \"postern0\" accept",
+                "nft insert rule inet filter forward oifname \"postern0\" ct state established,related accept",
             ]
         );
     }

@@ -140,6 +140,9 @@ struct Peer {
     /// since when it waits for the peer's first check (see [`holes`]).
     held: Vec<String>,
     holding_since: Option<Instant>,
+    /// The controlling side holds from the first candidate of the peer's
+    /// that arrives (the portal may take a while to pass them on).
+    hold_armed: bool,
     /// While the path is not direct: when the openers go out again.
     next_opening: Option<Instant>,
 }
@@ -293,7 +296,8 @@ impl<P: PeerId> Node<P> {
                 ice_credentials: (config.local_ice.clone(), config.remote_ice.clone()),
                 remote_candidates: Vec::new(),
                 held: Vec::new(),
-                holding_since: self.controlling.then_some(now),
+                holding_since: None,
+                hold_armed: self.controlling,
                 next_opening: None,
             },
         );
@@ -341,6 +345,7 @@ impl<P: PeerId> Node<P> {
             // candidates once it has checked us.
             peer.held.clear();
             peer.holding_since = self.controlling.then_some(now);
+            peer.hold_armed = false;
             for candidate in &peer.remote_candidates {
                 if self.controlling {
                     peer.held.push(candidate.clone());
@@ -462,6 +467,10 @@ impl<P: PeerId> Node<P> {
             return;
         }
         let direct = holes::is_direct(candidate_type(candidate));
+        if peer.hold_armed {
+            peer.hold_armed = false;
+            peer.holding_since = Some(now);
+        }
         if peer
             .holding_since
             .is_some_and(|since| now < since + holes::hold(direct))
@@ -889,9 +898,13 @@ impl<P: PeerId> Node<P> {
             .peers
             .values()
             .flat_map(|p| {
-                let hold = p.holding_since.map(|since| {
-                    let relayed_only = p.held.iter().all(|c| !holes::is_direct(candidate_type(c)));
-                    since + holes::hold(!relayed_only)
+                // The first held candidate due (none held: nothing to wake
+                // for).
+                let hold = p.holding_since.and_then(|since| {
+                    p.held
+                        .iter()
+                        .map(|c| since + holes::hold(holes::is_direct(candidate_type(c))))
+                        .min()
                 });
                 let opening = p.next_opening.filter(|_| !self.is_direct(p));
                 [hold, opening]
@@ -988,6 +1001,11 @@ impl<P: PeerId> Node<P> {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if now.is_none() {
+            // Checked by the peer before its candidates came: no need to
+            // hold them.
+            peer.hold_armed = false;
+        }
         let Some(since) = peer.holding_since else {
             return;
         };
