@@ -317,16 +317,11 @@ impl<R: Role> Shell<R> {
                 }
             }
         }
-        if let Some(tun) = self.system.tun() {
-            tun.write(&mut self.writer)
-                .await
-                .map_err(DeviceError::io("TUN write"))?;
-        }
-        Ok(())
+        self.write_tun().await
     }
 
-    /// A message from a relay reached over TCP: handled as the datagram it
-    /// would have been.
+    /// A message from a relay reached over TCP or TLS: handled as the
+    /// datagram it would have been.
     async fn receive_stream(
         &mut self,
         server: std::net::SocketAddr,
@@ -340,6 +335,11 @@ impl<R: Role> Shell<R> {
             self.tally.tun_bytes_written += length as u64;
             self.writer.commit(length);
         }
+        self.write_tun().await
+    }
+
+    /// Writes the packets decrypted so far to the TUN in one go.
+    async fn write_tun(&mut self) -> Result<(), DeviceError> {
         if let Some(tun) = self.system.tun() {
             tun.write(&mut self.writer)
                 .await

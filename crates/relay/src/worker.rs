@@ -296,14 +296,7 @@ impl Worker {
                         port,
                         peer,
                         payload,
-                    } => {
-                        let max = self
-                            .relays
-                            .sockets
-                            .get(&port)
-                            .map_or(1, |r| r.state.max_gso_segments());
-                        self.push(Some(port), peer, payload, max);
-                    }
+                    } => self.send_to_peer(port, peer, payload),
                     ClientAction::None => {}
                 }
             }
@@ -313,6 +306,16 @@ impl Worker {
             }
         }
         self.recv_buf = buf;
+    }
+
+    /// A client's data for a peer, from its relayed port (batched).
+    fn send_to_peer(&mut self, port: u16, peer: SocketAddr, payload: &[u8]) {
+        let max = self
+            .relays
+            .sockets
+            .get(&port)
+            .map_or(1, |r| r.state.max_gso_segments());
+        self.push(Some(port), peer, payload, max);
     }
 
     /// A TCP client's messages, handled as its datagrams would be; what
@@ -332,19 +335,11 @@ impl Worker {
                         self.send_drops[SendDrop::BufferFull as usize] += 1;
                     }
                 }
-
                 ClientAction::Relay {
                     port,
                     peer,
                     payload,
-                } => {
-                    let max = self
-                        .relays
-                        .sockets
-                        .get(&port)
-                        .map_or(1, |r| r.state.max_gso_segments());
-                    self.push(Some(port), peer, payload, max);
-                }
+                } => self.send_to_peer(port, peer, payload),
                 ClientAction::None => {}
             }
         }
