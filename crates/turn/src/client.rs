@@ -273,6 +273,18 @@ impl Client {
         }
     }
 
+    /// Whether `packet` answers a request this client waits on (by its
+    /// transaction id): proof that the server hears this client, where any
+    /// datagram from the server's address might be a late one meant for an
+    /// earlier client (or a forgery).
+    pub fn answers(&self, packet: &[u8]) -> bool {
+        is_stun(packet)
+            && Message::parse(packet).is_ok_and(|message| {
+                matches!(message.class(), Class::Success | Class::Error)
+                    && self.pending.contains_key(&message.transaction_id())
+            })
+    }
+
     /// A datagram from the server: returns the peer data it carries, if any.
     pub fn handle_packet<'a>(
         &mut self,

@@ -192,12 +192,17 @@ impl Relays {
         now: Instant,
     ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
         let relay = self.relays.get_mut(index)?;
-        if let Some(asked) = relay.asked_at.take() {
-            relay.rtt = Some(now.saturating_duration_since(asked));
+        // Only an answer to this client's own request counts: a late one
+        // from the transport given up on must not look like this one
+        // working.
+        if relay.client.answers(datagram) {
+            if let Some(asked) = relay.asked_at.take() {
+                relay.rtt = Some(now.saturating_duration_since(asked));
+            }
+            relay.silent_since = None;
+            relay.switch_after = SILENCE_BEFORE_SWITCH;
+            relay.udp_answered |= relay.stream.is_none();
         }
-        relay.silent_since = None;
-        relay.switch_after = SILENCE_BEFORE_SWITCH;
-        relay.udp_answered |= relay.stream.is_none();
         let client = &mut relay.client;
         let relayed = client.relayed_address();
         let (peer, data) = client.handle_packet(datagram, now)?;

@@ -970,3 +970,23 @@ fn a_client_recovers_an_allocation_whose_answer_was_lost() {
 
 mod attacker;
 mod renewal;
+
+/// A client counts only answers to its own requests as the server hearing
+/// it: an answer meant for an earlier client (the same device before it
+/// switched transport) is not one.
+#[test]
+fn a_client_recognises_only_answers_to_its_own_requests() {
+    let mut h = Harness::new(config());
+    let (username, password) = credentials(3600, "alice");
+    let server = SocketAddr::new(Ipv4Addr::new(198, 18, 0, 3).into(), 3478);
+    let mut earlier = Client::new(server, &username, &password, 1, h.now().instant);
+    let mut current = Client::new(server, &username, &password, 2, h.now().instant);
+    let request = earlier.poll_transmit().unwrap();
+    let reply = h.send(alice(), &request).expect("the server answers");
+    assert!(earlier.answers(&reply));
+    assert!(!current.answers(&reply), "another client's transaction");
+    let request = current.poll_transmit().unwrap();
+    let reply = h.send(alice(), &request).expect("the server answers");
+    assert!(current.answers(&reply));
+    assert!(!current.answers(b"not stun at all, just bytes"));
+}
