@@ -94,9 +94,31 @@ impl Topology {
     }
 }
 
+fn ip(text: &str) -> Result<IpAddr> {
+    text.parse()
+        .map_err(|_| invalid(format!("not an address: {text}")))
+}
+
+/// An open (routed) site's LAN: its own ISP routes it to the site's
+/// router, the other ISP to that ISP.
+fn route_open_site(
+    router: &Router,
+    lan: &str,
+    (own_isp, own_isp_address): (&Host, &str),
+    other_isp: &Host,
+) -> Result<()> {
+    let wan = router
+        .wan
+        .ipv4()
+        .ok_or_else(|| invalid("a site router has no WAN address"))?;
+    own_isp.add_route(lan, wan)?;
+    other_isp.add_route(lan, ip(own_isp_address)?)?;
+    Ok(())
+}
+
 fn route_to_sites(host: &Host, home_routed: bool, office_routed: bool) -> Result<()> {
-    let home: IpAddr = HOME_ISP.parse().map_err(|_| invalid("address"))?;
-    let office: IpAddr = OFFICE_ISP.parse().map_err(|_| invalid("address"))?;
+    let home = ip(HOME_ISP)?;
+    let office = ip(OFFICE_ISP)?;
     host.add_route(HOME_ACCESS, home)?;
     host.add_route(OFFICE_ACCESS, office)?;
     if home_routed {
@@ -269,10 +291,10 @@ pub fn topology(
         host.set_default_route(office_lan)?;
     }
     if home_nat == NatKind::FullCone {
-        nat_home.forward_unsolicited_to("192.168.1.10".parse().map_err(|_| invalid("address"))?)?;
+        nat_home.forward_unsolicited_to(ip("192.168.1.10")?)?;
     }
     if office_nat == NatKind::FullCone {
-        nat_office.forward_unsolicited_to("10.0.1.11".parse().map_err(|_| invalid("address"))?)?;
+        nat_office.forward_unsolicited_to(ip("10.0.1.11")?)?;
     }
     let home_routed = home_nat == NatKind::Routed;
     let office_routed = office_nat == NatKind::Routed;
@@ -281,25 +303,18 @@ pub fn topology(
     }
     // Each ISP knows the other site's segments through the other ISP, and
     // a routed site's LAN through that site's router.
-    let home_ip: IpAddr = HOME_ISP.parse().map_err(|_| invalid("address"))?;
-    let office_ip: IpAddr = OFFICE_ISP.parse().map_err(|_| invalid("address"))?;
-    isp_home.add_route(OFFICE_ACCESS, office_ip)?;
-    isp_office.add_route(HOME_ACCESS, home_ip)?;
+    isp_home.add_route(OFFICE_ACCESS, ip(OFFICE_ISP)?)?;
+    isp_office.add_route(HOME_ACCESS, ip(HOME_ISP)?)?;
     if home_routed {
-        let wan = nat_home
-            .wan
-            .ipv4()
-            .ok_or_else(|| invalid("nat-home has no WAN address"))?;
-        isp_home.add_route(HOME_LAN, wan)?;
-        isp_office.add_route(HOME_LAN, home_ip)?;
+        route_open_site(&nat_home, HOME_LAN, (&isp_home, HOME_ISP), &isp_office)?;
     }
     if office_routed {
-        let wan = nat_office
-            .wan
-            .ipv4()
-            .ok_or_else(|| invalid("nat-office has no WAN address"))?;
-        isp_office.add_route(OFFICE_LAN, wan)?;
-        isp_home.add_route(OFFICE_LAN, office_ip)?;
+        route_open_site(
+            &nat_office,
+            OFFICE_LAN,
+            (&isp_office, OFFICE_ISP),
+            &isp_home,
+        )?;
     }
     Ok(Topology {
         lab,
