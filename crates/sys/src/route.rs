@@ -176,16 +176,35 @@ impl Routes {
 
     async fn change(&mut self, prefix: IpNet, kind: RouteType) -> Result<(), RouteError> {
         self.ensure_rules().await?;
-        self.handle
-            .route()
-            .add(self.message(prefix.trunc(), kind))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| RouteError::Change {
-                prefix,
-                message: e.to_string(),
-            })
+        // Just after the interface came up its IPv6 address may still be
+        // tentative for a moment (addrconf finishes on a work queue), and a
+        // route whose preferred source is not usable yet is refused with
+        // EINVAL: tried again for up to a second.
+        let mut attempts = 0;
+        loop {
+            let result = self
+                .handle
+                .route()
+                .add(self.message(prefix.trunc(), kind))
+                .replace()
+                .execute()
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -22 && prefix.addr().is_ipv6() && attempts < 50 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(RouteError::Change {
+                        prefix,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     async fn delete(&self, prefix: IpNet, kind: RouteType) -> Result<(), RouteError> {
