@@ -56,6 +56,24 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         },
     };
     daemon::init_logging(args.daemon.log_format);
+    for (public, family) in [
+        (public_ipv4.is_some(), true),
+        (public_ipv6.is_some(), false),
+    ] {
+        // The portal announces each public address with the listening
+        // port: a family the socket does not serve would be announced but
+        // never answer. `[::]` serves both.
+        let served = args.listen.is_ipv4() == family
+            || (args.listen.ip().is_unspecified() && args.listen.is_ipv6());
+        if public && !served {
+            tracing::warn!(
+                listen = %args.listen,
+                "--public-ip has an {} address but --listen does not serve that family: devices cannot reach the relay there; listen on [::]:{}",
+                if family { "IPv4" } else { "IPv6" },
+                args.listen.port()
+            );
+        }
+    }
     if let (Some(portal), Some(trust)) = (&args.portal, trust) {
         let token = crate::device::read_token(&args.token)?;
         let metrics = args.daemon.metrics;

@@ -62,6 +62,11 @@ fn postern_relay(port: u16, ports: &str) -> Running {
 }
 
 fn postern_relay_with(port: u16, ports: &str, extra: &[&str]) -> Running {
+    postern_relay_on("127.0.0.1", port, ports, extra)
+}
+
+/// [`postern_relay_with`] listening on `host` (`[::]`: both families).
+fn postern_relay_on(host: &str, port: u16, ports: &str, extra: &[&str]) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_postern"))
         .args([
             "relay",
@@ -73,7 +78,7 @@ fn postern_relay_with(port: u16, ports: &str, extra: &[&str]) -> Running {
             "::1",
         ])
         .args(extra)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--ports", ports])
+        .args(["--listen", &format!("{host}:{port}"), "--ports", ports])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -468,7 +473,13 @@ fn uclient_with_rtcp(relay_port: u16, ports: &str, peer: Option<u16>, flags: &[&
         ports,
         &["--allow-loopback-peers", "--workers", "4"],
     );
-    let _peer = peer.map(|port| turn_peer("127.0.0.1", port));
+    uclient_run("127.0.0.1", relay_port, peer, flags);
+}
+
+/// coturn's client against a relay already listening on `relay_port`, at
+/// `host` (an IPv4 or IPv6 loopback address); a peer on `host` too.
+fn uclient_run(host: &str, relay_port: u16, peer: Option<u16>, flags: &[&str]) {
+    let _peer = peer.map(|port| turn_peer(host, port));
     let relay_port = relay_port.to_string();
     let peer_port = peer.map(|p| p.to_string());
     let mut args = vec![
@@ -486,10 +497,10 @@ fn uclient_with_rtcp(relay_port: u16, ports: &str, peer: Option<u16>, flags: &[&
         "2",
     ];
     if let Some(peer_port) = &peer_port {
-        args.extend(["-e", "127.0.0.1", "-r", peer_port]);
+        args.extend(["-e", host, "-r", peer_port]);
     }
     args.extend(flags);
-    args.push("127.0.0.1");
+    args.push(host);
     let output = run("turnutils_uclient", &args);
     let (sent, received) = uclient_totals(&output);
     assert!(sent > 0, "{output}");
@@ -514,6 +525,24 @@ fn coturn_uclient_client_to_client_with_rtcp_on_four_workers() {
 #[test]
 fn coturn_uclient_ipv4_explicitly_with_rtcp_on_four_workers() {
     uclient_with_rtcp(24978, "25000-25199", Some(24980), &["-X"]);
+}
+
+/// A relay listening on `[::]` serves both families on one port (UDP and
+/// TCP): coturn's client over IPv6 asking for an IPv6 relayed address
+/// (`-x`), and over IPv4, each with RTCP and four clients, to a peer of
+/// its family.
+#[test]
+fn coturn_uclient_over_ipv6_and_ipv4_on_one_dual_stack_listener() {
+    let _relay = postern_relay_on(
+        "[::]",
+        26378,
+        "26400-26599",
+        &["--allow-loopback-peers", "--workers", "4"],
+    );
+    uclient_run("::1", 26378, Some(26380), &["-x"]);
+    uclient_run("127.0.0.1", 26378, Some(26381), &[]);
+    uclient_run("::1", 26378, Some(26382), &["-x", "-t"]);
+    uclient_run("127.0.0.1", 26378, Some(26383), &["-t"]);
 }
 
 /// TURN over TCP (RFC 8656 section 3.1): coturn's client speaks to the

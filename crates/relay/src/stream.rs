@@ -106,7 +106,11 @@ impl Streams {
                 (_, false) => &self.listener,
             };
             let (mut stream, client) = match listener.accept() {
-                Ok(accepted) => accepted,
+                // An IPv4 client of a `[::]` listener comes v4-mapped.
+                Ok((stream, client)) => (
+                    stream,
+                    SocketAddr::new(client.ip().to_canonical(), client.port()),
+                ),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     tracing::debug!(%error, "accept failed");
@@ -339,7 +343,8 @@ fn listen(address: SocketAddr, token: Token, registry: &Registry) -> io::Result<
         Some(Protocol::TCP),
     )?;
     if address.is_ipv6() {
-        socket.set_only_v6(true)?;
+        // `[::]` serves both families (as the UDP port does).
+        socket.set_only_v6(!address.ip().is_unspecified())?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

@@ -88,10 +88,14 @@ impl RelaySockets for RelayTable {
     }
 }
 
+/// A relayed socket (`reuse_port` false) is of one family; the listening
+/// one (`reuse_port`: every worker binds it) on `[::]` serves both, IPv4
+/// clients as v4-mapped addresses (`postern_sys::batch::datagrams` maps
+/// them back, [`Worker::flush`] maps replies).
 fn open_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<(UdpSocket, UdpSocketState)> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(!(reuse_port && addr.ip().is_unspecified()))?;
     }
     if reuse_port {
         socket.set_reuse_port(true)?;
@@ -149,6 +153,9 @@ pub(crate) struct Worker {
     waker: Arc<Waker>,
     /// TURN over TCP.
     streams: Streams,
+    /// The listening socket is IPv6 (dual-stack on `[::]`): IPv4 clients
+    /// are sent to as v4-mapped addresses.
+    main_v6: bool,
 }
 
 impl Worker {
@@ -184,6 +191,7 @@ impl Worker {
             }
         }
         Ok(Worker {
+            main_v6: listen.is_ipv6(),
             index,
             core: Server::new(config, seed),
             poll,
@@ -415,8 +423,14 @@ impl Worker {
             return;
         };
         if batch.count > 0 {
+            let destination = match to {
+                SocketAddr::V4(v4) if batch.from_port.is_none() && self.main_v6 => {
+                    SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                }
+                _ => to,
+            };
             let transmit = Transmit {
-                destination: to,
+                destination,
                 ecn: None,
                 contents: &batch.buf,
                 segment_size: (batch.count > 1).then_some(batch.segment),

@@ -198,9 +198,12 @@ impl Client {
         }
     }
 
-    /// Lets `peer` send to our relayed address (and us to it).
+    /// Lets `peer` send to our relayed address (and us to it). A peer of
+    /// the other family is never reachable through the allocation (the
+    /// relayed address has the server's family; the server would answer
+    /// 443): ignored.
     pub fn create_permission(&mut self, peer: IpAddr, now: Instant) {
-        if self.permissions.contains_key(&peer) {
+        if peer.is_ipv4() != self.server.is_ipv4() || self.permissions.contains_key(&peer) {
             return;
         }
         self.permissions.insert(peer, None);
@@ -212,6 +215,9 @@ impl Client {
     /// Binds a channel to `peer` (which also permits it): data to and from
     /// it then costs 4 bytes of framing instead of 36.
     pub fn bind_channel(&mut self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        if peer.is_ipv4() != self.server.is_ipv4() {
+            return None;
+        }
         if let Some((number, _)) = self.channels.get(&peer) {
             return Some(*number);
         }
@@ -631,6 +637,12 @@ impl Client {
         match &request {
             Request::Allocate => {
                 writer.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                // The relayed address in the family we reach the server
+                // by (without this, RFC 8656 says IPv4): an IPv6-only host
+                // gets a relayed address its peers can reach over IPv6.
+                if self.server.is_ipv6() {
+                    writer.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+                }
             }
             Request::Refresh { lifetime } => {
                 writer.u32(attr::LIFETIME, *lifetime);

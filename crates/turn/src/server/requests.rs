@@ -78,10 +78,15 @@ impl Server {
             }
             Some(_) => {}
         }
-        let relay_ip: IpAddr = match message
-            .get(attr::REQUESTED_ADDRESS_FAMILY)
-            .map(|v| v.first().copied())
-        {
+        let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
+        let token = message.get(attr::RESERVATION_TOKEN);
+        if family.is_some() && token.is_some() {
+            // RFC 8656 section 7.2: the reservation has its family.
+            return self.error(message, Some(caller), code::BAD_REQUEST);
+        }
+        let relay_ip: IpAddr = match family.map(|v| v.first().copied()) {
+            // Redeeming a reservation: its own family (below).
+            None if token.is_some() => IpAddr::from([0, 0, 0, 0]),
             None | Some(Some(FAMILY_IPV4)) => match self.config.relay_ipv4 {
                 Some(ip) => ip.into(),
                 None => {
@@ -111,11 +116,10 @@ impl Server {
         let even_port = message
             .get(attr::EVEN_PORT)
             .map(|v| v.first().is_some_and(|b| b & 0x80 != 0));
-        let token = message.get(attr::RESERVATION_TOKEN);
         if even_port.is_some() && token.is_some() {
             return self.error(message, Some(caller), code::BAD_REQUEST);
         }
-        let port = match token {
+        let (relay_ip, port) = match token {
             Some(token) => {
                 // Possibly held by another shard: redeemed, it is ours.
                 let reserved = <[u8; 8]>::try_from(token).ok().and_then(|token| {
@@ -124,8 +128,8 @@ impl Server {
                         .redeem(token, now.instant, caller.user())
                 });
                 match reserved {
-                    Some(port) if sockets.open(relay_ip, port) => port,
-                    Some(port) => {
+                    Some((ip, port)) if sockets.open(ip, port) => (ip, port),
+                    Some((_, port)) => {
                         self.free_ports.push(port);
                         return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY);
                     }
@@ -133,7 +137,7 @@ impl Server {
                 }
             }
             None => match self.take_port(relay_ip, sockets, even_port) {
-                Some(port) => port,
+                Some(port) => (relay_ip, port),
                 None => return self.error(message, Some(caller), code::INSUFFICIENT_CAPACITY),
             },
         };
@@ -144,7 +148,7 @@ impl Server {
                 let token = self.reservation_token();
                 if self.config.reservations.hold(
                     token,
-                    port + 1,
+                    (relay_ip, port + 1),
                     expires,
                     self.config.shard,
                     caller.user(),

@@ -8,6 +8,7 @@
 //! data path, so one lock is cheap.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -16,6 +17,9 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 struct Held {
     port: u16,
+    /// The relayed address's IP: the second allocation takes the first's
+    /// family (RFC 8656 section 7.2: its request carries no family).
+    ip: IpAddr,
     expires: Instant,
     owner: u16,
     /// Only the user who reserved may redeem (another user's client must
@@ -38,7 +42,7 @@ impl Reservations {
     pub(super) fn hold(
         &self,
         token: [u8; 8],
-        port: u16,
+        (ip, port): (IpAddr, u16),
         expires: Instant,
         owner: u16,
         user: &str,
@@ -51,6 +55,7 @@ impl Reservations {
             token,
             Held {
                 port,
+                ip,
                 expires,
                 owner,
                 user: user.to_string(),
@@ -59,13 +64,16 @@ impl Reservations {
         true
     }
 
-    /// The port `token` holds, now the caller's; `None` for an unknown,
-    /// expired or another user's token (an expired one goes back to its
-    /// owner's pool at the owner's next [`Reservations::expire`]).
-    pub(super) fn redeem(&self, token: [u8; 8], now: Instant, user: &str) -> Option<u16> {
+    /// The relayed IP and port `token` holds, now the caller's; `None` for
+    /// an unknown, expired or another user's token (an expired one goes
+    /// back to its owner's pool at the owner's next
+    /// [`Reservations::expire`]).
+    pub(super) fn redeem(&self, token: [u8; 8], now: Instant, user: &str) -> Option<(IpAddr, u16)> {
         let mut held = self.held();
         match held.get(&token) {
-            Some(h) if h.expires > now && h.user == user => held.remove(&token).map(|h| h.port),
+            Some(h) if h.expires > now && h.user == user => {
+                held.remove(&token).map(|h| (h.ip, h.port))
+            }
             _ => None,
         }
     }

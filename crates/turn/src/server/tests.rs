@@ -766,6 +766,52 @@ fn even_port_with_reservation_holds_the_next_port() {
     assert!(message.get(attr::RESERVATION_TOKEN).is_none());
 }
 
+/// An IPv6 allocation's reservation gives the second allocation an IPv6
+/// relayed address too (its request carries no family, RFC 8656 section
+/// 7.2, and the default would be IPv4), also on a relay without IPv4; a
+/// family next to a token is a contradiction.
+#[test]
+fn a_reserved_port_keeps_the_family_of_the_allocation_that_reserved_it() {
+    let mut config = config();
+    config.relay_ipv4 = None;
+    config.relay_ipv6 = Some("2001:2::3".parse().unwrap());
+    let mut h = Harness::new(config);
+    let request = signed(&mut h, alice(), method::ALLOCATE, [1; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+    });
+    let bytes = h.send(alice(), &request).unwrap();
+    let message = Message::parse(&bytes).unwrap();
+    let rtp = message
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!(rtp.is_ipv6(), "{rtp}");
+    let token = message.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    let with_family = signed(&mut h, bob_socket(), method::ALLOCATE, [2; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(
+        error_of(&h.send(bob_socket(), &with_family).unwrap()),
+        code::BAD_REQUEST
+    );
+    let claim = signed(&mut h, bob_socket(), method::ALLOCATE, [3; 12], |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    let bytes = h.send(bob_socket(), &claim).unwrap();
+    let reply = Message::parse(&bytes).unwrap();
+    assert_eq!(reply.class(), Class::Success, "{:?}", error_of(&bytes));
+    let rtcp = reply
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rtcp, SocketAddr::new(rtp.ip(), rtp.port() + 1));
+}
+
 /// A client's two sockets hash to two shards of the relay (SO_REUSEPORT):
 /// the second shard redeems the first's reservation and owns the port.
 #[test]
