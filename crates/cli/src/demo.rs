@@ -36,6 +36,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         office_nat: office,
         gateways: 2,
         client_in_office: false,
+        ipv6: Default::default(),
     })
     .context("the demo did not start")?;
     println!("up in {:.1} s", started.elapsed().as_secs_f64());

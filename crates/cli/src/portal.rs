@@ -224,8 +224,7 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let store = open(&args.database).await?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = postern_sys::tcp::listen(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let mut state = AppState::new(store.clone());
         state.limits.devices_per_actor = args.max_devices_per_actor;

@@ -22,6 +22,7 @@ fn demo_behind(nat: NatKind, gateways: usize) -> Demo {
         office_nat: nat,
         gateways,
         client_in_office: false,
+        ipv6: Default::default(),
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

@@ -17,6 +17,7 @@ fn demo(home: NatKind, office: NatKind, gateways: usize) -> Demo {
         office_nat: office,
         gateways,
         client_in_office: false,
+        ipv6: Default::default(),
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

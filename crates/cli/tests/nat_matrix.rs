@@ -55,6 +55,7 @@ fn start(home: NatKind, office: NatKind, client_in_office: bool) -> Demo {
         office_nat: office,
         gateways: 1,
         client_in_office,
+        ipv6: Default::default(),
     };
     Demo::start(options).unwrap_or_else(|e| panic!("the lab did not start: {e}"))
 }

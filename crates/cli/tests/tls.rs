@@ -21,6 +21,7 @@ fn demo() -> Demo {
         office_nat: NatKind::Cone,
         gateways: 1,
         client_in_office: false,
+        ipv6: Default::default(),
     }) {
         Ok(demo) => demo,
         Err(error) => panic!("the lab did not start: {error}"),

@@ -131,12 +131,12 @@ pub async fn run_client(
 ) -> Result<(), DeviceError> {
     let started = start::start(start::Party::Client, &config).await?;
     tracing::info!(
-        device_id = %started.device_id, local = %started.local,
+        device_id = %started.device_id, locals = ?started.locals,
         receive_buffer = started.buffers.0, send_buffer = started.buffers.1,
         "client starting"
     );
     let role = ClientTunnel::new(
-        started.local,
+        &started.locals,
         started.secret,
         started.seed,
         ClientConfig {
@@ -157,11 +157,11 @@ pub async fn run_gateway(
 ) -> Result<(), DeviceError> {
     let started = start::start(start::Party::Gateway, &config).await?;
     tracing::info!(
-        device_id = %started.device_id, local = %started.local,
+        device_id = %started.device_id, locals = ?started.locals,
         receive_buffer = started.buffers.0, send_buffer = started.buffers.1,
         name = %config.name, "gateway starting"
     );
-    let role = GatewayTunnel::new(started.local, started.secret, started.seed);
+    let role = GatewayTunnel::new(&started.locals, started.secret, started.seed);
     shell::Shell::new(role, started, &config, None)?
         .run(stop)
         .await

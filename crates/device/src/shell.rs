@@ -73,9 +73,9 @@ pub struct Shell<R: Role> {
     metrics: Option<Arc<DeviceMetrics>>,
     /// The host moving to another network, or waking up.
     network: mpsc::Receiver<NetworkChange>,
-    /// The UDP socket's port (bound to the wildcard address): with the new
-    /// source address, the host candidate after a move.
-    port: u16,
+    /// The UDP socket's address (the wildcard, dual-stack or IPv4): with
+    /// the new source addresses, the host candidates after a move.
+    bound: std::net::SocketAddr,
 }
 
 impl<R: Role> Shell<R> {
@@ -109,10 +109,13 @@ impl<R: Role> Shell<R> {
             None => (None, None),
         };
         let network = postern_sys::netwatch::watch(started.portal_ip);
-        let port = started.local.port();
+        let bound = started
+            .udp
+            .local_addr()
+            .map_err(DeviceError::io("UDP socket"))?;
         Ok(Shell {
             network,
-            port,
+            bound,
             role,
             portal: config.portal.clone(),
             sign_in_again: if client {
@@ -248,11 +251,15 @@ impl<R: Role> Shell<R> {
     /// connection) connects again now, and a gateway learns its new
     /// addresses.
     async fn network_changed(&mut self, change: NetworkChange) {
-        let local = std::net::SocketAddr::new(change.source, self.port);
-        tracing::info!(%local, woke = change.woke, "gathering again after a network change");
+        let locals = crate::start::host_candidates(&change.sources, self.bound);
+        tracing::info!(
+            ?locals,
+            woke = change.woke,
+            "gathering again after a network change"
+        );
         self.role.handle_input(
             Input::NetworkChanged {
-                local,
+                locals,
                 woke: change.woke,
             },
             Instant::now(),

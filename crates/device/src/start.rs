@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use postern_model::PublicKey;
 use postern_sys::batch::UdpBatch;
 use postern_sys::channel::{self, Channel, ChannelConfig, ChannelError};
-use postern_sys::device::{device_id, fresh_secret, fresh_seed, outward_address};
+use postern_sys::device::{device_id, fresh_secret, fresh_seed, outward_addresses};
 use uuid::Uuid;
 
 use crate::DeviceConfig;
@@ -40,8 +40,9 @@ pub struct Started {
     pub party: Party,
     pub device_id: Uuid,
     pub secret: [u8; 32],
-    /// The address the host candidate carries.
-    pub local: SocketAddr,
+    /// The addresses the host candidates carry: toward the portal first,
+    /// then the other family's on a dual-stack host.
+    pub locals: Vec<SocketAddr>,
     pub udp: UdpBatch,
     pub channel: Channel,
     /// Socket buffer sizes the kernel granted (receive, send).
@@ -68,13 +69,10 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
         port: config.port,
         source,
     };
-    let (socket, receive, send) =
-        postern_sys::udp::bind(SocketAddr::new([0, 0, 0, 0].into(), config.port)).map_err(bind)?;
-    let port = socket.local_addr().map_err(bind)?.port();
-    let local = SocketAddr::new(
-        outward_address(portal_ip).map_err(StartError::NoRoute)?,
-        port,
-    );
+    let (socket, receive, send) = postern_sys::udp::bind_dual_stack(config.port).map_err(bind)?;
+    let bound = socket.local_addr().map_err(bind)?;
+    let sources = outward_addresses(portal_ip).map_err(StartError::NoRoute)?;
+    let locals = host_candidates(&sources, bound);
     let udp = UdpBatch::new(socket).map_err(bind)?;
     let public = PublicKey(postern_tunnel::wireguard::public_key(secret));
     let channel = channel::open(ChannelConfig {
@@ -96,10 +94,21 @@ pub async fn start(party: Party, config: &DeviceConfig) -> Result<Started, Start
         device_id,
         seed,
         secret,
-        local,
+        locals,
         udp,
         channel,
         buffers: (receive, send),
         portal_ip,
     })
+}
+
+/// The host candidates' socket addresses: each source on the socket's
+/// port, IPv6 ones only if the socket is dual-stack (an IPv4-only socket
+/// cannot send from them).
+pub fn host_candidates(sources: &[std::net::IpAddr], socket: SocketAddr) -> Vec<SocketAddr> {
+    sources
+        .iter()
+        .filter(|ip| ip.is_ipv4() || socket.is_ipv6())
+        .map(|ip| SocketAddr::new(*ip, socket.port()))
+        .collect()
 }

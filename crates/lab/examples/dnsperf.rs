@@ -68,6 +68,7 @@ fn run(options: &Options) -> Result<(), Failure> {
         office_nat: NatKind::Cone,
         gateways: 1,
         client_in_office: false,
+        ipv6: Default::default(),
     })?;
     let dir = demo.data_dir().to_path_buf();
     let resource_names: String = (0..1000)

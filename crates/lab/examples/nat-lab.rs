@@ -78,7 +78,8 @@ fn main() -> ExitCode {
 }
 
 fn run(options: &Options, signals: &SigSet) -> Result<bool, Box<dyn std::error::Error>> {
-    let net = postern_lab::demo::topology(NatKind::Cone, options.office, 2, false)?;
+    let net =
+        postern_lab::demo::topology(NatKind::Cone, options.office, 2, false, Default::default())?;
     let lab = &net.lab;
     println!("building the lab (namespaces {}*)", lab.prefix());
     let (portal, relay, client) = (&net.portal, &net.relay, &net.client);

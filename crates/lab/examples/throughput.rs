@@ -310,6 +310,7 @@ fn lab(options: &Options, nat: NatKind) -> Result<(Demo, LabProcess), Failure> {
         office_nat: nat,
         gateways: 1,
         client_in_office: false,
+        ipv6: Default::default(),
     })?;
     demo.api_ok(
         "PATCH",

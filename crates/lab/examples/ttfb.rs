@@ -90,6 +90,7 @@ fn measure(postern: &std::path::Path, nat: NatKind, runs: usize) -> Result<Vec<f
         office_nat: nat,
         gateways: 1,
         client_in_office: false,
+        ipv6: Default::default(),
     })?;
     let mut servers = Vec::new();
     let mut targets = Vec::new();

@@ -43,6 +43,40 @@ pub struct DemoOptions {
     /// The client on the office LAN, behind the gateways' NAT, instead of
     /// at home.
     pub client_in_office: bool,
+    /// Whether the internet and the sites have IPv6 (besides the office's
+    /// private fd10::/64, which only the tunnel reaches).
+    pub ipv6: Ipv6Internet,
+}
+
+/// IPv6 on the lab's internet, in the benchmarking prefix 2001:2::/48 (the
+/// twin of 198.18.0.0/15): routed to each site without translation, behind
+/// the site routers' stateful firewalls (only replies come in), as ISPs
+/// and home routers ship it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ipv6Internet {
+    /// IPv4 only outside (the office LAN's ULA resources aside).
+    #[default]
+    Off,
+    /// Both sites, the portal and the relay dual-stack.
+    DualStack,
+    /// The same, but the office's hosts have no IPv4 route out: the
+    /// gateways reach the portal and relay over IPv6 only.
+    OfficeOnlyIpv6,
+}
+
+/// The lab's public IPv6 addresses and prefixes.
+mod v6 {
+    pub const PORTAL: &str = "2001:2::2";
+    pub const RELAY: &str = "2001:2::3";
+    pub const DNS: &str = "2001:2::4";
+    pub const HOME_ISP: &str = "2001:2::10";
+    pub const OFFICE_ISP: &str = "2001:2::20";
+    /// Each ISP's access segment (ISP ::1, site router ::2) and the site's
+    /// LAN prefix (router ::1).
+    pub const HOME_ACCESS: &str = "2001:2:1::";
+    pub const OFFICE_ACCESS: &str = "2001:2:2::";
+    pub const HOME_LAN: &str = "2001:2:10::";
+    pub const OFFICE_LAN: &str = "2001:2:20::";
 }
 
 /// The network: hosts and routers, nothing running yet.
@@ -67,6 +101,7 @@ pub struct Topology {
     pub office: crate::Switch,
     /// The "public" segment, 198.18.0.0/24.
     pub internet: crate::Switch,
+    pub ipv6: Ipv6Internet,
 }
 
 fn invalid(what: impl Into<String>) -> LabError {
@@ -90,8 +125,113 @@ impl Topology {
             host,
             self.nat_home.kind == NatKind::Routed,
             self.nat_office.kind == NatKind::Routed,
-        )
+        )?;
+        if self.ipv6 != Ipv6Internet::Off {
+            route_to_sites_v6(host)?;
+        }
+        Ok(())
     }
+}
+
+/// A host on the internet segment reaches each site's IPv6 prefixes
+/// through its ISP.
+fn route_to_sites_v6(host: &Host) -> Result<()> {
+    for (prefix, isp) in [
+        (v6::HOME_ACCESS, v6::HOME_ISP),
+        (v6::HOME_LAN, v6::HOME_ISP),
+        (v6::OFFICE_ACCESS, v6::OFFICE_ISP),
+        (v6::OFFICE_LAN, v6::OFFICE_ISP),
+    ] {
+        host.add_route(&format!("{prefix}/64"), ip(isp)?)?;
+    }
+    Ok(())
+}
+
+/// Adds an IPv6 address (no duplicate detection: usable at once).
+fn add_v6(host: &Host, interface: &str, cidr: &str) -> Result<()> {
+    host.ip(&["addr", "add", cidr, "dev", interface, "nodad"])?;
+    Ok(())
+}
+
+/// IPv6 for a site: its router gets `access`::2 on the WAN (default route
+/// via the ISP's ::1) and `lan`::1 on the LAN, and its ISP routes the LAN
+/// prefix to it. Routed, not translated; the router's ruleset already
+/// filters IPv6 as it does IPv4 (only replies come in).
+fn site_v6(router: &Router, isp: &Host, access: &str, lan: &str) -> Result<()> {
+    add_v6(&router.host, &router.wan.name, &format!("{access}2/64"))?;
+    add_v6(&router.host, &router.lan.name, &format!("{lan}1/64"))?;
+    router.host.set_default_route(ip(&format!("{access}1"))?)?;
+    isp.add_route(&format!("{lan}/64"), ip(&format!("{access}2"))?)?;
+    Ok(())
+}
+
+/// The lab's IPv6 internet ([`Ipv6Internet`]) on a built topology.
+fn public_ipv6(net: &Topology, client_in_office: bool) -> Result<()> {
+    if net.nat_carrier.is_some() {
+        return Err(invalid(
+            "IPv6 in the lab has no carrier NAT (NatKind::Double)",
+        ));
+    }
+    for (host, address) in [
+        (&net.portal, v6::PORTAL),
+        (&net.relay, v6::RELAY),
+        (&net.dns, v6::DNS),
+    ] {
+        add_v6(host, "eth0", &format!("{address}/64"))?;
+        route_to_sites_v6(host)?;
+    }
+    // Each ISP: the internet segment on eth0, its access segment on eth1;
+    // the other site's prefixes through the other ISP.
+    for (isp, public, access, other_site, other_isp) in [
+        (
+            &net.isp_home,
+            v6::HOME_ISP,
+            v6::HOME_ACCESS,
+            [v6::OFFICE_ACCESS, v6::OFFICE_LAN],
+            v6::OFFICE_ISP,
+        ),
+        (
+            &net.isp_office,
+            v6::OFFICE_ISP,
+            v6::OFFICE_ACCESS,
+            [v6::HOME_ACCESS, v6::HOME_LAN],
+            v6::HOME_ISP,
+        ),
+    ] {
+        isp.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        add_v6(isp, "eth0", &format!("{public}/64"))?;
+        add_v6(isp, "eth1", &format!("{access}1/64"))?;
+        for prefix in other_site {
+            isp.add_route(&format!("{prefix}/64"), ip(other_isp)?)?;
+        }
+    }
+    site_v6(&net.nat_home, &net.isp_home, v6::HOME_ACCESS, v6::HOME_LAN)?;
+    site_v6(
+        &net.nat_office,
+        &net.isp_office,
+        v6::OFFICE_ACCESS,
+        v6::OFFICE_LAN,
+    )?;
+    let (client_lan, client_address) = if client_in_office {
+        (v6::OFFICE_LAN, "50")
+    } else {
+        (v6::HOME_LAN, "10")
+    };
+    add_v6(
+        &net.client,
+        "eth0",
+        &format!("{client_lan}{client_address}/64"),
+    )?;
+    net.client
+        .set_default_route(ip(&format!("{client_lan}1"))?)?;
+    for (n, gateway) in net.gateways.iter().enumerate() {
+        add_v6(gateway, "eth0", &format!("{}{}/64", v6::OFFICE_LAN, 11 + n))?;
+        gateway.set_default_route(ip(&format!("{}1", v6::OFFICE_LAN))?)?;
+        if net.ipv6 == Ipv6Internet::OfficeOnlyIpv6 {
+            gateway.ip(&["-4", "route", "del", "default"])?;
+        }
+    }
+    Ok(())
 }
 
 fn ip(text: &str) -> Result<IpAddr> {
@@ -205,6 +345,7 @@ pub fn topology(
     office_nat: NatKind,
     gateways: usize,
     client_in_office: bool,
+    ipv6: Ipv6Internet,
 ) -> Result<Topology> {
     let lab = Lab::new()?;
     let internet = lab.add_switch("internet")?;
@@ -316,7 +457,7 @@ pub fn topology(
             &isp_home,
         )?;
     }
-    Ok(Topology {
+    let net = Topology {
         lab,
         portal,
         relay,
@@ -332,7 +473,12 @@ pub fn topology(
         home,
         office,
         internet,
-    })
+        ipv6,
+    };
+    if ipv6 != Ipv6Internet::Off {
+        public_ipv6(&net, client_in_office)?;
+    }
+    Ok(net)
 }
 
 /// What the admin configured.
@@ -440,13 +586,13 @@ impl DemoPki {
         let portal = ca.write_server(
             data,
             "portal",
-            &[portal_ip, "portal.demo.test"],
+            &[portal_ip, v6::PORTAL, "portal.demo.test"],
             Validity::Current,
         )?;
         let relay = ca.write_server(
             data,
             "relay",
-            &[RELAY_IP, "relay.demo.test"],
+            &[RELAY_IP, v6::RELAY, "relay.demo.test"],
             Validity::Current,
         )?;
         let tls = ca.client_config()?;
@@ -474,6 +620,7 @@ impl Demo {
             options.office_nat,
             options.gateways,
             options.client_in_office,
+            options.ipv6,
         )?;
         let data = net.lab.log_dir().join("data");
         std::fs::create_dir_all(&data)?;
@@ -593,6 +740,12 @@ impl Demo {
         let url = format!("https://{PORTAL}");
         let ca_arg = self.pki.ca_arg();
         let token = token_file_arg(&self.data.join("relay.token"), &relay_token)?;
+        // With IPv6, `[::]` serves both families.
+        let (listen, public) = if self.net.ipv6 == Ipv6Internet::Off {
+            (RELAY_IP.to_string(), RELAY_IP.to_string())
+        } else {
+            ("[::]".to_string(), format!("{RELAY_IP},{}", v6::RELAY))
+        };
         let relay = self.command(
             &self.net.relay,
             &[
@@ -602,11 +755,11 @@ impl Demo {
                 &ca_arg,
                 &token,
                 "--listen",
-                &format!("{RELAY_IP}:3478"),
+                &format!("{listen}:3478"),
                 "--public-ip",
-                RELAY_IP,
+                &public,
                 "--tls-listen",
-                &format!("{RELAY_IP}:443"),
+                &format!("{listen}:443"),
                 "--tls-cert",
                 &self.pki.relay.certificate.to_string_lossy(),
                 "--tls-key",
@@ -799,7 +952,11 @@ impl Demo {
     pub fn spawn_gateway_with(&self, n: usize, extra: &[&str]) -> Result<LabProcess> {
         let host = &self.net.gateways[n];
         let state = self.data.join(host.name());
-        let url = format!("https://{PORTAL}");
+        let url = if self.net.ipv6 == Ipv6Internet::OfficeOnlyIpv6 {
+            format!("https://[{}]:8080", v6::PORTAL)
+        } else {
+            format!("https://{PORTAL}")
+        };
         let ca_arg = self.pki.ca_arg();
         let token = token_file_arg(&self.data.join("gateway.token"), &self.setup.gateway_token)?;
         let command = self.command(
@@ -1162,7 +1319,12 @@ impl Demo {
                 "--database",
                 &database,
                 "--listen",
-                PORTAL,
+                // With IPv6, `[::]` serves both families.
+                if self.net.ipv6 == Ipv6Internet::Off {
+                    PORTAL
+                } else {
+                    "[::]:8080"
+                },
                 "--tls-cert",
                 &self.pki.portal.certificate.to_string_lossy(),
                 "--tls-key",
@@ -1364,6 +1526,15 @@ impl Demo {
     pub fn path(&self) -> String {
         self.web_status()
             .and_then(|line| line["path"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".into())
+    }
+
+    /// A field of the client's path to its gateway as its status shows
+    /// it: `peer` (the far end: the gateway's address, or a relayed one),
+    /// `relay` (the relay a relayed path goes through); "none" if absent.
+    pub fn path_detail(&self, field: &str) -> String {
+        self.web_status()
+            .and_then(|line| line[field].as_str().map(str::to_string))
             .unwrap_or_else(|| "none".into())
     }
 

@@ -228,8 +228,10 @@ impl<S: ProxyTrust + Send + Sync> FromRequestParts<S> for ClientAddr {
                 "the portal does not know the peer address",
             ));
         };
+        // A `[::]` listener names IPv4 peers by v4-mapped addresses;
+        // conditions and logs see the IPv4 address.
         Ok(ClientAddr(client_ip(
-            peer.ip(),
+            peer.ip().to_canonical(),
             &parts.headers,
             state.trusted_proxies(),
         )))

@@ -24,6 +24,9 @@ const GSO_BYTES: usize = 60_000;
 pub struct UdpBatch {
     socket: tokio::net::UdpSocket,
     state: UdpSocketState,
+    /// An IPv6 socket (dual-stack): IPv4 destinations go as v4-mapped
+    /// addresses.
+    v6: bool,
 }
 
 /// Where received datagrams land.
@@ -64,8 +67,10 @@ pub fn datagrams<'a>(
         } else {
             meta.stride
         };
+        // A dual-stack socket names IPv4 peers by v4-mapped addresses.
+        let source = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
         data.chunks(stride.max(1))
-            .map(move |datagram| (meta.addr, datagram))
+            .map(move |datagram| (source, datagram))
     })
 }
 
@@ -120,7 +125,8 @@ impl GsoQueue {
 impl UdpBatch {
     pub fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
-        Ok(UdpBatch { socket, state })
+        let v6 = socket.local_addr()?.is_ipv6();
+        Ok(UdpBatch { socket, state, v6 })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -168,8 +174,14 @@ impl UdpBatch {
         let Some(to) = queue.to else {
             return;
         };
+        let destination = match to {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => to,
+        };
         let transmit = Transmit {
-            destination: to,
+            destination,
             ecn: None,
             contents: &queue.buf,
             segment_size: (queue.count > 1).then_some(queue.segment),
@@ -199,7 +211,10 @@ impl UdpBatch {
     /// put back: the device loop is the socket's only sender.
     pub fn send_with_ttl(&self, to: SocketAddr, data: &[u8], ttl: u8, tally: &mut Tally) {
         let socket = socket2::SockRef::from(&self.socket);
-        let v6 = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        // By the destination's family: an IPv4 datagram from a dual-stack
+        // socket takes IP_TTL (Linux takes IP-level options on IPv6
+        // sockets for their v4-mapped traffic).
+        let v6 = to.is_ipv6();
         let before = if v6 {
             socket.unicast_hops_v6()
         } else {
@@ -228,6 +243,40 @@ impl UdpBatch {
 
 #[cfg(test)]
 mod tests {
+    /// One dual-stack socket serves both families: an IPv4 peer's datagram
+    /// comes out with its IPv4 address (not v4-mapped), and the answer to
+    /// that address reaches it; an IPv6 peer likewise.
+    #[tokio::test]
+    async fn a_dual_stack_batch_speaks_ipv4_and_ipv6_by_their_own_addresses() {
+        let (socket, _, _) = crate::udp::bind_dual_stack(0).unwrap();
+        let batch = super::UdpBatch::new(socket).unwrap();
+        assert!(batch.local_addr().unwrap().is_ipv6(), "a host with IPv6");
+        let port = batch.local_addr().unwrap().port();
+        let mut buffers = super::RecvBuffers::default();
+        let mut tally = crate::metrics::Tally::default();
+        for peer in ["127.0.0.1:0", "[::1]:0"] {
+            let client = std::net::UdpSocket::bind(peer).unwrap();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let client_address = client.local_addr().unwrap();
+            client
+                .send_to(b"hello", SocketAddr::new(client_address.ip(), port))
+                .unwrap();
+            batch.readable().await.unwrap();
+            let count = batch.try_recv(&mut buffers).unwrap();
+            let received: Vec<(SocketAddr, Vec<u8>)> = buffers
+                .datagrams(count)
+                .map(|(from, data)| (from, data.to_vec()))
+                .collect();
+            assert_eq!(received, vec![(client_address, b"hello".to_vec())]);
+            batch.send_one(client_address, b"answer", &mut tally);
+            let mut buf = [0u8; 16];
+            let (n, _) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"answer");
+        }
+    }
+
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {

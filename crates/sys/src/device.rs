@@ -49,8 +49,39 @@ pub fn outward_address(toward: IpAddr) -> io::Result<IpAddr> {
         SocketAddr::from(([0u16; 8], 0))
     };
     let probe = UdpSocket::bind(wildcard)?;
+    // Looked up as the tunnel socket's datagrams are routed: past the
+    // tunnel's own routes (an Internet resource covers every address).
+    let _ = nix::sys::socket::setsockopt(
+        &probe,
+        nix::sys::socket::sockopt::Mark,
+        &crate::route::FWMARK,
+    );
     probe.connect(SocketAddr::new(toward, 9))?;
     Ok(probe.local_addr()?.ip())
+}
+
+/// Where the route lookup for "the internet" in a family points when the
+/// portal is of the other family: documentation addresses (RFC 5737,
+/// RFC 3849), which a host routes by its default route like any global
+/// address and which nothing claims (fake-IP proxies such as Clash take
+/// 198.18.0.0/16 for themselves).
+const INTERNET_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
+const INTERNET_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
+/// The host candidates' addresses: the source toward the portal, and the
+/// source toward the internet in the other family if the host has a
+/// route there (a dual-stack host gathers both; no packet is sent).
+pub fn outward_addresses(portal: IpAddr) -> io::Result<Vec<IpAddr>> {
+    let mut addresses = vec![outward_address(portal)?];
+    let other = if portal.is_ipv4() {
+        INTERNET_V6
+    } else {
+        INTERNET_V4
+    };
+    if let Ok(address) = outward_address(other) {
+        addresses.push(address);
+    }
+    Ok(addresses)
 }
 
 /// This host's own addresses (every interface's), which a gateway never

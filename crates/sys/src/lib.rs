@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod netwatch;
 pub mod route;
 pub mod system_dns;
+pub mod tcp;
 pub mod trust;
 pub mod tun;
 pub mod udp;

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::device::outward_address;
+use crate::device::outward_addresses;
 
 /// How often the path is checked without a netlink event.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -26,14 +26,18 @@ pub const FROZEN: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPath {
     pub source: IpAddr,
+    /// The source toward the internet in the other family, if the host
+    /// has a route there (a dual-stack host; its change is a move too).
+    pub other: Option<IpAddr>,
     pub interface: Option<String>,
     pub running: bool,
 }
 
-/// What the daemon must react to: gather again from `source`.
+/// What the daemon must react to: gather again from `sources` (toward the
+/// portal first, then the other family's if any).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkChange {
-    pub source: IpAddr,
+    pub sources: Vec<IpAddr>,
     /// The process was frozen (suspend), not a visible change.
     pub woke: bool,
 }
@@ -60,7 +64,7 @@ impl PathWatch {
         let path = path.filter(|p| p.running)?;
         let woke = late >= FROZEN;
         (changed || woke).then_some(NetworkChange {
-            source: path.source,
+            sources: std::iter::once(path.source).chain(path.other).collect(),
             woke: woke && !changed,
         })
     }
@@ -68,9 +72,11 @@ impl PathWatch {
 
 /// The path toward `toward` now.
 pub fn host_path(toward: IpAddr) -> Option<HostPath> {
-    let source = outward_address(toward).ok()?;
+    let sources = outward_addresses(toward).ok()?;
+    let source = *sources.first()?;
     let mut path = HostPath {
         source,
+        other: sources.get(1).copied(),
         interface: None,
         running: true,
     };
@@ -126,7 +132,7 @@ pub fn watch(toward: IpAddr) -> mpsc::Receiver<NetworkChange> {
             let path = host_path(toward);
             if let Some(change) = watch.observe(path.clone(), late) {
                 tracing::info!(
-                    source = %change.source,
+                    sources = ?change.sources,
                     interface = path.and_then(|p| p.interface).as_deref().unwrap_or("?"),
                     woke = change.woke,
                     "the network changed"
@@ -179,6 +185,7 @@ mod tests {
     fn path(source: &str, running: bool) -> Option<HostPath> {
         Some(HostPath {
             source: source.parse().unwrap(),
+            other: None,
             interface: Some("wlan0".into()),
             running,
         })
@@ -193,11 +200,32 @@ mod tests {
         assert_eq!(
             watch.observe(path("10.8.0.5", true), ON_TIME),
             Some(NetworkChange {
-                source: "10.8.0.5".parse().unwrap(),
+                sources: vec!["10.8.0.5".parse().unwrap()],
                 woke: false
             })
         );
         assert_eq!(watch.observe(path("10.8.0.5", true), ON_TIME), None);
+    }
+
+    #[test]
+    fn an_ipv6_address_that_comes_or_goes_is_a_change() {
+        let mut watch = PathWatch::new(path("192.168.1.23", true));
+        let mut dual = path("192.168.1.23", true);
+        if let Some(p) = dual.as_mut() {
+            p.other = Some("2001:2:10::10".parse().unwrap());
+        }
+        assert_eq!(
+            watch.observe(dual.clone(), ON_TIME),
+            Some(NetworkChange {
+                sources: vec![
+                    "192.168.1.23".parse().unwrap(),
+                    "2001:2:10::10".parse().unwrap()
+                ],
+                woke: false
+            })
+        );
+        assert_eq!(watch.observe(dual, ON_TIME), None);
+        assert!(watch.observe(path("192.168.1.23", true), ON_TIME).is_some());
     }
 
     #[test]
@@ -220,7 +248,7 @@ mod tests {
         assert_eq!(
             watch.observe(path("192.168.1.23", true), Duration::from_secs(120)),
             Some(NetworkChange {
-                source: "192.168.1.23".parse().unwrap(),
+                sources: vec!["192.168.1.23".parse().unwrap()],
                 woke: true
             })
         );

@@ -32,9 +32,36 @@ pub fn bind(address: SocketAddr) -> io::Result<(tokio::net::UdpSocket, usize, us
     if let Err(error) = setsockopt(&socket, sockopt::Mark, &crate::route::FWMARK) {
         tracing::debug!(%error, "cannot mark the UDP socket");
     }
+    if address.is_ipv6() && address.ip().is_unspecified() {
+        // Dual-stack: IPv4 peers come and go as v4-mapped addresses
+        // (`batch` maps them), one port for both families' candidates.
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     let (receive, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
     let socket = tokio::net::UdpSocket::from_std(socket.into())?;
     Ok((socket, receive, send))
+}
+
+/// Binds `port` for both families (`[::]`, dual-stack) where the host has
+/// IPv6, else on IPv4 only (IPv6 disabled at boot, or a container without
+/// it). Returns what [`bind`] returns.
+pub fn bind_dual_stack(port: u16) -> io::Result<(tokio::net::UdpSocket, usize, usize)> {
+    match bind(SocketAddr::from(([0u16; 8], port))) {
+        Err(error)
+            if matches!(
+                error.raw_os_error().map(nix::errno::Errno::from_raw),
+                Some(
+                    nix::errno::Errno::EAFNOSUPPORT
+                        | nix::errno::Errno::EADDRNOTAVAIL
+                        | nix::errno::Errno::EPROTONOSUPPORT
+                )
+            ) =>
+        {
+            tracing::debug!(%error, "no IPv6 on this host: IPv4 only");
+            bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        }
+        result => result,
+    }
 }

@@ -137,7 +137,8 @@ pub enum Input {
     /// The host's own addresses (a gateway never forwards to them).
     HostAddresses(Vec<IpAddr>),
     /// The host moved to another network, or woke from a suspend
-    /// (`woke`): gather again from `local` (the socket's address as peers
-    /// should see it on this host) and restart ICE with every peer.
-    NetworkChanged { local: SocketAddr, woke: bool },
+    /// (`woke`): gather again from `locals` (the socket's addresses as
+    /// peers should see them on this host, one per family) and restart ICE
+    /// with every peer.
+    NetworkChanged { locals: Vec<SocketAddr>, woke: bool },
 }

@@ -115,7 +115,7 @@ fn check_outputs(role: &mut impl Role) {
 
 fn fuzz_client(data: &[u8], now: Instant) {
     let local = SocketAddr::from(([10, 0, 0, 2], 51820));
-    let mut client = ClientTunnel::new(local, [1; 32], 7, ClientConfig::default());
+    let mut client = ClientTunnel::new(&[local], [1; 32], 7, ClientConfig::default());
     client.handle_portal(
         PortalToClient::Init {
             interface: interface(2),
@@ -163,7 +163,7 @@ fn fuzz_client(data: &[u8], now: Instant) {
 
 fn fuzz_gateway(data: &[u8], now: Instant) {
     let local = SocketAddr::from(([10, 0, 1, 2], 51820));
-    let mut gateway = GatewayTunnel::new(local, [2; 32], 8);
+    let mut gateway = GatewayTunnel::new(&[local], [2; 32], 8);
     let authorization = Authorization {
         client: Peer {
             id: ClientId::from_u128(5),

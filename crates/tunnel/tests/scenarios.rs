@@ -302,7 +302,7 @@ fn a_client_that_moves_between_restricted_nats_resumes_within_two_seconds() {
     // The shell saw the move (netlink or its periodic check).
     world.client.handle_input(
         Input::NetworkChanged {
-            local: Net::inside(0),
+            locals: vec![Net::inside(0)],
             woke: false,
         },
         moved,
@@ -333,7 +333,7 @@ fn a_client_that_moves_behind_a_symmetric_nat_resumes_through_the_relay() {
     let moved = world.now();
     world.client.handle_input(
         Input::NetworkChanged {
-            local: Net::inside(0),
+            locals: vec![Net::inside(0)],
             woke: false,
         },
         moved,
@@ -679,7 +679,7 @@ fn a_client_that_wakes_up_asks_again_and_resumes() {
     let woke = world.now();
     world.client.handle_input(
         Input::NetworkChanged {
-            local: Net::inside(0),
+            locals: vec![Net::inside(0)],
             woke: true,
         },
         woke,

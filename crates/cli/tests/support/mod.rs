@@ -119,6 +119,7 @@ pub fn demo(
         office_nat: office,
         gateways,
         client_in_office: false,
+        ipv6: Default::default(),
     };
     match postern_lab::demo::Demo::start(options) {
         Ok(demo) => demo,

@@ -70,11 +70,12 @@ pub struct ClientTunnel {
 }
 
 impl ClientTunnel {
-    /// The client on the socket bound to `local`, with this process's
-    /// WireGuard secret; `seed` is fresh randomness (TURN transaction ids).
-    pub fn new(local: SocketAddr, secret: [u8; 32], seed: u64, config: ClientConfig) -> Self {
+    /// The client on the socket whose addresses are `locals` (one per
+    /// family), with this process's WireGuard secret; `seed` is fresh
+    /// randomness (TURN transaction ids).
+    pub fn new(locals: &[SocketAddr], secret: [u8; 32], seed: u64, config: ClientConfig) -> Self {
         ClientTunnel {
-            node: Node::new(local, secret, true, seed),
+            node: Node::new(locals, secret, true, seed),
             access: ClientState::new(config),
             stub: DnsStub::new(),
             names: Names::default(),
@@ -581,8 +582,8 @@ impl Role for ClientTunnel {
                 }
                 self.connected = connected;
             }
-            Input::NetworkChanged { local, woke } => {
-                self.node.network_changed(local, now);
+            Input::NetworkChanged { locals, woke } => {
+                self.node.network_changed(&locals, now);
                 // After a long sleep the gateways' side of each session may
                 // be gone too (its liveness gave up, its WireGuard session
                 // aged out): ask the portal afresh at the next packet rather

@@ -69,11 +69,12 @@ pub struct GatewayTunnel {
 }
 
 impl GatewayTunnel {
-    /// The gateway on the socket bound to `local`, with this process's
-    /// WireGuard secret; `seed` is fresh randomness.
-    pub fn new(local: SocketAddr, secret: [u8; 32], seed: u64) -> Self {
+    /// The gateway on the socket whose addresses are `locals` (one per
+    /// family), with this process's WireGuard secret; `seed` is fresh
+    /// randomness.
+    pub fn new(locals: &[SocketAddr], secret: [u8; 32], seed: u64) -> Self {
         GatewayTunnel {
-            node: Node::new(local, secret, false, seed),
+            node: Node::new(locals, secret, false, seed),
             authorizations: GatewayState::new(),
             lookups: Lookups::default(),
             addresses: None,
@@ -518,7 +519,7 @@ impl Role for GatewayTunnel {
                 }
                 self.connected = connected;
             }
-            Input::NetworkChanged { local, .. } => self.node.network_changed(local, now),
+            Input::NetworkChanged { locals, .. } => self.node.network_changed(&locals, now),
             Input::HostAddresses(addresses) => {
                 self.host_addresses = addresses;
                 self.own_addresses_changed();

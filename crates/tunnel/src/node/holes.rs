@@ -17,6 +17,16 @@
 //!   toward us exists) or [`CHECK_HOLD`] passes (a peer whose checks cannot
 //!   reach us: a symmetric NAT on our side).
 //!
+//! A clash can still happen (a peer that learns our candidates late, past
+//! the hold). It then lasts as long as its conntrack entries do, and each
+//! packet toward the peer's direct address keeps them alive. So while the
+//! path is relayed the two sides are silent toward each other's direct
+//! addresses between re-probes ([`crate::node::REPROBE`], longer than the
+//! entries live), and each re-probe repeats the start's order: openers
+//! from both sides, then the controlled side's checks after
+//! [`OPENER_LEAD`], the controlling side's once the peer's first check
+//! arrives (or [`CHECK_HOLD`] passed).
+//!
 //! No crate does this (str0m's agent knows nothing of NATs or TTLs).
 
 use std::time::Duration;
@@ -40,6 +50,18 @@ pub const CHECK_HOLD: Duration = Duration::from_secs(1);
 /// better, is nominated first; where they cannot (a symmetric NAT here)
 /// the relay carries the first packets after this long.
 pub const RELAY_HOLD: Duration = Duration::from_millis(100);
+
+/// At a re-probe, how long the controlled side waits after its openers
+/// before checking: both sides re-probe on their own clocks, started by the
+/// same event (the relayed path) a round trip apart, and the peer's openers
+/// must have opened its NAT before our checks arrive there.
+pub const OPENER_LEAD: Duration = Duration::from_millis(500);
+
+/// When a re-probe's checks start after its openers: see [`OPENER_LEAD`]
+/// and [`CHECK_HOLD`].
+pub fn reprobe_lead(controlling: bool) -> Duration {
+    if controlling { CHECK_HOLD } else { OPENER_LEAD }
+}
 
 /// How long a candidate is held: see [`CHECK_HOLD`] and [`RELAY_HOLD`].
 pub fn hold(direct: bool) -> Duration {

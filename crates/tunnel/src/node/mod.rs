@@ -18,6 +18,7 @@
 //! relayed (ChannelData framed in place): no allocation per packet.
 
 mod holes;
+mod locals;
 mod relays;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,7 @@ use boringtun::x25519;
 use postern_model::protocol::{IceCredentials, RelayInfo};
 
 pub use holes::OPENER_TTL;
+pub use locals::Locals;
 pub use relays::{RelayConfig, Stream};
 
 use crate::counters::Counters;
@@ -53,8 +55,13 @@ const BUFFER: usize = 65_535 + 64;
 /// only at [`crate::wireguard::LIVENESS_TIMEOUT`] if that path is quiet too.
 const PATH_QUIET: Duration = Duration::from_millis(850);
 /// While relayed, every pair is checked again this often, so a direct path
-/// that opened since is found.
-pub const REPROBE: Duration = Duration::from_secs(30);
+/// that opened since is found. Longer than a NAT keeps an unanswered UDP
+/// entry (Linux: 30 s) plus a round of checks (str0m retransmits a check
+/// for about 16 s): between two
+/// re-probes neither side sends anything straight to the other, so the
+/// entries a clash left on the routers expire, and the next re-probe
+/// starts clean (see [`holes`]).
+pub const REPROBE: Duration = Duration::from_secs(60);
 /// STUN checks we sent are matched to their peer for this long (a check
 /// that is not answered in 30 s is long given up by ICE).
 const CHECK_MEMORY: Duration = Duration::from_secs(30);
@@ -136,6 +143,9 @@ struct Peer {
     remote_candidates: Vec<String>,
     /// While relayed: when to look for a direct path again.
     next_reprobe: Option<Instant>,
+    /// A re-probe's openers went out; its checks start then (or, on the
+    /// controlling side, as soon as the peer's first check arrives).
+    reprobe_checks_at: Option<Instant>,
     /// The peer's candidates the controlling side has not checked yet, and
     /// since when it waits for the peer's first check (see [`holes`]).
     held: Vec<String>,
@@ -148,7 +158,8 @@ struct Peer {
 }
 
 pub struct Node<P> {
-    local: SocketAddr,
+    /// Our addresses on the socket, one per family.
+    locals: Locals,
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
     secret_bytes: [u8; 32],
@@ -177,13 +188,14 @@ pub struct Node<P> {
 }
 
 impl<P: PeerId> Node<P> {
-    /// A node on the socket bound to `local`, with this process's WireGuard
+    /// A node on the socket whose addresses are `locals` (one per family:
+    /// a dual-stack host gathers both), with this process's WireGuard
     /// secret; the client controls ICE.
-    pub fn new(local: SocketAddr, secret: [u8; 32], controlling: bool, seed: u64) -> Self {
+    pub fn new(locals: &[SocketAddr], secret: [u8; 32], controlling: bool, seed: u64) -> Self {
         let static_secret = x25519::StaticSecret::from(secret);
         let relay_rtt = RelayRtt::default();
         Node {
-            local,
+            locals: Locals::new(locals),
             public: x25519::PublicKey::from(&static_secret),
             secret: static_secret,
             secret_bytes: secret,
@@ -218,12 +230,17 @@ impl<P: PeerId> Node<P> {
         added
     }
 
-    /// The portal's relays: each address of the socket's family becomes a
-    /// TURN server, with the credentials that came with it.
+    /// The portal's relays: each address of a family we have becomes a
+    /// TURN server, with the credentials that came with it (a dual-stack
+    /// node allocates over both, for an IPv4 and an IPv6 relayed address).
     pub fn add_relays(&mut self, relays: &[RelayInfo], now: Instant) {
-        let ipv4 = self.local.is_ipv4();
+        let locals = self.locals;
         for relay in relays {
-            for server in relay.addresses.iter().filter(|a| a.is_ipv4() == ipv4) {
+            for server in relay
+                .addresses
+                .iter()
+                .filter(|a| locals.toward(**a).is_some())
+            {
                 let config = RelayConfig {
                     server: *server,
                     username: relay.username.clone(),
@@ -252,13 +269,16 @@ impl<P: PeerId> Node<P> {
         );
         let mut candidates = Vec::new();
         let allocations: Vec<_> = self.relays.allocations().collect();
-        let mut added = vec![ice.add_host(self.local)];
+        let mut added: Vec<_> = self.locals.iter().map(|l| ice.add_host(l)).collect();
         for allocation in allocations {
+            let Some(base) = self.locals.toward(allocation.mapped) else {
+                continue;
+            };
             if !allocation.stream {
                 // Over TCP the relay saw a TCP mapping: no UDP candidate.
-                added.push(ice.add_server_reflexive(allocation.mapped, self.local));
+                added.push(ice.add_server_reflexive(allocation.mapped, base));
             }
-            added.push(ice.add_relayed(allocation.relayed, self.local));
+            added.push(ice.add_relayed(allocation.relayed, base));
         }
         for result in added {
             match result {
@@ -293,6 +313,7 @@ impl<P: PeerId> Node<P> {
                 remote_addresses: Vec::new(),
                 switched: false,
                 next_reprobe: None,
+                reprobe_checks_at: None,
                 ice_credentials: (config.local_ice.clone(), config.remote_ice.clone()),
                 remote_candidates: Vec::new(),
                 held: Vec::new(),
@@ -316,15 +337,16 @@ impl<P: PeerId> Node<P> {
     /// or it woke from a suspend): what was learnt on the old one is void.
     /// The relay allocations belong to the old address and port as the
     /// relays saw them, the server-reflexive addresses and the paths are
-    /// gone. Starts over from `local`: new allocations, and for each peer a
+    /// gone. Starts over from `locals`: new allocations, and for each peer a
     /// fresh ICE agent (the pair's credentials and the peer's candidates
     /// kept) whose candidates go to the peer through the portal, so its
     /// side checks toward our new addresses and opens its NAT to them.
     /// WireGuard sessions stay and move to the nominated path; packets wait
     /// for it.
-    pub fn network_changed(&mut self, local: SocketAddr, now: Instant) {
-        tracing::info!(old = %self.local, new = %local, peers = self.peers.len(), "network changed: gathering again");
-        self.local = local;
+    pub fn network_changed(&mut self, locals: &[SocketAddr], now: Instant) {
+        let locals = Locals::new(locals);
+        tracing::info!(old = %self.locals, new = %locals, peers = self.peers.len(), "network changed: gathering again");
+        self.locals = locals;
         self.relays.restart(now);
         self.checks.clear();
         let ids: Vec<P> = self.peers.keys().copied().collect();
@@ -339,7 +361,7 @@ impl<P: PeerId> Node<P> {
                 self.controlling,
                 self.relay_rtt.clone(),
             );
-            let host = ice.add_host(local);
+            let hosts: Vec<_> = locals.iter().map(|l| ice.add_host(l)).collect();
             // From a new network our NAT has no mapping toward the peer:
             // openers first, and (controlling) checks to its direct
             // candidates once it has checked us.
@@ -356,28 +378,23 @@ impl<P: PeerId> Node<P> {
             }
             peer.next_opening = Some(now + holes::OPENER_INTERVAL);
             peer.ice = ice;
-            let openers: Vec<SocketAddr> = peer
-                .remote_candidates
-                .iter()
-                .filter(|c| holes::is_direct(candidate_type(c)))
-                .filter_map(|c| candidate_address(c))
-                .collect();
             peer.path = None;
             peer.added = now;
             peer.reported = false;
             peer.switched = false;
             peer.next_reprobe = None;
-            match host {
-                Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {
-                    peer: id,
-                    candidate,
-                }),
-                Ok(None) => {}
-                Err(_) => self.errors.add("local_candidate"),
+            peer.reprobe_checks_at = None;
+            for host in hosts {
+                match host {
+                    Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {
+                        peer: id,
+                        candidate,
+                    }),
+                    Ok(None) => {}
+                    Err(_) => self.errors.add("local_candidate"),
+                }
             }
-            for address in openers {
-                self.open_hole(address);
-            }
+            self.open_holes(id);
             self.drive_peer(id, now);
         }
         self.next_tick.get_or_insert(now);
@@ -535,7 +552,7 @@ impl<P: PeerId> Node<P> {
             }
             return None;
         };
-        if local == self.local {
+        if self.locals.contains(local) {
             return match peer.wireguard.send(packet, now, out) {
                 Ok(Action::Network(n)) => Some((remote, n)),
                 Ok(_) => None,
@@ -579,7 +596,12 @@ impl<P: PeerId> Node<P> {
         out: &mut [u8],
     ) -> Option<(P, usize)> {
         let Some(relay) = self.relays.index_of_server(source) else {
-            return self.receive_on_path(self.local, source, datagram, now, out);
+            let Some(local) = self.locals.toward(source) else {
+                // A family we have no address in: nothing of ours sent it.
+                self.errors.add("unexpected_family");
+                return None;
+            };
+            return self.receive_on_path(local, source, datagram, now, out);
         };
         let received = self.relays.receive(relay, datagram, now);
         let packet = match received {
@@ -626,10 +648,12 @@ impl<P: PeerId> Node<P> {
         // and both sides would stay relayed.
         if peer.path.is_none() || (!self.controlling && peer.path != Some((local, remote))) {
             peer.path = Some((local, remote));
+            peer.next_reprobe = None;
+            peer.reprobe_checks_at = None;
             // Roamed onto one of our relayed addresses: data goes out as
             // ChannelData once the channel is bound, not as Send
             // indications.
-            if local != self.local {
+            if !self.locals.contains(local) {
                 self.relays.bind(local, remote, now);
             }
         }
@@ -721,15 +745,29 @@ impl<P: PeerId> Node<P> {
             return;
         };
         if is_check(datagram) {
-            // The peer checks us: its NAT has a mapping toward us now.
+            // The peer checks us: it has our candidates, and its NAT a
+            // mapping toward us (or soon will).
             self.release_held(id, None);
         }
+        // Straight from its socket, its NAT's mapping toward us is there
+        // (a check through a relay, such as the nominated relayed pair's
+        // keepalive, says nothing of it).
+        let direct_check = is_check(datagram)
+            && self.locals.contains(local)
+            && self
+                .peers
+                .get(&id)
+                .is_some_and(|p| !p.remote_relayed.contains(&remote));
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         if !peer.ice.handle_stun(now, remote, local, datagram) {
             self.errors.add("stun_refused");
             return;
+        }
+        if direct_check {
+            // Authenticated: a re-probe's held checks go now.
+            self.reprobe_when_due(id, now, true);
         }
         // A response settles its check.
         if let Some(transaction) = datagram.get(8..20) {
@@ -768,7 +806,7 @@ impl<P: PeerId> Node<P> {
     /// Sends `payload` as if from local address `local` (our socket, or a
     /// relayed address, which means through that relay).
     fn transmit_from(&mut self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) {
-        if local == self.local {
+        if self.locals.contains(local) {
             self.transmits.push_back(Transmit {
                 destination: remote,
                 payload: payload.to_vec(),
@@ -807,6 +845,10 @@ impl<P: PeerId> Node<P> {
             }
         }
         self.tend_holes(now);
+        let ids: Vec<P> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.reprobe_when_due(id, now, false);
+        }
         // A peer that never got a path is as good as dead.
         for (id, peer) in &mut self.peers {
             if peer.path.is_none()
@@ -854,7 +896,7 @@ impl<P: PeerId> Node<P> {
     /// pair at once, and a relayed one is re-checked now and then for a
     /// direct path.
     fn watch_path(&mut self, id: P, now: Instant) {
-        let local = self.local;
+        let locals = self.locals;
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
@@ -873,11 +915,38 @@ impl<P: PeerId> Node<P> {
             // `Connected`.
             peer.ice.abandon(remote, now);
         }
-        let relayed = path_local != local || peer.remote_relayed.contains(&remote);
+        let relayed = !locals.contains(path_local) || peer.remote_relayed.contains(&remote);
         if !relayed {
             peer.next_reprobe = None;
-        } else if now >= *peer.next_reprobe.get_or_insert(now + REPROBE) {
+            peer.reprobe_checks_at = None;
+        } else if peer.next_reprobe.is_none() {
             peer.next_reprobe = Some(now + REPROBE);
+        } else if let Some(due) = peer.next_reprobe.filter(|due| now >= *due) {
+            // Openers first, both sides; the checks follow once both NATs
+            // are open toward each other (see `holes`). From the deadline,
+            // not from this tick: the two sides' clocks, started by the
+            // same path change, must not drift apart.
+            let next = due + REPROBE;
+            // A node that did not run for a while (a suspended host) starts
+            // again from now rather than re-probing to catch up.
+            peer.next_reprobe = Some(if next > now { next } else { now + REPROBE });
+            peer.reprobe_checks_at = Some(now + holes::reprobe_lead(self.controlling));
+            self.open_holes(id);
+        }
+    }
+
+    /// A re-probe's checks, once due, or on the controlling side as soon as
+    /// the peer checked us (`checked`: its NAT is open toward us, ours
+    /// toward it since our openers).
+    fn reprobe_when_due(&mut self, id: P, now: Instant, checked: bool) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = peer.reprobe_checks_at else {
+            return;
+        };
+        if now >= at || (checked && self.controlling) {
+            peer.reprobe_checks_at = None;
             peer.ice.reprobe(now);
         }
     }
@@ -906,8 +975,8 @@ impl<P: PeerId> Node<P> {
                         .map(|c| since + holes::hold(holes::is_direct(candidate_type(c))))
                         .min()
                 });
-                let opening = p.next_opening.filter(|_| !self.is_direct(p));
-                [hold, opening]
+                let opening = p.next_opening.filter(|_| p.path.is_none());
+                [hold, opening, p.reprobe_checks_at]
             })
             .flatten()
             .min();
@@ -963,7 +1032,7 @@ impl<P: PeerId> Node<P> {
     pub fn path_relay(&self, id: P) -> Option<SocketAddr> {
         let peer = self.peers.get(&id)?;
         let (local, remote) = peer.path?;
-        if local != self.local {
+        if !self.locals.contains(local) {
             return self.relays.server_of(local);
         }
         peer.remote_relayed.contains(&remote).then_some(remote)
@@ -974,14 +1043,12 @@ impl<P: PeerId> Node<P> {
         &self.errors
     }
 
-    /// Whether the peer's path is direct (our socket to its own address).
-    fn is_direct(&self, peer: &Peer) -> bool {
-        peer.path
-            .is_some_and(|(local, remote)| !self.is_relayed(peer, local, remote))
-    }
-
     /// An opener to `remote` (see [`holes`]).
     fn open_hole(&mut self, remote: SocketAddr) {
+        if self.locals.toward(remote).is_none() {
+            // A family we have no address in.
+            return;
+        }
         // Nothing answers an opener: its transaction id only has to differ
         // from the last one.
         self.openers_sent += 1;
@@ -1025,7 +1092,9 @@ impl<P: PeerId> Node<P> {
     }
 
     /// Holds that ran out are released; openers go out again to the
-    /// direct candidates of every peer whose path is not direct.
+    /// direct candidates of every peer still without a path. A relayed
+    /// peer gets openers only with its re-probes: sent between them, they
+    /// would keep alive an entry a clash left on our router.
     fn tend_holes(&mut self, now: Instant) {
         let ids: Vec<P> = self.peers.keys().copied().collect();
         for id in ids {
@@ -1033,26 +1102,34 @@ impl<P: PeerId> Node<P> {
             let Some(peer) = self.peers.get(&id) else {
                 continue;
             };
-            if self.is_direct(peer) || peer.next_opening.is_none_or(|at| at > now) {
+            if peer.path.is_some() || peer.next_opening.is_none_or(|at| at > now) {
                 continue;
             }
-            let addresses: Vec<SocketAddr> = peer
-                .remote_candidates
-                .iter()
-                .filter(|c| holes::is_direct(candidate_type(c)))
-                .filter_map(|c| candidate_address(c))
-                .collect();
-            for address in addresses {
-                self.open_hole(address);
-            }
+            self.open_holes(id);
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.next_opening = Some(now + holes::OPENER_INTERVAL);
             }
         }
     }
 
+    /// Openers to each of the peer's direct candidates.
+    fn open_holes(&mut self, id: P) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let addresses: Vec<SocketAddr> = peer
+            .remote_candidates
+            .iter()
+            .filter(|c| holes::is_direct(candidate_type(c)))
+            .filter_map(|c| candidate_address(c))
+            .collect();
+        for address in addresses {
+            self.open_hole(address);
+        }
+    }
+
     fn is_relayed(&self, peer: &Peer, local: SocketAddr, remote: SocketAddr) -> bool {
-        local != self.local || peer.remote_relayed.contains(&remote)
+        !self.locals.contains(local) || peer.remote_relayed.contains(&remote)
     }
 
     /// One peer's ICE output: STUN transmits (through relays where the
@@ -1099,10 +1176,15 @@ impl<P: PeerId> Node<P> {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if peer.path != Some((local, remote)) {
+            // Both sides' re-probe clocks start from the path change.
+            peer.next_reprobe = None;
+            peer.reprobe_checks_at = None;
+        }
         peer.path = Some((local, remote));
         let waiting: Vec<Vec<u8>> = peer.waiting.drain(..).collect();
-        let relayed = local != self.local || peer.remote_relayed.contains(&remote);
-        if local != self.local {
+        let relayed = !self.locals.contains(local) || peer.remote_relayed.contains(&remote);
+        if !self.locals.contains(local) {
             self.relays.bind(local, remote, now);
         }
         self.events
@@ -1163,11 +1245,14 @@ impl<P: PeerId> Node<P> {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
                 };
+                let Some(base) = self.locals.toward(allocation.mapped) else {
+                    continue;
+                };
                 let mut added = Vec::with_capacity(2);
                 if !allocation.stream {
-                    added.push(peer.ice.add_server_reflexive(allocation.mapped, self.local));
+                    added.push(peer.ice.add_server_reflexive(allocation.mapped, base));
                 }
-                added.push(peer.ice.add_relayed(allocation.relayed, self.local));
+                added.push(peer.ice.add_relayed(allocation.relayed, base));
                 for result in added {
                     match result {
                         Ok(Some(candidate)) => self.events.push_back(NodeEvent::Candidate {

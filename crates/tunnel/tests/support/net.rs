@@ -1,9 +1,12 @@
 //! A deterministic simulated network: hosts behind NAT routers on a "public"
 //! 198.18.0.0/15 segment, a relay running the real `postern-turn` server
 //! core, latency and seeded loss. Time is whatever the test says it is.
+//! Hosts may have IPv6 too (or only): a global address of their own, no
+//! NAT, behind their router's stateful firewall as home routers ship them
+//! (RFC 6092: only what answers an outgoing flow comes in).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use postern_tunnel::node::RelayConfig;
@@ -14,6 +17,9 @@ use postern_turn::server::{
 use uuid::Uuid;
 
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The relay's IPv6 address (the benchmarking prefix 2001:2::/48, the
+/// IPv6 twin of 198.18.0.0/15).
+pub const RELAY_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 3);
 const SECRET: &[u8] = b"simulation-secret";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,12 @@ struct Router {
     /// Flows that had to take another port than their mapping's:
     /// destination -> (port, when the entry expires).
     clashed: HashMap<SocketAddr, (u16, Instant)>,
+    /// The host's IPv6 address, if its network has IPv6.
+    v6: Option<Ipv6Addr>,
+    /// The IPv6 firewall's flows: (our port, their address).
+    v6_flows: HashSet<(u16, SocketAddr)>,
+    /// The network has no IPv4 at all.
+    no_v4: bool,
 }
 
 impl Router {
@@ -153,6 +165,8 @@ pub struct Net {
 impl Net {
     pub fn new(nats: &[Nat]) -> Net {
         let now = Instant::now();
+        let mut relay = ServerConfig::new("sim", SECRET, Some(RELAY_IP));
+        relay.relay_ipv6 = Some(RELAY_IP6);
         Net {
             now,
             started: now,
@@ -167,9 +181,12 @@ impl Net {
                     next_port: 20000,
                     strangers: HashMap::new(),
                     clashed: HashMap::new(),
+                    v6: None,
+                    v6_flows: HashSet::new(),
+                    no_v4: false,
                 })
                 .collect(),
-            relay: Server::new(ServerConfig::new("sim", SECRET, Some(RELAY_IP)), [5; 32]),
+            relay: Server::new(relay, [5; 32]),
             in_flight: BTreeMap::new(),
             sequence: 0,
             latency: Duration::from_millis(10),
@@ -189,6 +206,37 @@ impl Net {
         SocketAddr::from(([10, n as u8 + 1, 0, 2], 51820))
     }
 
+    /// Host `n`'s IPv6 socket address (global: no NAT in front of it).
+    pub fn inside6(n: usize) -> SocketAddr {
+        SocketAddr::new(
+            Ipv6Addr::new(0x2001, 2, n as u16 + 0x10, 0, 0, 0, 0, 2).into(),
+            51820,
+        )
+    }
+
+    /// Host `n`'s network gets IPv6 ([`Net::inside6`]), and with
+    /// `only` loses IPv4 (an IPv6-only site).
+    pub fn give_ipv6(&mut self, n: usize, only: bool) {
+        let IpAddr::V6(v6) = Net::inside6(n).ip() else {
+            unreachable!()
+        };
+        self.routers[n].v6 = Some(v6);
+        self.routers[n].no_v4 = only;
+    }
+
+    /// The relay's TURN server address in `address`'s family.
+    pub fn relay_server_like(address: SocketAddr) -> SocketAddr {
+        if address.is_ipv4() {
+            SocketAddr::new(IpAddr::V4(RELAY_IP), 3478)
+        } else {
+            SocketAddr::new(IpAddr::V6(RELAY_IP6), 3478)
+        }
+    }
+
+    fn is_relay(ip: IpAddr) -> bool {
+        ip == IpAddr::V4(RELAY_IP) || ip == IpAddr::V6(RELAY_IP6)
+    }
+
     /// Credentials that outlive any simulation: the relay judges expiry
     /// on simulated time, which jumps to the next timer (hours when a
     /// client is idle and its gateways are dead), and this portal does not
@@ -199,9 +247,15 @@ impl Net {
 
     /// Credentials for `device` that expire at `expiry` (Unix seconds).
     pub fn relay_config_until(device: Uuid, expiry: u64) -> RelayConfig {
+        Net::relay_config_on(SocketAddr::new(IpAddr::V4(RELAY_IP), 3478), device, expiry)
+    }
+
+    /// [`Net::relay_config_until`] for the relay's address `server` (its
+    /// IPv4 or its IPv6 one).
+    pub fn relay_config_on(server: SocketAddr, device: Uuid, expiry: u64) -> RelayConfig {
         let username = rest_username(expiry, &device.to_string());
         RelayConfig {
-            server: SocketAddr::new(IpAddr::V4(RELAY_IP), 3478),
+            server,
             password: rest_password(SECRET, &username),
             username,
             tls: None,
@@ -237,7 +291,7 @@ impl Net {
     /// Host `n` sends a datagram from its socket (data from the one send
     /// API: the caller knows whether its destination is a stream).
     pub fn send(&mut self, n: usize, destination: SocketAddr, payload: Vec<u8>) {
-        let stream_to_relay = destination.ip() == IpAddr::V4(RELAY_IP);
+        let stream_to_relay = Net::is_relay(destination.ip());
         if self.udp_blocked[n] && !stream_to_relay {
             return;
         }
@@ -267,13 +321,26 @@ impl Net {
             return;
         }
         self.destinations.push((n, destination));
-        if self.direct_blocked && destination.ip() != IpAddr::V4(RELAY_IP) {
+        if self.direct_blocked && !Net::is_relay(destination.ip()) {
             return;
         }
         if payload.len() >= 20 && payload[4..8] == [0x21, 0x12, 0xa4, 0x42] {
             self.stun_sent += 1;
         }
-        let from = self.routers[n].outbound(destination, self.now);
+        let from = if destination.is_ipv6() {
+            // No route without an IPv6 address.
+            let Some(v6) = self.routers[n].v6 else {
+                return;
+            };
+            let port = Net::inside6(n).port();
+            self.routers[n].v6_flows.insert((port, destination));
+            SocketAddr::new(IpAddr::V6(v6), port)
+        } else {
+            if self.routers[n].no_v4 {
+                return;
+            }
+            self.routers[n].outbound(destination, self.now)
+        };
         if ttl.is_some_and(|ttl| ttl < 2 + INTERNET_HOPS) {
             return;
         }
@@ -289,8 +356,19 @@ impl Net {
                 break;
             }
             let (from, to, payload) = entry.remove();
-            if to.ip() == IpAddr::V4(RELAY_IP) {
+            if Net::is_relay(to.ip()) {
                 self.relay_receive(from, to, payload);
+                continue;
+            }
+            if let IpAddr::V6(v6) = to.ip() {
+                let host = (0..self.routers.len()).find(|n| {
+                    !self.down[*n]
+                        && self.routers[*n].v6 == Some(v6)
+                        && self.routers[*n].v6_flows.contains(&(to.port(), from))
+                });
+                if let Some(n) = host {
+                    out.push((n, from, payload));
+                }
                 continue;
             }
             let now = self.now;
@@ -323,7 +401,8 @@ impl Net {
                     payload,
                 } => {
                     let payload = payload.to_vec();
-                    self.emit(SocketAddr::new(IpAddr::V4(RELAY_IP), port), peer, payload)
+                    let relayed = Net::relay_server_like(peer).ip();
+                    self.emit(SocketAddr::new(relayed, port), peer, payload)
                 }
                 ClientAction::None => {}
             }
@@ -339,7 +418,7 @@ impl Net {
                 payload.len(),
             ) {
                 let framed = buf[range].to_vec();
-                self.emit(SocketAddr::new(IpAddr::V4(RELAY_IP), 3478), client, framed);
+                self.emit(Net::relay_server_like(client), client, framed);
             }
         }
     }

@@ -154,14 +154,14 @@ impl World {
             portal.resources.insert(resource.id, resource);
         }
         let client = ClientTunnel::new(
-            Net::inside(CLIENT),
+            &[Net::inside(CLIENT)],
             secrets[CLIENT],
             7,
             ClientConfig::default(),
         );
         let gateways = (1..nats.len())
             .map(|h| {
-                let mut gateway = GatewayTunnel::new(Net::inside(h), secrets[h], h as u64 + 7);
+                let mut gateway = GatewayTunnel::new(&[Net::inside(h)], secrets[h], h as u64 + 7);
                 gateway.handle_input(Input::HostAddresses(vec![IpAddr::V4(GATEWAY_HOST)]), now);
                 gateway
             })
@@ -406,7 +406,8 @@ impl World {
     pub fn restart_gateway(&mut self, host: usize) {
         let now = self.net.now;
         let secret = [host as u8 + 100; 32];
-        self.gateways[host - 1] = GatewayTunnel::new(Net::inside(host), secret, host as u64 + 70);
+        self.gateways[host - 1] =
+            GatewayTunnel::new(&[Net::inside(host)], secret, host as u64 + 70);
         self.gateways[host - 1]
             .handle_input(Input::HostAddresses(vec![IpAddr::V4(GATEWAY_HOST)]), now);
         self.portal
