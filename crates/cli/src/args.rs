@@ -225,6 +225,16 @@ pub struct PortalArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_devices_per_actor: u32,
+    /// Days the audit, session and flow logs are kept; older entries are
+    /// deleted in the background, hourly
+    #[arg(
+        long,
+        env = "POSTERN_LOG_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value_t = postern_portal::retention::DEFAULT_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..=36_500)
+    )]
+    pub log_retention_days: u32,
     /// Devices one token may register (the clients of a service account's
     /// token, the gateways of a site's token)
     #[arg(

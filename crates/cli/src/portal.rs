@@ -260,6 +260,7 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let state = Arc::new(state);
+        postern_portal::retention::spawn(store.clone(), args.log_retention_days);
         if let Some(tls) = tls.as_ref().filter(|_| !args.acme_domain.is_empty()) {
             start_acme(&args, Arc::clone(tls))?;
         }
@@ -301,6 +302,14 @@ mod tests {
             Command::Portal(args) => *args,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn logs_are_kept_ninety_days_unless_told_and_never_zero() {
+        assert_eq!(args(&[]).log_retention_days, 90);
+        assert_eq!(args(&["--log-retention-days", "7"]).log_retention_days, 7);
+        let zero = Cli::try_parse_from(["postern", "portal", "--log-retention-days", "0"]);
+        assert!(zero.is_err(), "0 days would delete every log at once");
     }
 
     #[test]

@@ -333,7 +333,35 @@ pub enum PortalToGateway {
         reference: Option<String>,
         message: String,
     },
+    /// The `flows` batch `batch` is stored: the gateway forgets it (until
+    /// then it keeps it, and sends it again after a reconnect).
+    FlowsStored {
+        batch: u64,
+    },
 }
+
+/// One ended flow through a gateway (SPEC 7.5), as the client saw it:
+/// `source` is the client's tunnel address and port, `destination` the
+/// resource's real address and port (port 0 for protocols without ports).
+/// Bytes are IP packet lengths: `bytes_out` from the client, `bytes_in`
+/// toward it. Times are Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub client_id: ClientId,
+    pub resource_id: ResourceId,
+    pub protocol: u8,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+}
+
+/// Flows one `flows` message carries at most (the portal refuses more): a
+/// full batch of the longest records (IPv6 addresses, the largest
+/// numbers) stays under the portal's 64 KiB message limit.
+pub const MAX_FLOWS_PER_BATCH: usize = 150;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -350,6 +378,9 @@ pub enum GatewayToPortal {
         peer_id: ClientId,
         candidates: Vec<String>,
     },
+    /// Ended flows (the flow log, SPEC 7.5), at most
+    /// [`MAX_FLOWS_PER_BATCH`]; the portal answers `flows_stored`.
+    Flows { batch: u64, flows: Vec<FlowRecord> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ pub mod client_ip;
 pub mod domain;
 pub mod geoip;
 pub mod metrics;
+pub mod retention;
 pub mod secrets;
 pub mod serve;
 pub mod setup;

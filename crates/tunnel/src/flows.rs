@@ -8,11 +8,17 @@
 //! more flows than [`MAX_FLOWS`] gets no new ones until old ones expire
 //! (RFC 4787 and RFC 5382 idle times), so no peer can grow it without
 //! bound.
+//!
+//! A gateway's tables also keep the flow log (SPEC 7.5, [`Flows::logging`]):
+//! per flow the resource that let it through, when it started and the
+//! bytes each way; a flow ends when TCP closes (both FINs, or a RST) or
+//! when it expires idle, and goes to [`Flows::take_ended`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use postern_model::ResourceId;
 use postern_model::filter::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP};
 
 use crate::packet::Packet;
@@ -24,6 +30,18 @@ const UDP_IDLE: Duration = Duration::from_secs(300);
 const ICMP_IDLE: Duration = Duration::from_secs(60);
 /// Tables are swept of idle flows this often.
 pub const SWEEP: Duration = Duration::from_secs(10);
+/// A closed TCP flow (both FINs, or a RST) stays this long for its last
+/// segments (the final ACK, retransmitted FINs).
+const TCP_CLOSED: Duration = Duration::from_secs(10);
+/// Ended flows a table keeps for the log until they are taken, at most (a
+/// caller that never takes them loses the oldest, counted).
+pub const MAX_ENDED: usize = 4_096;
+const FIN_FROM_CLIENT: u8 = 1;
+const FIN_TO_CLIENT: u8 = 2;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// A flow as the client sees it: its own end first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,11 +82,44 @@ impl FlowRefusal {
     }
 }
 
+/// A flow's state: when it was last seen, and for the log what it carried.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    seen: Instant,
+    started: Instant,
+    resource: Option<ResourceId>,
+    bytes_out: u64,
+    bytes_in: u64,
+    /// TCP FINs seen ([`FIN_FROM_CLIENT`], [`FIN_TO_CLIENT`]).
+    fins: u8,
+    /// Closed (both FINs or a RST), and logged already.
+    closed: bool,
+}
+
+/// A flow that ended, for the flow log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndedFlow {
+    pub protocol: u8,
+    /// The client's address and port (the identifier for ICMP echo).
+    pub client: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub resource: Option<ResourceId>,
+    pub started: Instant,
+    pub ended: Instant,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Flows {
-    flows: HashMap<FlowKey, Instant>,
+    flows: HashMap<FlowKey, Flow>,
     /// How many flows each address pair has.
     pairs: HashMap<Pair, usize>,
+    /// Whether ended flows are kept for the log (a gateway's tables).
+    logging: bool,
+    ended: Vec<EndedFlow>,
+    /// Ended flows dropped because nobody took them in time.
+    ended_dropped: u64,
 }
 
 fn idle_limit(protocol: u8) -> Duration {
@@ -76,6 +127,38 @@ fn idle_limit(protocol: u8) -> Duration {
         IPPROTO_TCP => TCP_IDLE,
         IPPROTO_ICMP | IPPROTO_ICMPV6 => ICMP_IDLE,
         _ => UDP_IDLE,
+    }
+}
+
+/// Notes a TCP segment's FIN or RST on `flow` (`direction`: whose FIN);
+/// true when this segment closed it (both FINs seen, or a RST).
+fn track_close(flow: &mut Flow, packet: &Packet<'_>, direction: u8) -> bool {
+    let Some(flags) = packet.tcp_flags() else {
+        return false;
+    };
+    if flow.closed {
+        return false;
+    }
+    if flags & TCP_FIN != 0 {
+        flow.fins |= direction;
+    }
+    if flags & TCP_RST != 0 || flow.fins == FIN_FROM_CLIENT | FIN_TO_CLIENT {
+        flow.closed = true;
+        return true;
+    }
+    false
+}
+
+fn ended(key: &FlowKey, flow: &Flow, at: Instant) -> EndedFlow {
+    EndedFlow {
+        protocol: key.protocol,
+        client: (key.local, key.local_port),
+        remote: (key.remote, key.remote_port),
+        resource: flow.resource,
+        started: flow.started,
+        ended: at,
+        bytes_out: flow.bytes_out,
+        bytes_in: flow.bytes_in,
     }
 }
 
@@ -103,22 +186,74 @@ fn key(packet: &Packet<'_>, outbound: bool) -> FlowKey {
 }
 
 impl Flows {
+    /// A table that keeps ended flows for the log ([`Flows::take_ended`]).
+    pub fn logging() -> Self {
+        Flows {
+            logging: true,
+            ..Flows::default()
+        }
+    }
+
     /// A packet the client sends: opens or refreshes its flow.
     pub fn outbound(&mut self, packet: &Packet<'_>, now: Instant) -> Result<(), FlowRefusal> {
+        self.outbound_for(packet, None, now)
+    }
+
+    /// [`Flows::outbound`] for a packet `resource` let through (logged
+    /// with the flow it opens).
+    pub fn outbound_for(
+        &mut self,
+        packet: &Packet<'_>,
+        resource: Option<ResourceId>,
+        now: Instant,
+    ) -> Result<(), FlowRefusal> {
         // An ICMP error the client sends about a packet it got opens
         // nothing; a fragment after the first refreshes nothing either.
         if packet.is_icmp_error() || packet.transport_offset().is_none() {
             return Ok(());
         }
         let key = key(packet, true);
-        if let Some(seen) = self.flows.get_mut(&key) {
-            *seen = now;
+        if let Some(flow) = self.flows.get_mut(&key) {
+            if flow.closed
+                && packet
+                    .tcp_flags()
+                    .is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+            {
+                // A new connection on the port of one that closed moments
+                // ago (logged already): a flow of its own.
+                *flow = Flow {
+                    seen: now,
+                    started: now,
+                    resource,
+                    bytes_out: packet.bytes().len() as u64,
+                    bytes_in: 0,
+                    fins: 0,
+                    closed: false,
+                };
+                return Ok(());
+            }
+            flow.seen = now;
+            flow.bytes_out += packet.bytes().len() as u64;
+            let ended = track_close(flow, packet, FIN_FROM_CLIENT);
+            if ended && self.logging {
+                self.log(&key, now);
+            }
             return Ok(());
         }
         if self.flows.len() >= MAX_FLOWS {
             return Err(FlowRefusal::Full);
         }
-        self.flows.insert(key, now);
+        let mut flow = Flow {
+            seen: now,
+            started: now,
+            resource,
+            bytes_out: packet.bytes().len() as u64,
+            bytes_in: 0,
+            fins: 0,
+            closed: false,
+        };
+        track_close(&mut flow, packet, FIN_FROM_CLIENT);
+        self.flows.insert(key, flow);
         *self
             .pairs
             .entry(Pair {
@@ -147,13 +282,61 @@ impl Flows {
                 None => Err(FlowRefusal::Unsolicited),
             };
         }
-        match self.flows.get_mut(&key(packet, false)) {
-            Some(seen) => {
-                *seen = now;
+        let key = key(packet, false);
+        match self.flows.get_mut(&key) {
+            Some(flow) => {
+                flow.seen = now;
+                flow.bytes_in += packet.bytes().len() as u64;
+                if track_close(flow, packet, FIN_TO_CLIENT) && self.logging {
+                    self.log(&key, now);
+                }
                 Ok(())
             }
             None => Err(FlowRefusal::Unsolicited),
         }
+    }
+
+    /// Logs the flow at `key` as ended now (it stays in the table, closed).
+    fn log(&mut self, key: &FlowKey, now: Instant) {
+        if let Some(flow) = self.flows.get(key) {
+            let ended = ended(key, flow, now);
+            self.push_ended(ended);
+        }
+    }
+
+    fn push_ended(&mut self, flow: EndedFlow) {
+        if self.ended.len() >= MAX_ENDED {
+            self.ended.remove(0);
+            self.ended_dropped += 1;
+        }
+        self.ended.push(flow);
+    }
+
+    /// The flows that ended since the last call (oldest first), and how
+    /// many were dropped meanwhile for want of room.
+    pub fn take_ended(&mut self) -> (Vec<EndedFlow>, u64) {
+        (
+            std::mem::take(&mut self.ended),
+            std::mem::take(&mut self.ended_dropped),
+        )
+    }
+
+    /// Ends every flow (the client is gone), each when it was last seen:
+    /// the log gets those not logged yet.
+    pub fn end_all(&mut self) {
+        if self.logging {
+            let open: Vec<EndedFlow> = self
+                .flows
+                .iter()
+                .filter(|(_, flow)| !flow.closed)
+                .map(|(key, flow)| ended(key, flow, flow.seen))
+                .collect();
+            for flow in open {
+                self.push_ended(flow);
+            }
+        }
+        self.flows.clear();
+        self.pairs.clear();
     }
 
     /// An ICMP error toward the client: the packet it quotes must be one of
@@ -184,11 +367,23 @@ impl Flows {
         }
     }
 
-    /// Forgets flows idle past their protocol's limit.
+    /// Forgets flows idle past their protocol's limit (a closed TCP flow
+    /// after [`TCP_CLOSED`]); the log gets those not logged yet, ended when
+    /// last seen.
     pub fn expire(&mut self, now: Instant) {
         let pairs = &mut self.pairs;
-        self.flows.retain(|key, seen| {
-            let keep = now.saturating_duration_since(*seen) < idle_limit(key.protocol);
+        let mut expired = Vec::new();
+        let logging = self.logging;
+        self.flows.retain(|key, flow| {
+            let limit = if flow.closed {
+                TCP_CLOSED
+            } else {
+                idle_limit(key.protocol)
+            };
+            let keep = now.saturating_duration_since(flow.seen) < limit;
+            if !keep && logging && !flow.closed {
+                expired.push(ended(key, flow, flow.seen));
+            }
             if !keep {
                 let pair = Pair {
                     protocol: key.protocol,
@@ -204,6 +399,9 @@ impl Flows {
             }
             keep
         });
+        for flow in expired {
+            self.push_ended(flow);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -295,6 +493,116 @@ mod tests {
             flows.inbound(&Packet::parse(&about_other).unwrap(), now),
             Err(FlowRefusal::Unsolicited)
         );
+    }
+
+    fn tcp(source: [u8; 4], sport: u16, destination: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+        let mut packet = vec![0u8; 40];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&40u16.to_be_bytes());
+        packet[8] = 64;
+        packet[9] = IPPROTO_TCP;
+        packet[12..16].copy_from_slice(&source);
+        packet[16..20].copy_from_slice(&destination);
+        packet[20..22].copy_from_slice(&sport.to_be_bytes());
+        packet[22..24].copy_from_slice(&dport.to_be_bytes());
+        packet[32] = 0x50;
+        packet[33] = flags;
+        packet
+    }
+
+    /// The flow log: a TCP flow ends when both FINs passed (logged at once
+    /// with its bytes and resource, its last ACK still let through); a UDP
+    /// flow when it expires idle; a client's table logs nothing.
+    #[test]
+    fn a_logging_table_ends_tcp_flows_at_close_and_others_when_idle() {
+        let start = Instant::now();
+        let resource = Some(ResourceId(uuid::Uuid::from_u128(5)));
+        let mut flows = Flows::logging();
+        let out = |flows: &mut Flows, packet: &[u8], at| {
+            flows
+                .outbound_for(&Packet::parse(packet).unwrap(), resource, at)
+                .unwrap()
+        };
+        let back = |flows: &mut Flows, packet: &[u8], at| {
+            flows.inbound(&Packet::parse(packet).unwrap(), at).unwrap()
+        };
+        out(&mut flows, &tcp(CLIENT, 40000, SERVER, 80, 0x02), start);
+        back(&mut flows, &tcp(SERVER, 80, CLIENT, 40000, 0x12), start);
+        for _ in 0..10 {
+            back(&mut flows, &tcp(SERVER, 80, CLIENT, 40000, 0x10), start);
+        }
+        let later = start + Duration::from_secs(3);
+        out(&mut flows, &tcp(CLIENT, 40000, SERVER, 80, 0x11), later);
+        assert!(flows.take_ended().0.is_empty(), "half closed: still open");
+        back(&mut flows, &tcp(SERVER, 80, CLIENT, 40000, 0x11), later);
+        let (ended, dropped) = flows.take_ended();
+        assert_eq!(dropped, 0);
+        assert_eq!(
+            ended,
+            vec![EndedFlow {
+                protocol: IPPROTO_TCP,
+                client: (IpAddr::from(CLIENT), 40000),
+                remote: (IpAddr::from(SERVER), 80),
+                resource,
+                started: start,
+                ended: later,
+                bytes_out: 80,
+                bytes_in: 480,
+            }]
+        );
+        // The last ACK passes and logs nothing more; a new connection from
+        // the same port moments later is a flow of its own.
+        out(&mut flows, &tcp(CLIENT, 40000, SERVER, 80, 0x10), later);
+        let again = later + Duration::from_secs(1);
+        out(&mut flows, &tcp(CLIENT, 40000, SERVER, 80, 0x02), again);
+        out(&mut flows, &tcp(CLIENT, 40000, SERVER, 80, 0x04), again);
+        let (ended, _) = flows.take_ended();
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].started, ended[0].bytes_out), (again, 80));
+        flows.expire(later + Duration::from_secs(11));
+        assert!(flows.is_empty());
+        assert!(flows.take_ended().0.is_empty());
+
+        out(&mut flows, &udp(CLIENT, 5353, SERVER, 53), start);
+        flows.expire(start + UDP_IDLE);
+        let (ended, _) = flows.take_ended();
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].protocol, ended[0].ended), (IPPROTO_UDP, start));
+
+        let mut client_side = Flows::default();
+        client_side
+            .outbound(&Packet::parse(&udp(CLIENT, 1, SERVER, 53)).unwrap(), start)
+            .unwrap();
+        client_side.expire(start + UDP_IDLE);
+        assert!(client_side.take_ended().0.is_empty());
+    }
+
+    /// A client that goes away ends its open flows; a RST ends one too.
+    #[test]
+    fn a_reset_or_the_end_of_the_client_ends_its_flows() {
+        let now = Instant::now();
+        let mut flows = Flows::logging();
+        for port in [1, 2] {
+            flows
+                .outbound_for(
+                    &Packet::parse(&tcp(CLIENT, port, SERVER, 80, 0x02)).unwrap(),
+                    None,
+                    now,
+                )
+                .unwrap();
+        }
+        flows
+            .inbound(
+                &Packet::parse(&tcp(SERVER, 80, CLIENT, 1, 0x04)).unwrap(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(flows.take_ended().0.len(), 1);
+        flows.end_all();
+        let (ended, _) = flows.take_ended();
+        assert_eq!(ended.len(), 1, "the reset one is logged once");
+        assert_eq!(ended[0].client.1, 2);
+        assert!(flows.is_empty());
     }
 
     #[test]

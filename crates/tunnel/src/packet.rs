@@ -111,6 +111,14 @@ impl<'a> Packet<'a> {
         }
     }
 
+    /// A TCP segment's flags byte (FIN 0x01, SYN 0x02, RST 0x04, ...).
+    pub fn tcp_flags(&self) -> Option<u8> {
+        if self.protocol != IPPROTO_TCP {
+            return None;
+        }
+        self.bytes.get(self.transport? + 13).copied()
+    }
+
     /// Parses the packet an ICMP error quotes: usually cut short, so only the
     /// IP header must be whole.
     pub fn parse_quoted(bytes: &'a [u8]) -> Result<Packet<'a>, PacketError> {

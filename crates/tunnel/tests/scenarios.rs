@@ -693,3 +693,40 @@ fn a_client_that_wakes_up_asks_again_and_resumes() {
         "asked the portal again"
     );
 }
+
+/// The flow log (SPEC 7.5): a TCP flow through the gateway, opened,
+/// answered and closed by both sides, reaches the portal once, with its
+/// resource, addresses, ports and bytes each way; the portal's
+/// confirmation lets the gateway forget it.
+#[test]
+fn a_closed_tcp_flow_reaches_the_portal_with_its_bytes() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![web_on(80)]);
+    world.echo = true;
+    let segment = |flags: u8, tag: u8| {
+        let mut packet = to_web(80, tag);
+        packet[32] = 0x50;
+        packet[33] = flags;
+        packet
+    };
+    world.app_sends(&segment(0x02, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()));
+    for tag in 2..12 {
+        world.app_sends(&segment(0x10, tag));
+    }
+    world.app_sends(&segment(0x11, 12));
+    world.run_for(Duration::from_secs(3));
+    assert_eq!(world.at_app.len(), 12, "every segment echoed");
+    let flows = &world.portal.flows;
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let (host, flow) = &flows[0];
+    assert_eq!(*host, 1);
+    assert_eq!(flow.resource_id, web_on(80).id);
+    assert_eq!(flow.protocol, 6);
+    assert_eq!(flow.source, std::net::SocketAddr::from((CLIENT_V4, 40000)));
+    assert_eq!(flow.destination, std::net::SocketAddr::from((WEB_HOST, 80)));
+    assert_eq!((flow.bytes_out, flow.bytes_in), (12 * 44, 12 * 44));
+    assert!(flow.ended_ms >= flow.started_ms);
+    // Nothing more later: confirmed, forgotten, not sent again.
+    world.run_for(Duration::from_secs(5));
+    assert_eq!(world.portal.flows.len(), 1);
+}

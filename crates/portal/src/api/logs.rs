@@ -57,16 +57,59 @@ pub async fn sessions(
     Ok(axum::Json(page(entries, limit, |e| e.cursor)))
 }
 
-#[utoipa::path(get, path = "/flows", tag = "logs", params(PageQuery),
+/// `GET /flows`: paging as the other logs, and filters.
+#[derive(serde::Deserialize, Debug, utoipa::IntoParams)]
+pub struct FlowQuery {
+    pub cursor: Option<i64>,
+    pub limit: Option<i64>,
+    /// Only flows through this resource.
+    pub resource_id: Option<String>,
+    /// Only flows of this actor's clients.
+    pub actor_id: Option<String>,
+    /// Only flows that ended at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only flows that started at or before this time (RFC 3339).
+    pub until: Option<String>,
+}
+
+fn uuid_param(name: &str, value: Option<&str>) -> ApiResult<Option<uuid::Uuid>> {
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|_| Problem::invalid(name, "must be a UUID"))
+        })
+        .transpose()
+}
+
+fn time_param(name: &str, value: Option<&str>) -> ApiResult<Option<i64>> {
+    value
+        .map(|v| {
+            v.parse::<jiff::Timestamp>()
+                .map(|t| t.as_millisecond())
+                .map_err(|_| Problem::invalid(name, "must be an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+#[utoipa::path(get, path = "/flows", tag = "logs", params(FlowQuery),
     responses((status = 200, body = Page<FlowEntry>)))]
 pub async fn flows(
     state: Shared,
     admin: Admin,
-    Query(query): Query<PageQuery>,
+    Query(query): Query<FlowQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let limit = limit(&query)?;
+    let limit = limit(&PageQuery {
+        cursor: query.cursor,
+        limit: query.limit,
+    })?;
+    let filter = logs::FlowFilter {
+        resource_id: uuid_param("resource_id", query.resource_id.as_deref())?,
+        actor_id: uuid_param("actor_id", query.actor_id.as_deref())?,
+        since_ms: time_param("since", query.since.as_deref())?,
+        until_ms: time_param("until", query.until.as_deref())?,
+    };
     let mut tx = state.store.read().await?;
-    let entries = logs::flows(&mut tx, admin.account_id, query.cursor, limit).await?;
+    let entries = logs::flows(&mut tx, admin.account_id, &filter, query.cursor, limit).await?;
     tx.commit().await?;
     Ok(axum::Json(page(entries, limit, |e| e.cursor)))
 }

@@ -94,4 +94,38 @@ mod tests {
             Inbound::Gateway(GatewayToPortal::Authorized { reference }) if reference == "r3"
         ));
     }
+
+    /// A gateway's fullest flow log message fits the message limit.
+    #[test]
+    fn a_full_batch_of_the_longest_flows_fits_one_message() {
+        use postern_model::protocol::{FlowRecord, MAX_FLOWS_PER_BATCH};
+        // With a scope id, the longest an address prints.
+        let longest = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+            std::net::Ipv6Addr::from(u128::MAX),
+            u16::MAX,
+            0,
+            u32::MAX,
+        ));
+        let flow = FlowRecord {
+            client_id: postern_model::ClientId(uuid::Uuid::max()),
+            resource_id: postern_model::ResourceId(uuid::Uuid::max()),
+            protocol: u8::MAX,
+            source: longest,
+            destination: longest,
+            bytes_out: u64::MAX,
+            bytes_in: u64::MAX,
+            started_ms: i64::MIN,
+            ended_ms: i64::MIN,
+        };
+        let message = GatewayToPortal::Flows {
+            batch: u64::MAX,
+            flows: vec![flow; MAX_FLOWS_PER_BATCH],
+        };
+        let text = serde_json::to_string(&message).unwrap();
+        assert!(text.len() <= MAX_MESSAGE, "{} bytes", text.len());
+        assert!(matches!(
+            parse(Speaker::Gateway, &text),
+            Inbound::Gateway(GatewayToPortal::Flows { flows, .. }) if flows.len() == MAX_FLOWS_PER_BATCH
+        ));
+    }
 }

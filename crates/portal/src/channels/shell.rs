@@ -96,6 +96,12 @@ impl Outlets {
         }
     }
 
+    /// A connection's queue, for an answer that comes later (after a
+    /// store write).
+    fn sender(&self, conn: ConnId) -> Option<mpsc::Sender<Outbound>> {
+        self.queues.get(&conn).cloned()
+    }
+
     /// The socket closed by itself.
     fn gone(&mut self, conn: ConnId) {
         self.queues.remove(&conn);
@@ -177,6 +183,40 @@ pub(super) fn carry_out(
                         });
                     }
                 }
+                Output::StoreFlows {
+                    conn,
+                    account,
+                    gateway,
+                    batch,
+                    flows,
+                } => {
+                    if let Some(store) = sinks.store {
+                        let store = store.clone();
+                        let answer = outlets.sender(conn);
+                        tokio::spawn(async move {
+                            match record_flows(&store, account, gateway.0, &flows).await {
+                                Ok(stored) => {
+                                    tracing::debug!(%gateway, batch, stored, "flows stored");
+                                    let ack =
+                                        postern_model::protocol::PortalToGateway::FlowsStored {
+                                            batch,
+                                        };
+                                    if let (Some(queue), Ok(text)) =
+                                        (answer, serde_json::to_string(&ack))
+                                    {
+                                        // A full queue: the gateway sends the batch again.
+                                        let _ = queue.try_send(Outbound::Text(text));
+                                    }
+                                }
+                                // Not confirmed: the gateway keeps the batch and
+                                // sends it again after a reconnect.
+                                Err(error) => {
+                                    tracing::warn!(%error, %gateway, batch, "cannot store flows")
+                                }
+                            }
+                        });
+                    }
+                }
                 Output::Persist { seq, write } => {
                     if let Some(ledger) = sinks.ledger {
                         let _ = ledger.send((seq, write));
@@ -191,6 +231,19 @@ pub(super) fn carry_out(
             hub.handle(now, wall, Input::Undeliverable { conn, overloaded });
         }
     }
+}
+
+/// A gateway's flows, in one transaction.
+async fn record_flows(
+    store: &crate::Store,
+    account: uuid::Uuid,
+    gateway: uuid::Uuid,
+    flows: &[postern_model::protocol::FlowRecord],
+) -> crate::store::Result<u64> {
+    let mut tx = store.write().await?;
+    let stored = crate::store::logs::record_flows(&mut tx, account, gateway, flows).await?;
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// An admitted device's name, OS, version, address and last-seen time.

@@ -39,6 +39,50 @@ pub struct FlowEntry {
     pub ended_at: Option<jiff::Timestamp>,
 }
 
+/// Stores a gateway's ended flows in its account, each with the actor its
+/// client belongs to; a flow naming a resource outside the account is not
+/// stored (a gateway writes only its own account's log). Returns how many
+/// were stored.
+pub async fn record_flows(
+    conn: &mut Conn,
+    account: Uuid,
+    gateway: Uuid,
+    flows: &[postern_model::protocol::FlowRecord],
+) -> Result<u64> {
+    let mut stored = 0;
+    for flow in flows {
+        let result = sqlx::query(
+            "INSERT INTO flows (account_id, gateway_id, client_id, resource_id, actor_id, protocol,              source, destination, bytes_in, bytes_out, started_at, ended_at)              SELECT $1, $2, $3, $4,              (SELECT actor_id FROM devices WHERE id = $3 AND account_id = $1),              $5, $6, $7, $8, $9, $10, $11              WHERE EXISTS (SELECT 1 FROM resources WHERE id = $4 AND account_id = $1)",
+        )
+        .bind(account.to_string())
+        .bind(gateway.to_string())
+        .bind(flow.client_id.0.to_string())
+        .bind(flow.resource_id.0.to_string())
+        .bind(i64::from(flow.protocol))
+        .bind(flow.source.to_string())
+        .bind(flow.destination.to_string())
+        .bind(i64::try_from(flow.bytes_in).unwrap_or(i64::MAX))
+        .bind(i64::try_from(flow.bytes_out).unwrap_or(i64::MAX))
+        .bind(flow.started_ms)
+        .bind(flow.ended_ms)
+        .execute(&mut *conn)
+        .await?;
+        stored += result.rows_affected();
+    }
+    Ok(stored)
+}
+
+/// What `GET /flows` may filter by.
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub resource_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+    /// Flows that ended at or after this (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Flows that started at or before this (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
 /// A session log line to write.
 #[derive(Debug)]
 pub struct NewSession<'a> {
@@ -104,17 +148,26 @@ pub async fn sessions(
 pub async fn flows(
     conn: &mut Conn,
     account: Uuid,
+    filter: &FlowFilter,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<FlowEntry>> {
     let rows = sqlx::query(
         "SELECT seq, gateway_id, client_id, resource_id, actor_id, protocol, source, destination, \
          bytes_in, bytes_out, started_at, ended_at FROM flows \
-         WHERE account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+         WHERE account_id = $1 AND seq < $2 \
+         AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR actor_id = $5) \
+         AND ($6 IS NULL OR COALESCE(ended_at, started_at) >= $6) \
+         AND ($7 IS NULL OR started_at <= $7) \
+         ORDER BY seq DESC LIMIT $3",
     )
     .bind(account.to_string())
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit)
+    .bind(filter.resource_id.map(|id| id.to_string()))
+    .bind(filter.actor_id.map(|id| id.to_string()))
+    .bind(filter.since_ms)
+    .bind(filter.until_ms)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
@@ -135,4 +188,42 @@ pub async fn flows(
             })
         })
         .collect()
+}
+
+/// Rows one pruning transaction deletes at most: each is short, so writers
+/// never wait long behind it.
+pub const PRUNE_BATCH: i64 = 1_000;
+
+/// Deletes up to [`PRUNE_BATCH`] rows older than `before_ms` from one log
+/// (`audit_log`, `sessions`: by `at`; `flows`: by when they ended); how
+/// many it deleted (0: done).
+pub async fn prune_batch(conn: &mut Conn, log: Log, before_ms: i64) -> Result<u64> {
+    let sql = match log {
+        Log::Audit => {
+            "DELETE FROM audit_log WHERE seq IN \
+             (SELECT seq FROM audit_log WHERE at < $1 ORDER BY seq LIMIT $2)"
+        }
+        Log::Sessions => {
+            "DELETE FROM sessions WHERE seq IN \
+             (SELECT seq FROM sessions WHERE at < $1 ORDER BY seq LIMIT $2)"
+        }
+        Log::Flows => {
+            "DELETE FROM flows WHERE seq IN (SELECT seq FROM flows \
+             WHERE COALESCE(ended_at, started_at) < $1 ORDER BY seq LIMIT $2)"
+        }
+    };
+    let result = sqlx::query(sql)
+        .bind(before_ms)
+        .bind(PRUNE_BATCH)
+        .execute(&mut *conn)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// The logs that retention prunes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Log {
+    Audit,
+    Sessions,
+    Flows,
 }

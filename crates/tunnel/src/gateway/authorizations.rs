@@ -15,7 +15,7 @@ use postern_model::protocol::ResourceDescription;
 use postern_model::{ClientId, ResourceAddress, ResourceId};
 
 use super::destinations::never_forwarded;
-use crate::flows::{self, FlowRefusal, Flows};
+use crate::flows::{self, EndedFlow, FlowRefusal, Flows};
 use crate::icmp::{Unreachable, unreachable};
 use crate::nat::ClientNat;
 use crate::packet::Packet;
@@ -180,6 +180,10 @@ pub struct GatewayState {
     own: Vec<IpAddr>,
     /// When idle flows and NAT sessions are swept next.
     next_sweep: Option<Instant>,
+    /// Ended flows of clients that are gone, for the log.
+    gone_flows: Vec<(ClientId, EndedFlow)>,
+    /// Ended flows dropped for want of room before they were taken.
+    flows_dropped: u64,
 }
 
 impl GatewayState {
@@ -211,7 +215,7 @@ impl GatewayState {
                 router: Router::default(),
                 proxies: HashMap::new(),
                 nat: ClientNat::default(),
-                flows: Flows::default(),
+                flows: Flows::logging(),
             });
         entry.addresses = client;
         entry.route(&resource);
@@ -242,10 +246,34 @@ impl GatewayState {
     }
 
     pub fn remove_client(&mut self, client: ClientId) {
-        if let Some(entry) = self.clients.remove(&client) {
+        if let Some(mut entry) = self.clients.remove(&client) {
             self.by_address.remove(&IpAddr::V4(entry.addresses.ipv4));
             self.by_address.remove(&IpAddr::V6(entry.addresses.ipv6));
+            // Its flows end here; the log keeps them.
+            entry.flows.end_all();
+            let (ended, dropped) = entry.flows.take_ended();
+            self.flows_dropped += dropped;
+            for flow in ended {
+                if self.gone_flows.len() >= flows::MAX_ENDED {
+                    self.flows_dropped += 1;
+                    continue;
+                }
+                self.gone_flows.push((client, flow));
+            }
         }
+    }
+
+    /// The flows that ended since the last call, every client's, and how
+    /// many were dropped for want of room (the caller takes them often).
+    pub fn take_ended_flows(&mut self) -> (Vec<(ClientId, EndedFlow)>, u64) {
+        let mut all = std::mem::take(&mut self.gone_flows);
+        let mut dropped = std::mem::take(&mut self.flows_dropped);
+        for (client, entry) in &mut self.clients {
+            let (ended, lost) = entry.flows.take_ended();
+            dropped += lost;
+            all.extend(ended.into_iter().map(|flow| (*client, flow)));
+        }
+        (all, dropped)
     }
 
     /// Decides about a packet that arrived through `client`'s tunnel.
@@ -255,50 +283,68 @@ impl GatewayState {
         bytes: &[u8],
         now: Instant,
     ) -> GatewayVerdict {
+        match self.resource_for(client, bytes, now) {
+            Ok(_) => GatewayVerdict::Forward,
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// The resource that lets the client's packet through, or the verdict
+    /// that refuses it.
+    fn resource_for(
+        &mut self,
+        client: ClientId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<ResourceId, GatewayVerdict> {
         let Ok(packet) = Packet::parse(bytes) else {
-            return GatewayVerdict::Drop(GatewayDrop::Malformed);
+            return Err(GatewayVerdict::Drop(GatewayDrop::Malformed));
         };
         let Some(entry) = self.clients.get_mut(&client) else {
-            return GatewayVerdict::Drop(GatewayDrop::UnknownClient);
+            return Err(GatewayVerdict::Drop(GatewayDrop::UnknownClient));
         };
         let own = match packet.source() {
             IpAddr::V4(v4) => v4 == entry.addresses.ipv4,
             IpAddr::V6(v6) => v6 == entry.addresses.ipv6,
         };
         if !own {
-            return GatewayVerdict::Drop(GatewayDrop::Spoofed);
+            return Err(GatewayVerdict::Drop(GatewayDrop::Spoofed));
         }
         if packet.has_routing_header() {
-            return GatewayVerdict::Drop(GatewayDrop::Routed);
+            return Err(GatewayVerdict::Drop(GatewayDrop::Routed));
         }
-        // Every resource of the most specific prefix may let it through.
-        let mut allowed = false;
+        // Every resource of the most specific prefix may let it through
+        // (the flow log names the first that does).
+        let mut allowed: Option<ResourceId> = None;
         let mut expired = Vec::new();
         for resource_id in entry.router.lookup_all(packet.destination()) {
             match entry.resources.get(resource_id) {
                 Some(authorized) if authorized.expires.is_some_and(|at| at <= now) => {
                     expired.push(*resource_id)
                 }
-                Some(authorized) => {
-                    allowed |= filters_allow(
-                        &authorized.resource.filters,
-                        packet.protocol(),
-                        packet.destination_port(),
-                    )
+                Some(authorized)
+                    if allowed.is_none()
+                        && filters_allow(
+                            &authorized.resource.filters,
+                            packet.protocol(),
+                            packet.destination_port(),
+                        ) =>
+                {
+                    allowed = Some(*resource_id);
                 }
-                None => {}
+                _ => {}
             }
         }
         for resource_id in expired {
             entry.drop_resource(resource_id);
         }
-        if allowed {
-            return GatewayVerdict::Forward;
+        if let Some(resource) = allowed {
+            return Ok(resource);
         }
-        match unreachable(&packet, Unreachable::Prohibited) {
+        Err(match unreachable(&packet, Unreachable::Prohibited) {
             Some(reply) => GatewayVerdict::Reply(reply),
             None => GatewayVerdict::Drop(GatewayDrop::Refused),
-        }
+        })
     }
 
     /// Which client a packet coming back from a resource belongs to (by its
@@ -317,10 +363,10 @@ impl GatewayState {
         packet: &mut [u8],
         now: Instant,
     ) -> GatewayVerdict {
-        let verdict = self.handle_from_client(client, packet, now);
-        if verdict != GatewayVerdict::Forward {
-            return verdict;
-        }
+        let resource = match self.resource_for(client, packet, now) {
+            Ok(resource) => resource,
+            Err(verdict) => return verdict,
+        };
         let (Some(entry), Ok(parsed)) = (self.clients.get_mut(&client), Packet::parse(packet))
         else {
             return GatewayVerdict::Drop(GatewayDrop::Malformed);
@@ -333,7 +379,11 @@ impl GatewayState {
                 None => GatewayVerdict::Drop(GatewayDrop::Refused),
             };
         }
-        if entry.flows.outbound(&parsed, now).is_err() {
+        if entry
+            .flows
+            .outbound_for(&parsed, Some(resource), now)
+            .is_err()
+        {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
         }
         self.next_sweep.get_or_insert(now + flows::SWEEP);

@@ -11,6 +11,7 @@
 
 pub mod authorizations;
 mod destinations;
+pub mod flow_reports;
 mod names;
 mod replies;
 
@@ -66,6 +67,8 @@ pub struct GatewayTunnel {
     out: Outbox<GatewayToPortal>,
     /// Whether forwarded packets ever get an answer.
     replies: ReplyWatch,
+    /// Ended flows on their way to the portal (the flow log).
+    flow_reports: flow_reports::FlowReports,
 }
 
 impl GatewayTunnel {
@@ -82,6 +85,7 @@ impl GatewayTunnel {
             connected: false,
             out: Outbox::new(),
             replies: ReplyWatch::default(),
+            flow_reports: flow_reports::FlowReports::default(),
         }
     }
 
@@ -407,6 +411,24 @@ impl GatewayTunnel {
     pub fn node(&self) -> &Node<ClientId> {
         &self.node
     }
+
+    /// Ended flows to the reports, and a batch to the portal if one is due.
+    fn report_flows(&mut self, now: Instant) {
+        let (ended, dropped) = self.authorizations.take_ended_flows();
+        let before = self.flow_reports.dropped();
+        self.flow_reports.add(ended, dropped, now);
+        let lost = self.flow_reports.dropped() - before;
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                total = self.flow_reports.dropped(),
+                "flow log entries dropped (the portal away too long, or too many flows)"
+            );
+        }
+        while let Some(batch) = self.flow_reports.poll(now, self.connected) {
+            self.out.portal.push_back(batch);
+        }
+    }
 }
 
 impl Role for GatewayTunnel {
@@ -415,7 +437,9 @@ impl Role for GatewayTunnel {
     type Status = GatewayStatus;
 
     fn handle_portal(&mut self, message: PortalToGateway, now: Instant, wall: Timestamp) {
+        self.flow_reports.set_clock(now, wall);
         match message {
+            PortalToGateway::FlowsStored { batch } => self.flow_reports.stored(batch),
             PortalToGateway::Init {
                 interface,
                 relays,
@@ -425,6 +449,9 @@ impl Role for GatewayTunnel {
                     ipv4 = %interface.ipv4, ipv6 = %interface.ipv6, relays = relays.len(),
                     authorizations = authorizations.len(), "portal init"
                 );
+                // A message from the portal: the channel is up (the shell
+                // says so too; a world without a shell only sends this).
+                self.connected = true;
                 self.init_interface(&interface);
                 self.node.add_relays(&relays, now);
                 self.replace_authorizations(&authorizations);
@@ -517,7 +544,11 @@ impl Role for GatewayTunnel {
                 if connected && !self.connected {
                     self.node.announce_candidates();
                 }
+                if !connected {
+                    self.flow_reports.disconnected(now);
+                }
                 self.connected = connected;
+                self.report_flows(now);
             }
             Input::NetworkChanged { locals, .. } => self.node.network_changed(&locals, now),
             Input::HostAddresses(addresses) => {
@@ -603,6 +634,7 @@ impl Role for GatewayTunnel {
                 self.out.effects.push_back(effect);
             }
         }
+        self.report_flows(now);
         self.drain();
     }
 
@@ -612,6 +644,7 @@ impl Role for GatewayTunnel {
             self.authorizations.poll_timeout(),
             self.lookups.poll_timeout(),
             self.replies.next_check(),
+            self.flow_reports.poll_timeout(),
         ]
         .into_iter()
         .flatten()

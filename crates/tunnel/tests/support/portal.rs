@@ -70,6 +70,8 @@ pub struct Portal {
     next_ref: u64,
     /// `request_access` messages seen.
     pub requests: usize,
+    /// The flow log as the gateways reported it: (host, flow).
+    pub flows: Vec<(usize, postern_model::protocol::FlowRecord)>,
 }
 
 impl Portal {
@@ -87,6 +89,7 @@ impl Portal {
             grants: BTreeMap::new(),
             next_ref: 0,
             requests: 0,
+            flows: Vec::new(),
         }
     }
 
@@ -273,6 +276,11 @@ impl Portal {
                     expires_at: None,
                 };
                 self.tell_client(granted, now);
+            }
+            GatewayToPortal::Flows { batch, flows } => {
+                self.flows
+                    .extend(flows.into_iter().map(|flow| (host, flow)));
+                self.tell_gateway(host, PortalToGateway::FlowsStored { batch }, now);
             }
             GatewayToPortal::IceCandidates {
                 peer_id,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use postern_model::protocol::{
-    ClientToPortal, DenyReason, GatewayToPortal, PortalToClient, PortalToGateway, PortalToRelay,
-    RelayToPortal,
+    ClientToPortal, DenyReason, FlowRecord, GatewayToPortal, PortalToClient, PortalToGateway,
+    PortalToRelay, RelayToPortal,
 };
 use postern_model::{ClientId, GatewayId, PublicKey, RelayId};
 use uuid::Uuid;
@@ -201,6 +201,15 @@ pub(crate) enum Output {
     Persist {
         seq: u64,
         write: GrantWrite,
+    },
+    /// A gateway's ended flows for the flow log, in its account; once
+    /// stored, `flows_stored` goes back on `conn`.
+    StoreFlows {
+        conn: ConnId,
+        account: Uuid,
+        gateway: GatewayId,
+        batch: u64,
+        flows: Vec<FlowRecord>,
     },
     /// A client or gateway was admitted: its details and address, now.
     Seen {

@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 use postern_model::GatewayId;
-use postern_model::protocol::{ClientToPortal, GatewayToPortal, RelayToPortal};
+use postern_model::protocol::{
+    ClientToPortal, FlowRecord, GatewayToPortal, MAX_FLOWS_PER_BATCH, RelayToPortal,
+};
 
 use super::Hub;
 use super::access::{MAX_REF, Request};
 use super::grants::GatewayRoute;
 use super::ice;
-use super::io::{ConnId, Inbound};
+use super::io::{ConnId, Inbound, Output};
 use super::post::Post;
 use super::presence::Role;
 use crate::channels::cluster::ClusterMessage;
@@ -115,6 +117,7 @@ impl Hub {
 
     fn gateway_message(&mut self, conn: ConnId, message: GatewayToPortal) {
         match message {
+            GatewayToPortal::Flows { batch, flows } => self.gateway_flows(conn, batch, flows),
             GatewayToPortal::Authorized { reference } if reference.len() <= MAX_REF => {
                 self.gateway_authorized(conn, &reference)
             }
@@ -144,6 +147,33 @@ impl Hub {
                 post_of!(self),
             ),
         }
+    }
+
+    /// `flows` from a gateway: stored in the gateway's own account (a
+    /// gateway cannot write another account's log), answered once stored.
+    fn gateway_flows(&mut self, conn: ConnId, batch: u64, flows: Vec<FlowRecord>) {
+        if flows.len() > MAX_FLOWS_PER_BATCH {
+            post_of!(self).error(
+                conn,
+                None,
+                format!("at most {MAX_FLOWS_PER_BATCH} flows per message"),
+            );
+            return;
+        }
+        let Some(connection) = self.presence.get(conn) else {
+            return;
+        };
+        let (Some(account), Some(device)) = (connection.account, connection.device()) else {
+            return;
+        };
+        let gateway = GatewayId(device.id);
+        self.out.push(Output::StoreFlows {
+            conn,
+            account,
+            gateway,
+            batch,
+            flows,
+        });
     }
 
     /// `authorized` from a gateway connected here: for a request of this
