@@ -1086,3 +1086,84 @@ async fn daemons_say_their_version_and_other_minors_are_refused_with_the_reason(
     let clients = w.app.expect(StatusCode::OK, "GET", "/clients", None).await;
     assert_eq!(clients["data"][0]["version"], json!(null), "{clients}");
 }
+
+/// The flow log from the attacker's side: a gateway's `flows` are stored
+/// in its own account only, and only for that account's resources (a
+/// compromised gateway cannot write into another account's log, nor
+/// invent resources); every batch is confirmed; an oversized batch is
+/// refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_writes_flows_only_into_its_own_account() {
+    let w = world("flows").await;
+    let other_token = w.app.second_account("other").await;
+    let (status, other_site) = w
+        .app
+        .call_as(
+            Some(&other_token),
+            "POST",
+            "/sites",
+            Some(json!({"name": "theirs"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{other_site}");
+    let (status, other_resource) = w
+        .app
+        .call_as(
+            Some(&other_token),
+            "POST",
+            "/resources",
+            Some(json!({"name": "their-db", "type": "ip", "address": "10.9.9.9", "site_id": other_site["id"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{other_resource}");
+    let (mut gateway, _) = w.gateway("gw-flows", 9).await;
+    let flow = |resource: &str, port: u16| {
+        json!({
+            "client_id": "7f3c0b9e-0000-4000-8000-000000000001",
+            "resource_id": resource,
+            "protocol": 6,
+            "source": format!("100.64.0.2:{port}"),
+            "destination": "10.0.0.5:443",
+            "bytes_out": 1200,
+            "bytes_in": 34000,
+            "started_ms": 1_764_000_000_000i64,
+            "ended_ms": 1_764_000_002_000i64,
+        })
+    };
+    gateway
+        .send(json!({"type": "flows", "batch": 1, "flows": [
+            flow(&w.resource, 40001),
+            flow(other_resource["id"].as_str().unwrap(), 40002),
+        ]}))
+        .await;
+    let stored = gateway.next_of("flows_stored").await;
+    assert_eq!(stored["batch"], 1);
+    let (status, ours) = w.app.call("GET", "/flows", None).await;
+    assert_eq!(status, 200);
+    let ours = ours["data"].as_array().unwrap().clone();
+    assert_eq!(ours.len(), 1, "only the flow of our own resource: {ours:?}");
+    assert_eq!(ours[0]["source"], "100.64.0.2:40001");
+    assert_eq!(ours[0]["bytes_in"], 34000);
+    let (_, theirs) = w
+        .app
+        .call_as(Some(&other_token), "GET", "/flows", None)
+        .await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 0, "{theirs}");
+
+    let too_many: Vec<Value> = (0..postern_model::protocol::MAX_FLOWS_PER_BATCH as u16 + 1)
+        .map(|n| flow(&w.resource, n))
+        .collect();
+    gateway
+        .send(json!({"type": "flows", "batch": 2, "flows": too_many}))
+        .await;
+    let refused = gateway.next_of("error").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("flows per message"),
+        "{refused}"
+    );
+    let (_, after) = w.app.call("GET", "/flows", None).await;
+    assert_eq!(after["data"].as_array().unwrap().len(), 1);
+}
