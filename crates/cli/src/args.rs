@@ -596,6 +596,25 @@ pub enum ClientCommand {
         #[command(flatten)]
         trust: PortalTrustArgs,
     },
+    /// Turn the internet resource (full tunnel) on or off; remembered
+    /// across restarts, applied at once to a running daemon
+    Internet {
+        /// on: all traffic but the local networks and the exclusions goes
+        /// through the tunnel (when an admin granted the internet
+        /// resource); off: only the other resources do
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        dir: StateDir,
+        /// Unix socket of the running daemon
+        #[arg(
+            long,
+            env = "POSTERN_STATUS_SOCKET",
+            value_name = "PATH",
+            default_value = "/run/postern/client.sock"
+        )]
+        status_socket: PathBuf,
+    },
     /// Show resources, connections and paths (direct or relayed)
     Status {
         /// Machine-readable output

@@ -224,6 +224,34 @@ fn report_incoming(tunnel: &str) {
     }
 }
 
+/// `postern client internet on|off`: remembered in the state directory,
+/// and told to a running daemon, which applies it at once.
+pub fn client_internet(on: bool, state_dir: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
+    let word = if on { "on" } else { "off" };
+    postern_device::internet::save(state_dir, on).with_context(|| {
+        format!(
+            "cannot remember the choice in {} (run as root?)",
+            state_dir.display()
+        )
+    })?;
+    let command = postern_device::status::Command::Internet(on);
+    match runtime()?.block_on(postern_device::status::ask(socket, command)) {
+        Ok(status) => match status.status.internet {
+            Some(now) => println!("internet resource: {now}"),
+            None => println!(
+                "internet resource: {word} (remembered; no internet resource is granted to this client now)"
+            ),
+        },
+        Err(postern_device::status::QueryError::Connect { .. }) => {
+            println!(
+                "internet resource: {word} (remembered; applies when `postern client up` starts)"
+            )
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {
     let status = runtime()?.block_on(postern_device::status::query(socket))?;
     if json {

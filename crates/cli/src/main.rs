@@ -78,6 +78,14 @@ fn main() -> ExitCode {
                 json,
                 ref status_socket,
             } => finish("client status", device::client_status(json, status_socket)),
+            ClientCommand::Internet {
+                ref state,
+                ref dir,
+                ref status_socket,
+            } => finish(
+                "client internet",
+                device::client_internet(state == "on", &dir.dir, status_socket),
+            ),
         },
         Command::Demo(args) => finish("demo", demo::run(args)),
         Command::Admin(admin) => match admin.command {

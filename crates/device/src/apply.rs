@@ -69,6 +69,27 @@ pub fn host_path(
     }
     let mut overlaps = Vec::new();
     for resource in wanted {
+        if resource.prefix_len() == 0 {
+            // The internet resource: the local networks stay local
+            // (printers, casting, the router's own pages), whoever wins
+            // overlaps of named resources.
+            // (A local network that a named resource overlaps is decided
+            // below, by --local-networks-win.)
+            let named_overlap = |local: &IpNet| {
+                wanted.iter().any(|other| {
+                    other.prefix_len() > 0
+                        && (other.contains(&local.network()) || local.contains(&other.network()))
+                })
+            };
+            throws.extend(
+                locals
+                    .iter()
+                    .filter(|(local, _)| local.addr().is_ipv4() == resource.addr().is_ipv4())
+                    .filter(|(local, _)| !named_overlap(local))
+                    .map(|(local, _)| *local),
+            );
+            continue;
+        }
         for (local, interface) in locals {
             let overlapping =
                 resource.contains(&local.network()) || local.contains(&resource.network());
@@ -128,6 +149,9 @@ pub struct System {
     thrown: BTreeSet<IpNet>,
     /// The resources' prefixes the role asked for last.
     wanted: BTreeSet<IpNet>,
+    /// Prefixes inside `wanted` that stay on the host's path (the internet
+    /// resource's exclusions).
+    exclusions: BTreeSet<IpNet>,
     /// Resource prefixes that overlap the host's local networks, and who
     /// wins (for `postern client status`).
     overlaps: Vec<Overlap>,
@@ -161,6 +185,7 @@ impl System {
             routed: BTreeSet::new(),
             thrown: BTreeSet::new(),
             wanted: BTreeSet::new(),
+            exclusions: BTreeSet::new(),
             overlaps: Vec::new(),
             keep_on_host: host_path.keep,
             local_networks_win: host_path.local_networks_win,
@@ -216,8 +241,9 @@ impl System {
     /// table; what must stay on the host's path (its default gateways, its
     /// DNS servers, the portal; local networks when they are to win) is
     /// thrown back to the main table.
-    pub async fn routes(&mut self, wanted: BTreeSet<IpNet>) {
+    pub async fn routes(&mut self, wanted: BTreeSet<IpNet>, exclusions: BTreeSet<IpNet>) {
         self.wanted = wanted.clone();
+        self.exclusions = exclusions.clone();
         let Some(routes) = &mut self.routes else {
             return;
         };
@@ -233,7 +259,12 @@ impl System {
             keep.extend(system_dns::resolved_servers());
         }
         let locals = postern_sys::route::local_networks(&self.interface_name);
-        let (throws, overlaps) = host_path(&wanted, &keep, &locals, self.local_networks_win);
+        let (mut throws, overlaps) = host_path(&wanted, &keep, &locals, self.local_networks_win);
+        throws.extend(
+            exclusions
+                .iter()
+                .filter(|e| wanted.iter().any(|w| w.contains(*e))),
+        );
         // A prefix thrown whole (a resource inside a local network that
         // wins) is not routed at all: one route per prefix in the table.
         let unicast: BTreeSet<IpNet> = wanted.difference(&throws).copied().collect();
@@ -291,7 +322,8 @@ impl System {
         }
         let wanted = self.wanted.clone();
         if !wanted.is_empty() {
-            self.routes(wanted).await;
+            let exclusions = self.exclusions.clone();
+            self.routes(wanted, exclusions).await;
         }
     }
 
@@ -351,8 +383,8 @@ impl System {
             self.start_dns(config, queries).await?;
             self.stub_started = true;
             // The DNS servers are known now: they stay on the host's path.
-            let wanted = self.wanted.clone();
-            self.routes(wanted).await;
+            let (wanted, exclusions) = (self.wanted.clone(), self.exclusions.clone());
+            self.routes(wanted, exclusions).await;
         }
         if let Some(SystemDns::Resolved(link)) = &self.system_dns
             && let Err(error) =
@@ -482,6 +514,36 @@ mod tests {
                 winner: Winner::Tunnel,
             }]
         );
+    }
+
+    /// The internet resource's default routes: the local networks stay
+    /// local (without an overlap to report), the host's own path too, and
+    /// a named resource over the local network is still decided by
+    /// `--local-networks-win`.
+    #[test]
+    fn with_the_internet_resource_local_networks_stay_local() {
+        let wanted = nets(&["0.0.0.0/0", "::/0"]);
+        let mut locals = home();
+        locals.push(("fd20::/64".parse().unwrap(), "wlan0".into()));
+        let (throws, overlaps) = host_path(&wanted, &keep(), &locals, false);
+        assert_eq!(
+            throws,
+            nets(&[
+                "192.168.1.0/24",
+                "192.168.1.1/32",
+                "192.168.1.53/32",
+                "198.18.0.2/32",
+                "fd20::/64"
+            ])
+        );
+        assert!(overlaps.is_empty(), "{overlaps:?}");
+        let with_named = nets(&["0.0.0.0/0", "192.168.1.0/24"]);
+        let (throws, overlaps) = host_path(&with_named, &[], &home(), false);
+        assert!(
+            !throws.contains(&"192.168.1.0/24".parse().unwrap()),
+            "{throws:?}"
+        );
+        assert_eq!(overlaps.len(), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`status`]: `postern client status` over a unix socket.
 
 mod apply;
+pub mod internet;
 mod portal;
 mod relay_stream;
 mod resolver;
@@ -141,6 +142,7 @@ pub async fn run_client(
         started.seed,
         ClientConfig {
             protected: vec![started.portal_ip],
+            internet_off: !internet::load(&config.state_dir),
             ..ClientConfig::default()
         },
     );

@@ -76,6 +76,8 @@ pub struct Shell<R: Role> {
     /// The UDP socket's address (the wildcard, dual-stack or IPv4): with
     /// the new source addresses, the host candidates after a move.
     bound: std::net::SocketAddr,
+    /// Where the daemon keeps its files (the internet resource choice).
+    state_dir: std::path::PathBuf,
 }
 
 impl<R: Role> Shell<R> {
@@ -116,6 +118,7 @@ impl<R: Role> Shell<R> {
         Ok(Shell {
             network,
             bound,
+            state_dir: config.state_dir.clone(),
             role,
             portal: config.portal.clone(),
             sign_in_again: if client {
@@ -211,7 +214,14 @@ impl<R: Role> Shell<R> {
                     }
                 }
                 Some(change) = self.network.recv() => self.network_changed(change).await,
-                Some(reply) = next_request(&mut self.status_rx) => {
+                Some(status::Request { command, reply }) = next_request(&mut self.status_rx) => {
+                    if let status::Command::Internet(on) = command {
+                        if let Err(error) = crate::internet::save(&self.state_dir, on) {
+                            tracing::warn!(%error, "cannot remember the internet resource choice");
+                        }
+                        self.role.handle_input(Input::Internet(on), Instant::now());
+                        self.flush().await?;
+                    }
                     let document = StatusDocument {
                         portal: self.portal.clone(),
                         interface: self.system.tun().map(|t| t.name().to_string()),
@@ -462,7 +472,7 @@ impl<R: Role> Shell<R> {
                 self.system.interface(&config).await?;
                 self.tell_host_addresses();
             }
-            Effect::Routes(routes) => self.system.routes(routes).await,
+            Effect::Routes { routes, exclusions } => self.system.routes(routes, exclusions).await,
             Effect::Dns(config) => self.system.dns(&config, &self.stub_queries).await?,
             Effect::Masquerade(sources) => self.system.masquerade(&sources)?,
             Effect::DnsAnswer { query, answer } => {

@@ -1,7 +1,9 @@
 //! `postern client status`: the daemon answers on a root-only unix socket
 //! with one JSON document (the portal, the interface, and the role's own
 //! status: resources, per-resource access, gateway, path, bytes); the CLI
-//! prints it as a table or as is (`--json`).
+//! prints it as a table or as is (`--json`). A connection may first send
+//! one command line (`internet on`, `internet off`) and half-close; the
+//! answer is the status after it.
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +29,45 @@ pub struct StatusDocument<S> {
     pub status: S,
 }
 
-/// A status request from the socket to the daemon's loop: the document,
-/// serialized.
-pub type Request = oneshot::Sender<Vec<u8>>;
+/// What a connection asks before the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    /// `postern client internet on|off`.
+    Internet(bool),
+}
+
+impl Command {
+    /// The command line a connection sent (empty: just the status).
+    pub fn parse(line: &str) -> Option<Command> {
+        match line.trim() {
+            "" | "status" => Some(Command::Status),
+            "internet on" => Some(Command::Internet(true)),
+            "internet off" => Some(Command::Internet(false)),
+            _ => None,
+        }
+    }
+
+    fn line(self) -> &'static str {
+        match self {
+            Command::Status => "",
+            Command::Internet(true) => "internet on",
+            Command::Internet(false) => "internet off",
+        }
+    }
+}
+
+/// A request from the socket to the daemon's loop: the command, and where
+/// the document goes, serialized.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// How long a connection has to send its command.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// A command line is short.
+const MAX_COMMAND: usize = 64;
 
 /// Serves the socket (mode 0600, owner root); each connection gets one
 /// document and is closed.
@@ -49,8 +87,26 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> std::io::Result<()
     std::fs::rename(&temporary, path)?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            // The command line, up to the client's half-close.
+            let mut line = Vec::new();
+            let read = tokio::time::timeout(
+                COMMAND_WAIT,
+                (&mut stream)
+                    .take(MAX_COMMAND as u64)
+                    .read_to_end(&mut line),
+            )
+            .await;
+            let command = match read {
+                Ok(Ok(_)) => Command::parse(&String::from_utf8_lossy(&line)),
+                _ => None,
+            };
+            let Some(command) = command else {
+                let _ = stream.write_all(b"{\"error\":\"unknown command\"}").await;
+                let _ = stream.shutdown().await;
+                continue;
+            };
             let (reply, answer) = oneshot::channel();
-            if requests.send(reply).await.is_err() {
+            if requests.send(Request { command, reply }).await.is_err() {
                 return;
             }
             if let Ok(document) = answer.await {
@@ -89,12 +145,25 @@ pub enum QueryError {
 
 /// Asks a running client daemon.
 pub async fn query(path: &Path) -> Result<StatusDocument<ClientStatus>, QueryError> {
+    ask(path, Command::Status).await
+}
+
+/// Tells a running client daemon `command`; its status after it.
+pub async fn ask(
+    path: &Path,
+    command: Command,
+) -> Result<StatusDocument<ClientStatus>, QueryError> {
     let mut stream = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|source| QueryError::Connect {
             path: path.display().to_string(),
             source,
         })?;
+    stream
+        .write_all(command.line().as_bytes())
+        .await
+        .map_err(QueryError::Read)?;
+    stream.shutdown().await.map_err(QueryError::Read)?;
     let mut text = Vec::new();
     stream
         .read_to_end(&mut text)
@@ -115,6 +184,9 @@ pub fn render(document: &StatusDocument<ClientStatus>) -> String {
             "disconnected, retrying"
         }
     );
+    if let Some(internet) = &status.internet {
+        out.push_str(&format!("internet resource: {internet}\n"));
+    }
     if let (Some(name), Some(addresses)) = (&document.interface, &status.addresses) {
         out.push_str(&format!(
             "interface: {name} {} {}\n",

@@ -81,14 +81,22 @@ struct WireResource {
     #[serde(default)]
     filters: Vec<Filter>,
     site_id: SiteId,
+    /// The internet resource's exclusions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exclusions: Vec<ipnet::IpNet>,
 }
 
 impl TryFrom<WireResource> for ResourceDescription {
     type Error = AddressError;
 
     fn try_from(wire: WireResource) -> Result<Self, Self::Error> {
+        let exclusions: Vec<String> = wire.exclusions.iter().map(|n| n.to_string()).collect();
         Ok(ResourceDescription {
-            address: ResourceAddress::parse(wire.kind, wire.address.as_deref())?,
+            address: ResourceAddress::parse_with_exclusions(
+                wire.kind,
+                wire.address.as_deref(),
+                &exclusions,
+            )?,
             id: wire.id,
             name: wire.name,
             address_description: wire.address_description,
@@ -103,6 +111,7 @@ impl From<ResourceDescription> for WireResource {
         WireResource {
             kind: resource.address.kind(),
             address: resource.address.to_text(),
+            exclusions: resource.address.exclusions().to_vec(),
             id: resource.id,
             name: resource.name,
             address_description: resource.address_description,
@@ -537,7 +546,7 @@ mod tests {
         }
         let internet: ResourceDescription =
             serde_json::from_str(&resource_json("internet", "null")).unwrap();
-        assert_eq!(internet.address, ResourceAddress::Internet);
+        assert_eq!(internet.address, ResourceAddress::Internet(Vec::new()));
     }
 
     #[test]

@@ -29,8 +29,13 @@ pub enum ResourceAddress {
     Cidr(IpNet),
     Ip(IpAddr),
     Dns(DnsPattern),
-    Internet,
+    /// Every address except these prefixes (SPEC 7.4: the client keeps
+    /// them on the host's own path).
+    Internet(Vec<IpNet>),
 }
+
+/// Exclusions one internet resource may have at most (each is a route).
+pub const MAX_EXCLUSIONS: usize = 64;
 
 /// Why an address was refused; the API reports it against the `address` field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +64,12 @@ pub enum AddressError {
     Mapped(String),
     #[error("invalid DNS name: {0}")]
     Dns(#[from] PatternError),
+    #[error("only the internet resource has exclusions")]
+    ExclusionsNotInternet,
+    #[error("{0:?} is not a CIDR prefix or an address to exclude")]
+    NotExclusion(String),
+    #[error("at most {MAX_EXCLUSIONS} exclusions")]
+    TooManyExclusions,
 }
 
 impl ResourceAddress {
@@ -66,7 +77,7 @@ impl ResourceAddress {
     pub fn parse(kind: ResourceType, address: Option<&str>) -> Result<Self, AddressError> {
         let address = address.map(str::trim).filter(|a| !a.is_empty());
         match (kind, address) {
-            (ResourceType::Internet, None) => Ok(ResourceAddress::Internet),
+            (ResourceType::Internet, None) => Ok(ResourceAddress::Internet(Vec::new())),
             (ResourceType::Internet, Some(_)) => Err(AddressError::InternetWithAddress),
             (kind, None) => Err(AddressError::Missing(kind)),
             (ResourceType::Cidr, Some(text)) => parse_cidr(text).map(ResourceAddress::Cidr),
@@ -80,7 +91,7 @@ impl ResourceAddress {
             ResourceAddress::Cidr(_) => ResourceType::Cidr,
             ResourceAddress::Ip(_) => ResourceType::Ip,
             ResourceAddress::Dns(_) => ResourceType::Dns,
-            ResourceAddress::Internet => ResourceType::Internet,
+            ResourceAddress::Internet(_) => ResourceType::Internet,
         }
     }
 
@@ -93,7 +104,7 @@ impl ResourceAddress {
             ResourceAddress::Cidr(net) => vec![*net],
             ResourceAddress::Ip(ip) => vec![IpNet::from(*ip)],
             ResourceAddress::Dns(_) => Vec::new(),
-            ResourceAddress::Internet => vec![
+            ResourceAddress::Internet(_) => vec![
                 IpNet::V4(ipnet::Ipv4Net::default()),
                 IpNet::V6(ipnet::Ipv6Net::default()),
             ],
@@ -114,8 +125,52 @@ impl ResourceAddress {
             ResourceAddress::Cidr(net) => Some(net.to_string()),
             ResourceAddress::Ip(ip) => Some(ip.to_string()),
             ResourceAddress::Dns(pattern) => Some(pattern.to_string()),
-            ResourceAddress::Internet => None,
+            ResourceAddress::Internet(_) => None,
         }
+    }
+
+    /// What the internet resource leaves out (nothing for the others).
+    pub fn exclusions(&self) -> &[IpNet] {
+        match self {
+            ResourceAddress::Internet(exclusions) => exclusions,
+            _ => &[],
+        }
+    }
+
+    /// [`ResourceAddress::parse`] with the internet resource's exclusions
+    /// (prefixes or addresses, host bits cleared, duplicates dropped, in
+    /// order); any other kind must have none.
+    pub fn parse_with_exclusions(
+        kind: ResourceType,
+        address: Option<&str>,
+        exclusions: &[String],
+    ) -> Result<Self, AddressError> {
+        let parsed = ResourceAddress::parse(kind, address)?;
+        if exclusions.is_empty() {
+            return Ok(parsed);
+        }
+        if kind != ResourceType::Internet {
+            return Err(AddressError::ExclusionsNotInternet);
+        }
+        if exclusions.len() > MAX_EXCLUSIONS {
+            return Err(AddressError::TooManyExclusions);
+        }
+        let mut nets: Vec<IpNet> = Vec::with_capacity(exclusions.len());
+        for text in exclusions {
+            let text = text.trim();
+            let net = text
+                .parse::<IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| AddressError::NotExclusion(text.to_string()))?;
+            if net.prefix_len() == 0 {
+                return Err(AddressError::NotExclusion(text.to_string()));
+            }
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        Ok(ResourceAddress::Internet(nets))
     }
 }
 
@@ -189,6 +244,53 @@ fn check_routable(ip: IpAddr, text: &str) -> Result<(), AddressError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_internet_resource_takes_exclusions_and_no_other_does() {
+        let exclusions =
+            |list: &[&str]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+        let parsed = ResourceAddress::parse_with_exclusions(
+            ResourceType::Internet,
+            None,
+            &exclusions(&["198.51.100.7/24", "2001:db8::1", " 198.51.100.0/24 "]),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.exclusions(),
+            &[
+                "198.51.100.0/24".parse::<IpNet>().unwrap(),
+                "2001:db8::1/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            ResourceAddress::parse_with_exclusions(
+                ResourceType::Cidr,
+                Some("10.0.0.0/8"),
+                &exclusions(&["10.1.0.0/16"])
+            ),
+            Err(AddressError::ExclusionsNotInternet)
+        );
+        for bad in ["0.0.0.0/0", "::/0", "not-a-net", "10.0.0.0/33"] {
+            assert!(
+                matches!(
+                    ResourceAddress::parse_with_exclusions(
+                        ResourceType::Internet,
+                        None,
+                        &exclusions(&[bad])
+                    ),
+                    Err(AddressError::NotExclusion(_))
+                ),
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_EXCLUSIONS)
+            .map(|n| format!("10.{n}.0.0/16"))
+            .collect();
+        assert_eq!(
+            ResourceAddress::parse_with_exclusions(ResourceType::Internet, None, &many),
+            Err(AddressError::TooManyExclusions)
+        );
+    }
+
     use super::*;
 
     fn parse(kind: ResourceType, text: &str) -> Result<ResourceAddress, AddressError> {
@@ -224,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             ResourceAddress::parse(ResourceType::Internet, None),
-            Ok(ResourceAddress::Internet)
+            Ok(ResourceAddress::Internet(Vec::new()))
         );
     }
 

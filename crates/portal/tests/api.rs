@@ -358,3 +358,76 @@ async fn readyz_follows_the_database_and_healthz_only_the_process() {
     // Liveness does not care.
     assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
 }
+
+/// SPEC 7.4: the internet resource's exclusions are validated (prefixes or
+/// addresses, host bits cleared, at most 64, none for other resources),
+/// kept across patches that do not name them, replaced by ones that do,
+/// and named in the error of a bad one.
+#[tokio::test]
+async fn the_internet_resource_keeps_validated_exclusions() {
+    let db = TempDb::new("exclusions");
+    let app = TestApp::open(&db.url(), "acme").await;
+    let site = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/sites",
+            Some(json!({"name": "hq"})),
+        )
+        .await;
+    let internet = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/resources",
+            Some(
+                json!({"name": "internet", "type": "internet", "site_id": id(&site),
+                        "exclusions": ["198.51.100.9/24", "2001:db8::7"]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        internet["exclusions"],
+        json!(["198.51.100.0/24", "2001:db8::7/128"])
+    );
+    let path = format!("/resources/{}", id(&internet));
+    let renamed = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &path,
+            Some(json!({"name": "full tunnel"})),
+        )
+        .await;
+    assert_eq!(renamed["exclusions"], internet["exclusions"]);
+    let replaced = app
+        .expect(
+            StatusCode::OK,
+            "PATCH",
+            &path,
+            Some(json!({"exclusions": ["203.0.113.0/24"]})),
+        )
+        .await;
+    assert_eq!(replaced["exclusions"], json!(["203.0.113.0/24"]));
+    let read = app.expect(StatusCode::OK, "GET", &path, None).await;
+    assert_eq!(read["exclusions"], json!(["203.0.113.0/24"]));
+    for bad in [json!(["0.0.0.0/0"]), json!(["nonsense"])] {
+        let (status, problem) = app
+            .call("PATCH", &path, Some(json!({"exclusions": bad})))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(problem["field"], "exclusions", "{problem}");
+    }
+    let (status, problem) = app
+        .call(
+            "POST",
+            "/resources",
+            Some(
+                json!({"name": "db", "type": "cidr", "address": "10.0.0.0/8",
+                        "site_id": id(&site), "exclusions": ["10.1.0.0/16"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "exclusions");
+}

@@ -81,7 +81,13 @@ pub enum Effect {
     Interface(TunConfig),
     /// Route exactly these prefixes into the tunnel (the previous set is
     /// replaced).
-    Routes(BTreeSet<IpNet>),
+    Routes {
+        routes: BTreeSet<IpNet>,
+        /// Prefixes inside the routes kept on the host's own path (the
+        /// internet resource's exclusions, the portal's and relays'
+        /// addresses).
+        exclusions: BTreeSet<IpNet>,
+    },
     /// Serve DNS on the sentinels and point the system at them (the first
     /// time), or update systemd-resolved's domains (later). Upstreams and
     /// a resolv.conf are set once, at the first: a search domain changed
@@ -141,4 +147,6 @@ pub enum Input {
     /// peers should see them on this host, one per family) and restart ICE
     /// with every peer.
     NetworkChanged { locals: Vec<SocketAddr>, woke: bool },
+    /// The user turned the internet resource on or off (a client).
+    Internet(bool),
 }

@@ -42,7 +42,7 @@ fn resource(id: u128, kind: ResourceType, address: &str, filters: &str) -> Resou
             ResourceType::Cidr => ResourceAddress::Cidr(address.parse().unwrap()),
             ResourceType::Ip => ResourceAddress::Ip(address.parse().unwrap()),
             ResourceType::Dns => ResourceAddress::Dns(address.parse().unwrap()),
-            ResourceType::Internet => ResourceAddress::Internet,
+            ResourceType::Internet => ResourceAddress::Internet(Vec::new()),
         },
         address_description: None,
         filters: serde_json_filters(filters),

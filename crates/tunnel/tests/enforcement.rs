@@ -361,7 +361,7 @@ fn a_client_does_not_route_prefixes_that_would_take_it_over() {
         .iter()
         .rev()
         .find_map(|effect| match effect {
-            postern_tunnel::effect::Effect::Routes(routes) => Some(routes.clone()),
+            postern_tunnel::effect::Effect::Routes { routes, .. } => Some(routes.clone()),
             _ => None,
         })
         .expect("the client set its routes");

@@ -404,7 +404,7 @@ fn a_dns_resource_grant_waits_until_the_gateway_mapped_the_name() {
     );
     assert!(world.client_effects.iter().any(|e| matches!(
         e,
-        Effect::Routes(routes) if routes.contains(&postern_model::plan::DNS_PROXY_V4.into())
+        Effect::Routes { routes, .. } if routes.contains(&postern_model::plan::DNS_PROXY_V4.into())
     )));
     assert!(
         world.site.lookups.is_empty(),
@@ -729,4 +729,88 @@ fn a_closed_tcp_flow_reaches_the_portal_with_its_bytes() {
     // Nothing more later: confirmed, forgotten, not sent again.
     world.run_for(Duration::from_secs(5));
     assert_eq!(world.portal.flows.len(), 1);
+}
+
+/// SPEC 7.4: the internet resource routes 0.0.0.0/0 and ::/0 into the
+/// tunnel, keeping its exclusions and the relays' addresses on the host's
+/// own path; its first packet asks for access like any resource's; the
+/// user turns it off and on again, and the status says which.
+#[test]
+fn the_internet_resource_routes_everything_but_its_exclusions_and_can_be_turned_off() {
+    use postern_model::{ResourceAddress, SiteId};
+    let internet = ResourceDescription {
+        id: ResourceId::from_u128(0x1e7),
+        name: "internet".into(),
+        address: ResourceAddress::parse_with_exclusions(
+            postern_model::ResourceType::Internet,
+            None,
+            &["203.0.113.0/24".to_string()],
+        )
+        .unwrap(),
+        address_description: None,
+        filters: Vec::new(),
+        site_id: SiteId::from_u128(1),
+    };
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![internet]);
+    world.run_for(Duration::from_secs(1));
+    let last_routes = |world: &World| {
+        world
+            .client_effects
+            .iter()
+            .rev()
+            .find_map(|effect| match effect {
+                Effect::Routes { routes, exclusions } => Some((routes.clone(), exclusions.clone())),
+                _ => None,
+            })
+            .expect("the client set its routes")
+    };
+    let (routes, exclusions) = last_routes(&world);
+    let text = |set: &std::collections::BTreeSet<ipnet::IpNet>| {
+        set.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(text(&routes), vec!["0.0.0.0/0", "::/0"]);
+    assert!(
+        exclusions.contains(&"203.0.113.0/24".parse().unwrap()),
+        "{exclusions:?}"
+    );
+    assert!(
+        exclusions
+            .iter()
+            .any(|e| support::world::is_relay(e.addr())),
+        "the relay stays on the host's path: {exclusions:?}"
+    );
+    assert_eq!(
+        world.client.status(world.now()).internet.as_deref(),
+        Some("on")
+    );
+    // A packet to any address asks for the internet resource and goes.
+    world.echo = true;
+    let somewhere = tcp(CLIENT_V4, Ipv4Addr::new(10, 0, 0, 9), 443, 1);
+    world.app_sends(&somewhere);
+    assert!(
+        world.run_until(Duration::from_secs(10), |w| !w.at_app.is_empty()),
+        "the internet resource's first packet went through: forwarded {}, {:?}, gateway drops {:?}",
+        world.forwarded_total(),
+        world.client.status(world.now()),
+        world.gateway(1).dropped()
+    );
+    // Off: no default routes, nothing excluded; on again: back.
+    world
+        .client
+        .handle_input(Input::Internet(false), world.now());
+    world.run_for(Duration::from_millis(50));
+    let (routes, exclusions) = last_routes(&world);
+    assert!(
+        routes.is_empty() && exclusions.is_empty(),
+        "{routes:?} {exclusions:?}"
+    );
+    assert_eq!(
+        world.client.status(world.now()).internet.as_deref(),
+        Some("off")
+    );
+    world
+        .client
+        .handle_input(Input::Internet(true), world.now());
+    world.run_for(Duration::from_millis(50));
+    assert_eq!(text(&last_routes(&world).0), vec!["0.0.0.0/0", "::/0"]);
 }

@@ -30,6 +30,10 @@ pub struct ResourceInput {
     #[schema(value_type = Vec<Object>)]
     pub filters: Vec<Filter>,
     pub address_description: Option<String>,
+    /// The internet resource only: prefixes or addresses its clients keep
+    /// on their own path (at most 64).
+    #[serde(default)]
+    pub exclusions: Vec<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -45,6 +49,8 @@ pub struct ResourcePatch {
     pub filters: Option<Vec<Filter>>,
     /// An empty string removes it.
     pub address_description: Option<String>,
+    /// Replaces the internet resource's exclusions (`[]` removes them).
+    pub exclusions: Option<Vec<String>>,
 }
 
 /// Filters travel in every authorization; keep them a list, not a novel.
@@ -52,10 +58,22 @@ const MAX_FILTERS: usize = 32;
 
 /// Validates the parts of a resource that depend on each other and on the
 /// account, and puts the address in canonical form.
-async fn validate(tx: &mut Conn, admin: &Admin, resource: &mut Resource) -> ApiResult<()> {
+async fn validate(
+    tx: &mut Conn,
+    admin: &Admin,
+    resource: &mut Resource,
+    exclusions: &[String],
+) -> ApiResult<()> {
     let address = ResourceAddress::parse(resource.kind, resource.address.as_deref())
         .map_err(|e| Problem::invalid("address", e))?;
     resource.address = address.to_text();
+    let with_exclusions = ResourceAddress::parse_with_exclusions(
+        resource.kind,
+        resource.address.as_deref(),
+        exclusions,
+    )
+    .map_err(|e| Problem::invalid("exclusions", e))?;
+    resource.exclusions = with_exclusions.exclusions().to_vec();
     if resource.filters.len() > MAX_FILTERS {
         return Err(Problem::invalid(
             "filters",
@@ -112,10 +130,11 @@ pub async fn create(
         address: input.address,
         address_description: input.address_description,
         filters: input.filters,
+        exclusions: Vec::new(),
         created_at: Timestamp::now(),
     };
     audited::write(&state, &admin, async |tx| {
-        validate(tx, &admin, &mut resource).await?;
+        validate(tx, &admin, &mut resource, &input.exclusions).await?;
         resources::insert(tx, admin.account_id, &resource).await?;
         let id = resource.id;
         Ok(Outcome::created(
@@ -168,7 +187,16 @@ pub async fn update(
         if patch.address_description.is_some() {
             after.address_description = patch.address_description;
         }
-        validate(tx, &admin, &mut after).await?;
+        // Kept unless replaced; a resource that stops being the internet
+        // one loses them.
+        let exclusions: Vec<String> = match &patch.exclusions {
+            Some(exclusions) => exclusions.clone(),
+            None if after.kind == ResourceType::Internet => {
+                before.exclusions.iter().map(|n| n.to_string()).collect()
+            }
+            None => Vec::new(),
+        };
+        validate(tx, &admin, &mut after, &exclusions).await?;
         resources::update(tx, admin.account_id, &after, now_ms()).await?;
         let id = before.id;
         Ok(Outcome::updated(

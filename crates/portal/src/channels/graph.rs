@@ -82,7 +82,12 @@ impl AccountGraph {
             .filter_map(|r| {
                 // Validated on write; a row that no longer parses (rules
                 // tightened since) is offered to nobody.
-                let address = match ResourceAddress::parse(r.kind, r.address.as_deref()) {
+                let exclusions: Vec<String> = r.exclusions.iter().map(|n| n.to_string()).collect();
+                let address = match ResourceAddress::parse_with_exclusions(
+                    r.kind,
+                    r.address.as_deref(),
+                    &exclusions,
+                ) {
                     Ok(address) => address,
                     Err(error) => {
                         tracing::warn!(resource = %r.id, %error, "resource address does not parse; the resource is not offered");

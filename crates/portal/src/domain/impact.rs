@@ -45,6 +45,7 @@ mod tests {
             address: None,
             address_description: None,
             filters: Vec::new(),
+            exclusions: Vec::new(),
             created_at: jiff::Timestamp::UNIX_EPOCH,
         }
     }

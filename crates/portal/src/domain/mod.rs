@@ -112,6 +112,10 @@ pub struct Resource {
     pub address_description: Option<String>,
     #[schema(value_type = Vec<Object>)]
     pub filters: Vec<Filter>,
+    /// The internet resource's exclusions: prefixes its clients keep on
+    /// their own path (empty for other resources).
+    #[schema(value_type = Vec<String>, example = json!(["198.51.100.0/24"]))]
+    pub exclusions: Vec<ipnet::IpNet>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }

@@ -215,7 +215,7 @@ impl Store {
 }
 
 pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 7] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 8] = [
         (
             1,
             "initial",
@@ -257,6 +257,12 @@ pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
             "client challenge",
             include_str!("../../migrations/sqlite/0007_client_challenge.sql"),
             include_str!("../../migrations/postgres/0007_client_challenge.sql"),
+        ),
+        (
+            8,
+            "internet exclusions",
+            include_str!("../../migrations/sqlite/0008_internet_exclusions.sql"),
+            include_str!("../../migrations/postgres/0008_internet_exclusions.sql"),
         ),
     ];
     steps

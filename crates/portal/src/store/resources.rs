@@ -21,7 +21,7 @@ fn kind_text(kind: ResourceType) -> &'static str {
 impl Scoped for Resource {
     const TABLE: &'static str = "resources";
     const COLUMNS: &'static str =
-        "id, site_id, name, type, address, address_description, filters, created_at";
+        "id, site_id, name, type, address, address_description, filters, exclusions, created_at";
 
     fn from_row(row: &AnyRow) -> Result<Resource> {
         let corrupt = |detail: String| StoreError::Corrupt {
@@ -30,7 +30,14 @@ impl Scoped for Resource {
         };
         let kind: String = row.try_get("type")?;
         let filters: String = row.try_get("filters")?;
+        let exclusions: Option<String> = row.try_get("exclusions")?;
         Ok(Resource {
+            exclusions: match exclusions {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| corrupt(format!("exclusions: {e}")))?
+                }
+                None => Vec::new(),
+            },
             id: uuid_column(row, Self::TABLE, "id")?,
             site_id: uuid_column(row, Self::TABLE, "site_id")?,
             name: row.try_get("name")?,
@@ -45,6 +52,19 @@ impl Scoped for Resource {
     }
 }
 
+/// NULL for none, as nodes of the release before wrote it.
+fn exclusions_json(resource: &Resource) -> Result<Option<String>> {
+    if resource.exclusions.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&resource.exclusions)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table: "resources",
+            detail: e.to_string(),
+        })
+}
+
 fn filters_json(resource: &Resource) -> Result<String> {
     serde_json::to_string(&resource.filters).map_err(|e| StoreError::Corrupt {
         table: "resources",
@@ -55,7 +75,8 @@ fn filters_json(resource: &Resource) -> Result<String> {
 pub async fn insert(conn: &mut Conn, account: Uuid, resource: &Resource) -> Result<()> {
     sqlx::query(
         "INSERT INTO resources (id, account_id, site_id, name, type, address, address_description, \
-         filters, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+         filters, created_at, updated_at, exclusions) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
     )
     .bind(resource.id.to_string())
     .bind(account.to_string())
@@ -66,6 +87,7 @@ pub async fn insert(conn: &mut Conn, account: Uuid, resource: &Resource) -> Resu
     .bind(resource.address_description.clone())
     .bind(filters_json(resource)?)
     .bind(resource.created_at.as_millisecond())
+    .bind(exclusions_json(resource)?)
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
@@ -88,7 +110,8 @@ pub async fn update(
 ) -> Result<()> {
     sqlx::query(
         "UPDATE resources SET site_id = $1, name = $2, type = $3, address = $4, \
-         address_description = $5, filters = $6, updated_at = $7 WHERE account_id = $8 AND id = $9",
+         address_description = $5, filters = $6, updated_at = $7, exclusions = $10 \
+         WHERE account_id = $8 AND id = $9",
     )
     .bind(resource.site_id.to_string())
     .bind(&resource.name)
@@ -99,6 +122,7 @@ pub async fn update(
     .bind(now_ms)
     .bind(account.to_string())
     .bind(resource.id.to_string())
+    .bind(exclusions_json(resource)?)
     .execute(&mut *conn)
     .await
     .map_err(classify)?;

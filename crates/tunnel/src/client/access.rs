@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// Addresses that must stay outside the tunnel whatever the portal says
     /// (its own: a route over it would cut the control channel).
     pub protected: Vec<IpAddr>,
+    /// The user turned the internet resource off (`postern client internet
+    /// off`): it is not routed even when granted.
+    pub internet_off: bool,
 }
 
 impl Default for ClientConfig {
@@ -44,6 +47,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(20),
             deny_hold: Duration::from_secs(5),
             protected: Vec::new(),
+            internet_off: false,
         }
     }
 }
@@ -157,10 +161,8 @@ fn route_is_sane(prefix: &IpNet, protected: &[IpAddr]) -> bool {
 }
 
 /// The prefixes a resource routes (DNS resources route their proxy
-/// addresses, assigned by the DNS stub). The internet resource is not
-/// routed yet: a default route into the tunnel needs the exclusions of
-/// the portal's, relays' and gateways' own addresses first (SPEC 7.4), or
-/// the client would cut itself off.
+/// addresses, assigned by the DNS stub). The internet resource is routed
+/// apart ([`ClientState::routes`]): its default routes need exclusions.
 pub fn routed_prefixes(resource: &ResourceDescription) -> Vec<IpNet> {
     match resource.kind() {
         ResourceType::Internet => Vec::new(),
@@ -200,7 +202,10 @@ impl ClientState {
     pub fn upsert_resource(&mut self, resource: ResourceDescription) {
         let id = resource.id;
         self.router.remove_resource(id);
-        for net in routed_prefixes(&resource) {
+        // Every prefix the resource covers decides packets here (the
+        // internet resource's too: more specific resources win); which of
+        // them are routed into the tunnel is `routes`' business.
+        for net in resource.address.prefixes() {
             self.router.insert(net, id);
         }
         match self.resources.get_mut(&id) {
@@ -257,7 +262,30 @@ impl ClientState {
             routes.insert(postern_model::plan::DNS_PROXY_V4.into());
             routes.insert(postern_model::plan::DNS_PROXY_V6.into());
         }
+        if let Some(internet) = self.routed_internet() {
+            routes.extend(internet.address.prefixes());
+        }
         (routes, refused)
+    }
+
+    /// The internet resource, if the client has one and routes it (the
+    /// user did not turn it off).
+    pub fn routed_internet(&self) -> Option<&ResourceDescription> {
+        if self.config.internet_off {
+            return None;
+        }
+        self.resources()
+            .find(|r| r.kind() == ResourceType::Internet)
+    }
+
+    /// Whether the client has the internet resource at all.
+    pub fn has_internet(&self) -> bool {
+        self.resources().any(|r| r.kind() == ResourceType::Internet)
+    }
+
+    /// The user's choice: route the internet resource or not.
+    pub fn set_internet(&mut self, on: bool) {
+        self.config.internet_off = !on;
     }
 
     /// Routes proxy addresses the DNS stub handed out for a DNS resource:

@@ -56,7 +56,7 @@ pub struct ClientTunnel {
     gateways: HashMap<GatewayId, [IpAddr; 2]>,
     connected: bool,
     /// What the shell was last told.
-    routes: Option<BTreeSet<IpNet>>,
+    routes: Option<(BTreeSet<IpNet>, BTreeSet<IpNet>)>,
     /// Resource prefixes not routed (and warned about once).
     refused_routes: BTreeSet<IpNet>,
     /// The relays' addresses: never routed into the tunnel.
@@ -152,9 +152,25 @@ impl ClientTunnel {
                 self.out.dropped.add("route_refused");
             }
         }
-        if self.routes.as_ref() != Some(&routes) {
-            self.routes = Some(routes.clone());
-            self.out.effects.push_back(Effect::Routes(routes));
+        // The internet resource's default routes leave out its exclusions
+        // and what must stay on the host's path (portal, relays).
+        let exclusions: BTreeSet<IpNet> = match self.access.routed_internet() {
+            Some(internet) => internet
+                .address
+                .exclusions()
+                .iter()
+                .copied()
+                .chain(self.protected().into_iter().map(IpNet::from))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let plan = (routes, exclusions);
+        if self.routes.as_ref() != Some(&plan) {
+            self.routes = Some(plan.clone());
+            let (routes, exclusions) = plan;
+            self.out
+                .effects
+                .push_back(Effect::Routes { routes, exclusions });
         }
         let mut routing_domains: Vec<String> = resources
             .iter()
@@ -582,6 +598,15 @@ impl Role for ClientTunnel {
                 }
                 self.connected = connected;
             }
+            Input::Internet(on) => {
+                tracing::info!(
+                    on,
+                    "internet resource turned {}",
+                    if on { "on" } else { "off" }
+                );
+                self.access.set_internet(on);
+                self.resources_changed();
+            }
             Input::NetworkChanged { locals, woke } => {
                 self.node.network_changed(&locals, now);
                 // After a long sleep the gateways' side of each session may
@@ -716,6 +741,10 @@ impl Role for ClientTunnel {
             connected: self.connected,
             addresses: self.addresses,
             resources,
+            internet: self.access.has_internet().then(|| {
+                let on = self.access.routed_internet().is_some();
+                if on { "on" } else { "off" }.to_string()
+            }),
         }
     }
 

@@ -12,6 +12,10 @@ pub struct ClientStatus {
     /// The tunnel addresses, once the portal gave them.
     pub addresses: Option<TunnelAddresses>,
     pub resources: Vec<ResourceLine>,
+    /// The internet resource: `on` (routed), `off` (the user turned it
+    /// off), absent when the client has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -556,7 +556,7 @@ impl Role for GatewayTunnel {
                 self.own_addresses_changed();
             }
             // Apps' queries go to a client's stub, not here.
-            Input::DnsQuery { .. } => {}
+            Input::DnsQuery { .. } | Input::Internet(_) => {}
         }
         self.drain();
     }
