@@ -169,6 +169,15 @@ fn the_internet_resource_carries_everything_but_the_local_network_and_its_exclus
             .unwrap()
             .contains("\"connected\": true")
     );
+    // Names are resolved at the office now: the office's resolver knows
+    // internal.corp.test, the client's own (public) one does not.
+    let dig = |name: &str| {
+        demo.net
+            .client
+            .run("dig", &["+short", "+time=3", "@100.100.111.1", name, "A"])
+            .unwrap()
+    };
+    assert_eq!(dig("internal.corp.test").trim(), "10.0.1.80");
 
     // Excluded: the host's own path again.
     demo.api_ok(
@@ -200,6 +209,11 @@ fn the_internet_resource_carries_everything_but_the_local_network_and_its_exclus
     let said = internet(&demo, "off");
     assert!(said.contains("internet resource: off"), "{said}");
     assert_eq!(seen_from_client(&demo), HOME_NAT, "turned off");
+    assert_eq!(
+        dig("internal.corp.test").trim(),
+        "",
+        "the public resolver again"
+    );
     assert_eq!(routing_state(&demo), before, "the routing table as before");
     // Remembered: a restarted client keeps it off; on again, through the
     // office.

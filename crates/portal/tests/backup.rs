@@ -39,7 +39,10 @@ async fn a_backup_under_writes_is_consistent_and_restores_into_sqlite_and_postgr
     .await;
     let backup = db.dir.join("portal.backup");
 
-    // Sites are created one after another while the backup is taken.
+    // Sites are created one after another while the backup is taken: it
+    // starts once a few exist (not after a fixed time, which a fast
+    // machine's writes can outrun).
+    let created = std::sync::atomic::AtomicUsize::new(0);
     let writes = async {
         for n in 0..150 {
             app.expect(
@@ -49,10 +52,14 @@ async fn a_backup_under_writes_is_consistent_and_restores_into_sqlite_and_postgr
                 Some(json!({"name": format!("site-{n}")})),
             )
             .await;
+            created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
         }
     };
     let copy = async {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        while created.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         app.state.store.backup_to(&backup).await.unwrap();
     };
     tokio::join!(writes, copy);

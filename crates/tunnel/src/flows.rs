@@ -88,6 +88,9 @@ struct Flow {
     seen: Instant,
     started: Instant,
     resource: Option<ResourceId>,
+    /// The real destination behind a DNS resource's proxy address (the
+    /// key has the proxy, as the client sees it).
+    real: Option<IpAddr>,
     bytes_out: u64,
     bytes_in: u64,
     /// TCP FINs seen ([`FIN_FROM_CLIENT`], [`FIN_TO_CLIENT`]).
@@ -153,7 +156,7 @@ fn ended(key: &FlowKey, flow: &Flow, at: Instant) -> EndedFlow {
     EndedFlow {
         protocol: key.protocol,
         client: (key.local, key.local_port),
-        remote: (key.remote, key.remote_port),
+        remote: (flow.real.unwrap_or(key.remote), key.remote_port),
         resource: flow.resource,
         started: flow.started,
         ended: at,
@@ -196,15 +199,17 @@ impl Flows {
 
     /// A packet the client sends: opens or refreshes its flow.
     pub fn outbound(&mut self, packet: &Packet<'_>, now: Instant) -> Result<(), FlowRefusal> {
-        self.outbound_for(packet, None, now)
+        self.outbound_for(packet, None, None, now)
     }
 
-    /// [`Flows::outbound`] for a packet `resource` let through (logged
-    /// with the flow it opens).
+    /// [`Flows::outbound`] for a packet `resource` let through, toward
+    /// `real` if its destination is a proxy address (logged with the flow
+    /// it opens).
     pub fn outbound_for(
         &mut self,
         packet: &Packet<'_>,
         resource: Option<ResourceId>,
+        real: Option<IpAddr>,
         now: Instant,
     ) -> Result<(), FlowRefusal> {
         // An ICMP error the client sends about a packet it got opens
@@ -225,6 +230,7 @@ impl Flows {
                     seen: now,
                     started: now,
                     resource,
+                    real,
                     bytes_out: packet.bytes().len() as u64,
                     bytes_in: 0,
                     fins: 0,
@@ -247,6 +253,7 @@ impl Flows {
             seen: now,
             started: now,
             resource,
+            real,
             bytes_out: packet.bytes().len() as u64,
             bytes_in: 0,
             fins: 0,
@@ -520,7 +527,7 @@ mod tests {
         let mut flows = Flows::logging();
         let out = |flows: &mut Flows, packet: &[u8], at| {
             flows
-                .outbound_for(&Packet::parse(packet).unwrap(), resource, at)
+                .outbound_for(&Packet::parse(packet).unwrap(), resource, None, at)
                 .unwrap()
         };
         let back = |flows: &mut Flows, packet: &[u8], at| {
@@ -586,6 +593,7 @@ mod tests {
             flows
                 .outbound_for(
                     &Packet::parse(&tcp(CLIENT, port, SERVER, 80, 0x02)).unwrap(),
+                    None,
                     None,
                     now,
                 )

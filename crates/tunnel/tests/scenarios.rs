@@ -794,7 +794,19 @@ fn the_internet_resource_routes_everything_but_its_exclusions_and_can_be_turned_
         world.client.status(world.now()),
         world.gateway(1).dropped()
     );
-    // Off: no default routes, nothing excluded; on again: back.
+    // Names too are resolved at the far end, through the tunnel.
+    let query = world.app_asks("example.org", RecordType::A);
+    assert!(world.run_until(Duration::from_secs(5), |w| w.answers.contains_key(&query)));
+    assert!(
+        world.answer(query).unwrap().metadata.authoritative,
+        "answered by the site's resolver, through the gateway"
+    );
+    assert!(
+        world.upstream.is_empty(),
+        "nothing asked on the host's path"
+    );
+    // Off: no default routes, nothing excluded, names upstream again; on
+    // again: back.
     world
         .client
         .handle_input(Input::Internet(false), world.now());
@@ -808,6 +820,8 @@ fn the_internet_resource_routes_everything_but_its_exclusions_and_can_be_turned_
         world.client.status(world.now()).internet.as_deref(),
         Some("off")
     );
+    let other = world.app_asks("example.net", RecordType::A);
+    assert_eq!(world.upstream, [other]);
     world
         .client
         .handle_input(Input::Internet(true), world.now());

@@ -315,24 +315,40 @@ impl ClientTunnel {
                     None => self.answer(query, Some(answer)),
                 }
             }
-            StubAnswer::Upstream => self
-                .out
-                .effects
-                .push_back(Effect::ForwardDns { query, bytes }),
+            // With the internet resource on, every other name too is
+            // resolved at the far end, through the tunnel, as the traffic
+            // to it goes (SPEC 7.4).
+            StubAnswer::Upstream => match self.access.routed_internet().map(|r| r.id) {
+                Some(internet) => self.query_gateway(internet, query, bytes, now),
+                None => self
+                    .out
+                    .effects
+                    .push_back(Effect::ForwardDns { query, bytes }),
+            },
             // Other questions about resource names: the gateway's resolver
             // answers through the tunnel (never the upstream: the name
             // would leak), once access is granted.
-            StubAnswer::Gateway { resource } => {
-                if bytes.len() > control::MAX_DNS_MESSAGE {
-                    self.answer(query, servfail(&bytes));
-                    return;
-                }
-                self.access.request(resource, now);
-                self.names.queue_query(resource, bytes, query, now);
-                self.send_gateway_queries(now);
-            }
+            StubAnswer::Gateway { resource } => self.query_gateway(resource, query, bytes, now),
             StubAnswer::Drop => self.answer(query, None),
         }
+    }
+
+    /// A query for the gateway of `resource`'s resolver, sent once access
+    /// to it is granted (asked for now).
+    fn query_gateway(
+        &mut self,
+        resource: ResourceId,
+        query: QueryId,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) {
+        if bytes.len() > control::MAX_DNS_MESSAGE {
+            self.answer(query, servfail(&bytes));
+            return;
+        }
+        self.access.request(resource, now);
+        self.names.queue_query(resource, bytes, query, now);
+        self.send_gateway_queries(now);
     }
 
     /// The gateway's answer to an assignment.

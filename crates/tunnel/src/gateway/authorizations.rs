@@ -381,7 +381,7 @@ impl GatewayState {
         }
         if entry
             .flows
-            .outbound_for(&parsed, Some(resource), now)
+            .outbound_for(&parsed, Some(resource), real, now)
             .is_err()
         {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
@@ -483,6 +483,19 @@ impl GatewayState {
 
     /// Whether `client` may have `proxies` for `name` of `resource` (before
     /// the gateway spends a lookup on it).
+    /// Whether the gateway's resolver answers `client` about `name` for
+    /// `resource`: a name of a DNS resource it may use, or any name for
+    /// the internet resource (its names are resolved where its traffic
+    /// goes).
+    pub fn may_resolve(&self, client: ClientId, resource: ResourceId, name: &str) -> bool {
+        let internet = self
+            .clients
+            .get(&client)
+            .and_then(|entry| entry.resources.get(&resource))
+            .is_some_and(|a| a.resource.kind() == postern_model::ResourceType::Internet);
+        internet || self.check_assignment(client, resource, name, &[]).is_ok()
+    }
+
     pub fn check_assignment(
         &self,
         client: ClientId,

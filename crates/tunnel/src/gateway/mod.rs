@@ -267,11 +267,8 @@ impl GatewayTunnel {
             TunnelMessage::DnsQuery { resource, query } => {
                 // Only about names of a resource the client may use: the
                 // gateway's resolver answers nothing else.
-                let allowed = query_name(&query).is_some_and(|name| {
-                    self.authorizations
-                        .check_assignment(client, resource, &name, &[])
-                        .is_ok()
-                });
+                let allowed = query_name(&query)
+                    .is_some_and(|name| self.authorizations.may_resolve(client, resource, &name));
                 let asked = if allowed {
                     self.lookups.ask(client, query.clone())
                 } else {
