@@ -73,12 +73,14 @@ pub fn host_path(
             // The internet resource: the local networks stay local
             // (printers, casting, the router's own pages), whoever wins
             // overlaps of named resources.
-            // (A local network that a named resource overlaps is decided
-            // below, by --local-networks-win.)
+            // (A local network that a named resource covers whole is
+            // decided below, by --local-networks-win; a named resource
+            // inside it keeps its more specific route anyway.)
             let named_overlap = |local: &IpNet| {
                 wanted.iter().any(|other| {
                     other.prefix_len() > 0
-                        && (other.contains(&local.network()) || local.contains(&other.network()))
+                        && other.prefix_len() <= local.prefix_len()
+                        && other.contains(&local.network())
                 })
             };
             throws.extend(
@@ -88,6 +90,14 @@ pub fn host_path(
                     .filter(|(local, _)| !named_overlap(local))
                     .map(|(local, _)| *local),
             );
+            // Multicast and broadcast stay on the local link (mDNS,
+            // casting, discovery): nothing at the far end wants them.
+            let link_only: &[&str] = if resource.addr().is_ipv4() {
+                &["224.0.0.0/4", "255.255.255.255/32"]
+            } else {
+                &["ff00::/8"]
+            };
+            throws.extend(link_only.iter().filter_map(|net| net.parse::<IpNet>().ok()));
             continue;
         }
         for (local, interface) in locals {
@@ -260,10 +270,12 @@ impl System {
         }
         let locals = postern_sys::route::local_networks(&self.interface_name);
         let (mut throws, overlaps) = host_path(&wanted, &keep, &locals, self.local_networks_win);
+        // An exclusion equal to a named resource's prefix would take that
+        // resource's route away: the resource wins.
         throws.extend(
             exclusions
                 .iter()
-                .filter(|e| wanted.iter().any(|w| w.contains(*e))),
+                .filter(|e| !wanted.contains(*e) && wanted.iter().any(|w| w.contains(*e))),
         );
         // A prefix thrown whole (a resource inside a local network that
         // wins) is not routed at all: one route per prefix in the table.
@@ -533,10 +545,21 @@ mod tests {
                 "192.168.1.1/32",
                 "192.168.1.53/32",
                 "198.18.0.2/32",
-                "fd20::/64"
+                "224.0.0.0/4",
+                "255.255.255.255/32",
+                "fd20::/64",
+                "ff00::/8"
             ])
         );
         assert!(overlaps.is_empty(), "{overlaps:?}");
+        // A named resource inside a wider local network: the rest of the
+        // network stays local, the resource's own route is more specific.
+        let wide = vec![("192.168.0.0/16".parse().unwrap(), "wlan0".to_string())];
+        let (throws, _) = host_path(&nets(&["0.0.0.0/0", "192.168.5.0/24"]), &[], &wide, false);
+        assert!(
+            throws.contains(&"192.168.0.0/16".parse().unwrap()),
+            "{throws:?}"
+        );
         let with_named = nets(&["0.0.0.0/0", "192.168.1.0/24"]);
         let (throws, overlaps) = host_path(&with_named, &[], &home(), false);
         assert!(

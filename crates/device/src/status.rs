@@ -64,8 +64,9 @@ pub struct Request {
     pub reply: oneshot::Sender<Vec<u8>>,
 }
 
-/// How long a connection has to send its command.
-const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection has to send its command (a local socket: the
+/// CLI's arrives at once).
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// A command line is short.
 const MAX_COMMAND: usize = 64;
 
@@ -86,36 +87,45 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> std::io::Result<()
     // (Replacing a socket left by a crashed run.)
     std::fs::rename(&temporary, path)?;
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            // The command line, up to the client's half-close.
-            let mut line = Vec::new();
-            let read = tokio::time::timeout(
-                COMMAND_WAIT,
-                (&mut stream)
-                    .take(MAX_COMMAND as u64)
-                    .read_to_end(&mut line),
-            )
-            .await;
-            let command = match read {
-                Ok(Ok(_)) => Command::parse(&String::from_utf8_lossy(&line)),
-                _ => None,
-            };
-            let Some(command) = command else {
-                let _ = stream.write_all(b"{\"error\":\"unknown command\"}").await;
-                let _ = stream.shutdown().await;
-                continue;
-            };
-            let (reply, answer) = oneshot::channel();
-            if requests.send(Request { command, reply }).await.is_err() {
-                return;
-            }
-            if let Ok(document) = answer.await {
-                let _ = stream.write_all(&document).await;
-                let _ = stream.shutdown().await;
-            }
+        while let Ok((stream, _)) = listener.accept().await {
+            // Each connection on its own: one that sends nothing never
+            // holds up the next.
+            tokio::spawn(answer(stream, requests.clone()));
         }
     });
     Ok(())
+}
+
+/// One connection: its command line (up to its half-close; nothing within
+/// [`COMMAND_WAIT`] is a plain status request, as older callers make), then
+/// the document.
+async fn answer(mut stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        COMMAND_WAIT,
+        (&mut stream)
+            .take(MAX_COMMAND as u64)
+            .read_to_end(&mut line),
+    )
+    .await;
+    let command = match read {
+        Ok(Ok(_)) => Command::parse(&String::from_utf8_lossy(&line)),
+        Ok(Err(_)) => None,
+        Err(_) => Some(Command::Status),
+    };
+    let Some(command) = command else {
+        let _ = stream.write_all(b"{\"error\":\"unknown command\"}").await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let (reply, answer) = oneshot::channel();
+    if requests.send(Request { command, reply }).await.is_err() {
+        return;
+    }
+    if let Ok(document) = answer.await {
+        let _ = stream.write_all(&document).await;
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Removes the socket file when the daemon stops.
@@ -227,4 +237,59 @@ pub fn render(document: &StatusDocument<ClientStatus>) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket takes a command line, or none from a caller that sends
+    /// nothing (older CLIs, scripts), and refuses unknown ones.
+    #[tokio::test]
+    async fn commands_come_in_and_silent_callers_still_get_the_status() {
+        let path = std::env::temp_dir().join(format!("postern-status-{}.sock", std::process::id()));
+        let (requests, mut incoming) = mpsc::channel(8);
+        serve(&path, requests).unwrap();
+        let seen = tokio::spawn(async move {
+            let mut commands = Vec::new();
+            while let Some(Request { command, reply }) = incoming.recv().await {
+                commands.push(command);
+                let _ = reply.send(b"{}".to_vec());
+                if commands.len() == 2 {
+                    return commands;
+                }
+            }
+            commands
+        });
+        // A silent caller: no command, no half-close.
+        let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            silent.read_to_end(&mut answer),
+        )
+        .await
+        .expect("answered after the command wait")
+        .unwrap();
+        assert_eq!(answer, b"{}");
+        // The CLI's command.
+        let mut cli = tokio::net::UnixStream::connect(&path).await.unwrap();
+        cli.write_all(b"internet off").await.unwrap();
+        cli.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        cli.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"{}");
+        assert_eq!(
+            seen.await.unwrap(),
+            vec![Command::Status, Command::Internet(false)]
+        );
+        // Nonsense is refused without reaching the daemon.
+        let mut odd = tokio::net::UnixStream::connect(&path).await.unwrap();
+        odd.write_all(b"rm -rf /").await.unwrap();
+        odd.shutdown().await.unwrap();
+        let mut answer = String::new();
+        odd.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("unknown command"), "{answer}");
+        let _ = std::fs::remove_file(&path);
+    }
 }

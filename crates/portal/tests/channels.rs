@@ -1116,6 +1116,20 @@ async fn a_gateway_writes_flows_only_into_its_own_account() {
         )
         .await;
     assert_eq!(status, 201, "{other_resource}");
+    // Another site of the same account: not this gateway's to log.
+    let (_, elsewhere) = w
+        .app
+        .call("POST", "/sites", Some(json!({"name": "branch"})))
+        .await;
+    let (status, branch_db) = w
+        .app
+        .call(
+            "POST",
+            "/resources",
+            Some(json!({"name": "branch-db", "type": "ip", "address": "10.8.8.8", "site_id": elsewhere["id"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{branch_db}");
     let (mut gateway, _) = w.gateway("gw-flows", 9).await;
     let flow = |resource: &str, port: u16| {
         json!({
@@ -1134,6 +1148,7 @@ async fn a_gateway_writes_flows_only_into_its_own_account() {
         .send(json!({"type": "flows", "batch": 1, "flows": [
             flow(&w.resource, 40001),
             flow(other_resource["id"].as_str().unwrap(), 40002),
+            flow(branch_db["id"].as_str().unwrap(), 40003),
         ]}))
         .await;
     let stored = gateway.next_of("flows_stored").await;
@@ -1141,7 +1156,11 @@ async fn a_gateway_writes_flows_only_into_its_own_account() {
     let (status, ours) = w.app.call("GET", "/flows", None).await;
     assert_eq!(status, 200);
     let ours = ours["data"].as_array().unwrap().clone();
-    assert_eq!(ours.len(), 1, "only the flow of our own resource: {ours:?}");
+    assert_eq!(
+        ours.len(),
+        1,
+        "only the flow of our own site's resource: {ours:?}"
+    );
     assert_eq!(ours[0]["source"], "100.64.0.2:40001");
     assert_eq!(ours[0]["bytes_in"], 34000);
     let (_, theirs) = w

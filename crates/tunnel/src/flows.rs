@@ -14,7 +14,7 @@
 //! bytes each way; a flow ends when TCP closes (both FINs, or a RST) or
 //! when it expires idle, and goes to [`Flows::take_ended`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -95,9 +95,17 @@ struct Flow {
     bytes_in: u64,
     /// TCP FINs seen ([`FIN_FROM_CLIENT`], [`FIN_TO_CLIENT`]).
     fins: u8,
-    /// Closed (both FINs or a RST), and logged already.
+    /// Closed (both FINs or a RST).
     closed: bool,
+    /// Logged at its close: the counters and `started` restart there, so
+    /// anything after the close (beyond a few closing segments) is logged
+    /// again when the flow expires, never counted twice.
+    logged: bool,
 }
+
+/// Bytes a closed flow may still carry without a log entry of their own
+/// (its last ACKs, a retransmitted FIN).
+const CLOSING_SLACK: u64 = 512;
 
 /// A flow that ended, for the flow log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +128,7 @@ pub struct Flows {
     pairs: HashMap<Pair, usize>,
     /// Whether ended flows are kept for the log (a gateway's tables).
     logging: bool,
-    ended: Vec<EndedFlow>,
+    ended: VecDeque<EndedFlow>,
     /// Ended flows dropped because nobody took them in time.
     ended_dropped: u64,
 }
@@ -131,6 +139,12 @@ fn idle_limit(protocol: u8) -> Duration {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => ICMP_IDLE,
         _ => UDP_IDLE,
     }
+}
+
+/// Whether a flow has traffic no log entry covers yet: never logged, or
+/// more than its closing segments since it was.
+fn unlogged(flow: &Flow) -> bool {
+    !flow.logged || flow.bytes_out + flow.bytes_in > CLOSING_SLACK
 }
 
 /// Notes a TCP segment's FIN or RST on `flow` (`direction`: whose FIN);
@@ -235,6 +249,7 @@ impl Flows {
                     bytes_in: 0,
                     fins: 0,
                     closed: false,
+                    logged: false,
                 };
                 return Ok(());
             }
@@ -258,6 +273,7 @@ impl Flows {
             bytes_in: 0,
             fins: 0,
             closed: false,
+            logged: false,
         };
         track_close(&mut flow, packet, FIN_FROM_CLIENT);
         self.flows.insert(key, flow);
@@ -305,25 +321,29 @@ impl Flows {
 
     /// Logs the flow at `key` as ended now (it stays in the table, closed).
     fn log(&mut self, key: &FlowKey, now: Instant) {
-        if let Some(flow) = self.flows.get(key) {
+        if let Some(flow) = self.flows.get_mut(key) {
             let ended = ended(key, flow, now);
+            flow.logged = true;
+            flow.started = now;
+            flow.bytes_out = 0;
+            flow.bytes_in = 0;
             self.push_ended(ended);
         }
     }
 
     fn push_ended(&mut self, flow: EndedFlow) {
         if self.ended.len() >= MAX_ENDED {
-            self.ended.remove(0);
+            self.ended.pop_front();
             self.ended_dropped += 1;
         }
-        self.ended.push(flow);
+        self.ended.push_back(flow);
     }
 
     /// The flows that ended since the last call (oldest first), and how
     /// many were dropped meanwhile for want of room.
     pub fn take_ended(&mut self) -> (Vec<EndedFlow>, u64) {
         (
-            std::mem::take(&mut self.ended),
+            std::mem::take(&mut self.ended).into(),
             std::mem::take(&mut self.ended_dropped),
         )
     }
@@ -335,7 +355,7 @@ impl Flows {
             let open: Vec<EndedFlow> = self
                 .flows
                 .iter()
-                .filter(|(_, flow)| !flow.closed)
+                .filter(|(_, flow)| unlogged(flow))
                 .map(|(key, flow)| ended(key, flow, flow.seen))
                 .collect();
             for flow in open {
@@ -388,7 +408,7 @@ impl Flows {
                 idle_limit(key.protocol)
             };
             let keep = now.saturating_duration_since(flow.seen) < limit;
-            if !keep && logging && !flow.closed {
+            if !keep && logging && unlogged(flow) {
                 expired.push(ended(key, flow, flow.seen));
             }
             if !keep {
@@ -582,6 +602,38 @@ mod tests {
             .unwrap();
         client_side.expire(start + UDP_IDLE);
         assert!(client_side.take_ended().0.is_empty());
+    }
+
+    /// A client that sends a RST (which the server may ignore, RFC 5961)
+    /// and goes on cannot hide the rest: what follows the close is logged
+    /// when the flow goes idle, counted once; a flow whose first segment
+    /// closed it is logged too.
+    #[test]
+    fn traffic_after_a_close_is_logged_again_and_never_twice() {
+        let start = Instant::now();
+        let mut flows = Flows::logging();
+        let out = |flows: &mut Flows, packet: &[u8], at| {
+            flows
+                .outbound_for(&Packet::parse(packet).unwrap(), None, None, at)
+                .unwrap()
+        };
+        out(&mut flows, &tcp(CLIENT, 1, SERVER, 80, 0x02), start);
+        out(&mut flows, &tcp(CLIENT, 1, SERVER, 80, 0x04), start);
+        let (first, _) = flows.take_ended();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].bytes_out, 80);
+        let later = start + Duration::from_secs(1);
+        for _ in 0..100 {
+            out(&mut flows, &tcp(CLIENT, 1, SERVER, 80, 0x10), later);
+        }
+        // A flow opened by a lone RST is closed from its start.
+        out(&mut flows, &tcp(CLIENT, 2, SERVER, 80, 0x04), later);
+        flows.expire(later + Duration::from_secs(11));
+        let (after, _) = flows.take_ended();
+        assert_eq!(after.len(), 2, "{after:?}");
+        let rest = after.iter().find(|f| f.client.1 == 1).unwrap();
+        assert_eq!((rest.started, rest.bytes_out), (start, 100 * 40));
+        assert!(after.iter().any(|f| f.client.1 == 2 && f.bytes_out == 40));
     }
 
     /// A client that goes away ends its open flows; a RST ends one too.

@@ -31,6 +31,14 @@ use crate::state::AppState;
 /// How often timeouts, expiries and the heartbeat are checked.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Flow log batches held at once, at most (each gateway keeps 8 in
+/// flight): past it a batch is not confirmed and its gateway sends it
+/// again later, so a gateway that floods the log cannot pile up tasks.
+static FLOW_BATCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+/// Of those, written at once: the rest wait their turn, so the flow log
+/// never crowds out the API's and the ledger's writes.
+static FLOW_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// What the sockets and the cluster listener send the hub.
 #[derive(Debug)]
 pub(super) enum HubEvent {
@@ -190,11 +198,20 @@ pub(super) fn carry_out(
                     batch,
                     flows,
                 } => {
-                    if let Some(store) = sinks.store {
+                    let permit = FLOW_BATCHES.try_acquire();
+                    if permit.is_err() {
+                        tracing::debug!(%gateway, batch, "flow log busy; the gateway sends the batch again");
+                    }
+                    if let (Some(store), Ok(permit)) = (sinks.store, permit) {
                         let store = store.clone();
                         let answer = outlets.sender(conn);
+                        let now_ms = wall.as_millisecond();
                         tokio::spawn(async move {
-                            match record_flows(&store, account, gateway.0, &flows).await {
+                            let _held = permit;
+                            let Ok(_writing) = FLOW_WRITES.acquire().await else {
+                                return;
+                            };
+                            match record_flows(&store, account, gateway.0, &flows, now_ms).await {
                                 Ok(stored) => {
                                     tracing::debug!(%gateway, batch, stored, "flows stored");
                                     let ack =
@@ -239,9 +256,10 @@ async fn record_flows(
     account: uuid::Uuid,
     gateway: uuid::Uuid,
     flows: &[postern_model::protocol::FlowRecord],
+    now_ms: i64,
 ) -> crate::store::Result<u64> {
     let mut tx = store.write().await?;
-    let stored = crate::store::logs::record_flows(&mut tx, account, gateway, flows).await?;
+    let stored = crate::store::logs::record_flows(&mut tx, account, gateway, flows, now_ms).await?;
     tx.commit().await?;
     Ok(stored)
 }

@@ -40,19 +40,24 @@ pub struct FlowEntry {
 }
 
 /// Stores a gateway's ended flows in its account, each with the actor its
-/// client belongs to; a flow naming a resource outside the account is not
-/// stored (a gateway writes only its own account's log). Returns how many
-/// were stored.
+/// client belongs to; a flow naming a resource outside the gateway's site
+/// is not stored (a gateway writes only its own account's log, about its
+/// own site's resources). Times are kept at or before `now_ms` (a gateway's
+/// clock, or a forged time, cannot put entries past retention).
 pub async fn record_flows(
     conn: &mut Conn,
     account: Uuid,
     gateway: Uuid,
     flows: &[postern_model::protocol::FlowRecord],
+    now_ms: i64,
 ) -> Result<u64> {
     let mut stored = 0;
     for flow in flows {
+        let ended = flow.ended_ms.min(now_ms);
+        let started = flow.started_ms.min(ended);
         let result = sqlx::query(
-            "INSERT INTO flows (account_id, gateway_id, client_id, resource_id, actor_id, protocol,              source, destination, bytes_in, bytes_out, started_at, ended_at)              SELECT $1, $2, $3, $4,              (SELECT actor_id FROM devices WHERE id = $3 AND account_id = $1),              $5, $6, $7, $8, $9, $10, $11              WHERE EXISTS (SELECT 1 FROM resources WHERE id = $4 AND account_id = $1)",
+            "INSERT INTO flows (account_id, gateway_id, client_id, resource_id, actor_id, protocol,              source, destination, bytes_in, bytes_out, started_at, ended_at)              SELECT $1, $2, $3, $4,              (SELECT actor_id FROM devices WHERE id = $3 AND account_id = $1),              $5, $6, $7, $8, $9, $10, $11              WHERE EXISTS (SELECT 1 FROM resources r JOIN devices g ON g.site_id = r.site_id \
+             WHERE r.id = $4 AND r.account_id = $1 AND g.id = $2 AND g.account_id = $1)",
         )
         .bind(account.to_string())
         .bind(gateway.to_string())
@@ -63,8 +68,8 @@ pub async fn record_flows(
         .bind(flow.destination.to_string())
         .bind(i64::try_from(flow.bytes_in).unwrap_or(i64::MAX))
         .bind(i64::try_from(flow.bytes_out).unwrap_or(i64::MAX))
-        .bind(flow.started_ms)
-        .bind(flow.ended_ms)
+        .bind(started)
+        .bind(ended)
         .execute(&mut *conn)
         .await?;
         stored += result.rows_affected();

@@ -676,6 +676,19 @@ pub async fn crud_scenario(app: &TestApp) {
         .await;
     assert_eq!(members["actor_ids"], json!([robot_id]));
 
+    // --- flow log: nothing reported yet; every filter answers (on both
+    // databases: unset filters are typed NULLs)
+    for query in [
+        "/flows".to_string(),
+        format!(
+            "/flows?resource_id={robot_id}&actor_id={robot_id}&since=2020-01-01T00:00:00Z&until=2030-01-01T00:00:00Z&limit=5"
+        ),
+        "/flows?since=2020-01-01T00:00:00Z".to_string(),
+    ] {
+        let flows = app.expect(StatusCode::OK, "GET", &query, None).await;
+        assert_eq!(flows["data"], json!([]), "{query}");
+    }
+
     // --- audit log: every change, newest first, with before and after
     let log = app
         .expect(StatusCode::OK, "GET", "/audit_log?limit=1000", None)

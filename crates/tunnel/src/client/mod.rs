@@ -176,6 +176,11 @@ impl ClientTunnel {
             .iter()
             .filter_map(|r| routing_domain(r.address.dns_pattern()?.as_str()))
             .collect();
+        // With the internet resource on, every name comes to the stub (a
+        // routing domain of "." under systemd-resolved).
+        if self.access.routed_internet().is_some() {
+            routing_domains.push(".".to_string());
+        }
         routing_domains.sort();
         routing_domains.dedup();
         let dns = DnsConfig {
@@ -318,7 +323,14 @@ impl ClientTunnel {
             // With the internet resource on, every other name too is
             // resolved at the far end, through the tunnel, as the traffic
             // to it goes (SPEC 7.4).
-            StubAnswer::Upstream => match self.access.routed_internet().map(|r| r.id) {
+            // Not while the portal is away: the daemon's own lookup of the
+            // portal's name must not wait for access only the portal grants.
+            StubAnswer::Upstream => match self
+                .access
+                .routed_internet()
+                .map(|r| r.id)
+                .filter(|_| self.connected)
+            {
                 Some(internet) => self.query_gateway(internet, query, bytes, now),
                 None => self
                     .out
@@ -503,6 +515,9 @@ impl Role for ClientTunnel {
                     ipv4 = %interface.ipv4, ipv6 = %interface.ipv6,
                     resources = resources.len(), relays = relays.len(), "portal init"
                 );
+                // A message from the portal: the channel is up (the shell
+                // says so too; a world without a shell only sends this).
+                self.connected = true;
                 self.init_interface(&interface);
                 self.node.add_relays(&relays, now);
                 self.note_relays(&relays);

@@ -24,11 +24,15 @@ pub const MAX_WAITING: usize = 100_000;
 /// Batches sent and not yet confirmed, at most: a portal that stores
 /// slowly gets no more until it catches up.
 const MAX_UNCONFIRMED: usize = 8;
+/// A batch not confirmed this long is sent again (its confirmation was
+/// lost, or the portal could not store it).
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct FlowReports {
     waiting: VecDeque<FlowRecord>,
-    unconfirmed: BTreeMap<u64, Vec<FlowRecord>>,
+    /// Sent batches: when, and what.
+    unconfirmed: BTreeMap<u64, (Instant, Vec<FlowRecord>)>,
     next_batch: u64,
     next_report: Option<Instant>,
     /// A monotonic instant and the wall-clock time at it (the last portal
@@ -91,12 +95,36 @@ impl FlowReports {
     }
 
     fn len(&self) -> usize {
-        self.waiting.len() + self.unconfirmed.values().map(Vec::len).sum::<usize>()
+        self.waiting.len()
+            + self
+                .unconfirmed
+                .values()
+                .map(|(_, f)| f.len())
+                .sum::<usize>()
+    }
+
+    /// Batches unconfirmed past [`CONFIRM_WITHIN`] go back to the front of
+    /// the queue.
+    fn resend_late(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, (sent, _))| now.saturating_duration_since(*sent) >= CONFIRM_WITHIN)
+            .map(|(batch, _)| *batch)
+            .collect();
+        for batch in late.into_iter().rev() {
+            if let Some((_, flows)) = self.unconfirmed.remove(&batch) {
+                for flow in flows.into_iter().rev() {
+                    self.waiting.push_front(flow);
+                }
+            }
+        }
     }
 
     /// The next batch for the portal, if one is due (and the portal
     /// connected, and not too many wait for confirmation).
     pub fn poll(&mut self, now: Instant, connected: bool) -> Option<GatewayToPortal> {
+        self.resend_late(now);
         if !connected
             || self.waiting.is_empty()
             || self.unconfirmed.len() >= MAX_UNCONFIRMED
@@ -107,7 +135,8 @@ impl FlowReports {
         let count = self.waiting.len().min(MAX_FLOWS_PER_BATCH);
         let flows: Vec<FlowRecord> = self.waiting.drain(..count).collect();
         self.next_batch += 1;
-        self.unconfirmed.insert(self.next_batch, flows.clone());
+        self.unconfirmed
+            .insert(self.next_batch, (now, flows.clone()));
         // A full batch leaves at once behind the last; a part one waits
         // for more company.
         self.next_report = (!self.waiting.is_empty()).then(|| {
@@ -131,7 +160,7 @@ impl FlowReports {
     /// The portal connection broke: what it did not confirm goes again,
     /// first, in order.
     pub fn disconnected(&mut self, now: Instant) {
-        for (_, flows) in std::mem::take(&mut self.unconfirmed).into_iter().rev() {
+        for (_, (_, flows)) in std::mem::take(&mut self.unconfirmed).into_iter().rev() {
             for flow in flows.into_iter().rev() {
                 self.waiting.push_front(flow);
             }
@@ -141,8 +170,18 @@ impl FlowReports {
         }
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_report.filter(|_| !self.waiting.is_empty())
+    /// When [`FlowReports::poll`] has something to do: a batch due (only
+    /// while connected and with room for it), or a confirmation overdue.
+    pub fn poll_timeout(&self, connected: bool) -> Option<Instant> {
+        let send = self.next_report.filter(|_| {
+            connected && !self.waiting.is_empty() && self.unconfirmed.len() < MAX_UNCONFIRMED
+        });
+        let resend = self
+            .unconfirmed
+            .values()
+            .map(|(sent, _)| *sent + CONFIRM_WITHIN)
+            .min();
+        send.into_iter().chain(resend).min()
     }
 
     /// Flows dropped so far (room, or no resource or clock).
@@ -210,6 +249,37 @@ mod tests {
         let (_, rest) = batch(reports.poll(later + REPORT_EVERY, true).unwrap());
         assert_eq!(rest.len(), 100);
         assert_eq!(reports.dropped(), 0);
+    }
+
+    /// Nothing to wake up for while the portal is away or the window is
+    /// full (a past deadline would spin the daemon); a lost confirmation
+    /// gets its batch sent again.
+    #[test]
+    fn away_or_full_it_sleeps_and_a_lost_confirmation_is_resent() {
+        let now = Instant::now();
+        let mut reports = FlowReports::default();
+        reports.set_clock(now, Timestamp::UNIX_EPOCH);
+        let count = 10 * MAX_FLOWS_PER_BATCH as u16;
+        reports.add((0..count).map(|n| flow(n, now)).collect(), 0, now);
+        let later = now + REPORT_EVERY;
+        assert_eq!(reports.poll_timeout(true), Some(later));
+        assert_eq!(reports.poll_timeout(false), None, "away: nothing to do");
+        let mut sent = Vec::new();
+        while let Some(message) = reports.poll(later, true) {
+            sent.push(batch(message).0);
+        }
+        assert_eq!(sent.len(), MAX_UNCONFIRMED);
+        // The window is full: the next wake-up is the first resend, not now.
+        assert_eq!(reports.poll_timeout(true), Some(later + CONFIRM_WITHIN));
+        for batch in &sent[1..] {
+            reports.stored(*batch);
+        }
+        let resent = batch(reports.poll(later + CONFIRM_WITHIN, true).unwrap()).1;
+        assert_eq!(
+            resent[0].source.port(),
+            0,
+            "the unconfirmed first batch again"
+        );
     }
 
     #[test]

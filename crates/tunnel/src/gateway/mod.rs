@@ -436,7 +436,11 @@ impl Role for GatewayTunnel {
     fn handle_portal(&mut self, message: PortalToGateway, now: Instant, wall: Timestamp) {
         self.flow_reports.set_clock(now, wall);
         match message {
-            PortalToGateway::FlowsStored { batch } => self.flow_reports.stored(batch),
+            PortalToGateway::FlowsStored { batch } => {
+                self.flow_reports.stored(batch);
+                // Room in the window: what waits goes on.
+                self.report_flows(now);
+            }
             PortalToGateway::Init {
                 interface,
                 relays,
@@ -641,7 +645,7 @@ impl Role for GatewayTunnel {
             self.authorizations.poll_timeout(),
             self.lookups.poll_timeout(),
             self.replies.next_check(),
-            self.flow_reports.poll_timeout(),
+            self.flow_reports.poll_timeout(self.connected),
         ]
         .into_iter()
         .flatten()
