@@ -606,29 +606,31 @@ pub enum ClientCommand {
         state: String,
         #[command(flatten)]
         dir: StateDir,
-        /// Unix socket of the running daemon
-        #[arg(
-            long,
-            env = "POSTERN_STATUS_SOCKET",
-            value_name = "PATH",
-            default_value = "/run/postern/client.sock"
-        )]
-        status_socket: PathBuf,
+        #[command(flatten)]
+        socket: StatusSocket,
     },
     /// Show resources, connections and paths (direct or relayed)
     Status {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
-        /// Unix socket of the running daemon
-        #[arg(
-            long,
-            env = "POSTERN_STATUS_SOCKET",
-            value_name = "PATH",
-            default_value = "/run/postern/client.sock"
-        )]
-        status_socket: PathBuf,
+        #[command(flatten)]
+        socket: StatusSocket,
     },
+}
+
+/// Where a running client daemon answers (`client status`, `client
+/// internet`).
+#[derive(Debug, Args)]
+pub struct StatusSocket {
+    /// Unix socket of the running daemon
+    #[arg(
+        long = "status-socket",
+        env = "POSTERN_STATUS_SOCKET",
+        value_name = "PATH",
+        default_value = "/run/postern/client.sock"
+    )]
+    pub path: PathBuf,
 }
 
 /// `postern client up`.

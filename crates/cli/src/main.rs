@@ -74,17 +74,16 @@ fn main() -> ExitCode {
             ClientCommand::SignOut { state, trust } => {
                 finish("client sign-out", sign_in::sign_out(&state.dir, &trust))
             }
-            ClientCommand::Status {
-                json,
-                ref status_socket,
-            } => finish("client status", device::client_status(json, status_socket)),
+            ClientCommand::Status { json, ref socket } => {
+                finish("client status", device::client_status(json, &socket.path))
+            }
             ClientCommand::Internet {
                 ref state,
                 ref dir,
-                ref status_socket,
+                ref socket,
             } => finish(
                 "client internet",
-                device::client_internet(state == "on", &dir.dir, status_socket),
+                device::client_internet(state == "on", &dir.dir, &socket.path),
             ),
         },
         Command::Demo(args) => finish("demo", demo::run(args)),

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use postern_turn::stream;
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// The listening socket's token; connections count up from
 /// [`FIRST_CONNECTION`] (relayed UDP ports use their port number, the
@@ -337,20 +336,7 @@ fn flush(connection: &mut Connection) -> io::Result<()> {
 
 /// A listening TCP socket shared with the other workers.
 fn listen(address: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    if address.is_ipv6() {
-        // `[::]` serves both families (as the UDP port does).
-        socket.set_only_v6(!address.ip().is_unspecified())?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
+    let socket = postern_sys::tcp::listening_socket(address, true)?;
     let mut listener = TcpListener::from_std(socket.into());
     registry.register(&mut listener, token, Interest::READABLE)?;
     Ok(listener)

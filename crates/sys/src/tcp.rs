@@ -8,6 +8,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Listens on `address`; `[::]` serves IPv4 too (v4-mapped), whatever
 /// `net.ipv6.bindv6only` says, as the relay's and devices' sockets do.
 pub fn listen(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::from_std(listening_socket(address, false)?.into())
+}
+
+/// A non-blocking listening socket on `address` (`[::]`: both families),
+/// rebinding at once after a restart (connections in TIME_WAIT), shared
+/// with other sockets of the same user with `reuse_port` (a relay's
+/// workers each listen on the port).
+pub fn listening_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -16,12 +24,14 @@ pub fn listen(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     if address.is_ipv6() {
         socket.set_only_v6(!address.ip().is_unspecified())?;
     }
-    // A restarted portal rebinds at once (connections in TIME_WAIT).
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]

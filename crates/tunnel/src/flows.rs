@@ -103,6 +103,28 @@ struct Flow {
     logged: bool,
 }
 
+impl Flow {
+    /// A flow the client's `packet` opens now.
+    fn opened(
+        packet: &Packet<'_>,
+        resource: Option<ResourceId>,
+        real: Option<IpAddr>,
+        now: Instant,
+    ) -> Flow {
+        Flow {
+            seen: now,
+            started: now,
+            resource,
+            real,
+            bytes_out: packet.bytes().len() as u64,
+            bytes_in: 0,
+            fins: 0,
+            closed: false,
+            logged: false,
+        }
+    }
+}
+
 /// Bytes a closed flow may still carry without a log entry of their own
 /// (its last ACKs, a retransmitted FIN).
 const CLOSING_SLACK: u64 = 512;
@@ -240,17 +262,7 @@ impl Flows {
             {
                 // A new connection on the port of one that closed moments
                 // ago (logged already): a flow of its own.
-                *flow = Flow {
-                    seen: now,
-                    started: now,
-                    resource,
-                    real,
-                    bytes_out: packet.bytes().len() as u64,
-                    bytes_in: 0,
-                    fins: 0,
-                    closed: false,
-                    logged: false,
-                };
+                *flow = Flow::opened(packet, resource, real, now);
                 return Ok(());
             }
             flow.seen = now;
@@ -264,17 +276,7 @@ impl Flows {
         if self.flows.len() >= MAX_FLOWS {
             return Err(FlowRefusal::Full);
         }
-        let mut flow = Flow {
-            seen: now,
-            started: now,
-            resource,
-            real,
-            bytes_out: packet.bytes().len() as u64,
-            bytes_in: 0,
-            fins: 0,
-            closed: false,
-            logged: false,
-        };
+        let mut flow = Flow::opened(packet, resource, real, now);
         track_close(&mut flow, packet, FIN_FROM_CLIENT);
         self.flows.insert(key, flow);
         *self
