@@ -112,7 +112,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/actors/{id}", tag = "actors", responses((status = 200, body = Actor), (status = 404)))]
+#[utoipa::path(get, path = "/actors/{id}", tag = "actors", params(("id" = String, Path, description = "The object's id (a UUID)")), responses((status = 200, body = Actor), (status = 404)))]
 pub async fn get(
     state: Shared,
     admin: Admin,
@@ -121,7 +121,7 @@ pub async fn get(
     Ok(axum::Json(read_one::<Actor>(&state, &admin, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/actors/{id}", tag = "actors", request_body = ActorPatch,
+#[utoipa::path(patch, path = "/actors/{id}", tag = "actors", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = ActorPatch,
     description = "Disabling an actor closes its clients' channels at once.",
     responses((status = 200, body = Actor), (status = 404), (status = 409), (status = 422)))]
 pub async fn update(
@@ -159,7 +159,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/actors/{id}", tag = "actors",
+#[utoipa::path(delete, path = "/actors/{id}", tag = "actors", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Deletes the actor with its tokens and devices; its channels close at once.",
     responses((status = 204), (status = 404), (status = 409)))]
 pub async fn remove(

@@ -42,7 +42,7 @@ pub async fn list(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse> {
     Ok(List::of(views))
 }
 
-#[utoipa::path(patch, path = "/clients/{id}", tag = "clients", request_body = ClientPatch,
+#[utoipa::path(patch, path = "/clients/{id}", tag = "clients", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = ClientPatch,
     responses((status = 200, body = Device), (status = 404)))]
 pub async fn update(
     state: Shared,
@@ -71,7 +71,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/clients/{id}", tag = "clients",
+#[utoipa::path(delete, path = "/clients/{id}", tag = "clients", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Forgets the device and closes its channel; it gets new addresses if it returns.",
     responses((status = 204), (status = 404)))]
 pub async fn remove(

@@ -73,7 +73,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/groups/{id}", tag = "groups", responses((status = 200, body = Group), (status = 404)))]
+#[utoipa::path(get, path = "/groups/{id}", tag = "groups", params(("id" = String, Path, description = "The object's id (a UUID)")), responses((status = 200, body = Group), (status = 404)))]
 pub async fn get(
     state: Shared,
     admin: Admin,
@@ -82,7 +82,7 @@ pub async fn get(
     Ok(axum::Json(read_one::<Group>(&state, &admin, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/groups/{id}", tag = "groups", request_body = GroupPatch,
+#[utoipa::path(patch, path = "/groups/{id}", tag = "groups", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = GroupPatch,
     responses((status = 200, body = Group), (status = 404), (status = 409)))]
 pub async fn update(
     state: Shared,
@@ -108,7 +108,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/groups/{id}", tag = "groups",
+#[utoipa::path(delete, path = "/groups/{id}", tag = "groups", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Deletes the group and its policies; its members lose what only it granted.",
     responses((status = 204), (status = 404), (status = 409)))]
 pub async fn remove(
@@ -130,7 +130,7 @@ pub async fn remove(
     .await
 }
 
-#[utoipa::path(get, path = "/groups/{id}/members", tag = "groups",
+#[utoipa::path(get, path = "/groups/{id}/members", tag = "groups", params(("id" = String, Path, description = "The object's id (a UUID)")),
     responses((status = 200, body = Members), (status = 404)))]
 pub async fn members(
     state: Shared,
@@ -144,7 +144,7 @@ pub async fn members(
     Ok(axum::Json(Members { actor_ids }))
 }
 
-#[utoipa::path(put, path = "/groups/{id}/members", tag = "groups", request_body = Members,
+#[utoipa::path(put, path = "/groups/{id}/members", tag = "groups", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = Members,
     description = "Replaces the members.",
     responses((status = 200, body = Members), (status = 404), (status = 422)))]
 pub async fn set_members(

@@ -242,7 +242,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/identity_providers/{id}", tag = "identity providers",
+#[utoipa::path(get, path = "/identity_providers/{id}", tag = "identity providers", params(("id" = String, Path, description = "The object's id (a UUID)")),
     responses((status = 200, body = ProviderView), (status = 404)))]
 pub async fn get(
     state: Shared,
@@ -256,7 +256,7 @@ pub async fn get(
     Ok(axum::Json(view(&state, &slug, &provider)))
 }
 
-#[utoipa::path(patch, path = "/identity_providers/{id}", tag = "identity providers",
+#[utoipa::path(patch, path = "/identity_providers/{id}", tag = "identity providers", params(("id" = String, Path, description = "The object's id (a UUID)")),
     request_body = ProviderPatch,
     responses((status = 200, body = ProviderView), (status = 404), (status = 422)))]
 pub async fn update(
@@ -305,7 +305,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/identity_providers/{id}", tag = "identity providers",
+#[utoipa::path(delete, path = "/identity_providers/{id}", tag = "identity providers", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Deletes the provider with its identities; every token from a sign-in with it is revoked and its clients disconnected at once.",
     responses((status = 204), (status = 404)))]
 pub async fn remove(

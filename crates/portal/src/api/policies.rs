@@ -103,7 +103,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/policies/{id}", tag = "policies", responses((status = 200, body = PolicyRecord), (status = 404)))]
+#[utoipa::path(get, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "The object's id (a UUID)")), responses((status = 200, body = PolicyRecord), (status = 404)))]
 pub async fn get(
     state: Shared,
     admin: Admin,
@@ -114,7 +114,7 @@ pub async fn get(
     ))
 }
 
-#[utoipa::path(patch, path = "/policies/{id}", tag = "policies", request_body = PolicyPatch,
+#[utoipa::path(patch, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = PolicyPatch,
     responses((status = 200, body = PolicyRecord), (status = 404), (status = 422)))]
 pub async fn update(
     state: Shared,
@@ -153,7 +153,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/policies/{id}", tag = "policies",
+#[utoipa::path(delete, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Access it granted is revoked at once.",
     responses((status = 204), (status = 404)))]
 pub async fn remove(

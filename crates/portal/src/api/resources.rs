@@ -147,7 +147,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/resources/{id}", tag = "resources", responses((status = 200, body = Resource), (status = 404)))]
+#[utoipa::path(get, path = "/resources/{id}", tag = "resources", params(("id" = String, Path, description = "The object's id (a UUID)")), responses((status = 200, body = Resource), (status = 404)))]
 pub async fn get(
     state: Shared,
     admin: Admin,
@@ -156,7 +156,7 @@ pub async fn get(
     Ok(axum::Json(read_one::<Resource>(&state, &admin, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/resources/{id}", tag = "resources", request_body = ResourcePatch,
+#[utoipa::path(patch, path = "/resources/{id}", tag = "resources", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = ResourcePatch,
     responses((status = 200, body = Resource), (status = 404), (status = 422)))]
 pub async fn update(
     state: Shared,
@@ -210,7 +210,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/resources/{id}", tag = "resources",
+#[utoipa::path(delete, path = "/resources/{id}", tag = "resources", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Deletes the resource and its policies; clients lose it at once.",
     responses((status = 204), (status = 404)))]
 pub async fn remove(

@@ -78,7 +78,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/sites/{id}", tag = "sites", responses((status = 200, body = Site), (status = 404)))]
+#[utoipa::path(get, path = "/sites/{id}", tag = "sites", params(("id" = String, Path, description = "The object's id (a UUID)")), responses((status = 200, body = Site), (status = 404)))]
 pub async fn get(
     state: Shared,
     admin: Admin,
@@ -87,7 +87,7 @@ pub async fn get(
     Ok(axum::Json(read_one::<Site>(&state, &admin, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/sites/{id}", tag = "sites", request_body = SitePatch,
+#[utoipa::path(patch, path = "/sites/{id}", tag = "sites", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = SitePatch,
     responses((status = 200, body = Site), (status = 404)))]
 pub async fn update(
     state: Shared,
@@ -117,7 +117,7 @@ pub async fn update(
     .await
 }
 
-#[utoipa::path(delete, path = "/sites/{id}", tag = "sites",
+#[utoipa::path(delete, path = "/sites/{id}", tag = "sites", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Deletes the site with its resources, their policies and its gateway tokens.",
     responses((status = 204), (status = 404)))]
 pub async fn remove(
@@ -139,7 +139,7 @@ pub async fn remove(
     .await
 }
 
-#[utoipa::path(post, path = "/sites/{id}/gateway_tokens", tag = "sites",
+#[utoipa::path(post, path = "/sites/{id}/gateway_tokens", tag = "sites", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "A token for the site's gateways; any number of gateways may share it. Shown once.",
     responses((status = 201, body = NewSecret), (status = 404)))]
 pub async fn create_gateway_token(
@@ -176,7 +176,7 @@ pub async fn create_gateway_token(
     .await
 }
 
-#[utoipa::path(get, path = "/sites/{id}/gateways", tag = "sites",
+#[utoipa::path(get, path = "/sites/{id}/gateways", tag = "sites", params(("id" = String, Path, description = "The object's id (a UUID)")),
     responses((status = 200, body = List<GatewayView>), (status = 404)))]
 pub async fn gateways(
     state: Shared,

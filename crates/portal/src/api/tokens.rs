@@ -34,7 +34,7 @@ pub struct TokenInput {
     pub expires_at: Option<Timestamp>,
 }
 
-#[utoipa::path(post, path = "/actors/{id}/tokens", tag = "tokens", request_body = TokenInput,
+#[utoipa::path(post, path = "/actors/{id}/tokens", tag = "tokens", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = TokenInput,
     description = "A service account gets a client token, an admin an API token. Shown once.",
     responses((status = 201, body = NewSecret), (status = 404), (status = 422)))]
 pub async fn create(
@@ -106,7 +106,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens",
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "The object's id (a UUID)")),
     description = "Revokes at once: every channel using the token is closed with `token_revoked`.",
     responses((status = 204), (status = 404)))]
 pub async fn revoke(

@@ -787,6 +787,32 @@ pub async fn crud_scenario(app: &TestApp) {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Every `{name}` in a path is a declared path parameter of each of its
+    // operations (generated clients cannot call them otherwise).
+    let mut undeclared = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let names: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        for (method, operation) in operations.as_object().unwrap() {
+            for name in &names {
+                let declared = operation["parameters"].as_array().is_some_and(|params| {
+                    params
+                        .iter()
+                        .any(|p| p["in"] == "path" && p["name"] == *name && p["required"] == true)
+                });
+                if !declared {
+                    undeclared.push(format!("{method} {path}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        undeclared.is_empty(),
+        "path parameters not declared: {undeclared:?}"
+    );
 }
 
 /// `/identity_providers`: CRUD, validation, the secret never shown.
