@@ -12,7 +12,15 @@ use crate::store::logs::{self, FlowEntry, SessionEntry};
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
+/// The page size, and the cursor checked (a log position is at least 1;
+/// anything else is not one the portal handed out).
 fn limit(query: &PageQuery) -> ApiResult<i64> {
+    if query.cursor.is_some_and(|cursor| cursor < 1) {
+        return Err(Problem::invalid(
+            "cursor",
+            "must be a next_cursor from an earlier page",
+        ));
+    }
     match query.limit {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -60,7 +68,11 @@ pub async fn sessions(
 /// `GET /flows`: paging as the other logs, and filters.
 #[derive(serde::Deserialize, Debug, utoipa::IntoParams)]
 pub struct FlowQuery {
+    /// The `next_cursor` of the page before (entries older than it).
+    #[param(minimum = 1)]
     pub cursor: Option<i64>,
+    /// Entries per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Only flows through this resource.
     pub resource_id: Option<String>,

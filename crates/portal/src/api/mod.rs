@@ -58,7 +58,11 @@ pub struct Page<T> {
 /// `?cursor=&limit=` of the log endpoints.
 #[derive(Deserialize, Debug, utoipa::IntoParams)]
 pub struct PageQuery {
+    /// The `next_cursor` of the page before (entries older than it).
+    #[param(minimum = 1)]
     pub cursor: Option<i64>,
+    /// Entries per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

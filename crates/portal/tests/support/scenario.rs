@@ -787,6 +787,34 @@ pub async fn crud_scenario(app: &TestApp) {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Page bounds are documented as the server enforces them.
+    let limit = doc["paths"]["/flows"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000)),
+        "{limit}"
+    );
+    // (A fresh token: this scenario spent its own token's rate.)
+    let fresh = app.expect_as_fresh_admin_token().await;
+    for query in [
+        "/audit_log?cursor=0",
+        "/sessions?cursor=-5",
+        "/flows?cursor=0",
+    ] {
+        let (status, problem) = app.call_as(Some(&fresh), "GET", query, None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {problem}"
+        );
+        assert_eq!(problem["field"], "cursor", "{query}");
+    }
     // Every `{name}` in a path is a declared path parameter of each of its
     // operations (generated clients cannot call them otherwise).
     let mut undeclared = Vec::new();
