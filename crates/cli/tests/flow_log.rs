@@ -31,7 +31,7 @@ fn flows(demo: &Demo, query: &str) -> Vec<serde_json::Value> {
         let body = demo.api_ok("GET", &path, None).unwrap();
         let page: serde_json::Value = serde_json::from_str(&body).unwrap();
         all.extend(page["data"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_i64() {
+        match page["next_cursor"].as_str() {
             Some(next) => cursor = format!("&cursor={next}"),
             None => return all,
         }

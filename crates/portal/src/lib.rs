@@ -27,6 +27,11 @@ pub(crate) mod problem;
 pub(crate) mod store;
 pub(crate) mod web;
 
+/// The REST API's OpenAPI document (as served at `/api/v1/openapi.json`).
+pub fn openapi_document() -> &'static serde_json::Value {
+    &api::openapi::DOCUMENT
+}
+
 pub use store::{Store, StoreError, backup};
 
 /// What the integration tests reach inside the portal: the REST router on

@@ -51,6 +51,16 @@ impl Problem {
         }
     }
 
+    /// 409 for a field that is valid on its own but not with the account's
+    /// current state: a reference to an object that does not exist, a time
+    /// already past. (422 means the request alone is invalid.)
+    pub fn conflict_at(field: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Problem {
+            status: StatusCode::CONFLICT,
+            ..Problem::invalid(field, detail)
+        }
+    }
+
     pub fn not_found() -> Self {
         Problem::new(StatusCode::NOT_FOUND, "no such object")
     }

@@ -46,16 +46,7 @@ pub fn validate_slug(slug: &str) -> bool {
 /// A plausibility check, not RFC 5322: one `@`, something on both sides, a
 /// dot in the domain, no spaces or control characters.
 pub fn validate_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+    crate::api::fields::EMAIL.accepts(email)
 }
 
 /// What `portal init` made.
@@ -120,6 +111,7 @@ pub async fn init_account(
             site_id: None,
             identity_provider_id: None,
             expires_at_ms: None,
+            read_only: false,
         },
         now_ms,
     )
@@ -163,6 +155,7 @@ pub async fn relay_token(store: &Store) -> Result<String, SetupError> {
             site_id: None,
             identity_provider_id: None,
             expires_at_ms: None,
+            read_only: false,
         },
         Timestamp::now().as_millisecond(),
     )

@@ -431,3 +431,132 @@ async fn the_internet_resource_keeps_validated_exclusions() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
     assert_eq!(problem["field"], "exclusions");
 }
+
+/// The attacker holds a read token: every change the document lists is
+/// refused with 403 and changes nothing, whatever the body; reading works,
+/// and the token's own audit trail names it.
+#[tokio::test]
+async fn a_read_token_changes_nothing_through_any_operation() {
+    let db = TempDb::new("scopes");
+    let app = TestApp::open(&db.url(), "acme").await;
+    let site = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/sites",
+            Some(json!({"name": "office"})),
+        )
+        .await;
+    let minted = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{}/tokens", app.admin_id),
+            Some(json!({"scopes": ["read"]})),
+        )
+        .await;
+    let reader = minted["token"].as_str().unwrap().to_string();
+    let (status, sites) = app.call_as(Some(&reader), "GET", "/sites", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sites["data"][0]["id"], site["id"]);
+
+    let (_, before) = app.call("GET", "/audit_log?limit=1000", None).await;
+    let document = postern_portal::openapi_document();
+    let mut tried = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, _) in item.as_object().unwrap() {
+            if method == "get" {
+                continue;
+            }
+            // A real object's id, and a body that would be valid.
+            let path = path.replace("{id}", site["id"].as_str().unwrap());
+            let body = json!({"name": "renamed"});
+            let (status, problem) = app
+                .call_as(Some(&reader), &method.to_uppercase(), &path, Some(body))
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains("read scope"),
+                "{problem}"
+            );
+            tried += 1;
+        }
+    }
+    assert!(
+        tried >= 20,
+        "only {tried} changing operations in the document"
+    );
+    let (_, after) = app.call("GET", "/audit_log?limit=1000", None).await;
+    assert_eq!(
+        before["data"], after["data"],
+        "a read token changed something"
+    );
+    let (_, unchanged) = app
+        .call("GET", &format!("/sites/{}", id(&site)), None)
+        .await;
+    assert_eq!(unchanged["name"], "office");
+
+    // The token's creation is in the audit log with its scopes; a scope list
+    // that is not one of the two is refused, and scopes on a service
+    // account's (client) token conflict with what that actor is.
+    let created = after["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["object_id"] == minted["id"])
+        .expect("the token's creation is audited");
+    assert_eq!(created["after"]["scopes"], json!(["read"]));
+    for bad in [
+        json!(["write"]),
+        json!(["read", "read"]),
+        json!([]),
+        json!(["admin"]),
+    ] {
+        let (status, problem) = app
+            .call(
+                "POST",
+                &format!("/actors/{}/tokens", app.admin_id),
+                Some(json!({"scopes": bad})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+        assert_eq!(
+            problem["field"].as_str().unwrap().split('[').next(),
+            Some("scopes")
+        );
+    }
+    let robot = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            "/actors",
+            Some(json!({"name": "ci", "role": "service_account"})),
+        )
+        .await;
+    let (status, problem) = app
+        .call(
+            "POST",
+            &format!("/actors/{}/tokens", id(&robot)),
+            Some(json!({"scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    // A read-write token still writes.
+    let writer = app
+        .expect(
+            StatusCode::CREATED,
+            "POST",
+            &format!("/actors/{}/tokens", app.admin_id),
+            Some(json!({"scopes": ["write", "read"]})),
+        )
+        .await;
+    let (status, _) = app
+        .call_as(
+            writer["token"].as_str(),
+            "POST",
+            "/sites",
+            Some(json!({"name": "lab"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}

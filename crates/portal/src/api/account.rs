@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
+use super::fields::DnsName;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, Shared};
 use crate::state::Change;
@@ -27,38 +28,16 @@ pub struct AccountView {
 pub struct AccountPatch {
     /// A DNS name (`corp.example`), or null to clear it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub search_domain: Option<Option<String>>,
+    #[schema(value_type = Option<DnsName>)]
+    pub search_domain: Option<Option<DnsName>>,
 }
 
 /// A field that is present: `null` becomes `Some(None)`, absent stays `None`
 /// (with `default`).
 fn present<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
-}
-
-/// `corp.example`: letters, digits and hyphens in labels of 1-63, at most
-/// 253 in all, no wildcards; stored lowercase without a trailing dot.
-fn valid_domain(value: &str) -> ApiResult<String> {
-    let domain = value.trim().trim_end_matches('.').to_ascii_lowercase();
-    let labels_ok = domain.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    });
-    if domain.is_empty() || domain.len() > 253 || !labels_ok {
-        return Err(Problem::invalid(
-            "search_domain",
-            "must be a DNS name like corp.example (labels of letters, digits and hyphens)",
-        ));
-    }
-    Ok(domain)
+) -> Result<Option<Option<DnsName>>, D::Error> {
+    Option::<DnsName>::deserialize(deserializer).map(Some)
 }
 
 async fn view(tx: &mut Conn, account: Uuid) -> ApiResult<AccountView> {
@@ -89,11 +68,9 @@ pub async fn update(
     admin: Admin,
     Json(patch): Json<AccountPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let domain = match patch.search_domain {
-        Some(Some(value)) => Some(Some(valid_domain(&value)?)),
-        Some(None) => Some(None),
-        None => None,
-    };
+    let domain = patch
+        .search_domain
+        .map(|domain| domain.map(|DnsName(name)| name));
     audited::write(&state, &admin, async |tx| {
         let before = view(tx, admin.account_id).await?;
         let mut after = before.clone();

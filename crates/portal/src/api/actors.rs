@@ -10,19 +10,19 @@ use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
+use super::fields::{Email, Name};
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::{Actor, Role};
-use crate::setup::validate_email;
 use crate::state::Change;
 use crate::store::{Conn, actors};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActorInput {
-    pub name: String,
+    pub name: Name,
     /// Required for users and admins (it is how they sign in).
-    pub email: Option<String>,
+    pub email: Option<Email>,
     pub role: Role,
     #[serde(default)]
     pub disabled: bool,
@@ -31,27 +31,17 @@ pub struct ActorInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActorPatch {
-    pub name: Option<String>,
-    pub email: Option<String>,
+    pub name: Option<Name>,
+    pub email: Option<Email>,
     pub role: Option<Role>,
     pub disabled: Option<bool>,
 }
 
-fn check_email(actor: &mut Actor) -> ApiResult<()> {
-    if let Some(email) = &actor.email {
-        let email = email.trim().to_ascii_lowercase();
-        if !validate_email(&email) {
-            return Err(Problem::invalid(
-                "email",
-                format!("{email:?} is not an email address"),
-            ));
-        }
-        actor.email = Some(email);
-    } else if actor.role != Role::ServiceAccount {
-        return Err(Problem::invalid(
-            "email",
-            "users and admins need an email address",
-        ));
+/// Users and admins sign in by their email address: they need one. The
+/// address itself was checked on the way in (`Email`).
+fn check_email(actor: &Actor) -> Result<(), &'static str> {
+    if actor.email.is_none() && actor.role != Role::ServiceAccount {
+        return Err("users and admins need an email address");
     }
     Ok(())
 }
@@ -90,15 +80,15 @@ pub async fn create(
     admin: Admin,
     Json(input): Json<ActorInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut actor = Actor {
+    let actor = Actor {
         id: Uuid::new_v4(),
-        name: valid_name("name", &input.name)?,
-        email: input.email,
+        name: input.name.0,
+        email: input.email.map(|e| e.0),
         role: input.role,
         disabled: input.disabled,
         created_at: Timestamp::now(),
     };
-    check_email(&mut actor)?;
+    check_email(&actor).map_err(|why| Problem::invalid("email", why))?;
     audited::write(&state, &admin, async |tx| {
         actors::insert(tx, admin.account_id, &actor).await?;
         let id = actor.id;
@@ -133,10 +123,10 @@ pub async fn update(
     audited::write_scoped(&state, &admin, &id, async |tx, before: Actor| {
         let mut after = before.clone();
         if let Some(name) = &patch.name {
-            after.name = valid_name("name", name)?;
+            after.name = name.0.clone();
         }
-        if patch.email.is_some() {
-            after.email = patch.email;
+        if let Some(email) = &patch.email {
+            after.email = Some(email.0.clone());
         }
         if let Some(role) = patch.role {
             after.role = role;
@@ -144,7 +134,9 @@ pub async fn update(
         if let Some(disabled) = patch.disabled {
             after.disabled = disabled;
         }
-        check_email(&mut after)?;
+        // The patch is fine on its own; with the stored actor it may not be
+        // (a service account without email made a user): a conflict.
+        check_email(&after).map_err(|why| Problem::conflict_at("role", why))?;
         keep_an_admin(tx, &admin, &before, Some(&after)).await?;
         actors::update(tx, admin.account_id, &after, now_ms()).await?;
         let id = before.id;

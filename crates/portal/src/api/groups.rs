@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::audited::{self, Notices, Outcome};
 use super::body::Json;
+use super::fields::Name;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped};
 use crate::domain::{Group, GroupKind, impact};
 use crate::state::Change;
 use crate::store::{actors, groups};
@@ -19,13 +20,13 @@ use crate::store::{actors, groups};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupInput {
-    pub name: String,
+    pub name: Name,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
-    pub name: Option<String>,
+    pub name: Option<Name>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -57,7 +58,7 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let group = Group {
         id: Uuid::new_v4(),
-        name: valid_name("name", &input.name)?,
+        name: input.name.0,
         kind: GroupKind::Static,
         created_at: Timestamp::now(),
     };
@@ -94,7 +95,7 @@ pub async fn update(
         let mut after = before.clone();
         if let Some(name) = &patch.name {
             editable(&before)?;
-            after.name = valid_name("name", name)?;
+            after.name = name.0.clone();
         }
         groups::rename(tx, admin.account_id, after.id, &after.name, now_ms()).await?;
         Ok(Outcome::updated(
@@ -155,17 +156,17 @@ pub async fn set_members(
 ) -> ApiResult<impl IntoResponse> {
     audited::write_scoped(&state, &admin, &id, async |tx, group: Group| {
         editable(&group)?;
-        let mut wanted = input.actor_ids;
-        wanted.sort_unstable();
-        wanted.dedup();
-        for (index, actor) in wanted.iter().enumerate() {
+        for (index, actor) in input.actor_ids.iter().enumerate() {
             if actors::get(tx, admin.account_id, *actor).await?.is_none() {
-                return Err(Problem::invalid(
+                return Err(Problem::conflict_at(
                     format!("actor_ids[{index}]"),
                     format!("no actor {actor}"),
                 ));
             }
         }
+        let mut wanted = input.actor_ids;
+        wanted.sort_unstable();
+        wanted.dedup();
         let before = Members {
             actor_ids: groups::members(tx, admin.account_id, &group).await?,
         };

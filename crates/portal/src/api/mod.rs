@@ -9,6 +9,7 @@ pub mod actors;
 mod audited;
 pub mod body;
 pub mod clients;
+pub mod fields;
 pub mod groups;
 pub mod identity_providers;
 pub mod logs;
@@ -16,6 +17,7 @@ pub mod openapi;
 pub mod policies;
 pub mod problem;
 pub mod resources;
+pub mod schemas;
 pub mod sites;
 pub mod tokens;
 
@@ -25,11 +27,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, patch};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -52,18 +54,8 @@ pub struct List<T> {
 #[derive(Serialize, ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
-    pub next_cursor: Option<i64>,
-}
-
-/// `?cursor=&limit=` of the log endpoints.
-#[derive(Deserialize, Debug, utoipa::IntoParams)]
-pub struct PageQuery {
-    /// The `next_cursor` of the page before (entries older than it).
-    #[param(minimum = 1)]
-    pub cursor: Option<i64>,
-    /// Entries per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
+    /// Opaque: pass it back as it is; none on the last page.
+    pub next_cursor: Option<String>,
 }
 
 impl<T> List<T> {
@@ -119,6 +111,13 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         if !actor.is_some_and(|a| a.role == Role::Admin && !a.disabled) {
             return Err(invalid());
         }
+        // A read token reads: every change is a method other than these.
+        if record.read_only && !matches!(parts.method, Method::GET | Method::HEAD) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "this API token has only the read scope: it may not change anything",
+            ));
+        }
         if let Err(wait) = state.api_limiter.check(record.id, Instant::now()) {
             let mut problem = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -162,24 +161,6 @@ pub(crate) async fn read_all<R: Scoped>(state: &AppState, admin: &Admin) -> ApiR
     let rows = store::list_scoped(&mut tx, admin.account_id).await?;
     tx.commit().await?;
     Ok(rows)
-}
-
-/// A display name: trimmed, 1-255 characters, no control characters.
-pub fn valid_name(field: &str, value: &str) -> ApiResult<String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(Problem::invalid(field, "must not be empty"));
-    }
-    if value.chars().count() > 255 {
-        return Err(Problem::invalid(field, "must be at most 255 characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Problem::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(value.to_string())
 }
 
 pub fn now_ms() -> i64 {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
+use super::fields::PolicyDescription;
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::PolicyRecord;
@@ -23,10 +24,10 @@ pub struct PolicyInput {
     pub group_id: Uuid,
     pub resource_id: Uuid,
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schemas::conditions)]
     pub conditions: Vec<Condition>,
     #[serde(default)]
-    pub description: String,
+    pub description: Option<PolicyDescription>,
     #[serde(default)]
     pub disabled: bool,
 }
@@ -36,40 +37,45 @@ pub struct PolicyInput {
 pub struct PolicyPatch {
     pub group_id: Option<Uuid>,
     pub resource_id: Option<Uuid>,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(schema_with = super::schemas::conditions_or_null)]
     pub conditions: Option<Vec<Condition>>,
-    pub description: Option<String>,
+    pub description: Option<PolicyDescription>,
     pub disabled: Option<bool>,
 }
 
-async fn validate(tx: &mut Conn, admin: &Admin, policy: &mut PolicyRecord) -> ApiResult<()> {
+/// Conditions a policy may hold: they travel in every authorization.
+pub const MAX_CONDITIONS: usize = 32;
+
+/// The conditions alone (422 when they are not valid).
+fn check_conditions(conditions: &[Condition]) -> ApiResult<()> {
+    if conditions.len() > MAX_CONDITIONS {
+        return Err(Problem::invalid(
+            "conditions",
+            format!("at most {MAX_CONDITIONS} conditions"),
+        ));
+    }
+    for (index, condition) in conditions.iter().enumerate() {
+        CompiledCondition::compile(condition)
+            .map_err(|e| Problem::invalid(format!("conditions[{index}]"), e))?;
+    }
+    Ok(())
+}
+
+/// The group and the resource must be the account's (409: the request is
+/// valid, the account has no such object).
+async fn validate(tx: &mut Conn, admin: &Admin, policy: &PolicyRecord) -> ApiResult<()> {
     if groups::get(tx, admin.account_id, policy.group_id)
         .await?
         .is_none()
     {
-        return Err(Problem::invalid("group_id", "no such group"));
+        return Err(Problem::conflict_at("group_id", "no such group"));
     }
     if resources::get(tx, admin.account_id, policy.resource_id)
         .await?
         .is_none()
     {
-        return Err(Problem::invalid("resource_id", "no such resource"));
+        return Err(Problem::conflict_at("resource_id", "no such resource"));
     }
-    for (index, condition) in policy.conditions.iter().enumerate() {
-        CompiledCondition::compile(condition)
-            .map_err(|e| Problem::invalid(format!("conditions[{index}]"), e))?;
-    }
-    if policy.conditions.len() > 32 {
-        return Err(Problem::invalid("conditions", "at most 32 conditions"));
-    }
-    let description = policy.description.trim();
-    if description.chars().count() > 1024 {
-        return Err(Problem::invalid(
-            "description",
-            "must be at most 1024 characters",
-        ));
-    }
-    policy.description = description.to_string();
     Ok(())
 }
 
@@ -85,17 +91,18 @@ pub async fn create(
     admin: Admin,
     Json(input): Json<PolicyInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut policy = PolicyRecord {
+    check_conditions(&input.conditions)?;
+    let policy = PolicyRecord {
         id: Uuid::new_v4(),
         group_id: input.group_id,
         resource_id: input.resource_id,
         conditions: input.conditions,
-        description: input.description,
+        description: input.description.map(|d| d.0).unwrap_or_default(),
         disabled: input.disabled,
         created_at: Timestamp::now(),
     };
     audited::write(&state, &admin, async |tx| {
-        validate(tx, &admin, &mut policy).await?;
+        validate(tx, &admin, &policy).await?;
         policies::insert(tx, admin.account_id, &policy).await?;
         let change = Change::Groups(vec![policy.group_id]);
         Ok(Outcome::created("policy.create", policy.id, policy, change))
@@ -122,6 +129,9 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<PolicyPatch>,
 ) -> ApiResult<impl IntoResponse> {
+    if let Some(conditions) = &patch.conditions {
+        check_conditions(conditions)?;
+    }
     audited::write_scoped(&state, &admin, &id, async |tx, before: PolicyRecord| {
         let mut after = before.clone();
         if let Some(group_id) = patch.group_id {
@@ -134,12 +144,12 @@ pub async fn update(
             after.conditions = conditions;
         }
         if let Some(description) = patch.description {
-            after.description = description;
+            after.description = description.0;
         }
         if let Some(disabled) = patch.disabled {
             after.disabled = disabled;
         }
-        validate(tx, &admin, &mut after).await?;
+        validate(tx, &admin, &after).await?;
         policies::update(tx, admin.account_id, &after, now_ms()).await?;
         let change = Change::Groups(vec![before.group_id, after.group_id]);
         Ok(Outcome::updated(

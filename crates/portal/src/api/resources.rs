@@ -3,98 +3,130 @@
 use axum::extract::Path;
 use axum::response::IntoResponse;
 use jiff::Timestamp;
-use postern_model::{Filter, ResourceAddress, ResourceType};
+use postern_model::{AddressError, Filter, ResourceAddress, ResourceType};
 use serde::Deserialize;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
+use super::fields::{AddressDescription, Name};
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, read_all, read_one, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::Resource;
 use crate::state::Change;
 use crate::store::{Conn, resources, sites};
 
-#[derive(Deserialize, ToSchema)]
+/// Its JSON Schema is in `schemas` (the address depends on the type).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceInput {
-    pub name: String,
+    pub name: Name,
     #[serde(rename = "type")]
-    #[schema(value_type = String, example = "cidr")]
     pub kind: ResourceType,
     /// A CIDR prefix, an IP address or a DNS name pattern; none for `internet`.
     pub address: Option<String>,
     pub site_id: Uuid,
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
     pub filters: Vec<Filter>,
-    pub address_description: Option<String>,
+    pub address_description: Option<AddressDescription>,
     /// The internet resource only: prefixes or addresses its clients keep
     /// on their own path (at most 64).
     #[serde(default)]
     pub exclusions: Vec<String>,
 }
 
-#[derive(Deserialize, ToSchema)]
+/// Its JSON Schema is in `schemas`.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcePatch {
-    pub name: Option<String>,
+    pub name: Option<Name>,
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
     pub kind: Option<ResourceType>,
     pub address: Option<String>,
     pub site_id: Option<Uuid>,
-    #[schema(value_type = Option<Vec<Object>>)]
     pub filters: Option<Vec<Filter>>,
     /// An empty string removes it.
-    pub address_description: Option<String>,
+    pub address_description: Option<AddressDescription>,
     /// Replaces the internet resource's exclusions (`[]` removes them).
     pub exclusions: Option<Vec<String>>,
 }
 
 /// Filters travel in every authorization; keep them a list, not a novel.
-const MAX_FILTERS: usize = 32;
+pub const MAX_FILTERS: usize = 32;
 
-/// Validates the parts of a resource that depend on each other and on the
-/// account, and puts the address in canonical form.
+/// The address (and the internet resource's exclusions) of a type, in
+/// canonical form; which field is at fault when they do not fit it.
+fn parse_address(
+    kind: ResourceType,
+    address: Option<&str>,
+    exclusions: &[String],
+) -> Result<ResourceAddress, (&'static str, AddressError)> {
+    ResourceAddress::parse(kind, address).map_err(|e| ("address", e))?;
+    ResourceAddress::parse_with_exclusions(kind, address, exclusions).map_err(|e| ("exclusions", e))
+}
+
+/// The request alone: filters within bounds, and with a type, an address
+/// (and exclusions) that fit it. A failure is the request's fault: 422.
+fn check_request(
+    kind: Option<ResourceType>,
+    address: Option<&str>,
+    exclusions: Option<&[String]>,
+    filters: Option<&[Filter]>,
+) -> ApiResult<()> {
+    if filters.is_some_and(|f| f.len() > MAX_FILTERS) {
+        return Err(Problem::invalid(
+            "filters",
+            format!("at most {MAX_FILTERS} filters"),
+        ));
+    }
+    match kind {
+        Some(kind) => parse_address(kind, address, exclusions.unwrap_or_default())
+            .map(drop)
+            .map_err(|(field, e)| Problem::invalid(field, e)),
+        // An address alone must be one of some type (409 later when it is
+        // not of the stored one); exclusions alone each an exclusion.
+        None if address.is_some_and(|a| {
+            !a.trim().is_empty()
+                && [ResourceType::Cidr, ResourceType::Ip, ResourceType::Dns]
+                    .iter()
+                    .all(|kind| ResourceAddress::parse(*kind, Some(a)).is_err())
+        }) =>
+        {
+            Err(Problem::invalid(
+                "address",
+                "is not a CIDR prefix, an IP address or a DNS name pattern",
+            ))
+        }
+        None => match exclusions {
+            Some(exclusions) if !exclusions.is_empty() => {
+                ResourceAddress::parse_with_exclusions(ResourceType::Internet, None, exclusions)
+                    .map(drop)
+                    .map_err(|e| Problem::invalid("exclusions", e))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Validates a resource against the account (its site exists, one internet
+/// resource) and puts the address in canonical form. The request was
+/// checked alone already: what fails here conflicts with what is stored
+/// (a patch's address that does not fit the stored type): 409.
 async fn validate(
     tx: &mut Conn,
     admin: &Admin,
     resource: &mut Resource,
     exclusions: &[String],
 ) -> ApiResult<()> {
-    let address = ResourceAddress::parse(resource.kind, resource.address.as_deref())
-        .map_err(|e| Problem::invalid("address", e))?;
+    let address = parse_address(resource.kind, resource.address.as_deref(), exclusions)
+        .map_err(|(field, e)| Problem::conflict_at(field, e))?;
     resource.address = address.to_text();
-    let with_exclusions = ResourceAddress::parse_with_exclusions(
-        resource.kind,
-        resource.address.as_deref(),
-        exclusions,
-    )
-    .map_err(|e| Problem::invalid("exclusions", e))?;
-    resource.exclusions = with_exclusions.exclusions().to_vec();
-    if resource.filters.len() > MAX_FILTERS {
-        return Err(Problem::invalid(
-            "filters",
-            format!("at most {MAX_FILTERS} filters"),
-        ));
-    }
+    resource.exclusions = address.exclusions().to_vec();
     if sites::get(tx, admin.account_id, resource.site_id)
         .await?
         .is_none()
     {
-        return Err(Problem::invalid("site_id", "no such site"));
-    }
-    if let Some(description) = &resource.address_description {
-        let description = description.trim();
-        if description.chars().count() > 512 || description.chars().any(char::is_control) {
-            return Err(Problem::invalid(
-                "address_description",
-                "must be at most 512 characters without control characters",
-            ));
-        }
-        resource.address_description = (!description.is_empty()).then(|| description.to_string());
+        return Err(Problem::conflict_at("site_id", "no such site"));
     }
     if resource.kind == ResourceType::Internet {
         let others = resources::list(tx, admin.account_id).await?;
@@ -122,13 +154,22 @@ pub async fn create(
     admin: Admin,
     Json(input): Json<ResourceInput>,
 ) -> ApiResult<impl IntoResponse> {
+    check_request(
+        Some(input.kind),
+        input.address.as_deref(),
+        Some(&input.exclusions),
+        Some(&input.filters),
+    )?;
     let mut resource = Resource {
         id: Uuid::new_v4(),
         site_id: input.site_id,
-        name: valid_name("name", &input.name)?,
+        name: input.name.0,
         kind: input.kind,
         address: input.address,
-        address_description: input.address_description,
+        address_description: input
+            .address_description
+            .map(|d| d.0)
+            .filter(|d| !d.is_empty()),
         filters: input.filters,
         exclusions: Vec::new(),
         created_at: Timestamp::now(),
@@ -164,10 +205,25 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<ResourcePatch>,
 ) -> ApiResult<impl IntoResponse> {
+    if patch
+        .kind
+        .is_some_and(|kind| kind != ResourceType::Internet && patch.address.is_none())
+    {
+        return Err(Problem::invalid(
+            "address",
+            "a new type needs its address in the same request",
+        ));
+    }
+    check_request(
+        patch.kind,
+        patch.address.as_deref(),
+        patch.exclusions.as_deref(),
+        patch.filters.as_deref(),
+    )?;
     audited::write_scoped(&state, &admin, &id, async |tx, before: Resource| {
         let mut after = before.clone();
         if let Some(name) = &patch.name {
-            after.name = valid_name("name", name)?;
+            after.name = name.0.clone();
         }
         if let Some(kind) = patch.kind {
             after.kind = kind;
@@ -181,11 +237,11 @@ pub async fn update(
         if let Some(site_id) = patch.site_id {
             after.site_id = site_id;
         }
-        if let Some(filters) = patch.filters {
-            after.filters = filters;
+        if let Some(filters) = &patch.filters {
+            after.filters = filters.clone();
         }
-        if patch.address_description.is_some() {
-            after.address_description = patch.address_description;
+        if let Some(description) = &patch.address_description {
+            after.address_description = Some(description.0.clone()).filter(|d| !d.is_empty());
         }
         // Kept unless replaced; a resource that stops being the internet
         // one loses them.

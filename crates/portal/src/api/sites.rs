@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::audited::{self, Entry, Notices, Outcome};
 use super::body::Json;
+use super::fields::Name;
 use super::problem::{ApiResult, Problem};
-use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped, valid_name};
+use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped};
 use crate::auth::token;
 use crate::domain::{Device, DeviceKind, Site, TokenKind, impact};
 use crate::state::Change;
@@ -21,13 +22,13 @@ use crate::store::{devices, resources, sites, tokens};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteInput {
-    pub name: String,
+    pub name: Name,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SitePatch {
-    pub name: Option<String>,
+    pub name: Option<Name>,
 }
 
 /// A token shown once.
@@ -63,7 +64,7 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let site = Site {
         id: Uuid::new_v4(),
-        name: valid_name("name", &input.name)?,
+        name: input.name.0,
         created_at: Timestamp::now(),
     };
     audited::write(&state, &admin, async |tx| {
@@ -95,11 +96,7 @@ pub async fn update(
     Path(id): Path<String>,
     Json(patch): Json<SitePatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let name = patch
-        .name
-        .as_deref()
-        .map(|n| valid_name("name", n))
-        .transpose()?;
+    let name = patch.name.map(|n| n.0);
     audited::write_scoped(&state, &admin, &id, async |tx, before: Site| {
         let mut after = before.clone();
         if let Some(name) = name {
@@ -157,6 +154,7 @@ pub async fn create_gateway_token(
             site_id: Some(site.id),
             identity_provider_id: None,
             expires_at_ms: None,
+            read_only: false,
         };
         tokens::insert(tx, &minted, &new, now_ms()).await?;
         let shown = serde_json::json!({"kind": "gateway", "site_id": site.id});

@@ -32,9 +32,50 @@ pub const MAX_TOKENS_PER_ACTOR: i64 = 25;
 pub struct TokenInput {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// An admin's API token: `["read"]` may only read (403 on any change),
+    /// `["read", "write"]` (the default) may also change. Not for client
+    /// tokens.
+    #[schema(schema_with = scopes_schema)]
+    pub scopes: Option<Vec<Scope>>,
 }
 
-#[utoipa::path(post, path = "/actors/{id}/tokens", tag = "tokens", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body = TokenInput,
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+}
+
+fn scopes_schema() -> utoipa::openapi::schema::Schema {
+    super::fields::json_schema(serde_json::json!({
+        "type": ["array", "null"],
+        "items": {"type": "string", "enum": ["read", "write"]},
+        "minItems": 1,
+        "uniqueItems": true,
+        "contains": {"enum": ["read"]},
+        "example": ["read"],
+    }))
+}
+
+/// Whether the scopes asked for make a read-only token; 422 unless they
+/// are `["read"]` or `["read", "write"]` (in any order).
+fn read_only(scopes: Option<&[Scope]>) -> ApiResult<bool> {
+    let Some(scopes) = scopes else {
+        return Ok(false);
+    };
+    let has = |scope| scopes.iter().filter(|s| **s == scope).count();
+    match (has(Scope::Read), has(Scope::Write)) {
+        (1, 0) if scopes.len() == 1 => Ok(true),
+        (1, 1) if scopes.len() == 2 => Ok(false),
+        _ => Err(Problem::invalid(
+            "scopes",
+            "must be [\"read\"] or [\"read\", \"write\"]",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/actors/{id}/tokens", tag = "tokens", params(("id" = String, Path, description = "The object's id (a UUID)")), request_body(content = Option<TokenInput>, description = "Optional: none means the default lifetime."),
     description = "A service account gets a client token, an admin an API token. Shown once.",
     responses((status = 201, body = NewSecret), (status = 404), (status = 422)))]
 pub async fn create(
@@ -44,11 +85,13 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     // The body is optional: none means the default lifetime.
-    let input: TokenInput = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenInput::default()
-    } else {
-        super::body::parse(&body)?
-    };
+    let input: TokenInput =
+        if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+            TokenInput::default()
+        } else {
+            super::body::parse(&body)?
+        };
+    let read_only = read_only(input.scopes.as_deref())?;
     let now = Timestamp::now();
     audited::write_scoped(&state, &admin, &id, async |tx, actor: Actor| {
         let (kind, default_lifetime) = match actor.role {
@@ -60,15 +103,24 @@ pub async fn create(
                 ));
             }
         };
+        if input.scopes.is_some() && kind != TokenKind::Api {
+            return Err(Problem::conflict_at(
+                "scopes",
+                "only an admin's API tokens have scopes (this actor is a service account)",
+            ));
+        }
         if actor.disabled {
             return Err(Problem::conflict("the actor is disabled"));
         }
         let expires_at = input.expires_at.unwrap_or(now + default_lifetime);
         if expires_at <= now {
-            return Err(Problem::invalid("expires_at", "must be in the future"));
+            return Err(Problem::conflict_at("expires_at", "must be in the future"));
         }
         if expires_at > now + MAX_LIFETIME {
-            return Err(Problem::invalid("expires_at", "must be within ten years"));
+            return Err(Problem::conflict_at(
+                "expires_at",
+                "must be within ten years from now",
+            ));
         }
         let live = tokens::count_live(tx, actor.id, now.as_millisecond()).await?;
         if live >= MAX_TOKENS_PER_ACTOR {
@@ -86,10 +138,16 @@ pub async fn create(
             site_id: None,
             identity_provider_id: None,
             expires_at_ms: Some(expires_at.as_millisecond()),
+            read_only,
         };
         tokens::insert(tx, &minted, &new, now_ms()).await?;
-        let shown =
-            serde_json::json!({"kind": kind, "actor_id": actor.id, "expires_at": expires_at});
+        let scopes: &[&str] = match (kind, read_only) {
+            (TokenKind::Api, true) => &["read"],
+            (TokenKind::Api, false) => &["read", "write"],
+            _ => &[],
+        };
+        let shown = serde_json::json!({"kind": kind, "actor_id": actor.id,
+            "expires_at": expires_at, "scopes": scopes});
         Ok(Outcome::new(
             (
                 StatusCode::CREATED,

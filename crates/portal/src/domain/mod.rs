@@ -181,6 +181,8 @@ pub struct TokenRecord {
     pub site_id: Option<Uuid>,
     pub identity_provider_id: Option<Uuid>,
     pub expires_at: Option<Timestamp>,
+    /// An API token with only the `read` scope: no changes.
+    pub read_only: bool,
 }
 
 /// A freshly minted token (`auth::token::mint`): what the user gets once,

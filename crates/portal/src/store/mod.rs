@@ -215,7 +215,7 @@ impl Store {
 }
 
 pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 8] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 9] = [
         (
             1,
             "initial",
@@ -263,6 +263,12 @@ pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
             "internet exclusions",
             include_str!("../../migrations/sqlite/0008_internet_exclusions.sql"),
             include_str!("../../migrations/postgres/0008_internet_exclusions.sql"),
+        ),
+        (
+            9,
+            "token scopes",
+            include_str!("../../migrations/sqlite/0009_token_scopes.sql"),
+            include_str!("../../migrations/postgres/0009_token_scopes.sql"),
         ),
     ];
     steps

@@ -15,6 +15,8 @@ pub struct NewToken {
     pub site_id: Option<Uuid>,
     pub identity_provider_id: Option<Uuid>,
     pub expires_at_ms: Option<i64>,
+    /// An API token that may only read (the `read` scope).
+    pub read_only: bool,
 }
 
 pub async fn insert(
@@ -25,7 +27,8 @@ pub async fn insert(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO tokens (id, account_id, kind, actor_id, site_id, identity_provider_id, salt, \
-         hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         hash, created_at, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11)",
     )
     .bind(minted.id.to_string())
     .bind(token.account_id.map(|id| id.to_string()))
@@ -37,11 +40,15 @@ pub async fn insert(
     .bind(&minted.hash)
     .bind(now_ms)
     .bind(token.expires_at_ms)
+    .bind(token.read_only.then_some(READ_ONLY))
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
     Ok(())
 }
+
+/// The `scopes` of a token that may only read; NULL: read and write.
+const READ_ONLY: &str = "read";
 
 /// The token row with its salt and hash, for verification.
 pub async fn get_with_hash(
@@ -50,7 +57,7 @@ pub async fn get_with_hash(
 ) -> Result<Option<(TokenRecord, String, String)>> {
     let row = sqlx::query(
         "SELECT id, account_id, kind, actor_id, site_id, identity_provider_id, salt, hash, \
-         expires_at FROM tokens WHERE id = $1",
+         expires_at, scopes FROM tokens WHERE id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(&mut *conn)
@@ -70,6 +77,7 @@ pub async fn get_with_hash(
         expires_at: row
             .try_get::<Option<i64>, _>("expires_at")?
             .map(from_millis),
+        read_only: row.try_get::<Option<String>, _>("scopes")?.as_deref() == Some(READ_ONLY),
     };
     Ok(Some((record, row.try_get("salt")?, row.try_get("hash")?)))
 }

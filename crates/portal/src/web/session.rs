@@ -121,6 +121,7 @@ async fn issue(
             site_id: None,
             identity_provider_id: provider.map(|p| p.id),
             expires_at_ms: Some(expires_at.as_millisecond()),
+            read_only: false,
         },
         now.as_millisecond(),
     )

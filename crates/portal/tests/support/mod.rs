@@ -219,6 +219,7 @@ impl TestApp {
                 site_id: None,
                 identity_provider_id: None,
                 expires_at_ms: None,
+                read_only: false,
             },
             0,
         )
