@@ -713,23 +713,48 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Make the account's sites, resources, groups and policies match a YAML file
+    /// Make the account's sites, resources, groups and policies match a YAML
+    /// file: the changes are printed, then made in one transaction (an error
+    /// changes nothing and names the file's line)
     Apply {
-        /// The declarative configuration
+        /// The declaration (YAML: sites, resources, groups, policies; see
+        /// `postern admin export` for the shape)
         file: PathBuf,
-        /// Portal URL (http:// or https://)
-        #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
-        portal: String,
-        /// Admin API token
-        #[arg(
-            long,
-            env = "POSTERN_TOKEN",
-            allow_hyphen_values = true,
-            value_name = "TOKEN",
-            hide_env_values = true
-        )]
-        token: String,
+        /// Also delete the sites, resources, static groups and policies the
+        /// file does not name
+        #[arg(long)]
+        prune: bool,
+        /// Print the changes without making them
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        connection: AdminConnection,
     },
+    /// Print the account's sites, resources, groups and policies as a YAML
+    /// file that `apply` maps to no change
+    Export {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+}
+
+/// The portal and the admin API token the admin commands use.
+#[derive(Debug, Args)]
+pub struct AdminConnection {
+    /// Portal URL (http:// or https://)
+    #[arg(long, env = "POSTERN_PORTAL", value_parser = parse_portal_url, value_name = "URL")]
+    pub portal: String,
+    /// Admin API token (a read-scoped one suffices for export)
+    #[arg(
+        long,
+        env = "POSTERN_TOKEN",
+        allow_hyphen_values = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    #[command(flatten)]
+    pub trust: PortalTrustArgs,
 }
 
 #[cfg(test)]

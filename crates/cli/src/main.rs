@@ -1,8 +1,9 @@
 //! `postern`: the one binary (SPEC.md section 3).
 //!
 //! Exit codes: 0 success; 1 bad configuration or failure (one line on
-//! stderr); 2 the command exists but is not available in this build yet.
+//! stderr).
 
+mod admin;
 mod args;
 mod daemon;
 mod demo;
@@ -88,7 +89,18 @@ fn main() -> ExitCode {
         },
         Command::Demo(args) => finish("demo", demo::run(args)),
         Command::Admin(admin) => match admin.command {
-            AdminCommand::Apply { .. } => unavailable("admin apply", "declarative configuration"),
+            AdminCommand::Apply {
+                ref file,
+                prune,
+                dry_run,
+                ref connection,
+            } => finish(
+                "admin apply",
+                admin::apply(file, prune, dry_run, connection),
+            ),
+            AdminCommand::Export { ref connection } => {
+                finish("admin export", admin::export(connection))
+            }
         },
     }
 }
@@ -103,12 +115,6 @@ fn finish(command: &str, outcome: anyhow::Result<ExitCode>) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Says in one line that a command has not landed yet; exit code 2.
-fn unavailable(command: &str, part: &str) -> ExitCode {
-    eprintln!("postern {command}: not available in this build ({part} is not built yet)");
-    ExitCode::from(2)
 }
 
 /// Help and version go to stdout with exit 0. A usage error becomes one line

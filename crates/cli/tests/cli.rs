@@ -1,5 +1,5 @@
 //! The command-line contract: help, exit codes, one-line errors, environment
-//! variables, and honest "not available" answers for parts not built yet.
+//! variables.
 
 #![allow(clippy::unwrap_used)] // a test file: unwrap is the assertion
 
@@ -83,24 +83,27 @@ fn no_command_prints_help_and_fails() {
 }
 
 #[test]
-fn unbuilt_parts_say_so_in_one_line_with_exit_code_2() {
-    let cases: &[&[&str]] = &[&[
-        "admin",
-        "apply",
-        "acme.yaml",
-        "--portal",
-        "https://portal.test",
-        "--token",
-        "t",
-    ]];
-    for args in cases {
-        let output = postern(args);
-        assert_one_line(&output, 2, "not available in this build");
-        assert!(
-            stderr(&output).starts_with(&format!("postern {}", args[0])),
-            "{args:?}"
-        );
+fn admin_apply_names_the_file_it_cannot_use_before_any_request() {
+    let dir = std::env::temp_dir().join(format!("postern-cli-apply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, "sites:\n  - name: office\n    bad: [\n").unwrap();
+    let missing = dir.join("missing.yaml");
+    for (file, needle) in [(&missing, "cannot read"), (&broken, "broken.yaml")] {
+        let output = postern(&[
+            "admin",
+            "apply",
+            file.to_str().unwrap(),
+            // Nothing listens here: the file is refused before any request.
+            "--portal",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ]);
+        assert_one_line(&output, 1, needle);
+        assert!(stderr(&output).starts_with("postern admin apply: "));
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -590,3 +590,305 @@ fn kill_9_under_writes_loses_nothing_answered_and_a_live_backup_restores() {
     portal.wait().unwrap();
     assert_eq!(status, 200);
 }
+
+/// One request with a JSON body; returns (status, body as JSON).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    json: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = json.to_string();
+    write!(
+        stream,
+        "{method} /api/v1{path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// The names of a list's objects, sorted.
+fn names(port: u16, token: &str, path: &str) -> Vec<String> {
+    let (status, body) = http(port, &format!("/api/v1{path}"), Some(token));
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `postern admin apply|export` against the portal at `port`.
+fn admin(port: u16, token: &str, args: &[&str]) -> Output {
+    let portal = format!("http://127.0.0.1:{port}");
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--portal", &portal, "--token", token]);
+    postern(&all)
+}
+
+const DECLARED: &str = "\
+sites:
+  - name: office
+resources:
+  - name: web
+    type: cidr
+    address: 10.0.1.0/24
+    site: office
+    filters: [{protocol: tcp, ports: \"80,443\"}, {protocol: icmp}]
+  - name: db
+    type: ip
+    address: 10.0.1.5
+    site: office
+groups:
+  - name: engineering
+    members: [alice@acme.test, ci-runner]
+policies:
+  - group: engineering
+    resource: web
+    conditions: [{property: time, operator: in, values: [\"MTWRF/08:00-18:00/UTC\"]}]
+";
+
+#[test]
+fn admin_apply_and_export_manage_an_account_from_a_file() {
+    let dir = TempDir::new("apply");
+    let url = dir.url();
+    let token = text(&init_acme(&url).stdout).trim().to_string();
+    let (mut child, port) = start_portal(&url, Stdio::null());
+    for actor in [
+        serde_json::json!({"name": "Alice", "email": "alice@acme.test", "role": "user"}),
+        serde_json::json!({"name": "ci-runner", "role": "service_account"}),
+    ] {
+        assert_eq!(request(port, "POST", "/actors", &token, &actor).0, 201);
+    }
+    let file = |name: &str, body: &str| {
+        let path = dir.0.join(name);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let declared = file("acme.yaml", DECLARED);
+    let expected_plan = [
+        "+ site office",
+        "+ resource web",
+        "+ resource db",
+        "+ group engineering",
+        "~ group engineering (members)",
+        "+ policy engineering -> web",
+    ];
+
+    // A dry run prints the plan and changes nothing.
+    let dry = admin(port, &token, &["apply", &declared, "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry.stderr));
+    let printed = text(&dry.stdout);
+    assert_eq!(
+        printed
+            .lines()
+            .take(expected_plan.len())
+            .collect::<Vec<_>>(),
+        expected_plan,
+        "{printed}"
+    );
+    assert!(
+        printed.contains("dry run: 5 to create, 1 to update, 0 to delete"),
+        "{printed}"
+    );
+    assert!(names(port, &token, "/sites").is_empty());
+
+    // Create from empty.
+    let applied = admin(port, &token, &["apply", &declared]);
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stderr));
+    let printed = text(&applied.stdout);
+    assert!(printed.starts_with(&expected_plan.join("\n")), "{printed}");
+    assert!(
+        printed.contains("applied: 5 create, 1 update, 0 delete"),
+        "{printed}"
+    );
+    assert_eq!(names(port, &token, "/sites"), ["office"]);
+    assert_eq!(names(port, &token, "/resources"), ["db", "web"]);
+    let (_, all) = http(port, "/api/v1/resources", Some(&token));
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    let web = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web["filters"],
+        serde_json::json!([{"protocol": "tcp", "ports": "80"}, {"protocol": "tcp", "ports": "443"},
+                           {"protocol": "icmp"}])
+    );
+    let (_, audit) = http(port, "/api/v1/audit_log", Some(&token));
+    assert!(
+        audit.contains("\"policy.create\""),
+        "the changes are audited"
+    );
+
+    // Idempotent: the same file again changes nothing.
+    let again = admin(port, &token, &["apply", &declared]);
+    assert_eq!(
+        text(&again.stdout).trim(),
+        format!("no changes: the account matches {declared}")
+    );
+
+    // Build more through the API, then export: applying the export changes
+    // nothing.
+    let (_, lab) = request(
+        port,
+        "POST",
+        "/sites",
+        &token,
+        &serde_json::json!({"name": "lab"}),
+    );
+    let (status, _) = request(
+        port,
+        "POST",
+        "/resources",
+        &token,
+        &serde_json::json!({"name": "internet", "type": "internet", "site_id": lab["id"],
+                            "exclusions": ["198.51.100.0/24"], "address_description": "all of it"}),
+    );
+    assert_eq!(status, 201);
+    let (_, group) = request(
+        port,
+        "POST",
+        "/groups",
+        &token,
+        &serde_json::json!({"name": "ops"}),
+    );
+    let (_, everyone) = http(port, "/api/v1/groups", Some(&token));
+    assert!(everyone.contains("Everyone"));
+    let (_, resources) = http(port, "/api/v1/resources", Some(&token));
+    let resources: serde_json::Value = serde_json::from_str(&resources).unwrap();
+    let db_id = resources["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "db")
+        .unwrap()["id"]
+        .clone();
+    let (status, _) = request(
+        port,
+        "POST",
+        "/policies",
+        &token,
+        &serde_json::json!({"group_id": group["id"], "resource_id": db_id, "disabled": true,
+            "description": "ops reach the database",
+            "conditions": [{"property": "client_verified", "values": ["true"]}]}),
+    );
+    assert_eq!(status, 201);
+    let exported = admin(port, &token, &["export"]);
+    assert_eq!(
+        exported.status.code(),
+        Some(0),
+        "{}",
+        text(&exported.stderr)
+    );
+    let export_text = text(&exported.stdout);
+    assert!(export_text.contains("name: \"internet\""), "{export_text}");
+    let exported_file = file("exported.yaml", &export_text);
+    let round = admin(port, &token, &["apply", &exported_file, "--prune"]);
+    assert_eq!(
+        text(&round.stdout).trim(),
+        format!("no changes: the account matches {exported_file}"),
+        "{}",
+        text(&round.stderr)
+    );
+
+    // A broken reference changes nothing, and names the file's line.
+    let broken = file(
+        "broken.yaml",
+        &format!("{DECLARED}  - group: ghosts\n    resource: web\n").replace(
+            "sites:\n  - name: office\n",
+            "sites:\n  - name: office\n  - name: branch\n",
+        ),
+    );
+    let refused = admin(port, &token, &["apply", &broken]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{broken}:21: policies[1].group: no such group")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(names(port, &token, "/sites"), ["lab", "office"]);
+
+    // Rename by way of prune: the new name is created, the old one (and its
+    // policy) deleted, and what the file does not name goes too.
+    let renamed = file(
+        "renamed.yaml",
+        &DECLARED
+            .replace("name: web", "name: intranet")
+            .replace("resource: web", "resource: intranet"),
+    );
+    let pruned = admin(port, &token, &["apply", &renamed, "--prune"]);
+    assert_eq!(pruned.status.code(), Some(0), "{}", text(&pruned.stderr));
+    let printed = text(&pruned.stdout);
+    for line in [
+        "+ resource intranet",
+        "+ policy engineering -> intranet",
+        "- policy engineering -> web",
+        "- resource web",
+        "- resource internet",
+        "- group ops",
+        "- site lab",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "{line:?} missing:\n{printed}"
+        );
+    }
+    assert_eq!(names(port, &token, "/resources"), ["db", "intranet"]);
+    assert_eq!(names(port, &token, "/sites"), ["office"]);
+    let groups = names(port, &token, "/groups");
+    assert!(groups.contains(&"Everyone".to_string()) && !groups.contains(&"ops".to_string()));
+
+    // A read-scoped token exports but may not apply.
+    let (_, actors) = http(port, "/api/v1/actors", Some(&token));
+    let actors: serde_json::Value = serde_json::from_str(&actors).unwrap();
+    let admin_id = actors["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["role"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, reader) = request(
+        port,
+        "POST",
+        &format!("/actors/{admin_id}/tokens"),
+        &token,
+        &serde_json::json!({"scopes": ["read"]}),
+    );
+    assert_eq!(status, 201);
+    let reader = reader["token"].as_str().unwrap();
+    assert_eq!(admin(port, reader, &["export"]).status.code(), Some(0));
+    let refused = admin(port, reader, &["apply", &declared]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("HTTP 403"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

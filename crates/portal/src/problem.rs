@@ -61,6 +61,29 @@ impl Problem {
         }
     }
 
+    /// The same problem inside a part of a larger request: `address`
+    /// becomes `resources[2].address` (a problem about the whole becomes
+    /// one about the part).
+    pub fn within(mut self, prefix: &str) -> Self {
+        if !self.status.is_client_error() {
+            return self;
+        }
+        let field = match &self.field {
+            Some(field) => format!("{prefix}.{field}"),
+            None => prefix.to_string(),
+        };
+        let reason = match &self.field {
+            Some(old) => self
+                .detail
+                .strip_prefix(&format!("{old}: "))
+                .unwrap_or(&self.detail),
+            None => &self.detail,
+        };
+        self.detail = format!("{field}: {reason}");
+        self.field = Some(field);
+        self
+    }
+
     pub fn not_found() -> Self {
         Problem::new(StatusCode::NOT_FOUND, "no such object")
     }

@@ -28,6 +28,17 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A change of an object shown as it was and as it is (either may be
+    /// none: created, deleted).
+    pub fn change(
+        action: &'static str,
+        id: Uuid,
+        before: Option<&impl Serialize>,
+        after: Option<&impl Serialize>,
+    ) -> Entry {
+        Entry::new(action, id, before.and_then(json), after.and_then(json))
+    }
+
     /// A create whose response is not the object itself (a token, shown once).
     pub fn created(action: &'static str, id: Uuid, after: &impl Serialize) -> Entry {
         Entry::new(action, id, None, json(after))
@@ -83,15 +94,21 @@ impl From<Vec<Change>> for Notices {
 #[must_use]
 pub struct Outcome<T> {
     response: T,
-    entry: Entry,
+    entries: Vec<Entry>,
     notices: Notices,
 }
 
 impl<T> Outcome<T> {
     pub fn new(response: T, entry: Entry, notices: impl Into<Notices>) -> Outcome<T> {
+        Outcome::batch(response, vec![entry], notices)
+    }
+
+    /// Several changes in one write (a declaration applied), each with its
+    /// own entry.
+    pub fn batch(response: T, entries: Vec<Entry>, notices: impl Into<Notices>) -> Outcome<T> {
         Outcome {
             response,
-            entry,
+            entries,
             notices: notices.into(),
         }
     }
@@ -147,27 +164,53 @@ pub async fn write<T>(
     admin: &Admin,
     body: impl AsyncFnOnce(&mut Conn) -> ApiResult<Outcome<T>>,
 ) -> ApiResult<T> {
+    run(state, admin, Commit::Yes, body).await
+}
+
+/// Whether a write is made or only rehearsed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Commit {
+    Yes,
+    /// Everything `write` does up to the commit, then a rollback: what the
+    /// write would do, with every check the store makes, and nothing done
+    /// (no entry, no notice).
+    Rehearse,
+}
+
+/// `write`, or its rehearsal.
+pub async fn run<T>(
+    state: &AppState,
+    admin: &Admin,
+    commit: Commit,
+    body: impl AsyncFnOnce(&mut Conn) -> ApiResult<Outcome<T>>,
+) -> ApiResult<T> {
     let mut tx = state.store.write().await?;
     let Outcome {
         response,
-        entry,
+        entries,
         notices,
     } = body(&mut tx).await?;
-    let object_type = entry.action.split('.').next().unwrap_or(entry.action);
-    audit::record(
-        &mut tx,
-        admin.account_id,
-        admin.author(),
-        NewAuditEntry {
-            action: entry.action,
-            object_type,
-            object_id: entry.object_id.to_string(),
-            before: entry.before,
-            after: entry.after,
-        },
-        now_ms(),
-    )
-    .await?;
+    if commit == Commit::Rehearse {
+        tx.rollback().await?;
+        return Ok(response);
+    }
+    for entry in entries {
+        let object_type = entry.action.split('.').next().unwrap_or(entry.action);
+        audit::record(
+            &mut tx,
+            admin.account_id,
+            admin.author(),
+            NewAuditEntry {
+                action: entry.action,
+                object_type,
+                object_id: entry.object_id.to_string(),
+                before: entry.before,
+                after: entry.after,
+            },
+            now_ms(),
+        )
+        .await?;
+    }
     tx.commit().await?;
     if let Notices::Publish(changes) = notices {
         for change in changes {

@@ -217,10 +217,18 @@ checked_text!(
     "A claim name, at most 128 characters; an empty string clears it."
 );
 
+/// What a hand-written schema's stand-in says, before the schema itself.
+pub const HAND_WRITTEN: &str = "hand-written schema: ";
+
 /// A JSON Schema written as JSON, for the parts utoipa's derive cannot say
 /// (conditional shapes); the handlers' types still decide what is accepted.
+/// utoipa's own model cannot hold every schema (an `enum` of arrays, say),
+/// so this is a stand-in carrying the JSON, which `openapi::complete` puts
+/// in its place verbatim.
 pub fn json_schema(value: serde_json::Value) -> Schema {
-    serde_json::from_value(value).expect("hand-written schemas are valid")
+    ObjectBuilder::new()
+        .description(Some(format!("{HAND_WRITTEN}{value}")))
+        .into()
 }
 
 /// An optional integer as JSON Schema counts them: `300` and `300.0` alike

@@ -9,6 +9,7 @@ pub mod actors;
 mod audited;
 pub mod body;
 pub mod clients;
+pub mod config;
 pub mod fields;
 pub mod groups;
 pub mod identity_providers;
@@ -233,6 +234,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/audit_log", get(logs::audit_log))
         .route("/sessions", get(logs::sessions))
         .route("/flows", get(logs::flows))
+        .route("/config", get(config::export).post(config::apply))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         // Axum's own default is 2 MiB: bodies past `MAX_BODY` are refused

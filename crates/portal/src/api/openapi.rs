@@ -12,7 +12,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::{
-    account, actors, clients, groups, identity_providers, logs, policies, resources, sites, tokens,
+    account, actors, clients, config, groups, identity_providers, logs, policies, resources, sites,
+    tokens,
 };
 
 #[derive(OpenApi)]
@@ -42,6 +43,7 @@ use super::{
         policies::list, policies::create, policies::get, policies::update, policies::remove,
         clients::list, clients::update, clients::remove,
         logs::audit_log, logs::sessions, logs::flows,
+        config::export, config::apply,
     )
 )]
 pub struct ApiDoc;
@@ -208,7 +210,24 @@ fn actor_needs_email(schemas: &mut Map<String, Value>) {
     schemas.insert("ActorInput".into(), json!({"oneOf": [people, service]}));
 }
 
+/// Puts each hand-written schema in place of its stand-in (`fields::json_schema`).
+fn unwrap_hand_written(value: &mut Value) {
+    let hand_written = value["description"]
+        .as_str()
+        .and_then(|d| d.strip_prefix(super::fields::HAND_WRITTEN))
+        .map(|json| serde_json::from_str::<Value>(json).expect("stand-ins carry JSON"));
+    if let Some(schema) = hand_written {
+        *value = schema;
+    }
+    match value {
+        Value::Object(fields) => fields.values_mut().for_each(unwrap_hand_written),
+        Value::Array(items) => items.iter_mut().for_each(unwrap_hand_written),
+        _ => {}
+    }
+}
+
 fn complete(mut document: Value) -> Value {
+    unwrap_hand_written(&mut document);
     let paths = document["paths"].as_object_mut().expect("paths");
     for (path, item) in paths.iter_mut() {
         for method in METHODS {
@@ -238,4 +257,36 @@ pub static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
 
 pub async fn document() -> impl IntoResponse {
     axum::Json(&*DOCUMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document builds (a schema utoipa cannot hold would panic at the
+    /// first request) and every operation has its error answers.
+    #[test]
+    fn the_document_is_complete() {
+        let document = &*DOCUMENT;
+        let mut operations = 0;
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                operations += 1;
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["401", "429", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+                assert!(operation["operationId"].is_string());
+            }
+        }
+        assert!(operations >= 46, "{operations}");
+        assert!(
+            !document
+                .to_string()
+                .contains(crate::api::fields::HAND_WRITTEN),
+            "a stand-in was left"
+        );
+        let input = &document["components"]["schemas"]["ResourceInput"];
+        assert_eq!(input["oneOf"].as_array().unwrap().len(), 4, "{input}");
+    }
 }

@@ -47,7 +47,7 @@ pub struct PolicyPatch {
 pub const MAX_CONDITIONS: usize = 32;
 
 /// The conditions alone (422 when they are not valid).
-fn check_conditions(conditions: &[Condition]) -> ApiResult<()> {
+pub(super) fn check_conditions(conditions: &[Condition]) -> ApiResult<()> {
     if conditions.len() > MAX_CONDITIONS {
         return Err(Problem::invalid(
             "conditions",

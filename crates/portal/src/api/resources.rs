@@ -67,7 +67,7 @@ fn parse_address(
 
 /// The request alone: filters within bounds, and with a type, an address
 /// (and exclusions) that fit it. A failure is the request's fault: 422.
-fn check_request(
+pub(super) fn check_request(
     kind: Option<ResourceType>,
     address: Option<&str>,
     exclusions: Option<&[String]>,
@@ -112,7 +112,7 @@ fn check_request(
 /// resource) and puts the address in canonical form. The request was
 /// checked alone already: what fails here conflicts with what is stored
 /// (a patch's address that does not fit the stored type): 409.
-async fn validate(
+pub(super) async fn validate(
     tx: &mut Conn,
     admin: &Admin,
     resource: &mut Resource,

@@ -57,6 +57,7 @@ port_range = st.one_of(
     st.builds(str, port),
     st.tuples(port, port).map(lambda p: f"{min(p)}-{max(p)}"),
 )
+port_list = st.lists(port_range, min_size=1, max_size=4).map(",".join)
 minute_of_day = st.integers(0, 24 * 60 - 1)
 time_window = st.builds(
     lambda days, bounds, zone: "{}/{:02}:{:02}-{:02}:{:02}/{}".format(
@@ -83,6 +84,7 @@ for name, strategy in {
     "exclusion": exclusion,
     "dns-pattern": dns_pattern,
     "port-range": port_range,
+    "port-list": port_list,
     "time-window": time_window,
     "issuer-url": issuer_url,
     "page-cursor": page_cursor,
