@@ -132,14 +132,27 @@ pub fn apply(
             KINDS.join(", ")
         );
     }
+    // A section left out is not a wish to delete everything of its kind.
+    if prune {
+        if let Some(kind) = KINDS.iter().find(|kind| parsed.value.get(**kind).is_none()) {
+            bail!(
+                "{}: --prune with no `{kind}:` section would delete every one; write `{kind}: []` \
+                 if that is meant",
+                file.display()
+            );
+        }
+    }
     let portal = Portal::new(connection)?;
     runtime()?.block_on(async {
-        let send = |rehearse: bool| {
-            let url = format!("{}/config?prune={prune}&dry_run={rehearse}", portal.base);
+        let send = |rehearse: bool, plan: &str| {
+            let mut url = format!("{}/config?prune={prune}&dry_run={rehearse}", portal.base);
+            if !plan.is_empty() {
+                url.push_str(&format!("&plan={plan}"));
+            }
             portal.call(portal.client.post(url).json(&parsed.value))
         };
         // What would change, shown before it is made.
-        let plan = send(true).await?;
+        let plan = send(true, "").await?;
         if plan.status != 200 {
             let field = plan.body["field"].as_str().unwrap_or("");
             let line = parsed.line_of(field).unwrap_or(1);
@@ -162,7 +175,9 @@ pub fn apply(
             println!("dry run: {} (nothing was changed)", tally(&planned));
             return Ok(ExitCode::SUCCESS);
         }
-        let done = send(false).await?;
+        // The apply makes exactly the changes shown, or none.
+        let digest = plan.body["plan"].as_str().unwrap_or_default();
+        let done = send(false, digest).await?;
         if done.status != 200 {
             bail!(
                 "the portal refused the change (HTTP {}): {}; nothing was changed",
@@ -171,12 +186,6 @@ pub fn apply(
             );
         }
         let made = done.body["changes"].as_array().cloned().unwrap_or_default();
-        if made != planned {
-            println!("the account changed meanwhile; what was applied:");
-            for line in diff_lines(&made) {
-                println!("{line}");
-            }
-        }
         println!("applied: {}", tally(&made).replace(" to ", " "));
         Ok(ExitCode::SUCCESS)
     })

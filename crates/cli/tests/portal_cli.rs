@@ -830,6 +830,17 @@ fn admin_apply_and_export_manage_an_account_from_a_file() {
     assert!(stderr.contains("nothing was changed"), "{stderr}");
     assert_eq!(names(port, &token, "/sites"), ["lab", "office"]);
 
+    // A section left out is no wish to delete everything of its kind.
+    let partial = file("partial.yaml", "sites:\n  - name: office\n");
+    let refused = admin(port, &token, &["apply", &partial, "--prune"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("--prune with no `resources:` section"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(names(port, &token, "/resources"), ["db", "internet", "web"]);
+
     // Rename by way of prune: the new name is created, the old one (and its
     // policy) deleted, and what the file does not name goes too.
     let renamed = file(

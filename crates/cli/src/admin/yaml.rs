@@ -131,8 +131,30 @@ fn flow(value: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        Value::String(text) => yaml_string(text),
         scalar => scalar.to_string(),
     }
+}
+
+/// A string as JSON, with the characters YAML may not hold raw escaped too
+/// (JSON escapes only those below U+0020; YAML forbids DEL, the C1 controls
+/// but NEL, and U+FFFE/U+FFFF, which serde_json writes as they are).
+fn yaml_string(text: &str) -> String {
+    let printable = |c: char| {
+        matches!(c, '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+            || (' '..='~').contains(&c)
+    };
+    Value::String(text.to_string())
+        .to_string()
+        .chars()
+        .map(|c| {
+            if printable(c) || matches!(c, '\t' | '\n' | '\r') {
+                c.to_string()
+            } else {
+                format!("\\u{:04x}", c as u32)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,7 +201,7 @@ policies:
     #[test]
     fn writes_what_it_reads() {
         let value = json!({
-            "sites": [{"name": "yes"}, {"name": "#1: \"x\""}],
+            "sites": [{"name": "yes"}, {"name": "#1: \"x\""}, {"name": "del\u{7f} nel\u{85} c1\u{9f} \u{fffe}"}],
             "resources": [{"name": "1.0", "type": "cidr", "filters": [{"protocol": "icmp"}],
                            "exclusions": []}],
             "groups": [],

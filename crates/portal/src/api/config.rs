@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Commit, Entry, Outcome};
 use super::body::Json;
-use super::fields::{AddressDescription, Name, PolicyDescription};
+use super::fields::{AddressDescription, Member, Name, PolicyDescription};
 use super::problem::{ApiResult, Problem};
 use super::{Admin, Shared, now_ms, policies, resources};
 use crate::domain::{Actor, Group, GroupKind, PolicyRecord, Resource, Role, Site};
@@ -83,8 +83,7 @@ pub struct DeclaredGroup {
     pub name: Name,
     /// Emails of users and admins, names of service accounts.
     #[serde(default)]
-    #[schema(schema_with = members_schema)]
-    pub members: Vec<String>,
+    pub members: Vec<Member>,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -107,14 +106,6 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
-fn members_schema() -> utoipa::openapi::schema::Schema {
-    super::fields::json_schema(serde_json::json!({
-        "type": "array",
-        "items": {"type": "string", "minLength": 1, "maxLength": 255},
-        "example": ["alice@example.com", "ci-runner"],
-    }))
-}
-
 /// One change `apply` made (or, rehearsed, would make).
 #[derive(Debug, Serialize, ToSchema, PartialEq)]
 pub struct ChangeLine {
@@ -135,6 +126,19 @@ pub struct Applied {
     pub changes: Vec<ChangeLine>,
     /// False for a dry run: nothing was changed.
     pub applied: bool,
+    /// A digest of `changes`: pass a dry run's as `?plan=` so that the
+    /// apply makes what was shown or nothing.
+    pub plan: String,
+}
+
+/// The digest of a list of changes (SHA-256 of their JSON, hex).
+fn plan_of(changes: &[ChangeLine]) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(changes).unwrap_or_default();
+    sha2::Sha256::digest(json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `?prune=&dry_run=` (`true` or `false`), read strictly: anything else is
@@ -142,6 +146,8 @@ pub struct Applied {
 pub struct ApplyQuery {
     pub prune: bool,
     pub dry_run: bool,
+    /// The `plan` of a dry run this apply must match.
+    pub plan: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ApplyQuery {
@@ -153,9 +159,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ApplyQuery {
             .unwrap_or(RawQuery(None));
         let mut prune = false;
         let mut dry_run = false;
+        let mut plan = None;
         for (name, value) in
             url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
         {
+            if name == "plan" {
+                if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Problem::invalid("plan", "must be the plan of a dry run"));
+                }
+                plan = Some(value.to_ascii_lowercase());
+                continue;
+            }
             let flag = match name.as_ref() {
                 "prune" => &mut prune,
                 "dry_run" => &mut dry_run,
@@ -167,7 +181,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ApplyQuery {
                 _ => return Err(Problem::invalid(name, "must be true or false")),
             };
         }
-        Ok(ApplyQuery { prune, dry_run })
+        Ok(ApplyQuery {
+            prune,
+            dry_run,
+            plan,
+        })
     }
 }
 
@@ -179,9 +197,16 @@ pub struct ApplyParams {
     /// Delete the sites, resources, static groups and policies the
     /// declaration does not name.
     prune: Option<bool>,
+    /// The `plan` a dry run answered: the apply is refused (409, nothing
+    /// changed) unless it makes exactly those changes.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
+    plan: Option<String>,
     /// Answer the changes without making them.
     dry_run: Option<bool>,
 }
+
+/// Port ranges one declared filter may list (`80,443,8000-8080`).
+pub const MAX_PORT_RANGES: usize = 8;
 
 /// A declared filter as the filters it stands for.
 fn expand(filter: &DeclaredFilter) -> Result<Vec<Filter>, String> {
@@ -193,6 +218,11 @@ fn expand(filter: &DeclaredFilter) -> Result<Vec<Filter>, String> {
     };
     if filter.protocol == Protocol::Icmp {
         return Err("icmp filters take no ports".into());
+    }
+    if ports.split(',').count() > MAX_PORT_RANGES {
+        return Err(format!(
+            "at most {MAX_PORT_RANGES} port ranges in one filter"
+        ));
     }
     ports
         .split(',')
@@ -240,6 +270,12 @@ fn check(declaration: &Declaration) -> ApiResult<Vec<Vec<Filter>>> {
     let mut all_filters = Vec::new();
     for (index, resource) in declaration.resources.iter().enumerate() {
         let at = format!("resources[{index}]");
+        if resource.filters.len() > resources::MAX_FILTERS {
+            return Err(Problem::invalid(
+                format!("{at}.filters"),
+                format!("at most {} filters", resources::MAX_FILTERS),
+            ));
+        }
         let mut filters = Vec::new();
         for (n, filter) in resource.filters.iter().enumerate() {
             filters.extend(
@@ -250,7 +286,7 @@ fn check(declaration: &Declaration) -> ApiResult<Vec<Vec<Filter>>> {
             Some(resource.kind),
             resource.address.as_deref(),
             Some(&resource.exclusions),
-            Some(&filters),
+            None,
         )
         .map_err(|p| p.within(&at))?;
         all_filters.push(filters);
@@ -258,41 +294,92 @@ fn check(declaration: &Declaration) -> ApiResult<Vec<Vec<Filter>>> {
     Ok(all_filters)
 }
 
-/// The changes and audit entries of one apply, as they are made.
+/// The changes and audit entries of one apply, as they are made, and the
+/// resources it touched (their gateways must hear of each).
 #[derive(Default)]
 struct Log {
     changes: Vec<ChangeLine>,
     entries: Vec<Entry>,
+    resources: Vec<Uuid>,
+}
+
+/// One change: what it did to which object, for the answer and the audit.
+struct Noted<'a, T> {
+    action: &'static str,
+    kind: &'static str,
+    name: String,
+    fields: Vec<&'static str>,
+    audit: &'static str,
+    id: Uuid,
+    before: Option<&'a T>,
+    after: Option<&'a T>,
 }
 
 impl Log {
-    #[allow(clippy::too_many_arguments)]
-    fn note<T: Serialize>(
-        &mut self,
-        action: &'static str,
-        kind: &'static str,
-        name: String,
-        fields: Vec<&'static str>,
-        audit: &'static str,
-        id: Uuid,
-        before: Option<&T>,
-        after: Option<&T>,
-    ) {
+    fn note<T: Serialize>(&mut self, noted: Noted<'_, T>) {
         self.changes.push(ChangeLine {
-            action,
-            kind,
-            name,
-            fields,
+            action: noted.action,
+            kind: noted.kind,
+            name: noted.name,
+            fields: noted.fields,
         });
-        self.entries.push(Entry::change(audit, id, before, after));
+        self.entries.push(Entry::change(
+            noted.audit,
+            noted.id,
+            noted.before,
+            noted.after,
+        ));
+    }
+
+    fn created<T: Serialize>(
+        &mut self,
+        kind: &'static str,
+        audit: &'static str,
+        name: &str,
+        id: Uuid,
+        after: &T,
+    ) {
+        self.note(Noted {
+            action: "create",
+            kind,
+            name: name.to_string(),
+            fields: vec![],
+            audit,
+            id,
+            before: None,
+            after: Some(after),
+        });
+    }
+
+    fn deleted<T: Serialize>(
+        &mut self,
+        kind: &'static str,
+        audit: &'static str,
+        name: &str,
+        id: Uuid,
+        before: &T,
+    ) {
+        self.note(Noted {
+            action: "delete",
+            kind,
+            name: name.to_string(),
+            fields: vec![],
+            audit,
+            id,
+            before: Some(before),
+            after: None,
+        });
     }
 }
 
-fn by_name<T>(items: Vec<T>, name: impl Fn(&T) -> &str) -> HashMap<String, T> {
-    items
-        .into_iter()
-        .map(|item| (name(&item).to_string(), item))
-        .collect()
+/// The objects of a kind by name; names are unique for sites and groups
+/// (the store says so) but not for resources made before names had to be.
+fn by_name<T>(items: Vec<T>, name: impl Fn(&T) -> &str) -> HashMap<String, Vec<T>> {
+    let mut named: HashMap<String, Vec<T>> = HashMap::new();
+    for item in items {
+        named.entry(name(&item).to_string()).or_default().push(item);
+    }
+    named
 }
 
 /// Makes the account match the declaration, in `tx`.
@@ -308,9 +395,11 @@ async fn reconcile(
     let mut log = Log::default();
 
     // Sites.
-    let mut sites = by_name(store::list_scoped::<Site>(tx, account).await?, |s| {
-        s.name.as_str()
-    });
+    let mut sites: HashMap<String, Site> = store::list_scoped::<Site>(tx, account)
+        .await?
+        .into_iter()
+        .map(|site| (site.name.clone(), site))
+        .collect();
     for declared in &declaration.sites {
         if let std::collections::hash_map::Entry::Vacant(slot) =
             sites.entry(declared.name.0.clone())
@@ -321,36 +410,54 @@ async fn reconcile(
                 created_at: now,
             };
             store::sites::insert(tx, account, &site).await?;
-            log.note(
-                "create",
-                "site",
-                site.name.clone(),
-                vec![],
-                "site.create",
-                site.id,
-                None,
-                Some(&site),
-            );
+            log.created("site", "site.create", &site.name, site.id, &site);
             slot.insert(site);
         }
     }
 
-    // Resources.
+    // Resources. What prune will delete is known now: it does not count
+    // against the one internet resource or a name a declared one takes.
     let mut existing = by_name(store::resources::list(tx, account).await?, |r| {
         r.name.as_str()
     });
-    let mut declared_resources = HashMap::new();
+    let declared_names: HashSet<&str> = declaration
+        .resources
+        .iter()
+        .map(|r| r.name.0.as_str())
+        .collect();
+    let undeclared_resources: Vec<Resource> = existing
+        .iter()
+        .filter(|(name, _)| !declared_names.contains(name.as_str()))
+        .flat_map(|(_, same)| same.iter().cloned())
+        .collect();
+    let leaving: Vec<Uuid> = if prune {
+        undeclared_resources.iter().map(|r| r.id).collect()
+    } else {
+        Vec::new()
+    };
+    let mut declared_resources: HashMap<String, Resource> = HashMap::new();
     for (index, (declared, filters)) in declaration.resources.iter().zip(filters).enumerate() {
         let at = format!("resources[{index}]");
         let site = sites
             .get(&declared.site.0)
             .ok_or_else(|| Problem::conflict_at(format!("{at}.site"), "no such site"))?;
         let key = declared.name.0.clone();
-        let before = existing.remove(&key);
+        let before = match existing.remove(&key).unwrap_or_default() {
+            mut one if one.len() <= 1 => one.pop(),
+            many => {
+                return Err(Problem::conflict_at(
+                    format!("{at}.name"),
+                    format!(
+                        "the account has {} resources named {key:?}: rename or delete all but one first",
+                        many.len()
+                    ),
+                ));
+            }
+        };
         let mut after = Resource {
             id: before.as_ref().map_or_else(Uuid::new_v4, |r| r.id),
             site_id: site.id,
-            name: declared.name.0.clone(),
+            name: key.clone(),
             kind: declared.kind,
             address: declared.address.clone(),
             address_description: declared
@@ -362,66 +469,60 @@ async fn reconcile(
             exclusions: Vec::new(),
             created_at: before.as_ref().map_or(now, |r| r.created_at),
         };
-        resources::validate(tx, admin, &mut after, &declared.exclusions)
+        resources::validate(tx, admin, &mut after, &declared.exclusions, &leaving)
             .await
             .map_err(|p| p.within(&at))?;
         match &before {
             None => {
                 store::resources::insert(tx, account, &after).await?;
-                log.note(
-                    "create",
-                    "resource",
-                    after.name.clone(),
-                    vec![],
-                    "resource.create",
-                    after.id,
-                    None,
-                    Some(&after),
-                );
+                log.created("resource", "resource.create", &after.name, after.id, &after);
+                log.resources.push(after.id);
             }
             Some(before) => {
                 let fields = resource_changes(before, &after);
                 if !fields.is_empty() {
                     store::resources::update(tx, account, &after, now_ms()).await?;
-                    log.note(
-                        "update",
-                        "resource",
-                        after.name.clone(),
+                    log.note(Noted {
+                        action: "update",
+                        kind: "resource",
+                        name: after.name.clone(),
                         fields,
-                        "resource.update",
-                        after.id,
-                        Some(before),
-                        Some(&after),
-                    );
+                        audit: "resource.update",
+                        id: after.id,
+                        before: Some(before),
+                        after: Some(&after),
+                    });
+                    log.resources.push(after.id);
                 }
             }
         }
         declared_resources.insert(key, after);
     }
-    let undeclared_resources: Vec<Resource> = existing.into_values().collect();
 
     // Groups (static ones; `Everyone` and providers' are not declared).
     let people = actors::list(tx, account).await?;
-    let mut groups_now = by_name(groups::list(tx, account).await?, |g| g.name.as_str());
-    let mut declared_groups = HashSet::new();
+    let mut groups_now: HashMap<String, Group> = groups::list(tx, account)
+        .await?
+        .into_iter()
+        .map(|group| (group.name.clone(), group))
+        .collect();
+    let declared_groups: HashSet<&str> = declaration
+        .groups
+        .iter()
+        .map(|g| g.name.0.as_str())
+        .collect();
     for (index, declared) in declaration.groups.iter().enumerate() {
         let at = format!("groups[{index}]");
         let mut members = Vec::new();
         for (n, member) in declared.members.iter().enumerate() {
-            members.push(member_id(&people, member).ok_or_else(|| {
-                Problem::conflict_at(
-                    format!("{at}.members[{n}]"),
-                    format!(
-                        "no user or admin with this email, nor service account so named: {member:?}"
-                    ),
-                )
-            })?);
+            members.push(
+                member_id(&people, &member.0)
+                    .map_err(|why| Problem::conflict_at(format!("{at}.members[{n}]"), why))?,
+            );
         }
         members.sort_unstable();
         members.dedup();
-        let key = declared.name.0.clone();
-        declared_groups.insert(key.clone());
-        let group = match groups_now.get(&key) {
+        let group = match groups_now.get(&declared.name.0) {
             Some(group) if group.kind != GroupKind::Static => {
                 return Err(Problem::conflict_at(
                     format!("{at}.name"),
@@ -437,17 +538,8 @@ async fn reconcile(
                     created_at: now,
                 };
                 groups::insert(tx, account, &group).await?;
-                log.note(
-                    "create",
-                    "group",
-                    group.name.clone(),
-                    vec![],
-                    "group.create",
-                    group.id,
-                    None,
-                    Some(&group),
-                );
-                groups_now.insert(key, group.clone());
+                log.created("group", "group.create", &group.name, group.id, &group);
+                groups_now.insert(group.name.clone(), group.clone());
                 group
             }
         };
@@ -455,75 +547,118 @@ async fn reconcile(
         had.sort_unstable();
         if had != members {
             groups::set_members(tx, account, group.id, &members).await?;
-            log.note(
-                "update",
-                "group",
-                group.name.clone(),
-                vec!["members"],
-                "group.members",
-                group.id,
-                Some(&serde_json::json!({"actor_ids": had})),
-                Some(&serde_json::json!({"actor_ids": members})),
-            );
+            log.note(Noted {
+                action: "update",
+                kind: "group",
+                name: group.name.clone(),
+                fields: vec!["members"],
+                audit: "group.members",
+                id: group.id,
+                before: Some(&serde_json::json!({"actor_ids": had})),
+                after: Some(&serde_json::json!({"actor_ids": members})),
+            });
         }
     }
 
-    // Policies, by group and resource.
-    let mut policies_now = store::policies::list(tx, account).await?;
-    let mut kept = HashSet::new();
+    // Policies, by group and resource; with prune only between what stays.
+    let mut wanted = Vec::new();
     for (index, declared) in declaration.policies.iter().enumerate() {
         let at = format!("policies[{index}]");
         let group = groups_now
             .get(&declared.group.0)
             .ok_or_else(|| Problem::conflict_at(format!("{at}.group"), "no such group"))?;
-        let resource = declared_resources
-            .get(&declared.resource.0)
-            .or_else(|| {
-                undeclared_resources
+        if prune
+            && group.kind == GroupKind::Static
+            && !declared_groups.contains(group.name.as_str())
+        {
+            return Err(Problem::conflict_at(
+                format!("{at}.group"),
+                "names a group this prune deletes (declare it in groups)",
+            ));
+        }
+        let resource = match declared_resources.get(&declared.resource.0) {
+            Some(resource) => resource,
+            None if prune => {
+                return Err(Problem::conflict_at(
+                    format!("{at}.resource"),
+                    "names a resource this prune deletes or that does not exist (declare it in resources)",
+                ));
+            }
+            None => {
+                let mut same = undeclared_resources
                     .iter()
-                    .find(|r| r.name == declared.resource.0)
-            })
-            .ok_or_else(|| Problem::conflict_at(format!("{at}.resource"), "no such resource"))?;
-        let name = format!("{} -> {}", group.name, resource.name);
-        let description = declared
-            .description
-            .as_ref()
-            .map(|d| d.0.clone())
-            .unwrap_or_default();
-        let found = policies_now.iter().position(|p| {
-            p.group_id == group.id && p.resource_id == resource.id && !kept.contains(&p.id)
-        });
+                    .filter(|r| r.name == declared.resource.0);
+                match (same.next(), same.next()) {
+                    (Some(one), None) => one,
+                    (None, _) => {
+                        return Err(Problem::conflict_at(
+                            format!("{at}.resource"),
+                            "no such resource",
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Problem::conflict_at(
+                            format!("{at}.resource"),
+                            "the account has several resources of this name",
+                        ));
+                    }
+                }
+            }
+        };
+        let policy = PolicyRecord {
+            id: Uuid::new_v4(),
+            group_id: group.id,
+            resource_id: resource.id,
+            conditions: declared.conditions.clone(),
+            description: declared
+                .description
+                .as_ref()
+                .map(|d| d.0.clone())
+                .unwrap_or_default(),
+            disabled: declared.disabled,
+            created_at: now,
+        };
+        wanted.push((format!("{} -> {}", group.name, resource.name), policy));
+    }
+    let mut policies_now = store::policies::list(tx, account).await?;
+    // A declared policy takes the stored one of its pair that is already
+    // the same, else any of its pair, else is created: several policies of
+    // one pair are kept apart by their content, not by their order.
+    let same_content = |a: &PolicyRecord, b: &PolicyRecord| {
+        a.conditions == b.conditions && a.description == b.description && a.disabled == b.disabled
+    };
+    let same_pair = |a: &PolicyRecord, b: &PolicyRecord| {
+        a.group_id == b.group_id && a.resource_id == b.resource_id
+    };
+    let mut matched: Vec<Option<PolicyRecord>> = wanted
+        .iter()
+        .map(|(_, policy)| {
+            let at = policies_now
+                .iter()
+                .position(|p| same_pair(p, policy) && same_content(p, policy))?;
+            Some(policies_now.remove(at))
+        })
+        .collect();
+    for ((_, policy), found) in wanted.iter().zip(matched.iter_mut()) {
+        if found.is_none() {
+            *found = policies_now
+                .iter()
+                .position(|p| same_pair(p, policy))
+                .map(|at| policies_now.remove(at));
+        }
+    }
+    for ((name, policy), found) in wanted.into_iter().zip(matched) {
         match found {
             None => {
-                let policy = PolicyRecord {
-                    id: Uuid::new_v4(),
-                    group_id: group.id,
-                    resource_id: resource.id,
-                    conditions: declared.conditions.clone(),
-                    description,
-                    disabled: declared.disabled,
-                    created_at: now,
-                };
                 store::policies::insert(tx, account, &policy).await?;
-                kept.insert(policy.id);
-                log.note(
-                    "create",
-                    "policy",
-                    name,
-                    vec![],
-                    "policy.create",
-                    policy.id,
-                    None,
-                    Some(&policy),
-                );
+                log.created("policy", "policy.create", &name, policy.id, &policy);
             }
-            Some(at_index) => {
-                let before = policies_now.remove(at_index);
-                let mut after = before.clone();
-                after.conditions = declared.conditions.clone();
-                after.description = description;
-                after.disabled = declared.disabled;
-                kept.insert(after.id);
+            Some(before) => {
+                let after = PolicyRecord {
+                    id: before.id,
+                    created_at: before.created_at,
+                    ..policy
+                };
                 let mut fields = Vec::new();
                 if after.conditions != before.conditions {
                     fields.push("conditions");
@@ -536,23 +671,23 @@ async fn reconcile(
                 }
                 if !fields.is_empty() {
                     store::policies::update(tx, account, &after, now_ms()).await?;
-                    log.note(
-                        "update",
-                        "policy",
+                    log.note(Noted {
+                        action: "update",
+                        kind: "policy",
                         name,
                         fields,
-                        "policy.update",
-                        after.id,
-                        Some(&before),
-                        Some(&after),
-                    );
+                        audit: "policy.update",
+                        id: after.id,
+                        before: Some(&before),
+                        after: Some(&after),
+                    });
                 }
             }
         }
     }
 
     if prune {
-        // Policies first, sites last: what goes with each is gone before it.
+        // Policies first, sites last: nothing goes with another unaudited.
         let group_names: HashMap<Uuid, String> = groups_now
             .values()
             .map(|g| (g.id, g.name.clone()))
@@ -573,64 +708,35 @@ async fn reconcile(
                     .get(&policy.resource_id)
                     .map_or("?", String::as_str)
             );
-            log.note(
-                "delete",
-                "policy",
-                name,
-                vec![],
-                "policy.delete",
-                policy.id,
-                Some(&policy),
-                None,
-            );
+            log.deleted("policy", "policy.delete", &name, policy.id, &policy);
         }
         for resource in &undeclared_resources {
             store::resources::delete(tx, account, resource.id).await?;
-            log.note(
-                "delete",
+            log.deleted(
                 "resource",
-                resource.name.clone(),
-                vec![],
                 "resource.delete",
+                &resource.name,
                 resource.id,
-                Some(resource),
-                None,
+                resource,
             );
+            log.resources.push(resource.id);
         }
-        for (key, group) in &groups_now {
-            if group.kind == GroupKind::Static && !declared_groups.contains(key) {
+        for group in groups_now.values() {
+            if group.kind == GroupKind::Static && !declared_groups.contains(group.name.as_str()) {
                 groups::delete(tx, account, group.id).await?;
-                log.note(
-                    "delete",
-                    "group",
-                    group.name.clone(),
-                    vec![],
-                    "group.delete",
-                    group.id,
-                    Some(group),
-                    None,
-                );
+                log.deleted("group", "group.delete", &group.name, group.id, group);
             }
         }
-        let declared_sites: HashSet<String> = declaration
+        let declared_sites: HashSet<&str> = declaration
             .sites
             .iter()
-            .map(|s| s.name.0.clone())
-            .chain(declaration.resources.iter().map(|r| r.site.0.clone()))
+            .map(|s| s.name.0.as_str())
+            .chain(declaration.resources.iter().map(|r| r.site.0.as_str()))
             .collect();
-        for (key, site) in &sites {
-            if !declared_sites.contains(key) {
+        for site in sites.values() {
+            if !declared_sites.contains(site.name.as_str()) {
                 store::sites::delete(tx, account, site.id).await?;
-                log.note(
-                    "delete",
-                    "site",
-                    site.name.clone(),
-                    vec![],
-                    "site.delete",
-                    site.id,
-                    Some(site),
-                    None,
-                );
+                log.deleted("site", "site.delete", &site.name, site.id, site);
             }
         }
     }
@@ -638,19 +744,39 @@ async fn reconcile(
 }
 
 /// A member as the declaration names it: a user's or admin's email, or a
-/// service account's name.
-fn member_id(people: &[Actor], member: &str) -> Option<Uuid> {
-    let member = member.trim();
-    people
-        .iter()
-        .find(|actor| match actor.role {
-            Role::ServiceAccount => actor.name.eq_ignore_ascii_case(member),
-            Role::User | Role::Admin => actor
-                .email
-                .as_deref()
-                .is_some_and(|email| email.eq_ignore_ascii_case(member)),
-        })
-        .map(|actor| actor.id)
+/// service account's name; exactly first, then ignoring case; more than one
+/// actor so named is refused, not guessed.
+fn member_id(people: &[Actor], member: &str) -> Result<Uuid, &'static str> {
+    let named = |exact: bool| -> Vec<Uuid> {
+        people
+            .iter()
+            .filter(|actor| {
+                let name = match actor.role {
+                    Role::ServiceAccount => Some(actor.name.as_str()),
+                    Role::User | Role::Admin => actor.email.as_deref(),
+                };
+                name.is_some_and(|name| {
+                    if exact {
+                        name == member
+                    } else {
+                        name.eq_ignore_ascii_case(member)
+                    }
+                })
+            })
+            .map(|actor| actor.id)
+            .collect()
+    };
+    let exact = named(true);
+    let found = if exact.is_empty() {
+        named(false)
+    } else {
+        exact
+    };
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no user or admin with this email, nor service account of this name"),
+        _ => Err("names more than one actor (service accounts of one name): rename them"),
+    }
 }
 
 fn resource_changes(before: &Resource, after: &Resource) -> Vec<&'static str> {
@@ -693,16 +819,28 @@ pub async fn apply(
     };
     audited::run(&state, &admin, commit, async |tx| {
         let log = reconcile(tx, &admin, &declaration, &filters, query.prune).await?;
+        let plan = plan_of(&log.changes);
+        if query.plan.as_ref().is_some_and(|shown| *shown != plan) {
+            // An error: the transaction rolls back.
+            return Err(Problem::conflict_at(
+                "plan",
+                "the account changed since the plan was made: nothing was applied; make a new plan",
+            ));
+        }
         // Many objects may have changed: every client of the account is
-        // evaluated again (a declaration is applied rarely).
+        // evaluated again (a declaration is applied rarely), and gateways
+        // hear of each resource that changed (their copies narrow at once).
         let notices = if log.changes.is_empty() {
             audited::Notices::Quiet("the declaration matched the account already")
         } else {
-            audited::Notices::Publish(vec![Change::Everything])
+            let mut changes = vec![Change::Everything];
+            changes.extend(log.resources.iter().map(|id| Change::Resource(*id)));
+            audited::Notices::Publish(changes)
         };
         let applied = Applied {
             changes: log.changes,
             applied: commit == Commit::Yes,
+            plan,
         };
         Ok(Outcome::batch(axum::Json(applied), log.entries, notices))
     })
@@ -724,7 +862,7 @@ pub async fn export(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse>
     let mut declared_groups = Vec::new();
     for group in all_groups.iter().filter(|g| g.kind == GroupKind::Static) {
         let ids = groups::members(&mut tx, account, group).await?;
-        let members = people
+        let members: Vec<String> = people
             .iter()
             .filter(|a| ids.contains(&a.id))
             .filter_map(|a| match a.role {
@@ -734,7 +872,7 @@ pub async fn export(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse>
             .collect();
         declared_groups.push(DeclaredGroup {
             name: Name(group.name.clone()),
-            members,
+            members: members.into_iter().map(Member).collect(),
         });
     }
     tx.commit().await?;
@@ -792,4 +930,152 @@ pub async fn export(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse>
             .collect(),
     };
     Ok(axum::Json(declaration))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::State;
+
+    use super::*;
+    use crate::state::AppState;
+    use crate::store::Store;
+
+    async fn account() -> (Arc<AppState>, Admin) {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let init = crate::setup::init_account(&store, "acme", "admin@example.test")
+            .await
+            .unwrap();
+        let admin = Admin {
+            account_id: init.account.id,
+            actor_id: init.admin_id,
+            token_id: Uuid::from_u128(7),
+        };
+        (Arc::new(AppState::new(store)), admin)
+    }
+
+    fn declaration(ports: &str) -> Declaration {
+        serde_json::from_value(serde_json::json!({
+            "sites": [{"name": "office"}],
+            "resources": [{"name": "web", "type": "cidr", "address": "10.0.1.0/24",
+                           "site": "office", "filters": [{"protocol": "tcp", "ports": ports}]}],
+        }))
+        .unwrap()
+    }
+
+    async fn apply_as(
+        state: &Arc<AppState>,
+        admin: Admin,
+        declaration: Declaration,
+        dry_run: bool,
+        plan: Option<String>,
+    ) -> ApiResult<Applied> {
+        let query = ApplyQuery {
+            prune: false,
+            dry_run,
+            plan,
+        };
+        let answer = apply(State(state.clone()), admin, query, Json(declaration)).await?;
+        let response = answer.into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        Ok(Applied {
+            changes: Vec::new(),
+            applied: value["applied"].as_bool().unwrap(),
+            plan: value["plan"].as_str().unwrap().to_string(),
+        })
+    }
+
+    /// Narrowing a resource by a declaration reaches its gateways: the
+    /// resource's own change is published, not only "everything".
+    #[tokio::test]
+    async fn a_changed_resource_is_published_for_its_gateways() {
+        let (state, admin) = account().await;
+        let mut published = state.subscribe_changes();
+        apply_as(&state, admin, declaration("80,443"), false, None)
+            .await
+            .unwrap();
+        let mut first = Vec::new();
+        while let Ok((_, change)) = published.try_recv() {
+            first.push(change);
+        }
+        let web = {
+            let mut tx = state.store.read().await.unwrap();
+            store::resources::list(&mut tx, admin.account_id)
+                .await
+                .unwrap()[0]
+                .clone()
+        };
+        assert!(first.contains(&Change::Resource(web.id)), "{first:?}");
+        apply_as(&state, admin, declaration("443"), false, None)
+            .await
+            .unwrap();
+        let mut second = Vec::new();
+        while let Ok((_, change)) = published.try_recv() {
+            second.push(change);
+        }
+        assert!(second.contains(&Change::Resource(web.id)), "{second:?}");
+        assert!(second.contains(&Change::Everything), "{second:?}");
+    }
+
+    /// An apply bound to a plan makes exactly it or nothing.
+    #[tokio::test]
+    async fn an_apply_refuses_a_plan_the_account_moved_away_from() {
+        let (state, admin) = account().await;
+        let plan = apply_as(&state, admin, declaration("80"), true, None)
+            .await
+            .unwrap();
+        assert!(!plan.applied);
+        // Meanwhile, someone creates the site.
+        let site_only: Declaration =
+            serde_json::from_value(serde_json::json!({"sites": [{"name": "office"}]})).unwrap();
+        apply_as(&state, admin, site_only, false, None)
+            .await
+            .unwrap();
+        let refused = apply_as(&state, admin, declaration("80"), false, Some(plan.plan))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, axum::http::StatusCode::CONFLICT);
+        assert_eq!(refused.field.as_deref(), Some("plan"));
+        let mut tx = state.store.read().await.unwrap();
+        assert!(
+            store::resources::list(&mut tx, admin.account_id)
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing of the refused apply stays"
+        );
+    }
+
+    #[test]
+    fn members_are_matched_exactly_then_by_case_and_never_guessed() {
+        let actor = |name: &str, email: Option<&str>, role| Actor {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            email: email.map(str::to_string),
+            role,
+            disabled: false,
+            created_at: Timestamp::now(),
+        };
+        let people = [
+            actor("ci", None, Role::ServiceAccount),
+            actor("CI", None, Role::ServiceAccount),
+            actor("Build", None, Role::ServiceAccount),
+            actor("Alice", Some("alice@acme.test"), Role::User),
+        ];
+        assert_eq!(member_id(&people, "CI"), Ok(people[1].id));
+        assert_eq!(member_id(&people, "build"), Ok(people[2].id));
+        assert_eq!(member_id(&people, "ALICE@acme.test"), Ok(people[3].id));
+        assert!(
+            member_id(&people, "Ci").is_err(),
+            "two match by case: refused"
+        );
+        assert!(
+            member_id(&people, "Alice").is_err(),
+            "users are named by email"
+        );
+    }
 }

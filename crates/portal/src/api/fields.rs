@@ -103,10 +103,21 @@ pub static DNS_NAME: LazyLock<Rule> = LazyLock::new(|| {
     )
 });
 
+/// Free text over lines: tabs and line breaks are fine, other control
+/// characters not.
 pub static POLICY_DESCRIPTION: LazyLock<Rule> = LazyLock::new(|| {
-    plain(
+    Rule::new(
+        r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$".to_string(),
         1024,
-        "must be at most 1024 characters without control characters",
+        "must be at most 1024 characters without control characters (but tabs and line breaks)",
+    )
+});
+
+/// A group member in a declaration: an email or a service account's name.
+pub static MEMBER: LazyLock<Rule> = LazyLock::new(|| {
+    non_blank(
+        255,
+        "must be an email or a service account's name (1-255 characters)",
     )
 });
 
@@ -192,9 +203,14 @@ checked_text!(
     "A DNS name like corp.example, kept in lower case without a final dot."
 );
 checked_text!(
+    /// A group member in a declaration (trimmed).
+    Member, MEMBER, trimmed,
+    "A user's or admin's email, or a service account's name."
+);
+checked_text!(
     /// A policy's description (trimmed, may be empty).
     PolicyDescription, POLICY_DESCRIPTION, trimmed,
-    "Free text, at most 1024 characters, no control characters; trimmed."
+    "Free text, at most 1024 characters, no control characters but tabs and line breaks; trimmed."
 );
 checked_text!(
     /// What an address means to people (trimmed; empty removes it).

@@ -20,6 +20,7 @@ pub mod problem;
 pub mod resources;
 pub mod schemas;
 pub mod sites;
+mod strict;
 pub mod tokens;
 
 use std::sync::Arc;

@@ -54,6 +54,23 @@ pub struct ResourcePatch {
 /// Filters travel in every authorization; keep them a list, not a novel.
 pub const MAX_FILTERS: usize = 32;
 
+/// Names matter to people and to declarations (`admin apply` matches by
+/// name): a second resource of a name is a conflict. (Older accounts may
+/// hold duplicates; they stay until renamed.)
+async fn unique_name(tx: &mut Conn, admin: &Admin, resource: &Resource) -> ApiResult<()> {
+    let all = resources::list(tx, admin.account_id).await?;
+    if all
+        .iter()
+        .any(|r| r.name == resource.name && r.id != resource.id)
+    {
+        return Err(Problem::conflict_at(
+            "name",
+            "another resource has this name",
+        ));
+    }
+    Ok(())
+}
+
 /// The address (and the internet resource's exclusions) of a type, in
 /// canonical form; which field is at fault when they do not fit it.
 fn parse_address(
@@ -117,6 +134,7 @@ pub(super) async fn validate(
     admin: &Admin,
     resource: &mut Resource,
     exclusions: &[String],
+    leaving: &[Uuid],
 ) -> ApiResult<()> {
     let address = parse_address(resource.kind, resource.address.as_deref(), exclusions)
         .map_err(|(field, e)| Problem::conflict_at(field, e))?;
@@ -130,10 +148,9 @@ pub(super) async fn validate(
     }
     if resource.kind == ResourceType::Internet {
         let others = resources::list(tx, admin.account_id).await?;
-        if others
-            .iter()
-            .any(|r| r.kind == ResourceType::Internet && r.id != resource.id)
-        {
+        if others.iter().any(|r| {
+            r.kind == ResourceType::Internet && r.id != resource.id && !leaving.contains(&r.id)
+        }) {
             return Err(Problem::conflict(
                 "the account already has its internet resource",
             ));
@@ -175,7 +192,8 @@ pub async fn create(
         created_at: Timestamp::now(),
     };
     audited::write(&state, &admin, async |tx| {
-        validate(tx, &admin, &mut resource, &input.exclusions).await?;
+        validate(tx, &admin, &mut resource, &input.exclusions, &[]).await?;
+        unique_name(tx, &admin, &resource).await?;
         resources::insert(tx, admin.account_id, &resource).await?;
         let id = resource.id;
         Ok(Outcome::created(
@@ -252,7 +270,10 @@ pub async fn update(
             }
             None => Vec::new(),
         };
-        validate(tx, &admin, &mut after, &exclusions).await?;
+        validate(tx, &admin, &mut after, &exclusions, &[]).await?;
+        if after.name != before.name {
+            unique_name(tx, &admin, &after).await?;
+        }
         resources::update(tx, admin.account_id, &after, now_ms()).await?;
         let id = before.id;
         Ok(Outcome::updated(

@@ -11,6 +11,7 @@
 //! - `dns-pattern`: a DNS name, `*.` (any labels) or `?.` (one label) before it;
 //! - `ip-or-cidr`: any address or prefix; `exclusion`: one with a prefix length;
 //! - `port-range`: `22` or `8000-8080`, ports 1-65535, low first;
+//! - `port-list` (declarations): 1-8 port ranges separated by commas;
 //! - `time-window`: `MTWRF/08:00-18:00/Europe/Berlin` (days of `MTWRFSU`, an
 //!   IANA zone);
 //! - `issuer-url`: an `https` URL without query, fragment or user, not on
@@ -51,7 +52,10 @@ fn filter_items(ports: &str) -> Value {
             "type": "object",
             "additionalProperties": false,
             "required": ["protocol"],
-            "properties": {"protocol": {"type": "string", "enum": ["icmp"]}},
+            "properties": {
+                "protocol": {"type": "string", "enum": ["icmp"]},
+                "ports": {"type": "null"},
+            },
             "description": "ICMP and ICMPv6; no ports.",
         },
     ]})
@@ -134,7 +138,7 @@ pub fn session_lifetime() -> Schema {
         "type": ["integer", "null"],
         "minimum": 0,
         "maximum": MAX_SESSION_SECS,
-        "description": "Seconds a client stays signed in (at most a year); 0 or none: 7 days.",
+        "description": "Seconds a client stays signed in (at most a year). 0: the default, 7 days; none: the default on create, unchanged on a patch.",
     }))
 }
 

@@ -49,6 +49,8 @@ pub async fn insert(
 
 /// The `scopes` of a token that may only read; NULL: read and write.
 const READ_ONLY: &str = "read";
+/// What a token with both scopes could be written as (NULL is).
+const READ_WRITE: &str = "read write";
 
 /// The token row with its salt and hash, for verification.
 pub async fn get_with_hash(
@@ -77,7 +79,12 @@ pub async fn get_with_hash(
         expires_at: row
             .try_get::<Option<i64>, _>("expires_at")?
             .map(from_millis),
-        read_only: row.try_get::<Option<String>, _>("scopes")?.as_deref() == Some(READ_ONLY),
+        // Fail closed: only no scopes (every token before them) or
+        // exactly read and write may write.
+        read_only: !matches!(
+            row.try_get::<Option<String>, _>("scopes")?.as_deref(),
+            None | Some(READ_WRITE)
+        ),
     };
     Ok(Some((record, row.try_get("salt")?, row.try_get("hash")?)))
 }
