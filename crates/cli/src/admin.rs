@@ -133,14 +133,15 @@ pub fn apply(
         );
     }
     // A section left out is not a wish to delete everything of its kind.
-    if prune {
-        if let Some(kind) = KINDS.iter().find(|kind| parsed.value.get(**kind).is_none()) {
-            bail!(
-                "{}: --prune with no `{kind}:` section would delete every one; write `{kind}: []` \
-                 if that is meant",
-                file.display()
-            );
-        }
+    if let Some(kind) = KINDS
+        .iter()
+        .find(|kind| prune && parsed.value.get(**kind).is_none())
+    {
+        bail!(
+            "{}: --prune with no `{kind}:` section would delete every one; write `{kind}: []` \
+             if that is meant",
+            file.display()
+        );
     }
     let portal = Portal::new(connection)?;
     runtime()?.block_on(async {
