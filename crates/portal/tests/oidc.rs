@@ -806,3 +806,98 @@ async fn a_client_sign_in_link_stops_at_the_confirmation() {
     assert_eq!(done.status, 303, "{}", done.body);
     assert!(done.location.unwrap().starts_with(REDIRECT));
 }
+
+/// SPEC 7.3: a provider that provisions users makes a verified stranger a
+/// user at first sign-in, with groups and role read from nested claims
+/// (Keycloak's `realm_access.roles`, Zitadel's role object); an unverified
+/// email, or a provider that does not provision, still finds no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioning_provider_makes_users_with_nested_claims() {
+    let lab = lab().await;
+    let zitadel = "urn:zitadel:iam:org:project:roles";
+    let configure =
+        |provision: bool| {
+            let lab = &lab;
+            async move {
+                let (status, patched) = lab
+                .portal
+                .api(
+                    Method::PATCH,
+                    &format!("/identity_providers/{}", lab.provider),
+                    Some(json!({"provision_users": provision, "groups_claim": "realm_access.roles",
+                                "admin_claim": zitadel, "admin_claim_value": "postern-admin"})),
+                )
+                .await;
+                assert_eq!(status, 200, "{patched}");
+                assert_eq!(patched["provision_users"], provision);
+            }
+        };
+    let stranger = |sub: &str, verified: bool| {
+        json!({"sub": sub, "email": format!("{sub}@corp.test"), "email_verified": verified,
+               "name": format!("New {sub}"),
+               "realm_access": {"roles": ["eng", "ops"]},
+               zitadel: {"postern-admin": {"1234": "corp.test"}}})
+    };
+    let actor_named = |email: String| {
+        let lab = &lab;
+        async move {
+            let (_, actors) = lab.portal.api(Method::GET, "/actors", None).await;
+            actors["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["email"] == email.as_str())
+                .cloned()
+        }
+    };
+
+    // Not provisioning: a stranger finds no one.
+    configure(false).await;
+    lab.idp.set_account_claims(&stranger("carol", true)).await;
+    let page = lab.sign_in(&mut Browser::new(), "carol", true).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(actor_named("carol@corp.test".into()).await.is_none());
+
+    // Provisioning: the verified stranger becomes a user, named by the
+    // claim, in the groups of the nested roles, admin by the role object.
+    configure(true).await;
+    let page = lab.sign_in(&mut Browser::new(), "carol", true).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let carol = actor_named("carol@corp.test".into())
+        .await
+        .expect("carol was provisioned");
+    assert_eq!(carol["name"], "New carol");
+    assert_eq!(carol["role"], "admin");
+    for group in ["eng", "ops"] {
+        let group = lab.group_named(group).await.unwrap();
+        assert_eq!(lab.members(&group).await, [carol["id"].clone()]);
+    }
+    let (_, log) = lab.portal.api(Method::GET, "/audit_log", None).await;
+    assert!(
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "actor.provision" && e["object_id"] == carol["id"]),
+        "the provisioning is audited"
+    );
+    // A second sign-in finds the same user (linked by subject).
+    let page = lab.sign_in(&mut Browser::new(), "carol", true).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let (_, actors) = lab.portal.api(Method::GET, "/actors", None).await;
+    let carols = actors["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["email"] == "carol@corp.test")
+        .count();
+    assert_eq!(carols, 1);
+
+    // An unverified email is no one's, provisioning or not.
+    lab.idp
+        .set_account_claims(&stranger("mallory", false))
+        .await;
+    let page = lab.sign_in(&mut Browser::new(), "mallory", true).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(actor_named("mallory@corp.test".into()).await.is_none());
+}

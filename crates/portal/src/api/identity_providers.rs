@@ -43,6 +43,10 @@ pub struct ProviderInput {
     #[serde(default, deserialize_with = "super::fields::whole_number")]
     #[schema(schema_with = super::schemas::session_lifetime)]
     pub client_session_lifetime_secs: Option<i64>,
+    /// An identity no user matches, with a verified email, becomes a user
+    /// at its first sign-in (default: refused until an admin adds them).
+    #[serde(default)]
+    pub provision_users: bool,
 }
 
 /// The kinds of identity provider (OpenID Connect only, today).
@@ -70,6 +74,7 @@ pub struct ProviderPatch {
     #[serde(default, deserialize_with = "super::fields::whole_number")]
     #[schema(schema_with = super::schemas::session_lifetime)]
     pub client_session_lifetime_secs: Option<i64>,
+    pub provision_users: Option<bool>,
 }
 
 /// A provider as the API shows it: everything but the secret.
@@ -85,6 +90,7 @@ pub struct ProviderView {
     pub admin_claim: Option<String>,
     pub admin_claim_value: Option<String>,
     pub client_session_lifetime_secs: Option<i64>,
+    pub provision_users: bool,
     /// The redirect URI to register at the provider (needs `--external-url`).
     pub redirect_uri: Option<String>,
     #[schema(value_type = String, format = DateTime)]
@@ -102,6 +108,7 @@ fn view(state: &AppState, slug: &str, provider: &IdentityProvider) -> ProviderVi
         admin_claim: provider.admin_claim.clone(),
         admin_claim_value: provider.admin_claim_value.clone(),
         client_session_lifetime_secs: provider.client_session_lifetime_secs,
+        provision_users: provider.provision_users,
         redirect_uri: state
             .external_url
             .as_deref()
@@ -225,6 +232,7 @@ pub async fn create(
         admin_claim: claim(input.admin_claim.as_ref()),
         admin_claim_value: claim(input.admin_claim_value.as_ref()),
         client_session_lifetime_secs: valid_lifetime(input.client_session_lifetime_secs)?,
+        provision_users: input.provision_users,
         created_at: Timestamp::now(),
     };
     audited::write(&state, &admin, async |tx| {
@@ -289,6 +297,9 @@ pub async fn update(
         if patch.client_session_lifetime_secs.is_some() {
             after.client_session_lifetime_secs =
                 valid_lifetime(patch.client_session_lifetime_secs)?;
+        }
+        if let Some(provision) = patch.provision_users {
+            after.provision_users = provision;
         }
         identity_providers::update(tx, admin.account_id, &after, now_ms()).await?;
         let slug = slug(tx, &admin).await?;

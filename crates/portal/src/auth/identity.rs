@@ -1,7 +1,9 @@
 //! Which actor a provider's identity is (SPEC F2, F8): the identity already
 //! linked by (provider, subject), else the pre-created user with the same
-//! verified email (linked from then on). At each sign-in the groups claim
-//! sets the memberships it manages and the admin claim sets the role.
+//! verified email (linked from then on), else, where the provider provisions
+//! users (SPEC 7.3), a new user of that verified email. At each sign-in the
+//! groups claim sets the memberships it manages and the admin claim sets the
+//! role.
 
 use uuid::Uuid;
 
@@ -50,6 +52,13 @@ pub async fn map(
             (Some(email), true) => actors::by_email(tx, account, email).await?,
             _ => None,
         },
+    };
+    let actor = match (actor, &email) {
+        (Some(actor), _) => Some(actor),
+        (None, Some(address)) if provider.provision_users && identity.email_verified => {
+            Some(provision(tx, account, identity, address, now_ms).await?)
+        }
+        (None, _) => None,
     };
     let Some(mut actor) = actor else {
         return Err(MappingError::Unknown(email));
@@ -108,4 +117,53 @@ pub async fn map(
         }
     }
     Ok(Mapped { actor, changed })
+}
+
+/// A new user for a verified email nobody of the account has: named by the
+/// `name` claim (else the email), a user until the admin claim says more.
+async fn provision(
+    tx: &mut Tx,
+    account: Uuid,
+    identity: &Identity,
+    email: &str,
+    now_ms: i64,
+) -> Result<Actor, MappingError> {
+    if !crate::setup::validate_email(email) {
+        return Err(MappingError::Unknown(Some(email.to_string())));
+    }
+    let name = identity
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|name| crate::api::fields::NAME.accepts(name))
+        .unwrap_or(email);
+    let actor = Actor {
+        id: Uuid::new_v4(),
+        name: name.to_string(),
+        email: Some(email.to_string()),
+        role: Role::User,
+        disabled: false,
+        created_at: jiff::Timestamp::from_millisecond(now_ms).unwrap_or_default(),
+    };
+    actors::insert(tx, account, &actor).await?;
+    // Audited like an admin's create, by no one: the provider's sign-in.
+    crate::store::audit::record(
+        tx,
+        account,
+        crate::store::audit::Author {
+            actor_id: None,
+            token_id: None,
+        },
+        crate::store::audit::NewAuditEntry {
+            action: "actor.provision",
+            object_type: "actor",
+            object_id: actor.id.to_string(),
+            before: None,
+            after: serde_json::to_value(&actor).ok(),
+        },
+        now_ms,
+    )
+    .await?;
+    tracing::info!(actor = %actor.id, "a provider's new identity became a user (provision_users)");
+    Ok(actor)
 }

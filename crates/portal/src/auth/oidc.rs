@@ -414,15 +414,35 @@ fn payload_claims(jwt: &str) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// Strings named by a claim: an array of strings, or one string.
+/// The value a claim path names: the claim of that exact name (names may
+/// hold dots: `https://example.com/groups`), else a path into nested objects
+/// (`realm_access.roles`, Keycloak's realm roles), taking at each level the
+/// longest name that exists.
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
+    }
+    let dots: Vec<usize> = path.match_indices('.').map(|(at, _)| at).collect();
+    dots.iter()
+        .rev()
+        .find_map(|&at| match claims.get(&path[..at]) {
+            Some(Value::Object(inner)) => claim_at(inner, &path[at + 1..]),
+            _ => None,
+        })
+}
+
+/// Strings named by a claim path: an array of strings, one string of names
+/// separated by spaces (as OAuth writes scopes), or an object's keys
+/// (Zitadel's roles: `{"admin": {"<org id>": "<domain>"}}`).
 pub fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
-    match claims.get(claim) {
+    match claim_at(claims, claim) {
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|item| item.as_str())
             .map(str::to_string)
             .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::String(names)) => names.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Object(keyed)) => keyed.keys().cloned().collect(),
         _ => Vec::new(),
     }
 }
@@ -430,15 +450,17 @@ pub fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
 /// Whether the admin claim says admin (review L2: parsed strictly, never
 /// "any non-empty value"): JSON `true`, the string `"true"` in any case, or
 /// `value` (the provider's `admin_claim_value`) as the string, as a member of
-/// a list of strings, or as a number's text. `false`, `"False"`, `"no"`, `1`,
-/// a list without `value` and everything else mean user.
+/// a list of strings, as a key of an object (Zitadel's roles) or as a
+/// number's text. `false`, `"False"`, `"no"`, `1`, a list without `value` and
+/// everything else mean user. The claim is a path as for `claim_at`.
 pub fn claim_is_admin(claims: &Map<String, Value>, claim: &str, value: Option<&str>) -> bool {
-    match claims.get(claim) {
+    match claim_at(claims, claim) {
         Some(Value::Bool(yes)) => *yes,
         Some(Value::String(text)) => text.eq_ignore_ascii_case("true") || value == Some(text),
         Some(Value::Array(items)) => {
             value.is_some_and(|value| items.iter().any(|item| item.as_str() == Some(value)))
         }
+        Some(Value::Object(keyed)) => value.is_some_and(|value| keyed.contains_key(value)),
         Some(Value::Number(n)) => value.is_some_and(|value| n.to_string() == value),
         _ => false,
     }
@@ -459,6 +481,50 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keycloak's realm roles, Zitadel's role object, a space-separated
+    /// string, a claim named like a URL.
+    #[test]
+    fn claim_paths_reach_nested_claims() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"realm_access": {"roles": ["eng", "postern-admin"]},
+                "urn:zitadel:iam:org:project:roles": {"ops": {"1": "acme"}, "postern-admin": {}},
+                "scope_groups": "eng  ops",
+                "https://acme.test/groups": ["web"],
+                "https://acme": {"test/x": 1},
+                "a": {"b.c": {"d": ["deep"]}, "b": {"c": {"d": ["shallow"]}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            claim_strings(&claims, "realm_access.roles"),
+            ["eng", "postern-admin"]
+        );
+        assert_eq!(
+            claim_strings(&claims, "urn:zitadel:iam:org:project:roles"),
+            ["ops", "postern-admin"]
+        );
+        assert_eq!(claim_strings(&claims, "scope_groups"), ["eng", "ops"]);
+        assert_eq!(claim_strings(&claims, "https://acme.test/groups"), ["web"]);
+        // The longest existing name wins at each level.
+        assert_eq!(claim_strings(&claims, "a.b.c.d"), ["deep"]);
+        assert!(claim_strings(&claims, "realm_access.nothing").is_empty());
+        assert!(claim_strings(&claims, "realm_access.roles.x").is_empty());
+        assert!(claim_is_admin(
+            &claims,
+            "realm_access.roles",
+            Some("postern-admin")
+        ));
+        assert!(claim_is_admin(
+            &claims,
+            "urn:zitadel:iam:org:project:roles",
+            Some("postern-admin")
+        ));
+        assert!(!claim_is_admin(&claims, "realm_access.roles", Some("ops")));
+        assert!(
+            !claim_is_admin(&claims, "realm_access", None),
+            "an object alone is no"
+        );
+    }
 
     #[test]
     fn claims_read_as_lists_and_flags() {

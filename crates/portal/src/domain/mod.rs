@@ -217,6 +217,9 @@ pub struct IdentityProvider {
     /// A value of `admin_claim` that means admin too (a string equal to it,
     /// or a list of strings holding it, such as a roles claim).
     pub admin_claim_value: Option<String>,
+    /// Whether an identity no user matches, with a verified email, becomes
+    /// a user at its first sign-in.
+    pub provision_users: bool,
     /// How long a client token from a sign-in with this provider lives.
     pub client_session_lifetime_secs: Option<i64>,
     pub created_at: Timestamp,

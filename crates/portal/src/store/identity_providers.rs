@@ -12,7 +12,7 @@ impl Scoped for IdentityProvider {
     const TABLE: &'static str = "identity_providers";
     const COLUMNS: &'static str = "id, name, issuer, client_id, client_secret, groups_claim, \
                                    admin_claim, admin_claim_value, client_session_lifetime_secs, \
-                                   created_at";
+                                   created_at, provision_users";
 
     fn from_row(row: &AnyRow) -> Result<IdentityProvider> {
         Ok(IdentityProvider {
@@ -26,6 +26,7 @@ impl Scoped for IdentityProvider {
             admin_claim_value: row.try_get("admin_claim_value")?,
             client_session_lifetime_secs: row.try_get("client_session_lifetime_secs")?,
             created_at: from_millis(row.try_get("created_at")?),
+            provision_users: row.try_get::<i64, _>("provision_users")? != 0,
         })
     }
 }
@@ -34,8 +35,8 @@ pub async fn insert(conn: &mut Conn, account: Uuid, provider: &IdentityProvider)
     sqlx::query(
         "INSERT INTO identity_providers (id, account_id, kind, name, issuer, client_id, \
          client_secret, groups_claim, admin_claim, client_session_lifetime_secs, created_at, \
-         updated_at, admin_claim_value) \
-         VALUES ($1, $2, 'oidc', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
+         updated_at, admin_claim_value, provision_users) \
+         VALUES ($1, $2, 'oidc', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
     )
     .bind(provider.id.to_string())
     .bind(account.to_string())
@@ -48,6 +49,7 @@ pub async fn insert(conn: &mut Conn, account: Uuid, provider: &IdentityProvider)
     .bind(provider.client_session_lifetime_secs)
     .bind(provider.created_at.as_millisecond())
     .bind(provider.admin_claim_value.clone())
+    .bind(i64::from(provider.provision_users))
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
@@ -71,7 +73,7 @@ pub async fn update(
     sqlx::query(
         "UPDATE identity_providers SET name = $3, issuer = $4, client_id = $5, client_secret = $6, \
          groups_claim = $7, admin_claim = $8, client_session_lifetime_secs = $9, updated_at = $10, \
-         admin_claim_value = $11 WHERE account_id = $1 AND id = $2",
+         admin_claim_value = $11, provision_users = $12 WHERE account_id = $1 AND id = $2",
     )
     .bind(account.to_string())
     .bind(provider.id.to_string())
@@ -84,6 +86,7 @@ pub async fn update(
     .bind(provider.client_session_lifetime_secs)
     .bind(now_ms)
     .bind(provider.admin_claim_value.clone())
+    .bind(i64::from(provider.provision_users))
     .execute(&mut *conn)
     .await
     .map_err(classify)?;

@@ -215,7 +215,7 @@ impl Store {
 }
 
 pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 9] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 10] = [
         (
             1,
             "initial",
@@ -269,6 +269,12 @@ pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
             "token scopes",
             include_str!("../../migrations/sqlite/0009_token_scopes.sql"),
             include_str!("../../migrations/postgres/0009_token_scopes.sql"),
+        ),
+        (
+            10,
+            "provision users",
+            include_str!("../../migrations/sqlite/0010_provision_users.sql"),
+            include_str!("../../migrations/postgres/0010_provision_users.sql"),
         ),
     ];
     steps

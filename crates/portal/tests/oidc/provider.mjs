@@ -218,7 +218,10 @@ const provider = new Provider(issuer, {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name'],
+    // Nested role claims come with the default scopes, as Keycloak's
+    // realm_access (its default "roles" scope) and Zitadel's roles (with
+    // "assert roles on authentication") do.
+    profile: ['name', 'realm_access', 'urn:zitadel:iam:org:project:roles'],
     groups: ['groups', 'is_admin'],
   },
   // conformIdTokenClaims stays at its default (true): with an access token
