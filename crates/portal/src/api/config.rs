@@ -425,11 +425,14 @@ async fn reconcile(
         .iter()
         .map(|r| r.name.0.as_str())
         .collect();
-    let undeclared_resources: Vec<Resource> = existing
+    // In a stable order (the maps' is random): a dry run and the apply
+    // after it must list the same changes in the same order (`plan`).
+    let mut undeclared_resources: Vec<Resource> = existing
         .iter()
         .filter(|(name, _)| !declared_names.contains(name.as_str()))
         .flat_map(|(_, same)| same.iter().cloned())
         .collect();
+    undeclared_resources.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
     let leaving: Vec<Uuid> = if prune {
         undeclared_resources.iter().map(|r| r.id).collect()
     } else {
@@ -721,7 +724,9 @@ async fn reconcile(
             );
             log.resources.push(resource.id);
         }
-        for group in groups_now.values() {
+        let mut groups_left: Vec<&Group> = groups_now.values().collect();
+        groups_left.sort_by(|a, b| a.name.cmp(&b.name));
+        for group in groups_left {
             if group.kind == GroupKind::Static && !declared_groups.contains(group.name.as_str()) {
                 groups::delete(tx, account, group.id).await?;
                 log.deleted("group", "group.delete", &group.name, group.id, group);
@@ -733,7 +738,9 @@ async fn reconcile(
             .map(|s| s.name.0.as_str())
             .chain(declaration.resources.iter().map(|r| r.site.0.as_str()))
             .collect();
-        for site in sites.values() {
+        let mut sites_left: Vec<&Site> = sites.values().collect();
+        sites_left.sort_by(|a, b| a.name.cmp(&b.name));
+        for site in sites_left {
             if !declared_sites.contains(site.name.as_str()) {
                 store::sites::delete(tx, account, site.id).await?;
                 log.deleted("site", "site.delete", &site.name, site.id, site);
@@ -1048,6 +1055,43 @@ mod tests {
                 .is_empty(),
             "nothing of the refused apply stays"
         );
+    }
+
+    /// A prune's plan is the same each time it is made (the apply checks
+    /// it against the dry run's): deletions come in a stable order.
+    #[tokio::test]
+    async fn a_prune_plans_the_same_changes_every_time() {
+        let (state, admin) = account().await;
+        let many: Declaration = serde_json::from_value(serde_json::json!({
+            "sites": (0..12).map(|n| serde_json::json!({"name": format!("site {n}")})).collect::<Vec<_>>(),
+            "groups": (0..12).map(|n| serde_json::json!({"name": format!("group {n}")})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        apply_as(&state, admin, many, false, None).await.unwrap();
+        let prune_all = || ApplyQuery {
+            prune: true,
+            dry_run: true,
+            plan: None,
+        };
+        let mut plans = HashSet::new();
+        for _ in 0..4 {
+            let answer = apply(
+                State(state.clone()),
+                admin,
+                prune_all(),
+                Json(Declaration::default()),
+            )
+            .await
+            .unwrap()
+            .into_response();
+            let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(value["changes"].as_array().unwrap().len(), 24);
+            plans.insert(value["plan"].as_str().unwrap().to_string());
+        }
+        assert_eq!(plans.len(), 1, "{plans:?}");
     }
 
     #[test]
