@@ -270,10 +270,10 @@ fn check(declaration: &Declaration) -> ApiResult<Vec<Vec<Filter>>> {
     let mut all_filters = Vec::new();
     for (index, resource) in declaration.resources.iter().enumerate() {
         let at = format!("resources[{index}]");
-        if resource.filters.len() > resources::MAX_FILTERS {
+        if resource.filters.len() > super::fields::MAX_FILTERS {
             return Err(Problem::invalid(
                 format!("{at}.filters"),
-                format!("at most {} filters", resources::MAX_FILTERS),
+                format!("at most {} filters", super::fields::MAX_FILTERS),
             ));
         }
         let mut filters = Vec::new();

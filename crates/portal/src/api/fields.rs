@@ -24,6 +24,15 @@ pub const SPACE: &str = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u2
 const CONTROL_OR_SPACE: &str =
     r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
 
+// The API's limits, shared by the handlers that enforce them and the
+// schemas that state them.
+/// Longest client session a provider may grant (a year).
+pub const MAX_SESSION_SECS: i64 = 365 * 24 * 3600;
+/// Conditions a policy may hold: they travel in every authorization.
+pub const MAX_CONDITIONS: usize = 32;
+/// Filters travel in every authorization; keep them a list, not a novel.
+pub const MAX_FILTERS: usize = 32;
+
 /// How a field's text is checked and kept.
 pub struct Rule {
     pub pattern: String,

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Notices, Outcome};
 use super::body::Json;
+use super::fields::MAX_SESSION_SECS;
 use super::fields::{Claim, ClientId, ClientSecret, Name};
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, scoped};
@@ -19,9 +20,6 @@ use crate::domain::IdentityProvider;
 use crate::secrets::SecretKey;
 use crate::state::{AppState, Change};
 use crate::store::{Conn, identity_providers};
-
-/// Longest client session a provider may grant (a year).
-pub const MAX_SESSION_SECS: i64 = 365 * 24 * 3600;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
-use super::fields::PolicyDescription;
+use super::fields::{MAX_CONDITIONS, PolicyDescription};
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::PolicyRecord;
@@ -42,9 +42,6 @@ pub struct PolicyPatch {
     pub description: Option<PolicyDescription>,
     pub disabled: Option<bool>,
 }
-
-/// Conditions a policy may hold: they travel in every authorization.
-pub const MAX_CONDITIONS: usize = 32;
 
 /// The conditions alone (422 when they are not valid).
 pub(super) fn check_conditions(conditions: &[Condition]) -> ApiResult<()> {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::audited::{self, Outcome};
 use super::body::Json;
-use super::fields::{AddressDescription, Name};
+use super::fields::{AddressDescription, MAX_FILTERS, Name};
 use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one};
 use crate::domain::Resource;
@@ -50,9 +50,6 @@ pub struct ResourcePatch {
     /// Replaces the internet resource's exclusions (`[]` removes them).
     pub exclusions: Option<Vec<String>>,
 }
-
-/// Filters travel in every authorization; keep them a list, not a novel.
-pub const MAX_FILTERS: usize = 32;
 
 /// Names matter to people and to declarations (`admin apply` matches by
 /// name): a second resource of a name is a conflict. (Older accounts may

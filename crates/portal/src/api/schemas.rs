@@ -27,9 +27,8 @@ use utoipa::openapi::schema::Schema;
 use postern_model::resource::MAX_EXCLUSIONS;
 
 use super::fields::{ADDRESS_DESCRIPTION, NAME, SPACE, json_schema};
-use super::identity_providers::MAX_SESSION_SECS;
-use super::policies::MAX_CONDITIONS;
-use super::resources::{MAX_FILTERS, ResourceInput, ResourcePatch};
+use super::fields::{MAX_CONDITIONS, MAX_FILTERS, MAX_SESSION_SECS};
+use super::resources::{ResourceInput, ResourcePatch};
 
 fn nullable(schema: Value) -> Value {
     json!({"oneOf": [schema, {"type": "null"}]})
