@@ -669,7 +669,8 @@ fn admin_apply_and_export_manage_an_account_from_a_file() {
     let dir = TempDir::new("apply");
     let url = dir.url();
     let token = text(&init_acme(&url).stdout).trim().to_string();
-    let (mut child, port) = start_portal(&url, Stdio::null());
+    let (child, port) = start_portal(&url, Stdio::null());
+    let _portal = Stopped(child);
     for actor in [
         serde_json::json!({"name": "Alice", "email": "alice@acme.test", "role": "user"}),
         serde_json::json!({"name": "ci-runner", "role": "service_account"}),
@@ -900,6 +901,14 @@ fn admin_apply_and_export_manage_an_account_from_a_file() {
         "{}",
         text(&refused.stderr)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A portal process stopped when the test ends, passed or failed.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
