@@ -261,6 +261,7 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         };
         let state = Arc::new(state);
         postern_portal::retention::spawn(store.clone(), args.log_retention_days);
+        postern_portal::spawn_directory_sync(Arc::clone(&state));
         if let Some(tls) = tls.as_ref().filter(|_| !args.acme_domain.is_empty()) {
             start_acme(&args, Arc::clone(tls))?;
         }
@@ -277,7 +278,8 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
             scheme = if tls.is_some() { "https" } else { "http" },
             external_url = args.external_url.as_deref().unwrap_or("(not set)"),
             database = %redact(&args.database),
-            "portal serving the REST API at /api/v1 and the channels at /v1/{{client,gateway,relay}}"
+            "portal serving the REST API at /api/v1, SCIM at /{{account}}/scim/v2 and the channels at \
+             /v1/{{client,gateway,relay}}"
         );
         postern_portal::serve::serve_with(listener, state, tls, daemon::stop_signal())
             .await

@@ -22,6 +22,7 @@ pub mod state;
 pub(crate) mod api;
 pub(crate) mod change;
 pub(crate) mod channels;
+pub(crate) mod directory;
 pub(crate) mod online;
 pub(crate) mod problem;
 pub(crate) mod store;
@@ -33,6 +34,12 @@ pub fn openapi_document() -> &'static serde_json::Value {
 }
 
 pub use store::{Store, StoreError, backup};
+
+/// Syncs the LDAP directories every `interval_secs`, for as long as the
+/// runtime runs (SCIM directories push their changes themselves).
+pub fn spawn_directory_sync(state: std::sync::Arc<state::AppState>) {
+    directory::ldap::spawn_scheduler(state);
+}
 
 /// What the integration tests reach inside the portal: the REST router on
 /// its own, the rate limiter to loosen, and the store's token and device

@@ -40,6 +40,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     crate::api::router()
         .merge(crate::channels::router())
         .merge(crate::web::router())
+        .merge(crate::directory::scim::router())
         .route("/healthz", get(healthz))
         // The name before `/healthz`, kept for probes set up against it.
         .route("/health", get(healthz))

@@ -81,6 +81,7 @@ pub async fn init_account(
         other => other?,
     };
     let admin = Actor {
+        directory_id: None,
         id: Uuid::new_v4(),
         name: email.split('@').next().unwrap_or("admin").to_string(),
         email: Some(email),
@@ -93,6 +94,7 @@ pub async fn init_account(
         &mut tx,
         account.id,
         &Group {
+            directory_id: None,
             id: Uuid::new_v4(),
             name: groups::EVERYONE.to_string(),
             kind: GroupKind::Everyone,
@@ -120,6 +122,7 @@ pub async fn init_account(
         &mut tx,
         account.id,
         Author {
+            directory_id: None,
             actor_id: None,
             token_id: None,
         },

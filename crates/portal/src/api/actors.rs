@@ -46,6 +46,17 @@ fn check_email(actor: &Actor) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// 409 for an actor a directory provisioned.
+async fn owned(tx: &mut Conn, admin: &Admin, actor: &Actor) -> ApiResult<()> {
+    super::directories::refuse_if_owned(
+        tx,
+        admin.account_id,
+        actor.directory_id,
+        &format!("the user {:?}", actor.name),
+    )
+    .await
+}
+
 fn enabled_admin(actor: &Actor) -> bool {
     actor.role == Role::Admin && !actor.disabled
 }
@@ -81,6 +92,7 @@ pub async fn create(
     Json(input): Json<ActorInput>,
 ) -> ApiResult<impl IntoResponse> {
     let actor = Actor {
+        directory_id: None,
         id: Uuid::new_v4(),
         name: input.name.0,
         email: input.email.map(|e| e.0),
@@ -137,6 +149,12 @@ pub async fn update(
         // The patch is fine on its own; with the stored actor it may not be
         // (a service account without email made a user): a conflict.
         check_email(&after).map_err(|why| Problem::conflict_at("role", why))?;
+        // What a directory says of its users is its own; the role is Postern's.
+        if (&after.name, &after.email, after.disabled)
+            != (&before.name, &before.email, before.disabled)
+        {
+            owned(tx, &admin, &before).await?;
+        }
         keep_an_admin(tx, &admin, &before, Some(&after)).await?;
         actors::update(tx, admin.account_id, &after, now_ms()).await?;
         let id = before.id;
@@ -160,6 +178,7 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     audited::write_scoped(&state, &admin, &id, async |tx, actor: Actor| {
+        owned(tx, &admin, &actor).await?;
         keep_an_admin(tx, &admin, &actor, None).await?;
         actors::delete(tx, admin.account_id, actor.id).await?;
         Ok(Outcome::deleted(

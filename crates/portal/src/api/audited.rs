@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::problem::ApiResult;
 use super::{Admin, now_ms, scoped};
 use crate::state::{AppState, Change};
-use crate::store::audit::{self, NewAuditEntry};
-use crate::store::{Conn, Scoped};
+use crate::store::audit::{self, Author, NewAuditEntry};
+use crate::store::{Conn, Scoped, StoreError};
 
 /// The audit entry of a write: the action (`site.update`; its first part is
 /// the object type), the object, and the object before and after as the API
@@ -184,6 +184,18 @@ pub async fn run<T>(
     commit: Commit,
     body: impl AsyncFnOnce(&mut Conn) -> ApiResult<Outcome<T>>,
 ) -> ApiResult<T> {
+    run_as(state, admin.account_id, admin.author(), commit, body).await
+}
+
+/// `run` for any author (a directory's SCIM request or sync, not only an
+/// admin's API call) and any error type the store's errors become.
+pub async fn run_as<T, E: From<StoreError>>(
+    state: &AppState,
+    account: Uuid,
+    author: Author,
+    commit: Commit,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<Outcome<T>, E>,
+) -> Result<T, E> {
     let mut tx = state.store.write().await?;
     let Outcome {
         response,
@@ -191,15 +203,15 @@ pub async fn run<T>(
         notices,
     } = body(&mut tx).await?;
     if commit == Commit::Rehearse {
-        tx.rollback().await?;
+        tx.rollback().await.map_err(StoreError::from)?;
         return Ok(response);
     }
     for entry in entries {
         let object_type = entry.action.split('.').next().unwrap_or(entry.action);
         audit::record(
             &mut tx,
-            admin.account_id,
-            admin.author(),
+            account,
+            author,
             NewAuditEntry {
                 action: entry.action,
                 object_type,
@@ -211,10 +223,10 @@ pub async fn run<T>(
         )
         .await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(StoreError::from)?;
     if let Notices::Publish(changes) = notices {
         for change in changes {
-            state.changed(admin.account_id, change);
+            state.changed(account, change);
         }
     }
     Ok(response)

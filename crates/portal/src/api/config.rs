@@ -502,7 +502,8 @@ async fn reconcile(
         declared_resources.insert(key, after);
     }
 
-    // Groups (static ones; `Everyone` and providers' are not declared).
+    // Groups (static ones; `Everyone`, providers' and directories' are not
+    // declared).
     let people = actors::list(tx, account).await?;
     let mut groups_now: HashMap<String, Group> = groups::list(tx, account)
         .await?
@@ -526,15 +527,17 @@ async fn reconcile(
         members.sort_unstable();
         members.dedup();
         let group = match groups_now.get(&declared.name.0) {
-            Some(group) if group.kind != GroupKind::Static => {
+            Some(group) if !declarable(group) => {
                 return Err(Problem::conflict_at(
                     format!("{at}.name"),
-                    "is a built-in or identity provider's group, which a declaration cannot manage",
+                    "is a built-in, identity provider's or directory's group, which a declaration \
+                     cannot manage",
                 ));
             }
             Some(group) => group.clone(),
             None => {
                 let group = Group {
+                    directory_id: None,
                     id: Uuid::new_v4(),
                     name: declared.name.0.clone(),
                     kind: GroupKind::Static,
@@ -570,10 +573,7 @@ async fn reconcile(
         let group = groups_now
             .get(&declared.group.0)
             .ok_or_else(|| Problem::conflict_at(format!("{at}.group"), "no such group"))?;
-        if prune
-            && group.kind == GroupKind::Static
-            && !declared_groups.contains(group.name.as_str())
-        {
+        if prune && declarable(group) && !declared_groups.contains(group.name.as_str()) {
             return Err(Problem::conflict_at(
                 format!("{at}.group"),
                 "names a group this prune deletes (declare it in groups)",
@@ -727,7 +727,7 @@ async fn reconcile(
         let mut groups_left: Vec<&Group> = groups_now.values().collect();
         groups_left.sort_by(|a, b| a.name.cmp(&b.name));
         for group in groups_left {
-            if group.kind == GroupKind::Static && !declared_groups.contains(group.name.as_str()) {
+            if declarable(group) && !declared_groups.contains(group.name.as_str()) {
                 groups::delete(tx, account, group.id).await?;
                 log.deleted("group", "group.delete", &group.name, group.id, group);
             }
@@ -867,7 +867,7 @@ pub async fn export(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse>
     let people = actors::list(&mut tx, account).await?;
     let policies = store::policies::list(&mut tx, account).await?;
     let mut declared_groups = Vec::new();
-    for group in all_groups.iter().filter(|g| g.kind == GroupKind::Static) {
+    for group in all_groups.iter().filter(|g| declarable(g)) {
         let ids = groups::members(&mut tx, account, group).await?;
         let members: Vec<String> = people
             .iter()
@@ -937,6 +937,12 @@ pub async fn export(state: Shared, admin: Admin) -> ApiResult<impl IntoResponse>
             .collect(),
     };
     Ok(axum::Json(declaration))
+}
+
+/// Groups a declaration manages: admins' own, not `Everyone`, not an
+/// identity provider's, not a directory's.
+fn declarable(group: &Group) -> bool {
+    group.kind == GroupKind::Static && group.directory_id.is_none()
 }
 
 #[cfg(test)]
@@ -1102,6 +1108,7 @@ mod tests {
             email: email.map(str::to_string),
             role,
             disabled: false,
+            directory_id: None,
             created_at: Timestamp::now(),
         };
         let people = [

@@ -159,6 +159,33 @@ pub static CLAIM: LazyLock<Rule> = LazyLock::new(|| {
     )
 });
 
+/// An LDAP distinguished name (`cn=admin,dc=example,dc=com`).
+pub static DN: LazyLock<Rule> = LazyLock::new(|| {
+    non_blank(
+        1024,
+        "must be a distinguished name of 1-1024 characters without control characters",
+    )
+});
+
+/// An LDAP search filter: parenthesized (`(objectClass=person)`).
+pub static LDAP_FILTER: LazyLock<Rule> = LazyLock::new(|| {
+    Rule::new(
+        format!("^[{SPACE}]*\\([^{CONTROL}]*\\)[{SPACE}]*$"),
+        1024,
+        "must be an LDAP filter in parentheses, at most 1024 characters, without control \
+         characters",
+    )
+});
+
+/// A password, kept as given (spaces count).
+pub static PASSWORD: LazyLock<Rule> = LazyLock::new(|| {
+    Rule::new(
+        format!("^[^{CONTROL}]+$"),
+        4096,
+        "must be 1-4096 characters without control characters",
+    )
+});
+
 /// Declares a string newtype checked by a rule on the way in.
 macro_rules! checked_text {
     ($(#[$doc:meta])* $name:ident, $rule:ident, $keep:expr, $describe:literal) => {
@@ -235,6 +262,21 @@ checked_text!(
     /// An OAuth client secret.
     ClientSecret, CLIENT_SECRET, trimmed,
     "The client secret (1-4096 characters; stored sealed, never shown again)."
+);
+checked_text!(
+    /// An LDAP distinguished name (trimmed).
+    Dn, DN, trimmed,
+    "An LDAP distinguished name (1-1024 characters, no control characters; trimmed)."
+);
+checked_text!(
+    /// An LDAP search filter (trimmed).
+    LdapFilter, LDAP_FILTER, trimmed,
+    "An LDAP search filter in parentheses, such as (objectClass=inetOrgPerson); trimmed."
+);
+checked_text!(
+    /// A password (kept as given; stored sealed, never shown).
+    Password, PASSWORD, |text| text.to_string(),
+    "A password (1-4096 characters; stored sealed, never shown again)."
 );
 checked_text!(
     /// A claim name (empty clears it).

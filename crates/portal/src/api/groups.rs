@@ -15,7 +15,7 @@ use super::problem::{ApiResult, Problem};
 use super::{Admin, List, Shared, now_ms, read_all, read_one, scoped};
 use crate::domain::{Group, GroupKind, impact};
 use crate::state::Change;
-use crate::store::{actors, groups};
+use crate::store::{Conn, actors, groups};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,16 @@ pub struct Members {
     pub actor_ids: Vec<Uuid>,
 }
 
-fn editable(group: &Group) -> ApiResult<()> {
+/// Whether admins may rename, delete or fill the group: not `Everyone`,
+/// and not one a directory owns.
+async fn editable(tx: &mut Conn, admin: &Admin, group: &Group) -> ApiResult<()> {
+    super::directories::refuse_if_owned(
+        tx,
+        admin.account_id,
+        group.directory_id,
+        &format!("the group {:?}", group.name),
+    )
+    .await?;
     match group.kind {
         GroupKind::Everyone => Err(Problem::conflict(
             "Everyone is built in: its members are every user and admin, and it cannot be renamed or deleted",
@@ -57,6 +66,7 @@ pub async fn create(
     Json(input): Json<GroupInput>,
 ) -> ApiResult<impl IntoResponse> {
     let group = Group {
+        directory_id: None,
         id: Uuid::new_v4(),
         name: input.name.0,
         kind: GroupKind::Static,
@@ -94,7 +104,7 @@ pub async fn update(
     audited::write_scoped(&state, &admin, &id, async |tx, before: Group| {
         let mut after = before.clone();
         if let Some(name) = &patch.name {
-            editable(&before)?;
+            editable(tx, &admin, &before).await?;
             after.name = name.0.clone();
         }
         groups::rename(tx, admin.account_id, after.id, &after.name, now_ms()).await?;
@@ -118,7 +128,7 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     audited::write_scoped(&state, &admin, &id, async |tx, group: Group| {
-        editable(&group)?;
+        editable(tx, &admin, &group).await?;
         let members = groups::members(tx, admin.account_id, &group).await?;
         groups::delete(tx, admin.account_id, group.id).await?;
         Ok(Outcome::deleted(
@@ -155,7 +165,7 @@ pub async fn set_members(
     Json(input): Json<Members>,
 ) -> ApiResult<impl IntoResponse> {
     audited::write_scoped(&state, &admin, &id, async |tx, group: Group| {
-        editable(&group)?;
+        editable(tx, &admin, &group).await?;
         for (index, actor) in input.actor_ids.iter().enumerate() {
             if actors::get(tx, admin.account_id, *actor).await?.is_none() {
                 return Err(Problem::conflict_at(

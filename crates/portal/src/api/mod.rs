@@ -6,10 +6,11 @@
 
 pub mod account;
 pub mod actors;
-mod audited;
+pub(crate) mod audited;
 pub mod body;
 pub mod clients;
 pub mod config;
+pub mod directories;
 pub mod fields;
 pub mod groups;
 pub mod identity_providers;
@@ -77,6 +78,7 @@ pub struct Admin {
 impl Admin {
     pub fn author(&self) -> Author {
         Author {
+            directory_id: None,
             actor_id: Some(self.actor_id),
             token_id: Some(self.token_id),
         }
@@ -210,6 +212,24 @@ pub fn router() -> Router<Arc<AppState>> {
             get(identity_providers::get)
                 .patch(identity_providers::update)
                 .delete(identity_providers::remove),
+        )
+        .route(
+            "/directories",
+            get(directories::list).post(directories::create),
+        )
+        .route(
+            "/directories/{id}",
+            get(directories::get)
+                .patch(directories::update)
+                .delete(directories::remove),
+        )
+        .route(
+            "/directories/{id}/token",
+            axum::routing::post(directories::rotate_token),
+        )
+        .route(
+            "/directories/{id}/sync",
+            axum::routing::post(directories::sync),
         )
         .route("/actors", get(actors::list).post(actors::create))
         .route(

@@ -12,8 +12,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::{
-    account, actors, clients, config, groups, identity_providers, logs, policies, resources, sites,
-    tokens,
+    account, actors, clients, config, directories, groups, identity_providers, logs, policies,
+    resources, sites, tokens,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +40,8 @@ use super::{
         tokens::create, tokens::revoke,
         identity_providers::list, identity_providers::create, identity_providers::get,
         identity_providers::update, identity_providers::remove,
+        directories::list, directories::create, directories::get, directories::update,
+        directories::remove, directories::rotate_token, directories::sync,
         policies::list, policies::create, policies::get, policies::update, policies::remove,
         clients::list, clients::update, clients::remove,
         logs::audit_log, logs::sessions, logs::flows,

@@ -14,6 +14,8 @@
 //! - `port-list` (declarations): 1-8 port ranges separated by commas;
 //! - `time-window`: `MTWRF/08:00-18:00/Europe/Berlin` (days of `MTWRFSU`, an
 //!   IANA zone);
+//! - `ldap-url`: `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]`, nothing more;
+//! - `pem-certificates`: one or more PEM certificates;
 //! - `issuer-url`: an `https` URL without query, fragment or user, not on
 //!   loopback or link-local addresses (plain http and loopback only on a
 //!   portal whose `--external-url` is on loopback).
@@ -26,7 +28,7 @@ use utoipa::openapi::schema::Schema;
 
 use postern_model::resource::MAX_EXCLUSIONS;
 
-use super::fields::{ADDRESS_DESCRIPTION, NAME, SPACE, json_schema};
+use super::fields::{ADDRESS_DESCRIPTION, DN, LDAP_FILTER, NAME, PASSWORD, SPACE, json_schema};
 use super::fields::{MAX_CONDITIONS, MAX_FILTERS, MAX_SESSION_SECS};
 use super::resources::{ResourceInput, ResourcePatch};
 
@@ -301,4 +303,113 @@ pub fn declared_resources() -> Schema {
         "type": "array",
         "items": {"oneOf": resource_variants(Shape::Declared)},
     }))
+}
+
+fn ldap_url_value() -> Value {
+    json!({
+        "type": "string",
+        "format": "ldap-url",
+        "maxLength": 2048,
+        "description": "`ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]` (no path, query or user).",
+        "example": "ldaps://ldap.example.com",
+    })
+}
+
+pub fn ldap_url_or_null() -> Schema {
+    json_schema(nullable(ldap_url_value()))
+}
+
+fn interval_value() -> Value {
+    json!({
+        "type": ["integer", "null"],
+        "minimum": super::directories::MIN_INTERVAL_SECS,
+        "maximum": super::directories::MAX_INTERVAL_SECS,
+        "description": "Seconds between two syncs (default 300); none: the default on create, unchanged on a patch.",
+    })
+}
+
+pub fn sync_interval_or_null() -> Schema {
+    json_schema(interval_value())
+}
+
+fn blank() -> Value {
+    json!({"type": "string", "pattern": format!("^[{SPACE}]*$")})
+}
+
+fn pem_value() -> Value {
+    json!({
+        "type": "string",
+        "format": "pem-certificates",
+        "maxLength": 65536,
+        "description": "PEM certificates to trust for the LDAP server besides the system's roots (a company CA).",
+    })
+}
+
+pub fn ldap_filter_or_empty() -> Schema {
+    json_schema(json!({"anyOf": [
+        rule_value(&LDAP_FILTER, "An LDAP search filter in parentheses."),
+        blank(),
+        {"type": "null"},
+    ], "description": "An LDAP search filter; an empty string goes back to the default."}))
+}
+
+impl utoipa::PartialSchema for super::directories::DirectoryInput {
+    fn schema() -> RefOr<Schema> {
+        RefOr::T(directory_input())
+    }
+}
+
+impl utoipa::ToSchema for super::directories::DirectoryInput {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("DirectoryInput")
+    }
+}
+
+/// `{"type": "scim", "name"}` or an LDAP connection.
+fn directory_input() -> Schema {
+    let name = rule_value(&NAME, "A display name, unique in the account.");
+    let filter = |what: &str| {
+        nullable(rule_value(
+            &LDAP_FILTER,
+            &format!(
+                "The LDAP filter {what} are found by (a default for OpenLDAP and Active Directory when none)."
+            ),
+        ))
+    };
+    json_schema(json!({"oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["type", "name"],
+            "description": "A SCIM 2.0 directory: the answer carries its token and base URL.",
+            "properties": {
+                "type": {"type": "string", "enum": ["scim"]},
+                "name": name,
+            },
+        },
+        {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["type", "name", "url", "bind_dn", "bind_password", "base_dn"],
+            "description": "An LDAP directory the portal pulls users and groups from.",
+            "properties": {
+                "type": {"type": "string", "enum": ["ldap"]},
+                "name": name,
+                "url": ldap_url_value(),
+                "bind_dn": rule_value(&DN, "The DN the portal binds as."),
+                "bind_password": rule_value(&PASSWORD, "Its password (stored sealed, never shown)."),
+                "base_dn": rule_value(&DN, "Where users and groups are searched."),
+                "user_filter": filter("users"),
+                "group_filter": filter("groups"),
+                "interval_secs": interval_value(),
+                "starttls": {"type": "boolean", "description": "Upgrade ldap:// with StartTLS."},
+                "ca_certificate": nullable(pem_value()),
+            },
+        },
+    ]}))
+}
+
+pub fn pem_or_empty() -> Schema {
+    json_schema(json!({"anyOf": [pem_value(), blank(), {"type": "null"}],
+        "description": "PEM certificates to trust; an empty string trusts the system's roots alone."}))
 }

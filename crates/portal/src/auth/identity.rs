@@ -138,6 +138,7 @@ async fn provision(
         .filter(|name| crate::api::fields::NAME.accepts(name))
         .unwrap_or(email);
     let actor = Actor {
+        directory_id: None,
         id: Uuid::new_v4(),
         name: name.to_string(),
         email: Some(email.to_string()),
@@ -151,6 +152,7 @@ async fn provision(
         tx,
         account,
         crate::store::audit::Author {
+            directory_id: None,
             actor_id: None,
             token_id: None,
         },

@@ -67,6 +67,9 @@ pub struct Actor {
     pub email: Option<String>,
     pub role: Role,
     pub disabled: bool,
+    /// The directory that provisioned this actor and alone changes its name,
+    /// email, enabled state and memberships; none when admins manage it.
+    pub directory_id: Option<Uuid>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
@@ -88,6 +91,9 @@ pub struct Group {
     pub id: Uuid,
     pub name: String,
     pub kind: GroupKind,
+    /// The directory that provisioned this group and alone changes its name
+    /// and members; none when admins manage it.
+    pub directory_id: Option<Uuid>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
@@ -272,6 +278,8 @@ pub struct AuditEntry {
     pub at: Timestamp,
     pub actor_id: Option<Uuid>,
     pub token_id: Option<Uuid>,
+    /// The directory that made the change (a SCIM request or an LDAP sync).
+    pub directory_id: Option<Uuid>,
     pub action: String,
     pub object_type: String,
     pub object_id: String,
@@ -279,4 +287,42 @@ pub struct AuditEntry {
     pub before: Option<serde_json::Value>,
     #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
+}
+
+/// How a directory reaches the portal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectoryKind {
+    /// The directory pushes users and groups to the portal's SCIM 2.0
+    /// endpoint with its bearer token (Okta, Microsoft Entra, ...).
+    Scim,
+    /// The portal pulls users and groups from an LDAP server (OpenLDAP,
+    /// Active Directory).
+    Ldap,
+}
+
+impl DirectoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirectoryKind::Scim => "scim",
+            DirectoryKind::Ldap => "ldap",
+        }
+    }
+}
+
+/// A directory and what the last sync did (LDAP).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Directory {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: DirectoryKind,
+    /// LDAP: the connection (`directory::ldap::Settings`, its bind password
+    /// sealed); SCIM: an empty object.
+    pub settings: serde_json::Value,
+    pub last_sync_at: Option<Timestamp>,
+    /// Counts of what the last sync created, changed and removed.
+    pub last_sync: Option<serde_json::Value>,
+    /// Why the last sync failed (none after a success).
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
 }

@@ -4,12 +4,12 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, opt_uuid_column, uuid_column};
 use crate::domain::{Actor, Role, from_millis};
 
 impl Scoped for Actor {
     const TABLE: &'static str = "actors";
-    const COLUMNS: &'static str = "id, name, email, role, disabled, created_at";
+    const COLUMNS: &'static str = "id, name, email, role, disabled, directory_id, created_at";
 
     fn from_row(row: &AnyRow) -> Result<Actor> {
         let role: String = row.try_get("role")?;
@@ -22,6 +22,7 @@ impl Scoped for Actor {
                 detail: format!("unknown role {role:?}"),
             })?,
             disabled: row.try_get::<i64, _>("disabled")? != 0,
+            directory_id: opt_uuid_column(row, Self::TABLE, "directory_id")?,
             created_at: from_millis(row.try_get("created_at")?),
         })
     }
@@ -30,8 +31,8 @@ impl Scoped for Actor {
 pub async fn insert(conn: &mut Conn, account: Uuid, actor: &Actor) -> Result<()> {
     let now = actor.created_at.as_millisecond();
     sqlx::query(
-        "INSERT INTO actors (id, account_id, name, email, role, disabled, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO actors (id, account_id, name, email, role, disabled, created_at, updated_at, \
+         directory_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
     )
     .bind(actor.id.to_string())
     .bind(account.to_string())
@@ -40,6 +41,7 @@ pub async fn insert(conn: &mut Conn, account: Uuid, actor: &Actor) -> Result<()>
     .bind(actor.role.as_str())
     .bind(i64::from(actor.disabled))
     .bind(now)
+    .bind(actor.directory_id.map(|id| id.to_string()))
     .execute(&mut *conn)
     .await
     .map_err(classify)?;

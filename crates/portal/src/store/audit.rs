@@ -12,6 +12,8 @@ use crate::domain::{AuditEntry, from_millis};
 pub struct Author {
     pub actor_id: Option<Uuid>,
     pub token_id: Option<Uuid>,
+    /// A directory's change (SCIM, LDAP sync).
+    pub directory_id: Option<Uuid>,
 }
 
 /// An audit log line to write (`domain::AuditEntry` is the line read back).
@@ -34,7 +36,7 @@ pub async fn record(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (account_id, at, actor_id, token_id, action, object_type, object_id, \
-         before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         before_json, after_json, directory_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(account.to_string())
     .bind(now_ms)
@@ -45,6 +47,7 @@ pub async fn record(
     .bind(entry.object_id)
     .bind(entry.before.map(|v| v.to_string()))
     .bind(entry.after.map(|v| v.to_string()))
+    .bind(author.directory_id.map(|id| id.to_string()))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -58,7 +61,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<AuditEntry>> {
     let rows = sqlx::query(
-        "SELECT seq, at, actor_id, token_id, action, object_type, object_id, before_json, \
+        "SELECT seq, at, actor_id, token_id, directory_id, action, object_type, object_id, before_json, \
          after_json FROM audit_log WHERE account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
     )
     .bind(account.to_string())
@@ -77,6 +80,7 @@ pub async fn list(
                 at: from_millis(row.try_get("at")?),
                 actor_id: opt_uuid_column(row, "audit_log", "actor_id")?,
                 token_id: opt_uuid_column(row, "audit_log", "token_id")?,
+                directory_id: opt_uuid_column(row, "audit_log", "directory_id")?,
                 action: row.try_get("action")?,
                 object_type: row.try_get("object_type")?,
                 object_id: row.try_get("object_id")?,

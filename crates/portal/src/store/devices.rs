@@ -326,6 +326,7 @@ mod tests {
             email: None,
             role: crate::domain::Role::ServiceAccount,
             disabled: false,
+            directory_id: None,
             created_at: crate::domain::from_millis(0),
         };
         actors::insert(&mut tx, account, &actor).await.unwrap();

@@ -5,14 +5,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Conn, Result, Scoped, StoreError, classify, uuid_column};
+use super::{Conn, Result, Scoped, StoreError, classify, opt_uuid_column, uuid_column};
 use crate::domain::{Group, GroupKind, from_millis};
 
 pub const EVERYONE: &str = "Everyone";
 
 impl Scoped for Group {
     const TABLE: &'static str = "groups";
-    const COLUMNS: &'static str = "id, name, kind, created_at";
+    const COLUMNS: &'static str = "id, name, kind, directory_id, created_at";
 
     fn from_row(row: &AnyRow) -> Result<Group> {
         let kind: String = row.try_get("kind")?;
@@ -30,6 +30,7 @@ impl Scoped for Group {
                     });
                 }
             },
+            directory_id: opt_uuid_column(row, Self::TABLE, "directory_id")?,
             created_at: from_millis(row.try_get("created_at")?),
         })
     }
@@ -42,14 +43,15 @@ pub async fn insert(conn: &mut Conn, account: Uuid, group: &Group) -> Result<()>
         GroupKind::Provider => "provider",
     };
     sqlx::query(
-        "INSERT INTO groups (id, account_id, name, kind, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $5)",
+        "INSERT INTO groups (id, account_id, name, kind, created_at, updated_at, directory_id) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6)",
     )
     .bind(group.id.to_string())
     .bind(account.to_string())
     .bind(&group.name)
     .bind(kind)
     .bind(group.created_at.as_millisecond())
+    .bind(group.directory_id.map(|id| id.to_string()))
     .execute(&mut *conn)
     .await
     .map_err(classify)?;

@@ -9,6 +9,7 @@ pub mod actors;
 pub mod audit;
 pub mod backup;
 pub mod devices;
+pub mod directories;
 pub mod grants;
 pub mod groups;
 pub mod identity_providers;
@@ -215,7 +216,7 @@ impl Store {
 }
 
 pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
-    let steps: [(i64, &'static str, &'static str, &'static str); 10] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 11] = [
         (
             1,
             "initial",
@@ -275,6 +276,12 @@ pub(crate) fn migrations(engine: Engine) -> Vec<Migration> {
             "provision users",
             include_str!("../../migrations/sqlite/0010_provision_users.sql"),
             include_str!("../../migrations/postgres/0010_provision_users.sql"),
+        ),
+        (
+            11,
+            "directories",
+            include_str!("../../migrations/sqlite/0011_directories.sql"),
+            include_str!("../../migrations/postgres/0011_directories.sql"),
         ),
     ];
     steps

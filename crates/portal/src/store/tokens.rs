@@ -117,3 +117,28 @@ pub async fn count_live(conn: &mut Conn, actor: Uuid, now_ms: i64) -> Result<i64
     .await?;
     Ok(row.try_get("n")?)
 }
+
+/// Deletes an actor's tokens of these kinds; returns their ids (each one's
+/// channels are closed by the caller's notices).
+pub async fn delete_of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    kinds: &[TokenKind],
+) -> Result<Vec<Uuid>> {
+    let mut gone = Vec::new();
+    for kind in kinds {
+        let rows = sqlx::query(
+            "DELETE FROM tokens WHERE account_id = $1 AND actor_id = $2 AND kind = $3 RETURNING id",
+        )
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .bind(kind.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in &rows {
+            gone.push(uuid_column(row, "tokens", "id")?);
+        }
+    }
+    Ok(gone)
+}
