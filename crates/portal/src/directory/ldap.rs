@@ -280,18 +280,7 @@ async fn search(
             )));
         }
         let entry = SearchEntry::construct(entry);
-        let key = entry
-            .attrs
-            .get("entryUUID")
-            .and_then(|v| v.first().cloned())
-            .or_else(|| {
-                entry
-                    .bin_attrs
-                    .get("objectGUID")
-                    .and_then(|v| v.first())
-                    .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
-            })
-            .unwrap_or_else(|| dn_key(&entry.dn));
+        let key = stable_key(&entry);
         out.push(Read {
             dn: entry.dn,
             key,
@@ -300,6 +289,35 @@ async fn search(
     }
     stream.finish().await.success()?;
     Ok(out)
+}
+
+/// What identifies an entry across renames: OpenLDAP's `entryUUID`, else
+/// Active Directory's `objectGUID` in hex (binary, so ldap3 files it as
+/// binary unless its bytes happen to be UTF-8), else the DN.
+fn stable_key(entry: &SearchEntry) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let text = |name: &str| {
+        entry
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+    };
+    if let Some(uuid) = text("entryUUID") {
+        return uuid.to_ascii_lowercase();
+    }
+    let binary = entry
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+        .and_then(|(_, v)| v.first());
+    if let Some(guid) = binary {
+        return hex(guid);
+    }
+    if let Some(guid) = text("objectGUID") {
+        return hex(guid.as_bytes());
+    }
+    dn_key(&entry.dn)
 }
 
 fn user_document(read: &Read) -> Map<String, Value> {

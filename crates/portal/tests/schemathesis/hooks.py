@@ -77,6 +77,25 @@ page_cursor = st.integers(1, 2**63 - 1).map(
     lambda n: base64.urlsafe_b64encode(b"pc1" + struct.pack(">q", n)).rstrip(b"=").decode()
 )
 
+# LDAP servers on loopback's closed port 1: what the tester creates is
+# never reached for (the sync operation is not run by it; see
+# tests/schemathesis.rs), and nothing could leave the machine if it were.
+ldap_url = st.sampled_from(["ldap://127.0.0.1:1", "ldaps://127.0.0.1:1", "ldap://[::1]:1"])
+# A self-signed test CA (P-256); any PEM certificate is accepted.
+pem_certificates = st.just(
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBlTCCATugAwIBAgIUMOjMhS/vbpOPOrOYtpWKihICWbUwCgYIKoZIzj0EAwIw\n"
+    "HzEdMBsGA1UEAwwUU2NoZW1hdGhlc2lzIHRlc3QgQ0EwIBcNMjYxMjAyMTM1MzE0\n"
+    "WhgPMjEyNjExMDgxMzUzMTRaMB8xHTAbBgNVBAMMFFNjaGVtYXRoZXNpcyB0ZXN0\n"
+    "IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEc+75RPat+JLkVkI4cotIy6gb\n"
+    "ygApY1e7yw5g5ZyqXq/N4bEu6LawyoWBheTZhT64zcHo3e8dKi4Gsii2roqPM6NT\n"
+    "MFEwHQYDVR0OBBYEFPaoF+aN6y+rGInNw3Y6leM2yMaWMB8GA1UdIwQYMBaAFPao\n"
+    "F+aN6y+rGInNw3Y6leM2yMaWMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID\n"
+    "SAAwRQIhANuzVlnZTNqatz1lab9PwVa1/F5o6fxTJ+2PeazbLN7/AiBBESKA1DcD\n"
+    "1Ef3k3J6mHWHe6BIllBiooR5nfNlQ2UdPA==\n"
+    "-----END CERTIFICATE-----\n"
+)
+
 for name, strategy in {
     "resource-ip": resource_ip,
     "resource-cidr": resource_cidr,
@@ -88,5 +107,7 @@ for name, strategy in {
     "time-window": time_window,
     "issuer-url": issuer_url,
     "page-cursor": page_cursor,
+    "ldap-url": ldap_url,
+    "pem-certificates": pem_certificates,
 }.items():
     schemathesis.openapi.format(name, strategy)
