@@ -289,6 +289,7 @@ async fn an_ldap_directory_syncs_users_nested_groups_changes_and_deletions() {
         json!({
             "users": {"total": 3, "created": 3, "updated": 0, "deleted": 0},
             "groups": {"total": 3, "created": 3, "updated": 0, "deleted": 0},
+            "skipped": [],
         })
     );
     assert_eq!(
@@ -322,6 +323,9 @@ async fn an_ldap_directory_syncs_users_nested_groups_changes_and_deletions() {
     );
 
     // A second sync with nothing changed changes nothing.
+    let log_before = app
+        .expect(StatusCode::OK, "GET", "/audit_log?limit=1", None)
+        .await;
     let again = app
         .expect(
             StatusCode::OK,
@@ -331,8 +335,19 @@ async fn an_ldap_directory_syncs_users_nested_groups_changes_and_deletions() {
         )
         .await;
     assert_eq!(
-        again["last_sync"]["users"],
-        json!({"total": 3, "created": 0, "updated": 0, "deleted": 0})
+        again["last_sync"],
+        json!({
+            "users": {"total": 3, "created": 0, "updated": 0, "deleted": 0},
+            "groups": {"total": 3, "created": 0, "updated": 0, "deleted": 0},
+            "skipped": [],
+        })
+    );
+    let log_after = app
+        .expect(StatusCode::OK, "GET", "/audit_log?limit=1", None)
+        .await;
+    assert_eq!(
+        log_before, log_after,
+        "no audit entry for a sync that changed nothing"
     );
 
     // Bob reaches the resource through engineering, by way of platform.
@@ -362,11 +377,14 @@ async fn an_ldap_directory_syncs_users_nested_groups_changes_and_deletions() {
     assert_eq!(laptop.next_of("access_granted").await["ref"], "a");
 
     // Changes there: alice renamed, carol disabled the Active Directory
-    // way, bob deleted.
+    // way, bob deleted and a new bob made (a new entryUUID, the same
+    // name and email: the old one must go before the new one comes).
     slapd.modify(&format!(
         "dn: uid=alice,ou=people,{SUFFIX}\nchangetype: modify\nreplace: cn\ncn: Alice Pleasance Liddell\n\n\
          dn: cn=carol,ou=people,{SUFFIX}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n\
-         dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n"
+         dn: uid=bob,ou=people,{SUFFIX}\nchangetype: delete\n\n\
+         dn: uid=bob,ou=people,{SUFFIX}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: bob\n\
+         cn: Bob Newhire\nsn: Newhire\nmail: bob@acme.test\n"
     ));
     let started = Instant::now();
     let after = app
@@ -384,21 +402,32 @@ async fn an_ldap_directory_syncs_users_nested_groups_changes_and_deletions() {
     println!("LDAP sync that deleted bob to his client's disconnect: {elapsed:?}");
     assert_eq!(
         after["last_sync"]["users"],
-        json!({"total": 2, "created": 0, "updated": 2, "deleted": 1}),
+        json!({"total": 3, "created": 1, "updated": 2, "deleted": 1}),
         "{after}"
     );
     assert_eq!(
         gateway.next_of("revoke").await["resource_id"],
         json!(seeded.resource)
     );
-    assert!(actor_by_email(&app, "bob@acme.test").await.is_none());
+    let new_bob = actor_by_email(&app, "bob@acme.test").await.unwrap();
+    assert_ne!(new_bob["id"], bob["id"], "a new entry is a new user");
+    assert_eq!(new_bob["name"], "Bob Newhire");
+    assert!(
+        Peer::connect(addr, "/v1/client", &token, "laptop", &key(2))
+            .await
+            .is_err(),
+        "the old bob's token is gone"
+    );
     let alice = actor_by_email(&app, "alice@acme.test").await.unwrap();
     assert_eq!(alice["name"], "Alice Pleasance Liddell");
     assert_eq!(
         actor_by_email(&app, "carol@acme.test").await.unwrap()["disabled"],
         true
     );
-    assert_eq!(members(&app, &engineering).await, vec![id_of(&alice)]);
+    // Membership is by DN: platform still names uid=bob, now the new bob.
+    let mut both = vec![id_of(&alice), id_of(&new_bob)];
+    both.sort();
+    assert_eq!(members(&app, &engineering).await, both);
     let log = app
         .expect(StatusCode::OK, "GET", "/audit_log?limit=50", None)
         .await;
@@ -432,7 +461,85 @@ async fn a_directory_that_cannot_be_reached_or_read_changes_nothing_and_says_why
             .unwrap()
             .to_string()
     };
+    // An admin-made user holds carol's email: carol is skipped, and said
+    // so; the rest is applied.
+    app.expect(
+        StatusCode::CREATED,
+        "POST",
+        "/actors",
+        Some(json!({"name": "Carol (admins')", "email": "carol@acme.test", "role": "user"})),
+    )
+    .await;
     let good = create("good", json!({})).await;
+    let synced = app
+        .expect(
+            StatusCode::OK,
+            "POST",
+            &format!("/directories/{good}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(synced["last_sync"]["users"]["created"], 2, "{synced}");
+    let skipped = synced["last_sync"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{synced}");
+    assert!(
+        skipped[0].as_str().unwrap().starts_with("cn=carol,"),
+        "{skipped:?}"
+    );
+    assert_eq!(synced["users"], 2);
+    // Sales had only carol: it exists, empty.
+    let sales = group_by_name(&app, "sales").await;
+    assert_eq!(members(&app, &sales).await, Vec::<String>::new());
+    let state = async || {
+        let actors = app.expect(StatusCode::OK, "GET", "/actors", None).await;
+        let groups = app.expect(StatusCode::OK, "GET", "/groups", None).await;
+        let mut all_members = Vec::new();
+        for group in groups["data"].as_array().unwrap() {
+            all_members.push(members(&app, group).await);
+        }
+        (actors, groups, all_members)
+    };
+    let before = state().await;
+    // The good directory, broken: nothing it made changes.
+    for (patch, says) in [
+        (json!({"bind_password": "nope"}), "cannot bind"),
+        (
+            json!({"bind_password": PASSWORD, "url": "ldap://127.0.0.1:1"}),
+            "cannot connect",
+        ),
+        (
+            json!({"url": slapd.url(), "user_filter": "(uid=nobody-at-all)"}),
+            "found no users",
+        ),
+        (
+            json!({"user_filter": "", "group_filter": "(cn=no-such-group)"}),
+            "found no groups",
+        ),
+    ] {
+        app.expect(
+            StatusCode::OK,
+            "PATCH",
+            &format!("/directories/{good}"),
+            Some(patch.clone()),
+        )
+        .await;
+        let (status, problem) = app
+            .call("POST", &format!("/directories/{good}/sync"), None)
+            .await;
+        assert_eq!(status, 502, "{patch}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{patch}: {problem}"
+        );
+        assert_eq!(state().await, before, "{patch}: nothing changed");
+    }
+    app.expect(
+        StatusCode::OK,
+        "PATCH",
+        &format!("/directories/{good}"),
+        Some(json!({"group_filter": ""})),
+    )
+    .await;
     app.expect(
         StatusCode::OK,
         "POST",
@@ -440,7 +547,7 @@ async fn a_directory_that_cannot_be_reached_or_read_changes_nothing_and_says_why
         None,
     )
     .await;
-    let before = app.expect(StatusCode::OK, "GET", "/actors", None).await;
+    assert_eq!(state().await, before, "fixed again: the same as before");
 
     for (name, extra, says) in [
         (
@@ -483,27 +590,6 @@ async fn a_directory_that_cannot_be_reached_or_read_changes_nothing_and_says_why
         assert_eq!(shown["users"], 0);
     }
 
-    // A filter that finds nobody would delete everyone: refused.
-    app.expect(
-        StatusCode::OK,
-        "PATCH",
-        &format!("/directories/{good}"),
-        Some(json!({"user_filter": "(uid=nobody-at-all)"})),
-    )
-    .await;
-    let (status, problem) = app
-        .call("POST", &format!("/directories/{good}/sync"), None)
-        .await;
-    assert_eq!(status, 502);
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("found no users"),
-        "{problem}"
-    );
-    let after = app.expect(StatusCode::OK, "GET", "/actors", None).await;
-    assert_eq!(before, after, "nothing changed");
     // Invalid settings are refused before anything is stored.
     for (field, value) in [
         ("url", json!("http://127.0.0.1:389")),

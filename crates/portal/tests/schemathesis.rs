@@ -91,13 +91,15 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
         "schemathesis found failures (seed {seed}):\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Every operation of the document was tested.
+    // Every operation of the document was tested, but the one excluded
+    // above (LDAP sync).
     let operations: usize = postern_portal::openapi_document()["paths"]
         .as_object()
         .unwrap()
         .values()
         .map(|item| item.as_object().unwrap().len())
-        .sum();
+        .sum::<usize>()
+        - 1;
     assert!(
         summary.contains(&format!("Tested: {operations}\n")),
         "not all {operations} operations were tested:\n{summary}"

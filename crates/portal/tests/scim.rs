@@ -275,13 +275,17 @@ async fn deprovisioning_through_scim_disconnects_a_connected_client_within_a_sec
         );
     }
     // The role is Postern's, not the directory's.
-    app.expect(
-        axum::http::StatusCode::OK,
-        "PATCH",
-        &format!("/actors/{alice_id}"),
-        Some(json!({"role": "user"})),
-    )
-    .await;
+    for role in ["admin", "user"] {
+        let changed = app
+            .expect(
+                axum::http::StatusCode::OK,
+                "PATCH",
+                &format!("/actors/{alice_id}"),
+                Some(json!({"role": role})),
+            )
+            .await;
+        assert_eq!(changed["role"], role);
+    }
 
     // Alice's laptop is connected and reaches the resource through the
     // directory's group.
@@ -437,6 +441,15 @@ async fn deprovisioning_through_scim_disconnects_a_connected_client_within_a_sec
     let (status, group) = okta.call("GET", &format!("/Groups/{group_id}"), None).await;
     assert_eq!(status, 200);
     assert!(group.get("members").is_none(), "{group}");
+    let members = app
+        .expect(
+            axum::http::StatusCode::OK,
+            "GET",
+            &format!("/groups/{group_id}/members"),
+            None,
+        )
+        .await;
+    assert_eq!(members["actor_ids"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,6 +720,10 @@ async fn entra_and_okta_requests_filters_paging_etags_and_errors() {
         .await;
     assert_eq!(status, 200);
     // Discovery needs the token too; unknown paths are SCIM 404s.
+    for path in ["/ServiceProviderConfig", "/Schemas", "/ResourceTypes"] {
+        let (status, _) = entra.call_with("GET", path, None, "", &[]).await;
+        assert_eq!(status, 401, "{path}");
+    }
     let (status, error) = entra
         .call_with(
             "GET",
@@ -825,8 +842,19 @@ async fn a_directory_reaches_only_what_it_provisioned() {
 
     // The admins' users: not by id, not by taking their email.
     let admin_id = app.admin_id.to_string();
-    for method in ["GET", "DELETE"] {
-        let (status, _) = mine.call(method, &format!("/Users/{admin_id}"), None).await;
+    for (method, body) in [
+        ("GET", None),
+        (
+            "PUT",
+            Some(json!({"userName": "admin@example.test", "active": false})),
+        ),
+        (
+            "PATCH",
+            Some(json!({"Operations": [{"op": "replace", "path": "active", "value": false}]})),
+        ),
+        ("DELETE", None),
+    ] {
+        let (status, _) = mine.call(method, &format!("/Users/{admin_id}"), body).await;
         assert_eq!(status, 404, "{method}");
     }
     let (status, error) = mine
@@ -901,4 +929,69 @@ async fn a_directory_reaches_only_what_it_provisioned() {
         .expect(axum::http::StatusCode::OK, "GET", "/actors", None)
         .await;
     assert_eq!(actors["data"].as_array().unwrap().len(), 3, "{actors}");
+}
+
+/// Identity providers send in parallel (Entra up to a few requests at once
+/// per app): two changes to one group must both stand, neither overwriting
+/// the other with what it read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_to_one_group_all_stand() {
+    let db = TempDb::new("scim-concurrent");
+    let (app, _addr, base, token) = portal_with_directory(&db).await;
+    let dir = std::sync::Arc::new(Directory {
+        http: reqwest::Client::new(),
+        base,
+        token,
+    });
+    let mut users = Vec::new();
+    for n in 0..12 {
+        let (status, user) = dir
+            .call(
+                "POST",
+                "/Users",
+                Some(okta_user(&format!("u{n}@acme.test"), "U", &n.to_string())),
+            )
+            .await;
+        assert_eq!(status, 201);
+        users.push(user["id"].as_str().unwrap().to_string());
+    }
+    let (_, group) = dir
+        .call("POST", "/Groups", Some(json!({"displayName": "All"})))
+        .await;
+    let group_id = group["id"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for user in users.clone() {
+        let (dir, group_id) = (dir.clone(), group_id.clone());
+        tasks.push(tokio::spawn(async move {
+            dir.call(
+                "PATCH",
+                &format!("/Groups/{group_id}"),
+                Some(json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [{"value": user}]}]})),
+            )
+            .await
+            .0
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let (_, group) = dir.call("GET", &format!("/Groups/{group_id}"), None).await;
+    assert_eq!(
+        group["members"].as_array().unwrap().len(),
+        users.len(),
+        "{group}"
+    );
+    assert_eq!(
+        group["meta"]["version"],
+        json!(format!("W/\"{}\"", users.len() + 1))
+    );
+    let members = app
+        .expect(
+            axum::http::StatusCode::OK,
+            "GET",
+            &format!("/groups/{group_id}/members"),
+            None,
+        )
+        .await;
+    assert_eq!(members["actor_ids"].as_array().unwrap().len(), users.len());
 }

@@ -148,7 +148,11 @@ pub async fn update(
         }
         // The patch is fine on its own; with the stored actor it may not be
         // (a service account without email made a user): a conflict.
-        check_email(&after).map_err(|why| Problem::conflict_at("role", why))?;
+        // A directory's user may come without an email (it cannot sign in
+        // until the directory gives one); that is the directory's to fix.
+        if after.directory_id.is_none() {
+            check_email(&after).map_err(|why| Problem::conflict_at("role", why))?;
+        }
         // What a directory says of its users is its own; the role is Postern's.
         if (&after.name, &after.email, after.disabled)
             != (&before.name, &before.email, before.disabled)

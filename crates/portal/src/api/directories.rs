@@ -208,6 +208,9 @@ fn valid_url(field: &str, value: &str) -> ApiResult<String> {
         )
     };
     let value = value.trim();
+    if value.chars().count() > 2048 {
+        return Err(bad());
+    }
     let url = url::Url::parse(value).map_err(|_| bad())?;
     if !matches!(url.scheme(), "ldap" | "ldaps")
         || url.host_str().is_none_or(str::is_empty)
@@ -240,6 +243,7 @@ fn valid_interval(value: Option<i64>) -> ApiResult<Option<u64>> {
 }
 
 fn valid_ca(value: Option<&CaCertificate>) -> ApiResult<Option<String>> {
+    let too_long = value.is_some_and(|c| c.0.chars().count() > 65_536);
     let Some(pem) = value.map(|c| c.0.trim()).filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
@@ -247,7 +251,7 @@ fn valid_ca(value: Option<&CaCertificate>) -> ApiResult<Option<String>> {
     let certs: Result<Vec<_>, _> =
         rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certs {
-        Ok(certs) if !certs.is_empty() && pem.len() <= 65_536 => Ok(Some(pem.to_string())),
+        Ok(certs) if !certs.is_empty() && !too_long => Ok(Some(pem.to_string())),
         _ => Err(Problem::invalid(
             "ca_certificate",
             "must hold PEM certificates (-----BEGIN CERTIFICATE-----), at most 64 KiB",
@@ -570,9 +574,14 @@ pub async fn sync(
     tx.commit().await?;
     ldap_only(&directory)?;
     if let Err(error) = ldap::sync(&state, admin.account_id, &directory).await {
+        use crate::directory::ProvisionError;
         return Err(match error {
-            ldap::SyncError::Provision(crate::directory::ProvisionError::Store(e)) => e.into(),
-            other => Problem::new(StatusCode::BAD_GATEWAY, other.to_string()),
+            ldap::SyncError::Directory(why) => Problem::new(StatusCode::BAD_GATEWAY, why),
+            ldap::SyncError::Provision(ProvisionError::Store(e)) => e.into(),
+            ldap::SyncError::Provision(ProvisionError::Gone) => Problem::not_found(),
+            ldap::SyncError::Provision(
+                ProvisionError::Conflict(why) | ProvisionError::Invalid(why),
+            ) => Problem::conflict(why),
         });
     }
     let mut tx = state.store.read().await?;

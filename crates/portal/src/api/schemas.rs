@@ -403,7 +403,8 @@ fn directory_input() -> Schema {
                 "group_filter": filter("groups"),
                 "interval_secs": interval_value(),
                 "starttls": {"type": "boolean", "description": "Upgrade ldap:// with StartTLS."},
-                "ca_certificate": nullable(pem_value()),
+                "ca_certificate": {"anyOf": [pem_value(), blank(), {"type": "null"}],
+                    "description": "PEM certificates to trust besides the system's roots (a company CA)."},
             },
         },
     ]}))

@@ -9,7 +9,7 @@
 //! entry stays the same Postern user. Group members are DNs (`member`,
 //! `uniqueMember`); a member that is a group nests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,6 +254,12 @@ async fn fetch(settings: &Settings, password: &str) -> Result<(Vec<Read>, Vec<Re
     )
     .await
     .map_err(|e| format!("cannot search groups: {e}"))?;
+    let mut groups = groups;
+    for group in &mut groups {
+        complete_ranges(&mut ldap, group)
+            .await
+            .map_err(|e| format!("cannot read the members of {}: {e}", group.dn))?;
+    }
     let _ = ldap.unbind().await;
     Ok((users, groups))
 }
@@ -289,6 +295,70 @@ async fn search(
     }
     stream.finish().await.success()?;
     Ok(out)
+}
+
+/// Active Directory returns the members of a large group in ranges
+/// (`member;range=0-1499`); this asks for the rest until the last range
+/// (`...-*`) and files them all under `member`.
+async fn complete_ranges(ldap: &mut ldap3::Ldap, group: &mut Read) -> ldap3::result::Result<()> {
+    let ranged: Vec<String> = group
+        .attrs
+        .keys()
+        .filter(|k| k.to_ascii_lowercase().starts_with("member;range="))
+        .cloned()
+        .collect();
+    let mut next = None;
+    for key in ranged {
+        let values = group.attrs.remove(&key).unwrap_or_default();
+        group
+            .attrs
+            .entry("member".into())
+            .or_default()
+            .extend(values);
+        next = range_after(&key);
+    }
+    // A bound on the rounds: a server that keeps answering the same range
+    // must not keep the sync going.
+    for _ in 0..10_000 {
+        let Some(start) = next else {
+            return Ok(());
+        };
+        let attribute = format!("member;range={start}-*");
+        let (entries, _) = ldap
+            .with_timeout(OPERATION_TIMEOUT)
+            .search(
+                &group.dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec![attribute.as_str()],
+            )
+            .await?
+            .success()?;
+        next = None;
+        for entry in entries {
+            let entry = SearchEntry::construct(entry);
+            for (key, values) in entry.attrs {
+                if key.to_ascii_lowercase().starts_with("member;range=") {
+                    next = range_after(&key).filter(|n| *n > start);
+                    group
+                        .attrs
+                        .entry("member".into())
+                        .or_default()
+                        .extend(values);
+                }
+            }
+        }
+    }
+    Err(ldap3::LdapError::AdapterInit(
+        "too many member ranges".into(),
+    ))
+}
+
+/// The first index after `member;range=L-H`, none for the last range (`*`).
+fn range_after(key: &str) -> Option<u64> {
+    let (_, range) = key.split_once('=')?;
+    let (_, high) = range.split_once('-')?;
+    high.parse::<u64>().ok().map(|h| h + 1)
 }
 
 /// What identifies an entry across renames: OpenLDAP's `entryUUID`, else
@@ -353,6 +423,20 @@ fn user_document(read: &Read) -> Map<String, Value> {
 pub struct Counts {
     pub users: Tally,
     pub groups: Tally,
+    /// Entries left as they were, and why (a name or email another user
+    /// or group holds); the rest of the sync is applied.
+    pub skipped: Vec<String>,
+}
+
+/// Most skipped entries listed (the count goes on).
+const MAX_SKIPPED_LISTED: usize = 50;
+
+impl Counts {
+    fn skip(&mut self, dn: &str, why: &str) {
+        if self.skipped.len() < MAX_SKIPPED_LISTED {
+            self.skipped.push(format!("{dn}: {why}"));
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -438,61 +522,103 @@ async fn apply(
     run_as(state, account, author, Commit::Yes, async |conn| {
         let now = Timestamp::now();
         let mut counts = Counts::default();
-        let mut p = Provisioner {
-            conn,
-            account,
-            directory,
-            effects: Effects::default(),
-        };
+        let mut p = Provisioner::begin(conn, account, directory).await?;
         let existing_users = directories::entries(p.conn, directory, EntryKind::User).await?;
-        if users.is_empty() && !existing_users.is_empty() {
-            return Err(SyncError::Directory(format!(
-                "the search found no users, and the directory has {}: nothing was removed \
-                 (check base_dn and user_filter)",
-                existing_users.len()
-            )));
+        let existing_groups = directories::entries(p.conn, directory, EntryKind::Group).await?;
+        // A search that finds nobody, where there were some, is a wrong base
+        // or filter far more often than an empty company.
+        for (found, had, what, filter) in [
+            (users.len(), existing_users.len(), "users", "user_filter"),
+            (
+                groups.len(),
+                existing_groups.len(),
+                "groups",
+                "group_filter",
+            ),
+        ] {
+            if found == 0 && had > 0 {
+                return Err(SyncError::Directory(format!(
+                    "the search found no {what}, and the directory has {had}: nothing was \
+                     changed (check base_dn and {filter})"
+                )));
+            }
         }
-        let mut by_key: HashMap<String, Entry> = existing_users
-            .into_iter()
-            .filter_map(|e| e.external_id.clone().map(|k| (k, e)))
+        let keyed = |entries: Vec<Entry>| -> HashMap<String, Entry> {
+            entries
+                .into_iter()
+                .filter_map(|e| e.external_id.clone().map(|k| (k, e)))
+                .collect()
+        };
+        let mut users_by_key = keyed(existing_users);
+        let mut groups_by_key = keyed(existing_groups);
+
+        // What is gone goes first, so that its names and emails are free
+        // for what is new (an account deleted and made again).
+        let user_keys: HashSet<&str> = users.iter().map(|r| r.key.as_str()).collect();
+        let group_keys: HashSet<&str> = groups.iter().map(|r| r.key.as_str()).collect();
+        let gone_users: Vec<String> = users_by_key
+            .keys()
+            .filter(|k| !user_keys.contains(k.as_str()))
+            .cloned()
             .collect();
-        // DN -> id of every user and group, for group members.
+        for key in gone_users {
+            if let Some(gone) = users_by_key.remove(&key) {
+                p.delete_user(&gone, now).await?;
+                counts.users.deleted += 1;
+            }
+        }
+        let gone_groups: Vec<String> = groups_by_key
+            .keys()
+            .filter(|k| !group_keys.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in gone_groups {
+            if let Some(gone) = groups_by_key.remove(&key) {
+                p.delete_group(&gone, now).await?;
+                counts.groups.deleted += 1;
+            }
+        }
+
+        // DN -> id of every user and group kept, for group members.
         let mut ids: HashMap<String, Uuid> = HashMap::new();
         counts.users.total = users.len();
-        let mut seen_names = BTreeMap::new();
+        let mut seen_names = HashSet::new();
         for read in &users {
             let document = user_document(read);
             let name = super::name_key(EntryKind::User, &document);
-            if seen_names.insert(name.clone(), read.dn.clone()).is_some() {
-                return Err(SyncError::Directory(format!(
-                    "two users are named {name:?} (uid, sAMAccountName or mail): nothing was changed"
-                )));
+            if !seen_names.insert(name.clone()) {
+                counts.skip(&read.dn, &format!("another entry is also named {name:?}"));
+                continue;
             }
-            let existing = by_key.remove(&read.key);
+            let existing = users_by_key.remove(&read.key);
             let id = existing.as_ref().map_or_else(Uuid::new_v4, |e| e.id);
-            ids.insert(dn_key(&read.dn), id);
-            match existing {
-                Some(e) if e.document == document => {}
-                Some(e) => {
-                    p.put_user(id, document, Some(read.key.clone()), Some(e), now).await?;
-                    counts.users.updated += 1;
-                }
-                None => {
-                    p.put_user(id, document, Some(read.key.clone()), None, now).await?;
-                    counts.users.created += 1;
-                }
+            let created = existing.is_none();
+            if existing.as_ref().is_some_and(|e| e.document == document) {
+                ids.insert(dn_key(&read.dn), id);
+                continue;
             }
-        }
-        for gone in by_key.into_values() {
-            p.delete_user(&gone, now).await?;
-            counts.users.deleted += 1;
+            match p
+                .put_user(id, document, Some(read.key.clone()), existing, now)
+                .await
+            {
+                Ok(_) => {
+                    ids.insert(dn_key(&read.dn), id);
+                    if created {
+                        counts.users.created += 1;
+                    } else {
+                        counts.users.updated += 1;
+                    }
+                }
+                Err(ProvisionError::Conflict(why) | ProvisionError::Invalid(why)) => {
+                    if !created {
+                        ids.insert(dn_key(&read.dn), id);
+                    }
+                    counts.skip(&read.dn, &why);
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
 
-        let existing_groups = directories::entries(p.conn, directory, EntryKind::Group).await?;
-        let mut groups_by_key: HashMap<String, Entry> = existing_groups
-            .into_iter()
-            .filter_map(|e| e.external_id.clone().map(|k| (k, e)))
-            .collect();
         counts.groups.total = groups.len();
         let mut planned = Vec::new();
         for read in &groups {
@@ -501,101 +627,155 @@ async fn apply(
             ids.insert(dn_key(&read.dn), id);
             planned.push((read, id, existing));
         }
-        for gone in groups_by_key.into_values() {
-            p.delete_group(&gone, now).await?;
-            counts.groups.deleted += 1;
-        }
-        // Two passes: every group exists before any names another as member.
+        let group_ids: HashSet<Uuid> = planned.iter().map(|(_, id, _)| *id).collect();
         let documents: Vec<Map<String, Value>> = planned
             .iter()
-            .map(|(read, _, _)| {
-                let mut doc = Map::new();
-                doc.insert(
-                    "displayName".into(),
-                    json!(read.first(&["displayName", "cn"]).unwrap_or(&read.dn)),
-                );
-                doc.insert("externalId".into(), json!(read.key));
-                let members: Vec<Value> = read
-                    .all(&["member", "uniqueMember"])
-                    .into_iter()
-                    .filter_map(|dn| ids.get(&dn_key(dn)))
-                    .map(|id| json!({"value": id.to_string()}))
-                    .collect();
-                if !members.is_empty() {
-                    doc.insert("members".into(), Value::Array(members));
-                }
-                doc
-            })
+            .map(|(read, _, _)| group_document(read, &ids))
             .collect();
+        // Two passes: every group exists before any names another as member.
+        let mut kept: HashSet<Uuid> = HashSet::new();
         for ((read, id, existing), document) in planned.iter().zip(&documents) {
-            if existing.as_ref().is_some_and(|e| &e.document == document) {
-                continue;
-            }
-            let current = directories::entry(p.conn, directory, EntryKind::Group, *id).await?;
-            if current.is_none() {
-                // First pass for a new group: its users only.
-                let mut users_only = document.clone();
-                if let Some(Value::Array(members)) = users_only.get_mut("members") {
-                    let user_ids: std::collections::HashSet<Uuid> =
-                        directories::entry_ids(p.conn, directory, EntryKind::User)
-                            .await?
-                            .into_iter()
-                            .collect();
-                    members.retain(|m| {
-                        m["value"]
-                            .as_str()
-                            .and_then(|v| Uuid::try_parse(v).ok())
-                            .is_some_and(|v| user_ids.contains(&v))
-                    });
+            match existing {
+                Some(e) => {
+                    kept.insert(*id);
+                    if &e.document != document {
+                        counts.groups.updated += 1;
+                    }
                 }
-                p.put_group(*id, users_only, Some(read.key.clone()), None, now).await?;
-                counts.groups.created += 1;
-            } else {
-                counts.groups.updated += 1;
+                None => {
+                    let mut users_only = document.clone();
+                    if let Some(Value::Array(members)) = users_only.get_mut("members") {
+                        members.retain(|m| {
+                            m["value"]
+                                .as_str()
+                                .and_then(|v| Uuid::try_parse(v).ok())
+                                .is_some_and(|v| !group_ids.contains(&v))
+                        });
+                    }
+                    match p
+                        .put_group(*id, users_only, Some(read.key.clone()), None, now)
+                        .await
+                    {
+                        Ok(_) => {
+                            kept.insert(*id);
+                            counts.groups.created += 1;
+                        }
+                        Err(ProvisionError::Conflict(why) | ProvisionError::Invalid(why)) => {
+                            counts.skip(&read.dn, &why);
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
+                }
             }
         }
-        for ((read, id, _), document) in planned.iter().zip(documents) {
+        for ((read, id, _), mut document) in planned.iter().zip(documents) {
+            if !kept.contains(id) {
+                continue;
+            }
+            // Members skipped above are not named.
+            if let Some(Value::Array(members)) = document.get_mut("members") {
+                members.retain(|m| {
+                    m["value"]
+                        .as_str()
+                        .and_then(|v| Uuid::try_parse(v).ok())
+                        .is_some_and(|v| kept.contains(&v) || !group_ids.contains(&v))
+                });
+            }
             let current = directories::entry(p.conn, directory, EntryKind::Group, *id).await?;
             if current.as_ref().is_some_and(|e| e.document == document) {
                 continue;
             }
-            p.put_group(*id, document, Some(read.key.clone()), current, now).await?;
+            match p
+                .put_group(*id, document, Some(read.key.clone()), current, now)
+                .await
+            {
+                Ok(_) => {}
+                Err(ProvisionError::Conflict(why) | ProvisionError::Invalid(why)) => {
+                    counts.skip(&read.dn, &why);
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
-        p.settle_memberships().await?;
-        let Effects { audit, changes } = p.effects;
+        let Effects { audit, changes } = p.finish().await?;
         Ok(Outcome::batch(counts, audit, changes))
     })
     .await
 }
 
+/// A group entry as a SCIM document: its name and its members that are
+/// users or groups of this sync.
+fn group_document(read: &Read, ids: &HashMap<String, Uuid>) -> Map<String, Value> {
+    let mut doc = Map::new();
+    doc.insert(
+        "displayName".into(),
+        json!(read.first(&["displayName", "cn"]).unwrap_or(&read.dn)),
+    );
+    doc.insert("externalId".into(), json!(read.key));
+    let mut seen = HashSet::new();
+    let members: Vec<Value> = read
+        .all(&["member", "uniqueMember"])
+        .into_iter()
+        .filter_map(|dn| ids.get(&dn_key(dn)))
+        .filter(|id| seen.insert(**id))
+        .map(|id| json!({"value": id.to_string()}))
+        .collect();
+    if !members.is_empty() {
+        doc.insert("members".into(), Value::Array(members));
+    }
+    doc
+}
+
 /// Syncs every LDAP directory whose interval has passed, every few seconds,
-/// for as long as the runtime runs.
+/// for as long as the runtime runs. Each sync runs on its own task, so one
+/// slow server delays no other directory; a directory still syncing is not
+/// started again.
 pub fn spawn_scheduler(state: Arc<AppState>) {
+    let running: Arc<std::sync::Mutex<HashSet<Uuid>>> = Arc::default();
     tokio::spawn(async move {
         loop {
-            if let Err(error) = due(&state).await {
-                tracing::warn!(%error, "cannot list the LDAP directories to sync");
+            match due(&state).await {
+                Ok(due) => {
+                    for (account, directory) in due {
+                        let started = running
+                            .lock()
+                            .map(|mut set| set.insert(directory.id))
+                            .unwrap_or(false);
+                        if !started {
+                            continue;
+                        }
+                        let (state, running) = (Arc::clone(&state), Arc::clone(&running));
+                        tokio::spawn(async move {
+                            let _ = sync(&state, account, &directory).await;
+                            if let Ok(mut set) = running.lock() {
+                                set.remove(&directory.id);
+                            }
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot list the LDAP directories to sync"),
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
 }
 
-async fn due(state: &AppState) -> Result<(), crate::store::StoreError> {
+/// The LDAP directories whose interval has passed (or that never synced).
+async fn due(state: &AppState) -> Result<Vec<(Uuid, Directory)>, crate::store::StoreError> {
     let mut tx = state.store.read().await?;
     let all = directories::all_ldap(&mut tx).await?;
     tx.commit().await?;
-    let now = Timestamp::now();
-    for (account, directory) in all {
-        let interval = Settings::of(&directory).map_or(DEFAULT_INTERVAL_SECS, |s| s.interval_secs);
-        let next = directory
-            .last_sync_at
-            .map(|at| at.as_second().saturating_add(interval as i64));
-        if next.is_none_or(|next| next <= now.as_second()) {
-            let _ = sync(state, account, &directory).await;
-        }
-    }
-    Ok(())
+    let now = Timestamp::now().as_second();
+    Ok(all
+        .into_iter()
+        .filter(|(_, directory)| {
+            let interval =
+                Settings::of(directory).map_or(DEFAULT_INTERVAL_SECS, |s| s.interval_secs);
+            directory
+                .last_sync_at
+                .map(|at| at.as_second().saturating_add(interval as i64))
+                .is_none_or(|next| next <= now)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -621,6 +801,39 @@ mod tests {
         assert!(read(&[("nsAccountLock", "TRUE")]).disabled());
         assert!(read(&[("pwdAccountLockedTime", "000001010000Z")]).disabled());
         assert!(!read(&[("uid", "alice")]).disabled());
+    }
+
+    #[test]
+    fn member_ranges_continue_after_their_end_and_stop_at_the_star() {
+        assert_eq!(range_after("member;range=0-1499"), Some(1500));
+        assert_eq!(range_after("Member;Range=1500-2999"), Some(3000));
+        assert_eq!(range_after("member;range=3000-*"), None);
+        assert_eq!(range_after("member;range=garbage"), None);
+    }
+
+    #[test]
+    fn entries_are_keyed_by_entry_uuid_then_object_guid_then_dn() {
+        let entry = |attrs: &[(&str, &str)], guid: Option<Vec<u8>>| SearchEntry {
+            dn: "CN=Carol, OU=People,DC=Corp".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+            bin_attrs: guid
+                .map(|g| HashMap::from([("objectGUID".to_string(), vec![g])]))
+                .unwrap_or_default(),
+        };
+        assert_eq!(
+            stable_key(&entry(&[("entryUUID", "ABC-1")], Some(vec![1, 2]))),
+            "abc-1"
+        );
+        assert_eq!(
+            stable_key(&entry(&[], Some(vec![0xde, 0xad, 0x01]))),
+            "dead01"
+        );
+        // GUID bytes that happen to be UTF-8 land among the text attributes.
+        assert_eq!(stable_key(&entry(&[("objectGUID", "AB")], None)), "4142");
+        assert_eq!(stable_key(&entry(&[], None)), "cn=carol,ou=people,dc=corp");
     }
 
     #[test]

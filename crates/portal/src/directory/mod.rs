@@ -38,6 +38,9 @@ pub enum ProvisionError {
     /// The directory sent something Postern cannot keep (an unknown member).
     #[error("{0}")]
     Invalid(String),
+    /// The directory was deleted meanwhile.
+    #[error("the directory no longer exists")]
+    Gone,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -55,12 +58,24 @@ pub struct Effects {
     pub changes: Vec<Change>,
 }
 
-/// One directory's writes inside one transaction.
+/// One directory's writes inside one transaction, which holds the
+/// directory's lock (`begin`): its writes on every node run one after the
+/// other, each reading what the one before wrote.
 pub struct Provisioner<'a> {
     pub conn: &'a mut Conn,
     pub account: Uuid,
     pub directory: Uuid,
     pub effects: Effects,
+    /// The directory's user and group ids, read once per transaction.
+    known: Option<Known>,
+    /// A group or a group's member changed: memberships need settling.
+    groups_changed: bool,
+}
+
+#[derive(Default)]
+struct Known {
+    users: HashSet<Uuid>,
+    groups: HashSet<Uuid>,
 }
 
 /// The Postern fields of a user document.
@@ -163,7 +178,48 @@ pub fn member_ids(document: &Map<String, Value>) -> Vec<Option<Uuid>> {
         .unwrap_or_default()
 }
 
-impl Provisioner<'_> {
+impl<'a> Provisioner<'a> {
+    /// Locks the directory for the transaction `conn` is in.
+    pub async fn begin(
+        conn: &'a mut Conn,
+        account: Uuid,
+        directory: Uuid,
+    ) -> Result<Provisioner<'a>, ProvisionError> {
+        if !directories::lock(conn, directory).await? {
+            return Err(ProvisionError::Gone);
+        }
+        Ok(Provisioner {
+            conn,
+            account,
+            directory,
+            effects: Effects::default(),
+            known: None,
+            groups_changed: false,
+        })
+    }
+
+    /// Settles memberships if groups changed; the effects to record and
+    /// publish.
+    pub async fn finish(mut self) -> Result<Effects, ProvisionError> {
+        if self.groups_changed {
+            self.settle_memberships().await?;
+        }
+        Ok(self.effects)
+    }
+
+    async fn known(&mut self) -> Result<&mut Known, ProvisionError> {
+        if self.known.is_none() {
+            let users = directories::entry_ids(self.conn, self.directory, EntryKind::User).await?;
+            let groups =
+                directories::entry_ids(self.conn, self.directory, EntryKind::Group).await?;
+            self.known = Some(Known {
+                users: users.into_iter().collect(),
+                groups: groups.into_iter().collect(),
+            });
+        }
+        Ok(self.known.get_or_insert_with(Known::default))
+    }
+
     fn conflict(error: StoreError, what: String) -> ProvisionError {
         match error {
             StoreError::Conflict(_) => ProvisionError::Conflict(what),
@@ -208,6 +264,12 @@ impl Provisioner<'_> {
                 email.as_deref().unwrap_or_default()
             )
         };
+        if let Some(email) = &fields.email
+            && let Some(holder) = actors::by_email(self.conn, self.account, email).await?
+            && holder.id != id
+        {
+            return Err(ProvisionError::Conflict(taken(&fields.email)));
+        }
         match actors::get(self.conn, self.account, id).await? {
             None => {
                 let actor = Actor {
@@ -222,6 +284,7 @@ impl Provisioner<'_> {
                 actors::insert(self.conn, self.account, &actor)
                     .await
                     .map_err(|e| Self::conflict(e, taken(&actor.email)))?;
+                self.known().await?.users.insert(id);
                 self.effects.audit.push(AuditEntry::change(
                     "actor.create",
                     id,
@@ -292,6 +355,7 @@ impl Provisioner<'_> {
             self.effects.changes.push(Change::Actors(vec![entry.id]));
         }
         directories::delete_entry(self.conn, self.directory, entry.id).await?;
+        self.known().await?.users.remove(&entry.id);
         self.forget_member(entry.id, now).await
     }
 
@@ -315,6 +379,7 @@ impl Provisioner<'_> {
                 group.version += 1;
                 group.updated_at = now;
                 directories::put_entry(self.conn, self.account, self.directory, &group).await?;
+                self.groups_changed = true;
             }
         }
         Ok(())
@@ -339,19 +404,10 @@ impl Provisioner<'_> {
             )));
         }
         // Members are users or groups of this directory.
-        let users: HashSet<Uuid> =
-            directories::entry_ids(self.conn, self.directory, EntryKind::User)
-                .await?
-                .into_iter()
-                .collect();
-        let groups_known: HashSet<Uuid> =
-            directories::entry_ids(self.conn, self.directory, EntryKind::Group)
-                .await?
-                .into_iter()
-                .collect();
+        let known = self.known().await?;
         for member in member_ids(&document) {
             match member {
-                Some(m) if users.contains(&m) || groups_known.contains(&m) || m == id => {}
+                Some(m) if known.users.contains(&m) || known.groups.contains(&m) || m == id => {}
                 _ => {
                     return Err(ProvisionError::Invalid(
                         "a member is not a user or group of this directory (members are \
@@ -368,6 +424,12 @@ impl Provisioner<'_> {
                  one of them"
             )
         };
+        if let Some(holder) = groups::by_name(self.conn, self.account, &name).await?
+            && holder.id != id
+        {
+            return Err(ProvisionError::Conflict(taken()));
+        }
+        self.groups_changed = true;
         match groups::get(self.conn, self.account, id).await? {
             None => {
                 let group = Group {
@@ -380,6 +442,7 @@ impl Provisioner<'_> {
                 groups::insert(self.conn, self.account, &group)
                     .await
                     .map_err(|e| Self::conflict(e, taken()))?;
+                self.known().await?.groups.insert(id);
                 self.effects.audit.push(AuditEntry::change(
                     "group.create",
                     id,
@@ -436,20 +499,18 @@ impl Provisioner<'_> {
             self.effects.changes.push(Change::Actors(members));
         }
         directories::delete_entry(self.conn, self.directory, entry.id).await?;
+        self.known().await?.groups.remove(&entry.id);
+        self.groups_changed = true;
         self.forget_member(entry.id, now).await
     }
 
     /// Brings every group's memberships in line with the documents, nested
     /// groups flattened; the actors whose memberships changed are
-    /// re-evaluated. Run after any change to groups or users.
-    pub async fn settle_memberships(&mut self) -> Result<(), ProvisionError> {
+    /// re-evaluated. `finish` runs it when a group or a member changed.
+    async fn settle_memberships(&mut self) -> Result<(), ProvisionError> {
         let group_entries =
             directories::entries(self.conn, self.directory, EntryKind::Group).await?;
-        let users: HashSet<Uuid> =
-            directories::entry_ids(self.conn, self.directory, EntryKind::User)
-                .await?
-                .into_iter()
-                .collect();
+        let users = self.known().await?.users.clone();
         let direct: HashMap<Uuid, Vec<Uuid>> = group_entries
             .iter()
             .map(|g| {

@@ -322,7 +322,7 @@ pub async fn put_entry(
         "INSERT INTO directory_entries (id, account_id, directory_id, kind, name_key, external_id, \
          document, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
          $10) ON CONFLICT (id) DO UPDATE SET name_key = $5, external_id = $6, document = $7, \
-         version = $8, updated_at = $10",
+         version = $8, updated_at = $10 WHERE directory_entries.directory_id = $3",
     )
     .bind(entry.id.to_string())
     .bind(account.to_string())
@@ -360,4 +360,16 @@ pub async fn entry_ids(conn: &mut Conn, directory: Uuid, kind: EntryKind) -> Res
     rows.iter()
         .map(|row| uuid_column(row, "directory_entries", "id"))
         .collect()
+}
+
+/// Takes the directory's row lock for the rest of the transaction, so that
+/// its writes (SCIM requests, syncs, on every portal node) run one after the
+/// other: each reads what the previous one wrote. A no-op update: SQLite's
+/// writer lock already serializes, PostgreSQL locks the row.
+pub async fn lock(conn: &mut Conn, directory: Uuid) -> Result<bool> {
+    let done = sqlx::query("UPDATE directories SET updated_at = updated_at WHERE id = $1")
+        .bind(directory.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }

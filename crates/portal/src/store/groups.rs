@@ -151,3 +151,17 @@ pub async fn all_memberships(conn: &mut Conn, account: Uuid) -> Result<Vec<(Uuid
         })
         .collect()
 }
+
+/// The account's group of this exact name, if any.
+pub async fn by_name(conn: &mut Conn, account: Uuid, name: &str) -> Result<Option<Group>> {
+    let sql = format!(
+        "SELECT {} FROM groups WHERE account_id = $1 AND name = $2",
+        Group::COLUMNS
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(Group::from_row).transpose()
+}

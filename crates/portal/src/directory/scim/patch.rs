@@ -6,6 +6,8 @@
 //! The result is read against the schema again (`document::normalize`), so
 //! a patch cannot store what a PUT could not.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::document::normalize;
@@ -486,6 +488,11 @@ fn element_of_equalities(filter: &Filter) -> Option<Map<String, Value>> {
     }
 }
 
+/// An element's `value` sub-attribute (a member's id, an email), if text.
+fn value_of(element: &Value) -> Option<&str> {
+    super::filter::member(element, "value").and_then(Value::as_str)
+}
+
 /// add/replace/remove on an attribute named without a filter.
 fn apply_plain(
     container: &mut Map<String, Value>,
@@ -505,13 +512,11 @@ fn apply_plain(
                     Value::Array(list) => list.iter().collect(),
                     one => vec![one],
                 };
-                let gone_ids: Vec<&str> = gone
-                    .iter()
-                    .filter_map(|g| super::filter::member(g, "value").and_then(Value::as_str))
-                    .collect();
+                let gone_ids: HashSet<&str> = gone.iter().filter_map(|g| value_of(g)).collect();
+                let gone_whole: HashSet<String> = gone.iter().map(|g| g.to_string()).collect();
                 items.retain(|item| {
-                    let id = super::filter::member(item, "value").and_then(Value::as_str);
-                    !id.is_some_and(|id| gone_ids.contains(&id)) && !gone.contains(&item)
+                    !value_of(item).is_some_and(|id| gone_ids.contains(id))
+                        && !gone_whole.contains(&item.to_string())
                 });
                 if items.is_empty() {
                     container.remove(key);
@@ -575,19 +580,27 @@ fn apply_plain(
                     *slot = Value::Array(Vec::new());
                 }
                 if let Value::Array(items) = slot {
+                    // Indexed, not searched: a group's members may be
+                    // tens of thousands.
+                    let mut by_id: HashMap<String, usize> = HashMap::new();
+                    let mut whole: HashSet<String> = HashSet::new();
+                    for (at, existing) in items.iter().enumerate() {
+                        if let Some(id) = value_of(existing) {
+                            by_id.insert(id.to_string(), at);
+                        }
+                        whole.insert(existing.to_string());
+                    }
                     for item in new {
-                        let same_id = |existing: &Value| {
-                            let id = |v: &Value| {
-                                super::filter::member(v, "value")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_string)
-                            };
-                            id(existing).is_some() && id(existing) == id(&item)
-                        };
-                        if let Some(existing) = items.iter_mut().find(|e| same_id(e)) {
-                            *existing = item;
-                        } else if !items.contains(&item) {
-                            items.push(item);
+                        match value_of(&item).and_then(|id| by_id.get(id)).copied() {
+                            Some(at) => items[at] = item,
+                            None => {
+                                if whole.insert(item.to_string()) {
+                                    if let Some(id) = value_of(&item) {
+                                        by_id.insert(id.to_string(), items.len());
+                                    }
+                                    items.push(item);
+                                }
+                            }
                         }
                     }
                 }

@@ -35,6 +35,9 @@ impl From<ProvisionError> for ScimError {
         match error {
             ProvisionError::Conflict(what) => ScimError::uniqueness(what),
             ProvisionError::Invalid(what) => ScimError::bad("invalidValue", what),
+            ProvisionError::Gone => {
+                ScimError::new(StatusCode::UNAUTHORIZED, None, "the directory was deleted")
+            }
             ProvisionError::Store(e) => e.into(),
         }
     }
@@ -138,8 +141,8 @@ fn body_json(body: &Bytes) -> Result<Value, ScimError> {
 
 /// `If-Match` (RFC 7644 section 3.14): a write to a version the client did
 /// not see is refused with 412.
-fn check_if_match(headers: &HeaderMap, entry: &Entry) -> Result<(), ScimError> {
-    let Some(wanted) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+fn check_if_match(wanted: Option<&str>, entry: &Entry) -> Result<(), ScimError> {
+    let Some(wanted) = wanted else {
         return Ok(());
     };
     let current = etag(entry);
@@ -399,8 +402,10 @@ async fn get_one(
     ))
 }
 
-/// Runs a directory's write: one transaction, audited with the directory
-/// as the author, memberships settled, notices published after the commit.
+/// Runs a directory's write: one transaction holding the directory's lock,
+/// audited with the directory as the author, memberships settled, notices
+/// published after the commit. The body reads what it changes inside the
+/// transaction, so concurrent requests never overwrite each other.
 async fn write(
     state: &AppState,
     scim: &Scim,
@@ -412,15 +417,9 @@ async fn write(
         directory_id: Some(scim.directory.id),
     };
     run_as(state, scim.account_id, author, Commit::Yes, async |conn| {
-        let mut provisioner = Provisioner {
-            conn,
-            account: scim.account_id,
-            directory: scim.directory.id,
-            effects: Effects::default(),
-        };
+        let mut provisioner = Provisioner::begin(conn, scim.account_id, scim.directory.id).await?;
         let entry = body(&mut provisioner).await?;
-        provisioner.settle_memberships().await?;
-        let Effects { audit, changes } = provisioner.effects;
+        let Effects { audit, changes } = provisioner.finish().await?;
         Ok::<_, ScimError>(Outcome::batch(entry, audit, changes))
     })
     .await
@@ -435,30 +434,50 @@ fn external_id(document: &Map<String, Value>) -> Option<String> {
 }
 
 /// Writes `document` as the resource `id` of `kind` (new when `existing` is
-/// none), answering with the stored resource.
+/// none).
 async fn put(
-    state: &AppState,
-    scim: &Scim,
+    p: &mut Provisioner<'_>,
     kind: Kind,
     id: Uuid,
     document: Map<String, Value>,
     existing: Option<Entry>,
-    status: StatusCode,
-) -> Result<Response, ScimError> {
+) -> Result<Entry, ScimError> {
     let now = Timestamp::now();
     let external = external_id(&document);
-    let written = write(state, scim, async |p| {
-        let entry = match kind {
-            Kind::User => p.put_user(id, document, external, existing, now).await?,
-            Kind::Group => p.put_group(id, document, external, existing, now).await?,
-        };
-        Ok(Some(entry))
+    Ok(match kind {
+        Kind::User => p.put_user(id, document, external, existing, now).await?,
+        Kind::Group => p.put_group(id, document, external, existing, now).await?,
     })
-    .await?;
+}
+
+/// The entry `id` of `kind`, read under the lock, checked against
+/// `If-Match`.
+async fn locked_entry(
+    p: &mut Provisioner<'_>,
+    kind: Kind,
+    id: Uuid,
+    if_match: Option<&str>,
+) -> Result<Entry, ScimError> {
+    let entry = directories::entry(p.conn, p.directory, entry_kind(kind), id)
+        .await
+        .map_err(ScimError::from)?
+        .ok_or_else(|| ScimError::not_found(format!("no such {}", kind.name())))?;
+    check_if_match(if_match, &entry)?;
+    Ok(entry)
+}
+
+/// Answers with the stored resource (201 with its location for a create).
+async fn answer(
+    state: &AppState,
+    scim: &Scim,
+    kind: Kind,
+    written: Option<Entry>,
+    status: StatusCode,
+) -> Result<Response, ScimError> {
     let Some(entry) = written else {
         return Err(ScimError::internal());
     };
-    let (_, resource) = read_one(state, scim, kind, &entry.id.to_string()).await?;
+    let (entry, resource) = read_one(state, scim, kind, &entry.id.to_string()).await?;
     let mut headers = with_etag(&entry);
     if status == StatusCode::CREATED
         && let Some(location) = resource["meta"]["location"].as_str()
@@ -476,22 +495,26 @@ async fn create(
     body: &Bytes,
 ) -> Result<Response, ScimError> {
     let document = normalize(kind, &body_json(body)?)?;
-    put(
-        state,
-        scim,
-        kind,
-        Uuid::new_v4(),
-        document,
-        None,
-        StatusCode::CREATED,
-    )
-    .await
+    let written = write(state, scim, async |p| {
+        Ok(Some(put(p, kind, Uuid::new_v4(), document, None).await?))
+    })
+    .await?;
+    answer(state, scim, kind, written, StatusCode::CREATED).await
 }
 
-async fn current(state: &AppState, scim: &Scim, kind: Kind, id: &str) -> Result<Entry, ScimError> {
-    read_one(state, scim, kind, id)
-        .await
-        .map(|(entry, _)| entry)
+/// The `If-Match` header's text, if any; one that is not text matches
+/// nothing (412), never everything.
+fn if_match(headers: &HeaderMap) -> Result<Option<String>, ScimError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|v| Some(v.to_string())).map_err(|_| {
+            ScimError::new(
+                StatusCode::PRECONDITION_FAILED,
+                None,
+                "If-Match is not readable",
+            )
+        }),
+    }
 }
 
 async fn replace(
@@ -502,19 +525,15 @@ async fn replace(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ScimError> {
-    let existing = current(state, scim, kind, id).await?;
-    check_if_match(headers, &existing)?;
+    let id = parse_id(kind, id)?;
+    let wanted = if_match(headers)?;
     let document = normalize(kind, &body_json(body)?)?;
-    put(
-        state,
-        scim,
-        kind,
-        existing.id,
-        document,
-        Some(existing),
-        StatusCode::OK,
-    )
-    .await
+    let written = write(state, scim, async |p| {
+        let existing = locked_entry(p, kind, id, wanted.as_deref()).await?;
+        Ok(Some(put(p, kind, id, document, Some(existing)).await?))
+    })
+    .await?;
+    answer(state, scim, kind, written, StatusCode::OK).await
 }
 
 async fn patch(
@@ -525,23 +544,19 @@ async fn patch(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ScimError> {
-    let existing = current(state, scim, kind, id).await?;
-    check_if_match(headers, &existing)?;
-    let document = super::patch::apply(kind, &existing.document, &body_json(body)?)?;
-    if document == existing.document {
-        let (entry, resource) = read_one(state, scim, kind, id).await?;
-        return Ok(respond(StatusCode::OK, resource, with_etag(&entry)));
-    }
-    put(
-        state,
-        scim,
-        kind,
-        existing.id,
-        document,
-        Some(existing),
-        StatusCode::OK,
-    )
-    .await
+    let id = parse_id(kind, id)?;
+    let wanted = if_match(headers)?;
+    let operations = body_json(body)?;
+    let written = write(state, scim, async |p| {
+        let existing = locked_entry(p, kind, id, wanted.as_deref()).await?;
+        let document = super::patch::apply(kind, &existing.document, &operations)?;
+        if document == existing.document {
+            return Ok(Some(existing));
+        }
+        Ok(Some(put(p, kind, id, document, Some(existing)).await?))
+    })
+    .await?;
+    answer(state, scim, kind, written, StatusCode::OK).await
 }
 
 async fn delete(
@@ -551,10 +566,11 @@ async fn delete(
     id: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ScimError> {
-    let existing = current(state, scim, kind, id).await?;
-    check_if_match(headers, &existing)?;
+    let id = parse_id(kind, id)?;
+    let wanted = if_match(headers)?;
     let now = Timestamp::now();
     write(state, scim, async |p| {
+        let existing = locked_entry(p, kind, id, wanted.as_deref()).await?;
         match kind {
             Kind::User => p.delete_user(&existing, now).await?,
             Kind::Group => p.delete_group(&existing, now).await?,
