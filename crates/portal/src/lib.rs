@@ -22,6 +22,7 @@ pub mod state;
 pub(crate) mod api;
 pub(crate) mod change;
 pub(crate) mod channels;
+pub(crate) mod console;
 pub(crate) mod directory;
 pub(crate) mod online;
 pub(crate) mod problem;

@@ -41,6 +41,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(crate::channels::router())
         .merge(crate::web::router())
         .merge(crate::directory::scim::router())
+        .merge(crate::console::router())
         .route("/healthz", get(healthz))
         // The name before `/healthz`, kept for probes set up against it.
         .route("/health", get(healthz))

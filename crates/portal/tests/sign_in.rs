@@ -78,7 +78,8 @@ async fn a_code_arrives_by_smtp_and_works_once() {
     let home = browser.get(&format!("{}/acme/", portal.base)).await;
     assert_eq!(home.status, 200);
     assert!(
-        home.body.contains("Signed in to <b>acme</b>"),
+        home.body.contains("<h1>Overview</h1>")
+            && home.body.contains("<p class=\"account\">acme</p>"),
         "{}",
         home.body
     );

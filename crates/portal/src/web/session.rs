@@ -341,8 +341,9 @@ pub async fn confirm(
     Ok(see_other(url.as_str()))
 }
 
-/// The signed-in admin of this account, from the session cookie.
-async fn web_admin(
+/// The signed-in admin of this account, from the session cookie, with the
+/// session token's id.
+pub(crate) async fn web_admin(
     state: &AppState,
     account: &Account,
     headers: &HeaderMap,
@@ -367,36 +368,6 @@ async fn web_admin(
     Ok(actor
         .filter(|a| a.role == Role::Admin && !a.disabled)
         .map(|a| (a, record.id)))
-}
-
-/// `GET /{account}/`: who is signed in (the full admin UI comes later).
-pub async fn home(
-    State(state): Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let account = account(&state, &slug).await?;
-    let Some((actor, _)) = web_admin(&state, &account, &headers).await? else {
-        return Ok(see_other(&format!("/{}/sign_in", account.slug)));
-    };
-    let (csrf, fresh) = csrf_token(&headers)?;
-    let body = format!(
-        "<p>Signed in to <b>{}</b> as {} ({}).</p>\
-         <p>The REST API is at <code>/api/v1</code>.</p>\
-         <form method=\"post\" action=\"/{}/sign_out\">{}<button type=\"submit\">Sign out</button></form>",
-        escape(&account.name),
-        escape(&actor.name),
-        escape(actor.email.as_deref().unwrap_or("no email")),
-        escape(&account.slug),
-        hidden("csrf", &csrf),
-    );
-    Ok(with_csrf(
-        &state,
-        &account.slug,
-        &csrf,
-        fresh,
-        page(StatusCode::OK, "Postern", &body),
-    ))
 }
 
 /// `POST /{account}/sign_out`: with `Authorization: Bearer <client token>`

@@ -1,0 +1,228 @@
+//! Groups and their members: admins' own groups are edited here; those of
+//! an identity provider or a directory are shown, and the API's refusal
+//! (naming the directory) is shown if someone tries.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::html;
+use serde_json::{Value, json};
+
+use super::{Console, Form, Section, answer, data, error_box, input, signed_in, text};
+use crate::api::{self, body::Json};
+use crate::web::{Shared, WebError, WebResult, see_other};
+
+fn origin(group: &Value) -> &'static str {
+    match (text(group, "kind"), group["directory_id"].is_null()) {
+        ("everyone", _) => "built in: every user and admin",
+        ("provider", _) => "an identity provider's groups claim",
+        (_, false) => "a directory",
+        _ => "admins",
+    }
+}
+
+async fn list_page(c: &Console, error: Option<&str>, name: &str) -> WebResult<Response> {
+    let groups = data(api::groups::list(State(c.state.clone()), c.admin).await).await?;
+    let body = html! {
+        table {
+            thead { tr { th { "Name" } th { "Managed by" } th { "Members" } } }
+            tbody {
+                @for group in &groups {
+                    @let id = text(group, "id");
+                    @let members = answer(api::groups::members(State(c.state.clone()), c.admin, Path(id.to_string())).await).await.ok();
+                    tr {
+                        td { a href=(c.href(&format!("/groups/{id}"))) { (text(group, "name")) } }
+                        td { (origin(group)) }
+                        td { (members.as_ref().and_then(|m| m["actor_ids"].as_array()).map_or(0, Vec::len)) }
+                    }
+                }
+            }
+        }
+        h2 { "Add a group" }
+        (error_box(error))
+        form method="post" action=(c.href("/groups")) {
+            (c.csrf_field())
+            label for="g-name" { "Name" }
+            input #g-name type="text" name="name" value=(name) required maxlength="255";
+            div { button type="submit" { "Add the group" } }
+        }
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(c.page(status, "Groups", Section::Groups, body))
+}
+
+/// `GET /{account}/groups`.
+pub async fn list(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    list_page(&c, None, "").await
+}
+
+/// `POST /{account}/groups`.
+pub async fn create(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let form = Form::parse(&body);
+    c.check_csrf(&headers, &form)?;
+    let name = form.get("name");
+    let created = match input::<api::groups::GroupInput>(json!({"name": name})) {
+        Ok(group) => {
+            answer(api::groups::create(State(c.state.clone()), c.admin, Json(group)).await).await
+        }
+        Err(error) => Err(format!("name: {error}")),
+    };
+    match created {
+        Ok(group) => Ok(see_other(
+            &c.href(&format!("/groups/{}", text(&group, "id"))),
+        )),
+        Err(error) => list_page(&c, Some(&error), name).await,
+    }
+}
+
+async fn group_page(c: &Console, id: &str, error: Option<&str>) -> WebResult<Response> {
+    let group =
+        answer(api::groups::get(State(c.state.clone()), c.admin, Path(id.to_string())).await)
+            .await
+            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such group."))?;
+    let members =
+        answer(api::groups::members(State(c.state.clone()), c.admin, Path(id.to_string())).await)
+            .await
+            .map_err(WebError::internal)?;
+    let members: Vec<&str> = members["actor_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let actors = data(api::actors::list(State(c.state.clone()), c.admin).await).await?;
+    let editable = text(&group, "kind") == "static" && group["directory_id"].is_null();
+    let body = html! {
+        p { "Managed by " (origin(&group)) "." }
+        (error_box(error))
+        form method="post" action=(c.href(&format!("/groups/{id}/members"))) {
+            (c.csrf_field())
+            fieldset {
+                legend { "Members" }
+                @for actor in &actors {
+                    @let actor_id = text(actor, "id");
+                    @let box_id = format!("m-{actor_id}");
+                    div.choice {
+                        input type="checkbox" id=(box_id) name="member" value=(actor_id) checked[members.contains(&actor_id)] disabled[!editable];
+                        " "
+                        label for=(box_id) { (text(actor, "name")) " " span.muted { (actor["email"].as_str().unwrap_or(text(actor, "role"))) } }
+                    }
+                }
+            }
+            @if editable {
+                button type="submit" { "Save the members" }
+            }
+        }
+        @if editable {
+            h2 { "Delete" }
+            p { a href=(c.href(&format!("/groups/{id}/delete"))) { "Delete this group…" } }
+        }
+    };
+    let status = if error.is_some() {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    Ok(c.page(status, text(&group, "name"), Section::Groups, body))
+}
+
+/// `GET /{account}/groups/{id}`.
+pub async fn show(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    group_page(&c, &id, None).await
+}
+
+/// `POST /{account}/groups/{id}/members`: the checked boxes become the
+/// members (the API's `PUT /groups/{id}/members`).
+pub async fn set_members(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let form = Form::parse(&body);
+    c.check_csrf(&headers, &form)?;
+    let chosen: Vec<String> = url::form_urlencoded::parse(&body)
+        .filter(|(k, _)| k == "member")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let saved = match input::<api::groups::Members>(json!({"actor_ids": chosen})) {
+        Ok(members) => {
+            answer(
+                api::groups::set_members(
+                    State(c.state.clone()),
+                    c.admin,
+                    Path(id.clone()),
+                    Json(members),
+                )
+                .await,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    match saved {
+        Ok(_) => Ok(see_other(&c.href(&format!("/groups/{id}")))),
+        Err(error) => group_page(&c, &id, Some(&error)).await,
+    }
+}
+
+/// `GET /{account}/groups/{id}/delete`: what goes with it.
+pub async fn confirm_delete(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let group = answer(api::groups::get(State(c.state.clone()), c.admin, Path(id.clone())).await)
+        .await
+        .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such group."))?;
+    let policies = data(api::policies::list(State(c.state.clone()), c.admin).await).await?;
+    let granting = policies
+        .iter()
+        .filter(|p| text(p, "group_id") == id)
+        .count();
+    let body = html! {
+        p { "Deleting " b { (text(&group, "name")) } " also deletes the " (granting) " policy(ies) naming it; its members lose what only those granted, at once." }
+        form method="post" action=(c.href(&format!("/groups/{id}/delete"))) {
+            (c.csrf_field())
+            button.danger type="submit" { "Delete the group" }
+        }
+        p { a href=(c.href(&format!("/groups/{id}"))) { "Keep it" } }
+    };
+    Ok(c.page(StatusCode::OK, "Delete a group", Section::Groups, body))
+}
+
+/// `POST /{account}/groups/{id}/delete`.
+pub async fn delete(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    c.check_csrf(&headers, &Form::parse(&body))?;
+    answer(api::groups::remove(State(c.state.clone()), c.admin, Path(id)).await)
+        .await
+        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    Ok(see_other(&c.href("/groups")))
+}

@@ -1,0 +1,350 @@
+//! The admin console (issue 17, SPEC F26): pages rendered on the server
+//! with maud (which escapes every value it is given) and htmx for the live
+//! parts, served by the portal itself: no Node build, no inline script, a
+//! strict CSP. Every form works without JavaScript and carries the CSRF
+//! token of the sign-in pages.
+//!
+//! The console is a client of the REST API's own handlers: a form becomes
+//! the API's input type (so the same rules check it) and is handed to the
+//! same handler as the signed-in admin, so a change from the console is
+//! validated, audited and reaches connected clients exactly as an API call
+//! does, and read-only rules (what a directory owns) hold here too.
+
+pub mod groups;
+pub mod overview;
+pub mod policies;
+pub mod resources;
+pub mod sites;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+use crate::api::Admin;
+use crate::api::problem::ApiResult;
+use crate::domain::{Account, Actor};
+use crate::state::AppState;
+use crate::web::{WebError, WebResult, cookies, csrf_token, see_other, with_csrf};
+
+/// The signed-in admin's console for a handler, or the handler answers
+/// with the sign-in redirect.
+macro_rules! signed_in {
+    ($state:expr, $slug:expr, $headers:expr) => {
+        match $crate::console::Console::of(&$state.0, &$slug, &$headers).await? {
+            Ok(console) => console,
+            Err(elsewhere) => return Ok(elsewhere),
+        }
+    };
+}
+pub(crate) use signed_in;
+
+/// The console's routes (its overview is `/{account}/`, in `web`).
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/_assets/console.css", get(css))
+        .route("/_assets/htmx.min.js", get(htmx))
+        .route("/{account}/sites", get(sites::list).post(sites::create))
+        .route("/{account}/sites/{id}", get(sites::show))
+        .route("/{account}/sites/{id}/gateways", get(sites::gateways))
+        .route(
+            "/{account}/sites/{id}/gateway_token",
+            axum::routing::post(sites::gateway_token),
+        )
+        .route(
+            "/{account}/sites/{id}/delete",
+            get(sites::confirm_delete).post(sites::delete),
+        )
+        .route(
+            "/{account}/resources",
+            get(resources::list).post(resources::create),
+        )
+        .route(
+            "/{account}/resources/{id}/delete",
+            get(resources::confirm_delete).post(resources::delete),
+        )
+        .route("/{account}/groups", get(groups::list).post(groups::create))
+        .route("/{account}/groups/{id}", get(groups::show))
+        .route(
+            "/{account}/groups/{id}/members",
+            axum::routing::post(groups::set_members),
+        )
+        .route(
+            "/{account}/groups/{id}/delete",
+            get(groups::confirm_delete).post(groups::delete),
+        )
+        .route(
+            "/{account}/policies",
+            get(policies::list).post(policies::create),
+        )
+        .route(
+            "/{account}/policies/{id}/delete",
+            axum::routing::post(policies::delete),
+        )
+}
+
+const CSS: &str = include_str!("assets/console.css");
+/// htmx 2.0.11 (BSD Zero Clause, `assets/htmx.LICENSE`), vendored as
+/// published on npm: the console needs no build step.
+const HTMX: &str = include_str!("assets/htmx.min.js");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+async fn htmx() -> Response {
+    asset("text/javascript; charset=utf-8", HTMX)
+}
+
+/// The console's sections, for the navigation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Overview,
+    Sites,
+    Resources,
+    Groups,
+    Policies,
+}
+
+const SECTIONS: [(Section, &str, &str); 5] = [
+    (Section::Overview, "Overview", "/"),
+    (Section::Sites, "Sites", "/sites"),
+    (Section::Resources, "Resources", "/resources"),
+    (Section::Groups, "Groups", "/groups"),
+    (Section::Policies, "Policies", "/policies"),
+];
+
+/// A request of the signed-in admin of the account its path names.
+pub struct Console {
+    pub state: Arc<AppState>,
+    pub account: Account,
+    pub actor: Actor,
+    /// The admin as the API handlers take it (the web session's token).
+    pub admin: Admin,
+    pub csrf: String,
+    fresh_csrf: bool,
+}
+
+impl Console {
+    /// The console for this request, or the answer to give instead: the
+    /// sign-in page for someone not signed in as an admin of the account.
+    pub async fn of(
+        state: &Arc<AppState>,
+        slug: &str,
+        headers: &HeaderMap,
+    ) -> WebResult<Result<Console, Response>> {
+        let account = crate::web::account(state, slug).await?;
+        let Some((actor, token_id)) =
+            crate::web::session::web_admin(state, &account, headers).await?
+        else {
+            return Ok(Err(see_other(&format!("/{}/sign_in", account.slug))));
+        };
+        let (csrf, fresh_csrf) = csrf_token(headers)?;
+        Ok(Ok(Console {
+            state: Arc::clone(state),
+            admin: Admin {
+                account_id: account.id,
+                actor_id: actor.id,
+                token_id,
+            },
+            account,
+            actor,
+            csrf,
+            fresh_csrf,
+        }))
+    }
+
+    /// A path of this account's console.
+    pub fn href(&self, path: &str) -> String {
+        format!("/{}{path}", self.account.slug)
+    }
+
+    /// Refuses a form without this browser's CSRF token.
+    pub fn check_csrf(&self, headers: &HeaderMap, form: &Form) -> WebResult<()> {
+        if cookies::csrf_ok(headers, form.get("csrf")) {
+            Ok(())
+        } else {
+            Err(WebError::forbidden(
+                "The form expired or did not come from this console; reload the page and try again.",
+            ))
+        }
+    }
+
+    /// The hidden CSRF field every form carries.
+    pub fn csrf_field(&self) -> Markup {
+        html! { input type="hidden" name="csrf" value=(self.csrf); }
+    }
+
+    /// A whole page: the navigation, `body`, the console's headers.
+    pub fn page(
+        &self,
+        status: StatusCode,
+        title: &str,
+        section: Section,
+        body: Markup,
+    ) -> Response {
+        let markup = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    // htmx would add an inline style, which the CSP refuses.
+                    meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
+                    title { (title) " - Postern" }
+                    link rel="stylesheet" href="/_assets/console.css";
+                    script src="/_assets/htmx.min.js" defer {}
+                }
+                body {
+                    nav.side aria-label="Console" {
+                        p.brand { "Postern" }
+                        p.account { (self.account.name) }
+                        ul {
+                            @for (item, label, path) in SECTIONS {
+                                li {
+                                    @if item == section {
+                                        a href=(self.href(path)) aria-current="page" { (label) }
+                                    } @else {
+                                        a href=(self.href(path)) { (label) }
+                                    }
+                                }
+                            }
+                        }
+                        form method="post" action=(self.href("/sign_out")) {
+                            (self.csrf_field())
+                            p.muted { (self.actor.name) }
+                            button.secondary type="submit" { "Sign out" }
+                        }
+                    }
+                    main id="main" {
+                        h1 { (title) }
+                        (body)
+                    }
+                }
+            }
+        };
+        let response = respond(status, markup);
+        with_csrf(
+            &self.state,
+            &self.account.slug,
+            &self.csrf,
+            self.fresh_csrf,
+            response,
+        )
+    }
+
+    /// A piece of a page (an htmx swap), with the same headers.
+    pub fn fragment(&self, markup: Markup) -> Response {
+        respond(StatusCode::OK, markup)
+    }
+}
+
+/// Console answers are never framed, cached or allowed any script but the
+/// console's own.
+fn respond(status: StatusCode, markup: Markup) -> Response {
+    let mut response = (status, Html(markup.into_string())).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A submitted form's fields (the last value of each name).
+pub struct Form(std::collections::HashMap<String, String>);
+
+impl Form {
+    pub fn parse(body: &Bytes) -> Form {
+        Form(
+            url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> &str {
+        self.0.get(name).map(String::as_str).unwrap_or_default()
+    }
+}
+
+/// What an API handler answered: its JSON, or the problem's words (with
+/// the field at fault) to show next to the form.
+pub async fn answer<R: IntoResponse>(result: ApiResult<R>) -> Result<Value, String> {
+    let response = match result {
+        Ok(ok) => ok.into_response(),
+        Err(problem) => problem.into_response(),
+    };
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 16 << 20)
+        .await
+        .map_err(|e| e.to_string())?;
+    let value: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| e.to_string())?
+    };
+    if status.is_success() {
+        return Ok(value);
+    }
+    let detail = value["detail"].as_str().unwrap_or("the request failed");
+    Err(match value["field"].as_str() {
+        Some(field) => format!("{field}: {detail}"),
+        None => detail.to_string(),
+    })
+}
+
+/// The `data` list of an API list answer.
+pub async fn data<R: IntoResponse>(result: ApiResult<R>) -> WebResult<Vec<Value>> {
+    let value = answer(result).await.map_err(WebError::internal)?;
+    Ok(value["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// An API input type from form fields, checked by its own rules.
+pub fn input<T: serde::de::DeserializeOwned>(fields: Value) -> Result<T, String> {
+    serde_json::from_value(fields).map_err(|e| e.to_string())
+}
+
+/// The error box over a form.
+pub fn error_box(error: Option<&str>) -> Markup {
+    html! {
+        @if let Some(error) = error {
+            p.error role="alert" { (error) }
+        }
+    }
+}
+
+/// RFC 3339 to the second, for tables.
+pub fn when(value: &Value) -> String {
+    value
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "never".into())
+}
+
+/// A string field of an API object ("" when absent).
+pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or_default()
+}

@@ -1,0 +1,257 @@
+//! Resources: every type (a prefix, an address, a DNS pattern, the
+//! internet), their filters and address description, the policies that
+//! reach each one, and deletion that names those policies first.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::html;
+use serde_json::{Value, json};
+
+use super::{Console, Form, Section, answer, data, error_box, input, signed_in, text};
+use crate::api::{self, body::Json};
+use crate::web::{Shared, WebError, WebResult, see_other};
+
+/// `tcp/22, tcp/8000-8080, udp, icmp` as the API's filters; empty: all
+/// traffic.
+fn filters(text: &str) -> Result<Value, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (protocol, ports) = match part.split_once('/') {
+            Some((protocol, ports)) => (protocol.trim(), Some(ports.trim())),
+            None => (part, None),
+        };
+        let protocol = protocol.to_ascii_lowercase();
+        if !matches!(protocol.as_str(), "tcp" | "udp" | "icmp") {
+            return Err(format!(
+                "filters: {part:?}: write tcp/PORTS, udp/PORTS or icmp, separated by commas"
+            ));
+        }
+        out.push(json!({"protocol": protocol, "ports": ports}));
+    }
+    Ok(Value::Array(out))
+}
+
+fn filters_text(resource: &Value) -> String {
+    let list: Vec<String> = resource["filters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| match f["ports"].as_str() {
+            Some(ports) => format!("{}/{ports}", text(f, "protocol")),
+            None => text(f, "protocol").to_string(),
+        })
+        .collect();
+    if list.is_empty() {
+        "all traffic".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// What the form held, to show it again after a refusal.
+#[derive(Default)]
+struct Draft {
+    name: String,
+    kind: String,
+    address: String,
+    site_id: String,
+    filters: String,
+    description: String,
+}
+
+async fn page(c: &Console, error: Option<&str>, draft: &Draft) -> WebResult<Response> {
+    let state = || State(c.state.clone());
+    let resources = data(api::resources::list(state(), c.admin).await).await?;
+    let sites = data(api::sites::list(state(), c.admin).await).await?;
+    let policies = data(api::policies::list(state(), c.admin).await).await?;
+    let groups = data(api::groups::list(state(), c.admin).await).await?;
+    let name_of = |list: &[Value], id: &str| {
+        list.iter()
+            .find(|x| text(x, "id") == id)
+            .map(|x| text(x, "name").to_string())
+            .unwrap_or_default()
+    };
+    let body = html! {
+        @if resources.is_empty() {
+            p.muted { "No resources yet." }
+        } @else {
+            table {
+                thead { tr { th { "Name" } th { "Type" } th { "Address" } th { "Site" } th { "Traffic" } th { "Reached by" } th {} } }
+                tbody {
+                    @for r in &resources {
+                        @let id = text(r, "id");
+                        @let reaching: Vec<String> = policies.iter().filter(|p| text(p, "resource_id") == id).map(|p| name_of(&groups, text(p, "group_id"))).collect();
+                        tr {
+                            td { (text(r, "name")) @if let Some(d) = r["address_description"].as_str() { br; span.muted { (d) } } }
+                            td { (text(r, "type")) }
+                            td { code { (r["address"].as_str().unwrap_or("everything")) } }
+                            td { (name_of(&sites, text(r, "site_id"))) }
+                            td { (filters_text(r)) }
+                            td { @if reaching.is_empty() { span.muted { "no policy" } } @else { (reaching.join(", ")) } }
+                            td { a href=(c.href(&format!("/resources/{id}/delete"))) { "Delete…" } }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Add a resource" }
+        @if sites.is_empty() {
+            p { "Add a " a href=(c.href("/sites")) { "site" } " first: a resource is reached through a site's gateways." }
+        } @else {
+            (error_box(error))
+            form method="post" action=(c.href("/resources")) {
+                (c.csrf_field())
+                label for="r-name" { "Name" }
+                input #r-name type="text" name="name" value=(draft.name) required maxlength="255";
+                label for="r-type" { "Type" }
+                select #r-type name="type" {
+                    @for (value, label) in [("cidr", "A network (CIDR)"), ("ip", "One address"), ("dns", "A DNS name or pattern"), ("internet", "The internet (full tunnel)")] {
+                        option value=(value) selected[draft.kind == value] { (label) }
+                    }
+                }
+                label for="r-address" { "Address" }
+                input #r-address type="text" name="address" value=(draft.address) placeholder="10.0.1.0/24, 10.0.1.80 or *.corp.example";
+                label for="r-site" { "Site" }
+                select #r-site name="site_id" {
+                    @for site in &sites {
+                        option value=(text(site, "id")) selected[draft.site_id == text(site, "id")] { (text(site, "name")) }
+                    }
+                }
+                label for="r-filters" { "Traffic allowed (empty: all)" }
+                input #r-filters type="text" name="filters" value=(draft.filters) placeholder="tcp/443, tcp/8000-8080, icmp";
+                label for="r-description" { "Address description shown to users" }
+                input #r-description type="text" name="address_description" value=(draft.description);
+                div { button type="submit" { "Add the resource" } }
+            }
+        }
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(c.page(status, "Resources", Section::Resources, body))
+}
+
+/// `GET /{account}/resources`.
+pub async fn list(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    page(&c, None, &Draft::default()).await
+}
+
+/// `POST /{account}/resources`.
+pub async fn create(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let form = Form::parse(&body);
+    c.check_csrf(&headers, &form)?;
+    let draft = Draft {
+        name: form.get("name").into(),
+        kind: form.get("type").into(),
+        address: form.get("address").into(),
+        site_id: form.get("site_id").into(),
+        filters: form.get("filters").into(),
+        description: form.get("address_description").into(),
+    };
+    let fields = filters(&draft.filters).map(|filters| {
+        let mut fields = json!({
+            "name": draft.name, "type": draft.kind, "site_id": draft.site_id, "filters": filters,
+        });
+        if draft.kind != "internet" {
+            fields["address"] = json!(draft.address);
+        }
+        if !draft.description.trim().is_empty() {
+            fields["address_description"] = json!(draft.description);
+        }
+        fields
+    });
+    let created = match fields.and_then(input::<api::resources::ResourceInput>) {
+        Ok(resource) => {
+            answer(api::resources::create(State(c.state.clone()), c.admin, Json(resource)).await)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    match created {
+        Ok(_) => Ok(see_other(&c.href("/resources"))),
+        Err(error) => page(&c, Some(&error), &draft).await,
+    }
+}
+
+/// `GET /{account}/resources/{id}/delete`: what goes with it.
+pub async fn confirm_delete(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let resource =
+        answer(api::resources::get(State(c.state.clone()), c.admin, Path(id.clone())).await)
+            .await
+            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such resource."))?;
+    let policies = data(api::policies::list(State(c.state.clone()), c.admin).await).await?;
+    let reaching = policies
+        .iter()
+        .filter(|p| text(p, "resource_id") == id)
+        .count();
+    let body = html! {
+        p { "Deleting " b { (text(&resource, "name")) } " also deletes the " (reaching) " policy(ies) that grant it; clients using it lose access at once." }
+        form method="post" action=(c.href(&format!("/resources/{id}/delete"))) {
+            (c.csrf_field())
+            button.danger type="submit" { "Delete the resource" }
+        }
+        p { a href=(c.href("/resources")) { "Keep it" } }
+    };
+    Ok(c.page(
+        StatusCode::OK,
+        "Delete a resource",
+        Section::Resources,
+        body,
+    ))
+}
+
+/// `POST /{account}/resources/{id}/delete`.
+pub async fn delete(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    c.check_csrf(&headers, &Form::parse(&body))?;
+    answer(api::resources::remove(State(c.state.clone()), c.admin, Path(id)).await)
+        .await
+        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    Ok(see_other(&c.href("/resources")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_read_as_people_write_them() {
+        assert_eq!(filters("").unwrap(), json!([]));
+        assert_eq!(
+            filters(" TCP/443, udp/53 ,icmp, tcp").unwrap(),
+            json!([
+                {"protocol": "tcp", "ports": "443"},
+                {"protocol": "udp", "ports": "53"},
+                {"protocol": "icmp", "ports": null},
+                {"protocol": "tcp", "ports": null},
+            ])
+        );
+        assert!(filters("ftp/21").is_err());
+    }
+}

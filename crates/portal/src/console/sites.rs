@@ -1,0 +1,319 @@
+//! Sites: the list, a site with its gateways live (online, version, load,
+//! refreshed every two seconds without a reload), the "deploy a gateway"
+//! panel (a fresh token and the exact commands), deletion that says first
+//! what goes with it.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::{Markup, html};
+use serde_json::{Value, json};
+
+use super::{Console, Form, Section, answer, error_box, input, signed_in, text, when};
+use crate::api::{self, body::Json};
+use crate::web::{Shared, WebError, WebResult, see_other};
+
+type Id = Path<(String, String)>;
+
+/// The sites with their gateways.
+async fn sites_with_gateways(c: &Console) -> WebResult<Vec<(Value, Vec<Value>)>> {
+    let sites = answer(api::sites::list(State(c.state.clone()), c.admin).await)
+        .await
+        .map_err(WebError::internal)?;
+    let mut out = Vec::new();
+    for site in sites["data"].as_array().cloned().unwrap_or_default() {
+        let gateways = gateways_of(c, text(&site, "id")).await?;
+        out.push((site, gateways));
+    }
+    Ok(out)
+}
+
+async fn gateways_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
+    let found =
+        answer(api::sites::gateways(State(c.state.clone()), c.admin, Path(site.to_string())).await)
+            .await
+            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such site."))?;
+    Ok(found["data"].as_array().cloned().unwrap_or_default())
+}
+
+fn list_page(
+    c: &Console,
+    sites: &[(Value, Vec<Value>)],
+    error: Option<&str>,
+    name: &str,
+) -> Response {
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let body = html! {
+        @if sites.is_empty() {
+            p.muted { "No sites yet. A site is a network your gateways can reach: add one, then deploy a gateway in it." }
+        } @else {
+            table {
+                thead { tr { th { "Name" } th { "Gateways online" } th { "Created" } } }
+                tbody {
+                    @for (site, gateways) in sites {
+                        @let online = gateways.iter().filter(|g| g["online"] == json!(true)).count();
+                        tr {
+                            td { a href=(c.href(&format!("/sites/{}", text(site, "id")))) { (text(site, "name")) } }
+                            td {
+                                span class=(if online > 0 { "online" } else { "offline" }) { (online) }
+                                " of " (gateways.len())
+                            }
+                            td { (when(&site["created_at"])) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Add a site" }
+        (error_box(error))
+        form method="post" action=(c.href("/sites")) {
+            (c.csrf_field())
+            label for="site-name" { "Name" }
+            input #site-name type="text" name="name" value=(name) required maxlength="255";
+            div { button type="submit" { "Add the site" } }
+        }
+    };
+    c.page(status, "Sites", Section::Sites, body)
+}
+
+/// `GET /{account}/sites`.
+pub async fn list(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let sites = sites_with_gateways(&c).await?;
+    Ok(list_page(&c, &sites, None, ""))
+}
+
+/// `POST /{account}/sites`: the API's create, then the new site's page.
+pub async fn create(
+    state: Shared,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let form = Form::parse(&body);
+    c.check_csrf(&headers, &form)?;
+    let name = form.get("name");
+    let created = match input::<api::sites::SiteInput>(json!({"name": name})) {
+        Ok(site) => {
+            answer(api::sites::create(State(c.state.clone()), c.admin, Json(site)).await).await
+        }
+        Err(error) => Err(format!("name: {error}")),
+    };
+    match created {
+        Ok(site) => Ok(see_other(&c.href(&format!("/sites/{}", text(&site, "id"))))),
+        Err(error) => {
+            let sites = sites_with_gateways(&c).await?;
+            Ok(list_page(&c, &sites, Some(&error), name))
+        }
+    }
+}
+
+fn gateways_table(gateways: &[Value]) -> Markup {
+    html! {
+        @if gateways.is_empty() {
+            p.muted { "No gateway has connected to this site yet." }
+        } @else {
+            table {
+                thead { tr { th { "Gateway" } th { "State" } th { "Clients served" } th { "Version" } th { "Last seen" } th { "Address" } } }
+                tbody {
+                    @for gateway in gateways {
+                        tr {
+                            td { (text(gateway, "name")) }
+                            td {
+                                @if gateway["online"] == json!(true) {
+                                    span.online { "online" }
+                                } @else {
+                                    span.offline { "offline" }
+                                }
+                            }
+                            td { (gateway["load"].as_u64().unwrap_or(0)) }
+                            td { (gateway["version"].as_str().unwrap_or("unknown")) }
+                            td { (when(&gateway["last_seen_at"])) }
+                            td { (gateway["last_seen_ip"].as_str().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The live part of a site's page: htmx asks again every two seconds.
+fn live_gateways(c: &Console, site: &str, gateways: &[Value]) -> Markup {
+    html! {
+        div #gateways hx-get=(c.href(&format!("/sites/{site}/gateways"))) hx-trigger="every 2s" hx-swap="outerHTML" {
+            (gateways_table(gateways))
+        }
+    }
+}
+
+async fn site(c: &Console, id: &str) -> WebResult<Value> {
+    answer(api::sites::get(State(c.state.clone()), c.admin, Path(id.to_string())).await)
+        .await
+        .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such site."))
+}
+
+/// The site's resources.
+async fn resources_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
+    let all = answer(api::resources::list(State(c.state.clone()), c.admin).await)
+        .await
+        .map_err(WebError::internal)?;
+    Ok(all["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| text(r, "site_id") == site)
+        .collect())
+}
+
+/// `GET /{account}/sites/{id}`.
+pub async fn show(state: Shared, Path((slug, id)): Id, headers: HeaderMap) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let site = site(&c, &id).await?;
+    let gateways = gateways_of(&c, &id).await?;
+    let resources = resources_of(&c, &id).await?;
+    let body = html! {
+        h2 { "Gateways" }
+        (live_gateways(&c, &id, &gateways))
+        h2 { "Deploy a gateway" }
+        p { "A gateway runs next to the site's resources and connects out to the portal; any number of gateways may share one token (each is its own device), and more gateways mean load balancing and failover." }
+        form method="post" action=(c.href(&format!("/sites/{id}/gateway_token"))) {
+            (c.csrf_field())
+            button type="submit" { "Create a gateway token" }
+        }
+        h2 { "Resources" }
+        @if resources.is_empty() {
+            p.muted { "No resources in this site yet." }
+        } @else {
+            table {
+                thead { tr { th { "Name" } th { "Type" } th { "Address" } } }
+                tbody {
+                    @for resource in &resources {
+                        tr {
+                            td { (text(resource, "name")) }
+                            td { (text(resource, "type")) }
+                            td { (resource["address"].as_str().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Delete" }
+        p { a href=(c.href(&format!("/sites/{id}/delete"))) { "Delete this site…" } }
+    };
+    Ok(c.page(StatusCode::OK, text(&site, "name"), Section::Sites, body))
+}
+
+/// `GET /{account}/sites/{id}/gateways`: the live table alone.
+pub async fn gateways(
+    state: Shared,
+    Path((slug, id)): Id,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = match Console::of(&state.0, &slug, &headers).await? {
+        Ok(c) => c,
+        Err(_) => return Err(WebError::new(StatusCode::UNAUTHORIZED, "Signed out.")),
+    };
+    let gateways = gateways_of(&c, &id).await?;
+    Ok(c.fragment(live_gateways(&c, &id, &gateways)))
+}
+
+/// `POST /{account}/sites/{id}/gateway_token`: a new token, shown once,
+/// with the commands that use it.
+pub async fn gateway_token(
+    state: Shared,
+    Path((slug, id)): Id,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    c.check_csrf(&headers, &Form::parse(&body))?;
+    let site = site(&c, &id).await?;
+    let minted = answer(
+        api::sites::create_gateway_token(State(c.state.clone()), c.admin, Path(id.clone())).await,
+    )
+    .await
+    .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    let token = text(&minted, "token");
+    let portal = c
+        .state
+        .external_url
+        .clone()
+        .unwrap_or_else(|| "https://PORTAL".into());
+    let portal = portal.trim_end_matches('/');
+    let body = html! {
+        p.notice { "This token is shown once. Anyone holding it can run a gateway for " b { (text(&site, "name")) } "; keep it like a password." }
+        label for="gateway-token" { "Token" }
+        pre #gateway-token { (token) }
+        h2 { "Run it" }
+        p { "On the gateway host (Linux, as root):" }
+        pre { "install -m 600 /dev/null /etc/postern/gateway.token\n"
+              "printf '%s' '" (token) "' > /etc/postern/gateway.token\n"
+              "postern gateway --portal " (portal) " --token-file /etc/postern/gateway.token" }
+        h2 { "Or as a service (the Debian package)" }
+        p { "In " code { "/etc/postern/gateway.env" } ":" }
+        pre { "POSTERN_PORTAL=" (portal) "\nPOSTERN_TOKEN_FILE=/etc/postern/gateway.token" }
+        pre { "systemctl enable --now postern-gateway" }
+        p { "The gateway appears on " a href=(c.href(&format!("/sites/{id}"))) { "the site's page" } " within seconds of starting, without a reload." }
+    };
+    Ok(c.page(
+        StatusCode::CREATED,
+        "Deploy a gateway",
+        Section::Sites,
+        body,
+    ))
+}
+
+/// `GET /{account}/sites/{id}/delete`: what deleting takes with it.
+pub async fn confirm_delete(
+    state: Shared,
+    Path((slug, id)): Id,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let site = site(&c, &id).await?;
+    let resources = resources_of(&c, &id).await?;
+    let gateways = gateways_of(&c, &id).await?;
+    let body = html! {
+        p { "Deleting " b { (text(&site, "name")) } " also deletes:" }
+        ul {
+            li { (resources.len()) " resource(s) and every policy that grants them" }
+            li { "its gateway tokens: its " (gateways.len()) " gateway(s) can no longer connect" }
+        }
+        @if !resources.is_empty() {
+            p { "Resources: " @for (n, r) in resources.iter().enumerate() { @if n > 0 { ", " } (text(r, "name")) } }
+        }
+        form method="post" action=(c.href(&format!("/sites/{id}/delete"))) {
+            (c.csrf_field())
+            button.danger type="submit" { "Delete the site" }
+        }
+        p { a href=(c.href(&format!("/sites/{id}"))) { "Keep it" } }
+    };
+    Ok(c.page(StatusCode::OK, "Delete a site", Section::Sites, body))
+}
+
+/// `POST /{account}/sites/{id}/delete`.
+pub async fn delete(
+    state: Shared,
+    Path((slug, id)): Id,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    c.check_csrf(&headers, &Form::parse(&body))?;
+    answer(api::sites::remove(State(c.state.clone()), c.admin, Path(id)).await)
+        .await
+        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    Ok(see_other(&c.href("/sites")))
+}
