@@ -134,9 +134,33 @@ async fn an_admin_adds_a_site_deploys_a_gateway_and_sees_it_online() {
     assert!(live.body.contains("class=\"online\""), "{}", live.body);
     assert!(live.body.contains("hx-trigger=\"every 2s\""));
 
-    // Deleting says what goes first, then needs the CSRF token too.
-    let confirm = browser.get(&format!("{base}/acme/sites/{id}/delete")).await;
+    // Deleting says what goes first (whatever the spelling of the id),
+    // then needs the CSRF token too.
+    let confirm = browser
+        .get(&format!("{base}/acme/sites/{}/delete", id.to_uppercase()))
+        .await;
     assert!(confirm.body.contains("1 gateway(s)"), "{}", confirm.body);
+    assert!(confirm.body.contains("0 resource(s)"), "{}", confirm.body);
+    // A form another site's page sent is refused, token or not.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie: String = browser
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let cross = client
+        .post(format!("{base}/acme/sites/{id}/delete"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
     let forged = browser
         .post(&format!("{base}/acme/sites/{id}/delete"), &[])
         .await;
@@ -150,6 +174,19 @@ async fn an_admin_adds_a_site_deploys_a_gateway_and_sees_it_online() {
     assert_eq!(deleted.status, 303);
     let gone = browser.get(&format!("{base}/acme/sites/{id}")).await;
     assert_eq!(gone.status, 404);
+    // The live part of the deleted site's open page stops polling (286).
+    let stopped = browser
+        .get(&format!("{base}/acme/sites/{id}/gateways"))
+        .await;
+    assert_eq!(stopped.status, 286, "{}", stopped.body);
+    // A second click on the deletion is not an error.
+    let again = browser
+        .post(
+            &format!("{base}/acme/sites/{id}/delete"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(again.status, 303);
     drop(gateway);
 }
 
@@ -172,12 +209,20 @@ async fn console_pages_need_an_admin_session_and_allow_no_inline_script() {
         assert_eq!(page.status, 303, "{path}");
         assert_eq!(page.location.as_deref(), Some("/acme/sign_in"));
     }
-    let fragment = stranger
-        .get(&format!(
+    // A live part polled after sign-out sends the page to the sign-in.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let fragment = client
+        .get(format!(
             "{base}/acme/sites/00000000-0000-0000-0000-000000000000/gateways"
         ))
-        .await;
-    assert_eq!(fragment.status, 401);
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fragment.status(), 401);
+    assert_eq!(fragment.headers()["hx-redirect"], "/acme/sign_in");
     // The admin's own session: the page and its headers.
     let cookie: String = browser
         .cookies
@@ -185,10 +230,6 @@ async fn console_pages_need_an_admin_session_and_allow_no_inline_script() {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let page = client
         .get(format!("{base}/acme/sites"))
         .header("cookie", &cookie)

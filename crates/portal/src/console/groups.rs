@@ -9,9 +9,12 @@ use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
-use super::{Console, Form, Section, answer, data, error_box, input, signed_in, text};
+use super::{
+    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, signed_in, text,
+};
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{Shared, WebResult, see_other};
 
 fn origin(group: &Value) -> &'static str {
     match (text(group, "kind"), group["directory_id"].is_null()) {
@@ -22,19 +25,32 @@ fn origin(group: &Value) -> &'static str {
     }
 }
 
-async fn list_page(c: &Console, error: Option<&str>, name: &str) -> WebResult<Response> {
+async fn list_page(c: &Console, refusal: Option<&Refusal>, name: &str) -> WebResult<Response> {
+    let error = refusal.map(|r| r.message.as_str());
+    let mut counts = Vec::new();
     let groups = data(api::groups::list(State(c.state.clone()), c.admin).await).await?;
+    for group in &groups {
+        let members = answer(
+            api::groups::members(
+                State(c.state.clone()),
+                c.admin,
+                Path(text(group, "id").to_string()),
+            )
+            .await,
+        )
+        .await?;
+        counts.push(members["actor_ids"].as_array().map_or(0, Vec::len));
+    }
     let body = html! {
         table {
             thead { tr { th { "Name" } th { "Managed by" } th { "Members" } } }
             tbody {
-                @for group in &groups {
+                @for (group, count) in groups.iter().zip(&counts) {
                     @let id = text(group, "id");
-                    @let members = answer(api::groups::members(State(c.state.clone()), c.admin, Path(id.to_string())).await).await.ok();
                     tr {
                         td { a href=(c.href(&format!("/groups/{id}"))) { (text(group, "name")) } }
                         td { (origin(group)) }
-                        td { (members.as_ref().and_then(|m| m["actor_ids"].as_array()).map_or(0, Vec::len)) }
+                        td { (count) }
                     }
                 }
             }
@@ -48,12 +64,7 @@ async fn list_page(c: &Console, error: Option<&str>, name: &str) -> WebResult<Re
             div { button type="submit" { "Add the group" } }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    Ok(c.page(status, "Groups", Section::Groups, body))
+    Ok(c.page(refused_status(refusal), "Groups", Section::Groups, body))
 }
 
 /// `GET /{account}/groups`.
@@ -81,26 +92,28 @@ pub async fn create(
         Ok(group) => {
             answer(api::groups::create(State(c.state.clone()), c.admin, Json(group)).await).await
         }
-        Err(error) => Err(format!("name: {error}")),
+        Err(error) => Err(Refusal::from(format!("name: {error}"))),
     };
     match created {
         Ok(group) => Ok(see_other(
             &c.href(&format!("/groups/{}", text(&group, "id"))),
         )),
-        Err(error) => list_page(&c, Some(&error), name).await,
+        Err(refusal) => list_page(&c, Some(&refusal), name).await,
     }
 }
 
-async fn group_page(c: &Console, id: &str, error: Option<&str>) -> WebResult<Response> {
-    let group =
-        answer(api::groups::get(State(c.state.clone()), c.admin, Path(id.to_string())).await)
-            .await
-            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such group."))?;
+async fn group_page(c: &Console, id: &str, refusal: Option<&Refusal>) -> WebResult<Response> {
+    let error = refusal.map(|r| r.message.as_str());
+    let group = object(
+        api::groups::get(State(c.state.clone()), c.admin, Path(id.to_string())).await,
+        "group",
+    )
+    .await?;
+    let id = text(&group, "id");
     let members =
         answer(api::groups::members(State(c.state.clone()), c.admin, Path(id.to_string())).await)
-            .await
-            .map_err(WebError::internal)?;
-    let members: Vec<&str> = members["actor_ids"]
+            .await?;
+    let members: std::collections::HashSet<&str> = members["actor_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
@@ -132,12 +145,12 @@ async fn group_page(c: &Console, id: &str, error: Option<&str>) -> WebResult<Res
             p { a href=(c.href(&format!("/groups/{id}/delete"))) { "Delete this group…" } }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
-    };
-    Ok(c.page(status, text(&group, "name"), Section::Groups, body))
+    Ok(c.page(
+        refused_status(refusal),
+        text(&group, "name"),
+        Section::Groups,
+        body,
+    ))
 }
 
 /// `GET /{account}/groups/{id}`.
@@ -178,11 +191,11 @@ pub async fn set_members(
             )
             .await
         }
-        Err(error) => Err(error),
+        Err(error) => Err(Refusal::from(error)),
     };
     match saved {
         Ok(_) => Ok(see_other(&c.href(&format!("/groups/{id}")))),
-        Err(error) => group_page(&c, &id, Some(&error)).await,
+        Err(refusal) => group_page(&c, &id, Some(&refusal)).await,
     }
 }
 
@@ -193,9 +206,12 @@ pub async fn confirm_delete(
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    let group = answer(api::groups::get(State(c.state.clone()), c.admin, Path(id.clone())).await)
-        .await
-        .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such group."))?;
+    let group = object(
+        api::groups::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
+        "group",
+    )
+    .await?;
+    let id = text(&group, "id").to_string();
     let policies = data(api::policies::list(State(c.state.clone()), c.admin).await).await?;
     let granting = policies
         .iter()
@@ -221,8 +237,6 @@ pub async fn delete(
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     c.check_csrf(&headers, &Form::parse(&body))?;
-    answer(api::groups::remove(State(c.state.clone()), c.admin, Path(id)).await)
-        .await
-        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    deleted(api::groups::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/groups")))
 }

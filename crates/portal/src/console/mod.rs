@@ -84,7 +84,7 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route(
             "/{account}/policies/{id}/delete",
-            axum::routing::post(policies::delete),
+            get(policies::confirm_delete).post(policies::delete),
         )
 }
 
@@ -155,6 +155,20 @@ impl Console {
         else {
             return Ok(Err(see_other(&format!("/{}/sign_in", account.slug))));
         };
+        // The API's limit holds for the console's session too.
+        if let Err(wait) = state.api_limiter.check(token_id, std::time::Instant::now()) {
+            let mut slow = WebError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many requests; wait {} s and reload.",
+                    wait.as_secs().max(1)
+                ),
+            )
+            .into_response();
+            slow.headers_mut()
+                .insert("hx-reswap", HeaderValue::from_static("none"));
+            return Ok(Err(slow));
+        }
         let (csrf, fresh_csrf) = csrf_token(headers)?;
         Ok(Ok(Console {
             state: Arc::clone(state),
@@ -175,9 +189,27 @@ impl Console {
         format!("/{}{path}", self.account.slug)
     }
 
-    /// Refuses a form without this browser's CSRF token.
+    /// Refuses a form without this browser's CSRF token, or one another
+    /// site's page sent (the browser says so in `Sec-Fetch-Site` and
+    /// `Origin`; defence in depth over the double-submitted token).
     pub fn check_csrf(&self, headers: &HeaderMap, form: &Form) -> WebResult<()> {
-        if cookies::csrf_ok(headers, form.get("csrf")) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let cross_site =
+            header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
+        let host = header("host").unwrap_or_default();
+        let foreign_origin = header("origin").is_some_and(|origin| {
+            origin != "null"
+                && url::Url::parse(origin)
+                    .ok()
+                    .and_then(|u| {
+                        Some(match u.port() {
+                            Some(port) => format!("{}:{port}", u.host_str()?),
+                            None => u.host_str()?.to_string(),
+                        })
+                    })
+                    .is_none_or(|authority| authority != host)
+        });
+        if !cross_site && !foreign_origin && cookies::csrf_ok(headers, form.get("csrf")) {
             Ok(())
         } else {
             Err(WebError::forbidden(
@@ -289,41 +321,114 @@ impl Form {
     }
 }
 
-/// What an API handler answered: its JSON, or the problem's words (with
-/// the field at fault) to show next to the form.
-pub async fn answer<R: IntoResponse>(result: ApiResult<R>) -> Result<Value, String> {
+/// What an API handler refused, with its status.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Refusal> for WebError {
+    fn from(refusal: Refusal) -> WebError {
+        let status = if refusal.status.is_server_error() {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            refusal.status
+        };
+        WebError::new(status, refusal.message)
+    }
+}
+
+impl From<String> for Refusal {
+    /// A form the API's input type refused before any call: invalid.
+    fn from(message: String) -> Refusal {
+        Refusal {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        }
+    }
+}
+
+/// What an API handler answered: its JSON, or its refusal (the problem's
+/// words with the field at fault, to show next to the form).
+pub async fn answer<R: IntoResponse>(result: ApiResult<R>) -> Result<Value, Refusal> {
     let response = match result {
         Ok(ok) => ok.into_response(),
         Err(problem) => problem.into_response(),
     };
     let status = response.status();
+    let broken = |e: String| Refusal {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: e,
+    };
     let body = axum::body::to_bytes(response.into_body(), 16 << 20)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| broken(e.to_string()))?;
     let value: Value = if body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| e.to_string())?
+        serde_json::from_slice(&body).map_err(|e| broken(e.to_string()))?
     };
     if status.is_success() {
         return Ok(value);
     }
     let detail = value["detail"].as_str().unwrap_or("the request failed");
-    Err(match value["field"].as_str() {
-        Some(field) => format!("{field}: {detail}"),
-        None => detail.to_string(),
+    Err(Refusal {
+        status,
+        message: match value["field"].as_str() {
+            Some(field) => format!("{field}: {detail}"),
+            None => detail.to_string(),
+        },
     })
+}
+
+/// A deletion's answer: done, or already gone (a second click), else the
+/// refusal.
+pub async fn deleted<R: IntoResponse>(result: ApiResult<R>) -> WebResult<()> {
+    match answer(result).await {
+        Ok(_) => Ok(()),
+        Err(refusal) if refusal.status == StatusCode::NOT_FOUND => Ok(()),
+        Err(refusal) => Err(refusal.into()),
+    }
+}
+
+/// An object the page is about: 404 when the API has none, its refusal
+/// otherwise.
+pub async fn object<R: IntoResponse>(result: ApiResult<R>, what: &str) -> WebResult<Value> {
+    answer(result)
+        .await
+        .map_err(|refusal| match refusal.status {
+            StatusCode::NOT_FOUND => {
+                WebError::new(StatusCode::NOT_FOUND, format!("There is no such {what}."))
+            }
+            _ => refusal.into(),
+        })
 }
 
 /// The `data` list of an API list answer.
 pub async fn data<R: IntoResponse>(result: ApiResult<R>) -> WebResult<Vec<Value>> {
-    let value = answer(result).await.map_err(WebError::internal)?;
+    let value = answer(result).await?;
     Ok(value["data"].as_array().cloned().unwrap_or_default())
 }
 
 /// An API input type from form fields, checked by its own rules.
 pub fn input<T: serde::de::DeserializeOwned>(fields: Value) -> Result<T, String> {
     serde_json::from_value(fields).map_err(|e| e.to_string())
+}
+
+/// The status a page showing a refused form answers with.
+pub fn refused_status(error: Option<&Refusal>) -> StatusCode {
+    match error {
+        Some(refusal) if refusal.status.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        None => StatusCode::OK,
+    }
 }
 
 /// The error box over a form.
@@ -342,6 +447,13 @@ pub fn when(value: &Value) -> String {
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "never".into())
+}
+
+/// Names of API objects by id.
+pub fn names(list: &[Value]) -> std::collections::HashMap<&str, &str> {
+    list.iter()
+        .map(|x| (text(x, "id"), text(x, "name")))
+        .collect()
 }
 
 /// A string field of an API object ("" when absent).

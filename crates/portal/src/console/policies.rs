@@ -7,22 +7,25 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::html;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{Console, Form, Section, answer, data, error_box, input, signed_in, text};
+use super::{
+    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, names, object,
+    refused_status, signed_in, text,
+};
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{Shared, WebResult, see_other};
 
-async fn page(c: &Console, error: Option<&str>) -> WebResult<Response> {
+async fn page(c: &Console, refusal: Option<&Refusal>) -> WebResult<Response> {
+    let error = refusal.map(|r| r.message.as_str());
     let state = || State(c.state.clone());
     let policies = data(api::policies::list(state(), c.admin).await).await?;
     let groups = data(api::groups::list(state(), c.admin).await).await?;
     let resources = data(api::resources::list(state(), c.admin).await).await?;
-    let name_of = |list: &[Value], id: &str| {
-        list.iter()
-            .find(|x| text(x, "id") == id)
-            .map(|x| text(x, "name").to_string())
-            .unwrap_or_default()
+    let group_names = names(&groups);
+    let resource_names = names(&resources);
+    let name_of = |names: &std::collections::HashMap<&str, &str>, id: &str| {
+        names.get(id).copied().unwrap_or_default().to_string()
     };
     let body = html! {
         @if policies.is_empty() {
@@ -34,16 +37,13 @@ async fn page(c: &Console, error: Option<&str>) -> WebResult<Response> {
                     @for policy in &policies {
                         @let id = text(policy, "id");
                         tr {
-                            td { (name_of(&groups, text(policy, "group_id"))) }
-                            td { (name_of(&resources, text(policy, "resource_id"))) }
+                            td { (name_of(&group_names, text(policy, "group_id"))) }
+                            td { (name_of(&resource_names, text(policy, "resource_id"))) }
                             td { (policy["conditions"].as_array().map_or(0, Vec::len)) }
                             td { @if policy["disabled"] == json!(true) { span.offline { "disabled" } } @else { span.online { "active" } } }
                             td { (text(policy, "description")) }
-                            td {
-                                form.inline method="post" action=(c.href(&format!("/policies/{id}/delete"))) {
-                                    (c.csrf_field())
-                                    button.danger type="submit" aria-label=(format!("Delete the policy {} to {}", name_of(&groups, text(policy, "group_id")), name_of(&resources, text(policy, "resource_id")))) { "Delete" }
-                                }
+                                                        td {
+                                a href=(c.href(&format!("/policies/{id}/delete"))) aria-label=(format!("Delete the policy {} to {}", name_of(&group_names, text(policy, "group_id")), name_of(&resource_names, text(policy, "resource_id")))) { "Delete…" }
                             }
                         }
                     }
@@ -67,12 +67,7 @@ async fn page(c: &Console, error: Option<&str>) -> WebResult<Response> {
             div { button type="submit" { "Add the policy" } }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    Ok(c.page(status, "Policies", Section::Policies, body))
+    Ok(c.page(refused_status(refusal), "Policies", Section::Policies, body))
 }
 
 /// `GET /{account}/policies`.
@@ -104,12 +99,56 @@ pub async fn create(
         Ok(policy) => {
             answer(api::policies::create(State(c.state.clone()), c.admin, Json(policy)).await).await
         }
-        Err(error) => Err(error),
+        Err(error) => Err(Refusal::from(error)),
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/policies"))),
-        Err(error) => page(&c, Some(&error)).await,
+        Err(refusal) => page(&c, Some(&refusal)).await,
     }
+}
+
+/// `GET /{account}/policies/{id}/delete`: who loses what.
+pub async fn confirm_delete(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let policy = object(
+        api::policies::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
+        "policy",
+    )
+    .await?;
+    let id = text(&policy, "id").to_string();
+    let group = object(
+        api::groups::get(
+            State(c.state.clone()),
+            c.admin,
+            Path(text(&policy, "group_id").into()),
+        )
+        .await,
+        "group",
+    )
+    .await?;
+    let resource = object(
+        api::resources::get(
+            State(c.state.clone()),
+            c.admin,
+            Path(text(&policy, "resource_id").into()),
+        )
+        .await,
+        "resource",
+    )
+    .await?;
+    let body = html! {
+        p { "Members of " b { (text(&group, "name")) } " lose access to " b { (text(&resource, "name")) } " at once, unless another policy grants it; their open connections to it are cut." }
+        form method="post" action=(c.href(&format!("/policies/{id}/delete"))) {
+            (c.csrf_field())
+            button.danger type="submit" { "Delete the policy" }
+        }
+        p { a href=(c.href("/policies")) { "Keep it" } }
+    };
+    Ok(c.page(StatusCode::OK, "Delete a policy", Section::Policies, body))
 }
 
 /// `POST /{account}/policies/{id}/delete`.
@@ -121,8 +160,6 @@ pub async fn delete(
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     c.check_csrf(&headers, &Form::parse(&body))?;
-    answer(api::policies::remove(State(c.state.clone()), c.admin, Path(id)).await)
-        .await
-        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    deleted(api::policies::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/policies")))
 }

@@ -9,9 +9,12 @@ use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
-use super::{Console, Form, Section, answer, data, error_box, input, signed_in, text};
+use super::{
+    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, signed_in, text,
+};
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{Shared, WebResult, see_other};
 
 /// `tcp/22, tcp/8000-8080, udp, icmp` as the API's filters; empty: all
 /// traffic.
@@ -62,18 +65,27 @@ struct Draft {
     description: String,
 }
 
-async fn page(c: &Console, error: Option<&str>, draft: &Draft) -> WebResult<Response> {
+async fn page(c: &Console, refusal: Option<&Refusal>, draft: &Draft) -> WebResult<Response> {
+    let error = refusal.map(|r| r.message.as_str());
     let state = || State(c.state.clone());
     let resources = data(api::resources::list(state(), c.admin).await).await?;
     let sites = data(api::sites::list(state(), c.admin).await).await?;
     let policies = data(api::policies::list(state(), c.admin).await).await?;
     let groups = data(api::groups::list(state(), c.admin).await).await?;
-    let name_of = |list: &[Value], id: &str| {
-        list.iter()
-            .find(|x| text(x, "id") == id)
-            .map(|x| text(x, "name").to_string())
-            .unwrap_or_default()
-    };
+    let sites_by_id = super::names(&sites);
+    let groups_by_id = super::names(&groups);
+    let mut reaching: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for policy in &policies {
+        reaching
+            .entry(text(policy, "resource_id"))
+            .or_default()
+            .push(
+                groups_by_id
+                    .get(text(policy, "group_id"))
+                    .copied()
+                    .unwrap_or_default(),
+            );
+    }
     let body = html! {
         @if resources.is_empty() {
             p.muted { "No resources yet." }
@@ -83,15 +95,15 @@ async fn page(c: &Console, error: Option<&str>, draft: &Draft) -> WebResult<Resp
                 tbody {
                     @for r in &resources {
                         @let id = text(r, "id");
-                        @let reaching: Vec<String> = policies.iter().filter(|p| text(p, "resource_id") == id).map(|p| name_of(&groups, text(p, "group_id"))).collect();
+                        @let reaching = reaching.get(id).cloned().unwrap_or_default();
                         tr {
                             td { (text(r, "name")) @if let Some(d) = r["address_description"].as_str() { br; span.muted { (d) } } }
                             td { (text(r, "type")) }
                             td { code { (r["address"].as_str().unwrap_or("everything")) } }
-                            td { (name_of(&sites, text(r, "site_id"))) }
+                            td { (sites_by_id.get(text(r, "site_id")).copied().unwrap_or_default()) }
                             td { (filters_text(r)) }
                             td { @if reaching.is_empty() { span.muted { "no policy" } } @else { (reaching.join(", ")) } }
-                            td { a href=(c.href(&format!("/resources/{id}/delete"))) { "Delete…" } }
+                            td { a href=(c.href(&format!("/resources/{id}/delete"))) aria-label=(format!("Delete {}", text(r, "name"))) { "Delete…" } }
                         }
                     }
                 }
@@ -128,12 +140,12 @@ async fn page(c: &Console, error: Option<&str>, draft: &Draft) -> WebResult<Resp
             }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    Ok(c.page(status, "Resources", Section::Resources, body))
+    Ok(c.page(
+        refused_status(refusal),
+        "Resources",
+        Section::Resources,
+        body,
+    ))
 }
 
 /// `GET /{account}/resources`.
@@ -181,11 +193,11 @@ pub async fn create(
             answer(api::resources::create(State(c.state.clone()), c.admin, Json(resource)).await)
                 .await
         }
-        Err(error) => Err(error),
+        Err(error) => Err(Refusal::from(error)),
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/resources"))),
-        Err(error) => page(&c, Some(&error), &draft).await,
+        Err(refusal) => page(&c, Some(&refusal), &draft).await,
     }
 }
 
@@ -196,10 +208,13 @@ pub async fn confirm_delete(
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    let resource =
-        answer(api::resources::get(State(c.state.clone()), c.admin, Path(id.clone())).await)
-            .await
-            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such resource."))?;
+    let resource = object(
+        api::resources::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
+        "resource",
+    )
+    .await?;
+    // The id as the API spells it (the path may hold another spelling).
+    let id = text(&resource, "id").to_string();
     let policies = data(api::policies::list(State(c.state.clone()), c.admin).await).await?;
     let reaching = policies
         .iter()
@@ -230,9 +245,7 @@ pub async fn delete(
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     c.check_csrf(&headers, &Form::parse(&body))?;
-    answer(api::resources::remove(State(c.state.clone()), c.admin, Path(id)).await)
-        .await
-        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    deleted(api::resources::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/resources")))
 }
 

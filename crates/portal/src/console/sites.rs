@@ -6,48 +6,69 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
-use super::{Console, Form, Section, answer, error_box, input, signed_in, text, when};
+use super::{
+    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, signed_in, text, when,
+};
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{Shared, WebResult, see_other};
 
 type Id = Path<(String, String)>;
 
-/// The sites with their gateways.
-async fn sites_with_gateways(c: &Console) -> WebResult<Vec<(Value, Vec<Value>)>> {
-    let sites = answer(api::sites::list(State(c.state.clone()), c.admin).await)
-        .await
-        .map_err(WebError::internal)?;
-    let mut out = Vec::new();
-    for site in sites["data"].as_array().cloned().unwrap_or_default() {
-        let gateways = gateways_of(c, text(&site, "id")).await?;
-        out.push((site, gateways));
+/// The sites with how many of their gateways are online and how many
+/// they have: one query for every gateway of the account.
+async fn sites_with_gateways(c: &Console) -> WebResult<Vec<(Value, usize, usize)>> {
+    let sites = data(api::sites::list(State(c.state.clone()), c.admin).await).await?;
+    let mut tx = c.state.store.read().await?;
+    let gateways = crate::store::devices::list(
+        &mut tx,
+        c.account.id,
+        crate::domain::DeviceKind::Gateway,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    let mut per_site: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    for gateway in &gateways {
+        let Some(site) = gateway.site_id else {
+            continue;
+        };
+        let entry = per_site.entry(site.to_string()).or_default();
+        entry.1 += 1;
+        if c.state.gateway_presence(gateway.id).0 {
+            entry.0 += 1;
+        }
     }
-    Ok(out)
+    Ok(sites
+        .into_iter()
+        .map(|site| {
+            let (online, all) = per_site.get(text(&site, "id")).copied().unwrap_or_default();
+            (site, online, all)
+        })
+        .collect())
 }
 
 async fn gateways_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
-    let found =
-        answer(api::sites::gateways(State(c.state.clone()), c.admin, Path(site.to_string())).await)
-            .await
-            .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such site."))?;
+    let found = object(
+        api::sites::gateways(State(c.state.clone()), c.admin, Path(site.to_string())).await,
+        "site",
+    )
+    .await?;
     Ok(found["data"].as_array().cloned().unwrap_or_default())
 }
 
 fn list_page(
     c: &Console,
-    sites: &[(Value, Vec<Value>)],
-    error: Option<&str>,
+    sites: &[(Value, usize, usize)],
+    error: Option<&Refusal>,
     name: &str,
 ) -> Response {
-    let status = if error.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let status = refused_status(error);
+    let error = error.map(|e| e.message.as_str());
     let body = html! {
         @if sites.is_empty() {
             p.muted { "No sites yet. A site is a network your gateways can reach: add one, then deploy a gateway in it." }
@@ -55,13 +76,12 @@ fn list_page(
             table {
                 thead { tr { th { "Name" } th { "Gateways online" } th { "Created" } } }
                 tbody {
-                    @for (site, gateways) in sites {
-                        @let online = gateways.iter().filter(|g| g["online"] == json!(true)).count();
+                    @for (site, online, all) in sites {
                         tr {
                             td { a href=(c.href(&format!("/sites/{}", text(site, "id")))) { (text(site, "name")) } }
                             td {
-                                span class=(if online > 0 { "online" } else { "offline" }) { (online) }
-                                " of " (gateways.len())
+                                span class=(if *online > 0 { "online" } else { "offline" }) { (online) }
+                                " of " (all)
                             }
                             td { (when(&site["created_at"])) }
                         }
@@ -107,7 +127,7 @@ pub async fn create(
         Ok(site) => {
             answer(api::sites::create(State(c.state.clone()), c.admin, Json(site)).await).await
         }
-        Err(error) => Err(format!("name: {error}")),
+        Err(error) => Err(Refusal::from(format!("name: {error}"))),
     };
     match created {
         Ok(site) => Ok(see_other(&c.href(&format!("/sites/{}", text(&site, "id"))))),
@@ -158,20 +178,17 @@ fn live_gateways(c: &Console, site: &str, gateways: &[Value]) -> Markup {
 }
 
 async fn site(c: &Console, id: &str) -> WebResult<Value> {
-    answer(api::sites::get(State(c.state.clone()), c.admin, Path(id.to_string())).await)
-        .await
-        .map_err(|_| WebError::new(StatusCode::NOT_FOUND, "There is no such site."))
+    object(
+        api::sites::get(State(c.state.clone()), c.admin, Path(id.to_string())).await,
+        "site",
+    )
+    .await
 }
 
 /// The site's resources.
 async fn resources_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
-    let all = answer(api::resources::list(State(c.state.clone()), c.admin).await)
-        .await
-        .map_err(WebError::internal)?;
-    Ok(all["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let all = data(api::resources::list(State(c.state.clone()), c.admin).await).await?;
+    Ok(all
         .into_iter()
         .filter(|r| text(r, "site_id") == site)
         .collect())
@@ -181,6 +198,8 @@ async fn resources_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
 pub async fn show(state: Shared, Path((slug, id)): Id, headers: HeaderMap) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     let site = site(&c, &id).await?;
+    // The id as the API spells it (the path may hold another spelling).
+    let id = text(&site, "id").to_string();
     let gateways = gateways_of(&c, &id).await?;
     let resources = resources_of(&c, &id).await?;
     let body = html! {
@@ -221,12 +240,31 @@ pub async fn gateways(
     Path((slug, id)): Id,
     headers: HeaderMap,
 ) -> WebResult<Response> {
+    // htmx swaps no error answer: a signed-out session is sent to the
+    // sign-in page (`HX-Redirect`), a deleted site stops the polling (286).
     let c = match Console::of(&state.0, &slug, &headers).await? {
         Ok(c) => c,
-        Err(_) => return Err(WebError::new(StatusCode::UNAUTHORIZED, "Signed out.")),
+        Err(elsewhere) => {
+            if elsewhere.status() == StatusCode::TOO_MANY_REQUESTS {
+                return Ok(elsewhere);
+            }
+            let mut signed_out = StatusCode::UNAUTHORIZED.into_response();
+            if let Ok(to) = axum::http::HeaderValue::from_str(&format!("/{slug}/sign_in")) {
+                signed_out.headers_mut().insert("hx-redirect", to);
+            }
+            return Ok(signed_out);
+        }
     };
-    let gateways = gateways_of(&c, &id).await?;
-    Ok(c.fragment(live_gateways(&c, &id, &gateways)))
+    match gateways_of(&c, &id).await {
+        Ok(gateways) => Ok(c.fragment(live_gateways(&c, &id, &gateways))),
+        Err(error) if error.status == StatusCode::NOT_FOUND => {
+            let mut gone =
+                c.fragment(html! { div #gateways { p.error { "This site was deleted." } } });
+            *gone.status_mut() = StatusCode::from_u16(286).unwrap_or(StatusCode::OK);
+            Ok(gone)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// `POST /{account}/sites/{id}/gateway_token`: a new token, shown once,
@@ -240,11 +278,11 @@ pub async fn gateway_token(
     let c = signed_in!(state, slug, headers);
     c.check_csrf(&headers, &Form::parse(&body))?;
     let site = site(&c, &id).await?;
+    let id = text(&site, "id").to_string();
     let minted = answer(
         api::sites::create_gateway_token(State(c.state.clone()), c.admin, Path(id.clone())).await,
     )
-    .await
-    .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    .await?;
     let token = text(&minted, "token");
     let portal = c
         .state
@@ -258,7 +296,8 @@ pub async fn gateway_token(
         pre #gateway-token { (token) }
         h2 { "Run it" }
         p { "On the gateway host (Linux, as root):" }
-        pre { "install -m 600 /dev/null /etc/postern/gateway.token\n"
+        pre { "install -d -m 700 /etc/postern\n"
+              "install -m 600 /dev/null /etc/postern/gateway.token\n"
               "printf '%s' '" (token) "' > /etc/postern/gateway.token\n"
               "postern gateway --portal " (portal) " --token-file /etc/postern/gateway.token" }
         h2 { "Or as a service (the Debian package)" }
@@ -283,12 +322,22 @@ pub async fn confirm_delete(
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     let site = site(&c, &id).await?;
+    let id = text(&site, "id").to_string();
     let resources = resources_of(&c, &id).await?;
     let gateways = gateways_of(&c, &id).await?;
+    let policies = data(api::policies::list(State(c.state.clone()), c.admin).await).await?;
+    let granting = policies
+        .iter()
+        .filter(|p| {
+            resources
+                .iter()
+                .any(|r| text(r, "id") == text(p, "resource_id"))
+        })
+        .count();
     let body = html! {
         p { "Deleting " b { (text(&site, "name")) } " also deletes:" }
         ul {
-            li { (resources.len()) " resource(s) and every policy that grants them" }
+            li { (resources.len()) " resource(s) and the " (granting) " policy(ies) that grant them" }
             li { "its gateway tokens: its " (gateways.len()) " gateway(s) can no longer connect" }
         }
         @if !resources.is_empty() {
@@ -312,8 +361,6 @@ pub async fn delete(
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
     c.check_csrf(&headers, &Form::parse(&body))?;
-    answer(api::sites::remove(State(c.state.clone()), c.admin, Path(id)).await)
-        .await
-        .map_err(|e| WebError::new(StatusCode::CONFLICT, e))?;
+    deleted(api::sites::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/sites")))
 }
