@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,9 +32,6 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -43,9 +39,6 @@ impl Drop for Driver {
 }
 
 async fn browser() -> (Driver, Client) {
-    // fantoccini's HTTP client asks rustls for the process's provider
-    // (it only speaks plain HTTP to chromedriver here).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(
             std::path::Path::new(tool).exists(),
@@ -59,10 +52,7 @@ async fn browser() -> (Driver, Client) {
         .port();
     let profile =
         std::env::temp_dir().join(format!("postern-chromium-{}-{port}", std::process::id()));
-    // Its own process group: Chromium, its child, goes with it at drop
-    // even when the test panics before closing the session.
     let child = Command::new("/usr/bin/chromedriver")
-        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -93,8 +83,8 @@ async fn browser() -> (Driver, Client) {
             ],
         }),
     );
-    let client = ClientBuilder::rustls()
-        .unwrap()
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
         .capabilities(capabilities)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
