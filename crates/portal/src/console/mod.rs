@@ -260,7 +260,10 @@ impl Console {
                         }
                         form method="post" action=(self.href("/sign_out")) {
                             (self.csrf_field())
-                            p.muted { (self.actor.name) }
+                            p.muted {
+                                (self.actor.name)
+                                @if let Some(email) = &self.actor.email { br; (email) }
+                            }
                             button.secondary type="submit" { "Sign out" }
                         }
                     }
