@@ -23,9 +23,9 @@ use crate::state::AppState;
 use crate::store::directories::{self, EntryKind};
 use crate::store::{Conn, accounts};
 
-/// Shortest and longest time between two LDAP syncs.
-pub const MIN_INTERVAL_SECS: u64 = 60;
-pub const MAX_INTERVAL_SECS: u64 = 86_400;
+use super::fields::{
+    MAX_SYNC_INTERVAL_SECS as MAX_INTERVAL_SECS, MIN_SYNC_INTERVAL_SECS as MIN_INTERVAL_SECS,
+};
 
 /// A new directory: `{"type": "scim", "name"}` or the LDAP connection.
 #[derive(Deserialize)]
@@ -50,6 +50,18 @@ pub struct LdapInput {
     #[serde(default)]
     pub starttls: bool,
     pub ca_certificate: Option<CaCertificate>,
+}
+
+impl utoipa::PartialSchema for DirectoryInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::RefOr::T(super::schemas::directory_input())
+    }
+}
+
+impl utoipa::ToSchema for DirectoryInput {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("DirectoryInput")
+    }
 }
 
 /// PEM certificates (trimmed).

@@ -32,6 +32,9 @@ pub const MAX_SESSION_SECS: i64 = 365 * 24 * 3600;
 pub const MAX_CONDITIONS: usize = 32;
 /// Filters travel in every authorization; keep them a list, not a novel.
 pub const MAX_FILTERS: usize = 32;
+/// Shortest and longest time between two syncs of an LDAP directory.
+pub const MIN_SYNC_INTERVAL_SECS: u64 = 60;
+pub const MAX_SYNC_INTERVAL_SECS: u64 = 86_400;
 
 /// How a field's text is checked and kept.
 pub struct Rule {

@@ -322,8 +322,8 @@ pub fn ldap_url_or_null() -> Schema {
 fn interval_value() -> Value {
     json!({
         "type": ["integer", "null"],
-        "minimum": super::directories::MIN_INTERVAL_SECS,
-        "maximum": super::directories::MAX_INTERVAL_SECS,
+        "minimum": super::fields::MIN_SYNC_INTERVAL_SECS,
+        "maximum": super::fields::MAX_SYNC_INTERVAL_SECS,
         "description": "Seconds between two syncs (default 300); none: the default on create, unchanged on a patch.",
     })
 }
@@ -353,20 +353,8 @@ pub fn ldap_filter_or_empty() -> Schema {
     ], "description": "An LDAP search filter; an empty string goes back to the default."}))
 }
 
-impl utoipa::PartialSchema for super::directories::DirectoryInput {
-    fn schema() -> RefOr<Schema> {
-        RefOr::T(directory_input())
-    }
-}
-
-impl utoipa::ToSchema for super::directories::DirectoryInput {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("DirectoryInput")
-    }
-}
-
 /// `{"type": "scim", "name"}` or an LDAP connection.
-fn directory_input() -> Schema {
+pub fn directory_input() -> Schema {
     let name = rule_value(&NAME, "A display name, unique in the account.");
     let filter = |what: &str| {
         nullable(rule_value(

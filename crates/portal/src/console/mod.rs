@@ -44,9 +44,10 @@ macro_rules! signed_in {
 }
 pub(crate) use signed_in;
 
-/// The console's routes (its overview is `/{account}/`, in `web`).
+/// The console's routes, its overview at `/{account}/`.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/{account}/", get(overview::show))
         .route("/_assets/console.css", get(css))
         .route("/_assets/htmx.min.js", get(htmx))
         .route("/{account}/sites", get(sites::list).post(sites::create))

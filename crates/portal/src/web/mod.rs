@@ -33,7 +33,6 @@ pub type Shared = State<Arc<AppState>>;
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/{account}", get(add_slash))
-        .route("/{account}/", get(crate::console::overview::show))
         .route("/{account}/sign_in", get(sign_in_page))
         .route("/{account}/sign_in/email", post(email::request_code))
         .route("/{account}/sign_in/email/verify", post(email::verify))
