@@ -255,7 +255,7 @@ fn valid_interval(value: Option<i64>) -> ApiResult<Option<u64>> {
 }
 
 fn valid_ca(value: Option<&CaCertificate>) -> ApiResult<Option<String>> {
-    let too_long = value.is_some_and(|c| c.0.chars().count() > 65_536);
+    let too_long = value.is_some_and(|c| c.0.chars().count() > super::fields::MAX_PEM_CHARS);
     let Some(pem) = value.map(|c| c.0.trim()).filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
@@ -266,7 +266,7 @@ fn valid_ca(value: Option<&CaCertificate>) -> ApiResult<Option<String>> {
         Ok(certs) if !certs.is_empty() && !too_long => Ok(Some(pem.to_string())),
         _ => Err(Problem::invalid(
             "ca_certificate",
-            "must hold PEM certificates (-----BEGIN CERTIFICATE-----), at most 64 KiB",
+            "must hold PEM certificates (-----BEGIN CERTIFICATE-----), at most 16,384 characters",
         )),
     }
 }

@@ -35,6 +35,10 @@ pub const MAX_FILTERS: usize = 32;
 /// Shortest and longest time between two syncs of an LDAP directory.
 pub const MIN_SYNC_INTERVAL_SECS: u64 = 60;
 pub const MAX_SYNC_INTERVAL_SECS: u64 = 86_400;
+/// Longest PEM text a directory's `ca_certificate` takes: a company CA
+/// chain fits, and a request at the limit stays under the body limit even
+/// with every character JSON-escaped (the schema and the body limit agree).
+pub const MAX_PEM_CHARS: usize = 16_384;
 
 /// How a field's text is checked and kept.
 pub struct Rule {

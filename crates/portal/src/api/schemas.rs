@@ -29,7 +29,7 @@ use utoipa::openapi::schema::Schema;
 use postern_model::resource::MAX_EXCLUSIONS;
 
 use super::fields::{ADDRESS_DESCRIPTION, DN, LDAP_FILTER, NAME, PASSWORD, SPACE, json_schema};
-use super::fields::{MAX_CONDITIONS, MAX_FILTERS, MAX_SESSION_SECS};
+use super::fields::{MAX_CONDITIONS, MAX_FILTERS, MAX_PEM_CHARS, MAX_SESSION_SECS};
 use super::resources::{ResourceInput, ResourcePatch};
 
 fn nullable(schema: Value) -> Value {
@@ -340,7 +340,7 @@ fn pem_value() -> Value {
     json!({
         "type": "string",
         "format": "pem-certificates",
-        "maxLength": 65536,
+        "maxLength": MAX_PEM_CHARS,
         "description": "PEM certificates to trust for the LDAP server besides the system's roots (a company CA).",
     })
 }
