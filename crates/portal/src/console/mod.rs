@@ -10,10 +10,16 @@
 //! validated, audited and reaches connected clients exactly as an API call
 //! does, and read-only rules (what a directory owns) hold here too.
 
+pub mod actors;
+pub mod clients;
 pub mod groups;
+pub mod identity;
+pub mod logs;
+pub mod me;
 pub mod overview;
 pub mod policies;
 pub mod resources;
+pub mod settings;
 pub mod sites;
 
 use std::sync::Arc;
@@ -87,6 +93,12 @@ pub fn router() -> Router<Arc<AppState>> {
             "/{account}/policies/{id}/delete",
             get(policies::confirm_delete).post(policies::delete),
         )
+        .merge(actors::routes())
+        .merge(clients::routes())
+        .merge(identity::routes())
+        .merge(logs::routes())
+        .merge(settings::routes())
+        .merge(me::routes())
 }
 
 const CSS: &str = include_str!("assets/console.css");
@@ -121,14 +133,24 @@ pub enum Section {
     Resources,
     Groups,
     Policies,
+    Actors,
+    Clients,
+    Identity,
+    Logs,
+    Settings,
 }
 
-const SECTIONS: [(Section, &str, &str); 5] = [
+const SECTIONS: [(Section, &str, &str); 10] = [
     (Section::Overview, "Overview", "/"),
     (Section::Sites, "Sites", "/sites"),
     (Section::Resources, "Resources", "/resources"),
     (Section::Groups, "Groups", "/groups"),
     (Section::Policies, "Policies", "/policies"),
+    (Section::Actors, "Users", "/actors"),
+    (Section::Clients, "Clients", "/clients"),
+    (Section::Identity, "Sign-in and directories", "/identity"),
+    (Section::Logs, "Logs", "/logs/audit"),
+    (Section::Settings, "Settings", "/settings"),
 ];
 
 /// A request of the signed-in admin of the account its path names.

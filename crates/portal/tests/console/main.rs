@@ -7,14 +7,21 @@
 //! requests without a session are refused, every page carries a CSP that
 //! allows no inline script.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+// Each part of the console has its own file.
+mod actors;
+mod identity;
+mod logs;
+mod me;
 
 use support::channel::{Peer, key};
 use support::email::{ask_code, code_in, enter_code};
 use support::web::{Browser, Page, WebPortal};
 
 /// A browser signed in as the account's admin.
-async fn admin_browser() -> (WebPortal, support::smtp::SmtpServer, Browser) {
+pub(crate) async fn admin_browser() -> (WebPortal, support::smtp::SmtpServer, Browser) {
     let (portal, mut smtp) = support::email::portal_with_mail(None).await;
     let mut browser = Browser::new();
     let page = ask_code(&portal, &mut browser, "admin@example.test", false).await;

@@ -1,0 +1,12 @@
+//! The audit, session and flow logs, with filters and paging.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// This part's routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+}

@@ -1,0 +1,12 @@
+//! Account settings.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// This part's routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+}

@@ -1,0 +1,1 @@
+//! The console's identity providers, directories and settings pages.

@@ -1,0 +1,1 @@
+//! The console's audit, session and flow logs.

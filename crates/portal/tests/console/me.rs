@@ -1,0 +1,1 @@
+//! The page of a signed-in user who is not an admin.
