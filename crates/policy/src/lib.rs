@@ -128,3 +128,45 @@ pub fn evaluate<'p>(
         None => Decision::Deny(Denial::NoPolicy),
     }
 }
+
+/// One policy's part in a decision, for an admin asking "why can't alice
+/// reach web?": whether the asker is in its group, and each condition's
+/// answer, in the policy's order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict<'p> {
+    pub policy: &'p Policy,
+    pub member: bool,
+    /// `holds` of each of `policy.conditions` for these facts.
+    pub conditions: Vec<bool>,
+}
+
+impl Verdict<'_> {
+    /// Whether this policy alone grants access.
+    pub fn grants(&self) -> bool {
+        self.member && !self.policy.disabled && self.conditions.iter().all(|h| *h)
+    }
+}
+
+/// The verdict of every policy for `resource_id` (those of other resources
+/// are left out), with the same facts `evaluate` decides on: access is
+/// allowed exactly when one of them `grants`.
+pub fn explain<'p>(
+    policies: impl IntoIterator<Item = &'p Policy>,
+    groups: &[Uuid],
+    resource_id: Uuid,
+    facts: &Facts<'_>,
+) -> Vec<Verdict<'p>> {
+    policies
+        .into_iter()
+        .filter(|policy| policy.resource_id == resource_id)
+        .map(|policy| Verdict {
+            policy,
+            member: groups.contains(&policy.group_id),
+            conditions: policy
+                .conditions
+                .iter()
+                .map(|condition| condition.evaluate(facts).holds)
+                .collect(),
+        })
+        .collect()
+}

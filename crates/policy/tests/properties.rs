@@ -5,7 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
 use postern_model::{Condition, ConditionOperator, ConditionProperty};
-use postern_policy::{CompiledCondition, Decision, Denial, Facts, Policy, Snapshot, evaluate};
+use postern_policy::{
+    CompiledCondition, Decision, Denial, Facts, Policy, Snapshot, evaluate, explain,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -150,6 +152,13 @@ proptest! {
             });
             let decision = snapshot.decide(&group_ids, Uuid::from_u128(2000 + resource), &facts);
             prop_assert_eq!(decision.is_allow(), allowed, "resource {}: {:?}", resource, decision);
+            // The explanation an admin reads agrees with the decision.
+            let verdicts = explain(snapshot.iter(), &group_ids, Uuid::from_u128(2000 + resource), &facts);
+            prop_assert_eq!(verdicts.iter().any(|v| v.grants()), allowed);
+            prop_assert_eq!(
+                verdicts.len(),
+                model.values().filter(|p| p.resource == resource).count()
+            );
             if candidates.is_empty() {
                 prop_assert_eq!(decision, Decision::Deny(Denial::NoPolicy));
             } else if !allowed {

@@ -9,8 +9,10 @@ use postern_model::ClientId;
 use super::graph::{AccountGraph, AccountRows};
 use super::hub::{LoadRequest, Loaded};
 use crate::domain::DeviceKind;
+use uuid::Uuid;
+
 use crate::store::{
-    Store, StoreError, accounts, actors, devices, grants, groups, policies, resources,
+    Conn, Store, StoreError, accounts, actors, devices, grants, groups, policies, resources,
 };
 
 /// An account's graph with its stored authorizations, and the
@@ -19,14 +21,7 @@ use crate::store::{
 pub(super) async fn load(store: &Store, request: &LoadRequest) -> Result<Loaded, StoreError> {
     let account = request.account;
     let mut tx = store.read().await?;
-    let rows = AccountRows {
-        actors: actors::list(&mut tx, account).await?,
-        groups: groups::list(&mut tx, account).await?,
-        memberships: groups::all_memberships(&mut tx, account).await?,
-        resources: resources::list(&mut tx, account).await?,
-        policies: policies::list(&mut tx, account).await?,
-        search_domain: accounts::search_domain(&mut tx, account).await?,
-    };
+    let rows = rows(&mut tx, account).await?;
     let stored = grants::list(&mut tx, account).await?;
     tx.commit().await?;
     let mut verified = HashMap::new();
@@ -53,4 +48,25 @@ pub(super) async fn load(store: &Store, request: &LoadRequest) -> Result<Loaded,
         verified,
         grants: stored,
     })
+}
+
+/// An account's rows for its graph.
+async fn rows(tx: &mut Conn, account: Uuid) -> Result<AccountRows, StoreError> {
+    Ok(AccountRows {
+        actors: actors::list(tx, account).await?,
+        groups: groups::list(tx, account).await?,
+        memberships: groups::all_memberships(tx, account).await?,
+        resources: resources::list(tx, account).await?,
+        policies: policies::list(tx, account).await?,
+        search_domain: accounts::search_domain(tx, account).await?,
+    })
+}
+
+/// An account's graph as the hub would build it now, for pages that
+/// explain its decisions (the console's access check).
+pub(crate) async fn read_graph(store: &Store, account: Uuid) -> Result<AccountGraph, StoreError> {
+    let mut tx = store.read().await?;
+    let rows = rows(&mut tx, account).await?;
+    tx.commit().await?;
+    Ok(AccountGraph::build(rows))
 }

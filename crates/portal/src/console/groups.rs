@@ -174,10 +174,7 @@ pub async fn set_members(
     let c = signed_in!(state, slug, headers);
     let form = Form::parse(&body);
     c.check_csrf(&headers, &form)?;
-    let chosen: Vec<String> = url::form_urlencoded::parse(&body)
-        .filter(|(k, _)| k == "member")
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    let chosen = form.all("member");
     let saved = match input::<api::groups::Members>(json!({"actor_ids": chosen})) {
         Ok(members) => {
             answer(

@@ -10,8 +10,10 @@
 //! validated, audited and reaches connected clients exactly as an API call
 //! does, and read-only rules (what a directory owns) hold here too.
 
+pub mod access;
 pub mod actors;
 pub mod clients;
+pub mod conditions;
 pub mod groups;
 pub mod identity;
 pub mod logs;
@@ -90,9 +92,14 @@ pub fn router() -> Router<Arc<AppState>> {
             get(policies::list).post(policies::create),
         )
         .route(
+            "/{account}/policies/{id}",
+            get(policies::show).post(policies::update),
+        )
+        .route(
             "/{account}/policies/{id}/delete",
             get(policies::confirm_delete).post(policies::delete),
         )
+        .route("/{account}/access", get(access::check))
         .merge(actors::routes())
         .merge(clients::routes())
         .merge(identity::routes())
@@ -133,6 +140,7 @@ pub enum Section {
     Resources,
     Groups,
     Policies,
+    Access,
     Actors,
     Clients,
     Identity,
@@ -140,12 +148,13 @@ pub enum Section {
     Settings,
 }
 
-const SECTIONS: [(Section, &str, &str); 10] = [
+const SECTIONS: [(Section, &str, &str); 11] = [
     (Section::Overview, "Overview", "/"),
     (Section::Sites, "Sites", "/sites"),
     (Section::Resources, "Resources", "/resources"),
     (Section::Groups, "Groups", "/groups"),
     (Section::Policies, "Policies", "/policies"),
+    (Section::Access, "Access check", "/access"),
     (Section::Actors, "Users", "/actors"),
     (Section::Clients, "Clients", "/clients"),
     (Section::Identity, "Sign-in and directories", "/identity"),
@@ -330,8 +339,9 @@ fn respond(status: StatusCode, markup: Markup) -> Response {
     response
 }
 
-/// A submitted form's fields (the last value of each name).
-pub struct Form(std::collections::HashMap<String, String>);
+/// A submitted form's fields, in order.
+#[derive(Default)]
+pub struct Form(Vec<(String, String)>);
 
 impl Form {
     pub fn parse(body: &Bytes) -> Form {
@@ -342,8 +352,23 @@ impl Form {
         )
     }
 
+    /// The last value of a field ("" when absent).
     pub fn get(&self, name: &str) -> &str {
-        self.0.get(name).map(String::as_str).unwrap_or_default()
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Every value of a field (checkboxes), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 

@@ -10,23 +10,36 @@ use maud::html;
 use serde_json::json;
 
 use super::{
-    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, names, object,
-    refused_status, signed_in, text,
+    Console, Form, Refusal, Section, answer, conditions, data, deleted, error_box, input, names,
+    object, refused_status, signed_in, text,
 };
 use crate::api::{self, body::Json};
 use crate::web::{Shared, WebResult, see_other};
 
-async fn page(c: &Console, refusal: Option<&Refusal>) -> WebResult<Response> {
+/// What the create form holds: empty, or what was typed before a refusal.
+struct Typed<'a> {
+    form: Option<&'a Form>,
+}
+
+impl Typed<'_> {
+    fn get(&self, name: &str) -> &str {
+        self.form.map_or("", |f| f.get(name))
+    }
+}
+
+async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebResult<Response> {
     let error = refusal.map(|r| r.message.as_str());
     let state = || State(c.state.clone());
     let policies = data(api::policies::list(state(), c.admin).await).await?;
     let groups = data(api::groups::list(state(), c.admin).await).await?;
     let resources = data(api::resources::list(state(), c.admin).await).await?;
+    let providers = data(api::identity_providers::list(state(), c.admin).await).await?;
     let group_names = names(&groups);
     let resource_names = names(&resources);
     let name_of = |names: &std::collections::HashMap<&str, &str>, id: &str| {
         names.get(id).copied().unwrap_or_default().to_string()
     };
+    let typed_conditions = typed.form.map(conditions::from_form).unwrap_or_default();
     let body = html! {
         @if policies.is_empty() {
             p.muted { "No policies: nobody reaches anything (access is denied by default)." }
@@ -36,14 +49,22 @@ async fn page(c: &Console, refusal: Option<&Refusal>) -> WebResult<Response> {
                 tbody {
                     @for policy in &policies {
                         @let id = text(policy, "id");
+                        @let group = name_of(&group_names, text(policy, "group_id"));
+                        @let resource = name_of(&resource_names, text(policy, "resource_id"));
                         tr {
-                            td { (name_of(&group_names, text(policy, "group_id"))) }
-                            td { (name_of(&resource_names, text(policy, "resource_id"))) }
-                            td { (policy["conditions"].as_array().map_or(0, Vec::len)) }
+                            td { (group) }
+                            td { (resource) }
+                            td {
+                                @let list = conditions::of_policy(policy);
+                                @if list.is_empty() { span.muted { "none" } }
+                                @for condition in &list { div { (conditions::describe(condition, &providers)) } }
+                            }
                             td { @if policy["disabled"] == json!(true) { span.offline { "disabled" } } @else { span.online { "active" } } }
                             td { (text(policy, "description")) }
-                                                        td {
-                                a href=(c.href(&format!("/policies/{id}/delete"))) aria-label=(format!("Delete the policy {} to {}", name_of(&group_names, text(policy, "group_id")), name_of(&resource_names, text(policy, "resource_id")))) { "Delete…" }
+                            td {
+                                a href=(c.href(&format!("/policies/{id}"))) aria-label=(format!("Edit the policy {group} to {resource}")) { "Edit" }
+                                " "
+                                a href=(c.href(&format!("/policies/{id}/delete"))) aria-label=(format!("Delete the policy {group} to {resource}")) { "Delete…" }
                             }
                         }
                     }
@@ -56,14 +77,21 @@ async fn page(c: &Console, refusal: Option<&Refusal>) -> WebResult<Response> {
             (c.csrf_field())
             label for="p-group" { "Group" }
             select #p-group name="group_id" {
-                @for group in &groups { option value=(text(group, "id")) { (text(group, "name")) } }
+                @for group in &groups {
+                    @let id = text(group, "id");
+                    option value=(id) selected[typed.get("group_id") == id] { (text(group, "name")) }
+                }
             }
             label for="p-resource" { "Resource" }
             select #p-resource name="resource_id" {
-                @for resource in &resources { option value=(text(resource, "id")) { (text(resource, "name")) } }
+                @for resource in &resources {
+                    @let id = text(resource, "id");
+                    option value=(id) selected[typed.get("resource_id") == id] { (text(resource, "name")) }
+                }
             }
             label for="p-description" { "Description" }
-            input #p-description type="text" name="description";
+            input #p-description type="text" name="description" value=(typed.get("description"));
+            (conditions::editor(&typed_conditions, &providers))
             div { button type="submit" { "Add the policy" } }
         }
     };
@@ -77,7 +105,16 @@ pub async fn list(
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    page(&c, None).await
+    page(&c, None, Typed { form: None }).await
+}
+
+/// The policy fields a form sets (the description only when typed).
+fn fields(form: &Form) -> serde_json::Value {
+    let mut fields = json!({"conditions": conditions::from_form(form)});
+    if !form.get("description").trim().is_empty() {
+        fields["description"] = json!(form.get("description"));
+    }
+    fields
 }
 
 /// `POST /{account}/policies`.
@@ -90,11 +127,9 @@ pub async fn create(
     let c = signed_in!(state, slug, headers);
     let form = Form::parse(&body);
     c.check_csrf(&headers, &form)?;
-    let mut fields =
-        json!({"group_id": form.get("group_id"), "resource_id": form.get("resource_id")});
-    if !form.get("description").trim().is_empty() {
-        fields["description"] = json!(form.get("description"));
-    }
+    let mut fields = fields(&form);
+    fields["group_id"] = json!(form.get("group_id"));
+    fields["resource_id"] = json!(form.get("resource_id"));
     let created = match input::<api::policies::PolicyInput>(fields) {
         Ok(policy) => {
             answer(api::policies::create(State(c.state.clone()), c.admin, Json(policy)).await).await
@@ -103,7 +138,115 @@ pub async fn create(
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/policies"))),
-        Err(refusal) => page(&c, Some(&refusal)).await,
+        Err(refusal) => page(&c, Some(&refusal), Typed { form: Some(&form) }).await,
+    }
+}
+
+/// The edit page of one policy: its conditions, state and description;
+/// after a refusal, what was typed.
+async fn edit_page(
+    c: &Console,
+    id: &str,
+    refusal: Option<&Refusal>,
+    typed: Option<&Form>,
+) -> WebResult<Response> {
+    let state = || State(c.state.clone());
+    let policy = object(
+        api::policies::get(state(), c.admin, Path(id.to_string())).await,
+        "policy",
+    )
+    .await?;
+    let id = text(&policy, "id").to_string();
+    let group = object(
+        api::groups::get(state(), c.admin, Path(text(&policy, "group_id").into())).await,
+        "group",
+    )
+    .await?;
+    let resource = object(
+        api::resources::get(state(), c.admin, Path(text(&policy, "resource_id").into())).await,
+        "resource",
+    )
+    .await?;
+    let providers = data(api::identity_providers::list(state(), c.admin).await).await?;
+    let (current, description, disabled) = match typed {
+        Some(form) => (
+            conditions::from_form(form),
+            form.get("description").to_string(),
+            form.get("disabled") == "true",
+        ),
+        None => (
+            conditions::of_policy(&policy),
+            text(&policy, "description").to_string(),
+            policy["disabled"] == json!(true),
+        ),
+    };
+    let body = html! {
+        p { "Members of " b { (text(&group, "name")) } " may use " b { (text(&resource, "name")) } " when every condition below holds. A change is decided again for connected clients at once." }
+        (error_box(refusal.map(|r| r.message.as_str())))
+        form method="post" action=(c.href(&format!("/policies/{id}"))) {
+            (c.csrf_field())
+            label for="p-description" { "Description" }
+            input #p-description type="text" name="description" value=(description);
+            div {
+                input #p-disabled type="checkbox" name="disabled" value="true" checked[disabled];
+                label.inline for="p-disabled" { "Disabled (grants nothing)" }
+            }
+            (conditions::editor(&current, &providers))
+            div { button type="submit" { "Save the policy" } }
+        }
+        p { a href=(c.href("/policies")) { "Back to the policies" } }
+    };
+    Ok(c.page(
+        refused_status(refusal),
+        "Edit a policy",
+        Section::Policies,
+        body,
+    ))
+}
+
+/// `GET /{account}/policies/{id}`.
+pub async fn show(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    edit_page(&c, &id, None, None).await
+}
+
+/// `POST /{account}/policies/{id}`: the API's PATCH with every field of
+/// the form (the conditions replace the old ones).
+pub async fn update(
+    state: Shared,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WebResult<Response> {
+    let c = signed_in!(state, slug, headers);
+    let form = Form::parse(&body);
+    c.check_csrf(&headers, &form)?;
+    let mut fields = fields(&form);
+    fields["description"] = json!(form.get("description"));
+    fields["disabled"] = json!(form.get("disabled") == "true");
+    let saved = match input::<api::policies::PolicyPatch>(fields) {
+        Ok(patch) => {
+            answer(
+                api::policies::update(
+                    State(c.state.clone()),
+                    c.admin,
+                    Path(id.clone()),
+                    Json(patch),
+                )
+                .await,
+            )
+            .await
+        }
+        Err(error) => Err(Refusal::from(error)),
+    };
+    match saved {
+        Ok(_) => Ok(see_other(&c.href("/policies"))),
+        Err(refusal) if refusal.status == StatusCode::NOT_FOUND => Err(refusal.into()),
+        Err(refusal) => edit_page(&c, &id, Some(&refusal), Some(&form)).await,
     }
 }
 

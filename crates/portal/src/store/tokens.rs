@@ -118,6 +118,34 @@ pub async fn count_live(conn: &mut Conn, actor: Uuid, now_ms: i64) -> Result<i64
     Ok(row.try_get("n")?)
 }
 
+/// The identity provider of the token each of an actor's client devices
+/// last connected with (what a policy's identity provider condition sees
+/// when that client asks); devices whose token is gone are left out.
+pub async fn providers_of_devices(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+) -> Result<std::collections::HashMap<Uuid, Option<Uuid>>> {
+    let rows = sqlx::query(
+        "SELECT d.id AS device, t.identity_provider_id AS provider FROM devices d \
+         JOIN tokens t ON t.id = d.token_id \
+         WHERE d.account_id = $1 AND d.actor_id = $2 AND d.kind = $3",
+    )
+    .bind(account.to_string())
+    .bind(actor.to_string())
+    .bind(crate::domain::DeviceKind::Client.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                uuid_column(row, "devices", "device")?,
+                opt_uuid_column(row, "tokens", "provider")?,
+            ))
+        })
+        .collect()
+}
+
 /// Deletes an actor's tokens of these kinds; returns their ids (each one's
 /// channels are closed by the caller's notices).
 pub async fn delete_of_actor(

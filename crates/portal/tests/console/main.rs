@@ -15,6 +15,7 @@ mod actors;
 mod identity;
 mod logs;
 mod me;
+mod policies;
 
 use support::channel::{Peer, key};
 use support::email::{ask_code, code_in, enter_code};

@@ -1,0 +1,282 @@
+//! The conditions editor of a policy and the access check ("why can't
+//! alice reach web?").
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::admin_browser;
+use crate::support::web::{Browser, Page, WebPortal};
+
+/// Posts a console form with the page's CSRF token.
+async fn post(
+    browser: &mut Browser,
+    portal: &WebPortal,
+    path: &str,
+    form: &[(&str, &str)],
+) -> Page {
+    let csrf = browser
+        .get(&format!("{}/acme/policies", portal.base))
+        .await
+        .hidden("csrf")
+        .unwrap();
+    let mut form = form.to_vec();
+    form.push(("csrf", &csrf));
+    browser
+        .post(&format!("{}/acme{path}", portal.base), &form)
+        .await
+}
+
+/// A site, a resource `name` on it, a group with `members`: (resource, group).
+async fn setup(portal: &WebPortal, name: &str, members: &[&str]) -> (String, String) {
+    let (_, site) = portal
+        .api(
+            Method::POST,
+            "/sites",
+            Some(json!({"name": format!("{name} site")})),
+        )
+        .await;
+    let (status, resource) = portal
+        .api(
+            Method::POST,
+            "/resources",
+            Some(json!({"name": name, "type": "cidr", "address": "10.9.0.0/24", "site_id": site["id"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{resource}");
+    let (_, group) = portal
+        .api(
+            Method::POST,
+            "/groups",
+            Some(json!({"name": format!("{name} people")})),
+        )
+        .await;
+    let group = group["id"].as_str().unwrap().to_string();
+    let (status, _) = portal
+        .api(
+            Method::PUT,
+            &format!("/groups/{group}/members"),
+            Some(json!({"actor_ids": members})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    (resource["id"].as_str().unwrap().to_string(), group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_made_in_the_editor_are_the_policy_s_and_a_refusal_keeps_them() {
+    let (portal, _smtp, mut browser) = admin_browser().await;
+    let (resource, group) = setup(&portal, "Web", &[]).await;
+    let mut form = vec![
+        ("group_id", group.as_str()),
+        ("resource_id", resource.as_str()),
+        ("description", "office hours <b>"),
+        ("country_op", "not_in"),
+        ("country_values", "KP, IR"),
+        ("time_op", "in"),
+        ("time_day", "M"),
+        ("time_day", "W"),
+        ("time_from", "08:30"),
+        ("time_to", "18:00"),
+        ("time_zone", "Europe/Berlin"),
+        ("os_op", "in"),
+        ("os", "linux"),
+        ("os", "macos"),
+        ("verified", "true"),
+        ("ip_op", "in"),
+        ("ip_values", "198.51.100.0/24, not-a-network"),
+    ];
+    // The API refuses the bad network and says which; what was typed stays.
+    let refused = post(&mut browser, &portal, "/policies", &form).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("conditions[0]"), "{}", refused.body);
+    assert!(
+        refused.body.contains("not-a-network"),
+        "kept: {}",
+        refused.body
+    );
+    assert!(refused.body.contains(r#"value="08:30""#));
+    assert!(refused.body.contains("office hours &lt;b&gt;"));
+    let (_, listed) = portal.api(Method::GET, "/policies", None).await;
+    assert_eq!(listed["data"], json!([]), "nothing made");
+
+    form.retain(|(k, _)| *k != "ip_values" && *k != "ip_op");
+    form.push(("ip_values", "198.51.100.0/24"));
+    let made = post(&mut browser, &portal, "/policies", &form).await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let (_, listed) = portal.api(Method::GET, "/policies", None).await;
+    let policy = &listed["data"][0];
+    assert_eq!(
+        policy["conditions"],
+        json!([
+            {"property": "remote_ip", "operator": "in", "values": ["198.51.100.0/24"]},
+            {"property": "country", "operator": "not_in", "values": ["KP", "IR"]},
+            {"property": "time", "operator": "in", "values": ["MW/08:30-18:00/Europe/Berlin"]},
+            {"property": "client_verified", "operator": "in", "values": ["true"]},
+            {"property": "client_os", "operator": "in", "values": ["linux", "macos"]},
+        ])
+    );
+    let id = policy["id"].as_str().unwrap().to_string();
+    let page = browser.get(&format!("{}/acme/policies", portal.base)).await;
+    assert!(page.body.contains("is not in KP, IR"), "{}", page.body);
+
+    // The edit page shows them; without the CSRF token nothing changes.
+    let edit = browser
+        .get(&format!("{}/acme/policies/{id}", portal.base))
+        .await;
+    assert_eq!(edit.status, 200);
+    assert!(edit.body.contains(r#"value="KP, IR""#), "{}", edit.body);
+    let forged = browser
+        .post(
+            &format!("{}/acme/policies/{id}", portal.base),
+            &[("disabled", "true"), ("description", "")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    // Saved: conditions replaced, disabled, audited as the admin.
+    let saved = post(
+        &mut browser,
+        &portal,
+        &format!("/policies/{id}"),
+        &[
+            ("description", "weekdays"),
+            ("disabled", "true"),
+            ("os", "windows"),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, after) = portal
+        .api(Method::GET, &format!("/policies/{id}"), None)
+        .await;
+    assert_eq!(
+        after["conditions"],
+        json!([{"property": "client_os", "operator": "in", "values": ["windows"]}])
+    );
+    assert_eq!(after["disabled"], json!(true));
+    assert_eq!(after["description"], json!("weekdays"));
+    let (_, audit) = portal.api(Method::GET, "/audit_log?limit=1", None).await;
+    assert_eq!(
+        audit["data"][0]["action"],
+        json!("policy.update"),
+        "{audit}"
+    );
+    assert!(audit["data"][0]["actor_id"].is_string(), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_check_says_why_alice_cannot_reach_web() {
+    use crate::support::channel::{Peer, key};
+    let (portal, _smtp, mut browser) = admin_browser().await;
+    // A service account, so that a client can connect with an admin-made token.
+    let alice = portal
+        .add_actor(
+            "Alice <script>x</script>",
+            "alice@example.test",
+            "service_account",
+        )
+        .await;
+    let bob = portal.add_actor("Bob", "bob@example.test", "user").await;
+    let (web, group) = setup(&portal, "Web", &[&alice]).await;
+    let (status, _) = portal
+        .api(
+            Method::POST,
+            "/policies",
+            Some(
+                json!({"group_id": group, "resource_id": web, "conditions": [
+                    {"property": "client_os", "values": ["windows"]},
+                    {"property": "client_verified", "values": ["true"]}
+                ]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Alice's laptop runs Linux (what the test client reports), verified.
+    let (_, token) = portal
+        .api(Method::POST, &format!("/actors/{alice}/tokens"), None)
+        .await;
+    let addr: std::net::SocketAddr = portal.base.trim_start_matches("http://").parse().unwrap();
+    let mut laptop = Peer::connect(
+        addr,
+        "/v1/client",
+        token["token"].as_str().unwrap(),
+        "alice-laptop",
+        &key(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(laptop.next().await["type"], "init");
+    let (_, clients) = portal.api(Method::GET, "/clients", None).await;
+    let client = clients["data"][0]["id"].as_str().unwrap().to_string();
+    let (status, _) = portal
+        .api(
+            Method::PATCH,
+            &format!("/clients/{client}"),
+            Some(json!({"verified": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let check = |who: &str| format!("{}/acme/access?who={who}&resource={web}", portal.base);
+    let page = browser.get(&check("alice%40example.test")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Alice &lt;script&gt;"),
+        "escaped: {}",
+        page.body
+    );
+    assert!(!page.body.contains("<script>x"), "{}", page.body);
+    assert!(page.body.contains("alice-laptop"));
+    assert!(
+        page.body.contains("conditions not met: client os"),
+        "the engine's denial: {}",
+        page.body
+    );
+    assert!(page.body.contains("runs windows"), "the condition in words");
+    assert!(
+        page.body.contains("fails") && page.body.contains("holds"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("No gateway of the resource"),
+        "{}",
+        page.body
+    );
+
+    // Bob is in no group the policy names.
+    let page = browser.get(&check("Bob")).await;
+    assert!(
+        page.body
+            .contains("no enabled policy links any of their groups"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("not a member"));
+    assert!(page.body.contains("a new client (none yet)"));
+
+    // Let Linux in: allowed now, by the policy of her group.
+    let (_, policies) = portal.api(Method::GET, "/policies", None).await;
+    let policy = policies["data"][0]["id"].as_str().unwrap();
+    portal
+        .api(
+            Method::PATCH,
+            &format!("/policies/{policy}"),
+            Some(
+                json!({"conditions": [{"property": "client_os", "values": ["windows", "linux"]}]}),
+            ),
+        )
+        .await;
+    let page = browser.get(&check(&alice)).await;
+    assert!(page.body.contains("allowed"), "{}", page.body);
+    assert!(
+        page.body.contains("through the policy for Web people"),
+        "{}",
+        page.body
+    );
+
+    // Nobody by that name: said so, 404.
+    let page = browser.get(&check("carol")).await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("Nobody in this account"));
+    let _ = bob;
+}
