@@ -19,6 +19,7 @@ pub mod serve;
 pub mod setup;
 pub mod state;
 
+pub(crate) mod activity;
 pub(crate) mod api;
 pub(crate) mod change;
 pub(crate) mod channels;

@@ -40,6 +40,15 @@ impl Online {
         }
     }
 
+    /// How many of these clients are online (one lock for all).
+    pub fn clients_among(&self, clients: &[Uuid]) -> usize {
+        let tables = self.tables();
+        clients
+            .iter()
+            .filter(|c| tables.clients.contains(c))
+            .count()
+    }
+
     pub fn client(&self, client: Uuid) -> bool {
         self.tables().clients.contains(&client)
     }

@@ -119,6 +119,7 @@ impl Outlets {
 /// Where outputs other than frames go.
 pub(super) struct Sinks<'a> {
     pub online: &'a Online,
+    pub activity: &'a crate::activity::Activity,
     pub metrics: &'a PortalMetrics,
     pub cluster: Option<&'a mpsc::UnboundedSender<ClusterMessage>>,
     /// The ledger's writer (see `writer`).
@@ -163,11 +164,25 @@ pub(super) fn carry_out(
                     }
                 }
                 Output::Presence(PresenceUpdate::Client { device, online }) => {
-                    sinks.online.set_client(device.0, online)
+                    sinks.online.set_client(device.0, online);
+                    sinks.activity.touch();
                 }
                 Output::Presence(PresenceUpdate::Gateway { device, load }) => {
-                    sinks.online.set_gateway(device.0, load)
+                    sinks.online.set_gateway(device.0, load);
+                    sinks.activity.touch();
                 }
+                Output::Refused(refused) => sinks.activity.denied(
+                    refused.account,
+                    crate::activity::Denial {
+                        seq: 0,
+                        at: wall,
+                        actor: refused.actor,
+                        client: refused.client.0,
+                        resource: refused.resource.0,
+                        reason: refused.reason,
+                        violated: refused.violated,
+                    },
+                ),
                 Output::Metric(Metric::Granted) => {
                     sinks.metrics.access_granted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -349,6 +364,7 @@ impl Shell {
             self.hub.handle(now, wall, input);
             let sinks = Sinks {
                 online: self.state.online(),
+                activity: self.state.activity(),
                 metrics: &self.state.metrics,
                 cluster: self.cluster.as_ref(),
                 ledger: Some(&self.writer.sender),
@@ -425,6 +441,7 @@ mod tests {
         let (online, metrics) = (Online::default(), PortalMetrics::default());
         let sinks = Sinks {
             online: &online,
+            activity: &crate::activity::Activity::default(),
             metrics: &metrics,
             cluster: None,
             ledger: None,

@@ -58,6 +58,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/{account}/", get(overview::show))
         .route("/_assets/console.css", get(css))
         .route("/_assets/htmx.min.js", get(htmx))
+        .route("/_assets/htmx-ext-sse.min.js", get(htmx_sse))
+        .route("/{account}/live", get(overview::live))
         .route("/{account}/sites", get(sites::list).post(sites::create))
         .route("/{account}/sites/{id}", get(sites::show))
         .route("/{account}/sites/{id}/gateways", get(sites::gateways))
@@ -130,6 +132,14 @@ async fn css() -> Response {
 
 async fn htmx() -> Response {
     asset("text/javascript; charset=utf-8", HTMX)
+}
+
+/// htmx's server-sent events extension 2.2.4 (BSD Zero Clause,
+/// `assets/htmx-ext-sse.LICENSE`), vendored as published on npm.
+const HTMX_SSE: &str = include_str!("assets/htmx-ext-sse.min.js");
+
+async fn htmx_sse() -> Response {
+    asset("text/javascript; charset=utf-8", HTMX_SSE)
 }
 
 /// The console's sections, for the navigation.
@@ -274,6 +284,7 @@ impl Console {
                     title { (title) " - Postern" }
                     link rel="stylesheet" href="/_assets/console.css";
                     script src="/_assets/htmx.min.js" defer {}
+                    script src="/_assets/htmx-ext-sse.min.js" defer {}
                 }
                 body {
                     nav.side aria-label="Console" {

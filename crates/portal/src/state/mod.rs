@@ -81,6 +81,8 @@ pub struct AppState {
     pub oidc_http: OnceLock<reqwest::Client>,
     changes: Mutex<Option<mpsc::UnboundedSender<(Uuid, Change)>>>,
     online: Online,
+    /// Recent denials and a wake-up for live pages.
+    activity: crate::activity::Activity,
     /// The channel hub's inbox, set once when serving starts. Held opaquely:
     /// only the channels know its type, so shared state depends on none of
     /// them.
@@ -109,6 +111,7 @@ impl AppState {
             oidc_http: OnceLock::new(),
             changes: Mutex::new(None),
             online: Online::default(),
+            activity: crate::activity::Activity::default(),
             hub: OnceLock::new(),
             next_conn: AtomicU64::new(1),
         }
@@ -148,6 +151,11 @@ impl AppState {
     /// Who is online, as the hub last published it.
     pub fn online(&self) -> &Online {
         &self.online
+    }
+
+    /// Recent denials; what wakes live pages.
+    pub(crate) fn activity(&self) -> &crate::activity::Activity {
+        &self.activity
     }
 
     /// Gateways and clients connected to this node.

@@ -56,6 +56,15 @@ pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Actor>> {
     super::list_scoped(conn, account).await
 }
 
+/// How many actors the account has.
+pub async fn count(conn: &mut Conn, account: Uuid) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM actors WHERE account_id = $1")
+        .bind(account.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("n")?)
+}
+
 pub async fn update(conn: &mut Conn, account: Uuid, actor: &Actor, now_ms: i64) -> Result<()> {
     sqlx::query(
         "UPDATE actors SET name = $1, email = $2, role = $3, disabled = $4, updated_at = $5 \

@@ -273,6 +273,19 @@ pub async fn list(
     rows.iter().map(from_row).collect()
 }
 
+/// The ids of an account's devices of a kind (for counting who is online
+/// without reading whole rows).
+pub async fn ids(conn: &mut Conn, account: Uuid, kind: DeviceKind) -> Result<Vec<Uuid>> {
+    let rows = sqlx::query("SELECT id FROM devices WHERE account_id = $1 AND kind = $2")
+        .bind(account.to_string())
+        .bind(kind.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| uuid_column(row, "devices", "id"))
+        .collect()
+}
+
 pub async fn set_verified(conn: &mut Conn, account: Uuid, id: Uuid, verified: bool) -> Result<()> {
     sqlx::query("UPDATE devices SET verified = $1 WHERE account_id = $2 AND id = $3")
         .bind(i64::from(verified))

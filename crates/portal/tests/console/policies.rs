@@ -280,3 +280,142 @@ async fn the_access_check_says_why_alice_cannot_reach_web() {
     assert!(page.body.contains("Nobody in this account"));
     let _ = bob;
 }
+
+/// Reads a server-sent event stream until an event `name` whose data
+/// contains `needle`, within `wait`; the data.
+async fn event_with(
+    response: &mut reqwest::Response,
+    seen: &mut String,
+    name: &str,
+    needle: &str,
+    wait: std::time::Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        for block in seen.split("\n\n") {
+            if block.lines().any(|l| l == format!("event: {name}")) && block.contains(needle) {
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                return Some(data);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .ok()?;
+        seen.push_str(&String::from_utf8_lossy(&chunk.ok()??));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_overview_pushes_denials_and_presence_as_they_happen() {
+    use crate::support::channel::{Peer, key};
+    let (portal, _smtp, mut browser) = admin_browser().await;
+    let robot = portal
+        .add_actor("Robot", "robot@example.test", "service_account")
+        .await;
+    let (web, group) = setup(&portal, "Payroll <img src=x>", &[&robot]).await;
+    // Offered to the robot, but only to Windows clients.
+    let (status, _) = portal
+        .api(
+            Method::POST,
+            "/policies",
+            Some(
+                json!({"group_id": group, "resource_id": web, "conditions": [
+                    {"property": "client_os", "values": ["windows"]}
+                ]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, token) = portal
+        .api(Method::POST, &format!("/actors/{robot}/tokens"), None)
+        .await;
+
+    // Not signed in: no stream.
+    let stranger = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let refused = stranger
+        .get(format!("{}/acme/live", portal.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 303);
+
+    let overview = browser.get(&format!("{}/acme/", portal.base)).await;
+    assert!(
+        overview
+            .body
+            .contains(r#"sse-connect="/acme/live?after=0""#),
+        "{}",
+        overview.body
+    );
+    let mut live = stranger
+        .get(format!("{}/acme/live?after=0", portal.base))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+
+    // A client connects: the counts move without a reload.
+    let addr: std::net::SocketAddr = portal.base.trim_start_matches("http://").parse().unwrap();
+    let mut client = Peer::connect(
+        addr,
+        "/v1/client",
+        token["token"].as_str().unwrap(),
+        "robot-1",
+        &key(4),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.next().await["type"], "init");
+    let wait = std::time::Duration::from_secs(3);
+    let presence = event_with(
+        &mut live,
+        &mut seen,
+        "presence",
+        "clients online of 1",
+        wait,
+    )
+    .await
+    .unwrap_or_else(|| panic!("no presence event: {seen}"));
+    assert!(
+        presence
+            .contains(r#"<span class="number">1</span><span class="label">clients online of 1"#),
+        "{presence}"
+    );
+
+    // It asks from Linux: the refusal is pushed, with its reason, the name
+    // escaped.
+    let started = std::time::Instant::now();
+    client
+        .send(json!({"type": "request_access", "ref": "r1", "resource_id": web}))
+        .await;
+    assert_eq!(client.next_of("access_denied").await["reason"], "forbidden");
+    let row = event_with(&mut live, &mut seen, "denial", "Payroll", wait)
+        .await
+        .unwrap_or_else(|| panic!("no denial event: {seen}"));
+    println!(
+        "denial pushed {} ms after the request",
+        started.elapsed().as_millis()
+    );
+    assert!(row.contains("Payroll &lt;img src=x&gt;"), "{row}");
+    assert!(!row.contains("<img"), "{row}");
+    assert!(row.contains("Robot") && row.contains("robot-1"), "{row}");
+    assert!(row.contains("conditions not met: client os"), "{row}");
+
+    // A reload shows it too, and the stream goes on from the newest.
+    let overview = browser.get(&format!("{}/acme/", portal.base)).await;
+    assert!(overview.body.contains("conditions not met: client os"));
+    assert!(
+        !overview.body.contains(r#"live?after=0""#),
+        "{}",
+        overview.body
+    );
+}

@@ -119,7 +119,14 @@ impl Access {
             graph,
         } = request;
         let Some(resource) = resource else {
-            post.deny(conn, reference, resource_id, DenyReason::NotFound, vec![]);
+            post.deny(
+                conn,
+                reference,
+                resource_id,
+                DenyReason::NotFound,
+                vec![],
+                &asker,
+            );
             return;
         };
         // A key another device holds (another client's, a gateway's) gets
@@ -138,6 +145,7 @@ impl Access {
                 resource_id,
                 DenyReason::Forbidden,
                 violated,
+                &asker,
             );
             return;
         }
@@ -186,6 +194,7 @@ impl Access {
                     resource_id,
                     DenyReason::Forbidden,
                     violated,
+                    &asker,
                 );
                 return;
             }
@@ -200,7 +209,14 @@ impl Access {
             ..
         }) = self.selection.pick(candidates, connected, load)
         else {
-            post.deny(conn, reference, resource_id, DenyReason::Offline, vec![]);
+            post.deny(
+                conn,
+                reference,
+                resource_id,
+                DenyReason::Offline,
+                vec![],
+                &asker,
+            );
             return;
         };
         let pair = PairIds {
@@ -319,7 +335,14 @@ impl Access {
             let resource_id = pending.grant.authorization.resource.id;
             self.withdraw(&pending.grant, post);
             for reference in pending.client_refs {
-                post.deny(pending.client_conn, reference, resource_id, reason, vec![]);
+                post.deny(
+                    pending.client_conn,
+                    reference,
+                    resource_id,
+                    reason,
+                    vec![],
+                    &pending.grant.asker,
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use postern_model::protocol::{
     ClientToPortal, DenyReason, FlowRecord, GatewayToPortal, PortalToClient, PortalToGateway,
     PortalToRelay, RelayToPortal,
 };
-use postern_model::{ClientId, GatewayId, PublicKey, RelayId};
+use postern_model::{ClientId, GatewayId, PublicKey, RelayId, ResourceId};
 use uuid::Uuid;
 
 use super::super::cluster::ClusterMessage;
@@ -211,6 +211,8 @@ pub(crate) enum Output {
         batch: u64,
         flows: Vec<FlowRecord>,
     },
+    /// An access request was refused (the console's live denials).
+    Refused(Refused),
     /// A client or gateway was admitted: its details and address, now.
     Seen {
         account: Uuid,
@@ -249,6 +251,18 @@ pub(crate) enum PresenceUpdate {
         device: GatewayId,
         load: Option<u64>,
     },
+}
+
+/// A refused access request: who, what, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub account: Uuid,
+    pub actor: Uuid,
+    pub client: ClientId,
+    pub resource: ResourceId,
+    pub reason: DenyReason,
+    /// The conditions that did not hold (`forbidden` by conditions).
+    pub violated: Vec<String>,
 }
 
 /// Counters for `--metrics`.

@@ -12,7 +12,8 @@ use postern_model::{ClientId, GatewayId, ResourceId};
 use uuid::Uuid;
 
 use super::super::cluster::{ClusterMessage, chunks};
-use super::io::{ConnId, Frame, GrantWrite, Metric, Output, PresenceUpdate};
+use super::grants::Asker;
+use super::io::{ConnId, Frame, GrantWrite, Metric, Output, PresenceUpdate, Refused};
 use super::presence::{Presence, Role};
 use super::routing::Routing;
 
@@ -128,7 +129,8 @@ impl<'a> Post<'a> {
         self.send(conn, frame);
     }
 
-    /// `access_denied`, counted.
+    /// `access_denied` to the client of `asker`, counted and reported for
+    /// the console's live denials.
     pub(super) fn deny(
         &mut self,
         conn: ConnId,
@@ -136,8 +138,17 @@ impl<'a> Post<'a> {
         resource_id: ResourceId,
         reason: DenyReason,
         violated: Vec<String>,
+        asker: &Asker,
     ) {
         self.out.push(Output::Metric(Metric::Denied(reason)));
+        self.out.push(Output::Refused(Refused {
+            account: asker.account,
+            actor: asker.actor_id,
+            client: asker.peer.id,
+            resource: resource_id,
+            reason,
+            violated: violated.clone(),
+        }));
         self.client(
             conn,
             PortalToClient::AccessDenied {
