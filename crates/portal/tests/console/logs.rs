@@ -172,6 +172,14 @@ async fn the_audit_log_lists_console_and_api_changes_by_the_admin_and_filters_na
         .await;
     assert_eq!(rows(&groups), 2, "{}", groups.body);
     assert!(!groups.body.contains("site.create</code>"));
+    // A click on an action narrows the filtered page further.
+    assert!(
+        groups
+            .body
+            .contains("href=\"/acme/logs/audit?type=group&amp;action=group.update\""),
+        "{}",
+        groups.body
+    );
     // By object: its history.
     let history = browser
         .get(&format!("{base}/acme/logs/audit?object={group}"))
@@ -271,7 +279,9 @@ async fn pages_of_fifty_go_older_and_newer_without_gaps_or_duplicates() {
     assert!(rel_link(&back, "next").is_some());
 
     // Without the filter: the site first, then the groups, 50 a page.
+    let started = std::time::Instant::now();
     let all = browser.get(&format!("{base}/acme/logs/audit")).await;
+    println!("an audit page of 50 in {:?}", started.elapsed());
     let objects = audit_objects(&all);
     assert_eq!(objects.len(), 50);
     assert_eq!(objects[0], "elsewhere");
@@ -379,6 +389,7 @@ async fn sessions_and_flows_show_what_clients_send_escaped_and_filter() {
     assert_eq!(sessions.status, 200, "{}", sessions.body);
     assert!(sessions.body.contains("client connected"));
     assert!(sessions.body.contains("web sign-in"));
+    assert!(sessions.body.contains("gateway connected") && sessions.body.contains("a gateway"));
     assert!(sessions.body.contains("127.0.0.1"), "the remote address");
     assert_escaped(&sessions, PROBE);
     assert_escaped(&sessions, client_name);
