@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -135,19 +136,19 @@ pub async fn sessions(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(SessionEntry {
-                cursor: row.try_get("seq")?,
-                at: from_millis(row.try_get("at")?),
-                actor_id: opt_uuid_column(row, "sessions", "actor_id")?,
-                device_id: opt_uuid_column(row, "sessions", "device_id")?,
-                kind: row.try_get("kind")?,
-                remote_ip: row.try_get("remote_ip")?,
-                user_agent: row.try_get("user_agent")?,
-            })
-        })
-        .collect()
+    rows.iter().map(session_entry).collect()
+}
+
+fn session_entry(row: &AnyRow) -> Result<SessionEntry> {
+    Ok(SessionEntry {
+        cursor: row.try_get("seq")?,
+        at: from_millis(row.try_get("at")?),
+        actor_id: opt_uuid_column(row, "sessions", "actor_id")?,
+        device_id: opt_uuid_column(row, "sessions", "device_id")?,
+        kind: row.try_get("kind")?,
+        remote_ip: row.try_get("remote_ip")?,
+        user_agent: row.try_get("user_agent")?,
+    })
 }
 
 pub async fn flows(
@@ -175,23 +176,195 @@ pub async fn flows(
     .bind(filter.until_ms)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(FlowEntry {
-                cursor: row.try_get("seq")?,
-                gateway_id: row.try_get("gateway_id")?,
-                client_id: row.try_get("client_id")?,
-                resource_id: row.try_get("resource_id")?,
-                actor_id: row.try_get("actor_id")?,
-                protocol: row.try_get("protocol")?,
-                source: row.try_get("source")?,
-                destination: row.try_get("destination")?,
-                bytes_in: row.try_get("bytes_in")?,
-                bytes_out: row.try_get("bytes_out")?,
-                started_at: from_millis(row.try_get("started_at")?),
-                ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_millis),
-            })
+    rows.iter().map(flow_entry).collect()
+}
+
+fn flow_entry(row: &AnyRow) -> Result<FlowEntry> {
+    Ok(FlowEntry {
+        cursor: row.try_get("seq")?,
+        gateway_id: row.try_get("gateway_id")?,
+        client_id: row.try_get("client_id")?,
+        resource_id: row.try_get("resource_id")?,
+        actor_id: row.try_get("actor_id")?,
+        protocol: row.try_get("protocol")?,
+        source: row.try_get("source")?,
+        destination: row.try_get("destination")?,
+        bytes_in: row.try_get("bytes_in")?,
+        bytes_out: row.try_get("bytes_out")?,
+        started_at: from_millis(row.try_get("started_at")?),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_millis),
+    })
+}
+
+/// Which page of a log the console shows: the newest entries, those just
+/// older than a position, or those just newer than one. Pages are always
+/// handed back newest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keyset {
+    Newest,
+    Before(i64),
+    After(i64),
+}
+
+impl Keyset {
+    /// The position test, the order to read in and the position bound.
+    pub(crate) fn sql(self) -> (&'static str, &'static str, i64) {
+        match self {
+            Keyset::Newest => ("<", "DESC", i64::MAX),
+            Keyset::Before(position) => ("<", "DESC", position),
+            Keyset::After(position) => (">", "ASC", position),
+        }
+    }
+
+    /// Rows as read, newest first.
+    pub(crate) fn newest_first<T>(self, mut rows: Vec<T>) -> Vec<T> {
+        if let Keyset::After(_) = self {
+            rows.reverse();
+        }
+        rows
+    }
+}
+
+/// What the console's session log may filter by.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    pub actor_id: Option<Uuid>,
+    pub device_id: Option<Uuid>,
+    pub kind: Option<String>,
+    /// Entries at or after this (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Entries at or before this (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// A page of the sessions `filter` keeps, newest first.
+pub async fn search_sessions(
+    conn: &mut Conn,
+    account: Uuid,
+    filter: &SessionFilter,
+    page: Keyset,
+    limit: i64,
+) -> Result<Vec<SessionEntry>> {
+    let (position, order, from) = page.sql();
+    let sql = format!(
+        "SELECT seq, at, actor_id, device_id, kind, remote_ip, user_agent FROM sessions \
+         WHERE account_id = $1 AND seq {position} $2 \
+         AND ($4 IS NULL OR actor_id = $4) AND ($5 IS NULL OR device_id = $5) \
+         AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR at >= $7) \
+         AND ($8 IS NULL OR at <= $8) ORDER BY seq {order} LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(from)
+        .bind(limit)
+        .bind(filter.actor_id.map(|id| id.to_string()))
+        .bind(filter.device_id.map(|id| id.to_string()))
+        .bind(filter.kind.clone())
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+    let entries = rows.iter().map(session_entry).collect::<Result<Vec<_>>>()?;
+    Ok(page.newest_first(entries))
+}
+
+/// What the console's flow log may filter by: the API's filters, and the
+/// client and gateway.
+#[derive(Clone, Debug, Default)]
+pub struct FlowSearch {
+    pub filter: FlowFilter,
+    pub client_id: Option<Uuid>,
+    pub gateway_id: Option<Uuid>,
+}
+
+/// A page of the flows `search` keeps, newest first.
+pub async fn search_flows(
+    conn: &mut Conn,
+    account: Uuid,
+    search: &FlowSearch,
+    page: Keyset,
+    limit: i64,
+) -> Result<Vec<FlowEntry>> {
+    let (position, order, from) = page.sql();
+    let sql = format!(
+        "SELECT seq, gateway_id, client_id, resource_id, actor_id, protocol, source, destination, \
+         bytes_in, bytes_out, started_at, ended_at FROM flows \
+         WHERE account_id = $1 AND seq {position} $2 \
+         AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR actor_id = $5) \
+         AND ($6 IS NULL OR COALESCE(ended_at, started_at) >= $6) \
+         AND ($7 IS NULL OR started_at <= $7) \
+         AND ($8 IS NULL OR client_id = $8) AND ($9 IS NULL OR gateway_id = $9) \
+         ORDER BY seq {order} LIMIT $3"
+    );
+    let filter = &search.filter;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(from)
+        .bind(limit)
+        .bind(filter.resource_id.map(|id| id.to_string()))
+        .bind(filter.actor_id.map(|id| id.to_string()))
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(search.client_id.map(|id| id.to_string()))
+        .bind(search.gateway_id.map(|id| id.to_string()))
+        .fetch_all(&mut *conn)
+        .await?;
+    let entries = rows.iter().map(flow_entry).collect::<Result<Vec<_>>>()?;
+    Ok(page.newest_first(entries))
+}
+
+/// The tables whose rows a log names, with the column a person knows
+/// each by.
+const NAMED: [(&str, &str); 8] = [
+    ("actors", "name"),
+    ("devices", "name"),
+    ("groups", "name"),
+    ("sites", "name"),
+    ("resources", "name"),
+    ("policies", "description"),
+    ("identity_providers", "name"),
+    ("directories", "name"),
+];
+
+/// Most ids one [`names`] call looks up (a page names a few hundred).
+pub const MAX_NAMED: usize = 1_000;
+
+/// The names of the account's objects among `ids` (actors, devices,
+/// groups, sites, resources, policies by description, sign-in providers,
+/// directories), by id: one query for a whole page of a log. Ids of
+/// deleted objects, and more than [`MAX_NAMED`], are left out.
+pub async fn names(
+    conn: &mut Conn,
+    account: Uuid,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.truncate(MAX_NAMED);
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let list = (0..ids.len())
+        .map(|n| format!("${}", n + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = NAMED
+        .iter()
+        .map(|(table, column)| {
+            format!(
+                "SELECT id, {column} AS name FROM {table} WHERE account_id = $1 AND id IN ({list})"
+            )
         })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for id in ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
         .collect()
 }
 
