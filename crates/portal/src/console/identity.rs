@@ -406,7 +406,7 @@ fn provider_fields(draft: &ProviderDraft, editing: bool) -> Markup {
         label for="p-name" { "Name (shown on the sign-in page)" }
         input #p-name type="text" name="name" value=(draft.name) required maxlength="255";
         label for="p-issuer" { "Issuer URL" }
-        input #p-issuer type="url" name="issuer" value=(draft.issuer) required placeholder="https://id.example.com/realms/corp";
+        input #p-issuer.wide type="url" name="issuer" value=(draft.issuer) required placeholder="https://id.example.com/realms/corp";
         p.hint { "The provider's issuer: its discovery document is at this URL plus " code { "/.well-known/openid-configuration" } ". https only." }
         label for="p-client-id" { "Client ID" }
         input #p-client-id type="text" name="client_id" value=(draft.client_id) required maxlength="512" autocomplete="off";
@@ -455,7 +455,7 @@ fn ldap_fields(draft: &LdapDraft, editing: bool) -> Markup {
         label for="l-name" { "Name" }
         input #l-name type="text" name="name" value=(draft.name) required maxlength="255" placeholder="Corp AD";
         label for="l-url" { "Server URL" }
-        input #l-url type="text" name="url" value=(draft.url) required placeholder="ldaps://dc1.corp.example";
+        input #l-url.wide type="text" name="url" value=(draft.url) required placeholder="ldaps://dc1.corp.example";
         p.hint { code { "ldaps://HOST[:PORT]" } ", or " code { "ldap://HOST[:PORT]" } " with StartTLS below (a plain " code { "ldap://" } " bind sends the password in clear)." }
         div.choice {
             input #l-starttls type="checkbox" name="starttls" value="true" checked[draft.starttls];
@@ -463,7 +463,7 @@ fn ldap_fields(draft: &LdapDraft, editing: bool) -> Markup {
             label for="l-starttls" { "Upgrade ldap:// with StartTLS" }
         }
         label for="l-bind-dn" { "Bind DN" }
-        input #l-bind-dn type="text" name="bind_dn" value=(draft.bind_dn) required maxlength="1024" placeholder="CN=postern,OU=Services,DC=corp,DC=example";
+        input #l-bind-dn.wide type="text" name="bind_dn" value=(draft.bind_dn) required maxlength="1024" placeholder="CN=postern,OU=Services,DC=corp,DC=example";
         label for="l-bind-password" { "Bind password" }
         @if editing {
             input #l-bind-password type="password" name="bind_password" value="" maxlength="4096" autocomplete="new-password" aria-describedby="l-password-hint";
@@ -473,11 +473,11 @@ fn ldap_fields(draft: &LdapDraft, editing: bool) -> Markup {
             p.hint #l-password-hint { "Stored sealed and never shown again." }
         }
         label for="l-base-dn" { "Base DN" }
-        input #l-base-dn type="text" name="base_dn" value=(draft.base_dn) required maxlength="1024" placeholder="DC=corp,DC=example";
+        input #l-base-dn.wide type="text" name="base_dn" value=(draft.base_dn) required maxlength="1024" placeholder="DC=corp,DC=example";
         label for="l-user-filter" { "User filter (empty: the default)" }
-        input #l-user-filter type="text" name="user_filter" value=(draft.user_filter) maxlength="1024" placeholder=(DEFAULT_USER_FILTER);
+        input #l-user-filter.wide type="text" name="user_filter" value=(draft.user_filter) maxlength="1024" placeholder=(DEFAULT_USER_FILTER);
         label for="l-group-filter" { "Group filter (empty: the default)" }
-        input #l-group-filter type="text" name="group_filter" value=(draft.group_filter) maxlength="1024" placeholder=(DEFAULT_GROUP_FILTER);
+        input #l-group-filter.wide type="text" name="group_filter" value=(draft.group_filter) maxlength="1024" placeholder=(DEFAULT_GROUP_FILTER);
         label for="l-interval" { "Sync every (seconds)" }
         input #l-interval type="number" name="interval_secs" value=(draft.interval) min="60" max="86400" step="1" placeholder="300";
         p.hint { "60 seconds to a day; empty: " @if editing { "unchanged" } @else { "300" } "." }
@@ -577,13 +577,15 @@ async fn list_page(c: &Console, failed: Option<(Failed<'_>, &Refusal)>) -> WebRe
                 }
             }
         }
-        h3 { "Add an OpenID Connect provider" }
-        p.hint { "Register Postern as a web application (confidential client, authorization code flow) at the provider for its client ID and secret. The callback URL to register there names the provider's id, so it is shown once the provider is added here." }
-        (error_box(error_for(0)))
-        form method="post" action=(c.href("/identity/providers")) {
-            (c.csrf_field())
-            (provider_fields(provider_draft, false))
-            div { button type="submit" { "Add the provider" } }
+        details.add open[providers.is_empty() || error_for(0).is_some()] {
+            summary { "Add an OpenID Connect provider" }
+            p.hint { "Register Postern as a web application (confidential client, authorization code flow) at the provider for its client ID and secret. The callback URL to register there names the provider's id, so it is shown once the provider is added here." }
+            (error_box(error_for(0)))
+            form method="post" action=(c.href("/identity/providers")) {
+                (c.csrf_field())
+                (provider_fields(provider_draft, false))
+                div { button type="submit" { "Add the provider" } }
+            }
         }
 
         h2 { "Directories" }
@@ -600,7 +602,7 @@ async fn list_page(c: &Console, failed: Option<(Failed<'_>, &Refusal)>) -> WebRe
                             td { (text(d, "type").to_uppercase()) }
                             td { (d["users"].as_u64().unwrap_or(0)) }
                             td { (d["groups"].as_u64().unwrap_or(0)) }
-                            td { (when(&d["last_sync_at"])) }
+                            td { @if text(d, "type") == "scim" { span.muted { "—" } } @else { (when(&d["last_sync_at"])) } }
                             td { (last_sync_summary(d)) }
                             td { a href=(c.href(&format!("/identity/directories/{id}/delete"))) aria-label=(format!("Delete {}", text(d, "name"))) { "Delete…" } }
                         }
@@ -608,18 +610,22 @@ async fn list_page(c: &Console, failed: Option<(Failed<'_>, &Refusal)>) -> WebRe
                 }
             }
         }
-        h3 { "Add a SCIM directory (Okta, Microsoft Entra ID, JumpCloud, OneLogin, …)" }
-        p.hint { "The directory pushes users and groups to the portal. The next page shows the URL and the token to give it, once." }
-        (error_box(error_for(1)))
-        (scim_form(c, scim_name))
-        h3 { "Add an LDAP or Active Directory server" }
-        p.hint { "The portal reads users and groups from it at the interval set, and when you press \"Sync now\"." }
-        (error_box(error_for(2)))
-        form method="post" action=(c.href("/identity/directories")) {
-            (c.csrf_field())
-            input type="hidden" name="type" value="ldap";
-            (ldap_fields(ldap_draft, false))
-            div { button type="submit" { "Add the LDAP directory" } }
+        details.add open[error_for(1).is_some()] {
+            summary { "Add a SCIM directory (Okta, Microsoft Entra ID, JumpCloud, OneLogin, …)" }
+            p.hint { "The directory pushes users and groups to the portal. The next page shows the URL and the token to give it, once." }
+            (error_box(error_for(1)))
+            (scim_form(c, scim_name))
+        }
+        details.add open[error_for(2).is_some()] {
+            summary { "Add an LDAP or Active Directory server" }
+            p.hint { "The portal reads users and groups from it at the interval set, and when you press \"Sync now\"." }
+            (error_box(error_for(2)))
+            form method="post" action=(c.href("/identity/directories")) {
+                (c.csrf_field())
+                input type="hidden" name="type" value="ldap";
+                (ldap_fields(ldap_draft, false))
+                div { button type="submit" { "Add the LDAP directory" } }
+            }
         }
     };
     Ok(c.page(
@@ -987,8 +993,8 @@ async fn directory_page(c: &Console, id: &str, outcome: Outcome<'_>) -> WebResul
         }
         @if ldap {
             h2 { "Sync" }
-            p { "Last sync: " (when(&d["last_sync_at"])) "." }
-            @if let Some(error) = d["last_error"].as_str() {
+            p { "Last sync attempt: " (when(&d["last_sync_at"])) ". The portal syncs every " (d["ldap"]["interval_secs"].as_u64().unwrap_or(0)) " seconds." }
+            @if let (Some(error), false) = (d["last_error"].as_str(), matches!(outcome, Outcome::SyncFailed(_))) {
                 p.error { "The last sync failed and changed nothing: " (error) }
             }
             (sync_details(&d))

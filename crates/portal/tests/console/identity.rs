@@ -70,9 +70,39 @@ async fn admin_id(portal: &WebPortal) -> Value {
         .clone()
 }
 
+/// A browser signed in as the admin of a portal on `database` (PostgreSQL),
+/// else on SQLite.
+async fn admin_on(
+    database: Option<String>,
+) -> (WebPortal, crate::support::smtp::SmtpServer, Browser) {
+    let Some(database) = database else {
+        return admin_browser().await;
+    };
+    let (portal, mut smtp) = crate::support::email::portal_with_mail(Some(database)).await;
+    let mut browser = Browser::new();
+    let page = ask_code(&portal, &mut browser, "admin@example.test", false).await;
+    let code = code_in(&smtp.next(10).await.expect("the code arrives").data);
+    let signed_in = enter_code(&portal, &mut browser, &page, &code).await;
+    assert_eq!(signed_in.location.as_deref(), Some("/acme/"));
+    (portal, smtp, browser)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_is_added_edited_used_and_deleted_in_the_console_and_its_secret_never_shown() {
-    let (portal, _smtp, mut browser) = admin_browser().await;
+    provider_in_the_console(None).await;
+}
+
+/// The console's own queries (what a deletion takes, a directory's names)
+/// on PostgreSQL too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_and_directories_work_on_postgres_too() {
+    let server = crate::support::postgres::TempPostgres::start_named("console-identity");
+    provider_in_the_console(Some(server.database("providers").await)).await;
+    scim_in_the_console(Some(server.database("scim").await)).await;
+}
+
+async fn provider_in_the_console(database: Option<String>) {
+    let (portal, _smtp, mut browser) = admin_on(database).await;
     let base = portal.base.clone();
     let mut pages: Vec<Page> = Vec::new();
     let list = browser.get(&format!("{base}/acme/identity")).await;
@@ -347,7 +377,11 @@ async fn scim_get(base: &str, token: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scim_directory_made_in_the_console_works_with_its_token_until_rotated() {
-    let (portal, _smtp, mut browser) = admin_browser().await;
+    scim_in_the_console(None).await;
+}
+
+async fn scim_in_the_console(database: Option<String>) {
+    let (portal, _smtp, mut browser) = admin_on(database).await;
     let base = portal.base.clone();
     let csrf = browser
         .get(&format!("{base}/acme/identity"))
