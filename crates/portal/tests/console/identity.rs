@@ -652,6 +652,23 @@ async fn an_ldap_directory_made_in_the_console_shows_why_its_sync_failed_escaped
         .await;
     assert_eq!(unchanged["ldap"]["url"], closed_url);
     edit.last_mut().unwrap().1 = csrf.clone();
+    // Refused (an interval under a minute, a new password typed): the form
+    // again with what was typed, but not the password.
+    let mut too_often = edit.clone();
+    too_often[7].1 = "5".into();
+    too_often[3].1 = "typed-refused-password-77".into();
+    let refused = post(&mut browser, &path, &too_often).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("interval_secs"), "{}", refused.body);
+    assert!(refused.body.contains("value=\"5\""));
+    assert!(
+        refused
+            .body
+            .contains(&format!("value=\"ldap://127.0.0.1:{hang_up_port}\""))
+    );
+    assert!(!refused.body.contains("typed-refused-password-77"));
+    assert_safe(&refused, "refused LDAP edit");
+    pages.push(refused);
     let saved = post(&mut browser, &path, &edit).await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let entry = last_audit(&portal).await;
