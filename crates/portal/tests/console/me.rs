@@ -530,3 +530,92 @@ async fn a_disabled_or_signed_out_users_session_stops_working() {
     replay.cookies.insert("postern_session".into(), session);
     assert_eq!(replay.get(&format!("{base}/acme/me")).await.status, 303);
 }
+
+/// The page's cost with the benchmark's account: 10,000 clients (100 of
+/// them hers) and 1,000 resources her group reaches. Rows are written
+/// straight into the store (the API's rate limit and the device cap would
+/// take minutes); the page is read over HTTP, as a browser does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_quick_with_ten_thousand_clients_and_a_thousand_resources() {
+    let (portal, mut smtp) = portal_with_mail(None).await;
+    let w = world(&portal).await;
+    let account = portal.account_id.to_string();
+    let mut tx = portal.state.store.write().await.unwrap();
+    for n in 0..1000 {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO resources (id, account_id, site_id, name, type, address, filters, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 'cidr', $5, '[]', 0, 0)",
+        )
+        .bind(&id)
+        .bind(&account)
+        .bind(&w.site)
+        .bind(format!("bench-{n:04}"))
+        .bind(format!("10.{}.{}.0/24", 100 + n / 256, n % 256))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO policies (id, account_id, group_id, resource_id, conditions, \
+             description, disabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, '[]', '', 0, 0, 0)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&account)
+        .bind(&w.staff)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    for n in 0..10_000i64 {
+        let owner = if n < 100 { &w.ann } else { &w.bob };
+        sqlx::query(
+            "INSERT INTO devices (id, account_id, kind, actor_id, external_id, name, os, \
+             address_index, created_at) VALUES ($1, $2, 'client', $3, $4, $4, 'Linux', $5, $5)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&account)
+        .bind(owner)
+        .bind(format!("device-{n:05}"))
+        .bind(n + 1000)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let (mut ann, _) = web_sign_in(&portal, &mut smtp, "ann@example.test").await;
+    let url = format!("{}/acme/me", portal.base);
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let page = ann.get(&url).await;
+        best = best.min(started.elapsed());
+        assert_eq!(page.status, 200);
+    }
+    let page = ann.get(&url).await;
+    println!("GET /acme/me: {best:?} (best of 5)");
+    // A page of each, with a way on.
+    assert_eq!(
+        page.body.matches("device-0").count(),
+        50,
+        "50 devices a page"
+    );
+    assert!(!page.body.contains("device-00100"), "only hers");
+    // By name: her wiki first, then 99 of these.
+    assert_eq!(
+        page.body.matches("bench-").count(),
+        99,
+        "100 resources a page"
+    );
+    assert!(page.body.contains("/acme/me?devices=1"));
+    assert!(page.body.contains("/acme/me?resources=1"));
+    let last = ann.get(&format!("{url}?resources=10")).await;
+    assert!(last.body.contains("bench-0999"), "the last page");
+    assert!(last.body.contains("/acme/me?resources=9"));
+    assert!(!last.body.contains("/acme/me?resources=11"));
+    // Unoptimised test builds are several times slower than a release.
+    let limit = if cfg!(debug_assertions) { 500 } else { 50 };
+    assert!(best < Duration::from_millis(limit), "{best:?}");
+}
