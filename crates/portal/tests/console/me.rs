@@ -619,3 +619,82 @@ async fn the_page_is_quick_with_ten_thousand_clients_and_a_thousand_resources() 
     let limit = if cfg!(debug_assertions) { 500 } else { 50 };
     assert!(best < Duration::from_millis(limit), "{best:?}");
 }
+
+/// By OpenID Connect too: a user lands on their own page, an admin (by the
+/// provider's admin claim) on the console; a client sign-in still ends in
+/// the "connect this device?" question, with no web session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signing_in_with_oidc_lands_on_their_own_page() {
+    let portal = WebPortal::start(|_| {}).await;
+    let (status, created) = portal
+        .api(
+            Method::POST,
+            "/identity_providers",
+            Some(json!({
+                "type": "oidc", "name": "Corp IdP", "issuer": "http://127.0.0.1:1",
+                "client_id": "postern-acme",
+                "client_secret": "provider-secret-0123456789-abcdefghij",
+                "admin_claim": "is_admin",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let provider = created["id"].as_str().unwrap().to_string();
+    let callback = created["redirect_uri"].as_str().unwrap().to_string();
+    let idp = support::oidc::OidcProvider::start(
+        "postern-acme",
+        "provider-secret-0123456789-abcdefghij",
+        &[callback],
+    )
+    .await;
+    let (status, _) = portal
+        .api(
+            Method::PATCH,
+            &format!("/identity_providers/{provider}"),
+            Some(json!({"issuer": idp.issuer})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    portal.add_actor("Carol", "carol@corp.test", "user").await;
+    let sign_in = async |query: &str, login: &str| {
+        let mut browser = Browser::new();
+        let start = browser
+            .get(&format!(
+                "{}/acme/sign_in/oidc/{provider}{query}",
+                portal.base
+            ))
+            .await;
+        assert_eq!(start.status, 303, "{}", start.body);
+        let callback = idp.sign_in(&start.location.unwrap(), login).await;
+        let page = browser.get(&callback).await;
+        (browser, page)
+    };
+
+    idp.set_account("carol-sub", "carol@corp.test", &[], false)
+        .await;
+    let (mut carol, page) = sign_in("", "carol-sub").await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.location.as_deref(), Some("/acme/me"));
+    let me = carol.get(&format!("{}/acme/me", portal.base)).await;
+    assert_eq!(me.status, 200);
+    assert!(me.body.contains("carol@corp.test"));
+    let console = carol.get(&format!("{}/acme/", portal.base)).await;
+    assert_eq!(console.location.as_deref(), Some("/acme/sign_in"));
+
+    // A client sign-in: the question, no session.
+    let query = format!(
+        "?client_state=client-state-0123456789&client_challenge={}&redirect_uri={}",
+        postern_portal::auth::token::challenge_of(CLIENT_NONCE),
+        url::form_urlencoded::byte_serialize(support::email::REDIRECT.as_bytes())
+            .collect::<String>()
+    );
+    let (browser, page) = sign_in(&query, "carol-sub").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Connect this device"));
+    assert!(!browser.cookies.contains_key("postern_session"));
+
+    idp.set_account("root-sub", "admin@example.test", &[], true)
+        .await;
+    let (_, page) = sign_in("", "root-sub").await;
+    assert_eq!(page.location.as_deref(), Some("/acme/"));
+}
