@@ -145,7 +145,7 @@ impl Me {
                         p.brand { "Postern" }
                         p.account { (self.account.name) }
                         ul {
-                            li { a href=(self.href("/me")) aria-current="page" { "My devices and access" } }
+                            li { a href=(self.href("/me")) aria-current="page" { "Your devices and access" } }
                             @if self.actor.role == Role::Admin {
                                 li { a href=(self.href("/")) { "Admin console" } }
                             }
@@ -308,7 +308,7 @@ async fn show(
             p.muted { "No device of yours has connected yet. To connect one, run " code { "postern client sign-in" } " on it." }
         } @else {
             table {
-                thead { tr { th { "Name" } th { "System" } th { "Version" } th { "Last seen" } th { "Now" } th { "Sign-in" } th {} } }
+                thead { tr { th { "Name" } th { "System" } th { "Version" } th { "Last seen" } th { "Connection" } th { "Sign-in" } th { "Action" } } }
                 tbody {
                     @for (device, token) in &own {
                         tr {

@@ -399,6 +399,25 @@ async fn a_user_signs_out_their_own_device_and_no_one_elses() {
     let bob_token = client_token(&portal, &mut smtp, "bob@example.test").await;
     let mut laptop = connect(&portal, &ann_token, "ann-laptop", 2).await;
     let mut phone = connect(&portal, &bob_token, "bob-phone", 3).await;
+    // A second device of hers on the same sign-in, which names itself and
+    // its system with markup.
+    let addr: std::net::SocketAddr = portal.base.trim_start_matches("http://").parse().unwrap();
+    let encode =
+        |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let mut tablet = Peer::connect_query(
+        addr,
+        "/v1/client",
+        &ann_token,
+        &format!(
+            "device_id=ann-tablet&public_key={}&name={}&os={}&version=0.1.7",
+            encode(&key(4)),
+            encode(&format!("tablet {PROBE}")),
+            encode(PROBE)
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tablet.next().await["type"], "init");
     let laptop_id = device_id(&portal, "ann-laptop").await;
     let phone_id = device_id(&portal, "bob-phone").await;
     let base = portal.base.clone();
@@ -410,6 +429,8 @@ async fn a_user_signs_out_their_own_device_and_no_one_elses() {
     assert!(me.body.contains("Linux"));
     assert!(me.body.contains("class=\"online\""), "{}", me.body);
     assert!(!me.body.contains("bob-phone"), "{}", me.body);
+    assert!(me.body.contains("0.1.7"));
+    assert_escaped(&me.body, "the device's name and system");
     let csrf = me.hidden("csrf").unwrap();
 
     // Bob's device, by its id: no such device of hers; nothing revoked.
@@ -461,15 +482,23 @@ async fn a_user_signs_out_their_own_device_and_no_one_elses() {
         asked.body
     );
     assert!(asked.body.contains("Sign this device out"));
+    // What goes with it: the other device on the same sign-in.
+    assert!(
+        asked.body.contains("used by 1 other device(s)"),
+        "{}",
+        asked.body
+    );
+    assert_escaped(&asked.body, "the other device's name");
     let done = ann.post(&own, &[("csrf", &csrf)]).await;
     assert_eq!(done.status, 303, "{}", done.body);
     assert_eq!(done.location.as_deref(), Some("/acme/me"));
-    assert_eq!(
-        laptop.next_of("disconnect").await["reason"],
-        "token_revoked"
-    );
+    for device in [&mut laptop, &mut tablet] {
+        assert_eq!(
+            device.next_of("disconnect").await["reason"],
+            "token_revoked"
+        );
+    }
     assert!(!token_works(&portal, &ann_token).await);
-    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let again = Peer::connect(addr, "/v1/client", &ann_token, "ann-laptop", &key(2))
         .await
         .err();
