@@ -393,7 +393,18 @@ async fn token_works(portal: &WebPortal, token: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_signs_out_their_own_device_and_no_one_elses() {
-    let (portal, mut smtp) = portal_with_mail(None).await;
+    own_devices_only(None).await;
+}
+
+/// The page's queries on the other store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_signing_out_work_on_postgres_too() {
+    let server = support::postgres::TempPostgres::start_named("me");
+    own_devices_only(Some(server.database("me").await)).await;
+}
+
+async fn own_devices_only(database: Option<String>) {
+    let (portal, mut smtp) = portal_with_mail(database).await;
     let w = world(&portal).await;
     let ann_token = client_token(&portal, &mut smtp, "ann@example.test").await;
     let bob_token = client_token(&portal, &mut smtp, "bob@example.test").await;
@@ -430,6 +441,7 @@ async fn a_user_signs_out_their_own_device_and_no_one_elses() {
     assert!(me.body.contains("class=\"online\""), "{}", me.body);
     assert!(!me.body.contains("bob-phone"), "{}", me.body);
     assert!(me.body.contains("0.1.7"));
+    assert!(me.body.contains("Wiki &lt;") && !me.body.contains("Payroll"));
     assert_escaped(&me.body, "the device's name and system");
     let csrf = me.hidden("csrf").unwrap();
 
