@@ -255,10 +255,8 @@ async fn show(
     let mine = graph.groups(actor);
     let group_names: HashMap<Uuid, &str> =
         group_rows.iter().map(|g| (g.id, g.name.as_str())).collect();
-    let provider_names: HashMap<String, &str> = providers
-        .iter()
-        .map(|p| (p.id.to_string(), p.name.as_str()))
-        .collect();
+    let provider_names: HashMap<Uuid, &str> =
+        providers.iter().map(|p| (p.id, p.name.as_str())).collect();
     let visible: std::collections::HashSet<Uuid> =
         graph.visible(actor).into_iter().map(|r| r.id.0).collect();
     // By name (the store's order); each with the enabled policies of the
@@ -398,7 +396,7 @@ fn filters_text(resource: &Resource) -> String {
 
 /// A policy's conditions in words: "always", or each condition joined by
 /// "and" (all must hold).
-fn conditions_text(conditions: &[Condition], providers: &HashMap<String, &str>) -> String {
+fn conditions_text(conditions: &[Condition], providers: &HashMap<Uuid, &str>) -> String {
     if conditions.is_empty() {
         return "always".into();
     }
@@ -409,7 +407,7 @@ fn conditions_text(conditions: &[Condition], providers: &HashMap<String, &str>) 
         .join(", and ")
 }
 
-fn condition_text(condition: &Condition, providers: &HashMap<String, &str>) -> String {
+fn condition_text(condition: &Condition, providers: &HashMap<Uuid, &str>) -> String {
     let not = condition.operator == ConditionOperator::NotIn;
     let values = |each: &dyn Fn(&str) -> String| {
         condition
@@ -441,8 +439,9 @@ fn condition_text(condition: &Condition, providers: &HashMap<String, &str>) -> S
     let list = match condition.property {
         ConditionProperty::Time => values(&time_text),
         ConditionProperty::IdentityProvider => values(&|v: &str| {
-            providers
-                .get(v)
+            Uuid::try_parse(v)
+                .ok()
+                .and_then(|id| providers.get(&id))
                 .map_or_else(|| "a removed provider".to_string(), |n| n.to_string())
         }),
         ConditionProperty::Country => values(&|v: &str| v.to_ascii_uppercase()),
@@ -566,4 +565,54 @@ async fn revoke_own(me: &Me, token: Uuid) -> WebResult<()> {
         crate::api::tokens::revoke(State(me.state.clone()), caller, Path(token.to_string())).await,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(property: &str, operator: &str, values: &[&str]) -> Condition {
+        serde_json::from_value(
+            serde_json::json!({"property": property, "operator": operator, "values": values}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn conditions_read_as_words() {
+        let okta = Uuid::from_u128(7);
+        let providers = HashMap::from([(okta, "Okta")]);
+        let words = |c: &[Condition]| conditions_text(c, &providers);
+        assert_eq!(words(&[]), "always");
+        assert_eq!(
+            words(&[
+                condition(
+                    "identity_provider",
+                    "in",
+                    &[&okta.to_string().to_uppercase()]
+                ),
+                condition("remote_ip", "not_in", &["10.0.0.0/8", "192.0.2.1"]),
+            ]),
+            "signed in with Okta, and not connecting from 10.0.0.0/8 or 192.0.2.1"
+        );
+        assert_eq!(
+            words(&[condition("time", "not_in", &["SU/00:00-24:00/UTC"])]),
+            "except Sat, Sun 00:00-24:00 (UTC)"
+        );
+        for (operator, values, expected) in [
+            ("in", &["true"][..], "on a device an admin has verified"),
+            ("not_in", &["true"][..], "on a device no admin has verified"),
+            ("in", &["true", "false"][..], "on any device"),
+            ("not_in", &["true", "false"][..], "never"),
+        ] {
+            assert_eq!(
+                words(&[condition("client_verified", operator, values)]),
+                expected
+            );
+        }
+        assert_eq!(
+            words(&[condition("client_os", "in", &["Linux", "macOS"])]),
+            "on a device running Linux or macOS"
+        );
+    }
 }
