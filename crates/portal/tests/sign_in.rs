@@ -434,12 +434,19 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
             .is_none()
     );
 
-    // A user (not an admin) gets no web session, and bad redirects are refused.
+    // A user (not an admin) gets a web session for their own page only,
+    // and bad redirects are refused.
     let page = ask_code(&portal, &mut browser, "ann@example.test", false).await;
     let code = code_in(&smtp.next(10).await.unwrap().data);
-    let refused = enter_code(&portal, &mut browser, &page, &code).await;
-    assert_eq!(refused.status, 403);
-    assert!(refused.body.contains("Only admins"));
+    let signed_in = enter_code(&portal, &mut browser, &page, &code).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.location.as_deref(), Some("/acme/me"));
+    assert!(browser.cookies.contains_key("postern_session"));
+    let own = browser.get(&format!("{}/acme/me", portal.base)).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let console = browser.get(&format!("{}/acme/", portal.base)).await;
+    assert_eq!(console.status, 303, "no admin console for a user");
+    assert_eq!(console.location.as_deref(), Some("/acme/sign_in"));
     let evil = browser
         .get(&format!(
             "{}/acme/sign_in?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri=http%3A%2F%2Fevil.example%3A80%2F",

@@ -286,6 +286,91 @@ pub async fn ids(conn: &mut Conn, account: Uuid, kind: DeviceKind) -> Result<Vec
         .collect()
 }
 
+/// A client device of an actor, with the token it last connected with when
+/// that is still a live client token of the same actor (what signing the
+/// device out revokes); `None`: the device is signed out.
+pub type OwnDevice = (Device, Option<Uuid>);
+
+/// The select of `OwnDevice` rows: `$1` account, `$2` actor, `$3` now.
+fn own_devices_sql(rest: &str) -> String {
+    format!(
+        "SELECT {COLUMNS}, (SELECT t.id FROM tokens t WHERE t.id = devices.token_id \
+         AND t.account_id = devices.account_id AND t.kind = 'client' \
+         AND t.actor_id = devices.actor_id AND (t.expires_at IS NULL OR t.expires_at > $3)) \
+         AS live_token FROM devices WHERE account_id = $1 AND kind = 'client' \
+         AND actor_id = $2 {rest}"
+    )
+}
+
+fn own_device(row: &AnyRow) -> Result<OwnDevice> {
+    Ok((
+        from_row(row)?,
+        opt_uuid_column(row, "devices", "live_token")?,
+    ))
+}
+
+/// An actor's client devices, oldest first: `limit` from `offset`.
+pub async fn of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    now_ms: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<OwnDevice>> {
+    let sql = own_devices_sql("ORDER BY created_at, id LIMIT $4 OFFSET $5");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .bind(now_ms)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(own_device).collect()
+}
+
+/// One client device of an actor; `None` for another actor's, like a
+/// missing one.
+pub async fn one_of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    id: Uuid,
+    now_ms: i64,
+) -> Result<Option<OwnDevice>> {
+    let sql = own_devices_sql("AND id = $4");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .bind(now_ms)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(own_device).transpose()
+}
+
+/// The names of the other devices that last connected with `token`.
+pub async fn others_with_token(
+    conn: &mut Conn,
+    account: Uuid,
+    token: Uuid,
+    except: Uuid,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT name FROM devices WHERE account_id = $1 AND token_id = $2 AND id <> $3 \
+         ORDER BY created_at, id LIMIT 100",
+    )
+    .bind(account.to_string())
+    .bind(token.to_string())
+    .bind(except.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok(row.try_get::<String, _>("name")?))
+        .collect()
+}
+
 pub async fn set_verified(conn: &mut Conn, account: Uuid, id: Uuid, verified: bool) -> Result<()> {
     sqlx::query("UPDATE devices SET verified = $1 WHERE account_id = $2 AND id = $3")
         .bind(i64::from(verified))

@@ -152,6 +152,51 @@ pub async fn all_memberships(conn: &mut Conn, account: Uuid) -> Result<Vec<(Uuid
         .collect()
 }
 
+/// The ids of the groups whose policies can reach `$2`, an actor of account
+/// `$1`: their explicit groups and the account's `Everyone` (whether it
+/// holds the actor is the policy graph's rule, by role).
+pub(crate) const GROUPS_OF_ACTOR: &str = "SELECT group_id FROM memberships WHERE account_id = $1 \
+     AND actor_id = $2 UNION SELECT id FROM groups WHERE account_id = $1 AND kind = 'everyone'";
+
+/// What the policy graph of one actor needs of the groups: the groups of
+/// `GROUPS_OF_ACTOR` and the actor's memberships as (group, actor).
+pub async fn of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+) -> Result<(Vec<Group>, Vec<(Uuid, Uuid)>)> {
+    let sql = format!(
+        "SELECT {} FROM groups WHERE account_id = $1 AND id IN ({GROUPS_OF_ACTOR}) \
+         ORDER BY created_at, id",
+        Group::COLUMNS
+    );
+    let groups = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(Group::from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let rows = sqlx::query(
+        "SELECT group_id, actor_id FROM memberships WHERE account_id = $1 AND actor_id = $2",
+    )
+    .bind(account.to_string())
+    .bind(actor.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let memberships = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                uuid_column(row, "memberships", "group_id")?,
+                uuid_column(row, "memberships", "actor_id")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((groups, memberships))
+}
+
 /// The account's group of this exact name, if any.
 pub async fn by_name(conn: &mut Conn, account: Uuid, name: &str) -> Result<Option<Group>> {
     let sql = format!(

@@ -86,3 +86,20 @@ pub async fn update(
 pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
     super::delete_scoped::<PolicyRecord>(conn, account, id).await
 }
+
+/// The policies of the groups of an actor (`groups::GROUPS_OF_ACTOR`),
+/// disabled ones too: the policy graph decides what they grant.
+pub async fn of_actor(conn: &mut Conn, account: Uuid, actor: Uuid) -> Result<Vec<PolicyRecord>> {
+    let sql = format!(
+        "SELECT {} FROM policies WHERE account_id = $1 AND group_id IN ({}) \
+         ORDER BY created_at, id",
+        PolicyRecord::COLUMNS,
+        super::groups::GROUPS_OF_ACTOR
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(PolicyRecord::from_row).collect()
+}

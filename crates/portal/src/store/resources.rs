@@ -102,6 +102,23 @@ pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Resource>> {
     super::list_scoped(conn, account).await
 }
 
+/// The resources the policies of an actor's groups point at
+/// (`policies::of_actor`), by name.
+pub async fn of_actor(conn: &mut Conn, account: Uuid, actor: Uuid) -> Result<Vec<Resource>> {
+    let sql = format!(
+        "SELECT {} FROM resources WHERE account_id = $1 AND id IN (SELECT resource_id FROM \
+         policies WHERE account_id = $1 AND group_id IN ({})) ORDER BY name, id",
+        Resource::COLUMNS,
+        super::groups::GROUPS_OF_ACTOR
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(Resource::from_row).collect()
+}
+
 pub async fn update(
     conn: &mut Conn,
     account: Uuid,

@@ -1,6 +1,7 @@
-//! The end of every sign-in: an admin web session cookie, or for a client
-//! sign-in a "connect this device?" page whose yes hands a client token to
-//! the client's loopback listener; the signed-in page; sign-out.
+//! The end of every sign-in: a web session cookie (an admin's console, or a
+//! user's own page at `/{account}/me`), or for a client sign-in a "connect
+//! this device?" page whose yes hands a client token to the client's
+//! loopback listener; sign-out.
 //!
 //! The question (review L3): a link that starts a client sign-in, opened by
 //! someone with a live session at the identity provider, would otherwise
@@ -41,32 +42,37 @@ use crate::store::{actors, identity_providers};
 /// A client token from a sign-in lives this long unless its provider says
 /// otherwise.
 pub const CLIENT_SESSION: SignedDuration = SignedDuration::from_hours(7 * 24);
-/// An admin's web session.
+/// A web session (an admin's or a user's).
 pub const WEB_SESSION: SignedDuration = SignedDuration::from_hours(8);
 /// How long the "connect this device?" page can be answered.
 const CONFIRMATION_MS: i64 = 10 * 60 * 1000;
 /// The MAC label of a confirmation.
 const CONFIRMATION_LABEL: &str = "client sign-in confirmation";
 
-/// Who may sign in at all, and to the web portal only admins.
-fn may_sign_in(actor: &Actor, client: bool) -> WebResult<()> {
+/// Who may sign in at all: enabled users and admins. On the web an admin
+/// gets the console, a user only their own page (`web_user`, `web_admin`).
+fn may_sign_in(actor: &Actor) -> WebResult<()> {
     if actor.disabled {
         return Err(WebError::forbidden("This user is disabled."));
     }
     if actor.role == Role::ServiceAccount {
         return Err(WebError::forbidden("Service accounts cannot sign in."));
     }
-    if !client && actor.role != Role::Admin {
-        return Err(WebError::forbidden(
-            "Only admins can use the web portal. To connect a device, run \
-             `postern client sign-in` on it.",
-        ));
-    }
     Ok(())
 }
 
-/// Ends a sign-in: an admin gets the web session; a client sign-in gets the
-/// "connect this device?" page.
+/// Where a web sign-in lands: the console for an admin, their own page for
+/// a user.
+fn home(account: &Account, actor: &Actor) -> String {
+    if actor.role == Role::Admin {
+        format!("/{}/", account.slug)
+    } else {
+        format!("/{}/me", account.slug)
+    }
+}
+
+/// Ends a sign-in: a web session (landing on `home`); a client sign-in gets
+/// the "connect this device?" page.
 pub async fn finish(
     state: &AppState,
     account: &Account,
@@ -76,12 +82,12 @@ pub async fn finish(
     meta: &RequestMeta,
     headers: &HeaderMap,
 ) -> WebResult<Response> {
-    may_sign_in(actor, client.is_some())?;
+    may_sign_in(actor)?;
     if let Some(request) = client {
         return ask(state, account, actor, provider, request, headers);
     }
     let minted = issue(state, account, actor, provider, None, WEB_SESSION, meta).await?;
-    let mut response = see_other(&format!("/{}/", account.slug));
+    let mut response = see_other(&home(account, actor));
     jar(state, &account.slug).set(
         &mut response,
         cookies::SESSION,
@@ -316,7 +322,7 @@ pub async fn confirm(
     tx.commit().await?;
     // Disabled, demoted or deleted since the page was shown: no token.
     let actor = actor.ok_or_else(|| WebError::forbidden("This user no longer exists."))?;
-    may_sign_in(&actor, true)?;
+    may_sign_in(&actor)?;
     let lifetime = provider
         .as_ref()
         .and_then(|p| p.client_session_lifetime_secs)
@@ -341,9 +347,12 @@ pub async fn confirm(
     Ok(see_other(url.as_str()))
 }
 
-/// The signed-in admin of this account, from the session cookie, with the
-/// session token's id.
-pub(crate) async fn web_admin(
+/// The signed-in user or admin of this account, from the session cookie,
+/// with the session token's id: a live browser token of this account whose
+/// actor exists, is enabled and may sign in. No other kind of token (an API
+/// token, a client's) is a web session, and a session of another account is
+/// none here.
+pub(crate) async fn web_user(
     state: &AppState,
     account: &Account,
     headers: &HeaderMap,
@@ -366,13 +375,26 @@ pub(crate) async fn web_admin(
     let actor = actors::get(&mut tx, account.id, actor_id).await?;
     tx.commit().await?;
     Ok(actor
-        .filter(|a| a.role == Role::Admin && !a.disabled)
+        .filter(|a| may_sign_in(a).is_ok())
         .map(|a| (a, record.id)))
+}
+
+/// The signed-in admin of this account: `web_user` when the actor is an
+/// admin (now, not when they signed in: a demoted admin's session is a
+/// user's).
+pub(crate) async fn web_admin(
+    state: &AppState,
+    account: &Account,
+    headers: &HeaderMap,
+) -> WebResult<Option<(Actor, uuid::Uuid)>> {
+    Ok(web_user(state, account, headers)
+        .await?
+        .filter(|(actor, _)| actor.role == Role::Admin))
 }
 
 /// `POST /{account}/sign_out`: with `Authorization: Bearer <client token>`
 /// revokes that token (what `postern client sign-out` does); from the web
-/// page (CSRF-checked) ends the admin's session.
+/// page (CSRF-checked) ends the browser's session, an admin's or a user's.
 pub async fn sign_out(
     State(state): Shared,
     Path(slug): Path<String>,
@@ -406,7 +428,7 @@ pub async fn sign_out(
             "The form expired; reload the page and try again.",
         ));
     }
-    if let Some((_, token_id)) = web_admin(&state, &account, &headers).await? {
+    if let Some((_, token_id)) = web_user(&state, &account, &headers).await? {
         revoke(&state, &account, token_id).await?;
     }
     let mut response = see_other(&format!("/{}/sign_in", account.slug));
