@@ -141,6 +141,7 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
     };
     let providers =
         data(api::identity_providers::list(State(c.state.clone()), c.admin).await).await?;
+    let provider_names = conditions::provider_names(&providers);
     let groups = data(api::groups::list(State(c.state.clone()), c.admin).await).await?;
     let group_names: HashMap<&str, &str> = groups
         .iter()
@@ -230,13 +231,13 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
                         tr {
                             td { a href=(c.href(&format!("/policies/{}", policy.id))) { "Edit" } @if policy.disabled { " " span.offline { "disabled" } } }
                             td { (name(policy.group_id)) @if verdict.member { " " span.online { "member" } } @else { " " span.offline { "not a member" } } }
-                            td { @if rows == 0 { "none" } @else { (conditions::describe(&record.expect("rows > 0").conditions[0], &providers)) } }
+                            td { @if rows == 0 { "none" } @else { (conditions::describe(&record.expect("rows > 0").conditions[0], &provider_names)) } }
                             @for answers in &verdicts { td { (holds(answers[index].conditions.first().copied())) } }
                         }
                         @for row in 1..rows {
                             tr {
                                 td {} td {}
-                                td { (conditions::describe(&record.expect("rows > 0").conditions[row], &providers)) }
+                                td { (conditions::describe(&record.expect("rows > 0").conditions[row], &provider_names)) }
                                 @for answers in &verdicts { td { (holds(answers[index].conditions.get(row).copied())) } }
                             }
                         }

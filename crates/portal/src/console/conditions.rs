@@ -3,9 +3,12 @@
 //! API compiles them and says what is wrong, with the index of the value at
 //! fault; the form comes back with what was typed, so nothing is lost.
 
+use std::collections::HashMap;
+
 use maud::{Markup, html};
 use postern_model::{Condition, ConditionOperator, ConditionProperty};
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::{Form, text};
 
@@ -243,37 +246,100 @@ fn zones() -> Vec<String> {
     zones
 }
 
-/// A condition in words, for tables and explanations.
-pub fn describe(condition: &Condition, providers: &[Value]) -> String {
-    let negated = condition.operator == ConditionOperator::NotIn;
-    let values = match condition.property {
-        ConditionProperty::IdentityProvider => condition
+/// The account's identity providers' names by id (API JSON in).
+pub fn provider_names(providers: &[Value]) -> HashMap<Uuid, String> {
+    providers
+        .iter()
+        .filter_map(|p| Some((text(p, "id").parse().ok()?, text(p, "name").to_string())))
+        .collect()
+}
+
+/// A policy's conditions in words: "always", or each condition joined by
+/// "and" (all must hold).
+pub fn describe_all<S: AsRef<str>>(
+    conditions: &[Condition],
+    providers: &HashMap<Uuid, S>,
+) -> String {
+    if conditions.is_empty() {
+        return "always".into();
+    }
+    conditions
+        .iter()
+        .map(|c| describe(c, providers))
+        .collect::<Vec<_>>()
+        .join(", and ")
+}
+
+/// One condition in words, for tables and explanations.
+pub fn describe<S: AsRef<str>>(condition: &Condition, providers: &HashMap<Uuid, S>) -> String {
+    let not = condition.operator == ConditionOperator::NotIn;
+    let values = |each: &dyn Fn(&str) -> String| {
+        condition
             .values
             .iter()
-            .map(|id| {
-                providers
-                    .iter()
-                    .find(|p| text(p, "id") == id)
-                    .map_or(id.as_str(), |p| text(p, "name"))
-                    .to_string()
-            })
-            .collect::<Vec<_>>(),
-        _ => condition.values.clone(),
+            .map(|v| each(v.trim()))
+            .collect::<Vec<_>>()
+            .join(" or ")
     };
-    let values = values.join(", ");
-    match (condition.property, negated) {
-        (ConditionProperty::RemoteIp, false) => format!("connects from {values}"),
-        (ConditionProperty::RemoteIp, true) => format!("does not connect from {values}"),
-        (ConditionProperty::Country, false) => format!("is in {values}"),
-        (ConditionProperty::Country, true) => format!("is not in {values}"),
-        (ConditionProperty::Time, false) => format!("during {values}"),
-        (ConditionProperty::Time, true) => format!("outside {values}"),
-        (ConditionProperty::IdentityProvider, false) => format!("signed in with {values}"),
-        (ConditionProperty::IdentityProvider, true) => format!("not signed in with {values}"),
-        (ConditionProperty::ClientVerified, false) => format!("client verified is {values}"),
-        (ConditionProperty::ClientVerified, true) => format!("client verified is not {values}"),
-        (ConditionProperty::ClientOs, false) => format!("runs {values}"),
-        (ConditionProperty::ClientOs, true) => format!("does not run {values}"),
+    let plain = |v: &str| v.to_string();
+    let (yes, no) = match condition.property {
+        ConditionProperty::RemoteIp => ("connecting from", "not connecting from"),
+        ConditionProperty::Country => ("connecting from the country", "not connecting from"),
+        ConditionProperty::Time => ("only", "except"),
+        ConditionProperty::IdentityProvider => ("signed in with", "not signed in with"),
+        ConditionProperty::ClientOs => ("on a device running", "not on a device running"),
+        ConditionProperty::ClientVerified => {
+            let verified = |v: &str| v.eq_ignore_ascii_case("true");
+            let allows_verified = condition.values.iter().any(|v| verified(v.trim())) != not;
+            let allows_unverified = condition.values.iter().any(|v| !verified(v.trim())) != not;
+            return match (allows_verified, allows_unverified) {
+                (true, true) => "on any device".into(),
+                (true, false) => "on a device an admin has verified".into(),
+                (false, true) => "on a device no admin has verified".into(),
+                (false, false) => "never".into(),
+            };
+        }
+    };
+    let list = match condition.property {
+        ConditionProperty::Time => values(&time_text),
+        ConditionProperty::IdentityProvider => values(&|v: &str| {
+            Uuid::try_parse(v)
+                .ok()
+                .and_then(|id| providers.get(&id))
+                .map_or_else(
+                    || "a removed provider".to_string(),
+                    |n| n.as_ref().to_string(),
+                )
+        }),
+        ConditionProperty::Country => values(&|v: &str| v.to_ascii_uppercase()),
+        _ => values(&plain),
+    };
+    format!("{} {list}", if not { no } else { yes })
+}
+
+/// `MTWRF/09:00-17:00/Europe/Berlin` as "Mon, Tue, Wed, Thu, Fri
+/// 09:00-17:00 (Europe/Berlin)"; anything else as it is.
+fn time_text(window: &str) -> String {
+    let mut parts = window.splitn(3, '/');
+    let (Some(days), Some(times), Some(zone)) = (parts.next(), parts.next(), parts.next()) else {
+        return window.to_string();
+    };
+    let names: Option<Vec<&str>> = days
+        .chars()
+        .map(|d| match d.to_ascii_uppercase() {
+            'M' => Some("Mon"),
+            'T' => Some("Tue"),
+            'W' => Some("Wed"),
+            'R' => Some("Thu"),
+            'F' => Some("Fri"),
+            'S' => Some("Sat"),
+            'U' => Some("Sun"),
+            _ => None,
+        })
+        .collect();
+    match names {
+        Some(names) => format!("{} {times} ({zone})", names.join(", ")),
+        None => window.to_string(),
     }
 }
 
@@ -328,5 +394,50 @@ mod tests {
         assert!(page.contains(r#"<option value="not_in" selected>"#));
         // An empty form: no conditions.
         assert!(from_form(&form(&[("ip_op", "in"), ("time_zone", "UTC")])).is_empty());
+    }
+
+    fn condition(property: &str, operator: &str, values: &[&str]) -> Condition {
+        serde_json::from_value(
+            serde_json::json!({"property": property, "operator": operator, "values": values}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn conditions_read_as_words() {
+        let okta = Uuid::from_u128(7);
+        let providers = HashMap::from([(okta, "Okta")]);
+        let words = |c: &[Condition]| describe_all(c, &providers);
+        assert_eq!(words(&[]), "always");
+        assert_eq!(
+            words(&[
+                condition(
+                    "identity_provider",
+                    "in",
+                    &[&okta.to_string().to_uppercase()]
+                ),
+                condition("remote_ip", "not_in", &["10.0.0.0/8", "192.0.2.1"]),
+            ]),
+            "signed in with Okta, and not connecting from 10.0.0.0/8 or 192.0.2.1"
+        );
+        assert_eq!(
+            words(&[condition("time", "not_in", &["SU/00:00-24:00/UTC"])]),
+            "except Sat, Sun 00:00-24:00 (UTC)"
+        );
+        for (operator, values, expected) in [
+            ("in", &["true"][..], "on a device an admin has verified"),
+            ("not_in", &["true"][..], "on a device no admin has verified"),
+            ("in", &["true", "false"][..], "on any device"),
+            ("not_in", &["true", "false"][..], "never"),
+        ] {
+            assert_eq!(
+                words(&[condition("client_verified", operator, values)]),
+                expected
+            );
+        }
+        assert_eq!(
+            words(&[condition("client_os", "in", &["Linux", "macOS"])]),
+            "on a device running Linux or macOS"
+        );
     }
 }

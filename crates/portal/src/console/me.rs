@@ -16,12 +16,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, html};
-use postern_model::{Condition, ConditionOperator, ConditionProperty};
 use uuid::Uuid;
 
 use super::{Form, when};
@@ -30,7 +29,7 @@ use crate::channels::graph::{AccountGraph, AccountRows};
 use crate::domain::{Account, Actor, Device, PolicyRecord, Resource, Role};
 use crate::state::AppState;
 use crate::store::{devices, groups, identity_providers, policies, resources};
-use crate::web::{Shared, WebError, WebResult, cookies, csrf_token, see_other, with_csrf};
+use crate::web::{Shared, WebError, WebResult, csrf_token, see_other, with_csrf};
 
 /// Devices per page.
 const DEVICES_PAGE: usize = 50;
@@ -96,32 +95,8 @@ impl Me {
         format!("/{}{path}", self.account.slug)
     }
 
-    /// `Console::check_csrf`'s rule: this browser's token, from a page of
-    /// this portal (`Sec-Fetch-Site`, `Origin`).
     fn check_csrf(&self, headers: &HeaderMap, form: &Form) -> WebResult<()> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let cross_site =
-            header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
-        let host = header("host").unwrap_or_default();
-        let foreign_origin = header("origin").is_some_and(|origin| {
-            origin != "null"
-                && url::Url::parse(origin)
-                    .ok()
-                    .and_then(|u| {
-                        Some(match u.port() {
-                            Some(port) => format!("{}:{port}", u.host_str()?),
-                            None => u.host_str()?.to_string(),
-                        })
-                    })
-                    .is_none_or(|authority| authority != host)
-        });
-        if !cross_site && !foreign_origin && cookies::csrf_ok(headers, form.get("csrf")) {
-            Ok(())
-        } else {
-            Err(WebError::forbidden(
-                "The form expired or did not come from this page; reload the page and try again.",
-            ))
-        }
+        super::check_form(headers, form)
     }
 
     fn csrf_field(&self) -> Markup {
@@ -166,17 +141,7 @@ impl Me {
                 }
             }
         };
-        let mut response = (StatusCode::OK, Html(markup.into_string())).into_response();
-        let headers = response.headers_mut();
-        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-        headers.insert(
-            "content-security-policy",
-            HeaderValue::from_static(
-                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            ),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let response = super::respond(StatusCode::OK, markup);
         with_csrf(
             &self.state,
             &self.account.slug,
@@ -350,7 +315,7 @@ async fn show(
                                     @for (policy, group) in &usable.through {
                                         li {
                                             "Group " b { (group) } ": "
-                                            (conditions_text(&policy.conditions, &provider_names))
+                                            (super::conditions::describe_all(&policy.conditions, &provider_names))
                                         }
                                     }
                                 }
@@ -392,88 +357,6 @@ fn filters_text(resource: &Resource) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A policy's conditions in words: "always", or each condition joined by
-/// "and" (all must hold).
-fn conditions_text(conditions: &[Condition], providers: &HashMap<Uuid, &str>) -> String {
-    if conditions.is_empty() {
-        return "always".into();
-    }
-    conditions
-        .iter()
-        .map(|c| condition_text(c, providers))
-        .collect::<Vec<_>>()
-        .join(", and ")
-}
-
-fn condition_text(condition: &Condition, providers: &HashMap<Uuid, &str>) -> String {
-    let not = condition.operator == ConditionOperator::NotIn;
-    let values = |each: &dyn Fn(&str) -> String| {
-        condition
-            .values
-            .iter()
-            .map(|v| each(v.trim()))
-            .collect::<Vec<_>>()
-            .join(" or ")
-    };
-    let plain = |v: &str| v.to_string();
-    let (yes, no) = match condition.property {
-        ConditionProperty::RemoteIp => ("connecting from", "not connecting from"),
-        ConditionProperty::Country => ("connecting from the country", "not connecting from"),
-        ConditionProperty::Time => ("only", "except"),
-        ConditionProperty::IdentityProvider => ("signed in with", "not signed in with"),
-        ConditionProperty::ClientOs => ("on a device running", "not on a device running"),
-        ConditionProperty::ClientVerified => {
-            let verified = |v: &str| v.eq_ignore_ascii_case("true");
-            let allows_verified = condition.values.iter().any(|v| verified(v.trim())) != not;
-            let allows_unverified = condition.values.iter().any(|v| !verified(v.trim())) != not;
-            return match (allows_verified, allows_unverified) {
-                (true, true) => "on any device".into(),
-                (true, false) => "on a device an admin has verified".into(),
-                (false, true) => "on a device no admin has verified".into(),
-                (false, false) => "never".into(),
-            };
-        }
-    };
-    let list = match condition.property {
-        ConditionProperty::Time => values(&time_text),
-        ConditionProperty::IdentityProvider => values(&|v: &str| {
-            Uuid::try_parse(v)
-                .ok()
-                .and_then(|id| providers.get(&id))
-                .map_or_else(|| "a removed provider".to_string(), |n| n.to_string())
-        }),
-        ConditionProperty::Country => values(&|v: &str| v.to_ascii_uppercase()),
-        _ => values(&plain),
-    };
-    format!("{} {list}", if not { no } else { yes })
-}
-
-/// `MTWRF/09:00-17:00/Europe/Berlin` as "Mon, Tue, Wed, Thu, Fri
-/// 09:00-17:00 (Europe/Berlin)"; anything else as it is.
-fn time_text(window: &str) -> String {
-    let mut parts = window.splitn(3, '/');
-    let (Some(days), Some(times), Some(zone)) = (parts.next(), parts.next(), parts.next()) else {
-        return window.to_string();
-    };
-    let names: Option<Vec<&str>> = days
-        .chars()
-        .map(|d| match d.to_ascii_uppercase() {
-            'M' => Some("Mon"),
-            'T' => Some("Tue"),
-            'W' => Some("Wed"),
-            'R' => Some("Thu"),
-            'F' => Some("Fri"),
-            'S' => Some("Sat"),
-            'U' => Some("Sun"),
-            _ => None,
-        })
-        .collect();
-    match names {
-        Some(names) => format!("{} {times} ({zone})", names.join(", ")),
-        None => window.to_string(),
-    }
 }
 
 /// The user's own client device named by the path, with its live token;
@@ -565,54 +448,4 @@ async fn revoke_own(me: &Me, token: Uuid) -> WebResult<()> {
         crate::api::tokens::revoke(State(me.state.clone()), caller, Path(token.to_string())).await,
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn condition(property: &str, operator: &str, values: &[&str]) -> Condition {
-        serde_json::from_value(
-            serde_json::json!({"property": property, "operator": operator, "values": values}),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn conditions_read_as_words() {
-        let okta = Uuid::from_u128(7);
-        let providers = HashMap::from([(okta, "Okta")]);
-        let words = |c: &[Condition]| conditions_text(c, &providers);
-        assert_eq!(words(&[]), "always");
-        assert_eq!(
-            words(&[
-                condition(
-                    "identity_provider",
-                    "in",
-                    &[&okta.to_string().to_uppercase()]
-                ),
-                condition("remote_ip", "not_in", &["10.0.0.0/8", "192.0.2.1"]),
-            ]),
-            "signed in with Okta, and not connecting from 10.0.0.0/8 or 192.0.2.1"
-        );
-        assert_eq!(
-            words(&[condition("time", "not_in", &["SU/00:00-24:00/UTC"])]),
-            "except Sat, Sun 00:00-24:00 (UTC)"
-        );
-        for (operator, values, expected) in [
-            ("in", &["true"][..], "on a device an admin has verified"),
-            ("not_in", &["true"][..], "on a device no admin has verified"),
-            ("in", &["true", "false"][..], "on any device"),
-            ("not_in", &["true", "false"][..], "never"),
-        ] {
-            assert_eq!(
-                words(&[condition("client_verified", operator, values)]),
-                expected
-            );
-        }
-        assert_eq!(
-            words(&[condition("client_os", "in", &["Linux", "macOS"])]),
-            "on a device running Linux or macOS"
-        );
-    }
 }

@@ -231,33 +231,10 @@ impl Console {
         format!("/{}{path}", self.account.slug)
     }
 
-    /// Refuses a form without this browser's CSRF token, or one another
-    /// site's page sent (the browser says so in `Sec-Fetch-Site` and
-    /// `Origin`; defence in depth over the double-submitted token).
+    /// Refuses a form without this browser's CSRF token or from another
+    /// site (`check_form`).
     pub fn check_csrf(&self, headers: &HeaderMap, form: &Form) -> WebResult<()> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let cross_site =
-            header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
-        let host = header("host").unwrap_or_default();
-        let foreign_origin = header("origin").is_some_and(|origin| {
-            origin != "null"
-                && url::Url::parse(origin)
-                    .ok()
-                    .and_then(|u| {
-                        Some(match u.port() {
-                            Some(port) => format!("{}:{port}", u.host_str()?),
-                            None => u.host_str()?.to_string(),
-                        })
-                    })
-                    .is_none_or(|authority| authority != host)
-        });
-        if !cross_site && !foreign_origin && cookies::csrf_ok(headers, form.get("csrf")) {
-            Ok(())
-        } else {
-            Err(WebError::forbidden(
-                "The form expired or did not come from this console; reload the page and try again.",
-            ))
-        }
+        check_form(headers, form)
     }
 
     /// The hidden CSRF field every form carries.
@@ -333,9 +310,37 @@ impl Console {
     }
 }
 
+/// Refuses a form without this browser's CSRF token, or one another
+/// site's page sent (the browser says so in `Sec-Fetch-Site` and `Origin`;
+/// defence in depth over the double-submitted token).
+pub fn check_form(headers: &HeaderMap, form: &Form) -> WebResult<()> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let cross_site = header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
+    let host = header("host").unwrap_or_default();
+    let foreign_origin = header("origin").is_some_and(|origin| {
+        origin != "null"
+            && url::Url::parse(origin)
+                .ok()
+                .and_then(|u| {
+                    Some(match u.port() {
+                        Some(port) => format!("{}:{port}", u.host_str()?),
+                        None => u.host_str()?.to_string(),
+                    })
+                })
+                .is_none_or(|authority| authority != host)
+    });
+    if !cross_site && !foreign_origin && cookies::csrf_ok(headers, form.get("csrf")) {
+        Ok(())
+    } else {
+        Err(WebError::forbidden(
+            "The form expired or did not come from this console; reload the page and try again.",
+        ))
+    }
+}
+
 /// Console answers are never framed, cached or allowed any script but the
 /// console's own.
-fn respond(status: StatusCode, markup: Markup) -> Response {
+pub(crate) fn respond(status: StatusCode, markup: Markup) -> Response {
     let mut response = (status, Html(markup.into_string())).into_response();
     let headers = response.headers_mut();
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));

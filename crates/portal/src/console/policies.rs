@@ -34,6 +34,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
     let groups = data(api::groups::list(state(), c.admin).await).await?;
     let resources = data(api::resources::list(state(), c.admin).await).await?;
     let providers = data(api::identity_providers::list(state(), c.admin).await).await?;
+    let provider_names = conditions::provider_names(&providers);
     let group_names = names(&groups);
     let resource_names = names(&resources);
     let name_of = |names: &std::collections::HashMap<&str, &str>, id: &str| {
@@ -57,7 +58,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
                             td {
                                 @let list = conditions::of_policy(policy);
                                 @if list.is_empty() { span.muted { "none" } }
-                                @for condition in &list { div { (conditions::describe(condition, &providers)) } }
+                                @for condition in &list { div { (conditions::describe(condition, &provider_names)) } }
                             }
                             td { @if policy["disabled"] == json!(true) { span.offline { "disabled" } } @else { span.online { "active" } } }
                             td { (text(policy, "description")) }

@@ -577,7 +577,7 @@ async fn a_disabled_or_signed_out_users_session_stops_working() {
 /// straight into the store (the API's rate limit and the device cap would
 /// take minutes); the page is read over HTTP, as a browser does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_is_quick_with_ten_thousand_clients_and_a_thousand_resources() {
+async fn the_page_pages_ten_thousand_clients_and_a_thousand_resources() {
     let (portal, mut smtp) = portal_with_mail(None).await;
     let w = world(&portal).await;
     let account = portal.account_id.to_string();
@@ -656,9 +656,7 @@ async fn the_page_is_quick_with_ten_thousand_clients_and_a_thousand_resources() 
     assert!(last.body.contains("bench-0999"), "the last page");
     assert!(last.body.contains("/acme/me?resources=9"));
     assert!(!last.body.contains("/acme/me?resources=11"));
-    // Unoptimised test builds are several times slower than a release.
-    let limit = if cfg!(debug_assertions) { 500 } else { 50 };
-    assert!(best < Duration::from_millis(limit), "{best:?}");
+    // How fast it is, is bench/console.sh's business (no timing asserted).
 }
 
 /// By OpenID Connect too: a user lands on their own page, an admin (by the
