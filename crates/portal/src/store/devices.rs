@@ -293,6 +293,133 @@ pub async fn delete(conn: &mut Conn, account: Uuid, kind: DeviceKind, id: Uuid) 
     Ok(done.rows_affected() > 0)
 }
 
+/// Which clients the console's list shows.
+#[derive(Clone, Debug, Default)]
+pub struct ClientFilter {
+    /// In the client's name or its owner's name or email (any case);
+    /// empty: every client.
+    pub search: String,
+    pub unverified_only: bool,
+    pub owner: Option<Uuid>,
+}
+
+/// A client with its owner's name and email.
+#[derive(Clone, Debug)]
+pub struct ClientRow {
+    pub device: Device,
+    pub owner_name: Option<String>,
+    pub owner_email: Option<String>,
+}
+
+const CLIENT_COLUMNS: &str = "d.id AS id, d.kind AS kind, d.actor_id AS actor_id, \
+     d.site_id AS site_id, d.external_id AS external_id, d.name AS name, d.os AS os, \
+     d.version AS version, d.address_index AS address_index, d.verified AS verified, \
+     d.last_seen_at AS last_seen_at, d.last_seen_ip AS last_seen_ip, \
+     d.created_at AS created_at, a.name AS owner_name, a.email AS owner_email";
+
+/// `$1` the account, `$2` the search, `$3` its pattern, `$4` 1 for
+/// unverified only, `$5` the owner ('' for any).
+const CLIENT_FILTER: &str = "FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
+     WHERE d.account_id = $1 AND d.kind = 'client' \
+     AND ($2 = '' OR LOWER(d.name) LIKE $3 ESCAPE '\\' OR LOWER(a.name) LIKE $3 ESCAPE '\\' \
+          OR a.email LIKE $3 ESCAPE '\\') \
+     AND ($4 = 0 OR d.verified = 0) AND ($5 = '' OR d.actor_id = $5)";
+
+fn client_row(row: &AnyRow) -> Result<ClientRow> {
+    Ok(ClientRow {
+        device: from_row(row)?,
+        owner_name: row.try_get("owner_name")?,
+        owner_email: row.try_get("owner_email")?,
+    })
+}
+
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    account: Uuid,
+    filter: &ClientFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(account.to_string())
+        .bind(filter.search.trim().to_string())
+        .bind(super::actors::contains_pattern(&filter.search))
+        .bind(i64::from(filter.unverified_only))
+        .bind(filter.owner.map(|o| o.to_string()).unwrap_or_default())
+}
+
+/// One page of the account's clients that pass `filter`, by name.
+pub async fn client_page(
+    conn: &mut Conn,
+    account: Uuid,
+    filter: &ClientFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<ClientRow>> {
+    let sql = format!(
+        "SELECT {CLIENT_COLUMNS} {CLIENT_FILTER} ORDER BY LOWER(d.name), d.id LIMIT $6 OFFSET $7"
+    );
+    let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(client_row).collect()
+}
+
+/// How many clients [`client_page`] pages through.
+pub async fn client_count(conn: &mut Conn, account: Uuid, filter: &ClientFilter) -> Result<i64> {
+    let sql = format!("SELECT COUNT(*) AS n {CLIENT_FILTER}");
+    let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// The ids of every client that passes `filter`, in [`client_page`]'s
+/// order: only ids, for a filter the database cannot apply (who is online
+/// is known to this node, not stored).
+pub async fn client_ids(
+    conn: &mut Conn,
+    account: Uuid,
+    filter: &ClientFilter,
+) -> Result<Vec<Uuid>> {
+    let sql = format!("SELECT d.id AS id {CLIENT_FILTER} ORDER BY LOWER(d.name), d.id");
+    let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| uuid_column(row, "devices", "id"))
+        .collect()
+}
+
+/// These clients of the account (at most a page's worth), by name.
+pub async fn clients_by_ids(
+    conn: &mut Conn,
+    account: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<ClientRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 2)).collect();
+    let sql = format!(
+        "SELECT {CLIENT_COLUMNS} FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
+         WHERE d.account_id = $1 AND d.kind = 'client' AND d.id IN ({}) \
+         ORDER BY LOWER(d.name), d.id",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for id in ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter().map(client_row).collect()
+}
+
+/// One client with its owner.
+pub async fn client_row_of(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<ClientRow>> {
+    Ok(clients_by_ids(conn, account, &[id]).await?.pop())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
