@@ -534,7 +534,7 @@ async fn actor_page(
                     option value="1825" { "5 years" }
                 }
                 @if actor.role == Role::Admin {
-                    label for="token-scope" { "May" }
+                    label for="token-scope" { "Scope" }
                     select #token-scope name="scope" {
                         option value="write" selected { "read and change (read, write)" }
                         option value="read" { "only read (read)" }
@@ -635,6 +635,11 @@ pub async fn update(
     };
     let saved = match fields_of(&typed.name, &typed.email, &typed.role) {
         Err(error) => Err(Refusal::from(error)),
+        // The API keeps an address once given (none in a patch means no
+        // change): say so rather than keep it silently.
+        Ok((_, None, _)) if actor.email.is_some() => Err(Refusal::from(
+            "email: an address cannot be removed, only changed".to_string(),
+        )),
         Ok((name, email, role)) => {
             let demoted = role != Role::Admin && actor.role == Role::Admin;
             match check_self(

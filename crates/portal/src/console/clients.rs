@@ -96,19 +96,22 @@ async fn clients_in(c: &Console, view: &View) -> WebResult<(Vec<ClientRow>, i64)
     let mut tx = c.state.store.read().await?;
     let found = if view.show == "online" {
         // Who is online is this node's knowledge, not a column: the ids
-        // that pass the other filters (one query, ids only), those online,
-        // then the page's rows.
-        let ids = devices::client_ids(&mut tx, c.account.id, &filter).await?;
-        let online: Vec<Uuid> = ids
+        // and names that pass the other filters (one query, unordered),
+        // those online sorted here, then the page's rows.
+        let mut online: Vec<(String, Uuid)> = devices::client_names(&mut tx, c.account.id, &filter)
+            .await?
             .into_iter()
-            .filter(|id| c.state.client_online(*id))
+            .filter(|(id, _)| c.state.client_online(*id))
+            .map(|(id, name)| (name.to_lowercase(), id))
             .collect();
+        online.sort_unstable();
         let total = online.len() as i64;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(online.len());
         let end = start.saturating_add(PER_PAGE as usize).min(online.len());
-        let rows = devices::clients_by_ids(&mut tx, c.account.id, &online[start..end]).await?;
+        let page: Vec<Uuid> = online[start..end].iter().map(|(_, id)| *id).collect();
+        let rows = devices::clients_by_ids(&mut tx, c.account.id, &page).await?;
         (rows, total)
     } else {
         let total = devices::client_count(&mut tx, c.account.id, &filter).await?;

@@ -157,7 +157,8 @@ fn listed(row: &AnyRow) -> Result<Listed> {
 }
 
 /// One page of the account's actors whose name or email contains `search`
-/// (any case), by name.
+/// (any case), by name: the page's ids first, then only their rows with
+/// their counts.
 pub async fn page(
     conn: &mut Conn,
     account: Uuid,
@@ -167,7 +168,8 @@ pub async fn page(
 ) -> Result<Vec<Listed>> {
     let sql = format!(
         "SELECT {LISTED} FROM actors a LEFT JOIN directories dir ON dir.id = a.directory_id \
-         WHERE {SEARCH} ORDER BY LOWER(a.name), a.id LIMIT $4 OFFSET $5"
+         WHERE a.id IN (SELECT a.id FROM actors a WHERE {SEARCH} \
+         ORDER BY LOWER(a.name), a.id LIMIT $4 OFFSET $5) ORDER BY LOWER(a.name), a.id"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(account.to_string())

@@ -317,13 +317,37 @@ const CLIENT_COLUMNS: &str = "d.id AS id, d.kind AS kind, d.actor_id AS actor_id
      d.last_seen_at AS last_seen_at, d.last_seen_ip AS last_seen_ip, \
      d.created_at AS created_at, a.name AS owner_name, a.email AS owner_email";
 
-/// `$1` the account, `$2` the search, `$3` its pattern, `$4` 1 for
-/// unverified only, `$5` the owner ('' for any).
-const CLIENT_FILTER: &str = "FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
-     WHERE d.account_id = $1 AND d.kind = 'client' \
-     AND ($2 = '' OR LOWER(d.name) LIKE $3 ESCAPE '\\' OR LOWER(a.name) LIKE $3 ESCAPE '\\' \
-          OR a.email LIKE $3 ESCAPE '\\') \
-     AND ($4 = 0 OR d.verified = 0) AND ($5 = '' OR d.actor_id = $5)";
+/// The list's order (the same everywhere it pages).
+const CLIENT_ORDER: &str = "ORDER BY LOWER(d.name), d.id";
+
+/// `FROM ... WHERE ...` of the clients `filter` passes, and what it binds
+/// (`$1` the account, then the filter's values in order). The owners are
+/// joined only to search their names.
+fn client_filter(filter: &ClientFilter) -> (String, Vec<String>) {
+    let mut binds = Vec::new();
+    let mut sql = String::from("FROM devices d");
+    let search = filter.search.trim();
+    if !search.is_empty() {
+        sql.push_str(" LEFT JOIN actors a ON a.id = d.actor_id");
+    }
+    sql.push_str(" WHERE d.account_id = $1 AND d.kind = 'client'");
+    if !search.is_empty() {
+        binds.push(super::actors::contains_pattern(search));
+        let n = binds.len() + 1;
+        sql.push_str(&format!(
+            " AND (LOWER(d.name) LIKE ${n} ESCAPE '\\' OR LOWER(a.name) LIKE ${n} ESCAPE '\\' \
+             OR a.email LIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    if filter.unverified_only {
+        sql.push_str(" AND d.verified = 0");
+    }
+    if let Some(owner) = filter.owner {
+        binds.push(owner.to_string());
+        sql.push_str(&format!(" AND d.actor_id = ${}", binds.len() + 1));
+    }
+    (sql, binds)
+}
 
 fn client_row(row: &AnyRow) -> Result<ClientRow> {
     Ok(ClientRow {
@@ -333,20 +357,8 @@ fn client_row(row: &AnyRow) -> Result<ClientRow> {
     })
 }
 
-fn bind_filter<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    account: Uuid,
-    filter: &ClientFilter,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    query
-        .bind(account.to_string())
-        .bind(filter.search.trim().to_string())
-        .bind(super::actors::contains_pattern(&filter.search))
-        .bind(i64::from(filter.unverified_only))
-        .bind(filter.owner.map(|o| o.to_string()).unwrap_or_default())
-}
-
-/// One page of the account's clients that pass `filter`, by name.
+/// One page of the account's clients that pass `filter`, by name: the
+/// page's ids first, then only their rows with their owners.
 pub async fn client_page(
     conn: &mut Conn,
     account: Uuid,
@@ -354,40 +366,50 @@ pub async fn client_page(
     offset: i64,
     limit: i64,
 ) -> Result<Vec<ClientRow>> {
+    let (from, binds) = client_filter(filter);
+    let n = binds.len() + 2;
     let sql = format!(
-        "SELECT {CLIENT_COLUMNS} {CLIENT_FILTER} ORDER BY LOWER(d.name), d.id LIMIT $6 OFFSET $7"
+        "SELECT {CLIENT_COLUMNS} FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
+         WHERE d.id IN (SELECT d.id {from} {CLIENT_ORDER} LIMIT ${n} OFFSET ${}) {CLIENT_ORDER}",
+        n + 1
     );
-    let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.bind(limit).bind(offset).fetch_all(&mut *conn).await?;
     rows.iter().map(client_row).collect()
 }
 
 /// How many clients [`client_page`] pages through.
 pub async fn client_count(conn: &mut Conn, account: Uuid, filter: &ClientFilter) -> Result<i64> {
-    let sql = format!("SELECT COUNT(*) AS n {CLIENT_FILTER}");
-    let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (from, binds) = client_filter(filter);
+    let sql = format!("SELECT COUNT(*) AS n {from}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let row = query.fetch_one(&mut *conn).await?;
     Ok(row.try_get("n")?)
 }
 
-/// The ids of every client that passes `filter`, in [`client_page`]'s
-/// order: only ids, for a filter the database cannot apply (who is online
-/// is known to this node, not stored).
-pub async fn client_ids(
+/// The id and name of every client that passes `filter`, unordered: for a
+/// filter the database cannot apply (who is online is known to this node,
+/// not stored), whose caller sorts and pages what is left.
+pub async fn client_names(
     conn: &mut Conn,
     account: Uuid,
     filter: &ClientFilter,
-) -> Result<Vec<Uuid>> {
-    let sql = format!("SELECT d.id AS id {CLIENT_FILTER} ORDER BY LOWER(d.name), d.id");
-    let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), account, filter)
-        .fetch_all(&mut *conn)
-        .await?;
+) -> Result<Vec<(Uuid, String)>> {
+    let (from, binds) = client_filter(filter);
+    let sql = format!("SELECT d.id AS id, d.name AS name {from}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
     rows.iter()
-        .map(|row| uuid_column(row, "devices", "id"))
+        .map(|row| Ok((uuid_column(row, "devices", "id")?, row.try_get("name")?)))
         .collect()
 }
 
@@ -403,8 +425,7 @@ pub async fn clients_by_ids(
     let placeholders: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 2)).collect();
     let sql = format!(
         "SELECT {CLIENT_COLUMNS} FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
-         WHERE d.account_id = $1 AND d.kind = 'client' AND d.id IN ({}) \
-         ORDER BY LOWER(d.name), d.id",
+         WHERE d.account_id = $1 AND d.kind = 'client' AND d.id IN ({}) {CLIENT_ORDER}",
         placeholders.join(", ")
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());

@@ -327,6 +327,29 @@ async fn each_kind_of_actor_is_added_and_its_markup_comes_back_escaped() {
         refused.body.contains("role=\"alert\"") && refused.body.contains("value=\"Robot two\"")
     );
     assert_eq!(actor(&portal, &made[2]).await.1["role"], "service_account");
+    // A blank email is not quietly kept: the admin is told.
+    let cleared = post(
+        &mut browser,
+        &portal,
+        &format!("/actors/{}", made[1]),
+        &[
+            ("name", "Ops"),
+            ("email", ""),
+            ("role", "admin"),
+            ("csrf", &csrf),
+        ],
+    )
+    .await;
+    assert_eq!(cleared.status, 422, "{}", cleared.body);
+    assert!(
+        cleared.body.contains("cannot be removed"),
+        "{}",
+        cleared.body
+    );
+    assert_eq!(
+        actor(&portal, &made[1]).await.1["email"],
+        "ops@example.test"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
