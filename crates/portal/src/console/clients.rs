@@ -76,12 +76,11 @@ impl View {
         )
     }
 
-    /// The query of this view, for a form to come back to it.
+    /// `?` and the query of this view, for a form to come back to it.
     fn back(&self, c: &Console) -> String {
         let href = self.href(c, self.page);
-        href.split_once('?')
-            .map(|(_, q)| q.to_string())
-            .unwrap_or_default()
+        let query = href.split_once('?').map_or("", |(_, q)| q);
+        format!("?{query}")
     }
 }
 
@@ -300,16 +299,18 @@ pub async fn verify(
         .await,
     )
     .await?;
-    let back = form.get("back");
-    if form.get("back").is_empty() {
-        return Ok(see_other(
+    // From the list (`back` is `?` and its query): back to it, with only
+    // the list's own parameters written again, never a place of the
+    // form's choosing. From the client's page: back there.
+    match form.get("back").strip_prefix('?') {
+        Some(query) => {
+            let view = View::of(&params(Some(query)));
+            Ok(see_other(&view.href(&c, view.page)))
+        }
+        None => Ok(see_other(
             &c.href(&format!("/clients/{}", super::text(&saved, "id"))),
-        ));
+        )),
     }
-    // Only the list's own parameters, written again: never a place of the
-    // form's choosing.
-    let view = View::of(&params(Some(back)));
-    Ok(see_other(&view.href(&c, view.page)))
 }
 
 /// `GET /{account}/clients/{id}/delete`: what deleting does.

@@ -1004,7 +1004,7 @@ async fn verifying_a_client_reaches_the_api_and_deleting_one_says_what_goes() {
         &format!("/clients/{id}/verify"),
         &[
             ("verified", "true"),
-            ("back", "show=unverified&q=laptop"),
+            ("back", "?show=unverified&q=laptop"),
             ("csrf", &csrf),
         ],
     )
@@ -1038,7 +1038,7 @@ async fn verifying_a_client_reaches_the_api_and_deleting_one_says_what_goes() {
             ("verified", "false"),
             (
                 "back",
-                "show=online&next=https://evil.example&owner=//evil.example",
+                "?show=online&next=https://evil.example&owner=//evil.example",
             ),
             ("csrf", &csrf),
         ],
@@ -1048,6 +1048,20 @@ async fn verifying_a_client_reaches_the_api_and_deleting_one_says_what_goes() {
         elsewhere.location.as_deref(),
         Some("/acme/clients?show=online")
     );
+    // From the whole list back to it; from the client's page back there.
+    for (back, to) in [
+        ("?", "/acme/clients".to_string()),
+        ("", format!("/acme/clients/{id}")),
+    ] {
+        let page = post(
+            &mut browser,
+            &portal,
+            &format!("/clients/{id}/verify"),
+            &[("verified", "false"), ("back", back), ("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(page.location.as_deref(), Some(to.as_str()));
+    }
     assert_eq!(clients(&portal).await[0]["verified"], false);
 
     let confirm = get(&mut browser, &portal, &format!("/clients/{id}/delete")).await;
