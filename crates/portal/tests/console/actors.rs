@@ -1329,3 +1329,136 @@ async fn a_user_with_a_web_session_gets_no_admin_page() {
     assert_eq!(portal.api(Method::GET, "/actors", None).await.1, before);
     assert_eq!(clients(&portal).await[0]["verified"], false);
 }
+
+/// The same queries on PostgreSQL: every page of this part answers, with
+/// search, filters and paging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_and_clients_pages_work_on_postgresql() {
+    use crate::support::email::{ask_code, code_in, enter_code, portal_with_mail};
+    let server = crate::support::postgres::TempPostgres::start_named("console-actors");
+    let url = server.database("console_actors").await;
+    let (portal, mut smtp) = portal_with_mail(Some(url)).await;
+    let mut browser = Browser::new();
+    let page = ask_code(&portal, &mut browser, "admin@example.test", false).await;
+    let code = code_in(&smtp.next(10).await.expect("the code arrives").data);
+    enter_code(&portal, &mut browser, &page, &code).await;
+    let csrf = csrf(&mut browser, &portal).await;
+
+    let user = actor_in(
+        &post(
+            &mut browser,
+            &portal,
+            "/actors",
+            &[
+                ("name", "Pat 100%_"),
+                ("email", "pat@example.test"),
+                ("role", "user"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await,
+    );
+    let robot = actor_in(
+        &post(
+            &mut browser,
+            &portal,
+            "/actors",
+            &[
+                ("name", "Robot"),
+                ("email", ""),
+                ("role", "service_account"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await,
+    );
+    let made = post(
+        &mut browser,
+        &portal,
+        &format!("/actors/{robot}/tokens"),
+        &[("lifetime_days", "30"), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let token = new_token(&made);
+    let mut peer = Peer::connect(addr(&portal), "/v1/client", &token, "pg-box", &key(7))
+        .await
+        .unwrap();
+    assert_eq!(peer.next().await["type"], "init");
+    let names: Vec<(String, Option<&str>)> = (0..60)
+        .map(|n| (format!("laptop-{n:02}"), Some("macOS")))
+        .collect();
+    add_clients(&portal, &user, &names).await;
+
+    let found = get(&mut browser, &portal, "/actors?q=100%25_").await;
+    assert!(
+        found.body.contains("1 match") && found.body.contains("Pat 100%_"),
+        "{}",
+        found.body
+    );
+    let none = get(&mut browser, &portal, "/actors?q=0_0").await;
+    assert!(
+        none.body.contains("0 match"),
+        "`_` is literal: {}",
+        none.body
+    );
+    let list = get(&mut browser, &portal, "/actors").await;
+    assert!(
+        list.body
+            .contains(&format!("/acme/clients?owner={user}\">60<")),
+        "{}",
+        list.body
+    );
+    let robot_page = get(&mut browser, &portal, &format!("/actors/{robot}")).await;
+    assert!(
+        robot_page.body.contains("pg-box") && robot_page.body.contains("client connected"),
+        "{}",
+        robot_page.body
+    );
+    let confirm = get(&mut browser, &portal, &format!("/actors/{user}/delete")).await;
+    assert!(confirm.body.contains("60 client(s)"), "{}", confirm.body);
+
+    for (path, says) in [
+        ("/clients".to_string(), "61 client(s)"),
+        ("/clients?page=2".to_string(), ">laptop-59<"),
+        ("/clients?q=LAPTOP-1".to_string(), "10 client(s)"),
+        (
+            "/clients?q=pat%40example&show=unverified".to_string(),
+            "60 client(s)",
+        ),
+        (format!("/clients?owner={user}&page=2"), ">laptop-50<"),
+        ("/clients?show=online".to_string(), ">pg-box<"),
+    ] {
+        let page = get(&mut browser, &portal, &path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(page.body.contains(says), "{path}: {says}: {}", page.body);
+    }
+    let id = clients(&portal)
+        .await
+        .iter()
+        .find(|c| c["name"] == "pg-box")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = get(&mut browser, &portal, &format!("/clients/{id}")).await;
+    assert_eq!(page.status, 200);
+    let verified = post(
+        &mut browser,
+        &portal,
+        &format!("/clients/{id}/verify"),
+        &[
+            ("verified", "true"),
+            ("back", "?show=online"),
+            ("csrf", &csrf),
+        ],
+    )
+    .await;
+    assert_eq!(verified.status, 303);
+    let unverified = get(&mut browser, &portal, "/clients?show=unverified").await;
+    assert!(
+        unverified.body.contains("60 client(s)"),
+        "{}",
+        unverified.body
+    );
+}
