@@ -93,7 +93,10 @@ async fn clients_in(c: &Console, view: &View) -> WebResult<(Vec<ClientRow>, i64)
     };
     let offset = (view.page - 1) * PER_PAGE;
     let mut tx = c.state.store.read().await?;
-    let found = if view.show == "online" {
+    let found = if view.show == "online" && c.state.online_counts().1 == 0 {
+        // Nobody is connected to this node: nothing to read.
+        (Vec::new(), 0)
+    } else if view.show == "online" {
         // Who is online is this node's knowledge, not a column: the ids
         // and names that pass the other filters (one query, unordered),
         // those online sorted here, then the page's rows.

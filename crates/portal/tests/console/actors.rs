@@ -982,6 +982,12 @@ async fn verifying_a_client_reaches_the_api_and_deleting_one_says_what_goes() {
 
     let list = get(&mut browser, &portal, "/clients?show=unverified").await;
     assert_eq!(list.status, 200);
+    let online = get(&mut browser, &portal, "/clients?show=online").await;
+    assert!(
+        online.body.contains("0 client(s)") && !online.body.contains(&id),
+        "{}",
+        online.body
+    );
     escaped(&list);
     assert!(list.body.contains(&format!("/acme/clients/{id}")));
     assert!(
