@@ -136,7 +136,7 @@ pub async fn show(
 async fn presence(state: &AppState, tx: &mut Conn, account: Uuid) -> Result<Markup, StoreError> {
     let gateways = devices::ids(tx, account, DeviceKind::Gateway).await?;
     let clients = devices::ids(tx, account, DeviceKind::Client).await?;
-    let people = actors::count(tx, account).await?;
+    let people = actors::count(tx, account, "").await?;
     let online = state.online();
     let gateways_online = gateways.iter().filter(|g| online.gateway(**g).0).count();
     let clients_online = online.clients_among(&clients);

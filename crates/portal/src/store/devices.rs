@@ -391,6 +391,154 @@ pub async fn delete(conn: &mut Conn, account: Uuid, kind: DeviceKind, id: Uuid) 
     Ok(done.rows_affected() > 0)
 }
 
+/// Which clients the console's list shows.
+#[derive(Clone, Debug, Default)]
+pub struct ClientFilter {
+    /// In the client's name or its owner's name or email (any case);
+    /// empty: every client.
+    pub search: String,
+    pub unverified_only: bool,
+    pub owner: Option<Uuid>,
+}
+
+/// A client with its owner's name and email.
+#[derive(Clone, Debug)]
+pub struct ClientRow {
+    pub device: Device,
+    pub owner_name: Option<String>,
+    pub owner_email: Option<String>,
+}
+
+const CLIENT_COLUMNS: &str = "d.id AS id, d.kind AS kind, d.actor_id AS actor_id, \
+     d.site_id AS site_id, d.external_id AS external_id, d.name AS name, d.os AS os, \
+     d.version AS version, d.address_index AS address_index, d.verified AS verified, \
+     d.last_seen_at AS last_seen_at, d.last_seen_ip AS last_seen_ip, \
+     d.created_at AS created_at, a.name AS owner_name, a.email AS owner_email";
+
+/// The list's order (the same everywhere it pages).
+const CLIENT_ORDER: &str = "ORDER BY LOWER(d.name), d.id";
+
+/// `FROM ... WHERE ...` of the clients `filter` passes, and what it binds
+/// (`$1` the account, then the filter's values in order). The owners are
+/// joined only to search their names.
+fn client_filter(filter: &ClientFilter) -> (String, Vec<String>) {
+    let mut binds = Vec::new();
+    let mut sql = String::from("FROM devices d");
+    let search = filter.search.trim();
+    if !search.is_empty() {
+        sql.push_str(" LEFT JOIN actors a ON a.id = d.actor_id");
+    }
+    sql.push_str(" WHERE d.account_id = $1 AND d.kind = 'client'");
+    if !search.is_empty() {
+        binds.push(super::actors::contains_pattern(search));
+        let n = binds.len() + 1;
+        sql.push_str(&format!(
+            " AND (LOWER(d.name) LIKE ${n} ESCAPE '\\' OR LOWER(a.name) LIKE ${n} ESCAPE '\\' \
+             OR a.email LIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    if filter.unverified_only {
+        sql.push_str(" AND d.verified = 0");
+    }
+    if let Some(owner) = filter.owner {
+        binds.push(owner.to_string());
+        sql.push_str(&format!(" AND d.actor_id = ${}", binds.len() + 1));
+    }
+    (sql, binds)
+}
+
+fn client_row(row: &AnyRow) -> Result<ClientRow> {
+    Ok(ClientRow {
+        device: from_row(row)?,
+        owner_name: row.try_get("owner_name")?,
+        owner_email: row.try_get("owner_email")?,
+    })
+}
+
+/// One page of the account's clients that pass `filter`, by name: the
+/// page's ids first, then only their rows with their owners.
+pub async fn client_page(
+    conn: &mut Conn,
+    account: Uuid,
+    filter: &ClientFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<ClientRow>> {
+    let (from, binds) = client_filter(filter);
+    let n = binds.len() + 2;
+    let sql = format!(
+        "SELECT {CLIENT_COLUMNS} FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
+         WHERE d.id IN (SELECT d.id {from} {CLIENT_ORDER} LIMIT ${n} OFFSET ${}) {CLIENT_ORDER}",
+        n + 1
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.bind(limit).bind(offset).fetch_all(&mut *conn).await?;
+    rows.iter().map(client_row).collect()
+}
+
+/// How many clients [`client_page`] pages through.
+pub async fn client_count(conn: &mut Conn, account: Uuid, filter: &ClientFilter) -> Result<i64> {
+    let (from, binds) = client_filter(filter);
+    let sql = format!("SELECT COUNT(*) AS n {from}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let row = query.fetch_one(&mut *conn).await?;
+    Ok(row.try_get("n")?)
+}
+
+/// The id and name of every client that passes `filter`, unordered: for a
+/// filter the database cannot apply (who is online is known to this node,
+/// not stored), whose caller sorts and pages what is left.
+pub async fn client_names(
+    conn: &mut Conn,
+    account: Uuid,
+    filter: &ClientFilter,
+) -> Result<Vec<(Uuid, String)>> {
+    let (from, binds) = client_filter(filter);
+    let sql = format!("SELECT d.id AS id, d.name AS name {from}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| Ok((uuid_column(row, "devices", "id")?, row.try_get("name")?)))
+        .collect()
+}
+
+/// These clients of the account (at most a page's worth), by name.
+pub async fn clients_by_ids(
+    conn: &mut Conn,
+    account: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<ClientRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 2)).collect();
+    let sql = format!(
+        "SELECT {CLIENT_COLUMNS} FROM devices d LEFT JOIN actors a ON a.id = d.actor_id \
+         WHERE d.account_id = $1 AND d.kind = 'client' AND d.id IN ({}) {CLIENT_ORDER}",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+    for id in ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter().map(client_row).collect()
+}
+
+/// One client with its owner.
+pub async fn client_row_of(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<ClientRow>> {
+    Ok(clients_by_ids(conn, account, &[id]).await?.pop())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

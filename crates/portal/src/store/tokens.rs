@@ -170,3 +170,80 @@ pub async fn delete_of_actor(
     }
     Ok(gone)
 }
+
+/// A token as the console lists it: what it is, never its secret.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub id: Uuid,
+    pub kind: TokenKind,
+    pub actor_id: Option<Uuid>,
+    pub created_at: jiff::Timestamp,
+    pub expires_at: Option<jiff::Timestamp>,
+    pub read_only: bool,
+    /// The identity provider of the sign-in that made it, by name.
+    pub provider: Option<String>,
+    /// Client devices registered with it, and when one was last seen.
+    pub devices: i64,
+    pub last_device_seen_at: Option<jiff::Timestamp>,
+}
+
+const LISTING: &str = "SELECT t.id AS id, t.kind AS kind, t.actor_id AS actor_id, \
+     t.created_at AS created_at, t.expires_at AS expires_at, t.scopes AS scopes, \
+     p.name AS provider, \
+     (SELECT COUNT(*) FROM devices d WHERE d.token_id = t.id) AS devices, \
+     (SELECT MAX(d.last_seen_at) FROM devices d WHERE d.token_id = t.id) AS last_seen \
+     FROM tokens t LEFT JOIN identity_providers p ON p.id = t.identity_provider_id";
+
+fn listing(row: &sqlx::any::AnyRow) -> Result<Listing> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Listing {
+        id: uuid_column(row, "tokens", "id")?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+            table: "tokens",
+            detail: format!("unknown kind {kind:?}"),
+        })?,
+        actor_id: opt_uuid_column(row, "tokens", "actor_id")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(from_millis),
+        read_only: !matches!(
+            row.try_get::<Option<String>, _>("scopes")?.as_deref(),
+            None | Some(READ_WRITE)
+        ),
+        provider: row.try_get("provider")?,
+        devices: row.try_get("devices")?,
+        last_device_seen_at: row.try_get::<Option<i64>, _>("last_seen")?.map(from_millis),
+    })
+}
+
+/// The actor's newest `limit` tokens (expired ones too), newest first.
+pub async fn of_actor(
+    conn: &mut Conn,
+    account: Uuid,
+    actor: Uuid,
+    limit: i64,
+) -> Result<Vec<Listing>> {
+    let sql = format!(
+        "{LISTING} WHERE t.account_id = $1 AND t.actor_id = $2 \
+         ORDER BY t.created_at DESC, t.id LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(actor.to_string())
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(listing).collect()
+}
+
+/// One token of the account, as [`of_actor`] lists it.
+pub async fn listing_of(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Listing>> {
+    let sql = format!("{LISTING} WHERE t.account_id = $1 AND t.id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(listing).transpose()
+}

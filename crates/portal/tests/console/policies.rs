@@ -117,7 +117,11 @@ async fn conditions_made_in_the_editor_are_the_policy_s_and_a_refusal_keeps_them
     );
     let id = policy["id"].as_str().unwrap().to_string();
     let page = browser.get(&format!("{}/acme/policies", portal.base)).await;
-    assert!(page.body.contains("not connecting from KP or IR"), "{}", page.body);
+    assert!(
+        page.body.contains("not connecting from KP or IR"),
+        "{}",
+        page.body
+    );
 
     // The edit page shows them; without the CSRF token nothing changes.
     let edit = browser
@@ -231,7 +235,10 @@ async fn the_access_check_says_why_alice_cannot_reach_web() {
         "the engine's denial: {}",
         page.body
     );
-    assert!(page.body.contains("on a device running windows"), "the condition in words");
+    assert!(
+        page.body.contains("on a device running windows"),
+        "the condition in words"
+    );
     assert!(
         page.body.contains("fails") && page.body.contains("holds"),
         "{}",
