@@ -113,62 +113,140 @@ pub fn of_policy(policy: &Value) -> Vec<Condition> {
     serde_json::from_value(policy["conditions"].clone()).unwrap_or_default()
 }
 
-/// The editor's fieldsets, filled from `conditions`; `providers` are the
-/// account's identity providers (API JSON).
-pub fn editor(conditions: &[Condition], providers: &[Value]) -> Markup {
-    let find = |property| conditions.iter().find(|c| c.property == property);
-    let values = |property| find(property).map_or_else(Vec::new, |c| c.values.clone());
-    let negated = |property| find(property).is_some_and(|c| c.operator == ConditionOperator::NotIn);
-    let windows = values(ConditionProperty::Time);
-    let (first, more) = match windows.split_first() {
-        Some((first, rest)) => match Window::split(first) {
-            Some(window) => (window, rest.to_vec()),
-            None => (Window::default(), windows.clone()),
-        },
-        None => (Window::default(), Vec::new()),
+/// The form fields that show `conditions` in the editor, holding only what
+/// the editor's inputs can hold (a box for each known day, system and
+/// provider; text for the rest).
+pub fn fields_of(conditions: &[Condition], providers: &[Value]) -> Form {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut put = |name: &str, value: &str| fields.push((name.to_string(), value.to_string()));
+    for condition in conditions {
+        let op = if condition.operator == ConditionOperator::NotIn {
+            "not_in"
+        } else {
+            "in"
+        };
+        let values = &condition.values;
+        match condition.property {
+            ConditionProperty::RemoteIp => {
+                put("ip_op", op);
+                put("ip_values", &values.join(", "));
+            }
+            ConditionProperty::Country => {
+                put("country_op", op);
+                put("country_values", &values.join(", "));
+            }
+            ConditionProperty::Time => {
+                put("time_op", op);
+                let mut more = values.as_slice();
+                if let Some((first, rest)) = values.split_first()
+                    && let Some(window) = Window::split(first)
+                {
+                    for (letter, _) in DAYS {
+                        if window.days.contains(letter) {
+                            put("time_day", &letter.to_string());
+                        }
+                    }
+                    put("time_from", &window.from);
+                    put("time_to", &window.to);
+                    put("time_zone", &window.zone);
+                    more = rest;
+                }
+                put("time_more", &more.join("\n"));
+            }
+            ConditionProperty::IdentityProvider => {
+                put("idp_op", op);
+                for value in values {
+                    if providers.iter().any(|p| text(p, "id") == value) {
+                        put("idp", value);
+                    }
+                }
+            }
+            ConditionProperty::ClientVerified => {
+                if op == "in" && values.len() == 1 && values[0] == "true" {
+                    put("verified", "true");
+                }
+            }
+            ConditionProperty::ClientOs => {
+                put("os_op", op);
+                let mut other = Vec::new();
+                for value in values {
+                    if SYSTEMS.iter().any(|(known, _)| known == value) {
+                        put("os", value);
+                    } else {
+                        other.push(value.as_str());
+                    }
+                }
+                put("os_other", &other.join(", "));
+            }
+        }
+    }
+    Form(fields)
+}
+
+/// Whether the editor can show `conditions` and give them back unchanged
+/// (in any order). Conditions it cannot hold (a property twice, a
+/// verification rule other than "verified only", a provider that is gone,
+/// spellings it would change) are kept read-only: saving the form must
+/// never loosen a policy by what it could not show.
+pub fn editable(conditions: &[Condition], providers: &[Value]) -> bool {
+    let normal = |list: &[Condition]| {
+        let mut list: Vec<(&str, bool, Vec<String>)> = list
+            .iter()
+            .map(|c| {
+                let mut values = c.values.clone();
+                values.sort();
+                (
+                    c.property.as_str(),
+                    c.operator == ConditionOperator::NotIn,
+                    values,
+                )
+            })
+            .collect();
+        list.sort();
+        list
     };
-    let chosen_providers = values(ConditionProperty::IdentityProvider);
-    let systems = values(ConditionProperty::ClientOs);
-    let other_systems: Vec<&str> = systems
-        .iter()
-        .map(String::as_str)
-        .filter(|s| {
-            !SYSTEMS
-                .iter()
-                .any(|(known, _)| known.eq_ignore_ascii_case(s))
-        })
-        .collect();
+    normal(&from_form(&fields_of(conditions, providers))) == normal(conditions)
+}
+
+/// The editor's fieldsets, filled from `form` (a policy's `fields_of`, or
+/// what was typed before a refusal); `providers` are the account's identity
+/// providers (API JSON).
+pub fn editor(form: &Form, providers: &[Value]) -> Markup {
+    let negated = |name: &str| form.get(name) == "not_in";
+    let days = form.all("time_day");
+    let chosen_providers = form.all("idp");
+    let systems = form.all("os");
     html! {
         fieldset.conditions {
             legend { "Conditions (all must hold; leave a part empty to not check it)" }
-            (operator("ip_op", "Client address", negated(ConditionProperty::RemoteIp)))
+            (operator("ip_op", "Client address", negated("ip_op")))
             label for="c-ip" { "Addresses or networks the client connects from (CIDR, comma-separated)" }
             input #c-ip type="text" name="ip_values" placeholder="203.0.113.0/24, 2001:db8::/32"
-                value=(values(ConditionProperty::RemoteIp).join(", "));
-            (operator("country_op", "Country", negated(ConditionProperty::Country)))
+                value=(form.get("ip_values"));
+            (operator("country_op", "Country", negated("country_op")))
             label for="c-country" { "Countries (ISO codes, comma-separated)" }
             input #c-country type="text" name="country_values" placeholder="DE, FR"
-                value=(values(ConditionProperty::Country).join(", "));
-            (operator("time_op", "Time", negated(ConditionProperty::Time)))
+                value=(form.get("country_values"));
+            (operator("time_op", "Time", negated("time_op")))
             div.days role="group" aria-label="Days" {
                 @for (letter, name) in DAYS {
                     @let id = format!("c-day-{letter}");
-                    input type="checkbox" id=(id) name="time_day" value=(letter) checked[first.days.contains(letter)];
+                    input type="checkbox" id=(id) name="time_day" value=(letter) checked[days.contains(&letter.to_string().as_str())];
                     label.inline for=(id) { (name) }
                 }
             }
             label for="c-from" { "From (local time)" }
-            input #c-from type="time" name="time_from" value=(first.from);
+            input #c-from type="time" name="time_from" value=(form.get("time_from"));
             label for="c-to" { "Until (24:00 is midnight)" }
-            input #c-to type="time" name="time_to" value=(first.to);
+            input #c-to type="time" name="time_to" value=(form.get("time_to"));
             label for="c-zone" { "Time zone (IANA)" }
-            input #c-zone type="text" name="time_zone" list="zones" placeholder="Europe/Berlin" value=(first.zone);
+            input #c-zone type="text" name="time_zone" list="zones" placeholder="Europe/Berlin" value=(form.get("time_zone"));
             datalist #zones {
                 @for zone in zones() { option value=(zone) {} }
             }
             label for="c-more" { "More windows, one per line (e.g. SU/10:00-14:00/America/New_York)" }
-            textarea #c-more name="time_more" rows="2" { (more.join("\n")) }
-            (operator("idp_op", "Identity provider", negated(ConditionProperty::IdentityProvider)))
+            textarea #c-more name="time_more" rows="2" { (form.get("time_more")) }
+            (operator("idp_op", "Identity provider", negated("idp_op")))
             @if providers.is_empty() {
                 p.muted { "No identity providers: sign-in is by email code." }
             }
@@ -176,25 +254,24 @@ pub fn editor(conditions: &[Condition], providers: &[Value]) -> Markup {
                 @let id = text(provider, "id");
                 @let box_id = format!("c-idp-{id}");
                 div {
-                    input type="checkbox" id=(box_id) name="idp" value=(id) checked[chosen_providers.iter().any(|p| p == id)];
+                    input type="checkbox" id=(box_id) name="idp" value=(id) checked[chosen_providers.contains(&id)];
                     label.inline for=(box_id) { (text(provider, "name")) }
                 }
             }
             div {
-                input #c-verified type="checkbox" name="verified" value="true"
-                    checked[values(ConditionProperty::ClientVerified).iter().any(|v| v.eq_ignore_ascii_case("true"))];
+                input #c-verified type="checkbox" name="verified" value="true" checked[form.get("verified") == "true"];
                 label.inline for="c-verified" { "Only clients an admin verified" }
             }
-            (operator("os_op", "Operating system", negated(ConditionProperty::ClientOs)))
+            (operator("os_op", "Operating system", negated("os_op")))
             div role="group" aria-label="Operating systems" {
                 @for (os, name) in SYSTEMS {
                     @let id = format!("c-os-{os}");
-                    input type="checkbox" id=(id) name="os" value=(os) checked[systems.iter().any(|s| s.eq_ignore_ascii_case(os))];
+                    input type="checkbox" id=(id) name="os" value=(os) checked[systems.contains(&os)];
                     label.inline for=(id) { (name) }
                 }
             }
             label for="c-os-other" { "Other systems (comma-separated)" }
-            input #c-os-other type="text" name="os_other" value=(other_systems.join(", "));
+            input #c-os-other type="text" name="os_other" value=(form.get("os_other"));
         }
     }
 }
@@ -384,7 +461,7 @@ mod tests {
             ])
         );
         // Shown again, the editor holds every value it was given.
-        let page = editor(&conditions, &[]).into_string();
+        let page = editor(&fields_of(&conditions, &[]), &[]).into_string();
         assert!(page.contains(r#"value="203.0.113.0/24, 2001:db8::/32""#));
         assert!(page.contains(r#"value="M" checked"#));
         assert!(page.contains(r#"value="F">"#), "Friday unchecked");
@@ -439,5 +516,54 @@ mod tests {
             words(&[condition("client_os", "in", &["Linux", "macOS"])]),
             "on a device running Linux or macOS"
         );
+    }
+
+    #[test]
+    fn conditions_the_editor_cannot_hold_are_not_editable() {
+        let okta =
+            serde_json::json!({"id": "0000000a-0000-4000-8000-00000000000b", "name": "Okta"});
+        let holds = |c: Vec<Condition>| editable(&c, std::slice::from_ref(&okta));
+        assert!(holds(vec![]));
+        assert!(holds(vec![
+            condition("client_os", "in", &["macos", "linux", "FreeBSD"]),
+            condition("remote_ip", "not_in", &["10.0.0.0/8"]),
+            condition(
+                "time",
+                "in",
+                &["MTWRF/09:00-17:00/Europe/Berlin", "S/10:00-12:00/UTC"]
+            ),
+            condition(
+                "identity_provider",
+                "in",
+                &["0000000a-0000-4000-8000-00000000000b"]
+            ),
+            condition("client_verified", "in", &["true"]),
+        ]));
+        // What saving the form would change, and so loosen or tighten.
+        for lossy in [
+            vec![condition("client_verified", "not_in", &["false"])],
+            vec![condition("client_verified", "in", &["true", "false"])],
+            vec![
+                condition("remote_ip", "in", &["10.0.0.0/8"]),
+                condition("remote_ip", "not_in", &["10.9.0.0/16"]),
+            ],
+            vec![condition(
+                "identity_provider",
+                "in",
+                &["0000000a-0000-4000-8000-00000000000c"],
+            )],
+            vec![condition(
+                "identity_provider",
+                "in",
+                &["0000000a-0000-4000-8000-00000000000b"
+                    .to_uppercase()
+                    .as_str()],
+            )],
+            vec![condition("time", "in", &["mw/09:00-17:00/UTC"])],
+            vec![condition("time", "in", &["WM/09:00-17:00/UTC"])],
+            vec![condition("remote_ip", "in", &["10.0.0.0/8 "])],
+        ] {
+            assert!(!holds(lossy.clone()), "{lossy:?}");
+        }
     }
 }

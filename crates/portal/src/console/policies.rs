@@ -40,7 +40,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
     let name_of = |names: &std::collections::HashMap<&str, &str>, id: &str| {
         names.get(id).copied().unwrap_or_default().to_string()
     };
-    let typed_conditions = typed.form.map(conditions::from_form).unwrap_or_default();
+    let blank = Form::default();
     let body = html! {
         @if policies.is_empty() {
             p.muted { "No policies: nobody reaches anything (access is denied by default)." }
@@ -92,7 +92,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
             }
             label for="p-description" { "Description" }
             input #p-description type="text" name="description" value=(typed.get("description"));
-            (conditions::editor(&typed_conditions, &providers))
+            (conditions::editor(typed.form.unwrap_or(&blank), &providers))
             div { button type="submit" { "Add the policy" } }
         }
     };
@@ -169,18 +169,23 @@ async fn edit_page(
     )
     .await?;
     let providers = data(api::identity_providers::list(state(), c.admin).await).await?;
-    let (current, description, disabled) = match typed {
+    let stored = conditions::of_policy(&policy);
+    // Conditions the editor cannot hold are kept as they are (read-only):
+    // saving must not loosen what it could not show.
+    let editable = conditions::editable(&stored, &providers);
+    let (fields, description, disabled) = match typed {
         Some(form) => (
-            conditions::from_form(form),
+            None,
             form.get("description").to_string(),
             form.get("disabled") == "true",
         ),
         None => (
-            conditions::of_policy(&policy),
+            Some(conditions::fields_of(&stored, &providers)),
             text(&policy, "description").to_string(),
             policy["disabled"] == json!(true),
         ),
     };
+    let provider_names = conditions::provider_names(&providers);
     let body = html! {
         p { "Members of " b { (text(&group, "name")) } " may use " b { (text(&resource, "name")) } " when every condition below holds. A change is decided again for connected clients at once." }
         (error_box(refusal.map(|r| r.message.as_str())))
@@ -192,7 +197,16 @@ async fn edit_page(
                 input #p-disabled type="checkbox" name="disabled" value="true" checked[disabled];
                 label.inline for="p-disabled" { "Disabled (grants nothing)" }
             }
-            (conditions::editor(&current, &providers))
+            @if editable {
+                (conditions::editor(fields.as_ref().or(typed).unwrap_or(&Form::default()), &providers))
+            } @else {
+                input type="hidden" name="conditions" value="keep";
+                fieldset.conditions {
+                    legend { "Conditions (kept as they are)" }
+                    p.muted { "These conditions were written through the API in a form this editor cannot show without changing them; they stay as they are when you save. Change them through the API." }
+                    ul { @for condition in &stored { li { (conditions::describe(condition, &provider_names)) } } }
+                }
+            }
             div { button type="submit" { "Save the policy" } }
         }
         p { a href=(c.href("/policies")) { "Back to the policies" } }
@@ -229,6 +243,10 @@ pub async fn update(
     let mut fields = fields(&form);
     fields["description"] = json!(form.get("description"));
     fields["disabled"] = json!(form.get("disabled") == "true");
+    if form.get("conditions") == "keep" {
+        // The page showed them read-only: the PATCH leaves them alone.
+        fields.as_object_mut().map(|f| f.remove("conditions"));
+    }
     let saved = match input::<api::policies::PolicyPatch>(fields) {
         Ok(patch) => {
             answer(

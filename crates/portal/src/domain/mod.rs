@@ -150,7 +150,7 @@ pub enum TokenKind {
     Gateway,
     /// A relay registering with the portal (no account).
     Relay,
-    /// An admin's web session (the cookie).
+    /// A web session (the cookie): an admin's console or a user's own page.
     Browser,
 }
 

@@ -94,7 +94,10 @@ impl IntoResponse for WebError {
         let title = match self.status {
             StatusCode::TOO_MANY_REQUESTS => "Slow down",
             StatusCode::NOT_FOUND => "Not found",
-            _ => "Sign-in failed",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::UNAUTHORIZED => "Sign-in failed",
+            status if status.is_server_error() => "Something went wrong",
+            _ => "That did not work",
         };
         page(
             self.status,
@@ -318,7 +321,7 @@ async fn sign_in_page(
     let purpose = if client.is_some() {
         "to connect this device"
     } else {
-        "to the admin portal"
+        "to the portal"
     };
     let mut body = format!(
         "<p>Sign in to <b>{}</b> {purpose}.</p>",

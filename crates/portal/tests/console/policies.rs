@@ -165,6 +165,44 @@ async fn conditions_made_in_the_editor_are_the_policy_s_and_a_refusal_keeps_them
         "{audit}"
     );
     assert!(audit["data"][0]["actor_id"].is_string(), "{audit}");
+
+    // Conditions written through the API in a shape the editor cannot hold
+    // (verified devices said as "not unverified", two address rules) are
+    // shown read-only and survive a save of the other fields unchanged.
+    let strict = json!([
+        {"property": "client_verified", "operator": "not_in", "values": ["false"]},
+        {"property": "remote_ip", "operator": "in", "values": ["10.0.0.0/8"]},
+        {"property": "remote_ip", "operator": "not_in", "values": ["10.9.0.0/16"]},
+    ]);
+    let (status, _) = portal
+        .api(
+            Method::PATCH,
+            &format!("/policies/{id}"),
+            Some(json!({"conditions": strict})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let edit = browser
+        .get(&format!("{}/acme/policies/{id}", portal.base))
+        .await;
+    assert!(edit.body.contains("kept as they are"), "{}", edit.body);
+    assert!(
+        !edit.body.contains(r#"name="ip_values""#),
+        "no editor to lose them"
+    );
+    let saved = post(
+        &mut browser,
+        &portal,
+        &format!("/policies/{id}"),
+        &[("description", "renamed only"), ("conditions", "keep")],
+    )
+    .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, after) = portal
+        .api(Method::GET, &format!("/policies/{id}"), None)
+        .await;
+    assert_eq!(after["conditions"], strict, "nothing loosened");
+    assert_eq!(after["description"], json!("renamed only"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
