@@ -61,12 +61,3 @@ async fn rows(tx: &mut Conn, account: Uuid) -> Result<AccountRows, StoreError> {
         search_domain: accounts::search_domain(tx, account).await?,
     })
 }
-
-/// An account's graph as the hub would build it now, for pages that
-/// explain its decisions (the console's access check).
-pub(crate) async fn read_graph(store: &Store, account: Uuid) -> Result<AccountGraph, StoreError> {
-    let mut tx = store.read().await?;
-    let rows = rows(&mut tx, account).await?;
-    tx.commit().await?;
-    Ok(AccountGraph::build(rows))
-}

@@ -14,7 +14,7 @@ pub(crate) mod graph;
 pub(crate) mod hub;
 mod inbound;
 pub(crate) mod keys;
-pub(crate) mod loader;
+mod loader;
 mod notify;
 pub(crate) mod seal;
 mod shell;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use jiff::Timestamp;
@@ -19,12 +19,14 @@ use postern_policy::{Decision, Denial, Facts, Verdict, evaluate, explain};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Console, Section, conditions, data, signed_in, text};
-use crate::api;
-use crate::channels::loader::read_graph;
+use super::{Console, Section, conditions, signed_in};
+use crate::channels::graph::{AccountGraph, AccountRows};
 use crate::domain::{Actor, Device, DeviceKind, PolicyRecord};
-use crate::store::{actors, devices, policies, tokens};
+use crate::store::{actors, devices, groups, identity_providers, policies, resources, tokens};
 use crate::web::{Shared, WebResult};
+
+/// Clients of the person shown (a column each).
+const CLIENTS: i64 = 10;
 
 #[derive(Deserialize)]
 pub struct Ask {
@@ -43,7 +45,9 @@ pub async fn check(
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    let resources = data(api::resources::list(State(c.state.clone()), c.admin).await).await?;
+    let mut tx = c.state.store.read().await?;
+    let resources = resources::list(&mut tx, c.account.id).await?;
+    tx.commit().await?;
     let form = html! {
         form method="get" action=(c.href("/access")) {
             label for="a-who" { "Who (email, name or id)" }
@@ -51,8 +55,8 @@ pub async fn check(
             label for="a-resource" { "Resource" }
             select #a-resource name="resource" {
                 @for resource in &resources {
-                    @let id = text(resource, "id");
-                    option value=(id) selected[ask.resource.eq_ignore_ascii_case(id)] { (text(resource, "name")) }
+                    @let id = resource.id.to_string();
+                    option value=(id) selected[ask.resource.eq_ignore_ascii_case(&id)] { (resource.name) }
                 }
             }
             div { button type="submit" { "Check" } }
@@ -94,19 +98,16 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
     };
     let now = Timestamp::now();
     let mut tx = c.state.store.read().await?;
-    let people = actors::list(&mut tx, account).await?;
     let who = ask.who.trim();
-    let found: Vec<&Actor> = match who.parse::<Uuid>() {
-        Ok(id) => people.iter().filter(|a| a.id == id).collect(),
-        Err(_) => people
-            .iter()
-            .filter(|a| {
-                a.email
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(who))
-                    || a.name.eq_ignore_ascii_case(who)
-            })
+    let found: Vec<Actor> = match who.parse::<Uuid>() {
+        Ok(id) => actors::get(&mut tx, account, id)
+            .await?
+            .into_iter()
             .collect(),
+        Err(_) => match actors::by_email(&mut tx, account, &who.to_lowercase()).await? {
+            Some(actor) => vec![actor],
+            None => actors::named(&mut tx, account, who, 2).await?,
+        },
     };
     let actor = match found.as_slice() {
         [] => {
@@ -114,43 +115,69 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
                 "Nobody in this account is called or has the email {who:?}."
             )));
         }
-        [one] => *one,
-        many => {
+        [one] => one.clone(),
+        _ => {
             return Ok(Err(format!(
-                "{} people are called {who:?}; give an email or an id.",
-                many.len()
+                "Several people are called {who:?}; give an email or an id."
             )));
         }
     };
-    let clients: Vec<Device> = devices::list(&mut tx, account, DeviceKind::Client, None)
-        .await?
-        .into_iter()
-        .filter(|d| d.actor_id == Some(actor.id))
-        .collect();
+    let Some(resource_row) = resources::get(&mut tx, account, resource_id).await? else {
+        tx.commit().await?;
+        return Ok(Err("There is no such resource.".into()));
+    };
+    // The first clients of the person: a column each.
+    let mut clients: Vec<Device> = devices::of_actor(
+        &mut tx,
+        account,
+        actor.id,
+        now.as_millisecond(),
+        CLIENTS + 1,
+        0,
+    )
+    .await?
+    .into_iter()
+    .map(|(device, _)| device)
+    .collect();
+    let more_clients = clients.len() > CLIENTS as usize;
+    clients.truncate(CLIENTS as usize);
     let providers_of = tokens::providers_of_devices(&mut tx, account, actor.id).await?;
-    let records: HashMap<Uuid, PolicyRecord> = policies::list(&mut tx, account)
-        .await?
-        .into_iter()
-        .map(|p| (p.id, p))
-        .collect();
-    let gateways = devices::list(&mut tx, account, DeviceKind::Gateway, None).await?;
+    let resource_policies = policies::of_resource(&mut tx, account, resource_id).await?;
+    let all_groups = groups::list(&mut tx, account).await?;
+    let (_, memberships) = groups::of_actor(&mut tx, account, actor.id).await?;
+    let gateways = devices::list(
+        &mut tx,
+        account,
+        DeviceKind::Gateway,
+        Some(resource_row.site_id),
+    )
+    .await?;
+    let providers = identity_providers::list(&mut tx, account).await?;
     tx.commit().await?;
-    let graph = read_graph(&c.state.store, account).await?;
+    let records: HashMap<Uuid, PolicyRecord> = resource_policies
+        .iter()
+        .map(|p| (p.id, p.clone()))
+        .collect();
+    // The hub's own graph, of this person and this resource only: the
+    // decision is the engine's, on what the hub would hold.
+    let graph = AccountGraph::build(AccountRows {
+        actors: vec![actor.clone()],
+        groups: all_groups.clone(),
+        memberships,
+        resources: vec![resource_row],
+        policies: resource_policies,
+        search_domain: None,
+    });
     let Some(resource) = graph.resources.get(&resource_id) else {
         return Ok(Err("There is no such resource.".into()));
     };
-    let providers =
-        data(api::identity_providers::list(State(c.state.clone()), c.admin).await).await?;
-    let provider_names = conditions::provider_names(&providers);
-    let groups = data(api::groups::list(State(c.state.clone()), c.admin).await).await?;
-    let group_names: HashMap<&str, &str> = groups
+    let provider_names: HashMap<Uuid, String> =
+        providers.iter().map(|p| (p.id, p.name.clone())).collect();
+    let group_names: HashMap<String, &str> = all_groups
         .iter()
-        .map(|g| (text(g, "id"), text(g, "name")))
+        .map(|g| (g.id.to_string(), g.name.as_str()))
         .collect();
-    let gateway_online = gateways
-        .iter()
-        .filter(|g| g.site_id == Some(resource.site_id.0))
-        .any(|g| c.state.gateway_presence(g.id).0);
+    let gateway_online = gateways.iter().any(|g| c.state.gateway_presence(g.id).0);
     let member_of = graph.groups(actor.id);
     let askers: Vec<Asking> = if clients.is_empty() {
         vec![Asking {
@@ -180,16 +207,16 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
     let facts = |asking| asking_facts(asking, now);
     let name = |group: Uuid| {
         group_names
-            .get(group.to_string().as_str())
+            .get(&group.to_string())
             .copied()
             .unwrap_or("(deleted group)")
             .to_string()
     };
     let provider_name = |asking: &Asking| match asking.provider {
-        Some(id) => providers
-            .iter()
-            .find(|p| text(p, "id") == id.to_string())
-            .map_or(id.to_string(), |p| text(p, "name").to_string()),
+        Some(id) => provider_names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string()),
         None => "no identity provider".to_string(),
     };
     let markup = html! {
@@ -199,6 +226,9 @@ async fn answer(c: &Console, ask: &Ask) -> WebResult<Result<Markup, String>> {
         }
         @if !gateway_online {
             p.error role="alert" { "No gateway of the resource's site is online: even an allowed client is told the resource is offline." }
+        }
+        @if more_clients {
+            p.muted { "The first " (CLIENTS) " of their clients are shown; see all on " a href=(c.href(&format!("/clients?owner={}", actor.id))) { "the clients page" } "." }
         }
         p { (actor.name) " is in: "
             @for (i, group) in member_of.iter().enumerate() { @if i > 0 { ", " } b { (name(*group)) } }

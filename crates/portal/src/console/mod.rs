@@ -193,10 +193,14 @@ impl Console {
     ) -> WebResult<Result<Console, Response>> {
         let account = crate::web::account(state, slug).await?;
         let Some((actor, token_id)) =
-            crate::web::session::web_admin(state, &account, headers).await?
+            crate::web::session::web_user(state, &account, headers).await?
         else {
             return Ok(Err(see_other(&format!("/{}/sign_in", account.slug))));
         };
+        // A user who is not an admin has a page of their own, nothing here.
+        if actor.role != crate::domain::Role::Admin {
+            return Ok(Err(see_other(&format!("/{}/me", account.slug))));
+        }
         // The API's limit holds for the console's session too.
         if let Err(wait) = state.api_limiter.check(token_id, std::time::Instant::now()) {
             let mut slow = WebError::new(

@@ -56,6 +56,22 @@ pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Actor>> {
     super::list_scoped(conn, account).await
 }
 
+/// Actors named `name` (any case), at most `limit`.
+pub async fn named(conn: &mut Conn, account: Uuid, name: &str, limit: i64) -> Result<Vec<Actor>> {
+    let sql = format!(
+        "SELECT {} FROM actors WHERE account_id = $1 AND LOWER(name) = LOWER($2) \
+         ORDER BY created_at, id LIMIT $3",
+        Actor::COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(name)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(Actor::from_row).collect()
+}
+
 pub async fn update(conn: &mut Conn, account: Uuid, actor: &Actor, now_ms: i64) -> Result<()> {
     sqlx::query(
         "UPDATE actors SET name = $1, email = $2, role = $3, disabled = $4, updated_at = $5 \

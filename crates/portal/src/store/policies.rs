@@ -87,6 +87,25 @@ pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<bool> {
     super::delete_scoped::<PolicyRecord>(conn, account, id).await
 }
 
+/// The policies naming a resource, disabled ones too.
+pub async fn of_resource(
+    conn: &mut Conn,
+    account: Uuid,
+    resource: Uuid,
+) -> Result<Vec<PolicyRecord>> {
+    let sql = format!(
+        "SELECT {} FROM policies WHERE account_id = $1 AND resource_id = $2 \
+         ORDER BY created_at, id",
+        PolicyRecord::COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(resource.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(PolicyRecord::from_row).collect()
+}
+
 /// The policies of the groups of an actor (`groups::GROUPS_OF_ACTOR`),
 /// disabled ones too: the policy graph decides what they grant.
 pub async fn of_actor(conn: &mut Conn, account: Uuid, actor: Uuid) -> Result<Vec<PolicyRecord>> {

@@ -1291,10 +1291,11 @@ async fn a_user_with_a_web_session_gets_no_admin_page() {
     let (mut browser, csrf) = session(&user).await;
     let mut nobody = Browser::new();
     for path in &pages {
-        for who in [&mut browser, &mut nobody] {
+        // A user is sent to their own page, nobody to the sign-in.
+        for (who, to) in [(&mut browser, "/acme/me"), (&mut nobody, "/acme/sign_in")] {
             let page = get(who, &portal, path).await;
             assert_eq!(page.status, 303, "{path}");
-            assert_eq!(page.location.as_deref(), Some("/acme/sign_in"), "{path}");
+            assert_eq!(page.location.as_deref(), Some(to), "{path}");
             assert!(!page.body.contains("Ursula"), "{path}");
         }
     }
@@ -1327,7 +1328,7 @@ async fn a_user_with_a_web_session_gets_no_admin_page() {
         let page = post(&mut browser, &portal, &path, &form).await;
         assert_eq!(
             page.location.as_deref(),
-            Some("/acme/sign_in"),
+            Some("/acme/me"),
             "{path}: {}",
             page.body
         );

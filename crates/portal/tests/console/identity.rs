@@ -871,11 +871,12 @@ async fn no_page_or_change_here_for_a_non_admin_or_nobody() {
         "/acme/settings".to_string(),
     ];
     let mut nobody = Browser::new();
-    for who in [&mut user, &mut nobody] {
+    // A user is sent to their own page, nobody to the sign-in.
+    for (who, to) in [(&mut user, "/acme/me"), (&mut nobody, "/acme/sign_in")] {
         for path in &gets {
             let page = who.get(&format!("{base}{path}")).await;
             assert_eq!(page.status, 303, "{path}: {}", page.body);
-            assert_eq!(page.location.as_deref(), Some("/acme/sign_in"), "{path}");
+            assert_eq!(page.location.as_deref(), Some(to), "{path}");
         }
         for path in &posts {
             let page = who
@@ -890,7 +891,7 @@ async fn no_page_or_change_here_for_a_non_admin_or_nobody() {
                 )
                 .await;
             assert_eq!(page.status, 303, "{path}: {}", page.body);
-            assert_eq!(page.location.as_deref(), Some("/acme/sign_in"), "{path}");
+            assert_eq!(page.location.as_deref(), Some(to), "{path}");
         }
     }
     // Nothing changed.

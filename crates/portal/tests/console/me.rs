@@ -211,7 +211,9 @@ fn console_pages(w: &World) -> Vec<String> {
         "/acme/identity",
         "/acme/logs/audit",
         "/acme/logs/sessions",
+        "/acme/logs/flows",
         "/acme/settings",
+        "/acme/live",
     ]
     .map(String::from)
     .to_vec();
@@ -224,6 +226,8 @@ fn console_pages(w: &World) -> Vec<String> {
         format!("/acme/groups/{}/delete", w.staff),
         format!("/acme/policies/{}/delete", w.policy),
         format!("/acme/actors/{}", w.bob),
+        format!("/acme/policies/{}", w.policy),
+        format!("/acme/access?who={}&resource={}", w.bob, w.payroll),
     ]);
     paths
 }
@@ -231,7 +235,12 @@ fn console_pages(w: &World) -> Vec<String> {
 /// An answer that gives nothing away: the sign-in, or a refusal.
 fn refused(path: &str, page: &Page) {
     match page.status {
-        303 => assert_eq!(page.location.as_deref(), Some("/acme/sign_in"), "{path}"),
+        // The sign-in, or a user's own page.
+        303 => assert!(
+            matches!(page.location.as_deref(), Some("/acme/sign_in" | "/acme/me")),
+            "{path}: {:?}",
+            page.location
+        ),
         401 | 403 | 404 => {}
         other => panic!("{path}: {other} {}", page.body),
     }
@@ -281,6 +290,21 @@ async fn a_users_session_opens_no_admin_page_no_form_no_api_and_no_other_account
         (
             format!("/acme/actors/{}", w.ann),
             vec![("role", "admin".into())],
+        ),
+        (format!("/acme/actors/{}/tokens", w.ann), vec![]),
+        (format!("/acme/actors/{}/disable", w.bob), vec![]),
+        (format!("/acme/actors/{}/delete", w.bob), vec![]),
+        (
+            format!("/acme/policies/{}", w.policy),
+            vec![("disabled", "true".into())],
+        ),
+        (
+            "/acme/identity/directories".into(),
+            vec![("type", "scim".into()), ("name", "Evil".into())],
+        ),
+        (
+            "/acme/settings".into(),
+            vec![("search_domain", "evil.test".into())],
         ),
     ];
     for (path, fields) in &forms {
@@ -718,7 +742,11 @@ async fn a_user_signing_in_with_oidc_lands_on_their_own_page() {
     assert_eq!(me.status, 200);
     assert!(me.body.contains("carol@corp.test"));
     let console = carol.get(&format!("{}/acme/", portal.base)).await;
-    assert_eq!(console.location.as_deref(), Some("/acme/sign_in"));
+    assert_eq!(
+        console.location.as_deref(),
+        Some("/acme/me"),
+        "her own page"
+    );
 
     // A client sign-in: the question, no session.
     let query = format!(
