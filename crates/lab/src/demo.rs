@@ -513,6 +513,8 @@ pub struct Demo {
     /// The lab's CA and the portal's certificate from it.
     pub pki: DemoPki,
     data: PathBuf,
+    /// The portal's `--external-url`, if it has one.
+    external_url: Option<String>,
     // Last: the lab goes after the processes in it.
     pub net: Topology,
 }
@@ -615,6 +617,31 @@ impl Demo {
     /// Builds the lab, starts portal, relay, gateways and client, and
     /// configures the account; returns once the client has its resources.
     pub fn start(options: DemoOptions) -> Result<Demo> {
+        let mut demo = Demo::build(options, None)?;
+        demo.configure()?;
+        for n in 0..demo.net.gateways.len() {
+            let process = demo.spawn_gateway(n)?;
+            demo.gateway_processes.push(Some(process));
+        }
+        demo.wait_for_gateways(demo.net.gateways.len(), Duration::from_secs(20))?;
+        demo.client_process = Some(demo.spawn_client()?);
+        demo.wait_for_client(Duration::from_secs(20))?;
+        Ok(demo)
+    }
+
+    /// Builds the lab and starts the portal and the relay only: an empty
+    /// account (its admin `admin@demo.test`), no gateway, no client. The
+    /// portal knows its external URL (`https://198.18.0.2:8080`), as a
+    /// deployment does, so the console's commands name it. A test
+    /// configures the account as an admin would and starts the daemons
+    /// itself ([`Demo::spawn_postern`], [`Demo::start_client`] once
+    /// [`Setup::client_token`] and [`Setup::resource_id`] are set).
+    pub fn start_unconfigured(options: DemoOptions) -> Result<Demo> {
+        Demo::build(options, Some(format!("https://{PORTAL}")))
+    }
+
+    /// The lab, its servers, the portal and the relay.
+    fn build(options: DemoOptions, external_url: Option<String>) -> Result<Demo> {
         let net = topology(
             options.home_nat,
             options.office_nat,
@@ -671,17 +698,10 @@ impl Demo {
             gateway_processes: Vec::new(),
             client_process: None,
             data,
+            external_url,
             net,
         };
         demo.start_portal()?;
-        demo.configure()?;
-        for n in 0..demo.net.gateways.len() {
-            let process = demo.spawn_gateway(n)?;
-            demo.gateway_processes.push(Some(process));
-        }
-        demo.wait_for_gateways(demo.net.gateways.len(), Duration::from_secs(20))?;
-        demo.client_process = Some(demo.spawn_client()?);
-        demo.wait_for_client(Duration::from_secs(20))?;
         Ok(demo)
     }
 
@@ -1096,14 +1116,16 @@ impl Demo {
         }
     }
 
-    /// Waits until the client's status lists the web server.
+    /// Waits until the client's status lists the web server and it routes
+    /// the web server (and the IPv6 resource, if the demo has it) into its
+    /// tunnel.
     pub fn wait_for_client(&self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(status) = self.client_status()
                 && status.contains(&self.setup.resource_id)
                 && self.routed_through_tunnel("10.0.1.80")
-                && self.routed_through_tunnel("fd10::3")
+                && (self.setup.ipv6_resource_id.is_empty() || self.routed_through_tunnel("fd10::3"))
             {
                 return Ok(());
             }
@@ -1333,6 +1355,10 @@ impl Demo {
                 "198.18.0.2:9100",
             ],
         );
+        let mut command = command;
+        if let Some(url) = &self.external_url {
+            command.args(["--external-url", url]);
+        }
         let process = self.net.portal.spawn(command)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.api("GET", "/api/v1/sites", None).map(|r| r.status) != Ok(200) {

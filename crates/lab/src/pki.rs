@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, PublicKeyData,
+};
 use rustls::pki_types::CertificateDer;
 
 use crate::error::{LabError, Result};
@@ -32,6 +34,20 @@ pub enum Validity {
 pub struct CertificateFiles {
     pub certificate: PathBuf,
     pub key: PathBuf,
+}
+
+impl CertificateFiles {
+    /// The SHA-256 of the certificate's public key (its
+    /// SubjectPublicKeyInfo): what a browser pins (Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it in base64).
+    pub fn spki_sha256(&self) -> Result<[u8; 32]> {
+        let pem = std::fs::read_to_string(&self.key)?;
+        let key = KeyPair::from_pem(&pem).map_err(pki_error)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+        let mut hash = [0; 32];
+        hash.copy_from_slice(digest.as_ref());
+        Ok(hash)
+    }
 }
 
 impl TestCa {
