@@ -26,6 +26,9 @@ pub struct Denial {
     pub resource: Uuid,
     pub reason: DenyReason,
     pub violated: Vec<String>,
+    /// How many times this client was refused this resource for this
+    /// reason while the entry was kept (repeats move it up, not out).
+    pub count: u32,
 }
 
 #[derive(Debug)]
@@ -55,13 +58,29 @@ impl Activity {
         self.denials.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a refusal (the oldest of the account's goes past `KEPT`).
+    /// Records a refusal (the oldest of the account's goes past `KEPT`). A
+    /// repeat of one kept (same client, resource and reason) replaces it
+    /// with its count, so one client asking again and again cannot push
+    /// the others out.
     pub fn denied(&self, account: Uuid, mut denial: Denial) {
         {
             let mut tables = self.tables();
             tables.next += 1;
             denial.seq = tables.next;
             let kept = tables.by_account.entry(account).or_default();
+            denial.count = 1;
+            if let Some(at) = kept.iter().position(|d| {
+                (d.client, d.resource, d.reason, &d.violated)
+                    == (
+                        denial.client,
+                        denial.resource,
+                        denial.reason,
+                        &denial.violated,
+                    )
+            }) && let Some(repeat) = kept.remove(at)
+            {
+                denial.count = repeat.count.saturating_add(1);
+            }
             if kept.len() == KEPT {
                 kept.pop_front();
             }
@@ -109,6 +128,7 @@ mod tests {
             resource: Uuid::from_u128(resource),
             reason: DenyReason::Forbidden,
             violated: vec![],
+            count: 0,
         }
     }
 
@@ -141,5 +161,24 @@ mod tests {
         woken.mark_unchanged();
         activity.touch();
         assert!(woken.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_client_asking_again_and_again_keeps_one_entry_with_its_count() {
+        let activity = Activity::default();
+        let account = Uuid::from_u128(1);
+        activity.denied(account, denial(7));
+        for _ in 0..(KEPT * 3) {
+            activity.denied(account, denial(1));
+        }
+        let kept = activity.denials_after(account, 0);
+        assert_eq!(kept.len(), 2, "the other refusal stays");
+        assert_eq!(kept[0].resource, Uuid::from_u128(1));
+        assert_eq!(kept[0].count, KEPT as u32 * 3);
+        assert_eq!(kept[1].resource, Uuid::from_u128(7));
+        // A repeat is new to a live page (a higher seq).
+        let seen = kept[0].seq;
+        activity.denied(account, denial(1));
+        assert_eq!(activity.denials_after(account, seen).len(), 1);
     }
 }

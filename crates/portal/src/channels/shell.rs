@@ -181,6 +181,7 @@ pub(super) fn carry_out(
                         resource: refused.resource.0,
                         reason: refused.reason,
                         violated: refused.violated,
+                        count: 1,
                     },
                 ),
                 Output::Metric(Metric::Granted) => {

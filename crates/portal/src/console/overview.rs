@@ -52,7 +52,7 @@ pub async fn show(
     let newest = denials.first().map_or(0, |d| d.seq);
     let mut tx = c.state.store.read().await?;
     let presence = presence(&c.state, &mut tx, account).await?;
-    let denial_rows = denial_rows(&mut tx, account, &denials).await?;
+    let denial_rows = denial_rows(&mut tx, account, &denials, &mut Names::default()).await?;
     let sign_ins = logs::sessions(&mut tx, account, None, RECENT).await?;
     let changes = audit::list(&mut tx, account, None, RECENT).await?;
     let mut names = Names::default();
@@ -212,8 +212,8 @@ async fn denial_rows(
     tx: &mut Conn,
     account: Uuid,
     denials: &[Denial],
+    names: &mut Names,
 ) -> Result<Markup, StoreError> {
-    let mut names = Names::default();
     let mut rows = Vec::with_capacity(denials.len());
     for denial in denials {
         rows.push((
@@ -230,7 +230,7 @@ async fn denial_rows(
                 td { (actor) }
                 td { (client) }
                 td { (resource) }
-                td { (why(denial)) }
+                td { (why(denial)) @if denial.count > 1 { " (" (denial.count) " times)" } }
             }
         }
     })
@@ -257,9 +257,11 @@ pub struct After {
 }
 
 /// `GET /{account}/live`: the overview's event stream. `denial` events
-/// carry new rows, `presence` events the counts when they changed. The
-/// stream ends when the session does (the browser then reconnects and is
-/// sent to the sign-in page).
+/// carry new rows (their id is the newest denial's number, so a browser
+/// that reconnects says where it was in `Last-Event-ID`), `presence` events
+/// the counts when they changed. The session is checked again before each
+/// push and every `RECHECK` when idle; the stream
+/// ends with it (the browser then reconnects and is sent to the sign-in).
 pub async fn live(
     state: Shared,
     Path(slug): Path<String>,
@@ -270,16 +272,25 @@ pub async fn live(
         Ok(c) => c,
         Err(redirect) => return Ok(redirect),
     };
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let wake = c.state.activity().subscribe();
+    let now = tokio::time::Instant::now();
     let stream = futures_util::stream::unfold(
         Live {
             c,
             headers,
             wake,
-            after,
+            after: after.max(resumed),
             shown: String::new(),
-            checked: tokio::time::Instant::now(),
-            pushed: tokio::time::Instant::now() - PUSH_GAP,
+            checked: now,
+            pushed: now - PUSH_GAP,
+            counted: now - PRESENCE_GAP,
+            counts_due: false,
+            names: Names::default(),
             queue: Vec::new(),
         },
         |mut live| async move {
@@ -292,6 +303,9 @@ pub async fn live(
         .into_response())
 }
 
+/// The least time between two countings of who is online for one page.
+const PRESENCE_GAP: Duration = Duration::from_secs(1);
+
 /// One live page's stream.
 struct Live {
     c: Console,
@@ -303,6 +317,12 @@ struct Live {
     shown: String,
     checked: tokio::time::Instant,
     pushed: tokio::time::Instant,
+    /// When who is online was last counted, and whether a change since
+    /// waits for the next counting.
+    counted: tokio::time::Instant,
+    counts_due: bool,
+    /// Names read for earlier rows.
+    names: Names,
     /// Events ready to go.
     queue: Vec<Event>,
 }
@@ -314,19 +334,22 @@ impl Live {
             if let Some(event) = self.queue.pop() {
                 return Some(event);
             }
-            let until_check = RECHECK.saturating_sub(self.checked.elapsed());
-            match tokio::time::timeout(until_check, self.wake.changed()).await {
+            let mut wait = RECHECK.saturating_sub(self.checked.elapsed());
+            if self.counts_due {
+                wait = wait.min(PRESENCE_GAP.saturating_sub(self.counted.elapsed()));
+            }
+            match tokio::time::timeout(wait, self.wake.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return None,
                 Err(_) => {}
             }
-            if self.checked.elapsed() >= RECHECK {
-                self.checked = tokio::time::Instant::now();
-                let state = &self.c.state;
-                match crate::web::session::web_admin(state, &self.c.account, &self.headers).await {
-                    Ok(Some(_)) => {}
-                    _ => return None,
-                }
+            // Before every push (one token lookup): a page whose session
+            // ended is told nothing more.
+            self.checked = tokio::time::Instant::now();
+            let state = &self.c.state;
+            match crate::web::session::web_admin(state, &self.c.account, &self.headers).await {
+                Ok(Some(_)) => {}
+                _ => return None,
             }
             // At most one push per gap; the first goes at once.
             tokio::time::sleep_until(self.pushed + PUSH_GAP).await;
@@ -339,27 +362,41 @@ impl Live {
     }
 
     /// Queues what changed since the last push (presence last, so that it
-    /// goes first: the queue pops from the end).
+    /// goes first: the queue pops from the end). Who is online is counted
+    /// at most once per `PRESENCE_GAP`: a busy node wakes every page often.
     async fn gather(&mut self) -> Result<(), StoreError> {
         let account = self.c.account.id;
+        // Names are read again now and then (renames; a bounded cache).
+        if self.names.actors.len() + self.names.clients.len() + self.names.resources.len() > 1000 {
+            self.names = Names::default();
+        }
         let mut denials = self.c.state.activity().denials_after(account, self.after);
         denials.truncate(PUSHED);
         let mut tx = self.c.state.store.read().await?;
         if let Some(newest) = denials.first() {
             self.after = newest.seq;
-            let rows = denial_rows(&mut tx, account, &denials).await?;
-            self.queue
-                .push(Event::default().event("denial").data(rows.into_string()));
+            let rows = denial_rows(&mut tx, account, &denials, &mut self.names).await?;
+            self.queue.push(
+                Event::default()
+                    .event("denial")
+                    .id(newest.seq.to_string())
+                    .data(rows.into_string()),
+            );
         }
-        let presence = presence(&self.c.state, &mut tx, account)
-            .await?
-            .into_string();
+        self.counts_due = true;
+        if self.counted.elapsed() >= PRESENCE_GAP {
+            self.counted = tokio::time::Instant::now();
+            self.counts_due = false;
+            let presence = presence(&self.c.state, &mut tx, account)
+                .await?
+                .into_string();
+            if presence != self.shown {
+                self.queue
+                    .push(Event::default().event("presence").data(presence.clone()));
+                self.shown = presence;
+            }
+        }
         tx.commit().await?;
-        if presence != self.shown {
-            self.queue
-                .push(Event::default().event("presence").data(presence.clone()));
-            self.shown = presence;
-        }
         Ok(())
     }
 }

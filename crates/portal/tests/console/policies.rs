@@ -463,4 +463,41 @@ async fn the_live_overview_pushes_denials_and_presence_as_they_happen() {
         "{}",
         overview.body
     );
+
+    // Asked again: one row, counted, pushed as the newest.
+    client
+        .send(json!({"type": "request_access", "ref": "r2", "resource_id": web}))
+        .await;
+    client.next_of("access_denied").await;
+    event_with(&mut live, &mut seen, "denial", "(2 times)", wait)
+        .await
+        .unwrap_or_else(|| panic!("no repeat: {seen}"));
+
+    // Signed out: the stream ends with the session (no more pushes).
+    let csrf = overview.hidden("csrf").unwrap();
+    let out = browser
+        .post(
+            &format!("{}/acme/sign_out", portal.base),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(out.status, 303);
+    client
+        .send(json!({"type": "request_access", "ref": "r3", "resource_id": web}))
+        .await;
+    client.next_of("access_denied").await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            match live.chunk().await {
+                Ok(Some(chunk)) => assert!(
+                    !String::from_utf8_lossy(&chunk).contains("(3 times)"),
+                    "a signed-out page was told: {}",
+                    String::from_utf8_lossy(&chunk)
+                ),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived the session");
 }

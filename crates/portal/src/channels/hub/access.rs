@@ -119,13 +119,16 @@ impl Access {
             graph,
         } = request;
         let Some(resource) = resource else {
+            // An id the account has no resource for (made up, or gone) is
+            // the client's business, not the live denials'.
+            let real = graph.resources.contains_key(&resource_id.0);
             post.deny(
                 conn,
                 reference,
                 resource_id,
                 DenyReason::NotFound,
                 vec![],
-                &asker,
+                real.then_some(&asker),
             );
             return;
         };
@@ -145,7 +148,7 @@ impl Access {
                 resource_id,
                 DenyReason::Forbidden,
                 violated,
-                &asker,
+                Some(&asker),
             );
             return;
         }
@@ -194,7 +197,7 @@ impl Access {
                     resource_id,
                     DenyReason::Forbidden,
                     violated,
-                    &asker,
+                    Some(&asker),
                 );
                 return;
             }
@@ -215,7 +218,7 @@ impl Access {
                 resource_id,
                 DenyReason::Offline,
                 vec![],
-                &asker,
+                Some(&asker),
             );
             return;
         };
@@ -341,7 +344,7 @@ impl Access {
                     resource_id,
                     reason,
                     vec![],
-                    &pending.grant.asker,
+                    Some(&pending.grant.asker),
                 );
             }
         }

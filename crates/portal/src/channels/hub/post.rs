@@ -129,8 +129,9 @@ impl<'a> Post<'a> {
         self.send(conn, frame);
     }
 
-    /// `access_denied` to the client of `asker`, counted and reported for
-    /// the console's live denials.
+    /// `access_denied`, counted; reported for the console's live denials
+    /// with the asker (`None`: not worth an admin's eye, such as an id the
+    /// account does not have).
     pub(super) fn deny(
         &mut self,
         conn: ConnId,
@@ -138,17 +139,19 @@ impl<'a> Post<'a> {
         resource_id: ResourceId,
         reason: DenyReason,
         violated: Vec<String>,
-        asker: &Asker,
+        asker: Option<&Asker>,
     ) {
         self.out.push(Output::Metric(Metric::Denied(reason)));
-        self.out.push(Output::Refused(Refused {
-            account: asker.account,
-            actor: asker.actor_id,
-            client: asker.peer.id,
-            resource: resource_id,
-            reason,
-            violated: violated.clone(),
-        }));
+        if let Some(asker) = asker {
+            self.out.push(Output::Refused(Refused {
+                account: asker.account,
+                actor: asker.actor_id,
+                client: asker.peer.id,
+                resource: resource_id,
+                reason,
+                violated: violated.clone(),
+            }));
+        }
         self.client(
             conn,
             PortalToClient::AccessDenied {

@@ -353,3 +353,31 @@ fn a_client_with_another_devices_key_gets_nothing_and_disturbs_nothing() {
     });
     assert_eq!(init, Some(1));
 }
+
+#[test]
+fn refusals_of_real_resources_are_reported_for_the_console_and_made_up_ids_are_not() {
+    use crate::channels::hub::io::Refused;
+    // Resource 2 exists but no policy offers it; resource 9 does not exist.
+    let mut w = World::with_client_and_gateway(graph(2, &[1]));
+    let out = w.input(request(1, "r2", resource(2).id));
+    let refused: Vec<&Refused> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Refused(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].account, ACCOUNT);
+    assert_eq!(refused[0].actor, ALICE);
+    assert_eq!(refused[0].client, CLIENT);
+    assert_eq!(refused[0].resource, resource(2).id);
+    assert_eq!(refused[0].reason, DenyReason::NotFound);
+    let made_up = postern_model::ResourceId::from_u128(0x9999);
+    let out = w.input(request(1, "r9", made_up));
+    assert!(
+        out.iter().all(|o| !matches!(o, Output::Refused(_))),
+        "an id the account does not have is not reported: {out:?}"
+    );
+    assert!(out.contains(&Output::Metric(Metric::Denied(DenyReason::NotFound))));
+}
