@@ -487,15 +487,12 @@ async fn the_live_overview_pushes_denials_and_presence_as_they_happen() {
         .await;
     client.next_of("access_denied").await;
     let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-        loop {
-            match live.chunk().await {
-                Ok(Some(chunk)) => assert!(
-                    !String::from_utf8_lossy(&chunk).contains("(3 times)"),
-                    "a signed-out page was told: {}",
-                    String::from_utf8_lossy(&chunk)
-                ),
-                _ => break,
-            }
+        while let Ok(Some(chunk)) = live.chunk().await {
+            assert!(
+                !String::from_utf8_lossy(&chunk).contains("(3 times)"),
+                "a signed-out page was told: {}",
+                String::from_utf8_lossy(&chunk)
+            );
         }
     })
     .await;
