@@ -508,7 +508,7 @@ async fn a_directory_that_cannot_be_reached_or_read_changes_nothing_and_says_why
             "cannot connect",
         ),
         (
-            json!({"url": slapd.url(), "user_filter": "(uid=nobody-at-all)"}),
+            json!({"url": slapd.url(), "bind_password": PASSWORD, "user_filter": "(uid=nobody-at-all)"}),
             "found no users",
         ),
         (
@@ -589,6 +589,31 @@ async fn a_directory_that_cannot_be_reached_or_read_changes_nothing_and_says_why
         assert_eq!(shown["last_error"], json!(detail), "{name}");
         assert_eq!(shown["users"], 0);
     }
+
+    // The stored password never follows the directory somewhere new: a
+    // new server, bind DN or plain LDAP needs it given again.
+    let settled = app
+        .expect(StatusCode::OK, "GET", &format!("/directories/{good}"), None)
+        .await;
+    for patch in [
+        json!({"url": "ldap://127.0.0.1:2"}),
+        json!({"bind_dn": "cn=someone-else,dc=acme,dc=test"}),
+        json!({"starttls": false}),
+    ] {
+        let (status, problem) = app
+            .call(
+                "PATCH",
+                &format!("/directories/{good}"),
+                Some(patch.clone()),
+            )
+            .await;
+        assert_eq!(status, 409, "{patch}: {problem}");
+        assert_eq!(problem["field"], "bind_password", "{patch}: {problem}");
+    }
+    let shown = app
+        .expect(StatusCode::OK, "GET", &format!("/directories/{good}"), None)
+        .await;
+    assert_eq!(shown["ldap"], settled["ldap"], "unchanged");
 
     // Invalid settings are refused before anything is stored.
     for (field, value) in [

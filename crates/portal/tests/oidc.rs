@@ -64,6 +64,16 @@ async fn lab_on(database: Option<String>) -> Lab {
             Some(json!({"issuer": idp.issuer})),
         )
         .await;
+    // The secret never follows the provider to a new issuer unasked.
+    assert_eq!(status, 409, "{patched}");
+    assert_eq!(patched["field"], "client_secret", "{patched}");
+    let (status, patched) = portal
+        .api(
+            Method::PATCH,
+            &format!("/identity_providers/{provider}"),
+            Some(json!({"issuer": idp.issuer, "client_secret": CLIENT_SECRET})),
+        )
+        .await;
     assert_eq!(status, 200, "{patched}");
     Lab {
         portal,

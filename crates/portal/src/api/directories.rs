@@ -490,6 +490,21 @@ pub async fn update(
             if let Some(ca) = &ca {
                 settings.ca_certificate = ca.clone();
             }
+            // The bind password is sent to the server: one kept from
+            // before must not follow a change of where, as whom or how
+            // safely it is sent.
+            let before_settings = ldap_only(&before)?;
+            let redirected = settings.url != before_settings.url
+                || settings.bind_dn != before_settings.bind_dn
+                || (before_settings.starttls && !settings.starttls)
+                || settings.ca_certificate != before_settings.ca_certificate;
+            if redirected && patch.bind_password.is_none() {
+                return Err(Problem::conflict_at(
+                    "bind_password",
+                    "give the bind password again when the server, the bind DN, StartTLS or \
+                     the CA certificate changes (the stored one is never sent anywhere new)",
+                ));
+            }
             after.settings = serde_json::to_value(settings)
                 .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         }

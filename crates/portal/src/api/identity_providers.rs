@@ -262,7 +262,7 @@ pub async fn get(
 
 #[utoipa::path(patch, path = "/identity_providers/{id}", tag = "identity providers", params(("id" = String, Path, description = "The object's id (a UUID)")),
     request_body = ProviderPatch,
-    responses((status = 200, body = ProviderView), (status = 404), (status = 422)))]
+    responses((status = 200, body = ProviderView), (status = 404), (status = 409, description = "a new issuer without the secret"), (status = 422)))]
 pub async fn update(
     state: Shared,
     admin: Admin,
@@ -276,6 +276,15 @@ pub async fn update(
         }
         if let Some(issuer) = &patch.issuer {
             after.issuer = valid_issuer(issuer, external_url(&state)?)?;
+            // The secret goes to the issuer's token endpoint: one kept from
+            // before must not follow a move to another server.
+            if after.issuer != before.issuer && patch.client_secret.is_none() {
+                return Err(Problem::conflict_at(
+                    "client_secret",
+                    "give the client secret again when the issuer changes (the stored one is \
+                     never sent to another server)",
+                ));
+            }
         }
         if let Some(client_id) = &patch.client_id {
             after.client_id = client_id.0.clone();

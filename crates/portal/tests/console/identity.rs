@@ -237,6 +237,24 @@ async fn provider_in_the_console(database: Option<String>) {
     assert!(refused.body.contains("value=\"not a url\""));
     assert!(!refused.body.contains("typed-but-refused-secret-42"));
     pages.push(refused);
+    // A new issuer without the secret: refused (the stored secret is never
+    // sent to another server), nothing changed.
+    let moved = post(&mut browser, &provider_path, &edit(&idp.issuer, "", &csrf)).await;
+    assert_eq!(moved.status, 422, "{}", moved.body);
+    assert!(moved.body.contains("client secret again"), "{}", moved.body);
+    let (_, unchanged) = portal
+        .api(Method::GET, &format!("/identity_providers/{id}"), None)
+        .await;
+    assert_eq!(unchanged["issuer"], made["issuer"]);
+    let saved = post(
+        &mut browser,
+        &provider_path,
+        &edit(&idp.issuer, SECRET, &csrf),
+    )
+    .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    // The same issuer, the secret field left empty: the secret stays (the
+    // sign-in below needs it at the provider's token endpoint).
     let saved = post(&mut browser, &provider_path, &edit(&idp.issuer, "", &csrf)).await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let (_, edited) = portal
@@ -641,8 +659,8 @@ async fn an_ldap_directory_made_in_the_console_shows_why_its_sync_failed_escaped
     assert!(failed.body.contains("cannot connect"), "{}", failed.body);
     pages.push(failed);
 
-    // Edited (the password field left empty keeps it) to a server that
-    // hangs up: the bind fails, and the reason names the bind DN.
+    // Edited to a server that hangs up: the bind fails, and the reason
+    // names the bind DN.
     let mut edit = fields(&format!("ldap://127.0.0.1:{hang_up_port}"), "", "");
     edit.remove(0);
     let forged = post(&mut browser, &path, &edit).await;
@@ -669,6 +687,12 @@ async fn an_ldap_directory_made_in_the_console_shows_why_its_sync_failed_escaped
     assert!(!refused.body.contains("typed-refused-password-77"));
     assert_safe(&refused, "refused LDAP edit");
     pages.push(refused);
+    // Another server with the password field left empty: refused, the
+    // stored password is never sent anywhere new.
+    let moved = post(&mut browser, &path, &edit).await;
+    assert_eq!(moved.status, 422, "{}", moved.body);
+    assert!(moved.body.contains("bind password again"), "{}", moved.body);
+    edit[3].1 = BIND_PASSWORD.into();
     let saved = post(&mut browser, &path, &edit).await;
     assert_eq!(saved.status, 303, "{}", saved.body);
     let entry = last_audit(&portal).await;

@@ -714,7 +714,10 @@ async fn a_user_signing_in_with_oidc_lands_on_their_own_page() {
         .api(
             Method::PATCH,
             &format!("/identity_providers/{provider}"),
-            Some(json!({"issuer": idp.issuer})),
+            Some(json!({
+                "issuer": idp.issuer,
+                "client_secret": "provider-secret-0123456789-abcdefghij",
+            })),
         )
         .await;
     assert_eq!(status, 200);
