@@ -3,15 +3,15 @@
 //! own handler tells continuous evaluation).
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::html;
 use serde_json::json;
 
 use super::{
-    Console, Form, Refusal, Section, answer, conditions, data, deleted, error_box, input, names,
-    object, refused_status, signed_in, text,
+    Console, Form, Listing, Refusal, Section, answer, conditions, data, deleted, error_box, input,
+    names, object, refused_status, signed_in, text,
 };
 use crate::api::{self, body::Json};
 use crate::web::{Shared, WebResult, see_other};
@@ -27,7 +27,12 @@ impl Typed<'_> {
     }
 }
 
-async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebResult<Response> {
+async fn page(
+    c: &Console,
+    refusal: Option<&Refusal>,
+    typed: Typed<'_>,
+    listing: &Listing,
+) -> WebResult<Response> {
     let error = refusal.map(|r| r.message.as_str());
     let state = || State(c.state.clone());
     let policies = data(api::policies::list(state(), c.admin).await).await?;
@@ -41,14 +46,33 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
         names.get(id).copied().unwrap_or_default().to_string()
     };
     let blank = Form::default();
+    let found: Vec<&serde_json::Value> = policies
+        .iter()
+        .filter(|p| {
+            listing.matches([
+                group_names
+                    .get(text(p, "group_id"))
+                    .copied()
+                    .unwrap_or_default(),
+                resource_names
+                    .get(text(p, "resource_id"))
+                    .copied()
+                    .unwrap_or_default(),
+                text(p, "description"),
+            ])
+        })
+        .collect();
+    let (shown, more) = listing.slice(&found);
+    let (search, pager) = listing.controls(c, "/policies", found.len(), more);
     let body = html! {
         @if policies.is_empty() {
             p.muted { "No policies: nobody reaches anything (access is denied by default)." }
         } @else {
+            (search)
             table {
                 thead { tr { th { "Group" } th { "Resource" } th { "Conditions" } th { "State" } th { "Description" } th {} } }
                 tbody {
-                    @for policy in &policies {
+                    @for policy in shown {
                         @let id = text(policy, "id");
                         @let group = name_of(&group_names, text(policy, "group_id"));
                         @let resource = name_of(&resource_names, text(policy, "resource_id"));
@@ -71,6 +95,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
                     }
                 }
             }
+            (pager)
         }
         h2 { "Add a policy" }
         (error_box(error))
@@ -103,10 +128,11 @@ async fn page(c: &Console, refusal: Option<&Refusal>, typed: Typed<'_>) -> WebRe
 pub async fn list(
     state: Shared,
     Path(slug): Path<String>,
+    Query(listing): Query<Listing>,
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    page(&c, None, Typed { form: None }).await
+    page(&c, None, Typed { form: None }, &listing).await
 }
 
 /// The policy fields a form sets (the description only when typed).
@@ -139,7 +165,15 @@ pub async fn create(
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/policies"))),
-        Err(refusal) => page(&c, Some(&refusal), Typed { form: Some(&form) }).await,
+        Err(refusal) => {
+            page(
+                &c,
+                Some(&refusal),
+                Typed { form: Some(&form) },
+                &Listing::default(),
+            )
+            .await
+        }
     }
 }
 

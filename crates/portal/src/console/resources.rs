@@ -3,14 +3,14 @@
 //! reach each one, and deletion that names those policies first.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
 use super::{
-    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
+    Console, Form, Listing, Refusal, Section, answer, data, deleted, error_box, input, object,
     refused_status, signed_in, text,
 };
 use crate::api::{self, body::Json};
@@ -65,10 +65,27 @@ struct Draft {
     description: String,
 }
 
-async fn page(c: &Console, refusal: Option<&Refusal>, draft: &Draft) -> WebResult<Response> {
+async fn page(
+    c: &Console,
+    refusal: Option<&Refusal>,
+    draft: &Draft,
+    listing: &Listing,
+) -> WebResult<Response> {
     let error = refusal.map(|r| r.message.as_str());
     let state = || State(c.state.clone());
-    let resources = data(api::resources::list(state(), c.admin).await).await?;
+    let all = data(api::resources::list(state(), c.admin).await).await?;
+    let found: Vec<&Value> = all
+        .iter()
+        .filter(|r| {
+            listing.matches([
+                text(r, "name"),
+                text(r, "address"),
+                text(r, "address_description"),
+            ])
+        })
+        .collect();
+    let (resources, more) = listing.slice(&found);
+    let (search, pager) = listing.controls(c, "/resources", found.len(), more);
     let sites = data(api::sites::list(state(), c.admin).await).await?;
     let policies = data(api::policies::list(state(), c.admin).await).await?;
     let groups = data(api::groups::list(state(), c.admin).await).await?;
@@ -87,13 +104,14 @@ async fn page(c: &Console, refusal: Option<&Refusal>, draft: &Draft) -> WebResul
             );
     }
     let body = html! {
-        @if resources.is_empty() {
+        @if all.is_empty() {
             p.muted { "No resources yet." }
         } @else {
+            (search)
             table {
                 thead { tr { th { "Name" } th { "Type" } th { "Address" } th { "Site" } th { "Traffic" } th { "Reached by" } th {} } }
                 tbody {
-                    @for r in &resources {
+                    @for r in resources {
                         @let id = text(r, "id");
                         @let reaching = reaching.get(id).cloned().unwrap_or_default();
                         tr {
@@ -108,6 +126,7 @@ async fn page(c: &Console, refusal: Option<&Refusal>, draft: &Draft) -> WebResul
                     }
                 }
             }
+            (pager)
         }
         h2 { "Add a resource" }
         @if sites.is_empty() {
@@ -152,10 +171,11 @@ async fn page(c: &Console, refusal: Option<&Refusal>, draft: &Draft) -> WebResul
 pub async fn list(
     state: Shared,
     Path(slug): Path<String>,
+    Query(listing): Query<Listing>,
     headers: HeaderMap,
 ) -> WebResult<Response> {
     let c = signed_in!(state, slug, headers);
-    page(&c, None, &Draft::default()).await
+    page(&c, None, &Draft::default(), &listing).await
 }
 
 /// `POST /{account}/resources`.
@@ -197,7 +217,7 @@ pub async fn create(
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/resources"))),
-        Err(refusal) => page(&c, Some(&refusal), &draft).await,
+        Err(refusal) => page(&c, Some(&refusal), &draft, &Listing::default()).await,
     }
 }
 

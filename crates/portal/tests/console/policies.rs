@@ -498,3 +498,83 @@ async fn the_live_overview_pushes_denials_and_presence_as_they_happen() {
     .await;
     assert!(ended.is_ok(), "the stream outlived the session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_and_policies_are_listed_fifty_a_page_and_searched() {
+    let (portal, _smtp, mut browser) = admin_browser().await;
+    let (first, group) = setup(&portal, "res-000", &[]).await;
+    let (_, site) = portal.api(Method::GET, "/sites", None).await;
+    let site = site["data"][0]["id"].clone();
+    let mut ids = vec![first];
+    for n in 1..55 {
+        let (status, made) = api_paced(
+                &portal,
+                Method::POST,
+                "/resources",
+                Some(json!({"name": format!("res-{n:03}"), "type": "ip", "address": format!("10.8.0.{n}"), "site_id": site})),
+            )
+            .await;
+        assert_eq!(status, 201, "{made}");
+        ids.push(made["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let (status, _) = api_paced(
+            &portal,
+            Method::POST,
+            "/policies",
+            Some(json!({"group_id": group, "resource_id": id})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    for (list, row) in [
+        ("resources", r#"aria-label="Delete res-"#),
+        ("policies", r#"aria-label="Edit the policy"#),
+    ] {
+        let count = |body: &str| body.matches(row).count();
+        let first = browser.get(&format!("{}/acme/{list}", portal.base)).await;
+        assert_eq!(first.status, 200);
+        assert!(first.body.contains("55 in all"), "{list}: {}", first.body);
+        let next = format!("/acme/{list}?page=1");
+        assert!(
+            first.body.contains(&format!(r#"href="{next}""#)),
+            "{list}: {}",
+            first.body
+        );
+        let second = browser.get(&format!("{}{next}", portal.base)).await;
+        assert_eq!((count(&first.body), count(&second.body)), (50, 5), "{list}");
+        assert!(!second.body.contains("page=2"), "no third page");
+        let searched = browser
+            .get(&format!("{}/acme/{list}?q=RES-05", portal.base))
+            .await;
+        assert!(
+            searched.body.contains("5 in all"),
+            "{list}: {}",
+            searched.body
+        );
+        let past = browser
+            .get(&format!("{}/acme/{list}?page=99", portal.base))
+            .await;
+        assert_eq!(
+            past.status, 200,
+            "a page past the end is empty, not an error"
+        );
+    }
+}
+
+/// The API as the admin, waiting out its rate limit (a test that sets up
+/// more than its burst).
+async fn api_paced(
+    portal: &WebPortal,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    loop {
+        let (status, answer) = portal.api(method.clone(), path, body.clone()).await;
+        if status != 429 {
+            return (status, answer);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
