@@ -121,7 +121,11 @@ async fn page(
                             td { (sites_by_id.get(text(r, "site_id")).copied().unwrap_or_default()) }
                             td { (filters_text(r)) }
                             td { @if reaching.is_empty() { span.muted { "no policy" } } @else { (reaching.join(", ")) } }
-                            td { a href=(c.href(&format!("/resources/{id}/delete"))) aria-label=(format!("Delete {}", text(r, "name"))) { "Delete…" } }
+                            td {
+                                a href=(c.href(&format!("/access?resource={id}"))) aria-label=(format!("Who can reach {}?", text(r, "name"))) { "Who can reach it?" }
+                                " "
+                                a href=(c.href(&format!("/resources/{id}/delete"))) aria-label=(format!("Delete {}", text(r, "name"))) { "Delete…" }
+                            }
                         }
                     }
                 }
