@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use axum::extract::{Path, Query};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Query;
+use axum::http::StatusCode;
 use axum::response::Response;
 use jiff::Timestamp;
 use maud::{Markup, html};
@@ -19,11 +19,11 @@ use postern_policy::{Decision, Denial, Facts, Verdict, evaluate, explain};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Console, Section, conditions, signed_in};
+use super::{Console, Section, conditions};
 use crate::channels::graph::{AccountGraph, AccountRows};
 use crate::domain::{Actor, Device, DeviceKind, PolicyRecord};
 use crate::store::{actors, devices, groups, identity_providers, policies, resources, tokens};
-use crate::web::{Shared, WebResult};
+use crate::web::WebResult;
 
 /// Clients of the person shown (a column each).
 const CLIENTS: i64 = 10;
@@ -38,13 +38,7 @@ pub struct Ask {
 }
 
 /// `GET /{account}/access?who=...&resource=...`.
-pub async fn check(
-    state: Shared,
-    Path(slug): Path<String>,
-    Query(ask): Query<Ask>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn check(c: Console, Query(ask): Query<Ask>) -> WebResult<Response> {
     let mut tx = c.state.store.read().await?;
     let resources = resources::list(&mut tx, c.account.id).await?;
     tx.commit().await?;

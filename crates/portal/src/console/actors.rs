@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use jiff::Timestamp;
@@ -22,12 +22,12 @@ use maud::{Markup, html};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Console, Form, Refusal, Section, answer, error_box, input, refused_status, signed_in};
+use super::{Console, Form, Posted, Refusal, Section, answer, error_box, input, refused_status};
 use crate::api::{self, body::Json};
 use crate::domain::{Role, TokenKind};
 use crate::state::AppState;
 use crate::store::{actors, devices, tokens};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{WebError, WebResult, see_other};
 
 /// Rows per page of a list.
 pub(crate) const PER_PAGE: i64 = 50;
@@ -295,26 +295,12 @@ async fn list_page(
 }
 
 /// `GET /{account}/actors`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console, RawQuery(query): RawQuery) -> WebResult<Response> {
     list_page(&c, &params(query.as_deref()), None, &Draft::default()).await
 }
 
 /// `POST /{account}/actors`: the API's create, then the new actor's page.
-pub async fn create(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = Draft {
         name: form.get("name").to_string(),
         email: form.get("email").to_string(),
@@ -607,26 +593,16 @@ fn client_table(c: &Console, clients: &[devices::ClientRow]) -> Markup {
 }
 
 /// `GET /{account}/actors/{id}`.
-pub async fn show(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, Path((_, id)): Path<(String, String)>) -> WebResult<Response> {
     actor_page(&c, &id, None, None).await
 }
 
 /// `POST /{account}/actors/{id}`: name, email and role (the API's update,
 /// with only what changed, so a directory's user can have its role set).
 pub async fn update(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let actor = load(&c, &id).await?.actor;
     let typed = Details {
         name: form.get("name").to_string(),
@@ -713,11 +689,9 @@ async fn disable_page(c: &Console, id: &str, refusal: Option<&Refusal>) -> WebRe
 
 /// `GET /{account}/actors/{id}/disable`: what disabling does.
 pub async fn confirm_disable(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     disable_page(&c, &id, None).await
 }
 
@@ -743,14 +717,9 @@ async fn set_disabled(c: &Console, actor: Uuid, disabled: bool) -> Result<(), Re
 
 /// `POST /{account}/actors/{id}/disable`.
 pub async fn disable(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let actor = load(&c, &id).await?.actor;
     let done = match check_self(&c, actor.id, &form, "you would be signed out at once.") {
         Ok(()) => set_disabled(&c, actor.id, true).await,
@@ -764,13 +733,9 @@ pub async fn disable(
 
 /// `POST /{account}/actors/{id}/enable`.
 pub async fn enable(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     let actor = load(&c, &id).await?.actor;
     match set_disabled(&c, actor.id, false).await {
         Ok(()) => Ok(see_other(&c.href(&format!("/actors/{}", actor.id)))),
@@ -783,14 +748,9 @@ pub async fn enable(
 /// `POST /{account}/actors/{id}/tokens`: the API's token create; the
 /// secret is in this answer only.
 pub async fn create_token(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let actor = load(&c, &id).await?.actor;
     let mut request = serde_json::Map::new();
     let days = form.get("lifetime_days").trim();
@@ -880,11 +840,9 @@ async fn token_of(
 
 /// `GET /{account}/actors/{id}/tokens/{token}/revoke`: what revoking does.
 pub async fn confirm_revoke(
-    state: Shared,
-    Path((slug, id, token)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_slug, id, token)): Path<(String, String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let (listed, token) = token_of(&c, &id, &token).await?;
     let actor = &listed.actor;
     let base = format!("/actors/{}", actor.id);
@@ -913,13 +871,9 @@ pub async fn confirm_revoke(
 
 /// `POST /{account}/actors/{id}/tokens/{token}/revoke`.
 pub async fn revoke(
-    state: Shared,
-    Path((slug, id, token)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_slug, id, token)): Path<(String, String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     let actor = load(&c, &id).await?.actor;
     let token = path_id(&token, "token")?;
     let mut tx = c.state.store.read().await?;
@@ -982,24 +936,17 @@ async fn delete_page(c: &Console, id: &str, refusal: Option<&Refusal>) -> WebRes
 
 /// `GET /{account}/actors/{id}/delete`: what deleting takes with it.
 pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     delete_page(&c, &id, None).await
 }
 
 /// `POST /{account}/actors/{id}/delete`.
 pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let Ok(actor) = path_id(&id, "user") else {
         return Ok(see_other(&c.href("/actors")));
     };

@@ -10,20 +10,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use uuid::Uuid;
 
+use super::Posted;
 use super::actors::{PER_PAGE, at, href_with, page_of, pager, params, path_id, search_of};
-use super::{Console, Form, Section, answer, deleted, signed_in};
+use super::{Console, Section, answer, deleted};
 use crate::api::{self, body::Json};
 use crate::state::AppState;
 use crate::store::devices::{self, ClientFilter, ClientRow};
-use crate::web::{Shared, WebError, WebResult, see_other};
+use crate::web::{WebError, WebResult, see_other};
 
 /// This part's routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -152,13 +152,7 @@ fn verify_form(c: &Console, device: &crate::domain::Device, back: &str) -> Marku
 }
 
 /// `GET /{account}/clients`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console, RawQuery(query): RawQuery) -> WebResult<Response> {
     let view = View::of(&params(query.as_deref()));
     let (rows, total) = clients_in(&c, &view).await?;
     let owner_name = match view.owner {
@@ -239,12 +233,7 @@ async fn load(c: &Console, id: &str) -> WebResult<ClientRow> {
 }
 
 /// `GET /{account}/clients/{id}`.
-pub async fn show(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, Path((_, id)): Path<(String, String)>) -> WebResult<Response> {
     let row = load(&c, &id).await?;
     let d = &row.device;
     let body = html! {
@@ -271,14 +260,9 @@ pub async fn show(
 /// `POST /{account}/clients/{id}/verify`: `verified` true or false (the
 /// API's update), then back to the list the form was on, or the client.
 pub async fn verify(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let verified = match form.get("verified") {
         "true" => true,
         "false" => false,
@@ -318,11 +302,9 @@ pub async fn verify(
 
 /// `GET /{account}/clients/{id}/delete`: what deleting does.
 pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let row = load(&c, &id).await?;
     let d = &row.device;
     let online = c.state.client_online(d.id);
@@ -360,13 +342,9 @@ pub async fn confirm_delete(
 
 /// `POST /{account}/clients/{id}/delete`.
 pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     deleted(api::clients::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/clients")))
 }

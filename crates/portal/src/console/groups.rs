@@ -2,19 +2,18 @@
 //! an identity provider or a directory are shown, and the API's refusal
 //! (naming the directory) is shown if someone tries.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
 use super::{
-    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, signed_in, text,
+    Console, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, text,
 };
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 fn origin(group: &Value) -> &'static str {
     match (text(group, "kind"), group["directory_id"].is_null()) {
@@ -68,25 +67,12 @@ async fn list_page(c: &Console, refusal: Option<&Refusal>, name: &str) -> WebRes
 }
 
 /// `GET /{account}/groups`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console) -> WebResult<Response> {
     list_page(&c, None, "").await
 }
 
 /// `POST /{account}/groups`.
-pub async fn create(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let name = form.get("name");
     let created = match input::<api::groups::GroupInput>(json!({"name": name})) {
         Ok(group) => {
@@ -154,26 +140,16 @@ async fn group_page(c: &Console, id: &str, refusal: Option<&Refusal>) -> WebResu
 }
 
 /// `GET /{account}/groups/{id}`.
-pub async fn show(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, Path((_, id)): Path<(String, String)>) -> WebResult<Response> {
     group_page(&c, &id, None).await
 }
 
 /// `POST /{account}/groups/{id}/members`: the checked boxes become the
 /// members (the API's `PUT /groups/{id}/members`).
 pub async fn set_members(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let chosen = form.all("member");
     let saved = match input::<api::groups::Members>(json!({"actor_ids": chosen})) {
         Ok(members) => {
@@ -198,11 +174,9 @@ pub async fn set_members(
 
 /// `GET /{account}/groups/{id}/delete`: what goes with it.
 pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let group = object(
         api::groups::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
         "group",
@@ -227,13 +201,9 @@ pub async fn confirm_delete(
 
 /// `POST /{account}/groups/{id}/delete`.
 pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     deleted(api::groups::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/groups")))
 }

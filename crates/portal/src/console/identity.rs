@@ -7,23 +7,22 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::{
-    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, signed_in, text, when,
+    Console, Form, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, text, when,
 };
 use crate::api::fields::{Claim, ClientId, ClientSecret, Dn, LdapFilter, Name, Password};
 use crate::api::{self, body::Json};
 use crate::directory::ldap::{DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER};
 use crate::state::AppState;
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 type Id = Path<(String, String)>;
 
@@ -637,12 +636,7 @@ async fn list_page(c: &Console, failed: Option<(Failed<'_>, &Refusal)>) -> WebRe
 }
 
 /// `GET /{account}/identity`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console) -> WebResult<Response> {
     list_page(&c, None).await
 }
 
@@ -650,15 +644,7 @@ pub async fn list(
 
 /// `POST /{account}/identity/providers`: the API's create, then the new
 /// provider's page with its callback URL.
-pub async fn create_provider(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create_provider(Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = ProviderDraft::of_form(&form);
     let created = match draft.create(form.get("client_secret")) {
         Ok(provider) => {
@@ -724,26 +710,16 @@ async fn provider_page(
 
 /// `GET /{account}/identity/providers/{id}`.
 pub async fn show_provider(
-    state: Shared,
-    Path((slug, id)): Id,
+    c: Console,
+    Path((_, id)): Id,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let added = query.is_some_and(|q| q.split('&').any(|p| p == "added"));
     provider_page(&c, &id, added, None).await
 }
 
 /// `POST /{account}/identity/providers/{id}`: the API's patch.
-pub async fn update_provider(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn update_provider(Path((_, id)): Id, Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = ProviderDraft::of_form(&form);
     let saved = match draft.patch(form.get("client_secret")) {
         Ok(patch) => {
@@ -770,12 +746,7 @@ pub async fn update_provider(
 }
 
 /// `GET /{account}/identity/providers/{id}/delete`: what goes with it.
-pub async fn confirm_delete_provider(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn confirm_delete_provider(c: Console, Path((_, id)): Id) -> WebResult<Response> {
     let p = provider(&c, &id).await?;
     let id = text(&p, "id");
     let impact = provider_impact(&c, id).await?;
@@ -808,14 +779,7 @@ pub async fn confirm_delete_provider(
 }
 
 /// `POST /{account}/identity/providers/{id}/delete`.
-pub async fn delete_provider(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn delete_provider(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     deleted(api::identity_providers::remove(State(c.state.clone()), c.admin, Path(id)).await)
         .await?;
     Ok(see_other(&c.href("/identity")))
@@ -879,15 +843,7 @@ fn token_page(c: &Console, d: &Value, token: &str, rotated: bool) -> Response {
 
 /// `POST /{account}/identity/directories`: a SCIM directory (its token
 /// on the answer page) or an LDAP one (its page).
-pub async fn create_directory(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create_directory(Posted { c, form }: Posted) -> WebResult<Response> {
     let create = async |input: api::directories::DirectoryInput| {
         answer(api::directories::create(State(c.state.clone()), c.admin, Json(input)).await).await
     };
@@ -1035,26 +991,16 @@ async fn directory_page(c: &Console, id: &str, outcome: Outcome<'_>) -> WebResul
 }
 
 /// `GET /{account}/identity/directories/{id}`.
-pub async fn show_directory(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show_directory(c: Console, Path((_, id)): Id) -> WebResult<Response> {
     directory_page(&c, &id, Outcome::Shown).await
 }
 
 /// `POST /{account}/identity/directories/{id}`: the API's patch (the name
 /// alone for a SCIM directory).
 pub async fn update_directory(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Id,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let d = directory(&c, &id).await?;
     let draft = if text(&d, "type") == "ldap" {
         LdapDraft::of_form(&form)
@@ -1095,14 +1041,7 @@ pub async fn update_directory(
 
 /// `POST /{account}/identity/directories/{id}/token`: a new SCIM token,
 /// shown once; the old one stops working.
-pub async fn rotate_token(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn rotate_token(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     let d = directory(&c, &id).await?;
     let minted = answer(
         api::directories::rotate_token(
@@ -1118,14 +1057,7 @@ pub async fn rotate_token(
 
 /// `POST /{account}/identity/directories/{id}/sync`: syncs now and shows
 /// what it did, or why it could not (the API's 502).
-pub async fn sync(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn sync(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     let synced =
         answer(api::directories::sync(State(c.state.clone()), c.admin, Path(id.clone())).await)
             .await;
@@ -1138,12 +1070,7 @@ pub async fn sync(
 
 /// `GET /{account}/identity/directories/{id}/delete`: what goes (nothing
 /// it provisioned: its users and groups are released to the admins).
-pub async fn confirm_delete_directory(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn confirm_delete_directory(c: Console, Path((_, id)): Id) -> WebResult<Response> {
     let d = directory(&c, &id).await?;
     let id = text(&d, "id");
     let users = d["users"].as_u64().unwrap_or(0);
@@ -1178,14 +1105,7 @@ pub async fn confirm_delete_directory(
 }
 
 /// `POST /{account}/identity/directories/{id}/delete`.
-pub async fn delete_directory(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn delete_directory(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     deleted(api::directories::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/identity")))
 }

@@ -9,15 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::RawQuery;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Console, Section, error_box, signed_in};
+use super::{Console, Section, error_box};
 use crate::api::logs::{decode_cursor, encode_cursor};
 use crate::domain::AuditEntry;
 use crate::state::AppState;
@@ -26,7 +26,7 @@ use crate::store::logs::{
     self, FlowEntry, FlowFilter, FlowSearch, Keyset, SessionEntry, SessionFilter,
 };
 use crate::store::{Conn, actors};
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 /// This part's routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -103,8 +103,7 @@ const SESSION_KINDS: [(&str, &str); 4] = [
 ];
 
 /// `GET /{account}/logs`: the audit log is the first tab.
-async fn index(state: Shared, Path(slug): Path<String>, headers: HeaderMap) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+async fn index(c: Console) -> WebResult<Response> {
     Ok(see_other(&c.href(Log::Audit.path())))
 }
 
@@ -540,13 +539,7 @@ fn trim<T>(mut rows: Vec<T>, page: Keyset) -> (Vec<T>, bool) {
 }
 
 /// `GET /{account}/logs/audit`.
-async fn audit_log(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+async fn audit_log(c: Console, RawQuery(raw): RawQuery) -> WebResult<Response> {
     let mut q = Query::parse(raw.as_deref());
     let who = q.actor("Who");
     let directory_id = q.uuid("directory", "Directory");
@@ -779,13 +772,7 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// `GET /{account}/logs/sessions`.
-async fn sessions(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+async fn sessions(c: Console, RawQuery(raw): RawQuery) -> WebResult<Response> {
     let mut q = Query::parse(raw.as_deref());
     let who = q.actor("Who");
     let kind = q.word("kind", "Kind", false);
@@ -874,13 +861,7 @@ fn kind_text(kind: &str) -> String {
 }
 
 /// `GET /{account}/logs/flows`.
-async fn flows(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+async fn flows(c: Console, RawQuery(raw): RawQuery) -> WebResult<Response> {
     let mut q = Query::parse(raw.as_deref());
     let who = q.actor("Who");
     let client_id = q.uuid("client", "Client");

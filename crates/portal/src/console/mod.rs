@@ -28,6 +28,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -40,17 +42,61 @@ use crate::domain::{Account, Actor};
 use crate::state::AppState;
 use crate::web::{WebError, WebResult, cookies, csrf_token, see_other, with_csrf};
 
-/// The signed-in admin's console for a handler, or the handler answers
-/// with the sign-in redirect.
-macro_rules! signed_in {
-    ($state:expr, $slug:expr, $headers:expr) => {
-        match $crate::console::Console::of(&$state.0, &$slug, &$headers).await? {
-            Ok(console) => console,
-            Err(elsewhere) => return Ok(elsewhere),
-        }
-    };
+/// The account a console path names (`/{account}/...`).
+async fn account_slug(parts: &mut Parts, state: &Arc<AppState>) -> Result<String, Response> {
+    let Path(params) =
+        Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+    params
+        .get("account")
+        .cloned()
+        .ok_or_else(|| StatusCode::NOT_FOUND.into_response())
 }
-pub(crate) use signed_in;
+
+/// A console handler's first argument: the signed-in admin of the account
+/// the path names; anyone else gets the sign-in (or their own page).
+impl FromRequestParts<Arc<AppState>> for Console {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let slug = account_slug(parts, state).await?;
+        match Console::of(state, &slug, &parts.headers).await {
+            Ok(Ok(console)) => Ok(console),
+            Ok(Err(elsewhere)) => Err(elsewhere),
+            Err(error) => Err(error.into_response()),
+        }
+    }
+}
+
+/// The most a console form may hold (a PEM certificate is the largest field).
+const MAX_FORM: usize = 1 << 20;
+
+/// A submitted console form: from the signed-in admin, carrying this
+/// browser's CSRF token and sent by this console's own pages. Every form
+/// route takes its form through this extractor, so none can skip the check.
+pub struct Posted {
+    pub c: Console,
+    pub form: Form,
+}
+
+impl FromRequest<Arc<AppState>> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let c = Console::from_request_parts(&mut parts, state).await?;
+        let body = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
+            WebError::new(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.").into_response()
+        })?;
+        let form = Form::parse(&body);
+        check_form(&parts.headers, &form).map_err(IntoResponse::into_response)?;
+        Ok(Posted { c, form })
+    }
+}
 
 /// The console's routes, its overview at `/{account}/`.
 pub fn router() -> Router<Arc<AppState>> {
@@ -233,12 +279,6 @@ impl Console {
     /// A path of this account's console.
     pub fn href(&self, path: &str) -> String {
         format!("/{}{path}", self.account.slug)
-    }
-
-    /// Refuses a form without this browser's CSRF token or from another
-    /// site (`check_form`).
-    pub fn check_csrf(&self, headers: &HeaderMap, form: &Form) -> WebResult<()> {
-        check_form(headers, form)
     }
 
     /// The hidden CSRF field every form carries.

@@ -2,19 +2,18 @@
 //! access it alone granted away from connected clients at once (the API's
 //! own handler tells continuous evaluation).
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde_json::json;
 
 use super::{
-    Console, Form, Listing, Refusal, Section, answer, conditions, data, deleted, error_box, input,
-    names, object, refused_status, signed_in, text,
+    Console, Form, Listing, Posted, Refusal, Section, answer, conditions, data, deleted, error_box,
+    input, names, object, refused_status, text,
 };
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 /// What the create form holds: empty, or what was typed before a refusal.
 struct Typed<'a> {
@@ -125,13 +124,7 @@ async fn page(
 }
 
 /// `GET /{account}/policies`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    Query(listing): Query<Listing>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console, Query(listing): Query<Listing>) -> WebResult<Response> {
     page(&c, None, Typed { form: None }, &listing).await
 }
 
@@ -145,15 +138,7 @@ fn fields(form: &Form) -> serde_json::Value {
 }
 
 /// `POST /{account}/policies`.
-pub async fn create(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let mut fields = fields(&form);
     fields["group_id"] = json!(form.get("group_id"));
     fields["resource_id"] = json!(form.get("resource_id"));
@@ -254,26 +239,16 @@ async fn edit_page(
 }
 
 /// `GET /{account}/policies/{id}`.
-pub async fn show(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, Path((_, id)): Path<(String, String)>) -> WebResult<Response> {
     edit_page(&c, &id, None, None).await
 }
 
 /// `POST /{account}/policies/{id}`: the API's PATCH with every field of
 /// the form (the conditions replace the old ones).
 pub async fn update(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, form }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
     let mut fields = fields(&form);
     fields["description"] = json!(form.get("description"));
     fields["disabled"] = json!(form.get("disabled") == "true");
@@ -305,11 +280,9 @@ pub async fn update(
 
 /// `GET /{account}/policies/{id}/delete`: who loses what.
 pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let policy = object(
         api::policies::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
         "policy",
@@ -349,13 +322,9 @@ pub async fn confirm_delete(
 
 /// `POST /{account}/policies/{id}/delete`.
 pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     deleted(api::policies::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/policies")))
 }

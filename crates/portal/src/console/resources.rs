@@ -2,19 +2,18 @@
 //! internet), their filters and address description, the policies that
 //! reach each one, and deletion that names those policies first.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
 use super::{
-    Console, Form, Listing, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, signed_in, text,
+    Console, Listing, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, text,
 };
 use crate::api::{self, body::Json};
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 /// `tcp/22, tcp/8000-8080, udp, icmp` as the API's filters; empty: all
 /// traffic.
@@ -172,26 +171,12 @@ async fn page(
 }
 
 /// `GET /{account}/resources`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    Query(listing): Query<Listing>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console, Query(listing): Query<Listing>) -> WebResult<Response> {
     page(&c, None, &Draft::default(), &listing).await
 }
 
 /// `POST /{account}/resources`.
-pub async fn create(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = Draft {
         name: form.get("name").into(),
         kind: form.get("type").into(),
@@ -227,11 +212,9 @@ pub async fn create(
 
 /// `GET /{account}/resources/{id}/delete`: what goes with it.
 pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    c: Console,
+    Path((_, id)): Path<(String, String)>,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
     let resource = object(
         api::resources::get(State(c.state.clone()), c.admin, Path(id.clone())).await,
         "resource",
@@ -262,13 +245,9 @@ pub async fn confirm_delete(
 
 /// `POST /{account}/resources/{id}/delete`.
 pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, id)): Path<(String, String)>,
+    Posted { c, .. }: Posted,
 ) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
     deleted(api::resources::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/resources")))
 }

@@ -5,20 +5,16 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use maud::html;
 use serde_json::json;
 
-use super::{
-    Console, Form, Refusal, Section, answer, error_box, input, refused_status, signed_in, text,
-};
+use super::{Console, Posted, Refusal, Section, answer, error_box, input, refused_status, text};
 use crate::api::{self, body::Json};
 use crate::state::AppState;
-use crate::web::{Shared, WebResult, see_other};
+use crate::web::{WebResult, see_other};
 
 /// This part's routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -60,28 +56,14 @@ async fn page(c: &Console, saved: bool, refused: Option<(&str, &Refusal)>) -> We
 }
 
 /// `GET /{account}/settings`.
-pub async fn show(
-    state: Shared,
-    Path(slug): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, RawQuery(query): RawQuery) -> WebResult<Response> {
     let saved = query.is_some_and(|q| q.split('&').any(|p| p == "saved"));
     page(&c, saved, None).await
 }
 
 /// `POST /{account}/settings`: the API's `PATCH /account` (an empty search
 /// domain clears it).
-pub async fn save(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn save(Posted { c, form }: Posted) -> WebResult<Response> {
     let typed = form.get("search_domain");
     let domain = if typed.trim().is_empty() {
         json!(null)

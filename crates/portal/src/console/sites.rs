@@ -3,7 +3,6 @@
 //! panel (a fresh token and the exact commands), deletion that says first
 //! what goes with it.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,8 +10,8 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::{
-    Console, Form, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, signed_in, text, when,
+    Console, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
+    refused_status, text, when,
 };
 use crate::api::{self, body::Json};
 use crate::web::{Shared, WebResult, see_other};
@@ -102,26 +101,13 @@ fn list_page(
 }
 
 /// `GET /{account}/sites`.
-pub async fn list(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn list(c: Console) -> WebResult<Response> {
     let sites = sites_with_gateways(&c).await?;
     Ok(list_page(&c, &sites, None, ""))
 }
 
 /// `POST /{account}/sites`: the API's create, then the new site's page.
-pub async fn create(
-    state: Shared,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    let form = Form::parse(&body);
-    c.check_csrf(&headers, &form)?;
+pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let name = form.get("name");
     let created = match input::<api::sites::SiteInput>(json!({"name": name})) {
         Ok(site) => {
@@ -195,8 +181,7 @@ async fn resources_of(c: &Console, site: &str) -> WebResult<Vec<Value>> {
 }
 
 /// `GET /{account}/sites/{id}`.
-pub async fn show(state: Shared, Path((slug, id)): Id, headers: HeaderMap) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn show(c: Console, Path((_, id)): Id) -> WebResult<Response> {
     let site = site(&c, &id).await?;
     // The id as the API spells it (the path may hold another spelling).
     let id = text(&site, "id").to_string();
@@ -269,14 +254,7 @@ pub async fn gateways(
 
 /// `POST /{account}/sites/{id}/gateway_token`: a new token, shown once,
 /// with the commands that use it.
-pub async fn gateway_token(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn gateway_token(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     let site = site(&c, &id).await?;
     let id = text(&site, "id").to_string();
     let minted = answer(
@@ -315,12 +293,7 @@ pub async fn gateway_token(
 }
 
 /// `GET /{account}/sites/{id}/delete`: what deleting takes with it.
-pub async fn confirm_delete(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
+pub async fn confirm_delete(c: Console, Path((_, id)): Id) -> WebResult<Response> {
     let site = site(&c, &id).await?;
     let id = text(&site, "id").to_string();
     let resources = resources_of(&c, &id).await?;
@@ -353,14 +326,7 @@ pub async fn confirm_delete(
 }
 
 /// `POST /{account}/sites/{id}/delete`.
-pub async fn delete(
-    state: Shared,
-    Path((slug, id)): Id,
-    headers: HeaderMap,
-    body: Bytes,
-) -> WebResult<Response> {
-    let c = signed_in!(state, slug, headers);
-    c.check_csrf(&headers, &Form::parse(&body))?;
+pub async fn delete(Path((_, id)): Id, Posted { c, .. }: Posted) -> WebResult<Response> {
     deleted(api::sites::remove(State(c.state.clone()), c.admin, Path(id)).await).await?;
     Ok(see_other(&c.href("/sites")))
 }
