@@ -22,6 +22,7 @@ use maud::{Markup, html};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::paging::{PER_PAGE, href_with, page_of, pager, params, search_of};
 use super::{Console, Form, Posted, Refusal, Section, answer, error_box, input, refused_status};
 use crate::api::{self, body::Json};
 use crate::domain::{Role, TokenKind};
@@ -29,12 +30,8 @@ use crate::state::AppState;
 use crate::store::{actors, devices, tokens};
 use crate::web::{WebError, WebResult, see_other};
 
-/// Rows per page of a list.
-pub(crate) const PER_PAGE: i64 = 50;
 /// The most tokens, clients and sessions an actor's page lists.
 const ON_ACTOR_PAGE: i64 = 50;
-/// The longest search text taken.
-const MAX_SEARCH: usize = 255;
 
 /// This part's routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -58,66 +55,6 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 // ---- Shared with the clients' pages -------------------------------------
-
-/// A request's query parameters (the last value of each name).
-pub(crate) fn params(raw: Option<&str>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-/// The search text of `q`, trimmed and cut to a sane length.
-pub(crate) fn search_of(params: &HashMap<String, String>) -> String {
-    params
-        .get("q")
-        .map(|q| q.trim().chars().take(MAX_SEARCH).collect())
-        .unwrap_or_default()
-}
-
-/// The page asked for (1 when absent or not a number), kept so that its
-/// offset fits.
-pub(crate) fn page_of(params: &HashMap<String, String>) -> i64 {
-    params
-        .get("page")
-        .and_then(|p| p.trim().parse::<i64>().ok())
-        .unwrap_or(1)
-        .clamp(1, i64::MAX / PER_PAGE / 2)
-}
-
-/// `path?` with `pairs` (empty values left out) and `page`.
-pub(crate) fn href_with(path: &str, pairs: &[(&str, &str)], page: i64) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
-        query.append_pair(k, v);
-    }
-    if page > 1 {
-        query.append_pair("page", &page.to_string());
-    }
-    let query = query.finish();
-    if query.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{query}")
-    }
-}
-
-/// "Page 2 of 7" with previous and next links; nothing for one page.
-pub(crate) fn pager(path: &str, pairs: &[(&str, &str)], page: i64, total: i64) -> Markup {
-    let pages = ((total + PER_PAGE - 1) / PER_PAGE).max(1);
-    html! {
-        @if pages > 1 || page > 1 {
-            nav.pager aria-label="Pages" {
-                @if page > 1 {
-                    a rel="prev" href=(href_with(path, pairs, (page - 1).min(pages))) { "← Previous" }
-                }
-                span { "Page " (page) " of " (pages) }
-                @if page < pages {
-                    a rel="next" href=(href_with(path, pairs, page + 1)) { "Next →" }
-                }
-            }
-        }
-    }
-}
 
 /// A time for tables, to the second.
 pub(crate) fn at(time: &Timestamp) -> String {

@@ -18,7 +18,8 @@ use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::Posted;
-use super::actors::{PER_PAGE, at, href_with, page_of, pager, params, path_id, search_of};
+use super::actors::{at, path_id};
+use super::paging::{PER_PAGE, href_with, page_of, pager, params, search_of};
 use super::{Console, Section, answer, deleted};
 use crate::api::{self, body::Json};
 use crate::state::AppState;

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod logs;
 pub mod me;
 pub mod overview;
+pub mod paging;
 pub mod policies;
 pub mod resources;
 pub mod settings;
@@ -570,61 +571,4 @@ pub fn names(list: &[Value]) -> std::collections::HashMap<&str, &str> {
 /// A string field of an API object ("" when absent).
 pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
     value[field].as_str().unwrap_or_default()
-}
-
-/// Rows a list page shows at once.
-pub const PER_PAGE: usize = 50;
-
-/// A list page's place: `?q=` (a search) and `?page=` (from 0).
-#[derive(Clone, Default, serde::Deserialize)]
-pub struct Listing {
-    #[serde(default)]
-    pub q: String,
-    #[serde(default)]
-    pub page: usize,
-}
-
-impl Listing {
-    /// Whether `fields` (a row's searchable texts) match the search.
-    pub fn matches<'a>(&self, fields: impl IntoIterator<Item = &'a str>) -> bool {
-        let q = self.q.trim().to_lowercase();
-        q.is_empty() || fields.into_iter().any(|f| f.to_lowercase().contains(&q))
-    }
-
-    /// This page of `rows` (already searched), and whether another follows.
-    pub fn slice<'r, T>(&self, rows: &'r [T]) -> (&'r [T], bool) {
-        let start = self.page.saturating_mul(PER_PAGE).min(rows.len());
-        let end = start.saturating_add(PER_PAGE).min(rows.len());
-        (&rows[start..end], end < rows.len())
-    }
-
-    /// The search form and the previous/next links of the list at `path`.
-    pub fn controls(&self, c: &Console, path: &str, total: usize, more: bool) -> (Markup, Markup) {
-        let link = |page: usize| {
-            let mut query = url::form_urlencoded::Serializer::new(String::new());
-            if !self.q.trim().is_empty() {
-                query.append_pair("q", self.q.trim());
-            }
-            query.append_pair("page", &page.to_string());
-            c.href(&format!("{path}?{}", query.finish()))
-        };
-        let search = html! {
-            form.search method="get" action=(c.href(path)) role="search" {
-                label for="list-q" { "Search" }
-                input #list-q type="search" name="q" value=(self.q);
-                " " button.secondary type="submit" { "Search" }
-                " " span.muted { (total) " in all" }
-            }
-        };
-        let pager = html! {
-            @if self.page > 0 || more {
-                nav.pager aria-label="Pages" {
-                    @if self.page > 0 { a href=(link(self.page - 1)) rel="prev" { "← Previous" } " " }
-                    span.muted { "page " (self.page + 1) " of " (total.div_ceil(PER_PAGE).max(1)) }
-                    @if more { " " a href=(link(self.page + 1)) rel="next" { "Next →" } }
-                }
-            }
-        };
-        (search, pager)
-    }
 }

@@ -2,15 +2,16 @@
 //! access it alone granted away from connected clients at once (the API's
 //! own handler tells continuous evaluation).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde_json::json;
 
+use super::paging::Listing;
 use super::{
-    Console, Form, Listing, Posted, Refusal, Section, answer, conditions, data, deleted, error_box,
-    input, names, object, refused_status, text,
+    Console, Form, Posted, Refusal, Section, answer, conditions, data, deleted, error_box, input,
+    names, object, refused_status, text,
 };
 use crate::api::{self, body::Json};
 use crate::web::{WebResult, see_other};
@@ -61,8 +62,8 @@ async fn page(
             ])
         })
         .collect();
-    let (shown, more) = listing.slice(&found);
-    let (search, pager) = listing.controls(c, "/policies", found.len(), more);
+    let shown = listing.slice(&found);
+    let (search, pager) = listing.controls(c, "/policies", found.len());
     let body = html! {
         @if policies.is_empty() {
             p.muted { "No policies: nobody reaches anything (access is denied by default)." }
@@ -124,8 +125,14 @@ async fn page(
 }
 
 /// `GET /{account}/policies`.
-pub async fn list(c: Console, Query(listing): Query<Listing>) -> WebResult<Response> {
-    page(&c, None, Typed { form: None }, &listing).await
+pub async fn list(c: Console, RawQuery(query): RawQuery) -> WebResult<Response> {
+    page(
+        &c,
+        None,
+        Typed { form: None },
+        &Listing::from_query(query.as_deref()),
+    )
+    .await
 }
 
 /// The policy fields a form sets (the description only when typed).
@@ -155,7 +162,7 @@ pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
                 &c,
                 Some(&refusal),
                 Typed { form: Some(&form) },
-                &Listing::default(),
+                &Listing::from_query(None),
             )
             .await
         }

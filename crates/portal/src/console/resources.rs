@@ -2,14 +2,15 @@
 //! internet), their filters and address description, the policies that
 //! reach each one, and deletion that names those policies first.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use serde_json::{Value, json};
 
+use super::paging::Listing;
 use super::{
-    Console, Listing, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
+    Console, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
     refused_status, text,
 };
 use crate::api::{self, body::Json};
@@ -83,8 +84,8 @@ async fn page(
             ])
         })
         .collect();
-    let (resources, more) = listing.slice(&found);
-    let (search, pager) = listing.controls(c, "/resources", found.len(), more);
+    let resources = listing.slice(&found);
+    let (search, pager) = listing.controls(c, "/resources", found.len());
     let sites = data(api::sites::list(state(), c.admin).await).await?;
     let policies = data(api::policies::list(state(), c.admin).await).await?;
     let groups = data(api::groups::list(state(), c.admin).await).await?;
@@ -171,8 +172,14 @@ async fn page(
 }
 
 /// `GET /{account}/resources`.
-pub async fn list(c: Console, Query(listing): Query<Listing>) -> WebResult<Response> {
-    page(&c, None, &Draft::default(), &listing).await
+pub async fn list(c: Console, RawQuery(query): RawQuery) -> WebResult<Response> {
+    page(
+        &c,
+        None,
+        &Draft::default(),
+        &Listing::from_query(query.as_deref()),
+    )
+    .await
 }
 
 /// `POST /{account}/resources`.
@@ -206,7 +213,7 @@ pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     };
     match created {
         Ok(_) => Ok(see_other(&c.href("/resources"))),
-        Err(refusal) => page(&c, Some(&refusal), &draft, &Listing::default()).await,
+        Err(refusal) => page(&c, Some(&refusal), &draft, &Listing::from_query(None)).await,
     }
 }
 
