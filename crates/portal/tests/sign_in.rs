@@ -446,7 +446,11 @@ async fn a_client_sign_in_ends_in_the_loopback_redirect_with_a_nonce_bound_token
     assert_eq!(own.status, 200, "{}", own.body);
     let console = browser.get(&format!("{}/acme/", portal.base)).await;
     assert_eq!(console.status, 303, "no admin console for a user");
-    assert_eq!(console.location.as_deref(), Some("/acme/sign_in"));
+    assert_eq!(
+        console.location.as_deref(),
+        Some("/acme/me"),
+        "her own page"
+    );
     let evil = browser
         .get(&format!(
             "{}/acme/sign_in?client_state={CLIENT_STATE}&client_challenge={}&redirect_uri=http%3A%2F%2Fevil.example%3A80%2F",
