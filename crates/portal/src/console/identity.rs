@@ -22,6 +22,8 @@ use crate::api::fields::{Claim, ClientId, ClientSecret, Dn, LdapFilter, Name, Pa
 use crate::api::{self, body::Json};
 use crate::directory::ldap::{DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER};
 use crate::state::AppState;
+use crate::store::directories::{self, Owned};
+use crate::store::identity_providers;
 use crate::web::{WebResult, see_other};
 
 type Id = Path<(String, String)>;
@@ -90,80 +92,28 @@ fn some_names(names: &[String], total: usize) -> Markup {
 /// How many names a confirmation lists before "and N more".
 const NAMES_SHOWN: i64 = 20;
 
-/// What deleting a provider takes, by the same rows the API's delete
-/// touches (`store::identity_providers::delete`): its links to users, the
-/// tokens from sign-ins with it (and whether this session is one), the
-/// groups its groups claim made. One query of counts, one of a few names.
-struct ProviderImpact {
-    users: i64,
-    user_names: Vec<String>,
-    tokens: i64,
-    groups: i64,
-    this_session: bool,
-}
-
-async fn provider_impact(c: &Console, provider: &str) -> WebResult<ProviderImpact> {
-    use sqlx::Row;
-    let account = c.account.id.to_string();
+/// What deleting a provider takes (`store::identity_providers::impact`).
+async fn provider_impact(c: &Console, provider: &str) -> WebResult<identity_providers::Impact> {
     let mut tx = c.state.store.read().await?;
-    let row = sqlx::query(
-        "SELECT \
-         (SELECT COUNT(DISTINCT actor_id) FROM identities WHERE provider_id = $1 AND account_id = $2) AS users, \
-         (SELECT COUNT(*) FROM tokens WHERE identity_provider_id = $1 AND account_id = $2) AS tokens, \
-         (SELECT COUNT(*) FROM groups WHERE provider_id = $1 AND account_id = $2) AS groups_made, \
-         (SELECT COUNT(*) FROM tokens WHERE identity_provider_id = $1 AND account_id = $2 AND id = $3) AS mine",
+    let impact = identity_providers::impact(
+        &mut tx,
+        c.account.id,
+        provider,
+        c.admin.token_id,
+        NAMES_SHOWN,
     )
-    .bind(provider)
-    .bind(&account)
-    .bind(c.admin.token_id.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
-    let names = sqlx::query(
-        "SELECT name FROM actors WHERE account_id = $2 AND id IN \
-         (SELECT actor_id FROM identities WHERE provider_id = $1 AND account_id = $2) \
-         ORDER BY name LIMIT $3",
-    )
-    .bind(provider)
-    .bind(&account)
-    .bind(NAMES_SHOWN)
-    .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(ProviderImpact {
-        users: row.try_get("users")?,
-        user_names: names
-            .iter()
-            .map(|r| r.try_get("name"))
-            .collect::<Result<_, _>>()?,
-        tokens: row.try_get("tokens")?,
-        groups: row.try_get("groups_made")?,
-        this_session: row.try_get::<i64, _>("mine")? > 0,
-    })
+    Ok(impact)
 }
 
 /// The first names (by name) of the users or groups a directory owns.
-async fn directory_names(c: &Console, directory: &str, table: &str) -> WebResult<Vec<String>> {
-    use sqlx::Row;
-    let sql = match table {
-        "groups" => {
-            "SELECT name FROM groups WHERE account_id = $1 AND directory_id = $2 ORDER BY name LIMIT $3"
-        }
-        _ => {
-            "SELECT name FROM actors WHERE account_id = $1 AND directory_id = $2 ORDER BY name LIMIT $3"
-        }
-    };
+async fn directory_names(c: &Console, directory: &str, owned: Owned) -> WebResult<Vec<String>> {
     let mut tx = c.state.store.read().await?;
-    let rows = sqlx::query(sql)
-        .bind(c.account.id.to_string())
-        .bind(directory)
-        .bind(NAMES_SHOWN)
-        .fetch_all(&mut *tx)
-        .await?;
+    let names =
+        directories::owned_names(&mut tx, c.account.id, directory, owned, NAMES_SHOWN).await?;
     tx.commit().await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get("name"))
-        .collect::<Result<_, _>>()?)
+    Ok(names)
 }
 
 async fn provider(c: &Console, id: &str) -> WebResult<Value> {
@@ -916,8 +866,8 @@ async fn directory_page(c: &Console, id: &str, outcome: Outcome<'_>) -> WebResul
     let d = directory(c, id).await?;
     let id = text(&d, "id");
     let ldap = text(&d, "type") == "ldap";
-    let users = directory_names(c, id, "actors").await?;
-    let groups = directory_names(c, id, "groups").await?;
+    let users = directory_names(c, id, Owned::Users).await?;
+    let groups = directory_names(c, id, Owned::Groups).await?;
     let shown = LdapDraft::of_directory(&d);
     let (draft, refusal) = match &outcome {
         Outcome::Refused(r, draft) => (*draft, Some(*r)),
@@ -1075,7 +1025,7 @@ pub async fn confirm_delete_directory(c: Console, Path((_, id)): Id) -> WebResul
     let id = text(&d, "id");
     let users = d["users"].as_u64().unwrap_or(0);
     let groups = d["groups"].as_u64().unwrap_or(0);
-    let names = directory_names(&c, id, "actors").await?;
+    let names = directory_names(&c, id, Owned::Users).await?;
     let body = html! {
         p { "Deleting " b { (text(&d, "name")) } " removes the connection only:" }
         ul {

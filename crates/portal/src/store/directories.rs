@@ -373,3 +373,35 @@ pub async fn lock(conn: &mut Conn, directory: Uuid) -> Result<bool> {
         .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// What a directory owns, for listing names.
+#[derive(Clone, Copy, Debug)]
+pub enum Owned {
+    Users,
+    Groups,
+}
+
+/// The first `limit` names (by name) of the users or groups a directory owns.
+pub async fn owned_names(
+    conn: &mut Conn,
+    account: Uuid,
+    directory: &str,
+    owned: Owned,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let sql = match owned {
+        Owned::Groups => {
+            "SELECT name FROM groups WHERE account_id = $1 AND directory_id = $2 ORDER BY name LIMIT $3"
+        }
+        Owned::Users => {
+            "SELECT name FROM actors WHERE account_id = $1 AND directory_id = $2 ORDER BY name LIMIT $3"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(account.to_string())
+        .bind(directory)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("name")?)).collect()
+}

@@ -142,3 +142,57 @@ pub async fn delete(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<R
     }
     Ok(Some(Removed { actors, tokens }))
 }
+
+/// What deleting a provider takes, by the rows `delete` touches: the users
+/// linked to it (and the first `names` of them), the tokens of sign-ins
+/// with it (and whether `session` is one), the groups its claims made.
+#[derive(Debug)]
+pub struct Impact {
+    pub users: i64,
+    pub user_names: Vec<String>,
+    pub tokens: i64,
+    pub groups: i64,
+    pub this_session: bool,
+}
+
+pub async fn impact(
+    conn: &mut Conn,
+    account: Uuid,
+    provider: &str,
+    session: Uuid,
+    names: i64,
+) -> Result<Impact> {
+    let account = account.to_string();
+    let row = sqlx::query(
+        "SELECT \
+         (SELECT COUNT(DISTINCT actor_id) FROM identities WHERE provider_id = $1 AND account_id = $2) AS users, \
+         (SELECT COUNT(*) FROM tokens WHERE identity_provider_id = $1 AND account_id = $2) AS tokens, \
+         (SELECT COUNT(*) FROM groups WHERE provider_id = $1 AND account_id = $2) AS groups_made, \
+         (SELECT COUNT(*) FROM tokens WHERE identity_provider_id = $1 AND account_id = $2 AND id = $3) AS mine",
+    )
+    .bind(provider)
+    .bind(&account)
+    .bind(session.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    let listed = sqlx::query(
+        "SELECT name FROM actors WHERE account_id = $2 AND id IN \
+         (SELECT actor_id FROM identities WHERE provider_id = $1 AND account_id = $2) \
+         ORDER BY name LIMIT $3",
+    )
+    .bind(provider)
+    .bind(&account)
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Impact {
+        users: row.try_get("users")?,
+        user_names: listed
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<std::result::Result<_, _>>()?,
+        tokens: row.try_get("tokens")?,
+        groups: row.try_get("groups_made")?,
+        this_session: row.try_get::<i64, _>("mine")? > 0,
+    })
+}
