@@ -23,7 +23,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::paging::{PER_PAGE, href_with, page_of, pager, params, search_of};
-use super::{Console, Form, Posted, Refusal, Section, answer, error_box, input, refused_status};
+use super::{
+    Console, Form, Posted, Refusal, Section, answer, error_box, input, refused_status, submit,
+};
 use crate::api::{self, body::Json};
 use crate::domain::{Role, TokenKind};
 use crate::state::AppState;
@@ -243,12 +245,10 @@ pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
         email: form.get("email").to_string(),
         role: form.get("role").to_string(),
     };
-    let made = match new_actor(&draft) {
-        Ok(actor) => {
-            answer(api::actors::create(State(c.state.clone()), c.admin, Json(actor)).await).await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let made = submit(new_actor(&draft), async |actor| {
+        api::actors::create(State(c.state.clone()), c.admin, Json(actor)).await
+    })
+    .await;
     match made {
         Ok(actor) => Ok(see_other(
             &c.href(&format!("/actors/{}", super::text(&actor, "id"))),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     Console, Form, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, text, when,
+    refused_status, submit, text, when,
 };
 use crate::api::fields::{Claim, ClientId, ClientSecret, Dn, LdapFilter, Name, Password};
 use crate::api::{self, body::Json};
@@ -596,16 +596,10 @@ pub async fn list(c: Console) -> WebResult<Response> {
 /// provider's page with its callback URL.
 pub async fn create_provider(Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = ProviderDraft::of_form(&form);
-    let created = match draft.create(form.get("client_secret")) {
-        Ok(provider) => {
-            answer(
-                api::identity_providers::create(State(c.state.clone()), c.admin, Json(provider))
-                    .await,
-            )
-            .await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let created = submit(draft.create(form.get("client_secret")), async |provider| {
+        api::identity_providers::create(State(c.state.clone()), c.admin, Json(provider)).await
+    })
+    .await;
     match created {
         Ok(p) => Ok(see_other(
             &c.href(&format!("/identity/providers/{}?added", text(&p, "id"))),
@@ -671,21 +665,16 @@ pub async fn show_provider(
 /// `POST /{account}/identity/providers/{id}`: the API's patch.
 pub async fn update_provider(Path((_, id)): Id, Posted { c, form }: Posted) -> WebResult<Response> {
     let draft = ProviderDraft::of_form(&form);
-    let saved = match draft.patch(form.get("client_secret")) {
-        Ok(patch) => {
-            answer(
-                api::identity_providers::update(
-                    State(c.state.clone()),
-                    c.admin,
-                    Path(id.clone()),
-                    Json(patch),
-                )
-                .await,
-            )
-            .await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let saved = submit(draft.patch(form.get("client_secret")), async |patch| {
+        api::identity_providers::update(
+            State(c.state.clone()),
+            c.admin,
+            Path(id.clone()),
+            Json(patch),
+        )
+        .await
+    })
+    .await;
     match saved {
         Ok(p) => Ok(see_other(
             &c.href(&format!("/identity/providers/{}", text(&p, "id"))),
@@ -965,21 +954,16 @@ pub async fn update_directory(
     } else {
         checked::<Name>("name", &draft.name).and_then(|()| input(json!({"name": draft.name})))
     };
-    let saved = match patch {
-        Ok(patch) => {
-            answer(
-                api::directories::update(
-                    State(c.state.clone()),
-                    c.admin,
-                    Path(id.clone()),
-                    Json(patch),
-                )
-                .await,
-            )
-            .await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let saved = submit(patch, async |patch| {
+        api::directories::update(
+            State(c.state.clone()),
+            c.admin,
+            Path(id.clone()),
+            Json(patch),
+        )
+        .await
+    })
+    .await;
     match saved {
         Ok(d) => Ok(see_other(
             &c.href(&format!("/identity/directories/{}", text(&d, "id"))),

@@ -500,6 +500,18 @@ pub async fn answer<R: IntoResponse>(result: ApiResult<R>) -> Result<Value, Refu
     })
 }
 
+/// A form's input, checked by the API's type, handed to an API handler:
+/// its answer, or the refusal (of the input or of the handler).
+pub async fn submit<T, R: IntoResponse>(
+    checked: Result<T, String>,
+    call: impl AsyncFnOnce(T) -> ApiResult<R>,
+) -> Result<Value, Refusal> {
+    match checked {
+        Ok(input) => answer(call(input).await).await,
+        Err(error) => Err(Refusal::from(error)),
+    }
+}
+
 /// A deletion's answer: done, or already gone (a second click), else the
 /// refusal.
 pub async fn deleted<R: IntoResponse>(result: ApiResult<R>) -> WebResult<()> {

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::paging::Listing;
 use super::{
-    Console, Form, Posted, Refusal, Section, answer, conditions, data, deleted, error_box, input,
-    names, object, refused_status, text,
+    Console, Form, Posted, Refusal, Section, conditions, data, deleted, error_box, input, names,
+    object, refused_status, submit, text,
 };
 use crate::api::{self, body::Json};
 use crate::web::{WebResult, see_other};
@@ -149,12 +149,11 @@ pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
     let mut fields = fields(&form);
     fields["group_id"] = json!(form.get("group_id"));
     fields["resource_id"] = json!(form.get("resource_id"));
-    let created = match input::<api::policies::PolicyInput>(fields) {
-        Ok(policy) => {
-            answer(api::policies::create(State(c.state.clone()), c.admin, Json(policy)).await).await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let created = submit(
+        input::<api::policies::PolicyInput>(fields),
+        async |policy| api::policies::create(State(c.state.clone()), c.admin, Json(policy)).await,
+    )
+    .await;
     match created {
         Ok(_) => Ok(see_other(&c.href("/policies"))),
         Err(refusal) => {
@@ -263,21 +262,16 @@ pub async fn update(
         // The page showed them read-only: the PATCH leaves them alone.
         fields.as_object_mut().map(|f| f.remove("conditions"));
     }
-    let saved = match input::<api::policies::PolicyPatch>(fields) {
-        Ok(patch) => {
-            answer(
-                api::policies::update(
-                    State(c.state.clone()),
-                    c.admin,
-                    Path(id.clone()),
-                    Json(patch),
-                )
-                .await,
-            )
-            .await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let saved = submit(input::<api::policies::PolicyPatch>(fields), async |patch| {
+        api::policies::update(
+            State(c.state.clone()),
+            c.admin,
+            Path(id.clone()),
+            Json(patch),
+        )
+        .await
+    })
+    .await;
     match saved {
         Ok(_) => Ok(see_other(&c.href("/policies"))),
         Err(refusal) if refusal.status == StatusCode::NOT_FOUND => Err(refusal.into()),

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::paging::Listing;
 use super::{
-    Console, Posted, Refusal, Section, answer, data, deleted, error_box, input, object,
-    refused_status, text,
+    Console, Posted, Refusal, Section, data, deleted, error_box, input, object, refused_status,
+    submit, text,
 };
 use crate::api::{self, body::Json};
 use crate::web::{WebResult, see_other};
@@ -204,13 +204,13 @@ pub async fn create(Posted { c, form }: Posted) -> WebResult<Response> {
         }
         fields
     });
-    let created = match fields.and_then(input::<api::resources::ResourceInput>) {
-        Ok(resource) => {
-            answer(api::resources::create(State(c.state.clone()), c.admin, Json(resource)).await)
-                .await
-        }
-        Err(error) => Err(Refusal::from(error)),
-    };
+    let created = submit(
+        fields.and_then(input::<api::resources::ResourceInput>),
+        async |resource| {
+            api::resources::create(State(c.state.clone()), c.admin, Json(resource)).await
+        },
+    )
+    .await;
     match created {
         Ok(_) => Ok(see_other(&c.href("/resources"))),
         Err(refusal) => page(&c, Some(&refusal), &draft, &Listing::from_query(None)).await,
