@@ -136,14 +136,23 @@ async fn click(client: &Client, css: &str) {
         .unwrap();
 }
 
+/// The text of the element `css` names. A live panel is replaced by its
+/// poll every 2 s: an element replaced between finding it and reading it is
+/// found again.
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    for _ in 0..20 {
+        let element = client.find(Locator::Css(css)).await.unwrap();
+        match element.text().await {
+            Ok(text) => return text,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{css}: {other}"),
+        }
+    }
+    panic!("{css}: replaced on every read");
 }
 
 /// Waits for the page whose heading is `expected` (a click navigates in

@@ -99,6 +99,25 @@ fn shots() -> PathBuf {
     dir
 }
 
+/// The text of the element `css` names. A live panel is replaced by its
+/// poll every 2 s: an element replaced between finding it and reading it is
+/// found again.
+async fn text_of(client: &Client, css: &str) -> String {
+    for _ in 0..20 {
+        let element = client.find(Locator::Css(css)).await.unwrap();
+        match element.text().await {
+            Ok(text) => return text,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{css}: {other}"),
+        }
+    }
+    panic!("{css}: replaced on every read");
+}
+
 async fn shoot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -199,11 +218,9 @@ async fn an_admin_runs_the_account_from_chromium() {
         .execute("window.posternMark = 'set'; return 1;", vec![])
         .await
         .unwrap();
-    let live = client.find(Locator::Css("#gateways")).await.unwrap();
     assert!(
-        live.text()
+        text_of(&client, "#gateways")
             .await
-            .unwrap()
             .contains("No gateway has connected")
     );
     let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
@@ -213,13 +230,7 @@ async fn an_admin_runs_the_account_from_chromium() {
     assert_eq!(gateway.next().await["type"], "init");
     let started = Instant::now();
     loop {
-        let text = client
-            .find(Locator::Css("#gateways"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = text_of(&client, "#gateways").await;
         if text.contains("gw-1") && text.contains("online") {
             break;
         }
