@@ -496,9 +496,17 @@ impl<R: Role> Shell<R> {
             }
             Effect::Resolve { lookup, name } => self.resolver().resolve(lookup, name),
             Effect::AskResolvers { lookup, query } => self.resolver().ask(lookup, query),
+            Effect::FlowsEnded(flows) => self.flows_ended(&flows),
             Effect::Stop(stop) => return Err(DeviceError::Stopped(stop)),
         }
         Ok(())
+    }
+
+    /// Flows whose access ended: nothing answers them any more. Through
+    /// the TUN the kernel's TCP finds out when it gives up (it takes no
+    /// reset without the right sequence number).
+    fn flows_ended(&mut self, flows: &[postern_tunnel::flows::EndedFlow]) {
+        tracing::debug!(flows = flows.len(), "flows ended with their access");
     }
 
     fn resolver(&mut self) -> &Resolver {

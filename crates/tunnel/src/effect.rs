@@ -110,6 +110,11 @@ pub enum Effect {
     /// Pass a DNS query to the system's resolvers as it is; answer with
     /// [`Input::ResolverAnswer`].
     AskResolvers { lookup: LookupId, query: Vec<u8> },
+    /// Access to a resource ended (revoked, the resource removed): these
+    /// flows the apps had open through it are forgotten, nothing answers
+    /// them any more. A userspace network stack closes their connections
+    /// at once; the kernel's TCP would only time out.
+    FlowsEnded(Vec<crate::flows::EndedFlow>),
     /// Stop the daemon.
     Stop(Stop),
 }

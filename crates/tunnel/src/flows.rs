@@ -368,6 +368,32 @@ impl Flows {
         self.pairs.clear();
     }
 
+    /// Forgets every flow `resource` let through (its access ended) and
+    /// returns them, each ended now.
+    pub fn end_resource(&mut self, resource: ResourceId, now: Instant) -> Vec<EndedFlow> {
+        let pairs = &mut self.pairs;
+        let mut gone = Vec::new();
+        self.flows.retain(|key, flow| {
+            if flow.resource != Some(resource) {
+                return true;
+            }
+            gone.push(ended(key, flow, now));
+            let pair = Pair {
+                protocol: key.protocol,
+                local: key.local,
+                remote: key.remote,
+            };
+            if let Some(count) = pairs.get_mut(&pair) {
+                *count -= 1;
+                if *count == 0 {
+                    pairs.remove(&pair);
+                }
+            }
+            false
+        });
+        gone
+    }
+
     /// An ICMP error toward the client: the packet it quotes must be one of
     /// the client's, of a flow it opened.
     fn error_about(&self, packet: &Packet<'_>) -> Result<(), FlowRefusal> {

@@ -119,17 +119,22 @@ fn the_first_packets_wait_for_access_and_are_delivered() {
         vec![
             ClientEvent::Deliver {
                 gateway,
+                resource: ResourceId::from_u128(1),
                 packet: syn
             },
             ClientEvent::Deliver {
                 gateway,
+                resource: ResourceId::from_u128(1),
                 packet: retransmit
             },
         ]
     );
     assert_eq!(
         client.handle_packet(&tcp([10, 0, 0, 5], 80), start),
-        Verdict::ToGateway(gateway)
+        Verdict::ToGateway {
+            gateway,
+            resource: ResourceId::from_u128(1)
+        }
     );
     // The client-side filter pre-check answers at once, without asking.
     let Verdict::Reply(reply) = client.handle_packet(&tcp([10, 0, 0, 5], 22), start) else {
@@ -245,6 +250,37 @@ fn unanswered_requests_time_out_with_host_unreachable() {
     assert_eq!(client.poll_timeout(), None);
 }
 
+/// A userspace stack hands the role every destination: one that no
+/// resource covers is refused as a denial is (ICMP administratively
+/// prohibited, which the SOCKS5 proxy turns into "not allowed"), never
+/// asked for; with a routing table (the TUN) it cannot arrive and is
+/// only counted.
+#[test]
+fn unrouted_destinations_are_refused_when_every_destination_comes_to_the_role() {
+    let start = Instant::now();
+    let mut userspace = ClientState::new(ClientConfig {
+        refuse_unrouted: true,
+        ..ClientConfig::default()
+    });
+    userspace.set_resources(vec![resource(1, ResourceType::Cidr, "10.0.0.0/24", "")]);
+    let Verdict::Reply(reply) = userspace.handle_packet(&tcp([10, 0, 1, 5], 80), start) else {
+        panic!("an unrouted destination must be refused");
+    };
+    assert_eq!((reply[20], reply[21]), (3, 13), "ICMP prohibited");
+    assert!(events(&mut userspace).is_empty(), "nothing asked of the portal");
+    // A routed one is still asked for.
+    assert_eq!(
+        userspace.handle_packet(&tcp([10, 0, 0, 5], 80), start),
+        Verdict::Buffered
+    );
+    let mut routed = ClientState::new(ClientConfig::default());
+    routed.set_resources(vec![resource(1, ResourceType::Cidr, "10.0.0.0/24", "")]);
+    assert_eq!(
+        routed.handle_packet(&tcp([10, 0, 1, 5], 80), start),
+        Verdict::Dropped(DropReason::NoRoute)
+    );
+}
+
 #[test]
 fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
     let start = Instant::now();
@@ -291,7 +327,10 @@ fn longest_prefix_picks_the_resource_and_lost_gateways_are_asked_again() {
     assert!(matches!(events(&mut client)[..], [ClientEvent::Reply(_)]));
     assert_eq!(
         client.handle_packet(&tcp([10, 1, 2, 3], 80), start),
-        Verdict::ToGateway(first)
+        Verdict::ToGateway {
+            gateway: first,
+            resource: ResourceId::from_u128(1)
+        }
     );
 }
 
@@ -533,7 +572,10 @@ fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
     ));
     assert_eq!(
         client.handle_packet(&tcp(proxy, 443), start),
-        Verdict::ToGateway(gateway)
+        Verdict::ToGateway {
+            gateway,
+            resource: ResourceId::from_u128(5)
+        }
     );
     // An update of the resource keeps the proxies routed.
     client.upsert_resource(resource(
@@ -544,6 +586,9 @@ fn proxy_addresses_of_a_dns_resource_ask_for_that_resource() {
     ));
     assert_eq!(
         client.handle_packet(&tcp(proxy, 443), start),
-        Verdict::ToGateway(gateway)
+        Verdict::ToGateway {
+            gateway,
+            resource: ResourceId::from_u128(5)
+        }
     );
 }

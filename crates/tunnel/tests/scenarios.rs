@@ -140,6 +140,20 @@ fn revocation_stops_traffic_at_once() {
     let now = world.now();
     world.portal.revoke_all(now);
     world.run_for(Duration::from_millis(50));
+    // The client forgot the app's flow and told the shell, which closes
+    // its connection (a userspace stack does at once).
+    let ended: Vec<_> = world
+        .client_effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::FlowsEnded(flows) => Some(flows.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].remote, (IpAddr::V4(WEB_HOST), 80));
+    assert_eq!(ended[0].protocol, 6);
     let before = world.forwarded_total();
     // Even a client that keeps sending gets nothing through.
     for tag in 0..5 {

@@ -37,6 +37,11 @@ pub struct ClientConfig {
     /// The user turned the internet resource off (`postern client internet
     /// off`): it is not routed even when granted.
     pub internet_off: bool,
+    /// Every destination comes to the role, not only the routed ones (a
+    /// userspace network stack has no routing table): a packet to an
+    /// address of no resource is refused like a denied one, with ICMP
+    /// "administratively prohibited", so the app hears "not allowed".
+    pub refuse_unrouted: bool,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +53,7 @@ impl Default for ClientConfig {
             deny_hold: Duration::from_secs(5),
             protected: Vec::new(),
             internet_off: false,
+            refuse_unrouted: false,
         }
     }
 }
@@ -75,8 +81,11 @@ pub enum Access {
 /// What to do with one packet from an app.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Encrypt and send to this gateway.
-    ToGateway(GatewayId),
+    /// Encrypt and send to this gateway (access to `resource` lets it).
+    ToGateway {
+        gateway: GatewayId,
+        resource: ResourceId,
+    },
     /// Kept until access is decided.
     Buffered,
     /// Write this packet back to the app (an ICMP error).
@@ -117,7 +126,11 @@ pub enum ClientEvent {
         connected_gateway_ids: Vec<GatewayId>,
     },
     /// Send a buffered packet to the gateway now that access is granted.
-    Deliver { gateway: GatewayId, packet: Vec<u8> },
+    Deliver {
+        gateway: GatewayId,
+        resource: ResourceId,
+        packet: Vec<u8>,
+    },
     /// Write this packet to the app.
     Reply(Vec<u8>),
 }
@@ -318,15 +331,19 @@ impl ClientState {
         let Ok(packet) = Packet::parse(bytes) else {
             return Verdict::Dropped(DropReason::Malformed);
         };
-        let Some(id) = self.router.lookup(packet.destination()) else {
-            return Verdict::Dropped(DropReason::NoRoute);
-        };
-        let Some(entry) = self.resources.get_mut(&id) else {
-            return Verdict::Dropped(DropReason::NoRoute);
-        };
         let refuse = |why| match unreachable(&packet, why) {
             Some(reply) => Verdict::Reply(reply),
             None => Verdict::Dropped(DropReason::Refused),
+        };
+        let no_route = || match self.config.refuse_unrouted {
+            true => refuse(Unreachable::Prohibited),
+            false => Verdict::Dropped(DropReason::NoRoute),
+        };
+        let Some(id) = self.router.lookup(packet.destination()) else {
+            return no_route();
+        };
+        let Some(entry) = self.resources.get_mut(&id) else {
+            return no_route();
         };
         // The gateway enforces the filters; checking here spares the trip.
         if !filters_allow(
@@ -349,7 +366,10 @@ impl ClientState {
             entry.access = Access::Idle;
         }
         match &entry.access {
-            Access::Granted { gateway, .. } => Verdict::ToGateway(*gateway),
+            Access::Granted { gateway, .. } => Verdict::ToGateway {
+                gateway: *gateway,
+                resource: id,
+            },
             Access::Denied { .. } => refuse(Unreachable::Prohibited),
             Access::Requested { .. } => self.buffer(id, bytes),
             Access::Idle => {
@@ -457,8 +477,11 @@ impl ClientState {
         entry.access = Access::Granted { gateway, expires };
         entry.buffered_bytes = 0;
         for packet in entry.buffer.drain(..) {
-            self.events
-                .push_back(ClientEvent::Deliver { gateway, packet });
+            self.events.push_back(ClientEvent::Deliver {
+                gateway,
+                resource: resource_id,
+                packet,
+            });
         }
     }
 

@@ -238,9 +238,16 @@ impl ClientTunnel {
         self.send_packet(gateway, &packet, now);
     }
 
-    /// Notes the flow of a packet an app sends through `gateway`; false
-    /// when the table is full (the packet is dropped, counted).
-    fn opens(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) -> bool {
+    /// Notes the flow of a packet an app sends through `gateway` to
+    /// `resource`; false when the table is full (the packet is dropped,
+    /// counted).
+    fn opens(
+        &mut self,
+        gateway: GatewayId,
+        resource: Option<ResourceId>,
+        packet: &[u8],
+        now: Instant,
+    ) -> bool {
         let Ok(parsed) = Packet::parse(packet) else {
             return false;
         };
@@ -248,7 +255,7 @@ impl ClientTunnel {
             .flows
             .entry(gateway)
             .or_default()
-            .outbound(&parsed, now);
+            .outbound_for(&parsed, resource, None, now);
         self.next_sweep.get_or_insert(now + flows::SWEEP);
         match opened {
             Ok(()) => true,
@@ -419,6 +426,21 @@ impl ClientTunnel {
         false
     }
 
+    /// Access to `resource` ended: the flows the apps opened to it are
+    /// forgotten (nothing from the far end answers them any more) and the
+    /// shell hears which, to close them.
+    fn end_flows(&mut self, resource: ResourceId, now: Instant) {
+        let ended: Vec<_> = self
+            .flows
+            .values_mut()
+            .flat_map(|flows| flows.end_resource(resource, now))
+            .collect();
+        if !ended.is_empty() {
+            tracing::info!(%resource, flows = ended.len(), "closing the flows of a resource whose access ended");
+            self.out.effects.push_back(Effect::FlowsEnded(ended));
+        }
+    }
+
     /// A gateway is gone: every resource through it asks again.
     fn lose_gateway(&mut self, gateway: GatewayId) {
         self.access.gateway_lost(gateway);
@@ -446,8 +468,12 @@ impl ClientTunnel {
                         resource_id,
                         connected_gateway_ids,
                     }),
-                    ClientEvent::Deliver { gateway, packet } => {
-                        if self.opens(gateway, &packet, now) {
+                    ClientEvent::Deliver {
+                        gateway,
+                        resource,
+                        packet,
+                    } => {
+                        if self.opens(gateway, Some(resource), &packet, now) {
                             self.send_packet(gateway, &packet, now)
                         }
                     }
@@ -489,7 +515,7 @@ impl ClientTunnel {
     /// that play the attacker.
     #[cfg(feature = "malicious")]
     pub fn send_unchecked(&mut self, gateway: GatewayId, packet: &[u8], now: Instant) {
-        self.opens(gateway, packet, now);
+        self.opens(gateway, None, packet, now);
         self.send_packet(gateway, packet, now);
     }
 
@@ -531,6 +557,7 @@ impl Role for ClientTunnel {
             }
             PortalToClient::ResourceRemoved { id } => {
                 tracing::info!(resource = %id, "resource removed");
+                self.end_flows(id, now);
                 self.access.remove_resource(id);
                 self.resources_changed();
             }
@@ -592,6 +619,7 @@ impl Role for ClientTunnel {
             PortalToClient::IceCandidatesRemoved { .. } => {}
             PortalToClient::AccessRevoked { resource_id } => {
                 tracing::info!(resource = %resource_id, "access revoked");
+                self.end_flows(resource_id, now);
                 self.access.access_revoked(resource_id);
                 self.names.cancel(resource_id);
             }
@@ -665,10 +693,12 @@ impl Role for ClientTunnel {
         out: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
         let sent = match self.access.handle_packet(packet, now) {
-            Verdict::ToGateway(gateway) if self.opens(gateway, packet, now) => {
+            Verdict::ToGateway { gateway, resource }
+                if self.opens(gateway, Some(resource), packet, now) =>
+            {
                 self.node.encapsulate(gateway, packet, now, out)
             }
-            Verdict::ToGateway(_) => None,
+            Verdict::ToGateway { .. } => None,
             Verdict::Reply(reply) => {
                 self.out.dropped.add("refused");
                 self.out.tun_packets.push_back(reply);
