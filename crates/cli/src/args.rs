@@ -416,12 +416,13 @@ pub enum GatewayCommand {
 #[derive(Debug, Args)]
 pub struct StateDir {
     /// Directory for the device id and the token of `client sign-in`
-    /// (client-token, mode 0600)
+    /// (client-token, mode 0600); /var/lib/postern for root, else
+    /// $XDG_STATE_HOME/postern (~/.local/state/postern)
     #[arg(
         long = "state-dir",
         env = "POSTERN_STATE_DIR",
         value_name = "DIR",
-        default_value = "/var/lib/postern"
+        default_value_os_t = crate::paths::state_dir()
     )]
     pub dir: PathBuf,
 }
@@ -569,6 +570,7 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Connect: bring up the tunnel interface and the DNS resolver (root)
+    /// (or, with --userspace, without root: a SOCKS5 proxy)
     Up(Box<ClientUpArgs>),
     /// Sign in through the browser and store the token for `client up`
     SignIn {
@@ -623,12 +625,14 @@ pub enum ClientCommand {
 /// internet`).
 #[derive(Debug, Args)]
 pub struct StatusSocket {
-    /// Unix socket of the running daemon
+    /// Unix socket of the running daemon (/run/postern/client.sock for
+    /// root, else $XDG_RUNTIME_DIR/postern/client.sock; a user's missing
+    /// socket falls back to root's)
     #[arg(
         long = "status-socket",
         env = "POSTERN_STATUS_SOCKET",
         value_name = "PATH",
-        default_value = "/run/postern/client.sock"
+        default_value_os_t = crate::paths::status_socket()
     )]
     pub path: PathBuf,
 }
@@ -657,13 +661,34 @@ pub struct ClientUpArgs {
     #[arg(long, env = "POSTERN_NAME")]
     pub name: Option<String>,
     /// Unix socket that `postern client status` asks
+    /// (/run/postern/client.sock for root, else
+    /// $XDG_RUNTIME_DIR/postern/client.sock)
     #[arg(
         long,
         env = "POSTERN_STATUS_SOCKET",
         value_name = "PATH",
-        default_value = "/run/postern/client.sock"
+        default_value_os_t = crate::paths::status_socket()
     )]
     pub status_socket: PathBuf,
+    /// Run without root: no TUN interface, no routes, no DNS changes.
+    /// Apps reach resources through a SOCKS5 proxy (--socks5) that carries
+    /// their connections with a TCP/IP stack inside the client; names
+    /// given to the proxy (curl --socks5-hostname, socks5h://) resolve
+    /// through the client, so DNS resources work by name. Destinations
+    /// that are no resource are refused ("not allowed")
+    #[arg(long, env = "POSTERN_USERSPACE")]
+    pub userspace: bool,
+    /// Where the userspace client's SOCKS5 proxy listens (no
+    /// authentication: anyone who can connect uses this client's access,
+    /// so keep it on loopback)
+    #[arg(
+        long,
+        env = "POSTERN_SOCKS5",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:1080",
+        requires = "userspace"
+    )]
+    pub socks5: SocketAddr,
     /// Resolver for names that are not resources (repeat for more;
     /// default: the nameservers resolv.conf had before)
     #[arg(long, env = "POSTERN_DNS_UPSTREAM", value_name = "IP[:PORT]", value_delimiter = ',', value_parser = parse_upstream)]
@@ -675,7 +700,7 @@ pub struct ClientUpArgs {
         long,
         env = "POSTERN_RESOLV_CONF",
         value_name = "PATH",
-        conflicts_with = "no_system_dns"
+        conflicts_with_all = ["no_system_dns", "userspace"]
     )]
     pub resolv_conf: Option<PathBuf>,
     /// Leave the system's DNS settings alone (the stub still answers on
@@ -687,7 +712,7 @@ pub struct ClientUpArgs {
     /// tunnel does (the admin configured the resource). Either way the
     /// host's default gateway, its DNS servers and the portal stay local;
     /// `postern client status` lists each overlap
-    #[arg(long, env = "POSTERN_LOCAL_NETWORKS_WIN")]
+    #[arg(long, env = "POSTERN_LOCAL_NETWORKS_WIN", conflicts_with = "userspace")]
     pub local_networks_win: bool,
     #[command(flatten)]
     pub device: DeviceOptions,

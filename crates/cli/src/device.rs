@@ -74,6 +74,8 @@ struct PortalFlags<'a> {
     url: String,
     trust: &'a PortalTrustArgs,
     token: &'a TokenSource,
+    /// The daemon changes the system (a TUN, routes): it needs root.
+    root: bool,
 }
 
 fn device_config(
@@ -85,11 +87,13 @@ fn device_config(
     daemon: &DaemonOptions,
 ) -> anyhow::Result<DeviceConfig> {
     let trust = portal.trust.trust_for(&portal.url)?;
-    need_root(if role == "gateway" {
-        "postern gateway"
-    } else {
-        "postern client up"
-    })?;
+    if portal.root {
+        need_root(if role == "gateway" {
+            "postern gateway"
+        } else {
+            "postern client up"
+        })?;
+    }
     let token = read_token(portal.token)?;
     daemon::init_logging(daemon.log_format);
     let metrics = device_metrics(daemon, role)?;
@@ -136,6 +140,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             url: portal,
             trust: &args.trust,
             token: &args.token,
+            root: true,
         },
         args.name,
         args.port,
@@ -175,6 +180,7 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
             url: portal,
             trust: &args.trust,
             token: &args.token,
+            root: !args.userspace,
         },
         args.name,
         args.port,
@@ -184,6 +190,7 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
     let options = postern_device::ClientOptions {
         status_socket: args.status_socket,
         local_networks_win: args.local_networks_win,
+        socks5: args.userspace.then_some(args.socks5),
         dns: postern_device::DnsSettings {
             upstreams: args.dns_upstream,
             system: match (args.no_system_dns, args.resolv_conf) {
@@ -193,7 +200,13 @@ pub fn client_up(mut args: ClientUpArgs) -> anyhow::Result<ExitCode> {
             },
         },
     };
-    report_incoming(&device.interface);
+    if args.userspace {
+        if !args.socks5.ip().is_loopback() {
+            tracing::warn!(listen = %args.socks5, "the SOCKS5 proxy asks for no password: anyone who can reach {} uses this client's access", args.socks5);
+        }
+    } else {
+        report_incoming(&device.interface);
+    }
     runtime()?.block_on(postern_device::run_client(
         device,
         options,
@@ -235,7 +248,8 @@ pub fn client_internet(on: bool, state_dir: &Path, socket: &Path) -> anyhow::Res
         )
     })?;
     let command = postern_device::status::Command::Internet(on);
-    match runtime()?.block_on(postern_device::status::ask(socket, command)) {
+    let socket = crate::paths::socket_to_ask(socket);
+    match runtime()?.block_on(postern_device::status::ask(&socket, command)) {
         Ok(status) => match status.status.internet {
             Some(now) => println!("internet resource: {now}"),
             None => println!(
@@ -253,7 +267,8 @@ pub fn client_internet(on: bool, state_dir: &Path, socket: &Path) -> anyhow::Res
 }
 
 pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {
-    let status = runtime()?.block_on(postern_device::status::query(socket))?;
+    let socket = crate::paths::socket_to_ask(socket);
+    let status = runtime()?.block_on(postern_device::status::query(&socket))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -8,6 +8,7 @@ mod args;
 mod daemon;
 mod demo;
 mod device;
+mod paths;
 mod portal;
 mod relay;
 mod sign_in;

@@ -407,6 +407,31 @@ impl System {
         Ok(())
     }
 
+    /// The userspace client: no stub on the sentinels, the system's DNS
+    /// left alone; names that are not resources go to `--dns-upstream`,
+    /// else the portal's resolvers, else the ones in /etc/resolv.conf.
+    pub fn upstreams_only(&mut self, config: &DnsConfig) {
+        if self.stub_started {
+            return;
+        }
+        self.stub_started = true;
+        let upstreams = if !self.dns_settings.upstreams.is_empty() {
+            self.dns_settings.upstreams.clone()
+        } else if !config.upstreams.is_empty() {
+            config
+                .upstreams
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 53))
+                .collect()
+        } else {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .map(|text| postern_sys::dns::nameservers(&text, &config.sentinels))
+                .unwrap_or_default()
+        };
+        tracing::info!(upstreams = ?upstreams, "names that are not resources go to these resolvers");
+        self.upstreams = Arc::new(upstreams);
+    }
+
     async fn start_dns(
         &mut self,
         config: &DnsConfig,

@@ -12,7 +12,9 @@
 //! - [`portal`]: what the portal channel's events mean;
 //! - [`stub`]: the DNS stub's sockets on the sentinel addresses;
 //! - [`resolver`]: the gateway's lookups with the system resolver;
-//! - [`status`]: `postern client status` over a unix socket.
+//! - [`status`]: `postern client status` over a unix socket;
+//! - [`userspace`]: the client without root: a SOCKS5 proxy and a TCP/IP
+//!   stack in place of the TUN.
 
 mod apply;
 pub mod internet;
@@ -23,6 +25,7 @@ mod shell;
 mod start;
 pub mod status;
 mod stub;
+pub mod userspace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,6 +93,9 @@ pub struct ClientOptions {
     /// Local networks win over resources that overlap them (else the
     /// tunnel does: the admin configured the resource).
     pub local_networks_win: bool,
+    /// Userspace mode: no TUN, no routes, no DNS settings; apps connect
+    /// through a SOCKS5 proxy listening here.
+    pub socks5: Option<SocketAddr>,
 }
 
 /// Why a device daemon stopped with an error.
@@ -143,6 +149,8 @@ pub async fn run_client(
         ClientConfig {
             protected: vec![started.portal_ip],
             internet_off: !internet::load(&config.state_dir),
+            // Without routes, every destination comes to the role.
+            refuse_unrouted: options.socks5.is_some(),
             ..ClientConfig::default()
         },
     );

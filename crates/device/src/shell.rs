@@ -28,6 +28,7 @@ use crate::resolver::Resolver;
 use crate::start::{Party, Started};
 use crate::status::{self, SocketFile, StatusDocument};
 use crate::stub::{self, ReplyTo, StubQuery};
+use crate::userspace::Userspace;
 use crate::{ClientOptions, DeviceConfig, DeviceError};
 
 const BUFFER: usize = 65_536;
@@ -78,6 +79,9 @@ pub struct Shell<R: Role> {
     bound: std::net::SocketAddr,
     /// Where the daemon keeps its files (the internet resource choice).
     state_dir: std::path::PathBuf,
+    /// The userspace client: its SOCKS5 proxy and TCP/IP stack in place
+    /// of the TUN.
+    userspace: Option<Userspace>,
 }
 
 impl<R: Role> Shell<R> {
@@ -95,10 +99,22 @@ impl<R: Role> Shell<R> {
             routing: client.is_some(),
         };
         let status_socket = client.as_ref().map(|c| c.status_socket.clone());
+        let socks5 = client.as_ref().and_then(|c| c.socks5);
         let dns = client.map(|c| c.dns);
         let client = matches!(started.party, Party::Client);
         let (stub_queries, stub_rx) = mpsc::channel(stub::QUEUE);
         let (results, results_rx) = mpsc::channel(RESULTS);
+        let userspace = match socks5 {
+            Some(listen) => {
+                let userspace = Userspace::start(listen, stub_queries.clone(), Instant::now())
+                    .map_err(DeviceError::io(format!(
+                        "cannot listen for SOCKS5 on {listen}"
+                    )))?;
+                tracing::info!(listen = %userspace.listening, "SOCKS5 proxy listening (userspace: no TUN, no routes)");
+                Some(userspace)
+            }
+            None => None,
+        };
         let (status_rx, status_file) = match status_socket {
             Some(path) => {
                 let (requests, status_rx) = mpsc::channel(8);
@@ -116,6 +132,7 @@ impl<R: Role> Shell<R> {
             .local_addr()
             .map_err(DeviceError::io("UDP socket"))?;
         Ok(Shell {
+            userspace,
             network,
             bound,
             state_dir: config.state_dir.clone(),
@@ -176,10 +193,11 @@ impl<R: Role> Shell<R> {
         loop {
             let now = Instant::now();
             // At least once a second, so the metrics never lag further.
-            let deadline = self
-                .role
-                .poll_timeout()
-                .map_or(now + PUBLISH_AT_LEAST, |at| at.min(now + PUBLISH_AT_LEAST));
+            let stack = self.userspace.as_mut().and_then(|u| u.poll_at(now));
+            let deadline = [self.role.poll_timeout(), stack]
+                .into_iter()
+                .flatten()
+                .fold(now + PUBLISH_AT_LEAST, Instant::min);
             tokio::select! {
                 () = &mut stop => break,
                 incoming = self.channel.incoming.recv() => {
@@ -214,6 +232,11 @@ impl<R: Role> Shell<R> {
                     }
                 }
                 Some(change) = self.network.recv() => self.network_changed(change).await,
+                request = next_proxy_request(&mut self.userspace) => {
+                    if let (Some(userspace), Some(request)) = (&mut self.userspace, request) {
+                        userspace.handle(request, Instant::now());
+                    }
+                }
                 Some(status::Request { command, reply }) = next_request(&mut self.status_rx) => {
                     if let status::Command::Internet(on) = command {
                         if let Err(error) = crate::internet::save(&self.state_dir, on) {
@@ -225,6 +248,7 @@ impl<R: Role> Shell<R> {
                     let document = StatusDocument {
                         portal: self.portal.clone(),
                         interface: self.system.tun().map(|t| t.name().to_string()),
+                        socks5: self.userspace.as_ref().map(|u| u.listening),
                         overlaps: self.system.overlaps().to_vec(),
                         status: self.role.status(Instant::now()),
                     };
@@ -317,12 +341,8 @@ impl<R: Role> Shell<R> {
             let now = Instant::now();
             for (source, datagram) in self.received.datagrams(count) {
                 self.tally.datagrams_received += 1;
-                if self.writer.is_full()
-                    && let Some(tun) = self.system.tun()
-                {
-                    tun.write(&mut self.writer)
-                        .await
-                        .map_err(DeviceError::io("TUN write"))?;
+                if self.writer.is_full() {
+                    deliver(&mut self.writer, &mut self.userspace, self.system.tun()).await?;
                 }
                 let Some(slot) = self.writer.slot() else {
                     continue;
@@ -355,14 +375,10 @@ impl<R: Role> Shell<R> {
         self.write_tun().await
     }
 
-    /// Writes the packets decrypted so far to the TUN in one go.
+    /// Writes the packets decrypted so far to the TUN in one go (or hands
+    /// them to the userspace stack).
     async fn write_tun(&mut self) -> Result<(), DeviceError> {
-        if let Some(tun) = self.system.tun() {
-            tun.write(&mut self.writer)
-                .await
-                .map_err(DeviceError::io("TUN write"))?;
-        }
-        Ok(())
+        deliver(&mut self.writer, &mut self.userspace, self.system.tun()).await
     }
 
     /// Packets from the TUN interface, encrypted by the role into GSO
@@ -379,33 +395,70 @@ impl<R: Role> Shell<R> {
             let now = Instant::now();
             for i in 0..count {
                 let packet = self.reader.packet_mut(i);
-                self.tally.tun_packets_read += 1;
-                self.tally.tun_bytes_read += packet.len() as u64;
-                if let Some((destination, length)) =
-                    self.role.encapsulate(packet, now, &mut self.sealed)
-                {
-                    if self.streams.has(destination) {
-                        if !self.streams.send(destination, None, &self.sealed[..length]) {
-                            self.tally.send_dropped += 1;
-                        }
-                        continue;
-                    }
-                    self.udp.queue(
-                        &mut self.gso,
-                        destination,
-                        &self.sealed[..length],
-                        &mut self.tally,
-                    );
-                }
+                send_app_packet(
+                    &mut self.role,
+                    packet,
+                    now,
+                    Outbound {
+                        sealed: &mut self.sealed,
+                        streams: &mut self.streams,
+                        udp: &self.udp,
+                        gso: &mut self.gso,
+                        tally: &mut self.tally,
+                    },
+                );
             }
             self.udp.flush(&mut self.gso, &mut self.tally);
         }
         Ok(())
     }
 
+    /// The userspace stack's turn: the pipes' bytes into it, what it sends
+    /// through the role (the TUN's read path); true if it sent anything.
+    fn pump_userspace(&mut self) -> bool {
+        let Some(userspace) = &mut self.userspace else {
+            return false;
+        };
+        let now = Instant::now();
+        userspace.pump(now);
+        let mut sent = false;
+        while let Some(mut packet) = userspace.poll_transmit() {
+            sent = true;
+            send_app_packet(
+                &mut self.role,
+                &mut packet,
+                now,
+                Outbound {
+                    sealed: &mut self.sealed,
+                    streams: &mut self.streams,
+                    udp: &self.udp,
+                    gso: &mut self.gso,
+                    tally: &mut self.tally,
+                },
+            );
+        }
+        self.udp.flush(&mut self.gso, &mut self.tally);
+        sent
+    }
+
     /// What the role queued: effects first (the interface before anything
     /// is written to it), then datagrams, packets and portal messages.
     async fn flush(&mut self) -> Result<(), DeviceError> {
+        // The stack's packets may ask for access or be answered at once
+        // (ICMP back into the stack): a few rounds until it is quiet.
+        for _ in 0..4 {
+            self.pump_userspace();
+            if !self.flush_role().await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the role queued; true if packets went back to the userspace
+    /// stack.
+    async fn flush_role(&mut self) -> Result<bool, DeviceError> {
+        let mut to_stack = false;
         self.udp.flush(&mut self.gso, &mut self.tally);
         while let Some(effect) = self.role.poll_effect() {
             self.apply(effect).await?;
@@ -438,6 +491,11 @@ impl<R: Role> Shell<R> {
             }
         }
         while let Some(packet) = self.role.poll_tun_packet() {
+            if let Some(userspace) = &mut self.userspace {
+                userspace.receive(&packet);
+                to_stack = true;
+                continue;
+            }
             let Some(tun) = self.system.tun() else { break };
             match tun.send(&packet) {
                 Ok(_) => {
@@ -450,7 +508,10 @@ impl<R: Role> Shell<R> {
         while let Some(message) = self.role.poll_portal() {
             self.send_to_portal(&message);
         }
-        Ok(())
+        if to_stack {
+            self.write_tun().await?;
+        }
+        Ok(to_stack)
     }
 
     /// Queues a frame for the portal; a full or closed queue drops it (the
@@ -469,10 +530,17 @@ impl<R: Role> Shell<R> {
     async fn apply(&mut self, effect: Effect) -> Result<(), DeviceError> {
         match effect {
             Effect::Interface(config) => {
-                self.system.interface(&config).await?;
+                match &mut self.userspace {
+                    Some(userspace) => userspace.configure(&config, Instant::now()),
+                    None => self.system.interface(&config).await?,
+                }
                 self.tell_host_addresses();
             }
+            // The userspace stack sends everything to the role, which
+            // routes (and refuses what no resource covers).
+            Effect::Routes { .. } if self.userspace.is_some() => {}
             Effect::Routes { routes, exclusions } => self.system.routes(routes, exclusions).await,
+            Effect::Dns(config) if self.userspace.is_some() => self.system.upstreams_only(&config),
             Effect::Dns(config) => self.system.dns(&config, &self.stub_queries).await?,
             Effect::Masquerade(sources) => self.system.masquerade(&sources)?,
             Effect::DnsAnswer { query, answer } => {
@@ -506,7 +574,10 @@ impl<R: Role> Shell<R> {
     /// the TUN the kernel's TCP finds out when it gives up (it takes no
     /// reset without the right sequence number).
     fn flows_ended(&mut self, flows: &[postern_tunnel::flows::EndedFlow]) {
-        tracing::debug!(flows = flows.len(), "flows ended with their access");
+        match &mut self.userspace {
+            Some(userspace) => userspace.flows_ended(flows),
+            None => tracing::debug!(flows = flows.len(), "flows ended with their access"),
+        }
     }
 
     fn resolver(&mut self) -> &Resolver {
@@ -537,6 +608,61 @@ async fn readable(tun: Option<&Tun>) -> std::io::Result<()> {
         Some(tun) => tun.readable().await,
         None => std::future::pending().await,
     }
+}
+
+async fn next_proxy_request(
+    userspace: &mut Option<Userspace>,
+) -> Option<crate::userspace::ProxyRequest> {
+    match userspace {
+        Some(userspace) => userspace.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The packets decrypted so far, to the TUN in one write or into the
+/// userspace stack.
+async fn deliver(
+    writer: &mut TunWriter,
+    userspace: &mut Option<Userspace>,
+    tun: Option<&Tun>,
+) -> Result<(), DeviceError> {
+    if let Some(userspace) = userspace {
+        writer.take_each(|packet| userspace.receive(packet));
+        return Ok(());
+    }
+    if let Some(tun) = tun {
+        tun.write(writer)
+            .await
+            .map_err(DeviceError::io("TUN write"))?;
+    }
+    Ok(())
+}
+
+/// Where a packet from the apps goes once the role encrypted it.
+struct Outbound<'a> {
+    sealed: &'a mut Vec<u8>,
+    streams: &'a mut RelayStreams,
+    udp: &'a UdpBatch,
+    gso: &'a mut GsoQueue,
+    tally: &'a mut Tally,
+}
+
+/// One packet from the apps (read from the TUN, or sent by the userspace
+/// stack): the role decides, a datagram is queued for its destination.
+fn send_app_packet<R: Role>(role: &mut R, packet: &mut [u8], now: Instant, out: Outbound<'_>) {
+    out.tally.tun_packets_read += 1;
+    out.tally.tun_bytes_read += packet.len() as u64;
+    let Some((destination, length)) = role.encapsulate(packet, now, out.sealed) else {
+        return;
+    };
+    if out.streams.has(destination) {
+        if !out.streams.send(destination, None, &out.sealed[..length]) {
+            out.tally.send_dropped += 1;
+        }
+        return;
+    }
+    out.udp
+        .queue(out.gso, destination, &out.sealed[..length], out.tally);
 }
 
 async fn next_request(

@@ -21,6 +21,10 @@ pub struct StatusDocument<S> {
     pub portal: String,
     /// The tunnel interface's name, once it exists.
     pub interface: Option<String>,
+    /// Where the userspace client's SOCKS5 proxy listens (no interface
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socks5: Option<std::net::SocketAddr>,
     /// Resource prefixes that overlap this host's local networks, and
     /// which side wins.
     #[serde(default)]
@@ -196,6 +200,12 @@ pub fn render(document: &StatusDocument<ClientStatus>) -> String {
     );
     if let Some(internet) = &status.internet {
         out.push_str(&format!("internet resource: {internet}\n"));
+    }
+    if let (Some(listen), Some(addresses)) = (&document.socks5, &status.addresses) {
+        out.push_str(&format!(
+            "userspace: SOCKS5 proxy on {listen}, no TUN; sends as {} {}\n",
+            addresses.ipv4, addresses.ipv6
+        ));
     }
     if let (Some(name), Some(addresses)) = (&document.interface, &status.addresses) {
         out.push_str(&format!(

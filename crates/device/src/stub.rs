@@ -30,7 +30,8 @@ pub enum ReplyTo {
         socket: Arc<UdpSocket>,
         peer: SocketAddr,
     },
-    Tcp(oneshot::Sender<Vec<u8>>),
+    /// A task waiting for it (a TCP query, a SOCKS5 name).
+    Channel(oneshot::Sender<Vec<u8>>),
 }
 
 impl ReplyTo {
@@ -41,7 +42,7 @@ impl ReplyTo {
             ReplyTo::Udp { socket, peer } => {
                 let _ = socket.try_send_to(&answer, peer);
             }
-            ReplyTo::Tcp(sender) => {
+            ReplyTo::Channel(sender) => {
                 let _ = sender.send(answer);
             }
         }
@@ -53,7 +54,7 @@ impl ReplyTo {
             ReplyTo::Udp { socket, peer } => {
                 let _ = socket.send_to(&answer, peer).await;
             }
-            ReplyTo::Tcp(sender) => {
+            ReplyTo::Channel(sender) => {
                 let _ = sender.send(answer);
             }
         }
@@ -156,7 +157,7 @@ async fn serve_connection(mut stream: TcpStream, queries: mpsc::Sender<StubQuery
         if queries
             .send(StubQuery {
                 bytes,
-                reply: ReplyTo::Tcp(reply),
+                reply: ReplyTo::Channel(reply),
             })
             .await
             .is_err()

@@ -617,6 +617,15 @@ impl Demo {
     /// Builds the lab, starts portal, relay, gateways and client, and
     /// configures the account; returns once the client has its resources.
     pub fn start(options: DemoOptions) -> Result<Demo> {
+        let mut demo = Demo::start_without_client(options)?;
+        demo.client_process = Some(demo.spawn_client()?);
+        demo.wait_for_client(Duration::from_secs(20))?;
+        Ok(demo)
+    }
+
+    /// Like [`Demo::start`] without the client: a test starts its own
+    /// (another kind of client, as another user).
+    pub fn start_without_client(options: DemoOptions) -> Result<Demo> {
         let mut demo = Demo::build(options, None)?;
         demo.configure()?;
         for n in 0..demo.net.gateways.len() {
@@ -624,8 +633,6 @@ impl Demo {
             demo.gateway_processes.push(Some(process));
         }
         demo.wait_for_gateways(demo.net.gateways.len(), Duration::from_secs(20))?;
-        demo.client_process = Some(demo.spawn_client()?);
-        demo.wait_for_client(Duration::from_secs(20))?;
         Ok(demo)
     }
 

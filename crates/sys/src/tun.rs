@@ -137,6 +137,15 @@ impl TunWriter {
         self.used == 0
     }
 
+    /// Hands each gathered packet to `take` and empties the writer (a
+    /// userspace network stack takes them instead of a TUN).
+    pub fn take_each(&mut self, mut take: impl FnMut(&[u8])) {
+        for packet in &self.packets[..self.used] {
+            take(packet.get(HEADROOM..).unwrap_or_default());
+        }
+        self.used = 0;
+    }
+
     pub fn is_full(&self) -> bool {
         self.used >= self.packets.len()
     }

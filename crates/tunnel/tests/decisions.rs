@@ -267,7 +267,10 @@ fn unrouted_destinations_are_refused_when_every_destination_comes_to_the_role() 
         panic!("an unrouted destination must be refused");
     };
     assert_eq!((reply[20], reply[21]), (3, 13), "ICMP prohibited");
-    assert!(events(&mut userspace).is_empty(), "nothing asked of the portal");
+    assert!(
+        events(&mut userspace).is_empty(),
+        "nothing asked of the portal"
+    );
     // A routed one is still asked for.
     assert_eq!(
         userspace.handle_packet(&tcp([10, 0, 0, 5], 80), start),
