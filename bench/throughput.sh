@@ -14,6 +14,12 @@
 #     delivered, for each daemon; none for the bare path (kernel work);
 #   - `relayed postern: X.XX Gbit/s`, its 4-stream figure, and CPU s/GB of
 #     client, gateway and relay;
+#   - the userspace client (`postern client up --userspace --socks5`, no
+#     TUN): curl downloads 1 GiB from the web host through its SOCKS5 proxy,
+#     and the same downloads through the TUN client beside it (one, and four
+#     at once): `postern userspace (curl)`, `postern TUN (curl)` and
+#     `ratio postern userspace/TUN`, with CPU s/GB (iperf3 cannot use a
+#     SOCKS5 proxy; curl is what such a user runs);
 #   - a summary block with every figure.
 #
 #   bench/throughput.sh              # 10 s per measurement
@@ -35,11 +41,11 @@ TARGET=${CARGO_TARGET_DIR:-target}
 [ "$(id -u)" = 0 ] || { echo "bench/throughput.sh: run as root (network namespaces)" >&2; exit 1; }
 
 missing=()
-for tool in iperf3 wireguard-go wg nft; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in iperf3 wireguard-go wg nft curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing iperf3 wireguard-go wireguard-tools nftables (missing: ${missing[*]})"
+  echo "== installing iperf3 wireguard-go wireguard-tools nftables curl (missing: ${missing[*]})"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    iperf3 wireguard-go wireguard-tools nftables >/dev/null
+    iperf3 wireguard-go wireguard-tools nftables curl >/dev/null
 fi
 if [ ! -x "$CACHE/boringtun/bin/boringtun-cli" ]; then
   echo "== cargo install boringtun-cli into $CACHE (once)"

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use postern_lab::demo::{Demo, DemoOptions};
+use postern_lab::demo::{Demo, DemoOptions, PORTAL};
 use postern_lab::{Host, LabProcess, NatKind};
 
 const USAGE: &str = "usage: throughput --postern PATH [--boringtun PATH] [--wireguard-go PATH] [--gotatun PATH] [--seconds N]";
@@ -485,6 +485,153 @@ fn direct(options: &Options) -> Result<Vec<Row>, Failure> {
     if !status.contains("\"direct\"") {
         println!("note: the postern path was not direct: {status}");
     }
+    match userspace(options, &demo) {
+        Ok(userspace_rows) => rows.extend(userspace_rows),
+        Err(error) => println!("postern userspace (SOCKS5): not measured: {error}"),
+    }
+    Ok(rows)
+}
+
+/// Bytes each curl download moves.
+const CURL_BYTES: u64 = 1 << 30;
+
+/// One curl download of `CURL_BYTES` from the web host (through the TUN,
+/// or through the userspace client's SOCKS5 proxy with `proxy`), with the
+/// CPU time of `daemons`; "4 streams" is four downloads at once.
+fn curl_measure(
+    client: &Host,
+    proxy: Option<&str>,
+    streams: u32,
+    daemons: &[(&'static str, &LabProcess)],
+) -> Result<Measurement, Failure> {
+    let before = daemons
+        .iter()
+        .map(|(_, process)| process.cpu_time())
+        .collect::<Result<Vec<_>, _>>()?;
+    let url = format!("http://10.0.1.80/bytes/{CURL_BYTES}");
+    let mut args: Vec<String> = vec!["-sS".into(), "--fail".into(), "--parallel".into()];
+    args.extend(["--parallel-max".into(), streams.to_string()]);
+    if let Some(proxy) = proxy {
+        args.extend(["--socks5-hostname".into(), proxy.into()]);
+    }
+    for _ in 0..streams {
+        args.extend(["-o".into(), "/dev/null".into(), url.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    client.run("curl", &args)?;
+    let took = started.elapsed().as_secs_f64();
+    let bytes = (CURL_BYTES * u64::from(streams)) as f64;
+    let mut cpu = Vec::new();
+    for ((role, process), before) in daemons.iter().zip(before) {
+        let spent = process.cpu_time()?.saturating_sub(before);
+        cpu.push((*role, spent.as_secs_f64() / (bytes / 1e9)));
+    }
+    Ok(Measurement {
+        gbps: bytes * 8.0 / took / 1e9,
+        bytes,
+        cpu,
+    })
+}
+
+/// The userspace client (`client up --userspace --socks5`, beside the TUN
+/// client in the same host, on the same gateway): curl downloads through
+/// its SOCKS5 proxy and, for the ratio, the same downloads through the TUN.
+fn userspace(options: &Options, demo: &Demo) -> Result<Vec<Row>, Failure> {
+    let client = &demo.net.client;
+    let dir = demo.data_dir().join("userspace");
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("client.token");
+    std::fs::write(&token, &demo.setup.client_token)?;
+    let socket = dir.join("client.sock");
+    let portal = format!("https://{PORTAL}");
+    let ca = demo.pki.ca_arg();
+    let proxy = "127.0.0.1:1080";
+    let daemon = demo.spawn_postern(
+        client,
+        &[
+            "client",
+            "up",
+            "--userspace",
+            "--socks5",
+            proxy,
+            "--portal",
+            &portal,
+            &ca,
+            "--token-file",
+            &token.to_string_lossy(),
+            "--state-dir",
+            &dir.to_string_lossy(),
+            "--status-socket",
+            &socket.to_string_lossy(),
+            "--name",
+            "bench-userspace",
+            "--port",
+            "0",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = Command::new(&options.postern)
+            .args(["client", "status", "--json", "--status-socket"])
+            .arg(&socket)
+            .output()?;
+        if String::from_utf8_lossy(&status.stdout).contains(&demo.setup.resource_id) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the userspace client never started: {}", daemon.stderr()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Warm up (access, handshakes).
+    client.run(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--socks5-hostname",
+            proxy,
+            "-o",
+            "/dev/null",
+            "http://10.0.1.80/bytes/1000000",
+        ],
+    )?;
+    let gateway = demo
+        .gateway_processes
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or("no gateway")?;
+    let tun_daemons = postern_daemons(demo, false);
+    let socks_daemons: Daemons = vec![("client", &daemon), ("gateway", gateway)];
+    println!(
+        "\ncurl, {} MiB per download from the web host, same lab, same gateway:",
+        CURL_BYTES >> 20
+    );
+    let mut rows = Vec::new();
+    for (name, via, daemons) in [
+        ("postern TUN (curl)", None, &tun_daemons),
+        ("postern userspace (curl)", Some(proxy), &socks_daemons),
+    ] {
+        let one = curl_measure(client, via, 1, daemons)?;
+        let four = curl_measure(client, via, 4, daemons)?;
+        println!(
+            "{name:<26} {:>9.2} Gbit/s {:>9.2} Gbit/s",
+            one.gbps, four.gbps
+        );
+        print_cpu(name, &one, &four);
+        rows.push(Row { name, one, four });
+    }
+    if let [tun, socks] = &rows[..] {
+        println!(
+            "ratio postern userspace/TUN: {:.2} (4 downloads: {:.2})",
+            socks.one.gbps / tun.one.gbps,
+            socks.four.gbps / tun.four.gbps
+        );
+    }
+    if !daemon.stderr().contains("SOCKS5 proxy listening") {
+        return Err("the userspace client did not say it listens".into());
+    }
     Ok(rows)
 }
 
@@ -586,6 +733,16 @@ fn summary(rows: &[Row]) {
         );
     }
     print_ratios(rows);
+    if let (Some(tun), Some(socks)) = (
+        rows.iter().find(|r| r.name == "postern TUN (curl)"),
+        rows.iter().find(|r| r.name == "postern userspace (curl)"),
+    ) {
+        println!(
+            "ratio postern userspace/TUN (curl): {:.2} (4 downloads: {:.2})",
+            socks.one.gbps / tun.one.gbps,
+            socks.four.gbps / tun.four.gbps
+        );
+    }
     if let Some(row) = rows.iter().find(|r| r.name == "postern (relayed)") {
         println!("relayed postern: {:.2} Gbit/s", row.one.gbps);
     }
