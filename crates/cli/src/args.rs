@@ -625,16 +625,15 @@ pub enum ClientCommand {
 /// internet`).
 #[derive(Debug, Args)]
 pub struct StatusSocket {
-    /// Unix socket of the running daemon (/run/postern/client.sock for
-    /// root, else $XDG_RUNTIME_DIR/postern/client.sock; a user's missing
-    /// socket falls back to root's)
+    /// Unix socket of the running daemon [default: /run/postern/client.sock
+    /// for root; for a user $XDG_RUNTIME_DIR/postern/client.sock, or
+    /// root's when the user runs no client]
     #[arg(
         long = "status-socket",
         env = "POSTERN_STATUS_SOCKET",
-        value_name = "PATH",
-        default_value_os_t = crate::paths::status_socket()
+        value_name = "PATH"
     )]
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
 }
 
 /// `postern client up`.

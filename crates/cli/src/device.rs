@@ -248,8 +248,7 @@ pub fn client_internet(on: bool, state_dir: &Path, socket: &Path) -> anyhow::Res
         )
     })?;
     let command = postern_device::status::Command::Internet(on);
-    let socket = crate::paths::socket_to_ask(socket);
-    match runtime()?.block_on(postern_device::status::ask(&socket, command)) {
+    match runtime()?.block_on(postern_device::status::ask(socket, command)) {
         Ok(status) => match status.status.internet {
             Some(now) => println!("internet resource: {now}"),
             None => println!(
@@ -267,8 +266,7 @@ pub fn client_internet(on: bool, state_dir: &Path, socket: &Path) -> anyhow::Res
 }
 
 pub fn client_status(json: bool, socket: &Path) -> anyhow::Result<ExitCode> {
-    let socket = crate::paths::socket_to_ask(socket);
-    let status = runtime()?.block_on(postern_device::status::query(&socket))?;
+    let status = runtime()?.block_on(postern_device::status::query(socket))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

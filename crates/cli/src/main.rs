@@ -76,16 +76,21 @@ fn main() -> ExitCode {
             ClientCommand::SignOut { state, trust } => {
                 finish("client sign-out", sign_in::sign_out(&state.dir, &trust))
             }
-            ClientCommand::Status { json, ref socket } => {
-                finish("client status", device::client_status(json, &socket.path))
-            }
+            ClientCommand::Status { json, ref socket } => finish(
+                "client status",
+                device::client_status(json, &paths::socket_to_ask(socket.path.as_deref())),
+            ),
             ClientCommand::Internet {
                 ref state,
                 ref dir,
                 ref socket,
             } => finish(
                 "client internet",
-                device::client_internet(state == "on", &dir.dir, &socket.path),
+                device::client_internet(
+                    state == "on",
+                    &dir.dir,
+                    &paths::socket_to_ask(socket.path.as_deref()),
+                ),
             ),
         },
         Command::Demo(args) => finish("demo", demo::run(args)),

@@ -39,12 +39,17 @@ pub fn status_socket() -> PathBuf {
     }
 }
 
-/// The socket to ask: `socket`, or root's when `socket` does not exist
-/// and root's does (a user asking about the system's TUN client).
-pub fn socket_to_ask(socket: &std::path::Path) -> PathBuf {
+/// The socket to ask: the one given; else this user's default, or root's
+/// when the user has none and root's exists (a user asking about the
+/// system's TUN client; only a given path is taken as it is).
+pub fn socket_to_ask(given: Option<&std::path::Path>) -> PathBuf {
+    if let Some(socket) = given {
+        return socket.to_path_buf();
+    }
+    let own = status_socket();
     let system = std::path::Path::new(SYSTEM_STATUS_SOCKET);
-    if !socket.exists() && system.exists() {
+    if !own.exists() && system.exists() {
         return system.to_path_buf();
     }
-    socket.to_path_buf()
+    own
 }

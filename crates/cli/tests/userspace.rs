@@ -62,9 +62,19 @@ impl Nobody {
     /// `program args` in `host` as nobody, with nobody's home and XDG
     /// directories and nothing of root's environment.
     fn command(&self, host: &Host, program: &Path, args: &[&str]) -> Command {
+        self.command_as(NOBODY, host, program, args)
+    }
+
+    /// The same as another user `uid`.
+    fn command_as(&self, uid: u32, host: &Host, program: &Path, args: &[&str]) -> Command {
         let mut command = host.command("setpriv");
         command
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ])
             .arg(program)
             .args(args)
             .env_clear()
@@ -383,6 +393,40 @@ fn the_userspace_client_needs_no_root_and_carries_apps_through_socks5() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("(2)"), "curl names the reply: {said}");
 
+    // Another user on the same host shares loopback, not this user's
+    // access: the proxy offers it no method (curl: 97).
+    let stranger = nobody
+        .command_as(
+            NOBODY - 1,
+            &client,
+            Path::new("/usr/bin/curl"),
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--socks5-hostname",
+                PROXY,
+                "-o",
+                "/dev/null",
+                "http://10.0.1.80/bytes/10",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        stranger.status.code(),
+        Some(97),
+        "another user must be refused: {}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains("refused a SOCKS5 client of another user"),
+        "{}",
+        daemon.stderr()
+    );
+
     // UDP ASSOCIATE: a DNS query to the office's server, a resource.
     let addresses = dns_through_association(
         &client,
@@ -426,7 +470,7 @@ fn the_userspace_client_needs_no_root_and_carries_apps_through_socks5() {
             Ok(0) => break "closed",
             Ok(n) => received += n,
             Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
-            Err(error) => panic!("the connection was not ended: {error}"),
+            Err(error) => panic!("the connection was not ended: {error}\n{}", daemon.stderr()),
         }
         assert!(
             revoked.elapsed() < Duration::from_secs(10),

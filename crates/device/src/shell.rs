@@ -106,10 +106,12 @@ impl<R: Role> Shell<R> {
         let (results, results_rx) = mpsc::channel(RESULTS);
         let userspace = match socks5 {
             Some(listen) => {
-                let userspace = Userspace::start(listen, stub_queries.clone(), Instant::now())
-                    .map_err(DeviceError::io(format!(
-                        "cannot listen for SOCKS5 on {listen}"
-                    )))?;
+                let seed = postern_sys::device::fresh_seed()
+                    .map_err(DeviceError::io("no randomness for the userspace stack"))?;
+                let userspace =
+                    Userspace::start(listen, stub_queries.clone(), Instant::now(), seed).map_err(
+                        DeviceError::io(format!("cannot listen for SOCKS5 on {listen}")),
+                    )?;
                 tracing::info!(listen = %userspace.listening, "SOCKS5 proxy listening (userspace: no TUN, no routes)");
                 Some(userspace)
             }

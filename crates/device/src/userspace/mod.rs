@@ -51,16 +51,18 @@ pub struct Userspace {
 impl Userspace {
     /// Listens for SOCKS5 clients on `listen`; names are asked through
     /// `queries` (the loop's DNS queue).
+    /// `seed` is fresh randomness (sequence numbers, ports, query ids).
     pub fn start(
         listen: SocketAddr,
         queries: mpsc::Sender<StubQuery>,
         now: Instant,
+        seed: u64,
     ) -> std::io::Result<Userspace> {
         let (requests_tx, requests) = mpsc::channel(REQUESTS);
         let wake = Arc::new(Notify::new());
-        let listening = proxy::serve(listen, requests_tx, queries, Arc::clone(&wake))?;
+        let listening = proxy::serve(listen, requests_tx, queries, Arc::clone(&wake), seed)?;
         Ok(Userspace {
-            netstack: Netstack::new(now),
+            netstack: Netstack::new(now, seed),
             requests,
             wake,
             pipes: HashMap::new(),
@@ -135,6 +137,9 @@ impl Userspace {
     /// ways, what the stack sends queued, connections opened or refused.
     pub fn pump(&mut self, now: Instant) {
         self.netstack.poll(now);
+        // Connections the stack ended (revoked, refused) first: their
+        // pipes hear why before the bytes are moved.
+        self.events();
         let ids: Vec<ConnectionId> = self.pipes.keys().copied().collect();
         for id in ids {
             let Some(pipe) = self.pipes.get(&id).cloned() else {
@@ -165,10 +170,11 @@ impl Userspace {
                         continue;
                     };
                     if answer.send(Ok(local)).is_err()
-                        && let Some(socket) = self.netstack.tcp(id)
+                        && let Some(pipe) = self.pipes.get(&id)
                     {
-                        // The app left while the connection opened.
-                        socket.abort();
+                        // The app left while the connection opened: the
+                        // next pump aborts it and forgets it.
+                        pipe.lock().gone = true;
                     }
                 }
                 Event::Refused { id, why } => {
@@ -178,6 +184,7 @@ impl Userspace {
                     self.pipes.remove(&id);
                 }
                 Event::Revoked { id } => {
+                    tracing::debug!(id, "connection revoked: the app's is reset");
                     if let Some(answer) = self.opening.remove(&id) {
                         let _ = answer.send(Err(Refusal::NotAllowed));
                     }
@@ -194,12 +201,30 @@ impl Userspace {
     /// A TCP connection's bytes both ways; true when it is over.
     fn move_bytes(&mut self, id: ConnectionId, pipe: &Pipe) -> bool {
         let Some(socket) = self.netstack.tcp(id) else {
+            // Gone without a word: the app's connection cannot end well.
+            pipe.lock().reset = true;
+            pipe.data.notify_one();
+            pipe.room.notify_one();
             return true;
         };
         let mut state = pipe.lock();
+        if state.up_reset {
+            // The app's connection was reset: so is the far end's, so that
+            // a cut-off upload is not taken for a whole one.
+            socket.abort();
+            return true;
+        }
         let (mut data, mut room) = (false, false);
-        while socket.can_recv() && state.down.len() < PIPE_BYTES {
-            let free = PIPE_BYTES - state.down.len();
+        // Once the far end has closed (or reset), nothing more comes: what
+        // is in the buffer goes to the pipe whole, before a TIME-WAIT's end
+        // could clear it.
+        let ended = !matches!(
+            socket.state(),
+            tcp::State::Established | tcp::State::FinWait1 | tcp::State::FinWait2
+        );
+        let limit = if ended { usize::MAX } else { PIPE_BYTES };
+        while socket.can_recv() && state.down.len() < limit {
+            let free = limit - state.down.len();
             let taken = socket
                 .recv(|bytes| {
                     let n = bytes.len().min(free);
@@ -212,17 +237,27 @@ impl Userspace {
             }
             data = true;
         }
-        if !state.down_closed && !state.reset && !socket.may_recv() && socket.recv_queue() == 0 {
-            // A reset closes without the far end's FIN.
-            if socket.state() == tcp::State::Closed {
-                state.reset = true;
-            } else {
-                state.down_closed = true;
+        if !state.down_closed && !state.reset && socket.recv_queue() == 0 {
+            // smoltcp says "finished" after the far end's FIN (also once
+            // closed), "invalid state" after a reset or a timeout.
+            match socket.recv(|_| (0, ())) {
+                Err(tcp::RecvError::Finished) => {
+                    state.down_closed = true;
+                    data = true;
+                }
+                Err(tcp::RecvError::InvalidState) => {
+                    state.reset = true;
+                    data = true;
+                }
+                Ok(()) => {}
             }
-            data = true;
         }
         if !state.up.is_empty() && socket.can_send() {
-            let sent = socket.send_slice(&state.up).unwrap_or(0);
+            let (first, second) = state.up.as_slices();
+            let mut sent = socket.send_slice(first).unwrap_or(0);
+            if sent == first.len() && !second.is_empty() {
+                sent += socket.send_slice(second).unwrap_or(0);
+            }
             state.up.drain(..sent);
             room |= sent > 0;
         }
@@ -281,5 +316,117 @@ impl Userspace {
             pipe.data.notify_one();
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use postern_tunnel::effect::TunConfig;
+
+    use super::netstack::testing::Far;
+    use super::*;
+
+    /// One round: the stack runs, its packets reach the far end, the far
+    /// end's come back.
+    fn round(userspace: &mut Userspace, far: &mut Far, now: Instant, since: Instant) {
+        userspace.pump(now);
+        let sent: Vec<Vec<u8>> = std::iter::from_fn(|| userspace.poll_transmit()).collect();
+        let at = smoltcp::time::Instant::from_micros(
+            i64::try_from(now.duration_since(since).as_micros()).unwrap_or(i64::MAX),
+        );
+        for packet in far.step(at, sent) {
+            userspace.receive(&packet);
+        }
+    }
+
+    /// Review: the far end closes while the pipe to the app is full, then
+    /// the app half-closes; the last bytes must reach the app and end in a
+    /// close, not a reset (smoltcp is "Closed" by then either way).
+    #[tokio::test]
+    async fn a_far_end_that_closes_while_the_app_is_slow_loses_nothing() {
+        let since = Instant::now();
+        let (queries, _unused) = mpsc::channel(1);
+        let mut userspace =
+            Userspace::start("127.0.0.1:0".parse().unwrap(), queries, since, 7).unwrap();
+        userspace.configure(
+            &TunConfig {
+                ipv4: Ipv4Addr::new(100, 64, 0, 7),
+                ipv4_prefix: 32,
+                ipv6: "fd00:100::7".parse().unwrap(),
+                ipv6_prefix: 128,
+            },
+            since,
+        );
+        let mut far = Far::new(smoltcp::time::Instant::from_micros(0));
+        let pipe = Arc::new(Pipe::default());
+        let (answer, mut opened) = oneshot::channel();
+        userspace.handle(
+            Request::Connect {
+                id: 1,
+                to: "10.0.1.80:80".parse().unwrap(),
+                pipe: Arc::clone(&pipe),
+                answer,
+            },
+            since,
+        );
+        let mut now = since;
+        for _ in 0..10 {
+            now += Duration::from_millis(1);
+            round(&mut userspace, &mut far, now, since);
+        }
+        let local = opened.try_recv().unwrap().unwrap();
+        assert_eq!(local.ip(), IpAddr::V4(Ipv4Addr::new(100, 64, 0, 7)));
+        // 700 KB from the far end, then its FIN; the app reads nothing.
+        let total = 700 * 1024;
+        let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut offered = 0;
+        for _ in 0..2000 {
+            if offered < total {
+                offered += far.socket().send_slice(&payload[offered..]).unwrap();
+            } else if far.socket().may_send() {
+                far.socket().close();
+            }
+            now += Duration::from_millis(1);
+            round(&mut userspace, &mut far, now, since);
+        }
+        assert_eq!(offered, total);
+        // Past the pipe's bound: once the far end closed nothing more
+        // comes, and the socket's buffer goes to the pipe whole.
+        assert!(pipe.lock().down.len() > PIPE_BYTES);
+        // The app half-closes; its side's FIN goes out, the far end's
+        // ACK closes the socket; only then does the app read.
+        pipe.lock().up_closed = true;
+        for _ in 0..50 {
+            now += Duration::from_millis(1);
+            round(&mut userspace, &mut far, now, since);
+        }
+        let mut received = Vec::new();
+        for _ in 0..2000 {
+            let (data, closed, reset) = {
+                let mut state = pipe.lock();
+                (
+                    std::mem::take(&mut state.down),
+                    state.down_closed,
+                    state.reset,
+                )
+            };
+            received.extend(data);
+            assert!(
+                !reset,
+                "a close, not a reset, after {} bytes",
+                received.len()
+            );
+            if closed && pipe.lock().down.is_empty() {
+                break;
+            }
+            now += Duration::from_millis(1);
+            round(&mut userspace, &mut far, now, since);
+        }
+        assert_eq!(received.len(), total);
+        assert!(received == payload, "every byte, in order");
+        assert!(pipe.lock().down_closed);
     }
 }

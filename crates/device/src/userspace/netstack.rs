@@ -39,6 +39,14 @@ const QUEUE: usize = 4096;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Local ports the stack uses.
 const PORTS: std::ops::Range<u16> = 32_768..61_000;
+/// An idle connection is probed this often, and given up after this long
+/// without a word from the far end (a kernel gives up after about 15
+/// minutes of retransmissions; the far end or its path may be gone).
+const KEEP_ALIVE: Duration = Duration::from_secs(75);
+const GIVE_UP: Duration = Duration::from_secs(300);
+/// Segments sent per poll at most (smoltcp sends one per socket per
+/// egress pass).
+const EGRESS_BUDGET: usize = 512;
 
 /// A connection or association of the proxy.
 pub type ConnectionId = u64;
@@ -162,10 +170,14 @@ pub struct Netstack {
     ports: HashSet<u16>,
     next_port: u16,
     epoch: Instant,
+    seed: u64,
 }
 
 impl Netstack {
-    pub fn new(now: Instant) -> Self {
+    /// `seed` is fresh randomness: initial sequence numbers and the first
+    /// local port must not be guessable.
+    pub fn new(now: Instant, seed: u64) -> Self {
+        let span = u64::from(PORTS.end - PORTS.start);
         Netstack {
             interface: None,
             queues: Queues::default(),
@@ -173,8 +185,9 @@ impl Netstack {
             connections: HashMap::new(),
             events: VecDeque::new(),
             ports: HashSet::new(),
-            next_port: PORTS.start,
+            next_port: PORTS.start + u16::try_from(seed % span).unwrap_or(0),
             epoch: now,
+            seed,
         }
     }
 
@@ -190,7 +203,9 @@ impl Netstack {
             return;
         }
         let at = self.at(now);
-        let mut interface = Interface::new(Config::new(HardwareAddress::Ip), &mut self.queues, at);
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = self.seed;
+        let mut interface = Interface::new(config, &mut self.queues, at);
         interface.update_ip_addrs(|addresses| {
             let _ = addresses.push(IpCidr::new(IpAddress::Ipv4(ipv4), 32));
             let _ = addresses.push(IpCidr::new(IpAddress::Ipv6(ipv6), 128));
@@ -240,20 +255,30 @@ impl Netstack {
             Some([1, 1, ..]) => true,
             _ => false,
         };
-        for connection in self.connections.values_mut() {
-            if let Kind::Tcp {
-                opening: Some(_),
-                refused,
-            } = &mut connection.kind
-                && connection.port == source_port
-                && connection.remote == Some(remote)
-            {
+        let mut revoked = None;
+        for (id, connection) in &mut self.connections {
+            let Kind::Tcp { opening, refused } = &mut connection.kind else {
+                continue;
+            };
+            if connection.port != source_port || connection.remote != Some(remote) {
+                continue;
+            }
+            if opening.is_some() {
                 *refused = Some(if prohibited {
                     Refusal::NotAllowed
                 } else {
                     Refusal::HostUnreachable
                 });
+            } else if prohibited {
+                // The role refuses an open connection's packets: its
+                // access lapsed (expired; the revocation itself resets at
+                // once). An unreachable stays a soft error, as in a kernel.
+                revoked = Some(*id);
             }
+        }
+        if let Some(id) = revoked {
+            self.remove(id);
+            self.events.push_back(Event::Revoked { id });
         }
     }
 
@@ -279,6 +304,8 @@ impl Netstack {
             tcp::SocketBuffer::new(vec![0; TCP_SEND]),
         );
         socket.set_nagle_enabled(false);
+        socket.set_keep_alive(Some(KEEP_ALIVE.into()));
+        socket.set_timeout(Some(GIVE_UP.into()));
         if socket
             .connect(interface.context(), IpEndpoint::from(remote), port)
             .is_err()
@@ -393,6 +420,7 @@ impl Netstack {
             return;
         };
         interface.poll(at, &mut self.queues, &mut self.sockets);
+        egress(interface, at, &mut self.queues, &mut self.sockets);
         let mut decided = Vec::new();
         for (id, connection) in &mut self.connections {
             let Kind::Tcp { opening, refused } = &mut connection.kind else {
@@ -445,6 +473,9 @@ impl Netstack {
     /// When [`Netstack::poll`] next has work (retransmissions, delayed
     /// ACKs, a connection's deadline).
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        if !self.queues.incoming.is_empty() {
+            return Some(now);
+        }
         let at = self.at(now);
         let interface = self.interface.as_mut()?;
         let stack = interface
@@ -470,6 +501,26 @@ impl Netstack {
     }
 }
 
+/// Sends what the sockets have (within the window) until they are quiet:
+/// one `poll` sends one segment per socket.
+fn egress(
+    interface: &mut Interface,
+    at: smoltcp::time::Instant,
+    queues: &mut Queues,
+    sockets: &mut SocketSet<'static>,
+) {
+    let mut sent = 0;
+    while sent < EGRESS_BUDGET {
+        let before = queues.outgoing.len();
+        interface.poll_egress(at, queues, sockets);
+        let now_queued = queues.outgoing.len();
+        if now_queued == before {
+            return;
+        }
+        sent += now_queued - before;
+    }
+}
+
 /// The next free local port, taken.
 fn free(ports: &mut HashSet<u16>, next: &mut u16) -> Option<u16> {
     for _ in PORTS {
@@ -486,17 +537,87 @@ fn free(ports: &mut HashSet<u16>, next: &mut u16) -> Option<u16> {
     None
 }
 
+/// A far end for the tests: smoltcp as the web server behind the tunnel.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// A smoltcp stack playing the web server at the far end of the tunnel.
+    pub struct Far {
+        interface: Interface,
+        queues: Queues,
+        sockets: SocketSet<'static>,
+        listener: SocketHandle,
+    }
+
+    impl Far {
+        pub fn new(now: smoltcp::time::Instant) -> Far {
+            let mut queues = Queues::default();
+            let mut interface = Interface::new(Config::new(HardwareAddress::Ip), &mut queues, now);
+            interface.update_ip_addrs(|a| {
+                let _ = a.push(IpCidr::new(IpAddress::v4(10, 0, 1, 80), 32));
+            });
+            let _ = interface
+                .routes_mut()
+                .add_default_ipv4_route(Ipv4Addr::new(10, 0, 1, 80));
+            let mut sockets = SocketSet::new(Vec::new());
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 1 << 20]),
+                tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            );
+            socket.listen(80).unwrap();
+            let listener = sockets.add(socket);
+            Far {
+                interface,
+                queues,
+                sockets,
+                listener,
+            }
+        }
+
+        pub fn socket(&mut self) -> &mut tcp::Socket<'static> {
+            self.sockets.get_mut::<tcp::Socket>(self.listener)
+        }
+
+        /// Takes `incoming` packets, runs, returns what it sends.
+        pub fn step(&mut self, at: smoltcp::time::Instant, incoming: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            self.queues.incoming.extend(incoming);
+            self.interface.poll(at, &mut self.queues, &mut self.sockets);
+            egress(&mut self.interface, at, &mut self.queues, &mut self.sockets);
+            self.queues.outgoing.drain(..).collect()
+        }
+    }
+
+    /// Moves packets both ways until neither side sends.
+    pub fn exchange(stack: &mut Netstack, far: &mut Far, now: Instant) {
+        for _ in 0..100 {
+            stack.poll(now);
+            let at = stack.at(now);
+            let sent: Vec<Vec<u8>> = std::iter::from_fn(|| stack.poll_transmit()).collect();
+            let mut moved = !sent.is_empty();
+            for packet in far.step(at, sent) {
+                stack.receive(&packet);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use postern_tunnel::icmp::{Unreachable, unreachable};
 
+    use super::testing::{Far, exchange};
     use super::*;
 
     const ME: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 7);
     const WEB: &str = "10.0.1.80:80";
 
     fn stack(now: Instant) -> Netstack {
-        let mut stack = Netstack::new(now);
+        let mut stack = Netstack::new(now, 7);
         stack.configure(ME, "fd00:100::7".parse().unwrap(), now);
         stack
     }
@@ -557,65 +678,6 @@ mod tests {
         );
     }
 
-    /// A smoltcp stack playing the web server at the far end of the tunnel.
-    struct Far {
-        interface: Interface,
-        queues: Queues,
-        sockets: SocketSet<'static>,
-        listener: SocketHandle,
-    }
-
-    impl Far {
-        fn new(now: smoltcp::time::Instant) -> Far {
-            let mut queues = Queues::default();
-            let mut interface = Interface::new(Config::new(HardwareAddress::Ip), &mut queues, now);
-            interface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(IpAddress::v4(10, 0, 1, 80), 32));
-            });
-            let _ = interface
-                .routes_mut()
-                .add_default_ipv4_route(Ipv4Addr::new(10, 0, 1, 80));
-            let mut sockets = SocketSet::new(Vec::new());
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; 65_536]),
-                tcp::SocketBuffer::new(vec![0; 65_536]),
-            );
-            socket.listen(80).unwrap();
-            let listener = sockets.add(socket);
-            Far {
-                interface,
-                queues,
-                sockets,
-                listener,
-            }
-        }
-
-        fn socket(&mut self) -> &mut tcp::Socket<'static> {
-            self.sockets.get_mut::<tcp::Socket>(self.listener)
-        }
-    }
-
-    /// Moves packets both ways until neither side sends.
-    fn exchange(stack: &mut Netstack, far: &mut Far, now: Instant) {
-        for _ in 0..100 {
-            stack.poll(now);
-            let at = stack.at(now);
-            far.interface.poll(at, &mut far.queues, &mut far.sockets);
-            let mut moved = false;
-            while let Some(packet) = stack.poll_transmit() {
-                far.queues.incoming.push_back(packet);
-                moved = true;
-            }
-            while let Some(packet) = far.queues.outgoing.pop_front() {
-                stack.receive(&packet);
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
     #[test]
     fn bytes_flow_both_ways_and_revocation_drops_the_connection_silently() {
         let now = Instant::now();
@@ -653,6 +715,37 @@ mod tests {
         assert!(stack.tcp(1).is_none());
         stack.poll(now);
         assert_eq!(stack.poll_transmit(), None, "nothing sent");
+    }
+
+    /// Access lapsed without a revocation (it expired): the role (or the
+    /// gateway) answers the connection's next packet with "prohibited",
+    /// which ends it; "unreachable" stays a soft error.
+    #[test]
+    fn prohibited_ends_an_open_connection_and_unreachable_does_not() {
+        let now = Instant::now();
+        let mut stack = stack(now);
+        let mut far = Far::new(stack.at(now));
+        stack.open_tcp(1, WEB.parse().unwrap(), now);
+        exchange(&mut stack, &mut far, now);
+        assert!(matches!(
+            stack.poll_event(),
+            Some(Event::Opened { id: 1, .. })
+        ));
+        let mut refused = |why| {
+            stack.tcp(1).unwrap().send_slice(b"more").unwrap();
+            stack.poll(now);
+            let packet = stack.poll_transmit().expect("a segment");
+            let answer = unreachable(&Packet::parse(&packet).unwrap(), why).unwrap();
+            stack.receive(&answer);
+            stack.poll(now);
+            stack.poll_event()
+        };
+        assert_eq!(refused(Unreachable::Host), None);
+        assert_eq!(
+            refused(Unreachable::Prohibited),
+            Some(Event::Revoked { id: 1 })
+        );
+        assert!(stack.tcp(1).is_none());
     }
 
     #[test]

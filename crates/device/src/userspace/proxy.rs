@@ -30,8 +30,9 @@ pub const PIPE_DATAGRAMS: usize = 256;
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long a name may take to resolve.
 const RESOLVE: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the kernel's backlog.
-const CONNECTIONS: usize = 4096;
+/// Connections served at once; more wait in the kernel's backlog (each
+/// may hold about 1.3 MB of buffers at full speed).
+const CONNECTIONS: usize = 1024;
 
 /// A connection's bytes between its task and the device loop.
 #[derive(Default)]
@@ -46,9 +47,11 @@ pub struct Pipe {
 #[derive(Default)]
 pub struct PipeState {
     /// From the app, for the far end.
-    pub up: Vec<u8>,
+    pub up: std::collections::VecDeque<u8>,
     /// The app closed its sending side.
     pub up_closed: bool,
+    /// The app's connection failed (reset): the far end's is reset too.
+    pub up_reset: bool,
     /// From the far end, for the app.
     pub down: Vec<u8>,
     /// The far end closed its sending side.
@@ -99,6 +102,11 @@ struct Context {
     /// Wakes the loop: a pipe has bytes or an end for it.
     wake: Arc<Notify>,
     next_id: Arc<AtomicU64>,
+    /// DNS query ids: a random walk from a fresh seed (the forwarder passes
+    /// them on to upstream resolvers, so they must not be guessable).
+    query_ids: Arc<AtomicU64>,
+    /// This process's user: other local users may not use its access.
+    uid: u32,
 }
 
 /// Listens on `listen` for SOCKS5 clients (in the runtime's context).
@@ -107,6 +115,7 @@ pub fn serve(
     requests: mpsc::Sender<Request>,
     queries: mpsc::Sender<StubQuery>,
     wake: Arc<Notify>,
+    seed: u64,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
@@ -117,6 +126,8 @@ pub fn serve(
         queries,
         wake,
         next_id: Arc::new(AtomicU64::new(1)),
+        query_ids: Arc::new(AtomicU64::new(seed)),
+        uid: nix::unistd::geteuid().as_raw(),
     };
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
@@ -133,6 +144,12 @@ pub fn serve(
             };
             let context = context.clone();
             tokio::spawn(async move {
+                if !allowed(peer, bound, context.uid) {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(HANDSHAKE, socks::refuse(&mut stream)).await;
+                    drop(slot);
+                    return;
+                }
                 if let Err(error) = serve_client(stream, &context).await {
                     tracing::debug!(%peer, %error, "SOCKS5 client ended");
                 }
@@ -141,6 +158,23 @@ pub fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Whether a client may use this proxy: on loopback only processes of
+/// this user (or root, who could be it anyway); every local user shares
+/// loopback, and the proxy carries this user's access. A proxy told to
+/// listen elsewhere serves whoever reaches it (it warned at start).
+fn allowed(peer: SocketAddr, local: SocketAddr, uid: u32) -> bool {
+    if !peer.ip().is_loopback() {
+        return true;
+    }
+    match postern_sys::tcp::loopback_peer_uid(peer, local) {
+        Some(owner) if owner == uid || owner == 0 => true,
+        owner => {
+            tracing::warn!(%peer, ?owner, "refused a SOCKS5 client of another user: this proxy carries only its own user's access");
+            false
+        }
+    }
 }
 
 async fn serve_client(mut stream: TcpStream, context: &Context) -> std::io::Result<()> {
@@ -154,7 +188,7 @@ async fn serve_client(mut stream: TcpStream, context: &Context) -> std::io::Resu
     let id = context.next_id.fetch_add(1, Ordering::Relaxed);
     match command {
         Command::Connect => connect(stream, destination.literal(), id, context).await,
-        Command::UdpAssociate => associate(stream, id, context).await,
+        Command::UdpAssociate => associate(stream, destination.literal(), id, context).await,
     }
 }
 
@@ -164,7 +198,7 @@ async fn connect(
     id: ConnectionId,
     context: &Context,
 ) -> std::io::Result<()> {
-    let to = match resolve(&destination, &context.queries).await {
+    let to = match resolve(&destination, &context.queries, &context.query_ids).await {
         Ok(to) => to,
         Err(reply) => {
             tracing::info!(destination = ?destination, "SOCKS5: the name does not resolve");
@@ -239,13 +273,18 @@ async fn carry(stream: TcpStream, pipe: &Pipe, wake: &Notify) {
                     pipe.room.notified().await;
                 }
                 match reader.read(&mut buffer).await {
-                    Ok(0) | Err(_) => {
+                    Ok(0) => {
                         pipe.lock().up_closed = true;
                         wake.notify_one();
                         return;
                     }
+                    Err(_) => {
+                        pipe.lock().up_reset = true;
+                        wake.notify_one();
+                        return;
+                    }
                     Ok(n) => {
-                        pipe.lock().up.extend_from_slice(&buffer[..n]);
+                        pipe.lock().up.extend(&buffer[..n]);
                         wake.notify_one();
                     }
                 }
@@ -261,9 +300,7 @@ async fn carry(stream: TcpStream, pipe: &Pipe, wake: &Notify) {
                         state.reset,
                     )
                 };
-                if reset {
-                    return true;
-                }
+                // What came before a reset is delivered first.
                 if !data.is_empty() {
                     // Room in the pipe: the loop reads the stack again.
                     wake.notify_one();
@@ -271,6 +308,9 @@ async fn carry(stream: TcpStream, pipe: &Pipe, wake: &Notify) {
                         return false;
                     }
                     continue;
+                }
+                if reset {
+                    return true;
                 }
                 if closed {
                     let _ = writer.shutdown().await;
@@ -307,9 +347,13 @@ async fn carry(stream: TcpStream, pipe: &Pipe, wake: &Notify) {
 }
 
 /// UDP ASSOCIATE: a UDP socket beside the listener for the app's
-/// datagrams, alive while the control connection is.
+/// datagrams, alive while the control connection is. Datagrams come only
+/// from the address the request named (or, when it named none, the first
+/// sender from the control connection's address), and on loopback only
+/// from a socket of this user.
 async fn associate(
     mut stream: TcpStream,
+    named: Destination,
     id: ConnectionId,
     context: &Context,
 ) -> std::io::Result<()> {
@@ -339,7 +383,12 @@ async fn associate(
     stream
         .write_all(&socks::reply(Reply::Succeeded, Some(socket.local_addr()?)))
         .await?;
-    let mut app: Option<SocketAddr> = None;
+    let mut app: Option<SocketAddr> = match named {
+        Destination::Address(address) if !address.ip().is_unspecified() && address.port() != 0 => {
+            Some(address)
+        }
+        _ => None,
+    };
     let mut buffer = vec![0u8; 65_535];
     let mut control = [0u8; 64];
     loop {
@@ -356,11 +405,21 @@ async fn associate(
                 if from.ip() != app_ip || app.is_some_and(|a| a != from) {
                     continue;
                 }
-                app = Some(from);
+                if app.is_none() {
+                    let owner = from
+                        .ip()
+                        .is_loopback()
+                        .then(|| postern_sys::tcp::loopback_udp_owner(from));
+                    if owner.is_some_and(|o| o != Some(context.uid) && o != Some(0)) {
+                        tracing::warn!(%from, "a datagram from another user's socket on a SOCKS5 association; dropped");
+                        continue;
+                    }
+                    app = Some(from);
+                }
                 let Some((destination, payload)) = socks::parse_datagram(&buffer[..n]) else {
                     continue;
                 };
-                let Ok(to) = resolve(&destination, &context.queries).await else {
+                let Ok(to) = resolve(&destination, &context.queries, &context.query_ids).await else {
                     continue;
                 };
                 {
@@ -391,6 +450,7 @@ async fn associate(
 async fn resolve(
     destination: &Destination,
     queries: &mpsc::Sender<StubQuery>,
+    ids: &AtomicU64,
 ) -> Result<SocketAddr, Reply> {
     let (name, port) = match destination {
         Destination::Address(address) => return Ok(*address),
@@ -398,7 +458,7 @@ async fn resolve(
     };
     let name = Name::from_ascii(format!("{name}.")).map_err(|_| Reply::HostUnreachable)?;
     for kind in [RecordType::A, RecordType::AAAA] {
-        if let Some(ip) = ask(&name, kind, queries).await {
+        if let Some(ip) = ask(&name, kind, queries, query_id(ids)).await {
             return Ok(SocketAddr::new(ip, port));
         }
     }
@@ -406,8 +466,12 @@ async fn resolve(
 }
 
 /// One question to the client's DNS path; the first address answered.
-async fn ask(name: &Name, kind: RecordType, queries: &mpsc::Sender<StubQuery>) -> Option<IpAddr> {
-    let id = rand_id();
+async fn ask(
+    name: &Name,
+    kind: RecordType,
+    queries: &mpsc::Sender<StubQuery>,
+    id: u16,
+) -> Option<IpAddr> {
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.queries.push(Query::query(name.clone(), kind));
@@ -432,9 +496,14 @@ async fn ask(name: &Name, kind: RecordType, queries: &mpsc::Sender<StubQuery>) -
     })
 }
 
-/// A query id: the answers come back on their own channel, so it only
-/// has to differ from query to query.
-fn rand_id() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed) as u16
+/// The next query id: splitmix64 over a counter that starts at a fresh
+/// seed (answers come back on their own channel; the id only has to be
+/// unguessable to whoever could spoof the upstream's answer).
+fn query_id(state: &AtomicU64) -> u16 {
+    let mut z = state
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u16
 }

@@ -146,6 +146,19 @@ where
     Ok((command, destination))
 }
 
+/// Reads the greeting and answers that no method is acceptable (a client
+/// this proxy does not serve).
+pub async fn refuse<S>(stream: &mut S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await?;
+    let mut methods = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut methods).await?;
+    stream.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await
+}
+
 /// A name as DNS takes it: letters, digits, `-`, `_`, dots; an address
 /// written as a name is an address.
 fn name(bytes: &[u8]) -> Option<String> {
