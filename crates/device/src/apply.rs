@@ -407,6 +407,19 @@ impl System {
         Ok(())
     }
 
+    /// `--dns-upstream`, else the portal's resolvers (empty: neither).
+    fn chosen_upstreams(&self, config: &DnsConfig) -> Vec<SocketAddr> {
+        if self.dns_settings.upstreams.is_empty() {
+            config
+                .upstreams
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 53))
+                .collect()
+        } else {
+            self.dns_settings.upstreams.clone()
+        }
+    }
+
     /// The userspace client: no stub on the sentinels, the system's DNS
     /// left alone; names that are not resources go to `--dns-upstream`,
     /// else the portal's resolvers, else the ones in /etc/resolv.conf.
@@ -415,19 +428,12 @@ impl System {
             return;
         }
         self.stub_started = true;
-        let upstreams = if !self.dns_settings.upstreams.is_empty() {
-            self.dns_settings.upstreams.clone()
-        } else if !config.upstreams.is_empty() {
-            config
-                .upstreams
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, 53))
-                .collect()
-        } else {
-            std::fs::read_to_string("/etc/resolv.conf")
+        let mut upstreams = self.chosen_upstreams(config);
+        if upstreams.is_empty() {
+            upstreams = std::fs::read_to_string("/etc/resolv.conf")
                 .map(|text| postern_sys::dns::nameservers(&text, &config.sentinels))
-                .unwrap_or_default()
-        };
+                .unwrap_or_default();
+        }
         tracing::info!(upstreams = ?upstreams, "names that are not resources go to these resolvers");
         self.upstreams = Arc::new(upstreams);
     }
@@ -461,15 +467,7 @@ impl System {
         // sentinels to it.
         let table = format!("postern_{}_stub", tun.name().replace('-', "_"));
         self.stub_guard = Some(firewall::install_stub(&table, &config.sentinels)?);
-        let mut upstreams = if self.dns_settings.upstreams.is_empty() {
-            config
-                .upstreams
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, 53))
-                .collect()
-        } else {
-            self.dns_settings.upstreams.clone()
-        };
+        let mut upstreams = self.chosen_upstreams(config);
         let file = match self.dns_settings.system.clone() {
             SystemDnsMode::Off => None,
             SystemDnsMode::File(path) => Some(path),

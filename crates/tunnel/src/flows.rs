@@ -201,6 +201,21 @@ fn ended(key: &FlowKey, flow: &Flow, at: Instant) -> EndedFlow {
     }
 }
 
+/// One flow of its address pair is gone.
+fn forget_pair(pairs: &mut HashMap<Pair, usize>, key: &FlowKey) {
+    let pair = Pair {
+        protocol: key.protocol,
+        local: key.local,
+        remote: key.remote,
+    };
+    if let Some(count) = pairs.get_mut(&pair) {
+        *count -= 1;
+        if *count == 0 {
+            pairs.remove(&pair);
+        }
+    }
+}
+
 /// The key of a packet the client sends (`outbound`) or receives.
 fn key(packet: &Packet<'_>, outbound: bool) -> FlowKey {
     let (source_port, destination_port) = packet.ports().unwrap_or((0, 0));
@@ -378,17 +393,7 @@ impl Flows {
                 return true;
             }
             gone.push(ended(key, flow, now));
-            let pair = Pair {
-                protocol: key.protocol,
-                local: key.local,
-                remote: key.remote,
-            };
-            if let Some(count) = pairs.get_mut(&pair) {
-                *count -= 1;
-                if *count == 0 {
-                    pairs.remove(&pair);
-                }
-            }
+            forget_pair(pairs, key);
             false
         });
         gone
@@ -440,17 +445,7 @@ impl Flows {
                 expired.push(ended(key, flow, flow.seen));
             }
             if !keep {
-                let pair = Pair {
-                    protocol: key.protocol,
-                    local: key.local,
-                    remote: key.remote,
-                };
-                if let Some(count) = pairs.get_mut(&pair) {
-                    *count -= 1;
-                    if *count == 0 {
-                        pairs.remove(&pair);
-                    }
-                }
+                forget_pair(pairs, key);
             }
             keep
         });
