@@ -569,8 +569,8 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Connect: bring up the tunnel interface and the DNS resolver (root)
-    /// (or, with --userspace, without root: a SOCKS5 proxy)
+    /// Connect: bring up the tunnel interface and the DNS resolver (root;
+    /// with --userspace no root: a SOCKS5 proxy instead)
     Up(Box<ClientUpArgs>),
     /// Sign in through the browser and store the token for `client up`
     SignIn {
@@ -677,9 +677,9 @@ pub struct ClientUpArgs {
     /// that are no resource are refused ("not allowed")
     #[arg(long, env = "POSTERN_USERSPACE")]
     pub userspace: bool,
-    /// Where the userspace client's SOCKS5 proxy listens (no
-    /// authentication: anyone who can connect uses this client's access,
-    /// so keep it on loopback)
+    /// Where the userspace client's SOCKS5 proxy listens. It asks for no
+    /// password: on loopback it serves only this user's processes (and
+    /// root's); on any other address, whoever reaches it
     #[arg(
         long,
         env = "POSTERN_SOCKS5",
