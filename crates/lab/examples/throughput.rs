@@ -154,6 +154,16 @@ fn measure(
         .map(|(_, process)| process.cpu_time())
         .collect::<Result<Vec<_>, _>>()?;
     let (gbps, bytes) = iperf(client, target, streams, seconds)?;
+    let cpu = cpu_per_gb(daemons, before, bytes)?;
+    Ok(Measurement { gbps, bytes, cpu })
+}
+
+/// CPU seconds each daemon spent since `before`, per GB of `bytes`.
+fn cpu_per_gb(
+    daemons: &[(&'static str, &LabProcess)],
+    before: Vec<Duration>,
+    bytes: f64,
+) -> Result<Vec<(&'static str, f64)>, Failure> {
     let mut cpu = Vec::new();
     for ((role, process), before) in daemons.iter().zip(before) {
         let spent = process.cpu_time()?.saturating_sub(before);
@@ -162,7 +172,7 @@ fn measure(
             spent.as_secs_f64() / (bytes / 1e9).max(f64::MIN_POSITIVE),
         ));
     }
-    Ok(Measurement { gbps, bytes, cpu })
+    Ok(cpu)
 }
 
 fn tool(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Failure> {
@@ -522,11 +532,7 @@ fn curl_measure(
     client.run("curl", &args)?;
     let took = started.elapsed().as_secs_f64();
     let bytes = (CURL_BYTES * u64::from(streams)) as f64;
-    let mut cpu = Vec::new();
-    for ((role, process), before) in daemons.iter().zip(before) {
-        let spent = process.cpu_time()?.saturating_sub(before);
-        cpu.push((*role, spent.as_secs_f64() / (bytes / 1e9)));
-    }
+    let cpu = cpu_per_gb(daemons, before, bytes)?;
     Ok(Measurement {
         gbps: bytes * 8.0 / took / 1e9,
         bytes,

@@ -223,7 +223,15 @@ impl Netstack {
 
     /// A packet out of the tunnel for the stack.
     pub fn receive(&mut self, packet: &[u8]) {
-        if let Ok(parsed) = Packet::parse(packet)
+        // Only ICMP is parsed here (the protocol byte first: this is the
+        // download path).
+        let icmp = match packet.first().map(|b| b >> 4) {
+            Some(4) => packet.get(9) == Some(&1),
+            Some(6) => packet.get(6) == Some(&58),
+            _ => false,
+        };
+        if icmp
+            && let Ok(parsed) = Packet::parse(packet)
             && parsed.is_icmp_error()
         {
             self.icmp_error(&parsed);
