@@ -119,11 +119,22 @@ impl TimeWindow {
             (second % 60) as i8,
             0,
         );
-        // In a DST gap or fold the earlier valid instant is taken.
-        datetime
-            .to_zoned_datetime(self.zone.clone())
-            .ok()
-            .map(|z| z.timestamp())
+        // In a fold the earlier instant is taken. In a gap the local clock
+        // jumps past the time: the boundary is crossed at the jump itself
+        // (a window "Sunday 02:01-03:02" opens at 03:00 on the spring-forward
+        // Sunday, not at 02:01 read as 03:01).
+        let ambiguous = self.zone.to_ambiguous_zoned_datetime(datetime);
+        let gap = matches!(ambiguous.offset(), jiff::tz::AmbiguousOffset::Gap { .. });
+        let instant = ambiguous.compatible().ok()?.timestamp();
+        if gap {
+            return Some(
+                self.zone
+                    .preceding(instant)
+                    .next()
+                    .map_or(instant, |transition| transition.timestamp()),
+            );
+        }
+        Some(instant)
     }
 }
 
