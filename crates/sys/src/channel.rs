@@ -20,6 +20,8 @@ use crate::trust::{PortalTrust, TrustError, describe_tls_error};
 const SILENCE: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The first reconnect after a connection that lasted comes within this.
+const FIRST_SPREAD: Duration = Duration::from_secs(3);
 /// Frames queued toward the portal before the loop is told to slow down.
 const QUEUE: usize = 1024;
 
@@ -204,6 +206,8 @@ enum Ended {
     Unauthorized,
     VersionRefused(String),
     Lost(String),
+    /// The portal is busy (503 or 429) and said when to come back.
+    Busy(Duration),
     /// The network changed under the connection: connect again now.
     Moved,
 }
@@ -255,12 +259,36 @@ async fn run(
                 return;
             }
             Ended::Lost(error) => error,
+            Ended::Busy(wait) => {
+                // Never before the portal's time; a spread after it, so the
+                // clients it turned away together do not all come back at
+                // the same instant.
+                let retry_in = wait + spread(wait / 2);
+                let error = format!(
+                    "the portal is busy; it asked to connect again in {} s",
+                    wait.as_secs()
+                );
+                if incoming.send(Incoming::Lost { error, retry_in }).is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry_in) => {}
+                    () = reconnect.notified() => {}
+                }
+                while outgoing.try_recv().is_ok() {}
+                continue;
+            }
         };
-        // A connection that lasted a while starts the backoff afresh.
-        if started.elapsed() > BACKOFF_MAX {
+        // A connection that lasted a while starts the backoff afresh, its
+        // first wait spread over [0, FIRST_SPREAD): when a portal restarts,
+        // all its clients lose it at once, and their returns become a ramp
+        // instead of a wall.
+        let retry_in = if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_FIRST;
-        }
-        let retry_in = jitter(backoff);
+            spread(FIRST_SPREAD)
+        } else {
+            jitter(backoff)
+        };
         if incoming.send(Incoming::Lost { error, retry_in }).is_err() {
             return;
         }
@@ -321,9 +349,26 @@ fn refusal_reason(body: Option<&[u8]>) -> String {
 
 /// 75-125 % of `base`.
 fn jitter(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    base * (75 + u32::from(byte[0]) % 51) / 100
+    base * 3 / 4 + spread(base / 2)
+}
+
+/// Uniform in [0, `range`), in steps of 1/65536 of it.
+fn spread(range: Duration) -> Duration {
+    let mut bytes = [0u8; 2];
+    let _ = getrandom::fill(&mut bytes);
+    range.mul_f64(f64::from(u16::from_le_bytes(bytes)) / 65536.0)
+}
+
+/// The wait a busy portal asks for (`Retry-After`, in seconds; an HTTP date
+/// or nothing counts as a second), at most five minutes.
+fn retry_after(response: &tungstenite::handshake::client::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds.clamp(1, 300))
 }
 
 async fn connect_and_pump(
@@ -360,6 +405,11 @@ async fn connect_and_pump(
         }
         Ok(Err(tungstenite::Error::Http(response))) if response.status() == 426 => {
             return Ended::VersionRefused(refusal_reason(response.body().as_deref()));
+        }
+        Ok(Err(tungstenite::Error::Http(response)))
+            if response.status() == 503 || response.status() == 429 =>
+        {
+            return Ended::Busy(retry_after(&response));
         }
         Ok(Err(tungstenite::Error::Http(response))) => {
             return Ended::Lost(format!("the portal answered HTTP {}", response.status()));
@@ -576,6 +626,42 @@ mod tests {
         assert!(
             after < Duration::from_millis(1500),
             "lost after {after:?}, deadline 600 ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_portal_is_asked_again_after_its_retry_after_and_not_before() {
+        let (portal, taken) = refusing_portal(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
+        );
+        let mut channel = open(config(portal)).unwrap();
+        let lost = next(&mut channel).await;
+        let Incoming::Lost { error, retry_in } = &lost else {
+            panic!("{lost:?}");
+        };
+        assert!(error.contains("busy") && error.contains("7 s"), "{error}");
+        // The portal's time, plus up to half of it again as spread.
+        assert!(
+            *retry_in >= Duration::from_secs(7) && *retry_in < Duration::from_millis(10_500),
+            "{retry_in:?}"
+        );
+        // Not asked again meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn spreads_cover_their_range_and_stay_in_it() {
+        let waits: Vec<Duration> = (0..2000).map(|_| spread(FIRST_SPREAD)).collect();
+        assert!(waits.iter().all(|w| *w < FIRST_SPREAD));
+        // Both ends of the range are used: a storm becomes a ramp.
+        assert!(waits.iter().any(|w| *w < FIRST_SPREAD / 10));
+        assert!(waits.iter().any(|w| *w > FIRST_SPREAD * 9 / 10));
+        let jittered: Vec<Duration> = (0..2000).map(|_| jitter(BACKOFF_FIRST)).collect();
+        assert!(
+            jittered
+                .iter()
+                .all(|w| *w >= BACKOFF_FIRST * 3 / 4 && *w < BACKOFF_FIRST * 5 / 4)
         );
     }
 

@@ -8,6 +8,7 @@
 
 #![warn(unreachable_pub)]
 
+mod admission;
 pub(crate) mod allowance;
 pub(crate) mod cluster;
 pub(crate) mod graph;
@@ -67,11 +68,29 @@ pub(crate) enum StartError {
     Seal(#[from] crate::secrets::SecretError),
 }
 
+/// What a connecting socket hands its work to: the hub's inbox and the
+/// batcher that records devices.
+#[derive(Clone, Debug)]
+struct Inbox {
+    hub: mpsc::Sender<HubEvent>,
+    admission: admission::Admission,
+}
+
 /// Starts the hub task (once per state). On PostgreSQL the node also joins
 /// the cluster of portal nodes sharing the database.
 pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
     let (sender, receiver) = mpsc::channel::<HubEvent>(HUB_QUEUE);
-    if !state.set_hub(sender.clone()) {
+    let caps = crate::store::devices::DeviceCaps {
+        per_actor: state.limits.devices_per_actor,
+        per_token: state.limits.devices_per_token,
+    };
+    let admission =
+        admission::Admission::spawn(state.store.clone(), caps, state.limits.connect_queue);
+    let inbox = Inbox {
+        hub: sender.clone(),
+        admission: admission.clone(),
+    };
+    if !state.set_hub(inbox) {
         return Ok(());
     }
     let secrets = shared_secrets(&state.store, state.secret_key.as_ref()).await?;
@@ -103,7 +122,7 @@ pub(crate) async fn start(state: Arc<AppState>) -> Result<(), StartError> {
     let hub = Hub::new(config, Instant::now());
     let changes = state.subscribe_changes();
     let writer = writer::spawn(state.store.clone());
-    tokio::spawn(Shell::new(hub, state, cluster, writer).run(receiver, changes));
+    tokio::spawn(Shell::new(hub, state, cluster, writer, admission).run(receiver, changes));
     Ok(())
 }
 

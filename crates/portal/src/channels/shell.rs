@@ -16,6 +16,7 @@ use jiff::Timestamp;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::admission::{Admission, Seen};
 use super::cluster::ClusterMessage;
 use super::hub::{
     ConnId, GrantWrite, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output, PresenceUpdate,
@@ -124,8 +125,10 @@ pub(super) struct Sinks<'a> {
     pub cluster: Option<&'a mpsc::UnboundedSender<ClusterMessage>>,
     /// The ledger's writer (see `writer`).
     pub ledger: Option<&'a mpsc::UnboundedSender<(u64, GrantWrite)>>,
-    /// Where admitted devices' details are recorded.
+    /// Where gateways' flows are recorded.
     pub store: Option<&'a crate::Store>,
+    /// Where admitted devices' details are recorded.
+    pub admission: Option<&'a Admission>,
 }
 
 /// Carries out everything the core gave. Frames a queue cannot take go
@@ -195,15 +198,13 @@ pub(super) fn carry_out(
                     details,
                     remote_ip,
                 } => {
-                    if let Some(store) = sinks.store {
-                        let store = store.clone();
-                        let at = wall.as_millisecond();
-                        tokio::spawn(async move {
-                            if let Err(error) =
-                                record_seen(&store, account, device, &details, remote_ip, at).await
-                            {
-                                tracing::warn!(%error, %device, "cannot record the device's details");
-                            }
+                    if let Some(admission) = sinks.admission {
+                        admission.seen(Seen {
+                            account,
+                            device,
+                            details,
+                            remote_ip,
+                            at_ms: wall.as_millisecond(),
                         });
                     }
                 }
@@ -280,37 +281,13 @@ async fn record_flows(
     Ok(stored)
 }
 
-/// An admitted device's name, OS, version, address and last-seen time.
-async fn record_seen(
-    store: &crate::Store,
-    account: uuid::Uuid,
-    device: uuid::Uuid,
-    details: &super::hub::DeviceDetails,
-    remote_ip: std::net::IpAddr,
-    at_ms: i64,
-) -> crate::store::Result<()> {
-    let mut tx = store.write().await?;
-    crate::store::devices::record_seen(
-        &mut tx,
-        account,
-        device,
-        &details.name,
-        details.os.as_deref(),
-        details.version.as_deref(),
-        &remote_ip.to_string(),
-        at_ms,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 pub(super) struct Shell {
     hub: Hub,
     state: Arc<AppState>,
     outlets: Outlets,
     cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
     writer: Writer,
+    admission: Admission,
 }
 
 impl Shell {
@@ -319,6 +296,7 @@ impl Shell {
         state: Arc<AppState>,
         cluster: Option<mpsc::UnboundedSender<ClusterMessage>>,
         writer: Writer,
+        admission: Admission,
     ) -> Self {
         Shell {
             hub,
@@ -326,6 +304,7 @@ impl Shell {
             outlets: Outlets::default(),
             cluster,
             writer,
+            admission,
         }
     }
 
@@ -370,6 +349,7 @@ impl Shell {
                 cluster: self.cluster.as_ref(),
                 ledger: Some(&self.writer.sender),
                 store: Some(&self.state.store),
+                admission: Some(&self.admission),
             };
             for request in carry_out(&mut self.hub, &mut self.outlets, &sinks, now, wall) {
                 let store = self.state.store.clone();
@@ -447,6 +427,7 @@ mod tests {
             cluster: None,
             ledger: None,
             store: None,
+            admission: None,
         };
         let mut world = World::new();
         let mut outlets = Outlets::default();

@@ -18,17 +18,16 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::Inbox;
+use super::admission::{Admission, Registration};
 use super::allowance::{Allowance, ChannelRate, Verdict};
 use super::hub::{DeviceDetails, DeviceFacts, Inbound, Joined, Party, TokenFacts};
 use super::inbound::{MAX_MESSAGE, Speaker, parse};
 use super::shell::{HubEvent, Outbound};
 use crate::client_ip::ClientAddr;
-use crate::domain::{DeviceKind, Role, TokenKind, TokenRecord};
+use crate::domain::{DeviceKind, TokenKind, TokenRecord};
 use crate::problem::Problem;
 use crate::state::AppState;
-use crate::store::actors;
-use crate::store::devices::{self, Connecting, DeviceCaps};
-use crate::store::logs::{self, NewSession};
 
 const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
@@ -120,7 +119,7 @@ async fn join(
     ws: WebSocketUpgrade,
     kind: TokenKind,
 ) -> Result<Response, Problem> {
-    let Some(hub) = state.hub::<mpsc::Sender<HubEvent>>().cloned() else {
+    let Some(Inbox { hub, admission }) = state.hub::<Inbox>().cloned() else {
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the portal is starting",
@@ -196,6 +195,7 @@ async fn join(
             let party = loop {
                 match register(
                     &state,
+                    &admission,
                     &token,
                     kind,
                     &device_id,
@@ -266,10 +266,12 @@ async fn join(
         }))
 }
 
-/// Records the device (new ones get their addresses) and the session.
+/// Records the device (new ones get their addresses) and the session, in
+/// the next group the admission batcher commits.
 #[allow(clippy::too_many_arguments)]
 async fn register(
     state: &AppState,
+    admission: &Admission,
     token: &TokenRecord,
     kind: TokenKind,
     device_id: &str,
@@ -282,67 +284,27 @@ async fn register(
     let Some(account) = token.account_id else {
         return Ok(None);
     };
-    let now_ms = Timestamp::now().as_millisecond();
-    let mut tx = state.store.write().await?;
-    let (device_kind, actor_id, site_id) = match kind {
-        TokenKind::Client => {
-            let Some(actor_id) = token.actor_id else {
-                return Ok(None);
-            };
-            let actor = actors::get(&mut tx, account, actor_id).await?;
-            if !actor.is_some_and(|a| {
-                !a.disabled && (a.role == Role::ServiceAccount || a.role.in_everyone())
-            }) {
-                return Ok(None);
-            }
-            (DeviceKind::Client, Some(actor_id), None)
-        }
-        TokenKind::Gateway => {
-            let Some(site_id) = token.site_id else {
-                return Ok(None);
-            };
-            (DeviceKind::Gateway, None, Some(site_id))
-        }
+    let (device_kind, actor_id, site_id) = match (kind, token.actor_id, token.site_id) {
+        (TokenKind::Client, Some(actor_id), _) => (DeviceKind::Client, Some(actor_id), None),
+        (TokenKind::Gateway, _, Some(site_id)) => (DeviceKind::Gateway, None, Some(site_id)),
         _ => return Ok(None),
     };
-    let device = devices::upsert_on_connect(
-        &mut tx,
+    let registration = Registration {
         account,
-        &Connecting {
-            kind: device_kind,
-            actor_id,
-            site_id,
-            token_id: Some(token.id),
-            device_id,
-            name,
-            os,
-            version,
-            remote_ip: Some(remote_ip.to_string()),
-        },
-        DeviceCaps {
-            per_actor: state.limits.devices_per_actor,
-            per_token: state.limits.devices_per_token,
-        },
-        now_ms,
-    )
-    .await?;
-    logs::record_session(
-        &mut tx,
-        account,
-        &NewSession {
-            actor_id,
-            device_id: Some(device.id),
-            kind: match device_kind {
-                DeviceKind::Client => "client_connect",
-                DeviceKind::Gateway => "gateway_connect",
-            },
-            remote_ip: Some(remote_ip.to_string()),
-            user_agent,
-        },
-        now_ms,
-    )
-    .await?;
-    tx.commit().await?;
+        kind: device_kind,
+        actor_id,
+        site_id,
+        token_id: token.id,
+        device_id: device_id.to_string(),
+        name: name.to_string(),
+        os: os.map(str::to_string),
+        version: version.map(str::to_string),
+        remote_ip,
+        user_agent: user_agent.map(str::to_string),
+    };
+    let Some(device) = admission.register(registration).await? else {
+        return Ok(None);
+    };
     // The OS this connection says, not the one stored from the last: the
     // stored details are updated only once the hub admits the channel.
     let mut facts = DeviceFacts::from(&device);

@@ -30,6 +30,9 @@ pub struct Limits {
     /// Devices one token may register (clients of a service account's
     /// token, gateways of a site's).
     pub devices_per_token: u32,
+    /// Connecting devices waiting to be recorded, at most; past it a
+    /// connect is answered 503 with `Retry-After` (load shedding).
+    pub connect_queue: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +42,8 @@ impl Default for Limits {
             pending_per_client: 64,
             devices_per_actor: 100,
             devices_per_token: 25,
+            // About a fifth of a second of work at the measured rate.
+            connect_queue: 4096,
         }
     }
 }

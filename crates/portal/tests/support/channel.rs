@@ -106,6 +106,42 @@ impl Peer {
         Peer::connect_url(Box::new(tcp), &url, token, "").await
     }
 
+    /// [`connect`](Self::connect), telling a busy portal's refusal apart:
+    /// `Err(Refusal)` with the status and the `Retry-After` seconds it sent.
+    pub async fn connect_or_busy(
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        device_id: &str,
+        public_key: &str,
+    ) -> Result<Peer, Refusal> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let url = format!(
+            "ws://{addr}{path}?device_id={device_id}&public_key={}&name={device_id}&os=Linux",
+            urlencode(public_key)
+        );
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::client_async(request, Box::new(tcp) as Box<dyn Io>).await {
+            Ok((socket, _)) => Ok(Peer {
+                socket,
+                public_key: public_key.to_string(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refusal {
+                status: response.status().as_u16(),
+                retry_after: response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                    .into_owned(),
+            }),
+            Err(other) => panic!("websocket connect failed: {other}"),
+        }
+    }
+
     async fn connect_over(
         stream: Box<dyn Io>,
         base: &str,
@@ -211,6 +247,15 @@ impl Peer {
             }
         }
     }
+}
+
+/// A refused handshake.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
+    pub body: String,
 }
 
 fn urlencode(text: &str) -> String {
