@@ -1,32 +1,64 @@
-//! Connects N simulated clients to a running portal, then measures the
-//! portal's memory per connected client and how long one policy change takes
-//! to reach all of them (issue 4's benchmark; `bench/portal.sh` runs it).
+//! Plays N clients (and one gateway) against a running portal and measures
+//! what issue 23 asks of one portal node (`bench/portal.sh` runs it):
+//! - first connects per second (new devices registered);
+//! - the portal's memory per connected client;
+//! - the time one policy change takes to reach every client;
+//! - a burst of API changes: changes per second applied and fanned out;
+//! - a reconnect storm (every client drops and connects again at once, as
+//!   after a restart): connects per second, connects shed with 503 +
+//!   Retry-After, the portal's CPU per connect, and how long the access
+//!   requests of clients that stayed connected waited meanwhile;
+//! - with TLS, the handshake's share of a connect's CPU.
 //!
-//! fanout --portal 127.0.0.1:PORT --token ADMIN_TOKEN --pid PORTAL_PID [--clients N]
+//! fanout --portal HOST:PORT --token ADMIN_TOKEN --pid PORTAL_PID
+//!        [--clients N] [--tls-ca CERT.pem] [--changes N]
+//! fanout make-cert DIR     (a self-signed certificate for 127.0.0.1)
+//!
+//! Sockets come from 127.0.0.2 and up (one source address per 20,000
+//! clients): one address has too few ports for 100,000 connections.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Barrier, mpsc};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Clients per source address.
+const PER_SOURCE: usize = 20_000;
+/// Connects in flight at once while registering.
+const FIRST_CONCURRENCY: usize = 512;
+/// Clients that stay connected through the storm and ask for access.
+const STEADY: usize = 20;
 
 struct Args {
     portal: SocketAddr,
     token: String,
     pid: u32,
     clients: usize,
+    changes: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn args() -> Args {
+    let mut raw = std::env::args().skip(1).peekable();
+    if raw.peek().map(String::as_str) == Some("make-cert") {
+        raw.next();
+        let dir = raw
+            .next()
+            .unwrap_or_else(|| usage("make-cert needs a directory"));
+        make_cert(std::path::Path::new(&dir));
+        std::process::exit(0);
+    }
     let mut map = HashMap::new();
-    let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw
             .next()
@@ -38,6 +70,12 @@ fn args() -> Args {
             .cloned()
             .unwrap_or_else(|| usage(&format!("{name} is required")))
     };
+    let number = |name: &str, default: usize| {
+        map.get(name).map_or(default, |n| {
+            n.parse()
+                .unwrap_or_else(|_| usage(&format!("{name} takes a number")))
+        })
+    };
     Args {
         portal: get("--portal")
             .parse()
@@ -46,43 +84,60 @@ fn args() -> Args {
         pid: get("--pid")
             .parse()
             .unwrap_or_else(|_| usage("--pid takes a process id")),
-        clients: map
-            .get("--clients")
-            .map(|n| {
-                n.parse()
-                    .unwrap_or_else(|_| usage("--clients takes a number"))
-            })
-            .unwrap_or(10_000),
+        clients: number("--clients", 10_000),
+        changes: number("--changes", 1_000),
+        tls: map.get("--tls-ca").map(|path| trusting(path)),
     }
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "fanout: {problem}\nusage: fanout --portal IP:PORT --token TOKEN --pid PID [--clients N]"
+        "fanout: {problem}\nusage: fanout --portal IP:PORT --token TOKEN --pid PID [--clients N] \
+         [--changes N] [--tls-ca CERT.pem]\n       fanout make-cert DIR"
     );
     std::process::exit(1)
 }
 
+/// Writes `cert.pem` and `key.pem` for 127.0.0.1 into `dir`.
+fn make_cert(dir: &std::path::Path) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("a certificate");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write cert.pem");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key.pem");
+}
+
+fn trusting(path: &str) -> Arc<rustls::ClientConfig> {
+    let pem = std::fs::read(path).unwrap_or_else(|e| usage(&format!("--tls-ca {path}: {e}")));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// One JSON request over HTTP/1.1 (no client library needed for a benchmark).
-async fn api(
-    portal: SocketAddr,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut stream = tokio::net::TcpStream::connect(portal)
-        .await
-        .expect("connect to the portal");
+async fn api(args: &Args, method: &str, path: &str, body: Option<Value>) -> Value {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
-        "{method} /api/v1{path} HTTP/1.1\r\nHost: portal\r\nAuthorization: Bearer {token}\r\n\
+        "{method} /api/v1{path} HTTP/1.1\r\nHost: portal\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        args.token,
         body.len()
     );
+    let mut stream = open(args, 0).await.expect("connect to the portal");
     stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
+    let mut response = Vec::new();
+    // A TLS peer that closes without close_notify is fine here.
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
     let status = response.split(' ').nth(1).unwrap_or("?");
     let payload = response.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(
@@ -90,6 +145,106 @@ async fn api(
         "{method} {path}: {status} {payload}"
     );
     serde_json::from_str(payload).unwrap_or(Value::Null)
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Socket = WebSocketStream<Box<dyn Io>>;
+
+/// A TCP (and TLS) connection to the portal from client `n`'s source address.
+async fn open(args: &Args, n: usize) -> std::io::Result<Box<dyn Io>> {
+    let source = Ipv4Addr::new(127, 0, 0, 2 + (n / PER_SOURCE) as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let tcp = socket.connect(args.portal).await?;
+    tcp.set_nodelay(true)?;
+    match &args.tls {
+        None => Ok(Box::new(tcp)),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(args.portal.ip().into());
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await?;
+            Ok(Box::new(stream))
+        }
+    }
+}
+
+enum Connect {
+    Open(Box<Socket>),
+    /// 503 (or 429) with the seconds of its Retry-After.
+    Busy(u64),
+}
+
+async fn connect(args: &Args, n: usize, path: &str, query: &str, token: &str) -> Connect {
+    let scheme = if args.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}{path}?{query}", args.portal);
+    let mut request = url.into_client_request().expect("a request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a header"),
+    );
+    let stream = match open(args, n).await {
+        Ok(stream) => stream,
+        Err(error) => fail(&format!("client {n}: cannot connect: {error}")),
+    };
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((socket, _)) => Connect::Open(Box::new(socket)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response))
+            if matches!(response.status().as_u16(), 503 | 429) =>
+        {
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or_else(|| fail(&format!("client {n}: a 503 without Retry-After")));
+            Connect::Busy(wait)
+        }
+        Err(error) => fail(&format!("client {n}: handshake failed: {error}")),
+    }
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("fanout: {why}");
+    std::process::exit(1)
+}
+
+fn query(n: usize, kind: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD.encode([(n % 251) as u8; 32]);
+    let key = key
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    format!("device_id={kind}-{n}&public_key={key}&name={kind}-{n}")
+}
+
+/// Connects client `n` like the daemon does (a busy portal's Retry-After
+/// waited, plus up to half of it again) until its `init` arrives; the
+/// socket and how many times it was turned away.
+async fn join(args: &Args, n: usize, token: &str, shed: &AtomicU64) -> Socket {
+    loop {
+        match connect(args, n, "/v1/client", &query(n, "bench"), token).await {
+            Connect::Open(mut socket) => {
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(text))) if text.contains("\"init\"") => break,
+                        Some(Ok(Message::Text(text))) => {
+                            fail(&format!("client {n}: first message is not init: {text}"))
+                        }
+                        Some(Ok(_)) => continue,
+                        other => fail(&format!("client {n}: channel ended before init: {other:?}")),
+                    }
+                }
+                return *socket;
+            }
+            Connect::Busy(seconds) => {
+                shed.fetch_add(1, Ordering::Relaxed);
+                let spread = (n as u64).wrapping_mul(2_654_435_761) % (seconds * 500).max(1);
+                tokio::time::sleep(Duration::from_secs(seconds) + Duration::from_millis(spread))
+                    .await;
+            }
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -103,195 +258,436 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The portal's CPU time so far (user + system).
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // In USER_HZ ticks, which Linux fixes at 100 for userspace.
+    Duration::from_millis(ticks * 10)
+}
+
 fn id(value: &Value) -> String {
     value["id"].as_str().expect("an id").to_string()
 }
 
+/// A client's life: join, report when a resource reaches it, and when the
+/// storm starts drop the socket and join again at once.
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    args: Arc<Args>,
+    n: usize,
+    token: Arc<String>,
+    admitted: mpsc::UnboundedSender<(usize, bool)>,
+    heard: mpsc::UnboundedSender<Instant>,
+    mut storm: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+    shed: Arc<AtomicU64>,
+) {
+    let permit = permits.acquire_owned().await.expect("semaphore");
+    let mut socket = join(&args, n, &token, &shed).await;
+    drop(permit);
+    let _ = admitted.send((n, false));
+    loop {
+        tokio::select! {
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    if text.contains("\"resource_upserted\"") {
+                        let _ = heard.send(Instant::now());
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => fail(&format!("client {n}: the portal closed the channel")),
+            },
+            changed = storm.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                drop(socket);
+                socket = join(&args, n, &token, &shed).await;
+                let _ = admitted.send((n, true));
+            }
+        }
+    }
+}
+
+/// A gateway that authorizes whatever it is asked.
+async fn gateway(args: Arc<Args>, token: String) {
+    let socket = match connect(&args, 0, "/v1/gateway", &query(0, "gateway"), &token).await {
+        Connect::Open(socket) => socket,
+        Connect::Busy(_) => fail("the gateway was turned away"),
+    };
+    let (mut write, mut read) = socket.split();
+    while let Some(Ok(message)) = read.next().await {
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if value["type"] == "authorize" {
+                let answer = json!({"type": "authorized", "ref": value["ref"]});
+                if write
+                    .send(Message::Text(answer.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Steady client `n`: asks for access every 100 ms until `stop`, and
+/// records how long each answer took (`None`: none within 10 s).
+async fn steady(
+    args: Arc<Args>,
+    n: usize,
+    token: Arc<String>,
+    resource: String,
+    stop: watch::Receiver<bool>,
+) -> Vec<Option<Duration>> {
+    let shed = AtomicU64::new(0);
+    let socket = join(&args, n, &token, &shed).await;
+    let (mut write, mut read) = socket.split();
+    let mut waits = Vec::new();
+    let mut reference = 0u64;
+    while !*stop.borrow() {
+        reference += 1;
+        let asked = Instant::now();
+        let request = json!({"type": "request_access", "ref": reference.to_string(), "resource_id": resource});
+        if write
+            .send(Message::Text(request.to_string().into()))
+            .await
+            .is_err()
+        {
+            fail(&format!("steady client {n}: the channel broke"));
+        }
+        let wanted = format!("\"ref\":\"{reference}\"");
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(message)) = read.next().await {
+                if let Message::Text(text) = message
+                    && text.contains(&wanted)
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        waits.push(matches!(answered, Ok(true)).then(|| asked.elapsed()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    waits
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// Waits until `count` clients report; the last report's time.
+async fn arrivals(
+    heard: &mut mpsc::UnboundedReceiver<Instant>,
+    count: usize,
+    since: Instant,
+) -> (usize, Instant) {
+    let mut seen = 0;
+    let mut last = since;
+    while seen < count {
+        match tokio::time::timeout(Duration::from_secs(60), heard.recv()).await {
+            Ok(Some(at)) => {
+                last = last.max(at);
+                seen += 1;
+            }
+            _ => break,
+        }
+    }
+    (seen, last)
+}
+
 #[tokio::main]
 async fn main() {
-    let args = args();
-    let (portal, token) = (args.portal, args.token.as_str());
-    let site = id(&api(
-        portal,
-        token,
-        "POST",
-        "/sites",
-        Some(json!({"name": "bench"})),
-    )
-    .await);
+    let args = Arc::new(args());
+    let clients = args.clients;
+    let site = id(&api(&args, "POST", "/sites", Some(json!({"name": "bench"}))).await);
+    let resource = |name: &str, address: &str| json!({"name": name, "type": "cidr", "address": address, "site_id": site});
     let first = id(&api(
-        portal,
-        token,
+        &args,
         "POST",
         "/resources",
-        Some(json!({"name": "a", "type": "cidr", "address": "10.0.0.0/24", "site_id": site})),
+        Some(resource("a", "10.0.0.0/24")),
     )
     .await);
     let second = id(&api(
-        portal,
-        token,
+        &args,
         "POST",
         "/resources",
-        Some(json!({"name": "b", "type": "cidr", "address": "10.0.1.0/24", "site_id": site})),
+        Some(resource("b", "10.0.1.0/24")),
     )
     .await);
-    let group = id(&api(
-        portal,
-        token,
-        "POST",
-        "/groups",
-        Some(json!({"name": "fleet"})),
-    )
-    .await);
+    let group = id(&api(&args, "POST", "/groups", Some(json!({"name": "fleet"}))).await);
     let robot = id(&api(
-        portal,
-        token,
+        &args,
         "POST",
         "/actors",
         Some(json!({"name": "fleet", "role": "service_account"})),
     )
     .await);
     api(
-        portal,
-        token,
+        &args,
         "PUT",
         &format!("/groups/{group}/members"),
         Some(json!({"actor_ids": [robot]})),
     )
     .await;
     api(
-        portal,
-        token,
+        &args,
         "POST",
         "/policies",
         Some(json!({"group_id": group, "resource_id": first})),
     )
     .await;
-    let client_token = api(
-        portal,
-        token,
+    let token = Arc::new(
+        api(&args, "POST", &format!("/actors/{robot}/tokens"), None).await["token"]
+            .as_str()
+            .expect("a token")
+            .to_string(),
+    );
+    let gateway_token = api(
+        &args,
         "POST",
-        &format!("/actors/{robot}/tokens"),
+        &format!("/sites/{site}/gateway_tokens"),
         None,
     )
     .await["token"]
         .as_str()
-        .expect("a token")
+        .expect("a gateway token")
         .to_string();
+    tokio::spawn(gateway(args.clone(), gateway_token));
 
+    // First connects: every client registers its device.
     let before = rss_kib(args.pid);
+    let shed = Arc::new(AtomicU64::new(0));
+    let (admitted_tx, mut admitted) = mpsc::unbounded_channel();
+    let (heard_tx, mut heard) = mpsc::unbounded_channel();
+    let (storm_tx, storm) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(FIRST_CONCURRENCY));
     let started = Instant::now();
-    let (arrivals, mut arrived) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let connected = Arc::new(Barrier::new(args.clients + 1));
-    let permits = Arc::new(tokio::sync::Semaphore::new(256));
-    for n in 0..args.clients {
-        let client_token = client_token.clone();
-        let arrivals = arrivals.clone();
-        let connected = connected.clone();
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            let key = base64::engine::general_purpose::STANDARD.encode([(n % 251) as u8; 32]);
-            let url = format!(
-                "ws://{portal}/v1/client?device_id=bench-{n}&public_key={}&name=bench-{n}",
-                key.replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D")
-            );
-            let mut request = url.into_client_request().expect("a request");
-            request.headers_mut().insert(
-                "authorization",
-                format!("Bearer {client_token}").parse().expect("a header"),
-            );
-            let permit = permits.acquire().await.expect("semaphore");
-            let mut socket = match tokio_tungstenite::connect_async(request).await {
-                Ok((socket, _)) => socket,
-                Err(error) => {
-                    eprintln!("client {n}: cannot connect: {error}");
-                    std::process::exit(1);
-                }
-            };
-            // The first text frame is `init` (pings may come before it).
-            loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        assert!(
-                            text.contains("\"init\""),
-                            "client {n}: first message is not init: {text}"
-                        );
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    other => {
-                        eprintln!("client {n}: channel ended before init: {other:?}");
-                        std::process::exit(1);
-                    }
-                }
-            }
-            drop(permit);
-            connected.wait().await;
-            // Wait for the change and report when it came.
-            while let Some(Ok(message)) = socket.next().await {
-                if let Message::Text(text) = message
-                    && text.contains("resource_upserted")
-                {
-                    let _ = arrivals.send((n, Instant::now()));
-                }
-            }
-        });
+    for n in 0..clients {
+        tokio::spawn(client(
+            args.clone(),
+            n,
+            token.clone(),
+            admitted_tx.clone(),
+            heard_tx.clone(),
+            storm.clone(),
+            permits.clone(),
+            shed.clone(),
+        ));
     }
-    drop(arrivals);
-    if tokio::time::timeout(Duration::from_secs(600), connected.wait())
-        .await
-        .is_err()
-    {
-        eprintln!("fanout: the clients did not all connect within 10 minutes");
-        std::process::exit(1);
+    drop(admitted_tx);
+    for _ in 0..clients {
+        if admitted.recv().await.is_none() {
+            fail("the clients stopped before all connected");
+        }
     }
-    let connect_time = started.elapsed();
+    let took = started.elapsed();
+    println!(
+        "first connects: {clients} clients in {:.2} s = {:.0} connects/s ({} shed with Retry-After)",
+        took.as_secs_f64(),
+        clients as f64 / took.as_secs_f64(),
+        shed.swap(0, Ordering::Relaxed)
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(args.pid);
     println!(
-        "connected: {} clients in {:.2} s ({:.0} connects/s)",
-        args.clients,
-        connect_time.as_secs_f64(),
-        args.clients as f64 / connect_time.as_secs_f64()
-    );
-    println!(
-        "portal memory: {:.1} MiB before, {:.1} MiB with {} clients = {:.1} KiB per client",
+        "portal memory: {:.1} MiB before, {:.1} MiB with {clients} clients = {:.1} KiB per client \
+         (rss_mib={:.0})",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
-        args.clients,
-        after.saturating_sub(before) as f64 / args.clients as f64
+        after.saturating_sub(before) as f64 / clients as f64,
+        after as f64 / 1024.0
     );
 
+    // One policy change, fanned out.
     let change = Instant::now();
     api(
-        portal,
-        token,
+        &args,
         "POST",
         "/policies",
         Some(json!({"group_id": group, "resource_id": second})),
     )
     .await;
     let api_done = change.elapsed();
-    let mut last = change;
-    let mut count = 0;
-    while count < args.clients {
-        match tokio::time::timeout(Duration::from_secs(30), arrived.recv()).await {
-            Ok(Some((_, at))) => {
-                last = last.max(at);
-                count += 1;
-            }
-            _ => break,
+    let (count, last) = arrivals(&mut heard, clients, change).await;
+    println!(
+        "fan-out: one policy change reached {count}/{clients} clients in {:.1} ms (API call {:.1} ms) \
+         (fanout_ms={:.1})",
+        (last - change).as_secs_f64() * 1e3,
+        api_done.as_secs_f64() * 1e3,
+        (last - change).as_secs_f64() * 1e3
+    );
+    if count < clients {
+        fail("the change did not reach every client");
+    }
+
+    // A burst of API changes (resources no policy grants yet: nobody hears
+    // of them), then one that every client hears: once it arrives, every
+    // change before it was applied.
+    if args.changes > 0 {
+        let burst = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (args, next, site) = (args.clone(), next.clone(), site.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= args.changes {
+                            return;
+                        }
+                        let body = json!({"name": format!("burst-{i}"), "type": "cidr",
+                            "address": format!("10.{}.{}.0/24", 100 + i / 256, i % 256), "site_id": site});
+                        api(&args, "POST", "/resources", Some(body)).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("an API worker");
+        }
+        let applied = burst.elapsed();
+        let third = id(&api(
+            &args,
+            "POST",
+            "/resources",
+            Some(resource("c", "10.0.2.0/24")),
+        )
+        .await);
+        api(
+            &args,
+            "POST",
+            "/policies",
+            Some(json!({"group_id": group, "resource_id": third})),
+        )
+        .await;
+        let (count, last) = arrivals(&mut heard, clients, burst).await;
+        let total = (last - burst).as_secs_f64();
+        println!(
+            "burst: {} API changes committed in {:.2} s ({:.0}/s); with them all applied, the last \
+             reached {count}/{clients} clients after {:.2} s = {:.0} changes/s applied and fanned out \
+             (burst_changes_per_s={:.0})",
+            args.changes,
+            applied.as_secs_f64(),
+            args.changes as f64 / applied.as_secs_f64(),
+            total,
+            (args.changes + 2) as f64 / total,
+            (args.changes + 2) as f64 / total
+        );
+        if count < clients {
+            fail("the burst's last change did not reach every client");
         }
     }
-    println!(
-        "fan-out: one policy change reached {count}/{} clients in {:.1} ms (API call {:.1} ms)",
-        args.clients,
-        (last - change).as_secs_f64() * 1e3,
-        api_done.as_secs_f64() * 1e3
-    );
-    if count < args.clients {
-        std::process::exit(1);
+
+    // The storm, with steady clients asking for access meanwhile.
+    let (stop_tx, stop) = watch::channel(false);
+    let steady_tasks: Vec<_> = (0..STEADY)
+        .map(|i| {
+            tokio::spawn(steady(
+                args.clone(),
+                clients + i,
+                token.clone(),
+                second.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = cpu(args.pid);
+    let started = Instant::now();
+    storm_tx.send_replace(true);
+    for _ in 0..clients {
+        if admitted.recv().await.is_none() {
+            fail("the clients stopped before all reconnected");
+        }
     }
+    let took = started.elapsed();
+    let storm_cpu = cpu(args.pid).saturating_sub(cpu_before);
+    stop_tx.send_replace(true);
+    let mut waits = Vec::new();
+    let mut unanswered = 0;
+    for task in steady_tasks {
+        for wait in task.await.expect("a steady client") {
+            match wait {
+                Some(wait) => waits.push(wait),
+                None => unanswered += 1,
+            }
+        }
+    }
+    waits.sort();
+    let per_connect = storm_cpu.as_secs_f64() / clients as f64;
+    println!(
+        "reconnect storm: {clients} clients at once, all back in {:.2} s = {:.0} connects/s \
+         ({} shed with Retry-After); portal CPU {:.0} us per connect = {:.0} connects/s per core \
+         (storm_connects_per_s={:.0} cpu_us_per_connect={:.0})",
+        took.as_secs_f64(),
+        clients as f64 / took.as_secs_f64(),
+        shed.swap(0, Ordering::Relaxed),
+        per_connect * 1e6,
+        1.0 / per_connect.max(1e-9),
+        clients as f64 / took.as_secs_f64(),
+        per_connect * 1e6
+    );
+    println!(
+        "access requests during the storm: {} answered (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), \
+         {unanswered} unanswered within 10 s",
+        waits.len(),
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        percentile(&waits, 1.0)
+    );
+
+    // The TLS handshake's share: handshakes alone, then closed.
+    if args.tls.is_some() {
+        let handshakes = clients.min(20_000);
+        let cpu_before = cpu(args.pid);
+        let permits = Arc::new(Semaphore::new(FIRST_CONCURRENCY));
+        let tasks: Vec<_> = (0..handshakes)
+            .map(|n| {
+                let (args, permits) = (args.clone(), permits.clone());
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await.expect("semaphore");
+                    match open(&args, n).await {
+                        Ok(stream) => drop(stream),
+                        Err(error) => fail(&format!("handshake {n}: {error}")),
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a handshake");
+        }
+        let per_handshake =
+            cpu(args.pid).saturating_sub(cpu_before).as_secs_f64() / handshakes as f64;
+        println!(
+            "TLS: portal CPU {:.0} us per handshake = {:.0} % of a connect's {:.0} us \
+             (tls_share_pct={:.0})",
+            per_handshake * 1e6,
+            per_handshake / per_connect.max(1e-9) * 100.0,
+            per_connect * 1e6,
+            per_handshake / per_connect.max(1e-9) * 100.0
+        );
+    }
+    if unanswered > 0 {
+        fail("access requests went unanswered during the storm");
+    }
+    drop(storm_tx);
 }

@@ -392,8 +392,8 @@ mod tests {
     use tokio::sync::mpsc::error::TryRecvError;
 
     use super::*;
-    use crate::channels::hub::Loaded;
     use crate::channels::hub::tests::{ACCOUNT, CLIENT, ENGINEERS, World, client, graph};
+    use crate::channels::hub::{GraphLoad, Loaded};
 
     /// Moves one input through the core and carries out what it gives.
     fn step(
@@ -450,9 +450,9 @@ mod tests {
             client(2, ACCOUNT, other, 2),
         );
         let loaded = Loaded {
-            graph: graph(3, &[1, 2, 3]),
+            graph: GraphLoad::Whole(Box::new(graph(3, &[1, 2, 3]))),
             verified: Default::default(),
-            grants: Vec::new(),
+            grants: Some(Vec::new()),
         };
         let answer = Input::Loaded {
             account: ACCOUNT,
@@ -466,9 +466,9 @@ mod tests {
         let loads = step(&mut world, &mut outlets, &sinks, change);
         assert_eq!(loads.len(), 1);
         let loaded = Loaded {
-            graph: graph(3, &[]),
+            graph: GraphLoad::Whole(Box::new(graph(3, &[]))),
             verified: Default::default(),
-            grants: Vec::new(),
+            grants: Some(Vec::new()),
         };
         let answer = Input::Loaded {
             account: ACCOUNT,

@@ -106,6 +106,20 @@ pub async fn of_resource(
     rows.iter().map(PolicyRecord::from_row).collect()
 }
 
+/// The policies of a group, disabled ones too.
+pub async fn of_group(conn: &mut Conn, account: Uuid, group: Uuid) -> Result<Vec<PolicyRecord>> {
+    let sql = format!(
+        "SELECT {} FROM policies WHERE account_id = $1 AND group_id = $2 ORDER BY created_at, id",
+        PolicyRecord::COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(account.to_string())
+        .bind(group.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(PolicyRecord::from_row).collect()
+}
+
 /// The policies of the groups of an actor (`groups::GROUPS_OF_ACTOR`),
 /// disabled ones too: the policy graph decides what they grant.
 pub async fn of_actor(conn: &mut Conn, account: Uuid, actor: Uuid) -> Result<Vec<PolicyRecord>> {

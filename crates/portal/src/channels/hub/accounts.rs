@@ -11,7 +11,7 @@ use postern_model::ClientId;
 use uuid::Uuid;
 
 use super::super::cluster::ClusterMessage;
-use super::super::graph::AccountGraph;
+use super::super::graph::{AccountGraph, GraphPatch};
 use super::io::{ConnId, Inbound, Joined, LoadRequest};
 use crate::change::Change;
 
@@ -85,6 +85,7 @@ impl Accounts {
             return Some(LoadRequest {
                 account,
                 clients: Vec::new(),
+                rows: None,
                 after,
             });
         }
@@ -138,10 +139,15 @@ impl Accounts {
                 _ => None,
             })
             .collect();
+        // A refresh (no changes) and `Everything` read the whole graph;
+        // other changes only the rows they touched.
+        let rows = (!changes.is_empty() && !changes.contains(&Change::Everything))
+            .then(|| changes.clone());
         entry.loading = Some((LoadedFor::Changes(changes), after));
         LoadRequest {
             account,
             clients,
+            rows,
             after,
         }
     }
@@ -159,6 +165,17 @@ impl Accounts {
             .or_default()
             .graph
             .replace(graph)
+    }
+
+    /// Patches a loaded graph in place (a no-op for an account with none).
+    pub(super) fn patch(&mut self, account: Uuid, patch: GraphPatch) {
+        if let Some(graph) = self
+            .accounts
+            .get_mut(&account)
+            .and_then(|a| a.graph.as_mut())
+        {
+            graph.patch(patch);
+        }
     }
 
     /// The first load failed: the account is forgotten (the next channel

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::super::graph::AccountGraph;
 use super::access::Access;
 use super::accounts::Accounts;
+use super::io::GraphLoad;
 use super::io::{GrantKey, GrantWrite, StoredGrant};
 use super::post::Post;
 use crate::change::Change;
@@ -81,21 +82,37 @@ impl Evaluation {
     pub(super) fn apply(
         &mut self,
         account: Uuid,
-        graph: AccountGraph,
+        graph: GraphLoad,
         changes: &[Change],
-        stored: (Vec<StoredGrant>, u64),
+        stored: (Option<Vec<StoredGrant>>, u64),
         access: &mut Access,
         post: &mut Post,
         now: Timestamp,
     ) {
-        let old = self.accounts.install(account, graph);
+        // The changed resources as they were, to tell their gateways only
+        // of real changes.
+        let before: HashMap<Uuid, ResourceDescription> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Resource(id) => Some((
+                    *id,
+                    self.accounts.graph(account)?.resources.get(id)?.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        match graph {
+            GraphLoad::Whole(graph) => {
+                self.accounts.install(account, *graph);
+            }
+            GraphLoad::Patch(patch) => self.accounts.patch(account, patch),
+        }
         let mut affected: HashSet<ClientId> = HashSet::new();
-        if let Some(graph) = self.accounts.graph(account) {
-            let (rows, after) = stored;
+        if let (Some(graph), (Some(rows), after)) = (self.accounts.graph(account), stored) {
             affected.extend(access.merge(account, rows, after, graph, post, now));
         }
         for change in changes {
-            self.affected_by(account, change, old.as_ref(), access, post, &mut affected);
+            self.affected_by(account, change, &before, access, post, &mut affected);
         }
         for device in affected {
             self.reevaluate(account, device, access, post, now);
@@ -109,7 +126,7 @@ impl Evaluation {
         &self,
         account: Uuid,
         change: &Change,
-        old: Option<&AccountGraph>,
+        before: &HashMap<Uuid, ResourceDescription>,
         access: &mut Access,
         post: &mut Post,
         affected: &mut HashSet<ClientId>,
@@ -136,9 +153,8 @@ impl Evaluation {
                 );
                 affected.extend(access.clients_where(|g| g.authorization.resource.id == id));
                 // Gateways enforcing it learn new filters at once.
-                let before = old.and_then(|g| g.resources.get(resource_id));
                 if let Some(after) = graph.resources.get(resource_id)
-                    && before != Some(after)
+                    && before.get(resource_id) != Some(after)
                 {
                     for gateway in access.update_resource(after) {
                         post.deliver_to_gateway(

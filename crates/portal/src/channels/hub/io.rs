@@ -16,7 +16,7 @@ use postern_model::{ClientId, GatewayId, PublicKey, RelayId, ResourceId};
 use uuid::Uuid;
 
 use super::super::cluster::ClusterMessage;
-use super::super::graph::AccountGraph;
+use super::super::graph::{AccountGraph, GraphPatch};
 use crate::change::Change;
 use crate::domain::{Device, TokenRecord};
 use crate::store::StoreError;
@@ -170,13 +170,21 @@ pub(crate) enum Input {
 /// An account's graph as the store has it now.
 #[derive(Debug)]
 pub(crate) struct Loaded {
-    pub graph: AccountGraph,
+    pub graph: GraphLoad,
     /// The verification of the client devices the load asked for (those
     /// the store could not read are missing).
     pub verified: HashMap<ClientId, bool>,
     /// The authorizations the store holds for the account, read after
-    /// this node's ledger writes up to the request's `after`.
-    pub grants: Vec<StoredGrant>,
+    /// this node's ledger writes up to the request's `after` (whole loads
+    /// only: a patch leaves the ledger as it is).
+    pub grants: Option<Vec<StoredGrant>>,
+}
+
+/// What a load read: the whole graph, or the rows its changes touched.
+#[derive(Debug)]
+pub(crate) enum GraphLoad {
+    Whole(Box<AccountGraph>),
+    Patch(GraphPatch),
 }
 
 #[derive(Debug, PartialEq)]
@@ -277,6 +285,10 @@ pub(crate) enum Metric {
 pub(crate) struct LoadRequest {
     pub account: Uuid,
     pub clients: Vec<ClientId>,
+    /// `Some`: only the rows these changes touched, to patch the graph in
+    /// place; `None`: the whole graph (a first load, a gateway's join,
+    /// `Everything`).
+    pub rows: Option<Vec<Change>>,
     /// Read only once this node's `Persist` outputs up to this sequence
     /// are in the store, so the load sees every write made before it.
     pub after: u64,

@@ -64,8 +64,8 @@ use crate::change::Change;
 use crate::store::StoreError;
 
 pub(crate) use self::io::{
-    ConnId, DeviceDetails, DeviceFacts, Frame, GrantWrite, HubConfig, HubSecrets, Inbound, Input,
-    Joined, LoadRequest, Loaded, Metric, Output, Party, PresenceUpdate, TokenFacts,
+    ConnId, DeviceDetails, DeviceFacts, Frame, GrantWrite, GraphLoad, HubConfig, HubSecrets,
+    Inbound, Input, Joined, LoadRequest, Loaded, Metric, Output, Party, PresenceUpdate, TokenFacts,
 };
 
 pub(crate) struct Hub {

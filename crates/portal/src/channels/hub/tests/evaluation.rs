@@ -24,6 +24,7 @@ fn a_policy_change_revokes_the_grant_at_both_ends() {
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
             clients: vec![],
+            rows: Some(vec![Change::Groups(vec![ENGINEERS])]),
             after: 1,
         })]
     );
@@ -86,6 +87,7 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
             clients: vec![],
+            rows: None,
             after: 0,
         })]
     );
@@ -104,6 +106,7 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         vec![Output::Load(LoadRequest {
             account: other,
             clients: vec![],
+            rows: None,
             after: 0,
         })]
     );
@@ -131,6 +134,7 @@ fn a_slow_load_holds_up_its_own_account_only_and_keeps_its_order() {
         Some(&Output::Load(LoadRequest {
             account: ACCOUNT,
             clients: vec![],
+            rows: Some(vec![Change::Groups(vec![ENGINEERS])]),
             after: 0,
         }))
     );
@@ -164,6 +168,7 @@ fn a_failed_first_load_closes_the_channels_waiting_for_it() {
         vec![Output::Load(LoadRequest {
             account: ACCOUNT,
             clients: vec![],
+            rows: None,
             after: 0,
         })]
     );

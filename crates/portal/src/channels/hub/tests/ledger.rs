@@ -229,9 +229,9 @@ fn a_row_revoked_here_while_a_load_was_out_is_not_taken_back() {
     assert!(w.store.is_empty());
     // The load read the row before the delete: it is not taken back.
     let loaded = Loaded {
-        graph: graph(1, &[1]),
+        graph: GraphLoad::Whole(Box::new(graph(1, &[1]))),
         verified: Default::default(),
-        grants: stale,
+        grants: Some(stale),
     };
     w.input(Input::Loaded {
         account: ACCOUNT,

@@ -22,7 +22,7 @@ use postern_policy::Policy;
 use uuid::Uuid;
 
 use super::super::graph::{AccountGraph, ActorFacts};
-use super::io::{GrantKey, GrantRecord, StoredGrant};
+use super::io::{GrantKey, GrantRecord, GraphLoad, StoredGrant};
 use super::{
     ConnId, DeviceFacts, Frame, GrantWrite, Hub, HubConfig, HubSecrets, Inbound, Input, Joined,
     LoadRequest, Loaded, Output, Party, TokenFacts,
@@ -249,9 +249,9 @@ impl World {
     pub(crate) fn loaded(&mut self, account: Uuid, graph: AccountGraph) -> Vec<Output> {
         self.graphs.insert(account, graph.clone());
         let loaded = Loaded {
-            graph,
+            graph: GraphLoad::Whole(Box::new(graph)),
             verified: Default::default(),
-            grants: self.stored(account),
+            grants: Some(self.stored(account)),
         };
         self.input(Input::Loaded {
             account,
@@ -289,6 +289,7 @@ impl World {
             vec![Output::Load(LoadRequest {
                 account: ACCOUNT,
                 clients: vec![],
+                rows: None,
                 after: 0,
             })]
         );
