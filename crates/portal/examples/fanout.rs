@@ -125,11 +125,16 @@ fn trusting(path: &str) -> Arc<rustls::ClientConfig> {
 
 /// One JSON request over HTTP/1.1 (no client library needed for a benchmark).
 async fn api(args: &Args, method: &str, path: &str, body: Option<Value>) -> Value {
+    api_as(args, &args.token, method, path, body).await
+}
+
+/// [`api`] with another admin's token (each token has its own rate limit).
+async fn api_as(args: &Args, token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} /api/v1{path} HTTP/1.1\r\nHost: portal\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        args.token,
+        token,
         body.len()
     );
     let mut stream = open(args, 0).await.expect("connect to the portal");
@@ -541,13 +546,35 @@ async fn main() {
 
     // A burst of API changes (resources no policy grants yet: nobody hears
     // of them), then one that every client hears: once it arrives, every
-    // change before it was applied.
+    // change before it was applied. Made by several admins at once, as a
+    // team or a directory sync would: one token alone is held to its rate
+    // limit (100 at once, then 20 a second).
     if args.changes > 0 {
+        let workers = 8;
+        let per_worker = args.changes.div_ceil(workers);
+        let mut tokens = Vec::new();
+        for w in 0..workers.max(per_worker.div_ceil(90) * workers).min(64) {
+            let admin = id(&api(
+                &args,
+                "POST",
+                "/actors",
+                Some(json!({"name": format!("admin-{w}"), "role": "admin", "email": format!("admin-{w}@bench.test")})),
+            )
+            .await);
+            tokens.push(
+                api(&args, "POST", &format!("/actors/{admin}/tokens"), None).await["token"]
+                    .as_str()
+                    .expect("an API token")
+                    .to_string(),
+            );
+        }
+        let tokens = Arc::new(tokens);
         let burst = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
-        let workers: Vec<_> = (0..8)
+        let workers: Vec<_> = (0..workers)
             .map(|_| {
                 let (args, next, site) = (args.clone(), next.clone(), site.clone());
+                let tokens = tokens.clone();
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +583,9 @@ async fn main() {
                         }
                         let body = json!({"name": format!("burst-{i}"), "type": "cidr",
                             "address": format!("10.{}.{}.0/24", 100 + i / 256, i % 256), "site_id": site});
-                        api(&args, "POST", "/resources", Some(body)).await;
+                        // Each token takes at most 90 of the burst.
+                        let token = &tokens[(i / 90) % tokens.len()];
+                        api_as(&args, token, "POST", "/resources", Some(body)).await;
                     }
                 })
             })

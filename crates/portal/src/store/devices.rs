@@ -224,6 +224,23 @@ async fn check_caps(
 /// device's addresses are given out again, so the pool is not used up by
 /// devices that come and go.
 async fn lowest_free_index(conn: &mut Conn, account: Uuid) -> Result<i64> {
+    // The index after the highest, while the range lasts: one step down
+    // the unique index, where searching for the lowest gap walked every
+    // device of the account (a first connect cost O(devices)). A deleted
+    // device's addresses are not handed out again until the range is used
+    // up: its flows, logs and any state a gateway still holds keep naming
+    // it alone for that much longer.
+    let row = sqlx::query(
+        "SELECT COALESCE(MAX(address_index), 0) + 1 AS n FROM devices WHERE account_id = $1",
+    )
+    .bind(account.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    let next = row.try_get::<i64, _>("n")?;
+    if next <= capacity() {
+        return Ok(next);
+    }
+    // The range is used up: the lowest gap, if any.
     let row = sqlx::query(
         "SELECT CASE WHEN NOT EXISTS \
          (SELECT 1 FROM devices WHERE account_id = $1 AND address_index = 1) THEN 1 \
@@ -607,7 +624,8 @@ mod tests {
             matches!(&refused, Err(StoreError::LimitReached(m)) if m.contains("--max-devices-per-actor")),
             "{refused:?}"
         );
-        // A deleted device's addresses go to the next new one.
+        // A deleted device's addresses are not handed out again while the
+        // range lasts: the next new device gets the next fresh ones.
         assert!(
             delete(&mut tx, account, DeviceKind::Client, b.id)
                 .await
@@ -616,8 +634,28 @@ mod tests {
         let d = upsert_on_connect(&mut tx, account, &connecting(actor.id, two, "d"), caps, 0)
             .await
             .unwrap();
-        assert_eq!((d.ipv4, d.ipv6), (b.ipv4, b.ipv6));
+        assert_ne!((d.ipv4, d.ipv6), (b.ipv4, b.ipv6));
+        assert_eq!(
+            d.ipv4,
+            device_addresses(4).unwrap().0,
+            "the index after the highest"
+        );
         assert_ne!(a.ipv4, c.ipv4);
+        // Once the range is used up, the lowest gap (b's) is reused.
+        sqlx::query("UPDATE devices SET address_index = $1 WHERE id = $2")
+            .bind(capacity())
+            .bind(d.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let roomy = DeviceCaps {
+            per_actor: 10,
+            per_token: 10,
+        };
+        let e = upsert_on_connect(&mut tx, account, &connecting(actor.id, two, "e"), roomy, 0)
+            .await
+            .unwrap();
+        assert_eq!((e.ipv4, e.ipv6), (b.ipv4, b.ipv6));
         tx.commit().await.unwrap();
     }
 }
