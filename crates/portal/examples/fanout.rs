@@ -179,6 +179,8 @@ enum Connect {
     Open(Box<Socket>),
     /// 503 (or 429) with the seconds of its Retry-After.
     Busy(u64),
+    /// Anything else: a reset, a timeout, a 503 that says nothing.
+    Failed(String),
 }
 
 async fn connect(args: &Args, n: usize, path: &str, query: &str, token: &str) -> Connect {
@@ -191,21 +193,21 @@ async fn connect(args: &Args, n: usize, path: &str, query: &str, token: &str) ->
     );
     let stream = match open(args, n).await {
         Ok(stream) => stream,
-        Err(error) => fail(&format!("client {n}: cannot connect: {error}")),
+        Err(error) => return Connect::Failed(format!("cannot connect: {error}")),
     };
     match tokio_tungstenite::client_async(request, stream).await {
         Ok((socket, _)) => Connect::Open(Box::new(socket)),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response))
-            if matches!(response.status().as_u16(), 503 | 429) =>
-        {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let wait = response
                 .headers()
                 .get("retry-after")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or_else(|| fail(&format!("client {n}: a 503 without Retry-After")));
-            Connect::Busy(wait)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            match (response.status().as_u16(), wait) {
+                (503 | 429, Some(wait)) => Connect::Busy(wait),
+                (status, _) => Connect::Failed(format!("HTTP {status}")),
+            }
         }
-        Err(error) => fail(&format!("client {n}: handshake failed: {error}")),
+        Err(error) => Connect::Failed(format!("handshake failed: {error}")),
     }
 }
 
@@ -223,10 +225,19 @@ fn query(n: usize, kind: &str) -> String {
     format!("device_id={kind}-{n}&public_key={key}&name={kind}-{n}")
 }
 
+/// Connects and refusals so far.
+#[derive(Default)]
+struct Tally {
+    /// Turned away with 503 + Retry-After.
+    shed: AtomicU64,
+    /// Failed otherwise (reset, timeout, an error without Retry-After).
+    failed: AtomicU64,
+}
+
 /// Connects client `n` like the daemon does (a busy portal's Retry-After
-/// waited, plus up to half of it again) until its `init` arrives; the
-/// socket and how many times it was turned away.
-async fn join(args: &Args, n: usize, token: &str, shed: &AtomicU64) -> Socket {
+/// waited, plus up to half of it again; any other failure retried after
+/// a second or so) until its `init` arrives.
+async fn join(args: &Args, n: usize, token: &str, tally: &Tally) -> Socket {
     loop {
         match connect(args, n, "/v1/client", &query(n, "bench"), token).await {
             Connect::Open(mut socket) => {
@@ -242,8 +253,15 @@ async fn join(args: &Args, n: usize, token: &str, shed: &AtomicU64) -> Socket {
                 }
                 return *socket;
             }
+            Connect::Failed(why) => {
+                if tally.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("client {n}: {why} (counted, retried; later ones only counted)");
+                }
+                let spread = (n as u64).wrapping_mul(2_654_435_761) % 1000;
+                tokio::time::sleep(Duration::from_millis(1000 + spread)).await;
+            }
             Connect::Busy(seconds) => {
-                shed.fetch_add(1, Ordering::Relaxed);
+                tally.shed.fetch_add(1, Ordering::Relaxed);
                 let spread = (n as u64).wrapping_mul(2_654_435_761) % (seconds * 500).max(1);
                 tokio::time::sleep(Duration::from_secs(seconds) + Duration::from_millis(spread))
                     .await;
@@ -294,10 +312,10 @@ async fn client(
     heard: mpsc::UnboundedSender<Instant>,
     mut storm: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
-    shed: Arc<AtomicU64>,
+    tally: Arc<Tally>,
 ) {
     let permit = permits.acquire_owned().await.expect("semaphore");
-    let mut socket = join(&args, n, &token, &shed).await;
+    let mut socket = join(&args, n, &token, &tally).await;
     drop(permit);
     let _ = admitted.send((n, false));
     loop {
@@ -316,7 +334,7 @@ async fn client(
                     return;
                 }
                 drop(socket);
-                socket = join(&args, n, &token, &shed).await;
+                socket = join(&args, n, &token, &tally).await;
                 let _ = admitted.send((n, true));
             }
         }
@@ -327,7 +345,7 @@ async fn client(
 async fn gateway(args: Arc<Args>, token: String) {
     let socket = match connect(&args, 0, "/v1/gateway", &query(0, "gateway"), &token).await {
         Connect::Open(socket) => socket,
-        Connect::Busy(_) => fail("the gateway was turned away"),
+        Connect::Busy(_) | Connect::Failed(_) => fail("the gateway could not connect"),
     };
     let (mut write, mut read) = socket.split();
     while let Some(Ok(message)) = read.next().await {
@@ -356,8 +374,7 @@ async fn steady(
     resource: String,
     stop: watch::Receiver<bool>,
 ) -> Vec<Option<Duration>> {
-    let shed = AtomicU64::new(0);
-    let socket = join(&args, n, &token, &shed).await;
+    let socket = join(&args, n, &token, &Tally::default()).await;
     let (mut write, mut read) = socket.split();
     let mut waits = Vec::new();
     let mut reference = 0u64;
@@ -480,7 +497,7 @@ async fn main() {
 
     // First connects: every client registers its device.
     let before = rss_kib(args.pid);
-    let shed = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
     let (admitted_tx, mut admitted) = mpsc::unbounded_channel();
     let (heard_tx, mut heard) = mpsc::unbounded_channel();
     let (storm_tx, storm) = watch::channel(false);
@@ -495,7 +512,7 @@ async fn main() {
             heard_tx.clone(),
             storm.clone(),
             permits.clone(),
-            shed.clone(),
+            tally.clone(),
         ));
     }
     drop(admitted_tx);
@@ -506,10 +523,12 @@ async fn main() {
     }
     let took = started.elapsed();
     println!(
-        "first connects: {clients} clients in {:.2} s = {:.0} connects/s ({} shed with Retry-After)",
+        "first connects: {clients} clients in {:.2} s = {:.0} connects/s ({} shed with Retry-After, \
+         {} failed otherwise)",
         took.as_secs_f64(),
         clients as f64 / took.as_secs_f64(),
-        shed.swap(0, Ordering::Relaxed)
+        tally.shed.swap(0, Ordering::Relaxed),
+        tally.failed.swap(0, Ordering::Relaxed)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(args.pid);
@@ -665,11 +684,12 @@ async fn main() {
     let per_connect = storm_cpu.as_secs_f64() / clients as f64;
     println!(
         "reconnect storm: {clients} clients at once, all back in {:.2} s = {:.0} connects/s \
-         ({} shed with Retry-After); portal CPU {:.0} us per connect = {:.0} connects/s per core \
-         (storm_connects_per_s={:.0} cpu_us_per_connect={:.0})",
+         ({} shed with Retry-After, {} failed otherwise); portal CPU {:.0} us per connect = {:.0} \
+         connects/s per core (storm_connects_per_s={:.0} cpu_us_per_connect={:.0})",
         took.as_secs_f64(),
         clients as f64 / took.as_secs_f64(),
-        shed.swap(0, Ordering::Relaxed),
+        tally.shed.swap(0, Ordering::Relaxed),
+        tally.failed.swap(0, Ordering::Relaxed),
         per_connect * 1e6,
         1.0 / per_connect.max(1e-9),
         clients as f64 / took.as_secs_f64(),
