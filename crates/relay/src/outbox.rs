@@ -1,0 +1,423 @@
+//! A worker's outgoing datagrams, coalesced per flow over a whole turn of
+//! its loop.
+//!
+//! Clients that send one datagram per system call (browsers, phones, most
+//! TURN clients) arrive interleaved: a receive batch (recvmmsg) holds a, b,
+//! c, a, b, c... Coalescing only consecutive datagrams into one pending GSO
+//! batch, as the worker did, then sends nearly every datagram with a
+//! system call of its own, and the relay costs about what coturn costs per
+//! packet. Here every flow (a sending socket and a destination) has its own
+//! open [`Group`], and the groups leave when the loop's turn ends (or the
+//! outbox holds enough): each group as one GSO send, and all the groups
+//! leaving one socket with the same segment size in one sendmmsg. So the
+//! listening socket answers many clients with one system call, and a
+//! relayed socket sends a client's datagrams of a whole turn with one.
+//!
+//! Order: a flow has at most one open group, and a datagram that does not
+//! fit it sends the group first, so a flow's datagrams leave in the order
+//! they came. Different flows' datagrams may leave in another order than
+//! they arrived in; no flow can observe that (and UDP promises nothing
+//! across flows anyway).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::metrics::SendDrop;
+
+/// Bytes one group holds at most: a GSO send is one UDP datagram to the
+/// kernel, at most 64 KiB with its headers.
+const GROUP_BYTES: usize = 64_512;
+/// Messages per sendmmsg call.
+pub(crate) const MMSG: usize = 64;
+/// Spare group buffers kept for reuse: enough for a busy turn, while an
+/// idle worker does not hold megabytes.
+const SPARE: usize = 64;
+
+/// Where datagrams leave from and go to; their order is kept per flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Flow {
+    /// `None` for the listening socket, else the relayed port.
+    pub from_port: Option<u16>,
+    /// As the socket needs it (v4-mapped on a dual-stack listening socket).
+    pub to: SocketAddr,
+}
+
+/// Datagrams of one flow that leave in one GSO send: of one size, the last
+/// one possibly shorter (the kernel cuts `buf` at the segment size).
+pub(crate) struct Group {
+    pub flow: Flow,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the group.
+    closed: bool,
+    pub buf: Vec<u8>,
+}
+
+impl Group {
+    fn fits(&self, len: usize, max_segments: usize) -> bool {
+        !self.closed
+            && len <= self.segment
+            && self.count < max_segments
+            && self.buf.len() + len <= GROUP_BYTES
+    }
+
+    fn add(&mut self, data: &[u8]) {
+        if self.count == 0 {
+            self.segment = data.len();
+        } else if data.len() < self.segment {
+            self.closed = true;
+        }
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+    }
+
+    /// The GSO segment size to send the group with; `None` for a single
+    /// datagram.
+    pub fn segment(&self) -> Option<u16> {
+        // A segment is at most GROUP_BYTES, which fits.
+        (self.count > 1).then(|| u16::try_from(self.segment).unwrap_or(u16::MAX))
+    }
+}
+
+/// How the outbox reaches the sockets: the worker's, or a test's record.
+pub(crate) trait Wire {
+    /// Sends `groups` (at most [`MMSG`]) from the socket of `from_port`,
+    /// each cut into datagrams of `segment` bytes if given, in one system
+    /// call. Returns how many groups left, counted from the front; an error
+    /// means the first did not.
+    fn send(
+        &mut self,
+        from_port: Option<u16>,
+        groups: &[Group],
+        segment: Option<u16>,
+    ) -> io::Result<usize>;
+}
+
+/// What the outbox counted.
+#[derive(Default)]
+pub(crate) struct OutboxStats {
+    /// Send system calls made.
+    pub send_calls: u64,
+    /// Datagrams dropped, by [`SendDrop`].
+    pub drops: [u64; SendDrop::COUNT],
+}
+
+#[derive(Default)]
+pub(crate) struct Outbox {
+    groups: Vec<Group>,
+    /// The open group of each flow: its index in `groups`.
+    open: HashMap<Flow, usize>,
+    spare: Vec<Vec<u8>>,
+    /// Datagrams waiting.
+    datagrams: usize,
+    pub stats: OutboxStats,
+}
+
+impl Outbox {
+    /// Datagrams waiting to be sent.
+    pub fn datagrams(&self) -> usize {
+        self.datagrams
+    }
+
+    /// Queues `data` for `flow`, behind the flow's earlier datagrams. If it
+    /// does not fit the flow's open group (another size, or the group is
+    /// full), that group is sent now and a new one opened.
+    pub fn push(&mut self, flow: Flow, data: &[u8], max_segments: usize, wire: &mut impl Wire) {
+        self.datagrams += 1;
+        if let Some(&index) = self.open.get(&flow) {
+            let group = &mut self.groups[index];
+            if !group.fits(data.len(), max_segments.max(1)) {
+                self.datagrams -= group.count;
+                send_run(
+                    &mut self.stats,
+                    std::slice::from_ref(group),
+                    group.segment(),
+                    wire,
+                );
+                group.buf.clear();
+                group.count = 0;
+                group.closed = false;
+            }
+            group.add(data);
+            return;
+        }
+        let mut group = Group {
+            flow,
+            segment: 0,
+            count: 0,
+            closed: false,
+            buf: self.spare.pop().unwrap_or_default(),
+        };
+        group.add(data);
+        self.open.insert(flow, self.groups.len());
+        self.groups.push(group);
+    }
+
+    /// Sends every waiting datagram: one sendmmsg per socket and segment
+    /// size (of up to [`MMSG`] groups).
+    pub fn flush(&mut self, wire: &mut impl Wire) {
+        if self.groups.is_empty() {
+            return;
+        }
+        self.open.clear();
+        self.datagrams = 0;
+        let mut groups = std::mem::take(&mut self.groups);
+        // Each flow has one group, so sorting reorders no flow.
+        groups.sort_unstable_by_key(|group| (group.flow.from_port, group.segment()));
+        let mut rest = &groups[..];
+        while let Some(first) = rest.first() {
+            let key = (first.flow.from_port, first.segment());
+            let run = rest
+                .iter()
+                .take_while(|group| (group.flow.from_port, group.segment()) == key)
+                .count();
+            for chunk in rest[..run].chunks(MMSG) {
+                send_run(&mut self.stats, chunk, key.1, wire);
+            }
+            rest = &rest[run..];
+        }
+        for mut group in groups.drain(..) {
+            if self.spare.len() < SPARE {
+                group.buf.clear();
+                self.spare.push(group.buf);
+            }
+        }
+        self.groups = groups;
+    }
+}
+
+/// Sends `groups` (one socket, one segment size, at most [`MMSG`]): a full
+/// send buffer drops them all, as a NIC's full queue would; another error
+/// drops the group it hit, and the rest go on.
+fn send_run(stats: &mut OutboxStats, groups: &[Group], segment: Option<u16>, wire: &mut impl Wire) {
+    let Some(first) = groups.first() else {
+        return;
+    };
+    let from_port = first.flow.from_port;
+    let mut rest = groups;
+    while let Some(first) = rest.first() {
+        stats.send_calls += 1;
+        match wire.send(from_port, rest, segment) {
+            Ok(sent) if sent > 0 => rest = rest.get(sent..).unwrap_or_default(),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Ok(_) => {
+                stats.drops[SendDrop::BufferFull as usize] += count(rest);
+                return;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                stats.drops[SendDrop::BufferFull as usize] += count(rest);
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(to = %first.flow.to, %error, "send failed");
+                stats.drops[SendDrop::Error as usize] += first.count as u64;
+                rest = &rest[1..];
+            }
+        }
+    }
+}
+
+fn count(groups: &[Group]) -> u64 {
+    groups.iter().map(|group| group.count as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One recorded send call: the socket, the segment size and each
+    /// message's destination with its datagrams.
+    type Call = (Option<u16>, Option<u16>, Vec<(SocketAddr, Vec<Vec<u8>>)>);
+
+    /// A wire that records what would have been sent, cutting GSO
+    /// messages as the kernel does; it refuses calls from `full` on.
+    #[derive(Default)]
+    struct Record {
+        calls: Vec<Call>,
+        full: Option<usize>,
+    }
+
+    impl Wire for Record {
+        fn send(
+            &mut self,
+            from_port: Option<u16>,
+            groups: &[Group],
+            segment: Option<u16>,
+        ) -> io::Result<usize> {
+            if self.full.is_some_and(|full| self.calls.len() >= full) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let messages = groups
+                .iter()
+                .map(|group| {
+                    let size = segment.map_or(group.buf.len(), usize::from);
+                    let datagrams = group.buf.chunks(size.max(1)).map(<[u8]>::to_vec);
+                    (group.flow.to, datagrams.collect())
+                })
+                .collect();
+            self.calls.push((from_port, segment, messages));
+            Ok(groups.len())
+        }
+    }
+
+    fn flow(port: Option<u16>, to: u16) -> Flow {
+        Flow {
+            from_port: port,
+            to: SocketAddr::from(([127, 0, 0, 1], to)),
+        }
+    }
+
+    /// Datagram `n` of a flow: `size` bytes, the first two the number.
+    fn datagram(n: u16, size: usize) -> Vec<u8> {
+        let mut data = vec![0x5A; size];
+        data[..2].copy_from_slice(&n.to_be_bytes());
+        data
+    }
+
+    /// What left per flow, in order.
+    fn delivered(calls: &[Call]) -> HashMap<Flow, Vec<Vec<u8>>> {
+        let mut flows: HashMap<Flow, Vec<Vec<u8>>> = HashMap::new();
+        for (from_port, _, messages) in calls {
+            for (to, datagrams) in messages {
+                let flow = Flow {
+                    from_port: *from_port,
+                    to: *to,
+                };
+                flows
+                    .entry(flow)
+                    .or_default()
+                    .extend(datagrams.iter().cloned());
+            }
+        }
+        flows
+    }
+
+    /// Eight clients, each sending one datagram per call, interleave in a
+    /// receive batch; each one's relayed socket sends its datagrams in one
+    /// GSO send, in order.
+    #[test]
+    fn interleaved_flows_leave_in_order_with_one_send_each() {
+        let mut outbox = Outbox::default();
+        let mut wire = Record::default();
+        let flows: Vec<Flow> = (0..8).map(|i| flow(Some(40_000 + i), 9000)).collect();
+        for n in 0..4 {
+            for flow in &flows {
+                outbox.push(*flow, &datagram(n, 1200), 64, &mut wire);
+            }
+        }
+        assert!(wire.calls.is_empty(), "nothing leaves before the flush");
+        assert_eq!(outbox.datagrams(), 32);
+        outbox.flush(&mut wire);
+        assert_eq!(outbox.datagrams(), 0);
+        assert_eq!(wire.calls.len(), 8, "one system call per relayed socket");
+        assert_eq!(outbox.stats.send_calls, 8);
+        let sent = delivered(&wire.calls);
+        for flow in &flows {
+            let expected: Vec<Vec<u8>> = (0..4).map(|n| datagram(n, 1200)).collect();
+            assert_eq!(sent[flow], expected, "{flow:?}");
+        }
+        assert!(
+            wire.calls
+                .iter()
+                .all(|(_, segment, _)| *segment == Some(1200))
+        );
+    }
+
+    /// Replies and peers' data to many clients from the listening socket
+    /// leave in one sendmmsg per segment size; a flow whose sizes vary
+    /// keeps its order (a shorter datagram ends a group, a longer one
+    /// sends it first).
+    #[test]
+    fn the_listening_socket_sends_to_many_clients_at_once_in_per_flow_order() {
+        let mut outbox = Outbox::default();
+        let mut wire = Record::default();
+        let clients: Vec<Flow> = (0..100).map(|i| flow(None, 10_000 + i)).collect();
+        // Client 0's flow: 500, 500, 300 (ends the group), 500 (new group),
+        // 900 (bigger: sends the open group first), 900.
+        let sizes_0 = [500, 500, 300, 500, 900, 900];
+        for (n, size) in sizes_0.iter().enumerate() {
+            for (i, client) in clients.iter().enumerate() {
+                let size = if i == 0 { *size } else { 700 };
+                outbox.push(*client, &datagram(n as u16, size), 64, &mut wire);
+            }
+        }
+        let early = wire.calls.len();
+        assert_eq!(
+            early, 2,
+            "client 0's groups that ended early, one call each"
+        );
+        outbox.flush(&mut wire);
+        let sent = delivered(&wire.calls);
+        let expected_0: Vec<Vec<u8>> = sizes_0
+            .iter()
+            .enumerate()
+            .map(|(n, size)| datagram(n as u16, *size))
+            .collect();
+        assert_eq!(sent[&clients[0]], expected_0);
+        for client in &clients[1..] {
+            let expected: Vec<Vec<u8>> = (0..6).map(|n| datagram(n, 700)).collect();
+            assert_eq!(sent[client], expected);
+        }
+        // 99 groups of 700 bytes: two sendmmsg calls (64 + 35); client 0's
+        // last group (900) a third.
+        assert_eq!(wire.calls.len() - early, 3);
+    }
+
+    #[test]
+    fn a_group_stops_at_the_segment_limit_and_below_64_kib() {
+        let mut outbox = Outbox::default();
+        let mut wire = Record::default();
+        let one = flow(Some(40_000), 9000);
+        for n in 0..10 {
+            outbox.push(one, &datagram(n, 100), 4, &mut wire);
+        }
+        outbox.flush(&mut wire);
+        let counts: Vec<usize> = wire.calls.iter().map(|(_, _, m)| m[0].1.len()).collect();
+        assert_eq!(counts, vec![4, 4, 2]);
+
+        let mut wire = Record::default();
+        for n in 0..60 {
+            outbox.push(one, &datagram(n, 1400), 64, &mut wire);
+        }
+        outbox.flush(&mut wire);
+        let counts: Vec<usize> = wire.calls.iter().map(|(_, _, m)| m[0].1.len()).collect();
+        assert_eq!(counts, vec![46, 14], "46 * 1400 <= 64512 < 47 * 1400");
+        let sent = delivered(&wire.calls);
+        assert_eq!(sent[&one].len(), 60);
+        assert!(
+            sent[&one]
+                .iter()
+                .enumerate()
+                .all(|(n, d)| d[..2] == (n as u16).to_be_bytes())
+        );
+    }
+
+    /// A full send buffer drops the datagrams of that call (counted), and
+    /// the outbox is empty and usable after.
+    #[test]
+    fn a_full_send_buffer_drops_and_counts() {
+        let mut outbox = Outbox::default();
+        let mut wire = Record {
+            full: Some(0),
+            ..Record::default()
+        };
+        for i in 0..3 {
+            for n in 0..5 {
+                outbox.push(
+                    flow(Some(40_000 + i), 9000),
+                    &datagram(n, 100),
+                    64,
+                    &mut wire,
+                );
+            }
+        }
+        outbox.flush(&mut wire);
+        assert_eq!(outbox.stats.drops[SendDrop::BufferFull as usize], 15);
+        assert_eq!(outbox.datagrams(), 0);
+        wire.full = None;
+        outbox.push(flow(None, 1), &datagram(0, 10), 64, &mut wire);
+        outbox.flush(&mut wire);
+        assert_eq!(delivered(&wire.calls)[&flow(None, 1)].len(), 1);
+    }
+}
