@@ -44,7 +44,9 @@ pub(crate) struct Flow {
 }
 
 /// Datagrams of one flow that leave in one GSO send: of one size, the last
-/// one possibly shorter (the kernel cuts `buf` at the segment size).
+/// one possibly shorter (the kernel cuts `buf` at the segment size). An
+/// empty datagram (ChannelData may carry none) always stands alone: GSO
+/// has no empty segment, so it would vanish from a group.
 pub(crate) struct Group {
     pub flow: Flow,
     segment: usize,
@@ -57,6 +59,8 @@ pub(crate) struct Group {
 impl Group {
     fn fits(&self, len: usize, max_segments: usize) -> bool {
         !self.closed
+            && len != 0
+            && self.segment != 0
             && len <= self.segment
             && self.count < max_segments
             && self.buf.len() + len <= GROUP_BYTES
@@ -251,9 +255,19 @@ mod tests {
             let messages = groups
                 .iter()
                 .map(|group| {
-                    let size = segment.map_or(group.buf.len(), usize::from);
-                    let datagrams = group.buf.chunks(size.max(1)).map(<[u8]>::to_vec);
-                    (group.flow.to, datagrams.collect())
+                    // An empty message is one empty datagram; GSO with
+                    // segment size 0 does not exist (the kernel refuses it).
+                    let datagrams = match segment {
+                        _ if group.buf.is_empty() => vec![Vec::new()],
+                        None => vec![group.buf.clone()],
+                        Some(0) => panic!("GSO with segment size 0"),
+                        Some(size) => group
+                            .buf
+                            .chunks(usize::from(size))
+                            .map(<[u8]>::to_vec)
+                            .collect(),
+                    };
+                    (group.flow.to, datagrams)
                 })
                 .collect();
             self.calls.push((from_port, segment, messages));
@@ -391,6 +405,38 @@ mod tests {
                 .enumerate()
                 .all(|(n, d)| d[..2] == (n as u16).to_be_bytes())
         );
+    }
+
+    /// An empty datagram (ChannelData of length 0) joins no group: GSO
+    /// has no empty segment, so it would vanish uncounted.
+    #[test]
+    fn empty_datagrams_stand_alone() {
+        let one = flow(Some(40_000), 9000);
+        for sizes in [
+            &[100, 0][..],
+            &[0, 0],
+            &[0, 100],
+            &[100, 0, 100, 0, 0, 100, 100],
+        ] {
+            let mut outbox = Outbox::default();
+            let mut wire = Record::default();
+            for size in sizes {
+                let data = vec![0x5A; *size];
+                outbox.push(one, &data, 64, &mut wire);
+            }
+            outbox.flush(&mut wire);
+            let sent = delivered(&wire.calls);
+            let lens: Vec<usize> = sent[&one].iter().map(Vec::len).collect();
+            assert_eq!(lens, sizes, "every datagram, empty ones too, in order");
+            assert_eq!(outbox.stats.drops, [0; SendDrop::COUNT]);
+            for (_, segment, messages) in &wire.calls {
+                for (_, datagrams) in messages {
+                    if datagrams.iter().any(Vec::is_empty) {
+                        assert_eq!((segment, datagrams.len()), (&None, 1), "{sizes:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// A full send buffer drops the datagrams of that call (counted), and
