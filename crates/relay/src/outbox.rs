@@ -96,6 +96,19 @@ pub(crate) trait Wire {
         groups: &[Group],
         segment: Option<u16>,
     ) -> io::Result<usize>;
+
+    /// Sends `data` from the socket of `from_port` to `to` as plain
+    /// datagrams of `segment` bytes (the last possibly shorter; `segment`
+    /// is not 0), without GSO: up to [`MMSG`] of them in one system call.
+    /// Returns how many datagrams left, counted from the front; an error
+    /// means the first did not.
+    fn send_apart(
+        &mut self,
+        from_port: Option<u16>,
+        to: SocketAddr,
+        data: &[u8],
+        segment: usize,
+    ) -> io::Result<usize>;
 }
 
 /// What the outbox counted.
@@ -115,6 +128,11 @@ pub(crate) struct Outbox {
     spare: Vec<Vec<u8>>,
     /// Datagrams waiting.
     datagrams: usize,
+    /// The kernel refused a GSO send (EIO or EINVAL: a device without
+    /// checksum offload, say): from then on every datagram leaves as a
+    /// message of its own, whatever a socket reports it could do (a
+    /// socket's GSO support is the kernel's, the refusal the route's).
+    gso_off: bool,
     pub stats: OutboxStats,
 }
 
@@ -129,12 +147,14 @@ impl Outbox {
     /// full), that group is sent now and a new one opened.
     pub fn push(&mut self, flow: Flow, data: &[u8], max_segments: usize, wire: &mut impl Wire) {
         self.datagrams += 1;
+        let max_segments = if self.gso_off { 1 } else { max_segments };
         if let Some(&index) = self.open.get(&flow) {
             let group = &mut self.groups[index];
             if !group.fits(data.len(), max_segments.max(1)) {
                 self.datagrams -= group.count;
                 send_run(
                     &mut self.stats,
+                    &mut self.gso_off,
                     std::slice::from_ref(group),
                     group.segment(),
                     wire,
@@ -177,7 +197,7 @@ impl Outbox {
                 .take_while(|group| (group.flow.from_port, group.segment()) == key)
                 .count();
             for chunk in rest[..run].chunks(MMSG) {
-                send_run(&mut self.stats, chunk, key.1, wire);
+                send_run(&mut self.stats, &mut self.gso_off, chunk, key.1, wire);
             }
             rest = &rest[run..];
         }
@@ -193,12 +213,27 @@ impl Outbox {
 
 /// Sends `groups` (one socket, one segment size, at most [`MMSG`]): a full
 /// send buffer drops them all, as a NIC's full queue would; another error
-/// drops the group it hit, and the rest go on.
-fn send_run(stats: &mut OutboxStats, groups: &[Group], segment: Option<u16>, wire: &mut impl Wire) {
+/// drops the group it hit, and the rest go on. A GSO send the kernel
+/// refuses turns GSO off (`gso_off`): the group it hit and the rest are
+/// sent again a datagram per message.
+fn send_run(
+    stats: &mut OutboxStats,
+    gso_off: &mut bool,
+    groups: &[Group],
+    segment: Option<u16>,
+    wire: &mut impl Wire,
+) {
     let Some(first) = groups.first() else {
         return;
     };
     let from_port = first.flow.from_port;
+    if segment.is_some() && *gso_off {
+        // Grouped before GSO was refused.
+        for group in groups {
+            send_apart(stats, from_port, group, wire);
+        }
+        return;
+    }
     let mut rest = groups;
     while let Some(first) = rest.first() {
         stats.send_calls += 1;
@@ -213,10 +248,68 @@ fn send_run(stats: &mut OutboxStats, groups: &[Group], segment: Option<u16>, wir
                 stats.drops[SendDrop::BufferFull as usize] += count(rest);
                 return;
             }
+            Err(error) if segment.is_some() && gso_refused(&error) => {
+                tracing::warn!(
+                    %error,
+                    "GSO send refused; this worker sends a datagram per message from now on"
+                );
+                *gso_off = true;
+                for group in rest {
+                    send_apart(stats, from_port, group, wire);
+                }
+                return;
+            }
             Err(error) => {
                 tracing::debug!(to = %first.flow.to, %error, "send failed");
                 stats.drops[SendDrop::Error as usize] += first.count as u64;
                 rest = &rest[1..];
+            }
+        }
+    }
+}
+
+/// What the kernel answers a GSO send that the route's device cannot take
+/// (EIO: no checksum offload; EINVAL: a segment the path cannot carry, or
+/// no GSO at all); quinn-udp reads it the same way.
+fn gso_refused(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        error.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EIO | Errno::EINVAL)
+    )
+}
+
+/// Sends a GSO group's datagrams without GSO, a message each (in sendmmsg
+/// calls of up to [`MMSG`]); errors as in [`send_run`], per datagram.
+fn send_apart(
+    stats: &mut OutboxStats,
+    from_port: Option<u16>,
+    group: &Group,
+    wire: &mut impl Wire,
+) {
+    // Only a lone empty datagram has segment 0, and it never uses GSO.
+    let segment = group.segment.max(1);
+    let data = &group.buf[..];
+    let mut offset = 0;
+    while offset < data.len() {
+        stats.send_calls += 1;
+        match wire.send_apart(from_port, group.flow.to, &data[offset..], segment) {
+            Ok(sent) if sent > 0 => offset = data.len().min(offset + sent * segment),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Ok(_) => {
+                let left = (data.len() - offset).div_ceil(segment);
+                stats.drops[SendDrop::BufferFull as usize] += left as u64;
+                return;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let left = (data.len() - offset).div_ceil(segment);
+                stats.drops[SendDrop::BufferFull as usize] += left as u64;
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(to = %group.flow.to, %error, "send failed");
+                stats.drops[SendDrop::Error as usize] += 1;
+                offset = data.len().min(offset + segment);
             }
         }
     }
@@ -235,11 +328,13 @@ mod tests {
     type Call = (Option<u16>, Option<u16>, Vec<(SocketAddr, Vec<Vec<u8>>)>);
 
     /// A wire that records what would have been sent, cutting GSO
-    /// messages as the kernel does; it refuses calls from `full` on.
+    /// messages as the kernel does; it refuses calls from `full` on, and
+    /// the first `refuse_gso` GSO calls with EIO.
     #[derive(Default)]
     struct Record {
         calls: Vec<Call>,
         full: Option<usize>,
+        refuse_gso: usize,
     }
 
     impl Wire for Record {
@@ -251,6 +346,10 @@ mod tests {
         ) -> io::Result<usize> {
             if self.full.is_some_and(|full| self.calls.len() >= full) {
                 return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if segment.is_some() && self.refuse_gso > 0 {
+                self.refuse_gso -= 1;
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
             }
             let messages = groups
                 .iter()
@@ -272,6 +371,27 @@ mod tests {
                 .collect();
             self.calls.push((from_port, segment, messages));
             Ok(groups.len())
+        }
+
+        /// Records one message per datagram, at most [`MMSG`].
+        fn send_apart(
+            &mut self,
+            from_port: Option<u16>,
+            to: SocketAddr,
+            data: &[u8],
+            segment: usize,
+        ) -> io::Result<usize> {
+            if self.full.is_some_and(|full| self.calls.len() >= full) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let messages: Vec<(SocketAddr, Vec<Vec<u8>>)> = data
+                .chunks(segment)
+                .take(MMSG)
+                .map(|datagram| (to, vec![datagram.to_vec()]))
+                .collect();
+            let sent = messages.len();
+            self.calls.push((from_port, None, messages));
+            Ok(sent)
         }
     }
 
@@ -437,6 +557,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A GSO send the kernel refuses (EIO) is sent again a datagram per
+    /// message, and so is every later group: nothing is lost, and GSO stays
+    /// off.
+    #[test]
+    fn a_refused_gso_send_is_sent_again_without_gso() {
+        let mut outbox = Outbox::default();
+        let mut wire = Record {
+            refuse_gso: 1,
+            ..Record::default()
+        };
+        // The listening socket to three clients (their groups in one GSO
+        // sendmmsg: refused, then each group apart) and two relayed
+        // sockets (apart at once). 100 datagrams per group (a kernel may
+        // take 128): more than one sendmmsg's worth each.
+        let clients: Vec<Flow> = (0..3).map(|i| flow(None, 10_000 + i)).collect();
+        let relayed: Vec<Flow> = (0..2).map(|i| flow(Some(40_000 + i), 9000)).collect();
+        for n in 0..100 {
+            for flow in clients.iter().chain(&relayed) {
+                outbox.push(*flow, &datagram(n, 500), 100, &mut wire);
+            }
+        }
+        assert!(wire.calls.is_empty());
+        outbox.flush(&mut wire);
+        assert!(outbox.gso_off);
+        assert_eq!(outbox.stats.drops, [0; SendDrop::COUNT]);
+        assert_eq!(outbox.datagrams(), 0);
+        let sent = delivered(&wire.calls);
+        let expected: Vec<Vec<u8>> = (0..100).map(|n| datagram(n, 500)).collect();
+        for flow in clients.iter().chain(&relayed) {
+            assert_eq!(sent[flow], expected, "{flow:?}");
+        }
+        // Five groups, each in two plain sendmmsg calls (64 + 36), and the
+        // refused call.
+        assert!(wire.calls.iter().all(|(_, segment, _)| segment.is_none()));
+        assert_eq!(wire.calls.len(), 10);
+        assert_eq!(outbox.stats.send_calls, 11);
+
+        // Later pushes no longer group.
+        let calls = wire.calls.len();
+        for n in 0..3 {
+            outbox.push(relayed[0], &datagram(n, 500), 100, &mut wire);
+        }
+        outbox.flush(&mut wire);
+        assert!(wire.calls[calls..].iter().all(|(_, s, _)| s.is_none()));
+        assert_eq!(wire.calls.len() - calls, 3);
+        assert_eq!(outbox.stats.drops, [0; SendDrop::COUNT]);
     }
 
     /// A full send buffer drops the datagrams of that call (counted), and

@@ -17,7 +17,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use postern_turn::server::{
     ClientAction, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAction, RelaySockets, Server, ServerConfig,
 };
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::RelayError;
@@ -102,19 +102,11 @@ impl Sockets {
     fn wire(&mut self) -> (&mut Outbox, SocketWire<'_>) {
         let Sockets {
             main,
-            main_state,
             relays,
             outbox,
             ..
         } = self;
-        (
-            outbox,
-            SocketWire {
-                main,
-                main_state,
-                relays,
-            },
-        )
+        (outbox, SocketWire { main, relays })
     }
 }
 
@@ -164,8 +156,23 @@ impl RelaySockets for Sockets {
 /// by it.
 struct SocketWire<'a> {
     main: &'a UdpSocket,
-    main_state: &'a UdpSocketState,
     relays: &'a HashMap<u16, RelaySocket>,
+}
+
+impl SocketWire<'_> {
+    fn socket(&self, from_port: Option<u16>) -> io::Result<&UdpSocket> {
+        match from_port {
+            None => Ok(self.main),
+            // The allocation is gone: so are its datagrams (counted).
+            Some(port) => self
+                .relays
+                .get(&port)
+                .map(|relay| &relay.socket)
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the relayed socket is closed")
+                }),
+        }
+    }
 }
 
 /// sendmmsg's message headers, preallocated. nix's `MultiHeaders` holds
@@ -182,6 +189,49 @@ thread_local! {
     static SEND_HEADERS: RefCell<Option<SendHeaders>> = const { RefCell::new(None) };
 }
 
+/// One sendmmsg of the first [`MMSG`] `messages` (destination, datagram or
+/// GSO batch), each with UDP_SEGMENT `segment` if given; how many left.
+fn send_messages<'d>(
+    socket: &UdpSocket,
+    messages: impl Iterator<Item = (SocketAddr, &'d [u8])>,
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    SEND_HEADERS.with_borrow_mut(|headers| {
+        let SendHeaders {
+            gso,
+            plain,
+            addresses,
+        } = headers.get_or_insert_with(|| SendHeaders {
+            gso: MultiHeaders::preallocate(MMSG, Some(nix::cmsg_space!(u16))),
+            plain: MultiHeaders::preallocate(MMSG, None),
+            addresses: Vec::with_capacity(MMSG),
+        });
+        addresses.clear();
+        let mut data: [&[u8]; MMSG] = [&[]; MMSG];
+        for ((to, buf), slot) in messages.zip(&mut data) {
+            addresses.push(Some(SockaddrStorage::from(to)));
+            *slot = buf;
+        }
+        let slices: [[IoSlice<'_>; 1]; MMSG] = std::array::from_fn(|i| [IoSlice::new(data[i])]);
+        let size = segment.unwrap_or(0);
+        let gso_size = [ControlMessage::UdpGsoSegments(&size)];
+        let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match segment {
+            Some(_) => (gso, &gso_size),
+            None => (plain, &[]),
+        };
+        nix::sys::socket::sendmmsg(
+            socket.as_raw_fd(),
+            headers,
+            &slices[..addresses.len()],
+            &addresses[..],
+            cmsgs,
+            MsgFlags::empty(),
+        )
+        .map(Iterator::count)
+        .map_err(io::Error::from)
+    })
+}
+
 impl Wire for SocketWire<'_> {
     fn send(
         &mut self,
@@ -189,70 +239,19 @@ impl Wire for SocketWire<'_> {
         groups: &[Group],
         segment: Option<u16>,
     ) -> io::Result<usize> {
-        let (socket, state) = match from_port {
-            None => (self.main, self.main_state),
-            Some(port) => match self.relays.get(&port) {
-                Some(relay) => (&relay.socket, &relay.state),
-                // The allocation is gone: so are its datagrams.
-                None => return Ok(groups.len()),
-            },
-        };
-        let groups = &groups[..groups.len().min(MMSG)];
-        let result = SEND_HEADERS.with_borrow_mut(|headers| {
-            let SendHeaders {
-                gso,
-                plain,
-                addresses,
-            } = headers.get_or_insert_with(|| SendHeaders {
-                gso: MultiHeaders::preallocate(MMSG, Some(nix::cmsg_space!(u16))),
-                plain: MultiHeaders::preallocate(MMSG, None),
-                addresses: Vec::with_capacity(MMSG),
-            });
-            addresses.clear();
-            addresses.extend(
-                groups
-                    .iter()
-                    .map(|g| Some(SockaddrStorage::from(g.flow.to))),
-            );
-            let slices: [[IoSlice<'_>; 1]; MMSG] = std::array::from_fn(|i| {
-                [IoSlice::new(groups.get(i).map_or(&[][..], |g| &g.buf[..]))]
-            });
-            let size = segment.unwrap_or(0);
-            let gso_size = [ControlMessage::UdpGsoSegments(&size)];
-            let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match segment {
-                Some(_) => (gso, &gso_size),
-                None => (plain, &[]),
-            };
-            nix::sys::socket::sendmmsg(
-                socket.as_raw_fd(),
-                headers,
-                &slices[..groups.len()],
-                &addresses[..],
-                cmsgs,
-                MsgFlags::empty(),
-            )
-            .map(Iterator::count)
-        });
-        match result {
-            Ok(sent) => Ok(sent),
-            // A GSO send the device cannot take (no checksum offload):
-            // quinn-udp's send turns GSO off for the socket (the outbox
-            // asks it for the segment limit) and tries once more.
-            Err(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL)
-                if segment.is_some() && state.max_gso_segments() > 1 =>
-            {
-                let first = &groups[0];
-                let transmit = Transmit {
-                    destination: first.flow.to,
-                    ecn: None,
-                    contents: &first.buf,
-                    segment_size: segment.map(usize::from),
-                    src_ip: None,
-                };
-                state.try_send(socket.into(), &transmit).map(|()| 1)
-            }
-            Err(errno) => Err(errno.into()),
-        }
+        let messages = groups.iter().map(|group| (group.flow.to, &group.buf[..]));
+        send_messages(self.socket(from_port)?, messages, segment)
+    }
+
+    fn send_apart(
+        &mut self,
+        from_port: Option<u16>,
+        to: SocketAddr,
+        data: &[u8],
+        segment: usize,
+    ) -> io::Result<usize> {
+        let messages = data.chunks(segment).map(|datagram| (to, datagram));
+        send_messages(self.socket(from_port)?, messages, None)
     }
 }
 
@@ -701,6 +700,22 @@ mod tests {
         data[0] = i as u8;
         data[1] = n as u8;
         data
+    }
+
+    /// Without GSO (after the kernel refused it), a group's datagrams
+    /// leave a message each, in order.
+    #[test]
+    fn a_group_is_sent_apart_over_a_real_socket() {
+        let (mut worker, _) = worker();
+        let sink = StdSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let data: Vec<u8> = (0..350).map(|i| (i / 100) as u8).collect();
+        let (_, mut wire) = worker.sockets.wire();
+        let to = sink.local_addr().unwrap();
+        assert_eq!(wire.send_apart(None, to, &data, 100).unwrap(), 4);
+        for (n, len) in [100, 100, 100, 50].into_iter().enumerate() {
+            assert_eq!(receive(&sink).unwrap(), vec![n as u8; len]);
+        }
     }
 
     /// Six clients each send five datagrams, one per system call, turn by
