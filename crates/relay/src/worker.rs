@@ -227,6 +227,19 @@ fn send_messages<'d>(
             cmsgs,
             MsgFlags::empty(),
         )
+        // Known unsoundness, kept for want of a safe alternative: nix
+        // (0.32) gives sendmmsg's count only through `MultiResults`, whose
+        // iterator copies each sent message's address out of
+        // `MultiHeaders` storage that only recvmmsg writes
+        // (`assume_init` on bytes sendmmsg never wrote) and reads its
+        // family to set its length: undefined behaviour inside a safe API
+        // (in practice a read of stale heap bytes whose result is
+        // dropped). nix has no other way to the count (`MultiResults`
+        // keeps it private, with no `len` or `size_hint`); rustix 1.x's
+        // safe `sendmmsg` takes only SCM_RIGHTS, SCM_CREDENTIALS and
+        // SCM_TXTIME control messages, not UDP_SEGMENT; socket2 (0.6) has
+        // no sendmmsg; and this workspace forbids unsafe code. Move to
+        // whichever first offers it.
         .map(Iterator::count)
         .map_err(io::Error::from)
     })
