@@ -86,7 +86,10 @@ impl Sockets {
             Some(port) => match self.relays.get(&port) {
                 Some(relay) => (to, relay.state.max_gso_segments()),
                 // Closed while the core still relayed: nowhere to send from.
-                None => return,
+                None => {
+                    self.outbox.stats.drops[SendDrop::Error as usize] += 1;
+                    return;
+                }
             },
         };
         let (outbox, mut wire) = self.wire();
@@ -729,6 +732,20 @@ mod tests {
         for (n, len) in [100, 100, 100, 50].into_iter().enumerate() {
             assert_eq!(receive(&sink).unwrap(), vec![n as u8; len]);
         }
+    }
+
+    /// Data for a relayed port that was closed is dropped, and counted.
+    #[test]
+    fn data_for_a_closed_relayed_port_is_counted_as_dropped() {
+        let (mut worker, _) = worker();
+        let to = SocketAddr::from(([127, 0, 0, 1], 9));
+        worker.sockets.push(Some(25_150), to, b"gone");
+        worker.sockets.flush();
+        assert_eq!(
+            worker.sockets.outbox.stats.drops[SendDrop::Error as usize],
+            1
+        );
+        assert_eq!(worker.sockets.outbox.stats.send_calls, 0);
     }
 
     /// Six clients each send five datagrams, one per system call, turn by
