@@ -507,8 +507,9 @@ impl Worker {
                 } => self.sockets.push(Some(port), peer, payload),
                 ClientAction::None => {}
             }
+            // One read may hold many messages: the outbox stays bounded.
+            self.flush_if_full();
         }
-        self.flush_if_full();
         // Closed by the client, or by a failed write just now.
         if received.closed || !self.streams.has(received.client) {
             self.core.client_gone(received.client, &mut self.sockets);
