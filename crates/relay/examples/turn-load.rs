@@ -300,8 +300,11 @@ fn main() {
     let start = Instant::now();
     let server = options.server;
     let senders_stop = Arc::new(AtomicBool::new(false));
+    // A thread without allocations (more threads than allocations) is not
+    // started: it would spin, taking CPU from the relay.
     let threads: Vec<_> = blasts
         .into_iter()
+        .filter(|blasts| !blasts.is_empty())
         .map(|blasts| {
             let (counting, stop) = (Arc::clone(&counting), Arc::clone(&senders_stop));
             std::thread::spawn(move || {
