@@ -7,10 +7,13 @@
 //! disjoint slice of the port range (no shared state on the data path; only
 //! EVEN-PORT reservations are shared, since a client's two sockets may hash
 //! to two workers), and a mio
-//! event loop that receives in batches (recvmmsg, GRO) and coalesces
-//! consecutive same-size datagrams to one destination into one GSO send.
+//! event loop that receives in batches (recvmmsg, GRO) and sends per turn
+//! of the loop: each flow's same-size datagrams in one GSO send, a
+//! socket's flows together in one sendmmsg (`outbox`), so even clients that
+//! send one datagram per system call are relayed with few.
 
 mod metrics;
+mod outbox;
 mod stream;
 mod worker;
 

@@ -34,6 +34,7 @@ struct WorkerCounters {
     to_client_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     send_drops: [AtomicU64; SendDrop::COUNT],
+    send_calls: AtomicU64,
 }
 
 /// The counters of every worker.
@@ -54,6 +55,7 @@ impl Metrics {
         stats: &Stats,
         allocations: usize,
         send_drops: &[u64; SendDrop::COUNT],
+        send_calls: u64,
     ) {
         let Some(counters) = self.workers.get(worker) else {
             return;
@@ -71,6 +73,7 @@ impl Metrics {
         for (atomic, value) in counters.send_drops.iter().zip(send_drops) {
             set(atomic, *value);
         }
+        set(&counters.send_calls, send_calls);
     }
 
     fn sum(&self, pick: impl Fn(&WorkerCounters) -> &AtomicU64) -> u64 {
@@ -135,6 +138,12 @@ impl Metrics {
                     self.sum(|w| &w.to_client_bytes),
                 ),
             ],
+        );
+        metric(
+            "postern_relay_send_calls_total",
+            "counter",
+            "UDP send system calls (sendmmsg, each message a GSO batch): packets relayed per call show how well sends are batched.",
+            &[(String::new(), self.sum(|w| &w.send_calls))],
         );
         let mut drops: Vec<(String, u64)> = DropReason::ALL
             .iter()
