@@ -30,7 +30,10 @@ pub fn listening_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Soc
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(1024)?;
+    // Room for a reconnect storm's connections while the server is busy
+    // (the kernel caps it at net.core.somaxconn, 4096 by default); past
+    // it SYNs are dropped and clients retry after a second or more.
+    socket.listen(4096)?;
     Ok(socket)
 }
 
