@@ -167,7 +167,12 @@ impl WireguardPeer {
         }
         let action = Self::action(self.tunn.decapsulate(source, datagram, buffer))?;
         self.last_received = Some(now);
-        self.initiated = None;
+        // A cookie reply (type 3: the peer is under load) answers nothing:
+        // the initiation is repeated, now with the cookie, after
+        // HANDSHAKE_RETRY rather than boringtun's 5 s.
+        if datagram[0] != 3 {
+            self.initiated = None;
+        }
         Ok(action)
     }
 

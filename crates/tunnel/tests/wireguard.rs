@@ -4,8 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use boringtun::noise::TunnResult;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519::{PublicKey, StaticSecret};
 use postern_tunnel::wireguard::{
-    Action, KEEPALIVE, LIVENESS_TIMEOUT, PeerError, WireguardPeer, public_key,
+    Action, HANDSHAKE_RETRY, KEEPALIVE, LIVENESS_TIMEOUT, PeerError, WireguardPeer, public_key,
 };
 use proptest::prelude::*;
 
@@ -69,6 +72,49 @@ fn exchange(
         }
     }
     tunnels
+}
+
+/// A gateway under load answers a handshake with a cookie (its node checks
+/// every handshake against the load first). The client repeats the
+/// handshake, cookie included, after HANDSHAKE_RETRY on the caller's clock,
+/// not after boringtun's own 5 s on the system clock: after a gateway
+/// restart thousands of clients come back at once.
+#[test]
+fn a_handshake_answered_with_a_cookie_is_repeated_after_a_second() {
+    let now = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let client_ip = "198.18.0.2".parse().unwrap();
+    let gateway_ip = "198.51.100.1".parse().unwrap();
+    // No handshake a second without a cookie: under load from the first.
+    let load = RateLimiter::new(&PublicKey::from(&StaticSecret::from(GATEWAY_SECRET)), 0);
+    let (mut buffer, mut reply) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let Action::Network(n) = client.send(&ip_packet(3), now, &mut buffer).unwrap() else {
+        panic!()
+    };
+    let Err(TunnResult::WriteToNetwork(cookie)) =
+        load.verify_packet(Some(client_ip), &buffer[..n], &mut reply)
+    else {
+        panic!("no cookie")
+    };
+    let cookie = cookie.to_vec();
+    assert_eq!(
+        client.receive(Some(gateway_ip), &cookie, now, &mut buffer),
+        Ok(Action::Nothing)
+    );
+    assert_eq!(
+        client.tick(now + HANDSHAKE_RETRY / 2, &mut buffer),
+        Ok(Action::Nothing)
+    );
+    let Action::Network(n) = client.tick(now + HANDSHAKE_RETRY, &mut buffer).unwrap() else {
+        panic!("no new handshake after the cookie")
+    };
+    assert!(
+        load.verify_packet(Some(client_ip), &buffer[..n], &mut reply)
+            .is_ok(),
+        "the new handshake carries the cookie"
+    );
+    let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
+    assert_eq!(at_gateway, vec![ip_packet(3)], "the queued packet follows");
 }
 
 #[test]
