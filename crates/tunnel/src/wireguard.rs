@@ -25,6 +25,12 @@ pub const KEEPALIVE: Duration = Duration::from_millis(400);
 /// An unanswered handshake initiation is repeated after this long (on the
 /// caller's clock: boringtun's own 5 s retry runs on the system clock).
 pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+/// boringtun's timers (rekeying, session expiry, its 5 s handshake
+/// retries) run at least this often. Their limits are whole seconds
+/// (boringtun rounds them to a second itself), and a gateway with
+/// thousands of peers should wake each only when something is due: our
+/// keepalives, liveness and retries have deadlines of their own.
+pub const TIMERS: Duration = Duration::from_secs(1);
 /// WireGuard adds 32 bytes to a packet; handshakes need 148.
 pub const OVERHEAD: usize = 32;
 pub const MIN_BUFFER: usize = 148;
@@ -90,6 +96,8 @@ pub struct WireguardPeer {
     last_sent: Option<Instant>,
     /// When the handshake initiation still unanswered was sent.
     initiated: Option<Instant>,
+    /// When [`WireguardPeer::tick`] last ran boringtun's timers.
+    ticked: Option<Instant>,
 }
 
 impl WireguardPeer {
@@ -113,6 +121,7 @@ impl WireguardPeer {
             last_received: None,
             last_sent: None,
             initiated: None,
+            ticked: None,
         }
     }
 
@@ -188,6 +197,7 @@ impl WireguardPeer {
         if buffer.len() < MIN_BUFFER {
             return Err(PeerError::BufferTooSmall);
         }
+        self.ticked = Some(now);
         let action = Self::action(self.tunn.update_timers(buffer))?;
         if action != Action::Nothing {
             self.sent(action, now, buffer);
@@ -210,6 +220,21 @@ impl WireguardPeer {
             return self.send(&[], now, buffer);
         }
         Ok(Action::Nothing)
+    }
+
+    /// When [`WireguardPeer::tick`] has something to do next: boringtun's
+    /// timers every [`TIMERS`], a handshake retry, a keepalive. Sending and
+    /// receiving only move these later, so a caller may compute this after a
+    /// tick and sleep until then (waking early is harmless).
+    pub fn next_tick(&self, now: Instant) -> Instant {
+        let mut at = self.ticked.map_or(now, |at| at + TIMERS);
+        if let Some(initiated) = self.initiated {
+            at = at.min(initiated + HANDSHAKE_RETRY);
+        }
+        if self.last_received.is_some() {
+            at = at.min(self.last_sent.map_or(now, |sent| sent + KEEPALIVE));
+        }
+        at
     }
 
     /// A fresh handshake initiation: the peer must answer it, so it proves a
