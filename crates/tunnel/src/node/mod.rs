@@ -238,7 +238,10 @@ pub struct Node<P> {
     /// Round trips to the relays (measured by `relays`, read by every
     /// peer's ICE agent to rank relayed candidates).
     relay_rtt: RelayRtt,
-    peers: HashMap<P, Peer>,
+    /// Boxed: a peer is some 12 KiB (boringtun's `Tunn` keeps its eight
+    /// sessions inline), and a table of thousands would otherwise hold that
+    /// much in every empty slot too, and move it all when it grows.
+    peers: HashMap<P, Box<Peer>>,
     by_index: HashMap<u32, P>,
     by_key: HashMap<[u8; 32], P>,
     by_ufrag: HashMap<String, P>,
@@ -391,7 +394,7 @@ impl<P: PeerId> Node<P> {
         self.by_ufrag.insert(ice.local_ufrag().to_string(), id);
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 ice,
                 wireguard,
                 public_key: config.public_key,
@@ -417,7 +420,7 @@ impl<P: PeerId> Node<P> {
                 wake: None,
                 ice_at: None,
                 dirty: false,
-            },
+            }),
         );
         for candidate in candidates {
             self.events.push_back(NodeEvent::Candidate {
