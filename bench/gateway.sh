@@ -18,6 +18,7 @@
 #   bench/gateway.sh                 # 10, 1000 and 5000 peers
 #   bench/gateway.sh 10 5000 10000   # other counts
 #   POSTERN_BENCH_RATE=50000 POSTERN_BENCH_SECONDS=10 bench/gateway.sh
+#   POSTERN_BENCH_WARMUP=40 bench/gateway.sh 5000   # heap steady state
 #
 # Builds go to $CARGO_TARGET_DIR (default target/).
 set -euo pipefail

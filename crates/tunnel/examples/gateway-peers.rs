@@ -25,7 +25,10 @@
 //!
 //! `cargo run --release -p postern-tunnel --example gateway-peers [N...]`;
 //! `POSTERN_BENCH_RATE` sets packets per virtual second each way (20,000),
-//! `POSTERN_BENCH_SECONDS` the measured virtual seconds (5).
+//! `POSTERN_BENCH_SECONDS` the measured virtual seconds (5),
+//! `POSTERN_BENCH_WARMUP` the virtual seconds of traffic before (1, plus
+//! what opening every flow takes; past 30 s the gateway's memory of STUN
+//! checks it sent is full, and the heap holds still).
 
 // The counting allocator is the one unsafe thing here.
 #![allow(unsafe_code)]
@@ -681,7 +684,7 @@ struct Figures {
     gateway_bytes: usize,
 }
 
-fn measure(peers: usize, rate: usize, seconds: u64) -> Figures {
+fn measure(peers: usize, rate: usize, seconds: u64, warmup: u64) -> Figures {
     let start = Instant::now();
     let mut world = World::new(start);
     // Clients come 100 to a virtual 10 ms (10,000 a second).
@@ -701,7 +704,7 @@ fn measure(peers: usize, rate: usize, seconds: u64) -> Figures {
     let setup = wall.elapsed();
     // Warm up with traffic (opening every flow), then measure.
     let opening = (peers as u64 * FLOWS_PER_CLIENT).div_ceil(rate.max(1) as u64);
-    let end = world.now + Duration::from_secs(opening + 1);
+    let end = world.now + Duration::from_secs(opening + warmup);
     world.run(end, rate);
     // The batch figures' room, before the heap is read.
     let batches = seconds as usize * 1000 + 16;
@@ -831,7 +834,14 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let figures: Vec<Figures> = counts.iter().map(|&n| measure(n, rate, seconds)).collect();
+    let warmup = std::env::var("POSTERN_BENCH_WARMUP")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let figures: Vec<Figures> = counts
+        .iter()
+        .map(|&n| measure(n, rate, seconds, warmup))
+        .collect();
     if let (Some(first), Some(last)) = (figures.first(), figures.last())
         && figures.len() > 1
     {
