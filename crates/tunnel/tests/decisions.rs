@@ -379,35 +379,48 @@ fn authorizations_expire_in_order_and_renewals_move_the_deadline() {
     assert_eq!(gateway.poll_timeout(), None);
 }
 
-/// A flow that ends (here a UDP flow gone idle, found by the sweep) reaches
-/// the log once: its client is listed when the flow ends, so taking the
-/// ended flows walks no other client.
+/// Idle flows are swept per client, every 10 s from its first flow, and a
+/// flow that ends (here a UDP flow gone idle) reaches the log once: its
+/// client is listed when the flow ends, so taking the ended flows walks no
+/// other client. A client left without flows is not swept again.
 #[test]
-fn idle_flows_found_by_the_sweep_reach_the_log_once() {
+fn idle_flows_are_swept_per_client_and_reach_the_log_once() {
     let start = Instant::now();
     let mut gateway = GatewayState::new();
-    let client = addresses();
-    gateway.authorize(
-        client,
-        resource(1, ResourceType::Cidr, "10.0.0.0/24", ""),
-        None,
-    );
-    let mut query = packet(CLIENT_V4, [10, 0, 0, 53], IPPROTO_UDP, 53);
-    assert_eq!(
-        gateway.forward_from_client(client.id, &mut query, start),
-        GatewayVerdict::Forward
-    );
+    let first = addresses();
+    let second = ClientAddresses {
+        id: ClientId::from_u128(8),
+        ipv4: Ipv4Addr::new(100, 64, 0, 8),
+        ipv6: "fd7e:5057:6e00::8".parse().unwrap(),
+    };
+    let web = || resource(1, ResourceType::Cidr, "10.0.0.0/24", "");
+    for (client, opened) in [(first, 0), (second, 5)] {
+        gateway.authorize(client, web(), None);
+        let mut query = packet(client.ipv4.octets(), [10, 0, 0, 53], IPPROTO_UDP, 53);
+        assert_eq!(
+            gateway.forward_from_client(client.id, &mut query, start + Duration::from_secs(opened)),
+            GatewayVerdict::Forward
+        );
+    }
     assert!(gateway.take_ended_flows().0.is_empty());
-    // Swept every 10 s; idle after 5 minutes.
+    // Idle after 5 minutes: each flow ends at its own client's sweep.
+    let mut ended = Vec::new();
     while let Some(at) = gateway.poll_timeout()
-        && at <= start + Duration::from_secs(320)
+        && at <= start + Duration::from_secs(400)
     {
         gateway.handle_timeout(at);
+        let (flows, dropped) = gateway.take_ended_flows();
+        assert_eq!(dropped, 0);
+        ended.extend(flows.into_iter().map(|(client, _)| (client, at - start)));
     }
-    let (ended, dropped) = gateway.take_ended_flows();
-    assert_eq!((ended.len(), dropped), (1, 0));
-    assert_eq!(ended[0].0, client.id);
-    assert!(gateway.take_ended_flows().0.is_empty());
+    assert_eq!(
+        ended,
+        vec![
+            (first.id, Duration::from_secs(300)),
+            (second.id, Duration::from_secs(305))
+        ]
+    );
+    assert_eq!(gateway.poll_timeout(), None, "no flows left: no sweep");
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! "administratively prohibited" (or dropped, if it is spoofed or an ICMP
 //! error). Filters change live; revocation takes effect on the next packet.
 //!
-//! Timers never walk every client: expiries are kept in time order, and
-//! the clients whose flow tables hold ended flows are listed as they end
-//! (a gateway has thousands of clients and runs its timers often).
+//! Timers never walk every client: expiries and each client's sweep of
+//! idle flows are kept in time order, and the clients whose flow tables
+//! hold ended flows are listed as they end (a gateway has thousands of
+//! clients and runs its timers often).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -91,6 +92,9 @@ struct ClientEntry {
     flows: Flows,
     /// In [`GatewayState::ended`].
     ended_listed: bool,
+    /// When its idle flows and NAT sessions are swept next (none while it
+    /// has neither): its entry in [`GatewayState::sweeps`].
+    sweep_at: Option<Instant>,
 }
 
 impl ClientEntry {
@@ -194,8 +198,10 @@ pub struct GatewayState {
     by_address: HashMap<IpAddr, ClientId>,
     /// The gateway's own addresses (tunnel and host): never a destination.
     own: Vec<IpAddr>,
-    /// When idle flows and NAT sessions are swept next.
-    next_sweep: Option<Instant>,
+    /// Clients' sweeps of idle flows and NAT sessions, soonest first: each
+    /// client every [`flows::SWEEP`] from its first flow, rather than every
+    /// client at once.
+    sweeps: BTreeSet<(Instant, ClientId)>,
     /// Authorizations that expire, soonest first.
     expiries: BTreeSet<(Instant, ClientId, ResourceId)>,
     /// Clients whose tables hold ended flows not taken yet.
@@ -237,6 +243,7 @@ impl GatewayState {
                 nat: ClientNat::default(),
                 flows: Flows::logging(),
                 ended_listed: false,
+                sweep_at: None,
             });
         entry.addresses = client;
         entry.route(&resource);
@@ -281,6 +288,9 @@ impl GatewayState {
                 if let Some(at) = authorized.expires {
                     self.expiries.remove(&(at, client, *resource));
                 }
+            }
+            if let Some(at) = entry.sweep_at {
+                self.sweeps.remove(&(at, client));
             }
             // Its flows end here; the log keeps them.
             entry.flows.end_all();
@@ -428,7 +438,11 @@ impl GatewayState {
         if opened.is_err() {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
         }
-        self.next_sweep.get_or_insert(now + flows::SWEEP);
+        if entry.sweep_at.is_none() {
+            let at = now + flows::SWEEP;
+            entry.sweep_at = Some(at);
+            self.sweeps.insert((at, client));
+        }
         if real.is_some() && !entry.nat.outbound(packet, now) {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
         }
@@ -562,15 +576,23 @@ impl GatewayState {
     }
 
     /// Forgets expired authorizations (packets check expiry themselves; this
-    /// keeps the table small) and, every [`flows::SWEEP`], idle flows and
-    /// NAT sessions.
+    /// keeps the table small), and the idle flows and NAT sessions of the
+    /// clients whose sweep is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.next_sweep.is_some_and(|at| at <= now) {
-            self.next_sweep = Some(now + flows::SWEEP);
-            for entry in self.clients.values_mut() {
-                entry.flows.expire(now);
-                entry.nat.expire(now);
-                entry.list_ended(&mut self.ended);
+        while let Some(&(at, client)) = self.sweeps.first()
+            && at <= now
+        {
+            self.sweeps.pop_first();
+            let Some(entry) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            entry.flows.expire(now);
+            entry.nat.expire(now);
+            entry.list_ended(&mut self.ended);
+            entry.sweep_at = (!entry.flows.is_empty() || entry.nat.session_count() > 0)
+                .then(|| now + flows::SWEEP);
+            if let Some(next) = entry.sweep_at {
+                self.sweeps.insert((next, client));
             }
         }
         while let Some(&(at, client, resource)) = self.expiries.first()
@@ -589,7 +611,8 @@ impl GatewayState {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let expiry = self.expiries.first().map(|(at, _, _)| *at);
-        expiry.into_iter().chain(self.next_sweep).min()
+        let sweep = self.sweeps.first().map(|(at, _)| *at);
+        expiry.into_iter().chain(sweep).min()
     }
 
     /// Every (client, resource) authorized now.
