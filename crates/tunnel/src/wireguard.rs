@@ -93,7 +93,17 @@ pub fn public_key(secret: [u8; 32]) -> [u8; 32] {
 pub struct WireguardPeer {
     tunn: Tunn,
     last_received: Option<Instant>,
+    /// When we last sent, or last tried a keepalive that could not go: the
+    /// keepalive clock runs from here.
     last_sent: Option<Instant>,
+    /// Whether boringtun had a current session when last looked at (in
+    /// [`WireguardPeer::tick`], and on receiving while it had none): only
+    /// then does a keepalive go out. Without one, boringtun would queue the
+    /// empty packet and start a handshake of its own: on a responder that
+    /// has not yet had the initiator's first data packet, a second
+    /// handshake; during a handshake, nothing, and the keepalive would stay
+    /// due.
+    session: bool,
     /// When the handshake initiation still unanswered was sent.
     initiated: Option<Instant>,
     /// When [`WireguardPeer::tick`] last ran boringtun's timers.
@@ -122,6 +132,7 @@ impl WireguardPeer {
             last_sent: None,
             initiated: None,
             ticked: None,
+            session: false,
         }
     }
 
@@ -175,6 +186,16 @@ impl WireguardPeer {
             return Err(PeerError::BufferTooSmall);
         }
         let action = Self::action(self.tunn.decapsulate(source, datagram, buffer))?;
+        if !self.session && matches!(datagram[0], 2 | 4) {
+            // A handshake response (initiator) or the first data packet of
+            // a new session (responder) makes it current.
+            self.session = self.has_current_session();
+        }
+        if let Action::Network(_) = action {
+            // The handshake response the caller sends: the keepalive clock
+            // starts.
+            self.last_sent = Some(now);
+        }
         self.last_received = Some(now);
         // A cookie reply (type 3: the peer is under load) answers nothing:
         // the initiation is repeated, now with the cookie, after
@@ -198,7 +219,19 @@ impl WireguardPeer {
             return Err(PeerError::BufferTooSmall);
         }
         self.ticked = Some(now);
-        let action = Self::action(self.tunn.update_timers(buffer))?;
+        let timers = Self::action(self.tunn.update_timers(buffer));
+        self.session = self.has_current_session();
+        let action = match timers {
+            Ok(action) => action,
+            Err(error) => {
+                // No keepalive this time: its clock moves on too, so the
+                // peer is not due again at once.
+                if self.keepalive_due(now) {
+                    self.last_sent = Some(now);
+                }
+                return Err(error);
+            }
+        };
         if action != Action::Nothing {
             self.sent(action, now, buffer);
             return Ok(action);
@@ -211,27 +244,59 @@ impl WireguardPeer {
             self.sent(action, now, buffer);
             return Ok(action);
         }
-        let quiet = self
-            .last_sent
-            .is_none_or(|at| now.saturating_duration_since(at) >= KEEPALIVE);
-        // Only once the peer has been heard: before that, the handshake is
-        // what goes out.
-        if quiet && self.last_received.is_some() {
-            return self.send(&[], now, buffer);
+        if self.keepalive_due(now) {
+            let result = self.send(&[], now, buffer);
+            if result != Ok(Action::Network(OVERHEAD)) {
+                // Nothing went out: tried now all the same, so the
+                // keepalive is not due again at once.
+                self.last_sent = Some(now);
+            }
+            return result;
         }
         Ok(Action::Nothing)
     }
 
+    /// Whether a keepalive is due: [`KEEPALIVE`] of quiet, the peer heard
+    /// (before that, the handshake is what goes out), and a current session
+    /// to send it in.
+    fn keepalive_due(&self, now: Instant) -> bool {
+        self.keepalives()
+            && self
+                .last_sent
+                .is_none_or(|at| now.saturating_duration_since(at) >= KEEPALIVE)
+    }
+
+    /// Whether keepalives run at all (see [`WireguardPeer::keepalive_due`]).
+    fn keepalives(&self) -> bool {
+        self.session && self.last_received.is_some()
+    }
+
+    /// Whether boringtun has a current session (it reads the system clock:
+    /// not for every packet).
+    fn has_current_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+
+    /// Whether a current session was there when last looked at: a caller
+    /// that sees this turn true after [`WireguardPeer::receive`] has a
+    /// keepalive deadline that may come earlier than [`WireguardPeer::next_tick`]
+    /// said before.
+    pub fn has_session(&self) -> bool {
+        self.session
+    }
+
     /// When [`WireguardPeer::tick`] has something to do next: boringtun's
-    /// timers every [`TIMERS`], a handshake retry, a keepalive. Sending and
-    /// receiving only move these later, so a caller may compute this after a
+    /// timers every [`TIMERS`], a handshake retry, a keepalive (only with a
+    /// current session). Sending and receiving only move these later, except
+    /// a receive that makes a session current (see
+    /// [`WireguardPeer::has_session`]), so a caller may compute this after a
     /// tick and sleep until then (waking early is harmless).
     pub fn next_tick(&self, now: Instant) -> Instant {
         let mut at = self.ticked.map_or(now, |at| at + TIMERS);
         if let Some(initiated) = self.initiated {
             at = at.min(initiated + HANDSHAKE_RETRY);
         }
-        if self.last_received.is_some() {
+        if self.keepalives() {
             at = at.min(self.last_sent.map_or(now, |sent| sent + KEEPALIVE));
         }
         at
@@ -252,6 +317,10 @@ impl WireguardPeer {
     fn sent(&mut self, action: Action, now: Instant, buffer: &[u8]) {
         if let Action::Network(n) = action {
             self.last_sent = Some(now);
+            // Message type 4: data, so a session is current.
+            if n > 0 && buffer[0] == 4 {
+                self.session = true;
+            }
             // Message type 1: a handshake initiation.
             if n > 0 && buffer[0] == 1 && self.initiated.is_none() {
                 self.initiated = Some(now);

@@ -69,6 +69,10 @@ const PATH_QUIET: Duration = Duration::from_millis(850);
 /// entries a clash left on the routers expire, and the next re-probe
 /// starts clean (see [`holes`]).
 pub const REPROBE: Duration = Duration::from_secs(60);
+/// A peer woken is not woken again sooner than this (a safeguard: none of
+/// its timers should be due at the instant it ran; ICE paces its own at
+/// 50 ms).
+const REWAKE: Duration = Duration::from_millis(10);
 /// STUN checks we sent are matched to their peer for this long (a check
 /// that is not answered in 30 s is long given up by ICE).
 const CHECK_MEMORY: Duration = Duration::from_secs(30);
@@ -167,6 +171,10 @@ struct Peer {
     upkeep_due: bool,
     /// Its entry in [`Node::wakes`].
     wake: Option<Instant>,
+    /// When [`Node::wake_peer`] last ran for it, until its deadline is
+    /// computed again: a deadline at or before that wake is moved to
+    /// [`REWAKE`] after it (see [`Node::refresh`]).
+    woken_at: Option<Instant>,
     /// Its ICE agent's deadline when `wake` was computed: the agent's
     /// timeout runs only then (it costs more than the rest of a wake).
     ice_at: Option<Instant>,
@@ -417,6 +425,7 @@ impl<P: PeerId> Node<P> {
                 hold_armed: self.controlling,
                 next_opening: None,
                 upkeep_due: false,
+                woken_at: None,
                 wake: None,
                 ice_at: None,
                 dirty: false,
@@ -744,6 +753,7 @@ impl<P: PeerId> Node<P> {
         }
         let id = self.wireguard_peer(local, remote, datagram)?;
         let peer = self.peers.get_mut(&id)?;
+        let had_session = peer.wireguard.has_session();
         let action = match peer
             .wireguard
             .receive(Some(remote.ip()), datagram, now, out)
@@ -754,6 +764,11 @@ impl<P: PeerId> Node<P> {
                 return None;
             }
         };
+        if !had_session && peer.wireguard.has_session() {
+            // Keepalives start: their deadline may come before the one set.
+            self.touch(id);
+        }
+        let peer = self.peers.get_mut(&id)?;
         // Authenticated WireGuard from the peer fixes where it is, as in
         // WireGuard's own endpoint roaming, on the controlled side: it may
         // hear the handshake before ICE names the nominated pair, and a
@@ -994,6 +1009,7 @@ impl<P: PeerId> Node<P> {
         {
             self.woken += 1;
         }
+        peer.woken_at = Some(now);
         if peer.ice_at.is_none_or(|at| at <= now) {
             peer.ice.handle_timeout(now);
         }
@@ -1038,7 +1054,16 @@ impl<P: PeerId> Node<P> {
                 continue;
             };
             peer.dirty = false;
-            let at = peer.deadline();
+            let mut at = peer.deadline();
+            // A peer just woken is never due again at that instant (the
+            // shell would wake it at once, again and again), except for the
+            // one-off upkeep of a path that changed.
+            if let Some(woken) = peer.woken_at.take()
+                && !peer.upkeep_due
+                && at.is_some_and(|at| at <= woken)
+            {
+                at = Some(woken + REWAKE);
+            }
             if peer.wake != at {
                 if let Some(old) = peer.wake {
                     self.wakes.remove(&(old, id));
@@ -1595,5 +1620,82 @@ mod tests {
             dead,
             vec![(0, start + LIVENESS_TIMEOUT), (1, later + LIVENESS_TIMEOUT)]
         );
+    }
+
+    /// A gateway that answered a handshake has no current session until
+    /// the client's first data packet: its timers meanwhile start no
+    /// handshake of their own (boringtun would, for a keepalive sent
+    /// without a session), and the peer, whose keepalive cannot go yet, is
+    /// never due again at the instant it was woken.
+    #[test]
+    fn a_gateway_waiting_for_the_clients_confirmation_starts_no_handshake() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, false, 1);
+        let (secret, psk) = ([10; 32], [20; 32]);
+        node.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key(secret),
+                preshared_key: psk,
+                local_ice: credentials("g0"),
+                remote_ice: credentials("c0"),
+            },
+            start,
+        );
+        let mut client = WireguardPeer::new(secret, public_key(GATEWAY_SECRET), psk, 100);
+        let (mut buffer, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let Ok(Action::Network(n)) = client.send(&[], start, &mut buffer) else {
+            panic!("no initiation");
+        };
+        node.decapsulate(client_address(0), &buffer[..n], start, &mut out);
+        let response: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(response.len(), 1);
+        assert_eq!(response[0].payload[0], 2, "a handshake response");
+
+        // The confirmation is late: the gateway's timers run meanwhile.
+        let mut at = start;
+        let mut wakes = 0;
+        while at <= start + Duration::from_millis(900) {
+            let woken = node.woken;
+            node.handle_timeout(at);
+            wakes += node.woken - woken;
+            for transmit in std::iter::from_fn(|| node.poll_transmit()) {
+                assert_ne!(
+                    transmit.payload.first(),
+                    Some(&1),
+                    "a handshake initiation from the gateway at {:?}",
+                    at - start
+                );
+                assert_ne!(transmit.payload.len(), 32, "a keepalive without a session");
+            }
+            let next = node.poll_timeout().expect("a deadline");
+            assert!(next > at, "due again at once ({:?})", at - start);
+            at = next.max(at + Duration::from_millis(100));
+        }
+        assert!(wakes < 40, "{wakes} wakes in 900 ms");
+
+        // The confirmation: keepalives start, 400 ms after the response.
+        let confirmed = start + Duration::from_millis(900);
+        let Ok(Action::Network(n)) = client.receive(
+            Some(GATEWAY.ip()),
+            &response[0].payload,
+            confirmed,
+            &mut buffer,
+        ) else {
+            panic!("no confirmation");
+        };
+        node.decapsulate(client_address(0), &buffer[..n], confirmed, &mut out);
+        assert!(node.is_alive(0, confirmed));
+        let due = node.poll_timeout().expect("a deadline");
+        assert_eq!(
+            due,
+            start + KEEPALIVE,
+            "the keepalive is overdue since the response"
+        );
+        node.handle_timeout(confirmed);
+        let sent: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].payload.len(), 32, "a keepalive");
+        assert_eq!(node.poll_timeout(), Some(confirmed + KEEPALIVE));
     }
 }
