@@ -196,13 +196,16 @@ impl WireguardPeer {
             // starts.
             self.last_sent = Some(now);
         }
-        self.last_received = Some(now);
         // A cookie reply (type 3: the peer is under load) answers nothing:
         // the initiation is repeated, now with the cookie, after
-        // HANDSHAKE_RETRY rather than boringtun's 5 s.
-        if datagram[0] != 3 {
-            self.initiated = None;
+        // HANDSHAKE_RETRY rather than boringtun's 5 s. Nor does it count as
+        // hearing from the peer: anyone who saw our initiation and knows
+        // the peer's public key can forge one.
+        if datagram[0] == 3 {
+            return Ok(action);
         }
+        self.last_received = Some(now);
+        self.initiated = None;
         Ok(action)
     }
 

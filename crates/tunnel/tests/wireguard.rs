@@ -142,6 +142,9 @@ fn after_a_cookie_no_keepalive_is_due_until_the_session() {
     client
         .receive(Some(gateway_ip), &cookie, now, &mut buffer)
         .unwrap();
+    // Anyone who saw the initiation can forge a cookie: not the peer heard.
+    assert_eq!(client.last_received(), None);
+    assert!(!client.is_alive(now));
     let later = now + Duration::from_millis(500);
     assert_eq!(client.tick(later, &mut buffer), Ok(Action::Nothing));
     assert!(client.next_tick(later) > later, "due again at once");

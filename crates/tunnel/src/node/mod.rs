@@ -768,6 +768,12 @@ impl<P: PeerId> Node<P> {
             // Keepalives start: their deadline may come before the one set.
             self.touch(id);
         }
+        // A cookie reply proves nothing of the path (anyone who saw our
+        // initiation and knows the peer's public key can forge one), and
+        // needs no answer: the initiation is repeated with the cookie.
+        if datagram.first() == Some(&3) {
+            return None;
+        }
         let peer = self.peers.get_mut(&id)?;
         // Authenticated WireGuard from the peer fixes where it is, as in
         // WireGuard's own endpoint roaming, on the controlled side: it may
@@ -1697,5 +1703,46 @@ mod tests {
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].payload.len(), 32, "a keepalive");
         assert_eq!(node.poll_timeout(), Some(confirmed + KEEPALIVE));
+    }
+
+    /// A cookie reply is no sign of the peer: anyone who saw the gateway's
+    /// initiation and knows the client's public key can make one, from
+    /// anywhere. It moves neither the path (the controlled side otherwise
+    /// follows authenticated WireGuard) nor the time the peer was heard.
+    #[test]
+    fn a_cookie_reply_moves_no_path_and_is_not_hearing_from_the_peer() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, false, 1);
+        let _client = connect(&mut node, 0, start);
+        let path = node.path(0);
+        let heard = node.peers.get(&0).and_then(|p| p.wireguard.last_received());
+        // The gateway's initiation (as after an ICE nomination), seen by an
+        // attacker who answers it with a cookie from elsewhere.
+        let later = start + Duration::from_millis(300);
+        let mut buffer = vec![0u8; 2048];
+        let peer = node.peers.get_mut(&0).expect("the peer");
+        let Ok(Action::Network(n)) = peer.wireguard.probe(later, &mut buffer) else {
+            panic!("no initiation");
+        };
+        let attacker = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9)), 666);
+        // Under load from the first handshake: a cookie, with the client's key.
+        let load = RateLimiter::new(&x25519::PublicKey::from(public_key([10; 32])), 0);
+        let mut reply = vec![0u8; 2048];
+        let Err(TunnResult::WriteToNetwork(cookie)) =
+            load.verify_packet(Some(GATEWAY.ip()), &buffer[..n], &mut reply)
+        else {
+            panic!("no cookie");
+        };
+        let cookie = cookie.to_vec();
+        assert_eq!(cookie[0], 3);
+        let mut out = vec![0u8; 2048];
+        assert_eq!(node.decapsulate(attacker, &cookie, later, &mut out), None);
+        assert_eq!(node.path(0), path, "the path stays");
+        assert_eq!(
+            node.peers.get(&0).and_then(|p| p.wireguard.last_received()),
+            heard,
+            "not heard from"
+        );
+        assert!(!node.is_alive(0, start + LIVENESS_TIMEOUT));
     }
 }
