@@ -890,11 +890,6 @@ impl<P: PeerId> Node<P> {
             self.errors.add("stun_for_nobody");
             return;
         };
-        if is_check(datagram) {
-            // The peer checks us: it has our candidates, and its NAT a
-            // mapping toward us (or soon will).
-            self.release_held(id, None);
-        }
         // Straight from its socket, its NAT's mapping toward us is there
         // (a check through a relay, such as the nominated relayed pair's
         // keepalive, says nothing of it).
@@ -908,8 +903,17 @@ impl<P: PeerId> Node<P> {
             return;
         };
         if !peer.ice.handle_stun(now, remote, local, datagram) {
+            // Unauthenticated: it changes nothing (held candidates stay
+            // held).
             self.errors.add("stun_refused");
             return;
+        }
+        if is_check(datagram) {
+            // The peer checks us: it has our candidates, and its NAT a
+            // mapping toward us (or soon will). (Its address, new to the
+            // agent, became a peer-reflexive candidate: the candidate it
+            // is, released now, takes its place.)
+            self.release_held(id, None);
         }
         if direct_check {
             // Authenticated: a re-probe's held checks go now.
@@ -1744,5 +1748,78 @@ mod tests {
             "not heard from"
         );
         assert!(!node.is_alive(0, start + LIVENESS_TIMEOUT));
+    }
+
+    /// The first check a peer sends us, from a node that knows us by
+    /// `remote_ice` (right or wrong password).
+    fn first_check(remote_ice: IceCredentials, now: Instant) -> Transmit {
+        let mut peer = Node::<u32>::new(&[client_address(0)], [10; 32], false, 2);
+        peer.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key(GATEWAY_SECRET),
+                preshared_key: [20; 32],
+                local_ice: credentials("c0"),
+                remote_ice,
+            },
+            now,
+        );
+        let ours = format!(
+            "candidate:1 1 udp 2130706431 {} {} typ host",
+            GATEWAY.ip(),
+            GATEWAY.port()
+        );
+        peer.add_remote_candidate(0, &ours, now);
+        let mut at = now;
+        loop {
+            peer.handle_timeout(at);
+            if let Some(check) = std::iter::from_fn(|| peer.poll_transmit())
+                .find(|t| t.destination == GATEWAY && is_check(&t.payload))
+            {
+                return check;
+            }
+            at = peer.poll_timeout().expect("a deadline").max(at);
+            assert!(at < now + Duration::from_secs(5), "no check");
+        }
+    }
+
+    /// The controlling side holds the peer's candidates until the peer's
+    /// first check: an unauthenticated one (a wrong password) changes
+    /// nothing, an authenticated one releases them.
+    #[test]
+    fn only_an_authenticated_check_releases_held_candidates() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, true, 1);
+        node.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key([10; 32]),
+                preshared_key: [20; 32],
+                local_ice: credentials("g0"),
+                remote_ice: credentials("c0"),
+            },
+            start,
+        );
+        let theirs = format!(
+            "candidate:1 1 udp 2130706431 {} {} typ host",
+            client_address(0).ip(),
+            client_address(0).port()
+        );
+        node.add_remote_candidate(0, &theirs, start);
+        let held = |node: &Node<u32>| node.peers.get(&0).map(|p| p.held.len());
+        assert_eq!(held(&node), Some(1));
+        let mut out = vec![0u8; 2048];
+
+        let mut wrong = credentials("g0");
+        wrong.password = "not-the-password-0123456789abcdef".into();
+        let forged = first_check(wrong, start);
+        node.decapsulate(client_address(0), &forged.payload, start, &mut out);
+        assert_eq!(node.errors().get("stun_refused"), 1);
+        assert_eq!(held(&node), Some(1), "still held");
+
+        let check = first_check(credentials("g0"), start);
+        node.decapsulate(client_address(0), &check.payload, start, &mut out);
+        assert_eq!(node.errors().get("stun_refused"), 1);
+        assert_eq!(held(&node), Some(0), "released");
     }
 }
