@@ -602,7 +602,16 @@ impl GatewayState {
             let Some(entry) = self.clients.get_mut(&client) else {
                 continue;
             };
-            entry.drop_resource(resource);
+            // Only the authorization that expires then (a safeguard: a
+            // renewed one's entry is replaced, so a stale one never revokes
+            // it early).
+            if entry
+                .resources
+                .get(&resource)
+                .is_some_and(|authorized| authorized.expires == Some(at))
+            {
+                entry.drop_resource(resource);
+            }
             if entry.resources.is_empty() {
                 self.remove_client(client);
             }
@@ -652,5 +661,45 @@ fn is_proxy_address(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => postern_model::plan::DNS_PROXY_V4.contains(&v4),
         IpAddr::V6(v6) => postern_model::plan::DNS_PROXY_V6.contains(&v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use postern_model::SiteId;
+
+    /// An expiry entry that no longer matches the authorization (stale: a
+    /// renewal replaced it) revokes nothing; the current one does, on time.
+    #[test]
+    fn only_the_current_expiry_revokes() {
+        let now = Instant::now();
+        let client = ClientAddresses {
+            id: ClientId::from_u128(1),
+            ipv4: "100.64.0.2".parse().expect("v4"),
+            ipv6: "fd7e:5057:6e00::2".parse().expect("v6"),
+        };
+        let resource = ResourceDescription {
+            id: ResourceId::from_u128(7),
+            name: "r7".into(),
+            address: ResourceAddress::Cidr("10.0.0.0/24".parse().expect("cidr")),
+            address_description: None,
+            filters: vec![],
+            site_id: SiteId::from_u128(2),
+        };
+        let mut state = GatewayState::new();
+        let renewed = now + Duration::from_secs(60);
+        state.authorize(client, resource.clone(), Some(renewed));
+        let stale = now + Duration::from_secs(1);
+        state.expiries.insert((stale, client.id, resource.id));
+        assert_eq!(state.poll_timeout(), Some(stale));
+        state.handle_timeout(stale);
+        assert!(state.is_authorized(client.id, resource.id), "revoked early");
+        assert_eq!(state.poll_timeout(), Some(renewed));
+        state.handle_timeout(renewed);
+        assert!(!state.is_authorized(client.id, resource.id));
+        assert!(!state.has_client(client.id));
     }
 }
