@@ -96,9 +96,10 @@ pub struct WireguardPeer {
     /// When we last sent, or last tried a keepalive that could not go: the
     /// keepalive clock runs from here.
     last_sent: Option<Instant>,
-    /// Whether boringtun had a current session when last looked at (in
-    /// [`WireguardPeer::tick`], and on receiving while it had none): only
-    /// then does a keepalive go out. Without one, boringtun would queue the
+    /// Whether boringtun has a current session, as last looked at: on
+    /// receiving while it had none, on sending data, and when its timers
+    /// fail (the only time it drops its sessions). A keepalive goes out only
+    /// with one: without, boringtun would queue the
     /// empty packet and start a handshake of its own: on a responder that
     /// has not yet had the initiator's first data packet, a second
     /// handshake; during a handshake, nothing, and the keepalive would stay
@@ -222,11 +223,12 @@ impl WireguardPeer {
             return Err(PeerError::BufferTooSmall);
         }
         self.ticked = Some(now);
-        let timers = Self::action(self.tunn.update_timers(buffer));
-        self.session = self.has_current_session();
-        let action = match timers {
+        let action = match Self::action(self.tunn.update_timers(buffer)) {
             Ok(action) => action,
             Err(error) => {
+                // boringtun drops its sessions only here, with an error
+                // (ConnectionExpired).
+                self.session = self.has_current_session();
                 // No keepalive this time: its clock moves on too, so the
                 // peer is not due again at once.
                 if self.keepalive_due(now) {
