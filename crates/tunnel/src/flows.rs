@@ -365,6 +365,11 @@ impl Flows {
         )
     }
 
+    /// Whether ended flows (or a count of dropped ones) wait to be taken.
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty() || self.ended_dropped > 0
+    }
+
     /// Ends every flow (the client is gone), each when it was last seen:
     /// the log gets those not logged yet.
     pub fn end_all(&mut self) {

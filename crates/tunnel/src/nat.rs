@@ -31,15 +31,20 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-fn address_words(address: IpAddr) -> Vec<u16> {
-    let octets: Vec<u8> = match address {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+/// An address as 16-bit words (on the stack: this runs for every rewritten
+/// packet).
+fn address_words(address: IpAddr) -> impl Iterator<Item = u16> {
+    let (octets, length) = match address {
+        IpAddr::V4(v4) => {
+            let mut octets = [0u8; 16];
+            octets[..4].copy_from_slice(&v4.octets());
+            (octets, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 16),
     };
-    octets
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .collect()
+    (0..length)
+        .step_by(2)
+        .map(move |i| u16::from_be_bytes([octets[i], octets[i + 1]]))
 }
 
 /// Updates the checksum at `at` for `old` becoming `new` (RFC 1624 eq. 3).

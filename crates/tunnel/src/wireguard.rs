@@ -25,6 +25,12 @@ pub const KEEPALIVE: Duration = Duration::from_millis(400);
 /// An unanswered handshake initiation is repeated after this long (on the
 /// caller's clock: boringtun's own 5 s retry runs on the system clock).
 pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+/// boringtun's timers (rekeying, session expiry, its 5 s handshake
+/// retries) run at least this often. Their limits are whole seconds
+/// (boringtun rounds them to a second itself), and a gateway with
+/// thousands of peers should wake each only when something is due: our
+/// keepalives, liveness and retries have deadlines of their own.
+pub const TIMERS: Duration = Duration::from_secs(1);
 /// WireGuard adds 32 bytes to a packet; handshakes need 148.
 pub const OVERHEAD: usize = 32;
 pub const MIN_BUFFER: usize = 148;
@@ -87,9 +93,22 @@ pub fn public_key(secret: [u8; 32]) -> [u8; 32] {
 pub struct WireguardPeer {
     tunn: Tunn,
     last_received: Option<Instant>,
+    /// When we last sent, or last tried a keepalive that could not go: the
+    /// keepalive clock runs from here.
     last_sent: Option<Instant>,
+    /// Whether boringtun has a current session, as last looked at: on
+    /// receiving while it had none, on sending data, and when its timers
+    /// fail (the only time it drops its sessions). A keepalive goes out only
+    /// with one: without, boringtun would queue the
+    /// empty packet and start a handshake of its own: on a responder that
+    /// has not yet had the initiator's first data packet, a second
+    /// handshake; during a handshake, nothing, and the keepalive would stay
+    /// due.
+    session: bool,
     /// When the handshake initiation still unanswered was sent.
     initiated: Option<Instant>,
+    /// When [`WireguardPeer::tick`] last ran boringtun's timers.
+    ticked: Option<Instant>,
 }
 
 impl WireguardPeer {
@@ -113,6 +132,8 @@ impl WireguardPeer {
             last_received: None,
             last_sent: None,
             initiated: None,
+            ticked: None,
+            session: false,
         }
     }
 
@@ -166,6 +187,24 @@ impl WireguardPeer {
             return Err(PeerError::BufferTooSmall);
         }
         let action = Self::action(self.tunn.decapsulate(source, datagram, buffer))?;
+        if !self.session && matches!(datagram[0], 2 | 4) {
+            // A handshake response (initiator) or the first data packet of
+            // a new session (responder) makes it current.
+            self.session = self.has_current_session();
+        }
+        if let Action::Network(_) = action {
+            // The handshake response the caller sends: the keepalive clock
+            // starts.
+            self.last_sent = Some(now);
+        }
+        // A cookie reply (type 3: the peer is under load) answers nothing:
+        // the initiation is repeated, now with the cookie, after
+        // HANDSHAKE_RETRY rather than boringtun's 5 s. Nor does it count as
+        // hearing from the peer: anyone who saw our initiation and knows
+        // the peer's public key can forge one.
+        if datagram[0] == 3 {
+            return Ok(action);
+        }
         self.last_received = Some(now);
         self.initiated = None;
         Ok(action)
@@ -183,7 +222,21 @@ impl WireguardPeer {
         if buffer.len() < MIN_BUFFER {
             return Err(PeerError::BufferTooSmall);
         }
-        let action = Self::action(self.tunn.update_timers(buffer))?;
+        self.ticked = Some(now);
+        let action = match Self::action(self.tunn.update_timers(buffer)) {
+            Ok(action) => action,
+            Err(error) => {
+                // boringtun drops its sessions only here, with an error
+                // (ConnectionExpired).
+                self.session = self.has_current_session();
+                // No keepalive this time: its clock moves on too, so the
+                // peer is not due again at once.
+                if self.keepalive_due(now) {
+                    self.last_sent = Some(now);
+                }
+                return Err(error);
+            }
+        };
         if action != Action::Nothing {
             self.sent(action, now, buffer);
             return Ok(action);
@@ -196,15 +249,62 @@ impl WireguardPeer {
             self.sent(action, now, buffer);
             return Ok(action);
         }
-        let quiet = self
-            .last_sent
-            .is_none_or(|at| now.saturating_duration_since(at) >= KEEPALIVE);
-        // Only once the peer has been heard: before that, the handshake is
-        // what goes out.
-        if quiet && self.last_received.is_some() {
-            return self.send(&[], now, buffer);
+        if self.keepalive_due(now) {
+            let result = self.send(&[], now, buffer);
+            if result != Ok(Action::Network(OVERHEAD)) {
+                // Nothing went out: tried now all the same, so the
+                // keepalive is not due again at once.
+                self.last_sent = Some(now);
+            }
+            return result;
         }
         Ok(Action::Nothing)
+    }
+
+    /// Whether a keepalive is due: [`KEEPALIVE`] of quiet, the peer heard
+    /// (before that, the handshake is what goes out), and a current session
+    /// to send it in.
+    fn keepalive_due(&self, now: Instant) -> bool {
+        self.keepalives()
+            && self
+                .last_sent
+                .is_none_or(|at| now.saturating_duration_since(at) >= KEEPALIVE)
+    }
+
+    /// Whether keepalives run at all (see [`WireguardPeer::keepalive_due`]).
+    fn keepalives(&self) -> bool {
+        self.session && self.last_received.is_some()
+    }
+
+    /// Whether boringtun has a current session (it reads the system clock:
+    /// not for every packet).
+    fn has_current_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+
+    /// Whether a current session was there when last looked at: a caller
+    /// that sees this turn true after [`WireguardPeer::receive`] has a
+    /// keepalive deadline that may come earlier than [`WireguardPeer::next_tick`]
+    /// said before.
+    pub fn has_session(&self) -> bool {
+        self.session
+    }
+
+    /// When [`WireguardPeer::tick`] has something to do next: boringtun's
+    /// timers every [`TIMERS`], a handshake retry, a keepalive (only with a
+    /// current session). Sending and receiving only move these later, except
+    /// a receive that makes a session current (see
+    /// [`WireguardPeer::has_session`]), so a caller may compute this after a
+    /// tick and sleep until then (waking early is harmless).
+    pub fn next_tick(&self, now: Instant) -> Instant {
+        let mut at = self.ticked.map_or(now, |at| at + TIMERS);
+        if let Some(initiated) = self.initiated {
+            at = at.min(initiated + HANDSHAKE_RETRY);
+        }
+        if self.keepalives() {
+            at = at.min(self.last_sent.map_or(now, |sent| sent + KEEPALIVE));
+        }
+        at
     }
 
     /// A fresh handshake initiation: the peer must answer it, so it proves a
@@ -222,6 +322,10 @@ impl WireguardPeer {
     fn sent(&mut self, action: Action, now: Instant, buffer: &[u8]) {
         if let Action::Network(n) = action {
             self.last_sent = Some(now);
+            // Message type 4: data, so a session is current.
+            if n > 0 && buffer[0] == 4 {
+                self.session = true;
+            }
             // Message type 1: a handshake initiation.
             if n > 0 && buffer[0] == 1 && self.initiated.is_none() {
                 self.initiated = Some(now);

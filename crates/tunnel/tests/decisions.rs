@@ -345,6 +345,84 @@ fn addresses() -> ClientAddresses {
     }
 }
 
+/// Expiries run in time order without a walk over every client: the
+/// timer names the first, handling it ends only that authorization, a
+/// renewed one moves its deadline (the old one never fires), and a revoked
+/// one leaves none behind.
+#[test]
+fn authorizations_expire_in_order_and_renewals_move_the_deadline() {
+    let start = Instant::now();
+    let mut gateway = GatewayState::new();
+    let client = |n: u8| ClientAddresses {
+        id: ClientId::from_u128(u128::from(n)),
+        ipv4: Ipv4Addr::new(100, 64, 0, n),
+        ipv6: format!("fd7e:5057:6e00::{n}").parse().unwrap(),
+    };
+    let web = || resource(1, ResourceType::Cidr, "10.0.0.0/24", "");
+    let at = |seconds| start + Duration::from_secs(seconds);
+    for (n, seconds) in [(1, 30), (2, 10), (3, 20)] {
+        gateway.authorize(client(n), web(), Some(at(seconds)));
+    }
+    assert_eq!(gateway.poll_timeout(), Some(at(10)));
+    gateway.handle_timeout(at(10));
+    assert!(!gateway.has_client(client(2).id));
+    assert!(gateway.has_client(client(1).id) && gateway.has_client(client(3).id));
+    // Renewed before it ran out: the old deadline is gone.
+    gateway.authorize(client(3), web(), Some(at(40)));
+    assert_eq!(gateway.poll_timeout(), Some(at(30)));
+    gateway.revoke(client(1).id, web().id);
+    assert_eq!(gateway.poll_timeout(), Some(at(40)));
+    gateway.handle_timeout(at(39));
+    assert!(gateway.is_authorized(client(3).id, web().id));
+    gateway.handle_timeout(at(40));
+    assert_eq!(gateway.client_count(), 0);
+    assert_eq!(gateway.poll_timeout(), None);
+}
+
+/// Idle flows are swept per client, every 10 s from its first flow, and a
+/// flow that ends (here a UDP flow gone idle) reaches the log once: its
+/// client is listed when the flow ends, so taking the ended flows walks no
+/// other client. A client left without flows is not swept again.
+#[test]
+fn idle_flows_are_swept_per_client_and_reach_the_log_once() {
+    let start = Instant::now();
+    let mut gateway = GatewayState::new();
+    let first = addresses();
+    let second = ClientAddresses {
+        id: ClientId::from_u128(8),
+        ipv4: Ipv4Addr::new(100, 64, 0, 8),
+        ipv6: "fd7e:5057:6e00::8".parse().unwrap(),
+    };
+    let web = || resource(1, ResourceType::Cidr, "10.0.0.0/24", "");
+    for (client, opened) in [(first, 0), (second, 5)] {
+        gateway.authorize(client, web(), None);
+        let mut query = packet(client.ipv4.octets(), [10, 0, 0, 53], IPPROTO_UDP, 53);
+        assert_eq!(
+            gateway.forward_from_client(client.id, &mut query, start + Duration::from_secs(opened)),
+            GatewayVerdict::Forward
+        );
+    }
+    assert!(gateway.take_ended_flows().0.is_empty());
+    // Idle after 5 minutes: each flow ends at its own client's sweep.
+    let mut ended = Vec::new();
+    while let Some(at) = gateway.poll_timeout()
+        && at <= start + Duration::from_secs(400)
+    {
+        gateway.handle_timeout(at);
+        let (flows, dropped) = gateway.take_ended_flows();
+        assert_eq!(dropped, 0);
+        ended.extend(flows.into_iter().map(|(client, _)| (client, at - start)));
+    }
+    assert_eq!(
+        ended,
+        vec![
+            (first.id, Duration::from_secs(300)),
+            (second.id, Duration::from_secs(305))
+        ]
+    );
+    assert_eq!(gateway.poll_timeout(), None, "no flows left: no sweep");
+}
+
 #[test]
 fn the_gateway_enforces_source_filters_revocation_and_expiry() {
     let start = Instant::now();

@@ -4,8 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use boringtun::noise::TunnResult;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519::{PublicKey, StaticSecret};
 use postern_tunnel::wireguard::{
-    Action, KEEPALIVE, LIVENESS_TIMEOUT, PeerError, WireguardPeer, public_key,
+    Action, HANDSHAKE_RETRY, KEEPALIVE, LIVENESS_TIMEOUT, PeerError, WireguardPeer, public_key,
 };
 use proptest::prelude::*;
 
@@ -69,6 +72,133 @@ fn exchange(
         }
     }
     tunnels
+}
+
+/// A gateway under load answers a handshake with a cookie (its node checks
+/// every handshake against the load first). The client repeats the
+/// handshake, cookie included, after HANDSHAKE_RETRY on the caller's clock,
+/// not after boringtun's own 5 s on the system clock: after a gateway
+/// restart thousands of clients come back at once.
+#[test]
+fn a_handshake_answered_with_a_cookie_is_repeated_after_a_second() {
+    let now = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let client_ip = "198.18.0.2".parse().unwrap();
+    let gateway_ip = "198.51.100.1".parse().unwrap();
+    // No handshake a second without a cookie: under load from the first.
+    let load = RateLimiter::new(&PublicKey::from(&StaticSecret::from(GATEWAY_SECRET)), 0);
+    let (mut buffer, mut reply) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let Action::Network(n) = client.send(&ip_packet(3), now, &mut buffer).unwrap() else {
+        panic!()
+    };
+    let Err(TunnResult::WriteToNetwork(cookie)) =
+        load.verify_packet(Some(client_ip), &buffer[..n], &mut reply)
+    else {
+        panic!("no cookie")
+    };
+    let cookie = cookie.to_vec();
+    assert_eq!(
+        client.receive(Some(gateway_ip), &cookie, now, &mut buffer),
+        Ok(Action::Nothing)
+    );
+    assert_eq!(
+        client.tick(now + HANDSHAKE_RETRY / 2, &mut buffer),
+        Ok(Action::Nothing)
+    );
+    let Action::Network(n) = client.tick(now + HANDSHAKE_RETRY, &mut buffer).unwrap() else {
+        panic!("no new handshake after the cookie")
+    };
+    assert!(
+        load.verify_packet(Some(client_ip), &buffer[..n], &mut reply)
+            .is_ok(),
+        "the new handshake carries the cookie"
+    );
+    let (_, at_gateway) = exchange(&mut client, &mut gateway, buffer[..n].to_vec(), now);
+    assert_eq!(at_gateway, vec![ip_packet(3)], "the queued packet follows");
+}
+
+/// A client answered with a cookie has no session yet: woken after the
+/// keepalive interval, it sends nothing (a keepalive would only be queued
+/// by boringtun), and its next deadline is ahead of it, not at or before
+/// the time it ran (which would have the device loop wake it at once,
+/// again and again).
+#[test]
+fn after_a_cookie_no_keepalive_is_due_until_the_session() {
+    let now = Instant::now();
+    let (mut client, _) = pair(PSK, PSK);
+    let client_ip = "198.18.0.2".parse().unwrap();
+    let gateway_ip = "198.51.100.1".parse().unwrap();
+    let load = RateLimiter::new(&PublicKey::from(&StaticSecret::from(GATEWAY_SECRET)), 0);
+    let (mut buffer, mut reply) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let Action::Network(n) = client.send(&[], now, &mut buffer).unwrap() else {
+        panic!()
+    };
+    let Err(TunnResult::WriteToNetwork(cookie)) =
+        load.verify_packet(Some(client_ip), &buffer[..n], &mut reply)
+    else {
+        panic!("no cookie")
+    };
+    let cookie = cookie.to_vec();
+    client
+        .receive(Some(gateway_ip), &cookie, now, &mut buffer)
+        .unwrap();
+    // Anyone who saw the initiation can forge a cookie: not the peer heard.
+    assert_eq!(client.last_received(), None);
+    assert!(!client.is_alive(now));
+    let later = now + Duration::from_millis(500);
+    assert_eq!(client.tick(later, &mut buffer), Ok(Action::Nothing));
+    assert!(client.next_tick(later) > later, "due again at once");
+    assert_eq!(client.tick(later, &mut buffer), Ok(Action::Nothing));
+}
+
+/// The responder has no current session until the initiator's first data
+/// packet: meanwhile its timers send nothing (no keepalive, no handshake
+/// of its own) and are not due again at once; then keepalives run from
+/// the handshake response.
+#[test]
+fn a_responder_sends_no_keepalive_before_the_initiators_first_packet() {
+    let now = Instant::now();
+    let (mut client, mut gateway) = pair(PSK, PSK);
+    let mut buffer = vec![0u8; 2048];
+    let Action::Network(n) = client.send(&[], now, &mut buffer).unwrap() else {
+        panic!()
+    };
+    let initiation = buffer[..n].to_vec();
+    let Action::Network(n) = gateway
+        .receive(None, &initiation, now, &mut buffer)
+        .unwrap()
+    else {
+        panic!("no response")
+    };
+    let response = buffer[..n].to_vec();
+    assert!(!gateway.has_session());
+    for ms in [0, 300, 500, 900] {
+        let at = now + Duration::from_millis(ms);
+        assert_eq!(
+            gateway.tick(at, &mut buffer),
+            Ok(Action::Nothing),
+            "{ms} ms"
+        );
+        assert!(gateway.next_tick(at) > at, "due again at once at {ms} ms");
+    }
+    let confirmed = now + Duration::from_millis(900);
+    let Action::Network(n) = client
+        .receive(None, &response, confirmed, &mut buffer)
+        .unwrap()
+    else {
+        panic!("no confirmation")
+    };
+    let confirmation = buffer[..n].to_vec();
+    gateway
+        .receive(None, &confirmation, confirmed, &mut buffer)
+        .unwrap();
+    assert!(gateway.has_session());
+    assert_eq!(gateway.next_tick(confirmed), now + KEEPALIVE);
+    assert_eq!(
+        gateway.tick(confirmed, &mut buffer),
+        Ok(Action::Network(32))
+    );
+    assert_eq!(gateway.next_tick(confirmed), confirmed + KEEPALIVE);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! the peer data they carry; [`Client::poll_transmit`] yields what to send to
 //! the server; [`Client::handle_timeout`] runs retransmits and refreshes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,13 @@ const INITIAL_RTO: Duration = Duration::from_millis(500);
 const MAX_ATTEMPTS: u32 = 7;
 /// Refresh permissions and channels this long before they expire.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// A permission or channel the client keeps fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Renewal {
+    Permission(IpAddr),
+    Channel(SocketAddr),
+}
 
 /// What the client tells its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +122,10 @@ pub struct Client {
     /// Permission expiry as confirmed by the server (None: asked, not yet).
     permissions: HashMap<IpAddr, Option<Instant>>,
     channels: HashMap<SocketAddr, (u16, Option<Instant>)>,
+    /// The same expiries in time order: a gateway's allocation holds one
+    /// permission and channel per relayed client, and its timers are
+    /// polled after every turn of the device loop.
+    renewals: BTreeSet<(Instant, Renewal)>,
     by_number: HashMap<u16, SocketAddr>,
     next_channel: u16,
     transmits: VecDeque<Vec<u8>>,
@@ -153,6 +164,7 @@ impl Client {
             pending: HashMap::new(),
             permissions: HashMap::new(),
             channels: HashMap::new(),
+            renewals: BTreeSet::new(),
             by_number: HashMap::new(),
             next_channel: CHANNEL_MIN,
             transmits: VecDeque::new(),
@@ -394,8 +406,7 @@ impl Client {
             Request::Refresh { .. } => self.schedule_refresh(message.get_u32(attr::LIFETIME), now),
             Request::CreatePermission(peer) => {
                 let first = matches!(self.permissions.get(&peer), Some(None));
-                self.permissions
-                    .insert(peer, Some(now + crate::server::PERMISSION_LIFETIME));
+                self.set_permission(peer, Some(now + crate::server::PERMISSION_LIFETIME));
                 if first {
                     self.events.push_back(ClientEvent::PermissionCreated(peer));
                 }
@@ -408,7 +419,7 @@ impl Client {
                 // the two.
                 let lifetime =
                     crate::server::CHANNEL_LIFETIME.min(crate::server::PERMISSION_LIFETIME);
-                self.channels.insert(peer, (number, Some(now + lifetime)));
+                self.set_channel(peer, number, Some(now + lifetime));
                 if first {
                     self.events
                         .push_back(ClientEvent::ChannelBound { peer, number });
@@ -494,11 +505,15 @@ impl Client {
                     self.fail(error, reason)
                 }
                 Request::CreatePermission(peer) => {
-                    self.permissions.remove(&peer);
+                    if let Some(Some(at)) = self.permissions.remove(&peer) {
+                        self.renewals.remove(&(at, Renewal::Permission(peer)));
+                    }
                     tracing::debug!(%peer, error, "permission refused");
                 }
                 Request::ChannelBind { number, peer } => {
-                    self.channels.remove(&peer);
+                    if let Some((_, Some(at))) = self.channels.remove(&peer) {
+                        self.renewals.remove(&(at, Renewal::Channel(peer)));
+                    }
                     self.by_number.remove(&number);
                     tracing::debug!(%peer, error, "channel bind refused");
                 }
@@ -562,29 +577,46 @@ impl Client {
             self.refresh_at = None;
             self.send(Request::Refresh { lifetime: 600 }, now);
         }
-        let stale_permissions: Vec<IpAddr> = self
-            .permissions
-            .iter()
-            .filter(|(_, expiry)| expiry.is_some_and(|e| e <= now + REFRESH_MARGIN))
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in stale_permissions {
-            self.permissions
-                .insert(peer, Some(now + REFRESH_MARGIN + Duration::from_secs(30)));
-            self.send(Request::CreatePermission(peer), now);
+        // Those close to expiry are renewed, soonest first; each is looked
+        // at again 30 s on if the answer is lost.
+        let retry = Some(now + REFRESH_MARGIN + Duration::from_secs(30));
+        while let Some(&(expiry, renewal)) = self.renewals.first()
+            && expiry <= now + REFRESH_MARGIN
+        {
+            match renewal {
+                Renewal::Permission(peer) => {
+                    self.set_permission(peer, retry);
+                    self.send(Request::CreatePermission(peer), now);
+                }
+                Renewal::Channel(peer) => {
+                    let Some(&(number, _)) = self.channels.get(&peer) else {
+                        self.renewals.pop_first();
+                        continue;
+                    };
+                    self.set_channel(peer, number, retry);
+                    self.send(Request::ChannelBind { number, peer }, now);
+                }
+            }
         }
-        let stale_channels: Vec<(SocketAddr, u16)> = self
-            .channels
-            .iter()
-            .filter(|(_, (_, expiry))| expiry.is_some_and(|e| e <= now + REFRESH_MARGIN))
-            .map(|(peer, (number, _))| (*peer, *number))
-            .collect();
-        for (peer, number) in stale_channels {
-            self.channels.insert(
-                peer,
-                (number, Some(now + REFRESH_MARGIN + Duration::from_secs(30))),
-            );
-            self.send(Request::ChannelBind { number, peer }, now);
+    }
+
+    /// A permission's expiry, kept in `renewals` too.
+    fn set_permission(&mut self, peer: IpAddr, expiry: Option<Instant>) {
+        if let Some(Some(old)) = self.permissions.insert(peer, expiry) {
+            self.renewals.remove(&(old, Renewal::Permission(peer)));
+        }
+        if let Some(at) = expiry {
+            self.renewals.insert((at, Renewal::Permission(peer)));
+        }
+    }
+
+    /// A channel's expiry, kept in `renewals` too.
+    fn set_channel(&mut self, peer: SocketAddr, number: u16, expiry: Option<Instant>) {
+        if let Some((_, Some(old))) = self.channels.insert(peer, (number, expiry)) {
+            self.renewals.remove(&(old, Renewal::Channel(peer)));
+        }
+        if let Some(at) = expiry {
+            self.renewals.insert((at, Renewal::Channel(peer)));
         }
     }
 
@@ -596,11 +628,9 @@ impl Client {
         let retransmit = self.pending.values().map(|p| p.due).min();
         let refresh = self.refresh_at;
         let renewals = self
-            .permissions
-            .values()
-            .chain(self.channels.values().map(|(_, e)| e))
-            .filter_map(|e| e.map(|e| e.checked_sub(REFRESH_MARGIN).unwrap_or(e)))
-            .min();
+            .renewals
+            .first()
+            .map(|(e, _)| e.checked_sub(REFRESH_MARGIN).unwrap_or(*e));
         [retransmit, refresh, renewals].into_iter().flatten().min()
     }
 

@@ -4,8 +4,13 @@
 //! only until the authorization expires. Anything else is answered with ICMP
 //! "administratively prohibited" (or dropped, if it is spoofed or an ICMP
 //! error). Filters change live; revocation takes effect on the next packet.
+//!
+//! Timers never walk every client: expiries and each client's sweep of
+//! idle flows are kept in time order, and the clients whose flow tables
+//! hold ended flows are listed as they end (a gateway has thousands of
+//! clients and runs its timers often).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
@@ -85,6 +90,11 @@ struct ClientEntry {
     nat: ClientNat,
     /// The flows the client opened: only answers to them go back to it.
     flows: Flows,
+    /// In [`GatewayState::ended`].
+    ended_listed: bool,
+    /// When its idle flows and NAT sessions are swept next (none while it
+    /// has neither): its entry in [`GatewayState::sweeps`].
+    sweep_at: Option<Instant>,
 }
 
 impl ClientEntry {
@@ -119,9 +129,10 @@ impl ClientEntry {
         }
     }
 
-    /// Forgets a resource with its routes and proxy mappings.
-    fn drop_resource(&mut self, id: ResourceId) {
-        self.resources.remove(&id);
+    /// Forgets a resource with its routes and proxy mappings; returns when
+    /// its authorization was to expire (to drop it from the index).
+    fn drop_resource(&mut self, id: ResourceId) -> Option<Instant> {
+        let expires = self.resources.remove(&id).and_then(|a| a.expires);
         self.router.remove_resource(id);
         for proxy in self
             .proxies
@@ -130,6 +141,15 @@ impl ClientEntry {
             .flat_map(|names| names.into_values().flatten())
         {
             self.nat.unmap(proxy);
+        }
+        expires
+    }
+
+    /// Lists the client in `ended` if its table holds ended flows.
+    fn list_ended(&mut self, ended: &mut Vec<ClientId>) {
+        if !self.ended_listed && self.flows.has_ended() {
+            self.ended_listed = true;
+            ended.push(self.addresses.id);
         }
     }
 }
@@ -178,8 +198,14 @@ pub struct GatewayState {
     by_address: HashMap<IpAddr, ClientId>,
     /// The gateway's own addresses (tunnel and host): never a destination.
     own: Vec<IpAddr>,
-    /// When idle flows and NAT sessions are swept next.
-    next_sweep: Option<Instant>,
+    /// Clients' sweeps of idle flows and NAT sessions, soonest first: each
+    /// client every [`flows::SWEEP`] from its first flow, rather than every
+    /// client at once.
+    sweeps: BTreeSet<(Instant, ClientId)>,
+    /// Authorizations that expire, soonest first.
+    expiries: BTreeSet<(Instant, ClientId, ResourceId)>,
+    /// Clients whose tables hold ended flows not taken yet.
+    ended: Vec<ClientId>,
     /// Ended flows of clients that are gone, for the log.
     gone_flows: Vec<(ClientId, EndedFlow)>,
     /// Ended flows dropped for want of room before they were taken.
@@ -216,12 +242,19 @@ impl GatewayState {
                 proxies: HashMap::new(),
                 nat: ClientNat::default(),
                 flows: Flows::logging(),
+                ended_listed: false,
+                sweep_at: None,
             });
         entry.addresses = client;
         entry.route(&resource);
-        entry
-            .resources
-            .insert(resource.id, Authorized { resource, expires });
+        let id = resource.id;
+        let old = entry.resources.insert(id, Authorized { resource, expires });
+        if let Some(at) = old.and_then(|a| a.expires) {
+            self.expiries.remove(&(at, client.id, id));
+        }
+        if let Some(at) = expires {
+            self.expiries.insert((at, client.id, id));
+        }
     }
 
     /// The portal's `revoke`.
@@ -229,7 +262,9 @@ impl GatewayState {
         let Some(entry) = self.clients.get_mut(&client) else {
             return;
         };
-        entry.drop_resource(resource);
+        if let Some(at) = entry.drop_resource(resource) {
+            self.expiries.remove(&(at, client, resource));
+        }
         if entry.resources.is_empty() {
             self.remove_client(client);
         }
@@ -249,6 +284,14 @@ impl GatewayState {
         if let Some(mut entry) = self.clients.remove(&client) {
             self.by_address.remove(&IpAddr::V4(entry.addresses.ipv4));
             self.by_address.remove(&IpAddr::V6(entry.addresses.ipv6));
+            for (resource, authorized) in &entry.resources {
+                if let Some(at) = authorized.expires {
+                    self.expiries.remove(&(at, client, *resource));
+                }
+            }
+            if let Some(at) = entry.sweep_at {
+                self.sweeps.remove(&(at, client));
+            }
             // Its flows end here; the log keeps them.
             entry.flows.end_all();
             let (ended, dropped) = entry.flows.take_ended();
@@ -268,10 +311,14 @@ impl GatewayState {
     pub fn take_ended_flows(&mut self) -> (Vec<(ClientId, EndedFlow)>, u64) {
         let mut all = std::mem::take(&mut self.gone_flows);
         let mut dropped = std::mem::take(&mut self.flows_dropped);
-        for (client, entry) in &mut self.clients {
+        for client in std::mem::take(&mut self.ended) {
+            let Some(entry) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            entry.ended_listed = false;
             let (ended, lost) = entry.flows.take_ended();
             dropped += lost;
-            all.extend(ended.into_iter().map(|flow| (*client, flow)));
+            all.extend(ended.into_iter().map(|flow| (client, flow)));
         }
         (all, dropped)
     }
@@ -335,11 +382,17 @@ impl GatewayState {
                 _ => {}
             }
         }
-        for resource_id in expired {
-            entry.drop_resource(resource_id);
+        for resource_id in &expired {
+            if let Some(at) = entry.drop_resource(*resource_id) {
+                self.expiries.remove(&(at, client, *resource_id));
+            }
         }
         if let Some(resource) = allowed {
             return Ok(resource);
+        }
+        if entry.resources.is_empty() {
+            // Its last authorization expired just now.
+            self.remove_client(client);
         }
         Err(match unreachable(&packet, Unreachable::Prohibited) {
             Some(reply) => GatewayVerdict::Reply(reply),
@@ -379,14 +432,17 @@ impl GatewayState {
                 None => GatewayVerdict::Drop(GatewayDrop::Refused),
             };
         }
-        if entry
-            .flows
-            .outbound_for(&parsed, Some(resource), real, now)
-            .is_err()
-        {
+        let opened = entry.flows.outbound_for(&parsed, Some(resource), real, now);
+        // A close (FIN, RST) ends a flow for the log.
+        entry.list_ended(&mut self.ended);
+        if opened.is_err() {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
         }
-        self.next_sweep.get_or_insert(now + flows::SWEEP);
+        if entry.sweep_at.is_none() {
+            let at = now + flows::SWEEP;
+            entry.sweep_at = Some(at);
+            self.sweeps.insert((at, client));
+        }
         if real.is_some() && !entry.nat.outbound(packet, now) {
             return GatewayVerdict::Drop(GatewayDrop::FlowsFull);
         }
@@ -413,13 +469,12 @@ impl GatewayState {
             .ok_or(ToClientDrop::NoClient)?;
         entry.nat.inbound(packet, now);
         let parsed = Packet::parse(packet).map_err(|_| ToClientDrop::Malformed)?;
-        entry
-            .flows
-            .inbound(&parsed, now)
-            .map_err(|refusal| match refusal {
-                FlowRefusal::Malformed => ToClientDrop::Malformed,
-                _ => ToClientDrop::Unsolicited,
-            })?;
+        let answered = entry.flows.inbound(&parsed, now);
+        entry.list_ended(&mut self.ended);
+        answered.map_err(|refusal| match refusal {
+            FlowRefusal::Malformed => ToClientDrop::Malformed,
+            _ => ToClientDrop::Unsolicited,
+        })?;
         Ok(client)
     }
 
@@ -521,42 +576,52 @@ impl GatewayState {
     }
 
     /// Forgets expired authorizations (packets check expiry themselves; this
-    /// keeps the table small).
+    /// keeps the table small), and the idle flows and NAT sessions of the
+    /// clients whose sweep is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let sweep = self.next_sweep.is_some_and(|at| at <= now);
-        if sweep {
-            self.next_sweep = Some(now + flows::SWEEP);
-        }
-        let mut emptied: Vec<ClientId> = Vec::new();
-        for (client, entry) in &mut self.clients {
-            if sweep {
-                entry.flows.expire(now);
-                entry.nat.expire(now);
+        while let Some(&(at, client)) = self.sweeps.first()
+            && at <= now
+        {
+            self.sweeps.pop_first();
+            let Some(entry) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            entry.flows.expire(now);
+            entry.nat.expire(now);
+            entry.list_ended(&mut self.ended);
+            entry.sweep_at = (!entry.flows.is_empty() || entry.nat.session_count() > 0)
+                .then(|| now + flows::SWEEP);
+            if let Some(next) = entry.sweep_at {
+                self.sweeps.insert((next, client));
             }
-            let expired: Vec<ResourceId> = entry
+        }
+        while let Some(&(at, client, resource)) = self.expiries.first()
+            && at <= now
+        {
+            self.expiries.pop_first();
+            let Some(entry) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            // Only the authorization that expires then (a safeguard: a
+            // renewed one's entry is replaced, so a stale one never revokes
+            // it early).
+            if entry
                 .resources
-                .iter()
-                .filter(|(_, a)| a.expires.is_some_and(|at| at <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                entry.drop_resource(id);
+                .get(&resource)
+                .is_some_and(|authorized| authorized.expires == Some(at))
+            {
+                entry.drop_resource(resource);
             }
             if entry.resources.is_empty() {
-                emptied.push(*client);
+                self.remove_client(client);
             }
-        }
-        for client in emptied {
-            self.remove_client(client);
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.clients
-            .values()
-            .flat_map(|e| e.resources.values().filter_map(|a| a.expires))
-            .chain(self.next_sweep)
-            .min()
+        let expiry = self.expiries.first().map(|(at, _, _)| *at);
+        let sweep = self.sweeps.first().map(|(at, _)| *at);
+        expiry.into_iter().chain(sweep).min()
     }
 
     /// Every (client, resource) authorized now.
@@ -596,5 +661,45 @@ fn is_proxy_address(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => postern_model::plan::DNS_PROXY_V4.contains(&v4),
         IpAddr::V6(v6) => postern_model::plan::DNS_PROXY_V6.contains(&v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use postern_model::SiteId;
+
+    /// An expiry entry that no longer matches the authorization (stale: a
+    /// renewal replaced it) revokes nothing; the current one does, on time.
+    #[test]
+    fn only_the_current_expiry_revokes() {
+        let now = Instant::now();
+        let client = ClientAddresses {
+            id: ClientId::from_u128(1),
+            ipv4: "100.64.0.2".parse().expect("v4"),
+            ipv6: "fd7e:5057:6e00::2".parse().expect("v6"),
+        };
+        let resource = ResourceDescription {
+            id: ResourceId::from_u128(7),
+            name: "r7".into(),
+            address: ResourceAddress::Cidr("10.0.0.0/24".parse().expect("cidr")),
+            address_description: None,
+            filters: vec![],
+            site_id: SiteId::from_u128(2),
+        };
+        let mut state = GatewayState::new();
+        let renewed = now + Duration::from_secs(60);
+        state.authorize(client, resource.clone(), Some(renewed));
+        let stale = now + Duration::from_secs(1);
+        state.expiries.insert((stale, client.id, resource.id));
+        assert_eq!(state.poll_timeout(), Some(stale));
+        state.handle_timeout(stale);
+        assert!(state.is_authorized(client.id, resource.id), "revoked early");
+        assert_eq!(state.poll_timeout(), Some(renewed));
+        state.handle_timeout(renewed);
+        assert!(!state.is_authorized(client.id, resource.id));
+        assert!(!state.has_client(client.id));
     }
 }

@@ -5,7 +5,7 @@
 //! passed to the same resolvers. The lookups themselves are the shell's
 //! ([`crate::effect::Effect::Resolve`]); this keeps what each one is for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -34,12 +34,20 @@ pub(super) enum Lookup {
     Query { client: ClientId, query: Vec<u8> },
 }
 
+/// A name kept fresh for a client's proxies.
+type Renewal = (ClientId, ResourceId, String);
+
 #[derive(Default)]
 pub(super) struct Lookups {
     next: u64,
     pending: HashMap<LookupId, Lookup>,
+    /// Lookups in flight per client (their bound, without a scan).
+    in_flight: HashMap<ClientId, usize>,
     /// Names to look up again when their answers expire.
-    renew: HashMap<(ClientId, ResourceId, String), (ProxyAssignment, Instant)>,
+    renew: HashMap<Renewal, (ProxyAssignment, Instant)>,
+    /// The same by time, so timers read only the front (every client's
+    /// names add up on a busy gateway).
+    renew_order: BTreeSet<(Instant, Renewal)>,
 }
 
 impl Lookup {
@@ -53,15 +61,11 @@ impl Lookup {
 impl Lookups {
     /// A new lookup, unless its client has [`MAX_LOOKUPS`] in flight.
     fn start(&mut self, lookup: Lookup) -> Option<LookupId> {
-        let client = lookup.client();
-        let in_flight = self
-            .pending
-            .values()
-            .filter(|l| l.client() == client)
-            .count();
-        if in_flight >= MAX_LOOKUPS {
+        let in_flight = self.in_flight.entry(lookup.client()).or_default();
+        if *in_flight >= MAX_LOOKUPS {
             return None;
         }
+        *in_flight += 1;
         self.next += 1;
         let id = LookupId(self.next);
         self.pending.insert(id, lookup);
@@ -89,7 +93,15 @@ impl Lookups {
 
     /// The lookup a result is for (once).
     pub fn take(&mut self, lookup: LookupId) -> Option<Lookup> {
-        self.pending.remove(&lookup)
+        let taken = self.pending.remove(&lookup)?;
+        let client = taken.client();
+        if let Some(count) = self.in_flight.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(&client);
+            }
+        }
+        Some(taken)
     }
 
     /// Looks the name up again after `valid_for` (within the bounds).
@@ -102,35 +114,38 @@ impl Lookups {
     ) {
         let key = (client, assignment.resource, assignment.name.clone());
         let at = now + valid_for.clamp(MIN_RENEW, MAX_RENEW);
-        self.renew.insert(key, (assignment, at));
+        if let Some((_, old)) = self.renew.insert(key.clone(), (assignment, at)) {
+            self.renew_order.remove(&(old, key.clone()));
+        }
+        self.renew_order.insert((at, key));
     }
 
     pub fn forget_renewal(&mut self, client: ClientId, assignment: &ProxyAssignment) {
-        self.renew
-            .remove(&(client, assignment.resource, assignment.name.clone()));
+        let key = (client, assignment.resource, assignment.name.clone());
+        if let Some((_, at)) = self.renew.remove(&key) {
+            self.renew_order.remove(&(at, key));
+        }
     }
 
     /// Renewals whose time came (removed; a successful lookup schedules
     /// the next).
     pub fn due(&mut self, now: Instant) -> Vec<(ClientId, ProxyAssignment)> {
-        let due: Vec<_> = self
-            .renew
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        due.into_iter()
-            .filter_map(|key| {
-                let client = key.0;
-                self.renew
-                    .remove(&key)
-                    .map(|(assignment, _)| (client, assignment))
-            })
-            .collect()
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.renew_order.first()
+            && *at <= now
+        {
+            let Some((_, key)) = self.renew_order.pop_first() else {
+                break;
+            };
+            if let Some((assignment, _)) = self.renew.remove(&key) {
+                due.push((key.0, assignment));
+            }
+        }
+        due
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.renew.values().map(|(_, at)| *at).min()
+        self.renew_order.first().map(|(at, _)| *at)
     }
 
     /// How many names are kept fresh (for tests and status).

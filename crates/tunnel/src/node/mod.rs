@@ -16,12 +16,21 @@
 //! One send API ([`Node::encapsulate`]) and one receive API
 //! ([`Node::decapsulate`]) write into the caller's buffer, direct or
 //! relayed (ChannelData framed in place): no allocation per packet.
+//!
+//! Timers cost per peer that is due, never per peer there is (a gateway has
+//! thousands): each peer's next deadline (its ICE agent's, WireGuard's
+//! timers and keepalive, liveness, path upkeep, holes) sits in one ordered
+//! set, [`Node::poll_timeout`] reads the first, [`Node::handle_timeout`]
+//! visits only the peers due. A peer whose state changes off the data path
+//! is marked and its deadline computed again before the next poll; data
+//! packets only move deadlines later, and a peer woken early finds nothing
+//! to do and sleeps again.
 
 mod holes;
 mod locals;
 mod relays;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -39,11 +48,9 @@ pub use relays::{RelayConfig, Stream};
 
 use crate::counters::Counters;
 use crate::ice::{IceEvent, IceSession, RelayRtt, is_stun};
-use crate::wireguard::{Action, WireguardPeer, refusal};
+use crate::wireguard::{Action, LIVENESS_TIMEOUT, WireguardPeer, refusal};
 use relays::{HEADER, Relays, frame_in_place};
 
-/// How often WireGuard's timers run.
-const WIREGUARD_TICK: Duration = Duration::from_millis(100);
 /// Packets kept for a peer while its path is found.
 const MAX_WAITING: usize = 32;
 /// A peer without a path after this long is reported dead, so the client
@@ -62,6 +69,10 @@ const PATH_QUIET: Duration = Duration::from_millis(850);
 /// entries a clash left on the routers expire, and the next re-probe
 /// starts clean (see [`holes`]).
 pub const REPROBE: Duration = Duration::from_secs(60);
+/// A peer woken is not woken again sooner than this (a safeguard: none of
+/// its timers should be due at the instant it ran; ICE paces its own at
+/// 50 ms).
+const REWAKE: Duration = Duration::from_millis(10);
 /// STUN checks we sent are matched to their peer for this long (a check
 /// that is not answered in 30 s is long given up by ICE).
 const CHECK_MEMORY: Duration = Duration::from_secs(30);
@@ -155,6 +166,73 @@ struct Peer {
     hold_armed: bool,
     /// While the path is not direct: when the openers go out again.
     next_opening: Option<Instant>,
+    /// The path changed: its upkeep runs at the next wake (the re-probe
+    /// clock starts from the change).
+    upkeep_due: bool,
+    /// Its entry in [`Node::wakes`].
+    wake: Option<Instant>,
+    /// When [`Node::wake_peer`] last ran for it, until its deadline is
+    /// computed again: a deadline at or before that wake is moved to
+    /// [`REWAKE`] after it (see [`Node::refresh`]).
+    woken_at: Option<Instant>,
+    /// Its ICE agent's deadline when `wake` was computed: the agent's
+    /// timeout runs only then (it costs more than the rest of a wake).
+    ice_at: Option<Instant>,
+    /// Listed in [`Node::dirty`].
+    dirty: bool,
+}
+
+impl Peer {
+    /// When this peer has something to do next (see [`Node::handle_timeout`]).
+    fn deadline(&mut self) -> Option<Instant> {
+        // A fresh agent has no deadline before its first timeout: at once.
+        let ice = Some(self.ice.poll_timeout().unwrap_or(self.added));
+        self.ice_at = ice;
+        let connect = (self.path.is_none() && !self.reported).then(|| self.added + CONNECT_TIMEOUT);
+        // The first held candidate due (none held: nothing to wake for).
+        let hold = self.holding_since.and_then(|since| {
+            self.held
+                .iter()
+                .map(|c| since + holes::hold(holes::is_direct(candidate_type(c))))
+                .min()
+        });
+        let opening = self.next_opening.filter(|_| self.path.is_none());
+        [
+            ice,
+            connect,
+            hold,
+            opening,
+            self.reprobe_checks_at,
+            self.upkeep(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When a peer with a path needs its upkeep ([`Node::watch_path`],
+    /// [`Node::tick_peer`]): WireGuard's timers or keepalive, the path
+    /// going quiet, the peer going dead, a re-probe. `added` stands for
+    /// "at once": it is never in the future.
+    fn upkeep(&self) -> Option<Instant> {
+        self.path?;
+        if self.upkeep_due {
+            return Some(self.added);
+        }
+        let mut at = self.wireguard.next_tick(self.added);
+        if let Some(received) = self.wireguard.last_received() {
+            if self.alive {
+                at = at.min(received + LIVENESS_TIMEOUT);
+            }
+            if !self.switched {
+                at = at.min(received + PATH_QUIET);
+            }
+        }
+        if let Some(due) = self.next_reprobe {
+            at = at.min(due);
+        }
+        Some(at)
+    }
 }
 
 pub struct Node<P> {
@@ -168,17 +246,37 @@ pub struct Node<P> {
     /// Round trips to the relays (measured by `relays`, read by every
     /// peer's ICE agent to rank relayed candidates).
     relay_rtt: RelayRtt,
-    peers: HashMap<P, Peer>,
+    /// Boxed: a peer is some 12 KiB (boringtun's `Tunn` keeps its eight
+    /// sessions inline), and a table of thousands would otherwise hold that
+    /// much in every empty slot too, and move it all when it grows.
+    peers: HashMap<P, Box<Peer>>,
     by_index: HashMap<u32, P>,
     by_key: HashMap<[u8; 32], P>,
     by_ufrag: HashMap<String, P>,
-    /// Transaction ids of the STUN checks we sent: (peer, when).
-    checks: HashMap<[u8; 12], (P, Instant)>,
+    /// Transaction ids of the STUN checks we sent: (peer, its index, when).
+    /// The index tells a later peer of the same id from the one that sent
+    /// it, so removing a peer need not scan this.
+    checks: HashMap<[u8; 12], (P, u32, Instant)>,
+    /// The same ids in the order they were sent, to forget them after
+    /// [`CHECK_MEMORY`] without a scan.
+    check_order: VecDeque<([u8; 12], Instant)>,
+    /// Every peer's next deadline, soonest first.
+    wakes: BTreeSet<(Instant, P)>,
+    /// The first of `wakes`, kept so a poll reads one field (the device
+    /// loop polls after every turn).
+    earliest: Option<Instant>,
+    /// Peers whose deadline must be computed again.
+    dirty: Vec<P>,
+    /// Scratch list of the peers due in one timeout.
+    due: Vec<P>,
+    /// Peers woken so far, for the tests that hold timers to "only the
+    /// peers due".
+    #[cfg(test)]
+    woken: usize,
     /// mac1 and cookies for every handshake on the socket (boringtun's;
     /// it reads its own clock and randomness for the cookie secret).
     limiter: RateLimiter,
     next_index: u32,
-    next_tick: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NodeEvent<P>>,
     /// Scratch space for the slow path.
@@ -207,12 +305,18 @@ impl<P: PeerId> Node<P> {
             by_key: HashMap::new(),
             by_ufrag: HashMap::new(),
             checks: HashMap::new(),
+            check_order: VecDeque::new(),
+            wakes: BTreeSet::new(),
+            earliest: None,
+            dirty: Vec::new(),
+            due: Vec::new(),
+            #[cfg(test)]
+            woken: 0,
             limiter: RateLimiter::new(
                 &x25519::PublicKey::from(&x25519::StaticSecret::from(secret)),
                 HANDSHAKES_PER_SECOND,
             ),
             next_index: 1,
-            next_tick: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             buffer: vec![0; BUFFER],
@@ -298,7 +402,7 @@ impl<P: PeerId> Node<P> {
         self.by_ufrag.insert(ice.local_ufrag().to_string(), id);
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 ice,
                 wireguard,
                 public_key: config.public_key,
@@ -320,7 +424,12 @@ impl<P: PeerId> Node<P> {
                 holding_since: None,
                 hold_armed: self.controlling,
                 next_opening: None,
-            },
+                upkeep_due: false,
+                woken_at: None,
+                wake: None,
+                ice_at: None,
+                dirty: false,
+            }),
         );
         for candidate in candidates {
             self.events.push_back(NodeEvent::Candidate {
@@ -328,7 +437,6 @@ impl<P: PeerId> Node<P> {
                 candidate,
             });
         }
-        self.next_tick.get_or_insert(now);
         self.drive_peer(id, now);
         self.flush_relays(now);
     }
@@ -349,6 +457,7 @@ impl<P: PeerId> Node<P> {
         self.locals = locals;
         self.relays.restart(now);
         self.checks.clear();
+        self.check_order.clear();
         let ids: Vec<P> = self.peers.keys().copied().collect();
         for id in ids {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -397,7 +506,6 @@ impl<P: PeerId> Node<P> {
             self.open_holes(id);
             self.drive_peer(id, now);
         }
-        self.next_tick.get_or_insert(now);
         self.flush_relays(now);
     }
 
@@ -437,7 +545,10 @@ impl<P: PeerId> Node<P> {
         if self.by_ufrag.get(peer.ice.local_ufrag()) == Some(&id) {
             self.by_ufrag.remove(peer.ice.local_ufrag());
         }
-        self.checks.retain(|_, (peer, _)| *peer != id);
+        if let Some(at) = peer.wake {
+            self.wakes.remove(&(at, id));
+            self.earliest = self.wakes.first().map(|(at, _)| *at);
+        }
     }
 
     pub fn has_peer(&self, id: P) -> bool {
@@ -595,6 +706,20 @@ impl<P: PeerId> Node<P> {
         now: Instant,
         out: &mut [u8],
     ) -> Option<(P, usize)> {
+        let received = self.receive(source, datagram, now, out);
+        // Deadlines a handshake or STUN moved, now rather than in the
+        // next poll (data packets move none).
+        self.refresh();
+        received
+    }
+
+    fn receive(
+        &mut self,
+        source: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(P, usize)> {
         let Some(relay) = self.relays.index_of_server(source) else {
             let Some(local) = self.locals.toward(source) else {
                 // A family we have no address in: nothing of ours sent it.
@@ -628,6 +753,7 @@ impl<P: PeerId> Node<P> {
         }
         let id = self.wireguard_peer(local, remote, datagram)?;
         let peer = self.peers.get_mut(&id)?;
+        let had_session = peer.wireguard.has_session();
         let action = match peer
             .wireguard
             .receive(Some(remote.ip()), datagram, now, out)
@@ -638,6 +764,17 @@ impl<P: PeerId> Node<P> {
                 return None;
             }
         };
+        if !had_session && peer.wireguard.has_session() {
+            // Keepalives start: their deadline may come before the one set.
+            self.touch(id);
+        }
+        // A cookie reply proves nothing of the path (anyone who saw our
+        // initiation and knows the peer's public key can forge one), and
+        // needs no answer: the initiation is repeated with the cookie.
+        if datagram.first() == Some(&3) {
+            return None;
+        }
+        let peer = self.peers.get_mut(&id)?;
         // Authenticated WireGuard from the peer fixes where it is, as in
         // WireGuard's own endpoint roaming, on the controlled side: it may
         // hear the handshake before ICE names the nominated pair, and a
@@ -650,6 +787,8 @@ impl<P: PeerId> Node<P> {
             peer.path = Some((local, remote));
             peer.next_reprobe = None;
             peer.reprobe_checks_at = None;
+            peer.upkeep_due = true;
+            self.touch(id);
             // Roamed onto one of our relayed addresses: data goes out as
             // ChannelData once the channel is bound, not as Send
             // indications.
@@ -662,6 +801,7 @@ impl<P: PeerId> Node<P> {
             Action::Nothing => None,
             Action::Network(n) => {
                 // A handshake answered; packets queued meanwhile follow.
+                self.touch(id);
                 let mut action = Action::Network(n);
                 while let Action::Network(n) = action {
                     let reply = out.get(..n)?.to_vec();
@@ -690,6 +830,12 @@ impl<P: PeerId> Node<P> {
         datagram: &[u8],
     ) -> Option<P> {
         let mut cookie = [0u8; COOKIE_REPLY];
+        if matches!(datagram.first(), Some(1 | 2)) {
+            // A handshake counts toward the load: the count restarts once a
+            // second (boringtun checks the second; a handshake is no data
+            // packet, so this is off the fast path).
+            self.limiter.reset_count();
+        }
         let packet = match self
             .limiter
             .verify_packet(Some(remote.ip()), datagram, &mut cookie)
@@ -744,11 +890,6 @@ impl<P: PeerId> Node<P> {
             self.errors.add("stun_for_nobody");
             return;
         };
-        if is_check(datagram) {
-            // The peer checks us: it has our candidates, and its NAT a
-            // mapping toward us (or soon will).
-            self.release_held(id, None);
-        }
         // Straight from its socket, its NAT's mapping toward us is there
         // (a check through a relay, such as the nominated relayed pair's
         // keepalive, says nothing of it).
@@ -762,8 +903,17 @@ impl<P: PeerId> Node<P> {
             return;
         };
         if !peer.ice.handle_stun(now, remote, local, datagram) {
+            // Unauthenticated: it changes nothing (held candidates stay
+            // held).
             self.errors.add("stun_refused");
             return;
+        }
+        if is_check(datagram) {
+            // The peer checks us: it has our candidates, and its NAT a
+            // mapping toward us (or soon will). (Its address, new to the
+            // agent, became a peer-reflexive candidate: the candidate it
+            // is, released now, takes its place.)
+            self.release_held(id, None);
         }
         if direct_check {
             // Authenticated: a re-probe's held checks go now.
@@ -786,7 +936,12 @@ impl<P: PeerId> Node<P> {
             return self.by_ufrag.get(ours).copied();
         }
         let transaction = datagram.get(8..20)?;
-        self.checks.get(transaction).map(|(peer, _)| *peer)
+        let (id, index, _) = self.checks.get(transaction)?;
+        // Not a later peer of the same id.
+        self.peers
+            .get(id)
+            .filter(|peer| peer.index == *index)
+            .map(|_| *id)
     }
 
     /// Sends a WireGuard datagram on the peer's nominated path (slow path).
@@ -825,45 +980,130 @@ impl<P: PeerId> Node<P> {
         }
     }
 
+    /// Runs what is due: the relays' timers, and those of the peers whose
+    /// deadline came (no other peer is looked at).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.relays.handle_timeout(now);
         self.flush_relays(now);
-        for peer in self.peers.values_mut() {
+        self.forget_checks(now);
+        self.refresh();
+        let mut due = std::mem::take(&mut self.due);
+        while let Some(&(at, id)) = self.wakes.first()
+            && at <= now
+        {
+            self.wakes.pop_first();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.wake = None;
+            }
+            due.push(id);
+        }
+        // Each at most once per call, even if it is due again at once.
+        for &id in &due {
+            self.wake_peer(id, now);
+        }
+        due.clear();
+        self.due = due;
+        self.flush_relays(now);
+        self.refresh();
+        self.earliest = self.wakes.first().map(|(at, _)| *at);
+    }
+
+    /// One peer's timers, in the order they always ran: its ICE agent,
+    /// path upkeep and WireGuard, holes, re-probe checks, the connect
+    /// timeout, then its ICE output.
+    fn wake_peer(&mut self, id: P, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        #[cfg(test)]
+        {
+            self.woken += 1;
+        }
+        peer.woken_at = Some(now);
+        if peer.ice_at.is_none_or(|at| at <= now) {
             peer.ice.handle_timeout(now);
         }
-        self.checks
-            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < CHECK_MEMORY);
-        if self.next_tick.is_some_and(|at| at <= now) {
-            self.next_tick = Some(now + WIREGUARD_TICK);
-            self.limiter.reset_count();
-            let ids: Vec<P> = self.peers.keys().copied().collect();
-            for &id in &ids {
-                self.watch_path(id, now);
-            }
-            for id in ids {
-                self.tick_peer(id, now);
-            }
+        if peer.upkeep().is_some_and(|at| at <= now) {
+            peer.upkeep_due = false;
+            self.watch_path(id, now);
+            self.tick_peer(id, now);
         }
-        self.tend_holes(now);
-        let ids: Vec<P> = self.peers.keys().copied().collect();
-        for id in ids {
-            self.reprobe_when_due(id, now, false);
-        }
+        self.tend_holes(id, now);
+        self.reprobe_when_due(id, now, false);
         // A peer that never got a path is as good as dead.
-        for (id, peer) in &mut self.peers {
-            if peer.path.is_none()
-                && !peer.reported
-                && now.saturating_duration_since(peer.added) >= CONNECT_TIMEOUT
+        if let Some(peer) = self.peers.get_mut(&id)
+            && peer.path.is_none()
+            && !peer.reported
+            && now.saturating_duration_since(peer.added) >= CONNECT_TIMEOUT
+        {
+            peer.reported = true;
+            self.events.push_back(NodeEvent::Dead { peer: id });
+        }
+        self.drive_peer(id, now);
+    }
+
+    /// Marks a peer whose deadline may have moved; it is computed again
+    /// before the next poll or timeout.
+    fn touch(&mut self, id: P) {
+        if let Some(peer) = self.peers.get_mut(&id)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// The marked peers' deadlines, into [`Node::wakes`].
+    fn refresh(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.dirty = false;
+            let mut at = peer.deadline();
+            // A peer just woken is never due again at that instant (the
+            // shell would wake it at once, again and again), except for the
+            // one-off upkeep of a path that changed.
+            if let Some(woken) = peer.woken_at.take()
+                && !peer.upkeep_due
+                && at.is_some_and(|at| at <= woken)
             {
-                peer.reported = true;
-                self.events.push_back(NodeEvent::Dead { peer: *id });
+                at = Some(woken + REWAKE);
+            }
+            if peer.wake != at {
+                if let Some(old) = peer.wake {
+                    self.wakes.remove(&(old, id));
+                }
+                if let Some(at) = at {
+                    self.wakes.insert((at, id));
+                }
+                peer.wake = at;
             }
         }
-        let ids: Vec<P> = self.peers.keys().copied().collect();
-        for id in ids {
-            self.drive_peer(id, now);
+        dirty.clear();
+        self.dirty = dirty;
+        self.earliest = self.wakes.first().map(|(at, _)| *at);
+    }
+
+    /// Our STUN checks older than [`CHECK_MEMORY`] are forgotten.
+    fn forget_checks(&mut self, now: Instant) {
+        while let Some(&(transaction, sent)) = self.check_order.front()
+            && now.saturating_duration_since(sent) >= CHECK_MEMORY
+        {
+            self.check_order.pop_front();
+            // Unless sent again since (a retransmission keeps its id).
+            if self
+                .checks
+                .get(&transaction)
+                .is_some_and(|(_, _, at)| *at == sent)
+            {
+                self.checks.remove(&transaction);
+            }
         }
-        self.flush_relays(now);
     }
 
     /// WireGuard's timers and liveness for one peer with a path.
@@ -892,7 +1132,7 @@ impl<P: PeerId> Node<P> {
         peer.alive = alive;
     }
 
-    /// Path upkeep on each tick: a quiet path is swapped for the next best
+    /// Path upkeep (see [`Peer::upkeep`]): a quiet path is swapped for the next best
     /// pair at once, and a relayed one is re-checked now and then for a
     /// direct path.
     fn watch_path(&mut self, id: P, now: Instant) {
@@ -951,45 +1191,14 @@ impl<P: PeerId> Node<P> {
         }
     }
 
+    /// The earliest deadline: the first peer's (see [`Node::handle_timeout`])
+    /// or the relays'.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let ice = self
-            .peers
-            .values_mut()
-            .filter_map(|p| p.ice.poll_timeout())
-            .min();
-        let connect = self
-            .peers
-            .values()
-            .filter(|p| p.path.is_none() && !p.reported)
-            .map(|p| p.added + CONNECT_TIMEOUT)
-            .min();
-        let holes = self
-            .peers
-            .values()
-            .flat_map(|p| {
-                // The first held candidate due (none held: nothing to wake
-                // for).
-                let hold = p.holding_since.and_then(|since| {
-                    p.held
-                        .iter()
-                        .map(|c| since + holes::hold(holes::is_direct(candidate_type(c))))
-                        .min()
-                });
-                let opening = p.next_opening.filter(|_| p.path.is_none());
-                [hold, opening, p.reprobe_checks_at]
-            })
+        self.refresh();
+        [self.earliest, self.relays.poll_timeout()]
+            .into_iter()
             .flatten()
-            .min();
-        [
-            ice,
-            self.relays.poll_timeout(),
-            connect,
-            self.next_tick,
-            holes,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+            .min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -1092,24 +1301,19 @@ impl<P: PeerId> Node<P> {
     }
 
     /// Holds that ran out are released; openers go out again to the
-    /// direct candidates of every peer still without a path. A relayed
-    /// peer gets openers only with its re-probes: sent between them, they
-    /// would keep alive an entry a clash left on our router.
-    fn tend_holes(&mut self, now: Instant) {
-        let ids: Vec<P> = self.peers.keys().copied().collect();
-        for id in ids {
-            self.release_held(id, Some(now));
-            let Some(peer) = self.peers.get(&id) else {
-                continue;
-            };
-            if peer.path.is_some() || peer.next_opening.is_none_or(|at| at > now) {
-                continue;
-            }
-            self.open_holes(id);
-            if let Some(peer) = self.peers.get_mut(&id) {
-                peer.next_opening = Some(now + holes::OPENER_INTERVAL);
-            }
+    /// direct candidates of a peer still without a path. A relayed peer
+    /// gets openers only with its re-probes: sent between them, they would
+    /// keep alive an entry a clash left on our router.
+    fn tend_holes(&mut self, id: P, now: Instant) {
+        self.release_held(id, Some(now));
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.path.is_some() || peer.next_opening.is_none_or(|at| at > now) {
+            return;
         }
+        peer.next_opening = Some(now + holes::OPENER_INTERVAL);
+        self.open_holes(id);
     }
 
     /// Openers to each of the peer's direct candidates.
@@ -1139,9 +1343,11 @@ impl<P: PeerId> Node<P> {
         let mut outgoing = Vec::new();
         let mut nominated = None;
         let mut dead = false;
+        self.touch(id);
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        let index = peer.index;
         while let Some(transmit) = peer.ice.poll_transmit() {
             outgoing.push(transmit);
         }
@@ -1156,7 +1362,8 @@ impl<P: PeerId> Node<P> {
                 && let Some(transaction) = transmit.payload.get(8..20)
                 && let Ok(transaction) = <[u8; 12]>::try_from(transaction)
             {
-                self.checks.insert(transaction, (id, now));
+                self.checks.insert(transaction, (id, index, now));
+                self.check_order.push_back((transaction, now));
             }
             self.transmit_from(transmit.source, transmit.destination, &transmit.payload);
         }
@@ -1180,6 +1387,7 @@ impl<P: PeerId> Node<P> {
             // Both sides' re-probe clocks start from the path change.
             peer.next_reprobe = None;
             peer.reprobe_checks_at = None;
+            peer.upkeep_due = true;
         }
         peer.path = Some((local, remote));
         let waiting: Vec<Vec<u8>> = peer.waiting.drain(..).collect();
@@ -1242,6 +1450,8 @@ impl<P: PeerId> Node<P> {
         for allocation in announced {
             let ids: Vec<P> = self.peers.keys().copied().collect();
             for id in ids {
+                // New candidates: its agent's deadline moves.
+                self.touch(id);
                 let Some(peer) = self.peers.get_mut(&id) else {
                     continue;
                 };
@@ -1313,4 +1523,303 @@ fn candidate_type(candidate: &str) -> Option<&str> {
     let mut fields = candidate.split_whitespace().skip_while(|f| *f != "typ");
     fields.next()?;
     fields.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wireguard::{KEEPALIVE, public_key};
+
+    const GATEWAY: SocketAddr =
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)), 51820);
+    const GATEWAY_SECRET: [u8; 32] = [7; 32];
+
+    fn client_address(i: u32) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 10 + i as u8)),
+            40000,
+        )
+    }
+
+    fn credentials(tag: &str) -> IceCredentials {
+        IceCredentials {
+            username_fragment: format!("{tag}uf"),
+            password: format!("{tag}-password-0123456789abcdef"),
+        }
+    }
+
+    /// Peer `i` of a gateway's node, a bare WireGuard client that does its
+    /// handshake at `now` from its own address (the controlled side takes
+    /// the path from it); the node's timers then run at `now`.
+    fn connect(node: &mut Node<u32>, i: u32, now: Instant) -> WireguardPeer {
+        let secret = [10 + i as u8; 32];
+        let psk = [20 + i as u8; 32];
+        node.add_peer(
+            i,
+            PeerConfig {
+                public_key: public_key(secret),
+                preshared_key: psk,
+                local_ice: credentials(&format!("g{i}")),
+                remote_ice: credentials(&format!("c{i}")),
+            },
+            now,
+        );
+        let mut client = WireguardPeer::new(secret, public_key(GATEWAY_SECRET), psk, 100 + i);
+        let (mut buffer, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let Ok(Action::Network(n)) = client.send(&[], now, &mut buffer) else {
+            panic!("no initiation");
+        };
+        node.decapsulate(client_address(i), &buffer[..n], now, &mut out);
+        while let Some(transmit) = node.poll_transmit() {
+            assert_eq!(transmit.destination, client_address(i));
+            if let Ok(Action::Network(n)) =
+                client.receive(Some(GATEWAY.ip()), &transmit.payload, now, &mut buffer)
+            {
+                // The client's keepalive after the handshake.
+                node.decapsulate(client_address(i), &buffer[..n], now, &mut out);
+            }
+        }
+        node.handle_timeout(now);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+        assert!(node.is_alive(i, now));
+        client
+    }
+
+    /// Timers visit only the peers that are due: a peer whose keepalive is
+    /// due sends it on time, a peer that is not due is not woken (its
+    /// deadline stays), and liveness still ends each peer at its own time.
+    #[test]
+    fn a_timeout_wakes_only_the_peers_due() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, false, 1);
+        let _first = connect(&mut node, 0, start);
+        let later = start + Duration::from_millis(200);
+        let _second = connect(&mut node, 1, later);
+        let second_wake = node.peers.get(&1).and_then(|p| p.wake);
+
+        // The first peer's keepalive: 400 ms after the gateway last sent.
+        let due = node.poll_timeout().expect("a deadline");
+        assert_eq!(due, start + KEEPALIVE);
+        assert!(second_wake.is_some_and(|at| at > due));
+        let woken = node.woken;
+        node.handle_timeout(due);
+        assert_eq!(node.woken - woken, 1, "only the peer due is woken");
+        let sent: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].destination, client_address(0));
+        assert_eq!(sent[0].payload.len(), 32, "a keepalive");
+        assert_eq!(node.peers.get(&1).and_then(|p| p.wake), second_wake);
+        assert_eq!(node.poll_timeout(), Some(later + KEEPALIVE));
+
+        // Neither client says anything more: each is dead 1.25 s after it
+        // was last heard, not before, whatever the other does.
+        let mut dead = Vec::new();
+        while let Some(at) = node.poll_timeout()
+            && at <= later + Duration::from_secs(2)
+        {
+            node.handle_timeout(at);
+            while node.poll_transmit().is_some() {}
+            while let Some(event) = node.poll_event() {
+                if let NodeEvent::Dead { peer } = event {
+                    dead.push((peer, at));
+                }
+            }
+        }
+        assert_eq!(
+            dead,
+            vec![(0, start + LIVENESS_TIMEOUT), (1, later + LIVENESS_TIMEOUT)]
+        );
+    }
+
+    /// A gateway that answered a handshake has no current session until
+    /// the client's first data packet: its timers meanwhile start no
+    /// handshake of their own (boringtun would, for a keepalive sent
+    /// without a session), and the peer, whose keepalive cannot go yet, is
+    /// never due again at the instant it was woken.
+    #[test]
+    fn a_gateway_waiting_for_the_clients_confirmation_starts_no_handshake() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, false, 1);
+        let (secret, psk) = ([10; 32], [20; 32]);
+        node.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key(secret),
+                preshared_key: psk,
+                local_ice: credentials("g0"),
+                remote_ice: credentials("c0"),
+            },
+            start,
+        );
+        let mut client = WireguardPeer::new(secret, public_key(GATEWAY_SECRET), psk, 100);
+        let (mut buffer, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let Ok(Action::Network(n)) = client.send(&[], start, &mut buffer) else {
+            panic!("no initiation");
+        };
+        node.decapsulate(client_address(0), &buffer[..n], start, &mut out);
+        let response: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(response.len(), 1);
+        assert_eq!(response[0].payload[0], 2, "a handshake response");
+
+        // The confirmation is late: the gateway's timers run meanwhile.
+        let mut at = start;
+        let mut wakes = 0;
+        while at <= start + Duration::from_millis(900) {
+            let woken = node.woken;
+            node.handle_timeout(at);
+            wakes += node.woken - woken;
+            for transmit in std::iter::from_fn(|| node.poll_transmit()) {
+                assert_ne!(
+                    transmit.payload.first(),
+                    Some(&1),
+                    "a handshake initiation from the gateway at {:?}",
+                    at - start
+                );
+                assert_ne!(transmit.payload.len(), 32, "a keepalive without a session");
+            }
+            let next = node.poll_timeout().expect("a deadline");
+            assert!(next > at, "due again at once ({:?})", at - start);
+            at = next.max(at + Duration::from_millis(100));
+        }
+        assert!(wakes < 40, "{wakes} wakes in 900 ms");
+
+        // The confirmation: keepalives start, 400 ms after the response.
+        let confirmed = start + Duration::from_millis(900);
+        let Ok(Action::Network(n)) = client.receive(
+            Some(GATEWAY.ip()),
+            &response[0].payload,
+            confirmed,
+            &mut buffer,
+        ) else {
+            panic!("no confirmation");
+        };
+        node.decapsulate(client_address(0), &buffer[..n], confirmed, &mut out);
+        assert!(node.is_alive(0, confirmed));
+        let due = node.poll_timeout().expect("a deadline");
+        assert_eq!(
+            due,
+            start + KEEPALIVE,
+            "the keepalive is overdue since the response"
+        );
+        node.handle_timeout(confirmed);
+        let sent: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].payload.len(), 32, "a keepalive");
+        assert_eq!(node.poll_timeout(), Some(confirmed + KEEPALIVE));
+    }
+
+    /// A cookie reply is no sign of the peer: anyone who saw the gateway's
+    /// initiation and knows the client's public key can make one, from
+    /// anywhere. It moves neither the path (the controlled side otherwise
+    /// follows authenticated WireGuard) nor the time the peer was heard.
+    #[test]
+    fn a_cookie_reply_moves_no_path_and_is_not_hearing_from_the_peer() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, false, 1);
+        let _client = connect(&mut node, 0, start);
+        let path = node.path(0);
+        let heard = node.peers.get(&0).and_then(|p| p.wireguard.last_received());
+        // The gateway's initiation (as after an ICE nomination), seen by an
+        // attacker who answers it with a cookie from elsewhere.
+        let later = start + Duration::from_millis(300);
+        let mut buffer = vec![0u8; 2048];
+        let peer = node.peers.get_mut(&0).expect("the peer");
+        let Ok(Action::Network(n)) = peer.wireguard.probe(later, &mut buffer) else {
+            panic!("no initiation");
+        };
+        let attacker = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9)), 666);
+        // Under load from the first handshake: a cookie, with the client's key.
+        let load = RateLimiter::new(&x25519::PublicKey::from(public_key([10; 32])), 0);
+        let mut reply = vec![0u8; 2048];
+        let Err(TunnResult::WriteToNetwork(cookie)) =
+            load.verify_packet(Some(GATEWAY.ip()), &buffer[..n], &mut reply)
+        else {
+            panic!("no cookie");
+        };
+        let cookie = cookie.to_vec();
+        assert_eq!(cookie[0], 3);
+        let mut out = vec![0u8; 2048];
+        assert_eq!(node.decapsulate(attacker, &cookie, later, &mut out), None);
+        assert_eq!(node.path(0), path, "the path stays");
+        assert_eq!(
+            node.peers.get(&0).and_then(|p| p.wireguard.last_received()),
+            heard,
+            "not heard from"
+        );
+        assert!(!node.is_alive(0, start + LIVENESS_TIMEOUT));
+    }
+
+    /// The first check a peer sends us, from a node that knows us by
+    /// `remote_ice` (right or wrong password).
+    fn first_check(remote_ice: IceCredentials, now: Instant) -> Transmit {
+        let mut peer = Node::<u32>::new(&[client_address(0)], [10; 32], false, 2);
+        peer.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key(GATEWAY_SECRET),
+                preshared_key: [20; 32],
+                local_ice: credentials("c0"),
+                remote_ice,
+            },
+            now,
+        );
+        let ours = format!(
+            "candidate:1 1 udp 2130706431 {} {} typ host",
+            GATEWAY.ip(),
+            GATEWAY.port()
+        );
+        peer.add_remote_candidate(0, &ours, now);
+        let mut at = now;
+        loop {
+            peer.handle_timeout(at);
+            if let Some(check) = std::iter::from_fn(|| peer.poll_transmit())
+                .find(|t| t.destination == GATEWAY && is_check(&t.payload))
+            {
+                return check;
+            }
+            at = peer.poll_timeout().expect("a deadline").max(at);
+            assert!(at < now + Duration::from_secs(5), "no check");
+        }
+    }
+
+    /// The controlling side holds the peer's candidates until the peer's
+    /// first check: an unauthenticated one (a wrong password) changes
+    /// nothing, an authenticated one releases them.
+    #[test]
+    fn only_an_authenticated_check_releases_held_candidates() {
+        let start = Instant::now();
+        let mut node = Node::<u32>::new(&[GATEWAY], GATEWAY_SECRET, true, 1);
+        node.add_peer(
+            0,
+            PeerConfig {
+                public_key: public_key([10; 32]),
+                preshared_key: [20; 32],
+                local_ice: credentials("g0"),
+                remote_ice: credentials("c0"),
+            },
+            start,
+        );
+        let theirs = format!(
+            "candidate:1 1 udp 2130706431 {} {} typ host",
+            client_address(0).ip(),
+            client_address(0).port()
+        );
+        node.add_remote_candidate(0, &theirs, start);
+        let held = |node: &Node<u32>| node.peers.get(&0).map(|p| p.held.len());
+        assert_eq!(held(&node), Some(1));
+        let mut out = vec![0u8; 2048];
+
+        let mut wrong = credentials("g0");
+        wrong.password = "not-the-password-0123456789abcdef".into();
+        let forged = first_check(wrong, start);
+        node.decapsulate(client_address(0), &forged.payload, start, &mut out);
+        assert_eq!(node.errors().get("stun_refused"), 1);
+        assert_eq!(held(&node), Some(1), "still held");
+
+        let check = first_check(credentials("g0"), start);
+        node.decapsulate(client_address(0), &check.payload, start, &mut out);
+        assert_eq!(node.errors().get("stun_refused"), 1);
+        assert_eq!(held(&node), Some(0), "released");
+    }
 }

@@ -322,6 +322,13 @@ impl World {
     }
 
     pub fn step(&mut self) {
+        self.step_within(None);
+    }
+
+    /// One step, never past `end`: the roles wake only when something is
+    /// due (no periodic tick), so the next deadline may lie far beyond
+    /// the time a test means to run for.
+    fn step_within(&mut self, end: Option<Instant>) {
         let now = self.net.now;
         let wall = self.wall_at(now);
         let (to_client, to_gateways) = self.portal.due(now);
@@ -375,21 +382,22 @@ impl World {
         .into_iter()
         .flatten()
         .chain(gateways)
-        .min();
+        .min()
+        .map(|next| end.map_or(next, |end| next.min(end)));
         self.net.advance(next);
     }
 
     pub fn run_for(&mut self, duration: Duration) {
         let end = self.net.now + duration;
         while self.net.now < end {
-            self.step();
+            self.step_within(Some(end));
         }
     }
 
     pub fn run_until(&mut self, limit: Duration, done: impl Fn(&World) -> bool) -> bool {
         let end = self.net.now + limit;
         while self.net.now < end {
-            self.step();
+            self.step_within(Some(end));
             if done(self) {
                 return true;
             }

@@ -199,6 +199,49 @@ fn channel_data_flows_both_ways() {
     assert_eq!(h.server.stats().to_client_packets, 1);
 }
 
+/// Permissions are renewed each on its own time, soonest first (a gateway's
+/// allocation holds one per relayed client, and its timer is polled after
+/// every turn): the timer names the first renewal due, and running it
+/// renews that permission alone.
+#[test]
+fn permissions_are_renewed_one_at_a_time_soonest_first() {
+    let mut h = Harness::new(config());
+    let mut client = allocated(&mut h, alice());
+    let (first, second) = (
+        IpAddr::from([198, 18, 0, 20]),
+        IpAddr::from([198, 18, 0, 21]),
+    );
+    client.create_permission(first, h.now().instant);
+    h.exchange(&mut client, alice());
+    h.advance(Duration::from_secs(100));
+    client.create_permission(second, h.now().instant);
+    h.exchange(&mut client, alice());
+    while client.poll_event().is_some() {}
+    // A minute before the first lapses (the allocation's refresh is later).
+    let renew = h.start + PERMISSION_LIFETIME - Duration::from_secs(60);
+    assert_eq!(client.poll_timeout(), Some(renew));
+    h.advance(renew - h.now().instant);
+    client.handle_timeout(renew);
+    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| client.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1, "one renewal");
+    let request = Message::parse(&sent[0]).unwrap();
+    assert_eq!(request.method(), method::CREATE_PERMISSION);
+    assert_eq!(
+        request
+            .get_xor_address(attr::XOR_PEER_ADDRESS)
+            .flatten()
+            .map(|a| a.ip()),
+        Some(first)
+    );
+    let reply = h.send(alice(), &sent[0]).unwrap();
+    assert!(client.handle_packet(&reply, renew).is_none());
+    // Next: the second permission's turn.
+    assert_eq!(
+        client.poll_timeout(),
+        Some(h.start + Duration::from_secs(100) + PERMISSION_LIFETIME - Duration::from_secs(60))
+    );
+}
+
 #[test]
 fn a_channel_alone_keeps_data_flowing_past_the_permission_lifetime() {
     let mut h = Harness::new(config());
