@@ -179,6 +179,50 @@ fn revocation_stops_traffic_at_once() {
     assert_eq!(status.resources[0].access, "denied");
 }
 
+/// The policy goes again while a fresh request's `authorize` is on its way
+/// to the gateway: the gateway applies it on arrival, so the portal takes
+/// it back as well (as the real portal's `refuse` does) and the client is
+/// refused. Packets the client queued for that gateway while it was
+/// granted, and whatever a modified client pushes, go nowhere.
+#[test]
+fn a_revocation_while_the_gateway_authorizes_takes_the_authorization_back() {
+    let mut world = World::new(&[Nat::PortRestricted, Nat::Open], vec![web_on(80)]);
+    world.app_sends(&to_web(80, 1));
+    assert!(world.run_until(Duration::from_secs(10), |w| w.forwarded_total() > 0));
+    let now = world.now();
+    world.portal.revoke_all(now);
+    world.run_for(Duration::from_millis(100));
+    // Allowed again: the next packet asks, the portal sends `authorize`...
+    world.portal.allowed = true;
+    world.app_sends(&to_web(80, 2));
+    assert_eq!(world.portal.requests, 2);
+    // ... and the policy goes before the gateway has it.
+    let now = world.now();
+    world.portal.revoke_all(now);
+    world.run_for(Duration::from_secs(3));
+    assert!(
+        !world
+            .gateway(1)
+            .is_authorized(support::portal::CLIENT_ID, support::world::WEB),
+        "an authorization the portal revoked while it was on its way"
+    );
+    let before = world.forwarded_total();
+    for tag in 0..5 {
+        let now = world.now();
+        world
+            .client
+            .send_unchecked(gateway_id(1), &to_web(80, 10 + tag), now);
+        world.run_for(Duration::from_secs(1));
+    }
+    assert_eq!(
+        world.forwarded_total(),
+        before,
+        "forwarded after revocation"
+    );
+    let status = world.client.status(world.now());
+    assert_eq!(status.resources[0].access, "denied");
+}
+
 /// Sends a packet every `every` until one reaches the site through gateway
 /// `host`; how long after `since` that took.
 fn until_through(world: &mut World, host: usize, every: Duration) -> Option<Duration> {

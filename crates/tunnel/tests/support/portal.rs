@@ -297,9 +297,34 @@ impl Portal {
     }
 
     /// The policy goes: every grant is revoked at its gateway, the client
-    /// is told.
+    /// is told. Requests still waiting on their gateway are refused, and
+    /// the gateway takes back the authorization it applies on arrival (as
+    /// the real portal's `refuse` does): its late `authorized` finds
+    /// nothing pending.
     pub fn revoke_all(&mut self, now: Instant) {
         self.allowed = false;
+        let mut pending: Vec<(String, ResourceId, usize)> =
+            std::mem::take(&mut self.pending).into_values().collect();
+        pending.sort();
+        for (reference, resource, host) in pending {
+            self.tell_gateway(
+                host,
+                PortalToGateway::Revoke {
+                    client_id: CLIENT_ID,
+                    resource_id: resource,
+                },
+                now,
+            );
+            self.tell_client(
+                PortalToClient::AccessDenied {
+                    reference,
+                    resource_id: resource,
+                    reason: DenyReason::Forbidden,
+                    violated: vec![],
+                },
+                now,
+            );
+        }
         let grants: Vec<(ResourceId, usize)> =
             std::mem::take(&mut self.grants).into_iter().collect();
         for (resource, host) in grants {
