@@ -91,7 +91,13 @@ run() {
   kill "$portal_pid"; wait "$portal_pid" 2>/dev/null || true
   portal_pid=
   if grep -E 'WARN|ERROR' "$work/portal-$label.log" >/dev/null; then
-    echo "$label portal log had warnings or errors:"; cat "$work/portal-$label.log"; exit 1
+    if [ "$label" = baseline ]; then
+      # What the old portal said under the load is part of its result.
+      echo "baseline portal log: $(grep -cE 'WARN|ERROR' "$work/portal-$label.log") warnings or errors, the first:"
+      grep -m1 -E 'WARN|ERROR' "$work/portal-$label.log"
+    else
+      echo "$label portal log had warnings or errors:"; cat "$work/portal-$label.log"; exit 1
+    fi
   fi
 }
 
