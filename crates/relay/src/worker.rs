@@ -285,10 +285,19 @@ fn open_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<(UdpSocket, Udp
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // Root may go past net.core.[rw]mem_max (as the devices' sockets do);
+    // others get what the limit allows.
+    use nix::sys::socket::{setsockopt, sockopt};
+    let forced_receive = setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_ok();
+    let forced_send = setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_ok();
     let socket = UdpSocket::from_std(socket.into());
     let state = UdpSocketState::new((&socket).into())?;
-    let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
-    let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    if !forced_receive {
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    }
+    if !forced_send {
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    }
     Ok((socket, state))
 }
 

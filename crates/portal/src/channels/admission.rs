@@ -35,6 +35,8 @@ use crate::store::{Conn, Store, StoreError, actors};
 
 /// Writes committed together, at most.
 const BATCH: usize = 512;
+/// The pace `Retry-After` assumes at least, in registrations a second.
+const MIN_PACE: u64 = 1000;
 
 /// What a connecting client or gateway asks to have recorded.
 #[derive(Debug)]
@@ -156,7 +158,11 @@ impl Admission {
             shed.1 += 1;
             shed.1
         };
-        let pace = self.pace.per_second.load(Ordering::Relaxed).max(100);
+        // Before a pace is measured (just after a restart: the storm's
+        // first second) and when the measured one is low, assume a
+        // thousand a second: a client back too early costs one more quick
+        // 503, one told to wait too long waits for nothing.
+        let pace = self.pace.per_second.load(Ordering::Relaxed).max(MIN_PACE);
         let wait = (1 + (self.queue as u64 + ahead) / pace).min(60);
         let mut problem = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
