@@ -123,6 +123,18 @@ async fn two_portal_nodes_serve_one_account() {
     let gateway_id = granted["gateway"]["id"].clone();
     let client_id = authorize["client"]["id"].clone();
 
+    // The connect's session line, written with its group's on PostgreSQL.
+    let (status, sessions) = first.call("GET", "/sessions", None).await;
+    assert_eq!(status, StatusCode::OK, "{sessions}");
+    assert!(
+        sessions["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "client_connect" && s["device_id"] == client_id),
+        "no session line for the client: {sessions}"
+    );
+
     // Candidates cross the nodes both ways.
     client
         .send(
@@ -616,4 +628,97 @@ async fn two_nodes_upgrade_one_at_a_time() {
         .unwrap();
     upgraded.ready().await.unwrap();
     upgraded.close().await;
+}
+
+/// A batch of connects' writes on PostgreSQL (the admission batcher's SQL:
+/// `RETURNING`, a `WITH ... UPDATE ... FROM` of many rows): a known device
+/// is touched and read in one statement, details of many devices land
+/// together and the newest wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_connect_writes_on_postgres() {
+    use postern_portal::domain::DeviceKind;
+    use postern_portal::testing::devices::{self, Connecting, DeviceCaps, Seen};
+
+    let server = TempPostgres::start_named("batch");
+    let url = server.database("batch").await;
+    let app = TestApp::open(&url, "acme").await;
+    let (account, actor) = (app.account_id, app.admin_id);
+    let connecting = |id: &'static str| Connecting {
+        kind: DeviceKind::Client,
+        actor_id: Some(actor),
+        site_id: None,
+        token_id: None,
+        device_id: id,
+        name: id,
+        os: None,
+        version: None,
+        remote_ip: None,
+    };
+    let caps = DeviceCaps {
+        per_actor: 1000,
+        per_token: 1000,
+    };
+    let mut tx = app.state.store.write().await.unwrap();
+    let names = ["a", "b", "c"];
+    let mut made = Vec::new();
+    for name in names {
+        made.push(
+            devices::upsert_on_connect(&mut tx, account, &connecting(name), caps, 0)
+                .await
+                .unwrap(),
+        );
+    }
+    let again = devices::touch_on_connect(&mut tx, account, &connecting("b"))
+        .await
+        .unwrap()
+        .expect("a known device is found");
+    assert_eq!((again.id, again.ipv4), (made[1].id, made[1].ipv4));
+    assert!(
+        devices::touch_on_connect(&mut tx, account, &connecting("new"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let seen = |n: usize, name: &'static str, at_ms: i64| Seen {
+        account,
+        device: made[n].id,
+        name,
+        os: Some("linux"),
+        version: Some("1.2.3"),
+        remote_ip: "198.18.0.9".to_string(),
+        at_ms,
+    };
+    devices::record_seen(&mut tx, &[seen(1, "already newer", 500)])
+        .await
+        .unwrap();
+    devices::record_seen(
+        &mut tx,
+        &[
+            seen(0, "newest", 300),
+            seen(1, "older", 100),
+            seen(2, "laptop", 100),
+            seen(0, "older", 200),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for device in &made {
+        let row = devices::get(&mut tx, account, DeviceKind::Client, device.id)
+            .await
+            .unwrap()
+            .unwrap();
+        got.push((row.name, row.os, row.last_seen_ip));
+    }
+    tx.commit().await.unwrap();
+    let linux = Some("linux".to_string());
+    let ip = Some("198.18.0.9".to_string());
+    assert_eq!(
+        got,
+        vec![
+            ("newest".to_string(), linux.clone(), ip.clone()),
+            ("already newer".to_string(), linux.clone(), ip.clone()),
+            ("laptop".to_string(), linux, ip),
+        ]
+    );
 }

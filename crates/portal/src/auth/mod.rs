@@ -22,11 +22,12 @@ pub async fn authenticate(
     let Some((secret, id)) = token::parse(presented.trim()) else {
         return Ok(None);
     };
-    let mut tx = store.read().await?;
-    let Some((record, salt, hash)) = tokens::get_with_hash(&mut tx, id).await? else {
+    // One statement: no transaction around it (a connect's hot path).
+    let mut conn = store.conn().await?;
+    let Some((record, salt, hash)) = tokens::get_with_hash(&mut conn, id).await? else {
         return Ok(None);
     };
-    tx.commit().await?;
+    drop(conn);
     if !token::verify(&salt, &hash, secret) {
         return Ok(None);
     }

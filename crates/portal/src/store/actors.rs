@@ -52,6 +52,11 @@ pub async fn get(conn: &mut Conn, account: Uuid, id: Uuid) -> Result<Option<Acto
     super::get_scoped(conn, account, id).await
 }
 
+/// The account's actors with these ids (one query per 128).
+pub async fn get_many(conn: &mut Conn, account: Uuid, ids: &[Uuid]) -> Result<Vec<Actor>> {
+    super::get_many_scoped(conn, account, ids).await
+}
+
 pub async fn list(conn: &mut Conn, account: Uuid) -> Result<Vec<Actor>> {
     super::list_scoped(conn, account).await
 }

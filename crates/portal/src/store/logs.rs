@@ -105,19 +105,50 @@ pub async fn record_session(
     session: &NewSession<'_>,
     now_ms: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO sessions (account_id, at, actor_id, device_id, kind, remote_ip, user_agent) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(account.to_string())
-    .bind(now_ms)
-    .bind(session.actor_id.map(|id| id.to_string()))
-    .bind(session.device_id.map(|id| id.to_string()))
-    .bind(session.kind)
-    .bind(session.remote_ip.clone())
-    .bind(session.user_agent)
-    .execute(&mut *conn)
-    .await?;
+    record_sessions(conn, &[(account, session)], now_ms).await
+}
+
+/// Session lines of any accounts, 32 to a statement (a batch of
+/// connects logs its sessions together), in the order given.
+pub async fn record_sessions(
+    conn: &mut Conn,
+    sessions: &[(Uuid, &NewSession<'_>)],
+    now_ms: i64,
+) -> Result<()> {
+    for chunk in super::row_chunks(sessions, 32) {
+        let rows = (0..chunk.len())
+            .map(|n| {
+                let p = |k: usize| format!("${}", n * 7 + k);
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO sessions (account_id, at, actor_id, device_id, kind, remote_ip, \
+             user_agent) VALUES {rows}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (account, session) in chunk {
+            query = query
+                .bind(account.to_string())
+                .bind(now_ms)
+                .bind(session.actor_id.map(|id| id.to_string()))
+                .bind(session.device_id.map(|id| id.to_string()))
+                .bind(session.kind)
+                .bind(session.remote_ip.clone())
+                .bind(session.user_agent);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -126,6 +126,10 @@ impl Store {
             // Each connection to `:memory:` is a database of its own.
             Engine::Sqlite => AnyPoolOptions::new()
                 .max_connections(if url.contains(":memory:") { 1 } else { 4 })
+                // A local file has no link to go stale: the check sqlx runs on
+                // every acquire was one more round trip to the connection's
+                // thread per request (a tenth of a connect's database work).
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         for pragma in [
@@ -194,6 +198,12 @@ impl Store {
             return Err(StoreError::NotMigrated { have, want });
         }
         Ok(())
+    }
+
+    /// A pooled connection for one statement that needs no transaction
+    /// around it (a lookup): no BEGIN and COMMIT round trips.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// A transaction for a request that only reads.
@@ -441,6 +451,58 @@ pub(crate) async fn get_scoped<T: Scoped>(
     row.as_ref().map(T::from_row).transpose()
 }
 
+/// The account's rows with these ids (missing ones and other accounts'
+/// left out), in no particular order.
+pub(crate) async fn get_many_scoped<T: Scoped>(
+    conn: &mut Conn,
+    account: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<T>> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Small statements: SQLite finds a bound value's name by walking
+    // the statement's list of them, and sqlx asks for every one's, which
+    // makes a statement's binding cost grow with the square of its size.
+    for chunk in row_chunks(ids, 128) {
+        let placeholders = (2..chunk.len() + 2)
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {} FROM {} WHERE account_id = $1 AND id IN ({placeholders})",
+            T::COLUMNS,
+            T::TABLE
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.to_string());
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.push(T::from_row(&row)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Rows for multi-row statements, in chunks of `max` (a power of two) and
+/// then of smaller powers of two: a handful of statement sizes, which stay
+/// in each connection's cache of prepared statements (a statement per
+/// batch size was prepared again and again, and pushed others out).
+pub(crate) fn row_chunks<T>(rows: &[T], max: usize) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let take = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(take);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
 /// The account's rows, oldest first.
 pub(crate) async fn list_scoped<T: Scoped>(conn: &mut Conn, account: Uuid) -> Result<Vec<T>> {
     let sql = format!(
@@ -540,6 +602,17 @@ pub type Conn = AnyConnection;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_chunked_in_few_sizes() {
+        let rows: Vec<u32> = (0..300).collect();
+        let sizes: Vec<usize> = row_chunks(&rows, 128).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![128, 128, 32, 8, 4]);
+        let again: Vec<u32> = row_chunks(&rows, 128).concat();
+        assert_eq!(again, rows, "every row once, in order");
+        assert!(row_chunks::<u32>(&[], 128).is_empty());
+        assert_eq!(row_chunks(&rows[..1], 128).len(), 1);
+    }
 
     /// Review L6: a fresh database and its WAL files are 0600, and an old
     /// world-readable one is made private at the next start.
