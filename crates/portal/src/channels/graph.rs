@@ -5,7 +5,8 @@
 //! only the clients the change can affect. Plain data: `loader` reads it
 //! from the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use postern_model::protocol::ResourceDescription;
 use postern_model::{ResourceAddress, ResourceId, SiteId};
@@ -25,7 +26,8 @@ pub(crate) struct AccountGraph {
     pub actors: HashMap<Uuid, ActorFacts>,
     /// Actor -> its groups, `Everyone` included.
     pub groups_of: HashMap<Uuid, Vec<Uuid>>,
-    pub resources: HashMap<Uuid, ResourceDescription>,
+    /// Shared with every client told of them (see `Offered`).
+    pub resources: HashMap<Uuid, Arc<ResourceDescription>>,
     pub policies: Snapshot,
     /// The account's DNS search domain for its clients' `init` (F25).
     pub search_domain: Option<String>,
@@ -63,6 +65,23 @@ pub(crate) struct GraphPatch {
 
 /// An actor with the groups it is a member of (`Everyone` aside).
 pub(crate) type ActorRow = (Actor, Vec<Uuid>);
+
+/// What a client is told it has: the graph's descriptions, shared (a
+/// connected client holds a pointer per resource, not a copy: with 100,000
+/// clients a copy of each description was most of a client's memory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Offered(Box<[Arc<ResourceDescription>]>);
+
+impl Offered {
+    pub(crate) fn get(&self, id: ResourceId) -> Option<&ResourceDescription> {
+        let at = self.0.binary_search_by_key(&id, |r| r.id).ok()?;
+        Some(&self.0[at])
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &ResourceDescription> {
+        self.0.iter().map(Arc::as_ref)
+    }
+}
 
 impl AccountGraph {
     /// The graph of an account's rows. Rows that no longer validate (rules
@@ -163,14 +182,14 @@ impl AccountGraph {
             Ok(address) => {
                 self.resources.insert(
                     r.id,
-                    ResourceDescription {
+                    Arc::new(ResourceDescription {
                         id: ResourceId(r.id),
                         name: r.name,
                         address,
                         address_description: r.address_description,
                         filters: r.filters,
                         site_id: SiteId(r.site_id),
-                    },
+                    }),
                 );
             }
             Err(error) => {
@@ -194,16 +213,21 @@ impl AccountGraph {
         self.policies
             .visible_resources(self.groups(actor))
             .into_iter()
-            .filter_map(|id| self.resources.get(&id))
+            .filter_map(|id| self.resources.get(&id).map(Arc::as_ref))
             .collect()
     }
 
-    /// The resources offered to an actor, by id.
-    pub(crate) fn offered(&self, actor: Uuid) -> BTreeMap<ResourceId, ResourceDescription> {
-        self.visible(actor)
+    /// The resources offered to an actor, sorted by id.
+    pub(crate) fn offered(&self, actor: Uuid) -> Offered {
+        let mut offered: Vec<Arc<ResourceDescription>> = self
+            .policies
+            .visible_resources(self.groups(actor))
             .into_iter()
-            .map(|r| (r.id, r.clone()))
-            .collect()
+            .filter_map(|id| self.resources.get(&id).cloned())
+            .collect();
+        offered.sort_unstable_by_key(|r| r.id);
+        offered.dedup_by_key(|r| r.id);
+        Offered(offered.into_boxed_slice())
     }
 
     /// Actors that are members of any of `groups`.
@@ -242,7 +266,7 @@ fn compile(record: &PolicyRecord) -> Policy {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use jiff::Timestamp;
     use postern_model::ResourceType;
@@ -315,7 +339,7 @@ mod tests {
         let offered = graph
             .actors
             .keys()
-            .map(|a| (*a, graph.offered(*a).into_keys().collect()))
+            .map(|a| (*a, graph.offered(*a).iter().map(|r| r.id).collect()))
             .collect();
         (
             graph
@@ -332,7 +356,7 @@ mod tests {
             graph
                 .resources
                 .iter()
-                .map(|(id, r)| (*id, r.clone()))
+                .map(|(id, r)| (*id, ResourceDescription::clone(r)))
                 .collect(),
             graph
                 .policies

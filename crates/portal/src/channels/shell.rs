@@ -19,7 +19,8 @@ use uuid::Uuid;
 use super::admission::{Admission, Seen};
 use super::cluster::ClusterMessage;
 use super::hub::{
-    ConnId, GrantWrite, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output, PresenceUpdate,
+    ConnId, Frame, GrantWrite, Hub, Inbound, Input, Joined, LoadRequest, Metric, Output,
+    PresenceUpdate,
 };
 use super::loader;
 use super::notify::Heard;
@@ -67,7 +68,9 @@ impl From<Heard> for HubEvent {
 /// What a socket task writes.
 #[derive(Debug)]
 pub(super) enum Outbound {
-    Text(String),
+    /// Shared: one change fanned out to thousands is encoded once, and a
+    /// queue's slots stay two words each.
+    Text(Arc<str>),
     /// Close the socket (after the text frames queued before it).
     Close,
 }
@@ -86,7 +89,7 @@ impl Outlets {
     /// Queues a frame; `Err(overloaded)` if the queue is full (`true`) or
     /// the socket is gone (`false`). A connection without a queue here has
     /// closed already, and its frames are dropped.
-    fn send(&self, conn: ConnId, text: String) -> Result<(), bool> {
+    fn send(&self, conn: ConnId, text: Arc<str>) -> Result<(), bool> {
         let Some(queue) = self.queues.get(&conn) else {
             return Ok(());
         };
@@ -142,17 +145,27 @@ pub(super) fn carry_out(
     wall: Timestamp,
 ) -> Vec<LoadRequest> {
     let mut loads = Vec::new();
+    // The last frame encoded: a change fans out as the same frame to client
+    // after client, encoded once (comparing costs less than encoding).
+    let mut last: Option<(Frame, Arc<str>)> = None;
     loop {
         let mut stalled: Vec<(ConnId, bool)> = Vec::new();
         while let Some(output) = hub.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
-                    let text = match frame.to_json() {
-                        Ok(text) => text,
-                        Err(error) => {
-                            tracing::error!(%error, "cannot encode a channel message");
-                            continue;
-                        }
+                    let text = match &last {
+                        Some((encoded, text)) if *encoded == frame => text.clone(),
+                        _ => match frame.to_json() {
+                            Ok(text) => {
+                                let text: Arc<str> = text.into();
+                                last = Some((frame, text.clone()));
+                                text
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "cannot encode a channel message");
+                                continue;
+                            }
+                        },
                     };
                     if let Err(overloaded) = outlets.send(conn, text)
                         && !stalled.iter().any(|(c, _)| *c == conn)
@@ -239,7 +252,7 @@ pub(super) fn carry_out(
                                         (answer, serde_json::to_string(&ack))
                                     {
                                         // A full queue: the gateway sends the batch again.
-                                        let _ = queue.try_send(Outbound::Text(text));
+                                        let _ = queue.try_send(Outbound::Text(text.into()));
                                     }
                                 }
                                 // Not confirmed: the gateway keeps the batch and
@@ -410,7 +423,7 @@ mod tests {
         let mut texts = Vec::new();
         loop {
             match queue.try_recv() {
-                Ok(Outbound::Text(text)) => texts.push(text),
+                Ok(Outbound::Text(text)) => texts.push(text.to_string()),
                 Ok(Outbound::Close) | Err(TryRecvError::Disconnected) => return (texts, true),
                 Err(TryRecvError::Empty) => return (texts, false),
             }

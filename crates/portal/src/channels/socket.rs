@@ -4,6 +4,7 @@
 //! silence or a peer that stops reading ends the connection. What a channel
 //! sends is held to its allowance (see `allowance`) before the hub sees it.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 4 * 1024;
+const CLIENT_READ_BUFFER: usize = 512;
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Deserialize, Debug, Default)]
@@ -241,27 +243,42 @@ async fn join(
         Speaker::Client | Speaker::Relay => state.limits.channel_rate,
     };
     let counted = state.clone();
-    let joined = Joined {
+    // Boxed here, before the closures and futures that carry it capture
+    // it: each would keep room for the whole struct for the life of the
+    // channel (see `pump`).
+    let joined = Box::new(Joined {
         conn: id,
         party,
         token: TokenFacts::from(&token),
         public_key,
         remote_ip,
         details,
-    };
+    });
     // Small buffers: ten thousand idle channels must not cost a gigabyte.
+    // A client says little (an access request, candidates); a gateway or
+    // relay speaks for many and reads in bigger steps. A longer message
+    // grows the buffer as it must.
+    let read_buffer = match speaker {
+        Speaker::Client => CLIENT_READ_BUFFER,
+        Speaker::Gateway | Speaker::Relay => READ_BUFFER,
+    };
     Ok(ws
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            let flooded = pump(socket, hub, joined, sender, outbound, speaker, rate).await;
-            if flooded {
-                counted
-                    .metrics
-                    .channels_rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        .on_upgrade(move |socket| {
+            // Boxed before the future that owns it is made: the socket is
+            // moved into `pump`, and both futures would keep room for it.
+            let socket = Box::new(socket);
+            async move {
+                let flooded = pump(socket, hub, joined, sender, outbound, speaker, rate).await;
+                if flooded {
+                    counted
+                        .metrics
+                        .channels_rate_limited
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }))
 }
@@ -326,20 +343,21 @@ async fn register(
 
 /// Pumps frames until either side ends; `true` if the channel was cut off
 /// for flooding.
+///
+/// One of these futures lives as long as each channel: 100,000 of them on a
+/// busy node. Its arguments stay in it to the end, so the big ones come
+/// boxed (one pointer each) and the rarely needed timer is boxed on demand.
 async fn pump(
-    mut socket: WebSocket,
+    mut socket: Box<WebSocket>,
     hub: mpsc::Sender<HubEvent>,
-    joined: Joined,
+    joined: Box<Joined>,
     sender: mpsc::Sender<Outbound>,
     mut outbound: mpsc::Receiver<Outbound>,
     speaker: Speaker,
     rate: ChannelRate,
 ) -> bool {
     let id = joined.conn;
-    let event = HubEvent::Joined {
-        joined: Box::new(joined),
-        sender,
-    };
+    let event = HubEvent::Joined { joined, sender };
     if hub.send(event).await.is_err() {
         return false;
     }
@@ -348,10 +366,9 @@ async fn pump(
     let mut last_heard = Instant::now();
     let mut allowance = Allowance::new(rate, Instant::now());
     // A message over the allowance waits here, and nothing more is read.
-    let mut held: Option<(Inbound, tokio::time::Instant)> = None;
+    let mut held: Option<(Inbound, Pin<Box<tokio::time::Sleep>>)> = None;
     let mut flooded = false;
     loop {
-        let release = held.as_ref().map(|(_, at)| *at);
         tokio::select! {
             incoming = socket.recv(), if held.is_none() => match incoming {
                 Some(Ok(Message::Text(text))) => {
@@ -369,7 +386,7 @@ async fn pump(
                     }
                     let message = parse(speaker, text.as_str());
                     if let Verdict::After(wait) = verdict {
-                        held = Some((message, tokio::time::Instant::now() + wait));
+                        held = Some((message, Box::pin(tokio::time::sleep(wait))));
                         continue;
                     }
                     if hub.send(HubEvent::Message { conn: id, message }).await.is_err() {
@@ -381,7 +398,7 @@ async fn pump(
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
-            _ = sleep_until(release), if held.is_some() => {
+            _ = release(&mut held), if held.is_some() => {
                 if let Some((message, _)) = held.take()
                     && hub.send(HubEvent::Message { conn: id, message }).await.is_err()
                 {
@@ -390,7 +407,7 @@ async fn pump(
             },
             out = outbound.recv() => match out {
                 Some(Outbound::Text(text)) => {
-                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text((&*text).into()))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break;
                     }
@@ -417,9 +434,10 @@ async fn pump(
     flooded
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// When the held message may go.
+async fn release(held: &mut Option<(Inbound, Pin<Box<tokio::time::Sleep>>)>) {
+    match held {
+        Some((_, timer)) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -5,7 +5,8 @@
 //! (`resource_upserted`/`resource_removed`) and their grants decided again
 //! (`access_revoked` + `revoke`). Time windows and tokens expire on the tick.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use postern_model::protocol::{
@@ -14,7 +15,7 @@ use postern_model::protocol::{
 use postern_model::{ClientId, ResourceId};
 use uuid::Uuid;
 
-use super::super::graph::AccountGraph;
+use super::super::graph::{AccountGraph, Offered};
 use super::access::Access;
 use super::accounts::Accounts;
 use super::io::GraphLoad;
@@ -26,7 +27,7 @@ use crate::change::Change;
 pub(super) struct Evaluation {
     accounts: Accounts,
     /// What each connected client device was told it has.
-    told: HashMap<ClientId, BTreeMap<ResourceId, ResourceDescription>>,
+    told: HashMap<ClientId, Offered>,
 }
 
 impl Evaluation {
@@ -54,7 +55,7 @@ impl Evaluation {
             .graph(account)
             .map(|graph| graph.offered(actor))
             .unwrap_or_default();
-        let resources = offered.values().cloned().collect();
+        let resources = offered.iter().cloned().collect();
         self.told.insert(device, offered);
         resources
     }
@@ -70,7 +71,7 @@ impl Evaluation {
         device: ClientId,
         resource: ResourceId,
     ) -> Option<&ResourceDescription> {
-        self.told.get(&device)?.get(&resource)
+        self.told.get(&device)?.get(resource)
     }
 
     /// Puts a graph loaded for `changes` (none for a first load or a
@@ -91,7 +92,7 @@ impl Evaluation {
     ) {
         // The changed resources as they were, to tell their gateways only
         // of real changes.
-        let before: HashMap<Uuid, ResourceDescription> = changes
+        let before: HashMap<Uuid, Arc<ResourceDescription>> = changes
             .iter()
             .filter_map(|change| match change {
                 Change::Resource(id) => Some((
@@ -126,7 +127,7 @@ impl Evaluation {
         &self,
         account: Uuid,
         change: &Change,
-        before: &HashMap<Uuid, ResourceDescription>,
+        before: &HashMap<Uuid, Arc<ResourceDescription>>,
         access: &mut Access,
         post: &mut Post,
         affected: &mut HashSet<ClientId>,
@@ -160,7 +161,7 @@ impl Evaluation {
                         post.deliver_to_gateway(
                             gateway,
                             PortalToGateway::ResourceUpdated {
-                                resource: after.clone(),
+                                resource: ResourceDescription::clone(after),
                             },
                         );
                     }
@@ -229,13 +230,13 @@ impl Evaluation {
             } else {
                 let offered = graph.offered(actor);
                 let told = self.told.entry(device).or_default();
-                for id in told.keys() {
-                    if !offered.contains_key(id) {
-                        messages.push(PortalToClient::ResourceRemoved { id: *id });
+                for resource in told.iter() {
+                    if offered.get(resource.id).is_none() {
+                        messages.push(PortalToClient::ResourceRemoved { id: resource.id });
                     }
                 }
-                for (id, resource) in &offered {
-                    if told.get(id) != Some(resource) {
+                for resource in offered.iter() {
+                    if told.get(resource.id) != Some(resource) {
                         messages.push(PortalToClient::ResourceUpserted {
                             resource: resource.clone(),
                         });

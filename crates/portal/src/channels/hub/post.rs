@@ -28,6 +28,9 @@ pub(super) struct Outbox {
     seq: u64,
 }
 
+/// Room for outputs the queue keeps once drained.
+const KEPT_OUTPUTS: usize = 1024;
+
 impl Outbox {
     /// The sequence number of the last ledger write given out.
     pub(super) fn seq(&self) -> u64 {
@@ -47,7 +50,13 @@ impl Outbox {
     }
 
     pub(super) fn pop(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front();
+        // A change fanned out to every client fills the queue once with an
+        // output each (hundreds of bytes): not kept for the next.
+        if output.is_none() && self.outputs.capacity() > KEPT_OUTPUTS {
+            self.outputs.shrink_to(KEPT_OUTPUTS);
+        }
+        output
     }
 
     /// Closes a channel after this input; with a reason, it is told why.

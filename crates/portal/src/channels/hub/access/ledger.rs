@@ -50,7 +50,9 @@ use std::collections::HashSet;
 
 use jiff::Timestamp;
 use postern_model::ClientId;
-use postern_model::protocol::{Authorization, PortalToClient, PortalToGateway};
+use postern_model::protocol::{
+    Authorization, PortalToClient, PortalToGateway, ResourceDescription,
+};
 use uuid::Uuid;
 
 use super::super::super::graph::AccountGraph;
@@ -141,7 +143,7 @@ impl Access {
                 touched.push(key.client);
                 continue;
             };
-            let grant = self.adopt(row, resource.clone());
+            let grant = self.adopt(row, ResourceDescription::clone(resource));
             self.grants.insert(pair, grant);
             touched.push(key.client);
         }

@@ -183,7 +183,7 @@ fn a_filter_change_while_the_gateway_confirms_reaches_it_and_the_grant() {
     };
     // The resource's filters change before the gateway confirmed.
     let mut narrowed = graph(1, &[1]);
-    let filtered = narrowed.resources.get_mut(&resource(1).id.0).unwrap();
+    let filtered = std::sync::Arc::make_mut(narrowed.resources.get_mut(&resource(1).id.0).unwrap());
     filtered.filters = vec![postern_model::Filter {
         protocol: postern_model::Protocol::Tcp,
         ports: Some(postern_model::PortRange {

@@ -61,7 +61,7 @@ pub(crate) fn graph(resources: u8, allowed: &[u8]) -> AccountGraph {
     graph.groups_of.insert(ALICE, vec![ENGINEERS]);
     for n in 1..=resources {
         let r = resource(n);
-        graph.resources.insert(r.id.0, r);
+        graph.resources.insert(r.id.0, std::sync::Arc::new(r));
     }
     for n in allowed {
         graph.policies.upsert(Policy {
