@@ -226,6 +226,16 @@ pub fn serve(args: PortalArgs) -> anyhow::Result<ExitCode> {
         let store = open(&args.database).await?;
         let listener = postern_sys::tcp::listen(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // A descriptor per connected client.
+        match postern_sys::tcp::raise_open_file_limit() {
+            Ok(limit) if limit < 4096 => tracing::warn!(
+                open_files = limit,
+                "the open-file limit caps this portal at fewer than {limit} clients: raise it \
+                 (LimitNOFILE= in the service unit, ulimit -Hn)"
+            ),
+            Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+        }
         let mut state = AppState::new(store.clone());
         state.limits.devices_per_actor = args.max_devices_per_actor;
         state.limits.devices_per_token = args.max_devices_per_token;

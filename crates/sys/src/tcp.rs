@@ -30,15 +30,53 @@ pub fn listening_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Soc
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    // Room for a reconnect storm's connections while the server is busy
-    // (the kernel caps it at net.core.somaxconn, 4096 by default); past
-    // it SYNs are dropped and clients retry after a second or more.
-    socket.listen(4096)?;
+    // Room for a reconnect storm's connections while the server is busy;
+    // past it SYNs are dropped and clients retry after 1, 3, 7 s. The
+    // kernel caps it at net.core.somaxconn (4096 by default): a node for
+    // tens of thousands of clients raises that (docs/deployment.md).
+    socket.listen(65535)?;
     Ok(socket)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (as Go
+/// programs do by themselves): a server holds a descriptor per client, and
+/// the usual soft limit of 1,024 refuses the 1,025th. The hard limit is the
+/// administrator's (`LimitNOFILE=`, `ulimit -Hn`). Returns the limit now in
+/// force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // An unlimited hard limit still stops at the kernel's fs.nr_open.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let wanted = hard.min(ceiling);
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, wanted, hard)?;
+    Ok(wanted)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Not far down: the other tests of this binary run meanwhile.
+        let low = hard.min(4096);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        let raised = super::raise_open_file_limit().unwrap();
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, raised);
+        assert!(raised >= low, "{raised} < {low}");
+        if hard <= 1 << 20 {
+            assert_eq!(raised, hard, "the soft limit reaches the hard one");
+        }
+    }
+
     use super::*;
 
     #[tokio::test]
