@@ -42,6 +42,9 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
     let url = format!("http://{addr}/api/v1/openapi.json");
     let header = format!("Authorization: Bearer {token}");
     let seed_arg = seed.clone();
+    // Schemathesis keeps a cache where it runs: the test's own directory,
+    // not the source tree.
+    let workdir = db.dir.clone();
     // Blocking, on its own thread: the portal keeps serving on the runtime's.
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("st")
@@ -69,6 +72,7 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
                 "--exclude-path",
                 "/directories/{id}/sync",
             ])
+            .current_dir(&workdir)
             .env("SCHEMATHESIS_HOOKS", "hooks")
             .env("PYTHONPATH", &hooks)
             .stdin(Stdio::null())
