@@ -13,6 +13,7 @@
 #   bench/portal.sh                          # 10,000 clients
 #   CLIENTS=100000 bench/portal.sh           # issue 23's goal
 #   BASELINE=178059c bench/portal.sh         # also measure that revision's portal
+#   BASELINE_BIN=/path/postern bench/portal.sh   # ... or a portal binary already built
 #   TLS=0 bench/portal.sh                    # plain HTTP/WS
 #
 # Goals (issue 23): 100,000 clients on one node under 2 GiB; one change
@@ -29,6 +30,7 @@ CLIENTS=${CLIENTS:-10000}
 CHANGES=${CHANGES:-1000}
 TLS=${TLS:-1}
 BASELINE=${BASELINE:-}
+BASELINE_BIN=${BASELINE_BIN:-}
 
 echo "== building (release)"
 cargo build --release --locked -q -p postern --bin postern
@@ -54,7 +56,10 @@ cleanup() {
 trap cleanup EXIT
 
 postern_old=
-if [ -n "$BASELINE" ]; then
+if [ -n "$BASELINE_BIN" ]; then
+  [ -x "$BASELINE_BIN" ] || { echo "bench/portal.sh: BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
+  postern_old=$BASELINE_BIN
+elif [ -n "$BASELINE" ]; then
   echo "== building the baseline portal ($BASELINE, release, target/bench-baseline)"
   git worktree add -q --detach "$work/baseline-src" "$BASELINE"
   cargo build --release --locked -q -p postern --bin postern \
