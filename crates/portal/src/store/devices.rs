@@ -213,22 +213,7 @@ pub async fn record_seen(conn: &mut Conn, seen: &[Seen<'_>]) -> Result<()> {
     }
     let latest: Vec<&Seen<'_>> = latest.into_values().collect();
     for chunk in super::row_chunks(&latest, 32) {
-        let rows = (0..chunk.len())
-            .map(|n| {
-                let p = |k: usize| format!("${}", n * 7 + k);
-                format!(
-                    "({}, {}, {}, {}, {}, {}, {})",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4),
-                    p(5),
-                    p(6),
-                    p(7)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = super::value_rows(chunk.len(), 7);
         let sql = format!(
             "WITH seen (account_id, id, name, os, version, at, ip) AS (VALUES {rows}) \
              UPDATE devices SET name = seen.name, os = seen.os, version = seen.version, \

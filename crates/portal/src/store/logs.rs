@@ -116,22 +116,7 @@ pub async fn record_sessions(
     now_ms: i64,
 ) -> Result<()> {
     for chunk in super::row_chunks(sessions, 32) {
-        let rows = (0..chunk.len())
-            .map(|n| {
-                let p = |k: usize| format!("${}", n * 7 + k);
-                format!(
-                    "({}, {}, {}, {}, {}, {}, {})",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4),
-                    p(5),
-                    p(6),
-                    p(7)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = super::value_rows(chunk.len(), 7);
         let sql = format!(
             "INSERT INTO sessions (account_id, at, actor_id, device_id, kind, remote_ip, \
              user_agent) VALUES {rows}"

@@ -503,6 +503,20 @@ pub(crate) fn row_chunks<T>(rows: &[T], max: usize) -> Vec<&[T]> {
     chunks
 }
 
+/// The placeholders of a multi-row `VALUES`: `($1, $2), ($3, $4)` for two
+/// rows of two columns.
+pub(crate) fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let row: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The account's rows, oldest first.
 pub(crate) async fn list_scoped<T: Scoped>(conn: &mut Conn, account: Uuid) -> Result<Vec<T>> {
     let sql = format!(
@@ -612,6 +626,7 @@ mod tests {
         assert_eq!(again, rows, "every row once, in order");
         assert!(row_chunks::<u32>(&[], 128).is_empty());
         assert_eq!(row_chunks(&rows[..1], 128).len(), 1);
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 
     /// Review L6: a fresh database and its WAL files are 0600, and an old
