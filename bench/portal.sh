@@ -118,8 +118,9 @@ echo
 echo "== summary ($CLIENTS clients$([ "$TLS" = 1 ] && echo ", TLS"))"
 for label in postern baseline; do
   [ -f "$work/$label.out" ] || continue
-  printf '%-9s memory %6s MiB  fan-out %7s ms  burst %6s changes/s  storm %6s connects/s  %5s us CPU/connect\n' \
+  printf '%-9s memory %6s MiB  fan-out %7s ms (%5s us CPU/client)  burst %6s changes/s  storm %6s connects/s  %5s us CPU/connect\n' \
     "$label" "$(field rss_mib "$work/$label.out")" "$(field fanout_ms "$work/$label.out")" \
+    "$(field fanout_cpu_us_per_client "$work/$label.out")" \
     "$(field burst_changes_per_s "$work/$label.out")" "$(field storm_connects_per_s "$work/$label.out")" \
     "$(field cpu_us_per_connect "$work/$label.out")"
 done

@@ -547,6 +547,7 @@ async fn main() {
     );
 
     // One policy change, fanned out.
+    let fanout_cpu = cpu(args.pid);
     let change = Instant::now();
     api(
         &args,
@@ -557,12 +558,17 @@ async fn main() {
     .await;
     let api_done = change.elapsed();
     let (count, last) = arrivals(&mut heard, clients, change).await;
+    // What the portal spent (the API call, the hub, every channel's send),
+    // per client: the fan-out's cost on a machine of its own.
+    let fanout_cpu = cpu(args.pid).saturating_sub(fanout_cpu);
     println!(
-        "fan-out: one policy change reached {count}/{clients} clients in {:.1} ms (API call {:.1} ms) \
-         (fanout_ms={:.1})",
+        "fan-out: one policy change reached {count}/{clients} clients in {:.1} ms (API call {:.1} ms); \
+         portal CPU {:.1} us per client (fanout_ms={:.1} fanout_cpu_us_per_client={:.1})",
         (last - change).as_secs_f64() * 1e3,
         api_done.as_secs_f64() * 1e3,
-        (last - change).as_secs_f64() * 1e3
+        fanout_cpu.as_secs_f64() * 1e6 / clients as f64,
+        (last - change).as_secs_f64() * 1e3,
+        fanout_cpu.as_secs_f64() * 1e6 / clients as f64
     );
     if count < clients {
         fail("the change did not reach every client");
