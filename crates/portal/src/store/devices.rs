@@ -634,6 +634,18 @@ mod tests {
         }
     }
 
+    fn service_account() -> crate::domain::Actor {
+        crate::domain::Actor {
+            id: Uuid::new_v4(),
+            name: "ci".to_string(),
+            email: None,
+            role: crate::domain::Role::ServiceAccount,
+            disabled: false,
+            directory_id: None,
+            created_at: crate::domain::from_millis(0),
+        }
+    }
+
     #[tokio::test]
     async fn devices_are_capped_per_actor_and_token_and_freed_addresses_come_back() {
         let store = Store::open("sqlite::memory:").await.unwrap();
@@ -642,15 +654,7 @@ mod tests {
             .await
             .unwrap()
             .id;
-        let actor = crate::domain::Actor {
-            id: Uuid::new_v4(),
-            name: "ci".to_string(),
-            email: None,
-            role: crate::domain::Role::ServiceAccount,
-            disabled: false,
-            directory_id: None,
-            created_at: crate::domain::from_millis(0),
-        };
+        let actor = service_account();
         actors::insert(&mut tx, account, &actor).await.unwrap();
         let caps = DeviceCaps {
             per_actor: 3,
@@ -757,15 +761,7 @@ mod tests {
             .await
             .unwrap()
             .id;
-        let actor = crate::domain::Actor {
-            id: Uuid::new_v4(),
-            name: "ci".to_string(),
-            email: None,
-            role: crate::domain::Role::ServiceAccount,
-            disabled: false,
-            directory_id: None,
-            created_at: crate::domain::from_millis(0),
-        };
+        let actor = service_account();
         actors::insert(&mut tx, account, &actor).await.unwrap();
         let roomy = DeviceCaps {
             per_actor: 1000,
